@@ -1,0 +1,27 @@
+"""Data sets, long-tail profiles and batched on-device transforms.
+
+Importing this package registers every data set in :data:`lttoolbox.registry.DATASETS`:
+``digits_lt`` (embedded, no download), ``cifar10_lt``, ``cifar100_lt`` and ``image_folder``.
+Each returns a :class:`DataBundle` (train/test :class:`LTDataset`, train/eval
+:class:`BatchTransform`, provenance ``meta``).
+
+Example:
+    >>> from lttoolbox.registry import DATASETS
+    >>> bundle = DATASETS.build({"name": "digits_lt"})
+    >>> bundle.train.images.dtype, bundle.num_classes
+    (torch.uint8, 10)
+"""
+from .cifar import CIFAR10_CLASSES, cifar10_lt, cifar100_lt, load_cifar_pickle
+from .dataset import DataBundle, LTDataset, pixel_mean_std
+from .digits import digits_lt
+from .folder import image_folder
+from .folder_io import default_cache_dir
+from .profiles import IMBALANCE_TYPES, SELECTIONS, index_hash, long_tail_counts, select_long_tail
+from .transforms import BatchTransform, pad_crop
+
+__all__ = [
+    "BatchTransform", "CIFAR10_CLASSES", "DataBundle", "IMBALANCE_TYPES", "LTDataset",
+    "SELECTIONS", "cifar100_lt", "cifar10_lt", "default_cache_dir", "digits_lt", "image_folder",
+    "index_hash", "load_cifar_pickle", "long_tail_counts", "pad_crop", "pixel_mean_std",
+    "select_long_tail",
+]

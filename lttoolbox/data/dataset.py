@@ -1,0 +1,246 @@
+"""In-memory data sets (uint8 tensors) and the bundle a data-set entry returns.
+
+Every registered data set loads its full splits as uint8 arrays, applies the long-tail profile to
+the training split only (the test split stays balanced) and returns a :class:`DataBundle`:
+two :class:`LTDataset` plus the matching train/eval :class:`BatchTransform` and a ``meta`` dict
+that the trainer records next to the results.
+
+Example:
+    >>> import numpy as np
+    >>> images = np.zeros((6, 1, 2, 2), dtype=np.uint8)
+    >>> labels = np.array([0, 0, 0, 1, 1, 1])
+    >>> bundle = assemble("toy", images, labels, images, labels, ["a", "b"], (0.5,), (0.5,),
+    ...                   imbalance_type="exp", imbalance_ratio=3, selection="first",
+    ...                   selection_seed=0, crop_padding=0, hflip=False, source="memory", root=None)
+    >>> bundle.train.class_counts, bundle.test.class_counts
+    ([3, 1], [3, 3])
+"""
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, DataError
+from .profiles import check_imbalance, check_selection, index_hash, long_tail_counts, \
+    select_long_tail
+from .transforms import BatchTransform
+
+
+class LTDataset(Dataset):
+    """A labelled image set held in memory as uint8 tensors.
+
+    Args:
+        images: uint8 ``(N, C, H, W)`` on the CPU (numpy array or tensor).
+        labels: Class ids ``(N,)``, converted to int64.
+        classes: Class names; index = class id.
+        mean: Per-channel mean on the 0..1 scale (of the training images).
+        std: Per-channel standard deviation on the 0..1 scale.
+
+    Example:
+        >>> ds = LTDataset(np.zeros((3, 1, 2, 2), np.uint8), [0, 1, 1], ["a", "b"], (0.,), (1.,))
+        >>> len(ds), ds.num_classes, ds.class_counts
+        (3, 2, [1, 2])
+    """
+
+    def __init__(self, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray,
+                 classes: Sequence[str], mean: Sequence[float], std: Sequence[float]):
+        images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64) if not torch.is_tensor(labels)
+                                 else labels).to(torch.int64)
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f"images must be a uint8 (N, C, H, W) array, "
+                            f"got {images.dtype} of shape {tuple(images.shape)}")
+        if labels.dim() != 1 or len(labels) != len(images):
+            raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+            raise DataError(f"labels must lie in [0, {len(classes)}), "
+                            f"got {int(labels.min())}..{int(labels.max())}")
+        if len(mean) != images.shape[1] or len(std) != images.shape[1]:
+            raise DataError(f"mean/std need {images.shape[1]} values, got {mean!r} / {std!r}")
+        self.images = images.contiguous()
+        self.labels = labels.contiguous()
+        self.classes = [str(c) for c in classes]
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.class_counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (including any with no image in this split)."""
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the images."""
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Height (= width) of the images."""
+        return int(self.images.shape[2])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __repr__(self) -> str:
+        return (f"LTDataset({len(self)} images {tuple(self.images.shape[1:])}, "
+                f"{self.num_classes} classes, counts {max(self.class_counts, default=0)}.."
+                f"{min(self.class_counts, default=0)})")
+
+
+@dataclass
+class DataBundle:
+    """What a data-set entry returns.
+
+    Attributes:
+        train: The (long-tailed) training set.
+        test: The balanced test set.
+        train_transform: Crop/flip/normalise for training batches.
+        eval_transform: Normalise only.
+        meta: Provenance recorded into results (name, profile, ratio, selection and its seed,
+            kept-index hash, source, root, per-class counts).
+    """
+
+    train: LTDataset
+    test: LTDataset
+    train_transform: BatchTransform
+    eval_transform: BatchTransform
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return self.train.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels (model context)."""
+        return self.train.in_channels
+
+    @property
+    def image_size(self) -> int:
+        """Image height = width (model context)."""
+        return self.train.image_size
+
+
+def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
+    """Raise ``ConfigError`` naming ``name`` unless ``value`` is an integer >= ``minimum``."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "null or an integer" if optional else "an integer"
+        raise ConfigError(f"{name} must be {kind} >= {minimum}, got {value!r}")
+
+
+def check_common(imbalance_type: str | None, imbalance_ratio: float, selection: str,
+                 selection_seed: int, crop_padding: int, hflip: bool) -> None:
+    """Validate the parameters every data set shares (before any file is read)."""
+    check_imbalance(imbalance_type, imbalance_ratio)
+    check_selection(selection, selection_seed)
+    check_int("crop_padding", crop_padding, 0)
+    if not isinstance(hflip, bool):
+        raise ConfigError(f"hflip must be true or false, got {hflip!r}")
+
+
+def cap_per_class(labels: np.ndarray, num_classes: int, cap: int | None) -> np.ndarray:
+    """Indices of the first ``cap`` images of each class in file order (all when ``cap`` is None),
+    in file order."""
+    if cap is None:
+        return np.arange(len(labels), dtype=np.int64)
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in range(num_classes):
+        keep[np.flatnonzero(labels == c)[:cap]] = True
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def pixel_mean_std(images: np.ndarray | torch.Tensor
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of all pixels, on the 0..1 scale.
+
+    Exact (from a 256-bin histogram per channel), without a float copy of the images.
+    """
+    images = images.numpy() if torch.is_tensor(images) else np.asarray(images)
+    values = np.arange(256, dtype=np.float64)
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        hist = np.bincount(images[:, c].reshape(-1), minlength=256).astype(np.float64)
+        total = hist.sum()
+        mean = (hist * values).sum() / total
+        var = (hist * (values - mean) ** 2).sum() / total
+        means.append(mean / 255.0)
+        stds.append(float(np.sqrt(var)) / 255.0)
+    return tuple(means), tuple(stds)
+
+
+def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
+             test_images: np.ndarray, test_labels: np.ndarray, classes: Sequence[str],
+             mean: Sequence[float], std: Sequence[float], *, imbalance_type: str | None,
+             imbalance_ratio: float, selection: str, selection_seed: int, crop_padding: int,
+             hflip: bool, source: str, root: str | None, train_index: np.ndarray | None = None,
+             extra_meta: dict[str, Any] | None = None) -> DataBundle:
+    """Apply the long-tail profile to the training split and build the bundle.
+
+    ``n_max`` is the size of the smallest training class, so every class can be filled (for the
+    balanced CIFAR splits that is 5,000 / 500, the reference's ``len(data) / C``).
+    ``imbalance_type=None`` keeps every training image (for a folder that is long-tailed already).
+
+    Args:
+        train_index: Index of each training image in the source's own numbering (for the kept-index
+            hash); defaults to ``0 .. N-1``.
+
+    Raises:
+        DataError: a class has no training or no test image.
+        ConfigError: the profile leaves a class with no image.
+    """
+    num_classes = len(classes)
+    train_labels = np.asarray(train_labels, dtype=np.int64)
+    sizes = np.bincount(train_labels, minlength=num_classes)
+    test_sizes = np.bincount(np.asarray(test_labels, dtype=np.int64), minlength=num_classes)
+    for split, counts in (("train", sizes), ("test", test_sizes)):
+        if (counts == 0).any():
+            empty = [classes[c] for c in np.flatnonzero(counts == 0)]
+            raise DataError(f"{name}: no {split} image for class(es) {', '.join(empty)}")
+    if imbalance_type is None:
+        kept = np.arange(len(train_labels), dtype=np.int64)
+    else:
+        n_max = int(sizes.min())
+        counts = long_tail_counts(n_max, num_classes, imbalance_type, imbalance_ratio)
+        if min(counts) < 1:
+            raise ConfigError(
+                f"imbalance_ratio {imbalance_ratio} leaves class {counts.index(0)} with no "
+                f"training image (n_max = {n_max}); lower imbalance_ratio or raise max_per_class")
+        kept = select_long_tail(train_labels, counts, selection, selection_seed)
+    train_index = np.arange(len(train_labels)) if train_index is None else train_index
+    train = LTDataset(train_images[kept], train_labels[kept], classes, mean, std)
+    test = LTDataset(test_images, test_labels, classes, mean, std)
+    meta = {
+        "dataset": name,
+        "imbalance_type": imbalance_type,
+        "imbalance_ratio": imbalance_ratio,
+        "selection": selection,
+        "selection_seed": selection_seed,
+        "kept_index_hash": index_hash(np.asarray(train_index)[kept]),
+        "source": source,
+        "root": root,
+        "classes": list(train.classes),
+        "train_class_counts": train.class_counts,
+        "test_class_counts": test.class_counts,
+        "num_train": len(train),
+        "num_test": len(test),
+        "mean": train.mean,
+        "std": train.std,
+        "crop_padding": crop_padding,
+        "hflip": hflip,
+    }
+    meta.update(extra_meta or {})
+    return DataBundle(train, test,
+                      BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip),
+                      BatchTransform(mean, std), meta)

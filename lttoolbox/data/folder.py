@@ -1,0 +1,106 @@
+"""Any ``root/<split>/<class>/*.png|jpg|jpeg`` tree as a long-tailed data set.
+
+Class ids follow the sorted class-folder names (as torchvision's ``ImageFolder``); images are read
+as RGB and resized to ``image_size`` x ``image_size`` (bilinear, aspect ratio not kept), decoded
+once and cached (:mod:`lttoolbox.data.folder_io`). The long-tail profile is applied to the training
+split exactly as for CIFAR, with ``n_max`` the smallest training class; ``imbalance_type: null``
+keeps a folder that is long-tailed already as it is.
+
+Recipe:
+    data:
+      name: image_folder
+      root: data/my_set
+      image_size: 32
+      imbalance_type: exp
+      imbalance_ratio: 50
+
+Example:
+    >>> bundle = image_folder("data/my_set", imbalance_type=None)  # doctest: +SKIP
+    >>> bundle.train.mean                                          # doctest: +SKIP
+    (0.49, 0.48, 0.45)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError, DataError
+from ..registry import DATASETS
+from .dataset import DataBundle, assemble, check_common, check_int, pixel_mean_std
+from .folder_io import load_folder_splits
+
+
+def _check_stats(mean, std) -> None:
+    if (mean is None) != (std is None):
+        raise ConfigError("give both mean and std, or neither (then they are computed from the "
+                          "training images)")
+    if mean is None:
+        return
+    for name, value in (("mean", mean), ("std", std)):
+        if not isinstance(value, (list, tuple)) or len(value) != 3 \
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{name} must be a list of 3 numbers (RGB, 0..1 scale), "
+                              f"got {value!r}")
+    if any(s <= 0 for s in std):
+        raise ConfigError(f"std must be positive, got {std!r}")
+
+
+@DATASETS.register("image_folder")
+def image_folder(root: str | None = None, train_dir: str = "train", test_dir: str = "test",
+                 image_size: int = 32, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, imbalance_type: str | None = "exp",
+                 imbalance_ratio: float = 100, selection: str = "protocol",
+                 selection_seed: int = 0, crop_padding: int = 4, hflip: bool = True,
+                 cache_dir: str | None = None, max_per_class: int | None = None,
+                 test_max_per_class: int | None = None) -> DataBundle:
+    """A long-tailed data set from an image-folder tree.
+
+    Args:
+        root: Folder holding ``train_dir`` and ``test_dir``.
+        train_dir: Training split folder name under ``root``.
+        test_dir: Test split folder name under ``root``.
+        image_size: Side of the square images after resizing.
+        mean: Per-channel RGB mean (0..1); ``None`` computes it from the training images as loaded
+            (after ``max_per_class``, before the long-tail profile), like the CIFAR constants were
+            computed on the full balanced training set.
+        std: Per-channel pixel standard deviation (0..1); given together with ``mean``.
+        imbalance_type: ``exp`` | ``step`` | ``none`` | ``null`` (keep every training image).
+        imbalance_ratio: ``n_max / n_min`` (>= 1).
+        selection: ``protocol`` | ``seeded`` | ``first``.
+        selection_seed: Seed of the selection.
+        crop_padding: Zero padding of the training random crop.
+        hflip: Random horizontal flip during training.
+        cache_dir: Decode cache (default ``$LTTOOLBOX_CACHE`` or ``~/.cache/lttoolbox``).
+        max_per_class: Keep only the first images (by file name) of each training class.
+        test_max_per_class: The same for the test split.
+
+    Returns:
+        A :class:`~lttoolbox.data.DataBundle`.
+
+    Example:
+        >>> bundle = image_folder("data/flowers", image_size=64)  # doctest: +SKIP
+    """
+    check_common(imbalance_type, imbalance_ratio, selection, selection_seed, crop_padding, hflip)
+    check_int("image_size", image_size, 1)
+    check_int("max_per_class", max_per_class, 1, optional=True)
+    check_int("test_max_per_class", test_max_per_class, 1, optional=True)
+    _check_stats(mean, std)
+    for name, value in (("train_dir", train_dir), ("test_dir", test_dir)):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name} must be a folder name, got {value!r}")
+    if root is None or str(root) == "":
+        raise ConfigError("root is required: the folder holding train/<class>/ and test/<class>/")
+    root = Path(str(root)).expanduser().absolute()
+    if not root.is_dir():
+        raise DataError(f"image folder root {root} does not exist")
+    classes, (train_x, train_y, train_index), (test_x, test_y), _ = load_folder_splits(
+        root, train_dir, test_dir, image_size, cache_dir, None, max_per_class, test_max_per_class)
+    if mean is None:
+        mean, std = pixel_mean_std(train_x)
+    return assemble(
+        "image_folder", train_x, train_y, test_x, test_y, classes, mean, std,
+        imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio, selection=selection,
+        selection_seed=selection_seed, crop_padding=crop_padding, hflip=hflip, source="folder",
+        root=str(root), train_index=train_index,
+        extra_meta={"image_size": image_size, "train_dir": train_dir, "test_dir": test_dir,
+                    "max_per_class": max_per_class, "test_max_per_class": test_max_per_class})

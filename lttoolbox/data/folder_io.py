@@ -1,0 +1,249 @@
+"""Reading ``root/<split>/<class>/*.png|jpg|jpeg`` trees into uint8 arrays, with a decode cache.
+
+Decoding 60,000 small JPEGs with PIL takes tens of seconds, so the decoded split is saved once as a
+``.npy`` file under the cache directory and reused while the files stay the same: the cache key is
+the sha1 of the sorted relative file list with each file's size and mtime (plus the target image
+size and a format version). The cache always holds the whole split as listed; the long-tail
+selection happens after loading, since it is cheap. Files are written atomically (temporary file +
+``os.replace``) so an interrupted or concurrent run never leaves a truncated cache behind.
+
+Example:
+    >>> split = list_split("/data/cifar10-jpg", "train")            # doctest: +SKIP
+    >>> images = load_split(split, image_size=32, cache_dir=None)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import tempfile
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+CACHE_VERSION = 1
+# Below this many files a process pool costs more than it saves.
+POOL_MIN_FILES = 2048
+CHUNK = 1024
+
+
+def default_cache_dir() -> Path:
+    """``$LTTOOLBOX_CACHE`` if set, else ``~/.cache/lttoolbox``."""
+    return Path(os.environ.get("LTTOOLBOX_CACHE") or "~/.cache/lttoolbox").expanduser()
+
+
+@dataclass
+class SplitListing:
+    """The image files of one split.
+
+    Attributes:
+        root: The split folder.
+        classes: Class folder names found, sorted.
+        files: Relative paths ``<class>/<name>``, sorted (the order of the cached array).
+        labels: Index into ``classes`` of each file.
+        sizes: File sizes in bytes.
+        mtimes: Modification times in ns.
+    """
+
+    root: Path
+    classes: list[str]
+    files: list[str]
+    labels: np.ndarray
+    sizes: list[int]
+    mtimes: list[int]
+
+    def subset(self, keep: np.ndarray) -> "SplitListing":
+        """The listing restricted to positions ``keep`` (kept in sorted order)."""
+        keep = np.sort(np.asarray(keep, dtype=np.int64))
+        return SplitListing(self.root, self.classes, [self.files[i] for i in keep],
+                            self.labels[keep], [self.sizes[i] for i in keep],
+                            [self.mtimes[i] for i in keep])
+
+    def cache_key(self, image_size: int) -> str:
+        """sha1 of the file list, sizes, mtimes, the image size and the cache format."""
+        digest = hashlib.sha1(f"lttoolbox-folder-v{CACHE_VERSION}|{image_size}\n".encode())
+        for name, size, mtime in zip(self.files, self.sizes, self.mtimes):
+            digest.update(f"{name}\t{size}\t{mtime}\n".encode())
+        return digest.hexdigest()
+
+
+def list_split(root: str | Path, split: str) -> SplitListing:
+    """List ``root/split/<class>/*`` (hidden entries and other extensions are skipped).
+
+    Raises:
+        DataError: missing split folder, no class folder, or a class folder without images.
+    """
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise DataError(f"no '{split}' folder at {split_dir}")
+    classes = sorted(e.name for e in os.scandir(split_dir)
+                     if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders (expected {split}/<class>/<image>)")
+    files, labels, sizes, mtimes = [], [], [], []
+    for label, name in enumerate(classes):
+        entries = sorted((e for e in os.scandir(split_dir / name)
+                          if not e.name.startswith(".") and e.is_file()
+                          and e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
+        if not entries:
+            raise DataError(f"class folder {split_dir / name} has no .png/.jpg/.jpeg image")
+        for entry in entries:
+            stat = entry.stat()
+            files.append(f"{name}/{entry.name}")
+            labels.append(label)
+            sizes.append(stat.st_size)
+            mtimes.append(stat.st_mtime_ns)
+    return SplitListing(split_dir, classes, files, np.asarray(labels, dtype=np.int64), sizes,
+                        mtimes)
+
+
+def decode_files(paths: list[str], image_size: int) -> np.ndarray:
+    """Decode images to a uint8 ``(n, 3, image_size, image_size)`` array (RGB, resized to a square
+    with bilinear filtering where the size differs).
+
+    Raises:
+        DataError: naming the first file PIL cannot read.
+    """
+    from PIL import Image
+
+    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (image_size, image_size):
+                    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                out[i] = np.asarray(img, dtype=np.uint8)
+        except Exception as err:  # PIL raises many types; the user needs the file name
+            raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+    return out.transpose(0, 3, 1, 2)
+
+
+def _decode_all(paths: list[str], image_size: int, workers: int) -> np.ndarray:
+    if len(paths) < POOL_MIN_FILES or workers <= 1:
+        return np.ascontiguousarray(decode_files(paths, image_size))
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    # fork starts the workers in milliseconds; the workers run PIL and numpy only.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        start = 0
+        for part in pool.map(decode_files, chunks, [image_size] * len(chunks)):
+            out[start:start + len(part)] = part
+            start += len(part)
+    return out
+
+
+def _write_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared LTTOOLBOX_CACHE needs it readable
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | None,
+               workers: int | None = None) -> tuple[np.ndarray, str]:
+    """Decoded images of a listing, in ``listing.files`` order, from the cache when possible.
+
+    Args:
+        listing: What to load.
+        image_size: Side of the square output images.
+        cache_dir: Folder of the decode cache; ``None`` uses :func:`default_cache_dir`.
+        workers: Decoding processes (default ``min(4, cpu count)``).
+
+    Returns:
+        ``(images, status)``: uint8 ``(N, 3, image_size, image_size)`` and ``"hit"`` or ``"miss"``.
+    """
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    key = listing.cache_key(image_size)
+    path = cache_dir / f"folder-{listing.root.name}-{image_size}px-{key}.npy"
+    expected = (len(listing.files), 3, image_size, image_size)
+    if path.is_file():
+        try:
+            images = np.load(path, allow_pickle=False)
+            if images.shape == expected and images.dtype == np.uint8:
+                return images, "hit"
+        except (OSError, ValueError):
+            pass  # unreadable cache: decode again and overwrite it
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    paths = [str(listing.root / name) for name in listing.files]
+    images = _decode_all(paths, image_size, workers)
+    try:
+        _write_atomic(path, images)
+    except OSError as err:
+        warnings.warn(f"could not write the decode cache {path}: {err}", RuntimeWarning,
+                      stacklevel=2)
+    return images, "miss"
+
+
+def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: int,
+                       cache_dir: str | Path | None, class_order: list[str] | None = None,
+                       max_per_class: int | None = None, test_max_per_class: int | None = None):
+    """Load a ``train``/``test`` image-folder pair with a shared class order.
+
+    Args:
+        class_order: Class names in label order; ``None`` means sorted folder names.
+        max_per_class: Keep only the first (by file name) images of each training class before
+            decoding; ``test_max_per_class`` the same for the test split.
+
+    Returns:
+        ``(classes, (train_images, train_labels, train_index), (test_images, test_labels), info)``
+        with samples grouped by class in label order, files sorted by name within a class;
+        ``train_index`` is each image's position in the full (uncapped) training listing, and
+        ``info`` says whether each split came from the cache.
+
+    Raises:
+        DataError: class folders that differ between the two splits, or any listing/decoding error.
+    """
+    listings = {split: list_split(root, name) for split, name in
+                (("train", train_dir), ("test", test_dir))}
+    train_classes, test_classes = listings["train"].classes, listings["test"].classes
+    if train_classes != test_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise DataError(f"class folders differ between {root / train_dir} and {root / test_dir}: "
+                        f"only in {train_dir}: {only_train or '-'}; only in {test_dir}: "
+                        f"{only_test or '-'}")
+    classes = class_order or train_classes
+    remap = np.asarray([classes.index(name) for name in train_classes], dtype=np.int64)
+    out, info = {}, {}
+    for split, cap in (("train", max_per_class), ("test", test_max_per_class)):
+        full = listings[split]
+        labels = remap[full.labels]
+        # class-grouped, name-sorted order of the full listing: this is the split's numbering
+        order = np.lexsort((np.arange(len(labels)), labels))
+        if cap is not None:
+            ranks = np.empty(len(order), dtype=np.int64)
+            for c in range(len(classes)):
+                members = order[labels[order] == c]
+                ranks[members] = np.arange(len(members))
+            listing = full.subset(np.flatnonzero(ranks < cap))
+        else:
+            listing = full
+        images, info[split] = load_split(listing, image_size, cache_dir)
+        # listing positions (sorted relative paths) -> full-listing position -> class order
+        positions = np.flatnonzero(ranks < cap) if cap is not None else np.arange(len(full.files))
+        number = np.empty(len(full.files), dtype=np.int64)
+        number[order] = np.arange(len(order))
+        sample_number = number[positions]
+        regroup = np.argsort(sample_number, kind="stable")
+        if not np.array_equal(regroup, np.arange(len(regroup))):  # spare a copy when sorted
+            images = images[regroup]
+        out[split] = (images, labels[positions][regroup], sample_number[regroup])
+    return classes, out["train"], out["test"][:2], info

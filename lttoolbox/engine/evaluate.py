@@ -1,0 +1,108 @@
+"""Evaluation: top-1, mean per-class accuracy, many/medium/few-shot splits, calibration.
+
+The split convention is the one of Liu et al. (OLTR, CVPR 2019) and everything after it: a class is
+*many-shot* with more than ``many_threshold`` (100) training images, *few-shot* with fewer than
+``few_threshold`` (20), and *medium-shot* in between (both ends included). Small data sets need other
+cut points, so both are parameters. Accuracies are percentages.
+
+Example:
+    >>> import numpy as np
+    >>> split_accuracies(np.array([90.0, 50.0, 10.0]), [500, 50, 5])
+    {'many': 90.0, 'medium': 50.0, 'few': 10.0}
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+def split_accuracies(per_class_acc: np.ndarray, train_counts: Sequence[int],
+                     many_threshold: int = 100, few_threshold: int = 20) -> dict:
+    """Mean per-class accuracy over the many-, medium- and few-shot classes.
+
+    A split without classes is ``None`` (not 0), so a table never shows a made-up number.
+    """
+    counts = np.asarray(train_counts)
+    acc = np.asarray(per_class_acc, dtype=np.float64)
+    masks = {"many": counts > many_threshold,
+             "medium": (counts >= few_threshold) & (counts <= many_threshold),
+             "few": counts < few_threshold}
+    return {name: (float(acc[m].mean()) if m.any() else None) for name, m in masks.items()}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE (Guo et al., ICML 2017, Eq. 3): sum over equal-width confidence bins of
+    |B|/N * |accuracy(B) - confidence(B)|, as a percentage."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # Bins are (lo, hi]; a confidence of exactly 0 falls in the first bin.
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(100.0 * ece)
+
+
+def metrics_from_predictions(pred: np.ndarray, target: np.ndarray, confidence: np.ndarray,
+                             num_classes: int, train_counts: Sequence[int],
+                             many_threshold: int = 100, few_threshold: int = 20,
+                             ece_bins: int = 15) -> dict:
+    """All reported metrics from predicted labels, true labels and confidences."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (target, pred), 1)
+    test_counts = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(test_counts > 0, 100.0 * np.diag(confusion) / test_counts, np.nan)
+    present = ~np.isnan(per_class)
+    correct = pred == target
+    return {
+        "top1": float(100.0 * correct.mean()),
+        "mean_class_acc": float(per_class[present].mean()),
+        **split_accuracies(np.where(present, per_class, 0.0)[present],
+                           np.asarray(train_counts)[present], many_threshold, few_threshold),
+        "per_class_acc": [None if np.isnan(a) else round(float(a), 4) for a in per_class],
+        "train_class_counts": [int(c) for c in train_counts],
+        "test_class_counts": [int(c) for c in test_counts],
+        "ece": expected_calibration_error(confidence, correct, ece_bins),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
+            batch_size: int = 1024, autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels and their softmax confidence for uint8 ``images`` on the model's device.
+
+    Predictions are gathered on the device and copied to the host once, at the end.
+    """
+    was_training = model.training
+    model.eval()
+    preds, confs = [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = transform(images[start:start + batch_size])
+        if autocast is not None:
+            with autocast():
+                logits = model(x)
+        else:
+            logits = model(x)
+        conf, pred = torch.softmax(logits.float(), dim=1).max(dim=1)
+        preds.append(pred)
+        confs.append(conf)
+    model.train(was_training)
+    return torch.cat(preds).cpu().numpy(), torch.cat(confs).cpu().numpy()
+
+
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             transform: Callable, train_counts: Sequence[int], many_threshold: int = 100,
+             few_threshold: int = 20, ece_bins: int = 15, batch_size: int = 1024,
+             autocast: Callable | None = None) -> dict:
+    """Evaluate ``model`` on a labelled set; see :func:`metrics_from_predictions`."""
+    pred, conf = predict(model, images, transform, batch_size, autocast)
+    return metrics_from_predictions(pred, labels.cpu().numpy(), conf, len(train_counts),
+                                    train_counts, many_threshold, few_threshold, ece_bins)

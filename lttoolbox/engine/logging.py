@@ -1,0 +1,75 @@
+"""Console output: a rich progress bar per epoch, epoch summaries, and the results table.
+
+Nothing here forces a device synchronization per step: the bar advances by step count and the
+loss is read from the device once per epoch.
+"""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+
+class RunLogger:
+    """Progress and summaries for one run; ``quiet`` prints only errors and the final line."""
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.quiet = quiet
+        self.console = console or Console(stderr=False, highlight=False)
+        self._progress: Progress | None = None
+        self._task = None
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message)
+
+    def start_epoch(self, description: str, total_steps: int) -> None:
+        if self.quiet or not self.console.is_terminal:
+            return
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                                  TimeElapsedColumn(), TimeRemainingColumn(),
+                                  console=self.console, transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total_steps, status="")
+
+    def advance(self, steps: int = 1, status: str | None = None) -> None:
+        if self._progress is not None:
+            if status is None:
+                self._progress.advance(self._task, steps)
+            else:
+                self._progress.update(self._task, advance=steps, status=status)
+
+    def end_epoch(self, summary: str) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self.info(summary)
+
+    def results_table(self, results: dict, title: str = "Results") -> None:
+        """Overall and per-split accuracies, then per-class accuracy with training counts."""
+        if self.quiet:
+            self.console.print(f"top1 {results['top1']:.2f}  mean-class {results['mean_class_acc']:.2f}"
+                               f"  many {fmt(results['many'])}  medium {fmt(results['medium'])}"
+                               f"  few {fmt(results['few'])}")
+            return
+        table = Table(title=title)
+        for column in ("top-1", "mean class", "many", "medium", "few", "ECE", "epochs", "img/s"):
+            table.add_column(column, justify="right")
+        table.add_row(fmt(results["top1"]), fmt(results["mean_class_acc"]), fmt(results["many"]),
+                      fmt(results["medium"]), fmt(results["few"]), fmt(results["ece"]),
+                      str(results["epochs"]), f"{results['images_per_second']:.0f}")
+        self.console.print(table)
+        per_class = Table(title="Per-class accuracy (%)")
+        per_class.add_column("class")
+        per_class.add_column("train images", justify="right")
+        per_class.add_column("accuracy", justify="right")
+        names = results.get("class_names") or [str(i) for i in range(len(results["per_class_acc"]))]
+        for name, count, acc in zip(names, results["train_class_counts"], results["per_class_acc"]):
+            per_class.add_row(name, str(count), fmt(acc))
+        self.console.print(per_class)
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

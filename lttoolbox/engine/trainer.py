@@ -1,0 +1,419 @@
+"""The one training loop.
+
+It knows families, never tricks: a sampler gives the epoch's indices, a loss scores logits
+against two targets, augmentations and generators are hooks at named model stages, and a
+multi-stage recipe is a list of recipe overlays run one after another with the weights carried
+over. Everything a recipe can get wrong is built and checked before the first step.
+
+Example:
+    >>> from lttoolbox.recipe import load_recipe
+    >>> from lttoolbox.engine import train
+    >>> results = train(load_recipe("configs/quickstart.yaml"), "runs/quickstart")  # doctest: +SKIP
+    >>> results["top1"]  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..batch import Batch
+from ..errors import ConfigError
+from ..losses import mixed_loss
+from ..recipe import dump_recipe, recipe_hash, resolve, stage_recipes
+from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
+from .checkpoint import atomic_save, atomic_write_json, load_checkpoint, rng_state, set_rng_state
+from .evaluate import evaluate
+from .logging import RunLogger
+from .optim import build_optimizer, lr_at, set_lr
+from .provenance import git_commit, machine_info
+
+CHECKPOINT = "checkpoint.pt"
+RESULTS = "results.json"
+RECIPE = "recipe.yaml"
+LOG = "log.jsonl"
+
+
+@dataclass
+class Stage:
+    """One stage's recipe and the components built from it."""
+
+    name: str
+    recipe: dict
+    sampler: Any
+    loss: Any
+    augments: list
+    generator: Any
+    hooked: list = field(default_factory=list)  # (component, stage name, recipe key)
+
+    @property
+    def components(self) -> list:
+        parts = [self.sampler, self.loss, *self.augments]
+        return parts + ([self.generator] if self.generator is not None else [])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"not a device: {err}", key="train.device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"'{name}' was asked for but CUDA is not available", key="train.device")
+    return device
+
+
+def autocast_factory(mode: str, device: torch.device) -> tuple[Callable | None, bool]:
+    """The autocast context for ``train.amp`` and whether fp16 loss scaling is needed.
+
+    ``auto`` means bf16 (or fp16 where bf16 is missing) on CUDA and full precision on the CPU.
+    """
+    if mode == "auto":
+        if device.type != "cuda":
+            return None, False
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "off":
+        return None, False
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    if mode == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 autocast needs CUDA; use bf16 on the CPU", key="train.amp")
+    return (lambda: torch.autocast(device.type, dtype=dtype)), mode == "fp16"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def chain_hooks(parts: list) -> Callable:
+    """Several components at one stage act in recipe order."""
+    def hook(h, batch):
+        for part in parts:
+            h, batch = part(h, batch)
+        return h, batch
+    return hook
+
+
+def active_hooks(stage: Stage) -> dict:
+    """Hooks of the components whose epoch window includes the current epoch."""
+    by_stage: dict[str, list] = {}
+    for part, where, _ in stage.hooked:
+        if getattr(part, "active", True):
+            by_stage.setdefault(where, []).append(part)
+    return {where: parts[0] if len(parts) == 1 else chain_hooks(parts)
+            for where, parts in by_stage.items()}
+
+
+class Trainer:
+    """Builds a run from a recipe and trains it; see :func:`train`."""
+
+    def __init__(self, recipe: dict, out_dir: str | Path, resume: bool = False,
+                 quiet: bool = False, logger: RunLogger | None = None):
+        self.recipe = resolve(recipe)
+        self.out = Path(out_dir)
+        self.log = logger or RunLogger(quiet=quiet)
+        self.resume = resume
+        self._check_run_dir()
+        stages = stage_recipes(self.recipe)
+        first = stages[0]
+        self.device = resolve_device(first["train"]["device"])
+        seed_everything(first["train"]["seed"])
+        self.data = DATASETS.build(first["data"], key="data")
+        self.train_images = self.data.train.images.to(self.device)
+        self.train_labels = self.data.train.labels.to(self.device)
+        self.test_images = self.data.test.images.to(self.device)
+        self.test_labels = self.data.test.labels.to(self.device)
+        self.class_counts = list(self.data.train.class_counts)
+        self.num_classes = len(self.class_counts)
+        self.model = MODELS.build(first["model"], key="model", num_classes=self.num_classes,
+                                  in_channels=self.train_images.shape[1],
+                                  image_size=self.train_images.shape[-1]).to(self.device)
+        self.channels_last = first["train"]["channels_last"]
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
+
+    # ----------------------------------------------------------------------------------- set-up
+    def _check_run_dir(self) -> None:
+        existing = [n for n in (CHECKPOINT, RESULTS) if (self.out / n).exists()]
+        if existing and not self.resume:
+            raise ConfigError(f"run directory {self.out} already holds a run ({existing[0]}); "
+                              f"pass --resume to continue it or choose another --out")
+        if self.resume and (self.out / RECIPE).exists():
+            import yaml
+            saved = resolve(yaml.safe_load((self.out / RECIPE).read_text()))
+            if recipe_hash(saved) != recipe_hash(self.recipe):
+                raise ConfigError(f"--resume: the recipe differs from the one saved in "
+                                  f"{self.out / RECIPE}; resume with the same recipe and overrides")
+
+    def _context(self, recipe: dict) -> dict:
+        labels = self.data.train.labels.numpy()
+        world = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return {"class_counts": self.class_counts, "num_classes": self.num_classes,
+                "total_epochs": recipe["train"]["epochs"], "seed": recipe["train"]["seed"],
+                "labels": labels, "feature_dim": self.model.feature_dim,
+                "rank": torch.distributed.get_rank() if world else 0,
+                "world_size": torch.distributed.get_world_size() if world else 1}
+
+    def _build_stage(self, recipe: dict, index: int, first: dict) -> Stage:
+        where = f"stages[{index}]." if self.recipe.get("stages") else ""
+        for section in ("data",):
+            if recipe[section] != first[section]:
+                raise ConfigError("all stages share the first stage's data set; "
+                                  "only sampler, loss, augment, generator, optim, schedule, train, "
+                                  "eval and model.head may change", key=where + section)
+        changed = {k for k in set(recipe["model"]) | set(first["model"])
+                   if k != "head" and recipe["model"].get(k) != first["model"].get(k)}
+        if changed:
+            raise ConfigError("only model.head may change between stages",
+                              key=f"{where}model.{sorted(changed)[0]}")
+        ctx = self._context(recipe)
+        sampler = SAMPLERS.build(recipe["sampler"], key=where + "sampler", **ctx)
+        loss = LOSSES.build(recipe["loss"], key=where + "loss", **ctx).to(self.device)
+        augments = [AUGMENTS.build(cfg, key=f"{where}augment[{i}]", **ctx)
+                    for i, cfg in enumerate(recipe["augment"])]
+        generator = (GENERATORS.build(recipe["generator"], key=where + "generator", **ctx)
+                     if recipe["generator"] else None)
+        stage = Stage(recipe["meta"]["stage"], recipe, sampler, loss, augments, generator)
+        named = [(a, f"{where}augment[{i}]") for i, a in enumerate(augments)]
+        if generator is not None:
+            named.append((generator, where + "generator"))
+        for part, key in named:
+            if isinstance(part, torch.nn.Module):
+                part.to(self.device)
+            point = getattr(part, "stage", "input")
+            if point not in self.model.stage_names:
+                raise ConfigError(f"acts at model stage '{point}', which "
+                                  f"{first['model']['name']} does not have. Stages: "
+                                  f"{', '.join(self.model.stage_names)}.", key=key + ".stage")
+            stage.hooked.append((part, point, key))
+        for name in recipe["train"]["freeze"]:
+            if name != "backbone" and name not in self.model.stage_names:
+                raise ConfigError(f"unknown stage '{name}'. Stages: backbone, "
+                                  f"{', '.join(self.model.stage_names)}.", key=where + "train.freeze")
+        return stage
+
+    def _enter_stage(self, index: int) -> None:
+        """Apply a stage's model changes: a new classifier head and frozen stages."""
+        stage = self.stages[index]
+        train_cfg = stage.recipe["train"]
+        previous_head = self.stages[index - 1].recipe["model"].get("head") if index else None
+        head = stage.recipe["model"].get("head")
+        if train_cfg["reset_head"] or (index and head != previous_head):
+            self.model.reset_head(head)
+            self.model.to(self.device)
+            if self.channels_last:
+                self.model.to(memory_format=torch.channels_last)
+        if train_cfg["freeze"]:
+            self.model.freeze(train_cfg["freeze"])
+
+    def _trainable(self, stage: Stage) -> list:
+        params = list(self.model.parameters())
+        for part in stage.components:
+            if isinstance(part, torch.nn.Module):
+                params += list(part.parameters())
+        return params
+
+    # ----------------------------------------------------------------------------------- running
+    def run(self) -> dict:
+        """Train every stage, evaluate the final model, write and return ``results.json``."""
+        history, seconds, images_seen = self.fit()
+        final = self.stages[-1]
+        autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
+        results = self._results(self._evaluate(final, autocast), history, seconds, images_seen)
+        atomic_write_json(results, self.out / RESULTS)
+        self.log.results_table(results, title=f"Results ({self.out})")
+        return results
+
+    def fit(self) -> tuple[list, float, int]:
+        """Train every stage (resuming if asked); returns (history, seconds, images seen)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_recipe(self.recipe, self.out / RECIPE)
+        state = self._load_state() if self.resume else None
+        start_stage = state["stage"] if state else 0
+        history = state["history"] if state else []
+        seconds = state["seconds"] if state else 0.0
+        images_seen = state["images"] if state else 0
+        for index in range(start_stage + 1 if state and state["stage_done"] else start_stage,
+                           len(self.stages)):
+            resumed_here = state is not None and index == start_stage and not state["stage_done"]
+            stage = self.stages[index]
+            if not resumed_here:  # a resumed stage was entered before its weights were loaded
+                self._enter_stage(index)
+            optimizer = build_optimizer(self._trainable(stage), stage.recipe["optim"])
+            autocast, needs_scaler = autocast_factory(stage.recipe["train"]["amp"], self.device)
+            scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler)
+            first_epoch = 0
+            if resumed_here:
+                optimizer.load_state_dict(state["optimizer"])
+                scaler.load_state_dict(state["scaler"])
+                self._load_components(stage, state["components"])
+                set_rng_state(state["rng"])
+                first_epoch = state["epoch"] + 1
+            elif index > 0:  # a fresh stream per stage, so resuming at a stage boundary matches
+                seed_everything(stage.recipe["train"]["seed"] + index)
+            epochs = stage.recipe["train"]["epochs"]
+            for epoch in range(first_epoch, epochs):
+                row, spent, count = self._train_epoch(stage, index, epoch, optimizer, scaler,
+                                                      autocast)
+                seconds += spent
+                images_seen += count
+                every = stage.recipe["eval"]["every"]
+                if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+                    row["eval"] = {k: v for k, v in self._evaluate(stage, autocast).items()
+                                   if k in ("top1", "mean_class_acc", "many", "medium", "few")}
+                history.append(row)
+                self._append_log(row)
+                last = epoch + 1 == epochs
+                if last or (epoch + 1) % stage.recipe["train"]["checkpoint_every"] == 0:
+                    self._save_state(index, epoch, last, optimizer, scaler, stage, history,
+                                     seconds, images_seen)
+            if epochs == 0:
+                self._save_state(index, -1, True, optimizer, scaler, stage, history, seconds,
+                                 images_seen)
+        return history, seconds, images_seen
+
+    def _train_epoch(self, stage: Stage, index: int, epoch: int, optimizer, scaler,
+                     autocast) -> tuple[dict, float, int]:
+        recipe = stage.recipe
+        lr = lr_at(epoch, recipe["optim"]["lr"], total_epochs=recipe["train"]["epochs"],
+                   **{k: v for k, v in recipe["schedule"].items() if k != "name"},
+                   name=recipe["schedule"]["name"])
+        set_lr(optimizer, lr)
+        for part in stage.components:
+            part.set_epoch(epoch)
+        hooks = active_hooks(stage)
+        self.model.train()
+        indices = stage.sampler.indices().to(self.device)
+        batch_size = recipe["train"]["batch_size"]
+        steps = (indices.numel() // batch_size if recipe["train"]["drop_last"]
+                 else math.ceil(indices.numel() / batch_size))
+        aux_parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
+        transform = self.data.train_transform
+        loss_sum = torch.zeros((), device=self.device)
+        label = f"{stage.name} " if len(self.stages) > 1 else ""
+        self.log.start_epoch(f"{label}epoch {epoch + 1}/{recipe['train']['epochs']}", steps)
+        start = time.perf_counter()
+        for step in range(steps):
+            idx = indices[step * batch_size:(step + 1) * batch_size]
+            batch = Batch.plain(transform(self.train_images[idx]), self.train_labels[idx])
+            with autocast() if autocast else contextlib.nullcontext():
+                logits, batch = self.model.forward_hooked(batch, hooks)
+                loss = mixed_loss(stage.loss, logits, batch)
+                for part in aux_parts:
+                    extra = part.auxiliary_loss()
+                    if extra is not None:
+                        loss = loss + extra
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach()
+            self.log.advance()
+        mean_loss = loss_sum.item() / max(1, steps)  # the epoch's one host synchronization
+        spent = time.perf_counter() - start
+        count = int(min(indices.numel(), steps * batch_size))
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"the training loss became {mean_loss} in epoch {epoch + 1} "
+                                     f"of stage '{stage.name}' (learning rate {lr:g}); "
+                                     f"lower optim.lr or check the loss parameters")
+        row = {"stage": stage.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
+               "seconds": round(spent, 3), "images_per_second": round(count / spent, 1)}
+        self.log.end_epoch(f"{label}epoch {epoch + 1:>3}/{recipe['train']['epochs']}  "
+                           f"loss {mean_loss:.4f}  lr {lr:.2e}  {count / spent:,.0f} img/s")
+        return row, spent, count
+
+    def _evaluate(self, stage: Stage, autocast) -> dict:
+        ev = stage.recipe["eval"]
+        return evaluate(self.model, self.test_images, self.test_labels, self.data.eval_transform,
+                        self.class_counts, ev["many_threshold"], ev["few_threshold"],
+                        ev["ece_bins"], ev["batch_size"], autocast)
+
+    def _results(self, metrics: dict, history: list, seconds: float, images: int) -> dict:
+        final = self.stages[-1].recipe
+        return {
+            **metrics,
+            "epochs": sum(s.recipe["train"]["epochs"] for s in self.stages),
+            "seconds": round(seconds, 2),
+            "images_per_second": round(images / seconds, 1) if seconds else 0.0,
+            "class_names": list(self.data.train.classes),
+            "seed": final["train"]["seed"],
+            "commit": git_commit(),
+            "machine": machine_info(self.device),
+            "protocol": self.recipe.get("meta", {}).get("protocol"),
+            "recipe_hash": recipe_hash(self.recipe),
+            "data": self.data.meta,
+            "stages": [{"name": s.name, "epochs": s.recipe["train"]["epochs"],
+                        "final_loss": next((r["loss"] for r in reversed(history)
+                                            if r["stage"] == s.name), None)}
+                       for s in self.stages],
+            "history": history,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    # ------------------------------------------------------------------------- checkpoints & logs
+    @staticmethod
+    def _component_states(stage: Stage) -> list:
+        return [p.state_dict() if hasattr(p, "state_dict") else None for p in stage.components]
+
+    @staticmethod
+    def _load_components(stage: Stage, states: list) -> None:
+        for part, saved in zip(stage.components, states):
+            if saved is not None and hasattr(part, "load_state_dict"):
+                part.load_state_dict(saved)
+
+    def _save_state(self, index, epoch, stage_done, optimizer, scaler, stage, history, seconds,
+                    images) -> None:
+        atomic_save({"stage": index, "epoch": epoch, "stage_done": stage_done,
+                     "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(), "components": self._component_states(stage),
+                     "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
+                     "images": images, "recipe_hash": recipe_hash(self.recipe)},
+                    self.out / CHECKPOINT)
+        if stage_done:  # each stage's final weights, for later use outside this run
+            atomic_save(self.model.state_dict(), self.out / f"model-{stage.name}.pt")
+
+    def _load_state(self) -> dict | None:
+        path = self.out / CHECKPOINT
+        if not path.exists():
+            return None
+        state = load_checkpoint(path)
+        for index in range(state["stage"] + 1):
+            self._enter_stage(index)
+        self.model.load_state_dict(state["model"])
+        self.log.info(f"resuming {self.out}: stage '{self.stages[state['stage']].name}', "
+                      f"after epoch {state['epoch'] + 1}")
+        return state
+
+    def _append_log(self, row: dict) -> None:
+        with open(self.out / LOG, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+def train(recipe: dict, out_dir: str | Path, resume: bool = False, quiet: bool = False,
+          logger: RunLogger | None = None) -> dict:
+    """Train a recipe and evaluate the final model.
+
+    Args:
+        recipe: A recipe dict (from :func:`lttoolbox.recipe.load_recipe`, or written by hand).
+        out_dir: Run directory: resolved recipe, checkpoints, ``log.jsonl`` and ``results.json``.
+        resume: Continue the interrupted run in ``out_dir`` (same recipe required).
+        quiet: Print only the final line.
+        logger: Custom console output.
+
+    Returns:
+        The results dict, also written to ``out_dir/results.json``. The reported model is always
+        the final epoch's; no epoch is ever selected on the test set.
+    """
+    return Trainer(recipe, out_dir, resume=resume, quiet=quiet, logger=logger).run()

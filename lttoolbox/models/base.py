@@ -1,0 +1,243 @@
+"""The model contract shared by every registered network: named stages, hooks, freezing, heads.
+
+A model is a chain of named stages followed by a classifier head::
+
+    input -> stem -> layer1 -> ... -> features -> head -> logits
+
+``input`` is the image batch, ``features`` the pooled feature vector that enters the head. The
+trainer (or any caller) can act at any stage with ``forward_hooked(batch, hooks)``, which is how
+input mixup, manifold mixup and feature generators plug in without a model knowing about them.
+
+Example:
+    >>> import torch
+    >>> from lttoolbox.batch import Batch
+    >>> from lttoolbox.models import DigitsCNN
+    >>> model = DigitsCNN(num_classes=10)
+    >>> seen = []
+    >>> def spy(h, batch):
+    ...     seen.append(tuple(h.shape))
+    ...     return h, batch
+    >>> batch = Batch.plain(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
+    >>> logits, batch = model.forward_hooked(batch, {"features": spy})
+    >>> seen, tuple(logits.shape)
+    ([(2, 64)], (2, 10))
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..batch import Batch
+from ..errors import ConfigError
+from .heads import build_head, head_config
+
+Hook = Callable[[torch.Tensor, Batch], "tuple[torch.Tensor, Batch]"]
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``, else a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_image_size(value: Any, minimum: int) -> tuple[int, int]:
+    """``image_size`` (an int or an ``(h, w)`` pair) as a pair, each side ``>= minimum``."""
+    pair = (value, value) if not isinstance(value, (list, tuple)) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum
+                             for v in pair):
+        raise ConfigError(f"image_size must be an integer or an (h, w) pair of integers "
+                          f">= {minimum}, got {value!r}")
+    return pair
+
+
+class GlobalAvgPool(nn.Module):
+    """The ``features`` stage: global average pooling to a ``(B, C)`` vector."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+class LTModel(nn.Module):
+    """Base class of every registered model: named stages plus a swappable head.
+
+    Subclasses build their layers and call :meth:`_set_stages` with the ordered stages after
+    ``input`` (the last one must be ``features``, producing the pooled vector).
+
+    Attributes:
+        stage_names: ``("input", <stages>..., "features")``.
+        feature_dim: Size of the pooled feature vector.
+        num_classes: Number of logits.
+        in_channels: Channels the model expects at its input.
+        head: The classifier head module (see :mod:`lttoolbox.models.heads`).
+        head_cfg: The head's config, as given to :func:`build_head`.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, head: str | dict = "linear"):
+        super().__init__()
+        self.num_classes = check_int(num_classes, "num_classes", 2)
+        self.in_channels = check_int(in_channels, "in_channels", 1)
+        self.head_cfg = head_config(head)
+        self._frozen: set[str] = set()
+
+    def _set_stages(self, stages: list[tuple[str, nn.Module]], feature_dim: int) -> None:
+        names = tuple(name for name, _ in stages)
+        if not names or names[-1] != "features" or "input" in names or "head" in names:
+            raise AssertionError(f"bad stage list {names}")  # a bug in the subclass
+        for name, module in stages:
+            self.add_module(name, module)
+        self._body = names
+        self.stage_names = ("input",) + names
+        self.feature_dim = feature_dim
+        self.head = build_head(self.head_cfg, feature_dim, self.num_classes)
+
+    # ----------------------------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ConfigError(
+                f"{type(self).__name__} was built for in_channels={self.in_channels} and expects "
+                f"(B, {self.in_channels}, H, W) input, got shape {tuple(x.shape)}; check the data "
+                f"set or model.in_channels")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for an image batch ``x`` of shape ``(B, in_channels, H, W)``."""
+        self._check_input(x)
+        for name in self._body:
+            x = getattr(self, name)(x)
+        return self.head(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled feature vector ``(B, feature_dim)`` (the head's input)."""
+        self._check_input(x)
+        for name in self._body:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_hooked(self, batch: Batch, hooks: dict[str, Hook]) -> tuple[torch.Tensor, Batch]:
+        """Run the stages in order, letting ``hooks[stage](h, batch)`` act at named stages.
+
+        At ``input`` the hook receives ``batch.x`` before the stem; at any other stage it receives
+        that stage's output. Inside a hook ``batch.x`` is the same tensor as ``h`` (the
+        activations at that stage). Each hook returns ``(h, batch)``; ``h`` continues through the
+        network and the returned batch replaces the current one, so a mixing hook can set
+        ``y_a``, ``y_b`` and ``lam``.
+
+        Args:
+            batch: The training batch (``lttoolbox.batch.Batch``).
+            hooks: Stage name -> ``callable(h, batch) -> (h, batch)``; may be empty.
+
+        Returns:
+            ``(logits, batch)`` where ``batch`` is the one the hooks last returned (its ``x`` is
+            then the activation at the last hooked stage), or the input batch if no hook ran.
+
+        Raises:
+            ConfigError: a hook names a stage the model does not have.
+        """
+        if not hooks:  # the common path costs exactly one forward
+            return self.forward(batch.x), batch
+        unknown = [name for name in hooks if name not in self.stage_names]
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no stage {', '.join(map(repr, unknown))}; "
+                              f"stages: {', '.join(self.stage_names)}")
+        h = batch.x
+        self._check_input(h)
+        if "input" in hooks:
+            h, batch = self._call_hook(hooks, "input", h, batch)
+        for name in self._body:
+            h = getattr(self, name)(h)
+            if name in hooks:
+                h, batch = self._call_hook(hooks, name, h, batch)
+        return self.head(h), batch
+
+    @staticmethod
+    def _call_hook(hooks: dict[str, Hook], name: str, h: torch.Tensor,
+                   batch: Batch) -> tuple[torch.Tensor, Batch]:
+        if batch.x is not h:
+            batch = batch.replace(x=h)
+        out = hooks[name](h, batch)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Batch)):
+            raise TypeError(f"hook at stage '{name}' must return (h, batch), got {type(out)}")
+        return out
+
+    # ----------------------------------------------------------------------------------- freezing
+    def _freezable(self) -> tuple[str, ...]:
+        return self._body + ("head",)
+
+    def _resolve(self, names: str | Iterable[str]) -> list[str]:
+        names = [names] if isinstance(names, str) else list(names)
+        resolved: list[str] = []
+        for name in names:
+            if name == "backbone":
+                resolved.extend(self._body)
+            elif name in self._freezable():
+                resolved.append(name)
+            elif name != "input":  # the input stage has nothing to freeze
+                raise ConfigError(f"cannot freeze '{name}'; choose from backbone, "
+                                  f"{', '.join(self.stage_names)}, head")
+        return resolved
+
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        """Names of the frozen stages, in network order."""
+        return tuple(n for n in self._freezable() if n in self._frozen)
+
+    def freeze(self, names: str | Iterable[str]) -> "LTModel":
+        """Freeze stages: no gradients for their parameters and inference-mode BatchNorm.
+
+        A frozen stage stays in eval mode even while the model trains (``train()`` is overridden),
+        so its BatchNorm running statistics do not move and it normalises with them.
+
+        Args:
+            names: Stage names (``"input"`` is accepted and freezes nothing), ``"head"``, or
+                ``"backbone"`` (every stage before the head).
+
+        Returns:
+            The model.
+        """
+        for name in self._resolve(names):
+            module = getattr(self, name)
+            module.requires_grad_(False)
+            module.eval()
+            self._frozen.add(name)
+        return self
+
+    def unfreeze(self, names: str | Iterable[str] | None = None) -> "LTModel":
+        """Undo :meth:`freeze` for ``names`` (all frozen stages when ``None``)."""
+        for name in (list(self._frozen) if names is None else self._resolve(names)):
+            module = getattr(self, name)
+            module.requires_grad_(True)
+            module.train(self.training)
+            self._frozen.discard(name)
+        return self
+
+    def train(self, mode: bool = True) -> "LTModel":
+        super().train(mode)
+        if mode:
+            for name in self._frozen:
+                getattr(self, name).eval()
+        return self
+
+    # ------------------------------------------------------------------------------------- head
+    def reset_head(self, cfg: str | dict | None = None, key: str = "model.head") -> nn.Module:
+        """Replace the head by a freshly initialised one (for classifier re-training).
+
+        Args:
+            cfg: Head config; ``None`` re-creates the current kind of head.
+            key: Recipe key used in error messages.
+
+        Returns:
+            The new head, on the old head's device and dtype; it stays frozen if the head was.
+        """
+        cfg = head_config(self.head_cfg if cfg is None else cfg, key)
+        new = build_head(cfg, self.feature_dim, self.num_classes, key=key)
+        old = next(self.head.parameters(), None)
+        if old is not None:
+            new = new.to(device=old.device, dtype=old.dtype)
+        self.head, self.head_cfg = new, cfg
+        if "head" in self._frozen:
+            self.freeze("head")
+        else:
+            new.train(self.training)
+        return new

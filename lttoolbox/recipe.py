@@ -1,0 +1,355 @@
+"""YAML recipes: ``_base_`` inheritance, ``key=value`` overrides, defaults and validation.
+
+A recipe has the sections ``data``, ``model``, ``sampler``, ``loss``, ``augment`` (a list),
+``generator``, ``optim``, ``schedule``, ``train``, ``eval`` and optionally ``stages`` (a list of
+overlays, one per training stage) and ``meta`` (free-form notes such as the paper's number).
+``_base_: other.yaml`` (or a list of files) is resolved relative to the recipe's own file and
+deep-merged: mappings merge key by key, everything else (lists included) is replaced.
+
+Example:
+    >>> recipe = load_recipe("configs/cifar10_lt/ce.yaml", ["train.epochs=5", "loss.name=focal"])
+    >>> recipe["train"]["epochs"]
+    5
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import ConfigError
+from .registry import suggest
+
+SECTIONS = ("data", "model", "sampler", "loss", "augment", "generator", "optim", "schedule",
+            "train", "eval", "stages", "meta")
+
+# Defaults of the sections that the trainer itself reads; the others are registry entries whose
+# constructors carry their own defaults and reject unknown keys.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "sampler": {"name": "instance"},
+    "loss": {"name": "ce"},
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False},
+    "schedule": {"name": "multistep", "warmup_epochs": 0, "milestones": [], "gamma": 0.1,
+                 "min_lr": 0.0},
+    "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
+              "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
+              "drop_last": False},
+    "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
+             "batch_size": 1024},
+}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("multistep", "cosine", "constant")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Merge ``over`` into a copy of ``base``: mappings recursively, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _load_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"_base_ inheritance loops: {chain}")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names")
+    merged: dict = {}
+    for base in bases:
+        merged = deep_merge(merged, _load_with_bases(path.parent / base, (*seen, path)))
+    return deep_merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b.c=value"`` into the key path and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (for example train.epochs=5)")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override '{text}' has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``key=value`` overrides (values parsed as YAML) to a copy of ``recipe``."""
+    recipe = copy.deepcopy(recipe)
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] not in SECTIONS:
+            raise ConfigError(f"unknown recipe section '{path[0]}'{suggest(path[0], SECTIONS)} "
+                              f"Sections: {', '.join(SECTIONS)}.", key=".".join(path))
+        node = recipe
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set a key inside '{'.'.join(path[:depth + 1])}', "
+                                  f"which is {child!r}", key=".".join(path))
+            node = child
+        node[path[-1]] = value
+    return recipe
+
+
+def _check_known_keys(section: str, values: dict) -> None:
+    for key in values:
+        if key not in DEFAULTS[section]:
+            raise ConfigError(f"unknown key{suggest(key, DEFAULTS[section])} "
+                              f"Known: {', '.join(sorted(DEFAULTS[section]))}.",
+                              key=f"{section}.{key}")
+
+
+def _check_type(key: str, value: Any, kinds: tuple[type, ...], what: str) -> None:
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise ConfigError(f"must be {what}, got {value!r}", key=key)
+
+
+def resolve(recipe: dict, where: str = "") -> dict:
+    """Fill in the trainer's defaults and check every section's shape and types.
+
+    Registry sections (``data``, ``model``, ``loss``, ...) are only checked for shape here; their
+    parameters are checked by the entries' constructors when the run is set up, still before
+    training starts.
+    """
+    recipe = copy.deepcopy(recipe)
+    prefix = f"{where}." if where else ""
+    for section in recipe:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown recipe section{suggest(section, SECTIONS)} "
+                              f"Sections: {', '.join(SECTIONS)}.", key=prefix + section)
+    if "data" not in recipe or "model" not in recipe:
+        missing = "data" if "data" not in recipe else "model"
+        raise ConfigError("this section is required", key=prefix + missing)
+    for section in ("data", "model", "sampler", "loss"):
+        value = recipe.get(section, DEFAULTS.get(section))
+        if isinstance(value, str):
+            value = {"name": value}
+        if isinstance(value, dict):
+            value = deep_merge(DEFAULTS.get(section, {}), value)
+        if not isinstance(value, dict) or "name" not in value:
+            raise ConfigError(f"must be a mapping with a 'name' key, got {value!r}",
+                              key=prefix + section)
+        recipe[section] = value
+    augment = recipe.get("augment") or []
+    if isinstance(augment, dict):
+        augment = [augment]
+    if not isinstance(augment, list):
+        raise ConfigError(f"must be a list of mappings, got {augment!r}", key=prefix + "augment")
+    recipe["augment"] = [{"name": a} if isinstance(a, str) else a for a in augment]
+    for i, entry in enumerate(recipe["augment"]):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"must be a mapping with a 'name' key, got {entry!r}",
+                              key=f"{prefix}augment[{i}]")
+    generator = recipe.get("generator")
+    if isinstance(generator, str):
+        generator = {"name": generator}
+    if generator is not None and (not isinstance(generator, dict) or "name" not in generator):
+        raise ConfigError(f"must be null or a mapping with a 'name' key, got {generator!r}",
+                          key=prefix + "generator")
+    recipe["generator"] = generator
+    for section in ("optim", "schedule", "train", "eval"):
+        value = recipe.get(section) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"must be a mapping, got {value!r}", key=prefix + section)
+        _check_known_keys(section, value)
+        recipe[section] = deep_merge(DEFAULTS[section], value)
+    _check_trainer_values(recipe, prefix)
+    recipe.setdefault("meta", {})
+    stages = recipe.pop("stages", None)
+    if stages is not None:
+        recipe["stages"] = _resolve_stages(recipe, stages, prefix)
+    return recipe
+
+
+def _check_trainer_values(recipe: dict, prefix: str) -> None:
+    train, optim, schedule, ev = (recipe[s] for s in ("train", "optim", "schedule", "eval"))
+    for key, value in (("train.epochs", train["epochs"]), ("schedule.warmup_epochs",
+                                                           schedule["warmup_epochs"]),
+                       ("eval.every", ev["every"]), ("train.seed", train["seed"])):
+        _check_type(prefix + key, value, (int,), "a non-negative integer")
+        if value < 0:
+            raise ConfigError(f"must be a non-negative integer, got {value!r}", key=prefix + key)
+    for key, value in (("train.batch_size", train["batch_size"]),
+                       ("train.checkpoint_every", train["checkpoint_every"]),
+                       ("eval.ece_bins", ev["ece_bins"]), ("eval.batch_size", ev["batch_size"])):
+        _check_type(prefix + key, value, (int,), "a positive integer")
+        if value < 1:
+            raise ConfigError(f"must be a positive integer, got {value!r}", key=prefix + key)
+    for key in ("lr", "weight_decay", "momentum"):
+        if key in optim:
+            _check_type(f"{prefix}optim.{key}", optim[key], (int, float), "a number")
+            if optim[key] < 0:
+                raise ConfigError(f"must be >= 0, got {optim[key]!r}", key=f"{prefix}optim.{key}")
+    if optim["name"] not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer '{optim['name']}'{suggest(optim['name'], OPTIMIZERS)}"
+                          f" Known: {', '.join(OPTIMIZERS)}.", key=prefix + "optim.name")
+    if schedule["name"] not in SCHEDULES:
+        raise ConfigError(f"unknown schedule '{schedule['name']}'"
+                          f"{suggest(schedule['name'], SCHEDULES)} Known: {', '.join(SCHEDULES)}.",
+                          key=prefix + "schedule.name")
+    milestones = schedule["milestones"]
+    if not isinstance(milestones, list) or not all(isinstance(m, int) and m >= 0 for m in milestones):
+        raise ConfigError(f"must be a list of epoch numbers, got {milestones!r}",
+                          key=prefix + "schedule.milestones")
+    if train["amp"] not in AMP_MODES:
+        raise ConfigError(f"must be one of {', '.join(AMP_MODES)}, got {train['amp']!r}",
+                          key=prefix + "train.amp")
+    if not isinstance(train["freeze"], list):
+        train["freeze"] = [train["freeze"]]
+    if not ev["few_threshold"] <= ev["many_threshold"]:
+        raise ConfigError(f"few_threshold ({ev['few_threshold']}) must not exceed many_threshold "
+                          f"({ev['many_threshold']})", key=prefix + "eval")
+
+
+def _resolve_stages(base: dict, stages: Any, prefix: str) -> list[dict]:
+    """Each stage is an overlay over the base recipe (stages themselves do not nest)."""
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError("must be a non-empty list of stage overlays", key=prefix + "stages")
+    resolved, names = [], set()
+    for i, overlay in enumerate(stages):
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"must be a mapping, got {overlay!r}", key=f"{prefix}stages[{i}]")
+        overlay = dict(overlay)
+        # A resolved stage keeps its name in meta, so resolving twice changes nothing.
+        name = str(overlay.pop("name", (overlay.get("meta") or {}).get("stage", f"stage{i}")))
+        if name in names:
+            raise ConfigError(f"stage name '{name}' is used twice", key=f"{prefix}stages[{i}].name")
+        names.add(name)
+        if "stages" in overlay:
+            raise ConfigError("stages do not nest", key=f"{prefix}stages[{i}].stages")
+        stage = resolve(deep_merge(base, overlay), where=f"{prefix}stages[{i}]")
+        stage.pop("stages", None)
+        stage["meta"] = {**stage.get("meta", {}), "stage": name}
+        resolved.append(stage)
+    return resolved
+
+
+def stage_recipes(recipe: dict) -> list[dict]:
+    """The resolved recipe of every stage in order (a single-stage recipe is its own stage)."""
+    if recipe.get("stages"):
+        return recipe["stages"]
+    single = {k: v for k, v in recipe.items() if k != "stages"}
+    single["meta"] = {**single.get("meta", {}), "stage": single.get("meta", {}).get("stage", "main")}
+    return [single]
+
+
+def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+    """Read a recipe file with its ``_base_`` chain, apply overrides, fill defaults, validate.
+
+    Args:
+        path: The YAML file.
+        overrides: ``key=value`` strings (values parsed as YAML), applied after inheritance.
+
+    Returns:
+        The fully resolved recipe (a plain dict, ready for :func:`lttoolbox.engine.train`).
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown section or key, wrong type.
+    """
+    raw = _load_with_bases(Path(path), ())
+    return resolve(apply_overrides(raw, list(overrides)))
+
+
+def scale_epochs(recipe: dict, total_epochs: int) -> dict:
+    """Rescale every epoch-valued setting in proportion to a new ``train.epochs``.
+
+    Epoch-valued settings are the keys ending in ``_epoch`` or ``_epochs`` and the ``milestones``
+    lists, in every section and stage, so a 200-epoch protocol's switch at 160 lands at 24 of 30.
+    """
+    def walk(node: Any, factor: float) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "milestones" and isinstance(value, list):
+                    out[key] = [int(round(v * factor)) for v in value]
+                elif (key.endswith("_epoch") or key.endswith("_epochs")) and isinstance(value, int) \
+                        and not isinstance(value, bool):
+                    out[key] = int(round(value * factor))
+                else:
+                    out[key] = walk(value, factor)
+            return out
+        if isinstance(node, list):
+            return [walk(v, factor) for v in node]
+        return node
+
+    def scaled_stage(stage: dict, factor: float) -> dict:
+        out = walk(stage, factor)
+        out["train"]["epochs"] = max(1, int(round(stage["train"]["epochs"] * factor)))
+        return out
+
+    recipe = copy.deepcopy(recipe)
+    stages = recipe.pop("stages", None)
+    base_epochs = recipe["train"]["epochs"]
+    if base_epochs <= 0:
+        raise ConfigError("cannot scale a recipe with no epochs", key="train.epochs")
+    factor = total_epochs / base_epochs
+    scaled = walk(recipe, factor)
+    scaled["train"]["epochs"] = total_epochs
+    if stages:
+        scaled["stages"] = [scaled_stage(s, factor) for s in stages]
+    return scaled
+
+
+def recipe_hash(recipe: dict) -> str:
+    """A short, stable hash of a resolved recipe (``meta`` excluded), to match results to runs."""
+    content = {k: v for k, v in recipe.items() if k != "meta"}
+    blob = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file so that readers see either the old or the whole new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dump_recipe(recipe: dict, path: str | os.PathLike) -> None:
+    """Write a resolved recipe as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(recipe, sort_keys=False))

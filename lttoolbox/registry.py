@@ -1,0 +1,136 @@
+"""A small registry: names to classes (or factories), built from recipe dicts.
+
+Each family (data sets, models, samplers, losses, augmentations, generators) has one registry.
+``build(cfg, **context)`` takes a dict with a ``name`` key plus the entry's own parameters, and
+``context`` with what the data tells (``class_counts``, ``num_classes``, ``labels``,
+``total_epochs``, ...). An entry receives a context item only if its signature names it, so the
+trainer can offer everything it knows without any entry having to accept everything. A recipe
+parameter the entry does not accept is an error: nothing is ever silently ignored.
+
+Example:
+    >>> from lttoolbox.registry import Registry
+    >>> TOYS = Registry("toy")
+    >>> @TOYS.register("ball")
+    ... class Ball:
+    ...     def __init__(self, size=1.0, num_classes=None):
+    ...         self.size, self.num_classes = size, num_classes
+    >>> TOYS.build({"name": "ball", "size": 2.0}, num_classes=10).num_classes
+    10
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable, Iterable
+
+from .errors import ConfigError, DataError
+
+
+def suggest(word: str, choices: Iterable[str]) -> str:
+    """Return a ``"; did you mean 'x'?"`` hint for a misspelt ``word``, or an empty string."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def accepted_parameters(factory: Callable) -> tuple[set[str], bool]:
+    """Keyword parameters ``factory`` accepts, and whether it takes ``**kwargs``."""
+    if inspect.isclass(factory) and factory.__init__ is object.__init__:
+        return set(), False  # no constructor of its own: takes nothing
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    params = inspect.signature(target).parameters.values()
+    names = {p.name for p in params
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+class Registry:
+    """Maps names to component classes of one family.
+
+    Args:
+        kind: Family name used in messages and as the default recipe key (``"loss"``).
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Callable] = {}
+
+    def register(self, name: str) -> Callable[[Callable], Callable]:
+        """Decorator that registers a class or factory under ``name``."""
+
+        def decorate(factory: Callable) -> Callable:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = factory
+            if inspect.isclass(factory):
+                factory.registry_name = name
+            return factory
+
+        return decorate
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str, key: str | None = None) -> Callable:
+        """The entry registered as ``name``; an unknown name lists the known ones."""
+        if name not in self._entries:
+            raise ConfigError(
+                f"unknown {self.kind} '{name}'{suggest(name, self._entries)} "
+                f"Registered: {', '.join(self.names()) or '(none)'}.",
+                key=f"{key or self.kind}.name")
+        return self._entries[name]
+
+    def build(self, cfg: dict[str, Any] | str, key: str | None = None, **context: Any) -> Any:
+        """Build an entry from a recipe dict.
+
+        Args:
+            cfg: ``{"name": ..., **params}``, or just the name.
+            key: Recipe key for error messages (defaults to the family name).
+            **context: What the data tells; passed only where the entry's signature names it.
+                A recipe parameter of the same name wins over the context.
+
+        Raises:
+            ConfigError: unknown name, unknown parameter, or an entry that rejects its values.
+        """
+        key = key or self.kind
+        if isinstance(cfg, str):
+            cfg = {"name": cfg}
+        if not isinstance(cfg, dict) or "name" not in cfg:
+            raise ConfigError(f"expected a mapping with a 'name' key, got {cfg!r}", key=key)
+        params = {k: v for k, v in cfg.items() if k != "name"}
+        factory = self.get(cfg["name"], key=key)
+        accepted, has_var_kw = accepted_parameters(factory)
+        if not has_var_kw:
+            for param in params:
+                if param not in accepted:
+                    public = sorted(a for a in accepted if a not in context)
+                    raise ConfigError(
+                        f"{self.kind} '{cfg['name']}' has no parameter '{param}'"
+                        f"{suggest(param, accepted)} Accepted: {', '.join(public) or '(none)'}.",
+                        key=f"{key}.{param}")
+        offered = {k: v for k, v in context.items() if k in accepted or has_var_kw}
+        try:
+            return factory(**{**offered, **params})
+        except ConfigError as err:
+            if err.key is None:  # let the entry's message point at the recipe section
+                raise ConfigError(str(err), key=key) from None
+            raise
+        except DataError:  # already names the file; keep its type
+            raise
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{self.kind} '{cfg['name']}': {err}", key=key) from None
+
+
+# One registry per family; the kind doubles as the recipe section the entries come from.
+DATASETS = Registry("data")
+MODELS = Registry("model")
+SAMPLERS = Registry("sampler")
+LOSSES = Registry("loss")
+AUGMENTS = Registry("augment")
+GENERATORS = Registry("generator")

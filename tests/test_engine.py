@@ -1,0 +1,141 @@
+"""The trainer end to end on the embedded digits: results, stages, resume, run-directory safety."""
+import json
+
+import pytest
+import torch
+
+from lttoolbox.engine import train
+from lttoolbox.engine.logging import RunLogger
+from lttoolbox.errors import ConfigError
+from lttoolbox.recipe import apply_overrides, load_recipe, resolve
+
+
+def digits_recipe(*overrides):
+    base = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
+            "model": {"name": "digits_cnn"},
+            "optim": {"lr": 0.05, "weight_decay": 5e-4},
+            "schedule": {"name": "cosine", "warmup_epochs": 1},
+            "train": {"epochs": 3, "batch_size": 64, "seed": 0},
+            "eval": {"many_threshold": 60, "few_threshold": 25}}
+    return resolve(apply_overrides(base, list(overrides)))
+
+
+class StopAfter(RunLogger):
+    """Raises KeyboardInterrupt at the end of the n-th epoch, before its checkpoint."""
+
+    def __init__(self, epochs):
+        super().__init__(quiet=True)
+        self.left = epochs
+
+    def end_epoch(self, summary):
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt
+
+
+def test_train_writes_results_and_learns(tmp_path):
+    results = train(digits_recipe("train.epochs=6"), tmp_path / "run", quiet=True)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["top1"] == results["top1"]
+    for key in ("top1", "mean_class_acc", "many", "medium", "few", "per_class_acc",
+                "train_class_counts", "ece", "epochs", "seconds", "images_per_second", "seed",
+                "commit", "machine", "recipe_hash", "confusion_matrix"):
+        assert key in saved, key
+    assert saved["epochs"] == 6 and len(saved["history"]) == 6
+    assert saved["top1"] > 50.0  # chance is 10 %
+    assert sum(saved["train_class_counts"]) > 0
+    assert sum(map(sum, saved["confusion_matrix"])) == sum(saved["test_class_counts"])
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == list(range(6))
+    assert (tmp_path / "run" / "recipe.yaml").exists()
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    a = train(digits_recipe(), tmp_path / "a", quiet=True)
+    b = train(digits_recipe(), tmp_path / "b", quiet=True)
+    c = train(digits_recipe("train.seed=1"), tmp_path / "c", quiet=True)
+    assert a["per_class_acc"] == b["per_class_acc"]
+    assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
+    assert [r["loss"] for r in a["history"]] != [r["loss"] for r in c["history"]]
+
+
+def test_resume_reaches_the_same_final_metrics(tmp_path):
+    recipe = digits_recipe("train.epochs=4")
+    full = train(recipe, tmp_path / "full", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", logger=StopAfter(2))
+    assert not (tmp_path / "cut" / "results.json").exists()
+    resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed["per_class_acc"] == full["per_class_acc"]
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    train(digits_recipe("train.epochs=1"), tmp_path / "run", quiet=True)
+    before = (tmp_path / "run" / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(digits_recipe("train.epochs=1"), tmp_path / "run", quiet=True)
+    with pytest.raises(ConfigError, match="recipe differs"):
+        train(digits_recipe("train.epochs=2"), tmp_path / "run", resume=True, quiet=True)
+    assert (tmp_path / "run" / "results.json").read_bytes() == before
+
+
+def test_two_stage_recipe_freezes_backbone_and_retrains_head(tmp_path):
+    recipe = digits_recipe("train.epochs=2")
+    recipe["stages"] = [{"name": "joint"},
+                        {"name": "crt", "sampler": {"name": "class_balanced"},
+                         "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True}}]
+    recipe = resolve(recipe)
+    full = train(recipe, tmp_path / "run", quiet=True)
+    joint = torch.load(tmp_path / "run" / "model-joint.pt")
+    final = torch.load(tmp_path / "run" / "model-crt.pt")
+    head = {k for k in final if k.startswith("head.")}
+    assert head, "the model has a 'head' submodule"
+    for name, value in final.items():
+        if name not in head:
+            assert torch.equal(value, joint[name]), f"{name} changed in a frozen stage"
+    assert any(not torch.equal(final[k], joint[k]) for k in head)
+    assert [s["name"] for s in full["stages"]] == ["joint", "crt"] and full["epochs"] == 4
+    # Interrupted inside the second stage, the run resumes there and ends the same way.
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", logger=StopAfter(3))
+    resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed["per_class_acc"] == full["per_class_acc"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("loss.name=focl", "loss.name"),
+    ("loss.gama=2", "loss.gama"),
+    ("sampler.name=balanced", "sampler.name"),
+    ("model.head=cosin", "model"),
+    ("train.freeze=[layer9]", "train.freeze"),
+    ("data.imbalance_ratio=0.5", "data"),
+])
+def test_bad_recipes_stop_before_training(tmp_path, override, key):
+    with pytest.raises(ConfigError) as err:
+        train(digits_recipe(override), tmp_path / "run", quiet=True)
+    assert str(err.value).startswith(key), str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_impossible_hook_stage_is_refused(tmp_path):
+    from lttoolbox.registry import AUGMENTS
+
+    class AtNowhere:
+        stage = "layer9"
+
+        def set_epoch(self, epoch):
+            pass
+
+        def __call__(self, h, batch):
+            return h, batch
+
+    if "test_nowhere" not in AUGMENTS:
+        AUGMENTS.register("test_nowhere")(AtNowhere)
+    with pytest.raises(ConfigError, match=r"augment\[0\]\.stage.*layer9"):
+        train(digits_recipe("augment=[test_nowhere]"), tmp_path / "run", quiet=True)
+
+
+def test_quickstart_recipe_loads():
+    recipe = load_recipe("configs/quickstart.yaml")
+    assert recipe["data"]["name"] == "digits_lt"

@@ -1,0 +1,68 @@
+"""The Registry: building, context passing and the errors a user sees."""
+import pytest
+
+import lttoolbox
+from lttoolbox.errors import ConfigError
+from lttoolbox.registry import Registry
+
+
+@pytest.fixture()
+def toys():
+    reg = Registry("toy")
+
+    @reg.register("ball")
+    class Ball:
+        def __init__(self, size=1.0, num_classes=None):
+            if size <= 0:
+                raise ConfigError(f"size must be positive, got {size}")
+            self.size, self.num_classes = size, num_classes
+
+    @reg.register("kite")
+    def kite(length=2):
+        return ("kite", length)
+
+    return reg
+
+
+def test_build_passes_params_and_only_named_context(toys):
+    ball = toys.build({"name": "ball", "size": 3.0}, num_classes=7, class_counts=[1, 2])
+    assert (ball.size, ball.num_classes) == (3.0, 7)
+    assert toys.build("kite", num_classes=3) == ("kite", 2)
+    assert toys.names() == ["ball", "kite"]
+
+
+def test_recipe_value_wins_over_context(toys):
+    assert toys.build({"name": "ball", "num_classes": 4}, num_classes=7).num_classes == 4
+
+
+def test_unknown_name_lists_names_and_suggests(toys):
+    with pytest.raises(ConfigError) as err:
+        toys.build({"name": "bal"})
+    message = str(err.value)
+    assert message.startswith("toy.name:")
+    assert "did you mean 'ball'" in message and "ball, kite" in message
+
+
+def test_unknown_parameter_is_never_ignored(toys):
+    with pytest.raises(ConfigError) as err:
+        toys.build({"name": "ball", "sise": 2}, key="loss")
+    assert str(err.value).startswith("loss.sise:")
+    assert "did you mean 'size'" in str(err.value)
+
+
+def test_entry_value_errors_carry_the_key(toys):
+    with pytest.raises(ConfigError, match=r"^toy: size must be positive"):
+        toys.build({"name": "ball", "size": -1})
+
+
+def test_bad_cfg_shape_and_double_registration(toys):
+    with pytest.raises(ConfigError, match="'name' key"):
+        toys.build({"size": 1})
+    with pytest.raises(ValueError, match="twice"):
+        toys.register("ball")(object)
+
+
+def test_public_registries_are_populated():
+    for registry in (lttoolbox.DATASETS, lttoolbox.MODELS, lttoolbox.SAMPLERS, lttoolbox.LOSSES):
+        assert len(registry) > 0, registry.kind
+    assert "digits_lt" in lttoolbox.DATASETS and "resnet32" in lttoolbox.MODELS
