@@ -1,0 +1,470 @@
+"""Aggregate the runs' ``results.json`` into the leaderboard: ``leaderboard.{json,csv,md}``.
+
+Per row and column: mean and sample standard deviation (``ddof=1``; none for a single seed) over
+the seeds that finished with exactly the planned recipe, of top-1, mean per-class accuracy and the
+many/medium/few-shot accuracies; the difference of mean top-1 to the suite's baseline row; the
+paper's number with its source; training time, wall time and images/s. Every number is the final
+epoch's: ``lttrain`` never selects an epoch on the test set, and neither does this.
+
+The comparison with the paper depends on the protocol. Under ``paper`` it is the difference in
+top-1 (ours minus the paper's, in points). Under any shortened protocol only the direction is
+compared: whether the row beats the baseline here as it does in the paper (the paper's own
+baseline of the same table).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from lttoolbox.errors import ConfigError
+from lttoolbox.recipe import atomic_write_text
+
+from .references import Reference, References
+from .runner import matching_results, read_attempts
+from .suite import Planner, Suite
+
+METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "ece")
+COSTS = ("train_seconds", "wall_seconds", "images_per_second")
+CSV_COLUMNS = [
+    "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds",
+    *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
+    "delta_top1_vs_baseline", "paper_top1", "paper_printed", "paper_approximate", "paper_source",
+    "paper_table", "paper_delta_vs_baseline", "direction_vs_paper", "difference_vs_paper",
+    "train_seconds_mean", "wall_seconds_mean", "images_per_second_mean", "reason",
+]
+
+
+def stats(values: Iterable[float | None]) -> dict | None:
+    """Mean and sample standard deviation (``ddof=1``; None for a single value) of the values
+    that are not None.
+
+    Example:
+        >>> s = stats([70.0, 72.0, None])
+        >>> s["mean"], round(s["std"], 4), s["n"]
+        (71.0, 1.4142, 2)
+    """
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    mean = sum(vals) / len(vals)
+    std = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+           if len(vals) > 1 else None)
+    return {"mean": mean, "std": std, "n": len(vals), "values": vals}
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _data_key(recipe: dict) -> dict:
+    data = recipe.get("data", {})
+    return {"dataset": data.get("name"), "imbalance_type": data.get("imbalance_type"),
+            "imbalance_ratio": data.get("imbalance_ratio")}
+
+
+def _mean_per_class(results: list[dict]) -> list[float | None]:
+    if not results:
+        return []
+    width = max(len(r.get("per_class_acc") or []) for r in results)
+    out = []
+    for c in range(width):
+        s = stats((r.get("per_class_acc") or [None] * width)[c] for r in results)
+        out.append(s["mean"] if s else None)
+    return out
+
+
+def _reference_dict(ref: Reference | None, base: Reference | None) -> dict | None:
+    if ref is None:
+        return None
+    return {"top1": ref.top1, "printed": ref.printed, "approximate": ref.approximate,
+            "source": ref.source, "paper": ref.paper, "table": ref.table, "url": ref.url,
+            "note": ref.note, "baseline_top1": base.top1 if base else None,
+            "delta_top1": ref.top1 - base.top1 if base else None}
+
+
+def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: list[int],
+            selected_rows: set[str], selected_settings: set[str]) -> dict:
+    """Build the leaderboard document from what is on disk.
+
+    Args:
+        suite: The suite.
+        planner: Plans (and caches) each run's recipe, so matches are checked against the plan.
+        refs: Reference numbers.
+        seeds_requested: The seeds asked for in this invocation.
+        selected_rows: Rows this invocation was asked to run (their missing seeds are "pending").
+        selected_settings: Settings this invocation was asked to run.
+    """
+    protocol = planner.protocol
+    proto = suite.protocol(protocol)
+    machines: dict[str, dict] = {}
+    precision: dict[str, set] = {}
+    commits, finished, warnings = set(), [], []
+    settings_doc = []
+    for setting in suite.settings:
+        rows_doc = []
+        data_key = None
+        for row in suite.rows:  # the data set of this column, for the reference numbers
+            if row.available and row.runs_in(setting.id):
+                plan = planner.plan(row.id, setting.id, seeds_requested[0])
+                if not isinstance(plan, ConfigError):
+                    data_key = _data_key(plan.recipe)
+                    if row.id == suite.baseline:
+                        break
+        for row in suite.rows:
+            if not row.runs_in(setting.id):
+                continue
+            doc: dict[str, Any] = {"id": row.id, "label": row.label,
+                                   "recipe": str(row.recipe) if row.recipe else None,
+                                   "note": row.note}
+            method = row.reference or row.id
+            ref = base_ref = None
+            if data_key:
+                ref = refs.lookup(method, data_key["dataset"], data_key["imbalance_type"],
+                                  data_key["imbalance_ratio"], suite.reference_priority)
+                if ref is not None and suite.baseline:
+                    base_method = suite.row(suite.baseline).reference or suite.baseline
+                    base_ref = refs.baseline_for(ref, base_method)
+            doc["paper"] = _reference_dict(ref, base_ref)
+            reason = row.unavailable_reason
+            if reason:
+                doc.update(status="not available", reason=reason, n=0, seeds=[])
+                rows_doc.append(doc)
+                continue
+            wanted = set(seeds_requested) if (row.id in selected_rows
+                                              and setting.id in selected_settings) else set()
+            seeds = sorted(wanted | set(planner.seeds_on_disk(row.id, setting.id)))
+            done, runs, failures, pending, invalid = [], [], [], [], None
+            for seed in seeds:
+                plan = planner.plan(row.id, setting.id, seed)
+                if isinstance(plan, ConfigError):
+                    invalid = str(plan)
+                    continue
+                warnings += [f"{row.id}/{setting.id}: {w}" for w in plan.warnings
+                             if f"{row.id}/{setting.id}: {w}" not in warnings]
+                results = matching_results(plan, protocol)
+                attempts = [a for a in read_attempts(plan.dir) if a.get("recipe_hash") == plan.hash]
+                wall = sum(a.get("wall_seconds") or 0.0 for a in attempts) or None
+                if results is not None:
+                    done.append(results)
+                    device = str((results.get("machine") or {}).get("device", ""))
+                    precision.setdefault(_precision(plan.recipe, device), set()).add(row.label)
+                    runs.append({"seed": seed, "dir": str(plan.dir), "recipe_hash": plan.hash,
+                                 "finished": results.get("finished"),
+                                 "commit": results.get("commit"), "wall_seconds": wall})
+                    machine = dict(results.get("machine") or {})
+                    # Threads differ with --jobs; the machine does not.
+                    threads = machine.pop("torch_threads", None)
+                    entry = machines.setdefault(json.dumps(machine, sort_keys=True),
+                                                {**machine, "torch_threads": []})
+                    if threads is not None and threads not in entry["torch_threads"]:
+                        entry["torch_threads"].append(threads)
+                    if results.get("commit"):
+                        commits.add(results["commit"])
+                    if results.get("finished"):
+                        finished.append(results["finished"])
+                elif attempts and attempts[-1].get("error"):
+                    failures.append({"seed": seed, "dir": str(plan.dir),
+                                     "returncode": attempts[-1].get("returncode"),
+                                     "error": attempts[-1]["error"]})
+                elif seed in wanted:
+                    pending.append(seed)
+            doc["seeds"] = [r["seed"] for r in runs]
+            doc["n"] = len(done)
+            doc["metrics"] = {m: stats(r.get(m) for r in done) for m in METRICS}
+            doc["costs"] = {
+                "train_seconds": stats(r.get("seconds") for r in done),
+                "wall_seconds": stats(r["wall_seconds"] for r in runs),
+                "images_per_second": stats(r.get("images_per_second") for r in done)}
+            doc["per_class_acc"] = _mean_per_class(done)
+            doc["train_class_counts"] = (done[0].get("train_class_counts") if done else None)
+            doc["class_names"] = (done[0].get("class_names") if done else None)
+            doc["runs"], doc["failures"], doc["pending_seeds"] = runs, failures, pending
+            if invalid and not done:
+                doc.update(status="invalid recipe", reason=invalid)
+            elif done and (failures or pending):
+                doc["status"] = "partial"
+            elif done:
+                doc["status"] = "done"
+            elif failures:
+                doc.update(status="failed", reason=failures[-1]["error"])
+            else:
+                doc["status"] = "pending"
+            rows_doc.append(doc)
+        _add_comparisons(rows_doc, suite.baseline, protocol)
+        settings_doc.append({"id": setting.id, "label": setting.label, "data": data_key,
+                             "rows": rows_doc})
+    return {
+        "suite": suite.name, "title": suite.title, "suite_file": str(suite.path),
+        "protocol": {"name": protocol, **{k: v for k, v in proto.items() if k != "overlay"},
+                     "overlay": proto["overlay"]},
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "generated_at_commit": git_commit(),
+        "run_commits": sorted(commits),
+        "machines": list(machines.values()),
+        "finished_range": [min(finished), max(finished)] if finished else None,
+        "seeds_requested": list(seeds_requested),
+        "overrides": list(planner.extra_overrides),
+        "baseline": suite.baseline,
+        "notes": suite.notes,
+        "warnings": warnings,
+        "precision": {k: sorted(v) for k, v in precision.items()},
+        "settings": settings_doc,
+    }
+
+
+def _precision(recipe: dict, device: str) -> str:
+    """What ``train.amp`` meant for a run on ``device`` (the trainer's ``auto`` rule)."""
+    amps = {s["train"]["amp"] for s in (recipe.get("stages") or [recipe])}
+    amps.add(recipe["train"]["amp"])
+    on_cuda = device.startswith("cuda")
+    names = set()
+    for amp in amps:
+        if amp == "auto":
+            names.add("bf16/fp16 autocast (auto on CUDA)" if on_cuda else "fp32")
+        elif amp == "off":
+            names.add("fp32")
+        else:
+            names.add(f"{amp} autocast")
+    return " + ".join(sorted(names))
+
+
+def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str) -> None:
+    base = next((r for r in rows if r["id"] == baseline), None)
+    base_top1 = ((base or {}).get("metrics") or {}).get("top1")
+    for row in rows:
+        top1 = (row.get("metrics") or {}).get("top1")
+        row["delta_top1"] = (top1["mean"] - base_top1["mean"]
+                             if top1 and base_top1 and row is not base else None)
+        paper = row.get("paper")
+        cmp: dict[str, Any] = {"difference": None, "direction": None}
+        if paper and top1:
+            if protocol == "paper":
+                cmp["difference"] = top1["mean"] - paper["top1"]
+            if row["delta_top1"] is not None and paper.get("delta_top1") is not None \
+                    and row is not base:
+                if row["delta_top1"] == 0.0 or paper["delta_top1"] == 0.0:
+                    cmp["direction"] = "no change"
+                else:
+                    same = (row["delta_top1"] > 0) == (paper["delta_top1"] > 0)
+                    cmp["direction"] = "same" if same else "opposite"
+        row["vs_paper"] = cmp
+
+
+# ------------------------------------------------------------------------------------ writers
+def _fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _direction(value: str | None) -> str:
+    return {"same": "same direction", "opposite": "opposite direction",
+            "no change": "no change here"}.get(value or "", "")
+
+
+def _minutes(s: dict | None) -> str:
+    return f"{s['mean'] / 60:.1f}" if s else ""
+
+
+def _fmt_stat(s: dict | None) -> str:
+    if not s:
+        return "—"
+    return f"{s['mean']:.2f} ± {s['std']:.2f}" if s.get("std") is not None else f"{s['mean']:.2f}"
+
+
+def csv_rows(doc: dict) -> list[dict]:
+    """One flat record per (setting, row)."""
+    out = []
+    for setting in doc["settings"]:
+        for row in setting["rows"]:
+            rec = {c: "" for c in CSV_COLUMNS}
+            metrics = row.get("metrics") or {}
+            costs = row.get("costs") or {}
+            paper = row.get("paper") or {}
+            cmp = row.get("vs_paper") or {}
+            rec.update(suite=doc["suite"], protocol=doc["protocol"]["name"], setting=setting["id"],
+                       row=row["id"], label=row["label"], status=row["status"], n_seeds=row["n"],
+                       seeds=" ".join(str(s) for s in row.get("seeds", [])),
+                       reason=row.get("reason") or "")
+            for m in METRICS:
+                s = metrics.get(m)
+                rec[f"{m}_mean"] = _num(s["mean"]) if s else ""
+                rec[f"{m}_std"] = _num(s["std"]) if s and s["std"] is not None else ""
+            rec["delta_top1_vs_baseline"] = _num(row.get("delta_top1"))
+            if paper:
+                rec.update(paper_top1=_num(paper["top1"]), paper_printed=paper["printed"],
+                           paper_approximate=str(paper["approximate"]).lower(),
+                           paper_source=paper["paper"], paper_table=paper["table"],
+                           paper_delta_vs_baseline=_num(paper.get("delta_top1")))
+            rec["direction_vs_paper"] = cmp.get("direction") or ""
+            rec["difference_vs_paper"] = _num(cmp.get("difference"))
+            for c in COSTS:
+                s = costs.get(c)
+                rec[f"{c}_mean"] = _num(s["mean"]) if s else ""
+            out.append(rec)
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def write_csv(doc: dict, path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(doc))
+    atomic_write_text(path, buf.getvalue())
+
+
+def _machine_line(m: dict) -> str:
+    parts = [f"device {m.get('device', '?')}"]
+    if m.get("gpu"):
+        parts.append(m["gpu"])
+    if m.get("cpu"):
+        threads = "/".join(str(t) for t in sorted(m.get("torch_threads") or []))
+        parts.append(f"{m['cpu']} ({m.get('cpu_count', '?')} cores"
+                     + (f", {threads} torch threads per run" if threads else "") + ")")
+    if m.get("torch"):
+        parts.append(f"torch {m['torch']}")
+    if m.get("platform"):
+        parts.append(m["platform"])
+    return ", ".join(parts)
+
+
+def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
+    """The leaderboard as Markdown: provenance, caveats, one table per setting, sources."""
+    proto = doc["protocol"]
+    lines = [f"# Leaderboard: {doc['title']}", "",
+             f"- **Protocol: `{proto['name']}`** — {proto.get('description', '')}."]
+    if proto.get("caveat"):
+        lines.append(f"- **{proto['caveat']}**")
+    lines.append("- Final-epoch numbers only: no epoch or checkpoint is ever selected on the test "
+                 "set. Accuracies in %, mean ± sample standard deviation over seeds (no ± with "
+                 "one seed).")
+    for note in doc.get("notes") or []:
+        lines.append(f"- {note}")
+    if doc.get("overrides"):
+        lines.append("- Overrides applied to every run: "
+                     + ", ".join(f"`{o}`" for o in doc["overrides"]) + ".")
+    precision = doc.get("precision") or {}
+    if len(precision) == 1:
+        lines.append(f"- Precision: {next(iter(precision))} for every run.")
+    elif precision:
+        lines.append("- Precision: " + "; ".join(f"{k} for {', '.join(v)}"
+                                              for k, v in sorted(precision.items())) + ".")
+    if doc.get("command"):
+        lines.append(f"- Command (last invocation): `{doc['command']}`.")
+    machines = doc.get("machines") or []
+    if machines:
+        lines.append("- Machine: " + "; ".join(_machine_line(m) for m in machines) + ".")
+    commits = doc.get("run_commits") or []
+    lines.append(f"- Commit of the runs: {', '.join(f'`{c}`' for c in commits) or 'unknown'}; "
+                 f"table written at commit `{doc.get('generated_at_commit') or 'unknown'}` on "
+                 f"{doc['generated']}"
+                 + (f"; runs finished {doc['finished_range'][0]} to {doc['finished_range'][1]}"
+                    if doc.get("finished_range") else "") + ".")
+    lines.append(f"- Seeds asked for in the last invocation: "
+                 f"{' '.join(str(s) for s in doc['seeds_requested'])}; the *Seeds* column counts "
+                 f"the finished runs of each cell.")
+    lines.append(f"- Suite: `{doc['suite_file']}`; baseline row: `{doc.get('baseline')}`.")
+    for w in doc.get("warnings") or []:
+        lines.append(f"- Warning: {w}")
+    footnotes: dict[tuple, int] = {}
+    base_label = next((r["label"] for s in doc["settings"] for r in s["rows"]
+                       if r["id"] == doc.get("baseline")), "baseline")
+    for setting in doc["settings"]:
+        data = setting.get("data") or {}
+        what = ", ".join(f"{k} {v}" for k, v in data.items() if v is not None)
+        lines += ["", f"## {setting['label']}" + (f" ({what})" if what else ""), ""]
+        vs_head = ("vs paper (ours − paper)" if proto["name"] == "paper"
+                   else "vs paper (direction)")
+        lines.append(f"| Method | Seeds | Top-1 | Mean/class | Many | Medium | Few | "
+                     f"Δ top-1 vs {base_label} | Paper top-1 | Paper Δ | {vs_head} | "
+                     f"Train min | Wall min | img/s |")
+        lines.append("|" + "---|" * 14)
+        problems = []
+        for row in setting["rows"]:
+            paper = row.get("paper")
+            paper_cell = paper_delta = ""
+            if paper:
+                key = (paper["paper"], paper["table"])
+                mark = footnotes.setdefault(key, len(footnotes) + 1)
+                paper_cell = f"{'≈' if paper['approximate'] else ''}{paper['top1']:.2f} [{mark}]"
+                if row["id"] != doc.get("baseline"):
+                    paper_delta = _fmt(paper.get("delta_top1"), signed=True)
+            status = row["status"]
+            if status in ("not available", "invalid recipe", "failed", "pending"):
+                text = {"not available": f"*{row.get('reason')}*",
+                        "invalid recipe": "*invalid recipe* (see below)",
+                        "failed": "*failed* (see below)", "pending": "*pending*"}[status]
+                if status in ("invalid recipe", "failed"):
+                    problems.append(f"- {row['label']}: {row.get('reason')}")
+                lines.append(f"| {row['label']} | 0 | {text} |  |  |  |  |  | {paper_cell} | "
+                             f"{paper_delta} |  |  |  |  |")
+                continue
+            m, c, cmp = row["metrics"], row["costs"], row.get("vs_paper") or {}
+            if proto["name"] == "paper" and cmp.get("difference") is not None:
+                vs = f"{cmp['difference']:+.2f}"
+                if cmp.get("direction"):
+                    vs += f", {_direction(cmp['direction'])}"
+            else:
+                vs = _direction(cmp.get("direction"))
+            if cmp.get("direction") == "opposite":
+                vs = f"**{vs}**"
+            seeds = str(row["n"])
+            if status == "partial":
+                seeds += "*"
+                for f in row.get("failures", []):
+                    problems.append(f"- {row['label']}, seed {f['seed']}: {f['error']}")
+                if row.get("pending_seeds"):
+                    problems.append(f"- {row['label']}: seeds "
+                                    f"{' '.join(map(str, row['pending_seeds']))} still pending")
+            lines.append(
+                f"| {row['label']} | {seeds} | {_fmt_stat(m.get('top1'))} | "
+                f"{_fmt_stat(m.get('mean_class_acc'))} | {_fmt_stat(m.get('many'))} | "
+                f"{_fmt_stat(m.get('medium'))} | {_fmt_stat(m.get('few'))} | "
+                f"{_fmt(row.get('delta_top1'), signed=True)} | {paper_cell} | {paper_delta} | "
+                f"{vs} | {_minutes(c.get('train_seconds'))} | {_minutes(c.get('wall_seconds'))} | "
+                f"{_fmt((c.get('images_per_second') or {}).get('mean'), 0)} |")
+        if problems:
+            lines += ["", "Failures and gaps (* in *Seeds*):", ""] + problems
+        notes = [f"- {r['label']}: {r['note']}" for r in setting["rows"] if r.get("note")]
+        if notes:
+            lines += ["", "Notes:", ""] + notes
+        for name in (plots or {}).get(setting["id"], []):
+            lines += ["", f"![{setting['label']}: {Path(name).stem}]({name})"]
+    if footnotes:
+        lines += ["", "## Sources of the paper numbers", ""]
+        for (paper, table), mark in sorted(footnotes.items(), key=lambda kv: kv[1]):
+            lines.append(f"{mark}. {paper} — {table}.")
+        lines += ["", "*Paper top-1* is 100 − the published top-1 error where the source prints "
+                  "an error; *Paper Δ* is that number minus the baseline's number from the same "
+                  "source and table."]
+    if doc.get("plots_note"):
+        lines += ["", doc["plots_note"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_all(doc: dict, out: Path, plots: dict[str, list[str]] | None = None) -> list[Path]:
+    """Write ``leaderboard.json``, ``.csv`` and ``.md`` into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "leaderboard.json", out / "leaderboard.csv", out / "leaderboard.md"]
+    atomic_write_text(paths[0], json.dumps(doc, indent=2, default=str) + "\n")
+    write_csv(doc, paths[1])
+    atomic_write_text(paths[2], markdown(doc, plots))
+    return paths

@@ -1,0 +1,264 @@
+"""Run the planned runs as ``lttrain`` subprocesses: skip, resume or start each one.
+
+Each run lives in its own directory (``<out>/runs/<setting>/<row>/seed<k>``) and is decided on
+what that directory holds:
+
+* ``results.json`` whose ``recipe_hash`` and ``protocol`` match the plan: finished, skipped;
+* ``checkpoint.pt`` (no results) whose saved ``recipe.yaml`` matches: continued with ``--resume``;
+* a finished or started run of a *different* recipe (the suite, the recipe or the protocol
+  changed): moved aside to ``seed<k>.stale-<time>``, never deleted, and the run starts afresh;
+* anything else: started afresh.
+
+A run is a subprocess (``python -m lttoolbox.cli``), so a crash or a bad recipe fails that run
+only; its exit code, wall time and last error line are kept in ``leaderboard_run.json`` beside it.
+Several runs may go at once (``jobs``); on an interrupt every running ``lttrain`` is sent SIGINT,
+which makes it save its checkpoint and stop, so the next invocation resumes it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from lttoolbox.recipe import atomic_write_text, dump_recipe, recipe_hash, resolve
+
+from .suite import Run
+
+RESULTS = "results.json"
+CHECKPOINT = "checkpoint.pt"
+SAVED_RECIPE = "recipe.yaml"
+PLANNED = "planned_recipe.yaml"
+SIDECAR = "leaderboard_run.json"
+LOG = "lttrain.log"
+
+SKIP, RESUME, FRESH, STALE = "skip", "resume", "fresh", "stale"
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def matching_results(run: Run, protocol: str) -> dict | None:
+    """The run's ``results.json`` if it belongs to exactly this recipe and protocol."""
+    results = read_json(run.dir / RESULTS)
+    if (isinstance(results, dict) and results.get("recipe_hash") == run.hash
+            and results.get("protocol") == protocol):
+        return results
+    return None
+
+
+def saved_recipe_hash(run_dir: Path) -> str | None:
+    try:
+        return recipe_hash(resolve(yaml.safe_load((run_dir / SAVED_RECIPE).read_text())))
+    except Exception:  # unreadable or from an older recipe format: treat as a different recipe
+        return None
+
+
+def decide(run: Run, protocol: str) -> tuple[str, str]:
+    """What to do with ``run``: ``(action, why)``, action one of skip/resume/fresh/stale."""
+    if matching_results(run, protocol) is not None:
+        return SKIP, "finished"
+    if (run.dir / RESULTS).exists():
+        return STALE, "its results.json is from another recipe or protocol"
+    if (run.dir / CHECKPOINT).exists():
+        if saved_recipe_hash(run.dir) == run.hash:
+            return RESUME, "unfinished"
+        return STALE, "its checkpoint is from another recipe"
+    return FRESH, "not started"
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Rename a stale run directory (nothing is deleted)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}")
+    n = 1
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}-{n}")
+        n += 1
+    run_dir.rename(target)
+    return target
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    data = read_json(run_dir / SIDECAR)
+    return data.get("attempts", []) if isinstance(data, dict) else []
+
+
+def last_error(log_path: Path) -> str | None:
+    """The ``error:`` line ``lttrain`` printed, else the last line (a traceback's message)."""
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return None
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln) for ln in lines if ln and not ln.startswith("#")]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1][len("error:"):].strip()
+    return lines[-1] if lines else None
+
+
+@dataclass
+class Outcome:
+    """What became of one run in this invocation."""
+
+    run: Run
+    action: str
+    returncode: int | None
+    wall_seconds: float
+    error: str | None = None
+    results: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.results is not None
+
+
+class Runner:
+    """Runs planned runs, ``jobs`` at a time, each as an ``lttrain`` subprocess.
+
+    Args:
+        protocol: Protocol name the runs must carry (checked in their ``results.json``).
+        jobs: Runs at once.
+        threads_per_job: ``OMP_NUM_THREADS`` for each run (None: leave the environment alone).
+        report: Called with a one-line message per event.
+    """
+
+    def __init__(self, protocol: str, jobs: int = 1, threads_per_job: int | None = None,
+                 report: Callable[[str], None] = print):
+        self.protocol = protocol
+        self.jobs = max(1, int(jobs))
+        self.threads_per_job = threads_per_job
+        self.report = report
+        self.stop = threading.Event()
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def command(self, run: Run, resume: bool) -> list[str]:
+        cmd = [sys.executable, "-m", "lttoolbox.cli", str(run.dir / PLANNED), "--out",
+               str(run.dir), "--quiet"]
+        return cmd + (["--resume"] if resume else [])
+
+    def _environment(self) -> dict:
+        env = dict(os.environ)
+        if self.threads_per_job:
+            env["OMP_NUM_THREADS"] = str(self.threads_per_job)
+            env["MKL_NUM_THREADS"] = str(self.threads_per_job)
+        return env
+
+    def execute(self, run: Run) -> Outcome:
+        """Decide and carry out one run."""
+        action, why = decide(run, self.protocol)
+        if action == SKIP:
+            return Outcome(run, SKIP, 0, 0.0, results=matching_results(run, self.protocol))
+        if action == STALE:
+            moved = move_aside(run.dir)
+            self.report(f"  {run.key}: {why}; moved to {moved.name}, starting afresh")
+            action = FRESH
+        run.dir.mkdir(parents=True, exist_ok=True)
+        dump_recipe(run.recipe, run.dir / PLANNED)
+        cmd = self.command(run, resume=action == RESUME)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        t0 = time.perf_counter()
+        with open(run.dir / LOG, "a") as log:
+            log.write(f"# {started} {' '.join(cmd)}\n")
+            log.flush()
+            # A new session keeps a terminal Ctrl-C away from the children: the runner forwards
+            # exactly one SIGINT itself, so no run is interrupted while it writes its checkpoint.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    env=self._environment(), start_new_session=True)
+            with self._lock:
+                self._procs.add(proc)
+            try:
+                returncode = proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
+        wall = time.perf_counter() - t0
+        results = matching_results(run, self.protocol)
+        error = None
+        interrupted = results is None and self.stop.is_set()
+        if results is None and not interrupted:
+            error = last_error(run.dir / LOG) or f"lttrain exited with code {returncode}"
+            if returncode == 0:
+                error = f"lttrain exited 0 but left no matching results.json ({error})"
+        attempts = read_attempts(run.dir) + [{
+            "started": started, "action": action, "wall_seconds": round(wall, 2),
+            "returncode": returncode, "recipe_hash": run.hash, "error": error,
+            "interrupted": interrupted, "command": cmd}]
+        atomic_write_text(run.dir / SIDECAR, json.dumps({"attempts": attempts}, indent=2) + "\n")
+        return Outcome(run, action, returncode, wall, error, results)
+
+    def interrupt(self) -> None:
+        """Stop starting runs and ask the running ones to checkpoint and stop."""
+        self.stop.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGINT)
+                except OSError:
+                    pass
+
+    def run_all(self, runs: list[Run]) -> tuple[list[Outcome], bool]:
+        """Run ``runs`` (in order, ``jobs`` at a time).
+
+        Returns:
+            The outcomes of the runs that were started, and whether the user interrupted.
+        """
+        outcomes: list[Outcome] = []
+        total = len(runs)
+        counter = iter(range(1, total + 1))
+
+        def work(run: Run) -> Outcome | None:
+            if self.stop.is_set():
+                return None
+            index = next(counter)
+            self.report(f"[{index}/{total}] {run.key}: starting")
+            out = self.execute(run)
+            if out.ok:
+                r = out.results
+                self.report(f"[{index}/{total}] {run.key}: done in "
+                            f"{out.wall_seconds / 60:.1f} min, top-1 "
+                            f"{r.get('top1', float('nan')):.2f}")
+            elif not self.stop.is_set():
+                self.report(f"[{index}/{total}] {run.key}: FAILED ({out.error})")
+            else:
+                self.report(f"[{index}/{total}] {run.key}: interrupted; it resumes next time")
+            return out
+
+        interrupted = False
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            pending = {pool.submit(work, run) for run in runs}
+            while pending:
+                try:
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    if interrupted:  # a second Ctrl-C: stop waiting for the children politely
+                        with self._lock:
+                            for proc in self._procs:
+                                proc.kill()
+                        continue
+                    interrupted = True
+                    self.report("interrupt: asking the running runs to checkpoint and stop ...")
+                    self.interrupt()
+                    continue
+                for future in done:
+                    result = future.result()
+                    if result is not None:
+                        outcomes.append(result)
+        return outcomes, interrupted

@@ -1,0 +1,182 @@
+"""Run a leaderboard suite and write its tables: the papers' rows side by side, with seeds.
+
+Usage (from the repository root, where the recipes' data roots are relative to)::
+
+    python benchmarks/leaderboard.py benchmarks/suites/cifar10_lt_core.yaml --protocol quick \\
+        --seeds 0 1 2 --out runs/lb
+    python benchmarks/leaderboard.py SUITE --seeds 0 1 2 --rows ce ldam_drw --out runs/lb
+    python benchmarks/leaderboard.py SUITE --out runs/lb --report-only
+
+Every cell (row x setting x seed) is one ``lttrain`` run in ``<out>/runs/<setting>/<row>/seed<k>``.
+A run whose ``results.json`` matches its planned recipe is skipped and an interrupted one resumes,
+so a long leaderboard can be completed over several sittings (``--max-runs`` stops after a few).
+The tables (``leaderboard.md``, ``.csv``, ``.json`` and, with matplotlib, ``plots/*.png``) are
+rewritten at the end of every invocation from all the matching runs on disk, whichever invocation
+ran them. See docs/leaderboard_guide.md.
+
+Exit status: 0 when every asked-for run finished (or ``--max-runs`` stopped the queue), 1 when a
+run failed, 2 for a bad suite or argument, 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lttoolbox.errors import ConfigError  # noqa: E402
+
+from lb import plots as lb_plots  # noqa: E402
+from lb.references import References  # noqa: E402
+from lb.report import collect, markdown, write_all  # noqa: E402
+from lb.runner import SKIP, Runner, decide  # noqa: E402
+from lb.suite import Planner, load_suite  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="leaderboard", description="Run a leaderboard suite and write its tables.")
+    parser.add_argument("suite", help="suite YAML (benchmarks/suites/*.yaml)")
+    parser.add_argument("--protocol", default="quick",
+                        help="paper | quick | smoke, or a protocol the suite defines "
+                             "(default: quick)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run")
+    parser.add_argument("--out",
+                        help="output folder (default: runs/leaderboard/<suite>-<protocol>)")
+    parser.add_argument("--rows", nargs="+", help="run only these rows (the tables show all)")
+    parser.add_argument("--settings", nargs="+", help="run only these settings (columns)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads-per-job", type=int,
+                        help="OMP threads per run (default: cores / jobs when jobs > 1)")
+    parser.add_argument("--max-runs", type=int,
+                        help="start at most this many runs, then write the tables and stop")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override applied to every run, stated in the tables "
+                             "(e.g. --set train.amp=bf16); repeatable")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing; rewrite the tables from the runs on disk")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would run, run nothing, write nothing")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--publish", metavar="MD",
+                        help="also write the Markdown table to this file (e.g. "
+                             "docs/leaderboard.md), its plots beside it in <name>_plots/")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.max_runs is not None and args.max_runs < 0:
+        parser.error("--max-runs must be >= 0")
+    return args
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def publish(doc: dict, out: Path, plots: dict[str, list[str]], target: Path) -> Path:
+    """Write the Markdown table to ``target`` with its plots copied to ``<stem>_plots/``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = f"{target.stem}_plots"
+    moved: dict[str, list[str]] = {}
+    for setting, names in plots.items():
+        for name in names:
+            (target.parent / folder).mkdir(exist_ok=True)
+            shutil.copyfile(out / name, target.parent / folder / Path(name).name)
+            moved.setdefault(setting, []).append(f"{folder}/{Path(name).name}")
+    from lttoolbox.recipe import atomic_write_text
+    atomic_write_text(target, markdown(doc, moved))
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        suite = load_suite(args.suite)
+        out = Path(args.out or Path("runs") / "leaderboard" / f"{suite.name}-{args.protocol}")
+        planner = Planner(suite, args.protocol, out, args.overrides)
+        refs = References.load(suite.references) if suite.references else References.empty()
+        for given, known, what in ((args.rows, [r.id for r in suite.rows], "--rows"),
+                                   (args.settings, [s.id for s in suite.settings], "--settings")):
+            unknown = [x for x in (given or []) if x not in known]
+            if unknown:
+                raise ConfigError(f"unknown id '{unknown[0]}'; the suite has {', '.join(known)}",
+                                  key=what)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rows = [r for r in suite.rows if not args.rows or r.id in args.rows]
+    settings = [s for s in suite.settings if not args.settings or s.id in args.settings]
+    seeds = list(dict.fromkeys(args.seeds))
+
+    # Seed-major order: every row gets its first seed before any row gets a second one.
+    queue, finished, invalid, unavailable = [], 0, 0, set()
+    for seed in seeds:
+        for setting in settings:
+            for row in rows:
+                if not row.runs_in(setting.id):
+                    continue
+                if not row.available:
+                    unavailable.add(row.id)
+                    continue
+                plan = planner.plan(row.id, setting.id, seed)
+                if isinstance(plan, ConfigError):
+                    invalid += 1
+                    say(f"  {setting.id}/{row.id}/seed{seed}: invalid recipe: {plan}")
+                    continue
+                if decide(plan, args.protocol)[0] == SKIP:
+                    finished += 1
+                else:
+                    queue.append(plan)
+    for warning in sorted({f"{p.row}: {w}" for p in queue for w in p.warnings}):
+        say(f"warning: {warning}")
+    say(f"{suite.name} ({args.protocol}): {finished + len(queue)} runs planned, {finished} "
+        f"finished, {len(queue)} to run; {len(unavailable)} rows not available; output {out}")
+    if args.dry_run:
+        runner = Runner(args.protocol)
+        for run in queue:
+            action = decide(run, args.protocol)[0]
+            say(f"  {run.key} [{action}]: {' '.join(runner.command(run, action == 'resume'))}")
+        return 0
+
+    interrupted, failed = False, 0
+    left = 0
+    if not args.report_only and queue:
+        if args.max_runs is not None:
+            left = max(0, len(queue) - args.max_runs)
+            queue = queue[:args.max_runs]
+        threads = args.threads_per_job
+        if threads is None and args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        runner = Runner(args.protocol, args.jobs, threads, say)
+        outcomes, interrupted = runner.run_all(queue)
+        failed = sum(1 for o in outcomes if not o.ok and not interrupted)
+        if left:
+            say(f"--max-runs {args.max_runs}: {left} runs left; run the same command again "
+                f"to continue")
+
+    doc = collect(suite, planner, refs, seeds, {r.id for r in rows}, {s.id for s in settings})
+    doc["command"] = " ".join(shlex.quote(a) for a in ["python", "benchmarks/leaderboard.py",
+                                                        *(sys.argv[1:] if argv is None else argv)])
+    plots = {}
+    if not args.no_plots:
+        if lb_plots.available():
+            plots = lb_plots.write_plots(doc, out)
+        else:
+            doc["plots_note"] = ("Plots skipped: matplotlib is not installed "
+                                 "(`pip install -e .[plot]`).")
+    for path in write_all(doc, out, plots):
+        say(f"wrote {path}")
+    if args.publish:
+        say(f"wrote {publish(doc, out, plots, Path(args.publish))}")
+    if interrupted:
+        return 130
+    return 1 if failed or invalid else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

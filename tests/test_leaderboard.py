@@ -1,0 +1,412 @@
+"""Tests of the leaderboard runner (benchmarks/leaderboard.py and benchmarks/lb/).
+
+The end-to-end test runs a small suite on the embedded digits data set with a one-epoch smoke
+protocol, stops after one run, resumes, and checks the md/csv/json tables against the runs'
+``results.json`` (means and standard deviations computed here with numpy). The other tests need
+no training.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from lb.references import References  # noqa: E402
+from lb.report import collect, markdown, stats  # noqa: E402
+from lb.runner import FRESH, RESUME, SKIP, STALE, decide, move_aside  # noqa: E402
+from lb.suite import Planner, compose_recipe, flatten_overlay, load_suite  # noqa: E402
+from lttoolbox.errors import ConfigError  # noqa: E402
+from lttoolbox.recipe import dump_recipe  # noqa: E402
+
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def write_yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def references_file(tmp_path: Path) -> Path:
+    return write_yaml(tmp_path / "refs.yaml", {
+        "sources": {"toy": {"paper": "Toy et al. A toy paper. 2020."},
+                    "other": {"paper": "Other et al. Another paper. 2021."}},
+        "entries": [
+            {"method": "ce", "source": "toy", "table": "Table 1", "dataset": "digits_lt",
+             "imbalance_type": "exp", "imbalance_ratio": 10, "top1_error": 20.0},
+            {"method": "focal", "source": "toy", "table": "Table 1", "dataset": "digits_lt",
+             "imbalance_type": "exp", "imbalance_ratio": 10, "top1_error": 15.0},
+            {"method": "focal", "source": "other", "table": "Table 3", "dataset": "digits_lt",
+             "imbalance_type": "exp", "imbalance_ratio": 10, "top1_accuracy": 88.0},
+        ]})
+
+
+def digits_suite(tmp_path: Path, **extra) -> Path:
+    """Two trainable rows on digits, a row whose run fails and a row that does not exist yet."""
+    references_file(tmp_path)
+    suite = {
+        "name": "digits_smoke", "title": "Digits smoke", "baseline": "ce",
+        "references": "refs.yaml", "reference_priority": ["toy", "other"],
+        "notes": ["A test suite."],
+        "protocols": {"smoke": {"epochs": 1, "overlay": {}}},
+        "settings": [{"id": "exp10", "label": "LT ratio 10",
+                      "overlay": {"data": {"imbalance_type": "exp", "imbalance_ratio": 10}}}],
+        "rows": [
+            {"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
+            {"id": "focal", "label": "Focal", "recipe": str(QUICKSTART),
+             "overlay": {"loss": {"name": "focal", "gamma": 1.0}}},
+            {"id": "broken", "label": "Broken", "recipe": str(QUICKSTART),
+             "overlay": {"loss": {"name": "no_such_loss"}}},
+            {"id": "mixup", "label": "Mixup", "recipe": None, "status": "not yet available"},
+        ],
+        **extra,
+    }
+    return write_yaml(tmp_path / "suite.yaml", suite)
+
+
+def leaderboard(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "leaderboard.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_two_row_smoke_suite_end_to_end_with_interrupt_and_resume(tmp_path):
+    suite, out = digits_suite(tmp_path), tmp_path / "lb"
+    common = [str(suite), "--protocol", "smoke", "--out", str(out), "--no-plots"]
+    ce0 = out / "runs" / "exp10" / "ce" / "seed0"
+
+    # 1) Stop after one run: the baseline's first seed.
+    first = leaderboard(*common, "--seeds", "0", "--max-runs", "1")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (ce0 / "results.json").is_file()
+    assert not (out / "runs" / "exp10" / "focal").exists()
+    doc = json.loads((out / "leaderboard.json").read_text())
+    rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
+    assert rows["ce"]["status"] == "done" and rows["focal"]["status"] == "pending"
+    mtime = (ce0 / "results.json").stat().st_mtime_ns
+
+    # 2) The same command without the limit (two at a time) skips the finished run and runs the
+    #    rest; the broken row fails on its own and is recorded, the leaderboard goes on.
+    second = leaderboard(*common, "--seeds", "0", "--jobs", "2", "--threads-per-job", "1")
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "exp10/ce/seed0: starting" not in second.stdout
+    assert (ce0 / "results.json").stat().st_mtime_ns == mtime
+    assert len(json.loads((ce0 / "leaderboard_run.json").read_text())["attempts"]) == 1
+    assert (out / "runs" / "exp10" / "focal" / "seed0" / "results.json").is_file()
+
+    # 3) A second seed for the baseline only; the table keeps every matching run on disk.
+    third = leaderboard(*common, "--seeds", "1", "--rows", "ce")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "1 runs planned, 0 finished, 1 to run" in third.stdout
+
+    results = {(row, seed): json.loads((out / "runs" / "exp10" / row / f"seed{seed}" /
+                                        "results.json").read_text())
+               for row, seed in (("ce", 0), ("ce", 1), ("focal", 0))}
+    for res in results.values():
+        assert res["protocol"] == "smoke" and res["epochs"] == 1
+    assert results[("ce", 0)]["seed"] == 0 and results[("ce", 1)]["seed"] == 1
+    expected = {}
+    for row, seeds in (("ce", (0, 1)), ("focal", (0,))):
+        expected[row] = {}
+        for metric in ("top1", "mean_class_acc", "many", "medium", "few"):
+            vals = np.array([results[(row, s)][metric] for s in seeds], dtype=float)
+            expected[row][metric] = (vals.mean(), vals.std(ddof=1) if len(vals) > 1 else None)
+    delta = expected["focal"]["top1"][0] - expected["ce"]["top1"][0]
+
+    # JSON
+    doc = json.loads((out / "leaderboard.json").read_text())
+    assert doc["protocol"]["name"] == "smoke"
+    assert doc["machines"] and doc["machines"][0]["device"] == "cpu"
+    rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
+    assert list(rows) == ["ce", "focal", "broken", "mixup"]  # nothing silently dropped
+    assert rows["ce"]["n"] == 2 and rows["ce"]["seeds"] == [0, 1]
+    assert rows["focal"]["n"] == 1
+    for row in ("ce", "focal"):
+        for metric, (mean, std) in expected[row].items():
+            got = rows[row]["metrics"][metric]
+            assert got["mean"] == pytest.approx(mean, abs=1e-9)
+            if std is None:
+                assert got["std"] is None
+            else:
+                assert got["std"] == pytest.approx(std, abs=1e-9)
+    assert rows["focal"]["delta_top1"] == pytest.approx(delta, abs=1e-9)
+    assert rows["ce"]["paper"]["top1"] == pytest.approx(80.0)
+    assert rows["focal"]["paper"]["top1"] == pytest.approx(85.0)   # "toy" outranks "other"
+    assert rows["focal"]["paper"]["delta_top1"] == pytest.approx(5.0)
+    assert rows["focal"]["vs_paper"]["difference"] is None          # not the paper protocol
+    assert rows["focal"]["vs_paper"]["direction"] == (
+        "no change" if delta == 0 else "same" if delta > 0 else "opposite")
+    assert rows["broken"]["status"] == "failed" and "no_such_loss" in rows["broken"]["reason"]
+    assert rows["mixup"]["status"] == "not available"
+    assert rows["ce"]["costs"]["train_seconds"]["mean"] == pytest.approx(
+        np.mean([results[("ce", s)]["seconds"] for s in (0, 1)]))
+
+    # CSV
+    with open(out / "leaderboard.csv") as handle:
+        records = {r["row"]: r for r in csv.DictReader(handle)}
+    assert float(records["ce"]["top1_mean"]) == pytest.approx(expected["ce"]["top1"][0])
+    assert float(records["ce"]["top1_std"]) == pytest.approx(expected["ce"]["top1"][1])
+    assert float(records["ce"]["few_mean"]) == pytest.approx(expected["ce"]["few"][0])
+    assert records["focal"]["top1_std"] == ""
+    assert float(records["focal"]["delta_top1_vs_baseline"]) == pytest.approx(delta)
+    assert records["ce"]["seeds"] == "0 1" and records["ce"]["n_seeds"] == "2"
+    assert records["mixup"]["status"] == "not available"
+    assert records["broken"]["status"] == "failed"
+
+    # Markdown
+    md = (out / "leaderboard.md").read_text()
+    mean, std = expected["ce"]["top1"]
+    assert f"| CE | 2 | {mean:.2f} ± {std:.2f} |" in md
+    assert f"| Focal | 1 | {expected['focal']['top1'][0]:.2f} |" in md
+    assert f"{delta:+.2f}" in md
+    assert "not yet available" in md and "no_such_loss" in md
+    assert "Protocol: `smoke`" in md and "Final-epoch numbers only" in md
+    assert "Toy et al. A toy paper. 2020. — Table 1." in md
+    assert "A test suite." in md
+
+
+# ------------------------------------------------------------------------------ suites
+@pytest.mark.parametrize("change, key", [
+    ({"colour": "red"}, "suite.colour"),
+    ({"baseline": "nope"}, "baseline"),
+    ({"rows": [{"id": "a", "recipe": None}, {"id": "a", "recipe": None}]}, "rows"),
+    ({"rows": [{"id": "a", "recipe": None, "settings": ["zzz"]}]}, "rows[0].settings"),
+    ({"rows": [{"id": "a b", "recipe": None}]}, "rows[0].id"),
+    ({"rows": [{"id": "a", "recipe": None, "flavour": 1}]}, "rows[0].flavour"),
+    ({"settings": [{"id": "s", "rows": ["nope"]}]}, "settings[0].rows"),
+    ({"settings": []}, "settings"),
+    ({"protocols": {"quick": {"epochs": 0}}}, "protocols.quick.epochs"),
+])
+def test_bad_suites_name_the_key(tmp_path, change, key):
+    suite = {"name": "s", "baseline": None, "references": None,
+             "settings": [{"id": "s", "overlay": {}}],
+             "rows": [{"id": "a", "recipe": None, "status": "not yet available"}]}
+    suite.update(change)
+    with pytest.raises(ConfigError, match="^" + re.escape(key)):
+        load_suite(write_yaml(tmp_path / "suite.yaml", suite))
+
+
+def test_missing_suite_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="suite file not found"):
+        load_suite(tmp_path / "nope.yaml")
+
+
+def test_unknown_protocol_is_a_config_error(tmp_path):
+    suite = load_suite(digits_suite(tmp_path))
+    with pytest.raises(ConfigError, match="unknown protocol 'fast'"):
+        Planner(suite, "fast", tmp_path / "out")
+
+
+def test_setting_rows_restrict_where_a_row_runs(tmp_path):
+    suite = load_suite(digits_suite(tmp_path, settings=[
+        {"id": "exp10", "overlay": {}}, {"id": "step10", "rows": ["ce"], "overlay": {}}]))
+    assert suite.row("ce").runs_in("step10") and not suite.row("focal").runs_in("step10")
+    assert suite.row("focal").runs_in("exp10")
+
+
+def test_flatten_overlay_matches_deep_merge_semantics():
+    flat = flatten_overlay({"data": {"root": "../x y", "imbalance_ratio": 50},
+                            "schedule": {"milestones": [3, 4]}, "augment": [], "generator": None,
+                            "loss": {"name": "ce", "weights": {}}})
+    assert flat == ['data.root="../x y"', "data.imbalance_ratio=50", "schedule.milestones=[3, 4]",
+                    "augment=[]", "generator=null", 'loss.name="ce"', "loss.weights={}"]
+
+
+def multi_stage_recipe(tmp_path: Path) -> Path:
+    return write_yaml(tmp_path / "two_stage.yaml", {
+        "_base_": str(QUICKSTART),
+        "train": {"epochs": 200},
+        "schedule": {"name": "multistep", "warmup_epochs": 5, "milestones": [160, 180]},
+        "sampler": {"name": "class_balanced", "start_epoch": 160},
+        "generator": {"name": "toy", "epoch_thresh": 159},
+        "stages": [{"name": "first"},
+                   {"name": "second", "train": {"epochs": 10}, "loss": {"name": "focal"}}],
+    })
+
+
+def test_overlays_reach_every_stage_and_quick_scales_every_switch(tmp_path):
+    recipe = multi_stage_recipe(tmp_path)
+    suite = load_suite(write_yaml(tmp_path / "suite.yaml", {
+        "name": "s", "references": None,
+        "overlay": {"eval": {"ece_bins": 10}},
+        "settings": [{"id": "r5", "overlay": {"data": {"imbalance_ratio": 5}}}],
+        "rows": [{"id": "two", "recipe": str(recipe), "overrides": ["optim.lr=0.02"]}]}))
+    composed = compose_recipe(suite, suite.row("two"), suite.setting("r5"), "quick", seed=3,
+                              extra_overrides=["train.amp=bf16"])
+    assert composed["meta"]["protocol"] == "quick"
+    # 200 -> 30 epochs: factor 0.15; 160 -> 24, 180 -> 27, 5 -> 0.75 -> 1, 10 -> 1.5 -> 2
+    assert composed["train"]["epochs"] == 30
+    assert composed["schedule"]["milestones"] == [24, 27]
+    assert composed["schedule"]["warmup_epochs"] == 1
+    assert composed["sampler"]["start_epoch"] == 24
+    first, second = composed["stages"]
+    for stage in (first, second):
+        assert stage["data"]["imbalance_ratio"] == 5
+        assert stage["eval"]["ece_bins"] == 10
+        assert stage["optim"]["lr"] == 0.02
+        assert stage["train"]["seed"] == 3
+        assert stage["train"]["amp"] == "bf16"
+    assert first["train"]["epochs"] == 30 and second["train"]["epochs"] == 2
+    assert second["loss"]["name"] == "focal"
+
+
+def test_unscaled_epoch_keys_are_warned_about(tmp_path):
+    suite = load_suite(write_yaml(tmp_path / "suite.yaml", {
+        "name": "s", "references": None, "settings": [{"id": "a", "overlay": {}}],
+        "rows": [{"id": "two", "recipe": str(multi_stage_recipe(tmp_path))}]}))
+    run = Planner(suite, "quick", tmp_path / "out").plan("two", "a", 0)
+    assert any(w.startswith("generator.epoch_thresh") for w in run.warnings)
+    assert not any("start_epoch" in w or "milestones" in w for w in run.warnings)
+
+
+def test_paper_protocol_leaves_the_recipe_alone(tmp_path):
+    suite = load_suite(digits_suite(tmp_path))
+    run = Planner(suite, "paper", tmp_path / "out").plan("ce", "exp10", 0)
+    assert run.recipe["train"]["epochs"] == 30  # quickstart's own length
+    assert run.recipe["schedule"]["warmup_epochs"] == 2
+    assert run.dir == tmp_path / "out" / "runs" / "exp10" / "ce" / "seed0"
+
+
+def test_seed_and_protocol_change_the_hash_only_where_they_should(tmp_path):
+    suite = load_suite(digits_suite(tmp_path))
+    out = tmp_path / "out"
+    smoke, quick = Planner(suite, "smoke", out), Planner(suite, "quick", out)
+    assert smoke.plan("ce", "exp10", 0).hash != smoke.plan("ce", "exp10", 1).hash
+    assert smoke.plan("ce", "exp10", 0).hash != quick.plan("ce", "exp10", 0).hash
+    assert smoke.plan("ce", "exp10", 0).hash == Planner(suite, "smoke", out).plan(
+        "ce", "exp10", 0).hash
+
+
+# ---------------------------------------------------------------------------- run decisions
+def test_decide_skip_resume_stale_fresh(tmp_path):
+    suite = load_suite(digits_suite(tmp_path))
+    planner = Planner(suite, "smoke", tmp_path / "out")
+    run = planner.plan("ce", "exp10", 0)
+    other = planner.plan("ce", "exp10", 1)
+    assert decide(run, "smoke")[0] == FRESH
+
+    run.dir.mkdir(parents=True)
+    (run.dir / "checkpoint.pt").write_bytes(b"x")
+    dump_recipe(run.recipe, run.dir / "recipe.yaml")
+    assert decide(run, "smoke")[0] == RESUME
+    dump_recipe(other.recipe, run.dir / "recipe.yaml")
+    assert decide(run, "smoke")[0] == STALE
+
+    (run.dir / "results.json").write_text(json.dumps({"recipe_hash": run.hash,
+                                                      "protocol": "smoke"}))
+    assert decide(run, "smoke")[0] == SKIP
+    assert decide(run, "quick")[0] == STALE  # the same recipe under another protocol's name
+    (run.dir / "results.json").write_text(json.dumps({"recipe_hash": other.hash,
+                                                      "protocol": "smoke"}))
+    assert decide(run, "smoke")[0] == STALE
+
+    moved = move_aside(run.dir)
+    assert not run.dir.exists() and (moved / "results.json").is_file()
+    assert moved.name.startswith("seed0.stale-")
+    assert planner.seeds_on_disk("ce", "exp10") == []  # stale copies never enter the tables
+
+
+# ------------------------------------------------------------------------------- references
+def test_references_convert_errors_and_prefer_sources(tmp_path):
+    refs = References.load(references_file(tmp_path))
+    assert refs.lookup("ce", "digits_lt", "exp", 10).top1 == pytest.approx(80.0)
+    assert refs.lookup("focal", "digits_lt", "exp", 10, ["toy"]).top1 == pytest.approx(85.0)
+    other = refs.lookup("focal", "digits_lt", "exp", 10.0, ["other", "toy"])
+    assert other.top1 == pytest.approx(88.0) and other.printed == "88 % accuracy"
+    assert refs.baseline_for(other, "ce") is None  # no CE number from the same source
+    assert refs.baseline_for(refs.lookup("focal", "digits_lt", "exp", 10, ["toy"]),
+                             "ce").top1 == pytest.approx(80.0)
+    assert refs.lookup("focal", "digits_lt", "step", 10) is None
+    assert refs.lookup("focal", "digits_lt", "exp", 100) is None
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"top1_error": 20.0, "top1_accuracy": 80.0}, "exactly one of"),
+    ({}, "exactly one of"),
+    ({"top1_error": 120.0}, r"\[0, 100\]"),
+    ({"top1_error": 20.0, "source": "nobody"}, "unknown source"),
+    ({"top1_error": 20.0, "colour": "red"}, "unknown key"),
+])
+def test_bad_reference_entries_are_rejected(tmp_path, entry, message):
+    base = {"method": "ce", "source": "toy", "table": "T1", "dataset": "d",
+            "imbalance_type": "exp", "imbalance_ratio": 10}
+    path = write_yaml(tmp_path / "refs.yaml", {"sources": {"toy": {"paper": "P"}},
+                                              "entries": [{**base, **entry}]})
+    with pytest.raises(ConfigError, match=message):
+        References.load(path)
+
+
+def test_shipped_reference_file_holds_the_issue_numbers():
+    refs = References.load(ROOT / "benchmarks" / "reference_numbers.yaml")
+    quoted = {"ce": (29.64, 61.68), "focal": (29.62, 61.59), "cb_focal": (25.43, 63.98),
+              "ldam_drw": (22.97, 57.96), "cb_sampling": (30.35, 66.47),
+              "sqrt_sampling": (30.81, 64.67), "progressive": (29.35, 60.90),
+              "drs_cb": (27.08, 58.66), "drs_progressive": (27.73, 59.20)}
+    for method, errors in quoted.items():
+        for dataset, error in zip(("cifar10_lt", "cifar100_lt"), errors):
+            ref = refs.lookup(method, dataset, "exp", 100, ["bot"])
+            assert ref.source == "bot" and ref.top1 == pytest.approx(100.0 - error)
+    approx = refs.lookup("balanced_softmax", "cifar10_lt", "exp", 100, ["balanced_softmax_issue"])
+    assert approx.approximate and approx.top1 == pytest.approx(77.5)
+    for entry in refs.entries:
+        assert entry.table and entry.paper
+
+
+@pytest.mark.parametrize("name", ["cifar10_lt_core", "cifar100_lt_core"])
+def test_shipped_suites_plan_and_list_every_row(tmp_path, name):
+    suite = load_suite(ROOT / "benchmarks" / "suites" / f"{name}.yaml")
+    refs = References.load(suite.references)
+    planner = Planner(suite, "quick", tmp_path / "out")
+    for row in suite.rows:
+        assert row.recipe is not None or row.status, row.id
+        if not row.available:
+            continue
+        for setting in suite.settings:
+            if row.runs_in(setting.id):
+                run = planner.plan(row.id, setting.id, 0)
+                assert not isinstance(run, ConfigError), f"{row.id}/{setting.id}: {run}"
+                assert run.recipe["train"]["epochs"] == 30
+    doc = collect(suite, planner, refs, [0], {r.id for r in suite.rows},
+                  {s.id for s in suite.settings})
+    exp100 = next(s for s in doc["settings"] if s["id"] == "exp100")
+    assert [r["id"] for r in exp100["rows"]] == [r.id for r in suite.rows]
+    assert {r["id"]: r["status"] for r in exp100["rows"]}["ftl"] == "not available"
+    assert exp100["rows"][0]["paper"]["source"] == "bot"
+    md = markdown(doc)
+    assert "under-trained" in md and "direction only" in md
+    if name == "cifar10_lt_core":
+        assert "JPEG" in md
+
+
+def test_stats_match_numpy():
+    values = [70.0, 71.5, None, 69.25]
+    s = stats(values)
+    arr = np.array([70.0, 71.5, 69.25])
+    assert s["n"] == 3 and s["mean"] == pytest.approx(arr.mean())
+    assert s["std"] == pytest.approx(arr.std(ddof=1))
+    assert stats([42.0])["std"] is None and stats([None]) is None
+
+
+def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lb.plots import write_plots
+
+    row = {"id": "ce", "label": "CE", "n": 2,
+           "metrics": {"top1": {"mean": 70.0, "std": 1.0}},
+           "per_class_acc": [90.0, 60.0, 20.0], "train_class_counts": [100, 30, 5],
+           "paper": None}
+    doc = {"title": "T", "baseline": "ce", "protocol": {"name": "quick"},
+           "settings": [{"id": "exp100", "label": "LT 100", "rows": [row]}]}
+    written = write_plots(doc, tmp_path)
+    assert written == {"exp100": ["plots/exp100_per_class.png", "plots/exp100_top1.png"]}
+    for name in written["exp100"]:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
