@@ -272,6 +272,11 @@ def stage_recipes(recipe: dict) -> list[dict]:
     return [single]
 
 
+def read_recipe(path: str | os.PathLike) -> dict:
+    """A recipe file with its ``_base_`` chain merged, before defaults and validation."""
+    return _load_with_bases(Path(path), ())
+
+
 def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     """Read a recipe file with its ``_base_`` chain, apply overrides, fill defaults, validate.
 
@@ -285,8 +290,7 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     Raises:
         ConfigError: missing file, bad YAML, unknown section or key, wrong type.
     """
-    raw = _load_with_bases(Path(path), ())
-    return resolve(apply_overrides(raw, list(overrides)))
+    return resolve(apply_overrides(read_recipe(path), list(overrides)))
 
 
 def scale_epochs(recipe: dict, total_epochs: int) -> dict:

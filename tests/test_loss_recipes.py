@@ -1,7 +1,7 @@
 """The loss recipes: each resolves, builds its loss with the protocol's class counts, cites its
 number, and runs end to end.
 
-The first tests need only YAML (a small ``_base_`` resolver here) and the loss registry; the
+The first tests need only the recipe files (merged with their ``_base_`` chain) and the loss registry; the
 end-to-end test runs every CIFAR-10-LT loss recipe for two epochs on ``digits_lt`` through
 ``lttoolbox.recipe.load_recipe`` and ``lttoolbox.engine.train``.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from lttoolbox.losses import LTLoss
+from lttoolbox.recipe import read_recipe
 from lttoolbox.registry import LOSSES
+from recipe_helpers import on_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("cifar10_lt", "cifar100_lt")
@@ -52,19 +53,7 @@ PATHS = [ROOT / "configs" / ds / sub / f"{name}.yaml"
 CIFAR10_R100_CB = [0.0506, 0.0769, 0.1211, 0.1950, 0.3188, 0.5246, 0.8683, 1.4426, 2.4092, 3.9927]
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = (deep_merge(out[key], value)
-                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
-    return out
 
-
-def resolve(path: Path) -> dict:
-    """``_base_`` inheritance as docs/architecture.md describes it (relative path, deep merge)."""
-    raw = yaml.safe_load(path.read_text()) or {}
-    base = raw.pop("_base_", None)
-    return deep_merge(resolve((path.parent / base).resolve()), raw) if base else raw
 
 
 def protocol_counts(dataset: str, ratio: int) -> list[int]:
@@ -74,20 +63,20 @@ def protocol_counts(dataset: str, ratio: int) -> list[int]:
 
 
 def test_every_loss_is_used_by_a_recipe():
-    assert {resolve(p)["loss"]["name"] for p in PATHS} == set(LOSSES.names())
+    assert {read_recipe(p)["loss"]["name"] for p in PATHS} == set(LOSSES.names())
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_loss_recipe_of_the_folder_is_listed(dataset):
-    base_loss = resolve(ROOT / "configs" / dataset / "base.yaml")["loss"]
+    base_loss = read_recipe(ROOT / "configs" / dataset / "base.yaml")["loss"]
     for path in (ROOT / "configs" / dataset).glob("*.yaml"):
-        if path.name != "base.yaml" and resolve(path)["loss"] != base_loss:
+        if path.name != "base.yaml" and read_recipe(path)["loss"] != base_loss:
             assert path.stem in RECIPES, f"{path} sets a loss but is not tested here"
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_recipe_resolves_and_builds_its_loss(path):
-    recipe = resolve(path)
+    recipe = read_recipe(path)
     name = path.stem
     loss_name, deferred, head, _ = RECIPES[name]
     ratio = 50 if path.parent.name == "r50" else 100
@@ -113,7 +102,7 @@ def test_recipe_resolves_and_builds_its_loss(path):
 
 
 def test_cifar10_cb_focal_recipe_has_the_issue_weights():
-    recipe = resolve(ROOT / "configs" / "cifar10_lt" / "cb_focal.yaml")
+    recipe = read_recipe(ROOT / "configs" / "cifar10_lt" / "cb_focal.yaml")
     loss = LOSSES.build(recipe["loss"], class_counts=protocol_counts("cifar10_lt", 100))
     np.testing.assert_allclose(loss.class_weights.numpy(), CIFAR10_R100_CB, atol=5e-5)
 
@@ -148,13 +137,8 @@ def test_recipe_runs_end_to_end(name, tmp_path, monkeypatch):
         return original(self, logits, target, reduction)
 
     monkeypatch.setattr(LTLoss, "forward", spy)
-    recipe = load_recipe(str(ROOT / "configs" / "cifar10_lt" / f"{name}.yaml"))
-    recipe["data"] = {"name": "digits_lt"}
-    recipe["model"]["name"] = "digits_cnn"
-    recipe["train"]["epochs"] = 2
-    if "weights_start_epoch" in recipe["loss"]:
-        recipe["loss"]["weights_start_epoch"] = 1
-    results = train(recipe, tmp_path)
+    recipe = on_digits(load_recipe(ROOT / "configs" / "cifar10_lt" / f"{name}.yaml"))
+    results = train(recipe, tmp_path, quiet=True)
     assert math.isfinite(results["top1"])
     loss_name, deferred, _, _ = RECIPES[name]
     assert calls and {c[0] for c in calls} == {loss_name}

@@ -1,6 +1,6 @@
 """The sampler recipes: every one resolves, builds its sampler, and runs end to end.
 
-The first tests need only YAML (a small ``_base_`` resolver here) and the sampler registry; the
+The first tests need only the recipe files (merged with their ``_base_`` chain) and the sampler registry; the
 end-to-end test runs each recipe for two epochs on ``digits_lt`` through
 ``lttoolbox.recipe.load_recipe`` and ``lttoolbox.engine.train``.
 """
@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 import lttoolbox.samplers  # noqa: F401  (registers the samplers)
+from lttoolbox.recipe import read_recipe
 from lttoolbox.registry import SAMPLERS
+from recipe_helpers import on_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("cifar10_lt", "cifar100_lt")
@@ -37,30 +38,18 @@ PATHS = [ROOT / "configs" / ds / sub / f"{name}.yaml"
          for ds in DATASETS for sub in ("", "r50") for name in RECIPES]
 
 
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = (deep_merge(out[key], value)
-                    if isinstance(value, dict) and isinstance(out.get(key), dict) else value)
-    return out
 
-
-def resolve(path: Path) -> dict:
-    """``_base_`` inheritance as docs/architecture.md describes it (relative path, deep merge)."""
-    raw = yaml.safe_load(path.read_text()) or {}
-    base = raw.pop("_base_", None)
-    return deep_merge(resolve((path.parent / base).resolve()), raw) if base else raw
 
 
 def test_every_sampler_is_used_by_a_recipe():
-    used = {resolve(p)["sampler"]["name"] for p in PATHS}
-    used.add(resolve(ROOT / "configs/cifar10_lt/base.yaml")["sampler"]["name"])  # instance
+    used = {read_recipe(p)["sampler"]["name"] for p in PATHS}
+    used.add(read_recipe(ROOT / "configs/cifar10_lt/base.yaml")["sampler"]["name"])  # instance
     assert used == set(SAMPLERS.names())
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_recipe_resolves_and_builds_its_sampler(path):
-    recipe = resolve(path)
+    recipe = read_recipe(path)
     name = path.stem
     expected_sampler, start, _ = RECIPES[name]
     ratio = 50 if path.parent.name == "r50" else 100
@@ -101,13 +90,8 @@ def test_recipe_runs_end_to_end(name, tmp_path):
     from lttoolbox.engine import train
     from lttoolbox.recipe import load_recipe
 
-    recipe = load_recipe(str(ROOT / "configs" / "cifar10_lt" / f"{name}.yaml"))
-    recipe["data"] = {"name": "digits_lt"}
-    recipe["model"]["name"] = "digits_cnn"
-    recipe["train"]["epochs"] = 2
-    if "start_epoch" in recipe["sampler"]:
-        recipe["sampler"]["start_epoch"] = 1
-    results = train(recipe, tmp_path)
+    recipe = on_digits(load_recipe(ROOT / "configs" / "cifar10_lt" / f"{name}.yaml"))
+    results = train(recipe, tmp_path, quiet=True)
     assert isinstance(results, dict) and results
     numbers = [v for v in results.values() if isinstance(v, (int, float))]
     assert numbers and all(math.isfinite(v) for v in numbers)
