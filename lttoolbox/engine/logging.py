@@ -34,6 +34,11 @@ class RunLogger:
         self._progress.start()
         self._task = self._progress.add_task(description, total=total_steps, status="")
 
+    @property
+    def live(self) -> bool:
+        """Whether a progress bar is on screen (so a status line would be seen)."""
+        return self._progress is not None
+
     def advance(self, steps: int = 1, status: str | None = None) -> None:
         if self._progress is not None:
             if status is None:

@@ -41,6 +41,7 @@ CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 RECIPE = "recipe.yaml"
 LOG = "log.jsonl"
+STATUS_EVERY = 25  # steps between progress-bar status updates
 
 
 @dataclass
@@ -320,7 +321,14 @@ class Trainer:
             scaler.step(optimizer)
             scaler.update()
             loss_sum += loss.detach()
-            self.log.advance()
+            if self.log.live and (step + 1) % STATUS_EVERY == 0:
+                # Only with a visible bar, and only every few steps: reading the loss waits for
+                # the device.
+                rate = (step + 1) * batch_size / (time.perf_counter() - start)
+                self.log.advance(status=f"loss {loss_sum.item() / (step + 1):.4f}  lr {lr:.2e}  "
+                                        f"{rate:,.0f} img/s")
+            else:
+                self.log.advance()
         mean_loss = loss_sum.item() / max(1, steps)  # the epoch's one host synchronization
         spent = time.perf_counter() - start
         count = int(min(indices.numel(), steps * batch_size))
