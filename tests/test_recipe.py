@@ -118,3 +118,12 @@ def test_hash_ignores_meta_only():
     other = dict(recipe, meta={"note": "x"})
     assert recipe_hash(other) == recipe_hash(recipe)
     assert recipe_hash(apply_overrides(recipe, ["train.seed=1"])) != recipe_hash(recipe)
+
+
+def test_every_ratio_50_recipe_is_its_ratio_100_recipe_plus_one_line():
+    ratio50 = sorted(REPO.glob("configs/*/r50/*.yaml"))
+    assert len(ratio50) >= 2 * 30  # every loss and sampler recipe, for both CIFAR-LT data sets
+    for path in ratio50:
+        lines = path.read_text().strip().splitlines()
+        assert lines == [f"_base_: ../{path.name}", "data: {imbalance_ratio: 50}"], path
+        assert (path.parent.parent / path.name).exists(), path
