@@ -22,6 +22,8 @@ from recipe_helpers import on_digits
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("cifar10_lt", "cifar100_lt")
 # recipe -> (loss name, deferred weights?, model head, paper number C10 / C100 quoted in the issue)
+# Sigmoid losses start every class at probability 1/C (Cui et al. 2019, after Lin et al. 2017).
+PRIOR = {"name": "linear", "prior": "uniform"}
 RECIPES = {
     "ce": ("ce", False, "linear", (29.64, 61.68)),
     "ce_drw": ("ce", True, "linear", None),
@@ -30,12 +32,12 @@ RECIPES = {
     "cs_ce_drw": ("cs_ce", True, "linear", None),
     "focal": ("focal", False, "linear", (29.62, 61.59)),
     "focal_drw": ("focal", True, "linear", None),
-    "sigmoid_focal": ("sigmoid_focal", False, "linear", None),
-    "sigmoid_focal_drw": ("sigmoid_focal", True, "linear", None),
+    "sigmoid_focal": ("sigmoid_focal", False, PRIOR, None),
+    "sigmoid_focal_drw": ("sigmoid_focal", True, PRIOR, None),
     "cb_ce": ("cb", False, "linear", None),
     "cb_ce_drw": ("cb", True, "linear", None),
-    "cb_focal": ("cb", False, "linear", (25.43, 63.98)),
-    "cb_focal_drw": ("cb", True, "linear", None),
+    "cb_focal": ("cb", False, PRIOR, (25.43, 63.98)),
+    "cb_focal_drw": ("cb", True, PRIOR, None),
     "ldam": ("ldam", False, "cosine", None),
     "ldam_drw": ("ldam", True, "cosine", (22.97, 57.96)),
     "balanced_softmax": ("balanced_softmax", False, "linear", (22.5, 57.0)),

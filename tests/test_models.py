@@ -267,6 +267,33 @@ def test_reset_head(name, new_cfg):
     assert model(images(name)).shape == (B, 10)
 
 
+@pytest.mark.parametrize("prior,classes,probability", [
+    ("uniform", 10, 0.1), ("uniform", 100, 0.01), (0.1, 100, 0.1), (0.25, 3, 0.25)])
+def test_linear_head_prior_sets_the_sigmoid_start(prior, classes, probability):
+    head = build_head({"name": "linear", "prior": prior}, in_features=16, num_classes=classes)
+    # Cui et al. 2019 / Lin et al. 2017: b = -log((1 - pi) / pi), i.e. sigmoid(b) = pi
+    expected = -np.log((1 - probability) / probability)
+    np.testing.assert_allclose(head.bias.detach().numpy(), np.full(classes, expected), rtol=1e-6)
+    np.testing.assert_allclose(1 / (1 + np.exp(-head.bias.detach().numpy())), probability, rtol=1e-6)
+    if prior == "uniform":  # the reference code's -log(C - 1)
+        np.testing.assert_allclose(head.bias.detach().numpy(), -np.log(classes - 1), rtol=1e-6)
+    head.bias.data.zero_()
+    head.reset_parameters()
+    np.testing.assert_allclose(head.bias.detach().numpy(), expected, rtol=1e-6)
+
+
+def test_linear_head_without_prior_keeps_the_default_bias():
+    torch.manual_seed(0)
+    bias = build_head("linear", in_features=16, num_classes=10).bias.detach()
+    assert bias.abs().max() <= 1 / 16 ** 0.5 and bias.unique().numel() == 10
+
+
+@pytest.mark.parametrize("prior", [0, 1, 1.5, -0.1, True, "flat", [0.1]])
+def test_linear_head_rejects_a_bad_prior(prior):
+    with pytest.raises(ConfigError, match="prior"):
+        build_head({"name": "linear", "prior": prior}, in_features=16, num_classes=10)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_reset_head_keeps_frozen_head_frozen(name):
     model = build(name).freeze("head")

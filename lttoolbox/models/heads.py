@@ -78,24 +78,55 @@ class LinearHead(nn.Linear):
     """Plain linear classifier with bias: ``logits = W f + b``.
 
     The weight is initialised with ``kaiming_normal_`` (fan-in, ReLU gain), as the LDAM-DRW
-    reference code initialises every ``nn.Linear`` of its CIFAR ResNets; the bias keeps PyTorch's
-    default ``U(-1/sqrt(in), 1/sqrt(in))``.
+    reference code initialises every ``nn.Linear`` of its CIFAR ResNets. The bias keeps PyTorch's
+    default ``U(-1/sqrt(in), 1/sqrt(in))`` unless ``prior`` is given.
+
+    ``prior`` is for one-vs-all sigmoid losses (sigmoid CE, sigmoid focal, their class-balanced
+    forms). Cui et al. (CVPR 2019, Sec. 5, after Lin et al.'s focal loss, ICCV 2017, Sec. 4.1)
+    initialise every bias to ``b = -log((1 - pi) / pi)``, so that each class's sigmoid starts at
+    ``pi`` instead of 0.5: at 0.5 the C - 1 negative terms of every sample swamp the positive one
+    and the first steps are unstable. Their official code uses ``pi = 1 / C``
+    (``b = -log(C - 1)``), which is ``prior: uniform`` here.
 
     Args:
         in_features: Feature dimension.
         num_classes: Number of classes.
+        prior: ``None`` (PyTorch's default bias), a probability in (0, 1), or ``"uniform"`` for
+            ``1 / num_classes``.
 
     Example:
         >>> LinearHead(64, 10)(torch.randn(2, 64)).shape
         torch.Size([2, 10])
+        >>> round(torch.sigmoid(LinearHead(64, 10, prior="uniform").bias[0]).item(), 6)
+        0.1
     """
 
-    def __init__(self, in_features: int, num_classes: int):
+    def __init__(self, in_features: int, num_classes: int, prior: float | str | None = None):
+        # Set before nn.Linear.__init__, which calls reset_parameters (a plain float attribute may
+        # be assigned before Module.__init__; parameters and sub-modules may not).
+        self.prior = _prior_probability(prior, num_classes)
         super().__init__(in_features, num_classes, bias=True)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()  # bias init depends on fan-in only
         nn.init.kaiming_normal_(self.weight)
+        if self.prior is not None:
+            nn.init.constant_(self.bias, -math.log((1.0 - self.prior) / self.prior))
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.prior is None else f"{text}, prior={self.prior:g}"
+
+
+def _prior_probability(prior: float | str | None, num_classes: int) -> float | None:
+    """Check the ``prior`` parameter of :class:`LinearHead` and turn it into a probability."""
+    if prior is None:
+        return None
+    if prior == "uniform":
+        return 1.0 / num_classes
+    if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 < prior < 1:
+        raise ConfigError(f"prior must be a probability in (0, 1) or 'uniform', got {prior!r}")
+    return float(prior)
 
 
 @HEADS.register("cosine")
