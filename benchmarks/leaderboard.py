@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from lttoolbox.cli import stop_signals_interrupt  # noqa: E402
 from lttoolbox.errors import ConfigError  # noqa: E402
 
 from lb import plots as lb_plots  # noqa: E402
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         if threads is None and args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
             threads = max(1, (os.cpu_count() or 1) // args.jobs)
         runner = Runner(args.protocol, args.jobs, threads, say)
-        outcomes, interrupted = runner.run_all(queue)
+        with stop_signals_interrupt():  # SIGTERM or a lost SIGINT stops the runs resumably
+            outcomes, interrupted = runner.run_all(queue)
         failed = sum(1 for o in outcomes if not o.ok and not interrupted)
         if left:
             say(f"--max-runs {args.max_runs}: {left} runs left; run the same command again "

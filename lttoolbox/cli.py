@@ -13,8 +13,11 @@ key or the file; nothing already in the run directory is touched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,7 +46,39 @@ def list_registries(console: Console) -> None:
         console.print(f"[bold]{title}[/bold]: {', '.join(registry.names()) or '(none yet)'}")
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt():
+    """Within the block, SIGINT and SIGTERM both raise ``KeyboardInterrupt`` in the main thread.
+
+    A program started in the background by a non-interactive shell (``nohup lttrain ... &``, or a
+    leaderboard launched that way) inherits SIGINT *ignored*, and Python then installs no handler,
+    so an interrupt would be lost; SIGTERM (``kill``, a scheduler's pre-emption) would end the run
+    without the resume hint. Both now take the same path as Ctrl-C: the last complete checkpoint
+    stays and the run continues with ``--resume``. The previous handlers come back on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with stop_signals_interrupt():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="lttrain", description="Train a long-tailed recognition recipe.",
         epilog="Overrides are key=value pairs with YAML values, e.g. train.epochs=5 loss.gamma=1.0")

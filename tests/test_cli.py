@@ -1,8 +1,11 @@
 """`lttrain` as a user runs it."""
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,45 @@ def test_missing_recipe_and_data_name_the_file(tmp_path):
 def test_list_names_registries():
     run = lttrain("--list")
     assert run.returncode == 0 and "resnet32" in run.stdout and "digits_lt" in run.stdout
+
+
+def _epochs_logged(run_dir: Path) -> list[int]:
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return []
+    return [json.loads(line)["epoch"] for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_a_background_run_stops_resumably_on_sigint_and_sigterm(tmp_path):
+    """`nohup lttrain ... &` starts Python with SIGINT ignored; SIGINT and SIGTERM must still stop
+    the run with the resume hint, keeping a checkpoint that --resume continues from."""
+    out = tmp_path / "bg"
+    args = ["configs/quickstart.yaml", "train.epochs=500", "--out", str(out)]
+
+    def started_in_background():  # what a non-interactive shell does for `cmd &`
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def run_until_an_epoch_then(signal_to_send, *extra):
+        before = len(_epochs_logged(out))
+        proc = subprocess.Popen([sys.executable, "-m", "lttoolbox.cli", *args, *extra], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=started_in_background)
+        deadline = time.monotonic() + 120
+        while len(_epochs_logged(out)) <= before and proc.poll() is None:
+            assert time.monotonic() < deadline, "no epoch finished within 120 s"
+            time.sleep(0.2)
+        proc.send_signal(signal_to_send)
+        output, _ = proc.communicate(timeout=60)
+        return proc.returncode, output
+
+    code, output = run_until_an_epoch_then(signal.SIGINT)
+    assert code == 130, output
+    assert "--resume" in output and "Traceback" not in output
+    assert (out / "checkpoint.pt").is_file() and not (out / "results.json").exists()
+    first = _epochs_logged(out)
+
+    code, output = run_until_an_epoch_then(signal.SIGTERM, "--resume")
+    assert code == 130, output
+    resumed = _epochs_logged(out)[len(first):]
+    # the second attempt continued after the first one's epochs instead of starting over
+    assert resumed and resumed[0] > first[-1]

@@ -79,6 +79,36 @@ def leaderboard(*args: str) -> subprocess.CompletedProcess:
 
 
 # ----------------------------------------------------------------------------- end to end
+def test_sigterm_stops_a_background_leaderboard_resumably(tmp_path):
+    """A leaderboard started with `nohup ... &` (SIGINT ignored) and stopped with SIGTERM stops its
+    running lttrain, records the attempt as interrupted, and the next invocation resumes it."""
+    import signal
+    import time
+
+    suite = digits_suite(tmp_path, protocols={"long": {"epochs": 500, "overlay": {}}})
+    out = tmp_path / "lb"
+    common = [sys.executable, str(ROOT / "benchmarks" / "leaderboard.py"), str(suite),
+              "--protocol", "long", "--rows", "ce", "--out", str(out), "--no-plots"]
+    run_dir = out / "runs" / "exp10" / "ce" / "seed0"
+    proc = subprocess.Popen(common, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while not (run_dir / "log.jsonl").is_file() or not (run_dir / "log.jsonl").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, "no epoch within 120 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "interrupted; it resumes next time" in output
+    attempts = json.loads((run_dir / "leaderboard_run.json").read_text())["attempts"]
+    assert attempts[-1]["interrupted"] and attempts[-1]["returncode"] == 130
+    assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "results.json").exists()
+    again = subprocess.run(common + ["--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert "exp10/ce/seed0 [resume]" in again.stdout, again.stdout + again.stderr
+
+
 def test_two_row_smoke_suite_end_to_end_with_interrupt_and_resume(tmp_path):
     suite, out = digits_suite(tmp_path), tmp_path / "lb"
     common = [str(suite), "--protocol", "smoke", "--out", str(out), "--no-plots"]

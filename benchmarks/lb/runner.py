@@ -11,8 +11,9 @@ what that directory holds:
 
 A run is a subprocess (``python -m lttoolbox.cli``), so a crash or a bad recipe fails that run
 only; its exit code, wall time and last error line are kept in ``leaderboard_run.json`` beside it.
-Several runs may go at once (``jobs``); on an interrupt every running ``lttrain`` is sent SIGINT,
-which makes it save its checkpoint and stop, so the next invocation resumes it.
+Several runs may go at once (``jobs``); on an interrupt (Ctrl-C, or SIGTERM to the leaderboard)
+every running ``lttrain`` is sent SIGINT and stops, keeping its last complete checkpoint, so the
+next invocation resumes it.
 """
 from __future__ import annotations
 

@@ -275,11 +275,13 @@ class Trainer:
                     row["eval"] = {k: v for k, v in self._evaluate(stage, autocast).items()
                                    if k in ("top1", "mean_class_acc", "many", "medium", "few")}
                 history.append(row)
-                self._append_log(row)
                 last = epoch + 1 == epochs
                 if last or (epoch + 1) % stage.recipe["train"]["checkpoint_every"] == 0:
                     self._save_state(index, epoch, last, optimizer, scaler, stage, history,
                                      seconds, images_seen)
+                # Logged after the checkpoint: an interrupt between the two must not leave a
+                # logged epoch that --resume then trains and logs a second time.
+                self._append_log(row)
             if epochs == 0:
                 self._save_state(index, -1, True, optimizer, scaler, stage, history, seconds,
                                  images_seen)
