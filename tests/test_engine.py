@@ -70,6 +70,22 @@ def test_resume_reaches_the_same_final_metrics(tmp_path):
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
 
 
+def test_results_name_the_commit_of_every_attempt(tmp_path, monkeypatch):
+    """The commit is taken when training starts, not when results.json is written, and a run
+    resumed on other code lists both."""
+    import lttoolbox.engine.trainer as trainer_module
+
+    recipe = digits_recipe("train.epochs=3")
+    monkeypatch.setattr(trainer_module, "git_commit", lambda: "aaaa")
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "run", logger=StopAfter(1))
+    monkeypatch.setattr(trainer_module, "git_commit", lambda: "bbbb-dirty")
+    resumed = train(recipe, tmp_path / "run", resume=True, quiet=True)
+    assert resumed["commit"] == "aaaa" and resumed["commits"] == ["aaaa", "bbbb-dirty"]
+    one = train(recipe, tmp_path / "one", quiet=True)
+    assert one["commit"] == "bbbb-dirty" and one["commits"] == ["bbbb-dirty"]
+
+
 def test_existing_run_is_never_overwritten(tmp_path):
     train(digits_recipe("train.epochs=1"), tmp_path / "run", quiet=True)
     before = (tmp_path / "run" / "results.json").read_bytes()

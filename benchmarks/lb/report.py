@@ -17,11 +17,11 @@ import csv
 import io
 import json
 import math
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from lttoolbox.engine.provenance import git_commit
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import atomic_write_text
 
@@ -56,18 +56,6 @@ def stats(values: Iterable[float | None]) -> dict | None:
     std = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
            if len(vals) > 1 else None)
     return {"mean": mean, "std": std, "n": len(vals), "values": vals}
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _data_key(recipe: dict) -> dict:
@@ -172,8 +160,9 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                                                 {**machine, "torch_threads": []})
                     if threads is not None and threads not in entry["torch_threads"]:
                         entry["torch_threads"].append(threads)
-                    if results.get("commit"):
-                        commits.add(results["commit"])
+                    # every commit a run trained on (several when it was resumed on another)
+                    commits.update(c for c in results.get("commits") or [results.get("commit")]
+                                   if c)
                     if results.get("finished"):
                         finished.append(results["finished"])
                 elif attempts and attempts[-1].get("error"):

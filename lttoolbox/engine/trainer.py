@@ -242,6 +242,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         dump_recipe(self.recipe, self.out / RECIPE)
         state = self._load_state() if self.resume else None
+        # The code that trains is the code of each attempt, not of whoever writes results.json:
+        # record the commit when an attempt starts, every distinct one across resumes.
+        self._commits = list(state.get("commits", [])) if state else []
+        if (commit := git_commit()) not in self._commits:
+            self._commits.append(commit)
         start_stage = state["stage"] if state else 0
         history = state["history"] if state else []
         seconds = state["seconds"] if state else 0.0
@@ -359,7 +364,8 @@ class Trainer:
             "images_per_second": round(images / seconds, 1) if seconds else 0.0,
             "class_names": list(self.data.train.classes),
             "seed": final["train"]["seed"],
-            "commit": git_commit(),
+            "commit": self._commits[0],
+            "commits": self._commits,
             "machine": machine_info(self.device),
             "protocol": self.recipe.get("meta", {}).get("protocol"),
             "recipe_hash": recipe_hash(self.recipe),
@@ -389,7 +395,8 @@ class Trainer:
                      "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict(), "components": self._component_states(stage),
                      "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
-                     "images": images, "recipe_hash": recipe_hash(self.recipe)},
+                     "images": images, "recipe_hash": recipe_hash(self.recipe),
+                     "commits": self._commits},
                     self.out / CHECKPOINT)
         if stage_done:  # each stage's final weights, for later use outside this run
             atomic_save(self.model.state_dict(), self.out / f"model-{stage.name}.pt")
