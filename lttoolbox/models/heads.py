@@ -82,11 +82,11 @@ class LinearHead(nn.Linear):
     default ``U(-1/sqrt(in), 1/sqrt(in))`` unless ``prior`` is given.
 
     ``prior`` is for one-vs-all sigmoid losses (sigmoid CE, sigmoid focal, their class-balanced
-    forms). Cui et al. (CVPR 2019, Sec. 5, after Lin et al.'s focal loss, ICCV 2017, Sec. 4.1)
-    initialise every bias to ``b = -log((1 - pi) / pi)``, so that each class's sigmoid starts at
-    ``pi`` instead of 0.5: at 0.5 the C - 1 negative terms of every sample swamp the positive one
-    and the first steps are unstable. Their official code uses ``pi = 1 / C``
-    (``b = -log(C - 1)``), which is ``prior: uniform`` here.
+    forms). It is the prior initialisation of Lin et al.'s focal loss (ICCV 2017, Sec. 4.1),
+    ``b = -log((1 - pi) / pi)``, so that each class's sigmoid starts at ``pi`` instead of 0.5: at
+    0.5 the C - 1 negative terms of every sample swamp the positive one and the first steps are
+    unstable. The official code of the class-balanced loss (Cui et al., CVPR 2019) sets it for its
+    sigmoid and focal losses with ``pi = 1 / C`` (``b = -log(C - 1)``): ``prior: uniform`` here.
 
     Args:
         in_features: Feature dimension.
