@@ -345,6 +345,35 @@ def test_decide_skip_resume_stale_fresh(tmp_path):
     assert planner.seeds_on_disk("ce", "exp10") == []  # stale copies never enter the tables
 
 
+def test_wall_time_of_an_unrecorded_attempt_is_flagged_as_a_lower_bound(tmp_path):
+    """A runner killed outright records no attempt: its start line in the log still counts."""
+    suite = load_suite(digits_suite(tmp_path))
+    planner = Planner(suite, "smoke", tmp_path / "out")
+    run = planner.plan("ce", "exp10", 0)
+    run.dir.mkdir(parents=True)
+    (run.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": run.hash, "protocol": "smoke", "top1": 50.0, "seconds": 300.0}))
+    (run.dir / "leaderboard_run.json").write_text(json.dumps({"attempts": [
+        {"recipe_hash": run.hash, "wall_seconds": 120.0, "returncode": 0}]}))
+    start = "# 2026-01-01T00:00:00+0000 python -m lttoolbox.cli planned_recipe.yaml --out x\n"
+    refs = References.load(tmp_path / "refs.yaml")
+
+    def table():
+        doc = collect(suite, planner, refs, [0], {"ce"}, {"exp10"})
+        return doc["settings"][0]["rows"][0], markdown(doc)
+
+    (run.dir / "lttrain.log").write_text(start + "epoch 1\n")
+    row, md = table()
+    assert row["costs"]["wall_seconds"]["mean"] == 120.0
+    assert row["costs"]["wall_seconds_lower_bound"] is False
+    assert "| 5.0 | 2.0 |" in md and "lower bound" not in md
+
+    (run.dir / "lttrain.log").write_text(start + "epoch 1\n" + start + "epoch 2\n")
+    row, md = table()
+    assert row["costs"]["wall_seconds_lower_bound"] is True
+    assert "| 5.0 | ≥2.0 |" in md and "lower bound" in md
+
+
 # ------------------------------------------------------------------------------- references
 def test_references_convert_errors_and_prefer_sources(tmp_path):
     refs = References.load(references_file(tmp_path))

@@ -26,7 +26,7 @@ from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import atomic_write_text
 
 from .references import Reference, References
-from .runner import matching_results, read_attempts
+from .runner import matching_results, read_attempts, started_attempts
 from .suite import Planner, Suite
 
 METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "ece")
@@ -36,7 +36,8 @@ CSV_COLUMNS = [
     *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
     "delta_top1_vs_baseline", "paper_top1", "paper_printed", "paper_approximate", "paper_source",
     "paper_table", "paper_delta_vs_baseline", "direction_vs_paper", "difference_vs_paper",
-    "train_seconds_mean", "wall_seconds_mean", "images_per_second_mean", "reason",
+    "train_seconds_mean", "wall_seconds_mean", "wall_seconds_lower_bound",
+    "images_per_second_mean", "reason",
 ]
 
 
@@ -144,15 +145,18 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                 warnings += [f"{row.id}/{setting.id}: {w}" for w in plan.warnings
                              if f"{row.id}/{setting.id}: {w}" not in warnings]
                 results = matching_results(plan, protocol)
-                attempts = [a for a in read_attempts(plan.dir) if a.get("recipe_hash") == plan.hash]
+                recorded = read_attempts(plan.dir)
+                attempts = [a for a in recorded if a.get("recipe_hash") == plan.hash]
                 wall = sum(a.get("wall_seconds") or 0.0 for a in attempts) or None
+                wall_complete = started_attempts(plan.dir) <= len(recorded)
                 if results is not None:
                     done.append(results)
                     device = str((results.get("machine") or {}).get("device", ""))
                     precision.setdefault(_precision(plan.recipe, device), set()).add(row.label)
                     runs.append({"seed": seed, "dir": str(plan.dir), "recipe_hash": plan.hash,
                                  "finished": results.get("finished"),
-                                 "commit": results.get("commit"), "wall_seconds": wall})
+                                 "commit": results.get("commit"), "wall_seconds": wall,
+                                 "wall_complete": wall_complete})
                     machine = dict(results.get("machine") or {})
                     # Threads differ with --jobs; the machine does not.
                     threads = machine.pop("torch_threads", None)
@@ -177,6 +181,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
             doc["costs"] = {
                 "train_seconds": stats(r.get("seconds") for r in done),
                 "wall_seconds": stats(r["wall_seconds"] for r in runs),
+                "wall_seconds_lower_bound": not all(r["wall_complete"] for r in runs),
                 "images_per_second": stats(r.get("images_per_second") for r in done)}
             doc["per_class_acc"] = _mean_per_class(done)
             doc["train_class_counts"] = (done[0].get("train_class_counts") if done else None)
@@ -304,6 +309,9 @@ def csv_rows(doc: dict) -> list[dict]:
             for c in COSTS:
                 s = costs.get(c)
                 rec[f"{c}_mean"] = _num(s["mean"]) if s else ""
+            if costs.get("wall_seconds"):
+                rec["wall_seconds_lower_bound"] = str(
+                    bool(costs.get("wall_seconds_lower_bound"))).lower()
             out.append(rec)
     return out
 
@@ -386,7 +394,7 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                      f"Δ top-1 vs {base_label} | Paper top-1 | Paper Δ | {vs_head} | "
                      f"Train min | Wall min | img/s |")
         lines.append("|" + "---|" * 14)
-        problems = []
+        problems, wall_bounds = [], False
         for row in setting["rows"]:
             paper = row.get("paper")
             paper_cell = paper_delta = ""
@@ -415,6 +423,9 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                 vs = _direction(cmp.get("direction"))
             if cmp.get("direction") == "opposite":
                 vs = f"**{vs}**"
+            wall = _minutes(c.get("wall_seconds"))
+            if wall and c.get("wall_seconds_lower_bound"):
+                wall, wall_bounds = f"≥{wall}", True
             seeds = str(row["n"])
             if status == "partial":
                 seeds += "*"
@@ -428,10 +439,14 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                 f"{_fmt_stat(m.get('mean_class_acc'))} | {_fmt_stat(m.get('many'))} | "
                 f"{_fmt_stat(m.get('medium'))} | {_fmt_stat(m.get('few'))} | "
                 f"{_fmt(row.get('delta_top1'), signed=True)} | {paper_cell} | {paper_delta} | "
-                f"{vs} | {_minutes(c.get('train_seconds'))} | {_minutes(c.get('wall_seconds'))} | "
+                f"{vs} | {_minutes(c.get('train_seconds'))} | {wall} | "
                 f"{_fmt((c.get('images_per_second') or {}).get('mean'), 0)} |")
         if problems:
             lines += ["", "Failures and gaps (* in *Seeds*):", ""] + problems
+        if wall_bounds:
+            lines += ["", "≥ in *Wall min*: an attempt of that run was stopped without its time "
+                      "being recorded (the leaderboard process itself was killed), so the wall "
+                      "time is a lower bound; *Train min* sums the time of every checkpointed epoch."]
         notes = [f"- {r['label']}: {r['note']}" for r in setting["rows"] if r.get("note")]
         if notes:
             lines += ["", "Notes:", ""] + notes

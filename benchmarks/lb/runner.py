@@ -99,6 +99,24 @@ def read_attempts(run_dir: Path) -> list[dict]:
     return data.get("attempts", []) if isinstance(data, dict) else []
 
 
+# The line ``Runner.execute`` writes into the run's log before it starts ``lttrain``.
+_START_LINE = re.compile(r"^# \d{4}-\d\d-\d\dT\S+ .*-m lttoolbox\.cli ")
+
+
+def started_attempts(run_dir: Path) -> int:
+    """How many attempts the runner started on this directory, counted from the log.
+
+    An attempt is recorded in ``leaderboard_run.json`` only when it ends, so one whose runner was
+    killed outright (``kill -9``, a lost machine) is missing there but still started here: more
+    starts than records means the summed wall time is a lower bound.
+    """
+    try:
+        text = (run_dir / LOG).read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if _START_LINE.match(line))
+
+
 def last_error(log_path: Path) -> str | None:
     """The ``error:`` line ``lttrain`` printed, else the last line (a traceback's message)."""
     try:
