@@ -294,6 +294,11 @@ def test_linear_head_rejects_a_bad_prior(prior):
         build_head({"name": "linear", "prior": prior}, in_features=16, num_classes=10)
 
 
+def test_linear_head_uniform_prior_needs_two_classes():
+    with pytest.raises(ConfigError, match="prior 'uniform' needs at least 2 classes"):
+        build_head({"name": "linear", "prior": "uniform"}, in_features=16, num_classes=1)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_reset_head_keeps_frozen_head_frozen(name):
     model = build(name).freeze("head")

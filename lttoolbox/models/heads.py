@@ -123,6 +123,8 @@ def _prior_probability(prior: float | str | None, num_classes: int) -> float | N
     if prior is None:
         return None
     if prior == "uniform":
+        if num_classes < 2:  # pi = 1 would make the bias -log(0)
+            raise ConfigError(f"prior 'uniform' needs at least 2 classes, got {num_classes}")
         return 1.0 / num_classes
     if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 < prior < 1:
         raise ConfigError(f"prior must be a probability in (0, 1) or 'uniform', got {prior!r}")
