@@ -3,8 +3,8 @@
 Usage::
 
     lttrain configs/quickstart.yaml
-    lttrain configs/cifar10_lt/ce.yaml train.epochs=5 loss.name=focal --out runs/focal
-    lttrain configs/cifar10_lt/ce.yaml --out runs/focal --resume
+    lttrain configs/cifar10_lt/ce.yaml --epochs 30 loss.name=focal --out runs/focal
+    lttrain configs/cifar10_lt/ce.yaml --epochs 30 loss.name=focal --out runs/focal --resume
     lttrain --list
 
 A mistake in the recipe or the data stops the run before training with one line that names the
@@ -84,6 +84,10 @@ def _main(argv: list[str] | None) -> int:
         epilog="Overrides are key=value pairs with YAML values, e.g. train.epochs=5 loss.gamma=1.0")
     parser.add_argument("recipe", nargs="?", help="recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="shorten or lengthen the recipe to N epochs, moving every "
+                             "epoch-valued key (milestones, warm-up, DRW/DRS switches) in "
+                             "proportion, as the leaderboard's quick protocol does")
     parser.add_argument("--out", help="run directory (default: runs/<recipe>/<time>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="print only the final results line")
@@ -98,9 +102,11 @@ def _main(argv: list[str] | None) -> int:
     out = None
     try:
         from .engine import Trainer
-        from .recipe import load_recipe
+        from .recipe import load_recipe, resolve, scale_epochs
 
         recipe = load_recipe(args.recipe, args.overrides)
+        if args.epochs is not None:
+            recipe = resolve(scale_epochs(recipe, args.epochs))
         out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
         trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet)
         trainer.run()
@@ -111,7 +117,8 @@ def _main(argv: list[str] | None) -> int:
         console.print(f"[bold red]error:[/bold red] {err}", markup=True, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        again = " ".join(shlex.quote(a) for a in [args.recipe, *args.overrides])
+        epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+        again = " ".join(shlex.quote(a) for a in [args.recipe, *args.overrides, *epochs])
         console.print(f"interrupted; continue with: lttrain {again} --out {out} --resume")
         return 130
     return 0

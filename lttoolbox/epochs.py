@@ -10,6 +10,14 @@ from __future__ import annotations
 from .errors import ConfigError
 
 
+class UnreachableEpochWarning(UserWarning):
+    """A component's epoch switch lies beyond the run it is built for.
+
+    Components raise it when built alone; the trainer silences it and instead names every such
+    recipe key once (:func:`lttoolbox.recipe.unreachable_epoch_keys`).
+    """
+
+
 class EpochAware:
     """Mixin: remembers the current epoch and whether it lies inside the component's window.
 

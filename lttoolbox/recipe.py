@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -34,9 +35,10 @@ SECTIONS = ("data", "model", "sampler", "loss", "augment", "generator", "optim",
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sampler": {"name": "instance"},
     "loss": {"name": "ce"},
-    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False},
-    "schedule": {"name": "multistep", "warmup_epochs": 0, "milestones": [], "gamma": 0.1,
-                 "min_lr": 0.0},
+    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False,
+              "no_decay": []},
+    "schedule": {"name": "multistep", "warmup_epochs": 0, "warmup_unit": "epoch", "milestones": [],
+                 "gamma": 0.1, "min_lr": 0.0},
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
               "drop_last": False},
@@ -46,6 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("multistep", "cosine", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+WARMUP_UNITS = ("epoch", "step")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -202,9 +205,23 @@ def resolve(recipe: dict, where: str = "") -> dict:
 
 def _check_trainer_values(recipe: dict, prefix: str) -> None:
     train, optim, schedule, ev = (recipe[s] for s in ("train", "optim", "schedule", "eval"))
+    if schedule["warmup_unit"] not in WARMUP_UNITS:
+        raise ConfigError(f"must be one of {', '.join(WARMUP_UNITS)}, got "
+                          f"{schedule['warmup_unit']!r}", key=prefix + "schedule.warmup_unit")
+    if schedule["warmup_unit"] == "step":  # a per-step warm-up may last a fraction of an epoch
+        _check_type(prefix + "schedule.warmup_epochs", schedule["warmup_epochs"], (int, float),
+                    "a non-negative number")
+        if not schedule["warmup_epochs"] >= 0 or math.isinf(schedule["warmup_epochs"]):
+            raise ConfigError(f"must be a non-negative number, got {schedule['warmup_epochs']!r}",
+                              key=prefix + "schedule.warmup_epochs")
+    else:
+        _check_type(prefix + "schedule.warmup_epochs", schedule["warmup_epochs"], (int,),
+                    "a non-negative integer (a fraction of an epoch needs warmup_unit: step)")
     for key, value in (("train.epochs", train["epochs"]), ("schedule.warmup_epochs",
                                                            schedule["warmup_epochs"]),
                        ("eval.every", ev["every"]), ("train.seed", train["seed"])):
+        if key == "schedule.warmup_epochs" and schedule["warmup_unit"] == "step":
+            continue
         _check_type(prefix + key, value, (int,), "a non-negative integer")
         if value < 0:
             raise ConfigError(f"must be a non-negative integer, got {value!r}", key=prefix + key)
@@ -219,6 +236,10 @@ def _check_trainer_values(recipe: dict, prefix: str) -> None:
             _check_type(f"{prefix}optim.{key}", optim[key], (int, float), "a number")
             if optim[key] < 0:
                 raise ConfigError(f"must be >= 0, got {optim[key]!r}", key=f"{prefix}optim.{key}")
+    no_decay = optim.get("no_decay")
+    if not isinstance(no_decay, list) or not all(isinstance(n, str) and n for n in no_decay):
+        raise ConfigError(f"must be a list of 'bias', 'norm' or parameter names, got {no_decay!r}",
+                          key=prefix + "optim.no_decay")
     if optim["name"] not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer '{optim['name']}'{suggest(optim['name'], OPTIMIZERS)}"
                           f" Known: {', '.join(OPTIMIZERS)}.", key=prefix + "optim.name")
@@ -298,6 +319,17 @@ def scale_epochs(recipe: dict, total_epochs: int) -> dict:
 
     Epoch-valued settings are the keys ending in ``_epoch`` or ``_epochs`` and the ``milestones``
     lists, in every section and stage, so a 200-epoch protocol's switch at 160 lands at 24 of 30.
+    Switches are rounded to whole epochs. The warm-up is not: it becomes a per-step warm-up
+    (``schedule.warmup_unit: step``) over the same fraction of all steps, since rounding the
+    paper's 5 of 200 epochs to 1 of 30 would train the first epoch at the full rate.
+
+    Args:
+        recipe: A resolved recipe.
+        total_epochs: The new ``train.epochs`` of the first (or only) stage; later stages keep
+            their proportion to it.
+
+    Returns:
+        A new, unresolved recipe (resolve it again).
     """
     def walk(node: Any, factor: float) -> Any:
         if isinstance(node, dict):
@@ -315,22 +347,91 @@ def scale_epochs(recipe: dict, total_epochs: int) -> dict:
             return [walk(v, factor) for v in node]
         return node
 
+    def scaled(section: dict, factor: float) -> dict:
+        out = walk(section, factor)
+        schedule = section.get("schedule") or {}
+        warmup = schedule.get("warmup_epochs")
+        if factor != 1 and isinstance(warmup, (int, float)) and not isinstance(warmup, bool) \
+                and warmup > 0:
+            out["schedule"]["warmup_epochs"] = _tidy(warmup * factor)
+            out["schedule"]["warmup_unit"] = "step"
+        return out
+
     def scaled_stage(stage: dict, factor: float) -> dict:
-        out = walk(stage, factor)
+        out = scaled(stage, factor)
         out["train"]["epochs"] = max(1, int(round(stage["train"]["epochs"] * factor)))
         return out
 
+    if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:
+        raise ConfigError(f"the number of epochs must be a positive integer, got {total_epochs!r}",
+                          key="--epochs")
     recipe = copy.deepcopy(recipe)
     stages = recipe.pop("stages", None)
     base_epochs = recipe["train"]["epochs"]
     if base_epochs <= 0:
         raise ConfigError("cannot scale a recipe with no epochs", key="train.epochs")
     factor = total_epochs / base_epochs
-    scaled = walk(recipe, factor)
-    scaled["train"]["epochs"] = total_epochs
+    out = scaled(recipe, factor)
+    out["train"]["epochs"] = total_epochs
     if stages:
-        scaled["stages"] = [scaled_stage(s, factor) for s in stages]
-    return scaled
+        out["stages"] = [scaled_stage(s, factor) for s in stages]
+    return out
+
+
+def unreachable_epoch_keys(recipe: dict) -> list[str]:
+    """One plain sentence for every epoch-valued key that a run can never reach.
+
+    A switch at epoch ``k`` (``milestones``, every ``*_epoch`` key such as ``start_epoch``,
+    ``end_epoch`` or ``weights_start_epoch``) acts from the 0-based epoch ``k`` on, so it is never
+    reached when ``k >= train.epochs``; a warm-up (any other ``*_epochs`` key) never completes when
+    it is longer than the run. Typically ``train.epochs=5`` on a 200-epoch recipe: DRW, DRS and
+    the learning-rate decay never happen, which ``lttrain --epochs 5`` avoids by rescaling.
+
+    Args:
+        recipe: A resolved recipe.
+
+    Returns:
+        Messages naming the key (``stages[i].`` first for a stage of a multi-stage recipe).
+    """
+    found = []
+    for index, stage in enumerate(stage_recipes(recipe)):
+        prefix = f"stages[{index}]." if recipe.get("stages") else ""
+        epochs = stage["train"]["epochs"]
+
+        def visit(node: Any, path: str) -> None:
+            if isinstance(node, list):
+                for i, item in enumerate(node):
+                    visit(item, f"{path}[{i}]")
+                return
+            if not isinstance(node, dict):
+                return
+            for key, value in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                if where in ("meta", "train.epochs"):
+                    continue
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if key == "milestones" and isinstance(value, list):
+                    late = [m for m in value if isinstance(m, int) and m >= epochs]
+                    if late:
+                        found.append(f"{prefix}{where} {late} lies at or beyond the run's "
+                                     f"{epochs} epochs, so that decay never happens")
+                elif number and str(key).endswith("_epoch") and value > 0 and value >= epochs:
+                    found.append(f"{prefix}{where}={value} is never reached in {epochs} epochs "
+                                 f"(epochs count from 0), so that switch never happens")
+                elif number and str(key).endswith("_epochs") and value > epochs:
+                    found.append(f"{prefix}{where}={value} is longer than the run's {epochs} "
+                                 f"epochs, so it never completes")
+                else:
+                    visit(value, where)
+
+        visit(stage, "")
+    return found
+
+
+def _tidy(value: float) -> float | int:
+    """A scaled value without float noise (0.75, not 0.7500000000000001)."""
+    value = round(value, 9)
+    return int(value) if value == int(value) else value
 
 
 def recipe_hash(recipe: dict) -> str:

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from lttoolbox.engine import train
+from lttoolbox.engine import Trainer, train
 from lttoolbox.engine.logging import RunLogger
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import apply_overrides, load_recipe, resolve
@@ -117,6 +117,42 @@ def test_two_stage_recipe_freezes_backbone_and_retrains_head(tmp_path):
         train(recipe, tmp_path / "cut", logger=StopAfter(3))
     resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
     assert resumed["per_class_acc"] == full["per_class_acc"]
+
+
+def test_each_stage_freezes_exactly_its_own_list_also_after_resume(tmp_path):
+    """A backbone frozen in stage 1 trains again in stage 2 when stage 2 freezes nothing."""
+    recipe = digits_recipe("train.epochs=2")
+    recipe["stages"] = [{"name": "probe", "train": {"freeze": ["backbone"]}},
+                        {"name": "joint", "train": {"freeze": []}}]
+    recipe = resolve(recipe)
+    full = train(recipe, tmp_path / "run", quiet=True)
+    start = {k: v.clone() for k, v in Trainer(recipe, tmp_path / "init").model.state_dict().items()}
+    probe = torch.load(tmp_path / "run" / "model-probe.pt")
+    joint = torch.load(tmp_path / "run" / "model-joint.pt")
+    backbone = [k for k in joint if not k.startswith("head.") and joint[k].is_floating_point()]
+    assert backbone
+    assert all(torch.equal(probe[k], start[k]) for k in backbone)      # frozen in stage 1
+    moved = [k for k in backbone if not torch.equal(joint[k], probe[k])]
+    assert len(moved) == len(backbone), f"still frozen in stage 2: {set(backbone) - set(moved)}"
+    # Interrupted in stage 2 and resumed: the same stage-2 training, so the same result.
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", logger=StopAfter(3))
+    resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed["per_class_acc"] == full["per_class_acc"]
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
+
+
+def test_an_initialized_process_group_is_refused(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        with pytest.raises(ConfigError, match="torch.distributed"):
+            train(digits_recipe("train.epochs=1"), tmp_path / "run", quiet=True)
+    finally:
+        dist.destroy_process_group()
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, key", [

@@ -273,10 +273,12 @@ def test_overlays_reach_every_stage_and_quick_scales_every_switch(tmp_path):
     composed = compose_recipe(suite, suite.row("two"), suite.setting("r5"), "quick", seed=3,
                               extra_overrides=["train.amp=bf16"])
     assert composed["meta"]["protocol"] == "quick"
-    # 200 -> 30 epochs: factor 0.15; 160 -> 24, 180 -> 27, 5 -> 0.75 -> 1, 10 -> 1.5 -> 2
+    # 200 -> 30 epochs: factor 0.15; 160 -> 24, 180 -> 27, 10 -> 1.5 -> 2; the warm-up keeps
+    # its fraction per step: 5 -> 0.75 epochs
     assert composed["train"]["epochs"] == 30
     assert composed["schedule"]["milestones"] == [24, 27]
-    assert composed["schedule"]["warmup_epochs"] == 1
+    assert composed["schedule"]["warmup_epochs"] == 0.75
+    assert composed["schedule"]["warmup_unit"] == "step"
     assert composed["sampler"]["start_epoch"] == 24
     first, second = composed["stages"]
     for stage in (first, second):

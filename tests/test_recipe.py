@@ -107,7 +107,8 @@ def test_scale_epochs_moves_every_switch_in_proportion():
     quick = scale_epochs(recipe, 30)
     assert quick["train"]["epochs"] == 30
     assert quick["schedule"]["milestones"] == [24, 27]   # 160 and 180 of 200
-    assert quick["schedule"]["warmup_epochs"] == 1        # 5 * 30 / 200 = 0.75
+    assert quick["schedule"]["warmup_epochs"] == 0.75     # 5 * 30 / 200, warmed up per step
+    assert quick["schedule"]["warmup_unit"] == "step"
     assert quick["loss"]["weights_start_epoch"] == 24
     assert quick["sampler"]["start_epoch"] == 24
     assert recipe["train"]["epochs"] == 200  # not mutated

@@ -24,6 +24,11 @@ class RunLogger:
         if not self.quiet:
             self.console.print(message)
 
+    def warning(self, message: str) -> None:
+        """One plain line on standard error, shown even when quiet."""
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"warning: {message}",
+                                                                    markup=False)
+
     def start_epoch(self, description: str, total_steps: int) -> None:
         if self.quiet or not self.console.is_terminal:
             return

@@ -1,16 +1,23 @@
-"""Optimizers and the per-epoch learning-rate schedule of the CIFAR-LT protocol.
+"""Optimizers and the learning-rate schedule of the CIFAR-LT protocol.
 
-The learning rate is set at the start of each epoch, as in the LDAM-DRW reference training script
-(Cao et al., NeurIPS 2019): a linear warm-up ``lr * (epoch + 1) / warmup_epochs`` over the first
-epochs, then a multi-step decay (``lr * gamma^k`` after the k-th milestone) or a cosine decay.
-One deliberate difference: milestones count 0-based epochs with ``>=``, so ``milestones: [160]``
-lowers the rate from the 161st epoch on; the reference script's ``epoch > 160`` does so one epoch
-later.
+The rate follows the LDAM-DRW reference training script (Cao et al., NeurIPS 2019,
+``adjust_learning_rate`` in ``cifar_train.py``): a linear warm-up ``lr * (epoch + 1) /
+warmup_epochs`` over the first epochs, then a multi-step decay (``lr * gamma^k`` from the k-th
+milestone on, milestones counting 0-based epochs) or a cosine decay. The 200-epoch protocol gives
+exactly the script's sequence: 0.02, 0.04, ..., 0.1 for epochs 0-4, 0.1 until epoch 159, 0.001
+from 160 and 1e-5 from 180.
+
+``warmup_unit: step`` warms up per optimizer step instead, linearly over ``warmup_epochs``
+(which may then be fractional) worth of steps. A schedule that was shortened keeps its warm-up
+this way: 5 of 200 epochs is 0.75 of 30, which a per-epoch warm-up could only round to one epoch
+at the full rate from the first step (see :func:`lttoolbox.recipe.scale_epochs`).
 
 Example:
     >>> lr_at(0, base_lr=0.1, name="multistep", warmup_epochs=5, milestones=[160, 180], gamma=0.01,
     ...       total_epochs=200)
     0.02
+    >>> round(lr_at(0, 0.1, warmup_epochs=0.75, warmup_unit="step", step=9, steps=100), 6)
+    0.013333
 """
 from __future__ import annotations
 
@@ -19,17 +26,33 @@ import math
 from typing import Iterable
 
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict) -> torch.optim.Optimizer:
-    """Build the optimizer named in the recipe's ``optim`` section."""
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def build_optimizer(model: nn.Module, cfg: dict,
+                    extra: Iterable[tuple[str, nn.Module]] = ()) -> torch.optim.Optimizer:
+    """Build the optimizer named in the recipe's ``optim`` section.
+
+    Args:
+        model: The network; its trainable parameters are optimised.
+        cfg: The ``optim`` section: ``name``, the optimizer's own keys and ``no_decay``.
+        extra: ``(name, module)`` pairs of components with trainable parameters of their own
+            (a learned loss or generator), optimised alongside the model.
+
+    ``no_decay`` lists parameters that get no weight decay: ``bias`` (every bias), ``norm``
+    (the weights and biases of normalisation layers) or a model parameter or module name such as
+    ``head.bias``. The class-balanced loss code (Cui et al., CVPR 2019) decays every variable
+    but the last layer's bias for its sigmoid losses, whose initial value encodes the class prior;
+    the sigmoid-focal and CB-focal recipes set ``no_decay: [head.bias]`` for that reason.
+    """
     cfg = dict(cfg)
     name = cfg.pop("name")
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise ConfigError("no trainable parameters (is every stage frozen?)", key="train.freeze")
+    no_decay = cfg.pop("no_decay", None) or []
     if name == "sgd":
         allowed = {"lr", "momentum", "weight_decay", "nesterov"}
         factory = torch.optim.SGD
@@ -38,21 +61,82 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict) -> torch.op
         factory = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     else:
         raise ConfigError(f"unknown optimizer '{name}'", key="optim.name")
-    extra = set(cfg) - allowed
-    if extra:
-        raise ConfigError(f"optimizer '{name}' has no parameter '{sorted(extra)[0]}'. "
-                          f"Accepted: {', '.join(sorted(allowed))}.",
-                          key=f"optim.{sorted(extra)[0]}")
+    extra_keys = set(cfg) - allowed
+    if extra_keys:
+        raise ConfigError(f"optimizer '{name}' has no parameter '{sorted(extra_keys)[0]}'. "
+                          f"Accepted: {', '.join(sorted(allowed | {'no_decay'}))}.",
+                          key=f"optim.{sorted(extra_keys)[0]}")
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
-    return factory(params, **cfg)
+    modules = [("", model), *[(f"{prefix}.", m) for prefix, m in extra]]
+    exempt = no_decay_names(modules, no_decay)
+    decay, plain = [], []
+    for prefix, module in modules:
+        for pname, param in module.named_parameters():
+            if param.requires_grad:
+                (plain if prefix + pname in exempt else decay).append(param)
+    if not decay and not plain:
+        raise ConfigError("no trainable parameters (is every stage frozen?)", key="train.freeze")
+    groups = [{"params": decay}] if decay else []
+    if plain:
+        groups.append({"params": plain, "weight_decay": 0.0})
+    return factory(groups, **cfg)
 
 
-def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: int = 0,
+def no_decay_names(modules: list[tuple[str, nn.Module]], spec: list[str],
+                   key: str = "optim.no_decay") -> set[str]:
+    """The full names of the parameters that ``optim.no_decay`` exempts from weight decay."""
+    if not isinstance(spec, list) or not all(isinstance(s, str) for s in spec):
+        raise ConfigError(f"must be a list of 'bias', 'norm' or parameter names, got {spec!r}",
+                          key=key)
+    names: set[str] = set()
+    for entry in spec:
+        matched = set()
+        for prefix, root in modules:
+            for mname, module in root.named_modules():
+                for pname, _ in module.named_parameters(recurse=False):
+                    full = f"{prefix}{mname + '.' if mname else ''}{pname}"
+                    if (entry == "bias" and pname == "bias"
+                            or entry == "norm" and isinstance(module, NORM_LAYERS)
+                            or full == entry or full.startswith(entry + ".")):
+                        matched.add(full)
+        if not matched:
+            raise ConfigError(f"'{entry}' matches no parameter; use 'bias', 'norm' or a "
+                              f"parameter name such as 'head.bias'", key=key)
+        names |= matched
+    return names
+
+
+WARMUP_UNITS = ("epoch", "step")
+
+
+def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: float = 0,
           milestones: Iterable[int] = (), gamma: float = 0.1, total_epochs: int = 1,
-          min_lr: float = 0.0) -> float:
-    """Learning rate for a 0-based ``epoch``."""
+          min_lr: float = 0.0, warmup_unit: str = "epoch", step: int = 0,
+          steps: int = 1) -> float:
+    """Learning rate for a 0-based ``epoch`` (and, when warming up per step, its ``step``).
+
+    Args:
+        epoch: The 0-based epoch.
+        base_lr: The rate after warm-up and before any decay.
+        name: ``multistep``, ``cosine`` or ``constant``.
+        warmup_epochs: Length of the linear warm-up, in epochs (fractional with ``step``).
+        milestones: 0-based epochs from which the rate is multiplied by another ``gamma``.
+        gamma: Multi-step decay factor.
+        total_epochs: Length of the run (for the cosine decay).
+        min_lr: The cosine decay's final rate.
+        warmup_unit: ``epoch`` (one rate per epoch, as the LDAM-DRW script) or ``step``.
+        step: The 0-based step within the epoch (``warmup_unit: step`` only).
+        steps: Steps in this epoch (``warmup_unit: step`` only).
+    """
     if epoch < warmup_epochs:
+        if warmup_unit == "step":
+            # Counted at the end of the step, as the per-epoch rule counts at the end of the
+            # epoch: the last warm-up step reaches base_lr.
+            return base_lr * min(1.0, (epoch + (step + 1) / max(1, steps)) / warmup_epochs)
+        if warmup_unit != "epoch":
+            raise ConfigError(f"unknown warm-up unit '{warmup_unit}'; known: "
+                              f"{', '.join(WARMUP_UNITS)}", key="schedule.warmup_unit")
         return base_lr * (epoch + 1) / warmup_epochs
     if name == "multistep":
         return base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
@@ -63,6 +147,11 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: in
     if name == "constant":
         return base_lr
     raise ConfigError(f"unknown schedule '{name}'", key="schedule.name")
+
+
+def warms_up_per_step(schedule: dict, epoch: int) -> bool:
+    """Whether ``epoch`` needs a rate per step (a per-step warm-up that has not ended)."""
+    return schedule.get("warmup_unit") == "step" and epoch < schedule.get("warmup_epochs", 0)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,12 +31,14 @@ import torch
 from ..batch import Batch
 from ..errors import ConfigError
 from ..losses import mixed_loss
-from ..recipe import dump_recipe, recipe_hash, resolve, stage_recipes
+from ..epochs import UnreachableEpochWarning
+from ..recipe import (dump_recipe, recipe_hash, resolve, stage_recipes,
+                      unreachable_epoch_keys)
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
 from .checkpoint import atomic_save, atomic_write_json, load_checkpoint, rng_state, set_rng_state
 from .evaluate import evaluate
 from .logging import RunLogger
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import build_optimizer, lr_at, no_decay_names, set_lr, warms_up_per_step
 from .provenance import git_commit, machine_info
 
 CHECKPOINT = "checkpoint.pt"
@@ -125,7 +129,15 @@ class Trainer:
         self.out = Path(out_dir)
         self.log = logger or RunLogger(quiet=quiet)
         self.resume = resume
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Each rank would train its own unsynchronised copy of the model and write the same
+            # run directory: refuse until the trainer wraps the model for distributed training.
+            raise ConfigError("a torch.distributed process group is initialized, but the trainer "
+                              "does not train across processes yet; run one process (without "
+                              "torchrun)", key="train.device")
         self._check_run_dir()
+        for message in unreachable_epoch_keys(self.recipe):
+            self.log.warning(message)
         stages = stage_recipes(self.recipe)
         first = stages[0]
         self.device = resolve_device(first["train"]["device"])
@@ -143,7 +155,9 @@ class Trainer:
         self.channels_last = first["train"]["channels_last"]
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
+        with warnings.catch_warnings():  # named once per recipe key above
+            warnings.simplefilter("ignore", UnreachableEpochWarning)
+            self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
 
     # ----------------------------------------------------------------------------------- set-up
     def _check_run_dir(self) -> None:
@@ -199,6 +213,10 @@ class Trainer:
                                   f"{first['model']['name']} does not have. Stages: "
                                   f"{', '.join(self.model.stage_names)}.", key=key + ".stage")
             stage.hooked.append((part, point, key))
+        if recipe["model"].get("head") == first["model"].get("head"):  # else built later
+            no_decay_names([("", self.model), *[(f"{n}.", m) for n, m in
+                                                self._learned_components(stage)]],
+                           recipe["optim"]["no_decay"], key=where + "optim.no_decay")
         for name in recipe["train"]["freeze"]:
             if name != "backbone" and name not in self.model.stage_names:
                 raise ConfigError(f"unknown stage '{name}'. Stages: backbone, "
@@ -206,7 +224,11 @@ class Trainer:
         return stage
 
     def _enter_stage(self, index: int) -> None:
-        """Apply a stage's model changes: a new classifier head and frozen stages."""
+        """Apply a stage's model changes: a new classifier head and frozen stages.
+
+        ``train.freeze`` is the whole set frozen in this stage: what an earlier stage froze and
+        this one does not name trains again.
+        """
         stage = self.stages[index]
         train_cfg = stage.recipe["train"]
         previous_head = self.stages[index - 1].recipe["model"].get("head") if index else None
@@ -216,15 +238,15 @@ class Trainer:
             self.model.to(self.device)
             if self.channels_last:
                 self.model.to(memory_format=torch.channels_last)
+        self.model.unfreeze()
         if train_cfg["freeze"]:
             self.model.freeze(train_cfg["freeze"])
 
-    def _trainable(self, stage: Stage) -> list:
-        params = list(self.model.parameters())
-        for part in stage.components:
-            if isinstance(part, torch.nn.Module):
-                params += list(part.parameters())
-        return params
+    @staticmethod
+    def _learned_components(stage: Stage) -> list:
+        """Components with trainable parameters of their own, named for ``optim.no_decay``."""
+        return [(f"{type(part).__name__}{i}", part) for i, part in enumerate(stage.components)
+                if isinstance(part, torch.nn.Module) and any(True for _ in part.parameters())]
 
     # ----------------------------------------------------------------------------------- running
     def run(self) -> dict:
@@ -257,7 +279,8 @@ class Trainer:
             stage = self.stages[index]
             if not resumed_here:  # a resumed stage was entered before its weights were loaded
                 self._enter_stage(index)
-            optimizer = build_optimizer(self._trainable(stage), stage.recipe["optim"])
+            optimizer = build_optimizer(self.model, stage.recipe["optim"],
+                                        self._learned_components(stage))
             autocast, needs_scaler = autocast_factory(stage.recipe["train"]["amp"], self.device)
             scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler)
             first_epoch = 0
@@ -295,10 +318,9 @@ class Trainer:
     def _train_epoch(self, stage: Stage, index: int, epoch: int, optimizer, scaler,
                      autocast) -> tuple[dict, float, int]:
         recipe = stage.recipe
-        lr = lr_at(epoch, recipe["optim"]["lr"], total_epochs=recipe["train"]["epochs"],
-                   **{k: v for k, v in recipe["schedule"].items() if k != "name"},
-                   name=recipe["schedule"]["name"])
-        set_lr(optimizer, lr)
+        rate = functools.partial(lr_at, epoch, recipe["optim"]["lr"],
+                                 total_epochs=recipe["train"]["epochs"], **recipe["schedule"])
+        per_step = warms_up_per_step(recipe["schedule"], epoch)
         for part in stage.components:
             part.set_epoch(epoch)
         hooks = active_hooks(stage)
@@ -307,6 +329,8 @@ class Trainer:
         batch_size = recipe["train"]["batch_size"]
         steps = (indices.numel() // batch_size if recipe["train"]["drop_last"]
                  else math.ceil(indices.numel() / batch_size))
+        lr = rate(step=0, steps=steps)
+        set_lr(optimizer, lr)
         aux_parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
         transform = self.data.train_transform
         loss_sum = torch.zeros((), device=self.device)
@@ -314,6 +338,9 @@ class Trainer:
         self.log.start_epoch(f"{label}epoch {epoch + 1}/{recipe['train']['epochs']}", steps)
         start = time.perf_counter()
         for step in range(steps):
+            if per_step and step:
+                lr = rate(step=step, steps=steps)
+                set_lr(optimizer, lr)
             idx = indices[step * batch_size:(step + 1) * batch_size]
             batch = Batch.plain(transform(self.train_images[idx]), self.train_labels[idx])
             with autocast() if autocast else contextlib.nullcontext():

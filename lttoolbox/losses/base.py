@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..batch import Batch
-from ..epochs import EpochAware
+from ..epochs import EpochAware, UnreachableEpochWarning
 from ..errors import ConfigError
 from .weights import check_number, class_weights, weight_spec
 
@@ -134,7 +134,7 @@ class LTLoss(EpochAware, nn.Module):
                 and weights_start_epoch >= total_epochs):
             warnings.warn(f"loss '{name}': weights_start_epoch={weights_start_epoch} is never "
                           f"reached in {total_epochs} epochs, so the weights never switch on",
-                          stacklevel=2)
+                          UnreachableEpochWarning, stacklevel=2)
         self.counts = counts
         self.num_classes = int(counts.size) if counts is not None else num_classes
         self.weights_spec = spec

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..epochs import EpochAware
+from ..epochs import EpochAware, UnreachableEpochWarning
 from ..errors import ConfigError, DataError
 
 # Mixed into every seed so that the sampler's stream is independent of any other component that
@@ -151,7 +151,7 @@ class LTSampler(EpochAware, Sampler):
             warnings.warn(
                 f"sampler start_epoch ({self.start_epoch}) >= total_epochs "
                 f"({self.total_epochs}): the sampler never leaves the instance stream",
-                stacklevel=2)
+                UnreachableEpochWarning, stacklevel=2)
         self.num_samples = (len(self.labels) if num_samples is None
                             else check_int("num_samples", num_samples, minimum=1))
         # Stable sort keeps each class's images in data-set order, so the class blocks (and thus

@@ -1,0 +1,158 @@
+"""The learning-rate schedule: the 200-epoch protocol, the scaled (per-step) warm-up, --epochs."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lttoolbox.engine.trainer as trainer_module
+from lttoolbox.engine import train
+from lttoolbox.engine.optim import lr_at
+from lttoolbox.errors import ConfigError
+from lttoolbox.recipe import (apply_overrides, load_recipe, resolve, scale_epochs,
+                              unreachable_epoch_keys)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ldam_script_lr(epoch0: int) -> float:
+    """``adjust_learning_rate`` of the LDAM-DRW script (kaidic/LDAM-DRW, cifar_train.py), written
+    out again: it adds 1 to the 0-based epoch, warms up while the result is <= 5 and decays by
+    0.01 after 160 and again after 180."""
+    epoch = epoch0 + 1
+    if epoch <= 5:
+        return 0.1 * epoch / 5
+    if epoch > 180:
+        return 0.1 * 0.0001
+    if epoch > 160:
+        return 0.1 * 0.01
+    return 0.1
+
+
+def recipe_rate(recipe: dict, epoch: int, step: int = 0, steps: int = 1) -> float:
+    return lr_at(epoch, recipe["optim"]["lr"], total_epochs=recipe["train"]["epochs"],
+                 step=step, steps=steps, **recipe["schedule"])
+
+
+def test_the_200_epoch_protocol_is_the_ldam_script_per_epoch():
+    recipe = load_recipe(REPO / "configs/cifar10_lt/ldam_drw.yaml")
+    assert recipe["schedule"]["warmup_unit"] == "epoch"
+    for epoch in range(200):
+        # Per epoch: every step of an epoch gets the same rate.
+        for step in (0, 50, 96):
+            assert recipe_rate(recipe, epoch, step, 97) == pytest.approx(ldam_script_lr(epoch),
+                                                                         rel=1e-12), epoch
+    assert [round(recipe_rate(recipe, e), 10) for e in range(6)] == [0.02, 0.04, 0.06, 0.08,
+                                                                     0.1, 0.1]
+
+
+def test_the_quick_protocol_warms_up_over_the_same_fraction_of_steps():
+    quick = resolve(scale_epochs(load_recipe(REPO / "configs/cifar10_lt/ldam_drw.yaml"), 30))
+    assert quick["schedule"]["warmup_unit"] == "step"
+    assert quick["schedule"]["warmup_epochs"] == 0.75   # 5 of 200 epochs is 0.75 of 30
+    steps = 97  # ceil(12,406 / 128): CIFAR-10-LT ratio 100 at batch 128
+    # Warm-up lasts 0.75 * 97 = 72.75 steps: step s (0-based) runs at 0.1 * (s + 1) / 72.75.
+    assert recipe_rate(quick, 0, 0, steps) == pytest.approx(0.1 / 72.75)
+    assert recipe_rate(quick, 0, 35, steps) == pytest.approx(0.1 * 36 / 72.75)
+    assert recipe_rate(quick, 0, 71, steps) == pytest.approx(0.1 * 72 / 72.75)
+    assert recipe_rate(quick, 0, 72, steps) == pytest.approx(0.1)   # 73 / 72.75 > 1: capped
+    assert recipe_rate(quick, 0, 96, steps) == pytest.approx(0.1)
+    # After it: the full rate, then x0.01 at 24 (160 of 200) and again at 27 (180 of 200).
+    assert [recipe_rate(quick, e) for e in (1, 23)] == [0.1, 0.1]
+    assert recipe_rate(quick, 24) == pytest.approx(1e-3)
+    assert recipe_rate(quick, 27) == pytest.approx(1e-5)
+
+
+def test_a_per_epoch_warm_up_must_be_whole_epochs():
+    base = {"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"}}
+    with pytest.raises(ConfigError, match="^schedule.warmup_epochs: .*warmup_unit: step"):
+        resolve(apply_overrides(base, ["schedule.warmup_epochs=0.5"]))
+    assert resolve(apply_overrides(base, ["schedule.warmup_epochs=0.5",
+                                          "schedule.warmup_unit=step"]))
+    with pytest.raises(ConfigError, match="^schedule.warmup_unit"):
+        resolve(apply_overrides(base, ["schedule.warmup_unit=batch"]))
+    with pytest.raises(ConfigError, match="^schedule.warmup_epochs"):
+        resolve(apply_overrides(base, ["schedule.warmup_epochs=-1", "schedule.warmup_unit=step"]))
+
+
+def test_the_trainer_sets_the_rate_of_every_warm_up_step(tmp_path, monkeypatch):
+    seen = []
+    real = trainer_module.set_lr
+    monkeypatch.setattr(trainer_module, "set_lr",
+                        lambda optimizer, lr: (seen.append(lr), real(optimizer, lr)))
+    recipe = resolve({"data": {"name": "digits_lt", "imbalance_ratio": 10},
+                      "model": {"name": "digits_cnn"},
+                      "optim": {"lr": 0.05},
+                      "schedule": {"name": "multistep", "warmup_epochs": 1.5,
+                                   "warmup_unit": "step", "milestones": [2], "gamma": 0.1},
+                      "train": {"epochs": 3, "batch_size": 64}})
+    results = train(recipe, tmp_path / "run", quiet=True)
+    images = sum(results["train_class_counts"])
+    steps = math.ceil(images / 64)
+    # By hand: epoch 0 climbs to 0.05 * (1 / 1.5), epoch 1 reaches 0.05 at step (steps / 2),
+    # epoch 2 is decayed: one rate per step while warming up, then one per epoch.
+    expected = [0.05 * min(1.0, (epoch + (s + 1) / steps) / 1.5)
+                for epoch in range(2) for s in range(steps)] + [0.005]
+    assert seen == pytest.approx(expected)
+    assert seen[0] == pytest.approx(0.05 / 1.5 / steps)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in log] == pytest.approx([0.05 / 1.5, 0.05, 0.005])
+
+
+def staged_digits_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"name": "digits_lt", "imbalance_ratio": 10},
+        "model": {"name": "digits_cnn"},
+        "sampler": {"name": "class_balanced", "start_epoch": 16},
+        "loss": {"name": "ce", "weights": {"name": "inverse"},
+                 "weights_start_epoch": 16},
+        "schedule": {"name": "multistep", "warmup_epochs": 1, "milestones": [16, 18]},
+        "train": {"epochs": 20, "batch_size": 128}}))
+    return path
+
+
+def lttrain(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "lttoolbox.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_epochs_flag_rescales_and_train_epochs_warns_once_per_key(tmp_path):
+    path = staged_digits_recipe(tmp_path)
+    scaled = lttrain(path, "--epochs", "5", "--out", tmp_path / "scaled", "--quiet")
+    assert scaled.returncode == 0, scaled.stderr
+    saved = yaml.safe_load((tmp_path / "scaled" / "recipe.yaml").read_text())
+    assert saved["train"]["epochs"] == 5
+    assert saved["schedule"]["milestones"] == [4, 4]                   # 16 * 0.25, 18 * 0.25
+    assert saved["sampler"]["start_epoch"] == 4
+    assert saved["loss"]["weights_start_epoch"] == 4
+    assert saved["schedule"]["warmup_epochs"] == 0.25
+    assert saved["schedule"]["warmup_unit"] == "step"
+    assert "warning" not in scaled.stderr
+
+    cut = lttrain(path, "train.epochs=5", "--out", tmp_path / "cut", "--quiet")
+    assert cut.returncode == 0, cut.stderr
+    warnings = [line for line in cut.stderr.splitlines() if line.strip()]
+    assert all(line.startswith("warning: ") for line in warnings), cut.stderr
+    named = sorted(line.split()[1].split("=")[0] for line in warnings)
+    assert named == ["loss.weights_start_epoch", "sampler.start_epoch", "schedule.milestones"]
+    assert "UserWarning" not in cut.stderr and ".py:" not in cut.stderr
+
+
+def test_unreachable_keys_are_found_in_every_stage():
+    recipe = resolve({"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"},
+                      "schedule": {"warmup_epochs": 4, "milestones": [1, 3]},
+                      "augment": [{"name": "x", "start_epoch": 0, "end_epoch": 3}],
+                      "train": {"epochs": 3},
+                      "stages": [{"name": "a"},
+                                 {"name": "b", "train": {"epochs": 5},
+                                  "schedule": {"warmup_epochs": 0}}]})
+    found = unreachable_epoch_keys(recipe)
+    assert [m.split(" ")[0].split("=")[0] for m in found] == [
+        "stages[0].schedule.warmup_epochs", "stages[0].schedule.milestones",
+        "stages[0].augment[0].end_epoch"]
+    assert "[3]" in found[1]
+    assert unreachable_epoch_keys(load_recipe(REPO / "configs/cifar10_lt/ldam_drw.yaml")) == []
