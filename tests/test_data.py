@@ -391,6 +391,20 @@ def test_cifar100_pickle_fine_labels_and_names(cifar100_pickle):
     assert bundle.meta["kept_index_hash"] == sha1_int64(order)
 
 
+def test_cifar100_protocol_recipe_normalises_with_the_ldam_code_constants(cifar100_pickle):
+    """LDAM-DRW's cifar_train.py applies the CIFAR-10 mean and std to CIFAR-100 too."""
+    from lttoolbox.recipe import load_recipe
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(repo / "configs/cifar100_lt/ce.yaml",
+                         [f"data.root={cifar100_pickle['root']}", "data.imbalance_type=null"])
+    bundle = DATASETS.build(recipe["data"], key="data")
+    assert bundle.train.mean == (0.4914, 0.4822, 0.4465)
+    assert bundle.train.std == (0.2023, 0.1994, 0.2010)
+    with pytest.raises(ConfigError, match="std must be three positive numbers"):
+        cifar100_lt(root=cifar100_pickle["root"], std=[0.2, 0.0, 0.2])
+
+
 def test_cifar_imbalance_null_keeps_everything(cifar100_pickle):
     bundle = cifar100_lt(root=cifar100_pickle["root"], imbalance_type=None)
     assert bundle.train.class_counts == [6] * 100

@@ -406,20 +406,55 @@ def test_bad_reference_entries_are_rejected(tmp_path, entry, message):
         References.load(path)
 
 
-def test_shipped_reference_file_holds_the_issue_numbers():
+def test_shipped_reference_numbers_are_on_the_toolbox_split():
+    """Bag of Tricks' numbers are those of its cao_cifar results page (commit 66c2087), not the
+    older page on Cui et al.'s split; the softmax focal recipe has no paper number."""
     refs = References.load(ROOT / "benchmarks" / "reference_numbers.yaml")
-    quoted = {"ce": (29.64, 61.68), "focal": (29.62, 61.59), "cb_focal": (25.43, 63.98),
-              "ldam_drw": (22.97, 57.96), "cb_sampling": (30.35, 66.47),
-              "sqrt_sampling": (30.81, 64.67), "progressive": (29.35, 60.90),
-              "drs_cb": (27.08, 58.66), "drs_progressive": (27.73, 59.20)}
-    for method, errors in quoted.items():
-        for dataset, error in zip(("cifar10_lt", "cifar100_lt"), errors):
-            ref = refs.lookup(method, dataset, "exp", 100, ["bot"])
-            assert ref.source == "bot" and ref.top1 == pytest.approx(100.0 - error)
-    approx = refs.lookup("balanced_softmax", "cifar10_lt", "exp", 100, ["balanced_softmax_issue"])
-    assert approx.approximate and approx.top1 == pytest.approx(77.5)
+    bot = {"ce": 29.64, "cs_ce": 31.70, "cb_focal": 24.80, "ldam": 26.34,
+           "balanced_softmax": 22.46, "cb_sampling": 27.55, "sqrt_sampling": 28.58,
+           "progressive": 28.02, "cs_ce_drw": 25.18, "ldam_drw": 22.27, "drs_cb": 24.93,
+           "drs_sqrt": 26.78, "drs_progressive": 26.15}
+    for method, error in bot.items():
+        ref = refs.lookup(method, "cifar10_lt", "exp", 100, ["bot_repo"])
+        assert ref.source == "bot_repo" and ref.top1 == pytest.approx(100.0 - error), method
+        assert "66c20876e051d54c2ba14686a8f0a2b4c6765516" in ref.url
+    drw = [refs.lookup("ldam_drw", d, "exp", r, ["bot_repo"]).top1
+           for d, r in (("cifar10_lt", 100), ("cifar10_lt", 50), ("cifar100_lt", 100),
+                        ("cifar100_lt", 50))]
+    assert drw == pytest.approx([100 - 22.27, 100 - 18.40, 100 - 57.53, 100 - 52.71])
+    outdated = {30.12, 31.22, 29.37, 23.63, 30.35, 30.81, 29.35, 27.08, 27.73}  # Cui's split
+    assert not [e for e in refs.entries if e.source == "bot_repo" and e.dataset == "cifar10_lt"
+                and e.imbalance_ratio == 100 and round(100 - e.top1, 2) in outdated]
+    assert not refs.matching("focal", "cifar10_lt", "exp", 100)
+    assert refs.lookup("sigmoid_focal", "cifar10_lt", "exp", 100).top1 == pytest.approx(70.38)
+    cao = {"ce": 29.64, "ldam": 26.65, "ldam_drw": 22.97, "ce_drw": 25.14}
+    for method, error in cao.items():
+        ref = refs.lookup(method, "cifar10_lt", "exp", 100, ["ldam", "bot_repo"])
+        assert ref.source == "ldam" and ref.top1 == pytest.approx(100.0 - error), method
     for entry in refs.entries:
-        assert entry.table and entry.paper
+        assert entry.table and entry.paper and entry.url and entry.selection
+        if "github.com" in entry.url:
+            assert re.search(r"/blob/[0-9a-f]{40}/", entry.url), entry.url
+
+
+def test_paper_directions_are_taken_within_one_table(tmp_path):
+    path = write_yaml(tmp_path / "refs.yaml", {
+        "sources": {"p": {"paper": "P", "selection": "best epoch"}},
+        "entries": [
+            {"method": "ce", "source": "p", "table": "T1", "dataset": "d", "imbalance_type": "exp",
+             "imbalance_ratio": 10, "top1_error": 30.0},
+            {"method": "ce", "source": "p", "table": "T2", "dataset": "d", "imbalance_type": "exp",
+             "imbalance_ratio": 10, "top1_error": 28.0},
+            {"method": "x", "source": "p", "table": "T2", "dataset": "d", "imbalance_type": "exp",
+             "imbalance_ratio": 10, "top1_error": 29.0},
+            {"method": "y", "source": "p", "table": "T3", "dataset": "d", "imbalance_type": "exp",
+             "imbalance_ratio": 10, "top1_error": 29.0}]})
+    refs = References.load(path)
+    # x beats T1's baseline (71 > 70) but not its own table's (71 < 72)
+    assert refs.baseline_for(refs.lookup("x", "d", "exp", 10), "ce").top1 == pytest.approx(72.0)
+    # a table without a baseline row falls back to the source's first
+    assert refs.baseline_for(refs.lookup("y", "d", "exp", 10), "ce").top1 == pytest.approx(70.0)
+    assert refs.lookup("x", "d", "exp", 10).selection == "best epoch"
 
 
 @pytest.mark.parametrize("name", ["cifar10_lt_core", "cifar100_lt_core"])
@@ -441,9 +476,10 @@ def test_shipped_suites_plan_and_list_every_row(tmp_path, name):
     exp100 = next(s for s in doc["settings"] if s["id"] == "exp100")
     assert [r["id"] for r in exp100["rows"]] == [r.id for r in suite.rows]
     assert {r["id"]: r["status"] for r in exp100["rows"]}["ftl"] == "not available"
-    assert exp100["rows"][0]["paper"]["source"] == "bot"
+    assert exp100["rows"][0]["paper"]["source"] == "ldam"
     md = markdown(doc)
     assert "under-trained" in md and "direction only" in md
+    assert "is not a final-epoch number" in md and "best test-set epoch" in md
     if name == "cifar10_lt_core":
         assert "JPEG" in md
 

@@ -5,8 +5,12 @@ Each entry holds the number as the source prints it (top-1 error or top-1 accura
 
 Example:
     >>> refs = References.load("benchmarks/reference_numbers.yaml")  # doctest: +SKIP
-    >>> refs.lookup("ce", "cifar10_lt", "exp", 100, ["bot"]).top1  # doctest: +SKIP
+    >>> refs.lookup("ce", "cifar10_lt", "exp", 100, ["ldam"]).top1  # doctest: +SKIP
     70.36
+
+A source says in ``selection`` how its code picks the reported epoch (the papers' numbers are
+best-epoch numbers, the toolbox's are final-epoch); the leaderboard prints it under every table
+that shows one of its numbers.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ class Reference:
     paper: str
     url: str | None
     note: str | None
+    selection: str | None = None
 
     def label(self) -> str:
         """``≈77.50`` for approximate numbers, else ``70.36``."""
@@ -98,7 +103,9 @@ class References:
                 printed=f"{value:g} % {'error' if has_err else 'accuracy'}",
                 approximate=bool(raw.get("approximate", False)),
                 paper=" ".join(str(src.get("paper", raw["source"])).split()),
-                url=src.get("url"), note=raw.get("note")))
+                url=src.get("url"), note=raw.get("note"),
+                selection=" ".join(str(src["selection"]).split()) if src.get("selection")
+                else None))
         return cls(entries, sources)
 
     def matching(self, method: str, dataset: str | None, imbalance_type: str | None,
@@ -121,10 +128,10 @@ class References:
         return min(found, key=lambda e: (rank.get(e.source, len(rank)), found.index(e)))
 
     def baseline_for(self, ref: Reference, baseline_method: str) -> Reference | None:
-        """The baseline's number from the same source and setting (so a direction is computed
-        within one table, not across tables with different re-runs of the baseline)."""
-        for e in self.matching(baseline_method, ref.dataset, ref.imbalance_type,
-                               ref.imbalance_ratio):
-            if e.source == ref.source:
-                return e
-        return None
+        """The baseline's number from the same table of the same source (else the same source),
+        in the same setting, so a direction is computed within one table, never across tables
+        with different runs of the baseline."""
+        same_source = [e for e in self.matching(baseline_method, ref.dataset, ref.imbalance_type,
+                                                ref.imbalance_ratio) if e.source == ref.source]
+        return next((e for e in same_source if e.table == ref.table),
+                    same_source[0] if same_source else None)

@@ -81,7 +81,9 @@ def _reference_dict(ref: Reference | None, base: Reference | None) -> dict | Non
         return None
     return {"top1": ref.top1, "printed": ref.printed, "approximate": ref.approximate,
             "source": ref.source, "paper": ref.paper, "table": ref.table, "url": ref.url,
-            "note": ref.note, "baseline_top1": base.top1 if base else None,
+            "note": ref.note, "selection": ref.selection,
+            "baseline_table": base.table if base else None,
+            "baseline_top1": base.top1 if base else None,
             "delta_top1": ref.top1 - base.top1 if base else None}
 
 
@@ -382,6 +384,7 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
     for w in doc.get("warnings") or []:
         lines.append(f"- Warning: {w}")
     footnotes: dict[tuple, int] = {}
+    sources: dict[tuple, dict] = {}
     base_label = next((r["label"] for s in doc["settings"] for r in s["rows"]
                        if r["id"] == doc.get("baseline")), "baseline")
     for setting in doc["settings"]:
@@ -394,13 +397,16 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                      f"Δ top-1 vs {base_label} | Paper top-1 | Paper Δ | {vs_head} | "
                      f"Train min | Wall min | img/s |")
         lines.append("|" + "---|" * 14)
-        problems, wall_bounds = [], False
+        problems, wall_bounds, shown = [], False, {}
         for row in setting["rows"]:
             paper = row.get("paper")
             paper_cell = paper_delta = ""
             if paper:
                 key = (paper["paper"], paper["table"])
                 mark = footnotes.setdefault(key, len(footnotes) + 1)
+                sources[key] = paper
+                shown.setdefault(paper.get("selection") or "not stated by the source",
+                                 set()).add(mark)
                 paper_cell = f"{'≈' if paper['approximate'] else ''}{paper['top1']:.2f} [{mark}]"
                 if row["id"] != doc.get("baseline"):
                     paper_delta = _fmt(paper.get("delta_top1"), signed=True)
@@ -447,6 +453,12 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
             lines += ["", "≥ in *Wall min*: an attempt of that run was stopped without its time "
                       "being recorded (the leaderboard process itself was killed), so the wall "
                       "time is a lower bound; *Train min* sums the time of every checkpointed epoch."]
+        if shown:
+            lines += ["", "*Paper top-1* is not a final-epoch number: "
+                      + "; ".join(f"{', '.join(f'[{m}]' for m in sorted(marks))}: {how}"
+                                  for how, marks in sorted(shown.items(),
+                                                           key=lambda kv: min(kv[1])))
+                      + ". This table's own numbers are final-epoch."]
         notes = [f"- {r['label']}: {r['note']}" for r in setting["rows"] if r.get("note")]
         if notes:
             lines += ["", "Notes:", ""] + notes
@@ -455,7 +467,8 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
     if footnotes:
         lines += ["", "## Sources of the paper numbers", ""]
         for (paper, table), mark in sorted(footnotes.items(), key=lambda kv: kv[1]):
-            lines.append(f"{mark}. {paper} — {table}.")
+            url = sources[(paper, table)].get("url")
+            lines.append(f"{mark}. {paper} — {table}." + (f" <{url}>" if url else ""))
         lines += ["", "*Paper top-1* is 100 − the published top-1 error where the source prints "
                   "an error; *Paper Δ* is that number minus the baseline's number from the same "
                   "source and table."]

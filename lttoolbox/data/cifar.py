@@ -15,9 +15,14 @@ Images", 2009: 5,000 / 500 images per class) is subsampled with a long-tail prof
 When both layouts are present the pickle wins: it is the lossless original in its file order, the
 order LDAM-DRW's ``protocol`` selection indexes, so the kept images are exactly the reference's.
 
-Normalisation constants are the ones the LDAM-DRW code uses. Note that the CIFAR-10 std
-``(0.2023, 0.1994, 0.2010)`` is not the pixel standard deviation of the training set (about
-``(0.247, 0.243, 0.261)``); it is kept because every published LDAM-DRW-based number used it.
+Normalisation: CIFAR-10 uses the constants of the LDAM-DRW code, mean ``(0.4914, 0.4822,
+0.4465)`` and std ``(0.2023, 0.1994, 0.2010)``; that std is not the pixel standard deviation of
+the training set (about ``(0.247, 0.243, 0.261)``), but every published LDAM-DRW-based number
+used it. CIFAR-100 defaults to its own statistics, ``(0.5071, 0.4865, 0.4409)`` and ``(0.2673,
+0.2564, 0.2762)``. The LDAM-DRW code (``cifar_train.py``, lines 141-151 at
+https://github.com/kaidic/LDAM-DRW/blob/2536330f2afdaa65618323cb5a5850efccce762a/cifar_train.py)
+and Bag of Tricks' ``cao_cifar.py`` apply the CIFAR-10 constants to CIFAR-100 as well, so the
+CIFAR-100-LT protocol recipes set ``mean`` and ``std`` to them (configs/cifar100_lt/base.yaml).
 
 Recipe:
     data:
@@ -146,9 +151,11 @@ def _download(root: Path, num_classes: int) -> None:
 
 def load_cifar(num_classes: int, root, imbalance_type, imbalance_ratio, selection, selection_seed,
                crop_padding, hflip, download, cache_dir, max_per_class,
-               test_max_per_class) -> DataBundle:
+               test_max_per_class, mean=None, std=None) -> DataBundle:
     """Shared body of :func:`cifar10_lt` and :func:`cifar100_lt`."""
     check_common(imbalance_type, imbalance_ratio, selection, selection_seed, crop_padding, hflip)
+    mean = _check_channels("mean", mean, _SPECS[num_classes]["mean"], positive=False)
+    std = _check_channels("std", std, _SPECS[num_classes]["std"], positive=True)
     check_int("max_per_class", max_per_class, 1, optional=True)
     check_int("test_max_per_class", test_max_per_class, 1, optional=True)
     if not isinstance(download, bool):
@@ -186,11 +193,23 @@ def load_cifar(num_classes: int, root, imbalance_type, imbalance_ratio, selectio
         classes, (train_x, train_y, train_index), (test_x, test_y), _ = load_folder_splits(
             path, "train", "test", 32, cache_dir, order, max_per_class, test_max_per_class)
     return assemble(
-        f"cifar{num_classes}_lt", train_x, train_y, test_x, test_y, classes, spec["mean"],
-        spec["std"], imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio,
+        f"cifar{num_classes}_lt", train_x, train_y, test_x, test_y, classes, mean, std,
+        imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio,
         selection=selection, selection_seed=selection_seed, crop_padding=crop_padding,
         hflip=hflip, source=kind, root=str(path), train_index=train_index,
         extra_meta={"max_per_class": max_per_class, "test_max_per_class": test_max_per_class})
+
+
+def _check_channels(name: str, value, default: tuple, positive: bool) -> tuple:
+    """Three per-channel constants on the 0..1 scale, or the data set's default for ``None``."""
+    if value is None:
+        return default
+    ok = (isinstance(value, (list, tuple)) and len(value) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    if not ok or (positive and not all(v > 0 for v in value)):
+        what = "three positive numbers" if positive else "three numbers"
+        raise ConfigError(f"{name} must be {what} (one per RGB channel, 0..1 scale), got {value!r}")
+    return tuple(float(v) for v in value)
 
 
 @DATASETS.register("cifar10_lt")
@@ -198,7 +217,8 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
                imbalance_ratio: float = 100, selection: str = "protocol", selection_seed: int = 0,
                crop_padding: int = 4, hflip: bool = True, download: bool = False,
                cache_dir: str | None = None, max_per_class: int | None = None,
-               test_max_per_class: int | None = None) -> DataBundle:
+               test_max_per_class: int | None = None, mean: list | None = None,
+               std: list | None = None) -> DataBundle:
     """CIFAR-10-LT: CIFAR-10 with a long-tailed training split.
 
     Args:
@@ -217,6 +237,9 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
         max_per_class: Keep only the first images of each training class (file order) before the
             profile; for smoke runs on a slice.
         test_max_per_class: The same for the test split.
+        mean: Per-channel normalisation mean on the 0..1 scale (default: the LDAM-DRW code's
+            CIFAR-10 constants for CIFAR-10, CIFAR-100's own statistics for CIFAR-100).
+        std: Per-channel normalisation std, the same way.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -227,7 +250,8 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
         500
     """
     return load_cifar(10, root, imbalance_type, imbalance_ratio, selection, selection_seed,
-                      crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class)
+                      crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
+                      mean, std)
 
 
 @DATASETS.register("cifar100_lt")
@@ -235,7 +259,8 @@ def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
                 imbalance_ratio: float = 100, selection: str = "protocol", selection_seed: int = 0,
                 crop_padding: int = 4, hflip: bool = True, download: bool = False,
                 cache_dir: str | None = None, max_per_class: int | None = None,
-                test_max_per_class: int | None = None) -> DataBundle:
+                test_max_per_class: int | None = None, mean: list | None = None,
+                std: list | None = None) -> DataBundle:
     """CIFAR-100-LT: CIFAR-100 (fine labels) with a long-tailed training split.
 
     Same parameters as :func:`cifar10_lt`, with ``cifar-100-python`` as the pickle folder; ratio
@@ -247,4 +272,5 @@ def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
         (500, 5)
     """
     return load_cifar(100, root, imbalance_type, imbalance_ratio, selection, selection_seed,
-                      crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class)
+                      crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
+                      mean, std)
