@@ -71,8 +71,9 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        return {}
+    if data is None:  # an empty file, or comments only
+        raise ConfigError(f"{path}: the recipe file is empty; a recipe needs at least the data "
+                          f"and model sections (or a _base_ to inherit them from)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     return data

@@ -128,3 +128,14 @@ def test_every_ratio_50_recipe_is_its_ratio_100_recipe_plus_one_line():
         lines = path.read_text().strip().splitlines()
         assert lines == [f"_base_: ../{path.name}", "data: {imbalance_ratio: 50}"], path
         assert (path.parent.parent / path.name).exists(), path
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_recipe_file_is_named_as_empty(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{path}: the recipe file is empty"):
+        load_recipe(path)
+    child = write(tmp_path / "child.yaml", {"_base_": "empty.yaml", "train": {"epochs": 1}})
+    with pytest.raises(ConfigError, match="empty.yaml: the recipe file is empty"):
+        load_recipe(child)

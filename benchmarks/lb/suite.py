@@ -52,9 +52,11 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "quick": {
         "epochs": 30,
         "overlay": {},
-        "description": "the published protocol shortened to 30 epochs; learning-rate milestones, "
-                       "warm-up and every epoch-based switch (DRW, DRS, RSG, CMO, ...) scaled in "
-                       "proportion (a switch at 160 of 200 epochs lands at 24 of 30)",
+        "description": "the published protocol shortened to 30 epochs; learning-rate milestones "
+                       "and every epoch-based switch (DRW, DRS, RSG, CMO, ...) scaled in "
+                       "proportion (a switch at 160 of 200 epochs lands at 24 of 30), the warm-up "
+                       "kept as a per-step warm-up over the same fraction of all steps (5 of 200 "
+                       "epochs: 0.75 of 30)",
         "caveat": "The quick regime is under-trained: tail classes learn little in 30 epochs, so "
                   "its numbers sit well below the papers' and are comparable with them in "
                   "direction only (does a trick help or hurt against the baseline?), never in "
