@@ -26,3 +26,28 @@ def on_digits(recipe: dict, epochs: int = 2, switch_epoch: int = 1) -> dict:
             if key.endswith("_epoch") and isinstance(value, int) and value > 0:
                 part[key] = switch_epoch
     return recipe
+
+
+#: The published numbers of the old Bag of Tricks results page, on Cui et al.'s split; no recipe
+#: may cite them any more (see benchmarks/reference_numbers.yaml).
+OUTDATED_NUMBERS = ("30.12", "31.22", "29.37", "23.63", "30.35", "30.81", "29.35", "27.08",
+                    "27.73", "26.66", "24.61", "26.83", "30.88")
+
+
+def check_header_cites_reference(recipe_path: Path, method: str, dataset: str) -> None:
+    """The recipe's header names the paper number the leaderboard shows for it (ratio 100)."""
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from lb.references import References
+    from lb.suite import load_suite
+
+    priority = load_suite(ROOT / "benchmarks/suites/cifar10_lt_core.yaml").reference_priority
+    refs = References.load(ROOT / "benchmarks/reference_numbers.yaml")
+    text = recipe_path.read_text()
+    header = text[:text.index("\n_base_")] if "\n_base_" in text else text
+    assert header.startswith("# CIFAR-"), recipe_path
+    ref = refs.lookup(method, dataset, "exp", 100, priority)
+    if ref is not None:
+        printed = ref.printed.split(" ")[0]
+        assert f"{float(printed):.2f}" in header, (recipe_path, printed)
+    assert not [n for n in OUTDATED_NUMBERS if n in header], recipe_path

@@ -70,8 +70,10 @@ class FocalLoss(LTLoss):
 
     Deviation: the LDAM-DRW reference code computes ``p_t`` as ``exp(-w_y CE)``, i.e. from the
     already weighted loss, so its factor changes with the weights; here the factor uses the true
-    ``p_t`` and the weights multiply the result, as in Eq. 5. The LDAM paper's CIFAR focal rows use
-    ``gamma = 1`` (its code), set in the recipes; the default here is the paper's 2.
+    ``p_t`` and the weights multiply the result, as in Eq. 5. The LDAM-DRW code hard-codes
+    ``gamma = 1``, which the recipes set; the default here is Lin et al.'s 2. No paper prints a
+    CIFAR-LT number for this loss: the LDAM paper's "Focal" row (29.62 / 61.59) is Cui et al.'s
+    one-vs-all sigmoid focal loss (:class:`SigmoidFocalLoss`).
 
     Args:
         gamma: Focusing parameter ``>= 0``.

@@ -14,17 +14,22 @@ class ProgressiveSampler(LTSampler):
 
     Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition",
     ICLR 2020, Sec. 3 (progressively-balanced sampling), used by Bag of Tricks (Zhang et al.,
-    AAAI 2021), which reports 29.35 / 60.90 top-1 error (CIFAR-10-LT / CIFAR-100-LT, ratio 100,
-    ResNet-32) and, deferred to epoch 160, 27.73 / 59.20.
+    AAAI 2021), whose official code reports 28.02 / 60.96 top-1 error (CIFAR-10-LT / CIFAR-100-LT,
+    ratio 100, ResNet-32; ratio 50: 21.43 / 56.88) and, deferred to epoch 160, 26.15 / 59.59
+    (ratio 50: 19.47 / 54.79): trick_gallery.md at commit 66c2087 (cao_cifar split), best
+    test-set epoch; its tables' baseline is 29.64 / 61.68.
 
-    ``t`` counts epochs since the sampler's own start (``epoch - start_epoch``) and ``T`` is the
-    length of its own window, ``(end_epoch or total_epochs) - start_epoch``, so a deferred
-    progressive sampler starts at exactly the instance distribution and ends near balance. As in
-    the paper, t runs over 0 .. T-1, so the last epoch uses (T-1)/T, not 1.
+    ``t`` counts epochs since the sampler's own start (``epoch - start_epoch``, 0-based epochs)
+    and ``T`` is the length of its own window, ``(end_epoch or total_epochs) - start_epoch``, so a
+    deferred progressive sampler starts at exactly the instance distribution and ends near
+    balance. As in the paper, t runs over 0 .. T-1, so the last epoch uses (T-1)/T, not 1.
 
-    Deviation: Bag of Tricks' released code computes the mixing weight from the global epoch over
-    the whole run, so its deferred progressive sampler (start 160 of 200) starts 80 % balanced;
-    its DRS-progressive numbers were presumably produced with that schedule, not with this one.
+    Deviations from Bag of Tricks' released code (lib/dataset/cao_cifar.py line 90 at 66c2087),
+    which mixes by ``epoch / MAX_EPOCH`` with 1-based epochs: over the whole run this sampler is
+    one epoch behind it (0-based epoch e uses e / T here, (e + 1) / T there, so its last epoch is
+    fully balanced and ours is not). Deferred, that code keeps the global epoch, so its sampler
+    (on from 0-based epoch 160, as here) starts at 161/200 = 0.805 of the way to class balance;
+    its DRS-progressive numbers come from that schedule, not from this one.
 
     Recipe::
 
