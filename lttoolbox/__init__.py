@@ -1,15 +1,25 @@
 """lttoolbox: long-tailed visual recognition with interchangeable, registered tricks.
 
+The families (``lttoolbox.data``, ``models``, ``samplers``, ``losses``, ``augment``,
+``generators``) are imported when first used: reading a registry imports its family.
+
 Example:
     >>> import lttoolbox
     >>> "ce" in lttoolbox.LOSSES.names()
     True
 """
-from .registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS, Registry
+import importlib
 
-# Importing the families registers their entries.
-from . import augment, data, generators, losses, models, samplers  # noqa: E402,F401  isort:skip
+from .registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS, Registry
 
 __version__ = "0.1.0"
 __all__ = ["AUGMENTS", "DATASETS", "GENERATORS", "LOSSES", "MODELS", "SAMPLERS", "Registry",
            "__version__"]
+_FAMILIES = ("augment", "data", "generators", "losses", "models", "samplers", "engine")
+
+
+def __getattr__(name: str):
+    """``lttoolbox.losses`` and the other families without importing them up front."""
+    if name in _FAMILIES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'lttoolbox' has no attribute '{name}'")

@@ -21,9 +21,12 @@ import threading
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from .errors import LTError
+
+# Stop requests that end a run resumably: Ctrl-C, kill / a scheduler's pre-emption, a closed
+# terminal.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
 
 
 def default_run_dir(recipe_path: str, resume: bool) -> Path:
@@ -38,7 +41,7 @@ def default_run_dir(recipe_path: str, resume: bool) -> Path:
     return root / time.strftime("%Y%m%d-%H%M%S")
 
 
-def list_registries(console: Console) -> None:
+def list_registries(console) -> None:
     import lttoolbox
     for title, registry in (("data", lttoolbox.DATASETS), ("model", lttoolbox.MODELS),
                             ("sampler", lttoolbox.SAMPLERS), ("loss", lttoolbox.LOSSES),
@@ -52,20 +55,22 @@ def _raise_interrupt(signum, frame):
 
 @contextlib.contextmanager
 def stop_signals_interrupt():
-    """Within the block, SIGINT and SIGTERM both raise ``KeyboardInterrupt`` in the main thread.
+    """Within the block, SIGINT, SIGTERM and SIGHUP all raise ``KeyboardInterrupt``.
 
     A program started in the background by a non-interactive shell (``nohup lttrain ... &``, or a
     leaderboard launched that way) inherits SIGINT *ignored*, and Python then installs no handler,
-    so an interrupt would be lost; SIGTERM (``kill``, a scheduler's pre-emption) would end the run
-    without the resume hint. Both now take the same path as Ctrl-C: the last complete checkpoint
-    stays and the run continues with ``--resume``. The previous handlers come back on exit.
+    so an interrupt would be lost; SIGTERM (``kill``, a scheduler's pre-emption) and SIGHUP (the
+    terminal closed) would end the run silently. All take the same path as Ctrl-C: the last
+    complete checkpoint stays and the run continues with ``--resume``. The previous handlers come
+    back on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                      else _raise_interrupt)
     try:
         yield
     finally:
@@ -79,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    from rich.console import Console  # after the stop handlers: a Ctrl-C here ends quietly
+    from rich.text import Text
+
     parser = argparse.ArgumentParser(
         prog="lttrain", description="Train a long-tailed recognition recipe.",
         epilog="Overrides are key=value pairs with YAML values, e.g. train.epochs=5 loss.gamma=1.0")
@@ -99,7 +107,7 @@ def _main(argv: list[str] | None) -> int:
         return 0
     if not args.recipe:
         parser.error("a recipe file is required (try configs/quickstart.yaml)")
-    out = None
+    out = trainer = None
     try:
         from .engine import Trainer
         from .recipe import load_recipe, resolve, scale_epochs
@@ -111,15 +119,21 @@ def _main(argv: list[str] | None) -> int:
         trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet)
         trainer.run()
     except LTError as err:
-        console.print(f"[bold red]error:[/bold red] {err}", markup=True, soft_wrap=True)
+        console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
         return 2
     except FloatingPointError as err:  # a diverged run: say so in one line, keep the checkpoint
-        console.print(f"[bold red]error:[/bold red] {err}", markup=True, soft_wrap=True)
+        console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
-        again = " ".join(shlex.quote(a) for a in [args.recipe, *args.overrides, *epochs])
-        console.print(f"interrupted; continue with: lttrain {again} --out {out} --resume")
+        if trainer is None:
+            console.print("interrupted before the run started; nothing was written",
+                          soft_wrap=True)
+        else:
+            epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+            again = " ".join(shlex.quote(a) for a in [args.recipe, *args.overrides, *epochs])
+            # One line however narrow the terminal or pipe: it is meant to be copied.
+            console.print(f"interrupted; continue with: lttrain {again} --out "
+                          f"{shlex.quote(str(out))} --resume", soft_wrap=True, markup=False)
         return 130
     return 0
 

@@ -20,6 +20,7 @@ class ConfigError(LTError, ValueError):
 
     def __init__(self, message: str, key: str | None = None):
         self.key = key
+        self.detail = message
         super().__init__(f"{key}: {message}" if key else message)
 
 

@@ -16,27 +16,28 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
+from .atomic import atomic_write_text
 from .errors import ConfigError
+from .recipe_checks import (OPTIMIZER_DEFAULTS, check_stage_name, check_trainer_values,
+                            optim_defaults)
 from .registry import suggest
+from .yamlio import load_yaml
 
 SECTIONS = ("data", "model", "sampler", "loss", "augment", "generator", "optim", "schedule",
             "train", "eval", "stages", "meta")
 
 # Defaults of the sections that the trainer itself reads; the others are registry entries whose
-# constructors carry their own defaults and reject unknown keys.
+# constructors carry their own defaults and reject unknown keys. The optimizer's defaults depend
+# on its name (lttoolbox.recipe_checks.OPTIMIZER_DEFAULTS).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sampler": {"name": "instance"},
     "loss": {"name": "ce"},
-    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False,
-              "no_decay": []},
     "schedule": {"name": "multistep", "warmup_epochs": 0, "warmup_unit": "epoch", "milestones": [],
                  "gamma": 0.1, "min_lr": 0.0},
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
@@ -45,10 +46,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("multistep", "cosine", "constant")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
-WARMUP_UNITS = ("epoch", "step")
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
+# Sections that are mappings: a section left empty in a recipe file (``train:`` with every child
+# commented out reads as null) inherits its base's section instead of replacing it.
+MAPPING_SECTIONS = ("data", "model", "sampler", "loss", "optim", "schedule", "train", "eval",
+                    "meta")
+# Sections whose value may be a bare registry name (``loss: focal``).
+REGISTRY_SECTIONS = ("data", "model", "sampler", "loss", "generator")
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -63,20 +67,35 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a recipe file")
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x})"
+                          f"; save the recipe as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
+    try:
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', None) or err}"
+                          ) from None
     if data is None:  # an empty file, or comments only
         raise ConfigError(f"{path}: the recipe file is empty; a recipe needs at least the data "
                           f"and model sections (or a _base_ to inherit them from)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    return data
+    return _without_null_sections(data)
+
+
+def _without_null_sections(data: dict) -> dict:
+    """Drop mapping sections left empty (null): an empty section inherits, it does not reset."""
+    return {k: v for k, v in data.items() if not (k in MAPPING_SECTIONS and v is None)}
 
 
 def _load_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
@@ -107,20 +126,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(path):
         raise ConfigError(f"override '{text}' has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        if raw.lstrip()[:1] in "{[":  # meant as a mapping or list: say why it is not one
+            raise ConfigError(f"not valid YAML: {getattr(err, 'problem', None) or err}",
+                              key=key.strip()) from None
         value = raw
     return path, value
 
 
 def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
-    """Apply ``key=value`` overrides (values parsed as YAML) to a copy of ``recipe``."""
+    """Apply ``key=value`` overrides (values parsed as YAML) to a copy of ``recipe``.
+
+    A bare name for a registry section (``loss=ce``) replaces the whole section; when the section
+    it replaces has parameters of its own that would be dropped silently, the override is refused
+    (``loss.name=ce`` keeps them, ``loss={name: ce}`` starts afresh).
+    """
     recipe = copy.deepcopy(recipe)
     for text in overrides:
         path, value = parse_override(text)
         if path[0] not in SECTIONS:
             raise ConfigError(f"unknown recipe section '{path[0]}'{suggest(path[0], SECTIONS)} "
                               f"Sections: {', '.join(SECTIONS)}.", key=".".join(path))
+        current = recipe.get(path[0])
+        if (len(path) == 1 and path[0] in REGISTRY_SECTIONS and isinstance(value, str)
+                and isinstance(current, dict) and set(current) - {"name"}):
+            dropped = ", ".join(sorted(set(current) - {"name"}))
+            raise ConfigError(f"{path[0]}={value} would silently drop {dropped} of the section it "
+                              f"replaces; write {path[0]}.name={value} to keep them or "
+                              f"{path[0]}={{name: {value}}} to start from the defaults",
+                              key=path[0])
         node = recipe
         for depth, part in enumerate(path[:-1]):
             child = node.get(part) if isinstance(node, dict) else None
@@ -140,11 +175,6 @@ def _check_known_keys(section: str, values: dict) -> None:
             raise ConfigError(f"unknown key{suggest(key, DEFAULTS[section])} "
                               f"Known: {', '.join(sorted(DEFAULTS[section]))}.",
                               key=f"{section}.{key}")
-
-
-def _check_type(key: str, value: Any, kinds: tuple[type, ...], what: str) -> None:
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise ConfigError(f"must be {what}, got {value!r}", key=key)
 
 
 def resolve(recipe: dict, where: str = "") -> dict:
@@ -190,76 +220,23 @@ def resolve(recipe: dict, where: str = "") -> dict:
         raise ConfigError(f"must be null or a mapping with a 'name' key, got {generator!r}",
                           key=prefix + "generator")
     recipe["generator"] = generator
-    for section in ("optim", "schedule", "train", "eval"):
-        value = recipe.get(section) or {}
+    recipe["optim"] = optim_defaults(recipe.get("optim"), prefix + "optim")
+    for section in ("schedule", "train", "eval"):
+        value = recipe.get(section)
+        value = {} if value is None else value
         if not isinstance(value, dict):
             raise ConfigError(f"must be a mapping, got {value!r}", key=prefix + section)
         _check_known_keys(section, value)
         recipe[section] = deep_merge(DEFAULTS[section], value)
-    _check_trainer_values(recipe, prefix)
-    recipe.setdefault("meta", {})
+    check_trainer_values(recipe, prefix)
+    meta = recipe.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise ConfigError(f"must be a mapping of notes, got {meta!r}", key=prefix + "meta")
+    recipe["meta"] = meta or {}
     stages = recipe.pop("stages", None)
     if stages is not None:
         recipe["stages"] = _resolve_stages(recipe, stages, prefix)
     return recipe
-
-
-def _check_trainer_values(recipe: dict, prefix: str) -> None:
-    train, optim, schedule, ev = (recipe[s] for s in ("train", "optim", "schedule", "eval"))
-    if schedule["warmup_unit"] not in WARMUP_UNITS:
-        raise ConfigError(f"must be one of {', '.join(WARMUP_UNITS)}, got "
-                          f"{schedule['warmup_unit']!r}", key=prefix + "schedule.warmup_unit")
-    if schedule["warmup_unit"] == "step":  # a per-step warm-up may last a fraction of an epoch
-        _check_type(prefix + "schedule.warmup_epochs", schedule["warmup_epochs"], (int, float),
-                    "a non-negative number")
-        if not schedule["warmup_epochs"] >= 0 or math.isinf(schedule["warmup_epochs"]):
-            raise ConfigError(f"must be a non-negative number, got {schedule['warmup_epochs']!r}",
-                              key=prefix + "schedule.warmup_epochs")
-    else:
-        _check_type(prefix + "schedule.warmup_epochs", schedule["warmup_epochs"], (int,),
-                    "a non-negative integer (a fraction of an epoch needs warmup_unit: step)")
-    for key, value in (("train.epochs", train["epochs"]), ("schedule.warmup_epochs",
-                                                           schedule["warmup_epochs"]),
-                       ("eval.every", ev["every"]), ("train.seed", train["seed"])):
-        if key == "schedule.warmup_epochs" and schedule["warmup_unit"] == "step":
-            continue
-        _check_type(prefix + key, value, (int,), "a non-negative integer")
-        if value < 0:
-            raise ConfigError(f"must be a non-negative integer, got {value!r}", key=prefix + key)
-    for key, value in (("train.batch_size", train["batch_size"]),
-                       ("train.checkpoint_every", train["checkpoint_every"]),
-                       ("eval.ece_bins", ev["ece_bins"]), ("eval.batch_size", ev["batch_size"])):
-        _check_type(prefix + key, value, (int,), "a positive integer")
-        if value < 1:
-            raise ConfigError(f"must be a positive integer, got {value!r}", key=prefix + key)
-    for key in ("lr", "weight_decay", "momentum"):
-        if key in optim:
-            _check_type(f"{prefix}optim.{key}", optim[key], (int, float), "a number")
-            if optim[key] < 0:
-                raise ConfigError(f"must be >= 0, got {optim[key]!r}", key=f"{prefix}optim.{key}")
-    no_decay = optim.get("no_decay")
-    if not isinstance(no_decay, list) or not all(isinstance(n, str) and n for n in no_decay):
-        raise ConfigError(f"must be a list of 'bias', 'norm' or parameter names, got {no_decay!r}",
-                          key=prefix + "optim.no_decay")
-    if optim["name"] not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer '{optim['name']}'{suggest(optim['name'], OPTIMIZERS)}"
-                          f" Known: {', '.join(OPTIMIZERS)}.", key=prefix + "optim.name")
-    if schedule["name"] not in SCHEDULES:
-        raise ConfigError(f"unknown schedule '{schedule['name']}'"
-                          f"{suggest(schedule['name'], SCHEDULES)} Known: {', '.join(SCHEDULES)}.",
-                          key=prefix + "schedule.name")
-    milestones = schedule["milestones"]
-    if not isinstance(milestones, list) or not all(isinstance(m, int) and m >= 0 for m in milestones):
-        raise ConfigError(f"must be a list of epoch numbers, got {milestones!r}",
-                          key=prefix + "schedule.milestones")
-    if train["amp"] not in AMP_MODES:
-        raise ConfigError(f"must be one of {', '.join(AMP_MODES)}, got {train['amp']!r}",
-                          key=prefix + "train.amp")
-    if not isinstance(train["freeze"], list):
-        train["freeze"] = [train["freeze"]]
-    if not ev["few_threshold"] <= ev["many_threshold"]:
-        raise ConfigError(f"few_threshold ({ev['few_threshold']}) must not exceed many_threshold "
-                          f"({ev['many_threshold']})", key=prefix + "eval")
 
 
 def _resolve_stages(base: dict, stages: Any, prefix: str) -> list[dict]:
@@ -272,7 +249,9 @@ def _resolve_stages(base: dict, stages: Any, prefix: str) -> list[dict]:
             raise ConfigError(f"must be a mapping, got {overlay!r}", key=f"{prefix}stages[{i}]")
         overlay = dict(overlay)
         # A resolved stage keeps its name in meta, so resolving twice changes nothing.
-        name = str(overlay.pop("name", (overlay.get("meta") or {}).get("stage", f"stage{i}")))
+        name = check_stage_name(overlay.pop("name", (overlay.get("meta") or {}).get(
+            "stage", f"stage{i}")), f"{prefix}stages[{i}].name")
+        overlay = _without_null_sections(overlay)
         if name in names:
             raise ConfigError(f"stage name '{name}' is used twice", key=f"{prefix}stages[{i}].name")
         names.add(name)
@@ -435,25 +414,41 @@ def _tidy(value: float) -> float | int:
     return int(value) if value == int(value) else value
 
 
+def recipe_differences(a: dict, b: dict, names: tuple[str, str] = ("here", "there"),
+                       limit: int = 3) -> list[str]:
+    """The first keys at which two resolved recipes differ, with both values.
+
+    Example:
+        >>> recipe_differences({"train": {"epochs": 30}}, {"train": {"epochs": 200}},
+        ...                    ("saved", "given"))
+        ['train.epochs: 30 saved, 200 given']
+    """
+    found: list[str] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if len(found) >= limit or x == y:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in [*x, *(k for k in y if k not in x)]:
+                if key != "meta" or path:
+                    walk(x.get(key, "(unset)"), y.get(key, "(unset)"),
+                         f"{path}.{key}" if path else str(key))
+        elif isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{path}[{i}]")
+        else:
+            found.append(f"{path}: {json.dumps(x, default=str)} {names[0]}, "
+                         f"{json.dumps(y, default=str)} {names[1]}")
+
+    walk(a, b, "")
+    return found
+
+
 def recipe_hash(recipe: dict) -> str:
     """A short, stable hash of a resolved recipe (``meta`` excluded), to match results to runs."""
     content = {k: v for k, v in recipe.items() if k != "meta"}
     blob = json.dumps(content, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file so that readers see either the old or the whole new content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def dump_recipe(recipe: dict, path: str | os.PathLike) -> None:

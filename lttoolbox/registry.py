@@ -20,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
+import sys
 from typing import Any, Callable, Iterable
 
 from .errors import ConfigError, DataError
@@ -48,11 +50,21 @@ class Registry:
 
     Args:
         kind: Family name used in messages and as the default recipe key (``"loss"``).
+        module: The package whose import registers the family's entries; it is imported the first
+            time the registry is read, so ``import lttoolbox`` itself stays light (and a Ctrl-C
+            while torch loads reaches ``lttrain``'s handler, not a traceback).
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, module: str | None = None):
         self.kind = kind
+        self.module = module
         self._entries: dict[str, Callable] = {}
+
+    @property
+    def entries(self) -> dict[str, Callable]:
+        if self.module is not None and self.module not in sys.modules:
+            importlib.import_module(self.module)
+        return self._entries
 
     def register(self, name: str) -> Callable[[Callable], Callable]:
         """Decorator that registers a class or factory under ``name``."""
@@ -69,22 +81,22 @@ class Registry:
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
-        return sorted(self._entries)
+        return sorted(self.entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return name in self.entries
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def get(self, name: str, key: str | None = None) -> Callable:
         """The entry registered as ``name``; an unknown name lists the known ones."""
-        if name not in self._entries:
+        if name not in self.entries:
             raise ConfigError(
-                f"unknown {self.kind} '{name}'{suggest(name, self._entries)} "
+                f"unknown {self.kind} '{name}'{suggest(name, self.entries)} "
                 f"Registered: {', '.join(self.names()) or '(none)'}.",
                 key=f"{key or self.kind}.name")
-        return self._entries[name]
+        return self.entries[name]
 
     def build(self, cfg: dict[str, Any] | str, key: str | None = None, **context: Any) -> Any:
         """Build an entry from a recipe dict.
@@ -128,9 +140,9 @@ class Registry:
 
 
 # One registry per family; the kind doubles as the recipe section the entries come from.
-DATASETS = Registry("data")
-MODELS = Registry("model")
-SAMPLERS = Registry("sampler")
-LOSSES = Registry("loss")
-AUGMENTS = Registry("augment")
-GENERATORS = Registry("generator")
+DATASETS = Registry("data", "lttoolbox.data")
+MODELS = Registry("model", "lttoolbox.models")
+SAMPLERS = Registry("sampler", "lttoolbox.samplers")
+LOSSES = Registry("loss", "lttoolbox.losses")
+AUGMENTS = Registry("augment", "lttoolbox.augment")
+GENERATORS = Registry("generator", "lttoolbox.generators")

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import yaml
-
 from lttoolbox.errors import ConfigError
+from lttoolbox.yamlio import load_yaml
 
 ENTRY_KEYS = {"method", "source", "table", "dataset", "imbalance_type", "imbalance_ratio",
               "top1_error", "top1_accuracy", "approximate", "note"}
@@ -71,7 +70,7 @@ class References:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"reference file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
         sources = data.get("sources") or {}
         entries = []
         for i, raw in enumerate(data.get("entries") or []):

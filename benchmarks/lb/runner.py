@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from lttoolbox.recipe import atomic_write_text, dump_recipe, recipe_hash, resolve
+from lttoolbox.yamlio import load_yaml
 
 from .suite import Run
 
@@ -64,7 +63,7 @@ def matching_results(run: Run, protocol: str) -> dict | None:
 
 def saved_recipe_hash(run_dir: Path) -> str | None:
     try:
-        return recipe_hash(resolve(yaml.safe_load((run_dir / SAVED_RECIPE).read_text())))
+        return recipe_hash(resolve(load_yaml((run_dir / SAVED_RECIPE).read_text())))
     except Exception:  # unreadable or from an older recipe format: treat as a different recipe
         return None
 

@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from lttoolbox.errors import ConfigError
+from lttoolbox.yamlio import load_yaml
 from lttoolbox.recipe import load_recipe, recipe_hash, resolve, scale_epochs
 
 # Built-in protocols; a suite may replace one by name under ``protocols:``.
@@ -182,7 +183,7 @@ def load_suite(path: str | Path) -> Suite:
     if not path.is_file():
         raise ConfigError(f"suite file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -348,7 +349,7 @@ def compose_recipe(suite: Suite, row: Row, setting: Setting, protocol: str, seed
 
 def canonical(recipe: dict) -> dict:
     """The recipe as ``lttrain`` will see it after a YAML round trip (so the hashes agree)."""
-    return resolve(yaml.safe_load(yaml.safe_dump(recipe, sort_keys=False)))
+    return resolve(load_yaml(yaml.safe_dump(recipe, sort_keys=False)))
 
 
 def run_dir(out: Path, setting: str, row: str, seed: int) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -77,9 +77,18 @@ def list_split(root: str | Path, split: str) -> SplitListing:
     """List ``root/split/<class>/*`` (hidden entries and other extensions are skipped).
 
     Raises:
-        DataError: missing split folder, no class folder, or a class folder without images.
+        DataError: missing split folder, no class folder, a class folder without images, or a
+            folder that cannot be listed (no permission, a symbolic-link loop), named.
     """
     split_dir = Path(root) / split
+    try:
+        return _list_split(split_dir, split)
+    except OSError as err:
+        where = err.filename or split_dir
+        raise DataError(f"cannot list {where}: {err.strerror or err}") from None
+
+
+def _list_split(split_dir: Path, split: str) -> SplitListing:
     if not split_dir.is_dir():
         raise DataError(f"no '{split}' folder at {split_dir}")
     classes = sorted(e.name for e in os.scandir(split_dir)
@@ -142,19 +151,7 @@ def _decode_all(paths: list[str], image_size: int, workers: int) -> np.ndarray:
 
 
 def _write_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared LTTOOLBOX_CACHE needs it readable
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda handle: np.save(handle, array), binary=True)
 
 
 def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | None,

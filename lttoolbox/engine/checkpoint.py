@@ -1,40 +1,46 @@
-"""Atomic checkpoints: a reader (or a crash) never sees a half-written file."""
+"""Checkpoints: written atomically, read back as plain data only.
+
+A checkpoint holds tensors and plain Python values (numbers, strings, lists, tuples, dicts), so it
+is loaded with ``torch.load(weights_only=True)``: a file crafted to run code when unpickled is
+refused instead of executed. The random generators' states are stored in that form too (numpy's
+key array as a tensor).
+"""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write, atomic_write_text
+from ..errors import LTError
+
+
+class CheckpointError(LTError):
+    """A checkpoint or weights file that cannot be read (truncated, empty, not ours, unsafe)."""
+
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
 
 
 def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write JSON atomically (indent 2, keys in insertion order)."""
-    from ..recipe import atomic_write_text
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def rng_state() -> dict:
-    """Every random generator a run draws from, so a resumed run continues the same stream."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """Every random generator a run draws from, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(cached)),
              "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -43,12 +49,35 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss,
+                         cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by the trainer onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a checkpoint or weights file onto the CPU, as plain data only.
+
+    Raises:
+        CheckpointError: the file is empty, truncated, not a PyTorch file, or holds anything other
+            than tensors and plain values (which could run code when unpickled).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path} is empty (an interrupted copy?); remove it to start "
+                                  f"the run afresh, or restore it")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as err:
+        why = str(err).splitlines()[0] if "Weights only load failed" not in str(err) else (
+            "it holds objects other than tensors and plain values, which could run code when "
+            "loaded")
+        raise CheckpointError(f"{path} was refused: {why}") from None
+    except (EOFError, RuntimeError, OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} cannot be read ({first}); it is probably truncated: "
+                              f"remove it to start the run afresh, or restore it") from None

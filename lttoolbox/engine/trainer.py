@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import math
 import random
 import time
@@ -27,24 +26,30 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import yaml
 
 from ..batch import Batch
 from ..errors import ConfigError
 from ..losses import mixed_loss
 from ..epochs import UnreachableEpochWarning
-from ..recipe import (dump_recipe, recipe_hash, resolve, stage_recipes,
+from ..recipe import (dump_recipe, recipe_differences, recipe_hash, resolve, stage_recipes,
                       unreachable_epoch_keys)
+from ..yamlio import load_yaml
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
-from .checkpoint import atomic_save, atomic_write_json, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
+                         rng_state, set_rng_state)
 from .evaluate import evaluate
 from .logging import RunLogger
 from .optim import build_optimizer, lr_at, no_decay_names, set_lr, warms_up_per_step
 from .provenance import git_commit, machine_info
+from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
+                     write_log)
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 RECIPE = "recipe.yaml"
-LOG = "log.jsonl"
+CHECKPOINT_KEYS = {"stage", "epoch", "stage_done", "model", "optimizer", "scaler", "components",
+                   "rng", "history", "seconds", "images", "recipe_hash"}
 STATUS_EVERY = 25  # steps between progress-bar status updates
 
 
@@ -135,6 +140,10 @@ class Trainer:
             raise ConfigError("a torch.distributed process group is initialized, but the trainer "
                               "does not train across processes yet; run one process (without "
                               "torchrun)", key="train.device")
+        self._state: dict | None = None  # the checkpoint a resumed run continues from
+        self._lock: RunLock | None = None
+        self._loss_reference: float | None = None
+        check_out_dir(self.out)
         self._check_run_dir()
         for message in unreachable_epoch_keys(self.recipe):
             self.log.warning(message)
@@ -161,16 +170,51 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- set-up
     def _check_run_dir(self) -> None:
+        """What the run directory holds must fit: no run there unless resuming, and then the
+        saved recipe and the checkpoint must be this recipe's."""
         existing = [n for n in (CHECKPOINT, RESULTS) if (self.out / n).exists()]
         if existing and not self.resume:
             raise ConfigError(f"run directory {self.out} already holds a run ({existing[0]}); "
                               f"pass --resume to continue it or choose another --out")
-        if self.resume and (self.out / RECIPE).exists():
-            import yaml
-            saved = resolve(yaml.safe_load((self.out / RECIPE).read_text()))
+        if not self.resume:
+            return
+        if (self.out / RECIPE).exists():
+            try:
+                saved = resolve(load_yaml((self.out / RECIPE).read_text(encoding="utf-8")))
+            except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as err:
+                raise ConfigError(f"{self.out / RECIPE} is corrupt ({str(err).splitlines()[0]}); "
+                                  f"restore it or delete it to resume from the checkpoint "
+                                  f"alone") from None
             if recipe_hash(saved) != recipe_hash(self.recipe):
+                diff = "; ".join(recipe_differences(saved, self.recipe, ("saved", "given")))
                 raise ConfigError(f"--resume: the recipe differs from the one saved in "
-                                  f"{self.out / RECIPE}; resume with the same recipe and overrides")
+                                  f"{self.out / RECIPE} ({diff}); resume with the same recipe "
+                                  f"and overrides")
+        self._state = (load_checkpoint(self.out / CHECKPOINT)
+                       if (self.out / CHECKPOINT).exists() else None)
+        if self._state is not None:
+            if not isinstance(self._state, dict) or not CHECKPOINT_KEYS <= set(self._state):
+                raise CheckpointError(f"{self.out / CHECKPOINT} is not an lttoolbox checkpoint")
+            if self._state["recipe_hash"] != recipe_hash(self.recipe):
+                raise ConfigError(f"--resume: {self.out / CHECKPOINT} was written by another "
+                                  f"recipe (hash {self._state['recipe_hash']}, this recipe's "
+                                  f"{recipe_hash(self.recipe)}); resume with the recipe and "
+                                  f"overrides it was started with")
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the run directory's lock; the checks are repeated under it, since another
+        process may have written there since this one looked."""
+        if self._lock is not None:
+            yield
+            return
+        with RunLock(self.out) as lock:
+            self._lock = lock
+            try:
+                self._check_run_dir()
+                yield
+            finally:
+                self._lock = None
 
     def _context(self, recipe: dict) -> dict:
         labels = self.data.train.labels.numpy()
@@ -251,19 +295,30 @@ class Trainer:
     # ----------------------------------------------------------------------------------- running
     def run(self) -> dict:
         """Train every stage, evaluate the final model, write and return ``results.json``."""
-        history, seconds, images_seen = self.fit()
-        final = self.stages[-1]
-        autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
-        results = self._results(self._evaluate(final, autocast), history, seconds, images_seen)
-        atomic_write_json(results, self.out / RESULTS)
+        with self._writing():
+            history, seconds, images_seen = self.fit()
+            final = self.stages[-1]
+            autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
+            results = self._results(self._evaluate(final, autocast), history, seconds,
+                                    images_seen)
+            atomic_write_json(results, self.out / RESULTS)
         self.log.results_table(results, title=f"Results ({self.out})")
         return results
 
     def fit(self) -> tuple[list, float, int]:
         """Train every stage (resuming if asked); returns (history, seconds, images seen)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        with self._writing():
+            return self._fit()
+
+    def _fit(self) -> tuple[list, float, int]:
+        removed = remove_temp_files(self.out) if self.resume else []
+        if removed:
+            self.log.info(f"removed {len(removed)} temporary file(s) an interrupted write left")
         dump_recipe(self.recipe, self.out / RECIPE)
-        state = self._load_state() if self.resume else None
+        state = self._load_state()
+        # The log is the checkpointed history, exactly: an epoch logged after the checkpoint
+        # and then interrupted is trained and logged again, never twice.
+        write_log(self.out, state["history"] if state else [])
         # The code that trains is the code of each attempt, not of whoever writes results.json:
         # record the commit when an attempt starts, every distinct one across resumes.
         self._commits = list(state.get("commits", [])) if state else []
@@ -277,8 +332,14 @@ class Trainer:
                            len(self.stages)):
             resumed_here = state is not None and index == start_stage and not state["stage_done"]
             stage = self.stages[index]
-            if not resumed_here:  # a resumed stage was entered before its weights were loaded
+            if not resumed_here:
+                if index > 0:
+                    # Every draw at a stage boundary (a new head's weights, the stage's first
+                    # batches) comes from a stream seeded by (seed, stage) alone, so a run
+                    # resumed exactly at the boundary draws the same as an uninterrupted one.
+                    seed_everything(stage_seed(stage.recipe["train"]["seed"], index))
                 self._enter_stage(index)
+                self._loss_reference = None
             optimizer = build_optimizer(self.model, stage.recipe["optim"],
                                         self._learned_components(stage))
             autocast, needs_scaler = autocast_factory(stage.recipe["train"]["amp"], self.device)
@@ -289,9 +350,8 @@ class Trainer:
                 scaler.load_state_dict(state["scaler"])
                 self._load_components(stage, state["components"])
                 set_rng_state(state["rng"])
+                self._loss_reference = state.get("loss_reference")
                 first_epoch = state["epoch"] + 1
-            elif index > 0:  # a fresh stream per stage, so resuming at a stage boundary matches
-                seed_everything(stage.recipe["train"]["seed"] + index)
             epochs = stage.recipe["train"]["epochs"]
             for epoch in range(first_epoch, epochs):
                 row, spent, count = self._train_epoch(stage, index, epoch, optimizer, scaler,
@@ -307,9 +367,7 @@ class Trainer:
                 if last or (epoch + 1) % stage.recipe["train"]["checkpoint_every"] == 0:
                     self._save_state(index, epoch, last, optimizer, scaler, stage, history,
                                      seconds, images_seen)
-                # Logged after the checkpoint: an interrupt between the two must not leave a
-                # logged epoch that --resume then trains and logs a second time.
-                self._append_log(row)
+                append_log(self.out, row)  # after the checkpoint; see write_log above
             if epochs == 0:
                 self._save_state(index, -1, True, optimizer, scaler, stage, history, seconds,
                                  images_seen)
@@ -355,6 +413,8 @@ class Trainer:
             scaler.step(optimizer)
             scaler.update()
             loss_sum += loss.detach()
+            if self._loss_reference is None:  # once per stage: what divergence is judged by
+                self._loss_reference = float(loss.detach())
             if self.log.live and (step + 1) % STATUS_EVERY == 0:
                 # Only with a visible bar, and only every few steps: reading the loss waits for
                 # the device.
@@ -366,10 +426,7 @@ class Trainer:
         mean_loss = loss_sum.item() / max(1, steps)  # the epoch's one host synchronization
         spent = time.perf_counter() - start
         count = int(min(indices.numel(), steps * batch_size))
-        if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"the training loss became {mean_loss} in epoch {epoch + 1} "
-                                     f"of stage '{stage.name}' (learning rate {lr:g}); "
-                                     f"lower optim.lr or check the loss parameters")
+        check_divergence(mean_loss, self._loss_reference, epoch, stage.name, lr)
         row = {"stage": stage.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
                "seconds": round(spent, 3), "images_per_second": round(count / spent, 1)}
         self.log.end_epoch(f"{label}epoch {epoch + 1:>3}/{recipe['train']['epochs']}  "
@@ -423,26 +480,60 @@ class Trainer:
                      "scaler": scaler.state_dict(), "components": self._component_states(stage),
                      "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
                      "images": images, "recipe_hash": recipe_hash(self.recipe),
-                     "commits": self._commits},
+                     "commits": self._commits, "loss_reference": self._loss_reference},
                     self.out / CHECKPOINT)
         if stage_done:  # each stage's final weights, for later use outside this run
             atomic_save(self.model.state_dict(), self.out / f"model-{stage.name}.pt")
 
     def _load_state(self) -> dict | None:
-        path = self.out / CHECKPOINT
-        if not path.exists():
+        """Put the model where the checkpoint left it; re-create a stage's missing weights."""
+        state = self._state
+        if state is None:
             return None
-        state = load_checkpoint(path)
         for index in range(state["stage"] + 1):
             self._enter_stage(index)
         self.model.load_state_dict(state["model"])
-        self.log.info(f"resuming {self.out}: stage '{self.stages[state['stage']].name}', "
-                      f"after epoch {state['epoch'] + 1}")
+        stage = self.stages[state["stage"]]
+        weights = self.out / f"model-{stage.name}.pt"
+        if state["stage_done"] and not weights.exists():  # interrupted while it was written
+            atomic_save(state["model"], weights)
+            self.log.info(f"re-created {weights.name} from the checkpoint")
+        self.log.info(f"resuming {self.out}: stage '{stage.name}', after epoch {state['epoch'] + 1}")
         return state
 
-    def _append_log(self, row: dict) -> None:
-        with open(self.out / LOG, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+
+def stage_seed(seed: int, index: int) -> int:
+    """The seed of stage ``index`` (> 0): a function of (seed, stage) alone, and distinct for
+    different pairs (unlike ``seed + index``, which gives seed 1 stage 0 the stream of seed 0
+    stage 1)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+DIVERGENCE_FACTOR = 100.0
+
+
+def check_divergence(mean_loss: float, reference: float | None, epoch: int, stage: str,
+                     lr: float) -> None:
+    """Stop a run whose loss is not finite or has grown far beyond where it started.
+
+    A run diverged when an epoch's mean loss exceeds ``DIVERGENCE_FACTOR`` (100) times the loss of
+    the stage's first step, or 100 when that was below 1: a learning rate or momentum too large
+    gives losses such as 8e16, 5e25, 2e33 that are finite but meaningless.
+
+    Raises:
+        FloatingPointError: with one line saying what to change.
+    """
+    where = f"in epoch {epoch + 1} of stage '{stage}' (learning rate {lr:g})"
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"the training loss became {mean_loss} {where}; lower optim.lr "
+                                 f"or check the loss parameters")
+    bound = DIVERGENCE_FACTOR * max(1.0, reference or 0.0)
+    if mean_loss > bound:
+        raise FloatingPointError(f"the training diverged: the mean loss reached {mean_loss:.3g} "
+                                 f"{where}, above {bound:.3g} ({DIVERGENCE_FACTOR:g} times the "
+                                 f"first step's loss {reference:.3g}, at least "
+                                 f"{DIVERGENCE_FACTOR:g}); lower optim.lr (or optim.momentum) "
+                                 f"and start again")
 
 
 def train(recipe: dict, out_dir: str | Path, resume: bool = False, quiet: bool = False,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..registry import LOSSES, suggest
 from .base import LTLoss
-from .focal import sigmoid_focal, softmax_focal
+from .focal import check_gamma, sigmoid_focal, softmax_focal
 from .weights import check_number
 
 BASES = ("ce", "focal", "sigmoid", "sigmoid_focal")
@@ -68,7 +68,7 @@ class ClassBalancedLoss(LTLoss):
         if gamma is not None and base not in FOCAL_BASES:
             raise ConfigError(f"gamma is used only by the focal bases ({', '.join(FOCAL_BASES)}); "
                               f"base is '{base}'")
-        gamma = 2.0 if gamma is None else check_number("gamma", gamma, 0.0)
+        gamma = 2.0 if gamma is None else check_gamma(gamma)
         super().__init__(class_counts=class_counts, num_classes=num_classes,
                          weights={"name": "effective_number", "beta": beta},
                          weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)

@@ -23,6 +23,18 @@ from .base import LTLoss
 from .weights import check_number
 
 
+# Lin et al. (ICCV 2017, Sec. 5.1) use gamma in [0, 5]. Far beyond that the modulating factor
+# (1 - p_t)^gamma vanishes before anything is learned: at gamma 20 a sample classified with
+# p_t = 0.5 keeps 1e-6 of its loss and one with p_t = 0.99 keeps 1e-40, below float32's smallest
+# normal number (at gamma 30 it is exactly 0), so training stalls. Such values are refused.
+MAX_GAMMA = 20.0
+
+
+def check_gamma(gamma: object) -> float:
+    """``gamma`` as a float in ``[0, MAX_GAMMA]``."""
+    return check_number("gamma", gamma, 0.0, MAX_GAMMA)
+
+
 def softmax_focal(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-sample softmax focal loss ``-(1 - p_t)^gamma log p_t`` (Lin et al. 2017, Eq. 4).
 
@@ -90,7 +102,7 @@ class FocalLoss(LTLoss):
     def __init__(self, gamma: float = 2.0, weights: dict | str | None = None,
                  weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
                  num_classes: int | None = None, total_epochs: int | None = None):
-        gamma = check_number("gamma", gamma, 0.0)
+        gamma = check_gamma(gamma)
         super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
                          weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
         self.gamma = gamma
@@ -132,7 +144,7 @@ class SigmoidFocalLoss(LTLoss):
                  weights: dict | str | None = None, weights_start_epoch: int = 0,
                  class_counts: Sequence[float] | None = None, num_classes: int | None = None,
                  total_epochs: int | None = None):
-        gamma = check_number("gamma", gamma, 0.0)
+        gamma = check_gamma(gamma)
         alpha = None if alpha is None else check_number("alpha", alpha, 0.0, 1.0)
         super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
                          weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)

@@ -27,6 +27,11 @@ def margin_cross_entropy(logits: torch.Tensor, target: torch.Tensor, margin: tor
     return F.cross_entropy(scale * (logits - shift), target, reduction="none")
 
 
+# Both margin losses work on cosine logits in [-1, 1]: a margin of 2 or more puts the true class's
+# shifted logit below every other class's whatever the features, so nothing can be learned.
+MAX_COSINE_MARGIN = 2.0
+
+
 @LOSSES.register("ldam")
 class LDAMLoss(LTLoss):
     """Label-distribution-aware margin loss (Cao et al., "Learning Imbalanced Datasets with
@@ -39,7 +44,7 @@ class LDAMLoss(LTLoss):
     beta: 0.9999}`` and ``weights_start_epoch: 160`` this is LDAM-DRW (Sec. 3.3, Algorithm 1).
 
     Args:
-        max_m: Largest margin, ``> 0`` (paper: 0.5).
+        max_m: Largest margin, in ``(0, 2)`` (paper: 0.5).
         s: Logit scale, ``> 0`` (paper: 30).
         weights, weights_start_epoch, total_epochs: see :class:`~lttoolbox.losses.base.LTLoss`.
         class_counts: Training samples per class (required).
@@ -55,7 +60,7 @@ class LDAMLoss(LTLoss):
     def __init__(self, max_m: float = 0.5, s: float = 30.0, weights: dict | str | None = None,
                  weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
                  num_classes: int | None = None, total_epochs: int | None = None):
-        max_m = check_number("max_m", max_m, 0.0, low_open=True)
+        max_m = check_number("max_m", max_m, 0.0, MAX_COSINE_MARGIN, low_open=True, high_open=True)
         s = check_number("s", s, 0.0, low_open=True)
         super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
                          weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
@@ -79,7 +84,7 @@ class AMSoftmaxLoss(LTLoss):
     CVPR 2021) also reports.
 
     Args:
-        m: Additive margin, ``>= 0`` (paper: 0.35).
+        m: Additive margin, in ``[0, 2)`` (paper: 0.35).
         s: Logit scale, ``> 0`` (paper: 30).
         weights, weights_start_epoch, class_counts, num_classes, total_epochs: see
             :class:`~lttoolbox.losses.base.LTLoss`.
@@ -94,7 +99,7 @@ class AMSoftmaxLoss(LTLoss):
     def __init__(self, m: float = 0.35, s: float = 30.0, weights: dict | str | None = None,
                  weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
                  num_classes: int | None = None, total_epochs: int | None = None):
-        m = check_number("m", m, 0.0)
+        m = check_number("m", m, 0.0, MAX_COSINE_MARGIN, high_open=True)
         s = check_number("s", s, 0.0, low_open=True)
         super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
                          weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)

@@ -1,0 +1,67 @@
+"""Files written so that a reader, a crash or a full disk never leaves half of one.
+
+Each file is written to a temporary name beside it (``.<name>.<random>.tmp``), flushed, and renamed
+over the target, so the target holds either its previous or its complete new content. Temporary
+files get the user's normal mode (0666 minus the umask), like any other output of a run.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+    >>> atomic_write_text(target, "hello\\n")
+    >>> target.read_text()
+    'hello\\n'
+"""
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+from typing import Callable
+
+from .errors import LTError
+
+TEMP_SUFFIX = ".tmp"
+
+
+class DiskFullError(LTError, OSError):
+    """The disk filled while a file was written; the previous version of the file is kept."""
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary name of ``path``'s next version (see :func:`is_temp_file`)."""
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+
+
+def is_temp_file(path: Path) -> bool:
+    """Whether ``path`` is a temporary file this module creates (left behind by a crash)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[object], None], binary: bool) -> None:
+    """Create a temporary file, let ``write(handle)`` fill it, then rename it over ``path``.
+
+    Raises:
+        DiskFullError: no space was left; ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on the device while writing {path}; its previous "
+                                f"version is kept. Free some space and resume the run") from None
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file (UTF-8) atomically."""
+    atomic_write(path, lambda handle: handle.write(text), binary=False)

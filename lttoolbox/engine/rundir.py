@@ -1,0 +1,104 @@
+"""The run directory: checked before anything is written, one writer at a time, tidy on resume.
+
+* :func:`check_out_dir` refuses an ``--out`` that is a file, lies under a file or cannot be
+  written, before any data is loaded.
+* :class:`RunLock` holds an exclusive OS lock (``flock``) on ``<run>/.lock`` while a run writes
+  there. The operating system releases it when the process ends, however it ends, so a stale lock
+  file never blocks; a second writer is refused with the holder's process id.
+* :func:`write_log` rewrites ``log.jsonl`` from the checkpointed history, so after a resume the
+  log equals the history exactly (no epoch lost between a checkpoint and its log line, none
+  logged twice when ``checkpoint_every`` > 1).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> check_out_dir(run)
+    >>> with RunLock(run):
+    ...     write_log(run, [{"epoch": 0, "loss": 1.0}])
+    >>> (run / "log.jsonl").read_text()
+    '{"epoch": 0, "loss": 1.0}\\n'
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from ..atomic import atomic_write_text, is_temp_file
+from ..errors import LTError
+
+LOCK = ".lock"
+LOG = "log.jsonl"
+
+
+class RunDirError(LTError):
+    """A run directory that cannot be used: not a folder, not writable, or in use."""
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output path that a run could not write into (nothing is created here)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder; choose another --out")
+    parent = out
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent != out and parent.exists() and not parent.is_dir():
+        raise RunDirError(f"--out {out} lies under {parent}, which is a file; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"--out {out}: {parent} is not writable; choose another --out")
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as the ``with`` block (or process) lasts.
+
+    Raises:
+        RunDirError: another process holds it (its process id is named).
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(f"{self.out} is in use by another run (process {holder}); wait for "
+                              f"it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def remove_temp_files(out: Path) -> list[Path]:
+    """Delete the temporary files an interrupted write left in ``out`` (under the lock only)."""
+    removed = [p for p in Path(out).iterdir() if is_temp_file(p)]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def write_log(out: Path, history: list[dict]) -> None:
+    """``log.jsonl``: one JSON line per trained epoch, rewritten atomically from ``history``."""
+    atomic_write_text(Path(out) / LOG, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def append_log(out: Path, row: dict) -> None:
+    """Add one epoch's line to ``log.jsonl`` (the checkpointed history stays the reference)."""
+    with open(Path(out) / LOG, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,162 @@
+"""Checks and defaults of the sections the trainer reads itself: optim, schedule, train, eval.
+
+Every value is checked for its type and range before anything is built or written, so a bad
+recipe stops with one line naming the key. Numbers may be written in exponent form (``1e-3``,
+``1e2``); an integer-valued key accepts a float only when it is a whole number (``1e2`` -> 100).
+
+Each optimizer has its own defaults, so ``optim: {name: adam}`` does not inherit SGD's
+``momentum`` and ``nesterov``; the extra keys go to the optimizer's constructor.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from .errors import ConfigError
+from .registry import suggest
+
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    # The CIFAR-LT protocol of the LDAM-DRW and Bag of Tricks code.
+    "sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False, "no_decay": []},
+    # torch.optim's own defaults.
+    "adam": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "no_decay": []},
+    "adamw": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2,
+              "no_decay": []},
+}
+SCHEDULES = ("multistep", "cosine", "constant")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+WARMUP_UNITS = ("epoch", "step")
+SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
+STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def number(value: Any, key: str, *, integer: bool = False, minimum: float | None = None,
+           below: float | None = None, positive: bool = False) -> int | float:
+    """A finite number (a whole one with ``integer``) within the given bounds.
+
+    Returns:
+        The value, an ``int`` when ``integer`` (``1e2`` becomes ``100``).
+    """
+    what = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"must be {what}, got {value!r}", key=key)
+    if not math.isfinite(value):
+        raise ConfigError(f"must be a finite number, got {value!r}", key=key)
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"must be a whole number, got {value!r}", key=key)
+        value = int(value)
+    if positive and not value > 0:
+        raise ConfigError(f"must be positive, got {value!r}", key=key)
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"must be at least {minimum}, got {value!r}", key=key)
+    if below is not None and not value < below:
+        raise ConfigError(f"must be below {below}, got {value!r}", key=key)
+    return value
+
+
+def boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be true or false, got {value!r}", key=key)
+    return value
+
+
+def choice(value: Any, key: str, options: tuple[str, ...], what: str = "") -> str:
+    if not isinstance(value, str) or value not in options:
+        hint = suggest(value, options) if isinstance(value, str) else ""
+        raise ConfigError(f"unknown {what or 'value'} {value!r}{hint} Known: {', '.join(options)}.",
+                          key=key)
+    return value
+
+
+def optim_defaults(optim: Any, key: str) -> dict:
+    """The ``optim`` section with its optimizer's defaults filled in; unknown keys refused."""
+    if optim is None:
+        optim = {}
+    if not isinstance(optim, dict):
+        raise ConfigError(f"must be a mapping, got {optim!r}", key=key)
+    name = choice(optim.get("name", "sgd"), f"{key}.name", tuple(OPTIMIZER_DEFAULTS), "optimizer")
+    known = OPTIMIZER_DEFAULTS[name]
+    for extra in optim:
+        if extra != "name" and extra not in known:
+            inherited = ("; it belongs to another optimizer: replace the whole section, e.g. "
+                         f"optim={{name: {name}, lr: {known['lr']}}}"
+                         if any(extra in d for d in OPTIMIZER_DEFAULTS.values()) else "")
+            raise ConfigError(f"optimizer '{name}' has no parameter '{extra}'"
+                              f"{suggest(extra, known)} Accepted: {', '.join(sorted(known))}"
+                              f"{inherited}.", key=f"{key}.{extra}")
+    return {"name": name, **known, **{k: v for k, v in optim.items() if k != "name"}}
+
+
+def check_trainer_values(recipe: dict, prefix: str) -> None:
+    """Check (and normalise in place) the optim, schedule, train and eval sections."""
+    train, optim, schedule, ev = (recipe[s] for s in ("train", "optim", "schedule", "eval"))
+    p = prefix
+    optim["lr"] = number(optim["lr"], f"{p}optim.lr", positive=True)
+    optim["weight_decay"] = number(optim["weight_decay"], f"{p}optim.weight_decay", minimum=0)
+    if "momentum" in optim:  # SGD: momentum 1 or more never forgets, so the steps only grow
+        optim["momentum"] = number(optim["momentum"], f"{p}optim.momentum", minimum=0, below=1)
+        optim["nesterov"] = boolean(optim["nesterov"], f"{p}optim.nesterov")
+    if "betas" in optim:
+        betas = optim["betas"]
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise ConfigError(f"must be two numbers in [0, 1), got {betas!r}", key=f"{p}optim.betas")
+        optim["betas"] = [number(b, f"{p}optim.betas", minimum=0, below=1) for b in betas]
+        optim["eps"] = number(optim["eps"], f"{p}optim.eps", positive=True)
+    no_decay = optim["no_decay"]
+    if not isinstance(no_decay, list) or not all(isinstance(n, str) and n for n in no_decay):
+        raise ConfigError(f"must be a list of 'bias', 'norm' or parameter names, got {no_decay!r}",
+                          key=f"{p}optim.no_decay")
+
+    choice(schedule["name"], f"{p}schedule.name", SCHEDULES, "schedule")
+    choice(schedule["warmup_unit"], f"{p}schedule.warmup_unit", WARMUP_UNITS)
+    per_step = schedule["warmup_unit"] == "step"  # may then last a fraction of an epoch
+    try:
+        schedule["warmup_epochs"] = number(schedule["warmup_epochs"], f"{p}schedule.warmup_epochs",
+                                           integer=not per_step, minimum=0)
+    except ConfigError as err:
+        raise ConfigError(f"{err.detail} (a fraction of an epoch needs warmup_unit: step)"
+                          if not per_step else err.detail, key=err.key) from None
+    schedule["gamma"] = number(schedule["gamma"], f"{p}schedule.gamma", positive=True)
+    schedule["min_lr"] = number(schedule["min_lr"], f"{p}schedule.min_lr", minimum=0)
+    milestones = schedule["milestones"]
+    if not isinstance(milestones, list):
+        raise ConfigError(f"must be a list of epoch numbers, got {milestones!r}",
+                          key=f"{p}schedule.milestones")
+    schedule["milestones"] = [number(m, f"{p}schedule.milestones", integer=True, minimum=0)
+                              for m in milestones]
+
+    train["epochs"] = number(train["epochs"], f"{p}train.epochs", integer=True, minimum=1)
+    train["seed"] = number(train["seed"], f"{p}train.seed", integer=True, minimum=0,
+                           below=SEED_LIMIT)
+    for name in ("batch_size", "checkpoint_every"):
+        train[name] = number(train[name], f"{p}train.{name}", integer=True, minimum=1)
+    for name in ("channels_last", "reset_head", "drop_last"):
+        boolean(train[name], f"{p}train.{name}")
+    if not isinstance(train["device"], str):
+        raise ConfigError(f"must be a device name such as auto, cpu or cuda:0, got "
+                          f"{train['device']!r}", key=f"{p}train.device")
+    choice(train["amp"], f"{p}train.amp", AMP_MODES, "mode")
+    freeze = train["freeze"] if isinstance(train["freeze"], list) else [train["freeze"]]
+    if not all(isinstance(f, str) for f in freeze):
+        raise ConfigError(f"must be a list of model stage names, got {train['freeze']!r}",
+                          key=f"{p}train.freeze")
+    train["freeze"] = freeze
+
+    ev["every"] = number(ev["every"], f"{p}eval.every", integer=True, minimum=0)
+    for name in ("ece_bins", "batch_size"):
+        ev[name] = number(ev[name], f"{p}eval.{name}", integer=True, minimum=1)
+    for name in ("many_threshold", "few_threshold"):
+        ev[name] = number(ev[name], f"{p}eval.{name}", minimum=0)
+    if not ev["few_threshold"] <= ev["many_threshold"]:
+        raise ConfigError(f"few_threshold ({ev['few_threshold']}) must not exceed many_threshold "
+                          f"({ev['many_threshold']})", key=f"{p}eval.few_threshold")
+
+
+def check_stage_name(name: Any, key: str) -> str:
+    """Stage names become file names (``model-<stage>.pt``): letters, digits, ``_`` and ``-``."""
+    if not isinstance(name, str) or not STAGE_NAME.match(name):
+        raise ConfigError(f"must be a plain name of letters, digits, '_' and '-' (it names the "
+                          f"file model-<stage>.pt), got {name!r}", key=key)
+    return name
