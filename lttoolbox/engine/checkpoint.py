@@ -73,10 +73,11 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     except CheckpointError:
         raise
     except pickle.UnpicklingError as err:
-        why = str(err).splitlines()[0] if "Weights only load failed" not in str(err) else (
-            "it holds objects other than tensors and plain values, which could run code when "
-            "loaded")
-        raise CheckpointError(f"{path} was refused: {why}") from None
+        if "GLOBAL" in str(err):  # a class or function reference: what a crafted file needs
+            raise CheckpointError(f"{path} was refused: it holds objects other than tensors and "
+                                  f"plain values, which could run code when loaded") from None
+        raise CheckpointError(f"{path} cannot be read (not a checkpoint, or damaged); remove it "
+                              f"to start the run afresh, or restore it") from None
     except (EOFError, RuntimeError, OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path} cannot be read ({first}); it is probably truncated: "

@@ -1,0 +1,454 @@
+"""Fault tests: malformed recipes and data, broken run directories, kills, concurrent writers.
+
+Every bad input must end with exit code 2 (1 for a diverged run), one line naming the key or the
+file, no traceback, and nothing written to the run directory. Every kill must resume to the same
+metrics and the same log as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lttoolbox.cli import main
+from lttoolbox.engine import train
+from lttoolbox.engine.rundir import RunDirError, RunLock, check_out_dir
+from lttoolbox.recipe import load_recipe, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
+          "model": {"name": "digits_cnn"},
+          "optim": {"lr": 0.05},
+          "train": {"epochs": 2, "batch_size": 64},
+          "eval": {"many_threshold": 60, "few_threshold": 25}}
+
+
+def write_recipe(path: Path, recipe: dict | None = None, text: str | None = None) -> Path:
+    path.write_text(text if text is not None else yaml.safe_dump(recipe or DIGITS))
+    return path
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with a hash of its bytes (to prove nothing was touched)."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def lttrain_inproc(capsys, *args) -> tuple[int, list[str]]:
+    """``lttrain`` in this process (fast): exit code and the non-empty lines it printed."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.err + captured.out).splitlines() if line.strip()]
+    return code, lines
+
+
+# ------------------------------------------------------------------ malformed recipes and overrides
+BAD_OVERRIDES = [
+    ("eval.many_threshold=abc", "eval.many_threshold"),
+    ("eval.many_threshold=[1, 2]", "eval.many_threshold"),
+    ("eval.few_threshold=.nan", "eval.few_threshold: must be a finite number"),
+    ("schedule.gamma=abc", "schedule.gamma"),
+    ("schedule.min_lr=fast", "schedule.min_lr"),
+    ("schedule.warmup_epochs=0.5", "schedule.warmup_epochs"),
+    ("train.seed=-1", "train.seed"),
+    ("train.seed=4294967296", "train.seed"),
+    ("train.device=5", "train.device"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.epochs=1.5", "train.epochs"),
+    ("train.channels_last=maybe", "train.channels_last"),
+    ("train.amp=fast", "train.amp"),
+    ("meta=5", "meta"),
+    ("optim.weight_decay=.nan", "optim.weight_decay: must be a finite number"),
+    ("optim.lr=-1", "optim.lr"),
+    ("optim.momentum=1.5", "optim.momentum"),
+    ("optim.momentum=5", "optim.momentum"),
+    ("optim={name: adam, momentum: 0.9}", "optim.momentum"),  # an SGD key
+    ("optim={name: adam, betas: [0.9]}", "optim.betas"),
+    ("optim.no_decay=[head.bais]", "optim.no_decay"),
+    ("loss={name: focal, gamma: 1000}", "loss"),
+    ("loss={name: ldam, max_m: 5}", "loss"),
+    ("loss={name: am_softmax, m: 2.5}", "loss"),
+    ("loss={a: 1, a: 2}", "loss: not valid YAML"),
+    ("stages=[{name: 'x/../../escaped'}]", "stages[0].name"),
+    ("stages=[{name: a}, {name: a}]", "stages[1].name"),
+]
+
+
+@pytest.mark.parametrize("override, key", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
+def test_a_bad_override_is_one_line_naming_the_key_and_writes_nothing(tmp_path, capsys,
+                                                                      override, key):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    code, lines = lttrain_inproc(capsys, recipe, override, "--out", tmp_path / "run")
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bare_name_that_would_drop_loss_parameters_is_refused(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "loss": {"name": "focal", "gamma": 1}})
+    code, lines = lttrain_inproc(capsys, recipe, "loss=ce", "--out", tmp_path / "run")
+    assert code == 2 and lines[0].startswith("error: loss: loss=ce would silently drop gamma")
+    assert not (tmp_path / "run").exists()
+
+
+BAD_FILES = [
+    ("duplicate", "train: {epochs: 2}\ntrain: {epochs: 3}\n", "the key 'train' is given twice"),
+    ("nested", "a: " + "[" * 200 + "]" * 200 + "\n", "nesting deeper than"),
+    ("empty", "# nothing yet\n", "the recipe file is empty"),
+    ("not_a_mapping", "- data\n- model\n", "a recipe must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("name, text, message", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_a_bad_recipe_file_is_named(tmp_path, capsys, name, text, message):
+    path = write_recipe(tmp_path / f"{name}.yaml", text=text)
+    code, lines = lttrain_inproc(capsys, path, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1 and str(path) in lines[0] and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_utf8_recipes_and_folder_bases_are_named(tmp_path, capsys):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("data: {name: digits_lt}  # caf\xe9\n".encode("latin-1"))
+    code, lines = lttrain_inproc(capsys, latin, "--out", tmp_path / "run")
+    assert code == 2 and "not UTF-8" in lines[0] and str(latin) in lines[0]
+    (tmp_path / "base").mkdir()
+    child = write_recipe(tmp_path / "child.yaml", text="_base_: base\n")
+    code, lines = lttrain_inproc(capsys, child, "--out", tmp_path / "run")
+    assert code == 2 and "is a folder, not a recipe file" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_numbers_and_choices_arrive_as_meant(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml"),
+                         ["optim.lr=1e-3", "train.epochs=1e2", "train.amp=off",
+                          "optim.weight_decay=5E-4"])
+    assert recipe["optim"]["lr"] == 0.001 and recipe["optim"]["weight_decay"] == 0.0005
+    assert recipe["train"]["epochs"] == 100 and isinstance(recipe["train"]["epochs"], int)
+    assert recipe["train"]["amp"] == "off"
+
+
+def test_an_empty_section_inherits_its_base(tmp_path):
+    write_recipe(tmp_path / "base.yaml", {**DIGITS, "train": {"epochs": 7, "batch_size": 32}})
+    child = write_recipe(tmp_path / "child.yaml",
+                         text="_base_: base.yaml\ntrain:\n  # epochs: 3\n  # batch_size: 16\n")
+    recipe = load_recipe(child)
+    assert recipe["train"]["epochs"] == 7 and recipe["train"]["batch_size"] == 32
+    child.write_text("_base_: base.yaml\ntrain: 5\n")
+    with pytest.raises(Exception, match="^train: must be a mapping"):
+        load_recipe(child)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_and_adamw_train(tmp_path, name):
+    recipe = resolve({**DIGITS, "optim": {"name": name, "lr": 1e-3, "betas": [0.9, 0.99]}})
+    results = train(recipe, tmp_path / name, quiet=True)
+    assert results["top1"] > 20.0  # chance is 10 %
+
+
+# ------------------------------------------------------------------------------ the run directory
+def test_out_paths_that_cannot_hold_a_run_are_refused_before_loading(tmp_path, capsys,
+                                                                    monkeypatch):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, message in ((afile, "is a file, not a folder"),
+                         (afile / "run", "lies under")):
+        code, lines = lttrain_inproc(capsys, recipe, "--out", out)
+        assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert afile.read_text() == "x"
+    # Permissions cannot be taken from root, who runs the CI: ask os.access directly.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(RunDirError, match="is not writable"):
+        check_out_dir(tmp_path / "new" / "run")
+
+
+def finished_run(tmp_path: Path, name: str = "run", **extra) -> tuple[Path, Path]:
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, **extra})
+    out = tmp_path / name
+    assert main([str(recipe), "--out", str(out), "--quiet"]) == 0
+    return recipe, out
+
+
+def test_broken_run_directories_are_named_and_left_alone(tmp_path, capsys):
+    recipe, out = finished_run(tmp_path)
+    (out / "results.json").unlink()
+    checkpoint = out / "checkpoint.pt"
+    good = checkpoint.read_bytes()
+    cases = [(b"", "is empty"),
+             (good[: len(good) // 2], "cannot be read"),
+             (b"not a checkpoint at all", "cannot be read")]
+    capsys.readouterr()
+    for content, message in cases:
+        checkpoint.write_bytes(content)
+        before = snapshot(out)
+        code, lines = lttrain_inproc(capsys, recipe, "--out", out, "--resume")
+        assert code == 2 and len(lines) == 1 and message in lines[0], lines
+        assert str(checkpoint) in lines[0] and snapshot(out) == before
+    checkpoint.write_bytes(good)
+    (out / "recipe.yaml").write_text("train: [unclosed\n")
+    before = snapshot(out)
+    code, lines = lttrain_inproc(capsys, recipe, "--out", out, "--resume")
+    assert code == 2 and "recipe.yaml is corrupt" in lines[0] and snapshot(out) == before
+
+
+def test_a_crafted_checkpoint_is_refused_not_executed(tmp_path, capsys):
+    recipe, out = finished_run(tmp_path)
+    (out / "results.json").unlink()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"stage": 0, "model": Payload()}, out / "checkpoint.pt")
+    capsys.readouterr()
+    code, lines = lttrain_inproc(capsys, recipe, "--out", out, "--resume")
+    assert code == 2 and "was refused" in lines[0], lines
+    assert not marker.exists()
+
+
+def test_resume_checks_the_checkpoint_recipe_even_without_recipe_yaml(tmp_path, capsys):
+    recipe, out = finished_run(tmp_path)
+    (out / "results.json").unlink()
+    (out / "recipe.yaml").unlink()
+    capsys.readouterr()
+    code, lines = lttrain_inproc(capsys, recipe, "optim.lr=0.01", "--out", out, "--resume")
+    assert code == 2 and "was written by another recipe" in lines[0], lines
+
+
+def test_resume_names_the_keys_that_differ(tmp_path, capsys):
+    recipe, out = finished_run(tmp_path)
+    capsys.readouterr()
+    code, lines = lttrain_inproc(capsys, recipe, "optim.lr=0.01", "--out", out, "--resume")
+    assert code == 2 and "optim.lr: 0.05 saved, 0.01 given" in lines[0], lines
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    out = tmp_path / "run"
+    with RunLock(out):  # another process holding the lock
+        run = subprocess.run([sys.executable, "-m", "lttoolbox.cli", str(recipe), "--out",
+                              str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert f"in use by another run (process {os.getpid()})" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    # The lock went with its holder: the same command now runs.
+    assert main([str(recipe), "--out", str(out), "--quiet"]) == 0
+
+
+def test_outputs_get_the_users_normal_mode(tmp_path):
+    _, out = finished_run(tmp_path)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".")}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_a_diverging_run_stops_with_one_line(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "train": {"epochs": 4, "batch_size": 64}})
+    code, lines = lttrain_inproc(capsys, recipe, "optim.lr=1000", "--out", tmp_path / "run")
+    assert code == 1 and len(lines) == 1 and "diverged" in lines[0] and "optim.lr" in lines[0]
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------------- broken data
+def image_tree(root: Path) -> Path:
+    from PIL import Image
+
+    for split, per_class in (("train", (6, 3)), ("test", (2, 2))):
+        for c, n in enumerate(per_class):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (40 * c, 10 * i, 0)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("loop", "cannot list"),
+    ("empty_class", "has no .png/.jpg/.jpeg image"),
+    ("corrupt", "cannot read image"),
+    ("no_test", "no 'test' folder"),
+])
+def test_broken_data_trees_are_named(tmp_path, capsys, damage, message):
+    root = image_tree(tmp_path / "data")
+    if damage == "loop":
+        (root / "train" / "loop").symlink_to(root / "train" / "loop")
+    elif damage == "empty_class":
+        for image in (root / "train" / "class1").iterdir():
+            image.unlink()
+    elif damage == "corrupt":
+        (root / "train" / "class0" / "0.png").write_bytes(b"not a png")
+    else:
+        for image in (root / "test").rglob("*.png"):
+            image.unlink()
+        for folder in sorted((root / "test").iterdir()):
+            folder.rmdir()
+        (root / "test").rmdir()
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        **DIGITS, "data": {"name": "image_folder", "root": str(root), "image_size": 8,
+                           "imbalance_type": None, "cache_dir": str(tmp_path / "cache")}})
+    code, lines = lttrain_inproc(capsys, recipe, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------- kill -9 trials
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+import lttoolbox.atomic as atomic
+import lttoolbox.engine.trainer as trainer
+
+point, count = sys.argv[1], int(sys.argv[2])
+seen = [0]
+
+def kill_at(real, matches, after):
+    def wrapper(*args, **kwargs):
+        hit = matches(*args)
+        seen[0] += hit
+        if hit and seen[0] == count and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = real(*args, **kwargs)
+        if hit and seen[0] == count and after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return wrapper
+
+if point == "after_checkpoint":  # the checkpoint is on disk; its log line and weights are not
+    trainer.atomic_save = kill_at(trainer.atomic_save,
+                                  lambda obj, path: Path(path).name == "checkpoint.pt", True)
+else:                            # a temporary file is written, its rename has not happened
+    name = "checkpoint.pt" if point == "before_checkpoint_rename" else "model-"
+    atomic.os.replace = kill_at(os.replace, lambda src, dst: Path(dst).name.startswith(name),
+                                False)
+
+from lttoolbox.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_killer(tmp_path: Path, point: str, count: int, *args) -> subprocess.CompletedProcess:
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    return subprocess.run([sys.executable, str(script), point, str(count), *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def log_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def comparable(rows: list[dict]) -> list[tuple]:
+    return [(r["stage"], r["epoch"], r["loss"], r["lr"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def kill_recipe(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
+    """A two-stage digits recipe (the second re-trains a new head) and its uninterrupted run."""
+    folder = tmp_path_factory.mktemp("kill")
+    recipe = {**DIGITS, "data": {"name": "digits_lt", "imbalance_ratio": 10, "crop_padding": 1,
+                                 "hflip": True},
+              "train": {"epochs": 3, "batch_size": 64, "checkpoint_every": 2},
+              "stages": [{"name": "joint"},
+                         {"name": "crt", "sampler": {"name": "class_balanced"},
+                          "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True,
+                                    "checkpoint_every": 1}}]}
+    path = write_recipe(folder / "two_stage.yaml", recipe)
+    out = folder / "reference"
+    assert main([str(path), "--out", str(out), "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    return path, results, log_rows(out)
+
+
+@pytest.mark.parametrize("point, count", [
+    ("before_checkpoint_rename", 1),    # epoch 1 logged but never checkpointed: logged once
+    ("after_checkpoint", 1),            # stage 1, epoch 2 checkpointed, its line not logged
+    ("after_checkpoint", 2),            # end of stage 1: a stage boundary, no weights file yet
+    ("before_checkpoint_rename", 4),    # end of stage 2: a temporary checkpoint left behind
+    ("before_final_rename", 2),         # the last stage's final weights, mid-rename
+])
+def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, kill_recipe, point, count):
+    path, reference, reference_log = kill_recipe
+    out = tmp_path / "run"
+    killed = run_killer(tmp_path, point, count, path, "--out", out, "--quiet")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "results.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "lttoolbox.cli", str(path), "--out", str(out),
+                              "--resume", "--quiet"], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["per_class_acc"] == reference["per_class_acc"]
+    assert results["top1"] == reference["top1"]
+    assert comparable(log_rows(out)) == comparable(reference_log)      # no epoch lost or doubled
+    assert comparable(results["history"]) == comparable(reference["history"])
+    assert (out / "model-joint.pt").is_file() and (out / "model-crt.pt").is_file()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------------------------- signals
+def test_sighup_stops_resumably_and_the_hint_is_one_line(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "train": {"epochs": 400}})
+    out = tmp_path / "a very long folder name that a terminal would wrap" / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lttoolbox.cli", str(recipe), "schedule.gamma=0.5",
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGHUP)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    hint = [line for line in output.splitlines() if "--resume" in line]
+    assert len(hint) == 1 and hint[0].endswith("--resume") and str(recipe) in hint[0], output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_an_interrupt_while_starting_is_quiet_and_writes_nothing(tmp_path, delay):
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "train": {"epochs": 400}})
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lttoolbox.cli", str(recipe), "--out",
+                             str(out)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "--out None" not in output, output
+    if "before the run started; nothing was written" in output:
+        assert not out.exists()
+    else:  # the machine was quick: training had started, so the hint to resume is printed
+        assert "--resume" in output, output
+
+
+def test_a_full_disk_is_named_and_keeps_the_previous_file(tmp_path):
+    import errno
+
+    from lttoolbox.atomic import DiskFullError, atomic_write, atomic_write_text
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write_text(target, "previous")
+
+    def fill_the_disk(handle):
+        handle.write(b"half of the new chec")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match="no space left on the device while writing .*"
+                                            "checkpoint.pt; its previous version is kept"):
+        atomic_write(target, fill_the_disk, binary=True)
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
