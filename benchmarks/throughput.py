@@ -8,6 +8,10 @@ ratio trainer/bare is the price of everything the trainer adds (sampler, loss wr
 logging, checkpointing). A second bare figure, the step alone on one pre-made batch, shows what the
 data path itself costs.
 
+Each measurement is repeated (``--repeats``, default 3, trainer and bare loop alternating) and
+reported as min / median / max; when the slowest and fastest repeat of a figure differ by more
+than 1.2x the machine is too noisy for one ratio to mean much, and the script says so.
+
     python benchmarks/throughput.py                                   # configs/cifar10_lt/ce.yaml
     python benchmarks/throughput.py --recipes configs/cifar10_lt/*.yaml --steps 30
     python benchmarks/throughput.py --recipes configs/quickstart.yaml --steps 20
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import statistics
 import sys
 import tempfile
 import time
@@ -92,38 +97,71 @@ def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int) -> tuple[
     return loop(True), loop(False)
 
 
+NOISY = 1.2  # max/min of repeats beyond which a figure is called noisy
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(min, median, max)."""
+    ordered = sorted(values)
+    return ordered[0], statistics.median(ordered), ordered[-1]
+
+
+def fmt_spread(values: list[float], digits: int = 0) -> str:
+    low, mid, high = spread(values)
+    return f"{low:,.{digits}f} / {mid:,.{digits}f} / {high:,.{digits}f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", nargs="+", default=["configs/cifar10_lt/ce.yaml"],
                         help="recipe files or globs")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of the bare loop")
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per recipe")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     paths = sorted({p for pattern in args.recipes for p in (glob.glob(pattern) or [pattern])})
     rows = []
     for path in paths:
+        trainer_ips, bare_ips, step_ips = [], [], []
         try:
             recipe = load_recipe(path, args.overrides)
-            trainer_ips, trainer = time_trainer(recipe, args.steps)
-            bare_ips, step_ips = time_bare(trainer, recipe, args.steps, args.warmup)
+            for _ in range(args.repeats):
+                ips, trainer = time_trainer(recipe, args.steps)
+                bare, step = time_bare(trainer, recipe, args.steps, args.warmup)
+                trainer_ips.append(ips)
+                bare_ips.append(bare)
+                step_ips.append(step)
         except LTError as err:
             print(f"{path}: skipped: {err}", file=sys.stderr)
             continue
-        rows.append((Path(path).as_posix(), trainer_ips, bare_ips, step_ips, trainer.device))
-        print(f"{path}: trainer {trainer_ips:,.0f} img/s, bare loop {bare_ips:,.0f} img/s, "
-              f"ratio {trainer_ips / bare_ips:.3f} (bare step alone {step_ips:,.0f} img/s)",
-              flush=True)
+        ratios = [t / b for t, b in zip(trainer_ips, bare_ips)]
+        noisy = [name for name, values in (("trainer", trainer_ips), ("bare loop", bare_ips))
+                 if max(values) / min(values) > NOISY]
+        rows.append((Path(path).as_posix(), trainer_ips, bare_ips, ratios, step_ips,
+                     trainer.device))
+        print(f"{path}: trainer {fmt_spread(trainer_ips)} img/s, bare loop "
+              f"{fmt_spread(bare_ips)} img/s, ratio {fmt_spread(ratios, 3)} (min / median / max "
+              f"of {args.repeats})", flush=True)
+        for name in noisy:
+            values = trainer_ips if name == "trainer" else bare_ips
+            print(f"warning: {path}: the {name}'s img/s varied {max(values) / min(values):.2f}x "
+                  f"between repeats (more than {NOISY}x): the machine is noisy and the ratio "
+                  f"is not reliable; measure again on an idle machine", file=sys.stderr)
     if not rows:
         return 1
-    info = machine_info(rows[0][4])
+    info = machine_info(rows[0][5])
     print(f"\nmachine: {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch "
           f"threads), device {info['device']}{' ' + info['gpu'] if 'gpu' in info else ''}, "
-          f"torch {info['torch']}, commit {git_commit()}, {args.steps} timed steps each")
+          f"torch {info['torch']}, commit {git_commit()}, {args.steps} timed steps each, "
+          f"{args.repeats} repeats (min / median / max)")
     print("| recipe | trainer img/s | bare loop img/s | ratio | bare step alone img/s |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for path, t, b, s, _ in rows:
-        print(f"| {path} | {t:,.0f} | {b:,.0f} | {t / b:.3f} | {s:,.0f} |")
+    for path, t, b, r, s, _ in rows:
+        print(f"| {path} | {fmt_spread(t)} | {fmt_spread(b)} | {fmt_spread(r, 3)} | "
+              f"{fmt_spread(s)} |")
     return 0
 
 

@@ -4,11 +4,13 @@ Usage::
 
     lttrain configs/quickstart.yaml
     lttrain configs/cifar10_lt/ce.yaml --epochs 30 loss.name=focal --out runs/focal
-    lttrain configs/cifar10_lt/ce.yaml --epochs 30 loss.name=focal --out runs/focal --resume
-    lttrain --list
+    lttrain --resume --out runs/focal                  # the recipe saved in the run directory
+    lttrain configs/cifar10_lt/ce.yaml --epochs 30 --print-config
+    lttrain --list loss
 
 A mistake in the recipe or the data stops the run before training with one line that names the
-key or the file; nothing already in the run directory is touched.
+key or the file; nothing already in the run directory is touched. The helpers here (stop
+signals, one-line errors) are shared by ``lteval`` and ``ltpredict``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from .errors import LTError
 
@@ -27,11 +30,16 @@ from .errors import LTError
 # terminal.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
+FAMILIES = ("data", "model", "sampler", "loss", "augment", "generator")
 
 
 def default_run_dir(recipe_path: str, resume: bool) -> Path:
-    """``runs/<recipe name>/<time>``; with ``--resume``, the newest unfinished one."""
-    root = Path("runs") / Path(recipe_path).stem
+    """``runs/<recipe path under configs/, without .yaml>/<time>`` (``runs/<name>/<time>`` for a
+    recipe elsewhere), so ``cifar10_lt/ce`` and ``cifar100_lt/ce`` do not share a folder; with
+    ``--resume``, the newest unfinished run there."""
+    parts = Path(recipe_path).resolve().with_suffix("").parts
+    inside = parts[len(parts) - parts[::-1].index("configs"):] if "configs" in parts else ()
+    root = Path("runs").joinpath(*(inside or (Path(recipe_path).stem,)))
     if resume:
         unfinished = sorted(p for p in root.glob("*")
                             if (p / "checkpoint.pt").exists() and not (p / "results.json").exists())
@@ -41,12 +49,24 @@ def default_run_dir(recipe_path: str, resume: bool) -> Path:
     return root / time.strftime("%Y%m%d-%H%M%S")
 
 
-def list_registries(console) -> None:
+def list_registries(console, family: str | None) -> None:
+    """Each entry of each family (or of one): its parameters with defaults and its summary,
+    read from the signatures and docstrings."""
+    from rich.markup import escape
+
     import lttoolbox
-    for title, registry in (("data", lttoolbox.DATASETS), ("model", lttoolbox.MODELS),
-                            ("sampler", lttoolbox.SAMPLERS), ("loss", lttoolbox.LOSSES),
-                            ("augment", lttoolbox.AUGMENTS), ("generator", lttoolbox.GENERATORS)):
-        console.print(f"[bold]{title}[/bold]: {', '.join(registry.names()) or '(none yet)'}")
+    from .registry import describe
+
+    registries = {"data": lttoolbox.DATASETS, "model": lttoolbox.MODELS,
+                  "sampler": lttoolbox.SAMPLERS, "loss": lttoolbox.LOSSES,
+                  "augment": lttoolbox.AUGMENTS, "generator": lttoolbox.GENERATORS}
+    for title, registry in registries.items():
+        if family not in (None, title):
+            continue
+        console.print(f"[bold]{title}[/bold]" + ("" if registry.names() else ": (none yet)"))
+        for name, params, summary in describe(registry):
+            console.print(f"  [cyan]{name}[/cyan]({escape(params)})  {escape(summary)}",
+                          soft_wrap=True)
 
 
 def _raise_interrupt(signum, frame):
@@ -78,64 +98,106 @@ def stop_signals_interrupt():
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(body: Callable, interrupted: Callable) -> int:
+    """Run a command's ``body(console)`` with the stop signals handled and every user error as
+    one line: exit 2 for a bad input, 1 for a diverged run, 130 when stopped."""
     with stop_signals_interrupt():
-        return _main(argv)
+        from rich.console import Console  # after the stop handlers: a Ctrl-C here ends quietly
+        from rich.text import Text
+
+        console = Console(stderr=True, highlight=False)
+        try:
+            return body(console)
+        except LTError as err:
+            console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
+            return 2
+        except FloatingPointError as err:  # a diverged run: one line, the checkpoint is kept
+            console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
+            return 1
+        except KeyboardInterrupt:
+            interrupted(console)
+            return 130
 
 
-def _main(argv: list[str] | None) -> int:
-    from rich.console import Console  # after the stop handlers: a Ctrl-C here ends quietly
-    from rich.text import Text
+def version_line() -> str:
+    import lttoolbox
+    from .engine.provenance import git_commit
+    return f"lttoolbox {lttoolbox.__version__} (commit {git_commit()})"
 
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lttrain", description="Train a long-tailed recognition recipe.",
         epilog="Overrides are key=value pairs with YAML values, e.g. train.epochs=5 loss.gamma=1.0")
-    parser.add_argument("recipe", nargs="?", help="recipe YAML file")
+    parser.add_argument("recipe", nargs="?", help="recipe YAML file (with --resume --out DIR: "
+                                                  "by default DIR/recipe.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     parser.add_argument("--epochs", type=int, metavar="N",
                         help="shorten or lengthen the recipe to N epochs, moving every "
                              "epoch-valued key (milestones, warm-up, DRW/DRS switches) in "
                              "proportion, as the leaderboard's quick protocol does")
-    parser.add_argument("--out", help="run directory (default: runs/<recipe>/<time>)")
+    parser.add_argument("--out", help="run directory (default: runs/<recipe path under "
+                                      "configs/>/<time>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="print only the final results line")
-    parser.add_argument("--list", action="store_true", help="list every registered component")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the fully resolved recipe and exit without training")
+    parser.add_argument("--list", nargs="?", const="all", metavar="FAMILY",
+                        choices=("all", *FAMILIES),
+                        help="list the registered components (of one family) with their "
+                             "parameters and defaults")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
     args = parser.parse_args(argv)
-    console = Console(stderr=True, highlight=False)
-    if args.list:
-        list_registries(Console(highlight=False))
-        return 0
-    if not args.recipe:
-        parser.error("a recipe file is required (try configs/quickstart.yaml)")
-    out = trainer = None
-    try:
-        from .engine import Trainer
-        from .recipe import load_recipe, resolve, scale_epochs
+    if args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
+        args.overrides.insert(0, args.recipe)  # `lttrain --resume --out DIR key=value`
+        args.recipe = None
+    if not (args.recipe or args.version or args.list or (args.resume and args.out)):
+        parser.error("a recipe file is required (try configs/quickstart.yaml), or --resume "
+                     "--out DIR to continue the run in DIR with its saved recipe")
+    state: dict = {}
 
-        recipe = load_recipe(args.recipe, args.overrides)
+    def body(console) -> int:
+        if args.version:
+            print(version_line())
+            return 0
+        if args.list:
+            from rich.console import Console
+            list_registries(Console(highlight=False), None if args.list == "all" else args.list)
+            return 0
+        from .engine import Trainer
+        from .recipe import dump_recipe_text, load_recipe, resolve, scale_epochs
+        from .runs import RECIPE
+
+        recipe_path = args.recipe or str(Path(args.out) / RECIPE)
+        if not args.recipe and not Path(recipe_path).is_file():
+            raise LTError(f"--resume: {args.out} holds no {RECIPE}; give the recipe file")
+        recipe = load_recipe(recipe_path, args.overrides)
         if args.epochs is not None:
             recipe = resolve(scale_epochs(recipe, args.epochs))
+        if args.print_config:
+            print(dump_recipe_text(recipe), end="")
+            return 0
         out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
+        state["out"] = out
         trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet)
+        state["trainer"] = trainer
         trainer.run()
-    except LTError as err:
-        console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
-        return 2
-    except FloatingPointError as err:  # a diverged run: say so in one line, keep the checkpoint
-        console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
-        return 1
-    except KeyboardInterrupt:
-        if trainer is None:
+        return 0
+
+    def interrupted(console) -> None:
+        if "trainer" not in state:
             console.print("interrupted before the run started; nothing was written",
                           soft_wrap=True)
-        else:
-            epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
-            again = " ".join(shlex.quote(a) for a in [args.recipe, *args.overrides, *epochs])
-            # One line however narrow the terminal or pipe: it is meant to be copied.
-            console.print(f"interrupted; continue with: lttrain {again} --out "
-                          f"{shlex.quote(str(out))} --resume", soft_wrap=True, markup=False)
-        return 130
-    return 0
+            return
+        epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+        again = " ".join(shlex.quote(a) for a in [args.recipe or "", *args.overrides, *epochs]
+                         if a)
+        # One line however narrow the terminal or pipe: it is meant to be copied.
+        console.print(f"interrupted; continue with: lttrain {again} --out "
+                      f"{shlex.quote(str(state['out']))} --resume".replace("  ", " "),
+                      soft_wrap=True, markup=False)
+
+    return run_command(body, interrupted)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  "gamma": 0.1, "min_lr": 0.0},
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
-              "drop_last": False},
+              "drop_last": False, "loggers": []},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
@@ -445,12 +445,28 @@ def recipe_differences(a: dict, b: dict, names: tuple[str, str] = ("here", "ther
 
 
 def recipe_hash(recipe: dict) -> str:
-    """A short, stable hash of a resolved recipe (``meta`` excluded), to match results to runs."""
-    content = {k: v for k, v in recipe.items() if k != "meta"}
-    blob = json.dumps(content, sort_keys=True, default=str).encode()
+    """A short, stable hash of a resolved recipe, to match results to runs.
+
+    What cannot change the trained model is left out: ``meta`` (free-form notes) and
+    ``train.loggers`` (where progress is reported).
+    """
+    def trained(section: dict) -> dict:
+        out = {k: v for k, v in section.items() if k != "meta"}
+        if isinstance(out.get("train"), dict):
+            out["train"] = {k: v for k, v in out["train"].items() if k != "loggers"}
+        if isinstance(out.get("stages"), list):
+            out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
+        return out
+
+    blob = json.dumps(trained(recipe), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def dump_recipe_text(recipe: dict) -> str:
+    """A resolved recipe as YAML text, in section order (what ``recipe.yaml`` holds)."""
+    return yaml.safe_dump(recipe, sort_keys=False)
 
 
 def dump_recipe(recipe: dict, path: str | os.PathLike) -> None:
     """Write a resolved recipe as YAML, atomically."""
-    atomic_write_text(path, yaml.safe_dump(recipe, sort_keys=False))
+    atomic_write_text(path, dump_recipe_text(recipe))

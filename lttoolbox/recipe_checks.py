@@ -25,10 +25,13 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
               "no_decay": []},
 }
 SCHEDULES = ("multistep", "cosine", "constant")
+LOGGERS = ("tensorboard",)
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 WARMUP_UNITS = ("epoch", "step")
 SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_LR = 1e6
+MAX_ECE_BINS = 1000  # calibration bins: 15 is usual; far more leaves most bins empty
 
 
 def number(value: Any, key: str, *, integer: bool = False, minimum: float | None = None,
@@ -93,7 +96,9 @@ def check_trainer_values(recipe: dict, prefix: str) -> None:
     """Check (and normalise in place) the optim, schedule, train and eval sections."""
     train, optim, schedule, ev = (recipe[s] for s in ("train", "optim", "schedule", "eval"))
     p = prefix
-    optim["lr"] = number(optim["lr"], f"{p}optim.lr", positive=True)
+    # Rates of MAX_LR and beyond overflow float32 weight updates before any check could see
+    # the loss; far smaller ones already diverge, which the trainer catches.
+    optim["lr"] = number(optim["lr"], f"{p}optim.lr", positive=True, below=MAX_LR)
     optim["weight_decay"] = number(optim["weight_decay"], f"{p}optim.weight_decay", minimum=0)
     if "momentum" in optim:  # SGD: momentum 1 or more never forgets, so the steps only grow
         optim["momentum"] = number(optim["momentum"], f"{p}optim.momentum", minimum=0, below=1)
@@ -119,6 +124,9 @@ def check_trainer_values(recipe: dict, prefix: str) -> None:
         raise ConfigError(f"{err.detail} (a fraction of an epoch needs warmup_unit: step)"
                           if not per_step else err.detail, key=err.key) from None
     schedule["gamma"] = number(schedule["gamma"], f"{p}schedule.gamma", positive=True)
+    if schedule["gamma"] > 1:
+        raise ConfigError(f"is the factor the rate is multiplied by at each milestone, a decay in "
+                          f"(0, 1]; got {schedule['gamma']!r}", key=f"{p}schedule.gamma")
     schedule["min_lr"] = number(schedule["min_lr"], f"{p}schedule.min_lr", minimum=0)
     milestones = schedule["milestones"]
     if not isinstance(milestones, list):
@@ -138,6 +146,12 @@ def check_trainer_values(recipe: dict, prefix: str) -> None:
         raise ConfigError(f"must be a device name such as auto, cpu or cuda:0, got "
                           f"{train['device']!r}", key=f"{p}train.device")
     choice(train["amp"], f"{p}train.amp", AMP_MODES, "mode")
+    loggers = train["loggers"]
+    if not isinstance(loggers, list):
+        raise ConfigError(f"must be a list of logger names ({', '.join(LOGGERS)}), got "
+                          f"{loggers!r}", key=f"{p}train.loggers")
+    for name in loggers:
+        choice(name, f"{p}train.loggers", LOGGERS, "logger")
     freeze = train["freeze"] if isinstance(train["freeze"], list) else [train["freeze"]]
     if not all(isinstance(f, str) for f in freeze):
         raise ConfigError(f"must be a list of model stage names, got {train['freeze']!r}",
@@ -145,8 +159,9 @@ def check_trainer_values(recipe: dict, prefix: str) -> None:
     train["freeze"] = freeze
 
     ev["every"] = number(ev["every"], f"{p}eval.every", integer=True, minimum=0)
-    for name in ("ece_bins", "batch_size"):
-        ev[name] = number(ev[name], f"{p}eval.{name}", integer=True, minimum=1)
+    ev["batch_size"] = number(ev["batch_size"], f"{p}eval.batch_size", integer=True, minimum=1)
+    ev["ece_bins"] = number(ev["ece_bins"], f"{p}eval.ece_bins", integer=True, minimum=1,
+                            below=MAX_ECE_BINS + 1)
     for name in ("many_threshold", "few_threshold"):
         ev[name] = number(ev[name], f"{p}eval.{name}", minimum=0)
     if not ev["few_threshold"] <= ev["many_threshold"]:

@@ -139,6 +139,30 @@ class Registry:
             raise ConfigError(f"{self.kind} '{cfg['name']}': {err}", key=key) from None
 
 
+# What the trainer and the data tell an entry; not set in recipes, so not listed as parameters.
+CONTEXT = {"class_counts", "num_classes", "labels", "total_epochs", "seed", "rank", "world_size",
+           "feature_dim", "in_channels", "image_size"}
+
+
+def describe(registry: "Registry") -> list[tuple[str, str, str]]:
+    """``(name, "param=default, ...", first docstring line)`` of every entry, from its
+    signature (``lttrain --list``), so the listing cannot drift from the code."""
+    rows = []
+    for name in registry.names():
+        factory = registry.get(name)
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        params = []
+        if not (inspect.isclass(factory) and factory.__init__ is object.__init__):
+            for p in inspect.signature(target).parameters.values():
+                if p.name in CONTEXT or p.name == "self" or p.kind in (p.VAR_POSITIONAL,
+                                                                        p.VAR_KEYWORD):
+                    continue
+                params.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+        doc = inspect.getdoc(factory) or ""
+        rows.append((name, ", ".join(params), doc.split("\n\n")[0].replace("\n", " ")))
+    return rows
+
+
 # One registry per family; the kind doubles as the recipe section the entries come from.
 DATASETS = Registry("data", "lttoolbox.data")
 MODELS = Registry("model", "lttoolbox.models")

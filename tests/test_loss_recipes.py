@@ -50,7 +50,7 @@ RECIPES = {
     "las_drw": ("las", True, "linear"),
 }
 PATHS = [ROOT / "configs" / ds / sub / f"{name}.yaml"
-         for ds in DATASETS for sub in ("", "r50") for name in RECIPES]
+         for ds in DATASETS for sub in ("", "ratio50") for name in RECIPES]
 #: Issue 3: CB weights for CIFAR-10-LT ratio 100, beta 0.9999.
 CIFAR10_R100_CB = [0.0506, 0.0769, 0.1211, 0.1950, 0.3188, 0.5246, 0.8683, 1.4426, 2.4092, 3.9927]
 
@@ -81,7 +81,7 @@ def test_recipe_resolves_and_builds_its_loss(path):
     recipe = read_recipe(path)
     name = path.stem
     loss_name, deferred, head = RECIPES[name]
-    ratio = 50 if path.parent.name == "r50" else 100
+    ratio = 50 if path.parent.name == "ratio50" else 100
     dataset = path.parts[-2 if ratio == 100 else -3]
     assert recipe["data"]["name"] == dataset and recipe["data"]["imbalance_ratio"] == ratio
     assert recipe["model"]["head"] == head

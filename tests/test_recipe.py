@@ -122,7 +122,7 @@ def test_hash_ignores_meta_only():
 
 
 def test_every_ratio_50_recipe_is_its_ratio_100_recipe_plus_one_line():
-    ratio50 = sorted(REPO.glob("configs/*/r50/*.yaml"))
+    ratio50 = sorted(REPO.glob("configs/*/ratio50/*.yaml"))
     assert len(ratio50) >= 2 * 30  # every loss and sampler recipe, for both CIFAR-LT data sets
     for path in ratio50:
         lines = path.read_text().strip().splitlines()

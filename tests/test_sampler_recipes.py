@@ -35,7 +35,7 @@ RECIPES = {
     "drs_random_undersample": ("random_undersample", 160),
 }
 PATHS = [ROOT / "configs" / ds / sub / f"{name}.yaml"
-         for ds in DATASETS for sub in ("", "r50") for name in RECIPES]
+         for ds in DATASETS for sub in ("", "ratio50") for name in RECIPES]
 
 
 
@@ -52,7 +52,7 @@ def test_recipe_resolves_and_builds_its_sampler(path):
     recipe = read_recipe(path)
     name = path.stem
     expected_sampler, start = RECIPES[name]
-    ratio = 50 if path.parent.name == "r50" else 100
+    ratio = 50 if path.parent.name == "ratio50" else 100
     assert recipe["data"]["imbalance_ratio"] == ratio
     assert recipe["data"]["name"] == path.parts[-2 if ratio == 100 else -3]
     cfg = recipe["sampler"]

@@ -1,14 +1,13 @@
 """The learning-rate schedule: the 200-epoch protocol, the scaled (per-step) warm-up, --epochs."""
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 import lttoolbox.engine.trainer as trainer_module
+from lttoolbox.cli import main
 from lttoolbox.engine import train
 from lttoolbox.engine.optim import lr_at
 from lttoolbox.errors import ConfigError
@@ -115,15 +114,9 @@ def staged_digits_recipe(tmp_path: Path) -> Path:
     return path
 
 
-def lttrain(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "lttoolbox.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_epochs_flag_rescales_and_train_epochs_warns_once_per_key(tmp_path):
+def test_epochs_flag_rescales_and_train_epochs_warns_once_per_key(tmp_path, capsys):
     path = staged_digits_recipe(tmp_path)
-    scaled = lttrain(path, "--epochs", "5", "--out", tmp_path / "scaled", "--quiet")
-    assert scaled.returncode == 0, scaled.stderr
+    assert main([str(path), "--epochs", "5", "--out", str(tmp_path / "scaled"), "--quiet"]) == 0
     saved = yaml.safe_load((tmp_path / "scaled" / "recipe.yaml").read_text())
     assert saved["train"]["epochs"] == 5
     assert saved["schedule"]["milestones"] == [4, 4]                   # 16 * 0.25, 18 * 0.25
@@ -131,15 +124,15 @@ def test_epochs_flag_rescales_and_train_epochs_warns_once_per_key(tmp_path):
     assert saved["loss"]["weights_start_epoch"] == 4
     assert saved["schedule"]["warmup_epochs"] == 0.25
     assert saved["schedule"]["warmup_unit"] == "step"
-    assert "warning" not in scaled.stderr
+    assert "warning" not in capsys.readouterr().err
 
-    cut = lttrain(path, "train.epochs=5", "--out", tmp_path / "cut", "--quiet")
-    assert cut.returncode == 0, cut.stderr
-    warnings = [line for line in cut.stderr.splitlines() if line.strip()]
-    assert all(line.startswith("warning: ") for line in warnings), cut.stderr
+    assert main([str(path), "train.epochs=5", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.strip()]
+    assert all(line.startswith("warning: ") for line in warnings), err
     named = sorted(line.split()[1].split("=")[0] for line in warnings)
     assert named == ["loss.weights_start_epoch", "sampler.start_epoch", "schedule.milestones"]
-    assert "UserWarning" not in cut.stderr and ".py:" not in cut.stderr
+    assert "UserWarning" not in err and ".py:" not in err
 
 
 def test_unreachable_keys_are_found_in_every_stage():

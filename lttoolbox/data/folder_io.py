@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -112,42 +114,82 @@ def _list_split(split_dir: Path, split: str) -> SplitListing:
                         mtimes)
 
 
+def decode_image(path: str, image_size: int, channels: int = 3) -> np.ndarray:
+    """One image as uint8 ``(channels, image_size, image_size)``: RGB (or grey for one channel),
+    resized to a square with bilinear filtering where the size differs.
+
+    Raises:
+        DataError: naming the file PIL cannot read.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB" if channels == 3 else "L")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            array = np.asarray(img, dtype=np.uint8)
+    except Exception as err:  # PIL raises many types; the user needs the file name
+        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+    return array.transpose(2, 0, 1) if array.ndim == 3 else array[None]
+
+
 def decode_files(paths: list[str], image_size: int) -> np.ndarray:
-    """Decode images to a uint8 ``(n, 3, image_size, image_size)`` array (RGB, resized to a square
-    with bilinear filtering where the size differs).
+    """Decode images to a uint8 ``(n, 3, image_size, image_size)`` array (see
+    :func:`decode_image`).
 
     Raises:
         DataError: naming the first file PIL cannot read.
     """
-    from PIL import Image
-
-    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (image_size, image_size):
-                    img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-                out[i] = np.asarray(img, dtype=np.uint8)
-        except Exception as err:  # PIL raises many types; the user needs the file name
-            raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
-    return out.transpose(0, 3, 1, 2)
+        out[i] = decode_image(path, image_size)
+    return out
 
 
-def _decode_all(paths: list[str], image_size: int, workers: int) -> np.ndarray:
-    if len(paths) < POOL_MIN_FILES or workers <= 1:
-        return np.ascontiguousarray(decode_files(paths, image_size))
+def _decode_all(paths: list[str], image_size: int, workers: int,
+                advance: Callable[[int], None] = lambda n: None) -> np.ndarray:
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
+    start = 0
+    if len(paths) < POOL_MIN_FILES or workers <= 1:
+        parts = (decode_files(chunk, image_size) for chunk in chunks)
+        for part in parts:
+            out[start:start + len(part)] = part
+            start += len(part)
+            advance(len(part))
+        return out
     # fork starts the workers in milliseconds; the workers run PIL and numpy only.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        start = 0
         for part in pool.map(decode_files, chunks, [image_size] * len(chunks)):
             out[start:start + len(part)] = part
             start += len(part)
+            advance(len(part))
     return out
+
+
+@contextlib.contextmanager
+def decode_progress(total: int, root: Path):
+    """A progress bar on a terminal (one line otherwise) while a split is decoded the first time;
+    yields the function that advances it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = Console(stderr=True, highlight=False)
+    what = f"decoding {total:,} images of {root}, first run only"
+    if total < POOL_MIN_FILES:  # a second or less: nothing to announce
+        yield lambda n: None
+        return
+    if not console.is_terminal:
+        console.print(f"{what} (cached afterwards)", soft_wrap=True, markup=False)
+        yield lambda n: None
+        return
+    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def _write_atomic(path: Path, array: np.ndarray) -> None:
@@ -180,7 +222,8 @@ def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | N
             pass  # unreadable cache: decode again and overwrite it
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     paths = [str(listing.root / name) for name in listing.files]
-    images = _decode_all(paths, image_size, workers)
+    with decode_progress(len(paths), listing.root) as advance:
+        images = _decode_all(paths, image_size, workers, advance)
     try:
         _write_atomic(path, images)
     except OSError as err:

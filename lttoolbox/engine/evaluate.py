@@ -12,7 +12,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,27 +75,63 @@ def metrics_from_predictions(pred: np.ndarray, target: np.ndarray, confidence: n
 
 
 @torch.no_grad()
+def batched_logits(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
+                   batch_size: int = 1024, autocast: Callable | None = None
+                   ) -> Iterator[torch.Tensor]:
+    """The model's float32 logits for uint8 ``images``, one batch at a time, in eval mode.
+
+    The one evaluation loop: :func:`predict` (evaluation, ``lteval``) and :func:`predict_topk`
+    (``ltpredict``) both read it, so they see exactly the same logits.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = transform(images[start:start + batch_size])
+            if autocast is not None:
+                with autocast():
+                    logits = model(x)
+            else:
+                logits = model(x)
+            yield logits.float()
+    finally:
+        model.train(was_training)
+
+
 def predict(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
             batch_size: int = 1024, autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted labels and their softmax confidence for uint8 ``images`` on the model's device.
 
     Predictions are gathered on the device and copied to the host once, at the end.
     """
-    was_training = model.training
-    model.eval()
     preds, confs = [], []
-    for start in range(0, images.shape[0], batch_size):
-        x = transform(images[start:start + batch_size])
-        if autocast is not None:
-            with autocast():
-                logits = model(x)
-        else:
-            logits = model(x)
-        conf, pred = torch.softmax(logits.float(), dim=1).max(dim=1)
+    for logits in batched_logits(model, images, transform, batch_size, autocast):
+        conf, pred = torch.softmax(logits, dim=1).max(dim=1)
         preds.append(pred)
         confs.append(conf)
-    model.train(was_training)
     return torch.cat(preds).cpu().numpy(), torch.cat(confs).cpu().numpy()
+
+
+def predict_topk(model: torch.nn.Module, images: torch.Tensor, transform: Callable, k: int,
+                 logit_offset: torch.Tensor | None = None, batch_size: int = 1024,
+                 autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes of each image and their softmax probabilities.
+
+    Args:
+        logit_offset: Added to every sample's logits before the softmax, e.g. ``-tau * log(prior)``
+            for post-hoc logit adjustment (Menon et al., ICLR 2021, Eq. 9).
+
+    Returns:
+        ``(classes, probabilities)``, both ``(N, k)``, most probable first.
+    """
+    classes, probs = [], []
+    for logits in batched_logits(model, images, transform, batch_size, autocast):
+        if logit_offset is not None:
+            logits = logits + logit_offset.to(logits.device)
+        top = torch.softmax(logits, dim=1).topk(k, dim=1)
+        classes.append(top.indices)
+        probs.append(top.values)
+    return torch.cat(classes).cpu().numpy(), torch.cat(probs).cpu().numpy()
 
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

@@ -22,7 +22,7 @@ class RunLogger:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(message, markup=False, soft_wrap=True)
 
     def warning(self, message: str) -> None:
         """One plain line on standard error, shown even when quiet."""
@@ -65,11 +65,14 @@ class RunLogger:
                                f"  few {fmt(results['few'])}")
             return
         table = Table(title=title)
-        for column in ("top-1", "mean class", "many", "medium", "few", "ECE", "epochs", "img/s"):
+        trained = "epochs" in results  # an evaluation of saved weights has no training columns
+        for column in ("top-1", "mean class", "many", "medium", "few", "ECE",
+                       *(("epochs", "img/s") if trained else ())):
             table.add_column(column, justify="right")
         table.add_row(fmt(results["top1"]), fmt(results["mean_class_acc"]), fmt(results["many"]),
                       fmt(results["medium"]), fmt(results["few"]), fmt(results["ece"]),
-                      str(results["epochs"]), f"{results['images_per_second']:.0f}")
+                      *((str(results["epochs"]), f"{results['images_per_second']:.0f}")
+                        if trained else ()))
         self.console.print(table)
         per_class = Table(title="Per-class accuracy (%)")
         per_class.add_column("class")

@@ -5,9 +5,9 @@
 * :class:`RunLock` holds an exclusive OS lock (``flock``) on ``<run>/.lock`` while a run writes
   there. The operating system releases it when the process ends, however it ends, so a stale lock
   file never blocks; a second writer is refused with the holder's process id.
-* :func:`write_log` rewrites ``log.jsonl`` from the checkpointed history, so after a resume the
-  log equals the history exactly (no epoch lost between a checkpoint and its log line, none
-  logged twice when ``checkpoint_every`` > 1).
+* :func:`write_log` rewrites ``log.jsonl`` and ``metrics.csv`` from the checkpointed history, so
+  after a resume both equal the history exactly (no epoch lost between a checkpoint and its log
+  line, none logged twice when ``checkpoint_every`` > 1).
 
 Example:
     >>> import tempfile, pathlib
@@ -30,6 +30,9 @@ from ..errors import LTError
 
 LOCK = ".lock"
 LOG = "log.jsonl"
+CSV = "metrics.csv"
+CSV_FIELDS = ("stage", "epoch", "loss", "lr", "seconds", "images_per_second")
+EVAL_FIELDS = ("top1", "mean_class_acc", "many", "medium", "few")
 
 
 class RunDirError(LTError):
@@ -93,12 +96,29 @@ def remove_temp_files(out: Path) -> list[Path]:
     return removed
 
 
+def csv_line(row: dict) -> str:
+    """One ``metrics.csv`` line: the epoch's fields, then its evaluation (empty without one)."""
+    evaluation = row.get("eval") or {}
+    values = [row[f] for f in CSV_FIELDS] + [evaluation.get(f) for f in EVAL_FIELDS]
+    return ",".join("" if v is None else str(v) for v in values) + "\n"
+
+
+CSV_HEADER = ",".join(CSV_FIELDS + tuple(f"eval_{f}" for f in EVAL_FIELDS)) + "\n"
+
+
 def write_log(out: Path, history: list[dict]) -> None:
-    """``log.jsonl``: one JSON line per trained epoch, rewritten atomically from ``history``."""
-    atomic_write_text(Path(out) / LOG, "".join(json.dumps(row) + "\n" for row in history))
+    """``log.jsonl`` (one JSON line per trained epoch) and ``metrics.csv`` (the same, one row per
+    epoch), both rewritten atomically from ``history``."""
+    out = Path(out)
+    atomic_write_text(out / LOG, "".join(json.dumps(row) + "\n" for row in history))
+    atomic_write_text(out / CSV, CSV_HEADER + "".join(csv_line(row) for row in history))
 
 
 def append_log(out: Path, row: dict) -> None:
-    """Add one epoch's line to ``log.jsonl`` (the checkpointed history stays the reference)."""
-    with open(Path(out) / LOG, "a", encoding="utf-8") as handle:
+    """Add one epoch to ``log.jsonl`` and ``metrics.csv`` (the checkpointed history stays the
+    reference they are rewritten from)."""
+    out = Path(out)
+    with open(out / LOG, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
+    with open(out / CSV, "a", encoding="utf-8") as handle:
+        handle.write(csv_line(row))

@@ -34,6 +34,7 @@ from ..losses import mixed_loss
 from ..epochs import UnreachableEpochWarning
 from ..recipe import (dump_recipe, recipe_differences, recipe_hash, resolve, stage_recipes,
                       unreachable_epoch_keys)
+from ..runs import write_data_info
 from ..yamlio import load_yaml
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
@@ -41,6 +42,8 @@ from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_c
 from .evaluate import evaluate
 from .logging import RunLogger
 from .optim import build_optimizer, lr_at, no_decay_names, set_lr, warms_up_per_step
+from .loggers import check_loggers, open_loggers
+from .plots import PLOT_HINT, plots_available, write_run_plots
 from .provenance import git_commit, machine_info
 from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
                      write_log)
@@ -143,10 +146,10 @@ class Trainer:
         self._state: dict | None = None  # the checkpoint a resumed run continues from
         self._lock: RunLock | None = None
         self._loss_reference: float | None = None
+        self._loggers: list = []
         check_out_dir(self.out)
+        check_loggers(self.recipe["train"]["loggers"])
         self._check_run_dir()
-        for message in unreachable_epoch_keys(self.recipe):
-            self.log.warning(message)
         stages = stage_recipes(self.recipe)
         first = stages[0]
         self.device = resolve_device(first["train"]["device"])
@@ -164,9 +167,12 @@ class Trainer:
         self.channels_last = first["train"]["channels_last"]
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        with warnings.catch_warnings():  # named once per recipe key above
+        with warnings.catch_warnings():  # named once per recipe key below
             warnings.simplefilter("ignore", UnreachableEpochWarning)
             self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
+        # After every check passed, so a refused recipe prints its one error line only.
+        for message in unreachable_epoch_keys(self.recipe):
+            self.log.warning(message)
 
     # ----------------------------------------------------------------------------------- set-up
     def _check_run_dir(self) -> None:
@@ -296,12 +302,23 @@ class Trainer:
     def run(self) -> dict:
         """Train every stage, evaluate the final model, write and return ``results.json``."""
         with self._writing():
-            history, seconds, images_seen = self.fit()
-            final = self.stages[-1]
-            autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
-            results = self._results(self._evaluate(final, autocast), history, seconds,
-                                    images_seen)
-            atomic_write_json(results, self.out / RESULTS)
+            try:
+                history, seconds, images_seen = self.fit()
+                final = self.stages[-1]
+                autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
+                results = self._results(self._evaluate(final, autocast), history, seconds,
+                                        images_seen)
+                atomic_write_json(results, self.out / RESULTS)
+                for logger in self._loggers:
+                    logger.results(results)
+            finally:
+                for logger in self._loggers:
+                    logger.close()
+                self._loggers = []
+            if plots_available():
+                write_run_plots(results, self.out)
+            else:
+                self.log.info(PLOT_HINT)
         self.log.results_table(results, title=f"Results ({self.out})")
         return results
 
@@ -315,6 +332,7 @@ class Trainer:
         if removed:
             self.log.info(f"removed {len(removed)} temporary file(s) an interrupted write left")
         dump_recipe(self.recipe, self.out / RECIPE)
+        write_data_info(self.out, self.data)
         state = self._load_state()
         # The log is the checkpointed history, exactly: an epoch logged after the checkpoint
         # and then interrupted is trained and logged again, never twice.
@@ -324,8 +342,11 @@ class Trainer:
         self._commits = list(state.get("commits", [])) if state else []
         if (commit := git_commit()) not in self._commits:
             self._commits.append(commit)
+        if not self._loggers:
+            self._loggers = open_loggers(self.recipe["train"]["loggers"], self.out)
         start_stage = state["stage"] if state else 0
         history = state["history"] if state else []
+        attempt_start, attempt_epochs = time.perf_counter(), 0
         seconds = state["seconds"] if state else 0.0
         images_seen = state["images"] if state else 0
         for index in range(start_stage + 1 if state and state["stage_done"] else start_stage,
@@ -362,15 +383,20 @@ class Trainer:
                 if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
                     row["eval"] = {k: v for k, v in self._evaluate(stage, autocast).items()
                                    if k in ("top1", "mean_class_acc", "many", "medium", "few")}
+                attempt_epochs += 1
+                left = epochs - epoch - 1 + sum(s.recipe["train"]["epochs"]
+                                                for s in self.stages[index + 1:])
+                self.log.end_epoch(epoch_line(row, self._epoch_label(stage), epochs,
+                                              (time.perf_counter() - attempt_start)
+                                              / attempt_epochs * left))
                 history.append(row)
                 last = epoch + 1 == epochs
                 if last or (epoch + 1) % stage.recipe["train"]["checkpoint_every"] == 0:
                     self._save_state(index, epoch, last, optimizer, scaler, stage, history,
                                      seconds, images_seen)
                 append_log(self.out, row)  # after the checkpoint; see write_log above
-            if epochs == 0:
-                self._save_state(index, -1, True, optimizer, scaler, stage, history, seconds,
-                                 images_seen)
+                for logger in self._loggers:
+                    logger.epoch(row)
         return history, seconds, images_seen
 
     def _train_epoch(self, stage: Stage, index: int, epoch: int, optimizer, scaler,
@@ -392,8 +418,8 @@ class Trainer:
         aux_parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
         transform = self.data.train_transform
         loss_sum = torch.zeros((), device=self.device)
-        label = f"{stage.name} " if len(self.stages) > 1 else ""
-        self.log.start_epoch(f"{label}epoch {epoch + 1}/{recipe['train']['epochs']}", steps)
+        self.log.start_epoch(f"{self._epoch_label(stage)}epoch {epoch + 1}/"
+                             f"{recipe['train']['epochs']}", steps)
         start = time.perf_counter()
         for step in range(steps):
             if per_step and step:
@@ -429,9 +455,10 @@ class Trainer:
         check_divergence(mean_loss, self._loss_reference, epoch, stage.name, lr)
         row = {"stage": stage.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
                "seconds": round(spent, 3), "images_per_second": round(count / spent, 1)}
-        self.log.end_epoch(f"{label}epoch {epoch + 1:>3}/{recipe['train']['epochs']}  "
-                           f"loss {mean_loss:.4f}  lr {lr:.2e}  {count / spent:,.0f} img/s")
         return row, spent, count
+
+    def _epoch_label(self, stage: Stage) -> str:
+        return f"{stage.name} " if len(self.stages) > 1 else ""
 
     def _evaluate(self, stage: Stage, autocast) -> dict:
         ev = stage.recipe["eval"]
@@ -500,6 +527,22 @@ class Trainer:
             self.log.info(f"re-created {weights.name} from the checkpoint")
         self.log.info(f"resuming {self.out}: stage '{stage.name}', after epoch {state['epoch'] + 1}")
         return state
+
+
+def epoch_line(row: dict, label: str, epochs: int, eta_seconds: float) -> str:
+    """The console line of an epoch: loss, rate, speed, the evaluation if any, the run's ETA."""
+    line = (f"{label}epoch {row['epoch'] + 1:>3}/{epochs}  loss {row['loss']:.4f}  "
+            f"lr {row['lr']:.2e}  {row['images_per_second']:,.0f} img/s")
+    evaluation = row.get("eval")
+    if evaluation:
+        split = "/".join("-" if evaluation.get(k) is None else f"{evaluation[k]:.1f}"
+                         for k in ("many", "medium", "few"))
+        line += f"  top-1 {evaluation['top1']:.2f} (many/med/few {split})"
+    if eta_seconds > 0:
+        minutes, sec = divmod(int(round(eta_seconds)), 60)
+        hours, minutes = divmod(minutes, 60)
+        line += f"  ETA {hours}:{minutes:02d}:{sec:02d}"
+    return line
 
 
 def stage_seed(seed: int, index: int) -> int:

@@ -1,0 +1,140 @@
+"""``ltpredict``: the top-k classes of image files under a run's trained model.
+
+Usage::
+
+    ltpredict RUN_DIR photo.jpg more_photos/ --topk 5 --out predictions.csv
+    ltpredict RUN_DIR photos/ --tau 1.0        # post-hoc logit adjustment by the training prior
+
+Each image is read as the run's data was (RGB, or grey for a one-channel model, resized to the
+model's square size with bilinear filtering) and normalised with the run's evaluation transform.
+One CSV row per image: its path, then ``class_i, prob_i`` for i = 1..k, most probable first.
+
+``--tau`` subtracts ``tau * log(prior)`` from the logits before the softmax, the prior being the
+run's training class frequencies: the post-hoc logit adjustment of Menon et al. ("Long-tail
+learning via logit adjustment", ICLR 2021, Eq. 9), which raises rare classes for a balanced test
+distribution; tau = 1 is the Bayes-optimal correction for the balanced error.
+
+A file that cannot be decoded is named and skipped; the others are still predicted, the skipped
+ones are listed at the end and the exit code is 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+from pathlib import Path
+
+from .cli import run_command
+from .errors import ConfigError, DataError
+
+
+def image_files(arguments: list[str]) -> list[Path]:
+    """The image files named, folders searched recursively (sorted), in argument order."""
+    from .data.folder_io import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    for text in arguments:
+        path = Path(text)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(f"no such image or folder: {path}")
+    if not files:
+        raise DataError(f"no .png/.jpg/.jpeg image in {', '.join(arguments)}")
+    return files
+
+
+def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: float = 0.0,
+                  weights: str | None = None, device: str | None = None, batch_size: int = 256
+                  ) -> tuple[list[list], list[tuple[Path, str]]]:
+    """Predict image files with a run's model.
+
+    Returns:
+        ``(rows, skipped)``: CSV rows ``[path, class_1, prob_1, ...]`` and ``(path, reason)`` of
+        every file that could not be decoded.
+    """
+    import numpy as np
+    import torch
+
+    from .data.folder_io import decode_image
+    from .engine.evaluate import predict_topk
+    from .runs import open_run
+
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"must be a positive integer, got {topk!r}", key="--topk")
+    if not math.isfinite(tau):
+        raise ConfigError(f"must be a finite number, got {tau!r}", key="--tau")
+    run = open_run(run_dir, weights, device)
+    info = run.info
+    images, kept, skipped = [], [], []
+    for path in files:
+        try:
+            images.append(decode_image(str(path), info["image_size"], info["in_channels"]))
+            kept.append(path)
+        except DataError as err:
+            skipped.append((path, str(err).split(": ", 2)[-1]))
+    rows: list[list] = []
+    if kept:
+        offset = None
+        if tau:
+            counts = torch.tensor(info["train_class_counts"], dtype=torch.float64)
+            offset = (-tau * torch.log(counts.clamp(min=1) / counts.sum())).float()
+        classes, probs = predict_topk(run.model, torch.from_numpy(np.stack(images)).to(run.device),
+                                      run.eval_transform, min(topk, len(info["classes"])),
+                                      offset, batch_size, run.autocast)
+        names = info["classes"]
+        for path, top, prob in zip(kept, classes, probs):
+            row = [str(path)]
+            for c, p in zip(top, prob):
+                row += [names[int(c)], f"{float(p):.6f}"]
+            rows.append(row)
+    return rows, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ltpredict", description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
+    parser.add_argument("--tau", type=float, default=0.0,
+                        help="post-hoc logit adjustment strength (Menon et al. 2021); 0 = none")
+    parser.add_argument("--out", help="CSV file to write (default: standard output)")
+    parser.add_argument("--weights", help="weights file (default: the last stage's)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the run's train.device)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    def body(console) -> int:
+        from .atomic import atomic_write_text
+
+        rows, skipped = predict_files(args.run, image_files(args.images), args.topk, args.tau,
+                                      args.weights, args.device, args.batch_size)
+        width = max((len(r) - 1) // 2 for r in rows) if rows else 0
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path"] + [f"{kind}_{i}" for i in range(1, width + 1)
+                                    for kind in ("class", "prob")])
+        writer.writerows(rows)
+        if args.out:
+            atomic_write_text(args.out, buffer.getvalue())
+            console.print(f"wrote {len(rows)} predictions to {args.out}", soft_wrap=True)
+        else:
+            sys.stdout.write(buffer.getvalue())
+        if skipped:
+            console.print(f"skipped {len(skipped)} file(s) that could not be decoded:",
+                          soft_wrap=True)
+            for path, why in skipped:
+                console.print(f"  {path}: {why}", soft_wrap=True, markup=False)
+            return 1
+        return 0
+
+    return run_command(body, lambda console: console.print("interrupted; nothing was written"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

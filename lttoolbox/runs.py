@@ -1,0 +1,202 @@
+"""A finished run as objects: its recipe, its model with trained weights, its data facts.
+
+What ``lteval`` and ``ltpredict`` stand on, and what a notebook needs:
+
+    >>> import lttoolbox
+    >>> model, recipe = lttoolbox.load_run("runs/quickstart/20261130-101500")  # doctest: +SKIP
+    >>> model.training  # doctest: +SKIP
+    False
+
+The model is built from the run's resolved ``recipe.yaml`` (the head of the stage whose weights
+are loaded), laid out and evaluated exactly as the trainer evaluated it (memory format, autocast),
+so evaluating it again reproduces ``results.json``. The data facts (class names, training counts,
+normalisation, image size) come from ``data.json``, which the trainer writes at the start of a run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .atomic import atomic_write_text
+from .errors import ConfigError, LTError
+from .recipe import resolve, stage_recipes
+from .registry import DATASETS, MODELS
+from .yamlio import load_yaml
+
+RECIPE = "recipe.yaml"
+DATA_INFO = "data.json"
+
+
+class RunError(LTError):
+    """A run directory that cannot be evaluated or predicted with (missing, unfinished, foreign)."""
+
+
+@dataclass
+class Run:
+    """An opened run: everything evaluation and prediction need."""
+
+    dir: Path
+    recipe: dict
+    stage: dict               # the resolved recipe of the stage whose weights are loaded
+    weights: Path
+    model: torch.nn.Module    # eval mode, weights loaded, on ``device``
+    device: torch.device
+    info: dict                # class names, training counts, mean, std, channels, image size
+
+    @property
+    def autocast(self) -> Callable | None:
+        from .engine.trainer import autocast_factory
+        return autocast_factory(self.stage["train"]["amp"], self.device)[0]
+
+    @property
+    def eval_transform(self):
+        from .data.transforms import BatchTransform
+        return BatchTransform(self.info["mean"], self.info["std"])
+
+
+def data_info(bundle) -> dict:
+    """The facts of a data set that a trained model depends on (written as ``data.json``)."""
+    return {"classes": list(bundle.train.classes),
+            "train_class_counts": [int(c) for c in bundle.train.class_counts],
+            "mean": list(bundle.train.mean), "std": list(bundle.train.std),
+            "in_channels": int(bundle.in_channels), "image_size": int(bundle.image_size)}
+
+
+def write_data_info(run_dir: Path, bundle) -> None:
+    import json
+    atomic_write_text(Path(run_dir) / DATA_INFO, json.dumps(data_info(bundle), indent=2) + "\n")
+
+
+def read_run_recipe(run_dir: str | os.PathLike) -> dict:
+    """The resolved recipe saved in a run directory.
+
+    Raises:
+        RunError: no such run directory, or no readable ``recipe.yaml`` in it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a run directory (no such folder)")
+    path = run_dir / RECIPE
+    if not path.is_file():
+        raise RunError(f"{run_dir} holds no {RECIPE}: not a run directory of lttrain")
+    try:
+        return resolve(load_yaml(path.read_text(encoding="utf-8")))
+    except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
+        raise RunError(f"{path} is corrupt ({str(err).splitlines()[0]})") from None
+
+
+def weights_stage(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
+                  ) -> tuple[dict, Path]:
+    """The stage recipe and the weights file to load (the last stage's by default)."""
+    stages = stage_recipes(recipe)
+    names = [s["meta"]["stage"] for s in stages]
+    if weights is None:
+        path = run_dir / f"model-{names[-1]}.pt"
+        if not path.is_file():
+            done = sorted(p.name for p in run_dir.glob("model-*.pt"))
+            hint = (f"; finished stages: {', '.join(done)} (choose one with --weights)"
+                    if done else "; resume it with lttrain --resume --out " + str(run_dir))
+            raise RunError(f"{run_dir} holds no finished weights: its last stage '{names[-1]}' "
+                           f"has not ended{hint}")
+        return stages[-1], path
+    path = Path(weights)
+    if not path.is_absolute() and not path.exists():
+        path = run_dir / path
+    if not path.is_file():
+        raise RunError(f"weights file not found: {path}")
+    stem = path.stem[len("model-"):] if path.stem.startswith("model-") else None
+    return (stages[names.index(stem)] if stem in names else stages[-1]), path
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a weights file into ``model``, naming the first tensor that does not fit.
+
+    Raises:
+        RunError: a missing, extra or differently shaped tensor.
+    """
+    from .engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and "model" in state and "optimizer" in state:
+        state = state["model"]  # a checkpoint.pt: take its model
+    if not isinstance(state, dict):
+        raise RunError(f"{path} holds no weights (a {type(state).__name__})")
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise RunError(f"{path} does not fit the recipe's model: it has no tensor '{name}'")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise RunError(f"{path} does not fit the recipe's model: '{name}' is "
+                           f"{tuple(state[name].shape)} there, {tuple(tensor.shape)} in the model")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise RunError(f"{path} does not fit the recipe's model: it has an extra tensor "
+                       f"'{extra[0]}'")
+    model.load_state_dict(state)
+
+
+def open_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
+             device: str | None = None) -> Run:
+    """Open a run for evaluation or prediction (see the module docstring).
+
+    Args:
+        run_dir: The run directory.
+        weights: A weights file (``model-<stage>.pt``, in the run directory or a path); the
+            last stage's by default.
+        device: ``cpu``, ``cuda``...; the run's ``train.device`` by default.
+
+    Raises:
+        RunError: the directory is not a run, has no finished weights, or the weights do not fit.
+    """
+    from .engine.trainer import resolve_device
+
+    run_dir = Path(run_dir)
+    recipe = read_run_recipe(run_dir)
+    stage, path = weights_stage(recipe, run_dir, weights)
+    info = read_data_info(run_dir, recipe)
+    target = resolve_device(device or stage["train"]["device"])
+    model = MODELS.build(stage["model"], key="model", num_classes=len(info["classes"]),
+                         in_channels=info["in_channels"], image_size=info["image_size"])
+    load_weights(model, path)
+    model = model.to(target)
+    if stage["train"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    return Run(run_dir, recipe, stage, path, model, target, info)
+
+
+def read_data_info(run_dir: Path, recipe: dict) -> dict:
+    """``data.json`` of the run, or (for a run written before it existed) the data set itself."""
+    import json
+
+    path = run_dir / DATA_INFO
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise RunError(f"{path} is corrupt ({err})") from None
+    return data_info(DATASETS.build(recipe["data"], key="data"))
+
+
+def load_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
+             device: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained model of a run (eval mode, weights loaded) and its resolved recipe.
+
+    Example:
+        >>> model, recipe = load_run("runs/quickstart/20261130-101500")  # doctest: +SKIP
+    """
+    run = open_run(run_dir, weights, device)
+    return run.model, run.recipe
+
+
+def check_eval_overrides(overrides: list[str]) -> None:
+    """Evaluation may change the data and the evaluation settings, nothing that was trained."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key.split(".")[0] not in ("data", "eval"):
+            raise ConfigError("only data.* and eval.* can change for an evaluation (the model "
+                              "was trained with the rest)", key=key)

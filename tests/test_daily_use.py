@@ -1,0 +1,322 @@
+"""Everyday verbs around a run, end to end on the digits: lteval, ltpredict, load_run, resume
+from the run directory, --print-config / --version / --list, metrics.csv, loggers, plots."""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import lttoolbox
+from lttoolbox.cli import default_run_dir
+from lttoolbox.cli import main as lttrain
+from lttoolbox.cli_eval import main as lteval
+from lttoolbox.cli_predict import main as ltpredict
+from lttoolbox.engine.evaluate import predict
+from lttoolbox.engine.trainer import epoch_line
+from lttoolbox.registry import DATASETS
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
+          "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
+          "train": {"epochs": 3, "batch_size": 64},
+          "eval": {"many_threshold": 60, "few_threshold": 25}}
+METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "per_class_acc", "ece",
+           "confusion_matrix", "train_class_counts", "test_class_counts")
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished two-stage digits run: (recipe file, run directory)."""
+    folder = tmp_path_factory.mktemp("daily")
+    recipe = write_recipe(folder / "two.yaml", {
+        **DIGITS, "eval": {**DIGITS["eval"], "every": 1},
+        "stages": [{"name": "joint"},
+                   {"name": "crt", "train": {"epochs": 1, "freeze": ["backbone"],
+                                             "reset_head": True}}]})
+    out = folder / "run"
+    assert lttrain([str(recipe), "--out", str(out), "--quiet"]) == 0
+    return recipe, out
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------ lteval
+def test_lteval_reproduces_results_json_exactly(finished, capsys):
+    _, out = finished
+    assert lteval([str(out), "--quiet"]) == 0
+    results, again = read(out / "results.json"), read(out / "eval-crt.json")
+    for key in METRICS:
+        assert again[key] == results[key], key
+    assert again["weights"] == "model-crt.pt" and again["class_names"] == results["class_names"]
+    assert "top1" in capsys.readouterr().out
+
+
+def test_lteval_of_an_earlier_stage_and_of_other_data(finished):
+    _, out = finished
+    assert lteval([str(out), "--weights", "model-joint.pt", "--quiet"]) == 0
+    joint = read(out / "eval-joint.json")
+    assert joint["stage"] == "joint" and joint["top1"] != read(out / "results.json")["top1"]
+    assert lteval([str(out), "data.test_per_class=20", "--name", "small", "--quiet"]) == 0
+    small = read(out / "eval-small.json")
+    assert small["test_class_counts"] == [20] * 10
+    # many/medium/few keep the model's own training counts
+    assert small["train_class_counts"] == read(out / "results.json")["train_class_counts"]
+
+
+def test_load_run_gives_the_trained_model_and_recipe(finished):
+    _, out = finished
+    model, recipe = lttoolbox.load_run(out)
+    assert not model.training and recipe["stages"][1]["meta"]["stage"] == "crt"
+    data = DATASETS.build(recipe["data"])
+    from lttoolbox.runs import open_run
+    run = open_run(out)
+    pred, _ = predict(model, data.test.images, run.eval_transform)
+    per_class = read(out / "results.json")["per_class_acc"]
+    labels = data.test.labels.numpy()
+    for c in range(10):  # the loaded model makes the predictions results.json was built from
+        assert 100.0 * np.mean(pred[labels == c] == c) == pytest.approx(per_class[c], abs=1e-3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nowhere"], "is not a run directory"),
+    (["--weights", "model-nope.pt"], "weights file not found"),
+    (["train.epochs=5"], "only data.* and eval.* can change"),
+    (["--name", "../x"], "--name"),
+])
+def test_lteval_bad_input_is_one_line(finished, capsys, tmp_path, args, message):
+    _, out = finished
+    argv = [str(tmp_path / "nowhere")] if args == ["nowhere"] else [str(out), *args]
+    before = sorted(p.name for p in out.iterdir())
+    assert lteval(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_unfinished_runs_and_foreign_weights_are_named(finished, tmp_path, capsys):
+    recipe, out = finished
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("recipe.yaml", "data.json", "model-joint.pt"):
+        (copy / name).write_bytes((out / name).read_bytes())
+    assert lteval([str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no finished weights" in err and "model-joint.pt" in err
+    other = torch.nn.Linear(3, 2).state_dict()
+    torch.save(other, copy / "model-crt.pt")
+    assert lteval([str(copy)]) == 2
+    assert "does not fit the recipe's model: it has no tensor 'stem." in capsys.readouterr().err
+
+
+def test_evaluating_data_with_another_class_count_is_refused(finished, tmp_path, capsys):
+    from PIL import Image
+
+    _, out = finished
+    root = tmp_path / "two_classes"
+    for split in ("train", "test"):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            Image.new("L", (8, 8), 40 * c).save(root / split / f"c{c}" / "0.png")
+    code = lteval([str(out), f"data={{name: image_folder, root: {root}, image_size: 8, "
+                             f"imbalance_type: null}}"])
+    assert code == 2
+    assert "the data has 2 classes, the model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------- ltpredict
+def test_ltpredict_agrees_with_the_evaluation(finished, tmp_path, capsys):
+    from PIL import Image
+
+    _, out = finished
+    model, recipe = lttoolbox.load_run(out)
+    data = DATASETS.build(recipe["data"])
+    from lttoolbox.runs import open_run
+    pick = list(range(0, len(data.test), 37))
+    pred, _ = predict(model, data.test.images[pick], open_run(out).eval_transform)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in pick:  # 8x8 grey PNGs hold the digits' uint8 pixels exactly
+        Image.fromarray(data.test.images[i, 0].numpy(), mode="L").save(folder / f"{i:04d}.png")
+    (folder / "9999.png").write_bytes(b"not an image")
+    csv_path = tmp_path / "predictions.csv"
+    assert ltpredict([str(out), str(folder), "--topk", "3", "--out", str(csv_path)]) == 1
+    err = capsys.readouterr().err
+    assert "skipped 1 file(s)" in err and "9999.png" in err
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == len(pick)
+    classes = read(out / "results.json")["class_names"]
+    assert [row["class_1"] for row in rows] == [classes[p] for p in pred]
+    probs = [[float(row[f"prob_{k}"]) for k in (1, 2, 3)] for row in rows]
+    assert all(p[0] >= p[1] >= p[2] for p in probs)
+
+
+def test_logit_adjustment_moves_predictions_towards_rare_classes(finished, tmp_path, capsys):
+    from PIL import Image
+
+    _, out = finished
+    _, recipe = lttoolbox.load_run(out)
+    data = DATASETS.build(recipe["data"])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(0, len(data.test), 5):
+        Image.fromarray(data.test.images[i, 0].numpy(), mode="L").save(folder / f"{i:04d}.png")
+    counts = read(out / "data.json")["train_class_counts"]
+    rare = int(np.argmin(counts))
+
+    def share_of_rare(*extra):
+        assert ltpredict([str(out), str(folder), "--topk", "1", *extra]) == 0
+        rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+        return np.mean([row["class_1"] == str(rare) for row in rows])
+
+    assert share_of_rare("--tau", "2") > share_of_rare()
+
+
+# ----------------------------------------------------------------------------- lttrain extensions
+def test_resume_from_the_run_directory_alone(tmp_path):
+    from test_engine import StopAfter
+
+    from lttoolbox.engine import train
+    from lttoolbox.recipe import resolve
+
+    recipe = resolve(DIGITS)
+    full = train(recipe, tmp_path / "full", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", logger=StopAfter(1))
+    assert lttrain(["--resume", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
+    resumed = read(tmp_path / "cut" / "results.json")
+    assert resumed["per_class_acc"] == full["per_class_acc"]
+
+
+def test_print_config_version_and_list(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", DIGITS)
+    assert lttrain([str(recipe), "optim.lr=1e-3", "--epochs", "6", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["optim"]["lr"] == 0.001 and printed["train"]["epochs"] == 6
+    assert not (REPO / "runs" / "r").exists()
+    assert lttrain(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"lttoolbox {lttoolbox.__version__} (commit ")
+    assert lttrain(["--list", "loss"]) == 0
+    listing = capsys.readouterr().out
+    assert "ldam(max_m=0.5, s=30.0" in listing and "Label-distribution-aware" in listing
+    assert "class_counts" not in listing and "sampler" not in listing
+
+
+def test_default_run_directory_keeps_the_data_set_in_the_path():
+    a = default_run_dir(str(REPO / "configs/cifar10_lt/ce.yaml"), resume=False)
+    b = default_run_dir(str(REPO / "configs/cifar100_lt/ratio50/ce.yaml"), resume=False)
+    assert a.parent == Path("runs/cifar10_lt/ce")
+    assert b.parent == Path("runs/cifar100_lt/ratio50/ce")
+    assert default_run_dir("/tmp/mine.yaml", resume=False).parent == Path("runs/mine")
+
+
+# ---------------------------------------------------------------------------------- logs and plots
+def test_metrics_csv_rows_equal_the_log(finished):
+    _, out = finished
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert len(rows) == len(log) == 4
+    for row, entry in zip(rows, log):
+        assert row["stage"] == entry["stage"] and int(row["epoch"]) == entry["epoch"]
+        assert float(row["loss"]) == entry["loss"] and float(row["lr"]) == entry["lr"]
+        evaluation = entry.get("eval") or {}
+        for key in ("top1", "many", "medium", "few"):
+            assert row[f"eval_{key}"] == ("" if evaluation.get(key) is None
+                                          else str(evaluation[key]))
+    assert log[0]["eval"]["top1"] > 0 and "eval" not in log[2]  # the last epoch of a stage
+
+
+def test_the_epoch_line_shows_the_evaluation_and_the_eta():
+    row = {"stage": "main", "epoch": 4, "loss": 0.5, "lr": 0.1, "images_per_second": 1234.0,
+           "eval": {"top1": 61.25, "many": 80.0, "medium": 50.5, "few": None}}
+    line = epoch_line(row, "", 30, 3725)
+    assert "epoch   5/30" in line and "top-1 61.25 (many/med/few 80.0/50.5/-)" in line
+    assert line.endswith("ETA 1:02:05")
+
+
+def test_tensorboard_event_files(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard", reason="the [tb] extra is not installed")
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "train": {"epochs": 2,
+                                                                    "loggers": ["tensorboard"]}})
+    assert lttrain([str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_loggers_are_checked_before_anything_runs(tmp_path, capsys, monkeypatch):
+    recipe = write_recipe(tmp_path / "r.yaml", DIGITS)
+    assert lttrain([str(recipe), "train.loggers=[wandb]", "--out", str(tmp_path / "a")]) == 2
+    assert "train.loggers: unknown logger 'wandb'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the extra is missing
+    assert lttrain([str(recipe), "train.loggers=[tensorboard]", "--out",
+                    str(tmp_path / "b")]) == 2
+    assert 'needs the [tb] extra: pip install -e ".[tb]"' in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_loggers_do_not_change_the_recipe_hash():
+    from lttoolbox.recipe import recipe_hash, resolve
+
+    assert recipe_hash(resolve({**DIGITS, "train": {**DIGITS["train"],
+                                                    "loggers": ["tensorboard"]}})) == \
+        recipe_hash(resolve(DIGITS))
+
+
+def test_run_plots_or_the_hint_to_get_them(tmp_path, capsys, monkeypatch):
+    import lttoolbox.engine.trainer as trainer
+
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "train": {"epochs": 1}})
+    monkeypatch.setattr(trainer, "plots_available", lambda: False)
+    assert lttrain([str(recipe), "--out", str(tmp_path / "a")]) == 0
+    assert 'per-run plots need matplotlib: pip install -e ".[plot]"' in capsys.readouterr().out
+    assert not list((tmp_path / "a").glob("*.png"))
+    pytest.importorskip("matplotlib", reason="the [plot] extra is not installed")
+    monkeypatch.undo()
+    assert lttrain([str(recipe), "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    for name in ("per_class_accuracy.png", "confusion_matrix.png"):
+        assert (tmp_path / "b" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_first_decode_is_announced(capsys):
+    from lttoolbox.data.folder_io import POOL_MIN_FILES, decode_progress
+
+    with decode_progress(POOL_MIN_FILES, Path("/data/train")) as advance:
+        advance(10)
+    assert "decoding 2,048 images of /data/train, first run only" in capsys.readouterr().err
+    with decode_progress(10, Path("/data/train")):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------- benchmarks
+def test_throughput_repeats_and_flags_a_noisy_machine(monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import throughput
+
+    figures = iter([(100.0, 200.0), (150.0, 210.0), (110.0, 205.0)])
+
+    def fake_trainer(recipe, steps):
+        fake_trainer.current = next(figures)
+        return fake_trainer.current[0], type("T", (), {"device": torch.device("cpu")})()
+
+    monkeypatch.setattr(throughput, "time_trainer", fake_trainer)
+    monkeypatch.setattr(throughput, "time_bare",
+                        lambda trainer, recipe, steps, warmup: (fake_trainer.current[1], 300.0))
+    assert throughput.main(["--recipes", "configs/quickstart.yaml", "--repeats", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "| configs/quickstart.yaml | 100 / 110 / 150 | 200 / 205 / 210 | " in captured.out
+    assert "0.500 / 0.537 / 0.714" in captured.out
+    assert "the trainer's img/s varied 1.50x" in captured.err
+    assert "bare loop's img/s varied" not in captured.err
