@@ -97,6 +97,62 @@ def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int) -> tuple[
     return loop(True), loop(False)
 
 
+AUGMENTS_TIMED = {  # each at p = 1: the cost of a mixed batch (the recipes mix some batches only)
+    "mixup": {"name": "mixup"}, "manifold_mixup": {"name": "manifold_mixup"},
+    "remix": {"name": "remix"}, "cutmix": {"name": "cutmix", "p": 1.0},
+    "cmo": {"name": "cmo", "p": 1.0},
+}
+
+
+def time_augments(trainer: Trainer, recipe: dict, steps: int, warmup: int
+                  ) -> dict[str, float]:
+    """Images/s of the trainer's training step (model hooks, mixed loss) without and with each
+    augmentation, on the same model, batches and device; ``plain`` is the step without."""
+    from lttoolbox.batch import Batch
+    from lttoolbox.losses import mixed_loss
+    from lttoolbox.registry import AUGMENTS, LOSSES, MODELS
+
+    device = trainer.device
+    images, labels = trainer.train_images, trainer.train_labels
+    model = MODELS.build(recipe["model"], num_classes=trainer.num_classes,
+                         in_channels=images.shape[1], image_size=images.shape[-1]).to(device)
+    if recipe["train"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = LOSSES.build({"name": "ce"}, num_classes=trainer.num_classes).to(device)
+    autocast, _ = autocast_factory(recipe["train"]["amp"], device)
+    transform, batch = trainer.data.train_transform, recipe["train"]["batch_size"]
+    context = trainer._context(recipe)
+    model.train()
+
+    def loop(part) -> float:
+        hooks = {}
+        if part is not None:
+            part.set_epoch(0)
+            for point in getattr(part, "stages", None) or (part.stage,):
+                hooks[point] = part.hook(point) if hasattr(part, "hook") else part
+        order = torch.randint(0, images.shape[0], ((steps + warmup) * batch,), device=device)
+        for i in range(steps + warmup):
+            if i == warmup:
+                sync(device)
+                start = time.perf_counter()
+            idx = order[i * batch:(i + 1) * batch]
+            with autocast() if autocast else contextlib.nullcontext():
+                logits, out = model.forward_hooked(Batch.plain(transform(images[idx]),
+                                                               labels[idx]), hooks)
+                loss = mixed_loss(criterion, logits, out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync(device)
+        return steps * batch / (time.perf_counter() - start)
+
+    figures = {"plain": loop(None)}
+    for name, cfg in AUGMENTS_TIMED.items():
+        figures[name] = loop(AUGMENTS.build(cfg, **context))
+    return figures
+
+
 NOISY = 1.2  # max/min of repeats beyond which a figure is called noisy
 
 
@@ -118,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of the bare loop")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per recipe")
+    parser.add_argument("--augment", action="store_true",
+                        help="also time each mixing augmentation's step against the plain step")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -138,6 +196,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: skipped: {err}", file=sys.stderr)
             continue
         ratios = [t / b for t, b in zip(trainer_ips, bare_ips)]
+        if args.augment:
+            costs: dict[str, list[float]] = {}
+            for _ in range(args.repeats):
+                figures = time_augments(trainer, recipe, args.steps, args.warmup)
+                for name, ips in figures.items():
+                    if name != "plain":  # cost = plain img/s over augmented img/s
+                        costs.setdefault(name, []).append(figures["plain"] / ips)
+            print(f"{path}: step cost with each augmentation (x the plain step, min / median / "
+                  f"max of {args.repeats}): " + "; ".join(
+                      f"{name} {fmt_spread(v, 3)}" for name, v in costs.items()), flush=True)
         noisy = [name for name, values in (("trainer", trainer_ips), ("bare loop", bare_ips))
                  if max(values) / min(values) > NOISY]
         rows.append((Path(path).as_posix(), trainer_ips, bare_ips, ratios, step_ips,

@@ -1,1 +1,20 @@
-"""augment."""
+"""Mixing augmentations: mixup, manifold mixup, Remix, CutMix, CMO, and ``one_of``.
+
+Each is a model hook on the two-target batch (:class:`lttoolbox.batch.Batch`), usable alone::
+
+    from lttoolbox.augment import Mixup
+    from lttoolbox.batch import Batch
+    from lttoolbox.losses import CELoss, mixed_loss
+
+    x, batch = Mixup(alpha=1.0)(images, Batch.plain(images, labels))
+    loss = mixed_loss(CELoss(num_classes=10), model(x), batch)
+
+See docs/augmentations.md.
+"""
+from .base import MixingAugment
+from .combine import OneOf
+from .cutmix import CMO, CutMix, paste_boxes, random_boxes
+from .mixup import ManifoldMixup, Mixup, Remix
+
+__all__ = ["MixingAugment", "Mixup", "ManifoldMixup", "Remix", "CutMix", "CMO", "OneOf",
+           "paste_boxes", "random_boxes"]

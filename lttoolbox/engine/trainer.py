@@ -66,7 +66,7 @@ class Stage:
     loss: Any
     augments: list
     generator: Any
-    hooked: list = field(default_factory=list)  # (component, stage name, recipe key)
+    hooked: list = field(default_factory=list)  # (component, stage name, recipe key, hook)
 
     @property
     def components(self) -> list:
@@ -118,12 +118,28 @@ def chain_hooks(parts: list) -> Callable:
     return hook
 
 
+def check_one_mix_at_a_time(named: list, epochs: int) -> None:
+    """Refuse two components that both replace a batch's targets in a common epoch: a sample has
+    two targets, so the second would silently undo the first."""
+    mixing = [(part, key) for part, key in named if getattr(part, "mixes", False)]
+    for i, (a, key_a) in enumerate(mixing):
+        for b, key_b in mixing[i + 1:]:
+            first = max(a.start_epoch, b.start_epoch)
+            last = min(a.end_epoch or epochs, b.end_epoch or epochs, epochs)
+            if first < last:
+                raise ConfigError(f"{key_a} ({type(a).__name__}) and {key_b} "
+                                  f"({type(b).__name__}) both mix the batch in epochs "
+                                  f"{first}-{last - 1}; give them disjoint epoch windows, or "
+                                  f"combine them per batch with {{name: one_of, choices: "
+                                  f"[...], p: [...]}}", key=key_a)
+
+
 def active_hooks(stage: Stage) -> dict:
     """Hooks of the components whose epoch window includes the current epoch."""
     by_stage: dict[str, list] = {}
-    for part, where, _ in stage.hooked:
+    for part, where, _, hook in stage.hooked:
         if getattr(part, "active", True):
-            by_stage.setdefault(where, []).append(part)
+            by_stage.setdefault(where, []).append(hook)
     return {where: parts[0] if len(parts) == 1 else chain_hooks(parts)
             for where, parts in by_stage.items()}
 
@@ -228,8 +244,15 @@ class Trainer:
         return {"class_counts": self.class_counts, "num_classes": self.num_classes,
                 "total_epochs": recipe["train"]["epochs"], "seed": recipe["train"]["seed"],
                 "labels": labels, "feature_dim": self.model.feature_dim,
+                "stage_names": self.model.stage_names, "fetch": self._fetch_train,
                 "rank": torch.distributed.get_rank() if world else 0,
                 "world_size": torch.distributed.get_world_size() if world else 1}
+
+    def _fetch_train(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training images (transformed as the batches are) and labels, on the training device:
+        how a component that needs more images than the batch (CMO's foreground) gets them."""
+        indices = indices.to(self.device)
+        return self.data.train_transform(self.train_images[indices]), self.train_labels[indices]
 
     def _build_stage(self, recipe: dict, index: int, first: dict) -> Stage:
         where = f"stages[{index}]." if self.recipe.get("stages") else ""
@@ -257,12 +280,16 @@ class Trainer:
         for part, key in named:
             if isinstance(part, torch.nn.Module):
                 part.to(self.device)
-            point = getattr(part, "stage", "input")
-            if point not in self.model.stage_names:
-                raise ConfigError(f"acts at model stage '{point}', which "
-                                  f"{first['model']['name']} does not have. Stages: "
-                                  f"{', '.join(self.model.stage_names)}.", key=key + ".stage")
-            stage.hooked.append((part, point, key))
+            # A component acts at one stage, or at several (``stages``, each with ``hook(stage)``).
+            points = getattr(part, "stages", None) or (getattr(part, "stage", "input"),)
+            for point in points:
+                if point not in self.model.stage_names:
+                    raise ConfigError(f"acts at model stage '{point}', which "
+                                      f"{first['model']['name']} does not have. Stages: "
+                                      f"{', '.join(self.model.stage_names)}.", key=key + ".stage")
+                hook = part.hook(point) if hasattr(part, "hook") else part
+                stage.hooked.append((part, point, key, hook))
+        check_one_mix_at_a_time(named, recipe["train"]["epochs"])
         if recipe["model"].get("head") == first["model"].get("head"):  # else built later
             no_decay_names([("", self.model), *[(f"{n}.", m) for n, m in
                                                 self._learned_components(stage)]],

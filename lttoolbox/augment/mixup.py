@@ -1,0 +1,164 @@
+"""Mixup, manifold mixup and Remix: convex combinations of a batch with a permutation of itself.
+
+* ``mixup`` (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018, Eq. 1):
+  ``x~ = lam x_i + (1 - lam) x_j``, ``y~ = lam y_i + (1 - lam) y_j``, ``lam ~ Beta(alpha,
+  alpha)``, ``j`` a random permutation of the batch; one ``lam`` per batch, as the authors' code.
+* ``manifold_mixup`` (Verma et al., "Manifold Mixup: Better Representations by Interpolating
+  Hidden States", ICML 2019, Sec. 2): the same at a hidden stage, chosen per batch uniformly among
+  the listed stages (the paper's ``k ~ S``).
+* ``remix`` (Chou et al., "Remix: Rebalanced Mixup", ECCV Workshops 2020, Eq. 4): images mixed
+  as mixup, the label weight moved to the minority class: ``lam_y = 0`` when
+  ``n_i / n_j >= kappa`` and ``lam < tau``, ``lam_y = 1`` when ``n_i / n_j <= 1 / kappa`` and
+  ``1 - lam < tau``, otherwise ``lam_y = lam`` (per sample pair).
+
+Example:
+    >>> import torch
+    >>> from lttoolbox.batch import Batch
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    >>> h, mixed = Mixup(alpha=1.0)(x, Batch.plain(x, y))
+    >>> mixed.mixed, tuple(mixed.lam.shape)
+    (True, (4,))
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..batch import Batch
+from ..errors import ConfigError
+from ..losses.weights import check_number
+from ..registry import AUGMENTS
+from .base import MixingAugment, beta_draw, check_alpha, mixed_targets
+
+
+def mix_with_permutation(h: torch.Tensor, batch: Batch, lam: float
+                         ) -> tuple[torch.Tensor, Batch, torch.Tensor]:
+    """``lam h + (1 - lam) h[perm]`` and the two-target batch; returns the permutation too."""
+    perm = torch.randperm(h.shape[0], device=h.device)
+    mixed = h * lam + h[perm] * (1.0 - lam)
+    lam_per_sample = torch.full((h.shape[0],), lam, device=batch.y_a.device)
+    return mixed, mixed_targets(batch.replace(x=mixed), perm, lam_per_sample), perm
+
+
+@AUGMENTS.register("mixup")
+class Mixup(MixingAugment):
+    """Input mixup (Zhang et al., ICLR 2018).
+
+    Args:
+        alpha: Beta(alpha, alpha) parameter, ``> 0`` (1.0, the paper's CIFAR value).
+        p, start_epoch, end_epoch, stage: see :class:`~lttoolbox.augment.base.MixingAugment`.
+
+    Recipe::
+
+        augment: [{name: mixup, alpha: 1.0}]
+    """
+
+    def __init__(self, alpha: float = 1.0, p: float = 1.0, start_epoch: int = 0,
+                 end_epoch: int | None = None, stage: str = "input"):
+        super().__init__(p, start_epoch, end_epoch, stage)
+        self.alpha = check_alpha(alpha)
+
+    def mix(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
+        mixed, out, _ = mix_with_permutation(h, batch, float(beta_draw(self.alpha)))
+        return mixed, out
+
+
+@AUGMENTS.register("manifold_mixup")
+class ManifoldMixup(MixingAugment):
+    """Manifold mixup (Verma et al., ICML 2019): mixup of a hidden stage's activations.
+
+    Args:
+        alpha: Beta(alpha, alpha) parameter (2.0, the paper's CIFAR value).
+        stage: One model stage (default ``features``, the pooled features), or a list of stages:
+            each batch is mixed at one of them, drawn uniformly, as the paper's ``k ~ S``.
+        p, start_epoch, end_epoch: see :class:`~lttoolbox.augment.base.MixingAugment`.
+        stage_names: The model's stages in order (from the trainer).
+
+    Recipe::
+
+        augment: [{name: manifold_mixup, alpha: 2.0, stage: [input, layer1, layer2]}]
+    """
+
+    def __init__(self, alpha: float = 2.0, stage: str | Sequence[str] = "features",
+                 p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
+                 stage_names: Sequence[str] | None = None):
+        stages = [stage] if isinstance(stage, str) else list(stage or [])
+        if not stages or not all(isinstance(s, str) and s for s in stages):
+            raise ConfigError(f"stage must be a model stage name or a list of them, got {stage!r}")
+        if len(set(stages)) != len(stages):
+            raise ConfigError(f"stage lists a stage twice: {stages}")
+        super().__init__(p, start_epoch, end_epoch, stages[0])
+        self.alpha = check_alpha(alpha)
+        if stage_names is not None:  # the model's order, so the draw happens at the first one
+            unknown = [s for s in stages if s not in stage_names]
+            if unknown:
+                raise ConfigError(f"the model has no stage {unknown[0]!r}; stages: "
+                                  f"{', '.join(stage_names)}")
+            stages.sort(key=list(stage_names).index)
+        self.stages = tuple(stages)
+        self.stage = self.stages[0]
+        self._chosen: str | None = None
+        self._lam = 1.0
+
+    def hook(self, stage: str):
+        """The hook at one of the listed stages (the trainer registers one per stage)."""
+        def at(h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
+            if stage == self.stages[0]:  # the first listed stage of this forward: draw
+                self._chosen = None
+                if self.active and self.coin():
+                    pick = int(torch.randint(len(self.stages), ()))
+                    self._chosen, self._lam = self.stages[pick], float(beta_draw(self.alpha))
+            if stage != self._chosen:
+                return h, batch
+            mixed, out, _ = mix_with_permutation(h, batch, self._lam)
+            return mixed, out
+        return at
+
+    def __call__(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
+        return self.hook(self.stages[0])(h, batch) if len(self.stages) == 1 else (h, batch)
+
+
+@AUGMENTS.register("remix")
+class Remix(MixingAugment):
+    """Remix (Chou et al., ECCV-W 2020): mixup images, minority-favouring labels.
+
+    Args:
+        alpha: Beta(alpha, alpha) of the image weight (1.0).
+        kappa: Count-ratio threshold ``>= 1`` (3, the paper's choice).
+        tau: Image-weight threshold in ``[0, 1]`` (0.5, the paper's choice).
+        class_counts: Training images per class (from the trainer).
+        p, start_epoch, end_epoch, stage: see :class:`~lttoolbox.augment.base.MixingAugment`.
+
+    Recipe::
+
+        augment: [{name: remix, alpha: 1.0, kappa: 3.0, tau: 0.5}]
+    """
+
+    def __init__(self, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5,
+                 p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
+                 stage: str = "input", class_counts: Sequence[int] | None = None):
+        super().__init__(p, start_epoch, end_epoch, stage)
+        self.alpha = check_alpha(alpha)
+        self.kappa = check_number("kappa", kappa, 1.0)
+        self.tau = check_number("tau", tau, 0.0, 1.0)
+        if class_counts is None:
+            raise ConfigError("remix needs class_counts (the trainer passes them)")
+        self.counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64),
+                                      dtype=torch.float32)
+
+    def label_weight(self, lam: float, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: the weight of ``y_a`` per sample given the image weight ``lam``."""
+        counts = self.counts.to(y_a.device)
+        ratio = counts[y_a] / counts[y_b]
+        weight = torch.full(y_a.shape, lam, device=y_a.device)
+        weight = torch.where((ratio >= self.kappa) & (lam < self.tau), 0.0, weight)
+        return torch.where((ratio <= 1.0 / self.kappa) & (1.0 - lam < self.tau), 1.0, weight)
+
+    def mix(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
+        lam = float(beta_draw(self.alpha))
+        mixed, out, perm = mix_with_permutation(h, batch, lam)
+        return mixed, out.replace(lam=self.label_weight(lam, batch.y_a, batch.y_a[perm]))
