@@ -53,16 +53,24 @@ def time_trainer(recipe: dict, steps: int) -> tuple[float, Trainer]:
     return history[-1]["images_per_second"], trainer
 
 
-def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int) -> tuple[float, float]:
-    """Images/s of a bare loop with the trainer's data path, and of the step alone."""
+def fresh_model(trainer: Trainer, recipe: dict) -> torch.nn.Module:
+    """The recipe's model, newly initialised, laid out as the trainer lays it out."""
     from lttoolbox.registry import MODELS
 
-    device = trainer.device
-    images, labels = trainer.train_images, trainer.train_labels
+    images = trainer.train_images
     model = MODELS.build(recipe["model"], num_classes=trainer.num_classes,
-                         in_channels=images.shape[1], image_size=images.shape[-1]).to(device)
+                         in_channels=images.shape[1], image_size=images.shape[-1])
+    model = model.to(trainer.device)
     if recipe["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int) -> tuple[float, float]:
+    """Images/s of a bare loop with the trainer's data path, and of the step alone."""
+    device = trainer.device
+    images, labels = trainer.train_images, trainer.train_labels
+    model = fresh_model(trainer, recipe)
     optim = recipe["optim"]
     opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim.get("momentum", 0),
                           weight_decay=optim.get("weight_decay", 0))
@@ -110,14 +118,11 @@ def time_augments(trainer: Trainer, recipe: dict, steps: int, warmup: int
     augmentation, on the same model, batches and device; ``plain`` is the step without."""
     from lttoolbox.batch import Batch
     from lttoolbox.losses import mixed_loss
-    from lttoolbox.registry import AUGMENTS, LOSSES, MODELS
+    from lttoolbox.registry import AUGMENTS, LOSSES
 
     device = trainer.device
     images, labels = trainer.train_images, trainer.train_labels
-    model = MODELS.build(recipe["model"], num_classes=trainer.num_classes,
-                         in_channels=images.shape[1], image_size=images.shape[-1]).to(device)
-    if recipe["train"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = fresh_model(trainer, recipe)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = LOSSES.build({"name": "ce"}, num_classes=trainer.num_classes).to(device)
     autocast, _ = autocast_factory(recipe["train"]["amp"], device)
