@@ -57,7 +57,8 @@ ENTRIES = {"mixup": {}, "manifold_mixup": {"stage": "input"}, "remix": {}, "cutm
 
 
 def test_every_registered_augmentation_is_covered():
-    assert set(AUGMENTS.names()) == set(ENTRIES)
+    shipped = {n for n in AUGMENTS.names() if not n.startswith("test_")}  # other tests' toys
+    assert shipped == set(ENTRIES)
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))

@@ -18,7 +18,7 @@ from lttoolbox.cli import main as lttrain
 from lttoolbox.cli_eval import main as lteval
 from lttoolbox.cli_predict import main as ltpredict
 from lttoolbox.engine.evaluate import predict
-from lttoolbox.engine.trainer import epoch_line
+from lttoolbox.engine.monitor import epoch_line
 from lttoolbox.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,33 +20,34 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import yaml
 
 from ..batch import Batch
+from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..losses import mixed_loss
-from ..epochs import UnreachableEpochWarning
 from ..recipe import (dump_recipe, recipe_differences, recipe_hash, resolve, stage_recipes,
                       unreachable_epoch_keys)
+from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
 from ..runs import write_data_info
 from ..yamlio import load_yaml
-from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
                          rng_state, set_rng_state)
 from .evaluate import evaluate
-from .logging import RunLogger
-from .optim import build_optimizer, lr_at, no_decay_names, set_lr, warms_up_per_step
 from .loggers import check_loggers, open_loggers
+from .logging import RunLogger
+from .monitor import check_divergence, epoch_line
+from .optim import build_optimizer, lr_at, no_decay_names, set_lr, warms_up_per_step
 from .plots import PLOT_HINT, plots_available, write_run_plots
 from .provenance import git_commit, machine_info
 from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
                      write_log)
+from .stages import Stage, active_hooks, check_one_mix_at_a_time
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -54,24 +55,6 @@ RECIPE = "recipe.yaml"
 CHECKPOINT_KEYS = {"stage", "epoch", "stage_done", "model", "optimizer", "scaler", "components",
                    "rng", "history", "seconds", "images", "recipe_hash"}
 STATUS_EVERY = 25  # steps between progress-bar status updates
-
-
-@dataclass
-class Stage:
-    """One stage's recipe and the components built from it."""
-
-    name: str
-    recipe: dict
-    sampler: Any
-    loss: Any
-    augments: list
-    generator: Any
-    hooked: list = field(default_factory=list)  # (component, stage name, recipe key, hook)
-
-    @property
-    def components(self) -> list:
-        parts = [self.sampler, self.loss, *self.augments]
-        return parts + ([self.generator] if self.generator is not None else [])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,41 +90,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def chain_hooks(parts: list) -> Callable:
-    """Several components at one stage act in recipe order."""
-    def hook(h, batch):
-        for part in parts:
-            h, batch = part(h, batch)
-        return h, batch
-    return hook
-
-
-def check_one_mix_at_a_time(named: list, epochs: int) -> None:
-    """Refuse two components that both replace a batch's targets in a common epoch: a sample has
-    two targets, so the second would silently undo the first."""
-    mixing = [(part, key) for part, key in named if getattr(part, "mixes", False)]
-    for i, (a, key_a) in enumerate(mixing):
-        for b, key_b in mixing[i + 1:]:
-            first = max(a.start_epoch, b.start_epoch)
-            last = min(a.end_epoch or epochs, b.end_epoch or epochs, epochs)
-            if first < last:
-                raise ConfigError(f"{key_a} ({type(a).__name__}) and {key_b} "
-                                  f"({type(b).__name__}) both mix the batch in epochs "
-                                  f"{first}-{last - 1}; give them disjoint epoch windows, or "
-                                  f"combine them per batch with {{name: one_of, choices: "
-                                  f"[...], p: [...]}}", key=key_a)
-
-
-def active_hooks(stage: Stage) -> dict:
-    """Hooks of the components whose epoch window includes the current epoch."""
-    by_stage: dict[str, list] = {}
-    for part, where, _, hook in stage.hooked:
-        if getattr(part, "active", True):
-            by_stage.setdefault(where, []).append(hook)
-    return {where: parts[0] if len(parts) == 1 else chain_hooks(parts)
-            for where, parts in by_stage.items()}
 
 
 class Trainer:
@@ -556,54 +504,11 @@ class Trainer:
         return state
 
 
-def epoch_line(row: dict, label: str, epochs: int, eta_seconds: float) -> str:
-    """The console line of an epoch: loss, rate, speed, the evaluation if any, the run's ETA."""
-    line = (f"{label}epoch {row['epoch'] + 1:>3}/{epochs}  loss {row['loss']:.4f}  "
-            f"lr {row['lr']:.2e}  {row['images_per_second']:,.0f} img/s")
-    evaluation = row.get("eval")
-    if evaluation:
-        split = "/".join("-" if evaluation.get(k) is None else f"{evaluation[k]:.1f}"
-                         for k in ("many", "medium", "few"))
-        line += f"  top-1 {evaluation['top1']:.2f} (many/med/few {split})"
-    if eta_seconds > 0:
-        minutes, sec = divmod(int(round(eta_seconds)), 60)
-        hours, minutes = divmod(minutes, 60)
-        line += f"  ETA {hours}:{minutes:02d}:{sec:02d}"
-    return line
-
-
 def stage_seed(seed: int, index: int) -> int:
     """The seed of stage ``index`` (> 0): a function of (seed, stage) alone, and distinct for
     different pairs (unlike ``seed + index``, which gives seed 1 stage 0 the stream of seed 0
     stage 1)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-DIVERGENCE_FACTOR = 100.0
-
-
-def check_divergence(mean_loss: float, reference: float | None, epoch: int, stage: str,
-                     lr: float) -> None:
-    """Stop a run whose loss is not finite or has grown far beyond where it started.
-
-    A run diverged when an epoch's mean loss exceeds ``DIVERGENCE_FACTOR`` (100) times the loss of
-    the stage's first step, or 100 when that was below 1: a learning rate or momentum too large
-    gives losses such as 8e16, 5e25, 2e33 that are finite but meaningless.
-
-    Raises:
-        FloatingPointError: with one line saying what to change.
-    """
-    where = f"in epoch {epoch + 1} of stage '{stage}' (learning rate {lr:g})"
-    if not math.isfinite(mean_loss):
-        raise FloatingPointError(f"the training loss became {mean_loss} {where}; lower optim.lr "
-                                 f"or check the loss parameters")
-    bound = DIVERGENCE_FACTOR * max(1.0, reference or 0.0)
-    if mean_loss > bound:
-        raise FloatingPointError(f"the training diverged: the mean loss reached {mean_loss:.3g} "
-                                 f"{where}, above {bound:.3g} ({DIVERGENCE_FACTOR:g} times the "
-                                 f"first step's loss {reference:.3g}, at least "
-                                 f"{DIVERGENCE_FACTOR:g}); lower optim.lr (or optim.momentum) "
-                                 f"and start again")
 
 
 def train(recipe: dict, out_dir: str | Path, resume: bool = False, quiet: bool = False,
