@@ -70,6 +70,8 @@ def list_registries(console, family: str | None) -> None:
 
 
 def _raise_interrupt(signum, frame):
+    from . import stop
+    stop.request()  # also recorded, in case the exception is swallowed before it unwinds
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
@@ -87,15 +89,18 @@ def stop_signals_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
+    from . import stop
+
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    stop.clear()
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
-                      else _raise_interrupt)
+        signal.signal(sig, _raise_interrupt)
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        stop.clear()
 
 
 def run_command(body: Callable, interrupted: Callable) -> int:
@@ -115,6 +120,10 @@ def run_command(body: Callable, interrupted: Callable) -> int:
             console.print(Text.assemble(("error:", "bold red"), f" {err}"), soft_wrap=True)
             return 1
         except KeyboardInterrupt:
+            # A second stop signal while the message is printed (or one still pending) must not
+            # turn the clean exit into a death by signal.
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
             interrupted(console)
             return 130
 

@@ -449,3 +449,19 @@ def test_a_full_disk_is_named_and_keeps_the_previous_file(tmp_path):
         atomic_write(target, fill_the_disk, binary=True)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_stop_request_swallowed_by_a_library_still_stops_the_run(tmp_path):
+    """A signal's KeyboardInterrupt can be caught by code it interrupts (an import, a reader);
+    the request is recorded too, and the trainer ends at the next step."""
+    from lttoolbox import stop
+
+    recipe = resolve(DIGITS)
+    stop.request()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe, tmp_path / "run", quiet=True)
+    finally:
+        stop.clear()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    train(recipe, tmp_path / "run", resume=True, quiet=True)  # and it resumes

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+from .. import stop
 from ..batch import Batch
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
@@ -397,6 +398,7 @@ class Trainer:
                              f"{recipe['train']['epochs']}", steps)
         start = time.perf_counter()
         for step in range(steps):
+            stop.check()  # a stop request some library swallowed still ends the run here
             if per_step and step:
                 lr = rate(step=step, steps=steps)
                 set_lr(optimizer, lr)
