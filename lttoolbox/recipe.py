@@ -177,7 +177,7 @@ def _check_known_keys(section: str, values: dict) -> None:
                               key=f"{section}.{key}")
 
 
-def resolve(recipe: dict, where: str = "") -> dict:
+def resolve(recipe: dict, where: str = "", min_epochs: int = 1) -> dict:
     """Fill in the trainer's defaults and check every section's shape and types.
 
     Registry sections (``data``, ``model``, ``loss``, ...) are only checked for shape here; their
@@ -228,7 +228,7 @@ def resolve(recipe: dict, where: str = "") -> dict:
             raise ConfigError(f"must be a mapping, got {value!r}", key=prefix + section)
         _check_known_keys(section, value)
         recipe[section] = deep_merge(DEFAULTS[section], value)
-    check_trainer_values(recipe, prefix)
+    check_trainer_values(recipe, prefix, min_epochs)
     meta = recipe.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise ConfigError(f"must be a mapping of notes, got {meta!r}", key=prefix + "meta")
@@ -257,7 +257,9 @@ def _resolve_stages(base: dict, stages: Any, prefix: str) -> list[dict]:
         names.add(name)
         if "stages" in overlay:
             raise ConfigError("stages do not nest", key=f"{prefix}stages[{i}].stages")
-        stage = resolve(deep_merge(base, overlay), where=f"{prefix}stages[{i}]")
+        # A later stage may train 0 epochs: it only changes the model (tau-normalisation).
+        stage = resolve(deep_merge(base, overlay), where=f"{prefix}stages[{i}]",
+                        min_epochs=0 if i else 1)
         stage.pop("stages", None)
         stage["meta"] = {**stage.get("meta", {}), "stage": name}
         resolved.append(stage)
@@ -339,7 +341,8 @@ def scale_epochs(recipe: dict, total_epochs: int) -> dict:
 
     def scaled_stage(stage: dict, factor: float) -> dict:
         out = scaled(stage, factor)
-        out["train"]["epochs"] = max(1, int(round(stage["train"]["epochs"] * factor)))
+        epochs = stage["train"]["epochs"]  # a stage of 0 epochs (a model change only) stays 0
+        out["train"]["epochs"] = max(1, int(round(epochs * factor))) if epochs else 0
         return out
 
     if isinstance(total_epochs, bool) or not isinstance(total_epochs, int) or total_epochs < 1:

@@ -92,8 +92,11 @@ def optim_defaults(optim: Any, key: str) -> dict:
     return {"name": name, **known, **{k: v for k, v in optim.items() if k != "name"}}
 
 
-def check_trainer_values(recipe: dict, prefix: str) -> None:
-    """Check (and normalise in place) the optim, schedule, train and eval sections."""
+def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None:
+    """Check (and normalise in place) the optim, schedule, train and eval sections.
+
+    ``min_epochs`` is 0 for a later stage, which may only change the model (tau-normalisation).
+    """
     train, optim, schedule, ev = (recipe[s] for s in ("train", "optim", "schedule", "eval"))
     p = prefix
     # Rates of MAX_LR and beyond overflow float32 weight updates before any check could see
@@ -135,7 +138,8 @@ def check_trainer_values(recipe: dict, prefix: str) -> None:
     schedule["milestones"] = [number(m, f"{p}schedule.milestones", integer=True, minimum=0)
                               for m in milestones]
 
-    train["epochs"] = number(train["epochs"], f"{p}train.epochs", integer=True, minimum=1)
+    train["epochs"] = number(train["epochs"], f"{p}train.epochs", integer=True,
+                             minimum=min_epochs)
     train["seed"] = number(train["seed"], f"{p}train.seed", integer=True, minimum=0,
                            below=SEED_LIMIT)
     for name in ("batch_size", "checkpoint_every"):

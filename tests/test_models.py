@@ -448,9 +448,16 @@ def test_heads_registry():
 
 @pytest.mark.parametrize("head", HEADS.names())
 def test_every_head_builds_and_resets(head):
+    """A head initialises itself, or (``adopt``) takes over a trained linear head."""
     torch.manual_seed(0)
     module = build_head(head, in_features=8, num_classes=4)
     assert module(torch.randn(5, 8)).shape == (5, 4)
+    if hasattr(module, "adopt"):
+        trained = build_head("linear", in_features=8, num_classes=4)
+        module.adopt(trained)
+        assert torch.equal(module.weight, trained.weight.detach())
+        assert "linear" in module.follows
+        return
     before = module.weight.detach().clone()
     module.reset_parameters()
     assert not torch.equal(before, module.weight.detach())

@@ -151,7 +151,7 @@ def _download(root: Path, num_classes: int) -> None:
 
 def load_cifar(num_classes: int, root, imbalance_type, imbalance_ratio, selection, selection_seed,
                crop_padding, hflip, download, cache_dir, max_per_class,
-               test_max_per_class, mean=None, std=None) -> DataBundle:
+               test_max_per_class, mean=None, std=None, val_per_class=None) -> DataBundle:
     """Shared body of :func:`cifar10_lt` and :func:`cifar100_lt`."""
     check_common(imbalance_type, imbalance_ratio, selection, selection_seed, crop_padding, hflip)
     mean = _check_channels("mean", mean, _SPECS[num_classes]["mean"], positive=False)
@@ -197,7 +197,8 @@ def load_cifar(num_classes: int, root, imbalance_type, imbalance_ratio, selectio
         imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio,
         selection=selection, selection_seed=selection_seed, crop_padding=crop_padding,
         hflip=hflip, source=kind, root=str(path), train_index=train_index,
-        extra_meta={"max_per_class": max_per_class, "test_max_per_class": test_max_per_class})
+        extra_meta={"max_per_class": max_per_class, "test_max_per_class": test_max_per_class},
+        val_per_class=val_per_class)
 
 
 def _check_channels(name: str, value, default: tuple, positive: bool) -> tuple:
@@ -218,7 +219,7 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
                crop_padding: int = 4, hflip: bool = True, download: bool = False,
                cache_dir: str | None = None, max_per_class: int | None = None,
                test_max_per_class: int | None = None, mean: list | None = None,
-               std: list | None = None) -> DataBundle:
+               std: list | None = None, val_per_class: int | None = None) -> DataBundle:
     """CIFAR-10-LT: CIFAR-10 with a long-tailed training split.
 
     Args:
@@ -240,6 +241,12 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
         mean: Per-channel normalisation mean on the 0..1 scale (default: the LDAM-DRW code's
             CIFAR-10 constants for CIFAR-10, CIFAR-100's own statistics for CIFAR-100).
         std: Per-channel normalisation std, the same way.
+        val_per_class: Images per class of a balanced validation split drawn from the training
+            images the profile leaves unused (at ratio 100 CIFAR-10-LT uses 12,406 of 50,000);
+            a class with fewer unused images gives up the shortfall from its kept ones (with 20,
+            class 0 trains on 4,980 instead of 5,000). ``None`` (default): no validation split,
+            the profile exactly as published. See
+            :func:`~lttoolbox.data.dataset.validation_split`.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -251,7 +258,7 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
     """
     return load_cifar(10, root, imbalance_type, imbalance_ratio, selection, selection_seed,
                       crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
-                      mean, std)
+                      mean, std, val_per_class)
 
 
 @DATASETS.register("cifar100_lt")
@@ -260,7 +267,7 @@ def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
                 crop_padding: int = 4, hflip: bool = True, download: bool = False,
                 cache_dir: str | None = None, max_per_class: int | None = None,
                 test_max_per_class: int | None = None, mean: list | None = None,
-                std: list | None = None) -> DataBundle:
+                std: list | None = None, val_per_class: int | None = None) -> DataBundle:
     """CIFAR-100-LT: CIFAR-100 (fine labels) with a long-tailed training split.
 
     Same parameters as :func:`cifar10_lt`, with ``cifar-100-python`` as the pickle folder; ratio
@@ -273,4 +280,4 @@ def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
     """
     return load_cifar(100, root, imbalance_type, imbalance_ratio, selection, selection_seed,
                       crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
-                      mean, std)
+                      mean, std, val_per_class)

@@ -105,6 +105,8 @@ class DataBundle:
         test: The balanced test set.
         train_transform: Crop/flip/normalise for training batches.
         eval_transform: Normalise only.
+        val: A balanced validation split (``val_per_class``), for post-hoc choices that must not
+            be made on the test set; ``None`` without one.
         meta: Provenance recorded into results (name, profile, ratio, selection and its seed,
             kept-index hash, source, root, per-class counts).
     """
@@ -114,6 +116,7 @@ class DataBundle:
     train_transform: BatchTransform
     eval_transform: BatchTransform
     meta: dict[str, Any] = field(default_factory=dict)
+    val: LTDataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -185,7 +188,8 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
              mean: Sequence[float], std: Sequence[float], *, imbalance_type: str | None,
              imbalance_ratio: float, selection: str, selection_seed: int, crop_padding: int,
              hflip: bool, source: str, root: str | None, train_index: np.ndarray | None = None,
-             extra_meta: dict[str, Any] | None = None) -> DataBundle:
+             extra_meta: dict[str, Any] | None = None, val_per_class: int | None = None,
+             val_split: tuple[np.ndarray, np.ndarray] | None = None) -> DataBundle:
     """Apply the long-tail profile to the training split and build the bundle.
 
     ``n_max`` is the size of the smallest training class, so every class can be filled (for the
@@ -195,6 +199,10 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
     Args:
         train_index: Index of each training image in the source's own numbering (for the kept-index
             hash); defaults to ``0 .. N-1``.
+        val_per_class: Images per class of a balanced validation split (see
+            :func:`validation_split`); ``None``: no validation split, the profile exactly as
+            published.
+        val_split: A given validation split ``(images, labels)`` (a named folder) instead.
 
     Raises:
         DataError: a class has no training or no test image.
@@ -219,6 +227,19 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
                 f"training image (n_max = {n_max}); lower imbalance_ratio or raise max_per_class")
         kept = select_long_tail(train_labels, counts, selection, selection_seed)
     train_index = np.arange(len(train_labels)) if train_index is None else train_index
+    val_meta: dict[str, Any] = {}
+    val = None
+    if val_per_class is not None:
+        check_int("val_per_class", val_per_class, 1)
+        kept, val_idx, given_up = validation_split(train_labels, kept, num_classes,
+                                                   val_per_class, selection_seed)
+        val = LTDataset(train_images[val_idx], train_labels[val_idx], classes, mean, std)
+        val_meta = {"val_per_class": val_per_class, "val_from_kept": given_up,
+                    "val_index_hash": index_hash(np.asarray(train_index)[val_idx])}
+    elif val_split is not None:
+        val = LTDataset(val_split[0], val_split[1], classes, mean, std)
+    if val is not None:
+        val_meta["val_class_counts"] = val.class_counts
     train = LTDataset(train_images[kept], train_labels[kept], classes, mean, std)
     test = LTDataset(test_images, test_labels, classes, mean, std)
     meta = {
@@ -239,8 +260,50 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
         "std": train.std,
         "crop_padding": crop_padding,
         "hflip": hflip,
+        **val_meta,
     }
     meta.update(extra_meta or {})
     return DataBundle(train, test,
                       BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip),
-                      BatchTransform(mean, std), meta)
+                      BatchTransform(mean, std), meta, val)
+
+
+def validation_split(labels: np.ndarray, kept: np.ndarray, num_classes: int, per_class: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A balanced validation split of ``per_class`` images per class, disjoint from the kept
+    training images and (as it is drawn from the training split) from the test set.
+
+    The images are drawn (seeded by ``seed`` and the class) from those the long-tail profile left
+    unused; a class with fewer unused images (a head class that keeps everything) gives up the
+    shortfall from its kept images, the last ones in the kept order, so its training count drops
+    by at most ``per_class``.
+
+    Returns:
+        ``(kept, val, given_up)``: the kept indices without the given-up ones (order preserved),
+        the validation indices grouped by class, and the number given up per class.
+
+    Raises:
+        ConfigError: a class has fewer than ``per_class`` images in all.
+    """
+    labels = np.asarray(labels)
+    unused = np.ones(len(labels), dtype=bool)
+    unused[kept] = False
+    kept_labels = labels[kept]
+    drop, val, given_up = [], [], []
+    for c in range(num_classes):
+        spare = np.flatnonzero(unused & (labels == c))
+        rng = np.random.default_rng([seed, 0x56414C, c])
+        chosen = rng.permutation(spare)[:per_class]
+        short = per_class - len(chosen)
+        mine = kept[kept_labels == c]
+        if short > len(mine) - 1:
+            raise ConfigError(f"val_per_class {per_class} leaves class {c} no training image "
+                              f"({len(spare)} unused and {len(mine)} kept images)")
+        if short:
+            drop.append(mine[len(mine) - short:])
+            chosen = np.concatenate([chosen, mine[len(mine) - short:]])
+        val.append(np.sort(chosen))
+        given_up.append(int(short))
+    dropped = np.concatenate(drop) if drop else np.empty(0, dtype=np.int64)
+    kept = kept[~np.isin(kept, dropped)]
+    return kept, np.concatenate(val).astype(np.int64), given_up

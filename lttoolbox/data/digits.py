@@ -34,7 +34,8 @@ from .dataset import DataBundle, assemble, check_common, check_int, pixel_mean_s
 @DATASETS.register("digits_lt")
 def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
               imbalance_ratio: float = 10, selection: str = "protocol", selection_seed: int = 0,
-              crop_padding: int = 0, hflip: bool = False) -> DataBundle:
+              crop_padding: int = 0, hflip: bool = False,
+              val_per_class: int | None = None) -> DataBundle:
     """Long-tailed 8x8 digits (10 classes, 1 channel).
 
     Args:
@@ -46,6 +47,8 @@ def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
         selection_seed: Seed of the test hold-out and of the selection.
         crop_padding: Zero padding of the training random crop (0: none).
         hflip: Random horizontal flip during training (off: a mirrored 2 is no 2).
+        val_per_class: Images per class of a balanced validation split taken from the training
+            pool (see :func:`~lttoolbox.data.dataset.validation_split`); ``None``: none.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -77,4 +80,5 @@ def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
         "digits_lt", images[pool], labels[pool], images[test_idx], labels[test_idx], classes, mean,
         std, imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio, selection=selection,
         selection_seed=selection_seed, crop_padding=crop_padding, hflip=hflip, source="sklearn",
-        root=None, train_index=pool, extra_meta={"test_per_class": test_per_class})
+        root=None, train_index=pool, extra_meta={"test_per_class": test_per_class},
+        val_per_class=val_per_class)

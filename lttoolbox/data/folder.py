@@ -52,7 +52,8 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
                  imbalance_ratio: float = 100, selection: str = "protocol",
                  selection_seed: int = 0, crop_padding: int = 4, hflip: bool = True,
                  cache_dir: str | None = None, max_per_class: int | None = None,
-                 test_max_per_class: int | None = None) -> DataBundle:
+                 test_max_per_class: int | None = None, val_dir: str | None = None,
+                 val_per_class: int | None = None) -> DataBundle:
     """A long-tailed data set from an image-folder tree.
 
     Args:
@@ -73,6 +74,11 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         cache_dir: Decode cache (default ``$LTTOOLBOX_CACHE`` or ``~/.cache/lttoolbox``).
         max_per_class: Keep only the first images (by file name) of each training class.
         test_max_per_class: The same for the test split.
+        val_dir: A validation split folder beside ``train_dir`` (``val/<class>/...``, the same
+            classes), for post-hoc choices that must not be made on the test set.
+        val_per_class: Or a balanced validation split of this many images per class drawn from
+            the training images the profile leaves unused (see
+            :func:`~lttoolbox.data.dataset.validation_split`). Not both.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -93,8 +99,18 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
     root = Path(str(root)).expanduser().absolute()
     if not root.is_dir():
         raise DataError(f"image folder root {root} does not exist")
+    if val_dir is not None and (not isinstance(val_dir, str) or not val_dir):
+        raise ConfigError(f"val_dir must be a folder name, got {val_dir!r}")
+    if val_dir is not None and val_per_class is not None:
+        raise ConfigError("give val_dir (a validation folder) or val_per_class (drawn from the "
+                          "unused training images), not both")
     classes, (train_x, train_y, train_index), (test_x, test_y), _ = load_folder_splits(
         root, train_dir, test_dir, image_size, cache_dir, None, max_per_class, test_max_per_class)
+    val_split = None
+    if val_dir is not None:
+        _, _, (val_x, val_y), _ = load_folder_splits(root, train_dir, val_dir, image_size,
+                                                     cache_dir, classes, max_per_class)
+        val_split = (val_x, val_y)
     if mean is None:
         mean, std = pixel_mean_std(train_x)
     return assemble(
@@ -103,4 +119,6 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         selection_seed=selection_seed, crop_padding=crop_padding, hflip=hflip, source="folder",
         root=str(root), train_index=train_index,
         extra_meta={"image_size": image_size, "train_dir": train_dir, "test_dir": test_dir,
-                    "max_per_class": max_per_class, "test_max_per_class": test_max_per_class})
+                    "val_dir": val_dir, "max_per_class": max_per_class,
+                    "test_max_per_class": test_max_per_class},
+        val_per_class=val_per_class, val_split=val_split)

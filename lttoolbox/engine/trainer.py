@@ -32,6 +32,7 @@ from ..batch import Batch
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..losses import mixed_loss
+from ..models.heads import build_head, head_config
 from ..recipe import (dump_recipe, recipe_differences, recipe_hash, resolve, stage_recipes,
                       unreachable_epoch_keys)
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
@@ -112,6 +113,7 @@ class Trainer:
         self._lock: RunLock | None = None
         self._loss_reference: float | None = None
         self._loggers: list = []
+        self._selection: dict = {}  # post-hoc choices made on the validation split
         check_out_dir(self.out)
         check_loggers(self.recipe["train"]["loggers"])
         self._check_run_dir()
@@ -191,7 +193,8 @@ class Trainer:
         labels = self.data.train.labels.numpy()
         world = torch.distributed.is_available() and torch.distributed.is_initialized()
         return {"class_counts": self.class_counts, "num_classes": self.num_classes,
-                "total_epochs": recipe["train"]["epochs"], "seed": recipe["train"]["seed"],
+                # a 0-epoch stage (only a model change) still builds its components
+                "total_epochs": max(1, recipe["train"]["epochs"]), "seed": recipe["train"]["seed"],
                 "labels": labels, "feature_dim": self.model.feature_dim,
                 "stage_names": self.model.stage_names, "fetch": self._fetch_train,
                 "rank": torch.distributed.get_rank() if world else 0,
@@ -202,6 +205,24 @@ class Trainer:
         how a component that needs more images than the batch (CMO's foreground) gets them."""
         indices = indices.to(self.device)
         return self.data.train_transform(self.train_images[indices]), self.train_labels[indices]
+
+    def _check_head(self, recipe: dict, index: int, where: str) -> None:
+        """A head that takes over the previous one must follow a head it can take over, and one
+        that chooses on the validation split needs a data set with one."""
+        cfg = head_config(recipe["model"].get("head", "linear"), where + "model.head")
+        head = build_head(cfg, self.model.feature_dim, self.num_classes, where + "model.head")
+        if hasattr(head, "adopt"):
+            previous = (head_config(stage_recipes(self.recipe)[index - 1]["model"].get(
+                "head", "linear"))["name"] if index else None)
+            if previous not in getattr(head, "follows", ()):
+                raise ConfigError(f"head '{cfg['name']}' takes over the previous stage's "
+                                  f"classifier, which must be one of "
+                                  f"{', '.join(head.follows)}; got "
+                                  f"{previous or 'none (it is the first stage)'}",
+                                  key=where + "model.head")
+        if getattr(head, "needs_validation", False) and self.data.val is None:
+            raise ConfigError(f"head '{cfg['name']}' chooses on the validation split; give the "
+                              f"data set one (data.val_per_class: 20)", key=where + "model.head")
 
     def _build_stage(self, recipe: dict, index: int, first: dict) -> Stage:
         where = f"stages[{index}]." if self.recipe.get("stages") else ""
@@ -215,6 +236,7 @@ class Trainer:
         if changed:
             raise ConfigError("only model.head may change between stages",
                               key=f"{where}model.{sorted(changed)[0]}")
+        self._check_head(recipe, index, where)
         ctx = self._context(recipe)
         sampler = SAMPLERS.build(recipe["sampler"], key=where + "sampler", **ctx)
         loss = LOSSES.build(recipe["loss"], key=where + "loss", **ctx).to(self.device)
@@ -284,6 +306,8 @@ class Trainer:
                 autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
                 results = self._results(self._evaluate(final, autocast), history, seconds,
                                         images_seen)
+                if self.data.val is not None:  # for choices that must not be made on the test set
+                    results["val"] = self._evaluate(final, autocast, "val")
                 atomic_write_json(results, self.out / RESULTS)
                 for logger in self._loggers:
                     logger.results(results)
@@ -337,8 +361,9 @@ class Trainer:
                     seed_everything(stage_seed(stage.recipe["train"]["seed"], index))
                 self._enter_stage(index)
                 self._loss_reference = None
-            optimizer = build_optimizer(self.model, stage.recipe["optim"],
-                                        self._learned_components(stage))
+            optimizer = (build_optimizer(self.model, stage.recipe["optim"],
+                                         self._learned_components(stage))
+                         if stage.recipe["train"]["epochs"] else None)  # 0 epochs: nothing trains
             autocast, needs_scaler = autocast_factory(stage.recipe["train"]["amp"], self.device)
             scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler)
             first_epoch = 0
@@ -367,12 +392,18 @@ class Trainer:
                                               / attempt_epochs * left))
                 history.append(row)
                 last = epoch + 1 == epochs
+                if last:
+                    self._select(stage, autocast)
                 if last or (epoch + 1) % stage.recipe["train"]["checkpoint_every"] == 0:
                     self._save_state(index, epoch, last, optimizer, scaler, stage, history,
                                      seconds, images_seen)
                 append_log(self.out, row)  # after the checkpoint; see write_log above
                 for logger in self._loggers:
                     logger.epoch(row)
+            if epochs == 0:  # a stage that only changes the model (tau-normalisation)
+                self._select(stage, autocast)
+                self._save_state(index, -1, True, optimizer, scaler, stage, history, seconds,
+                                 images_seen)
         return history, seconds, images_seen
 
     def _train_epoch(self, stage: Stage, index: int, epoch: int, optimizer, scaler,
@@ -437,9 +468,21 @@ class Trainer:
     def _epoch_label(self, stage: Stage) -> str:
         return f"{stage.name} " if len(self.stages) > 1 else ""
 
-    def _evaluate(self, stage: Stage, autocast) -> dict:
+    def _select(self, stage: Stage, autocast) -> None:
+        """Let a head that chooses a setting post hoc (``tau_norm`` with ``tau: auto``) choose it
+        on the validation split; the record goes into results.json."""
+        select = getattr(self.model.head, "select", None)
+        if select is not None:
+            self._selection.update(select(
+                lambda: self._evaluate(stage, autocast, "val")["top1"]))
+
+    def _evaluate(self, stage: Stage, autocast, split: str = "test") -> dict:
+        """The metrics of the model on the test split, or on the validation split."""
         ev = stage.recipe["eval"]
-        return evaluate(self.model, self.test_images, self.test_labels, self.data.eval_transform,
+        data = self.data.test if split == "test" else self.data.val
+        images, labels = ((self.test_images, self.test_labels) if split == "test" else
+                          (data.images.to(self.device), data.labels.to(self.device)))
+        return evaluate(self.model, images, labels, self.data.eval_transform,
                         self.class_counts, ev["many_threshold"], ev["few_threshold"],
                         ev["ece_bins"], ev["batch_size"], autocast)
 
@@ -458,6 +501,7 @@ class Trainer:
             "protocol": self.recipe.get("meta", {}).get("protocol"),
             "recipe_hash": recipe_hash(self.recipe),
             "data": self.data.meta,
+            "selection": self._selection,
             "stages": [{"name": s.name, "epochs": s.recipe["train"]["epochs"],
                         "final_loss": next((r["loss"] for r in reversed(history)
                                             if r["stage"] == s.name), None)}
@@ -480,11 +524,12 @@ class Trainer:
     def _save_state(self, index, epoch, stage_done, optimizer, scaler, stage, history, seconds,
                     images) -> None:
         atomic_save({"stage": index, "epoch": epoch, "stage_done": stage_done,
-                     "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "model": self.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
                      "scaler": scaler.state_dict(), "components": self._component_states(stage),
                      "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
                      "images": images, "recipe_hash": recipe_hash(self.recipe),
-                     "commits": self._commits, "loss_reference": self._loss_reference},
+                     "commits": self._commits, "loss_reference": self._loss_reference,
+                     "selection": self._selection},
                     self.out / CHECKPOINT)
         if stage_done:  # each stage's final weights, for later use outside this run
             atomic_save(self.model.state_dict(), self.out / f"model-{stage.name}.pt")
@@ -497,6 +542,7 @@ class Trainer:
         for index in range(state["stage"] + 1):
             self._enter_stage(index)
         self.model.load_state_dict(state["model"])
+        self._selection = dict(state.get("selection") or {})
         stage = self.stages[state["stage"]]
         weights = self.out / f"model-{stage.name}.pt"
         if state["stage_done"] and not weights.exists():  # interrupted while it was written

@@ -1,17 +1,19 @@
 """Models (registry ``MODELS``, recipe section ``model``): ``resnet32``, ``digits_cnn``.
 
 Every model is an :class:`LTModel` with named stages (``model.stage_names``), a swappable head
-(``linear`` or ``cosine``, see :mod:`lttoolbox.models.heads`), ``forward_hooked`` for acting at a
+(``linear``, ``cosine``, see :mod:`lttoolbox.models.heads`; ``tau_norm`` and ``lws`` of decoupled
+training, see :mod:`lttoolbox.models.decoupling`), ``forward_hooked`` for acting at a
 stage, ``freeze`` and ``reset_head``. Importing this package registers every entry.
 """
 from .heads import HEADS, CosineHead, LinearHead, build_head, head_config
 from .base import GlobalAvgPool, LTModel
 from .resnet_cifar import BasicBlock, CifarResNet, PadShortcut, ResNet32, init_weights
 from .digits_cnn import DigitsCNN
+from .decoupling import LWSHead, TauNormHead
 
 __all__ = [
     "HEADS", "CosineHead", "LinearHead", "build_head", "head_config",
     "GlobalAvgPool", "LTModel",
     "BasicBlock", "CifarResNet", "PadShortcut", "ResNet32", "init_weights",
-    "DigitsCNN",
+    "DigitsCNN", "LWSHead", "TauNormHead",
 ]

@@ -221,7 +221,8 @@ class LTModel(nn.Module):
 
     # ------------------------------------------------------------------------------------- head
     def reset_head(self, cfg: str | dict | None = None, key: str = "model.head") -> nn.Module:
-        """Replace the head by a freshly initialised one (for classifier re-training).
+        """Replace the head by a freshly initialised one (for classifier re-training), or by one
+        that takes the current head over (a head with ``adopt``, such as ``tau_norm``).
 
         Args:
             cfg: Head config; ``None`` re-creates the current kind of head.
@@ -232,9 +233,11 @@ class LTModel(nn.Module):
         """
         cfg = head_config(self.head_cfg if cfg is None else cfg, key)
         new = build_head(cfg, self.feature_dim, self.num_classes, key=key)
-        old = next(self.head.parameters(), None)
+        old = next(iter([*self.head.parameters(), *self.head.buffers()]), None)
         if old is not None:
             new = new.to(device=old.device, dtype=old.dtype)
+        if hasattr(new, "adopt"):  # a head that re-balances the trained one (tau_norm, lws)
+            new.adopt(self.head)
         self.head, self.head_cfg = new, cfg
         if "head" in self._frozen:
             self.freeze("head")

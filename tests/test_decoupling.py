@@ -1,0 +1,211 @@
+"""Decoupled classifier heads (tau-norm, LWS), cRT as a stage, and the held-out validation split."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lttoolbox.data.dataset import validation_split
+from lttoolbox.data.profiles import long_tail_counts, select_long_tail
+from lttoolbox.engine import train
+from lttoolbox.errors import ConfigError
+from lttoolbox.models import LinearHead, LWSHead, TauNormHead
+from lttoolbox.recipe import resolve
+
+DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10, "val_per_class": 10},
+          "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
+          "train": {"epochs": 3, "batch_size": 64},
+          "eval": {"many_threshold": 60, "few_threshold": 25}}
+
+
+def trained_linear(seed: int = 0) -> LinearHead:
+    torch.manual_seed(seed)
+    head = LinearHead(5, 4)
+    with torch.no_grad():
+        head.weight.mul_(torch.tensor([[3.0], [1.0], [0.5], [0.1]]))  # unequal row norms
+        head.bias.uniform_(-1, 1)
+    return head
+
+
+# ------------------------------------------------------------------------------------- tau-norm
+@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0, 1.7])
+def test_tau_norm_divides_each_row_by_its_norm_to_the_power_tau(tau):
+    old = trained_linear()
+    head = TauNormHead(5, 4, tau=tau)
+    head.adopt(old)
+    w = old.weight.detach().numpy().astype(np.float64)
+    expected_w = w / np.linalg.norm(w, axis=1, keepdims=True) ** tau
+    f = np.random.default_rng(1).normal(size=(3, 5))
+    got = head(torch.as_tensor(f, dtype=torch.float32)).detach().numpy()
+    assert np.allclose(got, f @ expected_w.T, atol=1e-5)
+
+
+def test_tau_zero_is_the_classifier_without_its_bias_and_tau_one_equalises_norms():
+    old = trained_linear()
+    f = torch.randn(6, 5)
+    zero = TauNormHead(5, 4, tau=0.0)
+    zero.adopt(old)
+    assert torch.allclose(zero(f), old(f) - old.bias, atol=1e-6)
+    kept = TauNormHead(5, 4, tau=0.0, keep_bias=True)
+    kept.adopt(old)
+    assert torch.allclose(kept(f), old(f), atol=1e-6)
+    one = TauNormHead(5, 4, tau=1.0)
+    one.adopt(old)
+    assert torch.allclose(one.normalised_weight().norm(dim=1), torch.ones(4), atol=1e-6)
+
+
+def test_tau_auto_chooses_on_the_given_score_only():
+    head = TauNormHead(5, 4, tau="auto", grid=[0.0, 0.5, 1.0, 1.5])
+    head.adopt(trained_linear())
+    assert head.needs_validation
+    record = head.select(lambda: -abs(float(head.tau) - 1.0))  # a score that peaks at tau 1
+    assert float(head.tau) == 1.0
+    assert record["tau_norm"]["tau"] == 1.0
+    assert [g["tau"] for g in record["tau_norm"]["grid"]] == [0.0, 0.5, 1.0, 1.5]
+    assert not TauNormHead(5, 4, tau=1.0).select(lambda: 0.0)  # a fixed tau chooses nothing
+
+
+# ------------------------------------------------------------------------------------------ LWS
+def test_lws_scales_the_frozen_classifier_and_has_only_scales_to_train():
+    old = trained_linear()
+    head = LWSHead(5, 4)
+    head.adopt(old)
+    assert [name for name, _ in head.named_parameters()] == ["scales"]
+    f = torch.randn(3, 5)
+    assert torch.allclose(head(f), old(f), atol=1e-6)   # scales start at 1
+    with torch.no_grad():
+        head.scales.copy_(torch.tensor([2.0, 1.0, 0.5, 0.0]))
+    assert torch.allclose(head(f), old(f) * torch.tensor([2.0, 1.0, 0.5, 0.0]), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- stages on the digits
+def stages(*later):
+    return resolve({**DIGITS, "stages": [{"name": "joint"}, *later]})
+
+
+def test_lws_stage_trains_only_the_scales(tmp_path):
+    train(stages({"name": "lws", "model": {"head": "lws"}, "sampler": {"name": "class_balanced"},
+                  "train": {"epochs": 2, "freeze": ["backbone"]}}), tmp_path / "run", quiet=True)
+    joint = torch.load(tmp_path / "run" / "model-joint.pt")
+    lws = torch.load(tmp_path / "run" / "model-lws.pt")
+    for name, value in joint.items():
+        if not name.startswith("head."):
+            assert torch.equal(lws[name], value), name
+    assert torch.equal(lws["head.weight"], joint["head.weight"])
+    assert torch.equal(lws["head.bias"], joint["head.bias"])
+    assert not torch.equal(lws["head.scales"], torch.ones(10))
+
+
+def test_tau_norm_stage_takes_over_the_previous_weights_and_chooses_on_validation(tmp_path):
+    results = train(stages({"name": "tau", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
+                            "train": {"epochs": 0}}), tmp_path / "run", quiet=True)
+    joint = torch.load(tmp_path / "run" / "model-joint.pt")
+    tau = torch.load(tmp_path / "run" / "model-tau.pt")
+    assert torch.equal(tau["head.weight"], joint["head.weight"])  # stage chaining
+    chosen = results["selection"]["tau_norm"]
+    assert float(tau["head.tau"]) == pytest.approx(chosen["tau"])
+    best = max(chosen["grid"], key=lambda g: g["val_top1"])
+    assert best["tau"] == chosen["tau"] and len(chosen["grid"]) == 21
+    assert results["val"]["top1"] == pytest.approx(best["val_top1"])
+    assert results["epochs"] == 3
+
+
+def test_crt_reinitialises_and_retrains_the_classifier_only(tmp_path):
+    train(stages({"name": "crt", "sampler": {"name": "class_balanced"},
+                  "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True}}),
+          tmp_path / "run", quiet=True)
+    joint = torch.load(tmp_path / "run" / "model-joint.pt")
+    crt = torch.load(tmp_path / "run" / "model-crt.pt")
+    assert all(torch.equal(crt[k], v) for k, v in joint.items() if not k.startswith("head."))
+    assert not torch.equal(crt["head.weight"], joint["head.weight"])
+
+
+@pytest.mark.parametrize("later, message", [
+    ({"name": "tau", "model": {"head": "tau_norm"}, "train": {"epochs": 0}},
+     None),  # accepted: a linear head before it
+    ({"name": "tau", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
+      "train": {"epochs": 0}}, "chooses on the validation split"),
+])
+def test_tau_auto_needs_a_validation_split(tmp_path, later, message):
+    recipe = {**DIGITS, "data": {"name": "digits_lt", "imbalance_ratio": 10},
+              "stages": [{"name": "joint"}, later]}
+    if message is None:
+        train(resolve(recipe), tmp_path / "run", quiet=True)
+        return
+    with pytest.raises(ConfigError, match=f"^stages\\[1\\].model.head: .*{message}"):
+        train(resolve(recipe), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_tau_norm_refuses_to_follow_a_cosine_head(tmp_path):
+    recipe = {**DIGITS, "model": {"name": "digits_cnn", "head": "cosine"},
+              "stages": [{"name": "joint"},
+                         {"name": "tau", "model": {"head": "tau_norm"}, "train": {"epochs": 0}}]}
+    with pytest.raises(ConfigError, match="must be one of linear.*got cosine"):
+        train(resolve(recipe), tmp_path / "run", quiet=True)
+
+
+def test_only_a_later_stage_may_train_zero_epochs():
+    with pytest.raises(ConfigError, match="^train.epochs"):
+        resolve({**DIGITS, "train": {"epochs": 0}})
+    assert resolve({**DIGITS, "stages": [{"name": "a"}, {"name": "b", "train": {"epochs": 0}}]})
+
+
+# ------------------------------------------------------------------------------ validation split
+def cifar10_like():
+    labels = np.repeat(np.arange(10), 5000)
+    counts = long_tail_counts(5000, 10, "exp", 100)
+    return labels, select_long_tail(labels, counts, "protocol", 0), counts
+
+
+def test_validation_split_is_disjoint_balanced_and_takes_from_kept_only_when_short():
+    labels, kept, counts = cifar10_like()
+    new_kept, val, given_up = validation_split(labels, kept, 10, 20, seed=0)
+    assert not set(val.tolist()) & set(new_kept.tolist())
+    assert np.bincount(labels[val], minlength=10).tolist() == [20] * 10
+    # CIFAR-10-LT at ratio 100: class 0 keeps all 5,000 images, so it gives up 20 (trains on
+    # 4,980); every other class has unused images to spare
+    assert given_up == [20] + [0] * 9
+    assert np.bincount(labels[new_kept], minlength=10).tolist() == [counts[0] - 20] + counts[1:]
+    # seeded: the same every time, another seed another split
+    assert np.array_equal(validation_split(labels, kept, 10, 20, seed=0)[1], val)
+    assert not np.array_equal(validation_split(labels, kept, 10, 20, seed=1)[1], val)
+
+
+def test_without_a_validation_split_the_profile_is_unchanged():
+    from lttoolbox.data import digits
+
+    plain, split = digits.digits_lt(), digits.digits_lt(val_per_class=10)
+    assert plain.val is None and "val_per_class" not in plain.meta
+    assert split.val.class_counts == [10] * 10
+    assert split.meta["val_from_kept"][0] > 0   # digits' head class keeps nearly everything
+    drop = split.meta["val_from_kept"]
+    assert [a - b for a, b in zip(plain.train.class_counts, split.train.class_counts)] == drop
+    with pytest.raises(ConfigError, match="val_per_class"):
+        digits.digits_lt(val_per_class=0)
+
+
+@pytest.mark.parametrize("name, row", [("ce_crt", "crt"), ("ce_lws", "lws"),
+                                       ("ce_tau_norm", "tau_norm")])
+def test_decoupling_recipes_run_and_cite_their_numbers(tmp_path, name, row):
+    from pathlib import Path
+
+    from recipe_helpers import check_header_cites_reference
+
+    from lttoolbox.recipe import read_recipe
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for ds in ("cifar10_lt", "cifar100_lt"):
+        check_header_cites_reference(root / ds / f"{name}.yaml", row, ds)
+    recipe = read_recipe(root / "cifar10_lt" / f"{name}.yaml")
+    val = recipe["data"].get("val_per_class")
+    recipe.update(data={"name": "digits_lt", **({"val_per_class": 10} if val else {})},
+                  model={"name": "digits_cnn"}, train={**recipe["train"], "epochs": 2},
+                  schedule={**recipe["schedule"], "warmup_epochs": 0, "milestones": []})
+    for stage in recipe["stages"]:
+        if stage.get("train", {}).get("epochs"):
+            stage["train"]["epochs"] = 1
+    results = train(resolve(recipe), tmp_path / name, quiet=True)
+    assert [s["name"] for s in results["stages"]] == ["joint", name[3:]]
+    trained = 2 + (0 if name == "ce_tau_norm" else 1)
+    assert len(results["history"]) == trained == results["epochs"]
+    assert all(np.isfinite(r["loss"]) for r in results["history"])
