@@ -58,7 +58,8 @@ ENTRIES = {"mixup": {}, "manifold_mixup": {"stage": "input"}, "remix": {}, "cutm
 
 def test_every_registered_augmentation_is_covered():
     shipped = {n for n in AUGMENTS.names() if not n.startswith("test_")}  # other tests' toys
-    assert shipped == set(ENTRIES)
+    # cam_resample prepares a stage's data instead of mixing batches: tests/test_cam.py
+    assert shipped == set(ENTRIES) | {"cam_resample"}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))

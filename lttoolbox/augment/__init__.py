@@ -1,4 +1,5 @@
-"""Mixing augmentations: mixup, manifold mixup, Remix, CutMix, CMO, and ``one_of``.
+"""Mixing augmentations (mixup, manifold mixup, Remix, CutMix, CMO, ``one_of``) and CAM-based
+re-sampling (``cam_resample``).
 
 Each is a model hook on the two-target batch (:class:`lttoolbox.batch.Batch`), usable alone::
 
@@ -12,9 +13,10 @@ Each is a model hook on the two-target batch (:class:`lttoolbox.batch.Batch`), u
 See docs/augmentations.md.
 """
 from .base import MixingAugment
+from .cam import CAMResample
 from .combine import OneOf
 from .cutmix import CMO, CutMix, paste_boxes, random_boxes
 from .mixup import ManifoldMixup, Mixup, Remix
 
-__all__ = ["MixingAugment", "Mixup", "ManifoldMixup", "Remix", "CutMix", "CMO", "OneOf",
+__all__ = ["MixingAugment", "CAMResample", "Mixup", "ManifoldMixup", "Remix", "CutMix", "CMO", "OneOf",
            "paste_boxes", "random_boxes"]

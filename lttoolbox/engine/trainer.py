@@ -114,6 +114,7 @@ class Trainer:
         self._loss_reference: float | None = None
         self._loggers: list = []
         self._selection: dict = {}  # post-hoc choices made on the validation split
+        self._generated: dict = {}  # images added to the training set, per stage
         check_out_dir(self.out)
         check_loggers(self.recipe["train"]["loggers"])
         self._check_run_dir()
@@ -190,9 +191,10 @@ class Trainer:
                 self._lock = None
 
     def _context(self, recipe: dict) -> dict:
-        labels = self.data.train.labels.numpy()
+        labels = self.train_labels.cpu().numpy()  # grown by a stage that adds images
         world = torch.distributed.is_available() and torch.distributed.is_initialized()
-        return {"class_counts": self.class_counts, "num_classes": self.num_classes,
+        counts = np.bincount(labels, minlength=self.num_classes).tolist()
+        return {"class_counts": counts, "num_classes": self.num_classes,
                 # a 0-epoch stage (only a model change) still builds its components
                 "total_epochs": max(1, recipe["train"]["epochs"]), "seed": recipe["train"]["seed"],
                 "labels": labels, "feature_dim": self.model.feature_dim,
@@ -252,8 +254,10 @@ class Trainer:
             if isinstance(part, torch.nn.Module):
                 part.to(self.device)
             # A component acts at one stage, or at several (``stages``, each with ``hook(stage)``).
+            # A component acts at one stage, at several (``stages``, each with ``hook(stage)``), or
+            # at none (``stage = None``: it prepares the stage's data instead).
             points = getattr(part, "stages", None) or (getattr(part, "stage", "input"),)
-            for point in points:
+            for point in (p for p in points if p is not None):
                 if point not in self.model.stage_names:
                     raise ConfigError(f"acts at model stage '{point}', which "
                                       f"{first['model']['name']} does not have. Stages: "
@@ -360,6 +364,8 @@ class Trainer:
                     # resumed exactly at the boundary draws the same as an uninterrupted one.
                     seed_everything(stage_seed(stage.recipe["train"]["seed"], index))
                 self._enter_stage(index)
+                self._prepare_data(index)
+                stage = self.stages[index]  # rebuilt when the training set grew
                 self._loss_reference = None
             optimizer = (build_optimizer(self.model, stage.recipe["optim"],
                                          self._learned_components(stage))
@@ -468,6 +474,47 @@ class Trainer:
     def _epoch_label(self, stage: Stage) -> str:
         return f"{stage.name} " if len(self.stages) > 1 else ""
 
+    def _prepare_data(self, index: int, replay: bool = False) -> None:
+        """Let the stage's components that prepare data (``prepare``: CAM-based re-sampling) add
+        training images, once, at the stage's start; the stage's components are then rebuilt
+        on the grown set (samplers and losses see the new counts). The images are stored in the
+        run directory, so a resumed run uses the very same ones."""
+        stage = self.stages[index]
+        preparers = [p for p in stage.components if hasattr(p, "prepare")]
+        if not preparers:
+            return
+        path = self.out / f"generated-{stage.name}.pt"
+        if path.exists():
+            extra = load_checkpoint(path)
+        elif replay:
+            raise CheckpointError(f"{path} is missing: the images generated for stage "
+                                  f"'{stage.name}' cannot be made again exactly; start the run "
+                                  f"afresh")
+        else:
+            start = time.perf_counter()
+            parts = []
+            for part in preparers:
+                total = sum(part.additions(np.bincount(self.train_labels.cpu().numpy(),
+                                                       minlength=self.num_classes)))
+                self.log.start_epoch(f"{stage.name}: generating {total:,} images", total)
+                parts.append(part.prepare(self.model, self.train_images, self.train_labels,
+                                          self.data.eval_transform, index,
+                                          progress=self.log.advance))
+                self.log.end_epoch(f"{stage.name}: generated {total:,} images in "
+                                   f"{time.perf_counter() - start:.1f} s")
+            extra = {"images": torch.cat([e["images"] for e in parts]).cpu(),
+                     "labels": torch.cat([e["labels"] for e in parts]).cpu(),
+                     "seconds": round(time.perf_counter() - start, 2)}
+            atomic_save(extra, path)
+        self.train_images = torch.cat([self.train_images, extra["images"].to(self.device)])
+        self.train_labels = torch.cat([self.train_labels, extra["labels"].to(self.device)])
+        self._generated[stage.name] = {"images": int(extra["labels"].numel()),
+                                       "seconds": extra.get("seconds")}
+        with warnings.catch_warnings():  # named once per recipe key before training
+            warnings.simplefilter("ignore", UnreachableEpochWarning)
+            self.stages[index] = self._build_stage(stage.recipe, index,
+                                                   stage_recipes(self.recipe)[0])
+
     def _select(self, stage: Stage, autocast) -> None:
         """Let a head that chooses a setting post hoc (``tau_norm`` with ``tau: auto``) choose it
         on the validation split; the record goes into results.json."""
@@ -504,7 +551,9 @@ class Trainer:
             "selection": self._selection,
             "stages": [{"name": s.name, "epochs": s.recipe["train"]["epochs"],
                         "final_loss": next((r["loss"] for r in reversed(history)
-                                            if r["stage"] == s.name), None)}
+                                            if r["stage"] == s.name), None),
+                        **({"generated": self._generated[s.name]}
+                           if s.name in self._generated else {})}
                        for s in self.stages],
             "history": history,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -541,6 +590,7 @@ class Trainer:
             return None
         for index in range(state["stage"] + 1):
             self._enter_stage(index)
+            self._prepare_data(index, replay=True)
         self.model.load_state_dict(state["model"])
         self._selection = dict(state.get("selection") or {})
         stage = self.stages[state["stage"]]

@@ -1,0 +1,251 @@
+"""CAM-based re-sampling (Bag of Tricks, Zhang et al., AAAI 2021, "data augmentation for
+re-sampling"): new training images for the classes that have few, made from their own images.
+
+For each image to generate, a training image of the class is drawn; its class activation map
+for its true class (Zhou et al., CVPR 2016: the classifier row of the class times the last
+feature map before pooling, upsampled to the image) splits foreground (the map at or above
+``threshold`` times its mean; 0.75 in the official code) from background; the foreground is
+moved by one of a horizontal flip, a translation that keeps its bounding box inside the image,
+or a rotation (uniform in [-45, 45) degrees) with a scaling (uniform in [0.8, 1.2)) about the
+box's centre, each with probability 1/3, and pasted over the unchanged image. Classes are topped
+up to ``n_max + n_min`` images (the official code's CIFAR rule) or to ``target``.
+
+The generated images join the training set for the stage and every later one: the samplers, the
+losses' class counts and the data path see them (the trainer's ``prepare`` protocol), so a
+class-balanced, square-root or progressive sampler draws them like any other image.
+
+Deviations from the official code (``lib/utils/cam_based_sampling.py`` at 66c2087), which are
+fixes:
+
+* the CAM is computed on the un-augmented image it is pasted onto; the official code computes it
+  on a randomly cropped and flipped view of the image and pastes by the original's coordinates;
+* the foreground's bounding box is the true one (first to last foreground row and column); the
+  official loops stop at the second foreground row and column;
+* a foreground pixel is pasted wherever the moved mask is set, also where its value is 0; the
+  official code pastes only non-zero pixels, so black foreground pixels vanish;
+* generated images are ordinary training images, reachable by every sampler.
+
+Everything is batched on the training device with one generator seeded by (seed, stage), so the
+images do not depend on anything else; the trainer also stores them in the run directory, so a
+resumed run uses exactly the same ones.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..losses.weights import check_number
+from ..registry import AUGMENTS
+
+TRANSFORMS = ("flip", "translate", "rotate_scale")
+
+
+def class_activation_maps(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                          feature_stage: str) -> torch.Tensor:
+    """CAM of each image for its own class, upsampled to the image, min-max scaled to [0, 1].
+
+    Args:
+        model: An ``LTModel`` with a head that has ``weight`` rows per class.
+        x: Normalised images ``(B, C, H, W)``.
+        labels: The class whose map is wanted, ``(B,)``.
+        feature_stage: The model stage whose output is the last feature map before pooling.
+    """
+    from ..batch import Batch
+
+    captured = {}
+
+    def grab(h, batch):
+        captured["h"] = h
+        return h, batch
+
+    with torch.no_grad():
+        model.forward_hooked(Batch.plain(x, labels), {feature_stage: grab})
+        feats = captured["h"].float()                          # (B, K, h, w)
+        weight = model.head.weight.float()[labels]             # (B, K)
+        cam = torch.einsum("bk,bkhw->bhw", weight, feats)
+        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear",
+                            align_corners=False)[:, 0]
+        low = cam.flatten(1).min(dim=1).values[:, None, None]
+        high = cam.flatten(1).max(dim=1).values[:, None, None]
+        return (cam - low) / (high - low).clamp_min(1e-12)
+
+
+def foreground_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """The true bounding box ``(top, left, bottom, right)`` (inclusive) of each mask ``(B, H, W)``;
+    an empty mask gives the whole image."""
+    b, h, w = mask.shape
+    rows, cols = mask.any(dim=2), mask.any(dim=1)
+    idx_h = torch.arange(h, device=mask.device)
+    idx_w = torch.arange(w, device=mask.device)
+    top = torch.where(rows, idx_h, h).min(dim=1).values
+    bottom = torch.where(rows, idx_h, -1).max(dim=1).values
+    left = torch.where(cols, idx_w, w).min(dim=1).values
+    right = torch.where(cols, idx_w, -1).max(dim=1).values
+    empty = ~rows.any(dim=1)
+    top, left = torch.where(empty, 0, top), torch.where(empty, 0, left)
+    bottom, right = torch.where(empty, h - 1, bottom), torch.where(empty, w - 1, right)
+    return torch.stack([top, left, bottom, right], dim=1)
+
+
+def move_matrices(kind: torch.Tensor, boxes: torch.Tensor, h: int, w: int,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The inverse affine map (output -> input, ``F.affine_grid``'s convention, normalised
+    coordinates) of each sample's move: 0 flip, 1 translate, 2 rotate and scale."""
+    b = kind.shape[0]
+    device = boxes.device
+    rand = torch.rand(b, 4, generator=generator, device=device)
+    top, left, bottom, right = (boxes[:, i].float() for i in range(4))
+    # translation in pixels that keeps the box inside: dx in [-left, w - 1 - right]
+    dx = (-left + rand[:, 0] * (w - 1 - right + left + 1)).floor()
+    dy = (-top + rand[:, 1] * (h - 1 - bottom + top + 1)).floor()
+    angle = (rand[:, 2] * 90.0 - 45.0) * math.pi / 180.0
+    scale = 0.8 + rand[:, 3] * 0.4
+    # pixel -> normalised coordinates (align_corners=False): u = (2 x + 1) / w - 1
+    cx = (2 * (left + right) / 2 + 1) / w - 1
+    cy = (2 * (top + bottom) / 2 + 1) / h - 1
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    flip, shift, turn = kind == 0, kind == 1, kind == 2
+    theta[flip, 0, 0] = -1.0
+    theta[shift, 0, 2] = -2 * dx[shift] / w
+    theta[shift, 1, 2] = -2 * dy[shift] / h
+    # rotate by a and scale by s about c; the inverse: p_in = c + R(-a) (p_out - c) / s
+    cos, sin = torch.cos(-angle[turn]) / scale[turn], torch.sin(-angle[turn]) / scale[turn]
+    theta[turn, 0, 0], theta[turn, 0, 1] = cos, -sin
+    theta[turn, 1, 0], theta[turn, 1, 1] = sin, cos
+    theta[turn, 0, 2] = cx[turn] - cos * cx[turn] + sin * cy[turn]
+    theta[turn, 1, 2] = cy[turn] - sin * cx[turn] - cos * cy[turn]
+    return theta
+
+
+def paste_moved_foreground(images: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each uint8 image with its foreground (``mask``) moved by ``theta`` pasted over it.
+
+    Returns:
+        ``(images, moved_mask)``: the new images and where the moved foreground landed.
+    """
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+    moved_mask = F.grid_sample(mask[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                               align_corners=False)[:, 0] > 0.5
+    out = torch.where(moved_mask[:, None], moved.round().clamp(0, 255).to(torch.uint8), images)
+    return out, moved_mask
+
+
+@AUGMENTS.register("cam_resample")
+class CAMResample:
+    """CAM-based re-sampling: tops classes up with CAM-guided generated images at the start of
+    its stage (see the module docstring).
+
+    Args:
+        target: ``max_plus_min`` (every class to ``n_max + n_min``, the official CIFAR rule), or
+            an integer (every class below it topped up to it).
+        threshold: Foreground is the CAM at or above ``threshold`` times its mean (0.75).
+        transforms: The moves drawn from, uniformly (``flip``, ``translate``,
+            ``rotate_scale``: all three, as the official code).
+        batch_size: Images generated per batch on the device.
+        seed: From the trainer; the generator is seeded by (seed, stage).
+        stage_names: From the trainer; the feature map is the stage before ``features``.
+
+    Recipe (the second stage of a two-stage recipe)::
+
+        stages:
+          - name: joint
+          - name: cam_drs
+            augment: [{name: cam_resample}]
+            sampler: {name: class_balanced}
+    """
+
+    mixes = False
+    stage = None  # acts on the data before the stage, not inside the model
+
+    def __init__(self, target: str | int = "max_plus_min", threshold: float = 0.75,
+                 transforms: Sequence[str] = TRANSFORMS, batch_size: int = 512, seed: int = 0,
+                 stage_names: Sequence[str] | None = None):
+        if target != "max_plus_min" and (isinstance(target, bool) or not isinstance(target, int)
+                                         or target < 1):
+            raise ConfigError(f"target must be 'max_plus_min' or a positive integer, got "
+                              f"{target!r}")
+        self.target = target
+        self.threshold = check_number("threshold", threshold, 0.0)
+        bad = [t for t in transforms if t not in TRANSFORMS]
+        if not transforms or bad:
+            raise ConfigError(f"transforms must be a non-empty list of {', '.join(TRANSFORMS)}, "
+                              f"got {list(transforms)!r}")
+        self.transforms = [TRANSFORMS.index(t) for t in transforms]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.seed = seed
+        names = list(stage_names or ())
+        if names and "features" in names and names.index("features") > 0:
+            self.feature_stage = names[names.index("features") - 1]
+        elif names:
+            self.feature_stage = names[-1]
+        else:
+            self.feature_stage = None
+
+    def set_epoch(self, epoch: int) -> None:  # acts once, before the stage
+        pass
+
+    def additions(self, counts: Sequence[int]) -> list[int]:
+        """Images to generate per class."""
+        counts = list(counts)
+        goal = max(counts) + min(counts) if self.target == "max_plus_min" else self.target
+        return [max(0, goal - n) for n in counts]
+
+    def prepare(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                transform: Callable[[torch.Tensor], torch.Tensor], stage_index: int,
+                progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+        """Generate the images: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` on the
+        images' device (``images`` and ``labels`` are the current training set)."""
+        if self.feature_stage is None:
+            raise ConfigError("cam_resample needs the model's stage names (the trainer passes "
+                              "them)")
+        device = images.device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(np.random.SeedSequence([self.seed, stage_index, 0xCA]).
+                                  generate_state(1)[0]))
+        counts = torch.bincount(labels, minlength=model.num_classes).tolist()
+        todo = self.additions(counts)
+        # the image each generated one is made from: uniform within its class
+        bases, wanted = [], []
+        for c, n in enumerate(todo):
+            if n:
+                members = torch.nonzero(labels == c).flatten()
+                pick = torch.randint(len(members), (n,), generator=generator, device=device)
+                bases.append(members[pick])
+                wanted.append(torch.full((n,), c, device=device, dtype=torch.long))
+        bases = torch.cat(bases) if bases else labels[:0]
+        wanted = torch.cat(wanted) if wanted else labels[:0]
+        out_images, out_labels = [], []
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, wanted.numel(), self.batch_size):
+                cls = wanted[start:start + self.batch_size]
+                x = images[bases[start:start + self.batch_size]]
+                cam = class_activation_maps(model, transform(x), cls, self.feature_stage)
+                mean = cam.flatten(1).mean(dim=1)[:, None, None]
+                mask = cam >= self.threshold * mean
+                choice = torch.tensor(self.transforms, device=device)[torch.randint(
+                    len(self.transforms), (len(cls),), generator=generator, device=device)]
+                theta = move_matrices(choice, foreground_boxes(mask), x.shape[2], x.shape[3],
+                                      generator)
+                new, _ = paste_moved_foreground(x, mask, theta)
+                out_images.append(new)
+                out_labels.append(cls)
+                progress(len(cls))
+        finally:
+            model.train(was_training)
+        if not out_images:
+            return {"images": images[:0], "labels": labels[:0]}
+        return {"images": torch.cat(out_images), "labels": torch.cat(out_labels)}
