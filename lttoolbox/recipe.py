@@ -55,11 +55,20 @@ MAPPING_SECTIONS = ("data", "model", "sampler", "loss", "optim", "schedule", "tr
 REGISTRY_SECTIONS = ("data", "model", "sampler", "loss", "generator")
 
 
+REPLACE = "_replace_"
+
+
 def deep_merge(base: dict, over: dict) -> dict:
-    """Merge ``over`` into a copy of ``base``: mappings recursively, anything else replaced."""
+    """Merge ``over`` into a copy of ``base``: mappings recursively, anything else replaced.
+
+    A mapping in ``over`` with ``_replace_: true`` replaces the base's mapping instead of merging
+    into it (``loss: {_replace_: true, name: ce}`` in a stage after LDAM drops LDAM's parameters).
+    """
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value.get(REPLACE) is True:
+            out[key] = copy.deepcopy({k: v for k, v in value.items() if k != REPLACE})
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -257,9 +266,13 @@ def _resolve_stages(base: dict, stages: Any, prefix: str) -> list[dict]:
         names.add(name)
         if "stages" in overlay:
             raise ConfigError("stages do not nest", key=f"{prefix}stages[{i}].stages")
+        # A stage resolved before is complete: merging it into the base again would bring back
+        # what a _replace_ dropped.
+        complete = "stage" in (overlay.get("meta") or {}) and all(
+            section in overlay for section in ("data", "model", "loss", "optim", "train"))
         # A later stage may train 0 epochs: it only changes the model (tau-normalisation).
-        stage = resolve(deep_merge(base, overlay), where=f"{prefix}stages[{i}]",
-                        min_epochs=0 if i else 1)
+        stage = resolve(overlay if complete else deep_merge(base, overlay),
+                        where=f"{prefix}stages[{i}]", min_epochs=0 if i else 1)
         stage.pop("stages", None)
         stage["meta"] = {**stage.get("meta", {}), "stage": name}
         resolved.append(stage)

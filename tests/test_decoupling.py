@@ -186,7 +186,10 @@ def test_without_a_validation_split_the_profile_is_unchanged():
 
 
 @pytest.mark.parametrize("name, row", [("ce_crt", "crt"), ("ce_lws", "lws"),
-                                       ("ce_tau_norm", "tau_norm")])
+                                       ("ce_tau_norm", "tau_norm"),
+                                       ("ldam_drw_crt", "ldam_drw_crt"),
+                                       ("cmo_ce_crt", "cmo_ce_crt"), ("cmo_ce_lws", "cmo_ce_lws"),
+                                       ("cmo_ce_tau_norm", "cmo_ce_tau_norm")])
 def test_decoupling_recipes_run_and_cite_their_numbers(tmp_path, name, row):
     from pathlib import Path
 
@@ -205,7 +208,16 @@ def test_decoupling_recipes_run_and_cite_their_numbers(tmp_path, name, row):
         if stage.get("train", {}).get("epochs"):
             stage["train"]["epochs"] = 1
     results = train(resolve(recipe), tmp_path / name, quiet=True)
-    assert [s["name"] for s in results["stages"]] == ["joint", name[3:]]
-    trained = 2 + (0 if name == "ce_tau_norm" else 1)
+    second = recipe["stages"][1]["name"]
+    assert [s["name"] for s in results["stages"]] == ["joint", second]
+    trained = 2 + (0 if second == "tau_norm" else 1)
     assert len(results["history"]) == trained == results["epochs"]
     assert all(np.isfinite(r["loss"]) for r in results["history"])
+
+
+def test_replace_in_an_overlay_drops_the_base_mapping():
+    from lttoolbox.recipe import deep_merge
+
+    base = {"loss": {"name": "ldam", "max_m": 0.5}, "optim": {"lr": 0.1}}
+    assert deep_merge(base, {"loss": {"name": "ce"}})["loss"] == {"name": "ce", "max_m": 0.5}
+    assert deep_merge(base, {"loss": {"_replace_": True, "name": "ce"}})["loss"] == {"name": "ce"}
