@@ -15,6 +15,7 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py                                   # configs/cifar10_lt/ce.yaml
     python benchmarks/throughput.py --recipes configs/cifar10_lt/*.yaml --steps 30
     python benchmarks/throughput.py --recipes configs/quickstart.yaml --steps 20
+    python benchmarks/throughput.py --augment --generator    # each component's step cost too
 """
 from __future__ import annotations
 
@@ -112,33 +113,53 @@ AUGMENTS_TIMED = {  # each at p = 1: the cost of a mixed batch (the recipes mix 
 }
 
 
-def time_augments(trainer: Trainer, recipe: dict, steps: int, warmup: int
-                  ) -> dict[str, float]:
-    """Images/s of the trainer's training step (model hooks, mixed loss) without and with each
-    augmentation, on the same model, batches and device; ``plain`` is the step without."""
+GENERATORS_TIMED = {  # generating from the first timed step, at the recipes' attachment point
+    "rsg": {"name": "rsg", "generation_start_epoch": 0},
+    "delta_encoder": {"name": "delta_encoder"}, "hallucinator": {"name": "hallucinator"},
+    "ftl": {"name": "ftl"},
+}
+
+
+def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, family: str
+                    ) -> dict[str, float]:
+    """Images/s of the trainer's training step (model hooks, mixed loss, auxiliary losses)
+    without and with each mixing augmentation (``family="augment"``) or generator
+    (``"generator"``), on the same model, batches and device; ``plain`` is the step without.
+
+    Each component runs its warm-up steps in epoch 0 and the timed steps in epoch 1, so what
+    learns statistics first (FTL) is timed while it generates. Images/s counts the batch's own
+    images, not the generated ones."""
     from lttoolbox.batch import Batch
     from lttoolbox.losses import mixed_loss
-    from lttoolbox.registry import AUGMENTS, LOSSES
+    from lttoolbox.registry import AUGMENTS, GENERATORS, LOSSES
 
+    registry, timed = ((AUGMENTS, AUGMENTS_TIMED) if family == "augment"
+                       else (GENERATORS, GENERATORS_TIMED))
     device = trainer.device
     images, labels = trainer.train_images, trainer.train_labels
     model = fresh_model(trainer, recipe)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = LOSSES.build({"name": "ce"}, num_classes=trainer.num_classes).to(device)
     autocast, _ = autocast_factory(recipe["train"]["amp"], device)
     transform, batch = trainer.data.train_transform, recipe["train"]["batch_size"]
     context = trainer._context(recipe)
+    context["stage_shapes"] = model.stage_shapes(trainer.data.eval_transform(images[:2]))
     model.train()
 
     def loop(part) -> float:
-        hooks = {}
+        hooks, params = {}, list(model.parameters())
         if part is not None:
             part.set_epoch(0)
             for point in getattr(part, "stages", None) or (part.stage,):
                 hooks[point] = part.hook(point) if hasattr(part, "hook") else part
+            if isinstance(part, torch.nn.Module):
+                params += list(part.to(device).parameters())
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        aux = getattr(part, "auxiliary_loss", lambda: None)
         order = torch.randint(0, images.shape[0], ((steps + warmup) * batch,), device=device)
         for i in range(steps + warmup):
             if i == warmup:
+                if part is not None:
+                    part.set_epoch(1)
                 sync(device)
                 start = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
@@ -146,6 +167,9 @@ def time_augments(trainer: Trainer, recipe: dict, steps: int, warmup: int
                 logits, out = model.forward_hooked(Batch.plain(transform(images[idx]),
                                                                labels[idx]), hooks)
                 loss = mixed_loss(criterion, logits, out)
+                extra = aux()
+                if extra is not None:
+                    loss = loss + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -153,8 +177,8 @@ def time_augments(trainer: Trainer, recipe: dict, steps: int, warmup: int
         return steps * batch / (time.perf_counter() - start)
 
     figures = {"plain": loop(None)}
-    for name, cfg in AUGMENTS_TIMED.items():
-        figures[name] = loop(AUGMENTS.build(cfg, **context))
+    for name, cfg in timed.items():
+        figures[name] = loop(registry.build(cfg, **context))
     return figures
 
 
@@ -181,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="measurements per recipe")
     parser.add_argument("--augment", action="store_true",
                         help="also time each mixing augmentation's step against the plain step")
+    parser.add_argument("--generator", action="store_true",
+                        help="also time each feature generator's step against the plain step")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -201,14 +227,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: skipped: {err}", file=sys.stderr)
             continue
         ratios = [t / b for t, b in zip(trainer_ips, bare_ips)]
-        if args.augment:
+        for family, wanted in (("augment", args.augment), ("generator", args.generator)):
+            if not wanted:
+                continue
             costs: dict[str, list[float]] = {}
             for _ in range(args.repeats):
-                figures = time_augments(trainer, recipe, args.steps, args.warmup)
+                figures = time_components(trainer, recipe, args.steps, args.warmup, family)
                 for name, ips in figures.items():
-                    if name != "plain":  # cost = plain img/s over augmented img/s
+                    if name != "plain":  # cost = plain img/s over img/s with the component
                         costs.setdefault(name, []).append(figures["plain"] / ips)
-            print(f"{path}: step cost with each augmentation (x the plain step, min / median / "
+            print(f"{path}: step cost with each {family} (x the plain step, min / median / "
                   f"max of {args.repeats}): " + "; ".join(
                       f"{name} {fmt_spread(v, 3)}" for name, v in costs.items()), flush=True)
         noisy = [name for name, values in (("trainer", trainer_ips), ("bare loop", bare_ips))

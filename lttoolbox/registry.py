@@ -141,7 +141,8 @@ class Registry:
 
 # What the trainer and the data tell an entry; not set in recipes, so not listed as parameters.
 CONTEXT = {"class_counts", "num_classes", "labels", "total_epochs", "seed", "rank", "world_size",
-           "feature_dim", "in_channels", "image_size"}
+           "feature_dim", "in_channels", "image_size", "stage_names", "stage_shapes",
+           "imbalance_type", "fetch"}
 
 
 def describe(registry: "Registry") -> list[tuple[str, str, str]]:

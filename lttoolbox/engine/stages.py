@@ -63,3 +63,52 @@ def active_hooks(stage: Stage) -> dict:
             by_stage.setdefault(where, []).append(hook)
     return {where: parts[0] if len(parts) == 1 else chain_hooks(parts)
             for where, parts in by_stage.items()}
+
+
+def _window(part, epochs: int) -> tuple[int, int]:
+    return part.start_epoch, min(epochs, part.end_epoch or epochs)
+
+
+def check_generator_placement(named: list, stage_names: tuple, epochs: int) -> None:
+    """Refuse a mixing augmentation that acts at or before a generator's stage in an epoch the
+    generator acts in: a generator needs each sample's single class (which classes are frequent
+    or rare, which centers a sample belongs to), and a mixed sample has two. Mixing after the
+    generator's stage (manifold mixup at ``features`` behind RSG at ``layer2``) is fine: it mixes
+    the extended batch, generated samples included."""
+    generators = [(part, key) for part, key in named if getattr(part, "generates", False)]
+    mixing = [(part, key) for part, key in named if getattr(part, "mixes", False)]
+    for gen, gen_key in generators:
+        if gen.stage not in stage_names:
+            continue  # named by the stage check, with the model's stages
+        at = stage_names.index(gen.stage)
+        for mix, mix_key in mixing:
+            points = getattr(mix, "stages", None) or (getattr(mix, "stage", "input"),)
+            early = [p for p in points if p in stage_names and stage_names.index(p) <= at]
+            first = max(_window(gen, epochs)[0], _window(mix, epochs)[0])
+            last = min(_window(gen, epochs)[1], _window(mix, epochs)[1])
+            if early and first < last:
+                raise ConfigError(
+                    f"{mix_key} ({type(mix).__name__}) mixes the batch at stage '{early[0]}', at "
+                    f"or before {gen_key} ({type(gen).__name__}) at '{gen.stage}', in epochs "
+                    f"{first}-{last - 1}; a generator needs each sample's single class. Mix at "
+                    f"a later stage (e.g. manifold mixup at 'features') or in other epochs "
+                    f"(end_epoch/start_epoch)", key=mix_key)
+
+
+def describe_generators(stages: list, model) -> list[tuple[str, bool]]:
+    """One line per stage's generator: its parameter count beside the model's, and whether it is
+    larger (RSG's centers and assignment grow with classes x channels x centers)."""
+    backbone = sum(p.numel() for p in model.parameters())
+    lines = []
+    for stage in stages:
+        gen = stage.generator
+        if gen is None or not hasattr(gen, "parameters"):
+            continue
+        count = sum(p.numel() for p in gen.parameters())
+        where = f"stage '{stage.name}': " if len(stages) > 1 else ""
+        too_large = count > backbone
+        larger = ", more than the model" if too_large else ""
+        lines.append((f"{where}generator {type(gen).__name__} at '{gen.stage}' has {count:,} "
+                      f"parameters (model: {backbone:,}){larger}; they train alongside and are "
+                      f"never exported", too_large))
+    return lines

@@ -49,7 +49,8 @@ from .plots import PLOT_HINT, plots_available, write_run_plots
 from .provenance import git_commit, machine_info
 from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
                      write_log)
-from .stages import Stage, active_hooks, check_one_mix_at_a_time
+from .stages import (Stage, active_hooks, check_generator_placement, check_one_mix_at_a_time,
+                     describe_generators)
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -135,12 +136,18 @@ class Trainer:
         self.channels_last = first["train"]["channels_last"]
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # What a generator attached at a stage is built for (one eval-mode forward of two
+        # untransformed images: no random draw, so recipes without one are unaffected).
+        self.stage_shapes = (self.model.stage_shapes(self.data.eval_transform(
+            self.train_images[:2])) if any(s["generator"] for s in stages) else {})
         with warnings.catch_warnings():  # named once per recipe key below
             warnings.simplefilter("ignore", UnreachableEpochWarning)
             self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
         # After every check passed, so a refused recipe prints its one error line only.
         for message in unreachable_epoch_keys(self.recipe):
             self.log.warning(message)
+        for message, too_large in describe_generators(self.stages, self.model):
+            (self.log.warning if too_large else self.log.info)(message)
 
     # ----------------------------------------------------------------------------------- set-up
     def _check_run_dir(self) -> None:
@@ -198,7 +205,9 @@ class Trainer:
                 # a 0-epoch stage (only a model change) still builds its components
                 "total_epochs": max(1, recipe["train"]["epochs"]), "seed": recipe["train"]["seed"],
                 "labels": labels, "feature_dim": self.model.feature_dim,
-                "stage_names": self.model.stage_names, "fetch": self._fetch_train,
+                "stage_names": self.model.stage_names, "stage_shapes": self.stage_shapes,
+                "imbalance_type": self.data.meta.get("imbalance_type"),
+                "fetch": self._fetch_train,
                 "rank": torch.distributed.get_rank() if world else 0,
                 "world_size": torch.distributed.get_world_size() if world else 1}
 
@@ -265,6 +274,7 @@ class Trainer:
                 hook = part.hook(point) if hasattr(part, "hook") else part
                 stage.hooked.append((part, point, key, hook))
         check_one_mix_at_a_time(named, recipe["train"]["epochs"])
+        check_generator_placement(named, self.model.stage_names, recipe["train"]["epochs"])
         if recipe["model"].get("head") == first["model"].get("head"):  # else built later
             no_decay_names([("", self.model), *[(f"{n}.", m) for n, m in
                                                 self._learned_components(stage)]],
@@ -421,6 +431,11 @@ class Trainer:
         for part in stage.components:
             part.set_epoch(epoch)
         hooks = active_hooks(stage)
+        # Parameters a component freezes for this epoch (RSG's contrastive module once it
+        # generates): their gradients are withheld from the step, so neither the update, the
+        # momentum nor the weight decay moves them.
+        withheld = [p for part in stage.components
+                    for p in getattr(part, "frozen_parameters", lambda: ())()]
         self.model.train()
         indices = stage.sampler.indices().to(self.device)
         batch_size = recipe["train"]["batch_size"]
@@ -450,6 +465,8 @@ class Trainer:
                         loss = loss + extra
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            for param in withheld:
+                param.grad = None
             scaler.step(optimizer)
             scaler.update()
             loss_sum += loss.detach()

@@ -151,6 +151,27 @@ class LTModel(nn.Module):
                 h, batch = self._call_hook(hooks, name, h, batch)
         return self.head(h), batch
 
+    @torch.no_grad()
+    def stage_shapes(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """The shape of one sample's activations at every stage (``input`` included), found by
+        one forward of ``x`` in eval mode (no statistics move, no random draw)."""
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def spy(name):
+            def hook(h, batch):
+                shapes[name] = tuple(h.shape[1:])
+                return h, batch
+            return hook
+
+        training = self.training
+        self.eval()
+        try:
+            labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+            self.forward_hooked(Batch.plain(x, labels), {n: spy(n) for n in self.stage_names})
+        finally:
+            self.train(training)
+        return shapes
+
     @staticmethod
     def _call_hook(hooks: dict[str, Hook], name: str, h: torch.Tensor,
                    batch: Batch) -> tuple[torch.Tensor, Batch]:

@@ -1,0 +1,132 @@
+"""The Delta-encoder (Schwartz, Karlinsky, Shtok, Harary, Marder, Kumar, Feris, Giryes and
+Bronstein, NeurIPS 2018, "Delta-encoder: an effective sample synthesis method for few-shot
+object recognition"), made end to end at a convolutional stage.
+
+An encoder ``E`` takes a pair of same-class samples ``(x_a, x_b)`` and produces a
+low-dimensional "delta" ``z = E(x_a, x_b)``; a decoder ``D`` applies a delta to an anchor and is
+trained to reconstruct the pair's other member, ``D(x_b, z) ~ x_a`` (L1 reconstruction loss, as
+the paper). New rare-class samples are ``D(x_rare, E(x_a, x_b))`` for frequent-class pairs
+``(x_a, x_b)``: the frequent classes' intra-class variation, applied to a rare anchor.
+
+Made end to end (the paper trains the auto-encoder offline on the base classes' features, then
+synthesises, then trains a classifier), with the simplest faithful choices:
+
+* At a stage of feature maps ``E`` and ``D`` work per spatial position (1x1 convolutions, i.e.
+  the paper's MLPs applied at every position); the delta is one vector per pair (the encoder's
+  output averaged over positions), so it carries a global variation. At ``features`` this is
+  exactly the paper's MLP on vectors.
+* ``E``: ``[x_a, x_b] -> hidden -> LeakyReLU(0.2) -> dropout -> average -> z``;
+  ``D``: ``[x_b, W z] -> hidden -> LeakyReLU(0.2) -> dropout -> C``. The paper's encoder and
+  decoder have one hidden layer, leaky ReLU and dropout 0.5 on its 2048-d features; here
+  ``hidden`` defaults to 512 and ``latent_dim`` to 16 for 32-channel maps.
+* Pairs are the consecutive same-class frequent samples of the batch (in a random order, as the
+  sampler's); new sample ``i`` uses pair ``i mod P`` and rare seed ``i mod s_rare``; the
+  number of new samples is RSG's rule (:func:`~lttoolbox.generators.base.generation_count`).
+* The auto-encoder learns only from the reconstruction loss (weight ``reconstruction_weight``),
+  as in the paper: samples are synthesised without dropout and detached from it, and train the
+  layers after the stage through the classification loss. Inputs are read detached, as RSG
+  reads them.
+
+Example:
+    >>> import torch
+    >>> from lttoolbox.batch import Batch
+    >>> gen = DeltaEncoder(num_classes=3, class_counts=[50, 40, 5], feature_shape=(4, 2, 2),
+    ...                    frequent_fraction=0.67, hidden=8, latent_dim=2)
+    >>> h, y = torch.randn(5, 4, 2, 2), torch.tensor([0, 1, 0, 2, 1])
+    >>> h2, batch = gen(h, Batch.plain(h, y))
+    >>> tuple(h2.shape), batch.y_a.tolist()[5:]  # s_new = max(floor(4 / 1), 1) * 1
+    ((9, 4, 2, 2), [2, 2, 2, 2])
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses.weights import check_number
+from ..models.base import check_int
+from ..registry import GENERATORS
+from .base import FeatureGenerator, generation_count
+
+
+def same_class_pairs(positions: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs ``(a, b)`` of batch positions with ``y[a] == y[b]``: neighbours after a stable sort
+    of ``positions`` by class (each class's samples in batch order)."""
+    order = positions[torch.sort(y[positions], stable=True).indices]
+    same = y[order[:-1]] == y[order[1:]]
+    return order[:-1][same], order[1:][same]
+
+
+@GENERATORS.register("delta_encoder")
+class DeltaEncoder(FeatureGenerator):
+    """The Delta-encoder (Schwartz et al., NeurIPS 2018), end to end; see the module docstring.
+
+    Args:
+        hidden: Width of the encoder's and decoder's hidden layer (512).
+        latent_dim: Size of the delta ``z`` (16).
+        dropout: Dropout after each hidden layer (0.5, the paper's).
+        reconstruction_weight: Weight of the L1 reconstruction loss (1.0).
+        frequent_fraction, transfer_strength, stage, feature_shape, start_epoch, end_epoch: see
+            :class:`~lttoolbox.generators.base.FeatureGenerator`.
+
+    Recipe::
+
+        generator: {name: delta_encoder, stage: layer2}
+    """
+
+    def __init__(self, num_classes: int, class_counts: Sequence[float], stage: str | None = None,
+                 feature_shape: Sequence[int] | None = None, hidden: int = 512,
+                 latent_dim: int = 16, dropout: float = 0.5, reconstruction_weight: float = 1.0,
+                 frequent_fraction: float | None = None, transfer_strength: float | None = None,
+                 start_epoch: int = 0, end_epoch: int | None = None,
+                 stage_names: Sequence[str] | None = None, stage_shapes: dict | None = None,
+                 imbalance_type: str | None = None):
+        super().__init__(num_classes, class_counts, stage, feature_shape, frequent_fraction,
+                         transfer_strength, start_epoch, end_epoch, stage_names, stage_shapes,
+                         imbalance_type)
+        channels = self.feature_shape[0]
+        hidden = check_int(hidden, "hidden", 1)
+        self.latent_dim = check_int(latent_dim, "latent_dim", 1)
+        dropout = check_number("dropout", dropout, 0.0, 1.0, high_open=True)
+        self.reconstruction_weight = check_number("reconstruction_weight",
+                                                  reconstruction_weight, 0.0)
+        self.encoder = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), nn.LeakyReLU(0.2),
+                                     nn.Dropout(dropout), nn.Conv2d(hidden, self.latent_dim, 1))
+        self.expand = nn.Linear(self.latent_dim, hidden)
+        self.decoder_in = nn.Conv2d(channels, hidden, 1)
+        self.decoder_out = nn.Sequential(nn.LeakyReLU(0.2), nn.Dropout(dropout),
+                                         nn.Conv2d(hidden, channels, 1))
+
+    def encode(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The delta of a pair, ``(P, latent_dim)``."""
+        return self.encoder(torch.cat([a, b], dim=1)).mean(dim=(2, 3))
+
+    def decode(self, anchor: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``D(anchor, z)``: the anchor moved by the delta ``z`` (same shape as the anchor)."""
+        # A linear layer on [anchor, W z] is the sum of its two parts.
+        return self.decoder_out(self.decoder_in(anchor) + self.expand(z)[:, :, None, None])
+
+    def generate(self, maps: torch.Tensor, y: torch.Tensor):
+        x = maps.detach()
+        frequent, rare = self.split(y)
+        a, b = same_class_pairs(frequent, y)
+        if a.numel() == 0:
+            return None, None, None
+        aux = self.reconstruction_weight * F.l1_loss(self.decode(x[b], self.encode(x[a], x[b]))
+                                                     .float(), x[a].float())
+        total = generation_count(int(frequent.numel()), int(rare.numel()),
+                                 self.transfer_strength)
+        if total == 0:
+            return None, None, aux
+        i = torch.arange(total, device=y.device)
+        pair, seed = i % a.numel(), rare[i % rare.numel()]
+        training = self.training
+        try:  # synthesis as the paper's, by the trained auto-encoder: no dropout, no gradient
+            self.train(False)
+            with torch.no_grad():
+                new = self.decode(x[seed], self.encode(x[a[pair]], x[b[pair]]))
+        finally:
+            self.train(training)
+        return new, y[seed], aux
