@@ -50,6 +50,9 @@ Deliberate deviations from the official code (docs/generators.md):
   fails when ``beta s_freq > s_rare`` is not a whole batch of frequent samples.
 * Odd batch sizes pair ``s//2`` samples (the code's halves differ in size and fail), any
   ``beta``, batches without frequent or rare samples, CPU.
+* Cost, same numbers: the contrastive module's last convolution and its pooling are computed
+  together (:func:`pooled_conv`), and after the threshold ``L_MV`` reads its frozen weights
+  detached instead of computing weight gradients that are withheld anyway.
 
 Ablations (the paper's Table 3) are configuration: ``mv_terms`` without one of ``cosine``,
 ``norm``, ``contrastive``; ``displace: centers`` adds ``T(x_fd)`` to the rare sample's center
@@ -91,35 +94,52 @@ def per_sample(table: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (one_hot @ table.flatten(1)).view(-1, *table.shape[1:])
 
 
-def pooled_conv(conv: nn.Conv2d, r: torch.Tensor) -> torch.Tensor:
+def pooled_conv(conv: nn.Conv2d, r: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
     """``conv(r).mean(dim=(2, 3))`` for a stride-1, same-padded convolution, without the
     convolution.
 
     Both are linear, so the average of the output is the kernel applied to the average of each
-    shifted copy of ``r``: for kernel offset ``(a, b)`` that is the mean of the rectangle of
-    ``r`` the shift keeps inside the map (zero padding outside), read from an integral image.
-    For RSG's 256-channel 3x3 layer on 16x16 maps this replaces ~9.7 GMAC per 64 pairs with a
-    matrix product (docs/generators.md, "Cost").
+    shifted copy of ``r``: for kernel offset ``(a, b)`` that is the sum of ``r`` over the rows and
+    columns the shift keeps inside the map (zero padding outside), i.e. the total minus the
+    dropped border rows and columns plus their corner block. For RSG's 256-channel 3x3 layer on
+    16x16 maps this replaces ~9.7 GMAC per 64 pairs with two reductions and a matrix product
+    (docs/generators.md, "Cost").
+
+    Args:
+        conv: The convolution (its kernel size and padding; its weights unless given).
+        r: Its input ``(N, C, H, W)``.
+        weight, bias: Use these instead of ``conv``'s (detached ones, for a frozen module).
     """
+    weight = conv.weight if weight is None else weight
+    bias = conv.bias if bias is None else bias
     n, c, h, w = r.shape
     k, pad = conv.kernel_size[0], conv.padding[0]
-    integral = F.pad(r.float().cumsum(2).cumsum(3), (1, 0, 1, 0))
+    r = r.float()
+    rows, cols = r.sum(dim=3), r.sum(dim=2)          # (N, C, H), (N, C, W)
+    total = rows.sum(dim=2)
 
-    def span(offset: int, size: int) -> tuple[int, int]:
-        return max(0, offset), min(size, size + offset)
+    def dropped(sums: torch.Tensor, offset: int) -> torch.Tensor:
+        # The border a shift by ``offset`` pushes out of the map: the first rows for a positive
+        # offset (the kernel reads r[i + offset]), the last ones for a negative one.
+        if offset > 0:
+            return sums[:, :, :offset].sum(dim=2)
+        if offset < 0:
+            return sums[:, :, offset:].sum(dim=2)
+        return torch.zeros_like(total)
 
-    means = torch.empty(n, c, k, k, device=r.device, dtype=torch.float32)
-    for a in range(k):
-        r0, r1 = span(a - pad, h)
-        for b in range(k):
-            c0, c1 = span(b - pad, w)
-            if r0 >= r1 or c0 >= c1:
-                means[:, :, a, b] = 0.0
-                continue
-            means[:, :, a, b] = (integral[:, :, r1, c1] - integral[:, :, r0, c1]
-                                 - integral[:, :, r1, c0] + integral[:, :, r0, c0])
-    out = torch.einsum("ocab,ncab->no", conv.weight.float(), means / (h * w))
-    return out + conv.bias.float() if conv.bias is not None else out
+    def corner(dy: int, dx: int) -> torch.Tensor:
+        if dy == 0 or dx == 0:
+            return torch.zeros_like(total)
+        ys = slice(None, dy) if dy > 0 else slice(dy, None)
+        xs = slice(None, dx) if dx > 0 else slice(dx, None)
+        return r[:, :, ys, xs].sum(dim=(2, 3))
+
+    sums = torch.stack([torch.stack([total - dropped(rows, a - pad) - dropped(cols, b - pad)
+                                     + corner(a - pad, b - pad) for b in range(k)], dim=-1)
+                        for a in range(k)], dim=-2)  # (N, C, k, k)
+    out = torch.einsum("ocab,ncab->no", weight.float(), sums / (h * w))
+    return out + bias.float() if bias is not None else out
 
 
 def center_distances(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
@@ -234,13 +254,22 @@ class RSG(FeatureGenerator):
         return torch.softmax(torch.einsum("bc,bck->bk", pooled, per_sample(self.assign_weight, y))
                              + per_sample(self.assign_bias, y), dim=1)
 
-    def same_class_logits(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def same_class_logits(self, a: torch.Tensor, b: torch.Tensor,
+                          frozen: bool = False) -> torch.Tensor:
         """The contrastive module's 2-way logits (0: not the same class, 1: the same class):
         ``fc(GAP(conv2(ReLU(conv1([a, b])))))``, the last convolution and the pooling taken
-        together (:func:`pooled_conv`)."""
+        together (:func:`pooled_conv`). ``frozen``: through detached weights, so gradients reach
+        the inputs only (the module is frozen once RSG generates; computing its weight
+        gradients only to withhold them would double the cost of ``L_MV``'s third term)."""
         first, relu, second = self.contrastive
-        hidden = relu(first(torch.cat([a, b], dim=1)))
-        return self.contrastive_fc(pooled_conv(second, hidden).to(hidden.dtype))
+        parts = [first.weight, first.bias, second.weight, second.bias,
+                 self.contrastive_fc.weight, self.contrastive_fc.bias]
+        if frozen:
+            parts = [p.detach() for p in parts]
+        hidden = relu(F.conv2d(torch.cat([a, b], dim=1), parts[0], parts[1],
+                               padding=first.padding))
+        pooled = pooled_conv(second, hidden, parts[2], parts[3]).to(hidden.dtype)
+        return F.linear(pooled, parts[4], parts[5])
 
     def pair_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of "same class?" on the pairs ``(j, j + s//2)``."""
@@ -262,7 +291,7 @@ class RSG(FeatureGenerator):
             gap = moved32.norm(dim=1) - displacement.float().norm(dim=1)
             loss = loss + gap.abs().sum(dim=(1, 2)).mean()
         if "contrastive" in self.mv_terms:
-            logits = self.same_class_logits(x_freq, moved)
+            logits = self.same_class_logits(x_freq, moved, frozen=True)
             loss = loss + F.cross_entropy(logits.float(), torch.zeros(
                 moved.shape[0], dtype=torch.long, device=moved.device))
         return loss
