@@ -142,12 +142,49 @@ CASES = {
     "image_folder": (lambda fx, tmp: {"name": "image_folder", "root": str(fx["tree"]["root"]),
                                       "imbalance_ratio": 2, "image_size": 8,
                                       "cache_dir": str(tmp)}, 6, 3, 2),
+    # The split-file sets on the same tree, listed in the official formats (these sets are
+    # long-tailed already, so the contract's profile is asked for explicitly).
+    "txt_list": (lambda fx, tmp: {"name": "txt_list", "root": str(fx["tree"]["root"]),
+                                  "train_list": str(fx["lists"]["train_txt"]),
+                                  "test_list": str(fx["lists"]["test_txt"]),
+                                  "imbalance_type": "exp", "imbalance_ratio": 2, "image_size": 8,
+                                  "cache_dir": str(tmp)}, 6, 3, 2),
+    "inaturalist": (lambda fx, tmp: {"name": "inaturalist", "root": str(fx["tree"]["root"]),
+                                     "train_json": str(fx["lists"]["train_json"]),
+                                     "val_json": str(fx["lists"]["test_json"]),
+                                     "imbalance_type": "exp", "imbalance_ratio": 2,
+                                     "image_size": 8, "cache_dir": str(tmp)}, 6, 3, 2),
 }
 
 
 @pytest.fixture(scope="module")
-def fixtures(cifar10_pickle, cifar100_pickle, folder_tree):
-    return {"c10": cifar10_pickle, "c100": cifar100_pickle, "tree": folder_tree}
+def split_lists(folder_tree, tmp_path_factory):
+    """The folder tree's splits as `path label` lists and iNaturalist-style JSON files (labels
+    follow the sorted class names, as image_folder's)."""
+    import json
+
+    out = tmp_path_factory.mktemp("lists")
+    root, classes = folder_tree["root"], sorted(FOLDER_CLASSES)
+    files = {}
+    for split in ("train", "test"):
+        entries = [(f"{split}/{name}/{path.name}", label)
+                   for label, name in enumerate(classes)
+                   for path in sorted((root / split / name).iterdir())]
+        files[f"{split}_txt"] = out / f"{split}.txt"
+        files[f"{split}_txt"].write_text("".join(f"{p} {y}\n" for p, y in entries))
+        doc = {"images": [{"id": 100 + i, "file_name": p} for i, (p, _) in enumerate(entries)],
+               "annotations": [{"id": i, "image_id": 100 + i, "category_id": y}
+                               for i, (_, y) in enumerate(entries)],
+               "categories": [{"id": y, "name": name} for y, name in enumerate(classes)]}
+        files[f"{split}_json"] = out / f"{split}.json"
+        files[f"{split}_json"].write_text(json.dumps(doc))
+    return files
+
+
+@pytest.fixture(scope="module")
+def fixtures(cifar10_pickle, cifar100_pickle, folder_tree, split_lists):
+    return {"c10": cifar10_pickle, "c100": cifar100_pickle, "tree": folder_tree,
+            "lists": split_lists}
 
 
 def test_every_registered_dataset_has_a_contract_case():
@@ -196,7 +233,7 @@ def test_contract_meta(built):
     assert len(meta["kept_index_hash"]) == 40 and int(meta["kept_index_hash"], 16) >= 0
     assert meta["train_class_counts"] == bundle.train.class_counts
     assert meta["num_train"] == len(bundle.train) and meta["num_test"] == len(bundle.test)
-    assert meta["source"] in ("sklearn", "pickle", "folder")
+    assert meta["source"] in ("sklearn", "pickle", "folder", "txt_list", "json")
 
 
 def test_contract_transforms_run_on_cpu(built):

@@ -42,12 +42,13 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class SplitListing:
-    """The image files of one split.
+    """The image files of one split (listed from a folder, or given by a split file).
 
     Attributes:
-        root: The split folder.
-        classes: Class folder names found, sorted.
-        files: Relative paths ``<class>/<name>``, sorted (the order of the cached array).
+        root: The split folder (or the root a split file's paths start from).
+        classes: Class folder names found, sorted (or the split file's class names).
+        files: Relative paths ``<class>/<name>``, sorted (a split file keeps its own order); the
+            order of the cached array.
         labels: Index into ``classes`` of each file.
         sizes: File sizes in bytes.
         mtimes: Modification times in ns.
