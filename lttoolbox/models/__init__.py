@@ -1,4 +1,5 @@
-"""Models (registry ``MODELS``, recipe section ``model``): ``resnet32``, ``digits_cnn``.
+"""Models (registry ``MODELS``, recipe section ``model``): ``resnet32``, ``digits_cnn``, and the
+ImageNet-scale ``resnet10``, ``resnet50``, ``resnet152``, ``resnext50_32x4d``.
 
 Every model is an :class:`LTModel` with named stages (``model.stage_names``), a swappable head
 (``linear``, ``cosine``, see :mod:`lttoolbox.models.heads`; ``tau_norm`` and ``lws`` of decoupled
@@ -9,6 +10,8 @@ from .heads import HEADS, CosineHead, LinearHead, build_head, head_config
 from .base import GlobalAvgPool, LTModel
 from .resnet_cifar import BasicBlock, CifarResNet, PadShortcut, ResNet32, init_weights
 from .digits_cnn import DigitsCNN
+from .resnet_imagenet import (ImageNetResNet, ResNet10, ResNet50, ResNet152, ResNeXt50_32x4d,
+                              load_torchvision_weights)
 from .decoupling import LWSHead, TauNormHead
 
 __all__ = [
@@ -16,4 +19,6 @@ __all__ = [
     "GlobalAvgPool", "LTModel",
     "BasicBlock", "CifarResNet", "PadShortcut", "ResNet32", "init_weights",
     "DigitsCNN", "LWSHead", "TauNormHead",
+    "ImageNetResNet", "ResNet10", "ResNet50", "ResNet152", "ResNeXt50_32x4d",
+    "load_torchvision_weights",
 ]
