@@ -159,7 +159,10 @@ def open_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None = Non
     stage, path = weights_stage(recipe, run_dir, weights)
     info = read_data_info(run_dir, recipe)
     target = resolve_device(device or stage["train"]["device"])
-    model = MODELS.build(stage["model"], key="model", num_classes=len(info["classes"]),
+    # The run's own weights replace every tensor, so the pretrained file the run started from
+    # (model.weights) is not read again and need not exist any more.
+    config = {k: v for k, v in stage["model"].items() if k != "weights"}
+    model = MODELS.build(config, key="model", num_classes=len(info["classes"]),
                          in_channels=info["in_channels"], image_size=info["image_size"])
     load_weights(model, path)
     model = model.to(target)

@@ -312,3 +312,34 @@ def test_bad_parameters():
 def test_docstring_examples():
     result = doctest.testmod(resnet_imagenet)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_finished_run_opens_without_its_pretrained_file(tmp_path, resnet10_state):
+    """lteval / ltpredict rebuild the model from the run's own weights: the pretrained file the
+    run started from may be gone."""
+    import numpy as np
+    from PIL import Image
+
+    from lttoolbox.engine import train
+    from lttoolbox.recipe import resolve
+    from lttoolbox.runs import open_run
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        for name in ("a", "b"):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / name / f"{i}.png")
+    weights = tmp_path / "resnet10.pt"
+    torch.save(resnet10_state, weights)
+    recipe = resolve({"data": {"name": "image_folder", "root": str(tmp_path / "tree"),
+                               "imbalance_type": None, "cache_dir": str(tmp_path / "cache")},
+                      "model": {"name": "resnet10", "weights": str(weights)},
+                      "train": {"epochs": 1, "batch_size": 4},
+                      "eval": {"many_threshold": 3, "few_threshold": 1}})
+    train(recipe, tmp_path / "run", quiet=True)
+    weights.unlink()
+    run = open_run(tmp_path / "run")
+    x = run.eval_transform(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert run.model(x).shape == (2, 2)
