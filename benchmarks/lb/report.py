@@ -455,7 +455,8 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                       "time is a lower bound; *Train min* sums the time of every checkpointed epoch."]
         if shown:
             lines += ["", "*Paper top-1* is not a final-epoch number: "
-                      + "; ".join(f"{', '.join(f'[{m}]' for m in sorted(marks))}: {how}"
+                      + "; ".join(f"{', '.join(f'[{m}]' for m in sorted(marks))}: "
+                                  f"{how.rstrip('.')}"
                                   for how, marks in sorted(shown.items(),
                                                            key=lambda kv: min(kv[1])))
                       + ". This table's own numbers are final-epoch."]
