@@ -16,6 +16,7 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --recipes configs/cifar10_lt/*.yaml --steps 30
     python benchmarks/throughput.py --recipes configs/quickstart.yaml --steps 20
     python benchmarks/throughput.py --augment --generator    # each component's step cost too
+    python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
 """
 from __future__ import annotations
 
@@ -182,6 +183,27 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     return figures
 
 
+def time_cam(trainer: Trainer, recipe: dict) -> tuple[float, int]:
+    """Seconds that CAM-based re-sampling (``cam_resample``, default settings) takes to generate
+    its images for the recipe's training set with the recipe's (freshly initialised) model, and
+    how many images that is. An untrained model gives other maps than a trained one, not other
+    work: every generated image costs the same forward, CAM and move."""
+    import numpy as np
+
+    from lttoolbox.registry import AUGMENTS
+
+    cam = AUGMENTS.build({"name": "cam_resample"}, **trainer._context(recipe))
+    model = fresh_model(trainer, recipe)
+    counts = np.bincount(trainer.train_labels.cpu().numpy(), minlength=trainer.num_classes)
+    sync(trainer.device)
+    start = time.perf_counter()
+    out = cam.prepare(model, trainer.train_images, trainer.train_labels,
+                      trainer.data.eval_transform, 1)
+    sync(trainer.device)
+    assert int(out["labels"].numel()) == sum(cam.additions(counts))
+    return time.perf_counter() - start, int(out["labels"].numel())
+
+
 NOISY = 1.2  # max/min of repeats beyond which a figure is called noisy
 
 
@@ -207,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time each mixing augmentation's step against the plain step")
     parser.add_argument("--generator", action="store_true",
                         help="also time each feature generator's step against the plain step")
+    parser.add_argument("--cam", action="store_true",
+                        help="also time CAM-based re-sampling's generation against one epoch")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -239,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: step cost with each {family} (x the plain step, min / median / "
                   f"max of {args.repeats}): " + "; ".join(
                       f"{name} {fmt_spread(v, 3)}" for name, v in costs.items()), flush=True)
+        if args.cam:
+            seconds, made = time_cam(trainer, recipe)
+            epoch = trainer.train_labels.numel() / statistics.median(trainer_ips)
+            print(f"{path}: CAM-based re-sampling generated {made:,} images in {seconds:.1f} s, "
+                  f"{seconds / epoch:.2f} x one training epoch of the trainer "
+                  f"({trainer.train_labels.numel():,} images at the median "
+                  f"{statistics.median(trainer_ips):,.0f} img/s)", flush=True)
         noisy = [name for name, values in (("trainer", trainer_ips), ("bare loop", bare_ips))
                  if max(values) / min(values) > NOISY]
         rows.append((Path(path).as_posix(), trainer_ips, bare_ips, ratios, step_ips,
