@@ -262,7 +262,6 @@ class Trainer:
         for part, key in named:
             if isinstance(part, torch.nn.Module):
                 part.to(self.device)
-            # A component acts at one stage, or at several (``stages``, each with ``hook(stage)``).
             # A component acts at one stage, at several (``stages``, each with ``hook(stage)``), or
             # at none (``stage = None``: it prepares the stage's data instead).
             points = getattr(part, "stages", None) or (getattr(part, "stage", "input"),)
