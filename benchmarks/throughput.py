@@ -17,6 +17,14 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --recipes configs/quickstart.yaml --steps 20
     python benchmarks/throughput.py --augment --generator    # each component's step cost too
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
+    python benchmarks/throughput.py --stream --workers 0 1 2   # the streaming path, 224 px
+
+``--stream`` measures the streaming data path (:mod:`lttoolbox.data.stream`) on ImageNet-like
+JPEGs (written to a temporary folder, 500 x 375 at quality 90, unless ``--stream-root`` names an
+image-folder tree): the loader alone (decode, RandomResizedCrop 224, flip, colour jitter 0.4,
+copy, normalise) with N workers and each decoder, a ResNet-50 training step alone on a pre-made
+224-px batch, and the two together; together / step alone says how far the loader is from
+keeping the model fed.
 """
 from __future__ import annotations
 
@@ -59,7 +67,7 @@ def fresh_model(trainer: Trainer, recipe: dict) -> torch.nn.Module:
     """The recipe's model, newly initialised, laid out as the trainer lays it out."""
     from lttoolbox.registry import MODELS
 
-    images = trainer.train_images
+    images = trainer.data_path.images
     model = MODELS.build(recipe["model"], num_classes=trainer.num_classes,
                          in_channels=images.shape[1], image_size=images.shape[-1])
     model = model.to(trainer.device)
@@ -71,7 +79,7 @@ def fresh_model(trainer: Trainer, recipe: dict) -> torch.nn.Module:
 def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int) -> tuple[float, float]:
     """Images/s of a bare loop with the trainer's data path, and of the step alone."""
     device = trainer.device
-    images, labels = trainer.train_images, trainer.train_labels
+    images, labels = trainer.data_path.images, trainer.data_path.labels
     model = fresh_model(trainer, recipe)
     optim = recipe["optim"]
     opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim.get("momentum", 0),
@@ -137,7 +145,7 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     registry, timed = ((AUGMENTS, AUGMENTS_TIMED) if family == "augment"
                        else (GENERATORS, GENERATORS_TIMED))
     device = trainer.device
-    images, labels = trainer.train_images, trainer.train_labels
+    images, labels = trainer.data_path.images, trainer.data_path.labels
     model = fresh_model(trainer, recipe)
     criterion = LOSSES.build({"name": "ce"}, num_classes=trainer.num_classes).to(device)
     autocast, _ = autocast_factory(recipe["train"]["amp"], device)
@@ -194,14 +202,92 @@ def time_cam(trainer: Trainer, recipe: dict) -> tuple[float, int]:
 
     cam = AUGMENTS.build({"name": "cam_resample"}, **trainer._context(recipe))
     model = fresh_model(trainer, recipe)
-    counts = np.bincount(trainer.train_labels.cpu().numpy(), minlength=trainer.num_classes)
+    counts = np.bincount(trainer.data_path.labels.cpu().numpy(), minlength=trainer.num_classes)
     sync(trainer.device)
     start = time.perf_counter()
-    out = cam.prepare(model, trainer.train_images, trainer.train_labels,
+    out = cam.prepare(model, trainer.data_path.images, trainer.data_path.labels,
                       trainer.data.eval_transform, 1)
     sync(trainer.device)
     assert int(out["labels"].numel()) == sum(cam.additions(counts))
     return time.perf_counter() - start, int(out["labels"].numel())
+
+
+def write_jpegs(root: Path, count: int, classes: int = 4, size=(500, 375)) -> None:
+    """``root/{train,test}/c<k>/<i>.jpg``: smooth colour fields with noise, about the entropy of
+    a photograph (pure noise would decode slower than any real image)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for split, n in (("train", count), ("test", classes)):
+        for i in range(n):
+            folder = root / split / f"c{i % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            a, b, c = rng.uniform(0.005, 0.03, 3)
+            base = np.stack([np.sin(xx * a + i), np.cos(yy * b), np.sin((xx + yy) * c)], -1)
+            pixels = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.jpg", quality=90)
+
+
+def time_stream(root: Path, workers: list[int], decoders: list[str], batch: int, steps: int,
+                warmup: int, device: torch.device) -> list[tuple[str, float]]:
+    """Images/s of the streaming loader alone, of the ResNet-50 step alone and of both."""
+    from lttoolbox.data.datapath import StreamPath
+    from lttoolbox.data.folder import image_folder
+    from lttoolbox.registry import MODELS
+
+    rows = []
+
+    def bundle(decoder):
+        return image_folder(str(root), image_size=224, imbalance_type=None, path="stream",
+                            color_jitter=0.4, decoder=decoder)
+
+    data = bundle(decoders[0])
+    total = batch * (steps + warmup)
+    order = torch.arange(total) % len(data.train)
+
+    def batches(path, epoch):
+        return path.epoch(order, torch.arange(total).numpy(), batch, (0, epoch))
+
+    def timed(iterator, work=None) -> float:
+        start = None
+        for i, (x, y) in enumerate(iterator):
+            if i == warmup:
+                sync(device)
+                start = time.perf_counter()
+            if work is not None:
+                work(x, y)
+        sync(device)
+        return batch * steps / (time.perf_counter() - start)
+
+    model = MODELS.build({"name": "resnet50"}, num_classes=data.num_classes, in_channels=3,
+                         image_size=224).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    autocast, _ = autocast_factory("auto", device)
+
+    def step(x, y):
+        with autocast() if autocast else contextlib.nullcontext():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    x0, y0 = next(iter(batches(StreamPath(data, device, 0, workers=0), 0)))
+    rows.append(("ResNet-50 step alone (one pre-made batch)",
+                 timed(((x0, y0) for _ in range(steps + warmup)), step)))
+    for decoder in decoders:
+        data = bundle(decoder)
+        for count in workers:
+            path = StreamPath(data, device, 0, workers=count)
+            rows.append((f"loader alone, {count} workers, {decoder}", timed(batches(path, 1))))
+    data = bundle(decoders[0])
+    for count in workers:
+        path = StreamPath(data, device, 0, workers=count)
+        rows.append((f"loader + step, {count} workers, {decoders[0]}",
+                     timed(batches(path, 2), step)))
+    return rows
 
 
 NOISY = 1.2  # max/min of repeats beyond which a figure is called noisy
@@ -231,10 +317,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time each feature generator's step against the plain step")
     parser.add_argument("--cam", action="store_true",
                         help="also time CAM-based re-sampling's generation against one epoch")
+    parser.add_argument("--stream", action="store_true",
+                        help="measure the streaming data path with a 224-px ResNet-50 instead")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2],
+                        help="--stream: DataLoader worker counts to measure")
+    parser.add_argument("--decoders", nargs="+", default=["pil", "torchvision"],
+                        help="--stream: JPEG decoders to measure (the first is used with the step)")
+    parser.add_argument("--batch", type=int, default=32, help="--stream: batch size")
+    parser.add_argument("--stream-root", help="--stream: an image-folder tree to read instead "
+                                              "of generated JPEGs")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.stream:
+        return stream_main(args)
     paths = sorted({p for pattern in args.recipes for p in (glob.glob(pattern) or [pattern])})
     rows = []
     for path in paths:
@@ -265,10 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{name} {fmt_spread(v, 3)}" for name, v in costs.items()), flush=True)
         if args.cam:
             seconds, made = time_cam(trainer, recipe)
-            epoch = trainer.train_labels.numel() / statistics.median(trainer_ips)
+            epoch = trainer.data_path.labels.numel() / statistics.median(trainer_ips)
             print(f"{path}: CAM-based re-sampling generated {made:,} images in {seconds:.1f} s, "
                   f"{seconds / epoch:.2f} x one training epoch of the trainer "
-                  f"({trainer.train_labels.numel():,} images at the median "
+                  f"({trainer.data_path.labels.numel():,} images at the median "
                   f"{statistics.median(trainer_ips):,.0f} img/s)", flush=True)
         noisy = [name for name, values in (("trainer", trainer_ips), ("bare loop", bare_ips))
                  if max(values) / min(values) > NOISY]
@@ -294,6 +391,32 @@ def main(argv: list[str] | None = None) -> int:
     for path, t, b, r, s, _ in rows:
         print(f"| {path} | {fmt_spread(t)} | {fmt_spread(b)} | {fmt_spread(r, 3)} | "
               f"{fmt_spread(s)} |")
+    return 0
+
+
+def stream_main(args) -> int:
+    from lttoolbox.engine.trainer import resolve_device
+
+    device = resolve_device("auto")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.stream_root) if args.stream_root else Path(tmp)
+        if not args.stream_root:
+            write_jpegs(root, args.batch * 4)
+        figures: dict[str, list[float]] = {}
+        for _ in range(args.repeats):
+            for name, ips in time_stream(root, args.workers, args.decoders, args.batch,
+                                         args.steps, args.warmup, device):
+                figures.setdefault(name, []).append(ips)
+    info = machine_info(device)
+    print(f"machine: {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch "
+          f"threads), device {info['device']}{' ' + info['gpu'] if 'gpu' in info else ''}, "
+          f"torch {info['torch']}, commit {git_commit()}; batch {args.batch}, {args.steps} "
+          f"timed steps after {args.warmup}, {args.repeats} repeats (min / median / max)")
+    step = statistics.median(figures["ResNet-50 step alone (one pre-made batch)"])
+    print("| measurement | img/s | x the step alone |")
+    print("| --- | ---: | ---: |")
+    for name, values in figures.items():
+        print(f"| {name} | {fmt_spread(values, 1)} | {statistics.median(values) / step:.2f} |")
     return 0
 
 

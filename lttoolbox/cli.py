@@ -186,11 +186,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(dump_recipe_text(recipe), end="")
             return 0
-        out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
-        state["out"] = out
-        trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet)
-        state["trainer"] = trainer
-        trainer.run()
+        from .engine.distributed import World, broadcast_object, init_from_environment
+        # Under torchrun: join the process group the launcher describes (DDP training).
+        joined = init_from_environment(recipe["train"]["device"])
+        try:
+            out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
+            out = broadcast_object(out, World.current())  # one run directory for all ranks
+            state["out"] = out
+            trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet)
+            state["trainer"] = trainer
+            trainer.run()
+        finally:
+            if joined:
+                import torch.distributed
+                torch.distributed.destroy_process_group()
         return 0
 
     def interrupted(console) -> None:

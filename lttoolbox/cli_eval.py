@@ -33,7 +33,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
                  device: str | None = None, name: str | None = None) -> tuple[dict, Path]:
     """Evaluate a run; returns the document written and its path (``eval-<name>.json``)."""
     from .atomic import atomic_write_text
-    from .engine.evaluate import evaluate
+    from .data.datapath import build_data_path
+    from .engine.evaluate import metrics_from_predictions, predict_batches
     from .engine.provenance import git_commit, machine_info
     from .engine.rundir import RunLock
     from .recipe import apply_overrides, recipe_hash, resolve
@@ -61,10 +62,14 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
                        f"{run.info['in_channels']} x {run.info['image_size']} x "
                        f"{run.info['image_size']}")
     ev = recipe["eval"]
-    metrics = evaluate(run.model, data.test.images.to(run.device),
-                       data.test.labels.to(run.device), run.eval_transform,
-                       run.info["train_class_counts"], ev["many_threshold"], ev["few_threshold"],
-                       ev["ece_bins"], ev["batch_size"], run.autocast)
+    # in memory or streamed from the files, as the data set says
+    path = build_data_path(data, run.device, workers=recipe["train"]["workers"],
+                           stats=(run.info["mean"], run.info["std"]))
+    pred, conf = predict_batches(run.model, path.eval_batches("test", ev["batch_size"]),
+                                 run.autocast)
+    metrics = metrics_from_predictions(pred, path.eval_labels("test"), conf, len(classes),
+                                       run.info["train_class_counts"], ev["many_threshold"],
+                                       ev["few_threshold"], ev["ece_bins"])
     doc = {**metrics, "class_names": classes, "weights": run.weights.name,
            "stage": stage_name, "overrides": overrides, "data": data.meta,
            "recipe_hash": recipe_hash(run.recipe), "commit": git_commit(),

@@ -71,10 +71,19 @@ def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: fl
         raise ConfigError(f"must be a finite number, got {tau!r}", key="--tau")
     run = open_run(run_dir, weights, device)
     info = run.info
+    if info.get("path") == "stream":  # as the run evaluated: resize, then centre crop
+        from .data.stream import StreamTransform, read_image
+        crop = StreamTransform(info["image_size"], train=False, resize=info["eval_resize"])
+
+        def decode(name: str):
+            return crop(read_image(name), None).numpy()
+    else:
+        def decode(name: str):
+            return decode_image(name, info["image_size"], info["in_channels"])
     images, kept, skipped = [], [], []
     for path in files:
         try:
-            images.append(decode_image(str(path), info["image_size"], info["in_channels"]))
+            images.append(decode(str(path)))
             kept.append(path)
         except DataError as err:
             skipped.append((path, str(err).split(": ", 2)[-1]))

@@ -42,7 +42,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  "gamma": 0.1, "min_lr": 0.0},
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
-              "drop_last": False, "loggers": []},
+              "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
@@ -463,13 +463,18 @@ def recipe_differences(a: dict, b: dict, names: tuple[str, str] = ("here", "ther
 def recipe_hash(recipe: dict) -> str:
     """A short, stable hash of a resolved recipe, to match results to runs.
 
-    What cannot change the trained model is left out: ``meta`` (free-form notes) and
-    ``train.loggers`` (where progress is reported).
+    What cannot change the trained model is left out: ``meta`` (free-form notes),
+    ``train.loggers`` (where progress is reported) and ``train.workers`` (the streaming path's
+    loader processes: every image's augmentation is seeded by its stream position, not by the
+    worker). So is ``train.sync_bn``, which like the number of processes is a way of running
+    (one process: no effect) and is recorded with the results, not a trick: a run resumes
+    with another world size.
     """
     def trained(section: dict) -> dict:
         out = {k: v for k, v in section.items() if k != "meta"}
         if isinstance(out.get("train"), dict):
-            out["train"] = {k: v for k, v in out["train"].items() if k != "loggers"}
+            out["train"] = {k: v for k, v in out["train"].items()
+                            if k not in ("loggers", "workers", "sync_bn")}
         if isinstance(out.get("stages"), list):
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
         return out

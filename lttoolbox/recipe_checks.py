@@ -144,8 +144,10 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
                            below=SEED_LIMIT)
     for name in ("batch_size", "checkpoint_every"):
         train[name] = number(train[name], f"{p}train.{name}", integer=True, minimum=1)
-    for name in ("channels_last", "reset_head", "drop_last"):
+    for name in ("channels_last", "reset_head", "drop_last", "sync_bn"):
         boolean(train[name], f"{p}train.{name}")
+    if train["workers"] != "auto":
+        train["workers"] = number(train["workers"], f"{p}train.workers", integer=True, minimum=0)
     if not isinstance(train["device"], str):
         raise ConfigError(f"must be a device name such as auto, cpu or cuda:0, got "
                           f"{train['device']!r}", key=f"{p}train.device")

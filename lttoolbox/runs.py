@@ -60,10 +60,13 @@ class Run:
 
 def data_info(bundle) -> dict:
     """The facts of a data set that a trained model depends on (written as ``data.json``)."""
-    return {"classes": list(bundle.train.classes),
+    info = {"classes": list(bundle.train.classes),
             "train_class_counts": [int(c) for c in bundle.train.class_counts],
             "mean": list(bundle.train.mean), "std": list(bundle.train.std),
             "in_channels": int(bundle.in_channels), "image_size": int(bundle.image_size)}
+    if bundle.path == "stream":  # a new image is resized and centre-cropped as in evaluation
+        info.update(path="stream", eval_resize=int(bundle.eval_transform.resize))
+    return info
 
 
 def write_data_info(run_dir: Path, bundle) -> None:

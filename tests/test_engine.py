@@ -142,17 +142,20 @@ def test_each_stage_freezes_exactly_its_own_list_also_after_resume(tmp_path):
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
 
 
-def test_an_initialized_process_group_is_refused(tmp_path):
+def test_a_one_process_group_trains_as_one_process(tmp_path):
+    # (Several processes: tests/test_distributed.py.)
     import torch.distributed as dist
 
+    alone = train(digits_recipe("train.epochs=1"), tmp_path / "alone", quiet=True)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
                             world_size=1)
     try:
-        with pytest.raises(ConfigError, match="torch.distributed"):
-            train(digits_recipe("train.epochs=1"), tmp_path / "run", quiet=True)
+        grouped = train(digits_recipe("train.epochs=1"), tmp_path / "run", quiet=True)
     finally:
         dist.destroy_process_group()
-    assert not (tmp_path / "run").exists()
+    assert grouped["processes"] == 1
+    assert grouped["history"][0]["loss"] == alone["history"][0]["loss"]
+    assert grouped["per_class_acc"] == alone["per_class_acc"]
 
 
 @pytest.mark.parametrize("override, key", [

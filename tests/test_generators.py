@@ -409,10 +409,11 @@ def test_end_to_end_and_the_export_has_no_generator(tmp_path, name):
     # Attached in eval mode, the generator changes nothing.
     trainer.model.eval()
     gen.eval()
-    x = trainer.data.eval_transform(trainer.test_images[:16])
+    x = next(trainer.data_path.eval_batches("test", 16))
+    labels = torch.as_tensor(trainer.data_path.eval_labels("test")[:16])
     with torch.no_grad():
         plain = trainer.model(x)
-        hooked, _ = trainer.model.forward_hooked(Batch.plain(x, trainer.test_labels[:16]),
+        hooked, _ = trainer.model.forward_hooked(Batch.plain(x, labels),
                                                  {gen.stage: gen})
     assert torch.equal(plain, hooked)
 

@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from .profiles import check_imbalance, check_selection, index_hash, long_tail_counts, \
     select_long_tail
+from .stream import FileSplit, StreamTransform
 from .transforms import BatchTransform
 
 
@@ -111,12 +112,17 @@ class DataBundle:
             kept-index hash, source, root, per-class counts).
     """
 
-    train: LTDataset
-    test: LTDataset
+    train: LTDataset | FileSplit
+    test: LTDataset | FileSplit
     train_transform: BatchTransform
     eval_transform: BatchTransform
     meta: dict[str, Any] = field(default_factory=dict)
-    val: LTDataset | None = None
+    val: LTDataset | FileSplit | None = None
+
+    @property
+    def path(self) -> str:
+        """``memory`` (uint8 tensors) or ``stream`` (file paths read during training)."""
+        return "stream" if isinstance(self.train, FileSplit) else "memory"
 
     @property
     def num_classes(self) -> int:
@@ -131,7 +137,7 @@ class DataBundle:
     @property
     def image_size(self) -> int:
         """Image height = width (model context)."""
-        return self.train.image_size
+        return int(self.train.image_size)
 
 
 def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
@@ -151,6 +157,43 @@ def check_common(imbalance_type: str | None, imbalance_ratio: float, selection: 
     check_int("crop_padding", crop_padding, 0)
     if not isinstance(hflip, bool):
         raise ConfigError(f"hflip must be true or false, got {hflip!r}")
+
+
+def check_path_options(path: Any, color_jitter: Any, eval_resize: Any, image_size: int,
+                       decoder: Any = "pil") -> None:
+    """Validate ``path`` (``memory`` | ``stream`` | ``auto``: stream when the decoded training
+    images would exceed 4 GiB) and the streaming-only ``color_jitter``, ``eval_resize`` and
+    ``decoder``, before any file is read."""
+    from .datapath import PATHS
+    from .stream import DECODERS
+    if path not in PATHS:
+        raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
+    if decoder not in DECODERS:
+        raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
+    StreamTransform(image_size, True, color_jitter=color_jitter, resize=eval_resize)
+    if path == "memory" and (color_jitter or eval_resize is not None):
+        raise ConfigError("color_jitter and eval_resize act on the streaming path only "
+                          "(path: stream); the in-memory path crops with crop_padding")
+
+
+def stream_options(path: str, train_images: np.ndarray, mean, std, image_size: int,
+                   color_jitter: float, eval_resize: int | None, decoder: str = "pil"):
+    """``(mean, std, stream)`` for :func:`assemble`: the statistics (computed from the decoded
+    training images when not given; ImageNet's on the streaming path, which decodes nothing
+    up front) and the streaming options (``None`` on the in-memory path)."""
+    if path != "stream":
+        if color_jitter or eval_resize is not None:
+            raise ConfigError("color_jitter and eval_resize act on the streaming path only, and "
+                              "path: auto chose memory for this set (its decoded images fit in "
+                              "4 GiB); set path: stream")
+        if mean is None:
+            mean, std = pixel_mean_std(train_images)
+        return mean, std, None
+    from .stream import IMAGENET_MEAN, IMAGENET_STD
+    if mean is None:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return mean, std, {"image_size": image_size, "color_jitter": color_jitter,
+                       "eval_resize": eval_resize, "decoder": decoder}
 
 
 def cap_per_class(labels: np.ndarray, num_classes: int, cap: int | None) -> np.ndarray:
@@ -189,7 +232,8 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
              imbalance_ratio: float, selection: str, selection_seed: int, crop_padding: int,
              hflip: bool, source: str, root: str | None, train_index: np.ndarray | None = None,
              extra_meta: dict[str, Any] | None = None, val_per_class: int | None = None,
-             val_split: tuple[np.ndarray, np.ndarray] | None = None) -> DataBundle:
+             val_split: tuple[np.ndarray, np.ndarray] | None = None,
+             stream: dict[str, Any] | None = None) -> DataBundle:
     """Apply the long-tail profile to the training split and build the bundle.
 
     ``n_max`` is the size of the smallest training class, so every class can be filled (for the
@@ -203,6 +247,9 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
             :func:`validation_split`); ``None``: no validation split, the profile exactly as
             published.
         val_split: A given validation split ``(images, labels)`` (a named folder) instead.
+        stream: For the streaming path: the images are arrays of file paths, and this gives the
+            per-image transforms' ``image_size``, ``color_jitter`` and ``eval_resize`` (see
+            :mod:`lttoolbox.data.stream`).
 
     Raises:
         DataError: a class has no training or no test image.
@@ -227,21 +274,28 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
                 f"training image (n_max = {n_max}); lower imbalance_ratio or raise max_per_class")
         kept = select_long_tail(train_labels, counts, selection, selection_seed)
     train_index = np.arange(len(train_labels)) if train_index is None else train_index
+
+    def split(images, labels):
+        if stream is None:
+            return LTDataset(images, labels, classes, mean, std)
+        return FileSplit(images, labels, classes, mean, std, stream["image_size"],
+                         stream.get("decoder", "pil"))
+
     val_meta: dict[str, Any] = {}
     val = None
     if val_per_class is not None:
         check_int("val_per_class", val_per_class, 1)
         kept, val_idx, given_up = validation_split(train_labels, kept, num_classes,
                                                    val_per_class, selection_seed)
-        val = LTDataset(train_images[val_idx], train_labels[val_idx], classes, mean, std)
+        val = split(train_images[val_idx], train_labels[val_idx])
         val_meta = {"val_per_class": val_per_class, "val_from_kept": given_up,
                     "val_index_hash": index_hash(np.asarray(train_index)[val_idx])}
     elif val_split is not None:
-        val = LTDataset(val_split[0], val_split[1], classes, mean, std)
+        val = split(val_split[0], val_split[1])
     if val is not None:
         val_meta["val_class_counts"] = val.class_counts
-    train = LTDataset(train_images[kept], train_labels[kept], classes, mean, std)
-    test = LTDataset(test_images, test_labels, classes, mean, std)
+    train = split(train_images[kept], train_labels[kept])
+    test = split(test_images, test_labels)
     meta = {
         "dataset": name,
         "imbalance_type": imbalance_type,
@@ -260,9 +314,18 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
         "std": train.std,
         "crop_padding": crop_padding,
         "hflip": hflip,
+        "path": "memory" if stream is None else "stream",
         **val_meta,
     }
     meta.update(extra_meta or {})
+    if stream is not None:
+        size, resize = stream["image_size"], stream.get("eval_resize")
+        meta.update(crop_padding=None, color_jitter=stream["color_jitter"],
+                    decoder=stream.get("decoder", "pil"),
+                    eval_resize=StreamTransform(size, False, resize=resize).resize)
+        return DataBundle(train, test,
+                          StreamTransform(size, True, hflip, stream["color_jitter"]),
+                          StreamTransform(size, False, resize=resize), meta, val)
     return DataBundle(train, test,
                       BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip),
                       BatchTransform(mean, std), meta, val)

@@ -26,7 +26,8 @@ from typing import Sequence
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .dataset import DataBundle, assemble, check_common, check_int, pixel_mean_std
+from .dataset import (DataBundle, assemble, check_common, check_int, check_path_options,
+                      stream_options)
 from .folder_io import load_folder_splits
 
 
@@ -53,7 +54,9 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
                  selection_seed: int = 0, crop_padding: int = 4, hflip: bool = True,
                  cache_dir: str | None = None, max_per_class: int | None = None,
                  test_max_per_class: int | None = None, val_dir: str | None = None,
-                 val_per_class: int | None = None) -> DataBundle:
+                 val_per_class: int | None = None, path: str = "auto",
+                 color_jitter: float = 0.0, eval_resize: int | None = None,
+                 decoder: str = "pil") -> DataBundle:
     """A long-tailed data set from an image-folder tree.
 
     Args:
@@ -79,6 +82,11 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         val_per_class: Or a balanced validation split of this many images per class drawn from
             the training images the profile leaves unused (see
             :func:`~lttoolbox.data.dataset.validation_split`). Not both.
+        path: ``memory`` | ``stream`` | ``auto`` (see :func:`check_path_options`).
+        color_jitter: Streaming path only: brightness/contrast/saturation jitter strength.
+        eval_resize: Streaming path only: shorter side before the evaluation centre crop
+            (default ``image_size * 256 / 224``).
+        decoder: Streaming path only: ``pil`` or ``torchvision``.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -104,15 +112,18 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
     if val_dir is not None and val_per_class is not None:
         raise ConfigError("give val_dir (a validation folder) or val_per_class (drawn from the "
                           "unused training images), not both")
-    classes, (train_x, train_y, train_index), (test_x, test_y), _ = load_folder_splits(
-        root, train_dir, test_dir, image_size, cache_dir, None, max_per_class, test_max_per_class)
+    check_path_options(path, color_jitter, eval_resize, image_size, decoder)
+    classes, (train_x, train_y, train_index), (test_x, test_y), info = load_folder_splits(
+        root, train_dir, test_dir, image_size, cache_dir, None, max_per_class, test_max_per_class,
+        path)
     val_split = None
     if val_dir is not None:
         _, _, (val_x, val_y), _ = load_folder_splits(root, train_dir, val_dir, image_size,
-                                                     cache_dir, classes, max_per_class)
+                                                     cache_dir, classes, max_per_class,
+                                                     path=info["path"])
         val_split = (val_x, val_y)
-    if mean is None:
-        mean, std = pixel_mean_std(train_x)
+    mean, std, stream = stream_options(info["path"], train_x, mean, std, image_size,
+                                       color_jitter, eval_resize, decoder)
     return assemble(
         "image_folder", train_x, train_y, test_x, test_y, classes, mean, std,
         imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio, selection=selection,
@@ -121,4 +132,4 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         extra_meta={"image_size": image_size, "train_dir": train_dir, "test_dir": test_dir,
                     "val_dir": val_dir, "max_per_class": max_per_class,
                     "test_max_per_class": test_max_per_class},
-        val_per_class=val_per_class, val_split=val_split)
+        val_per_class=val_per_class, val_split=val_split, stream=stream)

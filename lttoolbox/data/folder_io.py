@@ -197,6 +197,12 @@ def _write_atomic(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array), binary=True)
 
 
+def file_paths(listing: SplitListing) -> tuple[np.ndarray, str]:
+    """The streaming path's counterpart of :func:`load_split`: the listing's absolute file paths
+    (an object array, indexed like the decoded images would be) and ``"stream"``."""
+    return np.asarray([str(listing.root / name) for name in listing.files], dtype=object), "stream"
+
+
 def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | None,
                workers: int | None = None) -> tuple[np.ndarray, str]:
     """Decoded images of a listing, in ``listing.files`` order, from the cache when possible.
@@ -235,10 +241,14 @@ def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | N
 
 def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: int,
                        cache_dir: str | Path | None, class_order: list[str] | None = None,
-                       max_per_class: int | None = None, test_max_per_class: int | None = None):
+                       max_per_class: int | None = None, test_max_per_class: int | None = None,
+                       path: str = "memory"):
     """Load a ``train``/``test`` image-folder pair with a shared class order.
 
     Args:
+        path: ``memory`` decodes the images; ``stream`` gives their file paths instead (an
+            object array in the same order); ``auto`` chooses by the training split's decoded
+            size (:func:`~lttoolbox.data.datapath.choose_path`), recorded as ``info["path"]``.
         class_order: Class names in label order; ``None`` means sorted folder names.
         max_per_class: Keep only the first (by file name) images of each training class before
             decoding; ``test_max_per_class`` the same for the test split.
@@ -264,6 +274,12 @@ def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: in
     classes = class_order or train_classes
     remap = np.asarray([classes.index(name) for name in train_classes], dtype=np.int64)
     out, info = {}, {}
+    if path == "auto":
+        from .datapath import choose_path
+        train_count = (len(listings["train"].files) if max_per_class is None else
+                       int(np.minimum(np.bincount(listings["train"].labels), max_per_class).sum()))
+        path = choose_path(path, train_count, image_size)
+    info["path"] = path
     for split, cap in (("train", max_per_class), ("test", test_max_per_class)):
         full = listings[split]
         labels = remap[full.labels]
@@ -277,7 +293,8 @@ def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: in
             listing = full.subset(np.flatnonzero(ranks < cap))
         else:
             listing = full
-        images, info[split] = load_split(listing, image_size, cache_dir)
+        images, info[split] = (file_paths(listing) if path == "stream" else
+                               load_split(listing, image_size, cache_dir))
         # listing positions (sorted relative paths) -> full-listing position -> class order
         positions = np.flatnonzero(ranks < cap) if cap is not None else np.arange(len(full.files))
         number = np.empty(len(full.files), dtype=np.int64)

@@ -31,9 +31,11 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .dataset import DataBundle, assemble, cap_per_class, check_common, check_int, pixel_mean_std
+from .datapath import choose_path
+from .dataset import (DataBundle, assemble, cap_per_class, check_common, check_int,
+                      check_path_options, stream_options)
 from .folder import _check_stats as check_stats
-from .folder_io import SplitListing, load_split
+from .folder_io import SplitListing, file_paths, load_split
 from .split_files import SplitEntry, read_inaturalist_json, read_txt_list
 
 
@@ -86,14 +88,16 @@ def _disjoint(first: list[SplitEntry], second: list[SplitEntry]) -> None:
 
 
 def _decode(entries: list[SplitEntry], root: Path, classes: list[str], image_size: int,
-            cache_dir, cap: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images, labels and positions in the split file of the first ``cap`` images per class."""
+            cache_dir, cap: int | None, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images (file paths on the streaming path), labels and positions in the split file of the
+    first ``cap`` images per class."""
     labels = np.asarray([e.label for e in entries], dtype=np.int64)
     keep = cap_per_class(labels, len(classes), cap)
     kept = [entries[i] for i in keep]
     listing = SplitListing(root, classes, [e.path for e in kept], labels[keep],
                            [e.size for e in kept], [e.mtime for e in kept])
-    images, _ = load_split(listing, image_size, cache_dir)
+    images, _ = (file_paths(listing) if path == "stream" else
+                 load_split(listing, image_size, cache_dir))
     return images, labels[keep], keep
 
 
@@ -101,21 +105,27 @@ def _bundle(name: str, source: str, root: Path, classes: list[str],
             train: list[SplitEntry], test: list[SplitEntry], val: list[SplitEntry] | None, *,
             image_size, mean, std, imbalance_type, imbalance_ratio, selection, selection_seed,
             crop_padding, hflip, cache_dir, max_per_class, test_max_per_class, val_per_class,
-            extra_meta: dict) -> DataBundle:
-    """Decode the listed splits and assemble the bundle as ``image_folder`` does."""
+            path, color_jitter, eval_resize, decoder, extra_meta: dict) -> DataBundle:
+    """Decode the listed splits (or keep their paths, to stream them) and assemble the bundle as
+    ``image_folder`` does."""
     _disjoint(train, test)
     if val is not None:
         _disjoint(train, val)
         _disjoint(test, val)
+    if path == "auto":
+        labels = np.asarray([e.label for e in train], dtype=np.int64)
+        path = choose_path(path, len(cap_per_class(labels, len(classes), max_per_class)),
+                           image_size)
     train_x, train_y, train_index = _decode(train, root, classes, image_size, cache_dir,
-                                            max_per_class)
-    test_x, test_y, _ = _decode(test, root, classes, image_size, cache_dir, test_max_per_class)
+                                            max_per_class, path)
+    test_x, test_y, _ = _decode(test, root, classes, image_size, cache_dir, test_max_per_class,
+                                path)
     val_split = None
     if val is not None:
-        val_x, val_y, _ = _decode(val, root, classes, image_size, cache_dir, None)
+        val_x, val_y, _ = _decode(val, root, classes, image_size, cache_dir, None, path)
         val_split = (val_x, val_y)
-    if mean is None:
-        mean, std = pixel_mean_std(train_x)
+    mean, std, stream = stream_options(path, train_x, mean, std, image_size, color_jitter,
+                                       eval_resize, decoder)
     return assemble(
         name, train_x, train_y, test_x, test_y, classes, mean, std,
         imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio, selection=selection,
@@ -123,7 +133,7 @@ def _bundle(name: str, source: str, root: Path, classes: list[str],
         root=str(root), train_index=train_index,
         extra_meta={"image_size": image_size, "max_per_class": max_per_class,
                     "test_max_per_class": test_max_per_class, **extra_meta},
-        val_per_class=val_per_class, val_split=val_split)
+        val_per_class=val_per_class, val_split=val_split, stream=stream)
 
 
 @DATASETS.register("txt_list")
@@ -135,7 +145,8 @@ def txt_list(root: str | None = None, train_list: str | None = None,
              selection: str = "protocol", selection_seed: int = 0, crop_padding: int = 4,
              hflip: bool = True, cache_dir: str | None = None, max_per_class: int | None = None,
              test_max_per_class: int | None = None,
-             val_per_class: int | None = None) -> DataBundle:
+             val_per_class: int | None = None, path: str = "auto", color_jitter: float = 0.0,
+             eval_resize: int | None = None, decoder: str = "pil") -> DataBundle:
     """A long-tailed data set from ``<relative/path> <label>`` lists (ImageNet-LT, Places-LT).
 
     Labels are the integers of the lists; the classes are ``0 .. C-1`` with ``C`` = ``num_classes``
@@ -168,6 +179,14 @@ def txt_list(root: str | None = None, train_list: str | None = None,
         val_per_class: Or a balanced validation split drawn from the training images the profile
             leaves unused (see :func:`~lttoolbox.data.dataset.validation_split`). Not with
             ``val_list``.
+        path: ``memory`` (decode once, hold uint8 in memory) | ``stream`` (read every image
+            from its file during training, :mod:`lttoolbox.data.stream`) | ``auto`` (stream when
+            the decoded training images would take more than 4 GiB).
+        color_jitter: Streaming path: brightness/contrast/saturation jitter (0.4 for ImageNet-LT
+            and Places-LT in the reference codebases, 0 for iNaturalist).
+        eval_resize: Streaming path: shorter side before the evaluation centre crop (default
+            ``image_size * 256 / 224``).
+        decoder: Streaming path: ``pil`` (default) or ``torchvision``.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -183,6 +202,7 @@ def txt_list(root: str | None = None, train_list: str | None = None,
     if val_list is not None and val_per_class is not None:
         raise ConfigError("give val_list (a validation list) or val_per_class (drawn from the "
                           "unused training images), not both")
+    check_path_options(path, color_jitter, eval_resize, image_size, decoder)
     root = _root(root)
     train = read_txt_list(train_list, root, num_classes)
     classes_count = num_classes or max(e.label for e in train) + 1
@@ -197,7 +217,8 @@ def txt_list(root: str | None = None, train_list: str | None = None,
         mean=mean, std=std, imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio,
         selection=selection, selection_seed=selection_seed, crop_padding=crop_padding,
         hflip=hflip, cache_dir=cache_dir, max_per_class=max_per_class,
-        test_max_per_class=test_max_per_class, val_per_class=val_per_class,
+        test_max_per_class=test_max_per_class, val_per_class=val_per_class, path=path,
+        color_jitter=color_jitter, eval_resize=eval_resize, decoder=decoder,
         extra_meta={"train_list": train[0].source, "test_list": test[0].source,
                     "val_list": val[0].source if val else None, "num_classes": classes_count})
 
@@ -211,7 +232,9 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
                 selection_seed: int = 0, crop_padding: int = 4, hflip: bool = True,
                 cache_dir: str | None = None, max_per_class: int | None = None,
                 test_max_per_class: int | None = None,
-                val_per_class: int | None = None) -> DataBundle:
+                val_per_class: int | None = None, path: str = "auto",
+                color_jitter: float = 0.0, eval_resize: int | None = None,
+                 decoder: str = "pil") -> DataBundle:
     """A long-tailed data set from iNaturalist's COCO-style JSON (``train2018.json``,
     ``val2018.json``).
 
@@ -239,6 +262,14 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
         max_per_class: Keep only the first images (in ``images`` order) of each training class.
         test_max_per_class: The same for ``val_json``.
         val_per_class: A balanced validation split drawn from the unused training images.
+        path: ``memory`` (decode once, hold uint8 in memory) | ``stream`` (read every image
+            from its file during training, :mod:`lttoolbox.data.stream`) | ``auto`` (stream when
+            the decoded training images would take more than 4 GiB).
+        color_jitter: Streaming path: brightness/contrast/saturation jitter (0.4 for ImageNet-LT
+            and Places-LT in the reference codebases, 0 for iNaturalist).
+        eval_resize: Streaming path: shorter side before the evaluation centre crop (default
+            ``image_size * 256 / 224``).
+        decoder: Streaming path: ``pil`` (default) or ``torchvision``.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -250,6 +281,7 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
     check_common(imbalance_type, imbalance_ratio, selection, selection_seed, crop_padding, hflip)
     _check_recipe(image_size, num_classes, max_per_class, test_max_per_class, mean, std,
                   val_per_class, {"train_json": train_json, "val_json": val_json})
+    check_path_options(path, color_jitter, eval_resize, image_size, decoder)
     root = _root(root)
     train = read_inaturalist_json(train_json, root)
     if num_classes is not None and len(train.category_ids) != num_classes:
@@ -266,6 +298,7 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
         imbalance_ratio=imbalance_ratio, selection=selection, selection_seed=selection_seed,
         crop_padding=crop_padding, hflip=hflip, cache_dir=cache_dir,
         max_per_class=max_per_class, test_max_per_class=test_max_per_class,
-        val_per_class=val_per_class,
+        val_per_class=val_per_class, path=path, color_jitter=color_jitter,
+        eval_resize=eval_resize, decoder=decoder,
         extra_meta={"train_json": train.entries[0].source, "val_json": test.entries[0].source,
                     "category_ids": train.category_ids})

@@ -12,7 +12,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -75,19 +75,17 @@ def metrics_from_predictions(pred: np.ndarray, target: np.ndarray, confidence: n
 
 
 @torch.no_grad()
-def batched_logits(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
-                   batch_size: int = 1024, autocast: Callable | None = None
-                   ) -> Iterator[torch.Tensor]:
-    """The model's float32 logits for uint8 ``images``, one batch at a time, in eval mode.
+def logits_of(model: torch.nn.Module, batches: Iterable[torch.Tensor],
+              autocast: Callable | None = None) -> Iterator[torch.Tensor]:
+    """The model's float32 logits for each transformed batch of ``batches``, in eval mode.
 
-    The one evaluation loop: :func:`predict` (evaluation, ``lteval``) and :func:`predict_topk`
-    (``ltpredict``) both read it, so they see exactly the same logits.
+    The one evaluation loop: evaluation (the trainer's and ``lteval``'s) and :func:`predict_topk`
+    (``ltpredict``) all read it, so they see exactly the same logits.
     """
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, images.shape[0], batch_size):
-            x = transform(images[start:start + batch_size])
+        for x in batches:
             if autocast is not None:
                 with autocast():
                     logits = model(x)
@@ -98,18 +96,35 @@ def batched_logits(model: torch.nn.Module, images: torch.Tensor, transform: Call
         model.train(was_training)
 
 
-def predict(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
-            batch_size: int = 1024, autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted labels and their softmax confidence for uint8 ``images`` on the model's device.
+def batched_logits(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
+                   batch_size: int = 1024, autocast: Callable | None = None
+                   ) -> Iterator[torch.Tensor]:
+    """:func:`logits_of` for uint8 ``images`` transformed by ``transform``, a batch at a time."""
+    return logits_of(model, (transform(images[s:s + batch_size])
+                             for s in range(0, images.shape[0], batch_size)), autocast)
+
+
+def predict_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor],
+                    autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels and their softmax confidence for transformed batches.
 
     Predictions are gathered on the device and copied to the host once, at the end.
     """
     preds, confs = [], []
-    for logits in batched_logits(model, images, transform, batch_size, autocast):
+    for logits in logits_of(model, batches, autocast):
         conf, pred = torch.softmax(logits, dim=1).max(dim=1)
         preds.append(pred)
         confs.append(conf)
+    if not preds:  # an empty shard (more ranks than images)
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     return torch.cat(preds).cpu().numpy(), torch.cat(confs).cpu().numpy()
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
+            batch_size: int = 1024, autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels and their softmax confidence for uint8 ``images`` on the model's device."""
+    return predict_batches(model, (transform(images[s:s + batch_size])
+                                   for s in range(0, images.shape[0], batch_size)), autocast)
 
 
 def predict_topk(model: torch.nn.Module, images: torch.Tensor, transform: Callable, k: int,

@@ -29,9 +29,9 @@ import yaml
 
 from .. import stop
 from ..batch import Batch
+from ..data.datapath import build_data_path, shard
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
-from ..losses import mixed_loss
 from ..models.heads import build_head, head_config
 from ..recipe import (dump_recipe, recipe_differences, recipe_hash, resolve, stage_recipes,
                       unreachable_epoch_keys)
@@ -40,7 +40,9 @@ from ..runs import write_data_info
 from ..yamlio import load_yaml
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
                          rng_state, set_rng_state)
-from .evaluate import evaluate
+from .distributed import (World, barrier, gather_predictions, local_device, mean_over_ranks,
+                          per_rank_batch, sync_buffers, wrap)
+from .evaluate import metrics_from_predictions, predict_batches
 from .loggers import check_loggers, open_loggers
 from .logging import RunLogger
 from .monitor import check_divergence, epoch_line
@@ -51,6 +53,7 @@ from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
                      write_log)
 from .stages import (Stage, active_hooks, check_generator_placement, check_one_mix_at_a_time,
                      describe_generators)
+from .step import TrainStep
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -102,14 +105,10 @@ class Trainer:
                  quiet: bool = False, logger: RunLogger | None = None):
         self.recipe = resolve(recipe)
         self.out = Path(out_dir)
-        self.log = logger or RunLogger(quiet=quiet)
+        # Under torchrun every rank trains; rank 0 alone prints and writes.
+        self.world = World.current()
+        self.log = (logger or RunLogger(quiet=quiet)) if self.world.is_main else RunLogger(quiet=True)
         self.resume = resume
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Each rank would train its own unsynchronised copy of the model and write the same
-            # run directory: refuse until the trainer wraps the model for distributed training.
-            raise ConfigError("a torch.distributed process group is initialized, but the trainer "
-                              "does not train across processes yet; run one process (without "
-                              "torchrun)", key="train.device")
         self._state: dict | None = None  # the checkpoint a resumed run continues from
         self._lock: RunLock | None = None
         self._loss_reference: float | None = None
@@ -121,25 +120,25 @@ class Trainer:
         self._check_run_dir()
         stages = stage_recipes(self.recipe)
         first = stages[0]
-        self.device = resolve_device(first["train"]["device"])
+        self.device = local_device(resolve_device(first["train"]["device"]), self.world)
         seed_everything(first["train"]["seed"])
         self.data = DATASETS.build(first["data"], key="data")
-        self.train_images = self.data.train.images.to(self.device)
-        self.train_labels = self.data.train.labels.to(self.device)
-        self.test_images = self.data.test.images.to(self.device)
-        self.test_labels = self.data.test.labels.to(self.device)
+        # The trainer reads batches through the data path only (in memory or streamed).
+        self.data_path = build_data_path(self.data, self.device, first["train"]["seed"],
+                                         first["train"]["workers"], self.world.size)
         self.class_counts = list(self.data.train.class_counts)
         self.num_classes = len(self.class_counts)
         self.model = MODELS.build(first["model"], key="model", num_classes=self.num_classes,
-                                  in_channels=self.train_images.shape[1],
-                                  image_size=self.train_images.shape[-1]).to(self.device)
+                                  in_channels=self.data_path.in_channels,
+                                  image_size=self.data_path.image_size).to(self.device)
+        self._sync_batch_norm(first["train"]["sync_bn"])
         self.channels_last = first["train"]["channels_last"]
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # What a generator attached at a stage is built for (one eval-mode forward of two
         # untransformed images: no random draw, so recipes without one are unaffected).
-        self.stage_shapes = (self.model.stage_shapes(self.data.eval_transform(
-            self.train_images[:2])) if any(s["generator"] for s in stages) else {})
+        self.stage_shapes = (self.model.stage_shapes(self.data_path.sample(2))
+                             if any(s["generator"] for s in stages) else {})
         with warnings.catch_warnings():  # named once per recipe key below
             warnings.simplefilter("ignore", UnreachableEpochWarning)
             self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
@@ -150,6 +149,16 @@ class Trainer:
             (self.log.warning if too_large else self.log.info)(message)
 
     # ----------------------------------------------------------------------------------- set-up
+    def _sync_batch_norm(self, enabled: bool) -> None:
+        """``train.sync_bn``: batch-norm statistics over the global batch across processes
+        (``torch.nn.SyncBatchNorm``, which supports CUDA inputs only); one process: nothing."""
+        if not enabled or not self.world.distributed:
+            return
+        if self.device.type != "cuda":
+            raise ConfigError("torch.nn.SyncBatchNorm synchronises CUDA tensors only; train on "
+                              "CUDA or set train.sync_bn: false", key="train.sync_bn")
+        self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
     def _check_run_dir(self) -> None:
         """What the run directory holds must fit: no run there unless resuming, and then the
         saved recipe and the checkpoint must be this recipe's."""
@@ -185,8 +194,9 @@ class Trainer:
     @contextlib.contextmanager
     def _writing(self):
         """Hold the run directory's lock; the checks are repeated under it, since another
-        process may have written there since this one looked."""
-        if self._lock is not None:
+        process may have written there since this one looked. Only rank 0 writes, so only it
+        locks."""
+        if self._lock is not None or not self.world.is_main:
             yield
             return
         with RunLock(self.out) as lock:
@@ -198,8 +208,7 @@ class Trainer:
                 self._lock = None
 
     def _context(self, recipe: dict) -> dict:
-        labels = self.train_labels.cpu().numpy()  # grown by a stage that adds images
-        world = torch.distributed.is_available() and torch.distributed.is_initialized()
+        labels = self.data_path.train_labels()  # grown by a stage that adds images
         counts = np.bincount(labels, minlength=self.num_classes).tolist()
         return {"class_counts": counts, "num_classes": self.num_classes,
                 # a 0-epoch stage (only a model change) still builds its components
@@ -207,15 +216,10 @@ class Trainer:
                 "labels": labels, "feature_dim": self.model.feature_dim,
                 "stage_names": self.model.stage_names, "stage_shapes": self.stage_shapes,
                 "imbalance_type": self.data.meta.get("imbalance_type"),
-                "fetch": self._fetch_train,
-                "rank": torch.distributed.get_rank() if world else 0,
-                "world_size": torch.distributed.get_world_size() if world else 1}
-
-    def _fetch_train(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images (transformed as the batches are) and labels, on the training device:
-        how a component that needs more images than the batch (CMO's foreground) gets them."""
-        indices = indices.to(self.device)
-        return self.data.train_transform(self.train_images[indices]), self.train_labels[indices]
+                # how a component that needs more images than the batch (CMO's foreground)
+                # gets them: training-transformed, on the training device
+                "fetch": self.data_path.fetch,
+                "rank": self.world.rank, "world_size": self.world.size}
 
     def _check_head(self, recipe: dict, index: int, where: str) -> None:
         """A head that takes over the previous one must follow a head it can take over, and one
@@ -248,6 +252,7 @@ class Trainer:
             raise ConfigError("only model.head may change between stages",
                               key=f"{where}model.{sorted(changed)[0]}")
         self._check_head(recipe, index, where)
+        per_rank_batch(recipe["train"]["batch_size"], self.world, where + "train.batch_size")
         ctx = self._context(recipe)
         sampler = SAMPLERS.build(recipe["sampler"], key=where + "sampler", **ctx)
         loss = LOSSES.build(recipe["loss"], key=where + "loss", **ctx).to(self.device)
@@ -262,6 +267,10 @@ class Trainer:
         for part, key in named:
             if isinstance(part, torch.nn.Module):
                 part.to(self.device)
+            if hasattr(part, "prepare") and self.data_path.kind != "memory":
+                raise ConfigError(f"{type(part).__name__} adds generated images to the training "
+                                  f"set, which the streaming data path cannot hold; set "
+                                  f"data.path: memory", key=key)
             # A component acts at one stage, at several (``stages``, each with ``hook(stage)``), or
             # at none (``stage = None``: it prepares the stage's data instead).
             points = getattr(part, "stages", None) or (getattr(part, "stage", "input"),)
@@ -321,17 +330,21 @@ class Trainer:
                                         images_seen)
                 if self.data.val is not None:  # for choices that must not be made on the test set
                     results["val"] = self._evaluate(final, autocast, "val")
-                atomic_write_json(results, self.out / RESULTS)
+                if self.world.is_main:
+                    atomic_write_json(results, self.out / RESULTS)
                 for logger in self._loggers:
                     logger.results(results)
             finally:
                 for logger in self._loggers:
                     logger.close()
                 self._loggers = []
-            if plots_available():
+            if not self.world.is_main:
+                pass
+            elif plots_available():
                 write_run_plots(results, self.out)
             else:
                 self.log.info(PLOT_HINT)
+        barrier(self.world)  # every rank returns once results.json is written
         self.log.results_table(results, title=f"Results ({self.out})")
         return results
 
@@ -341,21 +354,24 @@ class Trainer:
             return self._fit()
 
     def _fit(self) -> tuple[list, float, int]:
-        removed = remove_temp_files(self.out) if self.resume else []
+        main = self.world.is_main
+        removed = remove_temp_files(self.out) if self.resume and main else []
         if removed:
             self.log.info(f"removed {len(removed)} temporary file(s) an interrupted write left")
-        dump_recipe(self.recipe, self.out / RECIPE)
-        write_data_info(self.out, self.data)
+        if main:
+            dump_recipe(self.recipe, self.out / RECIPE)
+            write_data_info(self.out, self.data)
         state = self._load_state()
         # The log is the checkpointed history, exactly: an epoch logged after the checkpoint
         # and then interrupted is trained and logged again, never twice.
-        write_log(self.out, state["history"] if state else [])
+        if main:
+            write_log(self.out, state["history"] if state else [])
         # The code that trains is the code of each attempt, not of whoever writes results.json:
         # record the commit when an attempt starts, every distinct one across resumes.
         self._commits = list(state.get("commits", [])) if state else []
         if (commit := git_commit()) not in self._commits:
             self._commits.append(commit)
-        if not self._loggers:
+        if not self._loggers and main:
             self._loggers = open_loggers(self.recipe["train"]["loggers"], self.out)
         start_stage = state["stage"] if state else 0
         history = state["history"] if state else []
@@ -379,6 +395,10 @@ class Trainer:
             optimizer = (build_optimizer(self.model, stage.recipe["optim"],
                                          self._learned_components(stage))
                          if stage.recipe["train"]["epochs"] else None)  # 0 epochs: nothing trains
+            # After the stage's freezing and head change: DDP registers the parameters that
+            # train in this stage.
+            step = TrainStep(self.model, stage)
+            step_fn = wrap(step, self.world, self.device)
             autocast, needs_scaler = autocast_factory(stage.recipe["train"]["amp"], self.device)
             scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler)
             first_epoch = 0
@@ -392,7 +412,7 @@ class Trainer:
             epochs = stage.recipe["train"]["epochs"]
             for epoch in range(first_epoch, epochs):
                 row, spent, count = self._train_epoch(stage, index, epoch, optimizer, scaler,
-                                                      autocast)
+                                                      autocast, step, step_fn)
                 seconds += spent
                 images_seen += count
                 every = stage.recipe["eval"]["every"]
@@ -412,7 +432,8 @@ class Trainer:
                 if last or (epoch + 1) % stage.recipe["train"]["checkpoint_every"] == 0:
                     self._save_state(index, epoch, last, optimizer, scaler, stage, history,
                                      seconds, images_seen)
-                append_log(self.out, row)  # after the checkpoint; see write_log above
+                if main:
+                    append_log(self.out, row)  # after the checkpoint; see write_log above
                 for logger in self._loggers:
                     logger.epoch(row)
             if epochs == 0:  # a stage that only changes the model (tau-normalisation)
@@ -422,28 +443,34 @@ class Trainer:
         return history, seconds, images_seen
 
     def _train_epoch(self, stage: Stage, index: int, epoch: int, optimizer, scaler,
-                     autocast) -> tuple[dict, float, int]:
+                     autocast, step_module: TrainStep, step_fn) -> tuple[dict, float, int]:
         recipe = stage.recipe
         rate = functools.partial(lr_at, epoch, recipe["optim"]["lr"],
                                  total_epochs=recipe["train"]["epochs"], **recipe["schedule"])
         per_step = warms_up_per_step(recipe["schedule"], epoch)
         for part in stage.components:
             part.set_epoch(epoch)
-        hooks = active_hooks(stage)
+        step_module.hooks = active_hooks(stage)
+        if self.world.rank:
+            # Ranks draw independent augmentations (crops, mixing partners): a stream of
+            # (seed, stage, epoch, rank), so a resumed rank draws as an uninterrupted one.
+            torch.manual_seed(stage_seed(recipe["train"]["seed"], index, epoch, self.world.rank))
         # Parameters a component freezes for this epoch (RSG's contrastive module once it
         # generates): their gradients are withheld from the step, so neither the update, the
         # momentum nor the weight decay moves them.
         withheld = [p for part in stage.components
                     for p in getattr(part, "frozen_parameters", lambda: ())()]
         self.model.train()
-        indices = stage.sampler.indices().to(self.device)
-        batch_size = recipe["train"]["batch_size"]
+        indices = stage.sampler.indices()  # this rank's every world-size-th position
+        # The recipe's batch is the global one: each rank trains on its share, and global batch
+        # k is the union of the ranks' batches k.
+        batch_size = per_rank_batch(recipe["train"]["batch_size"], self.world)
         steps = (indices.numel() // batch_size if recipe["train"]["drop_last"]
                  else math.ceil(indices.numel() / batch_size))
+        positions = self.world.rank + self.world.size * np.arange(indices.numel())
+        batches = self.data_path.epoch(indices, positions, batch_size, (index, epoch), steps)
         lr = rate(step=0, steps=steps)
         set_lr(optimizer, lr)
-        aux_parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
-        transform = self.data.train_transform
         loss_sum = torch.zeros((), device=self.device)
         self.log.start_epoch(f"{self._epoch_label(stage)}epoch {epoch + 1}/"
                              f"{recipe['train']['epochs']}", steps)
@@ -453,15 +480,9 @@ class Trainer:
             if per_step and step:
                 lr = rate(step=step, steps=steps)
                 set_lr(optimizer, lr)
-            idx = indices[step * batch_size:(step + 1) * batch_size]
-            batch = Batch.plain(transform(self.train_images[idx]), self.train_labels[idx])
+            batch = Batch.plain(*next(batches))
             with autocast() if autocast else contextlib.nullcontext():
-                logits, batch = self.model.forward_hooked(batch, hooks)
-                loss = mixed_loss(stage.loss, logits, batch)
-                for part in aux_parts:
-                    extra = part.auxiliary_loss()
-                    if extra is not None:
-                        loss = loss + extra
+                loss = step_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             for param in withheld:
@@ -470,7 +491,7 @@ class Trainer:
             scaler.update()
             loss_sum += loss.detach()
             if self._loss_reference is None:  # once per stage: what divergence is judged by
-                self._loss_reference = float(loss.detach())
+                self._loss_reference = float(mean_over_ranks(loss.detach(), self.world))
             if self.log.live and (step + 1) % STATUS_EVERY == 0:
                 # Only with a visible bar, and only every few steps: reading the loss waits for
                 # the device.
@@ -479,9 +500,12 @@ class Trainer:
                                         f"{rate:,.0f} img/s")
             else:
                 self.log.advance()
-        mean_loss = loss_sum.item() / max(1, steps)  # the epoch's one host synchronization
+        for _ in batches:  # let the data path finish its epoch (a loader's last StopIteration)
+            pass
+        # the epoch's one host synchronization (and, across processes, its one all-reduce)
+        mean_loss = mean_over_ranks(loss_sum, self.world).item() / max(1, steps)
         spent = time.perf_counter() - start
-        count = int(min(indices.numel(), steps * batch_size))
+        count = int(min(indices.numel(), steps * batch_size)) * self.world.size
         check_divergence(mean_loss, self._loss_reference, epoch, stage.name, lr)
         row = {"stage": stage.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
                "seconds": round(spent, 3), "images_per_second": round(count / spent, 1)}
@@ -500,36 +524,40 @@ class Trainer:
         if not preparers:
             return
         path = self.out / f"generated-{stage.name}.pt"
-        if path.exists():
-            extra = load_checkpoint(path)
-        elif replay:
+        # Rank 0 generates the images; every rank then reads the same file.
+        if self.world.is_main and not replay and not path.exists():
+            self._generate(stage, index, preparers, path)
+        barrier(self.world)
+        if not path.exists():
             raise CheckpointError(f"{path} is missing: the images generated for stage "
                                   f"'{stage.name}' cannot be made again exactly; start the run "
                                   f"afresh")
-        else:
-            start = time.perf_counter()
-            parts = []
-            for part in preparers:
-                total = sum(part.additions(np.bincount(self.train_labels.cpu().numpy(),
-                                                       minlength=self.num_classes)))
-                self.log.start_epoch(f"{stage.name}: generating {total:,} images", total)
-                parts.append(part.prepare(self.model, self.train_images, self.train_labels,
-                                          self.data.eval_transform, index,
-                                          progress=self.log.advance))
-                self.log.end_epoch(f"{stage.name}: generated {total:,} images in "
-                                   f"{time.perf_counter() - start:.1f} s")
-            extra = {"images": torch.cat([e["images"] for e in parts]).cpu(),
-                     "labels": torch.cat([e["labels"] for e in parts]).cpu(),
-                     "seconds": round(time.perf_counter() - start, 2)}
-            atomic_save(extra, path)
-        self.train_images = torch.cat([self.train_images, extra["images"].to(self.device)])
-        self.train_labels = torch.cat([self.train_labels, extra["labels"].to(self.device)])
+        extra = load_checkpoint(path)
+        self.data_path.add(extra["images"], extra["labels"])
         self._generated[stage.name] = {"images": int(extra["labels"].numel()),
                                        "seconds": extra.get("seconds")}
         with warnings.catch_warnings():  # named once per recipe key before training
             warnings.simplefilter("ignore", UnreachableEpochWarning)
             self.stages[index] = self._build_stage(stage.recipe, index,
                                                    stage_recipes(self.recipe)[0])
+
+    def _generate(self, stage: Stage, index: int, preparers: list, path: Path) -> None:
+        """Run the preparers on the training images and store what they generate at ``path``."""
+        start = time.perf_counter()
+        parts = []
+        for part in preparers:
+            total = sum(part.additions(np.bincount(self.data_path.train_labels(),
+                                                   minlength=self.num_classes)))
+            self.log.start_epoch(f"{stage.name}: generating {total:,} images", total)
+            parts.append(part.prepare(self.model, self.data_path.images, self.data_path.labels,
+                                      self.data_path.eval_transform, index,
+                                      progress=self.log.advance))
+            self.log.end_epoch(f"{stage.name}: generated {total:,} images in "
+                               f"{time.perf_counter() - start:.1f} s")
+        extra = {"images": torch.cat([e["images"] for e in parts]).cpu(),
+                 "labels": torch.cat([e["labels"] for e in parts]).cpu(),
+                 "seconds": round(time.perf_counter() - start, 2)}
+        atomic_save(extra, path)
 
     def _select(self, stage: Stage, autocast) -> None:
         """Let a head that chooses a setting post hoc (``tau_norm`` with ``tau: auto``) choose it
@@ -540,14 +568,22 @@ class Trainer:
                 lambda: self._evaluate(stage, autocast, "val")["top1"]))
 
     def _evaluate(self, stage: Stage, autocast, split: str = "test") -> dict:
-        """The metrics of the model on the test split, or on the validation split."""
+        """The metrics of the model on the test split, or on the validation split.
+
+        Across processes each rank predicts its shard (no padding) and every rank gathers all
+        predictions with their positions, checked to count each image exactly once; every rank
+        then holds the same metrics (a post-hoc choice made on them is the same everywhere).
+        """
         ev = stage.recipe["eval"]
-        data = self.data.test if split == "test" else self.data.val
-        images, labels = ((self.test_images, self.test_labels) if split == "test" else
-                          (data.images.to(self.device), data.labels.to(self.device)))
-        return evaluate(self.model, images, labels, self.data.eval_transform,
-                        self.class_counts, ev["many_threshold"], ev["few_threshold"],
-                        ev["ece_bins"], ev["batch_size"], autocast)
+        sync_buffers(self.model, self.world)  # rank 0's batch-norm statistics, as checkpointed
+        total = self.data_path.eval_size(split)
+        positions = shard(total, self.world.rank, self.world.size)
+        pred, conf = predict_batches(
+            self.model, self.data_path.eval_batches(split, ev["batch_size"], positions), autocast)
+        pred, conf = gather_predictions(positions, pred, conf, total, self.world)
+        return metrics_from_predictions(pred, self.data_path.eval_labels(split), conf,
+                                        self.num_classes, self.class_counts,
+                                        ev["many_threshold"], ev["few_threshold"], ev["ece_bins"])
 
     def _results(self, metrics: dict, history: list, seconds: float, images: int) -> dict:
         final = self.stages[-1].recipe
@@ -561,6 +597,7 @@ class Trainer:
             "commit": self._commits[0],
             "commits": self._commits,
             "machine": machine_info(self.device),
+            "processes": self.world.size,
             "protocol": self.recipe.get("meta", {}).get("protocol"),
             "recipe_hash": recipe_hash(self.recipe),
             "data": self.data.meta,
@@ -588,6 +625,8 @@ class Trainer:
 
     def _save_state(self, index, epoch, stage_done, optimizer, scaler, stage, history, seconds,
                     images) -> None:
+        if not self.world.is_main:
+            return
         atomic_save({"stage": index, "epoch": epoch, "stage_done": stage_done,
                      "model": self.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
                      "scaler": scaler.state_dict(), "components": self._component_states(stage),
@@ -611,18 +650,19 @@ class Trainer:
         self._selection = dict(state.get("selection") or {})
         stage = self.stages[state["stage"]]
         weights = self.out / f"model-{stage.name}.pt"
-        if state["stage_done"] and not weights.exists():  # interrupted while it was written
+        if state["stage_done"] and not weights.exists() and self.world.is_main:
+            # interrupted while it was written
             atomic_save(state["model"], weights)
             self.log.info(f"re-created {weights.name} from the checkpoint")
         self.log.info(f"resuming {self.out}: stage '{stage.name}', after epoch {state['epoch'] + 1}")
         return state
 
 
-def stage_seed(seed: int, index: int) -> int:
+def stage_seed(seed: int, index: int, *more: int) -> int:
     """The seed of stage ``index`` (> 0): a function of (seed, stage) alone, and distinct for
     different pairs (unlike ``seed + index``, which gives seed 1 stage 0 the stream of seed 0
-    stage 1)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+    stage 1). ``more`` (epoch, rank) names a sub-stream."""
+    return int(np.random.SeedSequence([seed, index, *more]).generate_state(1)[0])
 
 
 def train(recipe: dict, out_dir: str | Path, resume: bool = False, quiet: bool = False,

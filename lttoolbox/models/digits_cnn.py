@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import MODELS
 from .base import GlobalAvgPool, LTModel, check_image_size
 from .resnet_cifar import init_weights
 
 
-def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+def conv_bn_relu(in_channels: int, out_channels: int, batch_norm: bool = True) -> list[nn.Module]:
+    if not batch_norm:  # the conv then needs its own bias
+        return [nn.Conv2d(in_channels, out_channels, 3, 1, 1), nn.ReLU(inplace=True)]
     return [nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False),
             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
@@ -47,6 +50,8 @@ class DigitsCNN(LTModel):
         in_channels: Image channels (context, default 1).
         image_size: Image side (context, default 8); validated only (>= 2 for the pooling).
         head: Head config (``"linear"`` default, ``"cosine"``, or a dict).
+        batch_norm: ``false`` drops the batch norms (the convs get biases): a model whose step
+            does not depend on how a batch is split, as the distributed tests need.
 
     Example:
         >>> DigitsCNN(num_classes=5, head={"name": "cosine"}).feature_dim
@@ -54,12 +59,14 @@ class DigitsCNN(LTModel):
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8,
-                 head: str | dict = "linear"):
+                 head: str | dict = "linear", batch_norm: bool = True):
         super().__init__(num_classes, in_channels, head)
         check_image_size(image_size, 2)
+        if not isinstance(batch_norm, bool):
+            raise ConfigError(f"batch_norm must be true or false, got {batch_norm!r}")
         self._set_stages([
-            ("stem", nn.Sequential(*conv_bn_relu(in_channels, 32))),
-            ("layer1", nn.Sequential(*conv_bn_relu(32, 64))),
+            ("stem", nn.Sequential(*conv_bn_relu(in_channels, 32, batch_norm))),
+            ("layer1", nn.Sequential(*conv_bn_relu(32, 64, batch_norm))),
             ("layer2", nn.MaxPool2d(2)),
             ("features", GlobalAvgPool()),
         ], feature_dim=64)

@@ -1,0 +1,148 @@
+"""Training across processes: DDP on the gloo backend, on the CPU, two processes.
+
+The sampler shards (disjoint, their union the global stream) are checked in
+``tests/test_samplers_ddp.py``; here the trainer: a two-process run matches a one-process run
+with the same global batch, a run resumes with another number of processes, evaluation counts
+every test image once when the test set does not split evenly, and rank 0 alone writes.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_engine import StopAfter
+from test_split_files import raises, tree, txt_cfg, write_list  # noqa: F401  (fixture)
+
+from lttoolbox.engine import train
+from lttoolbox.engine.distributed import (DistributedError, World, gather_predictions,
+                                          per_rank_batch)
+from lttoolbox.errors import ConfigError
+from lttoolbox.recipe import apply_overrides, resolve
+
+WORLD = 2
+# A model without batch norm and a data set without random transforms: a step's gradient is the
+# mean over the global batch however it is split, so two processes must follow one closely.
+# drop_last keeps every step's global batch the same 64 images (503 images: 7 steps either way).
+DIGITS = {"data": {"name": "digits_lt"},
+          "model": {"name": "digits_cnn", "batch_norm": False},
+          "optim": {"lr": 0.05, "weight_decay": 5e-4},
+          "schedule": {"name": "cosine", "warmup_epochs": 1},
+          "train": {"epochs": 3, "batch_size": 64, "seed": 0, "drop_last": True},
+          "eval": {"many_threshold": 60, "few_threshold": 25}}
+# Float sums in another order (per-rank means, then the all-reduce) over 21 steps.
+LOSS_RTOL = 1e-4
+WEIGHT_ATOL = 1e-4
+
+
+def digits(*overrides) -> dict:
+    return resolve(apply_overrides(DIGITS, list(overrides)))
+
+
+def _worker(rank: int, init_file: str, recipe: dict, out: str, resume: bool) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    try:
+        results = train(recipe, out, resume=resume, quiet=True)
+        # every rank returns the same results (the gathered evaluation)
+        torch.save(results["top1"], f"{out}.rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(tmp_path, recipe: dict, out, resume: bool = False) -> dict:
+    init = tmp_path / f"init-{out.name}"
+    mp.spawn(_worker, args=(str(init), recipe, str(out), resume), nprocs=WORLD, join=True)
+    tops = [torch.load(f"{out}.rank{r}.pt") for r in range(WORLD)]
+    assert tops[0] == tops[1]
+    return json.loads((out / "results.json").read_text())
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "model-main.pt", map_location="cpu")
+
+
+def test_two_processes_match_one(tmp_path):
+    one = train(digits(), tmp_path / "one", quiet=True)
+    two = run_ranks(tmp_path, digits(), tmp_path / "two")
+    assert two["processes"] == 2 and one["processes"] == 1
+    np.testing.assert_allclose([h["loss"] for h in two["history"]],
+                               [h["loss"] for h in one["history"]], rtol=LOSS_RTOL)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=WEIGHT_ATOL, rtol=0)
+    assert abs(two["top1"] - one["top1"]) <= 0.2 + 1e-9  # one image of 500 at most
+    # the images counted: every rank's share, once
+    assert two["history"][0]["images_per_second"] > 0
+    assert sum(sum(row) for row in two["confusion_matrix"]) == 500
+    # rank 0 alone wrote: one log line per epoch, no stray files
+    lines = (tmp_path / "two" / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_resume_with_another_number_of_processes(tmp_path):
+    whole = train(digits(), tmp_path / "whole", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(digits(), tmp_path / "cut", logger=StopAfter(1))
+    resumed = run_ranks(tmp_path, digits(), tmp_path / "cut", resume=True)
+    assert len(resumed["history"]) == 3
+    np.testing.assert_allclose([h["loss"] for h in resumed["history"]],
+                               [h["loss"] for h in whole["history"]], rtol=LOSS_RTOL)
+    assert abs(resumed["top1"] - whole["top1"]) <= 0.2 + 1e-9
+
+
+def test_evaluation_counts_each_image_once_on_an_uneven_test_set(tree, tmp_path):
+    # 7 test images over 2 ranks (4 + 3), streamed from their files
+    pairs = tree["splits"]["test"][:-1]
+    test_list = write_list(tmp_path / "LT_test7.txt", pairs)
+    recipe = resolve({
+        "data": txt_cfg(tree, path="stream", image_size=8, test_list=str(test_list)),
+        "model": {"name": "digits_cnn"},
+        "optim": {"lr": 0.05}, "sampler": {"name": "class_balanced"},
+        "train": {"epochs": 1, "batch_size": 4, "seed": 0, "workers": 0},
+        "eval": {"many_threshold": 4, "few_threshold": 3}})
+    one = train(recipe, tmp_path / "one", quiet=True)
+    two = run_ranks(tmp_path, recipe, tmp_path / "two")
+    expected = np.bincount([label for _, label in pairs], minlength=4).tolist()
+    assert two["test_class_counts"] == one["test_class_counts"] == expected
+    assert sum(sum(row) for row in two["confusion_matrix"]) == 7
+
+
+def test_gather_refuses_a_missing_or_doubled_image():
+    world = World()
+    pred, conf = np.array([2, 0, 1]), np.array([0.5, 0.6, 0.7])
+    out_pred, _ = gather_predictions(np.array([2, 0, 1]), pred, conf, 3, world)
+    assert out_pred.tolist() == [0, 1, 2]  # back in position order
+    raises(DistributedError, lambda: gather_predictions(np.array([0, 1, 1]), pred, conf, 3,
+                                                        world), "exactly once")
+    raises(DistributedError, lambda: gather_predictions(np.array([0, 1]), pred[:2], conf[:2], 3,
+                                                        world), "2 predictions", "split of 3")
+
+
+def test_global_batch_must_divide_among_processes():
+    assert per_rank_batch(128, World(0, 4)) == 32
+    raises(ConfigError, lambda: per_rank_batch(100, World(0, 3)), "train.batch_size",
+           "not divisible by 3")
+
+
+def test_impossible_distributed_settings_are_refused_before_training(tmp_path, monkeypatch):
+    # The checks run before any collective call, so rank 0 of a pretended two-process world
+    # shows them without spawning processes.
+    monkeypatch.setattr(World, "current", classmethod(lambda cls: World(0, WORLD)))
+    raises(ConfigError, lambda: train(digits("train.sync_bn=true"), tmp_path / "a", quiet=True),
+           "train.sync_bn", "CUDA")
+    raises(ConfigError, lambda: train(digits("train.batch_size=63"), tmp_path / "b", quiet=True),
+           "train.batch_size", "not divisible by 2")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written
+
+
+def test_sync_bn_and_workers_are_ways_of_running_not_part_of_the_recipe_hash():
+    from lttoolbox.recipe import recipe_hash
+    assert recipe_hash(digits()) == recipe_hash(digits("train.sync_bn=true", "train.workers=4"))
+    raises(ConfigError, lambda: digits("train.workers=-1"), "train.workers")
+    raises(ConfigError, lambda: digits("train.sync_bn=maybe"), "train.sync_bn")
