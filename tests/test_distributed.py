@@ -113,6 +113,39 @@ def test_evaluation_counts_each_image_once_on_an_uneven_test_set(tree, tmp_path)
     assert sum(sum(row) for row in two["confusion_matrix"]) == 7
 
 
+def _generator_worker(rank: int, init_file: str, recipe: dict, out: str) -> None:
+    from lttoolbox.engine.trainer import Trainer
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    try:
+        trainer = Trainer(recipe, out, quiet=True)
+        trainer.run()
+        torch.save({"generator": trainer.stages[0].generator.state_dict(),
+                    "model": trainer.model.state_dict()}, f"{out}.rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_generator_trains_through_the_wrapped_hooked_forward(tmp_path):
+    # RSG at a named stage: before its generation epoch part of it is unused in a step, after it
+    # its contrastive module is frozen through the optimizer; DDP must keep every rank's
+    # generator and model identical all along.
+    recipe = digits("train.epochs=2", "model.batch_norm=true")
+    recipe = resolve({**recipe, "generator": {"name": "rsg", "contrastive_channels": 16,
+                                              "generation_start_epoch": 1}})
+    out = tmp_path / "rsg"
+    mp.spawn(_generator_worker, args=(str(tmp_path / "init"), recipe, str(out)), nprocs=WORLD,
+             join=True)
+    states = [torch.load(f"{out}.rank{r}.pt") for r in range(WORLD)]
+    for part in ("generator", "model"):
+        # the model's batch-norm statistics too: evaluation gives every rank rank 0's
+        for name, value in states[0][part].items():
+            assert torch.equal(value, states[1][part][name]), (part, name)
+    results = json.loads((out / "results.json").read_text())
+    assert results["processes"] == 2 and len(results["history"]) == 2
+    assert np.isfinite([h["loss"] for h in results["history"]]).all()
+
+
 def test_gather_refuses_a_missing_or_doubled_image():
     world = World()
     pred, conf = np.array([2, 0, 1]), np.array([0.5, 0.6, 0.7])
