@@ -194,3 +194,18 @@ def test_impossible_hook_stage_is_refused(tmp_path):
 def test_quickstart_recipe_loads():
     recipe = load_recipe("configs/quickstart.yaml")
     assert recipe["data"]["name"] == "digits_lt"
+
+
+def test_a_visible_progress_bar_with_a_per_step_warm_up(tmp_path):
+    # The status line (every 25 steps) once overwrote the learning-rate function's name with
+    # the img/s figure, so the next step's per-step warm-up called a float.
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    recipe = digits_recipe("train.epochs=1", "train.batch_size=16", "schedule.warmup_epochs=1",
+                           "schedule.warmup_unit=step")
+    results = train(recipe, tmp_path / "run", logger=RunLogger(console=console))
+    assert len(results["history"]) == 1  # 32 steps: past the status line at step 25
+    assert "img/s" in console.file.getvalue()

@@ -495,9 +495,9 @@ class Trainer:
             if self.log.live and (step + 1) % STATUS_EVERY == 0:
                 # Only with a visible bar, and only every few steps: reading the loss waits for
                 # the device.
-                rate = (step + 1) * batch_size / (time.perf_counter() - start)
+                speed = (step + 1) * batch_size / (time.perf_counter() - start)
                 self.log.advance(status=f"loss {loss_sum.item() / (step + 1):.4f}  lr {lr:.2e}  "
-                                        f"{rate:,.0f} img/s")
+                                        f"{speed:,.0f} img/s")
             else:
                 self.log.advance()
         for _ in batches:  # let the data path finish its epoch (a loader's last StopIteration)
