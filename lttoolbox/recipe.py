@@ -42,7 +42,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  "gamma": 0.1, "min_lr": 0.0},
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
-              "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False},
+              "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False,
+              "compile": "auto"},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
@@ -466,15 +467,15 @@ def recipe_hash(recipe: dict) -> str:
     What cannot change the trained model is left out: ``meta`` (free-form notes),
     ``train.loggers`` (where progress is reported) and ``train.workers`` (the streaming path's
     loader processes: every image's augmentation is seeded by its stream position, not by the
-    worker). So is ``train.sync_bn``, which like the number of processes is a way of running
-    (one process: no effect) and is recorded with the results, not a trick: a run resumes
-    with another world size.
+    worker). So are ``train.sync_bn`` and ``train.compile``, which like the number of processes
+    are ways of running (recorded with the results), not tricks: a run resumes with another
+    world size, or compiled where it started eager.
     """
     def trained(section: dict) -> dict:
         out = {k: v for k, v in section.items() if k != "meta"}
         if isinstance(out.get("train"), dict):
             out["train"] = {k: v for k, v in out["train"].items()
-                            if k not in ("loggers", "workers", "sync_bn")}
+                            if k not in ("loggers", "workers", "sync_bn", "compile")}
         if isinstance(out.get("stages"), list):
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
         return out

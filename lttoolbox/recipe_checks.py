@@ -27,6 +27,7 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
 SCHEDULES = ("multistep", "cosine", "constant")
 LOGGERS = ("tensorboard",)
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+COMPILE_MODES = ("auto", "off", "on")
 WARMUP_UNITS = ("epoch", "step")
 SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -152,6 +153,7 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
         raise ConfigError(f"must be a device name such as auto, cpu or cuda:0, got "
                           f"{train['device']!r}", key=f"{p}train.device")
     choice(train["amp"], f"{p}train.amp", AMP_MODES, "mode")
+    choice(train["compile"], f"{p}train.compile", COMPILE_MODES, "mode")
     loggers = train["loggers"]
     if not isinstance(loggers, list):
         raise ConfigError(f"must be a list of logger names ({', '.join(LOGGERS)}), got "

@@ -65,3 +65,13 @@ def test_sigmoid_recipes_exempt_the_prior_bias_only(name):
         assert recipe["optim"]["no_decay"] == ["head.bias"]
         assert recipe["model"]["head"]["prior"] == "uniform"
     assert load_recipe(REPO / "configs/cifar10_lt/ce.yaml")["optim"]["no_decay"] == []
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_update_on_cuda_only(name):
+    model = digits_model()
+    optimizer = build_optimizer(model, {"name": name, "lr": 0.1})
+    assert not optimizer.defaults.get("fused")  # CPU: torch's default implementation
+    if torch.cuda.is_available():  # CI has no GPU; a GPU machine checks the fast path
+        cuda = build_optimizer(model.cuda(), {"name": name, "lr": 0.1})
+        assert cuda.defaults["fused"] is True

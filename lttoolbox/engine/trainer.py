@@ -40,6 +40,7 @@ from ..runs import write_data_info
 from ..yamlio import load_yaml
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
                          rng_state, set_rng_state)
+from .compile import compile_step
 from .distributed import (World, barrier, gather_predictions, local_device, mean_over_ranks,
                           per_rank_batch, sync_buffers, wrap)
 from .evaluate import metrics_from_predictions, predict_batches
@@ -399,6 +400,8 @@ class Trainer:
             # train in this stage.
             step = TrainStep(self.model, stage)
             step_fn = wrap(step, self.world, self.device)
+            compiled = compile_step(step_fn, stage.recipe["train"]["compile"], self.device,
+                                    self.world.distributed)
             autocast, needs_scaler = autocast_factory(stage.recipe["train"]["amp"], self.device)
             scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler)
             first_epoch = 0
@@ -412,7 +415,7 @@ class Trainer:
             epochs = stage.recipe["train"]["epochs"]
             for epoch in range(first_epoch, epochs):
                 row, spent, count = self._train_epoch(stage, index, epoch, optimizer, scaler,
-                                                      autocast, step, step_fn)
+                                                      autocast, step, step_fn, compiled)
                 seconds += spent
                 images_seen += count
                 every = stage.recipe["eval"]["every"]
@@ -443,7 +446,8 @@ class Trainer:
         return history, seconds, images_seen
 
     def _train_epoch(self, stage: Stage, index: int, epoch: int, optimizer, scaler,
-                     autocast, step_module: TrainStep, step_fn) -> tuple[dict, float, int]:
+                     autocast, step_module: TrainStep, step_fn, compiled=None
+                     ) -> tuple[dict, float, int]:
         recipe = stage.recipe
         rate = functools.partial(lr_at, epoch, recipe["optim"]["lr"],
                                  total_epochs=recipe["train"]["epochs"], **recipe["schedule"])
@@ -472,6 +476,7 @@ class Trainer:
         lr = rate(step=0, steps=steps)
         set_lr(optimizer, lr)
         loss_sum = torch.zeros((), device=self.device)
+        compile_seconds = 0.0
         self.log.start_epoch(f"{self._epoch_label(stage)}epoch {epoch + 1}/"
                              f"{recipe['train']['epochs']}", steps)
         start = time.perf_counter()
@@ -481,10 +486,18 @@ class Trainer:
                 lr = rate(step=step, steps=steps)
                 set_lr(optimizer, lr)
             batch = Batch.plain(*next(batches))
+            # The compiled step takes full batches only: the last, partial one runs eagerly
+            # rather than compiling a second graph (nothing dropped, nothing padded).
+            fast = compiled is not None and batch.x.shape[0] == batch_size
+            if fast and not compiled.ready:
+                compile_start = time.perf_counter()
             with autocast() if autocast else contextlib.nullcontext():
-                loss = step_fn(batch)
+                loss = (compiled if fast else step_fn)(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if fast and not compiled.ready:  # the first call compiles: time it apart
+                compiled.mark_ready(self.device, time.perf_counter() - compile_start)
+                compile_seconds = compiled.seconds
             for param in withheld:
                 param.grad = None
             scaler.step(optimizer)
@@ -504,11 +517,15 @@ class Trainer:
             pass
         # the epoch's one host synchronization (and, across processes, its one all-reduce)
         mean_loss = mean_over_ranks(loss_sum, self.world).item() / max(1, steps)
-        spent = time.perf_counter() - start
+        spent = time.perf_counter() - start - compile_seconds
         count = int(min(indices.numel(), steps * batch_size)) * self.world.size
         check_divergence(mean_loss, self._loss_reference, epoch, stage.name, lr)
         row = {"stage": stage.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
                "seconds": round(spent, 3), "images_per_second": round(count / spent, 1)}
+        if compile_seconds:  # training time above excludes it
+            row["compile_seconds"] = round(compile_seconds, 3)
+            if compiled.failed:  # the stage then trained eagerly
+                row["compile_failed"] = compiled.failed
         return row, spent, count
 
     def _epoch_label(self, stage: Stage) -> str:
@@ -590,8 +607,9 @@ class Trainer:
         return {
             **metrics,
             "epochs": sum(s.recipe["train"]["epochs"] for s in self.stages),
-            "seconds": round(seconds, 2),
+            "seconds": round(seconds, 2),  # training time, compilation excluded
             "images_per_second": round(images / seconds, 1) if seconds else 0.0,
+            "compile_seconds": round(sum(r.get("compile_seconds", 0.0) for r in history), 2),
             "class_names": list(self.data.train.classes),
             "seed": final["train"]["seed"],
             "commit": self._commits[0],
