@@ -18,6 +18,12 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --augment --generator    # each component's step cost too
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
     python benchmarks/throughput.py --stream --workers 0 1 2   # the streaming path, 224 px
+    python benchmarks/throughput.py --concurrent 1 2 4 8       # K runs at once on one device
+
+``--concurrent`` starts K trainer processes at once (each timing its own second epoch of
+``--steps`` steps, as above) for each K, and reports the aggregate images/s (the sum) with the
+per-run rate; the smallest K within 5 % of the best aggregate is printed last as
+``best concurrency: K``, which ``benchmarks/gpu_window.sh`` reads to choose ``--jobs``.
 
 ``--stream`` measures the streaming data path (:mod:`lttoolbox.data.stream`) on ImageNet-like
 JPEGs (written to a temporary folder, 500 x 375 at quality 90, unless ``--stream-root`` names an
@@ -31,7 +37,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,11 +84,19 @@ def fresh_model(trainer: Trainer, recipe: dict) -> torch.nn.Module:
     return model
 
 
-def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int) -> tuple[float, float]:
-    """Images/s of a bare loop with the trainer's data path, and of the step alone."""
+def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int,
+              compiled: bool = False) -> tuple[float, float]:
+    """Images/s of a bare loop with the trainer's data path, and of the step alone; ``compiled``:
+    the model through ``torch.compile`` as the trainer compiles it (warm-up steps include the
+    compilation)."""
     device = trainer.device
     images, labels = trainer.data_path.images, trainer.data_path.labels
     model = fresh_model(trainer, recipe)
+    net = model
+    if compiled:
+        from lttoolbox.engine.compile import CUDA_MODE
+        net = torch.compile(model, mode=CUDA_MODE if device.type == "cuda" else None,
+                            dynamic=False)
     optim = recipe["optim"]
     opt = torch.optim.SGD(model.parameters(), lr=optim["lr"], momentum=optim.get("momentum", 0),
                           weight_decay=optim.get("weight_decay", 0))
@@ -92,7 +108,7 @@ def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int) -> tuple[
 
     def step(x, y):
         with autocast() if autocast else contextlib.nullcontext():
-            loss = criterion(model(x), y)
+            loss = criterion(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -326,21 +342,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="--stream: batch size")
     parser.add_argument("--stream-root", help="--stream: an image-folder tree to read instead "
                                               "of generated JPEGs")
+    parser.add_argument("--concurrent", type=int, nargs="+", metavar="K",
+                        help="measure the aggregate img/s of K trainer processes at once, "
+                             "for each K, on the first recipe")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="also time the bare loop compiled, and compile the trainer's step "
+                             "(train.compile); auto: on CUDA only")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
+    if args.worker:  # one process of --concurrent: the trainer's img/s as one JSON line
+        ips, _ = time_trainer(load_recipe(args.recipes[0], args.overrides), args.steps)
+        print(json.dumps({"images_per_second": ips}), flush=True)
+        return 0
+    if args.concurrent:
+        return concurrent_main(args)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.stream:
         return stream_main(args)
     paths = sorted({p for pattern in args.recipes for p in (glob.glob(pattern) or [pattern])})
+    from lttoolbox.engine.trainer import resolve_device
+    compiled = args.compile == "on" or (args.compile == "auto"
+                                        and resolve_device("auto").type == "cuda")
     rows = []
     for path in paths:
-        trainer_ips, bare_ips, step_ips = [], [], []
+        trainer_ips, bare_ips, step_ips, compiled_ips = [], [], [], []
         try:
-            recipe = load_recipe(path, args.overrides)
+            recipe = load_recipe(path, [*args.overrides,
+                                        f"train.compile={'on' if compiled else 'off'}"])
             for _ in range(args.repeats):
                 ips, trainer = time_trainer(recipe, args.steps)
                 bare, step = time_bare(trainer, recipe, args.steps, args.warmup)
+                if compiled:
+                    compiled_ips.append(time_bare(trainer, recipe, args.steps, args.warmup,
+                                                  compiled=True)[0])
                 trainer_ips.append(ips)
                 bare_ips.append(bare)
                 step_ips.append(step)
@@ -370,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         noisy = [name for name, values in (("trainer", trainer_ips), ("bare loop", bare_ips))
                  if max(values) / min(values) > NOISY]
         rows.append((Path(path).as_posix(), trainer_ips, bare_ips, ratios, step_ips,
-                     trainer.device))
+                     trainer.device, compiled_ips))
         print(f"{path}: trainer {fmt_spread(trainer_ips)} img/s, bare loop "
               f"{fmt_spread(bare_ips)} img/s, ratio {fmt_spread(ratios, 3)} (min / median / max "
               f"of {args.repeats})", flush=True)
@@ -386,11 +422,59 @@ def main(argv: list[str] | None = None) -> int:
           f"threads), device {info['device']}{' ' + info['gpu'] if 'gpu' in info else ''}, "
           f"torch {info['torch']}, commit {git_commit()}, {args.steps} timed steps each, "
           f"{args.repeats} repeats (min / median / max)")
-    print("| recipe | trainer img/s | bare loop img/s | ratio | bare step alone img/s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for path, t, b, r, s, _ in rows:
-        print(f"| {path} | {fmt_spread(t)} | {fmt_spread(b)} | {fmt_spread(r, 3)} | "
-              f"{fmt_spread(s)} |")
+    extra = " bare compiled loop img/s | trainer / compiled |" if compiled else ""
+    print(f"| recipe | trainer img/s | bare loop img/s | ratio | bare step alone img/s |{extra}")
+    print("| --- | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if compiled else ""))
+    for path, t, b, r, s, _, c in rows:
+        line = (f"| {path} | {fmt_spread(t)} | {fmt_spread(b)} | {fmt_spread(r, 3)} | "
+                f"{fmt_spread(s)} |")
+        if compiled:
+            line += f" {fmt_spread(c)} | {fmt_spread([x / y for x, y in zip(t, c)], 3)} |"
+        print(line)
+    if compiled:
+        print("(trainer and compiled loop: torch.compile; their compilation happens in untimed "
+              "steps, the trainer reports it as compile_seconds)")
+    return 0
+
+
+def time_concurrent(recipe: str, k: int, steps: int, overrides: list[str]) -> list[float]:
+    """Each process's img/s when ``k`` trainer processes run ``recipe`` at once."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--recipes", recipe,
+           "--steps", str(steps), *overrides]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(k)]
+    rates = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"a concurrent run failed: {err.strip().splitlines()[-1:]}")
+        rates.append(json.loads(out.strip().splitlines()[-1])["images_per_second"])
+    return rates
+
+
+def concurrent_main(args) -> int:
+    recipe = sorted(glob.glob(args.recipes[0]) or [args.recipes[0]])[0]
+    aggregate: dict[int, list[float]] = {}
+    per_run: dict[int, list[float]] = {}
+    for _ in range(args.repeats):
+        for k in args.concurrent:
+            rates = time_concurrent(recipe, k, args.steps, args.overrides)
+            aggregate.setdefault(k, []).append(sum(rates))
+            per_run.setdefault(k, []).extend(rates)
+    from lttoolbox.engine.trainer import resolve_device
+    info = machine_info(resolve_device("auto"))
+    print(f"machine: {info['cpu']} ({info['cpu_count']} cores), device {info['device']}"
+          f"{' ' + info['gpu'] if 'gpu' in info else ''}, torch {info['torch']}, commit "
+          f"{git_commit()}; {recipe}, {args.steps} timed steps per run, {args.repeats} repeats "
+          f"(min / median / max)")
+    print("| runs at once | aggregate img/s | img/s per run |")
+    print("| ---: | ---: | ---: |")
+    for k in args.concurrent:
+        print(f"| {k} | {fmt_spread(aggregate[k])} | {fmt_spread(per_run[k])} |")
+    best = max(statistics.median(v) for v in aggregate.values())
+    chosen = min(k for k, v in aggregate.items() if statistics.median(v) >= 0.95 * best)
+    print(f"best concurrency: {chosen} (median aggregate "
+          f"{statistics.median(aggregate[chosen]):,.0f} img/s)", flush=True)
     return 0
 
 
