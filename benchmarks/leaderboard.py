@@ -6,6 +6,10 @@ Usage (from the repository root, where the recipes' data roots are relative to):
         --seeds 0 1 2 --out runs/lb
     python benchmarks/leaderboard.py SUITE --seeds 0 1 2 --rows ce ldam_drw --out runs/lb
     python benchmarks/leaderboard.py SUITE --out runs/lb --report-only
+    python benchmarks/leaderboard.py SUITE --protocol paper --priority ce ldam_drw --jobs 4 \
+        --budget 8 --pack $OUT/results.tar.gz --out runs/lb/gpu        # a GPU window
+    python benchmarks/leaderboard.py SUITE --protocol paper --merge results.tar.gz \
+        --report-only --out runs/lb/paper --publish docs/leaderboard-paper.md
 
 Every cell (row x setting x seed) is one ``lttrain`` run in ``<out>/runs/<setting>/<row>/seed<k>``.
 A run whose ``results.json`` matches its planned recipe is skipped and an interrupted one resumes,
@@ -24,6 +28,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +37,7 @@ from lttoolbox.cli import stop_signals_interrupt  # noqa: E402
 from lttoolbox.errors import ConfigError  # noqa: E402
 
 from lb import plots as lb_plots  # noqa: E402
+from lb.archive import ArchiveError, merge, pack  # noqa: E402
 from lb.references import References  # noqa: E402
 from lb.report import collect, markdown, write_all  # noqa: E402
 from lb.runner import SKIP, Runner, decide  # noqa: E402
@@ -49,6 +55,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out",
                         help="output folder (default: runs/leaderboard/<suite>-<protocol>)")
     parser.add_argument("--rows", nargs="+", help="run only these rows (the tables show all)")
+    parser.add_argument("--priority", nargs="+", default=[], metavar="ROW",
+                        help="run these rows first, in this order, then the others in suite "
+                             "order (within each seed: every row's seed 0 comes first)")
+    parser.add_argument("--budget", type=float, metavar="MINUTES",
+                        help="wall-clock minutes for running: start no run after that and "
+                             "interrupt the running ones (they keep their checkpoints)")
+    parser.add_argument("--pack", metavar="TGZ",
+                        help="write every finished run's results.json, log.jsonl and "
+                             "recipe.yaml into this .tar.gz (at most 16 MiB)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="TGZ",
+                        help="first extract these --pack archives into --out")
     parser.add_argument("--settings", nargs="+", help="run only these settings (columns)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--threads-per-job", type=int,
@@ -72,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if args.max_runs is not None and args.max_runs < 0:
         parser.error("--max-runs must be >= 0")
+    if args.budget is not None and not args.budget > 0:
+        parser.error("--budget must be a positive number of minutes")
     return args
 
 
@@ -102,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         planner = Planner(suite, args.protocol, out, args.overrides)
         refs = References.load(suite.references) if suite.references else References.empty()
         for given, known, what in ((args.rows, [r.id for r in suite.rows], "--rows"),
+                                   (args.priority, [r.id for r in suite.rows], "--priority"),
                                    (args.settings, [s.id for s in suite.settings], "--settings")):
             unknown = [x for x in (given or []) if x not in known]
             if unknown:
@@ -110,7 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    for archive in args.merge:
+        try:
+            say(f"merged {merge(Path(archive), out)} runs from {archive} into {out}")
+        except ArchiveError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     rows = [r for r in suite.rows if not args.rows or r.id in args.rows]
+    first = {row_id: i for i, row_id in enumerate(args.priority)}
+    rows.sort(key=lambda r: first.get(r.id, len(first)))  # stable: the rest in suite order
     settings = [s for s in suite.settings if not args.settings or s.id in args.settings]
     seeds = list(dict.fromkeys(args.seeds))
 
@@ -153,10 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.threads_per_job
         if threads is None and args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
             threads = max(1, (os.cpu_count() or 1) // args.jobs)
-        runner = Runner(args.protocol, args.jobs, threads, say)
+        deadline = (time.monotonic() + 60 * args.budget) if args.budget else None
+        runner = Runner(args.protocol, args.jobs, threads, say, deadline=deadline)
         with stop_signals_interrupt():  # SIGTERM or a lost SIGINT stops the runs resumably
             outcomes, interrupted = runner.run_all(queue)
-        failed = sum(1 for o in outcomes if not o.ok and not interrupted)
+        # A run stopped by an interrupt or by the budget has no error: it resumes next time.
+        failed = sum(1 for o in outcomes if o.error is not None)
         if left:
             say(f"--max-runs {args.max_runs}: {left} runs left; run the same command again "
                 f"to continue")
@@ -173,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "(`pip install -e .[plot]`).")
     for path in write_all(doc, out, plots):
         say(f"wrote {path}")
+    if args.pack:
+        try:
+            say(f"packed {pack(out, Path(args.pack))} finished runs into {args.pack}")
+        except ArchiveError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     if args.publish:
         say(f"wrote {publish(doc, out, plots, Path(args.publish))}")
     if interrupted:

@@ -156,11 +156,12 @@ class Runner:
     """
 
     def __init__(self, protocol: str, jobs: int = 1, threads_per_job: int | None = None,
-                 report: Callable[[str], None] = print):
+                 report: Callable[[str], None] = print, deadline: float | None = None):
         self.protocol = protocol
         self.jobs = max(1, int(jobs))
         self.threads_per_job = threads_per_job
         self.report = report
+        self.deadline = deadline  # time.monotonic() after which nothing runs
         self.stop = threading.Event()
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
@@ -263,6 +264,13 @@ class Runner:
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             pending = {pool.submit(work, run) for run in runs}
             while pending:
+                if (self.deadline is not None and not self.stop.is_set()
+                        and time.monotonic() >= self.deadline):
+                    # The budget is spent: the running runs checkpoint and stop (they resume
+                    # next time), the queued ones do not start. Not a user interrupt.
+                    self.report("budget spent: stopping the running runs at their next step; "
+                                "they resume next time")
+                    self.interrupt()
                 try:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 except KeyboardInterrupt:

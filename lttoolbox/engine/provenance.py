@@ -10,7 +10,11 @@ import torch
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str | None:
-    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or None."""
+    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or None.
+
+    A copy of the tree without its ``.git`` (a GPU machine gets the files only) takes the commit
+    from ``$LTTOOLBOX_COMMIT``, which whoever copied it sets.
+    """
     cwd = Path(path or Path(__file__).resolve().parent)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
@@ -19,7 +23,7 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("LTTOOLBOX_COMMIT") or None
 
 
 def cpu_name() -> str:
