@@ -244,3 +244,26 @@ def test_decoders_agree_on_a_png_and_are_validated(tmp_path, tree):
     bundle = DATASETS.build(txt_cfg(tree, path="stream", decoder="torchvision"))
     assert bundle.train.decoder == "torchvision" and bundle.meta["decoder"] == "torchvision"
     raises(ConfigError, lambda: DATASETS.build(txt_cfg(tree, decoder="nvjpeg")), "decoder")
+
+
+def test_lteval_and_ltpredict_read_a_streamed_run_as_it_evaluated(tree, tmp_path):
+    from lttoolbox.cli_eval import evaluate_run
+    from lttoolbox.cli_predict import predict_files
+
+    results = train(recipe(tree, "stream", epochs=1), tmp_path / "run", quiet=True)
+    doc, _ = evaluate_run(tmp_path / "run")
+    assert doc["top1"] == results["top1"]
+    assert doc["confusion_matrix"] == results["confusion_matrix"]
+    # an image file: resized and centre-cropped as the run's evaluation did, then predicted
+    from lttoolbox.engine.evaluate import logits_of
+    from lttoolbox.runs import open_run
+    run = open_run(tmp_path / "run")
+    bundle = DATASETS.build(recipe(tree, "stream")["data"])
+    path = build_data_path(bundle, CPU, workers=0, stats=(run.info["mean"], run.info["std"]))
+    logits = next(logits_of(run.model, path.eval_batches("test", 1, np.array([0]))))
+    probs = torch.softmax(logits, dim=1)[0]
+    rows, skipped = predict_files(tmp_path / "run", [bundle.test.paths[0]], topk=2)
+    assert not skipped and len(rows) == 1
+    top = probs.topk(2)
+    assert rows[0][1::2] == [results["class_names"][int(i)] for i in top.indices]
+    assert [float(p) for p in rows[0][2::2]] == pytest.approx(top.values.tolist(), abs=1e-6)
