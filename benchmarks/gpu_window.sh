@@ -13,6 +13,8 @@
 #      (nothing is installed, nothing downloads);
 #   2. environment.txt: GPU, driver, torch, CUDA MPS availability, commit;
 #   3. throughput.md: benchmarks/throughput.py (trainer against the bare loop);
+#   3b. stream.md: the streaming data path's img/s (224-px ResNet-50 step against the loader with
+#      N workers; --stream none skips it);
 #   4. concurrency.md: the aggregate img/s of K runs at once (and with CUDA MPS where it can be
 #      started); the best K becomes the leaderboard's --jobs;
 #   5. the leaderboard in priority order (CE, LDAM-DRW, balanced softmax, CS-CE-DRW, DRS
@@ -26,7 +28,7 @@
 #   --seeds "0 1 2" --priority "IDS" --runs DIR (runs/lb/gpu-window) --out DIR ($OUT)
 #   --throughput "ARGS" --concurrency "1 2 4 8" --concurrency-recipe FILE --concurrency-steps N
 #   (30) --margin SECONDS (45)
-#   --set KEY=VALUE (repeatable, passed to every run)
+#   --stream "ARGS" | none   --set KEY=VALUE (repeatable, passed to every run)
 # Environment: DEVDATA (.devdata/cifar10-jpg.tgz), SHARED_DATA (../shared/data).
 set -uo pipefail
 
@@ -40,6 +42,7 @@ runs=runs/lb/gpu-window
 out=${OUT:-runs/gpu-window-out}
 throughput_args="--recipes configs/cifar10_lt/ce.yaml --steps 50 --repeats 3"
 concurrency="1 2 4 8"
+stream_args="--workers 4 8 16 --decoders pil torchvision --batch 128 --steps 10 --warmup 3 --repeats 1"
 concurrency_recipe=configs/cifar10_lt/ce.yaml
 concurrency_steps=30
 margin=45
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
         --runs) runs=$2; shift 2 ;;
         --out) out=$2; shift 2 ;;
         --throughput) throughput_args=$2; shift 2 ;;
+        --stream) stream_args=$2; shift 2 ;;
         --concurrency) concurrency=$2; shift 2 ;;
         --concurrency-recipe) concurrency_recipe=$2; shift 2 ;;
         --concurrency-steps) concurrency_steps=$2; shift 2 ;;
@@ -115,6 +119,14 @@ say "environment: $(tr '\n' ';' < "$out/environment.txt" | cut -c1-300)"
 timeout "$(share 0.15)" python3 benchmarks/throughput.py $throughput_args \
     > "$out/throughput.md" 2>>"$log" || say "throughput: stopped or failed (see window.log)"
 say "throughput: $(tail -n 1 "$out/throughput.md")"
+
+# 3b. the streaming data path on this machine
+if [ "$stream_args" != "none" ]; then
+    # shellcheck disable=SC2086
+    timeout "$(share 0.1)" python3 benchmarks/throughput.py --stream $stream_args \
+        > "$out/stream.md" 2>>"$log" || say "stream: stopped or failed (see window.log)"
+    say "stream: $(grep -c '^| loader' "$out/stream.md" 2>/dev/null) loader figures"
+fi
 
 # 4. concurrency
 jobs=1

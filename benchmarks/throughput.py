@@ -248,13 +248,12 @@ def write_jpegs(root: Path, count: int, classes: int = 4, size=(500, 375)) -> No
 
 
 def time_stream(root: Path, workers: list[int], decoders: list[str], batch: int, steps: int,
-                warmup: int, device: torch.device) -> list[tuple[str, float]]:
-    """Images/s of the streaming loader alone, of the ResNet-50 step alone and of both."""
+                warmup: int, device: torch.device):
+    """Images/s of the ResNet-50 step alone, of the streaming loader alone and of both, as
+    ``(name, img/s)`` pairs, each as soon as it is measured."""
     from lttoolbox.data.datapath import StreamPath
     from lttoolbox.data.folder import image_folder
     from lttoolbox.registry import MODELS
-
-    rows = []
 
     def bundle(decoder):
         return image_folder(str(root), image_size=224, imbalance_type=None, path="stream",
@@ -291,19 +290,17 @@ def time_stream(root: Path, workers: list[int], decoders: list[str], batch: int,
         optimizer.step()
 
     x0, y0 = next(iter(batches(StreamPath(data, device, 0, workers=0), 0)))
-    rows.append(("ResNet-50 step alone (one pre-made batch)",
-                 timed(((x0, y0) for _ in range(steps + warmup)), step)))
+    yield ("ResNet-50 step alone (one pre-made batch)",
+           timed(((x0, y0) for _ in range(steps + warmup)), step))
     for decoder in decoders:
         data = bundle(decoder)
         for count in workers:
             path = StreamPath(data, device, 0, workers=count)
-            rows.append((f"loader alone, {count} workers, {decoder}", timed(batches(path, 1))))
+            yield f"loader alone, {count} workers, {decoder}", timed(batches(path, 1))
     data = bundle(decoders[0])
     for count in workers:
         path = StreamPath(data, device, 0, workers=count)
-        rows.append((f"loader + step, {count} workers, {decoders[0]}",
-                     timed(batches(path, 2), step)))
-    return rows
+        yield f"loader + step, {count} workers, {decoders[0]}", timed(batches(path, 2), step)
 
 
 NOISY = 1.2  # max/min of repeats beyond which a figure is called noisy
@@ -491,6 +488,7 @@ def stream_main(args) -> int:
             for name, ips in time_stream(root, args.workers, args.decoders, args.batch,
                                          args.steps, args.warmup, device):
                 figures.setdefault(name, []).append(ips)
+                print(f"- {name}: {ips:,.1f} img/s", flush=True)  # kept if the run is cut short
     info = machine_info(device)
     print(f"machine: {info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch "
           f"threads), device {info['device']}{' ' + info['gpu'] if 'gpu' in info else ''}, "

@@ -38,7 +38,7 @@ def test_gpu_window_script_on_the_cpu(tmp_path):
          "--runs", str(runs), "--out", str(out), "--margin", "5",
          "--throughput", f"--recipes {QUICKSTART} --steps 3 --warmup 1 --repeats 1",
          "--concurrency", "1 2", "--concurrency-recipe", QUICKSTART,
-         "--concurrency-steps", "3"],
+         "--concurrency-steps", "3", "--stream", "none"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted(p.name for p in out.iterdir())
