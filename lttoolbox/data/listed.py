@@ -262,14 +262,8 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
         max_per_class: Keep only the first images (in ``images`` order) of each training class.
         test_max_per_class: The same for ``val_json``.
         val_per_class: A balanced validation split drawn from the unused training images.
-        path: ``memory`` (decode once, hold uint8 in memory) | ``stream`` (read every image
-            from its file during training, :mod:`lttoolbox.data.stream`) | ``auto`` (stream when
-            the decoded training images would take more than 4 GiB).
-        color_jitter: Streaming path: brightness/contrast/saturation jitter (0.4 for ImageNet-LT
-            and Places-LT in the reference codebases, 0 for iNaturalist).
-        eval_resize: Streaming path: shorter side before the evaluation centre crop (default
-            ``image_size * 256 / 224``).
-        decoder: Streaming path: ``pil`` (default) or ``torchvision``.
+        path: ``memory`` | ``stream`` | ``auto``, and ``color_jitter``, ``eval_resize``,
+            ``decoder`` for the streaming path: as for :func:`txt_list`.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
