@@ -1,11 +1,11 @@
 """The streaming side of the data path: splits held as file paths, decoded and augmented per image
 in DataLoader workers.
 
-Large sets (ImageNet-LT: 115,846 training images at 224 px, 17 GiB as uint8) do not fit in memory,
-so each image is read when a batch needs it. The per-image transforms are those of the reference
-codebases for the large benchmarks (Kang et al., "Decoupling Representation and Classifier",
-ICLR 2020, github.com/facebookresearch/classifier-balancing ``data/dataloader.py``; Liu et al.,
-OLTR, CVPR 2019):
+Large sets (ImageNet-LT: 115,846 training images at 224 px, 16.2 GiB as uint8) do not fit in
+memory, so each image is read when a batch needs it. The per-image transforms are those of the
+reference codebases for the large benchmarks (Kang et al., "Decoupling Representation and
+Classifier", ICLR 2020, github.com/facebookresearch/classifier-balancing ``data/dataloader.py``;
+Liu et al., OLTR, CVPR 2019):
 
 * training: ``RandomResizedCrop(size)`` (scale 0.08..1, ratio 3/4..4/3), horizontal flip, and
   ``ColorJitter(brightness=c, contrast=c, saturation=c, hue=0)`` with ``c`` = 0.4 for ImageNet-LT
