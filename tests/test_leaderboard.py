@@ -376,6 +376,49 @@ def test_wall_time_of_an_unrecorded_attempt_is_flagged_as_a_lower_bound(tmp_path
     assert "| 5.0 | ≥2.0 |" in md and "lower bound" in md
 
 
+def test_stage_timings_and_post_hoc_choices_are_reported(tmp_path):
+    """A multi-stage row gets one timing line per stage (its epochs' seconds summed, generation
+    time apart) and its validation-split choices; a single-stage row gets neither."""
+    suite = load_suite(digits_suite(tmp_path))
+    planner = Planner(suite, "smoke", tmp_path / "out")
+    epochs = {0: ([30.0, 50.0], [7.0, 9.0, 11.0]), 1: ([40.0, 60.0], [8.0, 10.0, 12.0])}
+    for seed, (first, second) in epochs.items():
+        run = planner.plan("ce", "exp10", seed)
+        run.dir.mkdir(parents=True)
+        history = ([{"stage": "joint", "epoch": i, "seconds": t} for i, t in enumerate(first)]
+                   + [{"stage": "grow", "epoch": i, "seconds": t} for i, t in enumerate(second)])
+        (run.dir / "results.json").write_text(json.dumps({
+            "recipe_hash": run.hash, "protocol": "smoke", "top1": 50.0 + seed, "seconds": 1.0,
+            "stages": [{"name": "joint", "epochs": 2},
+                       {"name": "grow", "epochs": 3,
+                        "generated": {"images": 100, "seconds": 20.0 + 10 * seed}}],
+            "history": history,
+            "selection": {"tau_norm": {"tau": 0.5 + seed, "chosen_on": "validation split",
+                                       "grid": [{"tau": 0.0, "val_top1": 1.0}]}}}))
+    focal = planner.plan("focal", "exp10", 0)
+    focal.dir.mkdir(parents=True)
+    (focal.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": focal.hash, "protocol": "smoke", "top1": 40.0, "seconds": 1.0,
+         "stages": [{"name": "joint", "epochs": 2}], "history": []}))
+    doc = collect(suite, planner, References.load(tmp_path / "refs.yaml"), [0, 1],
+                  {"ce", "focal"}, {"exp10"})
+    rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
+    joint, grow = rows["ce"]["stages"]
+    assert (joint["name"], joint["epochs"], grow["name"], grow["epochs"]) == ("joint", 2, "grow", 3)
+    assert joint["train_seconds"]["mean"] == pytest.approx(np.mean([80.0, 100.0]))
+    assert grow["train_seconds"]["mean"] == pytest.approx(np.mean([27.0, 30.0]))
+    assert grow["generation_seconds"]["mean"] == pytest.approx(25.0)
+    assert joint["generation_seconds"] is None
+    assert rows["focal"]["stages"] == [] and rows["focal"]["choices"] == []
+    assert rows["ce"]["choices"] == ["tau_norm: tau 0.5, seed 0, chosen on validation split",
+                                     "tau_norm: tau 1.5, seed 1, chosen on validation split"]
+    md = markdown(doc)
+    assert "| CE | joint | 2 | 1.5 |  |  |" in md          # 90 s
+    assert "|  | grow | 3 | 0.5 | 100 | 25.0 |" in md       # 28.5 s
+    assert "- CE: tau_norm: tau 1.5, seed 1, chosen on validation split" in md
+    assert "| Focal | joint" not in md
+
+
 # ------------------------------------------------------------------------------- references
 def test_references_convert_errors_and_prefer_sources(tmp_path):
     refs = References.load(references_file(tmp_path))

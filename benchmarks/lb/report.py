@@ -87,6 +87,62 @@ def _reference_dict(ref: Reference | None, base: Reference | None) -> dict | Non
             "delta_top1": ref.top1 - base.top1 if base else None}
 
 
+def stage_costs(results: list[dict]) -> list[dict]:
+    """Per-stage costs of a multi-stage row over its seeds (empty for a single stage).
+
+    Each stage's training time is the sum of its epochs' ``seconds`` in the run's ``history``
+    (so it counts every checkpointed epoch, resumed or not); ``generation_seconds`` is the time a
+    component took to grow the training set at the stage's start (``stages[i].generated``), kept
+    apart because no epoch contains it. Runs whose stage names differ from the first run's are
+    left out rather than mixed.
+
+    Example:
+        >>> run = {"stages": [{"name": "a", "epochs": 1}, {"name": "b", "epochs": 2,
+        ...        "generated": {"images": 7, "seconds": 3.0}}],
+        ...        "history": [{"stage": "a", "seconds": 10.0}, {"stage": "b", "seconds": 4.0},
+        ...                    {"stage": "b", "seconds": 6.0}]}
+        >>> [(s["name"], s["train_seconds"]["mean"]) for s in stage_costs([run])]
+        [('a', 10.0), ('b', 10.0)]
+    """
+    if not results:
+        return []
+    names = [s.get("name") for s in results[0].get("stages") or []]
+    if len(names) < 2:
+        return []
+    runs = [r for r in results if [s.get("name") for s in r.get("stages") or []] == names]
+    out = []
+    for i, name in enumerate(names):
+        generated = [r["stages"][i].get("generated") or {} for r in runs]
+        out.append({
+            "name": name,
+            "epochs": runs[0]["stages"][i].get("epochs"),
+            "train_seconds": stats(sum(h.get("seconds") or 0.0 for h in r.get("history") or []
+                                       if h.get("stage") == name) for r in runs),
+            "generated_images": stats(g.get("images") for g in generated),
+            "generation_seconds": stats(g.get("seconds") for g in generated),
+        })
+    return out
+
+
+def choices(runs: list[dict], results: list[dict]) -> list[str]:
+    """The post-hoc choices each run made (``results.json``'s ``selection``: tau-norm's tau,
+    ...), one line per component and seed, without the grids they were chosen from.
+
+    Example:
+        >>> choices([{"seed": 0}], [{"selection": {"tau_norm": {"tau": 1.2, "grid": [],
+        ...     "chosen_on": "validation split (top-1)"}}}])
+        ['tau_norm: tau 1.2, seed 0, chosen on validation split (top-1)']
+    """
+    out = []
+    for run, res in zip(runs, results):
+        for name, choice in sorted((res.get("selection") or {}).items()):
+            values = ", ".join(f"{k} {v}" for k, v in choice.items()
+                               if k not in ("grid", "chosen_on"))
+            where = f", chosen on {choice['chosen_on']}" if choice.get("chosen_on") else ""
+            out.append(f"{name}: {values}, seed {run['seed']}{where}")
+    return out
+
+
 def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: list[int],
             selected_rows: set[str], selected_settings: set[str]) -> dict:
     """Build the leaderboard document from what is on disk.
@@ -185,6 +241,8 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                 "wall_seconds": stats(r["wall_seconds"] for r in runs),
                 "wall_seconds_lower_bound": not all(r["wall_complete"] for r in runs),
                 "images_per_second": stats(r.get("images_per_second") for r in done)}
+            doc["stages"] = stage_costs(done)
+            doc["choices"] = choices(runs, done)
             doc["per_class_acc"] = _mean_per_class(done)
             doc["train_class_counts"] = (done[0].get("train_class_counts") if done else None)
             doc["class_names"] = (done[0].get("class_names") if done else None)
@@ -345,6 +403,26 @@ def _machine_line(m: dict) -> str:
     return ", ".join(parts)
 
 
+def _stage_table(rows: list[dict]) -> list[str]:
+    """The stage timings of the multi-stage rows, one line per stage."""
+    staged = [r for r in rows if r.get("stages")]
+    if not staged:
+        return []
+    lines = ["", "Stage timings of the multi-stage rows (mean over the finished seeds; *Train min* "
+             "sums the stage's epochs, *Generation s* is the time spent growing the training set "
+             "before the stage's first epoch):", "",
+             "| Method | Stage | Epochs | Train min | Generated images | Generation s |",
+             "|" + "---|" * 6]
+    for row in staged:
+        for i, stage in enumerate(row["stages"]):
+            images, gen = stage.get("generated_images"), stage.get("generation_seconds")
+            lines.append(f"| {row['label'] if i == 0 else ''} | {stage['name']} | "
+                         f"{stage.get('epochs', '')} | {_minutes(stage.get('train_seconds'))} | "
+                         f"{format(images['mean'], ',.0f') if images else ''} | "
+                         f"{_fmt(gen['mean'], 1) if gen else ''} |")
+    return lines
+
+
 def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
     """The leaderboard as Markdown: provenance, caveats, one table per setting, sources."""
     proto = doc["protocol"]
@@ -460,6 +538,11 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                                   for how, marks in sorted(shown.items(),
                                                            key=lambda kv: min(kv[1])))
                       + ". This table's own numbers are final-epoch."]
+        lines += _stage_table(setting["rows"])
+        picked = [f"- {r['label']}: {c}" for r in setting["rows"] for c in r.get("choices") or []]
+        if picked:
+            lines += ["", "Post-hoc choices (never made on the test set; the grids are in each "
+                      "run's results.json):", ""] + picked
         notes = [f"- {r['label']}: {r['note']}" for r in setting["rows"] if r.get("note")]
         if notes:
             lines += ["", "Notes:", ""] + notes
