@@ -25,8 +25,8 @@ import warnings
 import torch
 
 from ..errors import ConfigError
+from ..recipe_checks import COMPILE_MODES as MODES
 
-MODES = ("auto", "off", "on")
 # Which torch.compile mode a device gets; CUDA graphs need static shapes, which the trainer
 # guarantees by running partial batches eagerly.
 CUDA_MODE = "reduce-overhead"
