@@ -69,10 +69,67 @@ def list_registries(console, family: str | None) -> None:
                           soft_wrap=True)
 
 
+class _StopSignals:
+    """State shared by the stop handler, the helper that delivers a deferred stop, and the
+    block that installed them; ``lock`` orders the helper's delivery against the block's end."""
+    armed = False  # True while the handler may raise (inside the block, before a stop is handled)
+    pending = None  # the helper thread waiting to deliver a deferred stop
+    lock = threading.Lock()
+
+
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_after_import(signum: int) -> None:
+    """Re-deliver ``signum`` to the main thread as soon as it is out of every import."""
+    main = threading.main_thread().ident
+
+    def wait():
+        while True:
+            time.sleep(0.02)
+            with _StopSignals.lock:
+                if _StopSignals.armed and _inside_import(sys._current_frames().get(main)):
+                    continue
+                _StopSignals.pending = None
+                if not _StopSignals.armed:
+                    return  # the block ended, or the stop was handled another way
+                if sys.version_info >= (3, 10):
+                    import _thread
+                    _thread.interrupt_main(signum)
+                else:  # pragma: no cover - interrupt_main takes no signal before 3.10
+                    import os
+                    os.kill(os.getpid(), signum)
+                return
+
+    if _StopSignals.pending is None:
+        _StopSignals.pending = threading.Thread(target=wait, name="lttoolbox-stop", daemon=True)
+        _StopSignals.pending.start()
+
+
 def _raise_interrupt(signum, frame):
     from . import stop
     stop.request()  # also recorded, in case the exception is swallowed before it unwinds
+    if not _StopSignals.armed:
+        return  # a stop already being handled, or a late one after the block
+    if _inside_import(frame):
+        # An exception raised inside an import can run through C++ that cannot pass it on
+        # (torch's pybind11 start-up aborts the process), and one raised inside the string
+        # exec() of dataclasses or namedtuple marks the interpreter as killed by Ctrl-C, so it
+        # exits by SIGINT whatever the handler returns (CPython, bpo-1054041). The stop is
+        # raised instead as soon as the import is over, some milliseconds later.
+        _deliver_after_import(signum)
+        return
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _disarm() -> None:
+    with _StopSignals.lock:  # no deferred stop is delivered after this
+        _StopSignals.armed = False
 
 
 @contextlib.contextmanager
@@ -83,8 +140,8 @@ def stop_signals_interrupt():
     leaderboard launched that way) inherits SIGINT *ignored*, and Python then installs no handler,
     so an interrupt would be lost; SIGTERM (``kill``, a scheduler's pre-emption) and SIGHUP (the
     terminal closed) would end the run silently. All take the same path as Ctrl-C: the last
-    complete checkpoint stays and the run continues with ``--resume``. The previous handlers come
-    back on exit.
+    complete checkpoint stays and the run continues with ``--resume``. A signal that lands inside
+    an import is raised when the import is over. The previous handlers come back on exit.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
@@ -92,14 +149,19 @@ def stop_signals_interrupt():
     from . import stop
 
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    was_armed = _StopSignals.armed  # an enclosing block's state comes back on exit
     stop.clear()
+    _StopSignals.armed = True
     for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_interrupt)
     try:
         yield
     finally:
+        _disarm()
         for sig, handler in previous.items():
+            # signal.signal first runs a stop still pending, with the disarmed handler: a no-op
             signal.signal(sig, handler)
+        _StopSignals.armed = was_armed
         stop.clear()
 
 
@@ -122,6 +184,7 @@ def run_command(body: Callable, interrupted: Callable) -> int:
         except KeyboardInterrupt:
             # A second stop signal while the message is printed (or one still pending) must not
             # turn the clean exit into a death by signal.
+            _disarm()
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
             interrupted(console)

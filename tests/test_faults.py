@@ -432,6 +432,53 @@ def test_an_interrupt_while_starting_is_quiet_and_writes_nothing(tmp_path, delay
         assert "--resume" in output, output
 
 
+SIGNALLING_MODULE = """
+import os, signal, time
+from dataclasses import dataclass
+os.kill(os.getpid(), signal.SIGINT)  # the stop lands while this module is being imported
+for _ in range(20):
+    @dataclass  # builds __init__ with exec(): where a raised stop used to kill the process
+    class Row:
+        x: int = 0
+    time.sleep(0.01)
+FINISHED = True
+"""
+
+
+@pytest.fixture
+def signalling_module(tmp_path, monkeypatch):
+    (tmp_path / "lt_signalling_module.py").write_text(SIGNALLING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "lt_signalling_module"
+    sys.modules.pop("lt_signalling_module", None)
+
+
+def test_a_stop_signal_inside_an_import_is_raised_when_the_import_is_over(signalling_module):
+    """Raised inside an import, the stop can run through torch's C++ start-up (which aborts) or a
+    string exec() (after which CPython exits by SIGINT, not 130); it waits for the import."""
+    import importlib
+
+    from lttoolbox.cli import stop_signals_interrupt
+
+    with stop_signals_interrupt():
+        with pytest.raises(KeyboardInterrupt):
+            module = importlib.import_module(signalling_module)
+            time.sleep(5)  # the deferred stop is raised here, some milliseconds after the import
+    assert module.FINISHED
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_deferred_stop_is_not_delivered_after_its_block(signalling_module):
+    import importlib
+
+    from lttoolbox.cli import stop_signals_interrupt
+
+    with stop_signals_interrupt():
+        importlib.import_module(signalling_module)
+    time.sleep(0.3)  # a late delivery would raise KeyboardInterrupt here and fail the test
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_full_disk_is_named_and_keeps_the_previous_file(tmp_path):
     import errno
 
