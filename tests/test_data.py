@@ -609,6 +609,30 @@ def test_decode_cache_hit_skips_decoding(tmp_path, monkeypatch):
         image_folder(root, image_size=8, imbalance_type=None, cache_dir=cache)
 
 
+def test_a_new_version_of_the_files_replaces_its_stale_cache_entry(tmp_path):
+    """New mtimes on the same files (a share mounted again) decode again and delete the older
+    entry; another folder's entries, a slice's and other image sizes stay."""
+    cache = tmp_path / "cache"
+    root, other = tmp_path / "d", tmp_path / "other" / "d"
+    write_tree(root, ["a", "b"], n_train=3, n_test=2)
+    write_tree(other, ["a", "b"], n_train=3, n_test=2)  # same split names, another folder
+    for folder in (root, other):
+        image_folder(folder, image_size=8, imbalance_type=None, cache_dir=cache)
+    image_folder(root, image_size=4, imbalance_type=None, cache_dir=cache)
+    image_folder(root, image_size=8, imbalance_type=None, max_per_class=1, cache_dir=cache)
+    before = {p.name for p in cache.iterdir()}
+    assert len(before) == 7  # the slice limits only the training split
+    for picture in (root / "train").rglob("*.png"):
+        os.utime(picture, ns=(1_000_000_000, 1_000_000_000))  # same bytes, older mtime
+    image_folder(root, image_size=8, imbalance_type=None, cache_dir=cache)
+    after = {p.name for p in cache.iterdir()}
+    assert len(after) == 7 and len(before - after) == 1 and len(after - before) == 1
+    replaced = (before - after).pop()
+    assert replaced.startswith("folder-train-8px-")
+    assert (after - before).pop()[:-len("0123456789abcdef.npy")] == \
+        replaced[:-len("0123456789abcdef.npy")]
+
+
 def test_decode_cache_rebuilds_a_corrupt_file_and_honours_env(tmp_path, monkeypatch):
     root = tmp_path / "d"
     written = write_tree(root, ["a"], n_train=2, n_test=1)

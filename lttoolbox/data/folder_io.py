@@ -1,9 +1,10 @@
 """Reading ``root/<split>/<class>/*.png|jpg|jpeg`` trees into uint8 arrays, with a decode cache.
 
 Decoding 60,000 small JPEGs with PIL takes tens of seconds, so the decoded split is saved once as a
-``.npy`` file under the cache directory and reused while the files stay the same: the cache key is
-the sha1 of the sorted relative file list with each file's size and mtime (plus the target image
-size and a format version). The cache always holds the whole split as listed; the long-tail
+``.npy`` file under the cache directory and reused while the files stay the same: its name holds
+the sha1 of the folder's absolute path, the target image size, a format version and the sorted
+relative file list, then the sha1 of each file's size and mtime. A new version of the same files
+replaces the older entry. The cache always holds the whole split as listed; the long-tail
 selection happens after loading, since it is cheap. Files are written atomically (temporary file +
 ``os.replace``) so an interrupted or concurrent run never leaves a truncated cache behind.
 
@@ -17,6 +18,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -68,12 +70,23 @@ class SplitListing:
                             self.labels[keep], [self.sizes[i] for i in keep],
                             [self.mtimes[i] for i in keep])
 
-    def cache_key(self, image_size: int) -> str:
-        """sha1 of the file list, sizes, mtimes, the image size and the cache format."""
-        digest = hashlib.sha1(f"lttoolbox-folder-v{CACHE_VERSION}|{image_size}\n".encode())
+    def cache_name(self, image_size: int) -> tuple[str, str]:
+        """``(prefix, file name)`` of this listing's decode cache entry.
+
+        The prefix names *which* split it is: the folder's absolute path, the image size, the
+        cache format and the file names. The rest of the name is the sha1 of each file's size and
+        mtime, *which version* of those files. A copy of the same files with new mtimes (a
+        remounted share) therefore keeps its prefix, and its older entry can be recognised as
+        stale; a slice (``max_per_class``) lists other names, so it has an entry of its own.
+        """
+        split = hashlib.sha1(f"lttoolbox-folder-v{CACHE_VERSION}|{image_size}|"
+                             f"{Path(self.root).resolve()}\n".encode())
+        version = hashlib.sha1()
         for name, size, mtime in zip(self.files, self.sizes, self.mtimes):
-            digest.update(f"{name}\t{size}\t{mtime}\n".encode())
-        return digest.hexdigest()
+            split.update(f"{name}\n".encode())
+            version.update(f"{size}\t{mtime}\n".encode())
+        prefix = f"folder-{self.root.name}-{image_size}px-{split.hexdigest()[:16]}-"
+        return prefix, f"{prefix}{version.hexdigest()[:16]}.npy"
 
 
 def list_split(root: str | Path, split: str) -> SplitListing:
@@ -217,8 +230,8 @@ def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | N
         ``(images, status)``: uint8 ``(N, 3, image_size, image_size)`` and ``"hit"`` or ``"miss"``.
     """
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-    key = listing.cache_key(image_size)
-    path = cache_dir / f"folder-{listing.root.name}-{image_size}px-{key}.npy"
+    prefix, name = listing.cache_name(image_size)
+    path = cache_dir / name
     expected = (len(listing.files), 3, image_size, image_size)
     if path.is_file():
         try:
@@ -236,7 +249,20 @@ def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | N
     except OSError as err:
         warnings.warn(f"could not write the decode cache {path}: {err}", RuntimeWarning,
                       stacklevel=2)
+    else:
+        _remove_stale(cache_dir, prefix, keep=path)
     return images, "miss"
+
+
+def _remove_stale(cache_dir: Path, prefix: str, keep: Path) -> None:
+    """Delete the entries of the same split for older versions of its files: without this, every
+    change of mtimes (a share mounted again) left another full decoded copy behind (184 MB per
+    CIFAR-10 train/test pair)."""
+    stale = re.compile(re.escape(prefix) + r"[0-9a-f]{16}\.npy")  # not a writer's temporary file
+    for entry in cache_dir.iterdir():
+        if stale.fullmatch(entry.name) and entry.name != keep.name:
+            with contextlib.suppress(OSError):  # gone already, or not ours to delete
+                entry.unlink()
 
 
 def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: int,
