@@ -244,6 +244,8 @@ def test_the_epoch_line_shows_the_evaluation_and_the_eta():
     line = epoch_line(row, "", 30, 3725)
     assert "epoch   5/30" in line and "top-1 61.25 (many/med/few 80.0/50.5/-)" in line
     assert line.endswith("ETA 1:02:05")
+    row["loss_terms"] = {"ldam": 0.25, "rsg": 0.25}
+    assert "loss 0.5000 (ldam 0.2500, rsg 0.2500)  lr" in epoch_line(row, "", 30, 0)
 
 
 def test_tensorboard_event_files(tmp_path):

@@ -103,7 +103,7 @@ def per_rank_batch(batch_size: int, world: World, key: str = "train.batch_size")
 
 
 def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
-    """The mean of a scalar tensor over every rank (itself in one process)."""
+    """The mean of a tensor (a scalar or a few sums) over every rank (itself in one process)."""
     if not world.distributed:
         return value
     value = value.detach().clone().float()

@@ -1,7 +1,7 @@
 """Optional experiment loggers, chosen with ``train.loggers`` (today: ``tensorboard``).
 
-A logger receives every epoch's row (loss, learning rate, images/s, and the evaluation when
-``eval.every`` is set) and, at the end, the final results. It never influences training, so
+A logger receives every epoch's row (loss and, with auxiliary losses, each term; learning rate,
+images/s, and the evaluation when ``eval.every`` is set) and, at the end, the final results. It never influences training, so
 ``train.loggers`` is not part of the recipe hash.
 
 Recipe:
@@ -40,6 +40,8 @@ class TensorBoardLogger:
         prefix = f"{row['stage']}/"
         for key in ("loss", "lr", "images_per_second"):
             self.writer.add_scalar(prefix + key, row[key], self.step)
+        for name, value in row.get("loss_terms", {}).items():
+            self.writer.add_scalar(f"{prefix}loss/{name}", value, self.step)
         for key, value in (row.get("eval") or {}).items():
             if value is not None:
                 self.writer.add_scalar(f"{prefix}eval/{key}", value, self.step)

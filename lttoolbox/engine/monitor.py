@@ -33,8 +33,10 @@ def check_divergence(mean_loss: float, reference: float | None, epoch: int, stag
 
 def epoch_line(row: dict, label: str, epochs: int, eta_seconds: float) -> str:
     """The console line of an epoch: loss, rate, speed, the evaluation if any, the run's ETA."""
-    line = (f"{label}epoch {row['epoch'] + 1:>3}/{epochs}  loss {row['loss']:.4f}  "
-            f"lr {row['lr']:.2e}  {row['images_per_second']:,.0f} img/s")
+    terms = ", ".join(f"{name} {value:.4f}" for name, value in row.get("loss_terms", {}).items())
+    line = (f"{label}epoch {row['epoch'] + 1:>3}/{epochs}  loss {row['loss']:.4f}"
+            + (f" ({terms})" if terms else "")
+            + f"  lr {row['lr']:.2e}  {row['images_per_second']:,.0f} img/s")
     evaluation = row.get("eval")
     if evaluation:
         split = "/".join("-" if evaluation.get(k) is None else f"{evaluation[k]:.1f}"

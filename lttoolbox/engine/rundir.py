@@ -96,29 +96,36 @@ def remove_temp_files(out: Path) -> list[Path]:
     return removed
 
 
-def csv_line(row: dict) -> str:
-    """One ``metrics.csv`` line: the epoch's fields, then its evaluation (empty without one)."""
+def csv_line(row: dict, terms: tuple = ()) -> str:
+    """One ``metrics.csv`` line: the epoch's fields, its loss terms (empty in a stage without
+    them), then its evaluation (empty without one)."""
     evaluation = row.get("eval") or {}
-    values = [row[f] for f in CSV_FIELDS] + [evaluation.get(f) for f in EVAL_FIELDS]
+    parts = row.get("loss_terms") or {}
+    values = ([row[f] for f in CSV_FIELDS] + [parts.get(t) for t in terms]
+              + [evaluation.get(f) for f in EVAL_FIELDS])
     return ",".join("" if v is None else str(v) for v in values) + "\n"
 
 
-CSV_HEADER = ",".join(CSV_FIELDS + tuple(f"eval_{f}" for f in EVAL_FIELDS)) + "\n"
+def csv_header(terms: tuple = ()) -> str:
+    """``metrics.csv``'s header: a ``loss_<name>`` column per loss term any stage logs."""
+    return ",".join(CSV_FIELDS + tuple(f"loss_{t}" for t in terms)
+                    + tuple(f"eval_{f}" for f in EVAL_FIELDS)) + "\n"
 
 
-def write_log(out: Path, history: list[dict]) -> None:
+def write_log(out: Path, history: list[dict], terms: tuple = ()) -> None:
     """``log.jsonl`` (one JSON line per trained epoch) and ``metrics.csv`` (the same, one row per
-    epoch), both rewritten atomically from ``history``."""
+    epoch, with a column per name in ``terms``), both rewritten atomically from ``history``."""
     out = Path(out)
     atomic_write_text(out / LOG, "".join(json.dumps(row) + "\n" for row in history))
-    atomic_write_text(out / CSV, CSV_HEADER + "".join(csv_line(row) for row in history))
+    atomic_write_text(out / CSV, csv_header(terms) + "".join(csv_line(row, terms)
+                                                            for row in history))
 
 
-def append_log(out: Path, row: dict) -> None:
+def append_log(out: Path, row: dict, terms: tuple = ()) -> None:
     """Add one epoch to ``log.jsonl`` and ``metrics.csv`` (the checkpointed history stays the
-    reference they are rewritten from)."""
+    reference they are rewritten from; ``terms`` as given to :func:`write_log`)."""
     out = Path(out)
     with open(out / LOG, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
     with open(out / CSV, "a", encoding="utf-8") as handle:
-        handle.write(csv_line(row))
+        handle.write(csv_line(row, terms))

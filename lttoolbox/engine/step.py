@@ -15,12 +15,16 @@ from ..losses import mixed_loss
 
 
 class TrainStep(torch.nn.Module):
-    """``forward(batch) -> loss`` of one stage.
+    """``forward(batch) -> losses`` of one stage: ``(total, criterion, *auxiliary)``.
+
+    Training minimises ``losses[0]``, the criterion's loss plus every auxiliary loss, added in
+    the same order as always. The other entries are there to be logged (``term_names``): an
+    auxiliary loss on another scale (RSG's centre term runs in the thousands) would otherwise
+    hide the criterion's in the epoch's ``loss``.
 
     Args:
         model: The backbone and head.
         stage: The built stage (sampler, loss, components, hooks).
-        hooks: The stage's active hooks of this epoch (stage name -> hook).
     """
 
     def __init__(self, model: torch.nn.Module, stage):
@@ -31,13 +35,32 @@ class TrainStep(torch.nn.Module):
                                          if isinstance(p, torch.nn.Module))
         self.loss = stage.loss
         self.aux_parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
+        self.term_names = loss_term_names(stage)
         self.hooks: dict = {}
 
     def forward(self, batch: Batch) -> torch.Tensor:
         logits, batch = self.model.forward_hooked(batch, self.hooks)
         loss = mixed_loss(self.loss, logits, batch)
+        if not self.aux_parts:
+            return loss.reshape(1)
+        terms = [loss]
         for part in self.aux_parts:
             extra = part.auxiliary_loss()
+            terms.append(loss.new_zeros(()) if extra is None else extra)
             if extra is not None:
                 loss = loss + extra
-        return loss
+        return torch.stack([t.float() for t in (loss, *terms)])
+
+
+def loss_term_names(stage) -> list[str]:
+    """The names a stage's loss terms are logged under: the criterion's, then each component's
+    with an auxiliary loss, as the recipe names them (``["ldam", "rsg"]``); empty when the
+    criterion's loss is the only term."""
+    parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
+    if not parts:
+        return []
+    named = [(stage.generator, stage.recipe["generator"]),
+             *zip(stage.augments, stage.recipe["augment"])]
+    return [stage.recipe["loss"]["name"],
+            *(next((cfg["name"] for c, cfg in named if c is p), type(p).__name__)
+              for p in parts)]

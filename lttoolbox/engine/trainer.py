@@ -54,7 +54,7 @@ from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
                      write_log)
 from .stages import (Stage, active_hooks, check_generator_placement, check_one_mix_at_a_time,
                      describe_generators)
-from .step import TrainStep
+from .step import TrainStep, loss_term_names
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
@@ -143,6 +143,9 @@ class Trainer:
         with warnings.catch_warnings():  # named once per recipe key below
             warnings.simplefilter("ignore", UnreachableEpochWarning)
             self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
+        # metrics.csv's loss-term columns: every name any stage logs, in order of appearance
+        self._loss_terms = tuple(dict.fromkeys(n for st in self.stages
+                                               for n in loss_term_names(st)))
         # After every check passed, so a refused recipe prints its one error line only.
         for message in unreachable_epoch_keys(self.recipe):
             self.log.warning(message)
@@ -366,7 +369,7 @@ class Trainer:
         # The log is the checkpointed history, exactly: an epoch logged after the checkpoint
         # and then interrupted is trained and logged again, never twice.
         if main:
-            write_log(self.out, state["history"] if state else [])
+            write_log(self.out, state["history"] if state else [], self._loss_terms)
         # The code that trains is the code of each attempt, not of whoever writes results.json:
         # record the commit when an attempt starts, every distinct one across resumes.
         self._commits = list(state.get("commits", [])) if state else []
@@ -436,7 +439,7 @@ class Trainer:
                     self._save_state(index, epoch, last, optimizer, scaler, stage, history,
                                      seconds, images_seen)
                 if main:
-                    append_log(self.out, row)  # after the checkpoint; see write_log above
+                    append_log(self.out, row, self._loss_terms)  # after the checkpoint (above)
                 for logger in self._loggers:
                     logger.epoch(row)
             if epochs == 0:  # a stage that only changes the model (tau-normalisation)
@@ -475,7 +478,8 @@ class Trainer:
         batches = self.data_path.epoch(indices, positions, batch_size, (index, epoch), steps)
         lr = rate(step=0, steps=steps)
         set_lr(optimizer, lr)
-        loss_sum = torch.zeros((), device=self.device)
+        # Sums of (total, criterion, *auxiliary) over the epoch's steps, or of the total alone.
+        loss_sum = torch.zeros(1 + len(step_module.term_names), device=self.device)
         compile_seconds = 0.0
         self.log.start_epoch(f"{self._epoch_label(stage)}epoch {epoch + 1}/"
                              f"{recipe['train']['epochs']}", steps)
@@ -492,7 +496,8 @@ class Trainer:
             if fast and not compiled.ready:
                 compile_start = time.perf_counter()
             with autocast() if autocast else contextlib.nullcontext():
-                loss = (compiled if fast else step_fn)(batch)
+                losses = (compiled if fast else step_fn)(batch)
+            loss = losses[0]
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if fast and not compiled.ready:  # the first call compiles: time it apart
@@ -502,26 +507,30 @@ class Trainer:
                 param.grad = None
             scaler.step(optimizer)
             scaler.update()
-            loss_sum += loss.detach()
+            loss_sum += losses.detach()
             if self._loss_reference is None:  # once per stage: what divergence is judged by
                 self._loss_reference = float(mean_over_ranks(loss.detach(), self.world))
             if self.log.live and (step + 1) % STATUS_EVERY == 0:
                 # Only with a visible bar, and only every few steps: reading the loss waits for
                 # the device.
                 speed = (step + 1) * batch_size / (time.perf_counter() - start)
-                self.log.advance(status=f"loss {loss_sum.item() / (step + 1):.4f}  lr {lr:.2e}  "
-                                        f"{speed:,.0f} img/s")
+                self.log.advance(status=f"loss {loss_sum[0].item() / (step + 1):.4f}  "
+                                        f"lr {lr:.2e}  {speed:,.0f} img/s")
             else:
                 self.log.advance()
         for _ in batches:  # let the data path finish its epoch (a loader's last StopIteration)
             pass
         # the epoch's one host synchronization (and, across processes, its one all-reduce)
-        mean_loss = mean_over_ranks(loss_sum, self.world).item() / max(1, steps)
+        means = [total / max(1, steps) for total in mean_over_ranks(loss_sum, self.world).tolist()]
+        mean_loss = means[0]
         spent = time.perf_counter() - start - compile_seconds
         count = int(min(indices.numel(), steps * batch_size)) * self.world.size
         check_divergence(mean_loss, self._loss_reference, epoch, stage.name, lr)
         row = {"stage": stage.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
                "seconds": round(spent, 3), "images_per_second": round(count / spent, 1)}
+        if step_module.term_names:  # each term's mean, named as in the recipe
+            row["loss_terms"] = {name: round(value, 6)
+                                 for name, value in zip(step_module.term_names, means[1:])}
         if compile_seconds:  # training time above excludes it
             row["compile_seconds"] = round(compile_seconds, 3)
             if compiled.failed:  # the stage then trained eagerly
