@@ -155,7 +155,8 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     learns statistics first (FTL) is timed while it generates. Images/s counts the batch's own
     images, not the generated ones."""
     from lttoolbox.batch import Batch
-    from lttoolbox.losses import mixed_loss
+    from lttoolbox.engine.stages import Stage
+    from lttoolbox.engine.step import TrainStep
     from lttoolbox.registry import AUGMENTS, GENERATORS, LOSSES
 
     registry, timed = ((AUGMENTS, AUGMENTS_TIMED) if family == "augment"
@@ -170,7 +171,7 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     context["stage_shapes"] = model.stage_shapes(trainer.data.eval_transform(images[:2]))
     model.train()
 
-    def loop(part) -> float:
+    def loop(part, cfg=None) -> float:
         hooks, params = {}, list(model.parameters())
         if part is not None:
             part.set_epoch(0)
@@ -178,8 +179,15 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
                 hooks[point] = part.hook(point) if hasattr(part, "hook") else part
             if isinstance(part, torch.nn.Module):
                 params += list(part.to(device).parameters())
+        # The trainer's own step (mixed loss, auxiliary losses, their terms), on a one-part stage.
+        augments = [part] if family == "augment" and part is not None else []
+        generator = part if family == "generator" else None
+        stage = Stage("main", {"loss": {"name": "ce"}, "augment": [cfg] if augments else [],
+                               "generator": cfg if generator is not None else None},
+                      None, criterion, augments, generator)
+        step = TrainStep(model, stage)
+        step.hooks = hooks
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-        aux = getattr(part, "auxiliary_loss", lambda: None)
         order = torch.randint(0, images.shape[0], ((steps + warmup) * batch,), device=device)
         for i in range(steps + warmup):
             if i == warmup:
@@ -189,12 +197,7 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
                 start = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
             with autocast() if autocast else contextlib.nullcontext():
-                logits, out = model.forward_hooked(Batch.plain(transform(images[idx]),
-                                                               labels[idx]), hooks)
-                loss = mixed_loss(criterion, logits, out)
-                extra = aux()
-                if extra is not None:
-                    loss = loss + extra
+                loss = step(Batch.plain(transform(images[idx]), labels[idx]))[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -203,7 +206,7 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
 
     figures = {"plain": loop(None)}
     for name, cfg in timed.items():
-        figures[name] = loop(registry.build(cfg, **context))
+        figures[name] = loop(registry.build(cfg, **context), cfg)
     return figures
 
 
