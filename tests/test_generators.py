@@ -418,6 +418,20 @@ def test_each_loss_term_is_logged_and_they_add_up_to_the_loss(tmp_path):
     assert "loss_ce" not in header
 
 
+def test_a_stage_without_the_generator_leaves_its_term_columns_empty(tmp_path):
+    recipe = resolve({**DIGITS, "generator": {"name": "rsg", **ON_DIGITS["rsg"]},
+                      "stages": [{"name": "joint"},
+                                 {"name": "crt", "generator": None,
+                                  "train": {"epochs": 1, "freeze": ["backbone"],
+                                            "reset_head": True}}]})
+    history = train(recipe, tmp_path / "run", quiet=True)["history"]
+    with open(tmp_path / "run" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["stage"] for r in rows] == ["joint", "joint", "crt"]
+    assert [r["loss_rsg"] != "" for r in rows] == [True, True, False]
+    assert "loss_terms" not in history[-1]
+
+
 @pytest.mark.parametrize("name", sorted(ON_DIGITS))
 def test_end_to_end_and_the_export_has_no_generator(tmp_path, name):
     recipe = resolve({**DIGITS, "generator": {"name": name, **ON_DIGITS[name]}})
