@@ -19,7 +19,7 @@ class TrainStep(torch.nn.Module):
 
     Training minimises ``losses[0]``, the criterion's loss plus every auxiliary loss, added in
     the same order as always. The other entries are there to be logged (``term_names``): an
-    auxiliary loss on another scale (RSG's centre term runs in the thousands) would otherwise
+    auxiliary loss on another scale (RSG's center term runs in the thousands) would otherwise
     hide the criterion's in the epoch's ``loss``.
 
     Args:
