@@ -19,7 +19,7 @@ class TrainStep(torch.nn.Module):
 
     Training minimises ``losses[0]``, the criterion's loss plus every auxiliary loss, added in
     the same order as always. The other entries are there to be logged (``term_names``): an
-    auxiliary loss on another scale (RSG's center term runs in the thousands) would otherwise
+    auxiliary loss on another scale (RSG's runs in the thousands on CIFAR-10-LT) would otherwise
     hide the criterion's in the epoch's ``loss``.
 
     Args:
@@ -34,7 +34,7 @@ class TrainStep(torch.nn.Module):
         self.parts = torch.nn.ModuleList(p for p in stage.components
                                          if isinstance(p, torch.nn.Module))
         self.loss = stage.loss
-        self.aux_parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
+        self.aux_parts = auxiliary_parts(stage)
         self.term_names = loss_term_names(stage)
         self.hooks: dict = {}
 
@@ -52,11 +52,16 @@ class TrainStep(torch.nn.Module):
         return torch.stack([t.float() for t in (loss, *terms)])
 
 
+def auxiliary_parts(stage) -> list:
+    """The stage's components that add a term to the objective (``auxiliary_loss()``)."""
+    return [p for p in stage.components if hasattr(p, "auxiliary_loss")]
+
+
 def loss_term_names(stage) -> list[str]:
     """The names a stage's loss terms are logged under: the criterion's, then each component's
     with an auxiliary loss, as the recipe names them (``["ldam", "rsg"]``); empty when the
     criterion's loss is the only term."""
-    parts = [p for p in stage.components if hasattr(p, "auxiliary_loss")]
+    parts = auxiliary_parts(stage)
     if not parts:
         return []
     named = [(stage.generator, stage.recipe["generator"]),
