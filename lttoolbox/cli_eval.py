@@ -5,14 +5,15 @@ Usage::
     lteval runs/cifar10_lt/ce/20261130-101500                       # final weights, its test split
     lteval RUN_DIR --weights model-joint.pt                          # a stage's weights
     lteval RUN_DIR data.imbalance_ratio=50 --name ratio50           # another data setting
-    lteval RUN_DIR data={name: image_folder, root: my/photos, image_size: 32}
+    lteval RUN_DIR "data={name: image_folder, root: my/test}"         # my/test/<class>/*.jpg
 
 It prints the same results table as training and writes ``RUN_DIR/eval-<name>.json`` with the
 same metrics as ``results.json`` (top-1, mean per class, many / medium / few, per class, the
 confusion matrix, ECE), through the trainer's own evaluation. The model is evaluated as it was
 trained (normalisation, memory format, autocast), so ``lteval RUN_DIR`` reproduces
 ``results.json``. Many / medium / few use the run's training counts. Only ``data.*`` and
-``eval.*`` may be overridden.
+``eval.*`` may be overridden. An image folder is read as test images only (no ``train/`` folder,
+no long-tail profile), labelled by the run's class names.
 """
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
     if not NAME.match(name):
         raise ConfigError(f"must be letters, digits, '_', '-' or '.', got {name!r}", key="--name")
     recipe = resolve(apply_overrides(run.stage, overrides))
-    data = DATASETS.build(recipe["data"], key="data")
+    # A data set that can read its test images alone (image_folder) does so, labelled by the
+    # run's class names; the run's image size is the default.
+    data = DATASETS.build(recipe["data"], key="data", run_data=run.info,
+                          image_size=run.info["image_size"])
     classes = run.info["classes"]
     if data.num_classes != len(classes):
         raise RunError(f"the data has {data.num_classes} classes, the model of {run.dir} was "
