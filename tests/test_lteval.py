@@ -110,3 +110,56 @@ def test_a_folder_of_other_classes_is_refused_naming_them(folder_run, tmp_path, 
 def test_data_with_another_class_count_is_refused(folder_run, capsys):
     assert lteval([str(folder_run["out"]), "data={name: digits_lt}"]) == 2
     assert "the data has 10 classes, the model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ a run in use, a run read-only
+def unfinished_copy(run: Path, dest: Path) -> Path:
+    """The run as it looks while its only stage trains: no final weights yet."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("model-*.pt", "results.json",
+                                                             "eval-*.json"))
+    return dest
+
+
+def test_a_run_another_process_trains_is_named_with_its_pid(folder_run, tmp_path, capsys):
+    run = unfinished_copy(folder_run["out"], tmp_path / "training")
+    holder = subprocess.Popen(  # the trainer's own lock, held by another live process
+        [sys.executable, "-c", "import sys\nfrom lttoolbox.engine.rundir import RunLock\n"
+         f"with RunLock({str(run)!r}):\n    print('held', flush=True)\n    sys.stdin.read()"],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in run.iterdir())
+        assert lteval([str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"is being trained by process {holder.pid}; evaluate it when it finishes" in err
+        assert "resume" not in err
+        assert sorted(p.name for p in run.iterdir()) == before
+    finally:
+        holder.communicate("", timeout=60)
+    # once the trainer is gone, the same run is an interrupted one: resume it
+    assert lteval([str(run)]) == 2
+    assert "resume it with lttrain --resume" in capsys.readouterr().err
+
+
+def test_evaluation_takes_no_lock_and_a_read_only_run_is_still_evaluated(folder_run, tmp_path,
+                                                                        capsys, monkeypatch):
+    run = tmp_path / "archived"
+    shutil.copytree(folder_run["out"], run, ignore=shutil.ignore_patterns(".lock", "eval-*"))
+    real_access = os.access
+
+    def read_only(path, mode, *args, **kwargs):  # what access(2) says on a read-only mount
+        if Path(path).absolute() == run.absolute() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", read_only)
+    before = sorted(p.name for p in run.iterdir())
+    assert lteval([str(run), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("top1 ")
+    assert "cannot be written (a read-only archive?): the evaluation was not saved" in captured.err
+    assert sorted(p.name for p in run.iterdir()) == before  # no .lock, no eval file
+    saved = tmp_path / "elsewhere" / "eval.json"
+    assert lteval([str(run), "--quiet", "--out", str(saved)]) == 0
+    assert json.loads(saved.read_text())["top1"] == folder_run["results"]["top1"]
+    assert sorted(p.name for p in run.iterdir()) == before
