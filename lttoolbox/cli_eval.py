@@ -33,6 +33,18 @@ from .cli import run_command
 from .errors import ConfigError
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# --help is read in a terminal: plain text, not the docstring's reStructuredText.
+DESCRIPTION = ("Evaluate a finished run, or any of its saved weights, again: print the results "
+               "table and write RUN/eval-<name>.json (the metrics of results.json).")
+EPILOG = """examples:
+  lteval RUN                                      the last stage's weights, the run's test split
+  lteval RUN --weights model-joint.pt             a finished stage's weights
+  lteval RUN data.imbalance_ratio=50 --name r50   another data setting
+  lteval RUN "data={name: image_folder, root: my/test}"   the images of my/test/<class>/
+
+Only data.* and eval.* may be overridden. An image folder is read as test images only, labelled
+by the run's class names. Nothing locks the run: a read-only run is evaluated all the same.
+More in docs/after_training.md."""
 
 
 def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | None = None,
@@ -129,7 +141,8 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lteval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lteval", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="run directory")
     parser.add_argument("overrides", nargs="*", help="data.* / eval.* key=value overrides")
     parser.add_argument("--weights", help="weights file (default: the last stage's)")

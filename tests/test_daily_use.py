@@ -287,7 +287,8 @@ def test_run_plots_or_the_hint_to_get_them(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib", reason="the [plot] extra is not installed")
     monkeypatch.undo()
     assert lttrain([str(recipe), "--out", str(tmp_path / "b"), "--quiet"]) == 0
-    for name in ("per_class_accuracy.png", "confusion_matrix.png"):
+    from lttoolbox.engine.plots import PLOTS
+    for name in PLOTS:
         assert (tmp_path / "b" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -163,3 +163,27 @@ def test_evaluation_takes_no_lock_and_a_read_only_run_is_still_evaluated(folder_
     assert lteval([str(run), "--quiet", "--out", str(saved)]) == 0
     assert json.loads(saved.read_text())["top1"] == folder_run["results"]["top1"]
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+# ------------------------------------------------------------------------------------------ --help
+def console_scripts() -> dict[str, str]:
+    """The installed commands, read from setup.cfg: name -> module."""
+    import configparser
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    lines = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    return {name.strip(): target.split(":")[0].strip()
+            for name, target in (line.split("=") for line in lines)}
+
+
+@pytest.mark.parametrize("command", sorted(console_scripts()))
+def test_help_is_plain_text(command, capsys):
+    import importlib
+    main = importlib.import_module(console_scripts()[command]).main
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--help"])
+    assert exit_code.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: {command}")
+    for markup in ("``", ":func:", ":mod:", ":class:", "::\n"):
+        assert markup not in text, markup
