@@ -5,7 +5,7 @@ Usage::
     lteval runs/cifar10_lt/ce/20261130-101500                       # final weights, its test split
     lteval RUN_DIR --weights model-joint.pt                          # a stage's weights
     lteval RUN_DIR data.imbalance_ratio=50 --name ratio50           # another data setting
-    lteval RUN_DIR "data={name: image_folder, root: my/test}"         # my/test/<class>/*.jpg
+    lteval RUN_DIR "data={name: image_folder, root: my/test}"       # my/test/<class>/*.jpg
 
 It prints the same results table as training and writes ``RUN_DIR/eval-<name>.json`` with the
 same metrics as ``results.json`` (top-1, mean per class, many / medium / few, per class, the
