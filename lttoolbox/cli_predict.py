@@ -106,7 +106,10 @@ def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ltpredict", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ltpredict", epilog="One CSV row per image: its path, then class_i, prob_i for "
+        "i = 1..k, most probable first. More in docs/after_training.md.",
+        description="The top-k classes of image files under a run's trained model.")
     parser.add_argument("run", help="run directory")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")

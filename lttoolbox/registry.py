@@ -142,7 +142,7 @@ class Registry:
 # What the trainer and the data tell an entry; not set in recipes, so not listed as parameters.
 CONTEXT = {"class_counts", "num_classes", "labels", "total_epochs", "seed", "rank", "world_size",
            "feature_dim", "in_channels", "image_size", "stage_names", "stage_shapes",
-           "imbalance_type", "fetch"}
+           "imbalance_type", "fetch", "run_data"}
 
 
 def describe(registry: "Registry") -> list[tuple[str, str, str]]:

@@ -100,9 +100,13 @@ def weights_stage(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
     if weights is None:
         path = run_dir / f"model-{names[-1]}.pt"
         if not path.is_file():
+            from .engine.rundir import lock_holder
             done = sorted(p.name for p in run_dir.glob("model-*.pt"))
+            holder = lock_holder(run_dir)
             hint = (f"; finished stages: {', '.join(done)} (choose one with --weights)"
-                    if done else "; resume it with lttrain --resume --out " + str(run_dir))
+                    if done else "")
+            hint += (f"; process {holder} is training it now" if holder is not None else
+                     "" if done else "; resume it with lttrain --resume --out " + str(run_dir))
             raise RunError(f"{run_dir} holds no finished weights: its last stage '{names[-1]}' "
                            f"has not ended{hint}")
         return stages[-1], path

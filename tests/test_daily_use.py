@@ -121,7 +121,7 @@ def test_unfinished_runs_and_foreign_weights_are_named(finished, tmp_path, capsy
     assert "does not fit the recipe's model: it has no tensor 'stem." in capsys.readouterr().err
 
 
-def test_evaluating_data_with_another_class_count_is_refused(finished, tmp_path, capsys):
+def test_evaluating_a_one_channel_model_on_an_image_folder_is_refused(finished, tmp_path, capsys):
     from PIL import Image
 
     _, out = finished
@@ -133,7 +133,7 @@ def test_evaluating_data_with_another_class_count_is_refused(finished, tmp_path,
     code = lteval([str(out), f"data={{name: image_folder, root: {root}, image_size: 8, "
                              f"imbalance_type: null}}"])
     assert code == 2
-    assert "the data has 2 classes, the model" in capsys.readouterr().err
+    assert "image_folder reads RGB images; the model takes 1 channel" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------- ltpredict
@@ -287,7 +287,8 @@ def test_run_plots_or_the_hint_to_get_them(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib", reason="the [plot] extra is not installed")
     monkeypatch.undo()
     assert lttrain([str(recipe), "--out", str(tmp_path / "b"), "--quiet"]) == 0
-    for name in ("per_class_accuracy.png", "confusion_matrix.png"):
+    from lttoolbox.engine.plots import PLOTS
+    for name in PLOTS:
         assert (tmp_path / "b" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

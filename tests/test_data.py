@@ -697,6 +697,32 @@ def test_folder_errors_through_the_registry_keep_the_file_name(tmp_path):
                         "cache_dir": str(tmp_path / "c")})
 
 
+def test_a_profile_that_empties_a_class_of_a_long_tailed_folder_suggests_null(tmp_path):
+    # a folder that is long-tailed already: 6, 3 and 1 training images
+    root = tmp_path / "lt"
+    write_tree(root, ["a"], n_train=6, n_test=1)
+    write_tree(root, ["b"], n_train=3, n_test=1, seed=1)
+    write_tree(root, ["c"], n_train=1, n_test=1, seed=2)
+    with pytest.raises(ConfigError) as err:  # the default profile: exp, ratio 100, n_max = 1
+        DATASETS.build({"name": "image_folder", "root": str(root), "image_size": 8,
+                        "cache_dir": str(tmp_path / "c")})
+    message = str(err.value)
+    assert "\n" not in message and "class(es) 'b', 'c' with no image" in message
+    assert "imbalance_type: null" in message and "keep every training image" in message
+    assert "the default profile of image_folder" in message
+    assert "n_max = 1 image(s), its smallest class" in message and "down to 0.01" in message
+    kept = DATASETS.build({"name": "image_folder", "root": str(root), "image_size": 8,
+                           "imbalance_type": None, "cache_dir": str(tmp_path / "c")})
+    assert kept.train.class_counts == [6, 3, 1]
+    # a profile the recipe chose is described without calling it the default
+    with pytest.raises(ConfigError, match=r"imbalance_type step, imbalance_ratio 2 re-samples") \
+            as err:
+        DATASETS.build({"name": "image_folder", "root": str(root), "image_size": 8,
+                        "imbalance_type": "step", "imbalance_ratio": 2,
+                        "cache_dir": str(tmp_path / "c")})
+    assert "default" not in str(err.value) and "class(es) 'b', 'c'" in str(err.value)
+
+
 @pytest.mark.parametrize("params,param", [
     ({"image_size": 0}, "image_size"), ({"mean": [0.5, 0.5, 0.5]}, "mean"),
     ({"mean": [0.5], "std": [0.5]}, "mean"), ({"mean": [0.5] * 3, "std": [0.5, 0, 0.5]}, "std"),

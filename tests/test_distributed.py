@@ -146,6 +146,30 @@ def test_a_generator_trains_through_the_wrapped_hooked_forward(tmp_path):
     assert np.isfinite([h["loss"] for h in results["history"]]).all()
 
 
+def _console_worker(rank: int, init_file: str, recipe: dict, out: str) -> None:
+    import sys
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    # this rank's console, as the user's terminal would receive it: everything the run prints
+    with open(f"{out}.rank{rank}.out", "w") as stdout, open(f"{out}.rank{rank}.err", "w") as stderr:
+        sys.stdout, sys.stderr = stdout, stderr
+        try:
+            train(recipe, out)  # not quiet: rank 0 prints its epoch lines and tables
+        finally:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            dist.destroy_process_group()
+
+
+def test_rank_0_alone_writes_to_the_console(tmp_path):
+    out = tmp_path / "console"
+    mp.spawn(_console_worker, args=(str(tmp_path / "init"), digits("train.epochs=1"), str(out)),
+             nprocs=WORLD, join=True)
+    rank0 = (tmp_path / "console.rank0.out").read_text()
+    assert "Per-class accuracy" in rank0 and "Results" in rank0
+    for stream in ("out", "err"):
+        assert (tmp_path / f"console.rank1.{stream}").read_text() == "", stream
+
+
 def test_gather_refuses_a_missing_or_doubled_image():
     world = World()
     pred, conf = np.array([2, 0, 1]), np.array([0.5, 0.6, 0.7])

@@ -269,9 +269,8 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
         n_max = int(sizes.min())
         counts = long_tail_counts(n_max, num_classes, imbalance_type, imbalance_ratio)
         if min(counts) < 1:
-            raise ConfigError(
-                f"imbalance_ratio {imbalance_ratio} leaves class {counts.index(0)} with no "
-                f"training image (n_max = {n_max}); lower imbalance_ratio or raise max_per_class")
+            raise ConfigError(_emptied_message(name, classes, counts, n_max, imbalance_type,
+                                               imbalance_ratio))
         kept = select_long_tail(train_labels, counts, selection, selection_seed)
     train_index = np.arange(len(train_labels)) if train_index is None else train_index
 
@@ -329,6 +328,32 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
     return DataBundle(train, test,
                       BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip),
                       BatchTransform(mean, std), meta, val)
+
+
+def _emptied_message(name: str, classes: Sequence[str], counts: list[int], n_max: int,
+                     imbalance_type: str, imbalance_ratio: float) -> str:
+    """The one line for a profile that leaves a class no training image: what the profile does
+    (and whether it is the data set's default, which a user may not know is applied), and the
+    way out for data that is long-tailed already."""
+    import inspect
+
+    from ..registry import DATASETS
+
+    default = ""
+    if name in DATASETS:
+        params = inspect.signature(DATASETS.get(name)).parameters
+        if (params.get("imbalance_type") and params.get("imbalance_ratio")
+                and params["imbalance_type"].default == imbalance_type
+                and params["imbalance_ratio"].default == imbalance_ratio):
+            default = f" (the default profile of {name}, applied unless the recipe sets one)"
+    empty = [f"'{classes[c]}'" for c, n in enumerate(counts) if n < 1]
+    shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+    return (f"imbalance_type {imbalance_type}, imbalance_ratio {imbalance_ratio:g}{default} "
+            f"re-samples the training split into a long tail from n_max = {n_max} image(s), its "
+            f"smallest class, down to {n_max / imbalance_ratio:.3g}, which leaves class(es) "
+            f"{shown} with no image. Training data that is long-tailed already needs no profile: "
+            f"set imbalance_type: null to keep every training image as it is; otherwise lower "
+            f"imbalance_ratio (or raise max_per_class where it is set)")
 
 
 def validation_split(labels: np.ndarray, kept: np.ndarray, num_classes: int, per_class: int,

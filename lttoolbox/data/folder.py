@@ -6,6 +6,10 @@ once and cached (:mod:`lttoolbox.data.folder_io`). The long-tail profile is appl
 split exactly as for CIFAR, with ``n_max`` the smallest training class; ``imbalance_type: null``
 keeps a folder that is long-tailed already as it is.
 
+To evaluate a trained model (``lteval``), only the test images are read: ``root/test_dir`` or,
+when there is no such folder, ``root`` itself holding the class folders; no training folder is
+needed and no profile is applied (see :func:`evaluation_bundle`).
+
 Recipe:
     data:
       name: image_folder
@@ -26,9 +30,9 @@ from typing import Sequence
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .dataset import (DataBundle, assemble, check_common, check_int, check_path_options,
-                      stream_options)
-from .folder_io import load_folder_splits
+from .dataset import (DataBundle, LTDataset, assemble, check_common, check_int,
+                      check_path_options, stream_options)
+from .folder_io import load_folder_splits, load_test_folder
 
 
 def _check_stats(mean, std) -> None:
@@ -56,7 +60,7 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
                  test_max_per_class: int | None = None, val_dir: str | None = None,
                  val_per_class: int | None = None, path: str = "auto",
                  color_jitter: float = 0.0, eval_resize: int | None = None,
-                 decoder: str = "pil") -> DataBundle:
+                 decoder: str = "pil", run_data: dict | None = None) -> DataBundle:
     """A long-tailed data set from an image-folder tree.
 
     Args:
@@ -87,6 +91,9 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         eval_resize: Streaming path only: shorter side before the evaluation centre crop
             (default ``image_size * 256 / 224``).
         decoder: Streaming path only: ``pil`` or ``torchvision``.
+        run_data: Context, given by ``lteval``: the data facts of a trained model (its
+            ``data.json``). Only the test images are then read, labelled by the model's class
+            names (see :func:`evaluation_bundle`).
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -113,6 +120,9 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         raise ConfigError("give val_dir (a validation folder) or val_per_class (drawn from the "
                           "unused training images), not both")
     check_path_options(path, color_jitter, eval_resize, image_size, decoder)
+    if run_data is not None:
+        return evaluation_bundle(root, test_dir, image_size, run_data, cache_dir,
+                                 test_max_per_class, path, eval_resize, decoder)
     classes, (train_x, train_y, train_index), (test_x, test_y), info = load_folder_splits(
         root, train_dir, test_dir, image_size, cache_dir, None, max_per_class, test_max_per_class,
         path)
@@ -133,3 +143,72 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
                     "val_dir": val_dir, "max_per_class": max_per_class,
                     "test_max_per_class": test_max_per_class},
         val_per_class=val_per_class, val_split=val_split, stream=stream)
+
+
+def evaluation_bundle(root: Path, test_dir: str, image_size: int, run_data: dict,
+                      cache_dir: str | None = None, test_max_per_class: int | None = None,
+                      path: str = "auto", eval_resize: int | None = None,
+                      decoder: str = "pil") -> DataBundle:
+    """The test images of a folder, to evaluate a trained model on; nothing else is read.
+
+    The images are ``root/test_dir/<class>/*`` or, without such a folder, ``root/<class>/*``.
+    Each image is labelled by the index of its folder's name among the model's classes, so the
+    folder may hold some of the classes only, and a folder named otherwise is refused. Nothing is
+    re-sampled: a long-tail profile shapes a training split, and there is none here (the training
+    split of the bundle is empty), so the options that shape one (``imbalance_*``,
+    ``selection*``, ``max_per_class``, ``val_*``, the training augmentations) play no part. The
+    images are read as the model's training images were: on the streaming path when the run
+    streamed (resized to ``eval_resize``, centre-cropped), else decoded to ``image_size``
+    squares; they are normalised with the run's statistics.
+
+    Args:
+        root: The folder (absolute).
+        test_dir: The test split's folder name under ``root``, if there is one.
+        image_size: Side of the square images (the run's unless the recipe says otherwise).
+        run_data: The run's ``data.json``: ``classes``, ``in_channels``, ``mean``, ``std`` and,
+            for a streamed run, ``path`` and ``eval_resize``.
+        path: ``auto`` reads the images as the run read its own; ``memory`` or ``stream``.
+
+    Raises:
+        DataError: a model that does not take RGB images, a class folder that is not one of the
+            model's classes, or any listing/decoding error.
+
+    Example:
+        >>> info = {"classes": ["cat", "dog"], "in_channels": 3, "image_size": 32,
+        ...         "mean": [0.5] * 3, "std": [0.25] * 3}
+        >>> bundle = evaluation_bundle(Path("my/test"), "test", 32, info)  # doctest: +SKIP
+        >>> len(bundle.train), bundle.test.class_counts                     # doctest: +SKIP
+        (0, [50, 50])
+    """
+    from .stream import FileSplit, StreamTransform
+    from .transforms import BatchTransform
+
+    if run_data["in_channels"] != 3:
+        raise DataError(f"image_folder reads RGB images; the model takes {run_data['in_channels']} "
+                        f"channel(s)")
+    folder = root / test_dir if (root / test_dir).is_dir() else root
+    classes = list(run_data["classes"])
+    mean, std = tuple(run_data["mean"]), tuple(run_data["std"])
+    if path == "auto":
+        path = run_data.get("path", "memory")
+    if path == "stream" and eval_resize is None:
+        eval_resize = run_data.get("eval_resize")
+    images, labels, _ = load_test_folder(folder, classes, image_size, cache_dir,
+                                               test_max_per_class, path)
+    if path == "stream":
+        test = FileSplit(images, labels, classes, mean, std, image_size, decoder)
+        train = FileSplit([], [], classes, mean, std, image_size, decoder)
+        transform = StreamTransform(image_size, False, resize=eval_resize)
+        eval_resize = transform.resize
+    else:
+        test = LTDataset(images, labels, classes, mean, std)
+        train = LTDataset(images[:0], labels[:0], classes, mean, std)
+        transform = BatchTransform(mean, std)
+    meta = {"dataset": "image_folder", "evaluation_only": True, "source": "folder",
+            "root": str(root), "test_folder": str(folder), "classes": classes,
+            "test_class_counts": test.class_counts, "num_test": len(test),
+            "image_size": image_size, "test_max_per_class": test_max_per_class, "path": path,
+            "mean": list(mean), "std": list(std)}
+    if path == "stream":
+        meta.update(eval_resize=eval_resize, decoder=decoder)
+    return DataBundle(train, test, transform, transform, meta)

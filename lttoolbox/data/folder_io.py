@@ -307,27 +307,74 @@ def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: in
         path = choose_path(path, train_count, image_size)
     info["path"] = path
     for split, cap in (("train", max_per_class), ("test", test_max_per_class)):
-        full = listings[split]
-        labels = remap[full.labels]
-        # class-grouped, name-sorted order of the full listing: this is the split's numbering
-        order = np.lexsort((np.arange(len(labels)), labels))
-        if cap is not None:
-            ranks = np.empty(len(order), dtype=np.int64)
-            for c in range(len(classes)):
-                members = order[labels[order] == c]
-                ranks[members] = np.arange(len(members))
-            listing = full.subset(np.flatnonzero(ranks < cap))
-        else:
-            listing = full
-        images, info[split] = (file_paths(listing) if path == "stream" else
-                               load_split(listing, image_size, cache_dir))
-        # listing positions (sorted relative paths) -> full-listing position -> class order
-        positions = np.flatnonzero(ranks < cap) if cap is not None else np.arange(len(full.files))
-        number = np.empty(len(full.files), dtype=np.int64)
-        number[order] = np.arange(len(order))
-        sample_number = number[positions]
-        regroup = np.argsort(sample_number, kind="stable")
-        if not np.array_equal(regroup, np.arange(len(regroup))):  # spare a copy when sorted
-            images = images[regroup]
-        out[split] = (images, labels[positions][regroup], sample_number[regroup])
+        images, labels, numbers, info[split] = _load_grouped(
+            listings[split], remap, len(classes), cap, path, image_size, cache_dir)
+        out[split] = (images, labels, numbers)
     return classes, out["train"], out["test"][:2], info
+
+
+def _load_grouped(full: SplitListing, remap: np.ndarray, num_classes: int, cap: int | None,
+                  path: str, image_size: int, cache_dir: str | Path | None):
+    """One split's images (decoded, or their paths when ``path`` is ``stream``), grouped by class
+    in label order and sorted by name within a class, keeping the first ``cap`` of each class.
+
+    Returns:
+        ``(images, labels, numbers, status)``: ``numbers`` is each image's position in the full
+        (uncapped) listing's class-grouped order; ``status`` is ``hit``, ``miss`` or ``stream``.
+    """
+    labels = remap[full.labels]
+    # class-grouped, name-sorted order of the full listing: this is the split's numbering
+    order = np.lexsort((np.arange(len(labels)), labels))
+    if cap is not None:
+        ranks = np.empty(len(order), dtype=np.int64)
+        for c in range(num_classes):
+            members = order[labels[order] == c]
+            ranks[members] = np.arange(len(members))
+        positions = np.flatnonzero(ranks < cap)
+        listing = full.subset(positions)
+    else:
+        positions = np.arange(len(full.files))
+        listing = full
+    images, status = (file_paths(listing) if path == "stream" else
+                      load_split(listing, image_size, cache_dir))
+    # listing positions (sorted relative paths) -> full-listing position -> class order
+    number = np.empty(len(full.files), dtype=np.int64)
+    number[order] = np.arange(len(order))
+    sample_number = number[positions]
+    regroup = np.argsort(sample_number, kind="stable")
+    if not np.array_equal(regroup, np.arange(len(regroup))):  # spare a copy when sorted
+        images = images[regroup]
+    return images, labels[positions][regroup], sample_number[regroup], status
+
+
+def load_test_folder(folder: Path, classes: list[str], image_size: int,
+                     cache_dir: str | Path | None, cap: int | None = None,
+                     path: str = "memory"):
+    """Load one ``folder/<class>/*`` tree for evaluation, its labels given by ``classes``.
+
+    The class folders may be any of ``classes`` (a test set of some classes only); each image's
+    label is the index of its folder's name in ``classes``, so a trained model's class order is
+    kept whatever folders are present.
+
+    Args:
+        classes: The class names in label order (a trained model's).
+        cap: Keep only the first ``cap`` images (by file name) of each class.
+        path: ``memory`` decodes the images, ``stream`` gives their file paths.
+
+    Returns:
+        ``(images, labels, status)``, grouped by class in label order, files sorted by name
+        within a class; ``status`` says whether the decoded images came from the cache.
+
+    Raises:
+        DataError: a class folder whose name is not in ``classes``, or any listing/decoding error.
+    """
+    listing = list_split(folder.parent, folder.name)
+    unknown = [name for name in listing.classes if name not in classes]
+    if unknown:
+        shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+        raise DataError(f"class folder(s) {', '.join(unknown[:10])} of {folder} are not classes of "
+                        f"the model (its classes: {shown})")
+    remap = np.asarray([classes.index(name) for name in listing.classes], dtype=np.int64)
+    images, labels, _, status = _load_grouped(listing, remap, len(classes), cap, path,
+                                              image_size, cache_dir)
+    return images, labels, status

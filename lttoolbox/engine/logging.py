@@ -12,10 +12,14 @@ from rich.table import Table
 
 
 class RunLogger:
-    """Progress and summaries for one run; ``quiet`` prints only errors and the final line."""
+    """Progress and summaries for one run; ``quiet`` prints only warnings and the final line,
+    ``silent`` nothing at all (the other ranks of a multi-process run: rank 0 speaks for them,
+    every rank holding the same results)."""
 
-    def __init__(self, quiet: bool = False, console: Console | None = None):
-        self.quiet = quiet
+    def __init__(self, quiet: bool = False, console: Console | None = None,
+                 silent: bool = False):
+        self.silent = silent
+        self.quiet = quiet or silent
         self.console = console or Console(stderr=False, highlight=False)
         self._progress: Progress | None = None
         self._task = None
@@ -26,6 +30,8 @@ class RunLogger:
 
     def warning(self, message: str) -> None:
         """One plain line on standard error, shown even when quiet."""
+        if self.silent:
+            return
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"warning: {message}",
                                                                     markup=False)
 
@@ -59,6 +65,8 @@ class RunLogger:
 
     def results_table(self, results: dict, title: str = "Results") -> None:
         """Overall and per-split accuracies, then per-class accuracy with training counts."""
+        if self.silent:
+            return
         if self.quiet:
             self.console.print(f"top1 {results['top1']:.2f}  mean-class {results['mean_class_acc']:.2f}"
                                f"  many {fmt(results['many'])}  medium {fmt(results['medium'])}"

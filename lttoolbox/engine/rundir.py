@@ -5,6 +5,8 @@
 * :class:`RunLock` holds an exclusive OS lock (``flock``) on ``<run>/.lock`` while a run writes
   there. The operating system releases it when the process ends, however it ends, so a stale lock
   file never blocks; a second writer is refused with the holder's process id.
+  :func:`lock_holder` tells a reader (``lteval``) whether a live process holds it, without taking
+  it or writing anything, so an archived run on a read-only file system can still be read.
 * :func:`write_log` rewrites ``log.jsonl`` and ``metrics.csv`` from the checkpointed history, so
   after a resume both equal the history exactly (no epoch lost between a checkpoint and its log
   line, none logged twice when ``checkpoint_every`` > 1).
@@ -86,6 +88,32 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_holder(out: Path) -> str | None:
+    """The process id recorded in ``<out>/.lock`` while a live process holds the lock, else
+    ``None``.
+
+    Takes no lock that outlives the call and writes nothing (a run directory on a read-only file
+    system, or with no ``.lock`` at all, is simply not held). The probe is a non-blocking shared
+    ``flock`` released at once; a writer that starts in that instant is refused as if it were a
+    second writer, which it can retry.
+    """
+    try:
+        fd = os.open(Path(out) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file (never trained here) or none we may read
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        except OSError:
+            return None  # a file system without flock: nothing to learn
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def remove_temp_files(out: Path) -> list[Path]:

@@ -108,7 +108,8 @@ class Trainer:
         self.out = Path(out_dir)
         # Under torchrun every rank trains; rank 0 alone prints and writes.
         self.world = World.current()
-        self.log = (logger or RunLogger(quiet=quiet)) if self.world.is_main else RunLogger(quiet=True)
+        self.log = ((logger or RunLogger(quiet=quiet)) if self.world.is_main
+                    else RunLogger(silent=True))
         self.resume = resume
         self._state: dict | None = None  # the checkpoint a resumed run continues from
         self._lock: RunLock | None = None
