@@ -61,8 +61,12 @@ case "$cmd" in
     {
       echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) start at $(git -C "$tree" rev-parse --short HEAD): $*"
     } >>"$log"
-    (cd "$tree" && PYTHONPATH="$tree" nohup nice -n 19 python benchmarks/leaderboard.py "$@" \
-        "${threads[@]}" >>"$log" 2>&1 & echo $! >"$pidfile")
+    cd "$tree"
+    # The runner itself is the background job (its pid is the one stop signals), with no tie to
+    # this shell's terminal or pipes.
+    PYTHONPATH="$tree" nohup nice -n 19 python benchmarks/leaderboard.py "$@" "${threads[@]}" \
+        </dev/null >>"$log" 2>&1 &
+    echo $! >"$pidfile"
     echo "started '$name' (pid $(cat "$pidfile")) at $(git -C "$tree" rev-parse --short HEAD); log: $log"
     ;;
   status)
