@@ -38,7 +38,12 @@ tree="$parent/lttoolbox-bg-$name"
 log="$tree.log"
 pidfile="$tree.pid"
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# Alive and not a zombie (an orphan that nobody reaped still answers kill -0).
+running() {
+  local state
+  [ -f "$pidfile" ] && state=$(ps -o stat= -p "$(cat "$pidfile")" 2>/dev/null) \
+    && [ -n "$state" ] && [ "${state#Z}" = "$state" ]
+}
 
 case "$cmd" in
   start)
