@@ -7,6 +7,7 @@ Usage::
     lttrain --resume --out runs/focal                  # the recipe saved in the run directory
     lttrain configs/cifar10_lt/ce.yaml --epochs 30 --print-config
     lttrain --list loss
+    lttrain configs/cifar10_lt/ce_crt.yaml --from-run runs/ce --out runs/ce_crt   # reuse CE
 
 A mistake in the recipe or the data stops the run before training with one line that names the
 key or the file; nothing already in the run directory is touched. The helpers here (stop
@@ -211,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="run directory (default: runs/<recipe path under "
                                       "configs/>/<time>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    parser.add_argument("--from-run", metavar="DIR",
+                        help="start after the first phase, taken from the run in DIR, whose first "
+                             "phase was trained with the same recipe and seed (checked); the "
+                             "result equals a run from scratch")
     parser.add_argument("--quiet", action="store_true", help="print only the final results line")
     parser.add_argument("--print-config", action="store_true",
                         help="print the fully resolved recipe and exit without training")
@@ -256,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
             out = broadcast_object(out, World.current())  # one run directory for all ranks
             state["out"] = out
-            trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet)
+            start = None
+            if args.from_run:
+                from .engine.reuse import reused_start
+                start = reused_start(args.from_run, recipe)
+            trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet, start=start)
             state["trainer"] = trainer
             trainer.run()
         finally:
@@ -271,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                           soft_wrap=True)
             return
         epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+        if args.from_run:  # used only while the run has no checkpoint of its own
+            epochs += ["--from-run", args.from_run]
         again = " ".join(shlex.quote(a) for a in [args.recipe or "", *args.overrides, *epochs]
                          if a)
         # One line however narrow the terminal or pipe: it is meant to be copied.

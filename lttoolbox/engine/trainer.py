@@ -103,7 +103,7 @@ class Trainer:
     """Builds a run from a recipe and trains it; see :func:`train`."""
 
     def __init__(self, recipe: dict, out_dir: str | Path, resume: bool = False,
-                 quiet: bool = False, logger: RunLogger | None = None):
+                 quiet: bool = False, logger: RunLogger | None = None, start: dict | None = None):
         self.recipe = resolve(recipe)
         self.out = Path(out_dir)
         # Under torchrun every rank trains; rank 0 alone prints and writes.
@@ -112,11 +112,15 @@ class Trainer:
                     else RunLogger(silent=True))
         self.resume = resume
         self._state: dict | None = None  # the checkpoint a resumed run continues from
+        # A first phase reused from another run (engine/reuse.py): where a run without a
+        # checkpoint of its own starts.
+        self._start = start
         self._lock: RunLock | None = None
         self._loss_reference: float | None = None
         self._loggers: list = []
         self._selection: dict = {}  # post-hoc choices made on the validation split
         self._generated: dict = {}  # images added to the training set, per stage
+        self._reused: dict | None = None  # the phase taken from another run, if any
         check_out_dir(self.out)
         check_loggers(self.recipe["train"]["loggers"])
         self._check_run_dir()
@@ -171,6 +175,7 @@ class Trainer:
         if existing and not self.resume:
             raise ConfigError(f"run directory {self.out} already holds a run ({existing[0]}); "
                               f"pass --resume to continue it or choose another --out")
+        self._state = self._start
         if not self.resume:
             return
         if (self.out / RECIPE).exists():
@@ -186,7 +191,7 @@ class Trainer:
                                   f"{self.out / RECIPE} ({diff}); resume with the same recipe "
                                   f"and overrides")
         self._state = (load_checkpoint(self.out / CHECKPOINT)
-                       if (self.out / CHECKPOINT).exists() else None)
+                       if (self.out / CHECKPOINT).exists() else self._start)
         if self._state is not None:
             if not isinstance(self._state, dict) or not CHECKPOINT_KEYS <= set(self._state):
                 raise CheckpointError(f"{self.out / CHECKPOINT} is not an lttoolbox checkpoint")
@@ -367,6 +372,10 @@ class Trainer:
             dump_recipe(self.recipe, self.out / RECIPE)
             write_data_info(self.out, self.data)
         state = self._load_state()
+        if state is not None and state is self._start and main:
+            # The reused phase becomes this run's own checkpoint, so an interruption from here
+            # on resumes without the donor.
+            atomic_save(state, self.out / CHECKPOINT)
         # The log is the checkpointed history, exactly: an epoch logged after the checkpoint
         # and then interrupted is trained and logged again, never twice.
         if main:
@@ -630,6 +639,7 @@ class Trainer:
             "recipe_hash": recipe_hash(self.recipe),
             "data": self.data.meta,
             "selection": self._selection,
+            **({"reused": self._reused} if self._reused else {}),
             "stages": [{"name": s.name, "epochs": s.recipe["train"]["epochs"],
                         "final_loss": next((r["loss"] for r in reversed(history)
                                             if r["stage"] == s.name), None),
@@ -661,7 +671,8 @@ class Trainer:
                      "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
                      "images": images, "recipe_hash": recipe_hash(self.recipe),
                      "commits": self._commits, "loss_reference": self._loss_reference,
-                     "selection": self._selection},
+                     "selection": self._selection,
+                     **({"reused": self._reused} if self._reused else {})},
                     self.out / CHECKPOINT)
         if stage_done:  # each stage's final weights, for later use outside this run
             atomic_save(self.model.state_dict(), self.out / f"model-{stage.name}.pt")
@@ -676,13 +687,20 @@ class Trainer:
             self._prepare_data(index, replay=True)
         self.model.load_state_dict(state["model"])
         self._selection = dict(state.get("selection") or {})
+        self._reused = state.get("reused")
         stage = self.stages[state["stage"]]
         weights = self.out / f"model-{stage.name}.pt"
         if state["stage_done"] and not weights.exists() and self.world.is_main:
-            # interrupted while it was written
+            # interrupted while it was written, or the phase was reused from another run
             atomic_save(state["model"], weights)
-            self.log.info(f"re-created {weights.name} from the checkpoint")
-        self.log.info(f"resuming {self.out}: stage '{stage.name}', after epoch {state['epoch'] + 1}")
+            if state is not self._start:
+                self.log.info(f"re-created {weights.name} from the checkpoint")
+        if state is self._start:
+            self.log.info(f"starting after phase '{stage.name}', reused from "
+                          f"{state['reused']['from']} ({state['epoch'] + 1} epochs)")
+        else:
+            self.log.info(f"resuming {self.out}: stage '{stage.name}', after epoch "
+                          f"{state['epoch'] + 1}")
         return state
 
 
@@ -694,7 +712,7 @@ def stage_seed(seed: int, index: int, *more: int) -> int:
 
 
 def train(recipe: dict, out_dir: str | Path, resume: bool = False, quiet: bool = False,
-          logger: RunLogger | None = None) -> dict:
+          logger: RunLogger | None = None, start: dict | None = None) -> dict:
     """Train a recipe and evaluate the final model.
 
     Args:
@@ -703,9 +721,11 @@ def train(recipe: dict, out_dir: str | Path, resume: bool = False, quiet: bool =
         resume: Continue the interrupted run in ``out_dir`` (same recipe required).
         quiet: Print only the final line.
         logger: Custom console output.
+        start: Where a run without a checkpoint of its own starts: a first phase reused from
+            another run (:func:`lttoolbox.engine.reuse.reused_start`).
 
     Returns:
         The results dict, also written to ``out_dir/results.json``. The reported model is always
         the final epoch's; no epoch is ever selected on the test set.
     """
-    return Trainer(recipe, out_dir, resume=resume, quiet=quiet, logger=logger).run()
+    return Trainer(recipe, out_dir, resume=resume, quiet=quiet, logger=logger, start=start).run()
