@@ -205,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   "by default DIR/recipe.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     parser.add_argument("--epochs", type=int, metavar="N",
-                        help="shorten or lengthen the recipe to N epochs, moving every "
-                             "epoch-valued key (milestones, warm-up, DRW/DRS switches) in "
-                             "proportion, as the leaderboard's quick protocol does")
+                        help="shorten or lengthen the recipe to N first-stage epochs: every "
+                             "stage's epochs and epoch-valued keys (milestones, warm-up, "
+                             "DRW/DRS switches) are multiplied by N / (the first stage's "
+                             "epochs), as the leaderboard's quick protocol does; a stage left "
+                             "too short for its schedule is named in a warning")
     parser.add_argument("--out", help="run directory (default: runs/<recipe path under "
                                       "configs/>/<time>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -237,14 +239,17 @@ def main(argv: list[str] | None = None) -> int:
             list_registries(Console(highlight=False), None if args.list == "all" else args.list)
             return 0
         from .engine import Trainer
-        from .recipe import dump_recipe_text, load_recipe, resolve, scale_epochs
+        from .recipe import (dump_recipe_text, load_recipe, resolve, scale_epochs,
+                             squeezed_stages)
         from .runs import RECIPE
 
         recipe_path = args.recipe or str(Path(args.out) / RECIPE)
         if not args.recipe and not Path(recipe_path).is_file():
             raise LTError(f"--resume: {args.out} holds no {RECIPE}; give the recipe file")
         recipe = load_recipe(recipe_path, args.overrides)
+        squeezed: list[str] = []
         if args.epochs is not None:
+            squeezed = squeezed_stages(recipe, args.epochs)
             recipe = resolve(scale_epochs(recipe, args.epochs))
         if args.print_config:
             print(dump_recipe_text(recipe), end="")
@@ -257,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             out = broadcast_object(out, World.current())  # one run directory for all ranks
             state["out"] = out
             trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet)
+            for message in squeezed if trainer.world.is_main else ():  # after every check
+                trainer.log.warning(message)
             state["trainer"] = trainer
             trainer.run()
         finally:
