@@ -453,7 +453,9 @@ def squeezed_stages(recipe: dict, total_epochs: int) -> list[str]:
     epoch: with ``--epochs 3`` on a 200-epoch first stage, cRT keeps 1 epoch and its milestones
     become ``[0, 0]``, so the epochs it meant to train at the full and at the once-decayed rate
     vanish and it trains at the twice-decayed rate throughout. A duration (another ``*_epochs``
-    key; the warm-up excepted, which stays a fraction of the stage) rounded to 0 is lost too.
+    key; the warm-up excepted, which stays a fraction of the stage) rounded to 0 is lost too, and
+    so is a cosine decay squeezed into 1 epoch, which then trains at its final rate
+    (:func:`lttoolbox.engine.optim.lr_at`).
 
     Args:
         recipe: A resolved recipe.
@@ -506,6 +508,9 @@ def squeezed_stages(recipe: dict, total_epochs: int) -> list[str]:
                     visit(value, new.get(key) if isinstance(new, dict) else None, where)
 
         visit(before, after, "")
+        if after["schedule"]["name"] == "cosine" and kept == 1 < epochs:
+            durations.append(f"its cosine decay runs in 1 epoch, at or near its final rate "
+                             f"(schedule.min_lr={after['schedule']['min_lr']})")
         # Period boundaries: the stage's start and end and every switch, with where each lands.
         lands = {0: 0, epochs: kept, **{v: n for _, v, n in switches}}
         points = sorted(lands)

@@ -1,9 +1,11 @@
 """The learning-rate schedule: the 200-epoch protocol, the scaled (per-step) warm-up, --epochs."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import lttoolbox.engine.trainer as trainer_module
@@ -237,3 +239,55 @@ def test_epochs_flag_warns_about_a_squeezed_stage_and_trains_it_at_its_rate(tmp_
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [row["stage"] for row in log] == ["joint", "joint", "crt"]
     assert log[2]["lr"] == pytest.approx(0.1 * 0.1 ** 2)  # the epoch's last step, warmed up
+
+
+# ------------------------------------------------------------------------------- cosine decay
+def decoupling_cosine(base: float, total: int) -> list[float]:
+    """The decoupling code's rates (classifier-balancing f162ade, run_networks.py 159-160 and
+    247-255): torch's CosineAnnealingLR(T_max=total, eta_min=0) stepped at the start of every
+    epoch, before its batches, replayed with torch's own scheduler."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=base)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=0.0)
+    rates = []
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": as the code
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(total):
+            scheduler.step()
+            rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+def test_the_cosine_decay_is_the_decoupling_codes():
+    # By hand, 0.2 * (1 + cos(pi * (e + 1) / 10)) / 2 for the 0-based epoch e: the cRT stage of
+    # configs/imagenet_lt/ce_crt.yaml (10 epochs, lr 0.2, min_lr 0).
+    by_hand = [0.195106, 0.180902, 0.158779, 0.130902, 0.1, 0.069098, 0.041221, 0.019098,
+               0.004894, 0.0]
+    crt = load_recipe(REPO / "configs/imagenet_lt/ce_crt.yaml")["stages"][1]
+    rates = [recipe_rate(crt, e) for e in range(10)]
+    assert rates == pytest.approx(by_hand, abs=1e-6)
+    assert rates == pytest.approx(decoupling_cosine(0.2, 10), abs=1e-12)
+    # min_lr lifts the floor: epoch e at 0.01 + 0.19 * (1 + cos(pi * (e + 1) / 4)) / 2
+    assert [lr_at(e, 0.2, name="cosine", total_epochs=4, min_lr=0.01) for e in range(4)] == \
+        pytest.approx([0.172175, 0.105, 0.037825, 0.01], abs=1e-6)
+
+
+def test_a_cosine_decay_after_a_warm_up_spans_the_remaining_epochs():
+    # warm-up of 2 of 6 epochs, lr 1: 1/2, 2/2, then (1 + cos(pi * k / 4)) / 2 for k = 1..4
+    assert [lr_at(e, 1.0, name="cosine", warmup_epochs=2, total_epochs=6) for e in range(6)] == \
+        pytest.approx([0.5, 1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+    # per step, 0.5 epoch of warm-up over 4 steps, 4 epochs: epoch 0's decayed rate is the
+    # cosine at (1 - 0.5) / 3.5, warmed up by (s + 1) / 4 / 0.5
+    first = (1 + math.cos(math.pi * 0.5 / 3.5)) / 2
+    assert [lr_at(0, 1.0, name="cosine", warmup_epochs=0.5, warmup_unit="step", total_epochs=4,
+                  step=s, steps=4) for s in range(4)] == pytest.approx(
+        [first * 0.5, first, first, first])
+    assert first == pytest.approx(0.950484, abs=1e-6)
+
+
+def test_a_cosine_stage_squeezed_to_one_epoch_is_named():
+    crt = load_recipe(REPO / "configs/imagenet_lt/ce_crt.yaml")
+    assert squeezed_stages(crt, 9) == [
+        "--epochs 9 squeezes stage 'crt' from 10 epochs to 1, fewer than its schedule needs: "
+        "its cosine decay runs in 1 epoch, at or near its final rate (schedule.min_lr=0.0)"]
+    assert squeezed_stages(crt, 30) == []   # 90 -> 30 and 10 -> 3

@@ -7,6 +7,17 @@ milestone on, milestones counting 0-based epochs) or a cosine decay. The 200-epo
 exactly the script's sequence: 0.02, 0.04, ..., 0.1 for epochs 0-4, 0.1 until epoch 159, 0.001
 from 160 and 1e-5 from 180.
 
+The cosine decay is the one of the decoupling code (Kang et al., ICLR 2020;
+facebookresearch/classifier-balancing at f162ade, ``run_networks.py``): ``CosineAnnealingLR``
+with ``T_max`` the stage's epochs (lines 159-160), stepped at the *start* of every epoch, before
+its batches (lines 247-255). Epoch ``e`` (0-based) thus trains at the cosine of ``(e + 1) / T``:
+the first epoch already below ``lr`` and the last one at ``min_lr`` (with ``min_lr: 0``, as every
+shipped cosine recipe, its weights do not move; batch-norm statistics still update). Stepping at
+the end of each epoch, as torch's documentation now shows, would train epoch ``e`` at ``e / T``,
+one epoch later in the decay. After a warm-up of ``W`` epochs the decay spans the remaining
+``T - W``: epoch ``e`` trains at ``(e + 1 - W) / (T - W)``, the warm-up's rule (counted at the end
+of the epoch, ``(e + 1) / W``) carried on.
+
 ``warmup_unit: step`` warms up per optimizer step instead, linearly over ``warmup_epochs``
 (which may then be fractional) worth of steps. A schedule that was shortened keeps its warm-up
 this way: 5 of 200 epochs is 0.75 of 30, which a per-epoch warm-up could only round to one epoch
@@ -127,7 +138,10 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
         lr(epoch, step) = decayed(epoch) * warm(epoch, step)
 
     ``decayed`` is ``base_lr * gamma ** k`` for ``multistep`` (``k`` milestones at or before
-    ``epoch``), the cosine decay for ``cosine`` and ``base_lr`` for ``constant``. ``warm`` is 1
+    ``epoch``), ``min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2`` for ``cosine``, with
+    ``p = (epoch + 1 - warmup_epochs) / (total_epochs - warmup_epochs)`` clipped to [0, 1] (the
+    decoupling code's schedule, see the module docstring), and ``base_lr`` for ``constant``.
+    ``warm`` is 1
     from epoch ``warmup_epochs`` on; before it, ``(epoch + 1) / warmup_epochs`` per epoch, or
     ``min(1, (epoch + (step + 1) / steps) / warmup_epochs)`` per step. The two overlap only in a
     shortened schedule (the LDAM-DRW script's warm-up ends long before its first milestone): a
@@ -160,8 +174,9 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
     if name == "multistep":
         decayed = base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
     elif name == "cosine":
+        # Counted at the end of the epoch, as CosineAnnealingLR stepped before each epoch.
         span = max(1, total_epochs - warmup_epochs)
-        progress = min(1.0, max(0.0, (epoch - warmup_epochs) / span))
+        progress = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / span))
         decayed = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
     elif name == "constant":
         decayed = base_lr
