@@ -43,7 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
               "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False,
-              "compile": "auto"},
+              "compile": "auto", "threads": "auto"},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
@@ -581,21 +581,27 @@ def recipe_differences(a: dict, b: dict, names: tuple[str, str] = ("here", "ther
     return found
 
 
+# train keys that say how a run is carried out, not what it trains (left out of the hash)
+WAYS_OF_RUNNING = ("loggers", "workers", "sync_bn", "compile", "threads")
+
+
 def recipe_hash(recipe: dict) -> str:
     """A short, stable hash of a resolved recipe, to match results to runs.
 
     What cannot change the trained model is left out: ``meta`` (free-form notes),
     ``train.loggers`` (where progress is reported) and ``train.workers`` (the streaming path's
     loader processes: every image's augmentation is seeded by its stream position, not by the
-    worker). So are ``train.sync_bn`` and ``train.compile``, which like the number of processes
-    are ways of running (recorded with the results), not tricks: a run resumes with another
-    world size, or compiled where it started eager.
+    worker). So are ``train.sync_bn``, ``train.compile`` and ``train.threads``, which like the
+    number of processes are ways of running (recorded with the results), not tricks: a run
+    resumes with another world size, compiled where it started eager, or with another CPU thread
+    count. Each may change the order of float sums (a compiled kernel, an all-reduce, a CPU
+    reduction split over threads), so results agree to rounding, not bit for bit.
     """
     def trained(section: dict) -> dict:
         out = {k: v for k, v in section.items() if k != "meta"}
         if isinstance(out.get("train"), dict):
             out["train"] = {k: v for k, v in out["train"].items()
-                            if k not in ("loggers", "workers", "sync_bn", "compile")}
+                            if k not in WAYS_OF_RUNNING}
         if isinstance(out.get("stages"), list):
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
         return out

@@ -322,3 +322,48 @@ def test_throughput_repeats_and_flags_a_noisy_machine(monkeypatch, capsys):
     assert "0.500 / 0.537 / 0.714" in captured.out
     assert "the trainer's img/s varied 1.50x" in captured.err
     assert "bare loop's img/s varied" not in captured.err
+
+
+# ------------------------------------------------------------------------------------ CPU threads
+def test_train_threads_sets_torch_threads_and_auto_leaves_them(tmp_path):
+    from lttoolbox.engine import Trainer
+    from lttoolbox.recipe import recipe_hash, resolve
+
+    previous = torch.get_num_threads()
+    wanted = 2 if previous == 1 else 1
+    with_threads = resolve({**DIGITS, "train": {**DIGITS["train"], "threads": wanted}})
+    try:
+        Trainer(with_threads, tmp_path / "a")
+        assert torch.get_num_threads() == wanted
+        torch.set_num_threads(previous)
+        Trainer(resolve(DIGITS), tmp_path / "b")   # auto: torch's own choice, untouched
+        assert torch.get_num_threads() == previous
+    finally:
+        torch.set_num_threads(previous)
+    assert resolve(DIGITS)["train"]["threads"] == "auto"
+    # a way of running, like train.compile: a run may resume with another thread count
+    assert recipe_hash(with_threads) == recipe_hash(resolve(DIGITS))
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "many", "true", "null"])
+def test_bad_train_threads_is_one_line_before_anything_is_written(tmp_path, capsys, value):
+    recipe = write_recipe(tmp_path / "r.yaml", DIGITS)
+    previous = torch.get_num_threads()
+    assert lttrain([str(recipe), f"train.threads={value}", "--out", str(tmp_path / "run")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: train.threads: must be auto (torch's own choice) or a number of CPU threads"), lines
+    assert not (tmp_path / "run").exists() and torch.get_num_threads() == previous
+
+
+def test_a_stage_cannot_change_the_process_threads(tmp_path):
+    from lttoolbox.engine import Trainer
+    from lttoolbox.errors import ConfigError
+    from lttoolbox.recipe import resolve
+
+    recipe = resolve({**DIGITS, "stages": [{"name": "a"},
+                                           {"name": "b", "train": {"epochs": 1, "threads": 1}}]})
+    previous = torch.get_num_threads()
+    with pytest.raises(ConfigError, match=r"^stages\[1\].train.threads: the CPU threads"):
+        Trainer(recipe, tmp_path / "run")
+    assert torch.get_num_threads() == previous and not (tmp_path / "run").exists()
