@@ -30,7 +30,7 @@ from .errors import LTError
 # terminal.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
-FAMILIES = ("data", "model", "sampler", "loss", "augment", "generator")
+FAMILIES = ("data", "model", "head", "sampler", "loss", "augment", "generator")
 
 
 def default_run_dir(recipe_path: str, resume: bool) -> Path:
@@ -49,23 +49,35 @@ def default_run_dir(recipe_path: str, resume: bool) -> Path:
     return root / time.strftime("%Y%m%d-%H%M%S")
 
 
+def registries() -> dict:
+    """Every family's registry, in the order ``lttrain --list`` prints them."""
+    import lttoolbox
+    from .models import HEADS
+
+    return {"data": lttoolbox.DATASETS, "model": lttoolbox.MODELS, "head": HEADS,
+            "sampler": lttoolbox.SAMPLERS, "loss": lttoolbox.LOSSES,
+            "augment": lttoolbox.AUGMENTS, "generator": lttoolbox.GENERATORS}
+
+
 def list_registries(console, family: str | None) -> None:
-    """Each entry of each family (or of one): its parameters with defaults and its summary,
-    read from the signatures and docstrings."""
+    """Each entry of each family (or of one): every parameter with its default and the entry's
+    summary, read from the signatures and docstrings; then the parameters the trainer (or, for a
+    head, the model) fills in itself."""
     from rich.markup import escape
 
-    import lttoolbox
-    from .registry import describe
+    from .registry import describe, given_by_builder
 
-    registries = {"data": lttoolbox.DATASETS, "model": lttoolbox.MODELS,
-                  "sampler": lttoolbox.SAMPLERS, "loss": lttoolbox.LOSSES,
-                  "augment": lttoolbox.AUGMENTS, "generator": lttoolbox.GENERATORS}
-    for title, registry in registries.items():
+    for title, registry in registries().items():
         if family not in (None, title):
             continue
         console.print(f"[bold]{title}[/bold]" + ("" if registry.names() else ": (none yet)"))
         for name, params, summary in describe(registry):
             console.print(f"  [cyan]{name}[/cyan]({escape(params)})  {escape(summary)}",
+                          soft_wrap=True)
+        given = given_by_builder(registry)
+        if given:
+            builder = "the model" if title == "head" else "the trainer"
+            console.print(f"  [dim]filled in by {builder}: {escape(', '.join(given))}[/dim]",
                           soft_wrap=True)
 
 

@@ -211,7 +211,64 @@ def test_print_config_version_and_list(tmp_path, capsys):
     assert lttrain(["--list", "loss"]) == 0
     listing = capsys.readouterr().out
     assert "ldam(max_m=0.5, s=30.0" in listing and "Label-distribution-aware" in listing
-    assert "class_counts" not in listing and "sampler" not in listing
+    rows = [line for line in listing.splitlines() if not line.startswith("  filled in by")]
+    assert "class_counts" not in "\n".join(rows) and "sampler" not in listing
+    assert "  filled in by the trainer: class_counts, num_classes, total_epochs" in listing
+
+
+def test_list_shows_every_parameter_of_every_entry_and_the_heads(capsys):
+    import inspect
+
+    from lttoolbox.cli import FAMILIES, registries
+
+    assert set(registries()) == set(FAMILIES) and "head" in FAMILIES
+    for family, registry in registries().items():
+        assert lttrain(["--list", family]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == family and registry.names()
+        filled = [line for line in lines if line.startswith("  filled in by ")]
+        for name in registry.names():
+            factory = registry.get(name)
+            row = next(line for line in lines if line.startswith(f"  {name}("))
+            target = factory.__init__ if inspect.isclass(factory) else factory
+            for param in inspect.signature(target).parameters.values():
+                if param.name == "self" or param.kind in (param.VAR_POSITIONAL,
+                                                          param.VAR_KEYWORD):
+                    continue
+                if param.name in registry.context:   # filled in, named once per family
+                    assert param.name not in row.split("(", 1)[1].split(")  ")[0], (name, param)
+                    assert param.name in filled[0], (family, param.name)
+                else:
+                    shown = (param.name if param.default is param.empty
+                             else f"{param.name}={param.default!r}")
+                    assert shown in row, (family, name, shown)
+    # what a newcomer missed: the data sets' own imbalance_type and image_size
+    assert lttrain(["--list", "data"]) == 0
+    listing = capsys.readouterr().out
+    assert "imbalance_type='exp'" in listing and "image_size=" in listing
+
+
+def test_the_listed_context_is_what_the_trainer_passes(tmp_path, monkeypatch):
+    """The names --list leaves to the trainer are exactly those it gives each family."""
+    from lttoolbox.cli import registries
+    from lttoolbox.engine import Trainer
+    from lttoolbox.recipe import resolve
+    from lttoolbox.registry import Registry
+
+    offered: dict[str, set] = {}
+    real = Registry.build
+
+    def spy(self, cfg, key=None, **context):
+        offered.setdefault(self.kind, set()).update(context)
+        return real(self, cfg, key, **context)
+
+    monkeypatch.setattr(Registry, "build", spy)
+    Trainer(resolve({**DIGITS, "augment": [{"name": "mixup", "start_epoch": 1}],
+                     "generator": {"name": "rsg", "stage": "layer1", "end_epoch": 1}}),
+            tmp_path / "run")
+    assert set(offered) == set(registries())
+    for family, registry in registries().items():
+        assert offered[family] == registry.context, family
 
 
 def test_default_run_directory_keeps_the_data_set_in_the_path():
