@@ -81,6 +81,21 @@ def list_registries(console, family: str | None) -> None:
                           soft_wrap=True)
 
 
+def check_without_training(recipe: dict, out: Path, resume: bool = False):
+    """Build the run as training would, with every check the trainer makes before its first step
+    (data, model, heads, every stage's components), and write nothing: no run directory, no
+    decode cache (``lttoolbox.atomic.no_writes``). Returns the trainer, never run."""
+    import warnings
+
+    from .atomic import no_writes
+    from .engine import Trainer
+
+    with no_writes("lttrain --print-config writes nothing"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="could not write the decode cache",
+                                category=RuntimeWarning)
+        return Trainer(recipe, out, resume=resume, quiet=True)
+
+
 class _StopSignals:
     """State shared by the stop handler, the helper that delivers a deferred stop, and the
     block that installed them; ``lock`` orders the helper's delivery against the block's end."""
@@ -227,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     parser.add_argument("--quiet", action="store_true", help="print only the final results line")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the fully resolved recipe and exit without training")
+                        help="check the recipe as training would (data, model and every "
+                             "component built), then print it fully resolved, each stage as its "
+                             "difference from the base recipe, and exit without training or "
+                             "writing anything")
+    parser.add_argument("--full", action="store_true",
+                        help="with --print-config: print every stage whole")
     parser.add_argument("--list", nargs="?", const="all", metavar="FAMILY",
                         choices=("all", *FAMILIES),
                         help="list the registered components (of one family) with their "
@@ -237,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
         args.overrides.insert(0, args.recipe)  # `lttrain --resume --out DIR key=value`
         args.recipe = None
+    if args.full and not args.print_config:
+        parser.error("--full goes with --print-config")
     if not (args.recipe or args.version or args.list or (args.resume and args.out)):
         parser.error("a recipe file is required (try configs/quickstart.yaml), or --resume "
                      "--out DIR to continue the run in DIR with its saved recipe")
@@ -251,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             list_registries(Console(highlight=False), None if args.list == "all" else args.list)
             return 0
         from .engine import Trainer
-        from .recipe import (dump_recipe_text, load_recipe, resolve, scale_epochs,
-                             squeezed_stages)
+        from .recipe import (compact_recipe, dump_recipe_text, load_recipe, resolve,
+                             scale_epochs, squeezed_stages)
         from .runs import RECIPE
 
         recipe_path = args.recipe or str(Path(args.out) / RECIPE)
@@ -264,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
             squeezed = squeezed_stages(recipe, args.epochs)
             recipe = resolve(scale_epochs(recipe, args.epochs))
         if args.print_config:
-            print(dump_recipe_text(recipe), end="")
+            out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
+            checked = check_without_training(recipe, out, args.resume)
+            for message in squeezed:
+                checked.log.warning(message)
+            print(dump_recipe_text(recipe if args.full else compact_recipe(recipe)), end="")
             return 0
         from .engine.distributed import World, broadcast_object, init_from_environment
         # Under torchrun: join the process group the launcher describes (DDP training).

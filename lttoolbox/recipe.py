@@ -610,6 +610,51 @@ def recipe_hash(recipe: dict) -> str:
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
+def stage_difference(base: dict, stage: dict) -> dict:
+    """The overlay that turns ``base`` into ``stage`` (both resolved): only what differs.
+
+    Mappings are compared key by key; a mapping that lost keys (a ``_replace_`` in the recipe)
+    is given whole with ``_replace_: true``, and lists and other values whole, so merging the
+    overlay into the base (:func:`deep_merge`) gives the stage back.
+    """
+    out: dict = {}
+    for key, value in stage.items():
+        old = base.get(key)
+        if key in base and value == old:
+            continue
+        if isinstance(value, dict) and isinstance(old, dict):
+            out[key] = ({REPLACE: True, **copy.deepcopy(value)} if set(old) - set(value)
+                        else stage_difference(old, value))
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def compact_recipe(recipe: dict) -> dict:
+    """A resolved recipe with each stage written as its difference from the base recipe.
+
+    What ``lttrain --print-config`` prints (``--full`` prints every stage whole): a two-stage
+    recipe is the base and a few lines per stage instead of every section twice more. It is a
+    recipe itself and resolves to the same recipe (same hash).
+
+    Example:
+        >>> recipe = load_recipe("configs/cifar10_lt/ce_crt.yaml")
+        >>> compact_recipe(recipe)["stages"][0]
+        {'name': 'joint'}
+        >>> resolve(compact_recipe(recipe)) == recipe
+        True
+    """
+    if not recipe.get("stages"):
+        return copy.deepcopy(recipe)
+    base = {k: v for k, v in recipe.items() if k != "stages"}
+    stages = []
+    for stage in recipe["stages"]:
+        meta = {k: v for k, v in stage.get("meta", {}).items() if k != "stage"}
+        overlay = stage_difference(base, {**stage, "meta": meta})
+        stages.append({"name": stage["meta"]["stage"], **overlay})
+    return {**copy.deepcopy(base), "stages": stages}
+
+
 def dump_recipe_text(recipe: dict) -> str:
     """A resolved recipe as YAML text, in section order (what ``recipe.yaml`` holds)."""
     return yaml.safe_dump(recipe, sort_keys=False)

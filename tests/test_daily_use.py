@@ -216,6 +216,90 @@ def test_print_config_version_and_list(tmp_path, capsys):
     assert "  filled in by the trainer: class_counts, num_classes, total_epochs" in listing
 
 
+# --------------------------------------------------------------------------------- --print-config
+def multi_stage_configs() -> list[Path]:
+    from lttoolbox.recipe import read_recipe
+
+    return [p for p in sorted((REPO / "configs").rglob("*.yaml")) if read_recipe(p).get("stages")]
+
+
+@pytest.mark.parametrize("path", multi_stage_configs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_the_compact_form_is_the_same_recipe(path):
+    from lttoolbox.recipe import compact_recipe, dump_recipe_text, load_recipe, recipe_hash, resolve
+
+    recipe = load_recipe(path)
+    compact = yaml.safe_load(dump_recipe_text(compact_recipe(recipe)))
+    assert resolve(compact) == recipe and recipe_hash(resolve(compact)) == recipe_hash(recipe)
+    names = [s["meta"]["stage"] for s in recipe["stages"]]
+    assert [s["name"] for s in compact["stages"]] == names
+    for stage, overlay in zip(recipe["stages"], compact["stages"]):
+        for section, value in overlay.items():   # only what the stage changes is written
+            assert section == "name" or value != {k: v for k, v in recipe.items()}.get(section)
+
+
+def test_print_config_shows_stages_as_differences_and_full_on_request(tmp_path, capsys):
+    path = write_recipe(tmp_path / "two.yaml", {
+        **DIGITS, "loss": {"name": "ldam", "max_m": 0.5, "s": 30},
+        "stages": [{"name": "joint"},
+                   {"name": "crt", "loss": {"_replace_": True, "name": "ce"},
+                    "sampler": {"name": "class_balanced"},
+                    "train": {"epochs": 30, "freeze": ["backbone"], "reset_head": True}}]})
+    assert lttrain([str(path), "--print-config"]) == 0
+    compact = capsys.readouterr().out
+    assert lttrain([str(path), "--print-config", "--full"]) == 0
+    full = capsys.readouterr().out
+    from lttoolbox.recipe import load_recipe
+
+    assert yaml.safe_load(full) == load_recipe(path)
+    crt = yaml.safe_load(compact)["stages"][1]
+    assert crt["loss"] == {"_replace_": True, "name": "ce"} and crt["train"]["epochs"] == 30
+    assert "max_m" not in yaml.safe_dump(crt)   # the base's loss is not repeated
+    assert len(compact.splitlines()) < 0.5 * len(full.splitlines())
+
+
+def test_print_config_refuses_what_training_refuses(tmp_path, capsys):
+    """mixup alpha -1 resolves (the recipe's shape is fine) but its constructor refuses it."""
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "augment": [{"name": "mixup",
+                                                                       "alpha": -1}]})
+    assert lttrain([str(recipe), "--print-config"]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert captured.out == "" and len(lines) == 1
+    assert lines[0].startswith("error: augment[0]: alpha must lie in (0, inf]"), lines
+    # and what training warns about, it warns about too (on standard error only)
+    recipe = write_recipe(tmp_path / "w.yaml", {**DIGITS, "schedule": {"milestones": [5]}})
+    assert lttrain([str(recipe), "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["schedule"]["milestones"] == [5]
+    assert captured.err.startswith("warning: schedule.milestones [5] lies at or beyond")
+
+
+def test_print_config_writes_nothing(tmp_path, capsys, monkeypatch):
+    """Not the run directory, and not the decode cache an image folder's first load writes."""
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split, count in (("train", 4), ("test", 2)):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (40 * c + i, 10 * i, 5 * i + c)).save(
+                    root / split / f"c{c}" / f"{i}.png")
+    cache = tmp_path / "cache"
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        "data": {"name": "image_folder", "root": str(root), "image_size": 8,
+                 "imbalance_type": None, "cache_dir": str(cache)},
+        "model": {"name": "digits_cnn"}, "train": {"epochs": 1, "batch_size": 4}})
+    monkeypatch.chdir(tmp_path)   # the default run directory would be under ./runs
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert lttrain([str(recipe), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["root"] == str(root)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # training itself does write that cache (so the check above could fail)
+    assert lttrain([str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert list(cache.glob("*.npy"))
+
+
 def test_list_shows_every_parameter_of_every_entry_and_the_heads(capsys):
     import inspect
 
