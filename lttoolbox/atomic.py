@@ -13,11 +13,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import LTError
 
@@ -26,6 +27,29 @@ TEMP_SUFFIX = ".tmp"
 
 class DiskFullError(LTError, OSError):
     """The disk filled while a file was written; the previous version of the file is kept."""
+
+
+class WritesRefused(LTError, OSError):
+    """A file would have been written inside :func:`no_writes`; nothing was."""
+
+
+_REFUSING: list[str] = []  # why, for each enclosing no_writes block
+
+
+@contextlib.contextmanager
+def no_writes(reason: str) -> Iterator[None]:
+    """Within the block, every write of this module raises :class:`WritesRefused` instead.
+
+    Every file lttoolbox writes goes through :func:`atomic_write` (results, checkpoints, the
+    decode cache), so a check that must leave the disk as it found it can build a run exactly as
+    training does inside this block (``lttrain --print-config``): a decode cache that would be
+    written on its first use is not (its loader reports the refusal and goes on).
+    """
+    _REFUSING.append(reason)
+    try:
+        yield
+    finally:
+        _REFUSING.pop()
 
 
 def temp_name(path: Path) -> Path:
@@ -43,8 +67,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], binar
 
     Raises:
         DiskFullError: no space was left; ``path`` keeps its previous content.
+        WritesRefused: inside :func:`no_writes`; nothing is written.
     """
     path = Path(path)
+    if _REFUSING:
+        raise WritesRefused(f"{path} is not written: {_REFUSING[-1]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies

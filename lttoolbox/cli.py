@@ -31,7 +31,7 @@ from .errors import LTError
 # terminal.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
-FAMILIES = ("data", "model", "sampler", "loss", "augment", "generator")
+FAMILIES = ("data", "model", "head", "sampler", "loss", "augment", "generator")
 
 
 def default_run_dir(recipe_path: str, resume: bool) -> Path:
@@ -50,24 +50,51 @@ def default_run_dir(recipe_path: str, resume: bool) -> Path:
     return root / time.strftime("%Y%m%d-%H%M%S")
 
 
+def registries() -> dict:
+    """Every family's registry, in the order ``lttrain --list`` prints them."""
+    import lttoolbox
+    from .models import HEADS
+
+    return {"data": lttoolbox.DATASETS, "model": lttoolbox.MODELS, "head": HEADS,
+            "sampler": lttoolbox.SAMPLERS, "loss": lttoolbox.LOSSES,
+            "augment": lttoolbox.AUGMENTS, "generator": lttoolbox.GENERATORS}
+
+
 def list_registries(console, family: str | None) -> None:
-    """Each entry of each family (or of one): its parameters with defaults and its summary,
-    read from the signatures and docstrings."""
+    """Each entry of each family (or of one): every parameter with its default and the entry's
+    summary, read from the signatures and docstrings; then the parameters the trainer (or, for a
+    head, the model) fills in itself."""
     from rich.markup import escape
 
-    import lttoolbox
-    from .registry import describe
+    from .registry import describe, given_by_builder
 
-    registries = {"data": lttoolbox.DATASETS, "model": lttoolbox.MODELS,
-                  "sampler": lttoolbox.SAMPLERS, "loss": lttoolbox.LOSSES,
-                  "augment": lttoolbox.AUGMENTS, "generator": lttoolbox.GENERATORS}
-    for title, registry in registries.items():
+    for title, registry in registries().items():
         if family not in (None, title):
             continue
         console.print(f"[bold]{title}[/bold]" + ("" if registry.names() else ": (none yet)"))
         for name, params, summary in describe(registry):
             console.print(f"  [cyan]{name}[/cyan]({escape(params)})  {escape(summary)}",
                           soft_wrap=True)
+        given = given_by_builder(registry)
+        if given:
+            builder = "the model" if title == "head" else "the trainer"
+            console.print(f"  [dim]filled in by {builder}: {escape(', '.join(given))}[/dim]",
+                          soft_wrap=True)
+
+
+def check_without_training(recipe: dict, out: Path, resume: bool = False):
+    """Build the run as training would, with every check the trainer makes before its first step
+    (data, model, heads, every stage's components), and write nothing: no run directory, no
+    decode cache (``lttoolbox.atomic.no_writes``). Returns the trainer, never run."""
+    import warnings
+
+    from .atomic import no_writes
+    from .engine import Trainer
+
+    with no_writes("lttrain --print-config writes nothing"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="could not write the decode cache",
+                                category=RuntimeWarning)
+        return Trainer(recipe, out, resume=resume, quiet=True)
 
 
 class _StopSignals:
@@ -206,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   "by default DIR/recipe.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     parser.add_argument("--epochs", type=int, metavar="N",
-                        help="shorten or lengthen the recipe to N epochs, moving every "
-                             "epoch-valued key (milestones, warm-up, DRW/DRS switches) in "
-                             "proportion, as the leaderboard's quick protocol does")
+                        help="shorten or lengthen the recipe to N first-stage epochs: every "
+                             "stage's epochs and epoch-valued keys (milestones, warm-up, "
+                             "DRW/DRS switches) are multiplied by N / (the first stage's "
+                             "epochs), as the leaderboard's quick protocol does; a stage left "
+                             "too short for its schedule is named in a warning")
     parser.add_argument("--out", help="run directory (default: runs/<recipe path under "
                                       "configs/>/<time>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -218,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                              "result equals a run from scratch")
     parser.add_argument("--quiet", action="store_true", help="print only the final results line")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the fully resolved recipe and exit without training")
+                        help="check the recipe as training would (data, model and every "
+                             "component built), then print it fully resolved, each stage as its "
+                             "difference from the base recipe, and exit without training or "
+                             "writing anything")
+    parser.add_argument("--full", action="store_true",
+                        help="with --print-config: print every stage whole")
     parser.add_argument("--list", nargs="?", const="all", metavar="FAMILY",
                         choices=("all", *FAMILIES),
                         help="list the registered components (of one family) with their "
@@ -228,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe and "=" in args.recipe and not Path(args.recipe).exists():
         args.overrides.insert(0, args.recipe)  # `lttrain --resume --out DIR key=value`
         args.recipe = None
+    if args.full and not args.print_config:
+        parser.error("--full goes with --print-config")
     if not (args.recipe or args.version or args.list or (args.resume and args.out)):
         parser.error("a recipe file is required (try configs/quickstart.yaml), or --resume "
                      "--out DIR to continue the run in DIR with its saved recipe")
@@ -242,17 +278,24 @@ def main(argv: list[str] | None = None) -> int:
             list_registries(Console(highlight=False), None if args.list == "all" else args.list)
             return 0
         from .engine import Trainer
-        from .recipe import dump_recipe_text, load_recipe, resolve, scale_epochs
+        from .recipe import (compact_recipe, dump_recipe_text, load_recipe, resolve,
+                             scale_epochs, squeezed_stages)
         from .runs import RECIPE
 
         recipe_path = args.recipe or str(Path(args.out) / RECIPE)
         if not args.recipe and not Path(recipe_path).is_file():
             raise LTError(f"--resume: {args.out} holds no {RECIPE}; give the recipe file")
         recipe = load_recipe(recipe_path, args.overrides)
+        squeezed: list[str] = []
         if args.epochs is not None:
+            squeezed = squeezed_stages(recipe, args.epochs)
             recipe = resolve(scale_epochs(recipe, args.epochs))
         if args.print_config:
-            print(dump_recipe_text(recipe), end="")
+            out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
+            checked = check_without_training(recipe, out, args.resume)
+            for message in squeezed:
+                checked.log.warning(message)
+            print(dump_recipe_text(recipe if args.full else compact_recipe(recipe)), end="")
             return 0
         from .engine.distributed import World, broadcast_object, init_from_environment
         # Under torchrun: join the process group the launcher describes (DDP training).
@@ -266,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
                 from .engine.reuse import reused_start
                 start = reused_start(args.from_run, recipe)
             trainer = Trainer(recipe, out, resume=args.resume, quiet=args.quiet, start=start)
+            for message in squeezed if trainer.world.is_main else ():  # after every check
+                trainer.log.warning(message)
             state["trainer"] = trainer
             trainer.run()
         finally:

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
               "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False,
-              "compile": "auto"},
+              "compile": "auto", "threads": "auto"},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
@@ -313,16 +313,25 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
 def scale_epochs(recipe: dict, total_epochs: int) -> dict:
     """Rescale every epoch-valued setting in proportion to a new ``train.epochs``.
 
-    Epoch-valued settings are the keys ending in ``_epoch`` or ``_epochs`` and the ``milestones``
-    lists, in every section and stage, so a 200-epoch protocol's switch at 160 lands at 24 of 30.
-    Switches are rounded to whole epochs. The warm-up is not: it becomes a per-step warm-up
-    (``schedule.warmup_unit: step``) over the same fraction of all steps, since rounding the
-    paper's 5 of 200 epochs to 1 of 30 would train the first epoch at the full rate.
+    One factor serves the whole recipe: ``f = total_epochs / E0``, with ``E0`` the first (or
+    only) stage's ``train.epochs``. Every stage, the later ones included, is scaled by it:
+
+    - a stage's ``train.epochs`` becomes ``max(1, round(E * f))`` (a stage of 0 epochs, a model
+      change only, stays 0), so cRT's 30 epochs after a 200-epoch stage become 4 at
+      ``total_epochs=30`` (``round(4.5)`` is 4: Python rounds halves to even);
+    - the other epoch-valued keys (ending in ``_epoch`` or ``_epochs``, and ``milestones``, in
+      every section) become ``round(value * f)``: a 200-epoch protocol's switch at 160 lands at
+      24 of 30;
+    - the warm-up is not rounded: it becomes a per-step warm-up (``schedule.warmup_unit: step``)
+      over the same fraction of all steps, since rounding the paper's 5 of 200 epochs to 1 of 30
+      would train the first epoch at the full rate.
+
+    A short later stage can thus be squeezed below what its schedule needs (its milestones
+    rounded onto one epoch); :func:`squeezed_stages` names every such stage.
 
     Args:
         recipe: A resolved recipe.
-        total_epochs: The new ``train.epochs`` of the first (or only) stage; later stages keep
-            their proportion to it.
+        total_epochs: The new ``train.epochs`` of the first (or only) stage.
 
     Returns:
         A new, unresolved recipe (resolve it again).
@@ -381,8 +390,10 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
     A switch at epoch ``k`` (``milestones``, every ``*_epoch`` key such as ``start_epoch``,
     ``end_epoch`` or ``weights_start_epoch``) acts from the 0-based epoch ``k`` on, so it is never
     reached when ``k >= train.epochs``; a warm-up (any other ``*_epochs`` key) never completes when
-    it is longer than the run. Typically ``train.epochs=5`` on a 200-epoch recipe: DRW, DRS and
-    the learning-rate decay never happen, which ``lttrain --epochs 5`` avoids by rescaling.
+    it is longer than the run. The end of a window (``end_epoch``) equal to ``train.epochs`` is
+    not named: the window then simply lasts to the end of the run, and nothing that was meant to
+    happen is lost. Typically ``train.epochs=5`` on a 200-epoch recipe: DRW, DRS and the
+    learning-rate decay never happen, which ``lttrain --epochs 5`` avoids by rescaling.
 
     Args:
         recipe: A resolved recipe.
@@ -412,7 +423,8 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
                     if late:
                         found.append(f"{prefix}{where} {late} lies at or beyond the run's "
                                      f"{epochs} epochs, so that decay never happens")
-                elif number and str(key).endswith("_epoch") and value > 0 and value >= epochs:
+                elif (number and str(key).endswith("_epoch") and value > 0
+                      and value >= (epochs + 1 if window_end(key) else epochs)):
                     found.append(f"{prefix}{where}={value} is never reached in {epochs} epochs "
                                  f"(epochs count from 0), so that switch never happens")
                 elif number and str(key).endswith("_epochs") and value > epochs:
@@ -422,6 +434,114 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
                     visit(value, where)
 
         visit(stage, "")
+    return found
+
+
+def window_end(key: str) -> bool:
+    """Whether an epoch-valued key closes a window (``end_epoch``): the first epoch *after* it,
+    so a value equal to the run's length means "until the end"."""
+    return str(key) == "end_epoch" or str(key).endswith("_end_epoch")
+
+
+def squeezed_stages(recipe: dict, total_epochs: int) -> list[str]:
+    """One line for every stage that ``scale_epochs(recipe, total_epochs)`` leaves too short
+    for its schedule.
+
+    A stage's epoch switches (``milestones``, every ``*_epoch`` key strictly inside the stage)
+    cut it into periods: ``[0, 10)``, ``[10, 20)`` and ``[20, 30)`` for cRT's milestones
+    ``[10, 20]`` of 30 epochs. A period is lost when scaling rounds both its ends to the same
+    epoch: with ``--epochs 3`` on a 200-epoch first stage, cRT keeps 1 epoch and its milestones
+    become ``[0, 0]``, so the epochs it meant to train at the full and at the once-decayed rate
+    vanish and it trains at the twice-decayed rate throughout. A duration (another ``*_epochs``
+    key; the warm-up excepted, which stays a fraction of the stage) rounded to 0 is lost too, and
+    so is a cosine decay squeezed into 1 epoch, which then trains at its final rate
+    (:func:`lttoolbox.engine.optim.lr_at`).
+
+    Args:
+        recipe: A resolved recipe.
+        total_epochs: The ``--epochs`` value it is scaled to.
+
+    Returns:
+        Plain sentences, one per squeezed stage, naming the stage, the keys and the lost epochs
+        (counted as in the recipe; adjacent lost periods are named as one).
+
+    Example:
+        >>> recipe = load_recipe("configs/cifar10_lt/ldam_drw_crt.yaml")
+        >>> print(squeezed_stages(recipe, 3)[-1])  # doctest: +NORMALIZE_WHITESPACE
+        --epochs 3 squeezes stage 'crt' from 30 epochs to 1, fewer than its schedule needs:
+        schedule.milestones [10, 20] become [0, 0], so its epochs 0-19 are lost
+    """
+    scaled = resolve(scale_epochs(recipe, total_epochs))
+    several = bool(recipe.get("stages"))
+    found = []
+    for before, after in zip(stage_recipes(recipe), stage_recipes(scaled)):
+        epochs, kept = before["train"]["epochs"], after["train"]["epochs"]
+        if not epochs:
+            continue
+        switches: list[tuple[str, int, int]] = []   # (key, value, scaled value)
+        lists: dict[str, tuple[list, list]] = {}     # milestones as written, and scaled
+        durations: list[str] = []
+
+        def visit(old: Any, new: Any, path: str) -> None:
+            if isinstance(old, list):
+                for i, (o, n) in enumerate(zip(old, new)):
+                    visit(o, n, f"{path}[{i}]")
+                return
+            if not isinstance(old, dict):
+                return
+            for key, value in old.items():
+                where = f"{path}.{key}" if path else str(key)
+                if where in ("meta", "train.epochs"):
+                    continue
+                integer = isinstance(value, int) and not isinstance(value, bool)
+                if key == "milestones" and isinstance(value, list):
+                    lists[where] = (value, new[key])
+                    switches.extend((where, v, n) for v, n in zip(value, new[key])
+                                    if isinstance(v, int) and 0 < v < epochs)
+                elif integer and str(key).endswith("_epoch"):
+                    if 0 < value < epochs:
+                        switches.append((where, value, new[key]))
+                elif integer and str(key).endswith("_epochs") and key != "warmup_epochs":
+                    if value >= 1 and new[key] == 0:
+                        durations.append(f"{where}={value} becomes 0")
+                else:
+                    visit(value, new.get(key) if isinstance(new, dict) else None, where)
+
+        visit(before, after, "")
+        if after["schedule"]["name"] == "cosine" and kept == 1 < epochs:
+            durations.append(f"its cosine decay runs in 1 epoch, at or near its final rate "
+                             f"(schedule.min_lr={after['schedule']['min_lr']})")
+        # Period boundaries: the stage's start and end and every switch, with where each lands.
+        lands = {0: 0, epochs: kept, **{v: n for _, v, n in switches}}
+        points = sorted(lands)
+        lost: list[list[int]] = []
+        for a, b in zip(points, points[1:]):
+            if lands[a] == lands[b]:
+                if lost and lost[-1][1] == a:  # adjacent lost periods read as one
+                    lost[-1][1] = b
+                else:
+                    lost.append([a, b])
+        if not lost and not durations:
+            continue
+        bounds = {p for period in lost for p in period}
+        moved = []
+        for key in dict.fromkeys(k for k, v, _ in switches if v in bounds):
+            if key in lists:
+                moved.append(f"{key} {lists[key][0]} become {lists[key][1]}")
+            else:
+                moved.extend(f"{key}={v} becomes {n}" for k, v, n in switches if k == key)
+        what = "; ".join(moved + durations)
+        spans = [f"{a}" if b == a + 1 else f"{a}-{b - 1}" for a, b in lost]
+        if len(lost) == 1 and lost[0][1] == lost[0][0] + 1:
+            gone = f", so its epoch {spans[0]} is lost"
+        elif lost:
+            listed = spans[0] if len(spans) == 1 else f"{', '.join(spans[:-1])} and {spans[-1]}"
+            gone = f", so its epochs {listed} are lost"
+        else:
+            gone = ""
+        found.append(f"--epochs {total_epochs} squeezes "
+                     f"{'stage ' + repr(before['meta']['stage']) if several else 'the run'} "
+                     f"from {epochs} epochs to {kept}, fewer than its schedule needs: {what}{gone}")
     return found
 
 
@@ -461,27 +581,78 @@ def recipe_differences(a: dict, b: dict, names: tuple[str, str] = ("here", "ther
     return found
 
 
+# train keys that say how a run is carried out, not what it trains (left out of the hash)
+WAYS_OF_RUNNING = ("loggers", "workers", "sync_bn", "compile", "threads")
+
+
 def recipe_hash(recipe: dict) -> str:
     """A short, stable hash of a resolved recipe, to match results to runs.
 
     What cannot change the trained model is left out: ``meta`` (free-form notes),
     ``train.loggers`` (where progress is reported) and ``train.workers`` (the streaming path's
     loader processes: every image's augmentation is seeded by its stream position, not by the
-    worker). So are ``train.sync_bn`` and ``train.compile``, which like the number of processes
-    are ways of running (recorded with the results), not tricks: a run resumes with another
-    world size, or compiled where it started eager.
+    worker). So are ``train.sync_bn``, ``train.compile`` and ``train.threads``, which like the
+    number of processes are ways of running (recorded with the results), not tricks: a run
+    resumes with another world size, compiled where it started eager, or with another CPU thread
+    count. Each may change the order of float sums (a compiled kernel, an all-reduce, a CPU
+    reduction split over threads), so results agree to rounding, not bit for bit.
     """
     def trained(section: dict) -> dict:
         out = {k: v for k, v in section.items() if k != "meta"}
         if isinstance(out.get("train"), dict):
             out["train"] = {k: v for k, v in out["train"].items()
-                            if k not in ("loggers", "workers", "sync_bn", "compile")}
+                            if k not in WAYS_OF_RUNNING}
         if isinstance(out.get("stages"), list):
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
         return out
 
     blob = json.dumps(trained(recipe), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def stage_difference(base: dict, stage: dict) -> dict:
+    """The overlay that turns ``base`` into ``stage`` (both resolved): only what differs.
+
+    Mappings are compared key by key; a mapping that lost keys (a ``_replace_`` in the recipe)
+    is given whole with ``_replace_: true``, and lists and other values whole, so merging the
+    overlay into the base (:func:`deep_merge`) gives the stage back.
+    """
+    out: dict = {}
+    for key, value in stage.items():
+        old = base.get(key)
+        if key in base and value == old:
+            continue
+        if isinstance(value, dict) and isinstance(old, dict):
+            out[key] = ({REPLACE: True, **copy.deepcopy(value)} if set(old) - set(value)
+                        else stage_difference(old, value))
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def compact_recipe(recipe: dict) -> dict:
+    """A resolved recipe with each stage written as its difference from the base recipe.
+
+    What ``lttrain --print-config`` prints (``--full`` prints every stage whole): a two-stage
+    recipe is the base and a few lines per stage instead of every section twice more. It is a
+    recipe itself and resolves to the same recipe (same hash).
+
+    Example:
+        >>> recipe = load_recipe("configs/cifar10_lt/ce_crt.yaml")
+        >>> compact_recipe(recipe)["stages"][0]
+        {'name': 'joint'}
+        >>> resolve(compact_recipe(recipe)) == recipe
+        True
+    """
+    if not recipe.get("stages"):
+        return copy.deepcopy(recipe)
+    base = {k: v for k, v in recipe.items() if k != "stages"}
+    stages = []
+    for stage in recipe["stages"]:
+        meta = {k: v for k, v in stage.get("meta", {}).items() if k != "stage"}
+        overlay = stage_difference(base, {**stage, "meta": meta})
+        stages.append({"name": stage["meta"]["stage"], **overlay})
+    return {**copy.deepcopy(base), "stages": stages}
 
 
 def dump_recipe_text(recipe: dict) -> str:

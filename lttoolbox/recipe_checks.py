@@ -149,6 +149,14 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
         boolean(train[name], f"{p}train.{name}")
     if train["workers"] != "auto":
         train["workers"] = number(train["workers"], f"{p}train.workers", integer=True, minimum=0)
+    if train["threads"] != "auto":
+        try:
+            train["threads"] = number(train["threads"], f"{p}train.threads", integer=True,
+                                      minimum=1)
+        except ConfigError:
+            raise ConfigError(f"must be auto (torch's own choice) or a number of CPU threads of "
+                              f"at least 1, got {train['threads']!r}", key=f"{p}train.threads"
+                              ) from None
     if not isinstance(train["device"], str):
         raise ConfigError(f"must be a device name such as auto, cpu or cuda:0, got "
                           f"{train['device']!r}", key=f"{p}train.device")

@@ -55,9 +55,12 @@ class Registry:
             while torch loads reaches ``lttrain``'s handler, not a traceback).
     """
 
-    def __init__(self, kind: str, module: str | None = None):
+    def __init__(self, kind: str, module: str | None = None, context: Iterable[str] = ()):
         self.kind = kind
         self.module = module
+        # What the builder of this family passes to its entries (the trainer, a model): their
+        # parameters of these names are filled in, not set in recipes (``lttrain --list``).
+        self.context = frozenset(context)
         self._entries: dict[str, Callable] = {}
 
     @property
@@ -139,35 +142,50 @@ class Registry:
             raise ConfigError(f"{self.kind} '{cfg['name']}': {err}", key=key) from None
 
 
-# What the trainer and the data tell an entry; not set in recipes, so not listed as parameters.
-CONTEXT = {"class_counts", "num_classes", "labels", "total_epochs", "seed", "rank", "world_size",
-           "feature_dim", "in_channels", "image_size", "stage_names", "stage_shapes",
-           "imbalance_type", "fetch", "run_data"}
+def _parameters(factory: Callable) -> list[inspect.Parameter]:
+    """The named parameters of an entry's constructor (or factory function)."""
+    if inspect.isclass(factory) and factory.__init__ is object.__init__:
+        return []
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    return [p for p in inspect.signature(target).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def describe(registry: "Registry") -> list[tuple[str, str, str]]:
     """``(name, "param=default, ...", first docstring line)`` of every entry, from its
-    signature (``lttrain --list``), so the listing cannot drift from the code."""
+    signature (``lttrain --list``), so the listing cannot drift from the code. Every parameter
+    is listed but those the family's builder fills in (``registry.context``, see
+    :func:`given_by_builder`)."""
     rows = []
     for name in registry.names():
         factory = registry.get(name)
-        target = factory.__init__ if inspect.isclass(factory) else factory
-        params = []
-        if not (inspect.isclass(factory) and factory.__init__ is object.__init__):
-            for p in inspect.signature(target).parameters.values():
-                if p.name in CONTEXT or p.name == "self" or p.kind in (p.VAR_POSITIONAL,
-                                                                        p.VAR_KEYWORD):
-                    continue
-                params.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+        params = [p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                  for p in _parameters(factory) if p.name not in registry.context]
         doc = inspect.getdoc(factory) or ""
         rows.append((name, ", ".join(params), doc.split("\n\n")[0].replace("\n", " ")))
     return rows
 
 
+def given_by_builder(registry: "Registry") -> list[str]:
+    """The parameters of the family's entries that its builder fills in (the trainer passes
+    ``class_counts``, ``total_epochs``, ... to a loss), sorted."""
+    return sorted({p.name for name in registry.names() for p in _parameters(registry.get(name))
+                   if p.name in registry.context})
+
+
+# What the trainer tells the sampler, loss, augmentations and generator of every stage
+# (``Trainer._context``); a model is built from its recipe and the data's shape.
+STAGE_CONTEXT = ("class_counts", "num_classes", "labels", "total_epochs", "seed", "rank",
+                 "world_size", "feature_dim", "stage_names", "stage_shapes", "imbalance_type",
+                 "fetch")
+MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
+
 # One registry per family; the kind doubles as the recipe section the entries come from.
-DATASETS = Registry("data", "lttoolbox.data")
-MODELS = Registry("model", "lttoolbox.models")
-SAMPLERS = Registry("sampler", "lttoolbox.samplers")
-LOSSES = Registry("loss", "lttoolbox.losses")
-AUGMENTS = Registry("augment", "lttoolbox.augment")
-GENERATORS = Registry("generator", "lttoolbox.generators")
+# ``run_data``: what lteval tells a data set about the run it evaluates (data.json), so a
+# test-only folder is read as the run read its images.
+DATASETS = Registry("data", "lttoolbox.data", context=("run_data",))
+MODELS = Registry("model", "lttoolbox.models", context=MODEL_CONTEXT)
+SAMPLERS = Registry("sampler", "lttoolbox.samplers", context=STAGE_CONTEXT)
+LOSSES = Registry("loss", "lttoolbox.losses", context=STAGE_CONTEXT)
+AUGMENTS = Registry("augment", "lttoolbox.augment", context=STAGE_CONTEXT)
+GENERATORS = Registry("generator", "lttoolbox.generators", context=STAGE_CONTEXT)

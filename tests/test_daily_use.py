@@ -211,7 +211,148 @@ def test_print_config_version_and_list(tmp_path, capsys):
     assert lttrain(["--list", "loss"]) == 0
     listing = capsys.readouterr().out
     assert "ldam(max_m=0.5, s=30.0" in listing and "Label-distribution-aware" in listing
-    assert "class_counts" not in listing and "sampler" not in listing
+    rows = [line for line in listing.splitlines() if not line.startswith("  filled in by")]
+    assert "class_counts" not in "\n".join(rows) and "sampler" not in listing
+    assert "  filled in by the trainer: class_counts, num_classes, total_epochs" in listing
+
+
+# --------------------------------------------------------------------------------- --print-config
+def multi_stage_configs() -> list[Path]:
+    from lttoolbox.recipe import read_recipe
+
+    return [p for p in sorted((REPO / "configs").rglob("*.yaml")) if read_recipe(p).get("stages")]
+
+
+@pytest.mark.parametrize("path", multi_stage_configs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_the_compact_form_is_the_same_recipe(path):
+    from lttoolbox.recipe import compact_recipe, dump_recipe_text, load_recipe, recipe_hash, resolve
+
+    recipe = load_recipe(path)
+    compact = yaml.safe_load(dump_recipe_text(compact_recipe(recipe)))
+    assert resolve(compact) == recipe and recipe_hash(resolve(compact)) == recipe_hash(recipe)
+    names = [s["meta"]["stage"] for s in recipe["stages"]]
+    assert [s["name"] for s in compact["stages"]] == names
+    for stage, overlay in zip(recipe["stages"], compact["stages"]):
+        for section, value in overlay.items():   # only what the stage changes is written
+            assert section == "name" or value != {k: v for k, v in recipe.items()}.get(section)
+
+
+def test_print_config_shows_stages_as_differences_and_full_on_request(tmp_path, capsys):
+    path = write_recipe(tmp_path / "two.yaml", {
+        **DIGITS, "loss": {"name": "ldam", "max_m": 0.5, "s": 30},
+        "stages": [{"name": "joint"},
+                   {"name": "crt", "loss": {"_replace_": True, "name": "ce"},
+                    "sampler": {"name": "class_balanced"},
+                    "train": {"epochs": 30, "freeze": ["backbone"], "reset_head": True}}]})
+    assert lttrain([str(path), "--print-config"]) == 0
+    compact = capsys.readouterr().out
+    assert lttrain([str(path), "--print-config", "--full"]) == 0
+    full = capsys.readouterr().out
+    from lttoolbox.recipe import load_recipe
+
+    assert yaml.safe_load(full) == load_recipe(path)
+    crt = yaml.safe_load(compact)["stages"][1]
+    assert crt["loss"] == {"_replace_": True, "name": "ce"} and crt["train"]["epochs"] == 30
+    assert "max_m" not in yaml.safe_dump(crt)   # the base's loss is not repeated
+    assert len(compact.splitlines()) < 0.5 * len(full.splitlines())
+
+
+def test_print_config_refuses_what_training_refuses(tmp_path, capsys):
+    """mixup alpha -1 resolves (the recipe's shape is fine) but its constructor refuses it."""
+    recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "augment": [{"name": "mixup",
+                                                                       "alpha": -1}]})
+    assert lttrain([str(recipe), "--print-config"]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert captured.out == "" and len(lines) == 1
+    assert lines[0].startswith("error: augment[0]: alpha must lie in (0, inf]"), lines
+    # and what training warns about, it warns about too (on standard error only)
+    recipe = write_recipe(tmp_path / "w.yaml", {**DIGITS, "schedule": {"milestones": [5]}})
+    assert lttrain([str(recipe), "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["schedule"]["milestones"] == [5]
+    assert captured.err.startswith("warning: schedule.milestones [5] lies at or beyond")
+
+
+def test_print_config_writes_nothing(tmp_path, capsys, monkeypatch):
+    """Not the run directory, and not the decode cache an image folder's first load writes."""
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split, count in (("train", 4), ("test", 2)):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (40 * c + i, 10 * i, 5 * i + c)).save(
+                    root / split / f"c{c}" / f"{i}.png")
+    cache = tmp_path / "cache"
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        "data": {"name": "image_folder", "root": str(root), "image_size": 8,
+                 "imbalance_type": None, "cache_dir": str(cache)},
+        "model": {"name": "digits_cnn"}, "train": {"epochs": 1, "batch_size": 4}})
+    monkeypatch.chdir(tmp_path)   # the default run directory would be under ./runs
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert lttrain([str(recipe), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["root"] == str(root)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # training itself does write that cache (so the check above could fail)
+    assert lttrain([str(recipe), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert list(cache.glob("*.npy"))
+
+
+def test_list_shows_every_parameter_of_every_entry_and_the_heads(capsys):
+    import inspect
+
+    from lttoolbox.cli import FAMILIES, registries
+
+    assert set(registries()) == set(FAMILIES) and "head" in FAMILIES
+    for family, registry in registries().items():
+        assert lttrain(["--list", family]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == family and registry.names()
+        filled = [line for line in lines if line.startswith("  filled in by ")]
+        for name in registry.names():
+            factory = registry.get(name)
+            row = next(line for line in lines if line.startswith(f"  {name}("))
+            target = factory.__init__ if inspect.isclass(factory) else factory
+            for param in inspect.signature(target).parameters.values():
+                if param.name == "self" or param.kind in (param.VAR_POSITIONAL,
+                                                          param.VAR_KEYWORD):
+                    continue
+                if param.name in registry.context:   # filled in, named once per family
+                    assert param.name not in row.split("(", 1)[1].split(")  ")[0], (name, param)
+                    assert param.name in filled[0], (family, param.name)
+                else:
+                    shown = (param.name if param.default is param.empty
+                             else f"{param.name}={param.default!r}")
+                    assert shown in row, (family, name, shown)
+    # what a newcomer missed: the data sets' own imbalance_type and image_size
+    assert lttrain(["--list", "data"]) == 0
+    listing = capsys.readouterr().out
+    assert "imbalance_type='exp'" in listing and "image_size=" in listing
+
+
+def test_the_listed_context_is_what_the_trainer_passes(tmp_path, monkeypatch):
+    """The names --list leaves to the trainer are exactly those it gives each family."""
+    from lttoolbox.cli import registries
+    from lttoolbox.engine import Trainer
+    from lttoolbox.recipe import resolve
+    from lttoolbox.registry import Registry
+
+    offered: dict[str, set] = {}
+    real = Registry.build
+
+    def spy(self, cfg, key=None, **context):
+        offered.setdefault(self.kind, set()).update(context)
+        return real(self, cfg, key, **context)
+
+    monkeypatch.setattr(Registry, "build", spy)
+    Trainer(resolve({**DIGITS, "augment": [{"name": "mixup", "start_epoch": 1}],
+                     "generator": {"name": "rsg", "stage": "layer1", "end_epoch": 1}}),
+            tmp_path / "run")
+    assert set(offered) == set(registries())
+    for family, registry in registries().items():
+        assert offered[family] == registry.context, family
 
 
 def test_default_run_directory_keeps_the_data_set_in_the_path():
@@ -323,3 +464,48 @@ def test_throughput_repeats_and_flags_a_noisy_machine(monkeypatch, capsys):
     assert "0.500 / 0.537 / 0.714" in captured.out
     assert "the trainer's img/s varied 1.50x" in captured.err
     assert "bare loop's img/s varied" not in captured.err
+
+
+# ------------------------------------------------------------------------------------ CPU threads
+def test_train_threads_sets_torch_threads_and_auto_leaves_them(tmp_path):
+    from lttoolbox.engine import Trainer
+    from lttoolbox.recipe import recipe_hash, resolve
+
+    previous = torch.get_num_threads()
+    wanted = 2 if previous == 1 else 1
+    with_threads = resolve({**DIGITS, "train": {**DIGITS["train"], "threads": wanted}})
+    try:
+        Trainer(with_threads, tmp_path / "a")
+        assert torch.get_num_threads() == wanted
+        torch.set_num_threads(previous)
+        Trainer(resolve(DIGITS), tmp_path / "b")   # auto: torch's own choice, untouched
+        assert torch.get_num_threads() == previous
+    finally:
+        torch.set_num_threads(previous)
+    assert resolve(DIGITS)["train"]["threads"] == "auto"
+    # a way of running, like train.compile: a run may resume with another thread count
+    assert recipe_hash(with_threads) == recipe_hash(resolve(DIGITS))
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "many", "true", "null"])
+def test_bad_train_threads_is_one_line_before_anything_is_written(tmp_path, capsys, value):
+    recipe = write_recipe(tmp_path / "r.yaml", DIGITS)
+    previous = torch.get_num_threads()
+    assert lttrain([str(recipe), f"train.threads={value}", "--out", str(tmp_path / "run")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: train.threads: must be auto (torch's own choice) or a number of CPU threads"), lines
+    assert not (tmp_path / "run").exists() and torch.get_num_threads() == previous
+
+
+def test_a_stage_cannot_change_the_process_threads(tmp_path):
+    from lttoolbox.engine import Trainer
+    from lttoolbox.errors import ConfigError
+    from lttoolbox.recipe import resolve
+
+    recipe = resolve({**DIGITS, "stages": [{"name": "a"},
+                                           {"name": "b", "train": {"epochs": 1, "threads": 1}}]})
+    previous = torch.get_num_threads()
+    with pytest.raises(ConfigError, match=r"^stages\[1\].train.threads: the CPU threads"):
+        Trainer(recipe, tmp_path / "run")
+    assert torch.get_num_threads() == previous and not (tmp_path / "run").exists()

@@ -217,8 +217,10 @@ def step_lr(epoch: int, lr: float, step: int) -> float:
 
 
 def cosine_lr(epoch: int, lr: float, epochs: int) -> float:
-    """CosineAnnealingLR(T_max=epochs, eta_min=0), one rate per epoch."""
-    return 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
+    """CosineAnnealingLR(T_max=epochs, eta_min=0) stepped at the start of every epoch, before its
+    batches, as classifier-balancing's run_networks.py (lines 159-160 and 247-255 at f162ade):
+    the 0-based epoch e trains at the cosine of (e + 1) / epochs."""
+    return 0.5 * lr * (1 + math.cos(math.pi * (epoch + 1) / epochs))
 
 
 @pytest.mark.parametrize("name, reference", [

@@ -1,9 +1,11 @@
 """The learning-rate schedule: the 200-epoch protocol, the scaled (per-step) warm-up, --epochs."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import lttoolbox.engine.trainer as trainer_module
@@ -12,7 +14,7 @@ from lttoolbox.engine import train
 from lttoolbox.engine.optim import lr_at
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import (apply_overrides, load_recipe, resolve, scale_epochs,
-                              unreachable_epoch_keys)
+                              squeezed_stages, unreachable_epoch_keys)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,7 +126,11 @@ def test_epochs_flag_rescales_and_train_epochs_warns_once_per_key(tmp_path, caps
     assert saved["loss"]["weights_start_epoch"] == 4
     assert saved["schedule"]["warmup_epochs"] == 0.25
     assert saved["schedule"]["warmup_unit"] == "step"
-    assert "warning" not in capsys.readouterr().err
+    # 16 and 18 both land on 4: the epochs between the two decays are lost, and said so
+    assert [line for line in capsys.readouterr().err.splitlines() if line.strip()] == [
+        "warning: --epochs 5 squeezes the run from 20 epochs to 5, fewer than its schedule "
+        "needs: loss.weights_start_epoch=16 becomes 4; sampler.start_epoch=16 becomes 4; "
+        "schedule.milestones [16, 18] become [4, 4], so its epochs 16-17 are lost"]
 
     assert main([str(path), "train.epochs=5", "--out", str(tmp_path / "cut"), "--quiet"]) == 0
     err = capsys.readouterr().err
@@ -144,8 +150,144 @@ def test_unreachable_keys_are_found_in_every_stage():
                                  {"name": "b", "train": {"epochs": 5},
                                   "schedule": {"warmup_epochs": 0}}]})
     found = unreachable_epoch_keys(recipe)
+    # augment[0].end_epoch=3 of 3 epochs: the window lasts to the end of the run, nothing lost
     assert [m.split(" ")[0].split("=")[0] for m in found] == [
-        "stages[0].schedule.warmup_epochs", "stages[0].schedule.milestones",
-        "stages[0].augment[0].end_epoch"]
+        "stages[0].schedule.warmup_epochs", "stages[0].schedule.milestones"]
     assert "[3]" in found[1]
     assert unreachable_epoch_keys(load_recipe(REPO / "configs/cifar10_lt/ldam_drw.yaml")) == []
+
+
+@pytest.mark.parametrize("end, named", [(4, True), (5, True), (3, False), (2, False)])
+def test_a_window_that_ends_with_the_run_is_not_named(end, named):
+    recipe = resolve({"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"},
+                      "augment": [{"name": "mixup", "end_epoch": end}],
+                      "sampler": {"name": "class_balanced", "start_epoch": 3},
+                      "train": {"epochs": 3}})
+    found = [m.split("=")[0] for m in unreachable_epoch_keys(recipe)]
+    # a start at 3 of 3 epochs never happens; an end at 3 is the run's own end
+    assert sorted(found) == [*(["augment[0].end_epoch"] if named else []), "sampler.start_epoch"]
+
+
+# ------------------------------------------------------------- warm-up and milestones together
+def test_milestones_apply_inside_a_per_step_warm_up():
+    """lr = decayed(epoch) * warm(epoch, step); by hand with 4 steps per epoch, lr 0.1,
+    gamma 0.1, a warm-up of 1.5 epochs and a milestone at epoch 1."""
+    def rate(epoch, step):
+        return lr_at(epoch, 0.1, warmup_epochs=1.5, warmup_unit="step", milestones=[1],
+                     gamma=0.1, step=step, steps=4)
+
+    # epoch 0, undecayed: 0.1 * (s + 1) / 4 / 1.5
+    assert [rate(0, s) for s in range(4)] == pytest.approx([0.1 / 6, 0.2 / 6, 0.3 / 6, 0.4 / 6])
+    # epoch 1, decayed to 0.01, still warming up: 0.01 * (1 + (s + 1) / 4) / 1.5, capped at 1
+    assert [rate(1, s) for s in range(4)] == pytest.approx([0.0125 / 1.5, 0.015 / 1.5, 0.01,
+                                                           0.01])
+    assert rate(2, 0) == pytest.approx(0.01)
+
+
+def test_a_squeezed_stage_warms_up_to_its_decayed_rate():
+    """cRT (30 epochs, milestones [10, 20], lr 0.1, gamma 0.1, warm-up 5) after a 200-epoch
+    stage, scaled with --epochs 3: 1 epoch, milestones [0, 0], a warm-up of 0.075 epochs."""
+    recipe = resolve(scale_epochs(load_recipe(REPO / "configs/cifar10_lt/ldam_drw_crt.yaml"), 3))
+    crt = recipe["stages"][1]
+    assert crt["train"]["epochs"] == 1 and crt["schedule"]["milestones"] == [0, 0]
+    assert crt["schedule"]["warmup_epochs"] == 0.075
+    steps = 97  # 0.075 * 97 = 7.275 warm-up steps towards 0.1 * 0.1 ** 2 = 0.001
+    expected = [0.001 * (s + 1) / 7.275 for s in range(7)] + [0.001] * 90
+    assert [recipe_rate(crt, 0, s, steps) for s in range(steps)] == pytest.approx(expected)
+    # per epoch too: a 2-epoch warm-up over a milestone at 1 reaches 0.1 * 0.1, not 0.1
+    assert lr_at(1, 0.1, warmup_epochs=2, milestones=[1], gamma=0.1) == pytest.approx(0.01)
+    assert lr_at(0, 0.1, warmup_epochs=2, milestones=[1], gamma=0.1) == pytest.approx(0.05)
+
+
+def test_squeezed_stages_are_named_with_what_they_lose():
+    crt = load_recipe(REPO / "configs/cifar10_lt/ldam_drw_crt.yaml")
+    assert squeezed_stages(crt, 3) == [
+        "--epochs 3 squeezes stage 'joint' from 200 epochs to 3, fewer than its schedule needs: "
+        "schedule.milestones [160, 180] become [2, 3], so its epochs 180-199 are lost",
+        "--epochs 3 squeezes stage 'crt' from 30 epochs to 1, fewer than its schedule needs: "
+        "schedule.milestones [10, 20] become [0, 0], so its epochs 0-19 are lost"]
+    # the quick protocol's 30 epochs keep every period of both stages: [24, 27] and [2, 3] of 4
+    assert squeezed_stages(crt, 30) == []
+    assert squeezed_stages(crt, 200) == [] and squeezed_stages(crt, 400) == []
+    # a window that ends with the stage ends with the scaled stage: nothing lost
+    windowed = resolve({"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"},
+                        "augment": [{"name": "mixup", "start_epoch": 100, "end_epoch": 200}],
+                        "train": {"epochs": 200}})
+    assert squeezed_stages(windowed, 3) == []
+    one = squeezed_stages(resolve({**windowed, "augment": [{"name": "mixup", "end_epoch": 197}]}),
+                          30)
+    assert one == ["--epochs 30 squeezes the run from 200 epochs to 30, fewer than its schedule "
+                   "needs: augment[0].end_epoch=197 becomes 30, so its epochs 197-199 are lost"]
+
+
+def test_epochs_flag_warns_about_a_squeezed_stage_and_trains_it_at_its_rate(tmp_path, capsys):
+    """What a new user met: a later stage squeezed to milestones [0, 0] trained at the full
+    rate, silently. It now trains at its decayed rate, with one warning line."""
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"name": "digits_lt", "imbalance_ratio": 10}, "model": {"name": "digits_cnn"},
+        "optim": {"lr": 0.1}, "train": {"epochs": 20, "batch_size": 128},
+        "stages": [{"name": "joint"},
+                   {"name": "crt", "sampler": {"name": "class_balanced"},
+                    "schedule": {"warmup_epochs": 1, "milestones": [2, 4], "gamma": 0.1},
+                    "train": {"epochs": 10, "freeze": ["backbone"], "reset_head": True}}]}))
+    assert main([str(path), "--epochs", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert warnings == ["warning: --epochs 2 squeezes stage 'crt' from 10 epochs to 1, fewer "
+                        "than its schedule needs: schedule.milestones [2, 4] become [0, 0], so "
+                        "its epochs 0-3 are lost"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["stage"] for row in log] == ["joint", "joint", "crt"]
+    assert log[2]["lr"] == pytest.approx(0.1 * 0.1 ** 2)  # the epoch's last step, warmed up
+
+
+# ------------------------------------------------------------------------------- cosine decay
+def decoupling_cosine(base: float, total: int) -> list[float]:
+    """The decoupling code's rates (classifier-balancing f162ade, run_networks.py 159-160 and
+    247-255): torch's CosineAnnealingLR(T_max=total, eta_min=0) stepped at the start of every
+    epoch, before its batches, replayed with torch's own scheduler."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=base)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=0.0)
+    rates = []
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": as the code
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(total):
+            scheduler.step()
+            rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+def test_the_cosine_decay_is_the_decoupling_codes():
+    # By hand, 0.2 * (1 + cos(pi * (e + 1) / 10)) / 2 for the 0-based epoch e: the cRT stage of
+    # configs/imagenet_lt/ce_crt.yaml (10 epochs, lr 0.2, min_lr 0).
+    by_hand = [0.195106, 0.180902, 0.158779, 0.130902, 0.1, 0.069098, 0.041221, 0.019098,
+               0.004894, 0.0]
+    crt = load_recipe(REPO / "configs/imagenet_lt/ce_crt.yaml")["stages"][1]
+    rates = [recipe_rate(crt, e) for e in range(10)]
+    assert rates == pytest.approx(by_hand, abs=1e-6)
+    assert rates == pytest.approx(decoupling_cosine(0.2, 10), abs=1e-12)
+    # min_lr lifts the floor: epoch e at 0.01 + 0.19 * (1 + cos(pi * (e + 1) / 4)) / 2
+    assert [lr_at(e, 0.2, name="cosine", total_epochs=4, min_lr=0.01) for e in range(4)] == \
+        pytest.approx([0.172175, 0.105, 0.037825, 0.01], abs=1e-6)
+
+
+def test_a_cosine_decay_after_a_warm_up_spans_the_remaining_epochs():
+    # warm-up of 2 of 6 epochs, lr 1: 1/2, 2/2, then (1 + cos(pi * k / 4)) / 2 for k = 1..4
+    assert [lr_at(e, 1.0, name="cosine", warmup_epochs=2, total_epochs=6) for e in range(6)] == \
+        pytest.approx([0.5, 1.0, 0.853553, 0.5, 0.146447, 0.0], abs=1e-6)
+    # per step, 0.5 epoch of warm-up over 4 steps, 4 epochs: epoch 0's decayed rate is the
+    # cosine at (1 - 0.5) / 3.5, warmed up by (s + 1) / 4 / 0.5
+    first = (1 + math.cos(math.pi * 0.5 / 3.5)) / 2
+    assert [lr_at(0, 1.0, name="cosine", warmup_epochs=0.5, warmup_unit="step", total_epochs=4,
+                  step=s, steps=4) for s in range(4)] == pytest.approx(
+        [first * 0.5, first, first, first])
+    assert first == pytest.approx(0.950484, abs=1e-6)
+
+
+def test_a_cosine_stage_squeezed_to_one_epoch_is_named():
+    crt = load_recipe(REPO / "configs/imagenet_lt/ce_crt.yaml")
+    assert squeezed_stages(crt, 9) == [
+        "--epochs 9 squeezes stage 'crt' from 10 epochs to 1, fewer than its schedule needs: "
+        "its cosine decay runs in 1 epoch, at or near its final rate (schedule.min_lr=0.0)"]
+    assert squeezed_stages(crt, 30) == []   # 90 -> 30 and 10 -> 3

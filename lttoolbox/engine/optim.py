@@ -7,10 +7,23 @@ milestone on, milestones counting 0-based epochs) or a cosine decay. The 200-epo
 exactly the script's sequence: 0.02, 0.04, ..., 0.1 for epochs 0-4, 0.1 until epoch 159, 0.001
 from 160 and 1e-5 from 180.
 
+The cosine decay is the one of the decoupling code (Kang et al., ICLR 2020;
+facebookresearch/classifier-balancing at f162ade, ``run_networks.py``): ``CosineAnnealingLR``
+with ``T_max`` the stage's epochs (lines 159-160), stepped at the *start* of every epoch, before
+its batches (lines 247-255). Epoch ``e`` (0-based) thus trains at the cosine of ``(e + 1) / T``:
+the first epoch already below ``lr`` and the last one at ``min_lr`` (with ``min_lr: 0``, as every
+shipped cosine recipe, its weights do not move; batch-norm statistics still update). Stepping at
+the end of each epoch, as torch's documentation now shows, would train epoch ``e`` at ``e / T``,
+one epoch later in the decay. After a warm-up of ``W`` epochs the decay spans the remaining
+``T - W``: epoch ``e`` trains at ``(e + 1 - W) / (T - W)``, the warm-up's rule (counted at the end
+of the epoch, ``(e + 1) / W``) carried on.
+
 ``warmup_unit: step`` warms up per optimizer step instead, linearly over ``warmup_epochs``
 (which may then be fractional) worth of steps. A schedule that was shortened keeps its warm-up
 this way: 5 of 200 epochs is 0.75 of 30, which a per-epoch warm-up could only round to one epoch
-at the full rate from the first step (see :func:`lttoolbox.recipe.scale_epochs`).
+at the full rate from the first step (see :func:`lttoolbox.recipe.scale_epochs`). Either way the
+warm-up factor multiplies the decayed rate (:func:`lr_at`), so a milestone that a shortened
+schedule moved inside the warm-up still applies.
 
 Example:
     >>> lr_at(0, base_lr=0.1, name="multistep", warmup_epochs=5, milestones=[160, 180], gamma=0.01,
@@ -120,6 +133,22 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
           steps: int = 1) -> float:
     """Learning rate for a 0-based ``epoch`` (and, when warming up per step, its ``step``).
 
+    The rate is the decayed rate times the warm-up factor::
+
+        lr(epoch, step) = decayed(epoch) * warm(epoch, step)
+
+    ``decayed`` is ``base_lr * gamma ** k`` for ``multistep`` (``k`` milestones at or before
+    ``epoch``), ``min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2`` for ``cosine``, with
+    ``p = (epoch + 1 - warmup_epochs) / (total_epochs - warmup_epochs)`` clipped to [0, 1] (the
+    decoupling code's schedule, see the module docstring), and ``base_lr`` for ``constant``.
+    ``warm`` is 1
+    from epoch ``warmup_epochs`` on; before it, ``(epoch + 1) / warmup_epochs`` per epoch, or
+    ``min(1, (epoch + (step + 1) / steps) / warmup_epochs)`` per step. The two overlap only in a
+    shortened schedule (the LDAM-DRW script's warm-up ends long before its first milestone): a
+    later stage squeezed by ``--epochs`` to milestones ``[0, 0]`` then warms up to its decayed
+    rate, ``base_lr * gamma ** 2``, instead of to ``base_lr`` as the script's ``if``/``elif``
+    would (it never meets that case).
+
     Args:
         epoch: The 0-based epoch.
         base_lr: The rate after warm-up and before any decay.
@@ -132,25 +161,34 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
         warmup_unit: ``epoch`` (one rate per epoch, as the LDAM-DRW script) or ``step``.
         step: The 0-based step within the epoch (``warmup_unit: step`` only).
         steps: Steps in this epoch (``warmup_unit: step`` only).
+
+    Example:
+        >>> # A squeezed stage: a quarter of the way, half of its warm-up to 0.1 * 0.1 ** 2
+        >>> round(lr_at(0, 0.1, milestones=[0, 0], gamma=0.1, warmup_epochs=0.5,
+        ...             warmup_unit="step", step=24, steps=100), 9)
+        0.0005
     """
-    if epoch < warmup_epochs:
-        if warmup_unit == "step":
-            # Counted at the end of the step, as the per-epoch rule counts at the end of the
-            # epoch: the last warm-up step reaches base_lr.
-            return base_lr * min(1.0, (epoch + (step + 1) / max(1, steps)) / warmup_epochs)
-        if warmup_unit != "epoch":
-            raise ConfigError(f"unknown warm-up unit '{warmup_unit}'; known: "
-                              f"{', '.join(WARMUP_UNITS)}", key="schedule.warmup_unit")
-        return base_lr * (epoch + 1) / warmup_epochs
+    if warmup_unit not in WARMUP_UNITS:
+        raise ConfigError(f"unknown warm-up unit '{warmup_unit}'; known: "
+                          f"{', '.join(WARMUP_UNITS)}", key="schedule.warmup_unit")
     if name == "multistep":
-        return base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
-    if name == "cosine":
+        decayed = base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
+    elif name == "cosine":
+        # Counted at the end of the epoch, as CosineAnnealingLR stepped before each epoch.
         span = max(1, total_epochs - warmup_epochs)
-        progress = min(1.0, (epoch - warmup_epochs) / span)
-        return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-    if name == "constant":
-        return base_lr
-    raise ConfigError(f"unknown schedule '{name}'", key="schedule.name")
+        progress = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / span))
+        decayed = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    elif name == "constant":
+        decayed = base_lr
+    else:
+        raise ConfigError(f"unknown schedule '{name}'", key="schedule.name")
+    if epoch >= warmup_epochs:
+        return decayed
+    if warmup_unit == "step":
+        # Counted at the end of the step, as the per-epoch rule counts at the end of the
+        # epoch: the last warm-up step reaches the (decayed) rate.
+        return decayed * min(1.0, (epoch + (step + 1) / max(1, steps)) / warmup_epochs)
+    return decayed * (epoch + 1) / warmup_epochs
 
 
 def warms_up_per_step(schedule: dict, epoch: int) -> bool:

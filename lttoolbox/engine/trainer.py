@@ -93,6 +93,19 @@ def autocast_factory(mode: str, device: torch.device) -> tuple[Callable | None, 
     return (lambda: torch.autocast(device.type, dtype=dtype)), mode == "fp16"
 
 
+def use_threads(threads: int | str) -> None:
+    """``train.threads``: the CPU threads torch runs each operation on, for this process.
+
+    ``auto`` leaves torch's own choice (one per core, or ``OMP_NUM_THREADS``) alone. A number
+    calls ``torch.set_num_threads``. On a machine whose cores are busy with other work, fewer
+    threads than cores can be much faster (the threads of one operation wait for each other).
+    torch's inter-op pool is left alone: a process may set it only once, before any parallel
+    work, and the training step runs its operations one after another.
+    """
+    if threads != "auto":
+        torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -151,6 +164,8 @@ class Trainer:
         # metrics.csv's loss-term columns: every name any stage logs, in order of appearance
         self._loss_terms = tuple(dict.fromkeys(n for st in self.stages
                                                for n in loss_term_names(st)))
+        # After every check passed: a refused recipe leaves the process as it found it.
+        use_threads(first["train"]["threads"])
         # After every check passed, so a refused recipe prints its one error line only.
         for message in unreachable_epoch_keys(self.recipe):
             self.log.warning(message)
@@ -256,6 +271,10 @@ class Trainer:
                 raise ConfigError("all stages share the first stage's data set; "
                                   "only sampler, loss, augment, generator, optim, schedule, train, "
                                   "eval and model.head may change", key=where + section)
+        if recipe["train"]["threads"] != first["train"]["threads"]:
+            raise ConfigError(f"the CPU threads are the process's, set once for the whole run: "
+                              f"give train.threads outside the stages (the first stage has "
+                              f"{first['train']['threads']!r})", key=where + "train.threads")
         changed = {k for k in set(recipe["model"]) | set(first["model"])
                    if k != "head" and recipe["model"].get(k) != first["model"].get(k)}
         if changed:

@@ -27,11 +27,11 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import Registry
 
-HEADS = Registry("head")
-"""Registry of classifier heads (recipe key ``model.head``)."""
-
 # Given by the model, never by the recipe: a recipe value would silently win over the context.
 _HEAD_CONTEXT = ("in_features", "num_classes")
+
+HEADS = Registry("head", "lttoolbox.models", context=_HEAD_CONTEXT)
+"""Registry of classifier heads (recipe key ``model.head``)."""
 
 
 def head_config(cfg: str | dict[str, Any], key: str = "model.head") -> dict[str, Any]:
