@@ -195,8 +195,8 @@ def test_two_row_smoke_suite_end_to_end_with_interrupt_and_resume(tmp_path):
     # Markdown
     md = (out / "leaderboard.md").read_text()
     mean, std = expected["ce"]["top1"]
-    assert f"| CE | 2 | {mean:.2f} ± {std:.2f} |" in md
-    assert f"| Focal | 1 | {expected['focal']['top1'][0]:.2f} |" in md
+    assert f"| CE | 2 | 1 | {mean:.2f} ± {std:.2f} |" in md  # seeds, epochs, top-1
+    assert f"| Focal | 1 | 1 | {expected['focal']['top1'][0]:.2f} |" in md
     assert f"{delta:+.2f}" in md
     assert "not yet available" in md and "no_such_loss" in md
     assert "Protocol: `smoke`" in md and "Final-epoch numbers only" in md
@@ -289,6 +289,97 @@ def test_overlays_reach_every_stage_and_quick_scales_every_switch(tmp_path):
         assert stage["train"]["amp"] == "bf16"
     assert first["train"]["epochs"] == 30 and second["train"]["epochs"] == 2
     assert second["loss"]["name"] == "focal"
+
+
+def test_quick_scales_each_recipe_by_its_own_budget(tmp_path):
+    """30 per 200 for every recipe: 400 epochs -> 60, each phase by the same factor, rounded
+    to the nearest epoch (halves to even), at least 1 epoch; 0-epoch phases stay 0. The smoke
+    protocol (epochs alone) still gives every first phase its fixed length."""
+    long = write_yaml(tmp_path / "long.yaml", {
+        "_base_": str(QUICKSTART), "train": {"epochs": 400},
+        "schedule": {"name": "multistep", "warmup_epochs": 5, "milestones": [320, 360]},
+        "stages": [{"name": "a"}, {"name": "b", "train": {"epochs": 30}},
+                   {"name": "c", "train": {"epochs": 3}}, {"name": "d", "train": {"epochs": 0}},
+                   {"name": "e", "train": {"epochs": 10}}]})
+    odd = write_yaml(tmp_path / "odd.yaml", {"_base_": str(QUICKSTART), "train": {"epochs": 210}})
+    suite = load_suite(write_yaml(tmp_path / "suite.yaml", {
+        "name": "s", "references": None, "settings": [{"id": "a", "overlay": {}}],
+        "rows": [{"id": "long", "recipe": str(long)}, {"id": "odd", "recipe": str(odd)},
+                 {"id": "base", "recipe": str(QUICKSTART), "overrides": ["train.epochs=200"]}]}))
+    quick = Planner(suite, "quick", tmp_path / "out")
+    run = quick.plan("long", "a", 0)
+    # 400 * 0.15 = 60; 30 * 0.15 = 4.5 -> 4; 3 * 0.15 = 0.45 -> at least 1; 10 * 0.15 = 1.5 -> 2
+    assert run.written_epochs == [400, 30, 3, 0, 10]
+    assert run.epochs == [60, 4, 1, 0, 2]
+    assert run.recipe["schedule"]["milestones"] == [48, 54]  # 320, 360 by 0.15
+    assert run.recipe["stages"][0]["schedule"]["warmup_epochs"] == 0.75
+    assert not any("rounded to" in w for w in run.warnings)
+    assert quick.plan("base", "a", 0).epochs == [30]
+    odd_run = quick.plan("odd", "a", 0)  # 210 * 0.15 = 31.5 -> 32: not exactly 0.15, warned
+    assert odd_run.epochs == [32]
+    assert any("train.epochs=210 scales to 31.5 epochs, rounded to 32" in w
+               for w in odd_run.warnings)
+    smoke = Planner(suite, "smoke", tmp_path / "out").plan("long", "a", 0)
+    assert smoke.epochs[0] == 1 and smoke.written_epochs == [400, 30, 3, 0, 10]
+    assert Planner(suite, "paper", tmp_path / "out").plan("long", "a", 0).epochs == \
+        [400, 30, 3, 0, 10]
+
+
+@pytest.mark.parametrize("proto, key", [
+    ({"epochs": 30, "per": 0}, "protocols.p.per"),
+    ({"per": 200}, "protocols.p.per"),
+    ({"epochs": 30, "pre": 200}, "protocols.p.pre"),
+])
+def test_bad_protocols_name_the_key(tmp_path, proto, key):
+    suite = {"name": "s", "references": None, "settings": [{"id": "s", "overlay": {}}],
+             "rows": [{"id": "a", "recipe": None, "status": "x"}], "protocols": {"p": proto}}
+    with pytest.raises(ConfigError, match="^" + re.escape(key)):
+        load_suite(write_yaml(tmp_path / "suite.yaml", suite))
+
+
+def test_epochs_are_shown_and_unequal_paper_budgets_are_flagged(tmp_path):
+    """A row whose recipe is twice the baseline's length (as input mixup's 400 against CE's 200)
+    keeps that ratio under quick, shows its epochs, and its direction against a paper Δ that
+    compares unequal budgets is flagged instead of printed as an opposite direction."""
+    suite = load_suite(digits_suite(tmp_path, rows=[
+        {"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
+        {"id": "focal", "label": "Focal", "recipe": str(QUICKSTART),
+         "overrides": ["train.epochs=60"]}]))
+    planner = Planner(suite, "quick", tmp_path / "out")
+    ce, focal = planner.plan("ce", "exp10", 0), planner.plan("focal", "exp10", 0)
+    assert (ce.epochs, focal.epochs) == ([4], [9])  # 30 and 60 by 30/200: 4.5 -> 4, 9
+    for run, top1 in ((ce, 60.0), (focal, 50.0)):  # the paper's focal beats its CE by 5
+        run.dir.mkdir(parents=True)
+        (run.dir / "results.json").write_text(json.dumps(
+            {"recipe_hash": run.hash, "protocol": "quick", "top1": top1, "seconds": 1.0}))
+    doc = collect(suite, planner, References.load(tmp_path / "refs.yaml"), [0], {"ce", "focal"},
+                  {"exp10"})
+    rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
+    assert rows["focal"]["epochs"]["phases"] == [9]
+    assert rows["focal"]["epochs"]["written_phases"] == [60]
+    cmp = rows["focal"]["vs_paper"]
+    assert cmp["direction"] == "opposite" and cmp["unequal_budgets"] is True
+    assert cmp["budgets"] == {"paper": [60, 30], "here": [9, 4]}
+    md = markdown(doc)
+    assert "| CE | 1 | 4 | 60.00 |" in md and "| Focal | 1 | 9 | 50.00 |" in md
+    assert "**opposite direction**" not in md and "opposite direction ‡" in md
+    assert "Unequal budgets" in md and "Focal 60 vs 30 (here 9 vs 4)" in md
+    from lb.report import csv_rows
+    record = {r["row"]: r for r in csv_rows(doc)}["focal"]
+    assert record["direction_vs_paper"] == "opposite (unequal budgets)"
+    assert (record["epochs"], record["epochs_as_written"]) == ("9", "60")
+    assert record["paper_delta_epochs"] == "60 vs 30"
+    # equal budgets: a plain, bold verdict
+    (focal.dir / "results.json").unlink()
+    suite.row("focal").overrides = []
+    planner = Planner(suite, "quick", tmp_path / "out")
+    focal = planner.plan("focal", "exp10", 0)
+    (focal.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": focal.hash, "protocol": "quick", "top1": 50.0, "seconds": 1.0}))
+    doc = collect(suite, planner, References.load(tmp_path / "refs.yaml"), [0], {"ce", "focal"},
+                  {"exp10"})
+    assert doc["settings"][0]["rows"][1]["vs_paper"]["unequal_budgets"] is False
+    assert "**opposite direction**" in markdown(doc) and "‡" not in markdown(doc)
 
 
 def test_unscaled_epoch_keys_are_warned_about(tmp_path):
@@ -513,7 +604,13 @@ def test_shipped_suites_plan_and_list_every_row(tmp_path, name):
             if row.runs_in(setting.id):
                 run = planner.plan(row.id, setting.id, 0)
                 assert not isinstance(run, ConfigError), f"{row.id}/{setting.id}: {run}"
-                assert run.recipe["train"]["epochs"] == 30
+                # every phase of every recipe by 30/200 (a half to the even epoch, at least 1)
+                assert run.epochs == [max(1, round(e * 30 / 200)) if e else 0
+                                      for e in run.written_epochs], row.id
+                assert not any("rounded to" in w for w in run.warnings), run.warnings
+    mixup = planner.plan("mixup", "exp100", 0)
+    assert (mixup.written_epochs, mixup.epochs) == ([400], [60])
+    assert planner.plan("ce", "exp100", 0).epochs == [30]
     doc = collect(suite, planner, refs, [0], {r.id for r in suite.rows},
                   {s.id for s in suite.settings})
     exp100 = next(s for s in doc["settings"] if s["id"] == "exp100")

@@ -32,10 +32,11 @@ from .suite import Planner, Suite
 METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "ece")
 COSTS = ("train_seconds", "wall_seconds", "images_per_second")
 CSV_COLUMNS = [
-    "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds",
-    *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
+    "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds", "epochs",
+    "epochs_as_written", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
     "delta_top1_vs_baseline", "paper_top1", "paper_printed", "paper_approximate", "paper_source",
-    "paper_table", "paper_delta_vs_baseline", "direction_vs_paper", "difference_vs_paper",
+    "paper_table", "paper_delta_vs_baseline", "paper_delta_epochs", "direction_vs_paper",
+    "difference_vs_paper",
     "train_seconds_mean", "wall_seconds_mean", "wall_seconds_lower_bound",
     "images_per_second_mean", "reason",
 ]
@@ -186,6 +187,8 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                     base_method = suite.row(suite.baseline).reference or suite.baseline
                     base_ref = refs.baseline_for(ref, base_method)
             doc["paper"] = _reference_dict(ref, base_ref)
+            doc["epochs"] = _epochs_doc(planner.plan(row.id, setting.id, seeds_requested[0])
+                                        if row.available else None)
             reason = row.unavailable_reason
             if reason:
                 doc.update(status="not available", reason=reason, n=0, seeds=[])
@@ -280,6 +283,15 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
     }
 
 
+def _epochs_doc(plan) -> dict | None:
+    """A row's training budget: the epochs of each phase as run under this protocol, and as the
+    recipe writes them (the budget its paper trained, which the paper's Δ compares)."""
+    if plan is None or isinstance(plan, ConfigError):
+        return None
+    return {"phases": plan.epochs, "total": sum(plan.epochs),
+            "written_phases": plan.written_epochs, "written_total": sum(plan.written_epochs)}
+
+
 def _precision(recipe: dict, device: str) -> str:
     """What ``train.amp`` meant for a run on ``device`` (the trainer's ``auto`` rule)."""
     amps = {s["train"]["amp"] for s in (recipe.get("stages") or [recipe])}
@@ -297,14 +309,27 @@ def _precision(recipe: dict, device: str) -> str:
 
 
 def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str) -> None:
+    """Δ to the baseline and the verdict against the paper, per row.
+
+    A direction is flagged ``unequal_budgets`` when the paper's Δ compares recipes of different
+    lengths (their epochs summed over phases, as the recipes write them: input mixup's 400 with
+    CE's 200): part of that Δ is the longer training, so agreeing or not with it says little
+    about the trick alone. ``budgets`` keeps both pairs, the paper's and this run's.
+    """
     base = next((r for r in rows if r["id"] == baseline), None)
     base_top1 = ((base or {}).get("metrics") or {}).get("top1")
+    base_epochs = (base or {}).get("epochs")
     for row in rows:
         top1 = (row.get("metrics") or {}).get("top1")
         row["delta_top1"] = (top1["mean"] - base_top1["mean"]
                              if top1 and base_top1 and row is not base else None)
         paper = row.get("paper")
-        cmp: dict[str, Any] = {"difference": None, "direction": None}
+        cmp: dict[str, Any] = {"difference": None, "direction": None, "unequal_budgets": False,
+                               "budgets": None}
+        epochs = row.get("epochs")
+        if epochs and base_epochs and row is not base:
+            cmp["budgets"] = {"paper": [epochs["written_total"], base_epochs["written_total"]],
+                              "here": [epochs["total"], base_epochs["total"]]}
         if paper and top1:
             if protocol == "paper":
                 cmp["difference"] = top1["mean"] - paper["top1"]
@@ -315,6 +340,9 @@ def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str) -> N
                 else:
                     same = (row["delta_top1"] > 0) == (paper["delta_top1"] > 0)
                     cmp["direction"] = "same" if same else "opposite"
+                budgets = cmp["budgets"]
+                cmp["unequal_budgets"] = bool(budgets and budgets["paper"][0]
+                                              != budgets["paper"][1])
         row["vs_paper"] = cmp
 
 
@@ -328,6 +356,18 @@ def _fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
 def _direction(value: str | None) -> str:
     return {"same": "same direction", "opposite": "opposite direction",
             "no change": "no change here"}.get(value or "", "")
+
+
+def _phases(epochs: list[int] | None) -> str:
+    """Epochs per phase: ``60``, or ``30+4`` for two phases."""
+    return "+".join(str(e) for e in epochs) if epochs else ""
+
+
+def _verdict(cmp: dict) -> str:
+    """The direction as a CSV value: ``opposite (unequal budgets)`` when flagged."""
+    direction = cmp.get("direction") or ""
+    return f"{direction} (unequal budgets)" if direction and cmp.get("unequal_budgets") \
+        else direction
 
 
 def _minutes(s: dict | None) -> str:
@@ -353,6 +393,8 @@ def csv_rows(doc: dict) -> list[dict]:
             rec.update(suite=doc["suite"], protocol=doc["protocol"]["name"], setting=setting["id"],
                        row=row["id"], label=row["label"], status=row["status"], n_seeds=row["n"],
                        seeds=" ".join(str(s) for s in row.get("seeds", [])),
+                       epochs=_phases((row.get("epochs") or {}).get("phases")),
+                       epochs_as_written=_phases((row.get("epochs") or {}).get("written_phases")),
                        reason=row.get("reason") or "")
             for m in METRICS:
                 s = metrics.get(m)
@@ -364,7 +406,9 @@ def csv_rows(doc: dict) -> list[dict]:
                            paper_approximate=str(paper["approximate"]).lower(),
                            paper_source=paper["paper"], paper_table=paper["table"],
                            paper_delta_vs_baseline=_num(paper.get("delta_top1")))
-            rec["direction_vs_paper"] = cmp.get("direction") or ""
+            if cmp.get("direction") and cmp.get("budgets"):
+                rec["paper_delta_epochs"] = "{} vs {}".format(*cmp["budgets"]["paper"])
+            rec["direction_vs_paper"] = _verdict(cmp)
             rec["difference_vs_paper"] = _num(cmp.get("difference"))
             for c in COSTS:
                 s = costs.get(c)
@@ -471,12 +515,13 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
         lines += ["", f"## {setting['label']}" + (f" ({what})" if what else ""), ""]
         vs_head = ("vs paper (ours − paper)" if proto["name"] == "paper"
                    else "vs paper (direction)")
-        lines.append(f"| Method | Seeds | Top-1 | Mean/class | Many | Medium | Few | "
+        lines.append(f"| Method | Seeds | Epochs | Top-1 | Mean/class | Many | Medium | Few | "
                      f"Δ top-1 vs {base_label} | Paper top-1 | Paper Δ | {vs_head} | "
                      f"Train min | Wall min | img/s |")
-        lines.append("|" + "---|" * 14)
-        problems, wall_bounds, shown = [], False, {}
+        lines.append("|" + "---|" * 15)
+        problems, wall_bounds, shown, unequal = [], False, {}, []
         for row in setting["rows"]:
+            epochs = _phases((row.get("epochs") or {}).get("phases"))
             paper = row.get("paper")
             paper_cell = paper_delta = ""
             if paper:
@@ -495,8 +540,8 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                         "failed": "*failed* (see below)", "pending": "*pending*"}[status]
                 if status in ("invalid recipe", "failed"):
                     problems.append(f"- {row['label']}: {row.get('reason')}")
-                lines.append(f"| {row['label']} | 0 | {text} |  |  |  |  |  | {paper_cell} | "
-                             f"{paper_delta} |  |  |  |  |")
+                lines.append(f"| {row['label']} | 0 | {epochs} | {text} |  |  |  |  |  | "
+                             f"{paper_cell} | {paper_delta} |  |  |  |  |")
                 continue
             m, c, cmp = row["metrics"], row["costs"], row.get("vs_paper") or {}
             if proto["name"] == "paper" and cmp.get("difference") is not None:
@@ -505,7 +550,14 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                     vs += f", {_direction(cmp['direction'])}"
             else:
                 vs = _direction(cmp.get("direction"))
-            if cmp.get("direction") == "opposite":
+            if cmp.get("unequal_budgets"):
+                # not a verdict on the trick: the paper's Δ includes the longer training
+                vs += " ‡"
+                paper_b, here_b = cmp["budgets"]["paper"], cmp["budgets"]["here"]
+                unequal.append(f"{row['label']} {paper_b[0]} vs {paper_b[1]}"
+                               + (f" (here {here_b[0]} vs {here_b[1]})"
+                                  if here_b != paper_b else ""))
+            elif cmp.get("direction") == "opposite":
                 vs = f"**{vs}**"
             wall = _minutes(c.get("wall_seconds"))
             if wall and c.get("wall_seconds_lower_bound"):
@@ -519,7 +571,7 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                     problems.append(f"- {row['label']}: seeds "
                                     f"{' '.join(map(str, row['pending_seeds']))} still pending")
             lines.append(
-                f"| {row['label']} | {seeds} | {_fmt_stat(m.get('top1'))} | "
+                f"| {row['label']} | {seeds} | {epochs} | {_fmt_stat(m.get('top1'))} | "
                 f"{_fmt_stat(m.get('mean_class_acc'))} | {_fmt_stat(m.get('many'))} | "
                 f"{_fmt_stat(m.get('medium'))} | {_fmt_stat(m.get('few'))} | "
                 f"{_fmt(row.get('delta_top1'), signed=True)} | {paper_cell} | {paper_delta} | "
@@ -527,6 +579,11 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                 f"{_fmt((c.get('images_per_second') or {}).get('mean'), 0)} |")
         if problems:
             lines += ["", "Failures and gaps (* in *Seeds*):", ""] + problems
+        if unequal:
+            lines += ["", f"‡ Unequal budgets: the paper's Δ compares recipes of different "
+                      f"lengths (epochs summed over phases, row vs {base_label}: "
+                      + "; ".join(unequal) + "), so part of it is the longer training; the "
+                      "direction beside it is no verdict on the trick alone."]
         if wall_bounds:
             lines += ["", "≥ in *Wall min*: an attempt of that run was stopped without its time "
                       "being recorded (the leaderboard process itself was killed), so the wall "
