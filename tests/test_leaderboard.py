@@ -625,6 +625,30 @@ def test_shipped_suites_plan_and_list_every_row(tmp_path, name):
         assert "JPEG" in md
 
 
+@pytest.mark.parametrize("name", ["cifar10_lt_core", "cifar100_lt_core"])
+def test_notes_state_the_measured_machine_and_test_split(tmp_path, name):
+    """The table names the machine of the runs (from results.json), never a 'sandbox', and the
+    test split the runs were evaluated on: 20 images per class under smoke, not the full
+    split's 1,000 (CIFAR-10) or 100 (CIFAR-100)."""
+    suite = load_suite(ROOT / "benchmarks" / "suites" / f"{name}.yaml")
+    planner = Planner(suite, "smoke", tmp_path / "out")
+    run = planner.plan("ce", "exp100", 0)
+    run.dir.mkdir(parents=True)
+    classes = 10 if name == "cifar10_lt_core" else 100
+    machine = {"device": "cpu", "cpu": "Acme Cruncher 9000", "cpu_count": 2, "torch": "2.0"}
+    (run.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": run.hash, "protocol": "smoke", "top1": 30.0, "seconds": 60.0,
+         "machine": machine, "test_class_counts": [20] * classes}))
+    doc = collect(suite, planner, References.load(suite.references), [0], {"ce"}, {"exp100"})
+    md = markdown(doc)
+    assert "sandbox" not in md.lower()
+    assert "1,000 images per class" not in md and "(100 images per class)" not in md
+    assert (f"Test split of the 1 finished run (`results.json`'s `test_class_counts`): 20 images "
+            f"per class, {classes} classes ({20 * classes:,} images).") in md
+    timing = next(line for line in md.splitlines() if line.startswith("- Timing:"))
+    assert "Acme Cruncher 9000 (2 cores)" in timing
+
+
 def test_stats_match_numpy():
     values = [70.0, 71.5, None, 69.25]
     s = stats(values)

@@ -163,7 +163,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
     commits, finished, warnings = set(), [], []
     settings_doc = []
     for setting in suite.settings:
-        rows_doc = []
+        rows_doc, test_counts = [], []
         data_key = None
         for row in suite.rows:  # the data set of this column, for the reference numbers
             if row.available and row.runs_in(setting.id):
@@ -212,6 +212,8 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                 wall_complete = started_attempts(plan.dir) <= len(recorded)
                 if results is not None:
                     done.append(results)
+                    if results.get("test_class_counts"):
+                        test_counts.append(results["test_class_counts"])
                     device = str((results.get("machine") or {}).get("device", ""))
                     precision.setdefault(_precision(plan.recipe, device), set()).add(row.label)
                     runs.append({"seed": seed, "dir": str(plan.dir), "recipe_hash": plan.hash,
@@ -263,7 +265,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
             rows_doc.append(doc)
         _add_comparisons(rows_doc, suite.baseline, protocol)
         settings_doc.append({"id": setting.id, "label": setting.label, "data": data_key,
-                             "rows": rows_doc})
+                             "test_split": _test_split(test_counts), "rows": rows_doc})
     return {
         "suite": suite.name, "title": suite.title, "suite_file": str(suite.path),
         "protocol": {"name": protocol, **{k: v for k, v in proto.items() if k != "overlay"},
@@ -281,6 +283,24 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
         "precision": {k: sorted(v) for k, v in precision.items()},
         "settings": settings_doc,
     }
+
+
+def _test_split(counts: list[list[int]]) -> dict | None:
+    """The test split the finished runs of a column evaluated on (``results.json``'s
+    ``test_class_counts``), so the table states what was measured rather than what the data set
+    holds in full (the smoke protocol caps it).
+
+    Example:
+        >>> _test_split([[20, 20, 20], [20, 20, 20]])
+        {'classes': [3], 'per_class': [20, 20], 'images': [60, 60], 'runs': 2}
+    """
+    if not counts:
+        return None
+    per_class = [c for run in counts for c in run]
+    return {"classes": sorted({len(run) for run in counts}),
+            "per_class": [min(per_class), max(per_class)],
+            "images": [min(sum(run) for run in counts), max(sum(run) for run in counts)],
+            "runs": len(counts)}
 
 
 def _epochs_doc(plan) -> dict | None:
@@ -447,6 +467,29 @@ def _machine_line(m: dict) -> str:
     return ", ".join(parts)
 
 
+def _machine_name(m: dict) -> str:
+    """A machine in a few words: its GPU, else its CPU model and cores."""
+    if m.get("gpu"):
+        return f"{m['gpu']} ({m.get('device', 'cuda')})"
+    cpu = m.get("cpu") or "an unnamed CPU"
+    return f"{cpu} ({m.get('cpu_count', '?')} cores)"
+
+
+def _split_line(split: dict | None) -> str | None:
+    """The column's test split as measured: ``Test split of the 3 finished runs: 1,000 images per
+    class, 10 classes (10,000 images).``"""
+    if not split:
+        return None
+    lo, hi = split["per_class"]
+    per = f"{lo:,} images per class" if lo == hi else f"{lo:,} to {hi:,} images per class"
+    classes = "/".join(str(c) for c in split["classes"])
+    images = "/".join(f"{n:,}" for n in sorted(set(split["images"])))
+    runs = split["runs"]
+    return (f"Test split of the {runs} finished run{'s' if runs != 1 else ''} "
+            f"(`results.json`'s `test_class_counts`): {per}, {classes} classes ({images} "
+            f"images).")
+
+
 def _stage_table(rows: list[dict]) -> list[str]:
     """The stage timings of the multi-stage rows, one line per stage."""
     staged = [r for r in rows if r.get("stages")]
@@ -493,6 +536,11 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
     machines = doc.get("machines") or []
     if machines:
         lines.append("- Machine: " + "; ".join(_machine_line(m) for m in machines) + ".")
+        lines.append("- Timing: *Train min*, *Wall min* and *img/s* are wall-clock times measured "
+                     "on " + " and ".join(_machine_name(m) for m in machines) + "; they also "
+                     "count any time the machine gave to other work or was suspended, so on a "
+                     "shared machine they overstate the training cost. docs/throughput.md has "
+                     "step rates measured in one process.")
     commits = doc.get("run_commits") or []
     lines.append(f"- Commit of the runs: {', '.join(f'`{c}`' for c in commits) or 'unknown'}; "
                  f"table written at commit `{doc.get('generated_at_commit') or 'unknown'}` on "
@@ -513,6 +561,9 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
         data = setting.get("data") or {}
         what = ", ".join(f"{k} {v}" for k, v in data.items() if v is not None)
         lines += ["", f"## {setting['label']}" + (f" ({what})" if what else ""), ""]
+        split = _split_line(setting.get("test_split"))
+        if split:
+            lines += [split, ""]
         vs_head = ("vs paper (ours − paper)" if proto["name"] == "paper"
                    else "vs paper (direction)")
         lines.append(f"| Method | Seeds | Epochs | Top-1 | Mean/class | Many | Medium | Few | "
