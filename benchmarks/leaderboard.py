@@ -37,7 +37,7 @@ from lttoolbox.cli import stop_signals_interrupt  # noqa: E402
 from lttoolbox.errors import ConfigError  # noqa: E402
 
 from lb import plots as lb_plots  # noqa: E402
-from lb.archive import ArchiveError, merge, pack  # noqa: E402
+from lb.archive import ArchiveError, apply_merge, pack, plan_merge  # noqa: E402
 from lb.references import References  # noqa: E402
 from lb.report import collect, markdown, write_all  # noqa: E402
 from lb.runner import SKIP, Runner, decide  # noqa: E402
@@ -65,7 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="write every finished run's results.json, log.jsonl and "
                              "recipe.yaml into this .tar.gz (at most 16 MiB)")
     parser.add_argument("--merge", nargs="+", default=[], metavar="TGZ",
-                        help="first extract these --pack archives into --out")
+                        help="first extract these --pack archives into --out, each checked "
+                             "whole before anything is written")
+    parser.add_argument("--merge-overwrite", action="store_true",
+                        help="with --merge: a local run that an archive's run would replace is "
+                             "moved aside to seed<k>.replaced-<time> (never deleted); without "
+                             "it such a merge stops before writing anything")
     parser.add_argument("--settings", nargs="+", help="run only these settings (columns)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--threads-per-job", type=int,
@@ -130,12 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for archive in args.merge:
-        try:
-            say(f"merged {merge(Path(archive), out)} runs from {archive} into {out}")
+    if args.merge:
+        try:  # every archive is read and checked before any is written
+            plans = plan_merge([Path(a) for a in args.merge], out, args.merge_overwrite)
         except ArchiveError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        for plan in plans:
+            try:
+                moved = apply_merge(plan, out)
+            except OSError as err:
+                print(f"error: merging {plan.archive} into {out}: {err}", file=sys.stderr)
+                return 2
+            for run_dir, aside in moved:
+                say(f"moved the local run {run_dir} aside to {aside.name} (--merge-overwrite)")
+            say(f"merged {len(plan.runs)} runs from {plan.archive} into {out}"
+                + (f" ({len(plan.unchanged)} already there)" if plan.unchanged else ""))
     rows = [r for r in suite.rows if not args.rows or r.id in args.rows]
     first = {row_id: i for i, row_id in enumerate(args.priority)}
     rows.sort(key=lambda r: first.get(r.id, len(first)))  # stable: the rest in suite order
@@ -205,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"wrote {path}")
     if args.pack:
         try:
-            say(f"packed {pack(out, Path(args.pack))} finished runs into {args.pack}")
+            skipped: list = []
+            say(f"packed {pack(out, Path(args.pack), skipped=skipped)} finished runs into "
+                f"{args.pack}")
+            for run, why in skipped:
+                say(f"warning: {run} left out of the pack: {why}")
         except ArchiveError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

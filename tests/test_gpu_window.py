@@ -107,8 +107,11 @@ def test_priority_orders_the_queue(tmp_path):
 def test_pack_keeps_results_only_and_merge_refuses_anything_else(tmp_path):
     run = tmp_path / "lb" / "runs" / "exp10" / "ce" / "seed0"
     run.mkdir(parents=True)
-    for name in ("results.json", "log.jsonl", "recipe.yaml", "checkpoint.pt", "model-main.pt"):
-        (run / name).write_text(name)
+    content = {"results.json": '{"recipe_hash": "h", "protocol": "smoke", "top1": 50.0}',
+               "log.jsonl": '{"epoch": 0}\n', "recipe.yaml": "train: {epochs: 1}\n",
+               "checkpoint.pt": "weights", "model-main.pt": "weights"}
+    for name, text in content.items():
+        (run / name).write_text(text)
     (tmp_path / "lb" / "runs" / "exp10" / "focal" / "seed0").mkdir(parents=True)  # unfinished
     archive = tmp_path / "r.tar.gz"
     assert pack(tmp_path / "lb", archive) == 1
@@ -116,7 +119,8 @@ def test_pack_keeps_results_only_and_merge_refuses_anything_else(tmp_path):
         assert sorted(tar.getnames()) == [f"runs/exp10/ce/seed0/{n}" for n in
                                           ("log.jsonl", "recipe.yaml", "results.json")]
     assert merge(archive, tmp_path / "home") == 1
-    assert (tmp_path / "home" / "runs/exp10/ce/seed0/results.json").read_text() == "results.json"
+    assert (tmp_path / "home" / "runs/exp10/ce/seed0/results.json").read_text() == \
+        content["results.json"]
     with pytest.raises(ArchiveError, match="limit"):
         pack(tmp_path / "lb", tmp_path / "small.tar.gz", limit=10)
     assert not (tmp_path / "small.tar.gz").exists()

@@ -8,8 +8,10 @@ no training.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
+import tarfile
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from lb.archive import LIMIT, ArchiveError, merge, pack, plan_merge  # noqa: E402
 from lb.references import References  # noqa: E402
 from lb.report import collect, markdown, stats  # noqa: E402
 from lb.runner import FRESH, RESUME, SKIP, STALE, decide, move_aside  # noqa: E402
@@ -672,3 +675,177 @@ def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
     assert written == {"exp100": ["plots/exp100_per_class.png", "plots/exp100_top1.png"]}
     for name in written["exp100"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------ pack / merge
+RUN = "runs/exp10/ce/seed0"
+
+
+def good_results(top1=71.5, **extra) -> bytes:
+    return json.dumps({"recipe_hash": "abc", "protocol": "smoke", "top1": top1,
+                       "seconds": 3.0, **extra}).encode()
+
+
+def make_archive(path: Path, members: list) -> Path:
+    """``members``: (name, bytes) pairs, or TarInfo objects (links, folders) with no data."""
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+                continue
+            name, data = member
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def valid_run(run: str = RUN, top1=71.5) -> list:
+    return [(f"{run}/recipe.yaml", b"train: {epochs: 1}\n"),
+            (f"{run}/log.jsonl", b'{"epoch": 0, "loss": 1.0, "eval": {"top1": 60.0}}\n'),
+            (f"{run}/results.json", good_results(top1))]
+
+
+def test_merge_refuses_to_replace_a_local_run_unless_asked(tmp_path):
+    home = tmp_path / "home"
+    local = home / RUN
+    local.mkdir(parents=True)
+    (local / "results.json").write_bytes(good_results(50.0))
+    (local / "checkpoint.pt").write_bytes(b"weights")
+    archive = make_archive(tmp_path / "a.tar.gz", valid_run(top1=99.99))
+    with pytest.raises(ArchiveError, match=re.escape(f"{archive}: member '{RUN}/results.json' "
+                                                     f"would replace the local run")):
+        merge(archive, home)
+    assert json.loads((local / "results.json").read_text())["top1"] == 50.0
+    assert not (local / "log.jsonl").exists()
+    # an unfinished local run (a checkpoint, no results) is not shadowed either
+    (local / "results.json").unlink()
+    with pytest.raises(ArchiveError, match="local checkpoint"):
+        merge(archive, home)
+    # asked for: the local run is moved aside, never deleted
+    assert merge(archive, home, overwrite=True) == 1
+    assert json.loads((local / "results.json").read_text())["top1"] == 99.99
+    (aside,) = local.parent.glob("seed0.replaced-*")
+    assert (aside / "checkpoint.pt").read_bytes() == b"weights"
+    # merging the same archive again changes nothing and needs no flag
+    assert plan_merge([archive], home)[0].unchanged == {RUN}
+    assert merge(archive, home) == 1
+
+
+def test_merge_cli_refuses_an_overwrite_in_one_line(tmp_path):
+    suite, home = digits_suite(tmp_path), tmp_path / "home"
+    local = home / RUN
+    local.mkdir(parents=True)
+    (local / "results.json").write_bytes(good_results(50.0))
+    archive = make_archive(tmp_path / "a.tar.gz", valid_run(top1=99.99))
+    common = [str(suite), "--protocol", "smoke", "--out", str(home), "--report-only",
+              "--no-plots", "--merge", str(archive)]
+    refused = leaderboard(*common)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {archive}: member '{RUN}/")
+    assert "--merge-overwrite" in lines[0] and "Traceback" not in refused.stderr
+    assert json.loads((local / "results.json").read_text())["top1"] == 50.0
+    forced = leaderboard(*common, "--merge-overwrite")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "moved the local run" in forced.stdout
+    assert json.loads((local / "results.json").read_text())["top1"] == 99.99
+
+
+def _symlink(name: str, target: str = "/etc/passwd") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+def _folder(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+@pytest.mark.parametrize("members, member, message", [
+    # content the report would read wrongly or not at all
+    ([(f"{RUN}/results.json", b"{not json")], "results.json", "not valid JSON"),
+    ([(f"{RUN}/results.json", good_results("abc"))], "results.json", "'top1' must be a number"),
+    ([(f"{RUN}/results.json", good_results(None))], "results.json", "'top1' must be a number"),
+    ([(f"{RUN}/results.json", good_results(float("nan")))], "results.json", "'top1'"),
+    ([(f"{RUN}/results.json", good_results(101))], "results.json", "from 0 to 100"),
+    ([(f"{RUN}/results.json", b"[1, 2]")], "results.json", "a JSON object"),
+    ([(f"{RUN}/results.json", json.dumps({"top1": 50.0}).encode())], "results.json",
+     "'recipe_hash'"),
+    ([(f"{RUN}/results.json", good_results(history="x"))], "results.json", "'history'"),
+    ([(f"{RUN}/results.json", good_results(per_class_acc=["a"]))], "results.json",
+     "per_class_acc"),
+    ([(f"{RUN}/results.json", b"\xff\xfe")], "results.json", "not UTF-8"),
+    ([*valid_run()[:1], (f"{RUN}/log.jsonl", b'{"epoch": 0}\n{oops\n'),
+      valid_run()[2]], "log.jsonl", "line 2: not valid JSON"),
+    ([(f"{RUN}/log.jsonl", b'{"eval": {"top1": "high"}}\n'), valid_run()[2]], "log.jsonl",
+     "'eval'"),
+    ([(f"{RUN}/recipe.yaml", b"a: [1\n"), valid_run()[2]], "recipe.yaml", "not valid YAML"),
+    ([(f"{RUN}/recipe.yaml", b"- 1\n"), valid_run()[2]], "recipe.yaml", "a mapping"),
+    # shapes
+    ([(f"{RUN}/log.jsonl", b"")], "results.json", "is missing"),
+    ([*valid_run(), (f"{RUN}/results.json", good_results())], "results.json", "comes twice"),
+    ([_symlink(f"{RUN}/results.json")], "results.json", "not a regular file"),
+    ([_folder(RUN + "/results.json")], "results.json", "not a regular file"),
+    ([(f"{RUN}/checkpoint.pt", b"x")], "checkpoint.pt", "unexpected member"),
+    ([("runs/exp10/../../escape/seed0/results.json", good_results())], "escape",
+     "unexpected member"),
+    ([("/etc/results.json", good_results())], "/etc/results.json", "unexpected member"),
+    ([("runs/exp10/ce/seedX/results.json", good_results())], "seedX", "unexpected member"),
+])
+def test_merge_checks_the_whole_archive_before_writing(tmp_path, members, member, message):
+    """A valid run first, then the bad member: nothing of either is written."""
+    other = "runs/exp10/focal/seed0"
+    archive = make_archive(tmp_path / "bad.tar.gz", valid_run(other) + members)
+    with pytest.raises(ArchiveError) as err:
+        merge(archive, tmp_path / "home")
+    text = str(err.value)
+    assert text.startswith(f"{archive}: ") and "\n" not in text
+    assert member in text and re.search(re.escape(message), text), text
+    assert not (tmp_path / "home").exists() and not (tmp_path / "escape").exists()
+
+
+def test_merge_applies_the_pack_size_limit(tmp_path):
+    # one member over the limit (zeros: a small archive), and an archive over it
+    big = make_archive(tmp_path / "big.tar.gz",
+                       [(f"{RUN}/log.jsonl", b" " * (LIMIT + 1)), valid_run()[2]])
+    assert big.stat().st_size < LIMIT
+    with pytest.raises(ArchiveError, match=re.escape(f"member '{RUN}/log.jsonl' weighs "
+                                                     f"{LIMIT + 1:,} bytes, over the")):
+        merge(big, tmp_path / "home")
+    heavy = tmp_path / "heavy.tar.gz"
+    heavy.write_bytes(b"\0" * (LIMIT + 1))
+    with pytest.raises(ArchiveError, match="over the .*-byte limit of an archive"):
+        merge(heavy, tmp_path / "home")
+    assert not (tmp_path / "home").exists()
+
+
+def test_merge_refuses_a_truncated_archive_at_any_length(tmp_path):
+    whole = make_archive(tmp_path / "whole.tar.gz", valid_run() + valid_run(
+        "runs/exp10/focal/seed0"))
+    data = whole.read_bytes()
+    for cut in sorted({1, 10, 30, len(data) // 3, len(data) // 2, len(data) - 30,
+                       len(data) - 8, len(data) - 1}):
+        part = tmp_path / f"cut{cut}.tar.gz"
+        part.write_bytes(data[:cut])
+        with pytest.raises(ArchiveError, match=re.escape(f"{part}: not a complete .tar.gz")):
+            merge(part, tmp_path / "home")
+    assert not (tmp_path / "home").exists()
+    assert merge(whole, tmp_path / "home") == 2
+
+
+def test_what_pack_writes_merge_accepts(tmp_path):
+    out = tmp_path / "lb"
+    for row, results in (("ce", good_results()), ("focal", b"{broken")):
+        run = out / "runs" / "exp10" / row / "seed0"
+        run.mkdir(parents=True)
+        (run / "results.json").write_bytes(results)
+        (run / "log.jsonl").write_bytes(b'{"epoch": 0}\n')
+    skipped = []
+    archive = tmp_path / "r.tar.gz"
+    assert pack(out, archive, skipped=skipped) == 1
+    assert [(p.parent.name, why.split(":")[0]) for p, why in skipped] == [("focal",
+                                                                           "results.json")]
+    assert merge(archive, tmp_path / "home") == 1

@@ -81,13 +81,14 @@ def decide(run: Run, protocol: str) -> tuple[str, str]:
     return FRESH, "not started"
 
 
-def move_aside(run_dir: Path) -> Path:
-    """Rename a stale run directory (nothing is deleted)."""
+def move_aside(run_dir: Path, tag: str = "stale") -> Path:
+    """Rename a stale (or replaced) run directory to ``<name>.<tag>-<time>``; nothing is
+    deleted, and the tables never read such a copy."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}")
+    target = run_dir.with_name(f"{run_dir.name}.{tag}-{stamp}")
     n = 1
     while target.exists():
-        target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}-{n}")
+        target = run_dir.with_name(f"{run_dir.name}.{tag}-{stamp}-{n}")
         n += 1
     run_dir.rename(target)
     return target
