@@ -19,7 +19,8 @@ rewritten at the end of every invocation from all the matching runs on disk, whi
 ran them. See docs/leaderboard_guide.md.
 
 Exit status: 0 when every asked-for run finished (or ``--max-runs`` stopped the queue), 1 when a
-run failed, 2 for a bad suite or argument, 130 when interrupted.
+run failed or a recipe is invalid, 2 for a bad suite, argument or archive, 3 when ``--budget``
+stopped with runs left (they resume next time), 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "order (within each seed: every row's seed 0 comes first)")
     parser.add_argument("--budget", type=float, metavar="MINUTES",
                         help="wall-clock minutes for running: start no run after that and "
-                             "interrupt the running ones (they keep their checkpoints)")
+                             "interrupt the running ones (they keep their checkpoints); exit "
+                             "status 3 when runs are left")
     parser.add_argument("--pack", metavar="TGZ",
                         help="write every finished run's results.json, log.jsonl and "
                              "recipe.yaml into this .tar.gz (at most 16 MiB)")
@@ -97,6 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.budget is not None and not args.budget > 0:
         parser.error("--budget must be a positive number of minutes")
     return args
+
+
+EXIT_BUDGET = 3  # --budget ran out with asked-for runs unfinished
 
 
 def say(message: str) -> None:
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     interrupted, failed = False, 0
-    left = 0
+    left, budget_left = 0, 0
     if not args.report_only and queue:
         if args.max_runs is not None:
             left = max(0, len(queue) - args.max_runs)
@@ -202,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
             outcomes, interrupted = runner.run_all(queue)
         # A run stopped by an interrupt or by the budget has no error: it resumes next time.
         failed = sum(1 for o in outcomes if o.error is not None)
+        if runner.budget_spent:
+            budget_left = (sum(1 for o in outcomes if not o.ok and o.error is None)
+                           + len(queue) - len(outcomes))
+            if budget_left:
+                say(f"--budget {args.budget:g}: {budget_left} runs left; run the same command "
+                    f"again to continue")
         if left:
             say(f"--max-runs {args.max_runs}: {left} runs left; run the same command again "
                 f"to continue")
@@ -232,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"wrote {publish(doc, out, plots, Path(args.publish))}")
     if interrupted:
         return 130
-    return 1 if failed or invalid else 0
+    if failed or invalid:
+        return 1
+    return EXIT_BUDGET if budget_left else 0
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
-import tarfile
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -849,3 +850,90 @@ def test_what_pack_writes_merge_accepts(tmp_path):
     assert [(p.parent.name, why.split(":")[0]) for p, why in skipped] == [("focal",
                                                                            "results.json")]
     assert merge(archive, tmp_path / "home") == 1
+
+
+# ----------------------------------------------------------------------- owning the children
+def _ended(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped (it holds no lock and runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_the_runner_ends_its_run_and_the_rerun_resumes_it(tmp_path):
+    """After kill -9 of the leaderboard, its lttrain child stops (checkpoint kept) instead of
+    training on unowned; a rerun started at once waits for it, resumes the run, and, stopped by
+    its --budget with the run unfinished, exits 3, not 0 and not 1."""
+    import signal
+    import time
+
+    suite = digits_suite(tmp_path, protocols={"long": {"epochs": 500, "overlay": {}}})
+    out = tmp_path / "lb"
+    common = [sys.executable, str(ROOT / "benchmarks" / "leaderboard.py"), str(suite),
+              "--protocol", "long", "--rows", "ce", "--out", str(out), "--no-plots"]
+    run_dir = out / "runs" / "exp10" / "ce" / "seed0"
+    runner = subprocess.Popen(common, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    child = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "log.jsonl").is_file() or not (run_dir / "log.jsonl").read_text():
+            assert runner.poll() is None and time.monotonic() < deadline, "no epoch in 120 s"
+            time.sleep(0.2)
+        child = int((run_dir / ".lock").read_text().split()[0])
+        assert not _ended(child)
+        runner.kill()  # SIGKILL: no handler runs in the runner
+        runner.wait(timeout=30)
+        rerun = subprocess.Popen(common + ["--budget", "0.3"], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while not _ended(child):
+            assert time.monotonic() < deadline, "the killed runner's lttrain is still running"
+            time.sleep(0.2)
+        output, _ = rerun.communicate(timeout=180)
+    finally:
+        if child is not None and not _ended(child):
+            os.kill(child, signal.SIGKILL)
+        if runner.poll() is None:
+            runner.kill()
+    assert rerun.returncode == 3, output
+    assert "budget spent" in output and "1 runs left" in output
+    assert "FAILED" not in output and "in use by another run" not in output, output
+    attempts = json.loads((run_dir / "leaderboard_run.json").read_text())["attempts"]
+    assert attempts[-1]["action"] == "resume" and attempts[-1]["error"] is None
+    assert attempts[-1]["interrupted"] is True
+
+
+def test_a_run_still_locked_by_another_process_is_waited_for_and_adopted(tmp_path):
+    """A run whose lock another process holds (an orphan of a killed runner that finishes it) is
+    not started over it and not failed: the runner waits, then finds it finished."""
+    import time
+
+    from lb.runner import Runner
+
+    suite = load_suite(digits_suite(tmp_path))
+    run = Planner(suite, "smoke", tmp_path / "out").plan("ce", "exp10", 0)
+    run.dir.mkdir(parents=True)
+    results = json.dumps({"recipe_hash": run.hash, "protocol": "smoke", "top1": 42.0})
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(run.dir / '.lock')!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("locked", flush=True)
+time.sleep(3)
+open({str(run.dir / 'results.json')!r}, "w").write({results!r})
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    messages = []
+    start = time.monotonic()
+    outcome = Runner("smoke", report=messages.append).execute(run)
+    holder.wait(timeout=30)
+    assert time.monotonic() - start >= 2.0
+    assert outcome.error is None and outcome.results["top1"] == 42.0
+    assert outcome.action == "skip"
+    assert not (run.dir / "lttrain.log").exists()  # no lttrain was started over it
+    assert any(f"process {holder.pid}" in m and "waiting" in m for m in messages)
