@@ -937,3 +937,77 @@ open({str(run.dir / 'results.json')!r}, "w").write({results!r})
     assert outcome.action == "skip"
     assert not (run.dir / "lttrain.log").exists()  # no lttrain was started over it
     assert any(f"process {holder.pid}" in m and "waiting" in m for m in messages)
+
+
+# ------------------------------------------------------------------------ best test epoch
+def write_run(run, top1: float, stages: list[tuple[str, int]], evals: dict) -> None:
+    """A finished run: ``evals`` maps (stage, epoch) to the test top-1 logged under ``eval``."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, epochs in stages:
+        for epoch in range(epochs):
+            row = {"stage": name, "epoch": epoch, "loss": 1.0, "lr": 0.1, "seconds": 1.0}
+            if (name, epoch) in evals:
+                row["eval"] = {"top1": evals[(name, epoch)], "mean_class_acc": 0.0}
+            rows.append(row)
+    (run.dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": run.hash, "protocol": "smoke", "top1": top1, "seconds": 1.0,
+         "stages": [{"name": n, "epochs": e} for n, e in stages], "history": rows}))
+
+
+def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
+    """The max over the last phase's logged test top-1 and the final one, with how many epochs
+    it is the best of; empty without eval logs; labelled as the papers' practice; carried by a
+    pack through a merge."""
+    suite = load_suite(digits_suite(tmp_path))
+    refs = References.load(tmp_path / "refs.yaml")
+    planner = Planner(suite, "smoke", tmp_path / "lb")
+    ce0, ce1 = planner.plan("ce", "exp10", 0), planner.plan("ce", "exp10", 1)
+    # eval.every 1 on 4 epochs: epochs 0-2 logged, the last is results.json's top-1
+    write_run(ce0, 62.0, [("main", 4)], {("main", 0): 50.0, ("main", 1): 66.0,
+                                         ("main", 2): 60.0})
+    write_run(ce1, 58.0, [("main", 4)], {})  # no eval logs
+    # two phases: the joint phase's 90 is another model's; the final 70 beats crt's 65
+    focal = planner.plan("focal", "exp10", 0)
+    write_run(focal, 70.0, [("joint", 3), ("crt", 3)], {("joint", 1): 90.0, ("crt", 0): 65.0,
+                                                        ("crt", 1): 64.0})
+    doc = collect(suite, planner, refs, [0, 1], {"ce", "focal"}, {"exp10"})
+    rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
+    best = rows["ce"]["best_test"]
+    assert best["top1"]["mean"] == 66.0 and best["top1"]["std"] is None
+    assert best["evaluated_epochs"] == [4] and best["n"] == 1
+    assert best["seeds"] == [{"seed": 0, "top1": 66.0, "epoch": 1, "evaluated": 4,
+                              "stage": "main"}]
+    assert rows["ce"]["metrics"]["top1"]["mean"] == 60.0  # the table's result stays final
+    fb = rows["focal"]["best_test"]["seeds"][0]
+    assert (fb["top1"], fb["epoch"], fb["evaluated"], fb["stage"]) == (70.0, 2, 3, "crt")
+    md = markdown(doc)
+    assert "| Best test epoch § | Paper top-1 |" in md
+    assert "| 66.00 (of 4; 1 of 2 seeds) | 80.00 [1] |" in md
+    assert "| 70.00 (of 3) |" in md
+    assert "papers' practice" in md and "not a valid model selection" in md
+    from lb.report import csv_rows
+    records = {r["row"]: r for r in csv_rows(doc)}
+    assert float(records["ce"]["best_test_top1_mean"]) == 66.0
+    assert records["ce"]["best_test_evaluated_epochs"] == "4"
+    assert records["ce"]["best_test_n_seeds"] == 1
+    assert records["broken"]["best_test_top1_mean"] == ""
+    json.dumps(doc)  # leaderboard.json holds it
+    # the pack carries log.jsonl: the merged copy gives the same column
+    archive = tmp_path / "r.tar.gz"
+    assert pack(tmp_path / "lb", archive) == 3
+    merge(archive, tmp_path / "home")
+    home = collect(suite, Planner(suite, "smoke", tmp_path / "home"), refs, [0, 1],
+                   {"ce", "focal"}, {"exp10"})
+    assert home["settings"][0]["rows"][0]["best_test"] == best
+    # no row with eval logs: no column
+    (ce0.dir / "log.jsonl").unlink()
+    (focal.dir / "log.jsonl").unlink()
+    for run in (ce0, focal):  # and none in results.json's history either
+        res = json.loads((run.dir / "results.json").read_text())
+        res["history"] = [{k: v for k, v in h.items() if k != "eval"} for h in res["history"]]
+        (run.dir / "results.json").write_text(json.dumps(res))
+    doc = collect(suite, planner, refs, [0, 1], {"ce", "focal"}, {"exp10"})
+    assert all(r.get("best_test") is None for r in doc["settings"][0]["rows"])
+    assert "Best test epoch" not in markdown(doc)

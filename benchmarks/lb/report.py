@@ -6,6 +6,13 @@ many/medium/few-shot accuracies; the difference of mean top-1 to the suite's bas
 paper's number with its source; training time, wall time and images/s. Every number is the final
 epoch's: ``lttrain`` never selects an epoch on the test set, and neither does this.
 
+One column is the exception, and says so: for runs trained with ``eval.every``, whose
+``log.jsonl`` holds test metrics of earlier epochs, the *best test epoch* column shows the highest
+test top-1 over those epochs and the final one, which is how the papers' CIFAR numbers are
+selected (LDAM-DRW's and Bag of Tricks' codes keep their best test-set epoch). It is there to be
+read beside the paper's number, never as a result: choosing an epoch on the test set is not a
+valid model selection.
+
 The comparison with the paper depends on the protocol. Under ``paper`` it is the difference in
 top-1 (ours minus the paper's, in points). Under any shortened protocol only the direction is
 compared: whether the row beats the baseline here as it does in the paper (the paper's own
@@ -34,7 +41,8 @@ COSTS = ("train_seconds", "wall_seconds", "images_per_second")
 CSV_COLUMNS = [
     "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds", "epochs",
     "epochs_as_written", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
-    "delta_top1_vs_baseline", "paper_top1", "paper_printed", "paper_approximate", "paper_source",
+    "delta_top1_vs_baseline", "best_test_top1_mean", "best_test_top1_std",
+    "best_test_evaluated_epochs", "best_test_n_seeds", "paper_top1", "paper_printed", "paper_approximate", "paper_source",
     "paper_table", "paper_delta_vs_baseline", "paper_delta_epochs", "direction_vs_paper",
     "difference_vs_paper",
     "train_seconds_mean", "wall_seconds_mean", "wall_seconds_lower_bound",
@@ -64,6 +72,73 @@ def _data_key(recipe: dict) -> dict:
     data = recipe.get("data", {})
     return {"dataset": data.get("name"), "imbalance_type": data.get("imbalance_type"),
             "imbalance_ratio": data.get("imbalance_ratio")}
+
+
+def _log_rows(run_dir: Path, results: dict) -> list[dict]:
+    """The run's epochs: ``log.jsonl``, else the same rows in ``results.json``'s ``history``."""
+    try:
+        text = (run_dir / "log.jsonl").read_text()
+    except OSError:
+        return [r for r in results.get("history") or [] if isinstance(r, dict)]
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def best_test_epoch(run_dir: Path, results: dict) -> dict | None:
+    """The papers' practice: the best test top-1 over the evaluated epochs of the last phase.
+
+    ``eval.every`` logs test metrics under ``eval`` in the epoch rows of ``log.jsonl``; the last
+    epoch is not among them (its evaluation is ``results.json`` itself), so the final result is
+    one of the candidates. Only the last phase counts: an earlier phase trained another model (a
+    cRT run's joint phase is not a cRT model). A selection on the test set: never a result.
+
+    Returns:
+        None when the last phase has no evaluated epoch in the log, else ``top1``, ``epoch``
+        (0-based, in the phase), ``evaluated`` (epochs compared, the final one included) and
+        ``stage``.
+
+    Example:
+        >>> import tempfile
+        >>> rows = [{"stage": "main", "epoch": 0, "eval": {"top1": 50.0}},
+        ...         {"stage": "main", "epoch": 1, "eval": {"top1": 64.0}},
+        ...         {"stage": "main", "epoch": 2}]
+        >>> res = {"top1": 61.0, "stages": [{"name": "main", "epochs": 3}], "history": rows}
+        >>> best_test_epoch(Path(tempfile.mkdtemp()), res)
+        {'top1': 64.0, 'epoch': 1, 'evaluated': 3, 'stage': 'main'}
+    """
+    stages = [s for s in results.get("stages") or [] if isinstance(s, dict)]
+    stage = stages[-1].get("name") if stages else None
+    evaluated = []
+    for row in _log_rows(run_dir, results):
+        ev = row.get("eval")
+        if (stage is not None and row.get("stage") != stage) or not isinstance(ev, dict):
+            continue
+        top1 = ev.get("top1")
+        if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
+            evaluated.append((float(top1), row.get("epoch")))
+    if not evaluated:
+        return None
+    last = stages[-1].get("epochs") if stages else None
+    final = (float(results["top1"]), last - 1 if isinstance(last, int) and last > 0 else None)
+    top1, epoch = max(evaluated + [final], key=lambda c: c[0])  # the first best on a tie
+    return {"top1": top1, "epoch": epoch, "evaluated": len(evaluated) + 1, "stage": stage}
+
+
+def _best_test_doc(runs: list[dict]) -> dict | None:
+    best = [r for r in runs if r.get("best_test")]
+    if not best:
+        return None
+    return {"top1": stats(r["best_test"]["top1"] for r in best),
+            "evaluated_epochs": sorted({r["best_test"]["evaluated"] for r in best}),
+            "n": len(best),
+            "seeds": [{"seed": r["seed"], **r["best_test"]} for r in best]}
 
 
 def _mean_per_class(results: list[dict]) -> list[float | None]:
@@ -219,7 +294,8 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                     runs.append({"seed": seed, "dir": str(plan.dir), "recipe_hash": plan.hash,
                                  "finished": results.get("finished"),
                                  "commit": results.get("commit"), "wall_seconds": wall,
-                                 "wall_complete": wall_complete})
+                                 "wall_complete": wall_complete,
+                                 "best_test": best_test_epoch(plan.dir, results)})
                     machine = dict(results.get("machine") or {})
                     # Threads differ with --jobs; the machine does not.
                     threads = machine.pop("torch_threads", None)
@@ -241,6 +317,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
             doc["seeds"] = [r["seed"] for r in runs]
             doc["n"] = len(done)
             doc["metrics"] = {m: stats(r.get(m) for r in done) for m in METRICS}
+            doc["best_test"] = _best_test_doc(runs)
             doc["costs"] = {
                 "train_seconds": stats(r.get("seconds") for r in done),
                 "wall_seconds": stats(r["wall_seconds"] for r in runs),
@@ -394,6 +471,18 @@ def _minutes(s: dict | None) -> str:
     return f"{s['mean'] / 60:.1f}" if s else ""
 
 
+def _best_cell(row: dict) -> str:
+    """``74.10 ± 0.31 (of 200)``: the best test epoch's top-1 and how many epochs it is the best
+    of; the seeds it covers when fewer than the row's."""
+    best = row.get("best_test")
+    if not best:
+        return ""
+    counts = best["evaluated_epochs"]
+    of = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    seeds = f"; {best['n']} of {row['n']} seeds" if best["n"] != row.get("n") else ""
+    return f"{_fmt_stat(best['top1'])} (of {of}{seeds})"
+
+
 def _fmt_stat(s: dict | None) -> str:
     if not s:
         return "—"
@@ -421,6 +510,13 @@ def csv_rows(doc: dict) -> list[dict]:
                 rec[f"{m}_mean"] = _num(s["mean"]) if s else ""
                 rec[f"{m}_std"] = _num(s["std"]) if s and s["std"] is not None else ""
             rec["delta_top1_vs_baseline"] = _num(row.get("delta_top1"))
+            best = row.get("best_test")
+            if best:
+                rec.update(best_test_top1_mean=_num(best["top1"]["mean"]),
+                           best_test_top1_std=_num(best["top1"]["std"]),
+                           best_test_evaluated_epochs=" ".join(
+                               str(n) for n in best["evaluated_epochs"]),
+                           best_test_n_seeds=best["n"])
             if paper:
                 rec.update(paper_top1=_num(paper["top1"]), paper_printed=paper["printed"],
                            paper_approximate=str(paper["approximate"]).lower(),
@@ -517,9 +613,12 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
              f"- **Protocol: `{proto['name']}`** — {proto.get('description', '')}."]
     if proto.get("caveat"):
         lines.append(f"- **{proto['caveat']}**")
+    any_best = any(r.get("best_test") for s in doc["settings"] for r in s["rows"])
     lines.append("- Final-epoch numbers only: no epoch or checkpoint is ever selected on the test "
-                 "set. Accuracies in %, mean ± sample standard deviation over seeds (no ± with "
-                 "one seed).")
+                 "set" + (" (the *Best test epoch* column is the papers' practice, shown beside "
+                          "their numbers and labelled as such under its table)" if any_best
+                          else "") + ". Accuracies in %, mean ± sample standard deviation over "
+                 "seeds (no ± with one seed).")
     for note in doc.get("notes") or []:
         lines.append(f"- {note}")
     if doc.get("overrides"):
@@ -566,10 +665,12 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
             lines += [split, ""]
         vs_head = ("vs paper (ours − paper)" if proto["name"] == "paper"
                    else "vs paper (direction)")
+        with_best = any(r.get("best_test") for r in setting["rows"])
+        best_head = "Best test epoch § | " if with_best else ""
         lines.append(f"| Method | Seeds | Epochs | Top-1 | Mean/class | Many | Medium | Few | "
-                     f"Δ top-1 vs {base_label} | Paper top-1 | Paper Δ | {vs_head} | "
+                     f"Δ top-1 vs {base_label} | {best_head}Paper top-1 | Paper Δ | {vs_head} | "
                      f"Train min | Wall min | img/s |")
-        lines.append("|" + "---|" * 15)
+        lines.append("|" + "---|" * (16 if with_best else 15))
         problems, wall_bounds, shown, unequal = [], False, {}, []
         for row in setting["rows"]:
             epochs = _phases((row.get("epochs") or {}).get("phases"))
@@ -592,7 +693,8 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                 if status in ("invalid recipe", "failed"):
                     problems.append(f"- {row['label']}: {row.get('reason')}")
                 lines.append(f"| {row['label']} | 0 | {epochs} | {text} |  |  |  |  |  | "
-                             f"{paper_cell} | {paper_delta} |  |  |  |  |")
+                             + ("| " if with_best else "")
+                             + f"{paper_cell} | {paper_delta} |  |  |  |  |")
                 continue
             m, c, cmp = row["metrics"], row["costs"], row.get("vs_paper") or {}
             if proto["name"] == "paper" and cmp.get("difference") is not None:
@@ -625,11 +727,21 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                 f"| {row['label']} | {seeds} | {epochs} | {_fmt_stat(m.get('top1'))} | "
                 f"{_fmt_stat(m.get('mean_class_acc'))} | {_fmt_stat(m.get('many'))} | "
                 f"{_fmt_stat(m.get('medium'))} | {_fmt_stat(m.get('few'))} | "
-                f"{_fmt(row.get('delta_top1'), signed=True)} | {paper_cell} | {paper_delta} | "
+                f"{_fmt(row.get('delta_top1'), signed=True)} | "
+                + (f"{_best_cell(row)} | " if with_best else "")
+                + f"{paper_cell} | {paper_delta} | "
                 f"{vs} | {_minutes(c.get('train_seconds'))} | {wall} | "
                 f"{_fmt((c.get('images_per_second') or {}).get('mean'), 0)} |")
         if problems:
             lines += ["", "Failures and gaps (* in *Seeds*):", ""] + problems
+        if with_best:
+            lines += ["", "§ *Best test epoch*: the highest test top-1 over the evaluated epochs "
+                      "of the last phase (`eval.every`, read from `log.jsonl`) and the final "
+                      "one; *of N*: the number of epochs compared. This is the papers' practice "
+                      "(the codes of LDAM-DRW and Bag of Tricks keep their best test-set epoch), "
+                      "shown only to be read beside *Paper top-1*: it selects on the test set, "
+                      "so it is not a valid model selection and not this table's result, which "
+                      "is *Top-1* (the final epoch). Empty for runs without evaluated epochs."]
         if unequal:
             lines += ["", f"‡ Unequal budgets: the paper's Δ compares recipes of different "
                       f"lengths (epochs summed over phases, row vs {base_label}: "
