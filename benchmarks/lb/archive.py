@@ -218,6 +218,8 @@ def read_archive(archive: Path, limit: int = LIMIT) -> dict[str, dict[str, bytes
         size = archive.stat().st_size
     except OSError as err:
         raise ArchiveError(f"{archive}: cannot be read ({err.strerror or err})") from None
+    if not archive.is_file():
+        raise ArchiveError(f"{archive}: is not a file; expected a .tar.gz written by --pack")
     if size > limit:
         raise ArchiveError(f"{archive}: {size:,} bytes, over the {limit:,}-byte limit of an "
                            f"archive (the same as --pack's)")

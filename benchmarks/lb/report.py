@@ -42,9 +42,9 @@ CSV_COLUMNS = [
     "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds", "epochs",
     "epochs_as_written", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
     "delta_top1_vs_baseline", "best_test_top1_mean", "best_test_top1_std",
-    "best_test_evaluated_epochs", "best_test_n_seeds", "paper_top1", "paper_printed", "paper_approximate", "paper_source",
-    "paper_table", "paper_delta_vs_baseline", "paper_delta_epochs", "direction_vs_paper",
-    "difference_vs_paper",
+    "best_test_evaluated_epochs", "best_test_n_seeds", "paper_top1", "paper_printed",
+    "paper_approximate", "paper_source", "paper_table", "paper_delta_vs_baseline",
+    "paper_delta_epochs", "direction_vs_paper", "difference_vs_paper",
     "train_seconds_mean", "wall_seconds_mean", "wall_seconds_lower_bound",
     "images_per_second_mean", "reason",
 ]

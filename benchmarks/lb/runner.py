@@ -18,7 +18,7 @@ next invocation resumes it.
 The runner owns its children. Each ``lttrain`` runs in its own session (a terminal's Ctrl-C
 reaches the runner only, which forwards exactly one SIGINT), and on Linux it is also told, with
 ``prctl(PR_SET_PDEATHSIG)``, to receive SIGTERM when the runner dies, however it dies (``kill
--9``, a lost machine's OOM killer): it then stops as on Ctrl-C, keeping its last checkpoint. A
+-9``, the OOM killer): it then stops as on Ctrl-C, keeping its last checkpoint. A
 run whose ``RUN/.lock`` is still held when the runner comes to it (a child of a runner killed a
 moment ago, still writing its checkpoint; or another invocation's run) is waited for, then
 decided again: skipped if that process finished it, resumed otherwise, never failed as "in use".
@@ -280,7 +280,7 @@ class Runner:
             log.flush()
             # A new session keeps a terminal Ctrl-C away from the children: the runner forwards
             # exactly one SIGINT itself, so no run is interrupted while it writes its checkpoint.
-            # The death signal ends the child with the runner: a run never outlives it.
+            # On Linux the death signal ends the child with the runner, however the runner ends.
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                     env=self._environment(), start_new_session=True,
                                     preexec_fn=die_with_runner())
