@@ -1011,3 +1011,19 @@ def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
     doc = collect(suite, planner, refs, [0, 1], {"ce", "focal"}, {"exp10"})
     assert all(r.get("best_test") is None for r in doc["settings"][0]["rows"])
     assert "Best test epoch" not in markdown(doc)
+
+
+def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
+    """benchmarks/fault_sweep.py's leaderboard merge cases: every bad archive is one clear error
+    line naming it (and its member), no traceback, nothing written; valid ones are accepted."""
+    from lb.faults import problems, sweep_merge
+
+    sweep = sweep_merge(tmp_path)
+    assert sweep["tried"] >= 40
+    assert sweep["clear_errors"] == sweep["tried"], [
+        (c["name"], c["stderr"], c["traceback"]) for c in sweep["cases"]
+        if not c["expected_ok"] and not c["clear"]]
+    assert sweep["tracebacks"] == sweep["misleading_errors"] == 0
+    assert sweep["wrote_before_refusing"] == sweep["accepted_bad"] == 0
+    assert sweep["controls_accepted"] == sweep["controls"] == 3
+    assert problems(sweep, None) == 0
