@@ -6,9 +6,10 @@ trains: ``--report-only``) and count, per case, a *clear error* (exit 2 and exac
 ``error:`` line naming the archive and, where one is at fault, the member), a *misleading error*
 (any other refusal: several lines, or a line that does not name them), a *traceback*, and a
 refusal that *wrote* into the output folder anyway. Valid archives are controls that must be
-accepted. Kill trials start the leaderboard on one digits run, ``kill -9`` it at a random moment,
-and check that its ``lttrain`` child ends with it, that a rerun started at once exits 0 without a
-failure, and that the resumed run equals an uninterrupted one.
+accepted. Kill trials start the leaderboard on one digits run, ``kill -9`` it at a random moment
+of its training, and check that its ``lttrain`` child stops with it (within ``STOP_SECONDS``,
+without finishing the run), that a rerun started at once exits 0 without a failure, and that the
+resumed run equals an uninterrupted one.
 
 Example:
     >>> sweep = sweep_merge(Path("/tmp/lb-faults"))  # doctest: +SKIP
@@ -37,6 +38,7 @@ from .archive import LIMIT
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 RUN = "runs/exp10/ce/seed0"
+STOP_SECONDS = 30  # how long a killed runner's child may take to checkpoint and stop
 
 
 def digits_suite(work: Path) -> Path:
@@ -293,31 +295,35 @@ def sweep_kills(work: Path, trials: int, seed: int = 0) -> dict:
                 and time.monotonic() < deadline:
             time.sleep(0.1)  # the child is started (its lock written)
         time.sleep(delay)
+        results = out / RUN / "results.json"
         try:
             child = int((out / RUN / ".lock").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             child = None  # not started
+        training = child is not None and not _ended(child) and not results.exists()
         runner.send_signal(signal.SIGKILL)
         runner.wait()
         rerun = _leaderboard(args(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
-        deadline = time.monotonic() + 60
-        while child is not None and not _ended(child) and time.monotonic() < deadline:
+        # Stopped, not finished: it ends within STOP_SECONDS without writing its results.
+        deadline = time.monotonic() + STOP_SECONDS
+        while training and not _ended(child) and time.monotonic() < deadline:
             time.sleep(0.2)
-        child_ended = child is None or _ended(child)
-        if not child_ended:
+        stopped = training and _ended(child) and not results.exists()
+        if training and not _ended(child):
             os.kill(child, signal.SIGKILL)  # an orphan must not train on into the next trial
         output, _ = rerun.communicate()
-        results = out / RUN / "results.json"
         ok = (rerun.returncode == 0 and results.is_file() and "FAILED" not in output
               and "in use by another run" not in output)
         same = ok and json.loads(results.read_text())["per_class_acc"] == \
             expected["per_class_acc"]
-        doc.append({"delay_s": round(delay, 2), "child": child, "child_ended": child_ended,
-                    "rerun_code": rerun.returncode, "rerun_ok": ok, "identical": same,
+        doc.append({"delay_s": round(delay, 2), "child": child, "child_training": training,
+                    "child_stopped": stopped, "rerun_code": rerun.returncode, "rerun_ok": ok,
+                    "identical": same,
                     "output": output.strip().splitlines()[-3:] if not ok else []})
     return {"trials": doc, "tried": trials,
-            "children_ended": sum(t["child_ended"] for t in doc),
+            "children_training": sum(t["child_training"] for t in doc),
+            "children_stopped": sum(t["child_stopped"] for t in doc),
             "reruns_ok": sum(t["rerun_ok"] for t in doc),
             "identical": sum(t["identical"] for t in doc),
             "uninterrupted_seconds": round(duration, 1)}  # the lttrain run alone
@@ -341,8 +347,10 @@ def report(merge: dict | None, kills: dict | None) -> list[str]:
                 lines.append(f"  PROBLEM {case['name']}: code {case['code']}, "
                              f"{case['traceback'] or case['stderr'][:2]}")
     if kills:
-        lines.append(f"leaderboard kill -9: {kills['tried']} trials, {kills['children_ended']} "
-                     f"children ended with the runner, {kills['reruns_ok']} reruns exited 0 "
+        lines.append(f"leaderboard kill -9: {kills['tried']} trials, {kills['children_stopped']} "
+                     f"of {kills['children_training']} training children stopped with the runner "
+                     f"(within {STOP_SECONDS} s, results unwritten), {kills['reruns_ok']} reruns "
+                     f"exited 0 "
                      f"without a failure, {kills['identical']} identical to the uninterrupted "
                      f"run ({kills['uninterrupted_seconds']} s uninterrupted)")
     return lines
@@ -356,6 +364,6 @@ def problems(merge: dict | None, kills: dict | None) -> int:
                   + merge["wrote_before_refusing"] + merge["controls"]
                   - merge["controls_accepted"])
     if kills:
-        count += 3 * kills["tried"] - kills["children_ended"] - kills["reruns_ok"] \
-            - kills["identical"]
+        count += (kills["children_training"] - kills["children_stopped"]
+                  + 2 * kills["tried"] - kills["reruns_ok"] - kills["identical"])
     return count
