@@ -5,9 +5,13 @@ tracebacks (goal 0), half-written run directories (goal 0) and kill -9 trials wh
 equals the uninterrupted one (goal: all). The test suite keeps a fixed subset of these
 (tests/test_faults.py); this script tries many more, with random kill times.
 
+The leaderboard's cases (benchmarks/lb/faults.py) are part of the sweep: bad ``--merge``
+archives, counted as clear errors, misleading errors and tracebacks, and ``kill -9`` of a running
+leaderboard (``--lb-kills``), whose ``lttrain`` must end with it and whose rerun must succeed.
+
 Usage::
 
-    python benchmarks/fault_sweep.py --kills 30 --out runs/fault_sweep
+    python benchmarks/fault_sweep.py --kills 30 --lb-kills 5 --out runs/fault_sweep
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lttoolbox.cli import main  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from lb import faults as lb_faults  # noqa: E402
 
 DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
           "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
@@ -178,12 +185,17 @@ def main_cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="random kill -9 trials")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--lb-kills", type=int, default=3,
+                        help="kill -9 trials of a running leaderboard")
     parser.add_argument("--out", type=Path, help="where to write fault_sweep.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         malformed = sweep_malformed(work)
         kills = sweep_kills(work, args.kills, args.seed) if args.kills else None
+        lb_merge = lb_faults.sweep_merge(work / "leaderboard")
+        lb_kills = (lb_faults.sweep_kills(work / "leaderboard", args.lb_kills, args.seed)
+                    if args.lb_kills else None)
     summary = {k: v for k, v in malformed.items() if k != "cases"}
     print(f"malformed inputs: {summary}")
     for case in malformed["cases"]:
@@ -194,11 +206,16 @@ def main_cli() -> int:
     if kills:
         print(f"kill -9 trials: {kills['identical']} of {kills['tried']} identical to the "
               f"uninterrupted run ({kills['uninterrupted_seconds']} s uninterrupted)")
+    for line in lb_faults.report(lb_merge, lb_kills):
+        print(line)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "fault_sweep.json").write_text(json.dumps(
-            {"malformed": malformed, "kills": kills}, indent=2, default=str) + "\n")
-    bad = malformed["tracebacks"] + malformed["half_written"]
+            {"malformed": malformed, "kills": kills,
+             "leaderboard": {"merge": lb_merge, "kills": lb_kills}},
+            indent=2, default=str) + "\n")
+    bad = (malformed["tracebacks"] + malformed["half_written"]
+           + lb_faults.problems(lb_merge, lb_kills))
     return 1 if bad or (kills and kills["identical"] != kills["tried"]) else 0
 
 

@@ -19,7 +19,8 @@ rewritten at the end of every invocation from all the matching runs on disk, whi
 ran them. See docs/leaderboard_guide.md.
 
 Exit status: 0 when every asked-for run finished (or ``--max-runs`` stopped the queue), 1 when a
-run failed, 2 for a bad suite or argument, 130 when interrupted.
+run failed or a recipe is invalid, 2 for a bad suite, argument or archive, 3 when ``--budget``
+stopped with runs left (they resume next time), 130 when interrupted.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from lttoolbox.cli import stop_signals_interrupt  # noqa: E402
 from lttoolbox.errors import ConfigError  # noqa: E402
 
 from lb import plots as lb_plots  # noqa: E402
-from lb.archive import ArchiveError, merge, pack  # noqa: E402
+from lb.archive import ArchiveError, apply_merge, pack, plan_merge  # noqa: E402
 from lb.references import References  # noqa: E402
 from lb.report import collect, markdown, write_all  # noqa: E402
 from lb.runner import SKIP, Runner, decide  # noqa: E402
@@ -60,12 +61,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "order (within each seed: every row's seed 0 comes first)")
     parser.add_argument("--budget", type=float, metavar="MINUTES",
                         help="wall-clock minutes for running: start no run after that and "
-                             "interrupt the running ones (they keep their checkpoints)")
+                             "interrupt the running ones (they keep their checkpoints); exit "
+                             "status 3 when runs are left")
     parser.add_argument("--pack", metavar="TGZ",
                         help="write every finished run's results.json, log.jsonl and "
                              "recipe.yaml into this .tar.gz (at most 16 MiB)")
     parser.add_argument("--merge", nargs="+", default=[], metavar="TGZ",
-                        help="first extract these --pack archives into --out")
+                        help="first extract these --pack archives into --out, each checked "
+                             "whole before anything is written")
+    parser.add_argument("--merge-overwrite", action="store_true",
+                        help="with --merge: a local run that an archive's run would replace is "
+                             "moved aside to seed<k>.replaced-<time> (never deleted); without "
+                             "it such a merge stops before writing anything")
     parser.add_argument("--settings", nargs="+", help="run only these settings (columns)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--threads-per-job", type=int,
@@ -92,6 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.budget is not None and not args.budget > 0:
         parser.error("--budget must be a positive number of minutes")
     return args
+
+
+EXIT_BUDGET = 3  # --budget ran out with asked-for runs unfinished
 
 
 def say(message: str) -> None:
@@ -130,12 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for archive in args.merge:
-        try:
-            say(f"merged {merge(Path(archive), out)} runs from {archive} into {out}")
+    if args.merge:
+        try:  # every archive is read and checked before any is written
+            plans = plan_merge([Path(a) for a in args.merge], out, args.merge_overwrite)
         except ArchiveError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        for plan in plans:
+            try:
+                moved = apply_merge(plan, out)
+            except OSError as err:
+                print(f"error: merging {plan.archive} into {out}: {err}", file=sys.stderr)
+                return 2
+            for run_dir, aside in moved:
+                say(f"moved the local run {run_dir} aside to {aside.name} (--merge-overwrite)")
+            say(f"merged {len(plan.runs)} runs from {plan.archive} into {out}"
+                + (f" ({len(plan.unchanged)} already there)" if plan.unchanged else ""))
     rows = [r for r in suite.rows if not args.rows or r.id in args.rows]
     first = {row_id: i for i, row_id in enumerate(args.priority)}
     rows.sort(key=lambda r: first.get(r.id, len(first)))  # stable: the rest in suite order
@@ -173,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     interrupted, failed = False, 0
-    left = 0
+    left, budget_left = 0, 0
     if not args.report_only and queue:
         if args.max_runs is not None:
             left = max(0, len(queue) - args.max_runs)
@@ -187,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
             outcomes, interrupted = runner.run_all(queue)
         # A run stopped by an interrupt or by the budget has no error: it resumes next time.
         failed = sum(1 for o in outcomes if o.error is not None)
+        if runner.budget_spent:
+            budget_left = (sum(1 for o in outcomes if not o.ok and o.error is None)
+                           + len(queue) - len(outcomes))
+            if budget_left:
+                say(f"--budget {args.budget:g}: {budget_left} runs left; run the same command "
+                    f"again to continue")
         if left:
             say(f"--max-runs {args.max_runs}: {left} runs left; run the same command again "
                 f"to continue")
@@ -205,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         say(f"wrote {path}")
     if args.pack:
         try:
-            say(f"packed {pack(out, Path(args.pack))} finished runs into {args.pack}")
+            skipped: list = []
+            say(f"packed {pack(out, Path(args.pack), skipped=skipped)} finished runs into "
+                f"{args.pack}")
+            for run, why in skipped:
+                say(f"warning: {run} left out of the pack: {why}")
         except ArchiveError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
@@ -213,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         say(f"wrote {publish(doc, out, plots, Path(args.publish))}")
     if interrupted:
         return 130
-    return 1 if failed or invalid else 0
+    if failed or invalid:
+        return 1
+    return EXIT_BUDGET if budget_left else 0
 
 
 if __name__ == "__main__":

@@ -82,11 +82,12 @@ def test_concurrent_runs_match_runs_alone(tmp_path):
 
 def test_budget_stops_runs_resumably_and_is_not_a_failure(tmp_path):
     suite = digits_suite(tmp_path)
-    # the paper protocol: the quickstart's 30 epochs, far more than a 3-second budget
+    # the paper protocol: the quickstart's 30 epochs, far more than a 3-second budget; runs
+    # left unfinished by the budget: exit 3, neither 0 (all finished) nor 1 (a failure)
     proc = leaderboard(str(suite), "--protocol", "paper", "--seeds", "0", "--rows", "ce",
                        "--budget", "0.05", "--no-plots", "--out", str(tmp_path / "lb"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "budget spent" in proc.stdout
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "budget spent" in proc.stdout and "1 runs left" in proc.stdout
     run = tmp_path / "lb" / "runs" / "exp10" / "ce" / "seed0"
     assert not (run / "results.json").exists()
     sidecar = json.loads((run / "leaderboard_run.json").read_text())
@@ -107,8 +108,11 @@ def test_priority_orders_the_queue(tmp_path):
 def test_pack_keeps_results_only_and_merge_refuses_anything_else(tmp_path):
     run = tmp_path / "lb" / "runs" / "exp10" / "ce" / "seed0"
     run.mkdir(parents=True)
-    for name in ("results.json", "log.jsonl", "recipe.yaml", "checkpoint.pt", "model-main.pt"):
-        (run / name).write_text(name)
+    content = {"results.json": '{"recipe_hash": "h", "protocol": "smoke", "top1": 50.0}',
+               "log.jsonl": '{"epoch": 0}\n', "recipe.yaml": "train: {epochs: 1}\n",
+               "checkpoint.pt": "weights", "model-main.pt": "weights"}
+    for name, text in content.items():
+        (run / name).write_text(text)
     (tmp_path / "lb" / "runs" / "exp10" / "focal" / "seed0").mkdir(parents=True)  # unfinished
     archive = tmp_path / "r.tar.gz"
     assert pack(tmp_path / "lb", archive) == 1
@@ -116,7 +120,8 @@ def test_pack_keeps_results_only_and_merge_refuses_anything_else(tmp_path):
         assert sorted(tar.getnames()) == [f"runs/exp10/ce/seed0/{n}" for n in
                                           ("log.jsonl", "recipe.yaml", "results.json")]
     assert merge(archive, tmp_path / "home") == 1
-    assert (tmp_path / "home" / "runs/exp10/ce/seed0/results.json").read_text() == "results.json"
+    assert (tmp_path / "home" / "runs/exp10/ce/seed0/results.json").read_text() == \
+        content["results.json"]
     with pytest.raises(ArchiveError, match="limit"):
         pack(tmp_path / "lb", tmp_path / "small.tar.gz", limit=10)
     assert not (tmp_path / "small.tar.gz").exists()

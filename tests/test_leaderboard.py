@@ -8,10 +8,13 @@ no training.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from lb.archive import LIMIT, ArchiveError, merge, pack, plan_merge  # noqa: E402
 from lb.references import References  # noqa: E402
 from lb.report import collect, markdown, stats  # noqa: E402
 from lb.runner import FRESH, RESUME, SKIP, STALE, decide, move_aside  # noqa: E402
@@ -195,8 +199,8 @@ def test_two_row_smoke_suite_end_to_end_with_interrupt_and_resume(tmp_path):
     # Markdown
     md = (out / "leaderboard.md").read_text()
     mean, std = expected["ce"]["top1"]
-    assert f"| CE | 2 | {mean:.2f} ± {std:.2f} |" in md
-    assert f"| Focal | 1 | {expected['focal']['top1'][0]:.2f} |" in md
+    assert f"| CE | 2 | 1 | {mean:.2f} ± {std:.2f} |" in md  # seeds, epochs, top-1
+    assert f"| Focal | 1 | 1 | {expected['focal']['top1'][0]:.2f} |" in md
     assert f"{delta:+.2f}" in md
     assert "not yet available" in md and "no_such_loss" in md
     assert "Protocol: `smoke`" in md and "Final-epoch numbers only" in md
@@ -289,6 +293,97 @@ def test_overlays_reach_every_stage_and_quick_scales_every_switch(tmp_path):
         assert stage["train"]["amp"] == "bf16"
     assert first["train"]["epochs"] == 30 and second["train"]["epochs"] == 2
     assert second["loss"]["name"] == "focal"
+
+
+def test_quick_scales_each_recipe_by_its_own_budget(tmp_path):
+    """30 per 200 for every recipe: 400 epochs -> 60, each phase by the same factor, rounded
+    to the nearest epoch (halves to even), at least 1 epoch; 0-epoch phases stay 0. The smoke
+    protocol (epochs alone) still gives every first phase its fixed length."""
+    long = write_yaml(tmp_path / "long.yaml", {
+        "_base_": str(QUICKSTART), "train": {"epochs": 400},
+        "schedule": {"name": "multistep", "warmup_epochs": 5, "milestones": [320, 360]},
+        "stages": [{"name": "a"}, {"name": "b", "train": {"epochs": 30}},
+                   {"name": "c", "train": {"epochs": 3}}, {"name": "d", "train": {"epochs": 0}},
+                   {"name": "e", "train": {"epochs": 10}}]})
+    odd = write_yaml(tmp_path / "odd.yaml", {"_base_": str(QUICKSTART), "train": {"epochs": 210}})
+    suite = load_suite(write_yaml(tmp_path / "suite.yaml", {
+        "name": "s", "references": None, "settings": [{"id": "a", "overlay": {}}],
+        "rows": [{"id": "long", "recipe": str(long)}, {"id": "odd", "recipe": str(odd)},
+                 {"id": "base", "recipe": str(QUICKSTART), "overrides": ["train.epochs=200"]}]}))
+    quick = Planner(suite, "quick", tmp_path / "out")
+    run = quick.plan("long", "a", 0)
+    # 400 * 0.15 = 60; 30 * 0.15 = 4.5 -> 4; 3 * 0.15 = 0.45 -> at least 1; 10 * 0.15 = 1.5 -> 2
+    assert run.written_epochs == [400, 30, 3, 0, 10]
+    assert run.epochs == [60, 4, 1, 0, 2]
+    assert run.recipe["schedule"]["milestones"] == [48, 54]  # 320, 360 by 0.15
+    assert run.recipe["stages"][0]["schedule"]["warmup_epochs"] == 0.75
+    assert not any("rounded to" in w for w in run.warnings)
+    assert quick.plan("base", "a", 0).epochs == [30]
+    odd_run = quick.plan("odd", "a", 0)  # 210 * 0.15 = 31.5 -> 32: not exactly 0.15, warned
+    assert odd_run.epochs == [32]
+    assert any("train.epochs=210 scales to 31.5 epochs, rounded to 32" in w
+               for w in odd_run.warnings)
+    smoke = Planner(suite, "smoke", tmp_path / "out").plan("long", "a", 0)
+    assert smoke.epochs[0] == 1 and smoke.written_epochs == [400, 30, 3, 0, 10]
+    assert Planner(suite, "paper", tmp_path / "out").plan("long", "a", 0).epochs == \
+        [400, 30, 3, 0, 10]
+
+
+@pytest.mark.parametrize("proto, key", [
+    ({"epochs": 30, "per": 0}, "protocols.p.per"),
+    ({"per": 200}, "protocols.p.per"),
+    ({"epochs": 30, "pre": 200}, "protocols.p.pre"),
+])
+def test_bad_protocols_name_the_key(tmp_path, proto, key):
+    suite = {"name": "s", "references": None, "settings": [{"id": "s", "overlay": {}}],
+             "rows": [{"id": "a", "recipe": None, "status": "x"}], "protocols": {"p": proto}}
+    with pytest.raises(ConfigError, match="^" + re.escape(key)):
+        load_suite(write_yaml(tmp_path / "suite.yaml", suite))
+
+
+def test_epochs_are_shown_and_unequal_paper_budgets_are_flagged(tmp_path):
+    """A row whose recipe is twice the baseline's length (as input mixup's 400 against CE's 200)
+    keeps that ratio under quick, shows its epochs, and its direction against a paper Δ that
+    compares unequal budgets is flagged instead of printed as an opposite direction."""
+    suite = load_suite(digits_suite(tmp_path, rows=[
+        {"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
+        {"id": "focal", "label": "Focal", "recipe": str(QUICKSTART),
+         "overrides": ["train.epochs=60"]}]))
+    planner = Planner(suite, "quick", tmp_path / "out")
+    ce, focal = planner.plan("ce", "exp10", 0), planner.plan("focal", "exp10", 0)
+    assert (ce.epochs, focal.epochs) == ([4], [9])  # 30 and 60 by 30/200: 4.5 -> 4, 9
+    for run, top1 in ((ce, 60.0), (focal, 50.0)):  # the paper's focal beats its CE by 5
+        run.dir.mkdir(parents=True)
+        (run.dir / "results.json").write_text(json.dumps(
+            {"recipe_hash": run.hash, "protocol": "quick", "top1": top1, "seconds": 1.0}))
+    doc = collect(suite, planner, References.load(tmp_path / "refs.yaml"), [0], {"ce", "focal"},
+                  {"exp10"})
+    rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
+    assert rows["focal"]["epochs"]["phases"] == [9]
+    assert rows["focal"]["epochs"]["written_phases"] == [60]
+    cmp = rows["focal"]["vs_paper"]
+    assert cmp["direction"] == "opposite" and cmp["unequal_budgets"] is True
+    assert cmp["budgets"] == {"paper": [60, 30], "here": [9, 4]}
+    md = markdown(doc)
+    assert "| CE | 1 | 4 | 60.00 |" in md and "| Focal | 1 | 9 | 50.00 |" in md
+    assert "**opposite direction**" not in md and "opposite direction ‡" in md
+    assert "Unequal budgets" in md and "Focal 60 vs 30 (here 9 vs 4)" in md
+    from lb.report import csv_rows
+    record = {r["row"]: r for r in csv_rows(doc)}["focal"]
+    assert record["direction_vs_paper"] == "opposite (unequal budgets)"
+    assert (record["epochs"], record["epochs_as_written"]) == ("9", "60")
+    assert record["paper_delta_epochs"] == "60 vs 30"
+    # equal budgets: a plain, bold verdict
+    (focal.dir / "results.json").unlink()
+    suite.row("focal").overrides = []
+    planner = Planner(suite, "quick", tmp_path / "out")
+    focal = planner.plan("focal", "exp10", 0)
+    (focal.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": focal.hash, "protocol": "quick", "top1": 50.0, "seconds": 1.0}))
+    doc = collect(suite, planner, References.load(tmp_path / "refs.yaml"), [0], {"ce", "focal"},
+                  {"exp10"})
+    assert doc["settings"][0]["rows"][1]["vs_paper"]["unequal_budgets"] is False
+    assert "**opposite direction**" in markdown(doc) and "‡" not in markdown(doc)
 
 
 def test_unscaled_epoch_keys_are_warned_about(tmp_path):
@@ -513,7 +608,13 @@ def test_shipped_suites_plan_and_list_every_row(tmp_path, name):
             if row.runs_in(setting.id):
                 run = planner.plan(row.id, setting.id, 0)
                 assert not isinstance(run, ConfigError), f"{row.id}/{setting.id}: {run}"
-                assert run.recipe["train"]["epochs"] == 30
+                # every phase of every recipe by 30/200 (a half to the even epoch, at least 1)
+                assert run.epochs == [max(1, round(e * 30 / 200)) if e else 0
+                                      for e in run.written_epochs], row.id
+                assert not any("rounded to" in w for w in run.warnings), run.warnings
+    mixup = planner.plan("mixup", "exp100", 0)
+    assert (mixup.written_epochs, mixup.epochs) == ([400], [60])
+    assert planner.plan("ce", "exp100", 0).epochs == [30]
     doc = collect(suite, planner, refs, [0], {r.id for r in suite.rows},
                   {s.id for s in suite.settings})
     exp100 = next(s for s in doc["settings"] if s["id"] == "exp100")
@@ -526,6 +627,30 @@ def test_shipped_suites_plan_and_list_every_row(tmp_path, name):
     assert "is not a final-epoch number" in md and "best test-set epoch" in md
     if name == "cifar10_lt_core":
         assert "JPEG" in md
+
+
+@pytest.mark.parametrize("name", ["cifar10_lt_core", "cifar100_lt_core"])
+def test_notes_state_the_measured_machine_and_test_split(tmp_path, name):
+    """The table names the machine of the runs (from results.json), never a 'sandbox', and the
+    test split the runs were evaluated on: 20 images per class under smoke, not the full
+    split's 1,000 (CIFAR-10) or 100 (CIFAR-100)."""
+    suite = load_suite(ROOT / "benchmarks" / "suites" / f"{name}.yaml")
+    planner = Planner(suite, "smoke", tmp_path / "out")
+    run = planner.plan("ce", "exp100", 0)
+    run.dir.mkdir(parents=True)
+    classes = 10 if name == "cifar10_lt_core" else 100
+    machine = {"device": "cpu", "cpu": "Acme Cruncher 9000", "cpu_count": 2, "torch": "2.0"}
+    (run.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": run.hash, "protocol": "smoke", "top1": 30.0, "seconds": 60.0,
+         "machine": machine, "test_class_counts": [20] * classes}))
+    doc = collect(suite, planner, References.load(suite.references), [0], {"ce"}, {"exp100"})
+    md = markdown(doc)
+    assert "sandbox" not in md.lower()
+    assert "1,000 images per class" not in md and "(100 images per class)" not in md
+    assert (f"Test split of the 1 finished run (`results.json`'s `test_class_counts`): 20 images "
+            f"per class, {classes} classes ({20 * classes:,} images).") in md
+    timing = next(line for line in md.splitlines() if line.startswith("- Timing:"))
+    assert "Acme Cruncher 9000 (2 cores)" in timing
 
 
 def test_stats_match_numpy():
@@ -551,3 +676,354 @@ def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
     assert written == {"exp100": ["plots/exp100_per_class.png", "plots/exp100_top1.png"]}
     for name in written["exp100"]:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------ pack / merge
+RUN = "runs/exp10/ce/seed0"
+
+
+def good_results(top1=71.5, **extra) -> bytes:
+    return json.dumps({"recipe_hash": "abc", "protocol": "smoke", "top1": top1,
+                       "seconds": 3.0, **extra}).encode()
+
+
+def make_archive(path: Path, members: list) -> Path:
+    """``members``: (name, bytes) pairs, or TarInfo objects (links, folders) with no data."""
+    with tarfile.open(path, "w:gz") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+                continue
+            name, data = member
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def valid_run(run: str = RUN, top1=71.5) -> list:
+    return [(f"{run}/recipe.yaml", b"train: {epochs: 1}\n"),
+            (f"{run}/log.jsonl", b'{"epoch": 0, "loss": 1.0, "eval": {"top1": 60.0}}\n'),
+            (f"{run}/results.json", good_results(top1))]
+
+
+def test_merge_refuses_to_replace_a_local_run_unless_asked(tmp_path):
+    home = tmp_path / "home"
+    local = home / RUN
+    local.mkdir(parents=True)
+    (local / "results.json").write_bytes(good_results(50.0))
+    (local / "checkpoint.pt").write_bytes(b"weights")
+    archive = make_archive(tmp_path / "a.tar.gz", valid_run(top1=99.99))
+    with pytest.raises(ArchiveError, match=re.escape(f"{archive}: member '{RUN}/results.json' "
+                                                     f"would replace the local run")):
+        merge(archive, home)
+    assert json.loads((local / "results.json").read_text())["top1"] == 50.0
+    assert not (local / "log.jsonl").exists()
+    # an unfinished local run (a checkpoint, no results) is not shadowed either
+    (local / "results.json").unlink()
+    with pytest.raises(ArchiveError, match="local checkpoint"):
+        merge(archive, home)
+    # asked for: the local run is moved aside, never deleted
+    assert merge(archive, home, overwrite=True) == 1
+    assert json.loads((local / "results.json").read_text())["top1"] == 99.99
+    (aside,) = local.parent.glob("seed0.replaced-*")
+    assert (aside / "checkpoint.pt").read_bytes() == b"weights"
+    # merging the same archive again changes nothing and needs no flag
+    assert plan_merge([archive], home)[0].unchanged == {RUN}
+    assert merge(archive, home) == 1
+
+
+def test_merge_cli_refuses_an_overwrite_in_one_line(tmp_path):
+    suite, home = digits_suite(tmp_path), tmp_path / "home"
+    local = home / RUN
+    local.mkdir(parents=True)
+    (local / "results.json").write_bytes(good_results(50.0))
+    archive = make_archive(tmp_path / "a.tar.gz", valid_run(top1=99.99))
+    common = [str(suite), "--protocol", "smoke", "--out", str(home), "--report-only",
+              "--no-plots", "--merge", str(archive)]
+    refused = leaderboard(*common)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {archive}: member '{RUN}/")
+    assert "--merge-overwrite" in lines[0] and "Traceback" not in refused.stderr
+    assert json.loads((local / "results.json").read_text())["top1"] == 50.0
+    forced = leaderboard(*common, "--merge-overwrite")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "moved the local run" in forced.stdout
+    assert json.loads((local / "results.json").read_text())["top1"] == 99.99
+
+
+def _symlink(name: str, target: str = "/etc/passwd") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+def _folder(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+@pytest.mark.parametrize("members, member, message", [
+    # content the report would read wrongly or not at all
+    ([(f"{RUN}/results.json", b"{not json")], "results.json", "not valid JSON"),
+    ([(f"{RUN}/results.json", good_results("abc"))], "results.json", "'top1' must be a number"),
+    ([(f"{RUN}/results.json", good_results(None))], "results.json", "'top1' must be a number"),
+    ([(f"{RUN}/results.json", good_results(float("nan")))], "results.json", "'top1'"),
+    ([(f"{RUN}/results.json", good_results(101))], "results.json", "from 0 to 100"),
+    ([(f"{RUN}/results.json", b"[1, 2]")], "results.json", "a JSON object"),
+    ([(f"{RUN}/results.json", json.dumps({"top1": 50.0}).encode())], "results.json",
+     "'recipe_hash'"),
+    ([(f"{RUN}/results.json", good_results(history="x"))], "results.json", "'history'"),
+    ([(f"{RUN}/results.json", good_results(per_class_acc=["a"]))], "results.json",
+     "per_class_acc"),
+    ([(f"{RUN}/results.json", b"\xff\xfe")], "results.json", "not UTF-8"),
+    ([*valid_run()[:1], (f"{RUN}/log.jsonl", b'{"epoch": 0}\n{oops\n'),
+      valid_run()[2]], "log.jsonl", "line 2: not valid JSON"),
+    ([(f"{RUN}/log.jsonl", b'{"eval": {"top1": "high"}}\n'), valid_run()[2]], "log.jsonl",
+     "'eval'"),
+    ([(f"{RUN}/recipe.yaml", b"a: [1\n"), valid_run()[2]], "recipe.yaml", "not valid YAML"),
+    ([(f"{RUN}/recipe.yaml", b"- 1\n"), valid_run()[2]], "recipe.yaml", "a mapping"),
+    # shapes
+    ([(f"{RUN}/log.jsonl", b"")], "results.json", "is missing"),
+    ([*valid_run(), (f"{RUN}/results.json", good_results())], "results.json", "comes twice"),
+    ([_symlink(f"{RUN}/results.json")], "results.json", "not a regular file"),
+    ([_folder(RUN + "/results.json")], "results.json", "not a regular file"),
+    ([(f"{RUN}/checkpoint.pt", b"x")], "checkpoint.pt", "unexpected member"),
+    ([("runs/exp10/../../escape/seed0/results.json", good_results())], "escape",
+     "unexpected member"),
+    ([("/etc/results.json", good_results())], "/etc/results.json", "unexpected member"),
+    ([("runs/exp10/ce/seedX/results.json", good_results())], "seedX", "unexpected member"),
+])
+def test_merge_checks_the_whole_archive_before_writing(tmp_path, members, member, message):
+    """A valid run first, then the bad member: nothing of either is written."""
+    other = "runs/exp10/focal/seed0"
+    archive = make_archive(tmp_path / "bad.tar.gz", valid_run(other) + members)
+    with pytest.raises(ArchiveError) as err:
+        merge(archive, tmp_path / "home")
+    text = str(err.value)
+    assert text.startswith(f"{archive}: ") and "\n" not in text
+    assert member in text and re.search(re.escape(message), text), text
+    assert not (tmp_path / "home").exists() and not (tmp_path / "escape").exists()
+
+
+def test_merge_applies_the_pack_size_limit(tmp_path):
+    # one member over the limit (zeros: a small archive), and an archive over it
+    big = make_archive(tmp_path / "big.tar.gz",
+                       [(f"{RUN}/log.jsonl", b" " * (LIMIT + 1)), valid_run()[2]])
+    assert big.stat().st_size < LIMIT
+    with pytest.raises(ArchiveError, match=re.escape(f"member '{RUN}/log.jsonl' weighs "
+                                                     f"{LIMIT + 1:,} bytes, over the")):
+        merge(big, tmp_path / "home")
+    heavy = tmp_path / "heavy.tar.gz"
+    heavy.write_bytes(b"\0" * (LIMIT + 1))
+    with pytest.raises(ArchiveError, match="over the .*-byte limit of an archive"):
+        merge(heavy, tmp_path / "home")
+    assert not (tmp_path / "home").exists()
+
+
+def test_merge_refuses_a_truncated_archive_at_any_length(tmp_path):
+    whole = make_archive(tmp_path / "whole.tar.gz", valid_run() + valid_run(
+        "runs/exp10/focal/seed0"))
+    data = whole.read_bytes()
+    for cut in sorted({1, 10, 30, len(data) // 3, len(data) // 2, len(data) - 30,
+                       len(data) - 8, len(data) - 1}):
+        part = tmp_path / f"cut{cut}.tar.gz"
+        part.write_bytes(data[:cut])
+        with pytest.raises(ArchiveError, match=re.escape(f"{part}: not a complete .tar.gz")):
+            merge(part, tmp_path / "home")
+    assert not (tmp_path / "home").exists()
+    assert merge(whole, tmp_path / "home") == 2
+
+
+def test_what_pack_writes_merge_accepts(tmp_path):
+    out = tmp_path / "lb"
+    for row, results in (("ce", good_results()), ("focal", b"{broken")):
+        run = out / "runs" / "exp10" / row / "seed0"
+        run.mkdir(parents=True)
+        (run / "results.json").write_bytes(results)
+        (run / "log.jsonl").write_bytes(b'{"epoch": 0}\n')
+    skipped = []
+    archive = tmp_path / "r.tar.gz"
+    assert pack(out, archive, skipped=skipped) == 1
+    assert [(p.parent.name, why.split(":")[0]) for p, why in skipped] == [("focal",
+                                                                           "results.json")]
+    assert merge(archive, tmp_path / "home") == 1
+
+
+# ----------------------------------------------------------------------- owning the children
+def _ended(pid: int) -> bool:
+    """The process is gone, or a zombie nobody reaped (it holds no lock and runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_the_runner_ends_its_run_and_the_rerun_resumes_it(tmp_path):
+    """After kill -9 of the leaderboard, its lttrain child stops (checkpoint kept) instead of
+    training on unowned; a rerun started at once waits for it, resumes the run, and, stopped by
+    its --budget with the run unfinished, exits 3, not 0 and not 1."""
+    import signal
+    import time
+
+    suite = digits_suite(tmp_path, protocols={"long": {"epochs": 500, "overlay": {}}})
+    out = tmp_path / "lb"
+    common = [sys.executable, str(ROOT / "benchmarks" / "leaderboard.py"), str(suite),
+              "--protocol", "long", "--rows", "ce", "--out", str(out), "--no-plots"]
+    run_dir = out / "runs" / "exp10" / "ce" / "seed0"
+    runner = subprocess.Popen(common, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    child = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "log.jsonl").is_file() or not (run_dir / "log.jsonl").read_text():
+            assert runner.poll() is None and time.monotonic() < deadline, "no epoch in 120 s"
+            time.sleep(0.2)
+        child = int((run_dir / ".lock").read_text().split()[0])
+        assert not _ended(child)
+        runner.kill()  # SIGKILL: no handler runs in the runner
+        runner.wait(timeout=30)
+        rerun = subprocess.Popen(common + ["--budget", "0.3"], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while not _ended(child):
+            assert time.monotonic() < deadline, "the killed runner's lttrain is still running"
+            time.sleep(0.2)
+        output, _ = rerun.communicate(timeout=180)
+    finally:
+        if child is not None and not _ended(child):
+            os.kill(child, signal.SIGKILL)
+        if runner.poll() is None:
+            runner.kill()
+    assert rerun.returncode == 3, output
+    assert "budget spent" in output and "1 runs left" in output
+    assert "FAILED" not in output and "in use by another run" not in output, output
+    attempts = json.loads((run_dir / "leaderboard_run.json").read_text())["attempts"]
+    assert attempts[-1]["action"] == "resume" and attempts[-1]["error"] is None
+    assert attempts[-1]["interrupted"] is True
+
+
+def test_a_run_still_locked_by_another_process_is_waited_for_and_adopted(tmp_path):
+    """A run whose lock another process holds (an orphan of a killed runner that finishes it) is
+    not started over it and not failed: the runner waits, then finds it finished."""
+    import time
+
+    from lb.runner import Runner
+
+    suite = load_suite(digits_suite(tmp_path))
+    run = Planner(suite, "smoke", tmp_path / "out").plan("ce", "exp10", 0)
+    run.dir.mkdir(parents=True)
+    results = json.dumps({"recipe_hash": run.hash, "protocol": "smoke", "top1": 42.0})
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys, time
+fd = os.open({str(run.dir / '.lock')!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, str(os.getpid()).encode())
+print("locked", flush=True)
+time.sleep(3)
+open({str(run.dir / 'results.json')!r}, "w").write({results!r})
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    messages = []
+    start = time.monotonic()
+    outcome = Runner("smoke", report=messages.append).execute(run)
+    holder.wait(timeout=30)
+    assert time.monotonic() - start >= 2.0
+    assert outcome.error is None and outcome.results["top1"] == 42.0
+    assert outcome.action == "skip"
+    assert not (run.dir / "lttrain.log").exists()  # no lttrain was started over it
+    assert any(f"process {holder.pid}" in m and "waiting" in m for m in messages)
+
+
+# ------------------------------------------------------------------------ best test epoch
+def write_run(run, top1: float, stages: list[tuple[str, int]], evals: dict) -> None:
+    """A finished run: ``evals`` maps (stage, epoch) to the test top-1 logged under ``eval``."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, epochs in stages:
+        for epoch in range(epochs):
+            row = {"stage": name, "epoch": epoch, "loss": 1.0, "lr": 0.1, "seconds": 1.0}
+            if (name, epoch) in evals:
+                row["eval"] = {"top1": evals[(name, epoch)], "mean_class_acc": 0.0}
+            rows.append(row)
+    (run.dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": run.hash, "protocol": "smoke", "top1": top1, "seconds": 1.0,
+         "stages": [{"name": n, "epochs": e} for n, e in stages], "history": rows}))
+
+
+def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
+    """The max over the last phase's logged test top-1 and the final one, with how many epochs
+    it is the best of; empty without eval logs; labelled as the papers' practice; carried by a
+    pack through a merge."""
+    suite = load_suite(digits_suite(tmp_path))
+    refs = References.load(tmp_path / "refs.yaml")
+    planner = Planner(suite, "smoke", tmp_path / "lb")
+    ce0, ce1 = planner.plan("ce", "exp10", 0), planner.plan("ce", "exp10", 1)
+    # eval.every 1 on 4 epochs: epochs 0-2 logged, the last is results.json's top-1
+    write_run(ce0, 62.0, [("main", 4)], {("main", 0): 50.0, ("main", 1): 66.0,
+                                         ("main", 2): 60.0})
+    write_run(ce1, 58.0, [("main", 4)], {})  # no eval logs
+    # two phases: the joint phase's 90 is another model's; the final 70 beats crt's 65
+    focal = planner.plan("focal", "exp10", 0)
+    write_run(focal, 70.0, [("joint", 3), ("crt", 3)], {("joint", 1): 90.0, ("crt", 0): 65.0,
+                                                        ("crt", 1): 64.0})
+    doc = collect(suite, planner, refs, [0, 1], {"ce", "focal"}, {"exp10"})
+    rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
+    best = rows["ce"]["best_test"]
+    assert best["top1"]["mean"] == 66.0 and best["top1"]["std"] is None
+    assert best["evaluated_epochs"] == [4] and best["n"] == 1
+    assert best["seeds"] == [{"seed": 0, "top1": 66.0, "epoch": 1, "evaluated": 4,
+                              "stage": "main"}]
+    assert rows["ce"]["metrics"]["top1"]["mean"] == 60.0  # the table's result stays final
+    fb = rows["focal"]["best_test"]["seeds"][0]
+    assert (fb["top1"], fb["epoch"], fb["evaluated"], fb["stage"]) == (70.0, 2, 3, "crt")
+    md = markdown(doc)
+    assert "| Best test epoch § | Paper top-1 |" in md
+    assert "| 66.00 (of 4; 1 of 2 seeds) | 80.00 [1] |" in md
+    assert "| 70.00 (of 3) |" in md
+    assert "papers' practice" in md and "not a valid model selection" in md
+    from lb.report import csv_rows
+    records = {r["row"]: r for r in csv_rows(doc)}
+    assert float(records["ce"]["best_test_top1_mean"]) == 66.0
+    assert records["ce"]["best_test_evaluated_epochs"] == "4"
+    assert records["ce"]["best_test_n_seeds"] == 1
+    assert records["broken"]["best_test_top1_mean"] == ""
+    json.dumps(doc)  # leaderboard.json holds it
+    # the pack carries log.jsonl: the merged copy gives the same column
+    archive = tmp_path / "r.tar.gz"
+    assert pack(tmp_path / "lb", archive) == 3
+    merge(archive, tmp_path / "home")
+    home = collect(suite, Planner(suite, "smoke", tmp_path / "home"), refs, [0, 1],
+                   {"ce", "focal"}, {"exp10"})
+    assert home["settings"][0]["rows"][0]["best_test"] == best
+    # no row with eval logs: no column
+    (ce0.dir / "log.jsonl").unlink()
+    (focal.dir / "log.jsonl").unlink()
+    for run in (ce0, focal):  # and none in results.json's history either
+        res = json.loads((run.dir / "results.json").read_text())
+        res["history"] = [{k: v for k, v in h.items() if k != "eval"} for h in res["history"]]
+        (run.dir / "results.json").write_text(json.dumps(res))
+    doc = collect(suite, planner, refs, [0, 1], {"ce", "focal"}, {"exp10"})
+    assert all(r.get("best_test") is None for r in doc["settings"][0]["rows"])
+    assert "Best test epoch" not in markdown(doc)
+
+
+def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
+    """benchmarks/fault_sweep.py's leaderboard merge cases: every bad archive is one clear error
+    line naming it (and its member), no traceback, nothing written; valid ones are accepted."""
+    from lb.faults import problems, sweep_merge
+
+    sweep = sweep_merge(tmp_path)
+    assert sweep["tried"] >= 40
+    assert sweep["clear_errors"] == sweep["tried"], [
+        (c["name"], c["stderr"], c["traceback"]) for c in sweep["cases"]
+        if not c["expected_ok"] and not c["clear"]]
+    assert sweep["tracebacks"] == sweep["misleading_errors"] == 0
+    assert sweep["wrote_before_refusing"] == sweep["accepted_bad"] == 0
+    assert sweep["controls_accepted"] == sweep["controls"] == 3
+    assert problems(sweep, None) == 0

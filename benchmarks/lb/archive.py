@@ -6,6 +6,13 @@ to the leaderboard's output folder (``runs/<setting>/<row>/seed<k>/...``). Mergi
 an archive into another output folder, where ``--report-only`` then finds the runs exactly as if
 they had run there: the report matches each ``results.json`` to its planned recipe by hash.
 
+A merge trusts nothing in the archive. The whole archive is read and checked before anything is
+written: every member's path, type and size, every file's content (``results.json`` with a
+numeric top-1, ``log.jsonl`` one JSON object per line, ``recipe.yaml`` a mapping), and every run
+against the local one it would land on. A local run is never replaced unless asked
+(``overwrite``), and then it is moved aside, not deleted. Any problem is one :class:`ArchiveError`
+line naming the archive and the member.
+
 Example:
     >>> pack(Path("runs/lb/gpu"), Path("out/results.tar.gz"))  # doctest: +SKIP
     12
@@ -15,11 +22,26 @@ Example:
 from __future__ import annotations
 
 import io
+import json
+import math
+import re
 import tarfile
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+from lttoolbox.yamlio import load_yaml
 
 KEPT = ("results.json", "log.jsonl", "recipe.yaml")
 LIMIT = 16 * 2 ** 20  # what one file brought back from a GPU window may weigh
+UNPACKED_LIMIT = 4 * LIMIT  # all members of one archive together, uncompressed
+# The order a run's files are written in: results.json, which marks a run finished, last.
+WRITE_ORDER = ("recipe.yaml", "log.jsonl", "results.json")
+MEMBER = re.compile(r"runs/([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9][A-Za-z0-9_.-]*)/"
+                    r"(seed\d+)/(results\.json|log\.jsonl|recipe\.yaml)")
+EXPECTED = f"runs/<setting>/<row>/seed<k>/{{{','.join(KEPT)}}}"
+METRICS = ("mean_class_acc", "many", "medium", "few", "ece")  # besides top1: number or null
+COSTS = ("seconds", "images_per_second", "compile_seconds")
 
 
 class ArchiveError(ValueError):
@@ -31,23 +53,135 @@ def finished_runs(out: Path) -> list[Path]:
     return sorted(p.parent for p in (out / "runs").glob("*/*/seed*/results.json"))
 
 
-def pack(out: Path, archive: Path, limit: int = LIMIT) -> int:
+# ------------------------------------------------------------------------------ content checks
+def _number(value, lo: float | None = None, hi: float | None = None) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and (lo is None or value >= lo)
+            and (hi is None or value <= hi))
+
+
+def _check_results(data: dict) -> str | None:
+    """What is wrong with a ``results.json`` the report would read, or None."""
+    if not isinstance(data, dict):
+        return f"results.json must hold a JSON object, not {type(data).__name__}"
+    if not isinstance(data.get("recipe_hash"), str) or not data["recipe_hash"]:
+        return "'recipe_hash' must be a non-empty string"
+    if data.get("protocol") is not None and not isinstance(data["protocol"], str):
+        return f"'protocol' must be a string, got {data['protocol']!r}"
+    if not _number(data.get("top1"), 0, 100):
+        return f"'top1' must be a number from 0 to 100, got {data.get('top1')!r}"
+    for key in METRICS:
+        if data.get(key) is not None and not _number(data[key]):
+            return f"'{key}' must be a number or null, got {data[key]!r}"
+    for key in COSTS:
+        if data.get(key) is not None and not _number(data[key], 0):
+            return f"'{key}' must be a number >= 0 or null, got {data[key]!r}"
+    if data.get("per_class_acc") is not None and not (
+            isinstance(data["per_class_acc"], list)
+            and all(a is None or _number(a) for a in data["per_class_acc"])):
+        return "'per_class_acc' must be a list of numbers or nulls"
+    for key in ("train_class_counts", "test_class_counts"):
+        if data.get(key) is not None and not (
+                isinstance(data[key], list) and all(_number(c, 0) for c in data[key])):
+            return f"'{key}' must be a list of counts"
+    for key, kind in (("history", list), ("stages", list), ("machine", dict),
+                      ("selection", dict), ("commits", list)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            return f"'{key}' must be a JSON {'array' if kind is list else 'object'}"
+    for key in ("history", "stages"):
+        if any(not isinstance(r, dict) for r in data.get(key) or []):
+            return f"every entry of '{key}' must be a JSON object"
+    if any(not isinstance(c, dict) for c in (data.get("selection") or {}).values()):
+        return "every entry of 'selection' must be a JSON object"
+    return None
+
+
+def _check_log_row(row) -> str | None:
+    if not isinstance(row, dict):
+        return f"a JSON object per line, not {type(row).__name__}"
+    evaluation = row.get("eval")
+    if evaluation is not None and not (isinstance(evaluation, dict)
+                                       and _number(evaluation.get("top1"), 0, 100)):
+        return "'eval' must be an object with a numeric 'top1'"
+    return None
+
+
+def check_file(name: str, data: bytes) -> str | None:
+    """What is wrong with one run file's content (``name`` one of :data:`KEPT`), or None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text ({err.reason} at byte {err.start})"
+    if name == "results.json":
+        try:
+            parsed = json.loads(text)
+        except ValueError as err:
+            return f"not valid JSON ({err})"
+        return _check_results(parsed)
+    if name == "log.jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                problem = _check_log_row(json.loads(line))
+            except ValueError as err:
+                problem = f"not valid JSON ({err})"
+            if problem:
+                return f"line {number}: {problem}"
+        return None
+    try:
+        recipe = load_yaml(text)
+    except Exception as err:  # noqa: BLE001 - any parser failure is the same bad file
+        return f"not valid YAML ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    return None if isinstance(recipe, dict) else "recipe.yaml must hold a mapping"
+
+
+# ------------------------------------------------------------------------------------- pack
+def pack(out: Path, archive: Path, limit: int = LIMIT,
+         skipped: list[tuple[Path, str]] | None = None) -> int:
     """Write the finished runs of ``out`` into ``archive``; returns how many.
 
+    A run whose files :func:`merge` would refuse (``results.json`` without a numeric top-1, a
+    file over ``limit``, ...) is left out and appended to ``skipped`` as ``(folder, why)``, so
+    every archive written here merges.
+
     Raises:
-        ArchiveError: the archive would exceed ``limit`` bytes (it is not left behind).
+        ArchiveError: the archive, or its content unpacked, would exceed its limit (``limit``
+            packed, :data:`UNPACKED_LIMIT` unpacked); no archive is left behind.
     """
     buffer = io.BytesIO()
-    runs = finished_runs(out)
+    runs, unpacked = [], 0
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for run in runs:
+        for run in finished_runs(out):
+            files = {}
             for name in KEPT:
                 path = run / name
-                if path.is_file():
-                    tar.add(path, arcname=str(path.relative_to(out).as_posix()))
+                if path.is_file() and not path.is_symlink():
+                    files[name] = path.read_bytes()
+            problem = None
+            for name, data in files.items():
+                why = (f"{len(data):,} bytes, over the {limit:,}-byte limit"
+                       if len(data) > limit else check_file(name, data))
+                if why:
+                    problem = f"{name}: {why}"
+                    break
+            if problem:
+                if skipped is not None:
+                    skipped.append((run, problem))
+                continue
+            for name, data in files.items():
+                info = tarfile.TarInfo((run / name).relative_to(out).as_posix())
+                info.size, info.mode = len(data), 0o644
+                info.mtime = int((run / name).stat().st_mtime)
+                tar.addfile(info, io.BytesIO(data))
+                unpacked += len(data)
+            runs.append(run)
     if buffer.tell() > limit:
         raise ArchiveError(f"{len(runs)} runs make {buffer.tell():,} bytes, over the "
                            f"{limit:,}-byte limit of one file")
+    if unpacked > UNPACKED_LIMIT:
+        raise ArchiveError(f"{len(runs)} runs make {unpacked:,} bytes unpacked, over the "
+                           f"{UNPACKED_LIMIT:,}-byte limit of a merge")
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
     tmp.write_bytes(buffer.getvalue())
@@ -55,35 +189,191 @@ def pack(out: Path, archive: Path, limit: int = LIMIT) -> int:
     return len(runs)
 
 
-def merge(archive: Path, out: Path) -> int:
-    """Extract an archive written by :func:`pack` into ``out``; returns the runs it held.
+# ------------------------------------------------------------------------------------ merge
+@dataclass
+class MergePlan:
+    """What merging one archive will do, decided before anything is written."""
 
-    Only ``runs/<setting>/<row>/seed<k>/{results.json,log.jsonl,recipe.yaml}`` members are
-    accepted: no absolute path, no ``..``, no link, nothing else.
+    archive: Path
+    runs: dict[str, dict[str, bytes]]  # "runs/<setting>/<row>/seed<k>" -> {file name: content}
+    replace: dict[str, str] = field(default_factory=dict)  # run -> why the local one differs
+    unchanged: set[str] = field(default_factory=set)  # runs already there, byte for byte
+
+
+def read_archive(archive: Path, limit: int = LIMIT) -> dict[str, dict[str, bytes]]:
+    """Read and check a whole :func:`pack` archive; nothing is written.
+
+    Returns:
+        The runs it holds: ``"runs/<setting>/<row>/seed<k>"`` -> {file name: bytes}.
 
     Raises:
-        ArchiveError: naming the archive and the first member that is not such a file.
+        ArchiveError: one line naming the archive and the first member at fault: the archive
+            is not a complete ``.tar.gz`` or weighs more than ``limit``; a member is not a
+            regular file at ``runs/<setting>/<row>/seed<k>/{results.json,log.jsonl,
+            recipe.yaml}``, comes twice, weighs more than ``limit`` (or all together more than
+            :data:`UNPACKED_LIMIT`), or its content is not what the report reads; a run has no
+            ``results.json``.
     """
     try:
-        tar = tarfile.open(archive, mode="r:gz")
-    except (OSError, tarfile.TarError) as err:
-        raise ArchiveError(f"{archive}: not a readable .tar.gz ({err})") from None
-    runs = set()
-    with tar:
-        members = tar.getmembers()
-        for member in members:
-            parts = PurePosixPath(member.name).parts
-            if (not member.isfile() or len(parts) != 5 or parts[0] != "runs"
-                    or not parts[3].startswith("seed") or parts[4] not in KEPT
-                    or any(p in ("", ".", "..") for p in parts)):
-                raise ArchiveError(f"{archive}: unexpected member {member.name!r}; expected "
-                                   f"runs/<setting>/<row>/seed<k>/{{{','.join(KEPT)}}}")
-        for member in members:
-            target = out.joinpath(*PurePosixPath(member.name).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data = tar.extractfile(member).read()
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-            runs.add(target.parent)
-    return len(runs)
+        size = archive.stat().st_size
+    except OSError as err:
+        raise ArchiveError(f"{archive}: cannot be read ({err.strerror or err})") from None
+    if not archive.is_file():
+        raise ArchiveError(f"{archive}: is not a file; expected a .tar.gz written by --pack")
+    if size > limit:
+        raise ArchiveError(f"{archive}: {size:,} bytes, over the {limit:,}-byte limit of an "
+                           f"archive (the same as --pack's)")
+    runs: dict[str, dict[str, bytes]] = {}
+    total, name = 0, None
+    try:
+        _check_gzip(archive)
+        with tarfile.open(archive, mode="r:gz") as tar:
+            for member in tar:  # one header at a time: a huge member stops here, unread
+                name = member.name
+                match = MEMBER.fullmatch(name)
+                if match is None:
+                    raise ArchiveError(f"{archive}: unexpected member {name!r}; expected "
+                                       f"{EXPECTED}")
+                if not member.isreg():
+                    raise ArchiveError(f"{archive}: member {name!r} is not a regular file "
+                                       f"(a link, a folder or a device); expected {EXPECTED}")
+                if member.size > limit:
+                    raise ArchiveError(f"{archive}: member {name!r} weighs {member.size:,} "
+                                       f"bytes, over the {limit:,}-byte limit (the same as "
+                                       f"--pack's)")
+                total += member.size
+                if total > UNPACKED_LIMIT:
+                    raise ArchiveError(f"{archive}: members up to {name!r} weigh {total:,} "
+                                       f"bytes unpacked, over the {UNPACKED_LIMIT:,}-byte limit")
+                run, file = name.rsplit("/", 1)
+                if file in runs.get(run, {}):
+                    raise ArchiveError(f"{archive}: member {name!r} comes twice")
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise EOFError(f"member {name!r} ends after {len(data):,} of "
+                                   f"{member.size:,} bytes")
+                problem = check_file(file, data)
+                if problem:
+                    raise ArchiveError(f"{archive}: member {name!r}: {problem}")
+                runs.setdefault(run, {})[file] = data
+    except ArchiveError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        where = f" after member {name!r}" if name else ""
+        raise ArchiveError(f"{archive}: not a complete .tar.gz (truncated or corrupt{where}: "
+                           f"{err})") from None
+    if not runs:
+        raise ArchiveError(f"{archive}: holds no run; expected {EXPECTED}")
+    for run, files in sorted(runs.items()):
+        if "results.json" not in files:
+            raise ArchiveError(f"{archive}: member {run + '/results.json'!r} is missing: "
+                               f"{run} holds {', '.join(sorted(files))} only")
+    return runs
+
+
+def _check_gzip(archive: Path) -> None:
+    """Decompress the whole stream once, discarding it: tar stops reading at its end-of-archive
+    blocks, so an archive cut inside the gzip trailer (its checksum) would pass unnoticed.
+
+    Raises:
+        EOFError: the stream is cut short; ArchiveError: data follows it, or it unpacks to more
+            than twice :data:`UNPACKED_LIMIT` (tar headers and padding add to the members).
+    """
+    stream = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+    unpacked, cap = 0, 2 * UNPACKED_LIMIT
+    with open(archive, "rb") as handle:
+        while not stream.eof:
+            chunk = handle.read(1 << 16)
+            if not chunk:
+                raise EOFError("the gzip stream ends before its end-of-stream marker")
+            while chunk and not stream.eof:
+                unpacked += len(stream.decompress(chunk, 1 << 20))
+                if unpacked > cap:
+                    raise ArchiveError(f"{archive}: unpacks to more than {cap:,} bytes")
+                chunk = stream.unconsumed_tail
+        if stream.unused_data or handle.read(1):
+            raise ArchiveError(f"{archive}: data follows the end of its gzip stream")
+
+
+def _local_difference(run_dir: Path, files: dict[str, bytes]) -> str | None:
+    """Why writing ``files`` into ``run_dir`` would replace or shadow a local run, or None."""
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return None
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        return f"{run_dir} is not a run folder"
+    for name in WRITE_ORDER:
+        target = run_dir / name
+        if name in files and (target.exists() or target.is_symlink()):
+            if not target.is_file() or target.is_symlink() or target.read_bytes() != files[name]:
+                return f"its local {name} differs"
+    if (run_dir / "checkpoint.pt").exists() and not (run_dir / "results.json").exists():
+        return "it holds a local checkpoint (an unfinished run)"
+    return None
+
+
+def plan_merge(archives: list[Path], out: Path, overwrite: bool = False,
+               limit: int = LIMIT) -> list[MergePlan]:
+    """Read and check every archive, and decide what merging them into ``out`` does.
+
+    Raises:
+        ArchiveError: an archive is bad (see :func:`read_archive`), two archives hold different
+            copies of one run, or, without ``overwrite``, an archive's run would replace a
+            local one (a finished run, or files that differ from the archive's).
+    """
+    plans, seen = [], {}
+    for archive in archives:
+        runs = read_archive(Path(archive), limit)
+        plan = MergePlan(Path(archive), runs)
+        for run, files in sorted(runs.items()):
+            if run in seen and seen[run][1] != files:
+                raise ArchiveError(f"{archive}: member {run + '/results.json'!r} differs from "
+                                   f"the copy in {seen[run][0]}; merge one of them")
+            seen[run] = (archive, files)
+            run_dir = out.joinpath(*PurePosixPath(run).parts)
+            why = _local_difference(run_dir, files)
+            if why is None:
+                if all((run_dir / n).is_file() for n in files):
+                    plan.unchanged.add(run)
+                continue
+            if not overwrite:
+                raise ArchiveError(
+                    f"{archive}: member {run + '/results.json'!r} would replace the local run "
+                    f"{run_dir} ({why}); nothing was merged. Keep the local run, or add "
+                    f"--merge-overwrite to move it aside to {run_dir.name}.replaced-<time> "
+                    f"and merge")
+            plan.replace[run] = why
+        plans.append(plan)
+    return plans
+
+
+def apply_merge(plan: MergePlan, out: Path) -> list[tuple[Path, Path]]:
+    """Write a checked :class:`MergePlan` into ``out``; returns ``(run folder, where its local
+    run was moved)`` for every local run it replaced."""
+    from .runner import move_aside  # the runner's rule: rename, never delete
+
+    moved = []
+    for run, files in sorted(plan.runs.items()):
+        if run in plan.unchanged:
+            continue
+        run_dir = out.joinpath(*PurePosixPath(run).parts)
+        if run in plan.replace and (run_dir.exists() or run_dir.is_symlink()):
+            moved.append((run_dir, move_aside(run_dir, "replaced")))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in WRITE_ORDER:
+            if name in files:
+                tmp = run_dir / f"{name}.tmp"
+                tmp.write_bytes(files[name])
+                tmp.replace(run_dir / name)
+    return moved
+
+
+def merge(archive: Path, out: Path, overwrite: bool = False) -> int:
+    """Check an archive written by :func:`pack` whole, then extract it into ``out``; returns
+    the runs it held.
+
+    Raises:
+        ArchiveError: see :func:`plan_merge`; nothing is written then.
+    """
+    plan = plan_merge([archive], out, overwrite)[0]
+    apply_merge(plan, out)
+    return len(plan.runs)

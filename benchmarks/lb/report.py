@@ -6,6 +6,13 @@ many/medium/few-shot accuracies; the difference of mean top-1 to the suite's bas
 paper's number with its source; training time, wall time and images/s. Every number is the final
 epoch's: ``lttrain`` never selects an epoch on the test set, and neither does this.
 
+One column is the exception, and says so: for runs trained with ``eval.every``, whose
+``log.jsonl`` holds test metrics of earlier epochs, the *best test epoch* column shows the highest
+test top-1 over those epochs and the final one, which is how the papers' CIFAR numbers are
+selected (LDAM-DRW's and Bag of Tricks' codes keep their best test-set epoch). It is there to be
+read beside the paper's number, never as a result: choosing an epoch on the test set is not a
+valid model selection.
+
 The comparison with the paper depends on the protocol. Under ``paper`` it is the difference in
 top-1 (ours minus the paper's, in points). Under any shortened protocol only the direction is
 compared: whether the row beats the baseline here as it does in the paper (the paper's own
@@ -32,10 +39,12 @@ from .suite import Planner, Suite
 METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "ece")
 COSTS = ("train_seconds", "wall_seconds", "images_per_second")
 CSV_COLUMNS = [
-    "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds",
-    *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
-    "delta_top1_vs_baseline", "paper_top1", "paper_printed", "paper_approximate", "paper_source",
-    "paper_table", "paper_delta_vs_baseline", "direction_vs_paper", "difference_vs_paper",
+    "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds", "epochs",
+    "epochs_as_written", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
+    "delta_top1_vs_baseline", "best_test_top1_mean", "best_test_top1_std",
+    "best_test_evaluated_epochs", "best_test_n_seeds", "paper_top1", "paper_printed",
+    "paper_approximate", "paper_source", "paper_table", "paper_delta_vs_baseline",
+    "paper_delta_epochs", "direction_vs_paper", "difference_vs_paper",
     "train_seconds_mean", "wall_seconds_mean", "wall_seconds_lower_bound",
     "images_per_second_mean", "reason",
 ]
@@ -63,6 +72,73 @@ def _data_key(recipe: dict) -> dict:
     data = recipe.get("data", {})
     return {"dataset": data.get("name"), "imbalance_type": data.get("imbalance_type"),
             "imbalance_ratio": data.get("imbalance_ratio")}
+
+
+def _log_rows(run_dir: Path, results: dict) -> list[dict]:
+    """The run's epochs: ``log.jsonl``, else the same rows in ``results.json``'s ``history``."""
+    try:
+        text = (run_dir / "log.jsonl").read_text()
+    except OSError:
+        return [r for r in results.get("history") or [] if isinstance(r, dict)]
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def best_test_epoch(run_dir: Path, results: dict) -> dict | None:
+    """The papers' practice: the best test top-1 over the evaluated epochs of the last phase.
+
+    ``eval.every`` logs test metrics under ``eval`` in the epoch rows of ``log.jsonl``; the last
+    epoch is not among them (its evaluation is ``results.json`` itself), so the final result is
+    one of the candidates. Only the last phase counts: an earlier phase trained another model (a
+    cRT run's joint phase is not a cRT model). A selection on the test set: never a result.
+
+    Returns:
+        None when the last phase has no evaluated epoch in the log, else ``top1``, ``epoch``
+        (0-based, in the phase), ``evaluated`` (epochs compared, the final one included) and
+        ``stage``.
+
+    Example:
+        >>> import tempfile
+        >>> rows = [{"stage": "main", "epoch": 0, "eval": {"top1": 50.0}},
+        ...         {"stage": "main", "epoch": 1, "eval": {"top1": 64.0}},
+        ...         {"stage": "main", "epoch": 2}]
+        >>> res = {"top1": 61.0, "stages": [{"name": "main", "epochs": 3}], "history": rows}
+        >>> best_test_epoch(Path(tempfile.mkdtemp()), res)
+        {'top1': 64.0, 'epoch': 1, 'evaluated': 3, 'stage': 'main'}
+    """
+    stages = [s for s in results.get("stages") or [] if isinstance(s, dict)]
+    stage = stages[-1].get("name") if stages else None
+    evaluated = []
+    for row in _log_rows(run_dir, results):
+        ev = row.get("eval")
+        if (stage is not None and row.get("stage") != stage) or not isinstance(ev, dict):
+            continue
+        top1 = ev.get("top1")
+        if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
+            evaluated.append((float(top1), row.get("epoch")))
+    if not evaluated:
+        return None
+    last = stages[-1].get("epochs") if stages else None
+    final = (float(results["top1"]), last - 1 if isinstance(last, int) and last > 0 else None)
+    top1, epoch = max(evaluated + [final], key=lambda c: c[0])  # the first best on a tie
+    return {"top1": top1, "epoch": epoch, "evaluated": len(evaluated) + 1, "stage": stage}
+
+
+def _best_test_doc(runs: list[dict]) -> dict | None:
+    best = [r for r in runs if r.get("best_test")]
+    if not best:
+        return None
+    return {"top1": stats(r["best_test"]["top1"] for r in best),
+            "evaluated_epochs": sorted({r["best_test"]["evaluated"] for r in best}),
+            "n": len(best),
+            "seeds": [{"seed": r["seed"], **r["best_test"]} for r in best]}
 
 
 def _mean_per_class(results: list[dict]) -> list[float | None]:
@@ -162,7 +238,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
     commits, finished, warnings = set(), [], []
     settings_doc = []
     for setting in suite.settings:
-        rows_doc = []
+        rows_doc, test_counts = [], []
         data_key = None
         for row in suite.rows:  # the data set of this column, for the reference numbers
             if row.available and row.runs_in(setting.id):
@@ -186,6 +262,8 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                     base_method = suite.row(suite.baseline).reference or suite.baseline
                     base_ref = refs.baseline_for(ref, base_method)
             doc["paper"] = _reference_dict(ref, base_ref)
+            doc["epochs"] = _epochs_doc(planner.plan(row.id, setting.id, seeds_requested[0])
+                                        if row.available else None)
             reason = row.unavailable_reason
             if reason:
                 doc.update(status="not available", reason=reason, n=0, seeds=[])
@@ -209,12 +287,15 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                 wall_complete = started_attempts(plan.dir) <= len(recorded)
                 if results is not None:
                     done.append(results)
+                    if results.get("test_class_counts"):
+                        test_counts.append(results["test_class_counts"])
                     device = str((results.get("machine") or {}).get("device", ""))
                     precision.setdefault(_precision(plan.recipe, device), set()).add(row.label)
                     runs.append({"seed": seed, "dir": str(plan.dir), "recipe_hash": plan.hash,
                                  "finished": results.get("finished"),
                                  "commit": results.get("commit"), "wall_seconds": wall,
-                                 "wall_complete": wall_complete})
+                                 "wall_complete": wall_complete,
+                                 "best_test": best_test_epoch(plan.dir, results)})
                     machine = dict(results.get("machine") or {})
                     # Threads differ with --jobs; the machine does not.
                     threads = machine.pop("torch_threads", None)
@@ -236,6 +317,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
             doc["seeds"] = [r["seed"] for r in runs]
             doc["n"] = len(done)
             doc["metrics"] = {m: stats(r.get(m) for r in done) for m in METRICS}
+            doc["best_test"] = _best_test_doc(runs)
             doc["costs"] = {
                 "train_seconds": stats(r.get("seconds") for r in done),
                 "wall_seconds": stats(r["wall_seconds"] for r in runs),
@@ -260,7 +342,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
             rows_doc.append(doc)
         _add_comparisons(rows_doc, suite.baseline, protocol)
         settings_doc.append({"id": setting.id, "label": setting.label, "data": data_key,
-                             "rows": rows_doc})
+                             "test_split": _test_split(test_counts), "rows": rows_doc})
     return {
         "suite": suite.name, "title": suite.title, "suite_file": str(suite.path),
         "protocol": {"name": protocol, **{k: v for k, v in proto.items() if k != "overlay"},
@@ -280,6 +362,33 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
     }
 
 
+def _test_split(counts: list[list[int]]) -> dict | None:
+    """The test split the finished runs of a column evaluated on (``results.json``'s
+    ``test_class_counts``), so the table states what was measured rather than what the data set
+    holds in full (the smoke protocol caps it).
+
+    Example:
+        >>> _test_split([[20, 20, 20], [20, 20, 20]])
+        {'classes': [3], 'per_class': [20, 20], 'images': [60, 60], 'runs': 2}
+    """
+    if not counts:
+        return None
+    per_class = [c for run in counts for c in run]
+    return {"classes": sorted({len(run) for run in counts}),
+            "per_class": [min(per_class), max(per_class)],
+            "images": [min(sum(run) for run in counts), max(sum(run) for run in counts)],
+            "runs": len(counts)}
+
+
+def _epochs_doc(plan) -> dict | None:
+    """A row's training budget: the epochs of each phase as run under this protocol, and as the
+    recipe writes them (the budget its paper trained, which the paper's Δ compares)."""
+    if plan is None or isinstance(plan, ConfigError):
+        return None
+    return {"phases": plan.epochs, "total": sum(plan.epochs),
+            "written_phases": plan.written_epochs, "written_total": sum(plan.written_epochs)}
+
+
 def _precision(recipe: dict, device: str) -> str:
     """What ``train.amp`` meant for a run on ``device`` (the trainer's ``auto`` rule)."""
     amps = {s["train"]["amp"] for s in (recipe.get("stages") or [recipe])}
@@ -297,14 +406,27 @@ def _precision(recipe: dict, device: str) -> str:
 
 
 def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str) -> None:
+    """Δ to the baseline and the verdict against the paper, per row.
+
+    A direction is flagged ``unequal_budgets`` when the paper's Δ compares recipes of different
+    lengths (their epochs summed over phases, as the recipes write them: input mixup's 400 with
+    CE's 200): part of that Δ is the longer training, so agreeing or not with it says little
+    about the trick alone. ``budgets`` keeps both pairs, the paper's and this run's.
+    """
     base = next((r for r in rows if r["id"] == baseline), None)
     base_top1 = ((base or {}).get("metrics") or {}).get("top1")
+    base_epochs = (base or {}).get("epochs")
     for row in rows:
         top1 = (row.get("metrics") or {}).get("top1")
         row["delta_top1"] = (top1["mean"] - base_top1["mean"]
                              if top1 and base_top1 and row is not base else None)
         paper = row.get("paper")
-        cmp: dict[str, Any] = {"difference": None, "direction": None}
+        cmp: dict[str, Any] = {"difference": None, "direction": None, "unequal_budgets": False,
+                               "budgets": None}
+        epochs = row.get("epochs")
+        if epochs and base_epochs and row is not base:
+            cmp["budgets"] = {"paper": [epochs["written_total"], base_epochs["written_total"]],
+                              "here": [epochs["total"], base_epochs["total"]]}
         if paper and top1:
             if protocol == "paper":
                 cmp["difference"] = top1["mean"] - paper["top1"]
@@ -315,6 +437,9 @@ def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str) -> N
                 else:
                     same = (row["delta_top1"] > 0) == (paper["delta_top1"] > 0)
                     cmp["direction"] = "same" if same else "opposite"
+                budgets = cmp["budgets"]
+                cmp["unequal_budgets"] = bool(budgets and budgets["paper"][0]
+                                              != budgets["paper"][1])
         row["vs_paper"] = cmp
 
 
@@ -330,8 +455,32 @@ def _direction(value: str | None) -> str:
             "no change": "no change here"}.get(value or "", "")
 
 
+def _phases(epochs: list[int] | None) -> str:
+    """Epochs per phase: ``60``, or ``30+4`` for two phases."""
+    return "+".join(str(e) for e in epochs) if epochs else ""
+
+
+def _verdict(cmp: dict) -> str:
+    """The direction as a CSV value: ``opposite (unequal budgets)`` when flagged."""
+    direction = cmp.get("direction") or ""
+    return f"{direction} (unequal budgets)" if direction and cmp.get("unequal_budgets") \
+        else direction
+
+
 def _minutes(s: dict | None) -> str:
     return f"{s['mean'] / 60:.1f}" if s else ""
+
+
+def _best_cell(row: dict) -> str:
+    """``74.10 ± 0.31 (of 200)``: the best test epoch's top-1 and how many epochs it is the best
+    of; the seeds it covers when fewer than the row's."""
+    best = row.get("best_test")
+    if not best:
+        return ""
+    counts = best["evaluated_epochs"]
+    of = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    seeds = f"; {best['n']} of {row['n']} seeds" if best["n"] != row.get("n") else ""
+    return f"{_fmt_stat(best['top1'])} (of {of}{seeds})"
 
 
 def _fmt_stat(s: dict | None) -> str:
@@ -353,18 +502,29 @@ def csv_rows(doc: dict) -> list[dict]:
             rec.update(suite=doc["suite"], protocol=doc["protocol"]["name"], setting=setting["id"],
                        row=row["id"], label=row["label"], status=row["status"], n_seeds=row["n"],
                        seeds=" ".join(str(s) for s in row.get("seeds", [])),
+                       epochs=_phases((row.get("epochs") or {}).get("phases")),
+                       epochs_as_written=_phases((row.get("epochs") or {}).get("written_phases")),
                        reason=row.get("reason") or "")
             for m in METRICS:
                 s = metrics.get(m)
                 rec[f"{m}_mean"] = _num(s["mean"]) if s else ""
                 rec[f"{m}_std"] = _num(s["std"]) if s and s["std"] is not None else ""
             rec["delta_top1_vs_baseline"] = _num(row.get("delta_top1"))
+            best = row.get("best_test")
+            if best:
+                rec.update(best_test_top1_mean=_num(best["top1"]["mean"]),
+                           best_test_top1_std=_num(best["top1"]["std"]),
+                           best_test_evaluated_epochs=" ".join(
+                               str(n) for n in best["evaluated_epochs"]),
+                           best_test_n_seeds=best["n"])
             if paper:
                 rec.update(paper_top1=_num(paper["top1"]), paper_printed=paper["printed"],
                            paper_approximate=str(paper["approximate"]).lower(),
                            paper_source=paper["paper"], paper_table=paper["table"],
                            paper_delta_vs_baseline=_num(paper.get("delta_top1")))
-            rec["direction_vs_paper"] = cmp.get("direction") or ""
+            if cmp.get("direction") and cmp.get("budgets"):
+                rec["paper_delta_epochs"] = "{} vs {}".format(*cmp["budgets"]["paper"])
+            rec["direction_vs_paper"] = _verdict(cmp)
             rec["difference_vs_paper"] = _num(cmp.get("difference"))
             for c in COSTS:
                 s = costs.get(c)
@@ -403,6 +563,29 @@ def _machine_line(m: dict) -> str:
     return ", ".join(parts)
 
 
+def _machine_name(m: dict) -> str:
+    """A machine in a few words: its GPU, else its CPU model and cores."""
+    if m.get("gpu"):
+        return f"{m['gpu']} ({m.get('device', 'cuda')})"
+    cpu = m.get("cpu") or "an unnamed CPU"
+    return f"{cpu} ({m.get('cpu_count', '?')} cores)"
+
+
+def _split_line(split: dict | None) -> str | None:
+    """The column's test split as measured: ``Test split of the 3 finished runs: 1,000 images per
+    class, 10 classes (10,000 images).``"""
+    if not split:
+        return None
+    lo, hi = split["per_class"]
+    per = f"{lo:,} images per class" if lo == hi else f"{lo:,} to {hi:,} images per class"
+    classes = "/".join(str(c) for c in split["classes"])
+    images = "/".join(f"{n:,}" for n in sorted(set(split["images"])))
+    runs = split["runs"]
+    return (f"Test split of the {runs} finished run{'s' if runs != 1 else ''} "
+            f"(`results.json`'s `test_class_counts`): {per}, {classes} classes ({images} "
+            f"images).")
+
+
 def _stage_table(rows: list[dict]) -> list[str]:
     """The stage timings of the multi-stage rows, one line per stage."""
     staged = [r for r in rows if r.get("stages")]
@@ -430,9 +613,12 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
              f"- **Protocol: `{proto['name']}`** — {proto.get('description', '')}."]
     if proto.get("caveat"):
         lines.append(f"- **{proto['caveat']}**")
+    any_best = any(r.get("best_test") for s in doc["settings"] for r in s["rows"])
     lines.append("- Final-epoch numbers only: no epoch or checkpoint is ever selected on the test "
-                 "set. Accuracies in %, mean ± sample standard deviation over seeds (no ± with "
-                 "one seed).")
+                 "set" + (" (the *Best test epoch* column is the papers' practice, shown beside "
+                          "their numbers and labelled as such under its table)" if any_best
+                          else "") + ". Accuracies in %, mean ± sample standard deviation over "
+                 "seeds (no ± with one seed).")
     for note in doc.get("notes") or []:
         lines.append(f"- {note}")
     if doc.get("overrides"):
@@ -449,6 +635,11 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
     machines = doc.get("machines") or []
     if machines:
         lines.append("- Machine: " + "; ".join(_machine_line(m) for m in machines) + ".")
+        lines.append("- Timing: *Train min*, *Wall min* and *img/s* are wall-clock times measured "
+                     "on " + " and ".join(_machine_name(m) for m in machines) + "; they also "
+                     "count any time the machine gave to other work or was suspended, so on a "
+                     "shared machine they overstate the training cost. docs/throughput.md has "
+                     "step rates measured in one process.")
     commits = doc.get("run_commits") or []
     lines.append(f"- Commit of the runs: {', '.join(f'`{c}`' for c in commits) or 'unknown'}; "
                  f"table written at commit `{doc.get('generated_at_commit') or 'unknown'}` on "
@@ -469,14 +660,20 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
         data = setting.get("data") or {}
         what = ", ".join(f"{k} {v}" for k, v in data.items() if v is not None)
         lines += ["", f"## {setting['label']}" + (f" ({what})" if what else ""), ""]
+        split = _split_line(setting.get("test_split"))
+        if split:
+            lines += [split, ""]
         vs_head = ("vs paper (ours − paper)" if proto["name"] == "paper"
                    else "vs paper (direction)")
-        lines.append(f"| Method | Seeds | Top-1 | Mean/class | Many | Medium | Few | "
-                     f"Δ top-1 vs {base_label} | Paper top-1 | Paper Δ | {vs_head} | "
+        with_best = any(r.get("best_test") for r in setting["rows"])
+        best_head = "Best test epoch § | " if with_best else ""
+        lines.append(f"| Method | Seeds | Epochs | Top-1 | Mean/class | Many | Medium | Few | "
+                     f"Δ top-1 vs {base_label} | {best_head}Paper top-1 | Paper Δ | {vs_head} | "
                      f"Train min | Wall min | img/s |")
-        lines.append("|" + "---|" * 14)
-        problems, wall_bounds, shown = [], False, {}
+        lines.append("|" + "---|" * (16 if with_best else 15))
+        problems, wall_bounds, shown, unequal = [], False, {}, []
         for row in setting["rows"]:
+            epochs = _phases((row.get("epochs") or {}).get("phases"))
             paper = row.get("paper")
             paper_cell = paper_delta = ""
             if paper:
@@ -495,8 +692,9 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                         "failed": "*failed* (see below)", "pending": "*pending*"}[status]
                 if status in ("invalid recipe", "failed"):
                     problems.append(f"- {row['label']}: {row.get('reason')}")
-                lines.append(f"| {row['label']} | 0 | {text} |  |  |  |  |  | {paper_cell} | "
-                             f"{paper_delta} |  |  |  |  |")
+                lines.append(f"| {row['label']} | 0 | {epochs} | {text} |  |  |  |  |  | "
+                             + ("| " if with_best else "")
+                             + f"{paper_cell} | {paper_delta} |  |  |  |  |")
                 continue
             m, c, cmp = row["metrics"], row["costs"], row.get("vs_paper") or {}
             if proto["name"] == "paper" and cmp.get("difference") is not None:
@@ -505,7 +703,14 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                     vs += f", {_direction(cmp['direction'])}"
             else:
                 vs = _direction(cmp.get("direction"))
-            if cmp.get("direction") == "opposite":
+            if cmp.get("unequal_budgets"):
+                # not a verdict on the trick: the paper's Δ includes the longer training
+                vs += " ‡"
+                paper_b, here_b = cmp["budgets"]["paper"], cmp["budgets"]["here"]
+                unequal.append(f"{row['label']} {paper_b[0]} vs {paper_b[1]}"
+                               + (f" (here {here_b[0]} vs {here_b[1]})"
+                                  if here_b != paper_b else ""))
+            elif cmp.get("direction") == "opposite":
                 vs = f"**{vs}**"
             wall = _minutes(c.get("wall_seconds"))
             if wall and c.get("wall_seconds_lower_bound"):
@@ -519,14 +724,29 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                     problems.append(f"- {row['label']}: seeds "
                                     f"{' '.join(map(str, row['pending_seeds']))} still pending")
             lines.append(
-                f"| {row['label']} | {seeds} | {_fmt_stat(m.get('top1'))} | "
+                f"| {row['label']} | {seeds} | {epochs} | {_fmt_stat(m.get('top1'))} | "
                 f"{_fmt_stat(m.get('mean_class_acc'))} | {_fmt_stat(m.get('many'))} | "
                 f"{_fmt_stat(m.get('medium'))} | {_fmt_stat(m.get('few'))} | "
-                f"{_fmt(row.get('delta_top1'), signed=True)} | {paper_cell} | {paper_delta} | "
+                f"{_fmt(row.get('delta_top1'), signed=True)} | "
+                + (f"{_best_cell(row)} | " if with_best else "")
+                + f"{paper_cell} | {paper_delta} | "
                 f"{vs} | {_minutes(c.get('train_seconds'))} | {wall} | "
                 f"{_fmt((c.get('images_per_second') or {}).get('mean'), 0)} |")
         if problems:
             lines += ["", "Failures and gaps (* in *Seeds*):", ""] + problems
+        if with_best:
+            lines += ["", "§ *Best test epoch*: the highest test top-1 over the evaluated epochs "
+                      "of the last phase (`eval.every`, read from `log.jsonl`) and the final "
+                      "one; *of N*: the number of epochs compared. This is the papers' practice "
+                      "(the codes of LDAM-DRW and Bag of Tricks keep their best test-set epoch), "
+                      "shown only to be read beside *Paper top-1*: it selects on the test set, "
+                      "so it is not a valid model selection and not this table's result, which "
+                      "is *Top-1* (the final epoch). Empty for runs without evaluated epochs."]
+        if unequal:
+            lines += ["", f"‡ Unequal budgets: the paper's Δ compares recipes of different "
+                      f"lengths (epochs summed over phases, row vs {base_label}: "
+                      + "; ".join(unequal) + "), so part of it is the longer training; the "
+                      "direction beside it is no verdict on the trick alone."]
         if wall_bounds:
             lines += ["", "≥ in *Wall min*: an attempt of that run was stopped without its time "
                       "being recorded (the leaderboard process itself was killed), so the wall "

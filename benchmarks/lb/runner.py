@@ -14,9 +14,19 @@ only; its exit code, wall time and last error line are kept in ``leaderboard_run
 Several runs may go at once (``jobs``); on an interrupt (Ctrl-C, or SIGTERM to the leaderboard)
 every running ``lttrain`` is sent SIGINT and stops, keeping its last complete checkpoint, so the
 next invocation resumes it.
+
+The runner owns its children. Each ``lttrain`` runs in its own session (a terminal's Ctrl-C
+reaches the runner only, which forwards exactly one SIGINT), and on Linux it is also told, with
+``prctl(PR_SET_PDEATHSIG)``, to receive SIGTERM when the runner dies, however it dies (``kill
+-9``, the OOM killer): it then stops as on Ctrl-C, keeping its last checkpoint. A
+run whose ``RUN/.lock`` is still held when the runner comes to it (a child of a runner killed a
+moment ago, still writing its checkpoint; or another invocation's run) is waited for, then
+decided again: skipped if that process finished it, resumed otherwise, never failed as "in use".
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import os
 import re
@@ -30,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lttoolbox.engine.rundir import LOCK
 from lttoolbox.recipe import atomic_write_text, dump_recipe, recipe_hash, resolve
 from lttoolbox.yamlio import load_yaml
 
@@ -81,13 +92,14 @@ def decide(run: Run, protocol: str) -> tuple[str, str]:
     return FRESH, "not started"
 
 
-def move_aside(run_dir: Path) -> Path:
-    """Rename a stale run directory (nothing is deleted)."""
+def move_aside(run_dir: Path, tag: str = "stale") -> Path:
+    """Rename a stale (or replaced) run directory to ``<name>.<tag>-<time>``; nothing is
+    deleted, and the tables never read such a copy."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}")
+    target = run_dir.with_name(f"{run_dir.name}.{tag}-{stamp}")
     n = 1
     while target.exists():
-        target = run_dir.with_name(f"{run_dir.name}.stale-{stamp}-{n}")
+        target = run_dir.with_name(f"{run_dir.name}.{tag}-{stamp}-{n}")
         n += 1
     run_dir.rename(target)
     return target
@@ -129,6 +141,61 @@ def last_error(log_path: Path) -> str | None:
     return lines[-1] if lines else None
 
 
+def lock_holder(run_dir: Path) -> str | None:
+    """The process id in ``run_dir/.lock`` while a live process holds that lock, else None.
+
+    The lock is ``lttrain``'s ``flock``: it ends with the process (and with any process that
+    inherited its descriptor), so a held lock means a live writer, never a stale file.
+    """
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _load_prctl():
+    """libc's ``prctl`` on Linux (looked up once, here: a child between fork and exec may only
+    call what is already loaded), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+DEATH_SIGNAL = signal.SIGTERM  # lttrain takes it as Ctrl-C: checkpoint kept, exit 130
+
+
+def die_with_runner() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent :data:`DEATH_SIGNAL` when this process dies.
+
+    Linux only (None elsewhere). The signal is tied to the thread that forks the child, which
+    here waits for that child to end, so it fires only when the runner itself is gone.
+    """
+    if _PRCTL is None:
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        _PRCTL(PR_SET_PDEATHSIG, int(DEATH_SIGNAL), 0, 0, 0)
+        if os.getppid() != parent:  # the runner died before the request took effect
+            os._exit(1)
+
+    return arm
+
+
 @dataclass
 class Outcome:
     """What became of one run in this invocation."""
@@ -163,6 +230,7 @@ class Runner:
         self.report = report
         self.deadline = deadline  # time.monotonic() after which nothing runs
         self.stop = threading.Event()
+        self.budget_spent = False  # the deadline stopped the queue
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 
@@ -178,8 +246,23 @@ class Runner:
             env["MKL_NUM_THREADS"] = str(self.threads_per_job)
         return env
 
+    def wait_for_holder(self, run: Run) -> bool:
+        """Wait while another process holds the run's lock; False if stopped while waiting."""
+        holder = lock_holder(run.dir)
+        if holder is None:
+            return True
+        self.report(f"  {run.key}: process {holder} (a run left by an earlier invocation, or "
+                    f"another one's) still holds it; waiting for it to end")
+        while lock_holder(run.dir) is not None:
+            if self.stop.is_set():
+                return False
+            time.sleep(0.5)
+        return True
+
     def execute(self, run: Run) -> Outcome:
         """Decide and carry out one run."""
+        if not self.wait_for_holder(run):
+            return Outcome(run, "wait", None, 0.0)  # stopped before it could start
         action, why = decide(run, self.protocol)
         if action == SKIP:
             return Outcome(run, SKIP, 0, 0.0, results=matching_results(run, self.protocol))
@@ -197,8 +280,10 @@ class Runner:
             log.flush()
             # A new session keeps a terminal Ctrl-C away from the children: the runner forwards
             # exactly one SIGINT itself, so no run is interrupted while it writes its checkpoint.
+            # On Linux the death signal ends the child with the runner, however the runner ends.
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    env=self._environment(), start_new_session=True)
+                                    env=self._environment(), start_new_session=True,
+                                    preexec_fn=die_with_runner())
             with self._lock:
                 self._procs.add(proc)
             try:
@@ -270,6 +355,7 @@ class Runner:
                     # next time), the queued ones do not start. Not a user interrupt.
                     self.report("budget spent: stopping the running runs at their next step; "
                                 "they resume next time")
+                    self.budget_spent = True
                     self.interrupt()
                 try:
                     done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)

@@ -26,6 +26,11 @@ stages of a multi-stage recipe inherit every change: the recipe file, the suite'
 setting's overlay, the row's overlay and overrides, the protocol's overlay, the command line's
 ``--set`` overrides, then ``train.seed`` and ``meta.protocol``. Finally the protocol's epoch
 count rescales every epoch-valued key (:func:`lttoolbox.recipe.scale_epochs`).
+
+A protocol with ``epochs`` and ``per`` scales every recipe's *own* budget by ``epochs / per``
+(``quick``: 30 per 200, so a 200-epoch recipe trains 30 epochs and a 400-epoch one 60): rows
+keep the budget ratio their papers compare. A protocol with ``epochs`` alone gives every recipe's
+first phase that many epochs (``smoke``: 1). See :func:`scaled_length` for the rounding.
 """
 from __future__ import annotations
 
@@ -40,24 +45,30 @@ import yaml
 
 from lttoolbox.errors import ConfigError
 from lttoolbox.yamlio import load_yaml
-from lttoolbox.recipe import load_recipe, recipe_hash, resolve, scale_epochs
+from lttoolbox.recipe import load_recipe, recipe_hash, resolve, scale_epochs, stage_recipes
 
 # Built-in protocols; a suite may replace one by name under ``protocols:``.
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "paper": {
         "epochs": None,
+        "per": None,
         "overlay": {},
         "description": "the published protocol, as written in each recipe (CIFAR-LT: ResNet-32, "
                        "200 epochs, batch 128, the papers' schedules)",
     },
     "quick": {
         "epochs": 30,
+        "per": 200,
         "overlay": {},
-        "description": "the published protocol shortened to 30 epochs; learning-rate milestones "
+        "description": "the published protocol with every recipe's own budget scaled by 30/200: "
+                       "a 200-epoch recipe trains 30 epochs, a 400-epoch one (input mixup, Remix) "
+                       "60, and every phase of a multi-phase recipe is scaled by the same factor "
+                       "(cRT's 30 epochs after a 200-epoch CE phase: 4); learning-rate milestones "
                        "and every epoch-based switch (DRW, DRS, RSG, CMO, ...) scaled in "
-                       "proportion (a switch at 160 of 200 epochs lands at 24 of 30), the warm-up "
-                       "kept as a per-step warm-up over the same fraction of all steps (5 of 200 "
-                       "epochs: 0.75 of 30)",
+                       "proportion (a switch at 160 of 200 epochs lands at 24 of 30), rounded to "
+                       "the nearest whole epoch (a half to the even one), every phase that trains "
+                       "at least 1 epoch; the warm-up kept as a per-step warm-up over the same "
+                       "fraction of all steps (5 of 200 epochs: 0.75 of 30)",
         "caveat": "The quick regime is under-trained: tail classes learn little in 30 epochs, so "
                   "its numbers sit well below the papers' and are comparable with them in "
                   "direction only (does a trick help or hurt against the baseline?), never in "
@@ -65,9 +76,11 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
     "smoke": {
         "epochs": 1,
+        "per": None,
         "overlay": {"data": {"max_per_class": 200, "test_max_per_class": 20}},
-        "description": "one short epoch on a small slice of the data (at most 200 training and 20 "
-                       "test images per class), for tests only",
+        "description": "one short epoch (every recipe's first phase; later phases in "
+                       "proportion, at least 1 epoch each) on a small slice of the data (at most "
+                       "200 training and 20 test images per class), for tests only",
         "caveat": "Smoke numbers only show that the pipeline runs; they mean nothing.",
     },
 }
@@ -76,6 +89,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ROW_KEYS = {"id", "label", "recipe", "status", "overlay", "overrides", "settings", "reference",
             "note"}
 SETTING_KEYS = {"id", "label", "overlay", "rows"}
+PROTOCOL_KEYS = {"epochs", "per", "overlay", "description", "caveat"}
 SUITE_KEYS = {"name", "title", "baseline", "references", "reference_priority", "notes", "overlay",
               "settings", "rows", "protocols", "description"}
 
@@ -248,12 +262,18 @@ def load_suite(path: str | Path) -> Suite:
     protocols = copy.deepcopy(PROTOCOLS)
     for name, proto in _check_mapping(data.get("protocols"), "protocols").items():
         proto = _check_mapping(proto, f"protocols.{name}")
-        epochs = proto.get("epochs")
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int)
-                                   or epochs < 1):
-            raise ConfigError(f"must be a positive integer or null, got {epochs!r}",
-                              key=f"protocols.{name}.epochs")
-        protocols[name] = {"epochs": epochs,
+        _unknown_keys(proto, PROTOCOL_KEYS, f"protocols.{name}")
+        for key in ("epochs", "per"):
+            value = proto.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"must be a positive integer or null, got {value!r}",
+                                  key=f"protocols.{name}.{key}")
+        epochs, per = proto.get("epochs"), proto.get("per")
+        if per is not None and epochs is None:
+            raise ConfigError("needs 'epochs' (the length a recipe of 'per' epochs gets)",
+                              key=f"protocols.{name}.per")
+        protocols[name] = {"epochs": epochs, "per": per,
                            "overlay": _check_mapping(proto.get("overlay"),
                                                      f"protocols.{name}.overlay"),
                            "description": proto.get("description", f"suite protocol '{name}'"),
@@ -302,10 +322,44 @@ class Run:
     hash: str
     dir: Path
     warnings: list[str] = field(default_factory=list)
+    written_epochs: list[int] = field(default_factory=list)  # per phase, before the protocol
 
     @property
     def key(self) -> str:
         return f"{self.setting}/{self.row}/seed{self.seed}"
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epochs of each phase as this run trains them."""
+        return phase_epochs(self.recipe)
+
+
+def phase_epochs(recipe: dict) -> list[int]:
+    """The epochs of each phase (stage) of a resolved recipe; one entry for a single phase."""
+    return [int(stage["train"]["epochs"]) for stage in stage_recipes(recipe)]
+
+
+def scaled_length(proto: dict, recipe: dict) -> int:
+    """The ``train.epochs`` a protocol gives a resolved recipe (its first or only phase).
+
+    With ``per``, the recipe's own length ``E`` is scaled by ``epochs / per`` and rounded to the
+    nearest whole epoch (Python's ``round``: a half goes to the even neighbour, as
+    :func:`~lttoolbox.recipe.scale_epochs` rounds every switch and later phase), at least 1.
+    ``scale_epochs`` then scales every later phase and switch by the ratio of the new length to
+    ``E``, which is exactly ``epochs / per`` whenever ``E * epochs / per`` is whole (every shipped
+    CIFAR recipe: 200 → 30, 400 → 60); otherwise the planner warns. Without ``per``, every
+    recipe's first phase gets ``epochs``.
+
+    Example:
+        >>> quick = {"epochs": 30, "per": 200}
+        >>> [scaled_length(quick, {"train": {"epochs": e}}) for e in (200, 400, 10, 1)]
+        [30, 60, 2, 1]
+        >>> scaled_length({"epochs": 1, "per": None}, {"train": {"epochs": 400}})
+        1
+    """
+    if proto.get("per") is None:
+        return int(proto["epochs"])
+    return max(1, int(round(recipe["train"]["epochs"] * proto["epochs"] / proto["per"])))
 
 
 def unscaled_epoch_keys(recipe: dict, path: str = "") -> list[str]:
@@ -336,15 +390,28 @@ def compose_recipe(suite: Suite, row: Row, setting: Setting, protocol: str, seed
     Raises:
         ConfigError: the recipe, an overlay or an override is invalid.
     """
+    return apply_protocol(suite.protocol(protocol),
+                          written_recipe(suite, row, setting, protocol, seed, extra_overrides))
+
+
+def apply_protocol(proto: dict, written: dict) -> dict:
+    """The protocol's epochs applied to a recipe from :func:`written_recipe`, canonical."""
+    recipe = written
+    if proto["epochs"] is not None:
+        recipe = resolve(scale_epochs(written, scaled_length(proto, written)))
+    return canonical(recipe)
+
+
+def written_recipe(suite: Suite, row: Row, setting: Setting, protocol: str, seed: int,
+                   extra_overrides: list[str] = ()) -> dict:
+    """The run's recipe before the protocol rescales it: the row's own budget (what the paper
+    protocol trains), with every overlay and override applied."""
     proto = suite.protocol(protocol)
     overrides = (flatten_overlay(suite.overlay) + flatten_overlay(setting.overlay)
                  + flatten_overlay(row.overlay) + list(row.overrides)
                  + flatten_overlay(proto["overlay"]) + list(extra_overrides)
                  + [f"train.seed={int(seed)}", f"meta.protocol={json.dumps(protocol)}"])
-    recipe = load_recipe(row.recipe, overrides)
-    if proto["epochs"] is not None:
-        recipe = resolve(scale_epochs(recipe, proto["epochs"]))
-    return canonical(recipe)
+    return load_recipe(row.recipe, overrides)
 
 
 def canonical(recipe: dict) -> dict:
@@ -359,11 +426,19 @@ def run_dir(out: Path, setting: str, row: str, seed: int) -> Path:
 def plan_run(suite: Suite, row: Row, setting: Setting, protocol: str, seed: int, out: Path,
              extra_overrides: list[str] = ()) -> Run:
     """Compose one run's recipe and where it lives."""
-    recipe = compose_recipe(suite, row, setting, protocol, seed, extra_overrides)
+    proto = suite.protocol(protocol)
+    written = written_recipe(suite, row, setting, protocol, seed, extra_overrides)
+    recipe = apply_protocol(proto, written)
     warnings = [f"{key} looks epoch-valued but is not rescaled by the protocol (name it *_epoch "
                 f"or *_epochs)" for key in unscaled_epoch_keys(recipe)]
+    if proto["epochs"] is not None and proto.get("per") is not None:
+        length, own = scaled_length(proto, written), written["train"]["epochs"]
+        if length * proto["per"] != own * proto["epochs"]:
+            warnings.append(f"train.epochs={own} scales to {own * proto['epochs'] / proto['per']:g}"
+                            f" epochs, rounded to {length}: its phases and switches are scaled "
+                            f"by {length}/{own} instead of {proto['epochs']}/{proto['per']}")
     return Run(row.id, setting.id, int(seed), recipe, recipe_hash(recipe),
-               run_dir(out, setting.id, row.id, seed), warnings)
+               run_dir(out, setting.id, row.id, seed), warnings, phase_epochs(written))
 
 
 class Planner:
