@@ -16,7 +16,9 @@ A run whose ``results.json`` matches its planned recipe is skipped and an interr
 so a long leaderboard can be completed over several sittings (``--max-runs`` stops after a few).
 The tables (``leaderboard.md``, ``.csv``, ``.json`` and, with matplotlib, ``plots/*.png``) are
 rewritten at the end of every invocation from all the matching runs on disk, whichever invocation
-ran them. See docs/leaderboard_guide.md.
+ran them. A multi-phase run whose first phase another run trains too (cRT after CE) starts from
+that run's first phase (``lttrain --from-run``), with the result of a run from scratch.
+See docs/leaderboard_guide.md.
 
 Exit status: 0 when every asked-for run finished (or ``--max-runs`` stopped the queue), 1 when a
 run failed or a recipe is invalid, 2 for a bad suite, argument or archive, 3 when ``--budget``
@@ -41,7 +43,7 @@ from lb import plots as lb_plots  # noqa: E402
 from lb.archive import ArchiveError, apply_merge, pack, plan_merge  # noqa: E402
 from lb.references import References  # noqa: E402
 from lb.report import collect, markdown, write_all  # noqa: E402
-from lb.runner import SKIP, Runner, decide  # noqa: E402
+from lb.runner import SKIP, Runner, decide, donor_map  # noqa: E402
 from lb.suite import Planner, load_suite  # noqa: E402
 
 
@@ -181,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
                     finished += 1
                 else:
                     queue.append(plan)
+    # Runs that train the first phase of a queued multi-phase run, whether they are queued or
+    # finished on disk (rows not asked for included): that phase is trained once.
+    candidates = [plan for seed in seeds for setting in settings for row in suite.rows
+                  if row.runs_in(setting.id) and row.available
+                  and not isinstance(plan := planner.plan(row.id, setting.id, seed), ConfigError)]
+    donors = donor_map(queue, candidates)
     for warning in sorted({f"{p.row}: {w}" for p in queue for w in p.warnings}):
         say(f"warning: {warning}")
     say(f"{suite.name} ({args.protocol}): {finished + len(queue)} runs planned, {finished} "
@@ -189,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(args.protocol)
         for run in queue:
             action = decide(run, args.protocol)[0]
-            say(f"  {run.key} [{action}]: {' '.join(runner.command(run, action == 'resume'))}")
+            shared = (f" (first phase from {' or '.join(d.key for d in donors[run.key])} once "
+                      f"it has ended)" if run.key in donors and action != "resume" else "")
+            say(f"  {run.key} [{action}]: {' '.join(runner.command(run, action == 'resume'))}"
+                f"{shared}")
         return 0
 
     interrupted, failed = False, 0
@@ -203,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             threads = max(1, (os.cpu_count() or 1) // args.jobs)
         deadline = (time.monotonic() + 60 * args.budget) if args.budget else None
         runner = Runner(args.protocol, args.jobs, threads, say, deadline=deadline)
+        runner.donors = donors
         with stop_signals_interrupt():  # SIGTERM or a lost SIGINT stops the runs resumably
             outcomes, interrupted = runner.run_all(queue)
         # A run stopped by an interrupt or by the budget has no error: it resumes next time.

@@ -113,6 +113,60 @@ def test_sigterm_stops_a_background_leaderboard_resumably(tmp_path):
     assert "exp10/ce/seed0 [resume]" in again.stdout, again.stdout + again.stderr
 
 
+def test_rows_sharing_a_first_phase_train_it_once_with_the_result_of_a_run_from_scratch(
+        tmp_path):
+    crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
+           "overlay": {"stages": [{"name": "joint"},
+                                  {"name": "crt", "sampler": {"name": "class_balanced"},
+                                   "train": {"epochs": 30, "freeze": ["backbone"],
+                                             "reset_head": True}}]}}
+    lws = {**crt, "id": "lws", "label": "LWS"}
+    suite = digits_suite(tmp_path, rows=[{"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
+                                         crt, lws])
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    # the multi-phase rows first: the scheduler still waits for the CE run they share
+    common = [str(suite), "--protocol", "smoke", "--no-plots", "--threads-per-job", "1"]
+    dry = leaderboard(*common, "--out", str(shared), "--priority", "crt", "lws", "--dry-run")
+    assert "exp10/crt/seed0 [fresh]" in dry.stdout
+    assert "(first phase from exp10/ce/seed0 or exp10/lws/seed0 once it has ended)" in dry.stdout
+    done = leaderboard(*common, "--out", str(shared), "--priority", "crt", "lws", "--jobs", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "exp10/crt/seed0: its first phase is taken from exp10/ce/seed0" in done.stdout
+    assert "exp10/lws/seed0: its first phase is taken from exp10/ce/seed0" in done.stdout
+    scratch = leaderboard(*common, "--out", str(alone), "--rows", "crt")
+    assert scratch.returncode == 0, scratch.stdout + scratch.stderr
+    assert "taken from" not in scratch.stdout
+
+    def results(out, row):
+        return json.loads((out / "runs" / "exp10" / row / "seed0" / "results.json").read_text())
+
+    reused, fresh = results(shared, "crt"), results(alone, "crt")
+    assert reused["reused"]["from"] == str((shared / "runs" / "exp10" / "ce" / "seed0").resolve())
+    assert "reused" not in fresh
+    for key in ("top1", "per_class_acc", "confusion_matrix", "recipe_hash"):
+        assert reused[key] == fresh[key], key
+    assert ([(r["stage"], r["loss"]) for r in reused["history"]]
+            == [(r["stage"], r["loss"]) for r in fresh["history"]])
+
+
+def test_two_multi_phase_rows_sharing_a_first_phase_are_ordered_without_waiting_in_a_circle(
+        tmp_path):
+    from lb.runner import Runner, donor_map
+    stages = [{"name": "joint"}, {"name": "crt", "train": {"epochs": 30, "freeze": ["backbone"]}}]
+    rows = [{"id": i, "recipe": str(QUICKSTART), "overlay": {"stages": stages}}
+            for i in ("crt", "lws")] + [{"id": "focal", "recipe": str(QUICKSTART),
+                                         "overlay": {"loss": {"name": "focal"}}}]
+    suite = load_suite(digits_suite(tmp_path, rows=rows, baseline="focal"))
+    planner = Planner(suite, "smoke", tmp_path / "lb")
+    runs = [planner.plan(r, "exp10", 0) for r in ("focal", "lws", "crt")]
+    donors = donor_map(runs, runs)
+    assert {k: [d.key for d in v] for k, v in donors.items()} == {
+        "exp10/lws/seed0": ["exp10/crt/seed0"], "exp10/crt/seed0": ["exp10/lws/seed0"]}
+    runner = Runner("smoke")
+    runner.donors = donors
+    assert [r.row for r in runner.donors_first(runs)] == ["focal", "crt", "lws"]
+
+
 def test_two_row_smoke_suite_end_to_end_with_interrupt_and_resume(tmp_path):
     suite, out = digits_suite(tmp_path), tmp_path / "lb"
     common = [str(suite), "--protocol", "smoke", "--out", str(out), "--no-plots"]

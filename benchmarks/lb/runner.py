@@ -15,6 +15,14 @@ Several runs may go at once (``jobs``); on an interrupt (Ctrl-C, or SIGTERM to t
 every running ``lttrain`` is sent SIGINT and stops, keeping its last complete checkpoint, so the
 next invocation resumes it.
 
+Runs that share a first phase share its training. A multi-phase run (cRT after CE) whose first
+phase is the recipe of another planned run of the same setting and seed (the CE row), or of
+another multi-phase run (LWS after CE), is started with ``lttrain --from-run DONOR`` as soon as
+the donor's first phase has ended, and gives the result of a run from scratch
+(``lttoolbox.engine.reuse``). The scheduler starts such a run only once no earlier donor is
+queued or running in this invocation, and fills free slots with other runs meanwhile; without a
+finished donor it trains from scratch.
+
 The runner owns its children. Each ``lttrain`` runs in its own session (a terminal's Ctrl-C
 reaches the runner only, which forwards exactly one SIGINT), and on Linux it is also told, with
 ``prctl(PR_SET_PDEATHSIG)``, to receive SIGTERM when the runner dies, however it dies (``kill
@@ -41,7 +49,8 @@ from pathlib import Path
 from typing import Callable
 
 from lttoolbox.engine.rundir import LOCK
-from lttoolbox.recipe import atomic_write_text, dump_recipe, recipe_hash, resolve
+from lttoolbox.engine.reuse import first_phase_hash
+from lttoolbox.recipe import atomic_write_text, dump_recipe, recipe_hash, resolve, stage_recipes
 from lttoolbox.yamlio import load_yaml
 
 from .suite import Run
@@ -196,6 +205,34 @@ def die_with_runner() -> Callable[[], None] | None:
     return arm
 
 
+def first_phase_ended(run: Run, protocol: str) -> bool:
+    """Whether ``run``'s first phase has ended on disk, for this very plan: finished, or past
+    its first phase with that phase's weights written (``model-<phase>.pt``)."""
+    if matching_results(run, protocol) is not None:
+        return True
+    first = stage_recipes(run.recipe)[0]["meta"]["stage"]
+    return (run.dir / f"model-{first}.pt").is_file() and saved_recipe_hash(run.dir) == run.hash
+
+
+def donor_map(runs: list[Run], candidates: list[Run]) -> dict[str, list[Run]]:
+    """For every multi-phase run of ``runs``: the ``candidates`` of the same setting and seed
+    that train its first phase with the same recipe (single-phase runs first, since they are
+    that phase and nothing more)."""
+    by_cell: dict[tuple[str, int, str], list[Run]] = {}
+    for cand in candidates:
+        by_cell.setdefault((cand.setting, cand.seed, first_phase_hash(cand.recipe)),
+                           []).append(cand)
+    donors = {}
+    for run in runs:
+        if len(stage_recipes(run.recipe)) < 2:
+            continue
+        same = [c for c in by_cell.get((run.setting, run.seed, first_phase_hash(run.recipe)), [])
+                if c.key != run.key]
+        if same:
+            donors[run.key] = sorted(same, key=lambda c: len(stage_recipes(c.recipe)) > 1)
+    return donors
+
+
 @dataclass
 class Outcome:
     """What became of one run in this invocation."""
@@ -231,6 +268,8 @@ class Runner:
         self.deadline = deadline  # time.monotonic() after which nothing runs
         self.stop = threading.Event()
         self.budget_spent = False  # the deadline stopped the queue
+        self.donors: dict[str, list[Run]] = {}  # run key -> runs that train its first phase
+        self._active: set[str] = set()  # keys queued or running in run_all
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
 
@@ -273,6 +312,12 @@ class Runner:
         run.dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(run.recipe, run.dir / PLANNED)
         cmd = self.command(run, resume=action == RESUME)
+        donor = (next((d for d in self.donors.get(run.key, ())
+                       if first_phase_ended(d, self.protocol)), None)
+                 if action == FRESH else None)
+        if donor is not None:
+            cmd += ["--from-run", str(donor.dir)]
+            self.report(f"  {run.key}: its first phase is taken from {donor.key}")
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         t0 = time.perf_counter()
         with open(run.dir / LOG, "a") as log:
@@ -318,6 +363,26 @@ class Runner:
                 except OSError:
                     pass
 
+    def donors_first(self, runs: list[Run]) -> list[Run]:
+        """``runs`` in order, except that a run's preferred donor, if queued, moves just before
+        it (``--priority`` may list cRT before the CE run it takes its first phase from)."""
+        queued = {run.key: run for run in runs}
+        placed: dict[str, Run] = {}
+        visiting: set[str] = set()
+
+        def place(run: Run) -> None:
+            if run.key in placed or run.key in visiting:
+                return  # placed, or a donor that needs this very run: it waits instead
+            visiting.add(run.key)
+            donor = next((d for d in self.donors.get(run.key, ()) if d.key in queued), None)
+            if donor is not None:
+                place(queued[donor.key])
+            placed[run.key] = run
+
+        for run in runs:
+            place(run)
+        return list(placed.values())
+
     def run_all(self, runs: list[Run]) -> tuple[list[Outcome], bool]:
         """Run ``runs`` (in order, ``jobs`` at a time).
 
@@ -345,10 +410,35 @@ class Runner:
                 self.report(f"[{index}/{total}] {run.key}: interrupted; it resumes next time")
             return out
 
+        queue = self.donors_first(runs)
+        order = {run.key: i for i, run in enumerate(queue)}
+        self._active = set(order)
+
+        def ready(run: Run) -> bool:
+            """No donor that comes earlier is still queued or running (a donor queued later
+            waits for this run instead, so two runs never wait for each other)."""
+            return not any(d.key in self._active and order.get(d.key, -1) < order[run.key]
+                           for d in self.donors.get(run.key, ()))
+
+        def finished(future) -> Outcome | None:
+            self._active.discard(started.pop(future).key)
+            return future.result()
+
         interrupted = False
+        started: dict = {}
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            pending = {pool.submit(work, run) for run in runs}
-            while pending:
+            pending: set = set()
+            while pending or (queue and not self.stop.is_set()):
+                while queue and len(pending) < self.jobs and not self.stop.is_set():
+                    pick = next((r for r in queue if ready(r)), None)
+                    if pick is None:
+                        break  # every queued run waits for a running donor
+                    queue.remove(pick)
+                    future = pool.submit(work, pick)
+                    started[future] = pick
+                    pending.add(future)
+                if not pending:
+                    break
                 if (self.deadline is not None and not self.stop.is_set()
                         and time.monotonic() >= self.deadline):
                     # The budget is spent: the running runs checkpoint and stop (they resume
@@ -370,7 +460,8 @@ class Runner:
                     self.interrupt()
                     continue
                 for future in done:
-                    result = future.result()
+                    result = finished(future)
                     if result is not None:
                         outcomes.append(result)
+        self._active = set()
         return outcomes, interrupted
