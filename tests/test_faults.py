@@ -7,6 +7,7 @@ metrics and the same log as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -496,6 +497,75 @@ def test_a_full_disk_is_named_and_keeps_the_previous_file(tmp_path):
         atomic_write(target, fill_the_disk, binary=True)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def torch_like_save(real_save):
+    """``torch.save`` as it behaves on a full disk: the file goes out in one write, and a failed
+    write comes back as torch's C++ writer reports it, a RuntimeError without the OSError."""
+    def save(obj, handle, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        failed = False
+        try:
+            handle.write(buffer.getvalue())
+        except OSError:
+            failed = True  # swallowed, as the C++ writer does
+        if failed:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 "
+                               "vs 598")
+    return save
+
+
+def redirect_to_dev_full(monkeypatch, name: str, which: int = 1) -> None:
+    """The ``which``-th temporary file of ``name`` is opened on /dev/full: a real ENOSPC."""
+    real_open, seen = os.open, [0]
+
+    def open_(path, flags, mode=0o777, **kwargs):
+        if Path(path).name.startswith(f".{name}.") and str(path).endswith(".tmp"):
+            seen[0] += 1
+            if seen[0] == which:
+                return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("saver", ["torch_like", "torch"])
+def test_a_full_disk_under_torch_save_is_named_and_keeps_the_previous_file(tmp_path,
+                                                                           monkeypatch, saver):
+    from lttoolbox.atomic import DiskFullError
+    from lttoolbox.engine.checkpoint import atomic_save, load_checkpoint
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1}, target)
+    if saver == "torch_like":
+        monkeypatch.setattr(torch, "save", torch_like_save(torch.save))
+    redirect_to_dev_full(monkeypatch, "checkpoint.pt")
+    with pytest.raises(DiskFullError, match="no space left on the device while writing "
+                                            ".*checkpoint.pt; its previous version is kept"):
+        atomic_save({"epoch": 2, "weights": torch.zeros(100_000)}, target)
+    assert load_checkpoint(target) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_stops_training_with_one_line_and_resumes_exactly(tmp_path, capsys,
+                                                                      monkeypatch, kill_recipe):
+    path, reference, reference_log = kill_recipe
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", torch_like_save(torch.save))
+        redirect_to_dev_full(patch, "checkpoint.pt", which=2)  # the first one is written
+        code, lines = lttrain_inproc(capsys, path, "--out", out, "--quiet")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: no space left on the device while writing {out}")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # epoch 2 kept
+    assert main([str(path), "--out", str(out), "--resume", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["per_class_acc"] == reference["per_class_acc"]
+    assert comparable(log_rows(out)) == comparable(reference_log)
 
 
 def test_a_stop_request_swallowed_by_a_library_still_stops_the_run(tmp_path):
