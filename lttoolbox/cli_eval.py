@@ -50,7 +50,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
                              if overrides else "")
     if not NAME.match(name):
         raise ConfigError(f"must be letters, digits, '_', '-' or '.', got {name!r}", key="--name")
-    recipe = resolve(apply_overrides(run.stage, overrides))
+    # the stage's own recipe: a later stage may train 0 epochs (tau-normalisation)
+    recipe = resolve(apply_overrides(run.stage, overrides), min_epochs=0)
     data = DATASETS.build(recipe["data"], key="data")
     classes = run.info["classes"]
     if data.num_classes != len(classes):

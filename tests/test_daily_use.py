@@ -76,6 +76,36 @@ def test_lteval_of_an_earlier_stage_and_of_other_data(finished):
     assert small["train_class_counts"] == read(out / "results.json")["train_class_counts"]
 
 
+@pytest.fixture(scope="module")
+def tau_norm_run(tmp_path_factory) -> Path:
+    """A finished run whose last stage trains 0 epochs: 1 CE epoch, then tau-normalisation with
+    tau chosen on a validation split."""
+    folder = tmp_path_factory.mktemp("tau")
+    recipe = write_recipe(folder / "tau.yaml", {
+        **DIGITS, "data": {**DIGITS["data"], "val_per_class": 5},
+        "train": {"epochs": 1, "batch_size": 64},
+        "stages": [{"name": "joint"},
+                   {"name": "tau_norm", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
+                    "train": {"epochs": 0}}]})
+    out = folder / "run"
+    assert lttrain([str(recipe), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_lteval_and_ltpredict_on_a_run_whose_last_stage_trains_no_epoch(tau_norm_run, capsys,
+                                                                        tmp_path):
+    out = tau_norm_run
+    assert lteval([str(out), "--quiet"]) == 0, capsys.readouterr().err
+    results, again = read(out / "results.json"), read(out / "eval-tau_norm.json")
+    for key in METRICS:
+        assert again[key] == results[key], key
+    assert again["weights"] == "model-tau_norm.pt"
+    image = tmp_path / "one.png"
+    from PIL import Image
+    Image.new("L", (8, 8), 200).save(image)
+    assert ltpredict([str(out), str(image), "--out", str(tmp_path / "p.csv")]) == 0
+
+
 def test_load_run_gives_the_trained_model_and_recipe(finished):
     _, out = finished
     model, recipe = lttoolbox.load_run(out)
