@@ -193,6 +193,63 @@ def test_ltpredict_agrees_with_the_evaluation(finished, tmp_path, capsys):
     assert all(p[0] >= p[1] >= p[2] for p in probs)
 
 
+def unwritable_by_root() -> Path | None:
+    """A folder that even root cannot create files in (sysfs refuses new files), or None."""
+    import os
+    probe = Path("/sys") / ".lttoolbox-probe.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError:
+        return Path("/sys")
+    probe.unlink()
+    return None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("existing_folder", "--out: {dir} is a folder; name the CSV file"),
+    ("under_a_file", "lies under {file}, which is a file"),
+    ("not_writable", "is not writable (a read-only file system, or no permission)"),
+    ("read_only_at_write", "cannot write {csv}: Read-only file system"),
+    ("refused_by_the_kernel", "cannot write /sys/predictions.csv: Permission denied"),
+])
+def test_ltpredict_out_paths_that_cannot_be_written_are_one_line(finished, tmp_path, capsys,
+                                                                monkeypatch, case, message):
+    """Root ignores chmod, so a read-only file system is simulated: os.access answering no (the
+    check before predicting), os.open failing with EROFS (at the write), and /sys, where the
+    kernel refuses new files even to root."""
+    import errno
+    import os
+    from PIL import Image
+
+    _, out = finished
+    image = tmp_path / "one.png"
+    Image.new("L", (8, 8), 200).save(image)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    csv_path = tmp_path / "p.csv"
+    target = {"existing_folder": tmp_path, "under_a_file": afile / "p.csv"}.get(case, csv_path)
+    if case == "not_writable":
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
+    elif case == "read_only_at_write":
+        real_open = os.open
+
+        def read_only(path, flags, *args, **kwargs):
+            if str(path).endswith(".tmp"):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args, **kwargs)
+        monkeypatch.setattr(os, "open", read_only)
+    elif case == "refused_by_the_kernel":
+        if unwritable_by_root() is None:
+            pytest.skip("/sys accepts new files here")
+        target = Path("/sys/predictions.csv")
+    capsys.readouterr()
+    assert ltpredict([str(out), str(image), "--out", str(target)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    expected = message.format(dir=tmp_path, file=afile, csv=csv_path)
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert afile.read_text() == "x" and not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
 def test_logit_adjustment_moves_predictions_towards_rare_classes(finished, tmp_path, capsys):
     from PIL import Image
 
