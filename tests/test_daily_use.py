@@ -136,6 +136,17 @@ def test_lteval_bad_input_is_one_line(finished, capsys, tmp_path, args, message)
     assert sorted(p.name for p in out.iterdir()) == before
 
 
+def test_an_unreadable_weights_file_is_named_with_what_to_do(finished, tmp_path, capsys):
+    _, out = finished
+    bad = tmp_path / "model-crt.pt"
+    bad.write_bytes(b"not weights")
+    capsys.readouterr()
+    assert lteval([str(out), "--weights", str(bad)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: {bad} cannot be read") and "give another --weights file" in line
+    assert "start the run afresh" not in line  # the run is finished; the file is not its own
+
+
 def test_unfinished_runs_and_foreign_weights_are_named(finished, tmp_path, capsys):
     recipe, out = finished
     copy = tmp_path / "copy"

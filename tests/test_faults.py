@@ -96,6 +96,147 @@ def test_a_bad_override_is_one_line_naming_the_key_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+TAU_STAGE = ("stages=[{name: joint}, {name: tau, train: {epochs: 0}, model: {head: "
+             "{name: tau_norm, %s}}}]")
+CAM_STAGE = "stages=[{name: joint}, {name: cam, augment: [%s]%s}]"
+ONE_OF = "augment=[{name: one_of, choices: [%s, {name: cutmix}], p: [0.5, 0.5]}]"
+# Messages that named a key the user never wrote, or only part of the key, or the wrong problem.
+MISLEADING = [
+    ((TAU_STAGE % "tau: auto, grid: 0.5", "data.val_per_class=5"),
+     "stages[1].model.head.grid: must be a non-empty list of tau values"),
+    ((ONE_OF % "{name: cam_resample}",),
+     "augment[0].choices[0].name: cam_resample is not a mixing augmentation"),
+    ((ONE_OF % "{name: mixup, p: 0.3}",), "augment[0].choices[0].p: is given by one_of's own p"),
+    ((ONE_OF % "{name: one_of, choices: [mixup, cutmix], p: [0.5, 0.5]}",),
+     "augment[0].choices[0].name: one_of cannot choose another one_of"),
+    ((ONE_OF % "5",), "augment[0].choices[0]: must be an augmentation name or a mapping"),
+    ((ONE_OF % "{name: mixup, alpha: -1}",), "augment[0].choices[0].alpha: must lie in"),
+    (("generator={name: rsg, stage: layer2, mv_terms: [foo]}",),
+     "generator.mv_terms: must be a list of distinct terms"),
+    (("generator={name: rsg, stage: layer2, contrastive_kernel: 2}",),
+     "generator.contrastive_kernel: must be odd"),
+    (("generator={name: ftl, stage: layer2, feature_shape: 5}",),
+     "generator.feature_shape: must be (C, H, W) or (D,)"),
+    (("generator={name: ftl, stage: layer2, feature_shape: [5]}",),
+     "generator.feature_shape: [5] does not match the activations at stage 'layer2'"),
+    (("augment=[{name: cmo, weighting: paper}]",), "augment[0].weighting: must be 'image'"),
+    (("augment=[{name: cmo, r: abc}]",), "augment[0].r: must be a finite number"),
+    (("augment=[{name: manifold_mixup, stage: 5}]",),
+     "augment[0].stage: must be a model stage name or a list of them, got 5"),
+    (("augment=[{name: manifold_mixup, stage: [layer1, layer9]}]",),
+     "augment[0].stage: the model has no stage 'layer9'"),
+    ((CAM_STAGE % ("{name: cam_resample, transforms: 5}", ""),),
+     "stages[1].augment[0].transforms: must be a non-empty list"),
+    (("loss={name: focal, gamma: -1}",), "loss.gamma: must lie in [0, 20]"),
+    (("loss={name: cb, base: ce, gamma: 2}",), "loss.gamma: is used only by the focal bases"),
+    (("loss={name: ce, weights: {name: effective_number, beta: 2}}",),
+     "loss.weights.beta: must lie in [0, 1)"),
+    (("stages=[{name: a}, {name: b, loss: {name: focal, gamma: -3}}]",),
+     "stages[1].loss.gamma: must lie in"),
+    (("sampler={name: square_root, num_samples: 0}",), "sampler.num_samples: must be an integer"),
+    (("model.head={name: cosine, scale: -1}",), "model.head.scale: must be a positive number"),
+    (("data.crop_padding=-1",), "data.crop_padding: must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", MISLEADING, ids=[m for _, m in MISLEADING])
+def test_component_errors_name_the_full_key_and_the_real_problem(tmp_path, capsys, overrides,
+                                                                  message):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    code, lines = lttrain_inproc(capsys, recipe, *overrides, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {message}"), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stage_of_0_epochs_names_no_warm_up_it_inherited():
+    from lttoolbox.recipe import unreachable_epoch_keys
+
+    recipe = resolve({**DIGITS, "schedule": {"warmup_epochs": 1},
+                      "stages": [{"name": "joint"},
+                                 {"name": "tau", "model": {"head": {"name": "tau_norm"}},
+                                  "train": {"epochs": 0}}]})
+    assert unreachable_epoch_keys(recipe) == []
+    too_long = resolve({**DIGITS, "schedule": {"warmup_epochs": 3}})  # the run has 2 epochs
+    assert unreachable_epoch_keys(too_long) == [
+        "schedule.warmup_epochs=3 is longer than the run's 2 epochs, so it never completes"]
+
+
+def test_a_run_directory_in_use_names_no_option_of_one_command(tmp_path):
+    """lteval takes the lock too, and has no --out to choose."""
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunDirError) as err:
+            RunLock(tmp_path / "run").__enter__()
+    assert f"in use by another run (process {os.getpid()}); wait for it to end" in str(err.value)
+    assert "--out" not in str(err.value)
+
+
+def test_a_suite_without_references_names_no_reference_file(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from lb.suite import load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "settings": [{"id": "s", "overlay": {}}],
+                                    "rows": [{"id": "a", "recipe": None, "status": "later"}]}))
+    assert load_suite(path).references is None  # not ../reference_numbers.yaml beside it
+
+
+def registry_cases() -> list[tuple[str, str, str]]:
+    """(override, the full key it sets, entry) for every recipe parameter of every entry of the
+    component registries, set to a mapping, which none of them accepts as it stands."""
+    import inspect
+
+    from lttoolbox import AUGMENTS, GENERATORS, LOSSES, SAMPLERS
+    from lttoolbox.models.heads import HEADS
+    from lttoolbox.registry import CONTEXT
+
+    def parameters(factory) -> list[str]:
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        return [q.name for q in inspect.signature(target).parameters.values()
+                if q.name not in CONTEXT and q.name not in ("self", "in_features")
+                and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+
+    cases = []
+    for section, registry in (("sampler", SAMPLERS), ("loss", LOSSES), ("augment", AUGMENTS),
+                              ("generator", GENERATORS), ("head", HEADS)):
+        for name in registry.names():
+            for param in parameters(registry.get(name)):
+                entry = f"{{name: {name}, {param}: {{bad: 1}}}}"
+                if section == "augment" and name == "one_of" and param != "choices":
+                    entry = entry[:-1] + ", choices: [mixup, cutmix]}"
+                if section == "augment" and name == "one_of" and param != "p":
+                    entry = entry[:-1] + ", p: [0.5, 0.5]}"
+                if section == "augment" and name == "cam_resample":  # a later stage only
+                    cases.append((CAM_STAGE % (entry, ""), f"stages[1].augment[0].{param}",
+                                  name))
+                elif section == "augment":
+                    cases.append((f"augment=[{entry}]", f"augment[0].{param}", name))
+                elif section == "head":
+                    if name == "tau_norm" and param != "tau":
+                        entry = entry[:-1] + ", tau: auto}"
+                    cases.append((f"stages=[{{name: a}}, {{name: b, model: {{head: {entry}}}}}]",
+                                  f"stages[1].model.head.{param}", name))
+                else:
+                    if section == "generator" and param != "stage":
+                        entry = entry[:-1] + ", stage: layer2}"
+                    cases.append((f"{section}={entry}", f"{section}.{param}", name))
+    return cases
+
+
+@pytest.mark.parametrize("override, key, entry", registry_cases(),
+                         ids=[c[1] + ":" + c[2] for c in registry_cases()])
+def test_a_wrong_value_of_any_registered_parameter_names_its_full_key(tmp_path, override, key,
+                                                                      entry):
+    from lttoolbox.engine.trainer import Trainer
+    from lttoolbox.errors import ConfigError
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml"), [override, "data.val_per_class=5"])
+    with pytest.raises(ConfigError) as err:
+        Trainer(recipe, tmp_path / "run", quiet=True)
+    assert str(err.value).startswith(key), (override, str(err.value))
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_bare_name_that_would_drop_loss_parameters_is_refused(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "loss": {"name": "focal", "gamma": 1}})
     code, lines = lttrain_inproc(capsys, recipe, "loss=ce", "--out", tmp_path / "run")

@@ -176,11 +176,12 @@ class CAMResample:
                               f"{target!r}")
         self.target = target
         self.threshold = check_number("threshold", threshold, 0.0)
-        bad = [t for t in transforms if t not in TRANSFORMS]
-        if not transforms or bad:
+        moves = [transforms] if isinstance(transforms, str) else transforms  # one move: a name
+        if (not isinstance(moves, (list, tuple)) or not moves
+                or any(t not in TRANSFORMS for t in moves)):
             raise ConfigError(f"transforms must be a non-empty list of {', '.join(TRANSFORMS)}, "
-                              f"got {list(transforms)!r}")
-        self.transforms = [TRANSFORMS.index(t) for t in transforms]
+                              f"got {transforms!r}")
+        self.transforms = [TRANSFORMS.index(t) for t in moves]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
