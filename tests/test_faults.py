@@ -149,6 +149,73 @@ def test_component_errors_name_the_full_key_and_the_real_problem(tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+# Values that were accepted without a word and made a run that is not what was asked for.
+ACCEPTED_SILENTLY = [
+    ((TAU_STAGE % "tau: auto, grid: []", "data.val_per_class=5"),
+     "stages[1].model.head.grid: must be a non-empty list"),  # was: the default grid
+    ((TAU_STAGE % "tau: 1.0, grid: [0.5, 1.0]",),
+     "stages[1].model.head.grid: is what tau: auto chooses from"),  # was: unused
+    (("augment=[{name: cam_resample}]",),
+     "augment[0]: cam_resample makes its images from the model trained so far"),
+    ((CAM_STAGE % ("{name: cam_resample}", ", train: {epochs: 0}"),),
+     "stages[1].augment[0]: cam_resample adds training images at the start of its stage, and "
+     "this stage trains 0 epochs"),
+    ((CAM_STAGE % ("{name: cam_resample}, {name: cam_resample}", ""),),
+     "stages[1].augment[1]: stages[1].augment[0] and stages[1].augment[1] both add training "
+     "images"),
+    ((CAM_STAGE % ("{name: cam_resample, threshold: 50}", ""),),
+     "stages[1].augment[0].threshold: must lie in [0, 1], got 50"),
+    (("augment=[{name: cmo, r: -1}]",), "augment[0].r: must be at least 0"),
+    (("sampler={name: cmo_weighted, r: -0.5}",), "sampler.r: must be at least 0"),
+    (("sampler={name: instance, end_epoch: true}",), "sampler.end_epoch: must be an integer"),
+    (("augment=[{name: mixup, start_epoch: true}]",), "augment[0].start_epoch: must be"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", ACCEPTED_SILENTLY,
+                         ids=[m.split(":")[0] + ":" + o[0][-40:] for o, m in ACCEPTED_SILENTLY])
+def test_values_that_would_make_another_run_than_asked_are_refused(tmp_path, capsys, overrides,
+                                                                   message):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    code, lines = lttrain_inproc(capsys, recipe, *overrides, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {message}"), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_split_that_reshapes_the_profile_is_named():
+    """val_per_class: 100 on the digits (ratio 10) cuts the head class from 124 to 28 images,
+    below class 3 (57 -> 33); up to 32 the order holds and every class keeps 3/4."""
+    from lttoolbox.registry import DATASETS
+
+    def build(per_class):
+        return DATASETS.build({"name": "digits_lt", "imbalance_ratio": 10,
+                               "val_per_class": per_class})
+
+    assert build(None).train.class_counts[:4] == [124, 96, 74, 57]
+    big = build(100)
+    assert big.train.class_counts[0] == 28 and big.train.class_counts[3] == 33
+    assert big.warnings == [
+        "data.val_per_class=100 changes the long-tail profile: class 0 trains on 28 of its 124 "
+        "images (77% go to validation); class 0 (124 -> 28) ends up smaller than class 3 "
+        "(57 -> 33), so the classes' order by size changes; val_per_class 32 or less keeps the "
+        "order and at least 75% of every class"]
+    assert build(32).warnings == [] and build(20).warnings == []
+    assert "class 0 (124 -> 95) ends up smaller than class 1 (96 -> 96)" in build(33).warnings[0]
+
+
+def test_the_trainer_prints_the_validation_warning_once_before_training(tmp_path, capsys):
+    from lttoolbox.engine.trainer import Trainer
+
+    Trainer(resolve({**DIGITS, "data": {**DIGITS["data"], "val_per_class": 100}}),
+            tmp_path / "run", quiet=True)
+    err = capsys.readouterr().err
+    assert err.count("warning: data.val_per_class=100 changes the long-tail profile") == 1, err
+    Trainer(resolve({**DIGITS, "data": {**DIGITS["data"], "val_per_class": 20}}),
+            tmp_path / "run", quiet=True)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_stage_of_0_epochs_names_no_warm_up_it_inherited():
     from lttoolbox.recipe import unreachable_epoch_keys
 
