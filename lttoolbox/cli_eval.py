@@ -83,7 +83,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
                              if overrides else "")
     if not NAME.match(name):
         raise ConfigError(f"must be letters, digits, '_', '-' or '.', got {name!r}", key="--name")
-    recipe = resolve(apply_overrides(run.stage, overrides))
+    # the stage's own recipe: a later stage may train 0 epochs (tau-normalisation)
+    recipe = resolve(apply_overrides(run.stage, overrides), min_epochs=0)
     # A data set that can read its test images alone (image_folder) does so, labelled by the
     # run's class names; the run's image size is the default.
     data = DATASETS.build(recipe["data"], key="data", run_data=run.info,

@@ -23,6 +23,7 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,27 @@ def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: fl
     return rows, skipped
 
 
+def check_out_file(out: str | Path) -> None:
+    """Refuse a ``--out`` that cannot become the CSV file, before any image is predicted.
+
+    Raises:
+        ConfigError: ``out`` is a folder, lies under a file, or its folder cannot be written
+            (a read-only file system, no permission).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder; name the CSV file to write, for example "
+                          f"{out / 'predictions.csv'}", key="--out")
+    parent = out.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{out} lies under {parent}, which is a file", key="--out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out} cannot be written: {parent} is not writable (a read-only file "
+                          f"system, or no permission)", key="--out")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ltpredict", epilog="One CSV row per image: its path, then class_i, prob_i for "
@@ -124,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     def body(console) -> int:
         from .atomic import atomic_write_text
 
+        if args.out:
+            check_out_file(args.out)
         rows, skipped = predict_files(args.run, image_files(args.images), args.topk, args.tau,
                                       args.weights, args.device, args.batch_size)
         width = max((len(r) - 1) // 2 for r in rows) if rows else 0

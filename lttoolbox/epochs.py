@@ -27,9 +27,11 @@ class EpochAware:
     """
 
     def __init__(self, start_epoch: int = 0, end_epoch: int | None = None):
-        if not isinstance(start_epoch, int) or start_epoch < 0:
+        # bool is an int subclass: `end_epoch: true` would silently mean epoch 1
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ConfigError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
-        if end_epoch is not None and (not isinstance(end_epoch, int) or end_epoch <= start_epoch):
+        if end_epoch is not None and (isinstance(end_epoch, bool) or not isinstance(end_epoch, int)
+                                      or end_epoch <= start_epoch):
             raise ConfigError(
                 f"end_epoch must be an integer greater than start_epoch ({start_epoch}), "
                 f"got {end_epoch!r}")

@@ -26,11 +26,9 @@ from .atomic import atomic_write_text
 from .errors import ConfigError
 from .recipe_checks import (OPTIMIZER_DEFAULTS, check_stage_name, check_trainer_values,
                             optim_defaults)
-from .registry import suggest
+from .registry import SECTIONS, suggest
 from .yamlio import load_yaml
 
-SECTIONS = ("data", "model", "sampler", "loss", "augment", "generator", "optim", "schedule",
-            "train", "eval", "stages", "meta")
 
 # Defaults of the sections that the trainer itself reads; the others are registry entries whose
 # constructors carry their own defaults and reject unknown keys. The optimizer's defaults depend
@@ -393,7 +391,8 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
     it is longer than the run. The end of a window (``end_epoch``) equal to ``train.epochs`` is
     not named: the window then simply lasts to the end of the run, and nothing that was meant to
     happen is lost. Typically ``train.epochs=5`` on a 200-epoch recipe: DRW, DRS and the
-    learning-rate decay never happen, which ``lttrain --epochs 5`` avoids by rescaling.
+    learning-rate decay never happen, which ``lttrain --epochs 5`` avoids by rescaling. A stage
+    of 0 epochs (tau-normalisation) trains nothing, so what it inherits is not named.
 
     Args:
         recipe: A resolved recipe.
@@ -405,6 +404,8 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
     for index, stage in enumerate(stage_recipes(recipe)):
         prefix = f"stages[{index}]." if recipe.get("stages") else ""
         epochs = stage["train"]["epochs"]
+        if epochs == 0:  # only changes the model: the schedule it inherits is never used
+            continue
 
         def visit(node: Any, path: str) -> None:
             if isinstance(node, list):

@@ -7,6 +7,13 @@ Each family (data sets, models, samplers, losses, augmentations, generators) has
 trainer can offer everything it knows without any entry having to accept everything. A recipe
 parameter the entry does not accept is an error: nothing is ever silently ignored.
 
+Every error names the full recipe key. An entry states a problem with one of its parameters
+either with a key relative to its own section (``ConfigError("must be odd", key="kernel")``) or as
+a message that starts with the parameter's name (``"gamma must lie in [0, 20], got -1"``, as
+:func:`lttoolbox.losses.weights.check_number` writes it); ``build`` turns both into the full key
+(``stages[1].loss.gamma: must lie in [0, 20], got -1``). A key that already starts at a recipe
+section is left as it is.
+
 Example:
     >>> from lttoolbox.registry import Registry
     >>> TOYS = Registry("toy")
@@ -22,10 +29,52 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 import sys
 from typing import Any, Callable, Iterable
 
 from .errors import ConfigError, DataError
+
+
+# The recipe's sections: a key that starts with one is complete (see ``Registry.build``).
+SECTIONS = ("data", "model", "sampler", "loss", "augment", "generator", "optim", "schedule",
+            "train", "eval", "stages", "meta")
+# "<parameter>[.sub|[i]]... <problem>" or "<parameter>...: <problem>": how entries word a problem
+# with one of their parameters.
+_PARAMETER_FIRST = re.compile(r"([A-Za-z_]\w*)((?:\.\w+|\[\d+\])*):? (.+)", re.S)
+
+
+def join_key(prefix: str | None, key: str) -> str:
+    """``prefix`` and a key below it: ``join_key("augment[0]", "p")`` is ``augment[0].p``."""
+    if not prefix:
+        return key
+    return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
+
+
+def _complete(key: str, prefix: str) -> bool:
+    """Whether an entry's error key is already a full recipe key (or a command-line option)."""
+    root = re.split(r"[.\[]", key, maxsplit=1)[0]
+    return (key.startswith("-") or root in SECTIONS
+            or (bool(prefix) and (key == prefix or key.startswith((prefix + ".", prefix + "[")))))
+
+
+def locate(err: ConfigError, prefix: str, parameters: Iterable[str]) -> ConfigError:
+    """``err``, raised by an entry built at recipe key ``prefix``, with its full key.
+
+    Args:
+        err: The entry's error: with a key relative to the entry, a complete key, or no key
+            and a message that may start with one of ``parameters``.
+        prefix: The entry's recipe key (``loss``, ``stages[1].augment[0]``); empty for an entry
+            built inside another one, whose own ``build`` completes the key.
+        parameters: The entry's recipe parameters (not what the trainer passes).
+    """
+    if err.key is not None:
+        return err if _complete(err.key, prefix) else ConfigError(err.detail,
+                                                                   join_key(prefix, err.key))
+    match = _PARAMETER_FIRST.fullmatch(err.detail)
+    if match and match.group(1) in parameters:
+        return ConfigError(match.group(3), key=join_key(prefix, match.group(1) + match.group(2)))
+    return ConfigError(err.detail, key=prefix or None)
 
 
 def suggest(word: str, choices: Iterable[str]) -> str:
@@ -98,7 +147,7 @@ class Registry:
             raise ConfigError(
                 f"unknown {self.kind} '{name}'{suggest(name, self.entries)} "
                 f"Registered: {', '.join(self.names()) or '(none)'}.",
-                key=f"{key or self.kind}.name")
+                key=join_key(key or self.kind, "name"))
         return self.entries[name]
 
     def build(self, cfg: dict[str, Any] | str, key: str | None = None, **context: Any) -> Any:
@@ -113,33 +162,31 @@ class Registry:
         Raises:
             ConfigError: unknown name, unknown parameter, or an entry that rejects its values.
         """
-        key = key or self.kind
+        key = self.kind if key is None else key  # "": built inside another entry
         if isinstance(cfg, str):
             cfg = {"name": cfg}
         if not isinstance(cfg, dict) or "name" not in cfg:
-            raise ConfigError(f"expected a mapping with a 'name' key, got {cfg!r}", key=key)
+            raise ConfigError(f"expected a mapping with a 'name' key, got {cfg!r}", key=key or None)
         params = {k: v for k, v in cfg.items() if k != "name"}
-        factory = self.get(cfg["name"], key=key)
+        factory = self.get(cfg["name"], key=key or None)
         accepted, has_var_kw = accepted_parameters(factory)
+        public = sorted(a for a in accepted if a not in context)
         if not has_var_kw:
             for param in params:
                 if param not in accepted:
-                    public = sorted(a for a in accepted if a not in context)
                     raise ConfigError(
                         f"{self.kind} '{cfg['name']}' has no parameter '{param}'"
                         f"{suggest(param, accepted)} Accepted: {', '.join(public) or '(none)'}.",
-                        key=f"{key}.{param}")
+                        key=join_key(key, param))
         offered = {k: v for k, v in context.items() if k in accepted or has_var_kw}
         try:
             return factory(**{**offered, **params})
-        except ConfigError as err:
-            if err.key is None:  # let the entry's message point at the recipe section
-                raise ConfigError(str(err), key=key) from None
-            raise
+        except ConfigError as err:  # named by the full recipe key
+            raise locate(err, key, [*(a for a in public if a not in CONTEXT), *params]) from None
         except DataError:  # already names the file; keep its type
             raise
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"{self.kind} '{cfg['name']}': {err}", key=key) from None
+            raise ConfigError(f"{self.kind} '{cfg['name']}': {err}", key=key or None) from None
 
 
 def _parameters(factory: Callable) -> list[inspect.Parameter]:

@@ -119,15 +119,20 @@ def weights_stage(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
     return (stages[names.index(stem)] if stem in names else stages[-1]), path
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def load_weights(model: torch.nn.Module, path: Path,
+                 remedy: str = "restore it, or choose other weights with --weights") -> None:
     """Load a weights file into ``model``, naming the first tensor that does not fit.
 
+    Args:
+        remedy: What to do about a file that cannot be read (ends the message).
+
     Raises:
+        CheckpointError: the file cannot be read.
         RunError: a missing, extra or differently shaped tensor.
     """
     from .engine.checkpoint import load_checkpoint
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, remedy)
     if isinstance(state, dict) and "model" in state and "optimizer" in state:
         state = state["model"]  # a checkpoint.pt: take its model
     if not isinstance(state, dict):
@@ -171,7 +176,8 @@ def open_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None = Non
     config = {k: v for k, v in stage["model"].items() if k != "weights"}
     model = MODELS.build(config, key="model", num_classes=len(info["classes"]),
                          in_channels=info["in_channels"], image_size=info["image_size"])
-    load_weights(model, path)
+    load_weights(model, path, "give another --weights file" if weights is not None
+                 else "restore it, or choose other weights with --weights")
     model = model.to(target)
     if stage["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)

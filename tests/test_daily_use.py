@@ -76,6 +76,36 @@ def test_lteval_of_an_earlier_stage_and_of_other_data(finished):
     assert small["train_class_counts"] == read(out / "results.json")["train_class_counts"]
 
 
+@pytest.fixture(scope="module")
+def tau_norm_run(tmp_path_factory) -> Path:
+    """A finished run whose last stage trains 0 epochs: 1 CE epoch, then tau-normalisation with
+    tau chosen on a validation split."""
+    folder = tmp_path_factory.mktemp("tau")
+    recipe = write_recipe(folder / "tau.yaml", {
+        **DIGITS, "data": {**DIGITS["data"], "val_per_class": 5},
+        "train": {"epochs": 1, "batch_size": 64},
+        "stages": [{"name": "joint"},
+                   {"name": "tau_norm", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
+                    "train": {"epochs": 0}}]})
+    out = folder / "run"
+    assert lttrain([str(recipe), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_lteval_and_ltpredict_on_a_run_whose_last_stage_trains_no_epoch(tau_norm_run, capsys,
+                                                                        tmp_path):
+    out = tau_norm_run
+    assert lteval([str(out), "--quiet"]) == 0, capsys.readouterr().err
+    results, again = read(out / "results.json"), read(out / "eval-tau_norm.json")
+    for key in METRICS:
+        assert again[key] == results[key], key
+    assert again["weights"] == "model-tau_norm.pt"
+    image = tmp_path / "one.png"
+    from PIL import Image
+    Image.new("L", (8, 8), 200).save(image)
+    assert ltpredict([str(out), str(image), "--out", str(tmp_path / "p.csv")]) == 0
+
+
 def test_load_run_gives_the_trained_model_and_recipe(finished):
     _, out = finished
     model, recipe = lttoolbox.load_run(out)
@@ -104,6 +134,17 @@ def test_lteval_bad_input_is_one_line(finished, capsys, tmp_path, args, message)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], lines
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_an_unreadable_weights_file_is_named_with_what_to_do(finished, tmp_path, capsys):
+    _, out = finished
+    bad = tmp_path / "model-crt.pt"
+    bad.write_bytes(b"not weights")
+    capsys.readouterr()
+    assert lteval([str(out), "--weights", str(bad)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: {bad} cannot be read") and "give another --weights file" in line
+    assert "start the run afresh" not in line  # the run is finished; the file is not its own
 
 
 def test_unfinished_runs_and_foreign_weights_are_named(finished, tmp_path, capsys):
@@ -161,6 +202,63 @@ def test_ltpredict_agrees_with_the_evaluation(finished, tmp_path, capsys):
     assert [row["class_1"] for row in rows] == [classes[p] for p in pred]
     probs = [[float(row[f"prob_{k}"]) for k in (1, 2, 3)] for row in rows]
     assert all(p[0] >= p[1] >= p[2] for p in probs)
+
+
+def unwritable_by_root() -> Path | None:
+    """A folder that even root cannot create files in (sysfs refuses new files), or None."""
+    import os
+    probe = Path("/sys") / ".lttoolbox-probe.tmp"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError:
+        return Path("/sys")
+    probe.unlink()
+    return None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("existing_folder", "--out: {dir} is a folder; name the CSV file"),
+    ("under_a_file", "lies under {file}, which is a file"),
+    ("not_writable", "is not writable (a read-only file system, or no permission)"),
+    ("read_only_at_write", "cannot write {csv}: Read-only file system"),
+    ("refused_by_the_kernel", "cannot write /sys/predictions.csv: Permission denied"),
+])
+def test_ltpredict_out_paths_that_cannot_be_written_are_one_line(finished, tmp_path, capsys,
+                                                                monkeypatch, case, message):
+    """Root ignores chmod, so a read-only file system is simulated: os.access answering no (the
+    check before predicting), os.open failing with EROFS (at the write), and /sys, where the
+    kernel refuses new files even to root."""
+    import errno
+    import os
+    from PIL import Image
+
+    _, out = finished
+    image = tmp_path / "one.png"
+    Image.new("L", (8, 8), 200).save(image)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    csv_path = tmp_path / "p.csv"
+    target = {"existing_folder": tmp_path, "under_a_file": afile / "p.csv"}.get(case, csv_path)
+    if case == "not_writable":
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
+    elif case == "read_only_at_write":
+        real_open = os.open
+
+        def read_only(path, flags, *args, **kwargs):
+            if str(path).endswith(".tmp"):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, flags, *args, **kwargs)
+        monkeypatch.setattr(os, "open", read_only)
+    elif case == "refused_by_the_kernel":
+        if unwritable_by_root() is None:
+            pytest.skip("/sys accepts new files here")
+        target = Path("/sys/predictions.csv")
+    capsys.readouterr()
+    assert ltpredict([str(out), str(image), "--out", str(target)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    expected = message.format(dir=tmp_path, file=afile, csv=csv_path)
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert afile.read_text() == "x" and not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
 
 
 def test_logit_adjustment_moves_predictions_towards_rare_classes(finished, tmp_path, capsys):

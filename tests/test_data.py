@@ -480,7 +480,7 @@ def test_cifar_missing_root_and_unknown_layout(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(DataError, match="cifar-10-batches-py.*download"):
         cifar10_lt(root=tmp_path / "junk")
-    with pytest.raises(ConfigError, match="root is required"):
+    with pytest.raises(ConfigError, match="^data.root: is required"):
         DATASETS.build({"name": "cifar100_lt"})
 
 

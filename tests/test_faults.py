@@ -7,6 +7,7 @@ metrics and the same log as an uninterrupted run.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import signal
@@ -92,6 +93,214 @@ def test_a_bad_override_is_one_line_naming_the_key_and_writes_nothing(tmp_path, 
     code, lines = lttrain_inproc(capsys, recipe, override, "--out", tmp_path / "run")
     assert code == 2, lines
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), lines
+    assert not (tmp_path / "run").exists()
+
+
+TAU_STAGE = ("stages=[{name: joint}, {name: tau, train: {epochs: 0}, model: {head: "
+             "{name: tau_norm, %s}}}]")
+CAM_STAGE = "stages=[{name: joint}, {name: cam, augment: [%s]%s}]"
+ONE_OF = "augment=[{name: one_of, choices: [%s, {name: cutmix}], p: [0.5, 0.5]}]"
+# Messages that named a key the user never wrote, or only part of the key, or the wrong problem.
+MISLEADING = [
+    ((TAU_STAGE % "tau: auto, grid: 0.5", "data.val_per_class=5"),
+     "stages[1].model.head.grid: must be a non-empty list of tau values"),
+    ((ONE_OF % "{name: cam_resample}",),
+     "augment[0].choices[0].name: cam_resample is not a mixing augmentation"),
+    ((ONE_OF % "{name: mixup, p: 0.3}",), "augment[0].choices[0].p: is given by one_of's own p"),
+    ((ONE_OF % "{name: one_of, choices: [mixup, cutmix], p: [0.5, 0.5]}",),
+     "augment[0].choices[0].name: one_of cannot choose another one_of"),
+    ((ONE_OF % "5",), "augment[0].choices[0]: must be an augmentation name or a mapping"),
+    ((ONE_OF % "{name: mixup, alpha: -1}",), "augment[0].choices[0].alpha: must lie in"),
+    (("generator={name: rsg, stage: layer2, mv_terms: [foo]}",),
+     "generator.mv_terms: must be a list of distinct terms"),
+    (("generator={name: rsg, stage: layer2, contrastive_kernel: 2}",),
+     "generator.contrastive_kernel: must be odd"),
+    (("generator={name: ftl, stage: layer2, feature_shape: 5}",),
+     "generator.feature_shape: must be (C, H, W) or (D,)"),
+    (("generator={name: ftl, stage: layer2, feature_shape: [5]}",),
+     "generator.feature_shape: [5] does not match the activations at stage 'layer2'"),
+    (("augment=[{name: cmo, weighting: paper}]",), "augment[0].weighting: must be 'image'"),
+    (("augment=[{name: cmo, r: abc}]",), "augment[0].r: must be a finite number"),
+    (("augment=[{name: manifold_mixup, stage: 5}]",),
+     "augment[0].stage: must be a model stage name or a list of them, got 5"),
+    (("augment=[{name: manifold_mixup, stage: [layer1, layer9]}]",),
+     "augment[0].stage: the model has no stage 'layer9'"),
+    ((CAM_STAGE % ("{name: cam_resample, transforms: 5}", ""),),
+     "stages[1].augment[0].transforms: must be a non-empty list"),
+    (("loss={name: focal, gamma: -1}",), "loss.gamma: must lie in [0, 20]"),
+    (("loss={name: cb, base: ce, gamma: 2}",), "loss.gamma: is used only by the focal bases"),
+    (("loss={name: ce, weights: {name: effective_number, beta: 2}}",),
+     "loss.weights.beta: must lie in [0, 1)"),
+    (("stages=[{name: a}, {name: b, loss: {name: focal, gamma: -3}}]",),
+     "stages[1].loss.gamma: must lie in"),
+    (("sampler={name: square_root, num_samples: 0}",), "sampler.num_samples: must be an integer"),
+    (("model.head={name: cosine, scale: -1}",), "model.head.scale: must be a positive number"),
+    (("data.crop_padding=-1",), "data.crop_padding: must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", MISLEADING, ids=[m for _, m in MISLEADING])
+def test_component_errors_name_the_full_key_and_the_real_problem(tmp_path, capsys, overrides,
+                                                                  message):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    code, lines = lttrain_inproc(capsys, recipe, *overrides, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {message}"), lines
+    assert not (tmp_path / "run").exists()
+
+
+# Values that were accepted without a word and made a run that is not what was asked for.
+ACCEPTED_SILENTLY = [
+    ((TAU_STAGE % "tau: auto, grid: []", "data.val_per_class=5"),
+     "stages[1].model.head.grid: must be a non-empty list"),  # was: the default grid
+    ((TAU_STAGE % "tau: 1.0, grid: [0.5, 1.0]",),
+     "stages[1].model.head.grid: is what tau: auto chooses from"),  # was: unused
+    (("augment=[{name: cam_resample}]",),
+     "augment[0]: cam_resample makes its images from the model trained so far"),
+    ((CAM_STAGE % ("{name: cam_resample}", ", train: {epochs: 0}"),),
+     "stages[1].augment[0]: cam_resample adds training images at the start of its stage, and "
+     "this stage trains 0 epochs"),
+    ((CAM_STAGE % ("{name: cam_resample}, {name: cam_resample}", ""),),
+     "stages[1].augment[1]: stages[1].augment[0] and stages[1].augment[1] both add training "
+     "images"),
+    ((CAM_STAGE % ("{name: cam_resample, threshold: 50}", ""),),
+     "stages[1].augment[0].threshold: must lie in [0, 1], got 50"),
+    (("augment=[{name: cmo, r: -1}]",), "augment[0].r: must be at least 0"),
+    (("sampler={name: cmo_weighted, r: -0.5}",), "sampler.r: must be at least 0"),
+    (("sampler={name: instance, end_epoch: true}",), "sampler.end_epoch: must be an integer"),
+    (("augment=[{name: mixup, start_epoch: true}]",), "augment[0].start_epoch: must be"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", ACCEPTED_SILENTLY,
+                         ids=[m.split(":")[0] + ":" + o[0][-40:] for o, m in ACCEPTED_SILENTLY])
+def test_values_that_would_make_another_run_than_asked_are_refused(tmp_path, capsys, overrides,
+                                                                   message):
+    recipe = write_recipe(tmp_path / "r.yaml")
+    code, lines = lttrain_inproc(capsys, recipe, *overrides, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {message}"), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_split_that_reshapes_the_profile_is_named():
+    """val_per_class: 100 on the digits (ratio 10) cuts the head class from 124 to 28 images,
+    below class 3 (57 -> 33); up to 32 the order holds and every class keeps 3/4."""
+    from lttoolbox.registry import DATASETS
+
+    def build(per_class):
+        return DATASETS.build({"name": "digits_lt", "imbalance_ratio": 10,
+                               "val_per_class": per_class})
+
+    assert build(None).train.class_counts[:4] == [124, 96, 74, 57]
+    big = build(100)
+    assert big.train.class_counts[0] == 28 and big.train.class_counts[3] == 33
+    assert big.warnings == [
+        "data.val_per_class=100 changes the long-tail profile: class 0 trains on 28 of its 124 "
+        "images (77% go to validation); class 0 (124 -> 28) ends up smaller than class 3 "
+        "(57 -> 33), so the classes' order by size changes; val_per_class 32 or less keeps the "
+        "order and at least 75% of every class"]
+    assert build(32).warnings == [] and build(20).warnings == []
+    assert "class 0 (124 -> 95) ends up smaller than class 1 (96 -> 96)" in build(33).warnings[0]
+
+
+def test_the_trainer_prints_the_validation_warning_once_before_training(tmp_path, capsys):
+    from lttoolbox.engine.trainer import Trainer
+
+    Trainer(resolve({**DIGITS, "data": {**DIGITS["data"], "val_per_class": 100}}),
+            tmp_path / "run", quiet=True)
+    err = capsys.readouterr().err
+    assert err.count("warning: data.val_per_class=100 changes the long-tail profile") == 1, err
+    Trainer(resolve({**DIGITS, "data": {**DIGITS["data"], "val_per_class": 20}}),
+            tmp_path / "run", quiet=True)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_stage_of_0_epochs_names_no_warm_up_it_inherited():
+    from lttoolbox.recipe import unreachable_epoch_keys
+
+    recipe = resolve({**DIGITS, "schedule": {"warmup_epochs": 1},
+                      "stages": [{"name": "joint"},
+                                 {"name": "tau", "model": {"head": {"name": "tau_norm"}},
+                                  "train": {"epochs": 0}}]})
+    assert unreachable_epoch_keys(recipe) == []
+    too_long = resolve({**DIGITS, "schedule": {"warmup_epochs": 3}})  # the run has 2 epochs
+    assert unreachable_epoch_keys(too_long) == [
+        "schedule.warmup_epochs=3 is longer than the run's 2 epochs, so it never completes"]
+
+
+def test_a_run_directory_in_use_names_no_option_of_one_command(tmp_path):
+    """lteval takes the lock too, and has no --out to choose."""
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunDirError) as err:
+            RunLock(tmp_path / "run").__enter__()
+    assert f"in use by another run (process {os.getpid()}); wait for it to end" in str(err.value)
+    assert "--out" not in str(err.value)
+
+
+def test_a_suite_without_references_names_no_reference_file(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from lb.suite import load_suite
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "settings": [{"id": "s", "overlay": {}}],
+                                    "rows": [{"id": "a", "recipe": None, "status": "later"}]}))
+    assert load_suite(path).references is None  # not ../reference_numbers.yaml beside it
+
+
+def registry_cases() -> list[tuple[str, str, str]]:
+    """(override, the full key it sets, entry) for every recipe parameter of every entry of the
+    component registries, set to a mapping, which none of them accepts as it stands."""
+    import inspect
+
+    from lttoolbox import AUGMENTS, GENERATORS, LOSSES, SAMPLERS
+    from lttoolbox.models.heads import HEADS
+    from lttoolbox.registry import CONTEXT
+
+    def parameters(factory) -> list[str]:
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        return [q.name for q in inspect.signature(target).parameters.values()
+                if q.name not in CONTEXT and q.name not in ("self", "in_features")
+                and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+
+    cases = []
+    for section, registry in (("sampler", SAMPLERS), ("loss", LOSSES), ("augment", AUGMENTS),
+                              ("generator", GENERATORS), ("head", HEADS)):
+        for name in registry.names():
+            for param in parameters(registry.get(name)):
+                entry = f"{{name: {name}, {param}: {{bad: 1}}}}"
+                if section == "augment" and name == "one_of" and param != "choices":
+                    entry = entry[:-1] + ", choices: [mixup, cutmix]}"
+                if section == "augment" and name == "one_of" and param != "p":
+                    entry = entry[:-1] + ", p: [0.5, 0.5]}"
+                if section == "augment" and name == "cam_resample":  # a later stage only
+                    cases.append((CAM_STAGE % (entry, ""), f"stages[1].augment[0].{param}",
+                                  name))
+                elif section == "augment":
+                    cases.append((f"augment=[{entry}]", f"augment[0].{param}", name))
+                elif section == "head":
+                    if name == "tau_norm" and param != "tau":
+                        entry = entry[:-1] + ", tau: auto}"
+                    cases.append((f"stages=[{{name: a}}, {{name: b, model: {{head: {entry}}}}}]",
+                                  f"stages[1].model.head.{param}", name))
+                else:
+                    if section == "generator" and param != "stage":
+                        entry = entry[:-1] + ", stage: layer2}"
+                    cases.append((f"{section}={entry}", f"{section}.{param}", name))
+    return cases
+
+
+@pytest.mark.parametrize("override, key, entry", registry_cases(),
+                         ids=[c[1] + ":" + c[2] for c in registry_cases()])
+def test_a_wrong_value_of_any_registered_parameter_names_its_full_key(tmp_path, override, key,
+                                                                      entry):
+    from lttoolbox.engine.trainer import Trainer
+    from lttoolbox.errors import ConfigError
+
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml"), [override, "data.val_per_class=5"])
+    with pytest.raises(ConfigError) as err:
+        Trainer(recipe, tmp_path / "run", quiet=True)
+    assert str(err.value).startswith(key), (override, str(err.value))
     assert not (tmp_path / "run").exists()
 
 
@@ -496,6 +705,75 @@ def test_a_full_disk_is_named_and_keeps_the_previous_file(tmp_path):
         atomic_write(target, fill_the_disk, binary=True)
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def torch_like_save(real_save):
+    """``torch.save`` as it behaves on a full disk: the file goes out in one write, and a failed
+    write comes back as torch's C++ writer reports it, a RuntimeError without the OSError."""
+    def save(obj, handle, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        failed = False
+        try:
+            handle.write(buffer.getvalue())
+        except OSError:
+            failed = True  # swallowed, as the C++ writer does
+        if failed:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 "
+                               "vs 598")
+    return save
+
+
+def redirect_to_dev_full(monkeypatch, name: str, which: int = 1) -> None:
+    """The ``which``-th temporary file of ``name`` is opened on /dev/full: a real ENOSPC."""
+    real_open, seen = os.open, [0]
+
+    def open_(path, flags, mode=0o777, **kwargs):
+        if Path(path).name.startswith(f".{name}.") and str(path).endswith(".tmp"):
+            seen[0] += 1
+            if seen[0] == which:
+                return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("saver", ["torch_like", "torch"])
+def test_a_full_disk_under_torch_save_is_named_and_keeps_the_previous_file(tmp_path,
+                                                                           monkeypatch, saver):
+    from lttoolbox.atomic import DiskFullError
+    from lttoolbox.engine.checkpoint import atomic_save, load_checkpoint
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1}, target)
+    if saver == "torch_like":
+        monkeypatch.setattr(torch, "save", torch_like_save(torch.save))
+    redirect_to_dev_full(monkeypatch, "checkpoint.pt")
+    with pytest.raises(DiskFullError, match="no space left on the device while writing "
+                                            ".*checkpoint.pt; its previous version is kept"):
+        atomic_save({"epoch": 2, "weights": torch.zeros(100_000)}, target)
+    assert load_checkpoint(target) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_stops_training_with_one_line_and_resumes_exactly(tmp_path, capsys,
+                                                                      monkeypatch, kill_recipe):
+    path, reference, reference_log = kill_recipe
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", torch_like_save(torch.save))
+        redirect_to_dev_full(patch, "checkpoint.pt", which=2)  # the first one is written
+        code, lines = lttrain_inproc(capsys, path, "--out", out, "--quiet")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: no space left on the device while writing {out}")
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # epoch 2 kept
+    assert main([str(path), "--out", str(out), "--resume", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["per_class_acc"] == reference["per_class_acc"]
+    assert comparable(log_rows(out)) == comparable(reference_log)
 
 
 def test_a_stop_request_swallowed_by_a_library_still_stops_the_run(tmp_path):

@@ -313,7 +313,7 @@ def test_linear_head_rejects_a_bad_prior(prior):
 
 
 def test_linear_head_uniform_prior_needs_two_classes():
-    with pytest.raises(ConfigError, match="prior 'uniform' needs at least 2 classes"):
+    with pytest.raises(ConfigError, match="^model.head.prior: 'uniform' needs at least 2 classes"):
         build_head({"name": "linear", "prior": "uniform"}, in_features=16, num_classes=1)
 
 

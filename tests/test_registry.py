@@ -50,9 +50,37 @@ def test_unknown_parameter_is_never_ignored(toys):
     assert "did you mean 'size'" in str(err.value)
 
 
-def test_entry_value_errors_carry_the_key(toys):
-    with pytest.raises(ConfigError, match=r"^toy: size must be positive"):
+def test_entry_value_errors_carry_the_full_key(toys):
+    with pytest.raises(ConfigError, match=r"^toy.size: must be positive, got -1$"):
         toys.build({"name": "ball", "size": -1})
+    with pytest.raises(ConfigError, match=r"^stages\[1\].toy.size: must be positive"):
+        toys.build({"name": "ball", "size": -1}, key="stages[1].toy")
+
+    @toys.register("net")
+    class Net:
+        def __init__(self, kernel=3, mode="a", inner=None, num_classes=None):
+            if kernel % 2 == 0:  # a key relative to the entry
+                raise ConfigError(f"must be odd, got {kernel}", key="kernel")
+            if mode == "full":  # a key that is complete already
+                raise ConfigError("is refused here", key="train.epochs")
+            if mode == "vague":  # no parameter named: the entry's own key
+                raise ConfigError("something is off")
+            if num_classes == 0:  # the trainer's context is no recipe key
+                raise ConfigError("num_classes must be positive")
+            if inner is not None:  # an entry built inside this one names this one's keys
+                toys.build({"name": "ball", "size": inner}, key="")
+
+    cases = [({"kernel": 2}, "toy.kernel: must be odd, got 2"),
+             ({"mode": "full"}, "train.epochs: is refused here"),
+             ({"mode": "vague"}, "toy: something is off"),
+             ({"inner": -1}, "toy.size: must be positive, got -1")]
+    for params, message in cases:
+        with pytest.raises(ConfigError) as err:
+            toys.build({"name": "net", **params})
+        assert str(err.value) == message
+    with pytest.raises(ConfigError) as err:
+        toys.build({"name": "net"}, num_classes=0)
+    assert str(err.value) == "toy: num_classes must be positive"
 
 
 def test_bad_cfg_shape_and_double_registration(toys):

@@ -310,9 +310,9 @@ def test_txt_list_dataset_errors(tree):
 
 
 @pytest.mark.parametrize("extra, key", [
-    ({"train_list": None}, "train_list is required"),
-    ({"test_list": 5}, "test_list must be a file path"),
-    ({"root": None}, "root is required"),
+    ({"train_list": None}, "data.train_list: is required"),
+    ({"test_list": 5}, "data.test_list: must be a file path"),
+    ({"root": None}, "data.root: is required"),
     ({"num_classes": 0}, "num_classes"),
     ({"num_classes": "4"}, "num_classes"),
     ({"image_size": 0}, "image_size"),

@@ -278,7 +278,7 @@ def load_suite(path: str | Path) -> Suite:
                                                      f"protocols.{name}.overlay"),
                            "description": proto.get("description", f"suite protocol '{name}'"),
                            **({"caveat": proto["caveat"]} if proto.get("caveat") else {})}
-    references = data.get("references", "../reference_numbers.yaml")
+    references = data.get("references")  # none named: no paper numbers, no file to look for
     notes = data.get("notes") or []
     if not isinstance(notes, list):
         raise ConfigError("must be a list of strings", key="notes")

@@ -148,7 +148,8 @@ class CAMResample:
     Args:
         target: ``max_plus_min`` (every class to ``n_max + n_min``, the official CIFAR rule), or
             an integer (every class below it topped up to it).
-        threshold: Foreground is the CAM at or above ``threshold`` times its mean (0.75).
+        threshold: Foreground is the CAM at or above ``threshold`` times its mean (0.75); at
+            most 1, which keeps every map's maximum in the foreground.
         transforms: The moves drawn from, uniformly (``flip``, ``translate``,
             ``rotate_scale``: all three, as the official code).
         batch_size: Images generated per batch on the device.
@@ -166,6 +167,7 @@ class CAMResample:
 
     mixes = False
     stage = None  # acts on the data before the stage, not inside the model
+    reads_trained_model = True  # the maps come from the classifier trained so far
 
     def __init__(self, target: str | int = "max_plus_min", threshold: float = 0.75,
                  transforms: Sequence[str] = TRANSFORMS, batch_size: int = 512, seed: int = 0,
@@ -176,11 +178,17 @@ class CAMResample:
                               f"{target!r}")
         self.target = target
         self.threshold = check_number("threshold", threshold, 0.0)
-        bad = [t for t in transforms if t not in TRANSFORMS]
-        if not transforms or bad:
+        if self.threshold > 1:  # the map is scaled to [0, 1]: its maximum, 1, is >= its mean
+            raise ConfigError(f"threshold must lie in [0, 1], got {threshold!r}: the foreground is "
+                              f"the map at or above threshold x its mean, and the map's maximum is "
+                              f"1, so above 1 every map whose mean exceeds 1/threshold has none "
+                              f"(an image would be pasted onto itself unchanged)")
+        moves = [transforms] if isinstance(transforms, str) else transforms  # one move: a name
+        if (not isinstance(moves, (list, tuple)) or not moves
+                or any(t not in TRANSFORMS for t in moves)):
             raise ConfigError(f"transforms must be a non-empty list of {', '.join(TRANSFORMS)}, "
-                              f"got {list(transforms)!r}")
-        self.transforms = [TRANSFORMS.index(t) for t in transforms]
+                              f"got {transforms!r}")
+        self.transforms = [TRANSFORMS.index(t) for t in moves]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size

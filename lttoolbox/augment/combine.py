@@ -28,8 +28,9 @@ class OneOf(EpochAware):
     """At most one of several mixing augmentations per batch.
 
     Args:
-        choices: Augmentation recipes (``{name: ..., ...}``), all acting at the same stage. Each
-            keeps its own epoch window; its own ``p`` is replaced by this entry's.
+        choices: Mixing augmentations (names or ``{name: ..., ...}``), all acting at the same
+            stage. Each keeps its own epoch window; how often it acts is this entry's ``p``, so
+            a choice gives no ``p`` of its own.
         p: Probability of each choice per batch (sum at most 1; the rest: no mixing).
         start_epoch, end_epoch: The window of the whole entry.
         **context: What the trainer passes, handed on to the choices.
@@ -47,14 +48,39 @@ class OneOf(EpochAware):
                 for v in p) or sum(p) > 1 + 1e-9:
             raise ConfigError(f"p must give one probability per choice, summing to at most 1; "
                               f"got {p!r}")
-        self.choices = [AUGMENTS.build({**dict(c), "p": 1.0}, key=f"choices[{i}]", **context)
-                        for i, c in enumerate(choices)]
+        self.choices = [AUGMENTS.build({**self._choice(c, i), "p": 1.0}, key=f"choices[{i}]",
+                                       **context) for i, c in enumerate(choices)]
         stages = {getattr(c, "stage", "input") for c in self.choices}
         if len(stages) != 1 or any(len(getattr(c, "stages", (1,))) != 1 for c in self.choices):
             raise ConfigError(f"all choices must act at one and the same stage, got "
                               f"{sorted(stages)}")
         self.stage = stages.pop()
         self.cumulative = torch.tensor(p, dtype=torch.float64).cumsum(0)
+
+    @staticmethod
+    def _choice(cfg: Any, i: int) -> dict:
+        """A choice's recipe, checked before it is built: a mixing augmentation other than
+        ``one_of``, without a ``p`` of its own (this entry's ``p`` decides)."""
+        key = f"choices[{i}]"
+        if isinstance(cfg, str):
+            cfg = {"name": cfg}
+        if not isinstance(cfg, dict) or "name" not in cfg:
+            raise ConfigError(f"must be an augmentation name or a mapping with a 'name' key, got "
+                              f"{cfg!r}", key=key)
+        name = cfg["name"]
+        if name == "one_of":
+            raise ConfigError("one_of cannot choose another one_of; list all the alternatives "
+                              "in one", key=f"{key}.name")
+        if name in AUGMENTS and not getattr(AUGMENTS.get(name), "mixes", False):
+            mixing = [n for n in AUGMENTS.names()
+                      if n != "one_of" and getattr(AUGMENTS.get(n), "mixes", False)]
+            raise ConfigError(f"{name} is not a mixing augmentation; one_of chooses per batch "
+                              f"between mixing augmentations ({', '.join(mixing)})",
+                              key=f"{key}.name")
+        if "p" in cfg:
+            raise ConfigError("is given by one_of's own p, one probability per choice; remove "
+                              "it here", key=f"{key}.p")
+        return dict(cfg)
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)

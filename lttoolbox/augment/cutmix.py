@@ -139,8 +139,9 @@ class CMO(MixingAugment):
             raise ConfigError("cmo needs the training labels and the trainer's fetch; use it in "
                               "a recipe, or pass labels= and fetch= yourself")
         self.fetch = fetch
+        # key "": r and weighting are this entry's own parameters (augment[i].r)
         self.foreground = SAMPLERS.build(
-            {"name": "cmo_weighted", "r": r, "weighting": weighting}, key="cmo",
+            {"name": "cmo_weighted", "r": r, "weighting": weighting}, key="",
             labels=labels, num_classes=num_classes, seed=stream_seed(seed), rank=rank,
             world_size=world_size, total_epochs=total_epochs)
         self._stream: torch.Tensor | None = None

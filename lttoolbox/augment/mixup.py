@@ -86,18 +86,20 @@ class ManifoldMixup(MixingAugment):
     def __init__(self, alpha: float = 2.0, stage: str | Sequence[str] = "features",
                  p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
                  stage_names: Sequence[str] | None = None):
-        stages = [stage] if isinstance(stage, str) else list(stage or [])
+        stages = ([stage] if isinstance(stage, str)
+                  else list(stage) if isinstance(stage, (list, tuple)) else [])
         if not stages or not all(isinstance(s, str) and s for s in stages):
-            raise ConfigError(f"stage must be a model stage name or a list of them, got {stage!r}")
+            raise ConfigError(f"must be a model stage name or a list of them, got {stage!r}",
+                              key="stage")
         if len(set(stages)) != len(stages):
-            raise ConfigError(f"stage lists a stage twice: {stages}")
+            raise ConfigError(f"lists a stage twice: {stages}", key="stage")
         super().__init__(p, start_epoch, end_epoch, stages[0])
         self.alpha = check_alpha(alpha)
         if stage_names is not None:  # the model's order, so the draw happens at the first one
             unknown = [s for s in stages if s not in stage_names]
             if unknown:
                 raise ConfigError(f"the model has no stage {unknown[0]!r}; stages: "
-                                  f"{', '.join(stage_names)}")
+                                  f"{', '.join(stage_names)}", key="stage")
             stages.sort(key=list(stage_names).index)
         self.stages = tuple(stages)
         self.stage = self.stages[0]

@@ -110,6 +110,8 @@ class DataBundle:
             be made on the test set; ``None`` without one.
         meta: Provenance recorded into results (name, profile, ratio, selection and its seed,
             kept-index hash, source, root, per-class counts).
+        warnings: Plain sentences, each naming its recipe key, about settings that are valid but
+            probably not meant (the trainer prints them before training).
     """
 
     train: LTDataset | FileSplit
@@ -118,6 +120,7 @@ class DataBundle:
     eval_transform: BatchTransform
     meta: dict[str, Any] = field(default_factory=dict)
     val: LTDataset | FileSplit | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> str:
@@ -282,10 +285,14 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
 
     val_meta: dict[str, Any] = {}
     val = None
+    notes: list[str] = []
     if val_per_class is not None:
         check_int("val_per_class", val_per_class, 1)
+        before = np.bincount(train_labels[kept], minlength=num_classes)
         kept, val_idx, given_up = validation_split(train_labels, kept, num_classes,
                                                    val_per_class, selection_seed)
+        note = validation_cost(before, np.asarray(given_up), val_per_class, classes)
+        notes += [note] if note else []
         val = split(train_images[val_idx], train_labels[val_idx])
         val_meta = {"val_per_class": val_per_class, "val_from_kept": given_up,
                     "val_index_hash": index_hash(np.asarray(train_index)[val_idx])}
@@ -324,10 +331,79 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
                     eval_resize=StreamTransform(size, False, resize=resize).resize)
         return DataBundle(train, test,
                           StreamTransform(size, True, hflip, stream["color_jitter"]),
-                          StreamTransform(size, False, resize=resize), meta, val)
+                          StreamTransform(size, False, resize=resize), meta, val, notes)
     return DataBundle(train, test,
                       BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip),
-                      BatchTransform(mean, std), meta, val)
+                      BatchTransform(mean, std), meta, val, notes)
+
+
+#: The share of a class's training images the validation split may take before it is named.
+MAX_VAL_SHARE = 0.25
+
+
+def _inversion(before: np.ndarray, after: np.ndarray) -> tuple[int, int] | None:
+    """A pair ``(i, j)`` of classes with ``before[i] > before[j]`` and ``after[i] < after[j]``
+    (the order by size reversed), or None; O(C log C), for data sets of thousands of classes."""
+    values, group = np.unique(before, return_inverse=True)  # ascending sizes
+    low = np.full(len(values), np.iinfo(np.int64).max)
+    np.minimum.at(low, group, after)
+    high = np.full(len(values), -1)
+    np.maximum.at(high, group, after)
+    below = np.concatenate([[-1], np.maximum.accumulate(high)[:-1]])  # over smaller sizes
+    hit = np.flatnonzero(low < below)
+    if not len(hit):
+        return None
+    g = hit[-1]  # the largest class that falls behind a smaller one: the head, where it does
+    i = np.flatnonzero((group == g) & (after == low[g]))[0]
+    j = np.flatnonzero((group < g) & (after == below[g]))[0]
+    return int(i), int(j)
+
+
+def validation_cost(before: np.ndarray, given_up: np.ndarray, per_class: int,
+                    classes: Sequence[str]) -> str | None:
+    """A warning when the validation split changes the long-tail profile noticeably, else None.
+
+    It is named when the split takes more than :data:`MAX_VAL_SHARE` of some class's training
+    images, or reorders the classes by training count (a class that had more images than
+    another then has fewer: the head class is no longer the largest). The sentence gives the
+    largest ``val_per_class`` that does neither.
+
+    Args:
+        before: Training images per class before the split.
+        given_up: Images each class gave up from its kept ones (see :func:`validation_split`).
+        per_class: ``val_per_class``.
+        classes: Class names.
+    """
+    def check(v: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int] | None]:
+        """Images each class loses, what it keeps, and a reordered pair, for ``v`` per class."""
+        # a class that gave up g of per_class had per_class - g unused images
+        lost = np.where(given_up > 0, np.maximum(0, v - (per_class - given_up)), 0)
+        after = before - lost
+        return lost / np.maximum(before, 1), after, _inversion(before, after)
+
+    def harmless(v: int) -> bool:
+        share, _, swapped = check(v)
+        return share.max() <= MAX_VAL_SHARE and swapped is None
+
+    if harmless(per_class):
+        return None
+    share, after, swapped = check(per_class)
+    parts = []
+    c = int(np.argmax(share))
+    if share[c] > MAX_VAL_SHARE:
+        parts.append(f"class {classes[c]} trains on {after[c]} of its {before[c]} images "
+                     f"({share[c]:.0%} go to validation)")
+    if swapped is not None:
+        i, j = swapped
+        parts.append(f"class {classes[i]} ({before[i]} -> {after[i]}) ends up smaller than class "
+                     f"{classes[j]} ({before[j]} -> {after[j]}), so the classes' order by size "
+                     f"changes")
+    safe = next((v for v in range(per_class - 1, 0, -1) if harmless(v)), 0)
+    fix = (f"val_per_class {safe} or less keeps the order and at least "
+           f"{1 - MAX_VAL_SHARE:.0%} of every class" if safe
+           else "no val_per_class does, with this profile")
+    return (f"data.val_per_class={per_class} changes the long-tail profile: {'; '.join(parts)}; "
+            f"{fix}")
 
 
 def _emptied_message(name: str, classes: Sequence[str], counts: list[int], n_max: int,

@@ -57,8 +57,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | os.PathLike) -> Any:
+RESUME_REMEDY = "remove it to start the run afresh, or restore it"
+
+
+def load_checkpoint(path: str | os.PathLike, remedy: str = RESUME_REMEDY) -> Any:
     """Load a checkpoint or weights file onto the CPU, as plain data only.
+
+    Args:
+        path: The file.
+        remedy: What the user can do about a file that cannot be read, ended the message with
+            (a run's checkpoint: start afresh or restore it; a weights file: choose another).
 
     Raises:
         CheckpointError: the file is empty, truncated, not a PyTorch file, or holds anything other
@@ -67,8 +75,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:
         if path.stat().st_size == 0:
-            raise CheckpointError(f"{path} is empty (an interrupted copy?); remove it to start "
-                                  f"the run afresh, or restore it")
+            raise CheckpointError(f"{path} is empty (an interrupted copy?); {remedy}")
         return torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
@@ -76,9 +83,9 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         if "GLOBAL" in str(err):  # a class or function reference: what a crafted file needs
             raise CheckpointError(f"{path} was refused: it holds objects other than tensors and "
                                   f"plain values, which could run code when loaded") from None
-        raise CheckpointError(f"{path} cannot be read (not a checkpoint, or damaged); remove it "
-                              f"to start the run afresh, or restore it") from None
+        raise CheckpointError(f"{path} cannot be read (not a checkpoint, or damaged); "
+                              f"{remedy}") from None
     except (EOFError, RuntimeError, OSError, ValueError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path} cannot be read ({first}); it is probably truncated: "
-                              f"remove it to start the run afresh, or restore it") from None
+                              f"{remedy}") from None

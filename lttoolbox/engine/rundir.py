@@ -77,7 +77,7 @@ class RunLock:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise RunDirError(f"{self.out} is in use by another run (process {holder}); wait for "
-                              f"it to end or choose another --out") from None
+                              f"it to end") from None  # lteval locks too, and has no --out
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -55,6 +55,35 @@ def check_one_mix_at_a_time(named: list, epochs: int) -> None:
                                   f"[...], p: [...]}}", key=key_a)
 
 
+def check_data_preparers(named: list, index: int, epochs: int) -> None:
+    """Refuse a component that adds training images at its stage's start (``prepare``) where
+    they would be wrong or wasted.
+
+    * Two in one stage: each tops the classes up from the same counts, so every class would
+      overshoot its target.
+    * In a stage that trains 0 epochs: the images would be made and never trained on.
+    * In the first stage, for one that reads the trained model (``reads_trained_model``, as
+      CAM-based re-sampling reads its class activation maps): nothing is trained yet.
+    """
+    preparers = [(part, key) for part, key in named if hasattr(part, "prepare")]
+    for part, key in preparers:
+        name = getattr(part, "registry_name", type(part).__name__)
+        if epochs == 0:
+            raise ConfigError(f"{name} adds training images at the start of its stage, and this "
+                              f"stage trains 0 epochs, so they would never be trained on; put it "
+                              f"in the stage that trains on them", key=key)
+        if index == 0 and getattr(part, "reads_trained_model", False):
+            raise ConfigError(f"{name} makes its images from the model trained so far, and in the "
+                              f"first stage nothing is trained yet (the maps would come from a "
+                              f"random network); put it in a later stage, after one that trains",
+                              key=key)
+    if len(preparers) > 1:
+        (_, first), (_, second) = preparers[:2]
+        raise ConfigError(f"{first} and {second} both add training images at the start of the "
+                          f"stage; each tops the classes up from the same counts, so every class "
+                          f"would overshoot its target; keep one", key=second)
+
+
 def active_hooks(stage: Stage) -> dict:
     """Hooks of the components whose epoch window includes the current epoch."""
     by_stage: dict[str, list] = {}

@@ -52,8 +52,8 @@ from .plots import PLOT_HINT, plots_available, write_run_plots
 from .provenance import git_commit, machine_info
 from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
                      write_log)
-from .stages import (Stage, active_hooks, check_generator_placement, check_one_mix_at_a_time,
-                     describe_generators)
+from .stages import (Stage, active_hooks, check_data_preparers, check_generator_placement,
+                     check_one_mix_at_a_time, describe_generators)
 from .step import TrainStep, loss_term_names
 
 CHECKPOINT = "checkpoint.pt"
@@ -167,7 +167,7 @@ class Trainer:
         # After every check passed: a refused recipe leaves the process as it found it.
         use_threads(first["train"]["threads"])
         # After every check passed, so a refused recipe prints its one error line only.
-        for message in unreachable_epoch_keys(self.recipe):
+        for message in [*self.data.warnings, *unreachable_epoch_keys(self.recipe)]:
             self.log.warning(message)
         for message, too_large in describe_generators(self.stages, self.model):
             (self.log.warning if too_large else self.log.info)(message)
@@ -311,6 +311,7 @@ class Trainer:
                 hook = part.hook(point) if hasattr(part, "hook") else part
                 stage.hooked.append((part, point, key, hook))
         check_one_mix_at_a_time(named, recipe["train"]["epochs"])
+        check_data_preparers(named, index, recipe["train"]["epochs"])
         check_generator_placement(named, self.model.stage_names, recipe["train"]["epochs"])
         if recipe["model"].get("head") == first["model"].get("head"):  # else built later
             no_decay_names([("", self.model), *[(f"{n}.", m) for n, m in

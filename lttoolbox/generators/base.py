@@ -164,20 +164,33 @@ class FeatureGenerator(EpochAware, nn.Module):
         self.last_generated = 0  # samples added to the last batch (for tests and inspection)
 
     def _shape(self, feature_shape, stage_shapes) -> tuple[int, int, int]:
-        if feature_shape is None and stage_shapes is not None:
+        measured = None
+        if stage_shapes is not None:
             if self.stage not in stage_shapes:
                 return (1, 1, 1)  # the trainer names an unknown stage itself, with the stages
-            feature_shape = stage_shapes[self.stage]
+            measured = self._check_shape(stage_shapes[self.stage])
         if feature_shape is None:
-            raise ConfigError("feature_shape is required outside the trainer: the (C, H, W) "
-                              "of the activations at the generator's stage", key="feature_shape")
-        shape = tuple(feature_shape)
+            if measured is None:
+                raise ConfigError("is required outside the trainer: the (C, H, W) of the "
+                                  "activations at the generator's stage", key="feature_shape")
+            return measured
+        shape = self._check_shape(feature_shape)
+        if measured is not None and shape != measured:
+            raise ConfigError(f"{list(feature_shape)} does not match the activations at stage "
+                              f"'{self.stage}', {list(measured)}; leave it out in a recipe (the "
+                              f"trainer measures it)", key="feature_shape")
+        return shape
+
+    @staticmethod
+    def _check_shape(value) -> tuple[int, int, int]:
+        """``(C, H, W)`` from ``(C, H, W)`` or ``(D,)`` (features: ``(D, 1, 1)``)."""
+        shape = tuple(value) if isinstance(value, (list, tuple)) else ()
         if len(shape) == 1:
             shape = (shape[0], 1, 1)
         if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
                                   or v < 1 for v in shape):
-            raise ConfigError(f"must be (C, H, W) or (D,) of positive integers, got "
-                              f"{feature_shape!r}", key="feature_shape")
+            raise ConfigError(f"must be (C, H, W) or (D,) of positive integers, got {value!r}",
+                              key="feature_shape")
         return tuple(int(v) for v in shape)
 
     # --------------------------------------------------------------------------- the hook contract

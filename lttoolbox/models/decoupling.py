@@ -60,7 +60,7 @@ class TauNormHead(nn.Module):
         in_features, num_classes: From the model.
         tau: The normalisation power, ``>= 0``, or ``"auto"``: chosen from ``grid`` by the
             validation split's top-1 (the data set's ``val_per_class``).
-        grid: The values ``auto`` tries (default 0.0, 0.1, ..., 2.0).
+        grid: The values ``auto`` tries (default 0.0, 0.1, ..., 2.0); only with ``tau: auto``.
         keep_bias: Keep the previous classifier's bias. The paper drops it; Bag of Tricks' code
             keeps it (it normalises ``classifier.weight`` only).
 
@@ -84,9 +84,14 @@ class TauNormHead(nn.Module):
         else:
             self.auto = False
             tau = check_number("tau", tau, 0.0)
-        self.grid = tuple(float(check_number("grid", g, 0.0)) for g in (grid or TAU_GRID))
-        if not self.grid:
-            raise ConfigError("grid must list at least one tau")
+            if grid is not None:  # it would be silently unused
+                raise ConfigError(f"is what tau: auto chooses from; with tau {tau:g} it is "
+                                  f"unused: remove it, or set tau: auto", key="grid")
+        if grid is not None and (not isinstance(grid, (list, tuple)) or not grid):
+            raise ConfigError(f"must be a non-empty list of tau values >= 0 (tau: auto tries "
+                              f"each), got {grid!r}", key="grid")
+        self.grid = tuple(float(check_number("grid", g, 0.0))
+                          for g in (TAU_GRID if grid is None else grid))
         if not isinstance(keep_bias, bool):
             raise ConfigError(f"keep_bias must be true or false, got {keep_bias!r}")
         self.keep_bias = keep_bias

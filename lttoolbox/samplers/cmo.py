@@ -36,7 +36,7 @@ class CMOWeightedSampler(LTSampler):
         sampler: {name: cmo_weighted, weighting: class, r: 1.0}  # the paper's q(r, k)
 
     Args:
-        r: The exponent (the code's ``weighted_alpha``; default 1 as there).
+        r: The exponent, ``>= 0`` (the code's ``weighted_alpha``; default 1 as there).
         weighting: ``"image"`` (official code) or ``"class"`` (paper), see above.
         labels, num_classes, seed, rank, world_size, total_epochs, num_samples, start_epoch,
         end_epoch: See :class:`~lttoolbox.samplers.base.LTSampler`.
@@ -57,6 +57,9 @@ class CMOWeightedSampler(LTSampler):
                          world_size=world_size, total_epochs=total_epochs,
                          num_samples=num_samples, start_epoch=start_epoch, end_epoch=end_epoch)
         self.r = check_real("r", r)
+        if self.r < 0:  # both forms would then favour the majority classes over the minority
+            raise ConfigError(f"r must be at least 0, got {r!r}: a negative r weights the frequent "
+                              f"classes up, the opposite of minority oversampling")
         if weighting not in WEIGHTINGS:
             raise ConfigError(
                 f"weighting must be 'image' (official code: class probability ∝ n^(1-r)) or "
