@@ -223,22 +223,15 @@ NAMED_CASES = [
 def component_parameter_cases() -> list[tuple[tuple[str, ...], str]]:
     """Every recipe parameter of every sampler, loss, augmentation, generator and head (read
     from the registries), each set to every value of COMPONENT_VALUES."""
-    import inspect
-
     from lttoolbox import AUGMENTS, GENERATORS, LOSSES, SAMPLERS
     from lttoolbox.models.heads import HEADS
-    from lttoolbox.registry import CONTEXT
+    from lttoolbox.registry import recipe_parameters
 
     cases = []
     for section, registry in (("sampler", SAMPLERS), ("loss", LOSSES), ("augment", AUGMENTS),
                               ("generator", GENERATORS), ("head", HEADS)):
         for name in registry.names():
-            factory = registry.get(name)
-            target = factory.__init__ if inspect.isclass(factory) else factory
-            params = [q.name for q in inspect.signature(target).parameters.values()
-                      if q.name not in CONTEXT and q.name not in ("self", "in_features")
-                      and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
-            for param in params:
+            for param in (p.name for p in recipe_parameters(registry, name)):
                 for value in COMPONENT_VALUES:
                     extra = {"one_of": ", choices: [mixup, cutmix], p: [0.5, 0.5]",
                              "tau_norm": ", tau: auto"}.get(name, "")

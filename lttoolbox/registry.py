@@ -182,7 +182,7 @@ class Registry:
         try:
             return factory(**{**offered, **params})
         except ConfigError as err:  # named by the full recipe key
-            raise locate(err, key, [*(a for a in public if a not in CONTEXT), *params]) from None
+            raise locate(err, key, [*(a for a in public if a not in self.context), *params]) from None
         except DataError:  # already names the file; keep its type
             raise
         except (ValueError, TypeError) as err:
@@ -198,6 +198,12 @@ def _parameters(factory: Callable) -> list[inspect.Parameter]:
             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
+def recipe_parameters(registry: "Registry", name: str) -> list[inspect.Parameter]:
+    """The parameters a recipe sets for the entry ``name`` of ``registry``: its constructor's,
+    less those the family's builder fills in (``registry.context``)."""
+    return [p for p in _parameters(registry.get(name)) if p.name not in registry.context]
+
+
 def describe(registry: "Registry") -> list[tuple[str, str, str]]:
     """``(name, "param=default, ...", first docstring line)`` of every entry, from its
     signature (``lttrain --list``), so the listing cannot drift from the code. Every parameter
@@ -207,7 +213,7 @@ def describe(registry: "Registry") -> list[tuple[str, str, str]]:
     for name in registry.names():
         factory = registry.get(name)
         params = [p.name if p.default is p.empty else f"{p.name}={p.default!r}"
-                  for p in _parameters(factory) if p.name not in registry.context]
+                  for p in recipe_parameters(registry, name)]
         doc = inspect.getdoc(factory) or ""
         rows.append((name, ", ".join(params), doc.split("\n\n")[0].replace("\n", " ")))
     return rows

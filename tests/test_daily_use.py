@@ -363,7 +363,7 @@ def test_print_config_refuses_what_training_refuses(tmp_path, capsys):
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert captured.out == "" and len(lines) == 1
-    assert lines[0].startswith("error: augment[0]: alpha must lie in (0, inf]"), lines
+    assert lines[0].startswith("error: augment[0].alpha: must lie in (0, inf]"), lines
     # and what training warns about, it warns about too (on standard error only)
     recipe = write_recipe(tmp_path / "w.yaml", {**DIGITS, "schedule": {"milestones": [5]}})
     assert lttrain([str(recipe), "--print-config"]) == 0

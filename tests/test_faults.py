@@ -251,23 +251,15 @@ def test_a_suite_without_references_names_no_reference_file(tmp_path):
 def registry_cases() -> list[tuple[str, str, str]]:
     """(override, the full key it sets, entry) for every recipe parameter of every entry of the
     component registries, set to a mapping, which none of them accepts as it stands."""
-    import inspect
-
     from lttoolbox import AUGMENTS, GENERATORS, LOSSES, SAMPLERS
     from lttoolbox.models.heads import HEADS
-    from lttoolbox.registry import CONTEXT
-
-    def parameters(factory) -> list[str]:
-        target = factory.__init__ if inspect.isclass(factory) else factory
-        return [q.name for q in inspect.signature(target).parameters.values()
-                if q.name not in CONTEXT and q.name not in ("self", "in_features")
-                and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)]
+    from lttoolbox.registry import recipe_parameters
 
     cases = []
     for section, registry in (("sampler", SAMPLERS), ("loss", LOSSES), ("augment", AUGMENTS),
                               ("generator", GENERATORS), ("head", HEADS)):
         for name in registry.names():
-            for param in parameters(registry.get(name)):
+            for param in (p.name for p in recipe_parameters(registry, name)):
                 entry = f"{{name: {name}, {param}: {{bad: 1}}}}"
                 if section == "augment" and name == "one_of" and param != "choices":
                     entry = entry[:-1] + ", choices: [mixup, cutmix]}"
