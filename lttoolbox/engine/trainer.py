@@ -314,7 +314,9 @@ class Trainer:
                 self.model.to(memory_format=torch.channels_last)
         self.model.unfreeze()
         if train_cfg["freeze"]:
-            self.model.freeze(train_cfg["freeze"])
+            # By default the frozen stages' BatchNorm statistics are re-estimated on this stage's
+            # batches, as in the reference codes (LTModel.freeze); freeze_bn_stats keeps them.
+            self.model.freeze(train_cfg["freeze"], freeze_bn_stats=train_cfg["freeze_bn_stats"])
 
     @staticmethod
     def _learned_components(stage: Stage) -> list:
