@@ -188,6 +188,32 @@ def test_freeze_bn_stats_needs_a_frozen_stage_and_counts_in_the_hash_only_where_
     assert recipe_hash(plain) == recipe_hash(without)
 
 
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+RETRAINING = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
+                    if "reset_head: true" in p.read_text())
+
+
+@pytest.mark.parametrize("name", RETRAINING)
+def test_every_crt_recipe_retrains_an_nn_linear_initialised_as_pytorch_does(name):
+    from lttoolbox.recipe import load_recipe
+
+    assert len(RETRAINING) >= 8  # the CIFAR, ImageNet-LT, Places-LT and iNaturalist cRT rows
+    retrained = [s for s in load_recipe(CONFIGS / name)["stages"] if s["train"]["reset_head"]]
+    assert retrained
+    for stage in retrained:
+        assert stage["model"]["head"] == {"name": "linear", "init": "pytorch"}
+
+
+def test_the_crt_stage_starts_from_nn_linears_init(tmp_path):
+    from lttoolbox.engine import Trainer
+
+    recipe = short({**CRT, "model": {"head": {"name": "linear", "init": "pytorch"}}})
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    trainer._enter_stage(1)
+    head = trainer.model.head
+    assert head.init == "pytorch" and head.weight.abs().max() <= 1 / 64 ** 0.5
+
+
 @pytest.mark.parametrize("later, message", [
     ({"name": "tau", "model": {"head": "tau_norm"}, "train": {"epochs": 0}},
      None),  # accepted: a linear head before it

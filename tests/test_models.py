@@ -323,6 +323,23 @@ def test_linear_head_prior_sets_the_sigmoid_start(prior, classes, probability):
     np.testing.assert_allclose(head.bias.detach().numpy(), expected, rtol=1e-6)
 
 
+def test_linear_head_pytorch_init_is_nn_linears_own():
+    """cRT's classifier in both reference codes is a plain nn.Linear (classifier-balancing
+    DotProductClassifier.py line 25 at f162ade; Bag of Tricks network.py 179-180 at ce7859a)."""
+    torch.manual_seed(5)
+    reference = torch.nn.Linear(64, 10)
+    torch.manual_seed(5)
+    head = build_head({"name": "linear", "init": "pytorch"}, in_features=64, num_classes=10)
+    assert torch.equal(head.weight, reference.weight) and torch.equal(head.bias, reference.bias)
+    assert head.weight.abs().max() <= 1 / 8  # U(-1/sqrt(in), 1/sqrt(in))
+    torch.manual_seed(5)
+    default = build_head("linear", in_features=64, num_classes=10)
+    assert torch.equal(default.bias, reference.bias)  # the bias is nn.Linear's in both
+    assert abs(default.weight.std().item() / np.sqrt(2.0 / 64) - 1) < 0.15  # kaiming_normal_
+    with pytest.raises(ConfigError, match="init must be one of kaiming_normal, pytorch"):
+        build_head({"name": "linear", "init": "xavier"}, in_features=64, num_classes=10)
+
+
 def test_linear_head_without_prior_keeps_the_default_bias():
     torch.manual_seed(0)
     bias = build_head("linear", in_features=16, num_classes=10).bias.detach()
