@@ -41,8 +41,8 @@ from ..yamlio import load_yaml
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
                          rng_state, set_rng_state)
 from .compile import compile_step
-from .distributed import (World, barrier, gather_predictions, local_device, mean_over_ranks,
-                          per_rank_batch, sync_buffers, wrap)
+from .distributed import (World, barrier, gather_predictions, global_normalizer, local_device,
+                          mean_over_ranks, per_rank_batch, sync_buffers, wrap)
 from .evaluate import metrics_from_predictions, predict_batches
 from .loggers import check_loggers, open_loggers
 from .logging import RunLogger
@@ -403,7 +403,7 @@ class Trainer:
                          if stage.recipe["train"]["epochs"] else None)  # 0 epochs: nothing trains
             # After the stage's freezing and head change: DDP registers the parameters that
             # train in this stage.
-            step = TrainStep(self.model, stage)
+            step = TrainStep(self.model, stage, global_normalizer(self.world))
             step_fn = wrap(step, self.world, self.device)
             compiled = compile_step(step_fn, stage.recipe["train"]["compile"], self.device,
                                     self.world.distributed)
