@@ -18,6 +18,10 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10, "val_per_class": 
           "eval": {"many_threshold": 60, "few_threshold": 25}}
 
 
+# BatchNorm buffers, which a frozen stage re-estimates by default
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def trained_linear(seed: int = 0) -> LinearHead:
     torch.manual_seed(seed)
     head = LinearHead(5, 4)
@@ -88,8 +92,8 @@ def test_lws_stage_trains_only_the_scales(tmp_path):
                   "train": {"epochs": 2, "freeze": ["backbone"]}}), tmp_path / "run", quiet=True)
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
     lws = torch.load(tmp_path / "run" / "model-lws.pt")
-    for name, value in joint.items():
-        if not name.startswith("head."):
+    for name, value in joint.items():  # BatchNorm statistics move: see the tests below
+        if not name.startswith("head.") and not name.endswith(STATISTICS):
             assert torch.equal(lws[name], value), name
     assert torch.equal(lws["head.weight"], joint["head.weight"])
     assert torch.equal(lws["head.bias"], joint["head.bias"])
@@ -116,11 +120,11 @@ def test_crt_reinitialises_and_retrains_the_classifier_only(tmp_path):
           tmp_path / "run", quiet=True)
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
     crt = torch.load(tmp_path / "run" / "model-crt.pt")
-    assert all(torch.equal(crt[k], v) for k, v in joint.items() if not k.startswith("head."))
+    assert all(torch.equal(crt[k], v) for k, v in joint.items()
+               if not k.startswith("head.") and not k.endswith(STATISTICS))
     assert not torch.equal(crt["head.weight"], joint["head.weight"])
 
 
-STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 def short(*later):
     """A one-epoch joint stage, then ``later``."""
     return resolve({**DIGITS, "train": {**DIGITS["train"], "epochs": 1},
