@@ -39,7 +39,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "schedule": {"name": "multistep", "warmup_epochs": 0, "warmup_unit": "epoch", "milestones": [],
                  "gamma": 0.1, "min_lr": 0.0},
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
-              "channels_last": True, "checkpoint_every": 1, "freeze": [], "reset_head": False,
+              "channels_last": True, "checkpoint_every": 1, "freeze": [], "freeze_bn_stats": False,
+              "reset_head": False,
               "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False,
               "compile": "auto", "threads": "auto"},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
@@ -597,12 +598,18 @@ def recipe_hash(recipe: dict) -> str:
     resumes with another world size, compiled where it started eager, or with another CPU thread
     count. Each may change the order of float sums (a compiled kernel, an all-reduce, a CPU
     reduction split over threads), so results agree to rounding, not bit for bit.
+    ``train.freeze_bn_stats`` counts only where it can act, in a stage that freezes something: a
+    recipe that freezes nothing keeps the hash it had before the key existed, while one that
+    freezes trains differently since then (the frozen stages' BatchNorm statistics are
+    re-estimated by default) and gets a new one.
     """
     def trained(section: dict) -> dict:
         out = {k: v for k, v in section.items() if k != "meta"}
         if isinstance(out.get("train"), dict):
-            out["train"] = {k: v for k, v in out["train"].items()
-                            if k not in WAYS_OF_RUNNING}
+            ignored = list(WAYS_OF_RUNNING)
+            if not out["train"].get("freeze"):
+                ignored.append("freeze_bn_stats")
+            out["train"] = {k: v for k, v in out["train"].items() if k not in ignored}
         if isinstance(out.get("stages"), list):
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
         return out

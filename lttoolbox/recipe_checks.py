@@ -173,6 +173,10 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
         raise ConfigError(f"must be a list of model stage names, got {train['freeze']!r}",
                           key=f"{p}train.freeze")
     train["freeze"] = freeze
+    if boolean(train["freeze_bn_stats"], f"{p}train.freeze_bn_stats") and not freeze:
+        raise ConfigError("keeps the BatchNorm statistics of the frozen stages fixed, but "
+                          "train.freeze names none; freeze a stage (freeze: [backbone]) or drop "
+                          "the key", key=f"{p}train.freeze_bn_stats")
 
     ev["every"] = number(ev["every"], f"{p}eval.every", integer=True, minimum=0)
     ev["batch_size"] = number(ev["batch_size"], f"{p}eval.batch_size", integer=True, minimum=1)

@@ -144,6 +144,9 @@ def test_freeze_backbone_leaves_only_the_head(name):
         trainable = [k for k, p in model.named_parameters() if p.requires_grad]
         assert trainable == ["head.weight", "head.bias"]
         assert model.frozen == STAGES[1:]
+        # the statistics are re-estimated by default, fixed on request
+        assert all(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        model.freeze(["backbone"], freeze_bn_stats=True).train()
         assert all(not m.training for m in model.modules()
                    if isinstance(m, torch.nn.BatchNorm2d))
     finally:

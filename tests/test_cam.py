@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from lttoolbox.augment.cam import (CAMResample, class_activation_maps, foreground_boxes,
-                                   move_matrices, paste_moved_foreground)
+from lttoolbox.augment.cam import (CAMResample, class_activation_maps, compose_moved_foreground,
+                                   foreground_boxes, move_matrices)
 from lttoolbox.batch import Batch
 from lttoolbox.engine import train
 from lttoolbox.errors import LTError
@@ -66,11 +66,12 @@ def square_case():
 
 
 @pytest.mark.parametrize("kind", [0, 1, 2])
-def test_the_moved_foreground_is_pasted_where_the_mask_lands(kind):
+def test_the_moved_foreground_lands_where_the_mask_lands(kind):
     images, mask = square_case()
     gen = torch.Generator().manual_seed(kind)
     theta = move_matrices(torch.full((2,), kind), foreground_boxes(mask), 8, 8, gen)
-    out, moved = paste_moved_foreground(images, mask, theta)
+    out, written = compose_moved_foreground(images, mask, theta, "copy")
+    moved = written  # with ``copy`` only the moved foreground is written
     # outside the moved foreground: the image unchanged
     assert torch.equal(out.permute(0, 2, 3, 1)[~moved], images.permute(0, 2, 3, 1)[~moved])
     if kind == 0:  # a mirror image of the foreground, pixel for pixel
@@ -87,6 +88,67 @@ def test_the_moved_foreground_is_pasted_where_the_mask_lands(kind):
     if kind == 2:  # rotation within 45 degrees and scale within 0.8-1.2 about the box centre
         area = int(mask[0].sum())
         assert all(0.4 * area <= int(m.sum()) <= 1.6 * area for m in moved)
+    # ``move`` writes the same moved foreground, and more
+    moved_out, union = compose_moved_foreground(images, mask, theta)
+    assert torch.equal(moved_out.permute(0, 2, 3, 1)[moved], out.permute(0, 2, 3, 1)[moved])
+    assert torch.equal(union & moved, moved)
+
+
+def reference_composition(image: np.ndarray, fg: np.ndarray, dy: int, dx: int, flip: bool,
+                          compose: str) -> np.ndarray:
+    """Bag of Tricks' composition (cam_based_sampling.py 117-121, 151-155, 163-167 at ce7859a)
+    for a flip or a whole-pixel shift, written out pixel by pixel: T is the transformed image
+    (None where it maps from outside the image), P the moved foreground; ``move`` writes T over
+    fg | P, ``copy`` over P only. (Their code composes by non-zero values; this image has no
+    zero pixel inside the image, so the two agree except where T comes from outside.)"""
+    c, h, w = image.shape
+    out = image.copy()
+    moved_fg = np.zeros_like(fg)
+    for y in range(h):
+        for x in range(w):
+            sy, sx = (y, w - 1 - x) if flip else (y - dy, x - dx)
+            if 0 <= sy < h and 0 <= sx < w:
+                moved_fg[y, x] = fg[sy, sx]
+    for y in range(h):
+        for x in range(w):
+            sy, sx = (y, w - 1 - x) if flip else (y - dy, x - dx)
+            inside = 0 <= sy < h and 0 <= sx < w
+            region = moved_fg[y, x] or (compose == "move" and fg[y, x])
+            if region and inside:
+                out[:, y, x] = image[:, sy, sx]
+    return out
+
+
+@pytest.mark.parametrize("compose", ["move", "copy"])
+@pytest.mark.parametrize("flip, dy, dx", [(True, 0, 0), (False, 2, 1), (False, -3, 2)])
+def test_the_composition_is_bag_of_tricks_by_default(compose, flip, dy, dx):
+    """A 2-channel 6x6 image with an L-shaped object: the output is computed here independently,
+    pixel by pixel. With ``move`` the object's old place shows the transformed image (the object
+    moves); with ``copy`` it keeps the object (it appears twice). The (-3, 2) shift moves part
+    of the old place's source outside the image, where the original stays."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(1, 256, size=(2, 6, 6)).astype(np.uint8)
+    fg = np.zeros((6, 6), dtype=bool)
+    fg[3, 1:4] = True
+    fg[4:6, 1] = True
+    h = w = 6
+    theta = torch.tensor([[[-1.0 if flip else 1.0, 0.0, 0.0 if flip else -2 * dx / w],
+                           [0.0, 1.0, -2 * dy / h]]])
+    out, _ = compose_moved_foreground(torch.from_numpy(image)[None], torch.from_numpy(fg)[None],
+                                      theta, compose)
+    expected = reference_composition(image, fg, dy, dx, flip, compose)
+    np.testing.assert_array_equal(out[0].numpy(), expected)
+    other = compose_moved_foreground(torch.from_numpy(image)[None], torch.from_numpy(fg)[None],
+                                     theta, "copy" if compose == "move" else "move")[0]
+    # the two differ where the old place has a transformed pixel to show: here, unless the
+    # source of the whole old place lies outside the image (the (-3, 2) shift)
+    assert torch.equal(other, out) is (not flip and dy == -3)
+
+
+def test_compose_is_checked():
+    from lttoolbox.errors import ConfigError
+    with pytest.raises(ConfigError, match="compose must be one of move, copy"):
+        CAMResample(compose="paste")
 
 
 def test_classes_are_topped_up_to_the_target():
@@ -187,3 +249,11 @@ def test_cam_recipes_run_and_cite_their_numbers(tmp_path, name):
     assert len(generated) == 1 and generated[0]["name"] == "cam_drs"
     assert generated[0]["generated"]["images"] > 0
     assert len(results["history"]) == len(recipe["stages"])
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    import lttoolbox.augment.cam as cam
+    result = doctest.testmod(cam)
+    assert result.attempted and not result.failed

@@ -18,6 +18,10 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10, "val_per_class": 
           "eval": {"many_threshold": 60, "few_threshold": 25}}
 
 
+# BatchNorm buffers, which a frozen stage re-estimates by default
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def trained_linear(seed: int = 0) -> LinearHead:
     torch.manual_seed(seed)
     head = LinearHead(5, 4)
@@ -88,8 +92,8 @@ def test_lws_stage_trains_only_the_scales(tmp_path):
                   "train": {"epochs": 2, "freeze": ["backbone"]}}), tmp_path / "run", quiet=True)
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
     lws = torch.load(tmp_path / "run" / "model-lws.pt")
-    for name, value in joint.items():
-        if not name.startswith("head."):
+    for name, value in joint.items():  # BatchNorm statistics move: see the tests below
+        if not name.startswith("head.") and not name.endswith(STATISTICS):
             assert torch.equal(lws[name], value), name
     assert torch.equal(lws["head.weight"], joint["head.weight"])
     assert torch.equal(lws["head.bias"], joint["head.bias"])
@@ -116,8 +120,102 @@ def test_crt_reinitialises_and_retrains_the_classifier_only(tmp_path):
           tmp_path / "run", quiet=True)
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
     crt = torch.load(tmp_path / "run" / "model-crt.pt")
-    assert all(torch.equal(crt[k], v) for k, v in joint.items() if not k.startswith("head."))
+    assert all(torch.equal(crt[k], v) for k, v in joint.items()
+               if not k.startswith("head.") and not k.endswith(STATISTICS))
     assert not torch.equal(crt["head.weight"], joint["head.weight"])
+
+
+def short(*later):
+    """A one-epoch joint stage, then ``later``."""
+    return resolve({**DIGITS, "train": {**DIGITS["train"], "epochs": 1},
+                    "stages": [{"name": "joint"}, *later]})
+
+
+CRT = {"name": "crt", "sampler": {"name": "class_balanced"},
+       "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True}}
+
+
+@pytest.mark.parametrize("head, freeze_bn_stats", [("linear", False), ("lws", True)])
+def test_crt_and_lws_re_estimate_the_frozen_batch_norm_statistics_unless_told(
+        tmp_path, head, freeze_bn_stats):
+    """As classifier-balancing (run_networks.py 115-120, 249 at f162ade) and Bag of Tricks
+    (network.py 91-94, function.py 21-24 at ce7859a): the backbone's weights are frozen, the
+    network trains in train mode, so its BatchNorm statistics follow the class-balanced batches
+    of the second stage; ``freeze_bn_stats`` keeps the first stage's."""
+    later = {**CRT, "train": {**CRT["train"], "freeze_bn_stats": freeze_bn_stats}}
+    if head == "lws":
+        later = {**later, "model": {"head": "lws"},
+                 "train": {**later["train"], "reset_head": False}}
+    train(short(later), tmp_path / "run", quiet=True)
+    joint = torch.load(tmp_path / "run" / "model-joint.pt")
+    crt = torch.load(tmp_path / "run" / "model-crt.pt")
+    backbone = [k for k in joint if not k.startswith("head.")]
+    stats = [k for k in backbone if k.endswith(STATISTICS)]
+    assert stats and all(torch.equal(crt[k], joint[k]) for k in backbone if k not in stats)
+    moved = [k for k in stats if not torch.equal(crt[k], joint[k])]
+    assert moved == ([] if freeze_bn_stats else stats)
+
+
+def test_crt_resumed_inside_the_stage_ends_with_the_same_statistics(tmp_path):
+    """The running statistics are buffers of the state dict: a cRT stage interrupted after its
+    first epoch and resumed ends bit for bit where the uninterrupted run ends."""
+    from test_engine import StopAfter
+
+    recipe = short(CRT)
+    train(recipe, tmp_path / "full", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut", logger=StopAfter(2))  # joint 1 epoch, crt 1
+    train(recipe, tmp_path / "cut", resume=True, quiet=True)
+    full = torch.load(tmp_path / "full" / "model-crt.pt")
+    cut = torch.load(tmp_path / "cut" / "model-crt.pt")
+    joint = torch.load(tmp_path / "full" / "model-joint.pt")
+    assert any(not torch.equal(full[k], joint[k]) for k in full if k.endswith(STATISTICS))
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+
+
+def test_freeze_bn_stats_needs_a_frozen_stage_and_counts_in_the_hash_only_where_it_acts():
+    from lttoolbox.recipe import recipe_hash
+
+    with pytest.raises(ConfigError, match=r"^stages\[1\]\.train\.freeze_bn_stats: .*names none"):
+        stages({"name": "joint2", "train": {"freeze_bn_stats": True}})
+    with pytest.raises(ConfigError, match=r"train\.freeze_bn_stats: must be true or false"):
+        stages({**CRT, "train": {**CRT["train"], "freeze_bn_stats": "yes"}})
+    fixed = stages({**CRT, "train": {**CRT["train"], "freeze_bn_stats": True}})
+    assert recipe_hash(fixed) != recipe_hash(stages(CRT))
+    # a recipe that freezes nothing hashes as if the key did not exist
+    plain = resolve(DIGITS)
+    without = {**plain, "train": {k: v for k, v in plain["train"].items()
+                                  if k != "freeze_bn_stats"}}
+    assert "freeze_bn_stats" in plain["train"]
+    assert recipe_hash(plain) == recipe_hash(without)
+
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+RETRAINING = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
+                    if "reset_head: true" in p.read_text())
+
+
+@pytest.mark.parametrize("name", RETRAINING)
+def test_every_crt_recipe_retrains_an_nn_linear_initialised_as_pytorch_does(name):
+    from lttoolbox.recipe import load_recipe
+
+    assert len(RETRAINING) >= 8  # the CIFAR, ImageNet-LT, Places-LT and iNaturalist cRT rows
+    retrained = [s for s in load_recipe(CONFIGS / name)["stages"] if s["train"]["reset_head"]]
+    assert retrained
+    for stage in retrained:
+        assert stage["model"]["head"] == {"name": "linear", "init": "pytorch"}
+
+
+def test_the_crt_stage_starts_from_nn_linears_init(tmp_path):
+    from lttoolbox.engine import Trainer
+
+    recipe = short({**CRT, "model": {"head": {"name": "linear", "init": "pytorch"}}})
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    trainer._enter_stage(1)
+    head = trainer.model.head
+    assert head.init == "pytorch" and head.weight.abs().max() <= 1 / 64 ** 0.5
 
 
 @pytest.mark.parametrize("later, message", [

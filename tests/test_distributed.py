@@ -85,6 +85,20 @@ def test_two_processes_match_one(tmp_path):
         p.name for p in (tmp_path / "one").iterdir())
 
 
+def test_class_weighted_means_are_over_the_global_batch(tmp_path):
+    """Inverse-frequency class weights: each step's loss is ``sum w l / sum w`` over the global
+    batch, as one process computes, not the mean of the two ranks' own weighted means (a rank
+    whose half of the batch holds fewer rare samples would count as much as the other)."""
+    recipe = digits("loss={name: ce, weights: inverse}")
+    one = train(recipe, tmp_path / "one", quiet=True)
+    two = run_ranks(tmp_path, recipe, tmp_path / "two")
+    np.testing.assert_allclose([h["loss"] for h in two["history"]],
+                               [h["loss"] for h in one["history"]], rtol=LOSS_RTOL)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=WEIGHT_ATOL, rtol=0)
+
+
 def test_resume_with_another_number_of_processes(tmp_path):
     whole = train(digits(), tmp_path / "whole", quiet=True)
     with pytest.raises(KeyboardInterrupt):

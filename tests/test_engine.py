@@ -107,9 +107,14 @@ def test_two_stage_recipe_freezes_backbone_and_retrains_head(tmp_path):
     final = torch.load(tmp_path / "run" / "model-crt.pt")
     head = {k for k in final if k.startswith("head.")}
     assert head, "the model has a 'head' submodule"
+    statistics = {k for k in final if k.endswith(("running_mean", "running_var",
+                                                    "num_batches_tracked"))}
+    assert statistics
     for name, value in final.items():
-        if name not in head:
+        if name not in head | statistics:
             assert torch.equal(value, joint[name]), f"{name} changed in a frozen stage"
+    # the frozen backbone's BatchNorm statistics are re-estimated (LTModel.freeze)
+    assert all(not torch.equal(final[k], joint[k]) for k in statistics)
     assert any(not torch.equal(final[k], joint[k]) for k in head)
     assert [s["name"] for s in full["stages"]] == ["joint", "crt"] and full["epochs"] == 4
     # Interrupted inside the second stage, the run resumes there and ends the same way.
@@ -131,7 +136,8 @@ def test_each_stage_freezes_exactly_its_own_list_also_after_resume(tmp_path):
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
     backbone = [k for k in joint if not k.startswith("head.") and joint[k].is_floating_point()]
     assert backbone
-    assert all(torch.equal(probe[k], start[k]) for k in backbone)      # frozen in stage 1
+    weights = [k for k in backbone if not k.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(probe[k], start[k]) for k in weights)      # frozen in stage 1
     moved = [k for k in backbone if not torch.equal(joint[k], probe[k])]
     assert len(moved) == len(backbone), f"still frozen in stage 2: {set(backbone) - set(moved)}"
     # Interrupted in stage 2 and resumed: the same stage-2 training, so the same result.

@@ -311,6 +311,56 @@ def test_rsg_gradients_reach_exactly_the_papers_parts(generating):
 
 
 # ------------------------------------------------------------------------------ delta-encoder
+def official_reconstruction(rec: np.ndarray, target: np.ndarray) -> float:
+    """EliSchwartz/DeltaEncoder deltaencoder.py lines 183-193 at 8691821, in numpy: per sample
+    (its elements flattened) d = |x - x_hat|, w = d^2 / (sum d^2 + 1e-7), loss sum w d; then
+    the mean over samples."""
+    d = np.abs(target.astype(np.float64) - rec).reshape(len(rec), -1)
+    w = d ** 2 / (np.sum(d ** 2, axis=1, keepdims=True) + 1e-7)
+    return float(np.mean(np.sum(w * d, axis=1)))
+
+
+def test_delta_encoder_reconstruction_is_the_official_weighted_l1_with_its_gradient():
+    from lttoolbox.generators.delta_encoder import weighted_l1
+
+    rng = np.random.default_rng(7)
+    target = rng.normal(size=(4, 3, 2, 2))
+    rec = torch.tensor(rng.normal(size=(4, 3, 2, 2)), dtype=torch.float64, requires_grad=True)
+    loss = weighted_l1(rec, torch.from_numpy(target))
+    assert loss.item() == pytest.approx(official_reconstruction(rec.detach().numpy(), target),
+                                        rel=1e-12)
+    # by hand: errors (1, 3) give (1 * 1 + 9 * 3) / (1 + 9) = 2.8, more than their mean 2
+    assert weighted_l1(torch.tensor([[1.0, -3.0]]), torch.zeros(1, 2)).item() == \
+        pytest.approx(2.8, rel=1e-6)
+    # the weights are not detached (TensorFlow differentiates through them): per sample the
+    # loss is sum d^3 / (sum d^2 + eps), whose derivative in d_j is
+    # (3 d_j^2 S2 - 2 d_j S3) / S2^2 with S2 = sum d^2 + eps, S3 = sum d^3
+    loss.backward()
+    d = np.abs(target - rec.detach().numpy()).reshape(4, -1)
+    s2 = np.sum(d ** 2, axis=1, keepdims=True) + 1e-7
+    s3 = np.sum(d ** 3, axis=1, keepdims=True)
+    grad_d = (3 * d ** 2 * s2 - 2 * d * s3) / s2 ** 2 / 4
+    sign = np.sign(rec.detach().numpy() - target).reshape(4, -1)
+    np.testing.assert_allclose(rec.grad.numpy().reshape(4, -1), grad_d * sign, rtol=1e-9)
+
+
+def test_delta_encoder_plain_l1_and_a_bad_reconstruction_name():
+    torch.manual_seed(0)
+    y = torch.tensor([0, 0, 1, 1, 2])
+    gen = DeltaEncoder(num_classes=3, class_counts=[90, 60, 3], feature_shape=(3, 2, 2),
+                       hidden=6, latent_dim=2, dropout=0.0, reconstruction="l1",
+                       frequent_fraction=0.67)
+    x = torch.randn(5, 3, 2, 2)
+    gen(x, Batch.plain(x, y))
+    a, b = same_class_pairs(torch.tensor([0, 1, 2, 3]), y)
+    rec = gen.decode(x[b], gen.encode(x[a], x[b])).detach().numpy()
+    assert gen.auxiliary_loss().item() == pytest.approx(np.abs(rec - x[a].numpy()).mean(),
+                                                        rel=1e-5)
+    with pytest.raises(ConfigError, match="reconstruction must be one of weighted_l1, l1"):
+        DeltaEncoder(num_classes=3, class_counts=[90, 60, 3], feature_shape=(3, 2, 2),
+                     reconstruction="l2")
+
+
 def test_delta_encoder_pairs_reconstruction_and_detached_synthesis():
     y = torch.tensor([1, 0, 2, 1, 0, 0, 3])
     a, b = same_class_pairs(torch.tensor([0, 1, 3, 4, 5]), y)
@@ -324,7 +374,7 @@ def test_delta_encoder_pairs_reconstruction_and_detached_synthesis():
     h, batch = gen(x, Batch.plain(x, y))
     aux = gen.auxiliary_loss()
     rec = gen.decode(x[b], gen.encode(x[a], x[b])).detach().numpy()
-    assert aux.item() == pytest.approx(2.0 * np.abs(rec - x[a].numpy()).mean(), rel=1e-5)
+    assert aux.item() == pytest.approx(2.0 * official_reconstruction(rec, x[a].numpy()), rel=1e-5)
     # 5 frequent, 2 rare: max(floor(5 / 2), 1) * 2 = 4 new samples, seeds 2, 6, 2, 6;
     # pair i mod 3 (the same-class pairs in sorted order).
     assert batch.y_a[7:].tolist() == [2, 3, 2, 3]

@@ -201,6 +201,48 @@ def test_mixed_loss_with_per_sample_lambda():
     assert float(got) == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_split_batch_with_global_normalizers_gives_the_whole_batch_gradient():
+    """Two halves of a batch, each normalised by the global normalizers over 2 (what
+    ``global_normalizer`` gives each of two processes), averaged as DDP averages gradients:
+    the gradient of the whole batch's weighted mean, for a plain and a mixed batch. Each half's
+    own normalizers (the former behaviour) give another gradient."""
+    loss = build({"name": "ce", "weights": "inverse"})
+    logits, y_a = data()
+    y_b = torch.tensor([3, 2, 1, 0, 1, 2])
+    lam = torch.tensor([0.0, 0.2, 0.5, 0.7, 1.0, 0.4])
+    halves = (slice(0, 3), slice(3, 6))
+    for mixed in (False, True):
+        def batch(part):
+            return (Batch(torch.zeros(3, 1), y_a[part], y_b[part], lam[part]) if mixed
+                    else Batch.plain(torch.zeros(3, 1), y_a[part]))
+        whole = (Batch(torch.zeros(6, 1), y_a, y_b, lam) if mixed
+                 else Batch.plain(torch.zeros(6, 1), y_a))
+        z = logits.clone().requires_grad_(True)
+        mixed_loss(loss, z, whole).backward()
+        expected = z.grad.clone()
+        # the global normalizers, as the all-reduce of the halves' would give them
+        norms = torch.stack([loss.normalizer(y_a), loss.normalizer(y_b)])[:1 + mixed]
+        for normalize, same in ((lambda n: norms / 2, True), (None, False)):
+            z = logits.clone().requires_grad_(True)
+            total = sum(mixed_loss(loss, z[part], batch(part), normalize) for part in halves)
+            (total / 2).backward()  # DDP: the mean of the two processes' gradients
+            assert torch.allclose(z.grad, expected, atol=1e-6) is same, (mixed, same)
+    # by hand, the plain batch: sum w l / sum w over all six samples
+    w = 1 / np.asarray(COUNTS, float)
+    w = w / w.sum() * C
+    a = y_a.numpy()
+    halves_sum = sum(float(mixed_loss(loss, logits[p], Batch.plain(torch.zeros(3, 1), y_a[p]),
+                                      lambda n: torch.tensor([w[a].sum() / 2]))) for p in halves)
+    assert halves_sum / 2 == pytest.approx((w[a] * np_ce(logits.numpy(), a)).sum() / w[a].sum(),
+                                           rel=1e-5)
+
+
+def test_one_process_needs_no_global_normalizer():
+    from lttoolbox.engine.distributed import World, global_normalizer
+    assert global_normalizer(World()) is None
+    assert global_normalizer(World(0, 2)) is not None
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_gradients_match_finite_differences(cfg):
     loss = build(drw_config(cfg, 0))

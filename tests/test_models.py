@@ -218,13 +218,15 @@ def test_hook_returning_wrong_type_is_an_error(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_freeze_backbone(name):
+@pytest.mark.parametrize("freeze_bn_stats", [False, True])
+def test_freeze_backbone(name, freeze_bn_stats):
     model = build(name)
-    model.freeze("backbone")
+    model.freeze("backbone", freeze_bn_stats=freeze_bn_stats)
     model.train()
     assert model.frozen == model.stage_names[1:]
+    assert model.fixed_statistics == (model.stage_names[1:] if freeze_bn_stats else ())
     before = bn_stats(model)
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = {k: v.clone() for k, v in model.named_parameters()}
     F.cross_entropy(model(images(name)), labels()).backward()
     for pname, p in model.named_parameters():
         if pname.startswith("head."):
@@ -232,23 +234,41 @@ def test_freeze_backbone(name):
         else:
             assert not p.requires_grad and p.grad is None, pname
     after = bn_stats(model)
-    assert before and all(torch.equal(a, b) for a, b in zip(before, after))
+    moved = [not torch.equal(a, b) for a, b in zip(before, after)]
+    assert before and (not any(moved) if freeze_bn_stats else all(moved))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            assert not m.training
+            assert m.training is not freeze_bn_stats
     assert model.training and model.head.training
     # an optimizer over the trainable parameters only touches the head
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     opt.step()
-    for k, v in model.state_dict().items():
+    for k, v in model.named_parameters():
         if not k.startswith("head."):
             assert torch.equal(v, weights[k]), k
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "resnet32"])
+def test_a_frozen_backbone_normalises_as_an_unfrozen_one_in_train_mode(name):
+    """The reference codes of cRT and LWS only set requires_grad = False and train in
+    model.train() (classifier-balancing run_networks.py 115-120, 249 at f162ade; Bag of Tricks
+    function.py 21-24 at ce7859a): the frozen network must compute what the same network does
+    unfrozen in train mode, batch statistics and running-statistics update included."""
+    frozen, plain = build(name), build(name)
+    frozen.freeze("backbone").train()
+    plain.train()
+    x = images(name, batch=8)
+    torch.testing.assert_close(frozen(x), plain(x), rtol=0, atol=0)
+    for a, b in zip(bn_stats(frozen), bn_stats(plain)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    frozen.eval(), plain.eval()
+    torch.testing.assert_close(frozen(x), plain(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_freeze_one_stage_and_unfreeze(name):
     model = build(name).train()
-    model.freeze("stem")
+    model.freeze("stem", freeze_bn_stats=True)
     stem_before, l1_before = bn_stats(model.stem), bn_stats(model.layer1)
     F.cross_entropy(model(images(name)), labels()).backward()
     assert all(p.grad is None for p in model.stem.parameters())
@@ -256,8 +276,11 @@ def test_freeze_one_stage_and_unfreeze(name):
     assert all(torch.equal(a, b) for a, b in zip(stem_before, bn_stats(model.stem)))
     assert not all(torch.equal(a, b) for a, b in zip(l1_before, bn_stats(model.layer1)))
     model.unfreeze()
-    assert model.frozen == () and model.stem.training
+    assert model.frozen == () and model.fixed_statistics == () and model.stem.training
     assert all(p.requires_grad for p in model.parameters())
+    # freezing again without the option lets the statistics move
+    model.freeze("stem").train()
+    assert model.stem.training and model.fixed_statistics == ()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -298,6 +321,23 @@ def test_linear_head_prior_sets_the_sigmoid_start(prior, classes, probability):
     head.bias.data.zero_()
     head.reset_parameters()
     np.testing.assert_allclose(head.bias.detach().numpy(), expected, rtol=1e-6)
+
+
+def test_linear_head_pytorch_init_is_nn_linears_own():
+    """cRT's classifier in both reference codes is a plain nn.Linear (classifier-balancing
+    DotProductClassifier.py line 25 at f162ade; Bag of Tricks network.py 179-180 at ce7859a)."""
+    torch.manual_seed(5)
+    reference = torch.nn.Linear(64, 10)
+    torch.manual_seed(5)
+    head = build_head({"name": "linear", "init": "pytorch"}, in_features=64, num_classes=10)
+    assert torch.equal(head.weight, reference.weight) and torch.equal(head.bias, reference.bias)
+    assert head.weight.abs().max() <= 1 / 8  # U(-1/sqrt(in), 1/sqrt(in))
+    torch.manual_seed(5)
+    default = build_head("linear", in_features=64, num_classes=10)
+    assert torch.equal(default.bias, reference.bias)  # the bias is nn.Linear's in both
+    assert abs(default.weight.std().item() / np.sqrt(2.0 / 64) - 1) < 0.15  # kaiming_normal_
+    with pytest.raises(ConfigError, match="init must be one of kaiming_normal, pytorch"):
+        build_head({"name": "linear", "init": "xavier"}, in_features=64, num_classes=10)
 
 
 def test_linear_head_without_prior_keeps_the_default_bias():
@@ -557,3 +597,11 @@ def test_digits_cnn_learns_balanced_digits():
     with torch.no_grad():
         accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     assert accuracy > 0.9
+
+
+def test_the_model_contract_docstring_examples_run():
+    import doctest
+
+    import lttoolbox.models.base as base
+    result = doctest.testmod(base)
+    assert result.attempted and not result.failed

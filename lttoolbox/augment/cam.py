@@ -4,26 +4,44 @@ re-sampling"): new training images for the classes that have few, made from thei
 For each image to generate, a training image of the class is drawn; its class activation map
 for its true class (Zhou et al., CVPR 2016: the classifier row of the class times the last
 feature map before pooling, upsampled to the image) splits foreground (the map at or above
-``threshold`` times its mean; 0.75 in the official code) from background; the foreground is
-moved by one of a horizontal flip, a translation that keeps its bounding box inside the image,
-or a rotation (uniform in [-45, 45) degrees) with a scaling (uniform in [0.8, 1.2)) about the
-box's centre, each with probability 1/3, and pasted over the unchanged image. Classes are topped
+``threshold`` times its mean; 0.75 in the official code) from background; the image is
+transformed by one of a horizontal flip, a translation that keeps the foreground's bounding box
+inside the image, or a rotation (uniform in [-45, 45) degrees) with a scaling (uniform in
+[0.8, 1.2)) about the box's centre, each with probability 1/3, and the transformed image is
+written over the union of the original and the moved foreground masks, so the object moves to
+its new place (``compose: move``, the official code; ``compose: copy`` pastes the moved
+foreground onto the unchanged image instead, so the object appears twice). Classes are topped
 up to ``n_max + n_min`` images (the official code's CIFAR rule) or to ``target``.
 
 The generated images join the training set for the stage and every later one: the samplers, the
 losses' class counts and the data path see them (the trainer's ``prepare`` protocol), so a
 class-balanced, square-root or progressive sampler draws them like any other image.
 
-Deviations from the official code (``lib/utils/cam_based_sampling.py`` at 66c2087), which are
-fixes:
+Differences from the official code (``lib/utils/cam_based_sampling.py`` at ce7859a, unchanged
+since 66c2087) that we know of; the list is what a line-by-line reading found, not a proof that
+nothing else differs. Deliberate fixes:
 
-* the CAM is computed on the un-augmented image it is pasted onto; the official code computes it
-  on a randomly cropped and flipped view of the image and pastes by the original's coordinates;
+* the CAM is computed on the un-augmented image it is composed from; the official code computes
+  it on a randomly cropped and flipped view of the image (``_get_trans_image``) and uses it by
+  the original's coordinates;
 * the foreground's bounding box is the true one (first to last foreground row and column); the
   official loops stop at the second foreground row and column;
-* a foreground pixel is pasted wherever the moved mask is set, also where its value is 0; the
-  official code pastes only non-zero pixels, so black foreground pixels vanish;
+* the transformed image is written wherever it is to be written, also where a pixel's value is
+  0; the official code composes by ``np.where`` on non-zero values, so black pixels of the
+  transformed image let the original show through (the out-of-image padding does the same there,
+  and that part is kept: see :func:`compose_moved_foreground`);
 * generated images are ordinary training images, reachable by every sampler.
+
+Other differences:
+
+* the angle and the scale are drawn continuously; the official code draws whole degrees
+  (``np.random.randint(-45, 45)``) and whole percents (``randint(80, 120) / 100``);
+* the moved mask is the mask moved by nearest-neighbour sampling; the official code takes every
+  pixel where the bilinear warp of the masked CAM is non-zero, which for a rotation is up to a
+  pixel wider at the mask's edge;
+* the map is upsampled, then min-max scaled, in floating point; the official code min-max
+  scales the feature-map-sized map, quantises it to 0-255, then resizes it with OpenCV before
+  thresholding at 3/4 of its mean.
 
 Everything is batched on the training device with one generator seeded by (seed, stage), so the
 images do not depend on anything else; the trainer also stores them in the run directory, so a
@@ -124,20 +142,53 @@ def move_matrices(kind: torch.Tensor, boxes: torch.Tensor, h: int, w: int,
     return theta
 
 
-def paste_moved_foreground(images: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each uint8 image with its foreground (``mask``) moved by ``theta`` pasted over it.
+COMPOSITIONS = ("move", "copy")
+
+
+def compose_moved_foreground(images: torch.Tensor, mask: torch.Tensor, theta: torch.Tensor,
+                             compose: str = "move") -> tuple[torch.Tensor, torch.Tensor]:
+    """Each uint8 image with its foreground (``mask``) moved by ``theta``.
+
+    ``T`` is the whole image transformed by ``theta`` and ``P`` the moved mask (where the
+    foreground lands). ``compose``:
+
+    * ``move`` (Bag of Tricks' code, ``lib/utils/cam_based_sampling.py`` lines 117-121, 151-155
+      and 163-167 at ce7859a): ``T`` is written over the union of the original and the moved
+      foreground masks, ``mask | P``, so the object leaves its old place (which shows what the
+      transform brought there) and appears at the new one. Where ``T`` has no content (the
+      transform maps the pixel from outside the image) the original stays, as in the reference,
+      whose zero padding leaves the original visible there.
+    * ``copy``: ``T`` is written over ``P`` only, pasted onto the unchanged image, so the object
+      appears twice (its old place is untouched).
 
     Returns:
-        ``(images, moved_mask)``: the new images and where the moved foreground landed.
+        ``(images, written)``: the new images and the pixels where ``T`` was written.
+
+    Example:
+        >>> img = torch.tensor([[[[0, 9, 0, 0]]]], dtype=torch.uint8)   # an object at x = 1
+        >>> mask = img[:, 0] > 0
+        >>> flip = torch.tensor([[[-1.0, 0, 0], [0, 1, 0]]])
+        >>> compose_moved_foreground(img, mask, flip)[0].flatten().tolist()
+        [0, 0, 9, 0]
+        >>> compose_moved_foreground(img, mask, flip, "copy")[0].flatten().tolist()
+        [0, 9, 9, 0]
     """
+    if compose not in COMPOSITIONS:
+        raise ConfigError(f"compose must be one of {', '.join(COMPOSITIONS)}, got {compose!r}")
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     moved = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
                           align_corners=False)
     moved_mask = F.grid_sample(mask[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                                align_corners=False)[:, 0] > 0.5
-    out = torch.where(moved_mask[:, None], moved.round().clamp(0, 255).to(torch.uint8), images)
-    return out, moved_mask
+    if compose == "copy":
+        written = moved_mask
+    else:
+        inside = F.grid_sample(torch.ones_like(mask[:, None], dtype=torch.float32), grid,
+                               mode="nearest", padding_mode="zeros",
+                               align_corners=False)[:, 0] > 0.5
+        written = (mask | moved_mask) & inside
+    out = torch.where(written[:, None], moved.round().clamp(0, 255).to(torch.uint8), images)
+    return out, written
 
 
 @AUGMENTS.register("cam_resample")
@@ -152,6 +203,10 @@ class CAMResample:
             most 1, which keeps every map's maximum in the foreground.
         transforms: The moves drawn from, uniformly (``flip``, ``translate``,
             ``rotate_scale``: all three, as the official code).
+        compose: ``move`` (the official code: the transformed image is written over the
+            original and the moved foreground masks, so the object moves) or ``copy`` (the moved
+            foreground pasted onto the unchanged image, so the object appears twice); see
+            :func:`compose_moved_foreground`.
         batch_size: Images generated per batch on the device.
         seed: From the trainer; the generator is seeded by (seed, stage).
         stage_names: From the trainer; the feature map is the stage before ``features``.
@@ -170,7 +225,8 @@ class CAMResample:
     reads_trained_model = True  # the maps come from the classifier trained so far
 
     def __init__(self, target: str | int = "max_plus_min", threshold: float = 0.75,
-                 transforms: Sequence[str] = TRANSFORMS, batch_size: int = 512, seed: int = 0,
+                 transforms: Sequence[str] = TRANSFORMS, compose: str = "move",
+                 batch_size: int = 512, seed: int = 0,
                  stage_names: Sequence[str] | None = None):
         if target != "max_plus_min" and (isinstance(target, bool) or not isinstance(target, int)
                                          or target < 1):
@@ -189,6 +245,10 @@ class CAMResample:
             raise ConfigError(f"transforms must be a non-empty list of {', '.join(TRANSFORMS)}, "
                               f"got {transforms!r}")
         self.transforms = [TRANSFORMS.index(t) for t in moves]
+        if compose not in COMPOSITIONS:
+            raise ConfigError(f"compose must be one of {', '.join(COMPOSITIONS)}, got "
+                              f"{compose!r}")
+        self.compose = compose
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
@@ -248,7 +308,7 @@ class CAMResample:
                     len(self.transforms), (len(cls),), generator=generator, device=device)]
                 theta = move_matrices(choice, foreground_boxes(mask), x.shape[2], x.shape[3],
                                       generator)
-                new, _ = paste_moved_foreground(x, mask, theta)
+                new, _ = compose_moved_foreground(x, mask, theta, self.compose)
                 out_images.append(new)
                 out_labels.append(cls)
                 progress(len(cls))

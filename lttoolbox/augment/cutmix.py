@@ -109,8 +109,10 @@ class CMO(MixingAugment):
 
     The foreground stream is a :class:`~lttoolbox.samplers.CMOWeightedSampler` over the same
     training set, with its own seed, re-drawn every epoch (and rank-aware under
-    ``torch.distributed``); its images come through the trainer's ``fetch``, with the training
-    transform. A batch draws foreground images only when it is mixed.
+    ``torch.distributed``); like the official code's, it starts afresh every epoch
+    (``cifar_train.py`` lines 279-280 at 10d2d09). Its images come through the trainer's
+    ``fetch``, with the training transform. A batch draws foreground images only when it is
+    mixed.
 
     Args:
         alpha: Beta(alpha, alpha) of the background share (1.0, the paper's).

@@ -71,6 +71,11 @@ class Mixup(MixingAugment):
 class ManifoldMixup(MixingAugment):
     """Manifold mixup (Verma et al., ICML 2019): mixup of a hidden stage's activations.
 
+    The loss is the recipe's on the two targets, mixed by ``lam`` (as Bag of Tricks' code). The
+    authors' code trains with ``nn.BCELoss`` on the softmax of the logits against the mixed
+    one-hot target (``supervised/main.py`` lines 184-185 and 237 at 870ef77 of
+    vikasverma1077/manifold_mixup), which this entry does not reproduce.
+
     Args:
         alpha: Beta(alpha, alpha) parameter (2.0, the paper's CIFAR value).
         stage: One model stage (default ``features``, the pooled features), or a list of stages:

@@ -111,6 +111,30 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
     return value / world.size
 
 
+def global_normalizer(world: World):
+    """For :func:`~lttoolbox.losses.mixed_loss` under DDP: the loss's normalizers (the sum of the
+    targets' class weights, or the batch size) summed over every rank and divided by the number
+    of ranks; ``None`` in one process.
+
+    Each rank's loss is then ``N * sum_{i in rank} w_i l_i / sum_{all i} w_i``, and DDP's mean of
+    the ranks' gradients is the gradient of ``sum_{all i} w_i l_i / sum_{all i} w_i``, the
+    global batch's weighted mean that one process computes. Dividing by each rank's own sum
+    instead weighs the ranks equally whatever their share of the weight; even unweighted, the
+    ranks' last batches may differ in size. One all-reduce of one or two numbers per step, on
+    the device (no host synchronization); the sum is a constant for autograd, as one process's
+    normalizer is. The logged loss, averaged over the ranks, is the global one.
+    """
+    if not world.distributed:
+        return None
+
+    def normalize(local: torch.Tensor) -> torch.Tensor:
+        total = local.detach().float().clone()
+        dist.all_reduce(total)
+        return total / world.size
+
+    return normalize
+
+
 def gather_predictions(positions: np.ndarray, pred: np.ndarray, conf: np.ndarray, total: int,
                        world: World) -> tuple[np.ndarray, np.ndarray]:
     """Every rank's ``(position, prediction, confidence)`` in position order, on every rank.

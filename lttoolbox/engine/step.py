@@ -25,10 +25,13 @@ class TrainStep(torch.nn.Module):
     Args:
         model: The backbone and head.
         stage: The built stage (sampler, loss, components, hooks).
+        normalize: How the criterion's batch mean is normalised across processes
+            (:func:`~lttoolbox.engine.distributed.global_normalizer`; ``None`` in one process).
     """
 
-    def __init__(self, model: torch.nn.Module, stage):
+    def __init__(self, model: torch.nn.Module, stage, normalize=None):
         super().__init__()
+        self.normalize = normalize
         self.model = model
         # Registered so that DDP sees (and synchronises) the components' parameters too.
         self.parts = torch.nn.ModuleList(p for p in stage.components
@@ -40,7 +43,7 @@ class TrainStep(torch.nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         logits, batch = self.model.forward_hooked(batch, self.hooks)
-        loss = mixed_loss(self.loss, logits, batch)
+        loss = mixed_loss(self.loss, logits, batch, self.normalize)
         if not self.aux_parts:
             return loss.reshape(1)
         terms = [loss]

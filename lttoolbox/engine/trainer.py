@@ -41,8 +41,8 @@ from ..yamlio import load_yaml
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
                          rng_state, set_rng_state)
 from .compile import compile_step
-from .distributed import (World, barrier, gather_predictions, local_device, mean_over_ranks,
-                          per_rank_batch, sync_buffers, wrap)
+from .distributed import (World, barrier, gather_predictions, global_normalizer, local_device,
+                          mean_over_ranks, per_rank_batch, sync_buffers, wrap)
 from .evaluate import metrics_from_predictions, predict_batches
 from .loggers import check_loggers, open_loggers
 from .logging import RunLogger
@@ -340,7 +340,9 @@ class Trainer:
                 self.model.to(memory_format=torch.channels_last)
         self.model.unfreeze()
         if train_cfg["freeze"]:
-            self.model.freeze(train_cfg["freeze"])
+            # By default the frozen stages' BatchNorm statistics are re-estimated on this stage's
+            # batches, as in the reference codes (LTModel.freeze); freeze_bn_stats keeps them.
+            self.model.freeze(train_cfg["freeze"], freeze_bn_stats=train_cfg["freeze_bn_stats"])
 
     @staticmethod
     def _learned_components(stage: Stage) -> list:
@@ -431,7 +433,7 @@ class Trainer:
                          if stage.recipe["train"]["epochs"] else None)  # 0 epochs: nothing trains
             # After the stage's freezing and head change: DDP registers the parameters that
             # train in this stage.
-            step = TrainStep(self.model, stage)
+            step = TrainStep(self.model, stage, global_normalizer(self.world))
             step_fn = wrap(step, self.world, self.device)
             compiled = compile_step(step_fn, stage.recipe["train"]["compile"], self.device,
                                     self.world.distributed)

@@ -4,9 +4,18 @@ object recognition"), made end to end at a convolutional stage.
 
 An encoder ``E`` takes a pair of same-class samples ``(x_a, x_b)`` and produces a
 low-dimensional "delta" ``z = E(x_a, x_b)``; a decoder ``D`` applies a delta to an anchor and is
-trained to reconstruct the pair's other member, ``D(x_b, z) ~ x_a`` (L1 reconstruction loss, as
-the paper). New rare-class samples are ``D(x_rare, E(x_a, x_b))`` for frequent-class pairs
-``(x_a, x_b)``: the frequent classes' intra-class variation, applied to a rare anchor.
+trained to reconstruct the pair's other member, ``D(x_b, z) ~ x_a``. New rare-class samples are
+``D(x_rare, E(x_a, x_b))`` for frequent-class pairs ``(x_a, x_b)``: the frequent classes'
+intra-class variation, applied to a rare anchor.
+
+The reconstruction loss is the official code's (EliSchwartz/DeltaEncoder, ``deltaencoder.py``,
+``_create_model``, lines 183-193 at 8691821), not the paper's plain L1: with ``d_j = |x_j -
+x̂_j|`` over one sample's elements, the weights ``w_j = d_j^2 / (sum_k d_k^2 + 1e-7)`` make the
+sample's loss ``sum_j w_j d_j = sum_j d_j^3 / (sum_k d_k^2 + 1e-7)``, a mean of the errors that
+leans on the largest ones, and the batch loss is its mean over the pairs. The weights are not
+detached (the code's gradient flows through them too). ``reconstruction: l1`` is the plain mean
+absolute error of the paper's text instead. At a stage of feature maps a sample's elements are all
+of its map's values (at ``features``, its feature vector, as in the official code).
 
 Made end to end (the paper trains the auto-encoder offline on the base classes' features, then
 synthesises, then trains a classifier), with the simplest faithful choices:
@@ -16,14 +25,22 @@ synthesises, then trains a classifier), with the simplest faithful choices:
   output averaged over positions), so it carries a global variation. At ``features`` this is
   exactly the paper's MLP on vectors.
 * ``E``: ``[x_a, x_b] -> hidden -> LeakyReLU(0.2) -> dropout -> average -> z``;
-  ``D``: ``[x_b, W z] -> hidden -> LeakyReLU(0.2) -> dropout -> C``. The paper's encoder and
-  decoder have one hidden layer, leaky ReLU and dropout 0.5 on its 2048-d features; here
-  ``hidden`` defaults to 512 and ``latent_dim`` to 16 for 32-channel maps.
+  ``D``: ``[x_b, W z] -> hidden -> LeakyReLU(0.2) -> dropout -> C``. The official code has one
+  hidden layer in each, leaky ReLU 0.2, dropout 0.5 after it, no input dropout and a 16-d delta
+  (``main.py`` at 8691821: ``encoder_size`` and ``decoder_size`` ``[8192]``, ``noise_size``
+  16, ``drop_out_rate`` 0.5, ``drop_out_rate_input`` 0.0), on vectors of pre-extracted features.
+  Here ``hidden`` defaults to 512, not 8192, a deliberate deviation for cost: the layers run at
+  every position of a feature map, not once per vector. On ResNet-32's ``layer2`` (``C`` = 32
+  channels, ``HW`` = 16 x 16) one pair costs ``(2 C h + h L) HW`` multiply-adds to encode and
+  about ``2 C h HW`` to decode: 10.5 M and 8.4 M at ``h = 512``, 167.8 M and 134.3 M at 8192,
+  against 68.9 M for a whole ResNet-32 forward of one 32 x 32 image. Parameters: 83,504 at 512,
+  1,335,344 at 8192 (ResNet-32 has 464,154). docs/generators.md gives the training-step times
+  measured with both widths.
 * Pairs are the consecutive same-class frequent samples of the batch (in a random order, as the
   sampler's); new sample ``i`` uses pair ``i mod P`` and rare seed ``i mod s_rare``; the
   number of new samples is RSG's rule (:func:`~lttoolbox.generators.base.generation_count`).
 * The auto-encoder learns only from the reconstruction loss (weight ``reconstruction_weight``),
-  as in the paper: samples are synthesised without dropout and detached from it, and train the
+  as in the paper and the official code: samples are synthesised without dropout and detached from it, and train the
   layers after the stage through the classification loss. Inputs are read detached, as RSG
   reads them.
 
@@ -45,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..losses.weights import check_number
 from ..models.base import check_int
 from ..registry import GENERATORS
@@ -59,15 +77,38 @@ def same_class_pairs(positions: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
     return order[:-1][same], order[1:][same]
 
 
+RECONSTRUCTIONS = ("weighted_l1", "l1")
+WEIGHT_EPS = 1e-7  # deltaencoder.py line 189 at 8691821
+
+
+def weighted_l1(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The official Delta-encoder reconstruction loss (``deltaencoder.py`` lines 183-193 at
+    8691821): per sample, ``sum_j w_j d_j`` with ``d = |target - reconstruction|`` and
+    ``w = d^2 / (sum d^2 + 1e-7)``, averaged over the samples (weights not detached).
+
+    Example:
+        >>> d = torch.tensor([[1.0, 3.0]])          # errors 1 and 3: (1 + 27) / (1 + 9)
+        >>> round(float(weighted_l1(d, torch.zeros(1, 2))), 4)
+        2.8
+    """
+    d = (target - reconstruction).abs().flatten(1)
+    w = d.pow(2)
+    w = w / (w.sum(dim=1, keepdim=True) + WEIGHT_EPS)
+    return (w * d).sum(dim=1).mean()
+
+
 @GENERATORS.register("delta_encoder")
 class DeltaEncoder(FeatureGenerator):
     """The Delta-encoder (Schwartz et al., NeurIPS 2018), end to end; see the module docstring.
 
     Args:
-        hidden: Width of the encoder's and decoder's hidden layer (512).
-        latent_dim: Size of the delta ``z`` (16).
+        hidden: Width of the encoder's and decoder's hidden layer (512; the official code's is
+            8192, see the module docstring for the cost).
+        latent_dim: Size of the delta ``z`` (16, the official code's).
         dropout: Dropout after each hidden layer (0.5, the paper's).
-        reconstruction_weight: Weight of the L1 reconstruction loss (1.0).
+        reconstruction: ``weighted_l1`` (the official code's, :func:`weighted_l1`) or ``l1``
+            (the plain mean absolute error).
+        reconstruction_weight: Weight of the reconstruction loss (1.0).
         frequent_fraction, transfer_strength, stage, feature_shape, start_epoch, end_epoch: see
             :class:`~lttoolbox.generators.base.FeatureGenerator`.
 
@@ -78,7 +119,8 @@ class DeltaEncoder(FeatureGenerator):
 
     def __init__(self, num_classes: int, class_counts: Sequence[float], stage: str | None = None,
                  feature_shape: Sequence[int] | None = None, hidden: int = 512,
-                 latent_dim: int = 16, dropout: float = 0.5, reconstruction_weight: float = 1.0,
+                 latent_dim: int = 16, dropout: float = 0.5, reconstruction: str = "weighted_l1",
+                 reconstruction_weight: float = 1.0,
                  frequent_fraction: float | None = None, transfer_strength: float | None = None,
                  start_epoch: int = 0, end_epoch: int | None = None,
                  stage_names: Sequence[str] | None = None, stage_shapes: dict | None = None,
@@ -90,6 +132,10 @@ class DeltaEncoder(FeatureGenerator):
         hidden = check_int(hidden, "hidden", 1)
         self.latent_dim = check_int(latent_dim, "latent_dim", 1)
         dropout = check_number("dropout", dropout, 0.0, 1.0, high_open=True)
+        if reconstruction not in RECONSTRUCTIONS:
+            raise ConfigError(f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got "
+                              f"{reconstruction!r}")
+        self.reconstruction = reconstruction
         self.reconstruction_weight = check_number("reconstruction_weight",
                                                   reconstruction_weight, 0.0)
         self.encoder = nn.Sequential(nn.Conv2d(2 * channels, hidden, 1), nn.LeakyReLU(0.2),
@@ -114,8 +160,9 @@ class DeltaEncoder(FeatureGenerator):
         a, b = same_class_pairs(frequent, y)
         if a.numel() == 0:
             return None, None, None
-        aux = self.reconstruction_weight * F.l1_loss(self.decode(x[b], self.encode(x[a], x[b]))
-                                                     .float(), x[a].float())
+        rec = self.decode(x[b], self.encode(x[a], x[b])).float()
+        loss = weighted_l1 if self.reconstruction == "weighted_l1" else F.l1_loss
+        aux = self.reconstruction_weight * loss(rec, x[a].float())
         total = generation_count(int(frequent.numel()), int(rare.numel()),
                                  self.transfer_strength)
         if total == 0:

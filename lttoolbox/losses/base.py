@@ -19,7 +19,7 @@ switched off inside, so bf16/fp16 logits from an autocast region give a float32 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -213,13 +213,24 @@ class LTLoss(EpochAware, nn.Module):
         return ", ".join(parts)
 
 
-def mixed_loss(loss: LTLoss, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+def mixed_loss(loss: LTLoss, logits: torch.Tensor, batch: Batch,
+               normalize: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Loss of a possibly mixed batch: each target's weighted mean, mixed by ``lam`` per sample.
 
     ``sum(lam * l(y_a)) / normalizer(y_a) + sum((1 - lam) * l(y_b)) / normalizer(y_b)``, which is
     ``lam * L(y_a) + (1 - lam) * L(y_b)`` when ``lam`` is one number for the whole batch (the mixup
     papers' form). An unmixed batch (``not batch.mixed``, an identity test with no device sync)
     is just ``loss(logits, batch.y_a)``.
+
+    Args:
+        loss, logits, batch: The criterion, the logits and the batch they score.
+        normalize: Maps the normalizers of this batch (a tensor of one or two) to the ones to
+            divide by. Training across processes passes :func:`~lttoolbox.engine.distributed.
+            global_normalizer`'s: the sum over the processes divided by their number, so that
+            DDP's mean of the processes' gradients is the gradient of the global batch's weighted
+            mean, ``sum_i w_i l_i / sum_i w_i`` over every process's samples, which one process
+            computes; dividing by each process's own ``sum w`` would weigh a process whose
+            batch has few heavily weighted (rare) samples more than its share.
 
     Example:
         >>> import torch
@@ -230,10 +241,16 @@ def mixed_loss(loss: LTLoss, logits: torch.Tensor, batch: Batch) -> torch.Tensor
         1.0986
     """
     if not batch.mixed:
-        return loss(logits, batch.y_a)
+        if normalize is None:
+            return loss(logits, batch.y_a)
+        return loss(logits, batch.y_a, reduction="sum") / normalize(
+            loss.normalizer(batch.y_a).reshape(1))[0]
     lam = batch.lam.float()
-    part_a = (lam * loss(logits, batch.y_a, reduction="none")).sum() / loss.normalizer(batch.y_a)
-    part_b = ((1 - lam) * loss(logits, batch.y_b, reduction="none")).sum() / loss.normalizer(batch.y_b)
+    norms = torch.stack([loss.normalizer(batch.y_a), loss.normalizer(batch.y_b)])
+    if normalize is not None:
+        norms = normalize(norms)
+    part_a = (lam * loss(logits, batch.y_a, reduction="none")).sum() / norms[0]
+    part_b = ((1 - lam) * loss(logits, batch.y_b, reduction="none")).sum() / norms[1]
     return part_a + part_b
 
 

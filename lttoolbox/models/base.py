@@ -81,6 +81,7 @@ class LTModel(nn.Module):
         self.in_channels = check_int(in_channels, "in_channels", 1)
         self.head_cfg = head_config(head)
         self._frozen: set[str] = set()
+        self._fixed_stats: set[str] = set()  # frozen stages kept in eval mode
 
     def _set_stages(self, stages: list[tuple[str, nn.Module]], feature_dim: int) -> None:
         names = tuple(name for name, _ in stages)
@@ -204,24 +205,62 @@ class LTModel(nn.Module):
         """Names of the frozen stages, in network order."""
         return tuple(n for n in self._freezable() if n in self._frozen)
 
-    def freeze(self, names: str | Iterable[str]) -> "LTModel":
-        """Freeze stages: no gradients for their parameters and inference-mode BatchNorm.
+    @property
+    def fixed_statistics(self) -> tuple[str, ...]:
+        """Names of the frozen stages whose BatchNorm statistics are fixed (``freeze_bn_stats``),
+        in network order."""
+        return tuple(n for n in self._freezable() if n in self._fixed_stats)
 
-        A frozen stage stays in eval mode even while the model trains (``train()`` is overridden),
-        so its BatchNorm running statistics do not move and it normalises with them.
+    def freeze(self, names: str | Iterable[str], freeze_bn_stats: bool = False) -> "LTModel":
+        """Freeze stages: no gradients for their parameters.
+
+        By default a frozen stage still follows :meth:`train` and :meth:`eval`, so while the model
+        trains its BatchNorm layers normalise with the batch's statistics and update their running
+        statistics, exactly as in the reference codes of classifier re-training, which only set
+        ``requires_grad = False`` and train in ``model.train()``:
+        facebookresearch/classifier-balancing ``run_networks.py`` lines 115-120 and 249 (commit
+        f162ade), Bag of Tricks (zhangyongshun/BagofTricks-LT) ``lib/net/network.py`` lines
+        91-94 and ``lib/core/function.py`` lines 21-24 (commit ce7859a). The running statistics
+        are buffers of the state dict, so a checkpoint holds them and a resumed run continues
+        exactly.
+
+        With ``freeze_bn_stats`` the stage stays in eval mode even while the model trains
+        (:meth:`train` is overridden): its BatchNorm normalises with the running statistics of
+        the earlier training and they do not move (Bag of Tricks' ``EVAL_MODE: True`` does this
+        for the whole network, ``lib/config/default.py`` line 20).
 
         Args:
             names: Stage names (``"input"`` is accepted and freezes nothing), ``"head"``, or
                 ``"backbone"`` (every stage before the head).
+            freeze_bn_stats: Keep these stages' BatchNorm statistics fixed (eval mode).
 
         Returns:
             The model.
+
+        Example:
+            >>> import torch
+            >>> from lttoolbox.models import DigitsCNN
+            >>> model = DigitsCNN(num_classes=10).freeze("backbone").train()
+            >>> before = model.stem[1].running_mean.clone()
+            >>> _ = model(torch.randn(4, 1, 8, 8))
+            >>> bool(torch.equal(before, model.stem[1].running_mean))  # re-estimated
+            False
+            >>> model = DigitsCNN(num_classes=10).freeze("backbone", freeze_bn_stats=True).train()
+            >>> before = model.stem[1].running_mean.clone()
+            >>> _ = model(torch.randn(4, 1, 8, 8))
+            >>> bool(torch.equal(before, model.stem[1].running_mean))  # fixed
+            True
         """
         for name in self._resolve(names):
             module = getattr(self, name)
             module.requires_grad_(False)
-            module.eval()
             self._frozen.add(name)
+            if freeze_bn_stats:
+                module.eval()
+                self._fixed_stats.add(name)
+            else:
+                self._fixed_stats.discard(name)
+                module.train(self.training)
         return self
 
     def unfreeze(self, names: str | Iterable[str] | None = None) -> "LTModel":
@@ -231,12 +270,13 @@ class LTModel(nn.Module):
             module.requires_grad_(True)
             module.train(self.training)
             self._frozen.discard(name)
+            self._fixed_stats.discard(name)
         return self
 
     def train(self, mode: bool = True) -> "LTModel":
         super().train(mode)
         if mode:
-            for name in self._frozen:
+            for name in self._fixed_stats:
                 getattr(self, name).eval()
         return self
 
@@ -261,7 +301,7 @@ class LTModel(nn.Module):
             new.adopt(self.head)
         self.head, self.head_cfg = new, cfg
         if "head" in self._frozen:
-            self.freeze("head")
+            self.freeze("head", freeze_bn_stats="head" in self._fixed_stats)
         else:
             new.train(self.training)
         return new

@@ -77,9 +77,16 @@ def build_head(cfg: str | dict[str, Any], in_features: int, num_classes: int,
 class LinearHead(nn.Linear):
     """Plain linear classifier with bias: ``logits = W f + b``.
 
-    The weight is initialised with ``kaiming_normal_`` (fan-in, ReLU gain), as the LDAM-DRW
-    reference code initialises every ``nn.Linear`` of its CIFAR ResNets. The bias keeps PyTorch's
-    default ``U(-1/sqrt(in), 1/sqrt(in))`` unless ``prior`` is given.
+    ``init: kaiming_normal`` (the default) initialises the weight with ``kaiming_normal_``
+    (fan-in, ReLU gain), as the LDAM-DRW reference code initialises every ``nn.Linear`` of its
+    CIFAR ResNets. ``init: pytorch`` keeps ``nn.Linear``'s own initialisation, ``U(-1/sqrt(in),
+    1/sqrt(in))`` for the weight (``kaiming_uniform_`` with ``a = sqrt(5)``): the classifier that
+    classifier re-training (cRT) trains from scratch in both reference codes, a plain
+    ``nn.Linear`` left out of the loaded weights (facebookresearch/classifier-balancing
+    ``models/DotProductClassifier.py`` line 25 and ``run_networks.py`` lines 678-684 at f162ade;
+    Bag of Tricks ``lib/net/network.py`` lines 120-130 and 179-180 at ce7859a), which the cRT
+    recipes use. The bias keeps PyTorch's default ``U(-1/sqrt(in), 1/sqrt(in))`` unless ``prior``
+    is given.
 
     ``prior`` is for one-vs-all sigmoid losses (sigmoid CE, sigmoid focal, their class-balanced
     forms). It is the prior initialisation of Lin et al.'s focal loss (ICCV 2017, Sec. 4.1),
@@ -93,28 +100,40 @@ class LinearHead(nn.Linear):
         num_classes: Number of classes.
         prior: ``None`` (PyTorch's default bias), a probability in (0, 1), or ``"uniform"`` for
             ``1 / num_classes``.
+        init: The weight's initialisation, ``kaiming_normal`` or ``pytorch``.
 
     Example:
         >>> LinearHead(64, 10)(torch.randn(2, 64)).shape
         torch.Size([2, 10])
+        >>> bool(LinearHead(64, 10, init="pytorch").weight.abs().max() <= 1 / 8)
+        True
         >>> round(torch.sigmoid(LinearHead(64, 10, prior="uniform").bias[0]).item(), 6)
         0.1
     """
 
-    def __init__(self, in_features: int, num_classes: int, prior: float | str | None = None):
-        # Set before nn.Linear.__init__, which calls reset_parameters (a plain float attribute may
-        # be assigned before Module.__init__; parameters and sub-modules may not).
+    INITS = ("kaiming_normal", "pytorch")
+
+    def __init__(self, in_features: int, num_classes: int, prior: float | str | None = None,
+                 init: str = "kaiming_normal"):
+        if init not in self.INITS:
+            raise ConfigError(f"init must be one of {', '.join(self.INITS)}, got {init!r}")
+        # Set before nn.Linear.__init__, which calls reset_parameters (a plain attribute may be
+        # assigned before Module.__init__; parameters and sub-modules may not).
         self.prior = _prior_probability(prior, num_classes)
+        self.init = init
         super().__init__(in_features, num_classes, bias=True)
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()  # bias init depends on fan-in only
-        nn.init.kaiming_normal_(self.weight)
+        super().reset_parameters()  # nn.Linear's init; the bias's depends on fan-in only
+        if self.init == "kaiming_normal":
+            nn.init.kaiming_normal_(self.weight)
         if self.prior is not None:
             nn.init.constant_(self.bias, -math.log((1.0 - self.prior) / self.prior))
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
+        if self.init != "kaiming_normal":
+            text = f"{text}, init={self.init}"
         return text if self.prior is None else f"{text}, prior={self.prior:g}"
 
 
