@@ -336,7 +336,7 @@ def test_linear_head_pytorch_init_is_nn_linears_own():
     default = build_head("linear", in_features=64, num_classes=10)
     assert torch.equal(default.bias, reference.bias)  # the bias is nn.Linear's in both
     assert abs(default.weight.std().item() / np.sqrt(2.0 / 64) - 1) < 0.15  # kaiming_normal_
-    with pytest.raises(ConfigError, match="init must be one of kaiming_normal, pytorch"):
+    with pytest.raises(ConfigError, match="model.head.init: must be one of kaiming_normal, pytorch"):
         build_head({"name": "linear", "init": "xavier"}, in_features=64, num_classes=10)
 
 
