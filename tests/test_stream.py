@@ -220,6 +220,56 @@ def test_stream_run_resumes_exactly(tree, tmp_path):
     assert sum(resumed["test_class_counts"]) == 8
 
 
+def test_the_stream_loader_leaves_the_global_generator_alone(tree):
+    """The mixing augmentations draw from torch's global generator: a loader that drew its
+    workers' base seed there would shift them (once per epoch with 0 workers, once per process
+    with persistent workers, so differently with each worker count and across a resume)."""
+    bundle = DATASETS.build(txt_cfg(tree, path="stream", image_size=8))
+    for workers in (0, 1):
+        path = StreamPath(bundle, CPU, seed=1, workers=workers)
+        before = torch.get_rng_state()
+        for epoch in range(2):
+            batches_of(path, [3, 1, 4, 1, 5], epoch_key=(0, epoch))
+        list(path.eval_batches("test", 4))
+        assert torch.equal(torch.get_rng_state(), before), f"{workers} workers"
+
+
+def test_fetch_draws_depend_on_the_epoch_and_call_not_on_the_process_history(tree):
+    """CMO's foreground images: the k-th fetch of an epoch is the same in a process that trained
+    earlier epochs (an uninterrupted run) and in a fresh one (a run resumed at that epoch)."""
+    bundle = DATASETS.build(txt_cfg(tree, path="stream", image_size=8))
+    idx = torch.tensor([2, 0, 5, 7])
+    uninterrupted = StreamPath(bundle, CPU, seed=1, workers=0)
+    batches_of(uninterrupted, [0, 1, 2, 3], epoch_key=(0, 0))
+    earlier = uninterrupted.fetch(idx)[0]
+    batches_of(uninterrupted, [0, 1, 2, 3], epoch_key=(0, 1))
+    first, second = uninterrupted.fetch(idx)[0], uninterrupted.fetch(idx)[0]
+    resumed = StreamPath(bundle, CPU, seed=1, workers=0)
+    batches_of(resumed, [0, 1, 2, 3], epoch_key=(0, 1))
+    assert torch.equal(resumed.fetch(idx)[0], first)
+    assert torch.equal(resumed.fetch(idx)[0], second)
+    assert not torch.equal(first, second) and not torch.equal(first, earlier)
+
+
+def test_a_streamed_mixing_run_is_the_same_with_any_workers_and_across_a_resume(tree, tmp_path):
+    """The mixing augmentations of the registry, as the choices of one ``one_of`` (one run
+    instead of one per augmentation): an uninterrupted run with 1 worker equals a run stopped
+    in its second epoch with 0 workers and resumed with 1. (``manifold_mixup`` acts through its
+    stage hooks, which ``one_of`` does not call; it draws from the same generator as mixup.)"""
+    from test_augment import ENTRIES  # every registered mixing augmentation, with parameters
+    choices = [{"name": name, **params} for name, params in sorted(ENTRIES.items())
+               if name not in ("one_of", "manifold_mixup")]
+    aug = {"name": "one_of", "choices": choices, "p": [1 / len(choices)] * len(choices)}
+    cfg = dict(recipe(tree, "stream", epochs=2), augment=[aug])
+    one = dict(cfg, train={**cfg["train"], "workers": 1})
+    whole = train(resolve(one), tmp_path / "whole", quiet=True)
+    with pytest.raises(KeyboardInterrupt):  # epoch 0 checkpointed, stopped in epoch 1
+        train(resolve(cfg), tmp_path / "cut", logger=StopAfter(1))
+    resumed = train(resolve(one), tmp_path / "cut", resume=True, quiet=True)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert resumed["per_class_acc"] == whole["per_class_acc"]
+
+
 def test_workers_do_not_change_the_recipe_hash(tree):
     from lttoolbox.recipe import recipe_hash
     assert recipe_hash(recipe(tree, "stream")) == recipe_hash(recipe(tree, "stream", workers=3))
