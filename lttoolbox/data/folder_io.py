@@ -29,9 +29,12 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import DataError
+from .images import image_error, load_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-CACHE_VERSION = 1
+# 2: 16-bit images scaled to 8 bits instead of clipped at 255 (entries of format 1 of the same
+# split are deleted when its format-2 entry is written).
+CACHE_VERSION = 2
 # Below this many files a process pool costs more than it saves.
 POOL_MIN_FILES = 2048
 CHUNK = 1024
@@ -70,8 +73,10 @@ class SplitListing:
                             self.labels[keep], [self.sizes[i] for i in keep],
                             [self.mtimes[i] for i in keep])
 
-    def cache_name(self, image_size: int) -> tuple[str, str]:
-        """``(prefix, file name)`` of this listing's decode cache entry.
+    def cache_name(self, image_size: int, format_version: int = CACHE_VERSION
+                   ) -> tuple[str, str]:
+        """``(prefix, file name)`` of this listing's decode cache entry (in the cache format
+        ``format_version``).
 
         The prefix names *which* split it is: the folder's absolute path, the image size, the
         cache format and the file names. The rest of the name is the sha1 of each file's size and
@@ -79,7 +84,7 @@ class SplitListing:
         remounted share) therefore keeps its prefix, and its older entry can be recognised as
         stale; a slice (``max_per_class``) lists other names, so it has an entry of its own.
         """
-        split = hashlib.sha1(f"lttoolbox-folder-v{CACHE_VERSION}|{image_size}|"
+        split = hashlib.sha1(f"lttoolbox-folder-v{format_version}|{image_size}|"
                              f"{Path(self.root).resolve()}\n".encode())
         version = hashlib.sha1()
         for name, size, mtime in zip(self.files, self.sizes, self.mtimes):
@@ -129,22 +134,22 @@ def _list_split(split_dir: Path, split: str) -> SplitListing:
 
 
 def decode_image(path: str, image_size: int, channels: int = 3) -> np.ndarray:
-    """One image as uint8 ``(channels, image_size, image_size)``: RGB (or grey for one channel),
-    resized to a square with bilinear filtering where the size differs.
+    """One image as uint8 ``(channels, image_size, image_size)``: RGB (or grey for one channel,
+    16-bit images scaled to 8 bits: :func:`~lttoolbox.data.images.load_image`), resized to a
+    square with bilinear filtering where the size differs.
 
     Raises:
         DataError: naming the file PIL cannot read.
     """
     from PIL import Image
 
+    img = load_image(path, "RGB" if channels == 3 else "L")
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+        if img.size != (image_size, image_size):
+            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        array = np.asarray(img, dtype=np.uint8)
     except Exception as err:  # PIL raises many types; the user needs the file name
-        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+        raise image_error(path, err) from None
     return array.transpose(2, 0, 1) if array.ndim == 3 else array[None]
 
 
@@ -251,6 +256,8 @@ def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | N
                       stacklevel=2)
     else:
         _remove_stale(cache_dir, prefix, keep=path)
+        for older in range(1, CACHE_VERSION):  # the same split decoded by an older format
+            _remove_stale(cache_dir, listing.cache_name(image_size, older)[0], keep=path)
     return images, "miss"
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .images import image_error, load_image, to_8bit_tensor
 
 # RandomResizedCrop's defaults (torchvision.transforms.RandomResizedCrop).
 CROP_SCALE = (0.08, 1.0)
@@ -103,7 +104,8 @@ DECODERS = ("pil", "torchvision")
 
 
 def read_image(path: str, decoder: str = "pil") -> torch.Tensor:
-    """Decode one image file to uint8 RGB ``(3, H, W)``.
+    """Decode one image file to uint8 RGB ``(3, H, W)`` (16-bit images scaled to 8 bits, see
+    :mod:`lttoolbox.data.images`).
 
     Args:
         decoder: ``pil`` (Pillow) or ``torchvision`` (``torchvision.io.decode_image``, deprecated
@@ -113,20 +115,18 @@ def read_image(path: str, decoder: str = "pil") -> torch.Tensor:
     Raises:
         DataError: naming the file that cannot be read or decoded.
     """
-    try:
-        if decoder == "torchvision":
-            import warnings
-
-            from torchvision.io import ImageReadMode, decode_image, read_file
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return decode_image(read_file(path), mode=ImageReadMode.RGB)
-        from PIL import Image
-        with Image.open(path) as img:
-            array = np.array(img.convert("RGB"), dtype=np.uint8)  # writable, owned
+    if decoder != "torchvision":
+        array = np.array(load_image(path, "RGB"), dtype=np.uint8)  # writable, owned
         return torch.from_numpy(array).permute(2, 0, 1)
-    except Exception as err:  # each decoder raises its own types; the user needs the file
-        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+    try:
+        import warnings
+
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return to_8bit_tensor(decode_image(read_file(path), mode=ImageReadMode.RGB))
+    except Exception as err:  # torchvision raises its own types; the user needs the file
+        raise image_error(path, err) from None
 
 
 def crop_box(height: int, width: int, generator: torch.Generator | None,

@@ -1,0 +1,97 @@
+"""Reading one image file: the decode every reader shares (the in-memory path's
+:func:`~lttoolbox.data.folder_io.decode_image`, the streaming path's
+:func:`~lttoolbox.data.stream.read_image`, and through them ``ltpredict``), and the errors that
+name the file.
+
+16-bit images. Pillow opens a 16-bit greyscale PNG in mode ``I;16`` (``I`` before Pillow 10), and
+its ``convert("RGB")`` clips those values at 255: a 0..65535 gradient came out 99.6 % white. They
+are scaled to 8 bits here by keeping the high byte (``v >> 8``), which is what Pillow itself does
+with a 16-bit RGB PNG and what :func:`to_8bit_tensor` does with ``torchvision.io``'s uint16
+output, so both decoders agree. An 8-bit image stored with 16 bits (``v * 257``) comes back
+exactly. Mode ``I`` (32-bit integers) is read as 16-bit data when its values lie in 0..65535 and
+refused otherwise; 32-bit floating-point pixels (mode ``F``) have no 8-bit scale and are refused.
+
+Example:
+    >>> import tempfile, os
+    >>> from PIL import Image
+    >>> path = os.path.join(tempfile.mkdtemp(), "ramp.png")
+    >>> Image.fromarray(np.array([[0, 257 * 128, 65535]], dtype=np.uint16)).save(path)
+    >>> load_image(path, "L").getpixel((1, 0)), Image.open(path).mode
+    (128, 'I;16')
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8bit(img):
+    """An 8-bit version of a PIL image: 16-bit greyscale scaled to ``L`` (``v >> 8``), other
+    modes unchanged.
+
+    Raises:
+        ValueError: mode ``F`` (floating point), or mode ``I`` with values outside 0..65535.
+    """
+    from PIL import Image
+
+    if img.mode == "F":
+        raise ValueError("32-bit floating-point pixels (mode F) have no 8-bit scale; save the "
+                         "image with 8 or 16 bits per channel")
+    if img.mode not in SIXTEEN_BIT_MODES and img.mode != "I":
+        return img
+    values = np.asarray(img)
+    if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"32-bit integer pixels ({values.min()}..{values.max()}) have no "
+                         f"8-bit scale; save the image with 8 or 16 bits per channel")
+    return Image.fromarray((values.astype(np.uint32) >> 8).astype(np.uint8))  # mode L
+
+
+def to_8bit_tensor(image):
+    """``torchvision.io``'s decode of a 16-bit PNG is uint16: its high byte, as uint8 (the same
+    values as :func:`to_8bit` and Pillow's own 16-bit RGB reduction)."""
+    import torch
+
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype != torch.uint16:
+        raise ValueError(f"{image.dtype} pixels have no 8-bit scale")
+    return (image.to(torch.int32) >> 8).to(torch.uint8)
+
+
+def load_image(path: str, mode: str = "RGB"):
+    """The image at ``path`` decoded to an 8-bit PIL image in ``mode`` (``RGB`` or ``L``).
+
+    Raises:
+        DataError: naming the file that cannot be read, decoded or scaled to 8 bits.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_8bit(img).convert(mode)
+    except Exception as err:  # PIL raises many types; the user needs the file name
+        raise image_error(path, err) from None
+
+
+def image_error(path: str, err: BaseException) -> DataError:
+    """The one-line error for an image file that cannot be used: the path, then why."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        import os
+        try:
+            empty = os.path.getsize(path) == 0
+        except OSError:
+            empty = False
+        why = "the file is empty" if empty else "not an image file Pillow can read"
+    elif isinstance(err, Image.DecompressionBombError):
+        why = f"{err} (Image.MAX_IMAGE_PIXELS sets Pillow's limit)"
+    elif isinstance(err, OSError) and err.strerror:
+        why = err.strerror
+    else:
+        why = f"{type(err).__name__}: {err}"
+    return DataError(f"cannot read image {path}: {why}")
