@@ -6,12 +6,13 @@ both paths (same class counts, same sampler streams), through an interruption an
 """
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
 import torch
 from test_engine import StopAfter
-from test_split_files import raises, tree, txt_cfg  # noqa: F401  (tree is a fixture)
+from test_split_files import inat_cfg, raises, tree, txt_cfg  # noqa: F401  (tree: a fixture)
 
 from lttoolbox.data.datapath import (MemoryPath, StreamPath, build_data_path, choose_path,
                                      shard)
@@ -317,3 +318,125 @@ def test_lteval_and_ltpredict_read_a_streamed_run_as_it_evaluated(tree, tmp_path
     top = probs.topk(2)
     assert rows[0][1::2] == [results["class_names"][int(i)] for i in top.indices]
     assert [float(p) for p in rows[0][2::2]] == pytest.approx(top.values.tolist(), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- broken files
+def bomb_png(path):
+    """A PNG whose header declares 30,000 x 30,000 pixels, with a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def damage(path, kind):
+    """Break an image file the way files break: cut short, emptied, not an image, a bomb."""
+    from PIL import Image
+    if kind == "truncated_jpeg":
+        pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif kind == "truncated_png":
+        pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, format="PNG")
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("class,label\nnot,an image\n")
+    else:
+        bomb_png(path)
+
+
+def test_the_file_check_refuses_only_what_pillow_cannot_decode(tmp_path):
+    from PIL import Image
+
+    from lttoolbox.data.images import check_image
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    good = {"plain.jpg": "JPEG", "plain.png": "PNG", "gif_named.png": "GIF", "bmp.jpg": "BMP"}
+    for name, form in good.items():
+        Image.fromarray(pixels).save(tmp_path / name, format=form)
+        check_image(str(tmp_path / name))
+    # bytes after the end-of-image marker (camera trailers): no ending found, decoded in full
+    trailer = tmp_path / "trailer.jpg"
+    trailer.write_bytes((tmp_path / "plain.jpg").read_bytes() + b"\x00MakerTrailer" * 200)
+    check_image(str(trailer))
+    for kind, why in KINDS.items():
+        damage(tmp_path / "bad.jpg", kind)
+        raises(DataError, lambda: check_image(str(tmp_path / "bad.jpg")),
+               f"cannot read image {tmp_path / 'bad.jpg'}: ", why)
+
+
+KINDS = {"truncated_jpeg": "truncated", "truncated_png": "truncated", "empty": "the file is empty",
+         "text": "not an image file Pillow can read", "bomb": "decompression bomb"}
+FORMATS = {"txt_list": txt_cfg, "inaturalist": inat_cfg,
+           # the tree's train/ and val/ folders hold class folders: an image folder too
+           "image_folder": lambda tree, **extra: {
+               "name": "image_folder", "root": str(tree["root"]), "test_dir": "val",
+               "imbalance_type": None, **extra}}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("form", sorted(FORMATS))
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_broken_file_on_the_streaming_path_stops_before_anything_is_written(
+        tree, tmp_path, capsys, kind, form, split):
+    """One line naming the file, exit 2, no run directory: found before training, also in the
+    test split (which used to be read only after all the training)."""
+    from test_faults import lttrain_inproc, write_recipe
+    broken = tree["root"] / tree["splits"][split][-1][0]
+    damage(broken, kind)
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        "data": FORMATS[form](tree, path="stream", image_size=8), "model": {"name": "digits_cnn"},
+        "train": {"epochs": 1, "batch_size": 4, "workers": 1}})
+    code, lines = lttrain_inproc(capsys, recipe, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot read image {broken}: ") and KINDS[kind] in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+class BreakAfterFirstEpoch:
+    """Damages a training file once the first epoch is logged, as a disk or a sync job might."""
+
+    def __init__(self, path):
+        self.path, self.done = path, False
+
+    def __call__(self, real):
+        def append_log(*args, **kwargs):
+            real(*args, **kwargs)
+            if not self.done:
+                self.done = True
+                self.saved = self.path.read_bytes()
+                self.path.write_bytes(b"")
+        return append_log
+
+
+def test_a_file_broken_during_a_streamed_run_is_one_line_and_the_run_resumes(
+        tree, tmp_path, capsys, monkeypatch):
+    """Read by a DataLoader worker, the broken file used to end the run with the worker's
+    17-line traceback."""
+    import lttoolbox.engine.trainer as trainer_module
+    from test_faults import lttrain_inproc, write_recipe
+    cfg = recipe(tree, "stream", epochs=2, workers=1)
+    cfg.pop("sampler")  # every training image is read every epoch
+    path = write_recipe(tmp_path / "r.yaml", cfg)
+    broken = tree["root"] / tree["splits"]["train"][0][0]
+    breaker = BreakAfterFirstEpoch(broken)
+    monkeypatch.setattr(trainer_module, "append_log", breaker(trainer_module.append_log))
+    out = tmp_path / "run"
+    code, lines = lttrain_inproc(capsys, path, "--out", out, "--quiet")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot read image {broken}: the file is empty; the run "
+                               f"keeps its last checkpoint"), lines
+    assert lines[0].endswith(f"--out {out} --resume")
+    broken.write_bytes(breaker.saved)
+    code, lines = lttrain_inproc(capsys, path, "--out", out, "--resume", "--quiet")
+    assert code == 0, lines
+    assert [r["epoch"] for r in (json.loads(line) for line in (out / "log.jsonl").open())] \
+        == [0, 1]

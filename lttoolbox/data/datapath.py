@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .stream import EpochBatches, FileSplit, ImageFiles, draw_seeds
+from .stream import EpochBatches, FileSplit, ImageFiles, LoaderFiles, batches, collate, draw_seeds
 from .transforms import BatchTransform
 
 PATHS = ("auto", "memory", "stream")
@@ -193,7 +193,8 @@ class StreamPath(_Splits):
         return self.train.labels.numpy()
 
     def _loader_kwargs(self) -> dict:
-        kwargs = {"num_workers": self.workers, "pin_memory": self.device.type == "cuda"}
+        kwargs = {"num_workers": self.workers, "pin_memory": self.device.type == "cuda",
+                  "collate_fn": collate}
         if self.workers:
             kwargs.update(prefetch_factor=self.prefetch, persistent_workers=True)
         return kwargs
@@ -219,12 +220,12 @@ class StreamPath(_Splits):
                                                    np.zeros(1))[0]))
         if self._loader is None:  # built once: its persistent workers serve every epoch
             self._loader = torch.utils.data.DataLoader(
-                ImageFiles(self.train, self.train_transform), batch_sampler=self._batches,
+                LoaderFiles(self.train, self.train_transform), batch_sampler=self._batches,
                 generator=self._generator, **self._loader_kwargs())
         return self._batches_of(self._loader)
 
     def _batches_of(self, loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in loader:
+        for x, y in batches(loader):
             yield self._to_device(x), y.to(self.device, non_blocking=True)
 
     def fetch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,14 +248,14 @@ class StreamPath(_Splits):
 
     def eval_batches(self, split: str, batch_size: int, positions: np.ndarray | None = None
                      ) -> Iterator[torch.Tensor]:
-        data = ImageFiles(self._splits[split], self.eval_transform)
+        data = LoaderFiles(self._splits[split], self.eval_transform)
         order = (np.arange(len(data)) if positions is None else np.asarray(positions)).tolist()
         kwargs = self._loader_kwargs()
         kwargs.pop("persistent_workers", None)  # a loader per evaluation
         loader = torch.utils.data.DataLoader(
             data, batch_sampler=[order[s:s + batch_size] for s in range(0, len(order), batch_size)],
             generator=torch.Generator().manual_seed(self.seed), **kwargs)  # not the global one
-        for x, _ in loader:
+        for x, _ in batches(loader):
             yield self._to_device(x)
 
     def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import DataError
-from .images import image_error, load_image
+from .images import check_files, image_error, load_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # 2: 16-bit images scaled to 8 bits instead of clipped at 255 (entries of format 1 of the same
@@ -190,21 +190,22 @@ def _decode_all(paths: list[str], image_size: int, workers: int,
 
 
 @contextlib.contextmanager
-def decode_progress(total: int, root: Path):
-    """A progress bar on a terminal (one line otherwise) while a split is decoded the first time;
-    yields the function that advances it."""
+def decode_progress(total: int, root: Path, what: str | None = None):
+    """A progress bar on a terminal (one line otherwise) while a split is decoded the first time
+    (or ``what`` else happens to its files); yields the function that advances it."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     console = Console(stderr=True, highlight=False)
-    what = f"decoding {total:,} images of {root}, first run only"
     if total < POOL_MIN_FILES:  # a second or less: nothing to announce
         yield lambda n: None
         return
     if not console.is_terminal:
-        console.print(f"{what} (cached afterwards)", soft_wrap=True, markup=False)
+        console.print(what or f"decoding {total:,} images of {root}, first run only (cached "
+                      f"afterwards)", soft_wrap=True, markup=False)
         yield lambda n: None
         return
+    what = what or f"decoding {total:,} images of {root}, first run only"
     with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task(what, total=total)
@@ -217,8 +218,18 @@ def _write_atomic(path: Path, array: np.ndarray) -> None:
 
 def file_paths(listing: SplitListing) -> tuple[np.ndarray, str]:
     """The streaming path's counterpart of :func:`load_split`: the listing's absolute file paths
-    (an object array, indexed like the decoded images would be) and ``"stream"``."""
-    return np.asarray([str(listing.root / name) for name in listing.files], dtype=object), "stream"
+    (an object array, indexed like the decoded images would be) and ``"stream"``.
+
+    Every file is checked first (:func:`~lttoolbox.data.images.check_files`: its header and its
+    ending, about 0.12 s per 1,000 files in the page cache), so a broken file stops the run
+    before anything is written rather than in a DataLoader worker hours later.
+
+    Raises:
+        DataError: naming an unreadable file.
+    """
+    paths = [str(listing.root / name) for name in listing.files]
+    check_files(paths, listing.root)
+    return np.asarray(paths, dtype=object), "stream"
 
 
 def load_split(listing: SplitListing, image_size: int, cache_dir: str | Path | None,

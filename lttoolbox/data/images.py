@@ -28,6 +28,10 @@ from ..errors import DataError
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+class UnreadableImage(DataError):
+    """An image file that cannot be read or decoded (the message names it)."""
+
+
 def to_8bit(img):
     """An 8-bit version of a PIL image: 16-bit greyscale scaled to ``L`` (``v >> 8``), other
     modes unchanged.
@@ -77,7 +81,7 @@ def load_image(path: str, mode: str = "RGB"):
         raise image_error(path, err) from None
 
 
-def image_error(path: str, err: BaseException) -> DataError:
+def image_error(path: str, err: BaseException) -> UnreadableImage:
     """The one-line error for an image file that cannot be used: the path, then why."""
     from PIL import Image, UnidentifiedImageError
 
@@ -92,6 +96,87 @@ def image_error(path: str, err: BaseException) -> DataError:
         why = f"{err} (Image.MAX_IMAGE_PIXELS sets Pillow's limit)"
     elif isinstance(err, OSError) and err.strerror:
         why = err.strerror
+    elif isinstance(err, OSError) and "truncated" in str(err):
+        why = f"the file is cut short ({err})"
     else:
         why = f"{type(err).__name__}: {err}"
-    return DataError(f"cannot read image {path}: {why}")
+    return UnreadableImage(f"cannot read image {path}: {why}")
+
+
+# How a complete file ends: a JPEG with its end-of-image marker, a PNG with its IEND chunk. Some
+# writers append bytes after them (camera trailers), hence a search in the last TAIL bytes.
+ENDINGS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+TAIL = 1024
+
+
+def check_image(path: str) -> None:
+    """A cheap check that ``path`` is a readable image: its header (format, size, mode; Pillow's
+    decompression-bomb limit) and, for JPEG and PNG, that the file ends as a complete one does.
+    Only a file whose ending is missing (or of another format) is decoded in full, so a file is
+    refused only when Pillow cannot decode it.
+
+    Not found: a file that is damaged in its middle but ends well; the decode names it when a
+    batch needs it.
+
+    Raises:
+        DataError: naming the file and why it cannot be read.
+    """
+    import os
+
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            with Image.open(handle) as img:
+                if img.mode in ("F", "I"):  # no 8-bit scale, or one its values decide
+                    to_8bit(img)
+                end = ENDINGS.get(img.format)
+                tail = os.pread(handle.fileno(), TAIL, max(0, size - TAIL))
+                if end is None or end not in tail:
+                    img.load()
+    except Exception as err:  # PIL raises many types; the user needs the file name
+        raise image_error(path, err) from None
+
+
+# Below this many files a thread pool costs more than it saves. Threads, not processes: the
+# check waits on the storage (an open and two small reads per file), which they overlap.
+POOL_MIN_FILES = 2048
+CHECK_THREADS = 8
+
+
+def _problem(path: str) -> str | None:
+    try:
+        check_image(path)
+    except DataError as err:
+        return str(err)
+    return None
+
+
+def check_files(paths, root=None) -> None:
+    """:func:`check_image` on every file, before a streamed run writes anything.
+
+    Raises:
+        DataError: naming the first unreadable file (in the given order) and how many others
+            there are.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .folder_io import decode_progress
+
+    paths = [str(p) for p in paths]
+    with decode_progress(len(paths), root, f"checking {len(paths):,} images"
+                         + (f" of {root}" if root else "")) as advance:
+        if len(paths) < POOL_MIN_FILES:
+            problems = [_problem(p) for p in paths]
+        else:
+            problems = []
+            with ThreadPoolExecutor(CHECK_THREADS) as pool:
+                for problem in pool.map(_problem, paths, chunksize=256):
+                    problems.append(problem)
+                    advance(1)
+    bad = [p for p in problems if p is not None]
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable file(s) in this split)" if len(bad) > 1 \
+            else ""
+        raise UnreadableImage(bad[0] + more)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .images import image_error, load_image, to_8bit_tensor
+from .images import UnreadableImage, image_error, load_image, to_8bit_tensor
 
 # RandomResizedCrop's defaults (torchvision.transforms.RandomResizedCrop).
 CROP_SCALE = (0.08, 1.0)
@@ -259,6 +259,43 @@ class ImageFiles(torch.utils.data.Dataset):
             generator = torch.Generator().manual_seed(int(seed))
         image = self.transform(read_image(self.paths[index], self.decoder), generator)
         return image, self.labels[index]
+
+
+class Unreadable:
+    """What a loader yields instead of a batch holding a file that cannot be decoded: the one-line
+    message. (An exception raised in a DataLoader worker reaches the training process as a new
+    exception whose message is the worker's whole traceback, the file named on its last line.)"""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class LoaderFiles(ImageFiles):
+    """:class:`ImageFiles` for a DataLoader: an unreadable file gives an :class:`Unreadable`
+    item, which :func:`collate` turns into the batch (see :func:`batches`)."""
+
+    def __getitem__(self, item):
+        try:
+            return super().__getitem__(item)
+        except UnreadableImage as err:
+            return Unreadable(str(err))
+
+
+def collate(items: list):
+    """``default_collate``, or the first :class:`Unreadable` item of the batch."""
+    for item in items:
+        if isinstance(item, Unreadable):
+            return item
+    return torch.utils.data.default_collate(items)
+
+
+def batches(loader):
+    """The loader's batches; :class:`~lttoolbox.errors.DataError` (one line naming the file) for
+    a batch with an unreadable file."""
+    for batch in loader:
+        if isinstance(batch, Unreadable):
+            raise UnreadableImage(batch.message)
+        yield batch
 
 
 class EpochBatches:
