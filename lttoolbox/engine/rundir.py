@@ -15,10 +15,12 @@ Example:
     >>> import tempfile, pathlib
     >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
     >>> check_out_dir(run)
+    >>> row = {"stage": "main", "epoch": 0, "loss": 1.0, "lr": 0.1, "seconds": 2.0,
+    ...        "images_per_second": 50.0}
     >>> with RunLock(run):
-    ...     write_log(run, [{"epoch": 0, "loss": 1.0}])
-    >>> (run / "log.jsonl").read_text()
-    '{"epoch": 0, "loss": 1.0}\\n'
+    ...     write_log(run, [row])
+    >>> (run / "metrics.csv").read_text().splitlines()[1]
+    'main,0,1.0,0.1,2.0,50.0,,,,,'
 """
 from __future__ import annotations
 
