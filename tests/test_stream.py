@@ -373,6 +373,25 @@ def test_the_file_check_refuses_only_what_pillow_cannot_decode(tmp_path):
                f"cannot read image {tmp_path / 'bad.jpg'}: ", why)
 
 
+@pytest.mark.parametrize("pooled", [False, True])
+def test_check_files_names_the_first_broken_file_and_counts_the_others(tmp_path, monkeypatch,
+                                                                       pooled):
+    from PIL import Image
+
+    from lttoolbox.data import images
+    if pooled:  # the thread pool of large splits, on a small one
+        monkeypatch.setattr(images, "POOL_MIN_FILES", 1)
+        monkeypatch.setattr(images, "CHUNK", 2)
+    paths = [tmp_path / f"{i}.png" for i in range(7)]
+    for path in paths:
+        Image.new("RGB", (4, 4)).save(path)
+    images.check_files(paths)
+    damage(paths[5], "empty")
+    damage(paths[2], "text")
+    raises(DataError, lambda: images.check_files(paths),
+           f"cannot read image {paths[2]}: not an image file Pillow can read (and 1 more")
+
+
 KINDS = {"truncated_jpeg": "truncated", "truncated_png": "truncated", "empty": "the file is empty",
          "text": "not an image file Pillow can read", "bomb": "decompression bomb"}
 FORMATS = {"txt_list": txt_cfg, "inaturalist": inat_cfg,

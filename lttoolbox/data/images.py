@@ -1,7 +1,8 @@
 """Reading one image file: the decode every reader shares (the in-memory path's
 :func:`~lttoolbox.data.folder_io.decode_image`, the streaming path's
-:func:`~lttoolbox.data.stream.read_image`, and through them ``ltpredict``), and the errors that
-name the file.
+:func:`~lttoolbox.data.stream.read_image`, and through them ``ltpredict``), the errors that name
+the file, and the cheap check of every file that the streaming path runs before training
+(:func:`check_image`, :func:`check_files`).
 
 16-bit images. Pillow opens a 16-bit greyscale PNG in mode ``I;16`` (``I`` before Pillow 10), and
 its ``convert("RGB")`` clips those values at 255: a 0..65535 gradient came out 99.6 % white. They
@@ -145,12 +146,19 @@ POOL_MIN_FILES = 2048
 CHECK_THREADS = 8
 
 
-def _problem(path: str) -> str | None:
-    try:
-        check_image(path)
-    except DataError as err:
-        return str(err)
-    return None
+CHUNK = 256
+
+
+def _problems(paths: list[str]) -> list[str | None]:
+    """Each file's problem (``None``: readable)."""
+    problems: list[str | None] = []
+    for path in paths:
+        try:
+            check_image(path)
+            problems.append(None)
+        except DataError as err:
+            problems.append(str(err))
+    return problems
 
 
 def check_files(paths, root=None) -> None:
@@ -168,13 +176,14 @@ def check_files(paths, root=None) -> None:
     with decode_progress(len(paths), root, f"checking {len(paths):,} images"
                          + (f" of {root}" if root else "")) as advance:
         if len(paths) < POOL_MIN_FILES:
-            problems = [_problem(p) for p in paths]
+            problems = _problems(paths)
         else:
             problems = []
             with ThreadPoolExecutor(CHECK_THREADS) as pool:
-                for problem in pool.map(_problem, paths, chunksize=256):
-                    problems.append(problem)
-                    advance(1)
+                chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+                for part in pool.map(_problems, chunks):
+                    problems += part
+                    advance(len(part))
     bad = [p for p in problems if p is not None]
     if bad:
         more = f" (and {len(bad) - 1} more unreadable file(s) in this split)" if len(bad) > 1 \
