@@ -369,43 +369,44 @@ def component_configs() -> list[tuple[str, dict]]:
     return configs
 
 
-def _timed_run(recipe: Path, out: Path) -> tuple[float, float]:
-    """An uninterrupted run: seconds until training started (its log exists) and in all."""
-    start = time.monotonic()
-    proc = lttrain(str(recipe), "--out", str(out), "--quiet")
-    started = None
-    while proc.poll() is None:
-        if started is None and (out / "log.jsonl").exists():
-            started = time.monotonic() - start
-        time.sleep(0.02)
-    proc.communicate()
-    total = time.monotonic() - start
-    return (started if started is not None else 0.2), total
+def _logged_epochs(out: Path) -> int:
+    try:
+        return len((out / "log.jsonl").read_text().splitlines())
+    except OSError:
+        return -1  # training has not started
 
 
-def sweep_path_kills(work: Path, trials: int, seed: int) -> dict:
-    """kill -9 at a random moment of training, then an immediate ``--resume``; the result and
-    the log must equal the uninterrupted run's."""
+def sweep_path_kills(work: Path, trials: int, seed: int, only: list[str] | None = None,
+                     paths: tuple[str, ...] = ("stream", "memory"), epochs: int = 3) -> dict:
+    """kill -9 at a random moment of training after its first checkpoint (once ``k`` >= 1
+    epochs are logged, then up to half a second: the resume must restore a checkpoint; kills
+    before any are the ``kills`` part's), then an immediate ``--resume``; the result and the log
+    must equal the uninterrupted run's. A kill that lands after the run finished is reported,
+    not counted."""
     root = work / "tree"
     if not root.exists():
         image_tree(root)
     rng = random.Random(seed)
-    doc: dict[str, list] = {"stream": [], "memory": []}
-    for path in ("stream", "memory"):
+    doc: dict[str, list] = {path: [] for path in paths}
+    for path in paths:
         for name, extra in component_configs():
+            if only and name.split(":")[1] not in only:
+                continue
             recipe = work / f"kill_{path}_{name.replace(':', '_')}.yaml"
             recipe.write_text(yaml.safe_dump(tree_recipe(
-                data_config(root, "image_folder", path, work / "cache"), epochs=3,
+                data_config(root, "image_folder", path, work / "cache"), epochs=epochs,
                 workers=2, **extra)))
             reference = work / "path_kills" / f"{path}-{name.replace(':', '-')}-whole"
-            started, total = _timed_run(recipe, reference)
+            lttrain(str(recipe), "--out", str(reference), "--quiet").communicate()
             if not (reference / "results.json").exists():
                 doc[path].append({"name": name, "error": "the uninterrupted run failed"})
                 continue
             for trial in range(trials):
                 out = work / "path_kills" / f"{path}-{name.replace(':', '-')}-{trial}"
-                delay = rng.uniform(started, total)
+                after, delay = rng.randrange(1, epochs), rng.uniform(0.0, 0.5)
                 proc = lttrain(str(recipe), "--out", str(out), "--quiet")
+                while proc.poll() is None and _logged_epochs(out) < after:
+                    time.sleep(0.01)
                 time.sleep(delay)
                 proc.send_signal(signal.SIGKILL)
                 proc.communicate()
@@ -416,13 +417,17 @@ def sweep_path_kills(work: Path, trials: int, seed: int) -> dict:
                 ok = resumed.returncode == 0 and (out / "results.json").exists()
                 same = ok and _accuracy(out) == _accuracy(reference) and \
                     history(out) == history(reference)
-                doc[path].append({"name": name, "delay_s": round(delay, 2),
-                                  "finished_before_kill": finished, "resumed_ok": ok,
-                                  "identical": same,
+                doc[path].append({"name": name, "after_epochs": after,
+                                  "delay_s": round(delay, 2), "finished_before_kill": finished,
+                                  "resumed_ok": ok, "identical": same,
                                   "output": output.strip().splitlines()[-1:] if not ok else []})
-    return {path: {"trials": rows, "tried": len(rows),
-                   "identical": sum(bool(r.get("identical")) for r in rows)}
-            for path, rows in doc.items()}
+    summary = {}
+    for path, rows in doc.items():
+        counted = [r for r in rows if not r.get("finished_before_kill")]
+        summary[path] = {"trials": rows, "tried": len(counted),
+                         "identical": sum(bool(r.get("identical")) for r in counted),
+                         "landed_after_the_end": len(rows) - len(counted)}
+    return summary
 
 
 PARTS = ("malformed", "kills", "files", "path_kills")
@@ -444,6 +449,10 @@ def main_cli() -> int:
     parser.add_argument("--kills", type=int, default=20, help="random kill -9 trials")
     parser.add_argument("--path-kills", type=int, default=1,
                         help="kill -9 trials per data path and component")
+    parser.add_argument("--components", nargs="+", metavar="NAME",
+                        help="path_kills: only these augmentations and generators")
+    parser.add_argument("--paths", nargs="+", choices=("stream", "memory"),
+                        default=["stream", "memory"], help="path_kills: these data paths")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--out", type=Path, help="where to write fault_sweep.json")
     args = parser.parse_args()
@@ -457,7 +466,8 @@ def main_cli() -> int:
         if "files" in args.parts:
             report["files"] = sweep_files(work)
         if "path_kills" in args.parts and args.path_kills:
-            report["path_kills"] = sweep_path_kills(work, args.path_kills, args.seed)
+            report["path_kills"] = sweep_path_kills(work, args.path_kills, args.seed,
+                                                    args.components, tuple(args.paths))
     bad = 0
     for part in ("malformed", "files"):
         if part in report:
@@ -472,9 +482,10 @@ def main_cli() -> int:
         bad += kills["tried"] - kills["identical"]
     for path, kills in report.get("path_kills", {}).items():
         print(f"kill -9 trials, {path} path: {kills['identical']} of {kills['tried']} identical "
-              f"to the uninterrupted run")
+              f"to the uninterrupted run ({kills['landed_after_the_end']} more landed after the "
+              f"run had finished)")
         for trial in kills["trials"]:
-            if not trial.get("identical"):
+            if not trial.get("identical") and not trial.get("finished_before_kill"):
                 print(f"  NOT IDENTICAL {trial['name']}: {trial}")
         bad += kills["tried"] - kills["identical"]
     if args.out:
