@@ -1,17 +1,32 @@
 """Fault sweep: many malformed inputs and random kill -9 trials against ``lttrain``.
 
 Reports the figures the reliability work is judged by: cases tried, clear one-line errors,
-tracebacks (goal 0), half-written run directories (goal 0) and kill -9 trials whose resumed run
-equals the uninterrupted one (goal: all). The test suite keeps a fixed subset of these
-(tests/test_faults.py); this script tries many more, with random kill times.
+misleading errors (one line that does not name the key or file; goal 0), tracebacks (goal 0),
+half-written run directories (goal 0) and kill -9 trials whose resumed run equals the
+uninterrupted one (goal: all). The test suite keeps a fixed subset of these (tests/test_faults.py,
+tests/test_stream.py); this script tries many more, with random kill times.
 
-The leaderboard's cases (benchmarks/lb/faults.py) are part of the sweep: bad ``--merge``
-archives, counted as clear errors, misleading errors and tracebacks, and ``kill -9`` of a running
-leaderboard (``--lb-kills``), whose ``lttrain`` must end with it and whose rerun must succeed.
+Parts (``--parts``, all by default):
+
+* ``malformed``: bad recipe values, files and ``--out`` paths;
+* ``components``: every recipe parameter of every sampler, loss, augmentation, generator and head
+  set to bad values, ``lteval``/``ltpredict`` output paths, and a full disk (resumed identically);
+* ``kills``: random kill -9 trials of a two-stage digits recipe (in memory);
+* ``files``: broken image files (truncated JPEG and PNG, empty, text named ``.jpg``,
+  decompression bomb) in the training and the test split of each split format
+  (``image_folder``, ``txt_list``, ``inaturalist``), on both data paths; and, on the streaming
+  path, a training file broken during the run (one line, then a resume once it is repaired);
+* ``path_kills``: kill -9 trials on both data paths (a generated image tree, streamed with 2
+  workers or held in memory) with every mixing augmentation and every feature generator of the
+  registries, each resumed at once (the orphaned workers of a streamed run must not hold it);
+* ``leaderboard``: the leaderboard's cases (benchmarks/lb/faults.py): bad ``--merge`` archives,
+  counted as clear errors, misleading errors and tracebacks, and ``kill -9`` of a running
+  leaderboard (``--lb-kills``), whose ``lttrain`` must end with it and whose rerun must succeed.
 
 Usage::
 
     python benchmarks/fault_sweep.py --kills 30 --lb-kills 5 --out runs/fault_sweep
+    python benchmarks/fault_sweep.py --parts files path_kills --path-kills 2
 """
 from __future__ import annotations
 
@@ -29,12 +44,14 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lttoolbox.cli import main  # noqa: E402
+from lttoolbox.registry import AUGMENTS, GENERATORS  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from lb import faults as lb_faults  # noqa: E402
@@ -133,6 +150,7 @@ def sweep_malformed(work: Path) -> dict:
             "accepted": sum(r["accepted"] for r in results),
             "clear_errors": sum(r["clear"] for r in results),
             "naming_the_key": sum(r["named"] for r in results),
+            "misleading": sum(r["clear"] and not r["named"] for r in results),
             "tracebacks": sum(r["traceback"] is not None for r in results),
             "half_written": sum(r["half_written"] for r in results)}
 
@@ -390,54 +408,324 @@ def sweep_components(work: Path) -> dict:
 # ====================================================================== end of the component sweep
 
 
+# ------------------------------------------------------------------------------ image files
+TREE_COUNTS = (24, 12, 6, 4)  # training images per class; 4 test images per class
+DAMAGES = ("truncated_jpeg", "truncated_png", "empty", "text", "bomb")
+FORMATS = ("image_folder", "txt_list", "inaturalist")
+
+
+def image_tree(root: Path) -> dict:
+    """A small long-tailed JPEG tree (``train/c<k>/`` and ``val/c<k>/``, 12 px, a colour per
+    class so that it can be learnt), its text lists and its iNaturalist-style JSON files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    splits: dict[str, list] = {"train": [], "test": []}
+    for label, count in enumerate(TREE_COUNTS):
+        for split, folder, n in (("train", "train", count), ("test", "val", 4)):
+            for i in range(n):
+                relative = f"{folder}/c{label}/{i:03d}.jpg"
+                colour = np.array([60 * label, 255 - 60 * label, 40 * (i % 3)], dtype=float)
+                pixels = np.clip(colour + rng.normal(0, 40, (12, 12, 3)), 0, 255)
+                (root / relative).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / relative, quality=90)
+                splits[split].append((relative, label))
+    for split, pairs in splits.items():
+        (root / f"LT_{split}.txt").write_text("".join(f"{p} {c}\n" for p, c in pairs))
+        (root / f"{split}.json").write_text(json.dumps({
+            "images": [{"id": 100 + i, "file_name": p} for i, (p, _) in enumerate(pairs)],
+            "annotations": [{"id": i, "image_id": 100 + i, "category_id": c}
+                            for i, (_, c) in enumerate(pairs)],
+            "categories": [{"id": c, "name": f"species_{c}"} for c in range(len(TREE_COUNTS))]}))
+    return splits
+
+
+def data_config(root: Path, form: str, path: str, cache: Path) -> dict:
+    common = {"path": path, "image_size": 8, "cache_dir": str(cache), "imbalance_type": None}
+    if form == "image_folder":
+        return {"name": "image_folder", "root": str(root), "test_dir": "val", **common}
+    if form == "txt_list":
+        return {"name": "txt_list", "root": str(root), "train_list": str(root / "LT_train.txt"),
+                "test_list": str(root / "LT_test.txt"), **common}
+    return {"name": "inaturalist", "root": str(root), "train_json": str(root / "train.json"),
+            "val_json": str(root / "test.json"), **common}
+
+
+def damage(path: Path, kind: str) -> None:
+    """Break an image file as files break: cut short, emptied, not an image, a bomb."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    if kind.startswith("truncated"):
+        Image.fromarray(pixels).save(path, format="JPEG" if kind.endswith("jpeg") else "PNG")
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("id,label\n1,cat\n")
+    else:  # a PNG header declaring 30,000 x 30,000 pixels over a few bytes of data
+        def chunk(tag: bytes, data: bytes) -> bytes:
+            return (struct.pack(">I", len(data)) + tag + data
+                    + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF))
+        path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                         + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+                         + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def tree_recipe(data: dict, epochs: int = 1, workers: int = 1, **extra) -> dict:
+    return {"data": data, "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
+            "train": {"epochs": epochs, "batch_size": 8, "workers": workers, "seed": 0},
+            "eval": {"many_threshold": 20, "few_threshold": 5}, **extra}
+
+
+def sweep_files(work: Path) -> dict:
+    """Broken files before the run (every kind, format, split and data path) and during it."""
+    root = work / "tree"
+    splits = image_tree(root)
+    results = []
+    for form in FORMATS:
+        for path in ("stream", "memory"):
+            for split in ("train", "test"):
+                for kind in DAMAGES:
+                    target = root / splits[split][-1][0]
+                    saved = target.read_bytes()
+                    damage(target, kind)
+                    name = f"{form}:{path}:{split}:{kind}"
+                    recipe = work / "files.yaml"
+                    recipe.write_text(yaml.safe_dump(tree_recipe(
+                        data_config(root, form, path, work / "cache"))))
+                    out = work / "runs" / name.replace(":", "-")
+                    try:
+                        got = run_inproc([str(recipe), "--out", str(out), "--quiet"])
+                    finally:
+                        target.write_bytes(saved)
+                    results.append(_judge(name, got, str(target), out, before=False))
+    for form in FORMATS:  # a training file broken after the check, during the first epoch
+        results.append(_broken_mid_run(work, root, splits, form))
+    return _summary(results)
+
+
+def _judge(name: str, got: dict, names: str, out: Path, before: bool) -> dict:
+    lines = got["lines"]
+    clear = (got["code"] == 2 and len(lines) == 1 and lines[0].startswith("error:")
+             and got["traceback"] is None and not any("Traceback" in x for x in lines))
+    named = clear and names in lines[0]
+    return {"name": name, **got, "clear": clear, "named": named,
+            "traceback": got["traceback"] or next((x for x in lines if "Traceback" in x), None),
+            "half_written": not before and out.exists()}
+
+
+def _broken_mid_run(work: Path, root: Path, splits: dict, form: str) -> dict:
+    """Stream with 1 worker, break a training file once epoch 0 is logged: one line naming the
+    file and the resume command; repaired and resumed, the run equals an uninterrupted one."""
+    import lttoolbox.engine.trainer as trainer_module
+
+    target = root / splits["train"][0][0]
+    saved = target.read_bytes()
+    recipe = work / f"mid_{form}.yaml"
+    recipe.write_text(yaml.safe_dump(tree_recipe(
+        data_config(root, form, "stream", work / "cache"), epochs=2)))
+    reference = work / "runs" / f"mid-{form}-whole"
+    run_inproc([str(recipe), "--out", str(reference), "--quiet"])
+    out = work / "runs" / f"mid-{form}"
+    real = trainer_module.append_log
+
+    def append_and_break(*args, **kwargs):
+        real(*args, **kwargs)
+        trainer_module.append_log = real
+        target.write_bytes(b"")
+
+    trainer_module.append_log = append_and_break
+    try:
+        got = run_inproc([str(recipe), "--out", str(out), "--quiet"])
+    finally:
+        trainer_module.append_log = real
+        target.write_bytes(saved)
+    result = _judge(f"{form}:stream:train:broken_during_the_run", got, str(target), out,
+                    before=True)
+    result["named"] = result["named"] and got["lines"][0].endswith("--resume")
+    resumed = run_inproc([str(recipe), "--out", str(out), "--resume", "--quiet"])
+    result["resumed_identical"] = resumed["code"] == 0 and history(out) == history(reference) \
+        and _accuracy(out) == _accuracy(reference)
+    result["half_written"] = not result["resumed_identical"]
+    return result
+
+
+def _accuracy(out: Path) -> list:
+    return json.loads((out / "results.json").read_text())["per_class_acc"]
+
+
+def _summary(results: list[dict]) -> dict:
+    return {"cases": results, "tried": len(results),
+            "clear_errors": sum(r["clear"] for r in results),
+            "naming_the_file": sum(r["named"] for r in results),
+            "misleading": sum(r["clear"] and not r["named"] for r in results),
+            "tracebacks": sum(r["traceback"] is not None for r in results),
+            "half_written": sum(r["half_written"] for r in results)}
+
+
+# --------------------------------------------------------------- kill -9 on both data paths
+# Parameters an entry needs on the small model; every other entry is built with its defaults.
+AUGMENT_PARAMS = {"cmo": {"p": 1.0}, "cutmix": {"p": 1.0}, "manifold_mixup": {"stage": "input"},
+                  "one_of": {"choices": [{"name": "mixup"}, {"name": "cmo"}], "p": [0.4, 0.4]}}
+GENERATOR_PARAMS = {"rsg": {"contrastive_channels": 16, "generation_start_epoch": 1},
+                    "delta_encoder": {"hidden": 32}}
+
+
+def component_configs() -> list[tuple[str, dict]]:
+    """Every mixing augmentation and every feature generator of the registries."""
+    configs = [(f"augment:{name}", {"augment": [{"name": name, **AUGMENT_PARAMS.get(name, {})}]})
+               for name, factory in sorted(AUGMENTS.entries.items())
+               if getattr(factory, "mixes", False)]
+    configs += [(f"generator:{name}", {"generator": {"name": name,
+                                                     **GENERATOR_PARAMS.get(name, {})}})
+                for name in sorted(GENERATORS.entries)]
+    return configs
+
+
+def _logged_epochs(out: Path) -> int:
+    try:
+        return len((out / "log.jsonl").read_text().splitlines())
+    except OSError:
+        return -1  # training has not started
+
+
+def sweep_path_kills(work: Path, trials: int, seed: int, only: list[str] | None = None,
+                     paths: tuple[str, ...] = ("stream", "memory"), epochs: int = 3) -> dict:
+    """kill -9 at a random moment of training after its first checkpoint (once ``k`` >= 1
+    epochs are logged, then up to half a second: the resume must restore a checkpoint; kills
+    before any are the ``kills`` part's), then an immediate ``--resume``; the result and the log
+    must equal the uninterrupted run's. A kill that lands after the run finished is reported,
+    not counted."""
+    root = work / "tree"
+    if not root.exists():
+        image_tree(root)
+    rng = random.Random(seed)
+    doc: dict[str, list] = {path: [] for path in paths}
+    for path in paths:
+        for name, extra in component_configs():
+            if only and name.split(":")[1] not in only:
+                continue
+            recipe = work / f"kill_{path}_{name.replace(':', '_')}.yaml"
+            recipe.write_text(yaml.safe_dump(tree_recipe(
+                data_config(root, "image_folder", path, work / "cache"), epochs=epochs,
+                workers=2, **extra)))
+            reference = work / "path_kills" / f"{path}-{name.replace(':', '-')}-whole"
+            lttrain(str(recipe), "--out", str(reference), "--quiet").communicate()
+            if not (reference / "results.json").exists():
+                doc[path].append({"name": name, "error": "the uninterrupted run failed"})
+                continue
+            for trial in range(trials):
+                out = work / "path_kills" / f"{path}-{name.replace(':', '-')}-{trial}"
+                after, delay = rng.randrange(1, epochs), rng.uniform(0.0, 0.5)
+                proc = lttrain(str(recipe), "--out", str(out), "--quiet")
+                while proc.poll() is None and _logged_epochs(out) < after:
+                    time.sleep(0.01)
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate()
+                finished = (out / "results.json").exists()
+                resumed = lttrain(str(recipe), "--out", str(out), "--quiet",
+                                  *(["--resume"] if out.exists() else []))
+                output, _ = resumed.communicate()
+                ok = resumed.returncode == 0 and (out / "results.json").exists()
+                same = ok and _accuracy(out) == _accuracy(reference) and \
+                    history(out) == history(reference)
+                doc[path].append({"name": name, "after_epochs": after,
+                                  "delay_s": round(delay, 2), "finished_before_kill": finished,
+                                  "resumed_ok": ok, "identical": same,
+                                  "output": output.strip().splitlines()[-1:] if not ok else []})
+    summary = {}
+    for path, rows in doc.items():
+        counted = [r for r in rows if not r.get("finished_before_kill")]
+        summary[path] = {"trials": rows, "tried": len(counted),
+                         "identical": sum(bool(r.get("identical")) for r in counted),
+                         "landed_after_the_end": len(rows) - len(counted)}
+    return summary
+
+
+PARTS = ("malformed", "components", "kills", "files", "path_kills", "leaderboard")
+
+
+def _problems(cases: list[dict]) -> None:
+    for case in cases:
+        if case["traceback"] or case["half_written"] or not (case["named"]
+                                                             or case.get("accepted")):
+            print(f"  PROBLEM {case['name']}: {case['traceback'] or case['lines'][:2]}")
+        elif case.get("accepted"):
+            print(f"  accepted (valid there): {case['name']}")
+
+
 def main_cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which parts to run (all by default)")
     parser.add_argument("--kills", type=int, default=20, help="random kill -9 trials")
+    parser.add_argument("--path-kills", type=int, default=1,
+                        help="kill -9 trials per data path and component")
+    parser.add_argument("--components", nargs="+", metavar="NAME",
+                        help="path_kills: only these augmentations and generators")
+    parser.add_argument("--paths", nargs="+", choices=("stream", "memory"),
+                        default=["stream", "memory"], help="path_kills: these data paths")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--lb-kills", type=int, default=3,
                         help="kill -9 trials of a running leaderboard")
     parser.add_argument("--out", type=Path, help="where to write fault_sweep.json")
-    parser.add_argument("--no-components", action="store_true",
-                        help="skip the component-value, output-path and full-disk cases")
     args = parser.parse_args()
+    report: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        malformed = sweep_malformed(work)
-        components = None if args.no_components else sweep_components(work)
-        kills = sweep_kills(work, args.kills, args.seed) if args.kills else None
-        lb_merge = lb_faults.sweep_merge(work / "leaderboard")
-        lb_kills = (lb_faults.sweep_kills(work / "leaderboard", args.lb_kills, args.seed)
-                    if args.lb_kills else None)
-    summary = {k: v for k, v in malformed.items() if k != "cases"}
-    print(f"malformed inputs: {summary}")
-    for case in malformed["cases"]:
-        if case["traceback"] or case["half_written"] or not (case["clear"] or case["accepted"]):
-            print(f"  PROBLEM {case['name']}: {case['traceback'] or case['lines'][:2]}")
-        elif case["accepted"]:
-            print(f"  accepted (valid there): {case['name']}")
-    if components:
-        print(f"component values, output paths, full disk: "
-              f"{ {k: v for k, v in components.items() if k != 'cases'} }")
-        for case in components["cases"]:
-            if case["traceback"] or case["half_written"] or case["misleading"]:
-                print(f"  PROBLEM {case['name']}: {case['traceback'] or case['lines'][:2]}")
-    if kills:
+        if "malformed" in args.parts:
+            report["malformed"] = sweep_malformed(work)
+        if "components" in args.parts:
+            report["components"] = sweep_components(work)
+        if "kills" in args.parts and args.kills:
+            report["kills"] = sweep_kills(work, args.kills, args.seed)
+        if "files" in args.parts:
+            report["files"] = sweep_files(work)
+        if "path_kills" in args.parts and args.path_kills:
+            report["path_kills"] = sweep_path_kills(work, args.path_kills, args.seed,
+                                                    args.components, tuple(args.paths))
+        if "leaderboard" in args.parts:
+            report["leaderboard"] = {
+                "merge": lb_faults.sweep_merge(work / "leaderboard"),
+                "kills": (lb_faults.sweep_kills(work / "leaderboard", args.lb_kills, args.seed)
+                          if args.lb_kills else None)}
+    bad = 0
+    for part in ("malformed", "components", "files"):
+        if part in report:
+            print(f"{part}: {({k: v for k, v in report[part].items() if k != 'cases'})}")
+            _problems(report[part]["cases"])
+            bad += report[part]["tracebacks"] + report[part]["half_written"] \
+                + report[part]["misleading"]
+    if "components" in report:
+        bad += not report["components"]["disk_full_resumed_identical"]
+    if "kills" in report:
+        kills = report["kills"]
         print(f"kill -9 trials: {kills['identical']} of {kills['tried']} identical to the "
               f"uninterrupted run ({kills['uninterrupted_seconds']} s uninterrupted)")
-    for line in lb_faults.report(lb_merge, lb_kills):
-        print(line)
+        bad += kills["tried"] - kills["identical"]
+    for path, kills in report.get("path_kills", {}).items():
+        print(f"kill -9 trials, {path} path: {kills['identical']} of {kills['tried']} identical "
+              f"to the uninterrupted run ({kills['landed_after_the_end']} more landed after the "
+              f"run had finished)")
+        for trial in kills["trials"]:
+            if not trial.get("identical") and not trial.get("finished_before_kill"):
+                print(f"  NOT IDENTICAL {trial['name']}: {trial}")
+        bad += kills["tried"] - kills["identical"]
+    if "leaderboard" in report:
+        lb = report["leaderboard"]
+        for line in lb_faults.report(lb["merge"], lb["kills"]):
+            print(line)
+        bad += lb_faults.problems(lb["merge"], lb["kills"])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fault_sweep.json").write_text(json.dumps(
-            {"malformed": malformed, "components": components, "kills": kills,
-             "leaderboard": {"merge": lb_merge, "kills": lb_kills}},
-            indent=2, default=str) + "\n")
-    bad = (malformed["tracebacks"] + malformed["half_written"]
-           + lb_faults.problems(lb_merge, lb_kills))
-    if components:
-        bad += (components["tracebacks"] + components["half_written"] + components["misleading"]
-                + (not components["disk_full_resumed_identical"]))
-    return 1 if bad or (kills and kills["identical"] != kills["tried"]) else 0
+        (args.out / "fault_sweep.json").write_text(json.dumps(report, indent=2, default=str)
+                                                   + "\n")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

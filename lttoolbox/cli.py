@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             from rich.console import Console
             list_registries(Console(highlight=False), None if args.list == "all" else args.list)
             return 0
+        from .data.images import UnreadableImage
         from .engine import Trainer
         from .recipe import (compact_recipe, dump_recipe_text, load_recipe, resolve,
                              scale_epochs, squeezed_stages)
@@ -312,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             for message in squeezed if trainer.world.is_main else ():  # after every check
                 trainer.log.warning(message)
             state["trainer"] = trainer
-            trainer.run()
+            try:
+                trainer.run()
+            except UnreadableImage as err:  # broken since the check at the start (streaming)
+                raise UnreadableImage(f"{err}; the run keeps its last checkpoint: once the file "
+                                      f"is readable, continue with: {resume_command()}") from None
         finally:
             if joined:
                 import torch.distributed
@@ -324,15 +329,18 @@ def main(argv: list[str] | None = None) -> int:
             console.print("interrupted before the run started; nothing was written",
                           soft_wrap=True)
             return
+        # One line however narrow the terminal or pipe: it is meant to be copied.
+        console.print(f"interrupted; continue with: {resume_command()}", soft_wrap=True,
+                      markup=False)
+
+    def resume_command() -> str:
         epochs = [] if args.epochs is None else ["--epochs", str(args.epochs)]
         if args.from_run:  # used only while the run has no checkpoint of its own
             epochs += ["--from-run", args.from_run]
         again = " ".join(shlex.quote(a) for a in [args.recipe or "", *args.overrides, *epochs]
                          if a)
-        # One line however narrow the terminal or pipe: it is meant to be copied.
-        console.print(f"interrupted; continue with: lttrain {again} --out "
-                      f"{shlex.quote(str(state['out']))} --resume".replace("  ", " "),
-                      soft_wrap=True, markup=False)
+        return (f"lttrain {again} --out {shlex.quote(str(state['out']))} "
+                f"--resume").replace("  ", " ")
 
     return run_command(body, interrupted)
 

@@ -633,6 +633,49 @@ def test_a_new_version_of_the_files_replaces_its_stale_cache_entry(tmp_path):
         replaced[:-len("0123456789abcdef.npy")]
 
 
+def png16(path: Path, values: np.ndarray) -> Path:
+    """A 16-bit PNG written by hand (Pillow writes 16-bit greyscale only): ``values`` is uint16
+    ``(H, W)`` (greyscale) or ``(H, W, 3)`` (RGB)."""
+    import struct
+    import zlib
+
+    height, width = values.shape[:2]
+    colour = 2 if values.ndim == 3 else 0
+    rows = values.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16_bit_images_are_scaled_to_8_bits_not_clipped(tmp_path):
+    """A 0..65535 gradient used to come out 99.6 % white (Pillow's conversion clips at 255)."""
+    from lttoolbox.data.stream import read_image
+
+    ramp = np.linspace(0, 65535, 8 * 8).round().astype(np.uint16).reshape(8, 8)
+    rgb = np.random.default_rng(0).integers(0, 65536, (8, 8, 3)).astype(np.uint16)
+    for values in (ramp, rgb, np.arange(64, dtype=np.uint16).reshape(8, 8) * 257):
+        path = png16(tmp_path / "x.png", values)
+        expected = (values >> 8).astype(np.uint8)  # the high byte; v * 257 gives v back
+        expected = np.repeat(expected[..., None], 3, -1) if values.ndim == 2 else expected
+        expected = expected.transpose(2, 0, 1)
+        assert np.array_equal(folder_io.decode_image(str(path), 8), expected)
+        for decoder in ("pil", "torchvision"):
+            assert np.array_equal(read_image(str(path), decoder).numpy(), expected), decoder
+    assert np.array_equal(folder_io.decode_image(str(png16(tmp_path / "g.png", ramp)), 8, 1),
+                          (ramp >> 8).astype(np.uint8)[None])
+    # floating-point pixels have no 8-bit scale: refused, naming the file
+    Image.fromarray(np.ones((4, 4), np.float32)).save(tmp_path / "f.png", format="TIFF")
+    with pytest.raises(DataError, match=f"cannot read image {tmp_path / 'f.png'}: .*mode F"):
+        folder_io.decode_image(str(tmp_path / "f.png"), 4)
+
+
 def test_decode_cache_rebuilds_a_corrupt_file_and_honours_env(tmp_path, monkeypatch):
     root = tmp_path / "d"
     written = write_tree(root, ["a"], n_train=2, n_test=1)

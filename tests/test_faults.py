@@ -6,6 +6,7 @@ metrics and the same log as an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -450,6 +451,38 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     assert main([str(recipe), "--out", str(out), "--quiet"]) == 0
 
 
+HOLDER = """
+import multiprocessing, sys, time
+from lttoolbox.engine.rundir import RunLock
+with RunLock(sys.argv[1]):
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()  # as a DataLoader worker is started
+    print(child.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_lock_ends_with_its_process_not_with_its_forked_children(tmp_path):
+    """kill -9 of a process whose forked children (DataLoader workers) outlive it: the run is
+    free at once, not when the orphans notice and exit."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(RunDirError, match=f"process {holder.pid}"):
+            RunLock(out).__enter__()  # held while the process lives
+        holder.kill()
+        holder.wait(timeout=30)
+        os.kill(child, 0)  # the orphan still runs
+        with RunLock(out):
+            pass
+    finally:
+        holder.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_outputs_get_the_users_normal_mode(tmp_path):
     _, out = finished_run(tmp_path)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".")}
@@ -594,6 +627,33 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, kill_recipe, p
     assert comparable(results["history"]) == comparable(reference["history"])
     assert (out / "model-joint.pt").is_file() and (out / "model-crt.pt").is_file()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_kill_9_of_a_streamed_run_with_workers_then_an_immediate_resume(tmp_path, capsys):
+    """Its orphaned DataLoader workers must not keep the run locked. (That the resumed run is
+    the uninterrupted one: tests/test_stream.py, and benchmarks/fault_sweep.py with kill -9.)"""
+    root = image_tree(tmp_path / "data")
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        **DIGITS, "data": {"name": "image_folder", "root": str(root), "image_size": 8,
+                           "imbalance_type": None, "path": "stream"},
+        "augment": [{"name": "mixup"}],
+        "train": {"epochs": 3, "batch_size": 2, "workers": 1}})
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lttoolbox.cli", str(recipe), "--out",
+                             str(out), "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint.pt").exists():  # epoch 0 done: the workers run
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (out / "results.json").exists()
+    before = comparable(log_rows(out))
+    code, lines = lttrain_inproc(capsys, recipe, "--out", out, "--resume", "--quiet")
+    assert code == 0, lines
+    after = comparable(log_rows(out))
+    assert len(after) == 3 and after[:len(before)] == before
 
 
 # ------------------------------------------------------------------------------------- signals

@@ -6,12 +6,13 @@ both paths (same class counts, same sampler streams), through an interruption an
 """
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
 import torch
 from test_engine import StopAfter
-from test_split_files import raises, tree, txt_cfg  # noqa: F401  (tree is a fixture)
+from test_split_files import inat_cfg, raises, tree, txt_cfg  # noqa: F401  (tree: a fixture)
 
 from lttoolbox.data.datapath import (MemoryPath, StreamPath, build_data_path, choose_path,
                                      shard)
@@ -220,6 +221,56 @@ def test_stream_run_resumes_exactly(tree, tmp_path):
     assert sum(resumed["test_class_counts"]) == 8
 
 
+def test_the_stream_loader_leaves_the_global_generator_alone(tree):
+    """The mixing augmentations draw from torch's global generator: a loader that drew its
+    workers' base seed there would shift them (once per epoch with 0 workers, once per process
+    with persistent workers, so differently with each worker count and across a resume)."""
+    bundle = DATASETS.build(txt_cfg(tree, path="stream", image_size=8))
+    for workers in (0, 1):
+        path = StreamPath(bundle, CPU, seed=1, workers=workers)
+        before = torch.get_rng_state()
+        for epoch in range(2):
+            batches_of(path, [3, 1, 4, 1, 5], epoch_key=(0, epoch))
+        list(path.eval_batches("test", 4))
+        assert torch.equal(torch.get_rng_state(), before), f"{workers} workers"
+
+
+def test_fetch_draws_depend_on_the_epoch_and_call_not_on_the_process_history(tree):
+    """CMO's foreground images: the k-th fetch of an epoch is the same in a process that trained
+    earlier epochs (an uninterrupted run) and in a fresh one (a run resumed at that epoch)."""
+    bundle = DATASETS.build(txt_cfg(tree, path="stream", image_size=8))
+    idx = torch.tensor([2, 0, 5, 7])
+    uninterrupted = StreamPath(bundle, CPU, seed=1, workers=0)
+    batches_of(uninterrupted, [0, 1, 2, 3], epoch_key=(0, 0))
+    earlier = uninterrupted.fetch(idx)[0]
+    batches_of(uninterrupted, [0, 1, 2, 3], epoch_key=(0, 1))
+    first, second = uninterrupted.fetch(idx)[0], uninterrupted.fetch(idx)[0]
+    resumed = StreamPath(bundle, CPU, seed=1, workers=0)
+    batches_of(resumed, [0, 1, 2, 3], epoch_key=(0, 1))
+    assert torch.equal(resumed.fetch(idx)[0], first)
+    assert torch.equal(resumed.fetch(idx)[0], second)
+    assert not torch.equal(first, second) and not torch.equal(first, earlier)
+
+
+def test_a_streamed_mixing_run_is_the_same_with_any_workers_and_across_a_resume(tree, tmp_path):
+    """The mixing augmentations of the registry, as the choices of one ``one_of`` (one run
+    instead of one per augmentation): an uninterrupted run with 1 worker equals a run stopped
+    in its second epoch with 0 workers and resumed with 1. (``manifold_mixup`` acts through its
+    stage hooks, which ``one_of`` does not call; it draws from the same generator as mixup.)"""
+    from test_augment import ENTRIES  # every registered mixing augmentation, with parameters
+    choices = [{"name": name, **params} for name, params in sorted(ENTRIES.items())
+               if name not in ("one_of", "manifold_mixup")]
+    aug = {"name": "one_of", "choices": choices, "p": [1 / len(choices)] * len(choices)}
+    cfg = dict(recipe(tree, "stream", epochs=2), augment=[aug])
+    one = dict(cfg, train={**cfg["train"], "workers": 1})
+    whole = train(resolve(one), tmp_path / "whole", quiet=True)
+    with pytest.raises(KeyboardInterrupt):  # epoch 0 checkpointed, stopped in epoch 1
+        train(resolve(cfg), tmp_path / "cut", logger=StopAfter(1))
+    resumed = train(resolve(one), tmp_path / "cut", resume=True, quiet=True)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert resumed["per_class_acc"] == whole["per_class_acc"]
+
+
 def test_workers_do_not_change_the_recipe_hash(tree):
     from lttoolbox.recipe import recipe_hash
     assert recipe_hash(recipe(tree, "stream")) == recipe_hash(recipe(tree, "stream", workers=3))
@@ -267,3 +318,144 @@ def test_lteval_and_ltpredict_read_a_streamed_run_as_it_evaluated(tree, tmp_path
     top = probs.topk(2)
     assert rows[0][1::2] == [results["class_names"][int(i)] for i in top.indices]
     assert [float(p) for p in rows[0][2::2]] == pytest.approx(top.values.tolist(), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- broken files
+def bomb_png(path):
+    """A PNG whose header declares 30,000 x 30,000 pixels, with a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def damage(path, kind):
+    """Break an image file the way files break: cut short, emptied, not an image, a bomb."""
+    from PIL import Image
+    if kind == "truncated_jpeg":
+        pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif kind == "truncated_png":
+        pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path, format="PNG")
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("class,label\nnot,an image\n")
+    else:
+        bomb_png(path)
+
+
+def test_the_file_check_refuses_only_what_pillow_cannot_decode(tmp_path):
+    from PIL import Image
+
+    from lttoolbox.data.images import check_image
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    good = {"plain.jpg": "JPEG", "plain.png": "PNG", "gif_named.png": "GIF", "bmp.jpg": "BMP"}
+    for name, form in good.items():
+        Image.fromarray(pixels).save(tmp_path / name, format=form)
+        check_image(str(tmp_path / name))
+    # bytes after the end-of-image marker (camera trailers): no ending found, decoded in full
+    trailer = tmp_path / "trailer.jpg"
+    trailer.write_bytes((tmp_path / "plain.jpg").read_bytes() + b"\x00MakerTrailer" * 200)
+    check_image(str(trailer))
+    for kind, why in KINDS.items():
+        damage(tmp_path / "bad.jpg", kind)
+        raises(DataError, lambda: check_image(str(tmp_path / "bad.jpg")),
+               f"cannot read image {tmp_path / 'bad.jpg'}: ", why)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_check_files_names_the_first_broken_file_and_counts_the_others(tmp_path, monkeypatch,
+                                                                       pooled):
+    from PIL import Image
+
+    from lttoolbox.data import images
+    if pooled:  # the thread pool of large splits, on a small one
+        monkeypatch.setattr(images, "POOL_MIN_FILES", 1)
+        monkeypatch.setattr(images, "CHUNK", 2)
+    paths = [tmp_path / f"{i}.png" for i in range(7)]
+    for path in paths:
+        Image.new("RGB", (4, 4)).save(path)
+    images.check_files(paths)
+    damage(paths[5], "empty")
+    damage(paths[2], "text")
+    raises(DataError, lambda: images.check_files(paths),
+           f"cannot read image {paths[2]}: not an image file Pillow can read (and 1 more")
+
+
+KINDS = {"truncated_jpeg": "truncated", "truncated_png": "truncated", "empty": "the file is empty",
+         "text": "not an image file Pillow can read", "bomb": "decompression bomb"}
+FORMATS = {"txt_list": txt_cfg, "inaturalist": inat_cfg,
+           # the tree's train/ and val/ folders hold class folders: an image folder too
+           "image_folder": lambda tree, **extra: {
+               "name": "image_folder", "root": str(tree["root"]), "test_dir": "val",
+               "imbalance_type": None, **extra}}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("form", sorted(FORMATS))
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_broken_file_on_the_streaming_path_stops_before_anything_is_written(
+        tree, tmp_path, capsys, kind, form, split):
+    """One line naming the file, exit 2, no run directory: found before training, also in the
+    test split (which used to be read only after all the training)."""
+    from test_faults import lttrain_inproc, write_recipe
+    broken = tree["root"] / tree["splits"][split][-1][0]
+    damage(broken, kind)
+    recipe = write_recipe(tmp_path / "r.yaml", {
+        "data": FORMATS[form](tree, path="stream", image_size=8), "model": {"name": "digits_cnn"},
+        "train": {"epochs": 1, "batch_size": 4, "workers": 1}})
+    code, lines = lttrain_inproc(capsys, recipe, "--out", tmp_path / "run")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot read image {broken}: ") and KINDS[kind] in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+class BreakAfterFirstEpoch:
+    """Damages a training file once the first epoch is logged, as a disk or a sync job might."""
+
+    def __init__(self, path):
+        self.path, self.done = path, False
+
+    def __call__(self, real):
+        def append_log(*args, **kwargs):
+            real(*args, **kwargs)
+            if not self.done:
+                self.done = True
+                self.saved = self.path.read_bytes()
+                self.path.write_bytes(b"")
+        return append_log
+
+
+def test_a_file_broken_during_a_streamed_run_is_one_line_and_the_run_resumes(
+        tree, tmp_path, capsys, monkeypatch):
+    """Read by a DataLoader worker, the broken file used to end the run with the worker's
+    17-line traceback."""
+    import lttoolbox.engine.trainer as trainer_module
+    from test_faults import lttrain_inproc, write_recipe
+    cfg = recipe(tree, "stream", epochs=2, workers=1)
+    cfg.pop("sampler")  # every training image is read every epoch
+    path = write_recipe(tmp_path / "r.yaml", cfg)
+    broken = tree["root"] / tree["splits"]["train"][0][0]
+    breaker = BreakAfterFirstEpoch(broken)
+    monkeypatch.setattr(trainer_module, "append_log", breaker(trainer_module.append_log))
+    out = tmp_path / "run"
+    code, lines = lttrain_inproc(capsys, path, "--out", out, "--quiet")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot read image {broken}: the file is empty; the run "
+                               f"keeps its last checkpoint"), lines
+    assert lines[0].endswith(f"--out {out} --resume")
+    broken.write_bytes(breaker.saved)
+    code, lines = lttrain_inproc(capsys, path, "--out", out, "--resume", "--quiet")
+    assert code == 0, lines
+    assert [r["epoch"] for r in (json.loads(line) for line in (out / "log.jsonl").open())] \
+        == [0, 1]

@@ -30,10 +30,13 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .stream import EpochBatches, FileSplit, ImageFiles, draw_seeds
+from .stream import EpochBatches, FileSplit, ImageFiles, LoaderFiles, batches, collate, draw_seeds
 from .transforms import BatchTransform
 
 PATHS = ("auto", "memory", "stream")
+# Tags that keep the streaming path's seed streams apart from the per-image epoch stream.
+LOADER_TAG = 0x4C4F4144  # "LOAD": the loader's own generator (its workers' base seed)
+FETCH_TAG = 0x46455443   # "FETC": fetch (CMO's foreground images)
 # ``path: auto`` streams a set whose decoded training images would take more than this.
 AUTO_MEMORY_BYTES = 4 * 2 ** 30
 
@@ -174,13 +177,24 @@ class StreamPath(_Splits):
         self.image_size = int(bundle.train.image_size)
         self._batches = EpochBatches()
         self._loader = None
+        # The loader's own generator: creating a DataLoader iterator draws its workers' base seed
+        # from ``generator`` (torch's global one when None), and the mixing augmentations draw
+        # from the global one too. A draw there would shift every later mixing draw by one, and
+        # the loader makes it at other times with 0 workers (every epoch) than with persistent
+        # workers (once per process), so results would change with the worker count and across
+        # a resume. Reseeded by (seed, stage, epoch) before each epoch.
+        self._generator = torch.Generator()
+        # CMO's foreground images: seeded by (seed, stage, epoch, call within the epoch), which
+        # a resumed run (it restarts at an epoch's start) repeats exactly.
+        self._epoch_key: tuple[int, ...] = ()
         self._fetch_calls = 0
 
     def train_labels(self) -> np.ndarray:
         return self.train.labels.numpy()
 
     def _loader_kwargs(self) -> dict:
-        kwargs = {"num_workers": self.workers, "pin_memory": self.device.type == "cuda"}
+        kwargs = {"num_workers": self.workers, "pin_memory": self.device.type == "cuda",
+                  "collate_fn": collate}
         if self.workers:
             kwargs.update(prefetch_factor=self.prefetch, persistent_workers=True)
         return kwargs
@@ -192,25 +206,38 @@ class StreamPath(_Splits):
               epoch_key: Sequence[int], steps: int | None = None
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The transformed batches of this rank's ``indices``; image ``i`` of the epoch's global
-        stream draws its augmentation from a generator seeded by ``(seed, epoch_key, i)``."""
+        stream draws its augmentation from a generator seeded by ``(seed, epoch_key, i)``.
+
+        The epoch starts here (not at the first batch): :meth:`fetch` counts its calls from this
+        point."""
         indices = indices.cpu().numpy()
         seeds = draw_seeds(self.seed, epoch_key, positions)
         steps = steps if steps is not None else -(-len(indices) // batch_size)
         items = list(zip(indices.tolist(), seeds.tolist()))
         self._batches.set([items[s * batch_size:(s + 1) * batch_size] for s in range(steps)])
+        self._epoch_key, self._fetch_calls = tuple(int(k) for k in epoch_key), 0
+        self._generator.manual_seed(int(draw_seeds(self.seed, (LOADER_TAG, *self._epoch_key),
+                                                   np.zeros(1))[0]))
         if self._loader is None:  # built once: its persistent workers serve every epoch
             self._loader = torch.utils.data.DataLoader(
-                ImageFiles(self.train, self.train_transform), batch_sampler=self._batches,
-                **self._loader_kwargs())
-        for x, y in self._loader:
+                LoaderFiles(self.train, self.train_transform), batch_sampler=self._batches,
+                generator=self._generator, **self._loader_kwargs())
+        return self._batches_of(self._loader)
+
+    def _batches_of(self, loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in batches(loader):
             yield self._to_device(x), y.to(self.device, non_blocking=True)
 
     def fetch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training images decoded and transformed in this process (seeded by the call count, so
-        a run repeats them), on the training device."""
-        self._fetch_calls += 1
+        """Training images decoded and transformed in this process, on the training device.
+
+        The ``k``-th call of an epoch seeds image ``i`` by ``(seed, stage, epoch, k, i)``: a
+        function of where the run is, not of how many calls this process made, so a resumed
+        run repeats the uninterrupted one's images."""
         data = ImageFiles(self.train, self.train_transform)
-        seeds = draw_seeds(self.seed, (0x46455443, self._fetch_calls), np.arange(len(indices)))
+        seeds = draw_seeds(self.seed, (FETCH_TAG, *self._epoch_key, self._fetch_calls),
+                           np.arange(len(indices)))
+        self._fetch_calls += 1
         pairs = [data[(int(i), int(s))] for i, s in zip(indices.tolist(), seeds.tolist())]
         x = torch.stack([p[0] for p in pairs])
         return self._to_device(x), torch.stack([p[1] for p in pairs]).to(self.device)
@@ -221,14 +248,14 @@ class StreamPath(_Splits):
 
     def eval_batches(self, split: str, batch_size: int, positions: np.ndarray | None = None
                      ) -> Iterator[torch.Tensor]:
-        data = ImageFiles(self._splits[split], self.eval_transform)
+        data = LoaderFiles(self._splits[split], self.eval_transform)
         order = (np.arange(len(data)) if positions is None else np.asarray(positions)).tolist()
         kwargs = self._loader_kwargs()
         kwargs.pop("persistent_workers", None)  # a loader per evaluation
         loader = torch.utils.data.DataLoader(
             data, batch_sampler=[order[s:s + batch_size] for s in range(0, len(order), batch_size)],
-            **kwargs)
-        for x, _ in loader:
+            generator=torch.Generator().manual_seed(self.seed), **kwargs)  # not the global one
+        for x, _ in batches(loader):
             yield self._to_device(x)
 
     def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .images import UnreadableImage, image_error, load_image, to_8bit_tensor
 
 # RandomResizedCrop's defaults (torchvision.transforms.RandomResizedCrop).
 CROP_SCALE = (0.08, 1.0)
@@ -103,7 +104,8 @@ DECODERS = ("pil", "torchvision")
 
 
 def read_image(path: str, decoder: str = "pil") -> torch.Tensor:
-    """Decode one image file to uint8 RGB ``(3, H, W)``.
+    """Decode one image file to uint8 RGB ``(3, H, W)`` (16-bit images scaled to 8 bits, see
+    :mod:`lttoolbox.data.images`).
 
     Args:
         decoder: ``pil`` (Pillow) or ``torchvision`` (``torchvision.io.decode_image``, deprecated
@@ -113,20 +115,18 @@ def read_image(path: str, decoder: str = "pil") -> torch.Tensor:
     Raises:
         DataError: naming the file that cannot be read or decoded.
     """
-    try:
-        if decoder == "torchvision":
-            import warnings
-
-            from torchvision.io import ImageReadMode, decode_image, read_file
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return decode_image(read_file(path), mode=ImageReadMode.RGB)
-        from PIL import Image
-        with Image.open(path) as img:
-            array = np.array(img.convert("RGB"), dtype=np.uint8)  # writable, owned
+    if decoder != "torchvision":
+        array = np.array(load_image(path, "RGB"), dtype=np.uint8)  # writable, owned
         return torch.from_numpy(array).permute(2, 0, 1)
-    except Exception as err:  # each decoder raises its own types; the user needs the file
-        raise DataError(f"cannot read image {path}: {type(err).__name__}: {err}") from None
+    try:
+        import warnings
+
+        from torchvision.io import ImageReadMode, decode_image, read_file
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return to_8bit_tensor(decode_image(read_file(path), mode=ImageReadMode.RGB))
+    except Exception as err:  # torchvision raises its own types; the user needs the file
+        raise image_error(path, err) from None
 
 
 def crop_box(height: int, width: int, generator: torch.Generator | None,
@@ -259,6 +259,43 @@ class ImageFiles(torch.utils.data.Dataset):
             generator = torch.Generator().manual_seed(int(seed))
         image = self.transform(read_image(self.paths[index], self.decoder), generator)
         return image, self.labels[index]
+
+
+class Unreadable:
+    """What a loader yields instead of a batch holding a file that cannot be decoded: the one-line
+    message. (An exception raised in a DataLoader worker reaches the training process as a new
+    exception whose message is the worker's whole traceback, the file named on its last line.)"""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+class LoaderFiles(ImageFiles):
+    """:class:`ImageFiles` for a DataLoader: an unreadable file gives an :class:`Unreadable`
+    item, which :func:`collate` turns into the batch (see :func:`batches`)."""
+
+    def __getitem__(self, item):
+        try:
+            return super().__getitem__(item)
+        except UnreadableImage as err:
+            return Unreadable(str(err))
+
+
+def collate(items: list):
+    """``default_collate``, or the first :class:`Unreadable` item of the batch."""
+    for item in items:
+        if isinstance(item, Unreadable):
+            return item
+    return torch.utils.data.default_collate(items)
+
+
+def batches(loader):
+    """The loader's batches; :class:`~lttoolbox.errors.DataError` (one line naming the file) for
+    a batch with an unreadable file."""
+    for batch in loader:
+        if isinstance(batch, Unreadable):
+            raise UnreadableImage(batch.message)
+        yield batch
 
 
 class EpochBatches:

@@ -4,7 +4,9 @@
   written, before any data is loaded.
 * :class:`RunLock` holds an exclusive OS lock (``flock``) on ``<run>/.lock`` while a run writes
   there. The operating system releases it when the process ends, however it ends, so a stale lock
-  file never blocks; a second writer is refused with the holder's process id.
+  file never blocks; a second writer is refused with the holder's process id. A forked child
+  (a DataLoader worker) closes its copy of the descriptor at once, so the lock ends with the
+  process that took it, not with its last orphaned child.
   :func:`lock_holder` tells a reader (``lteval``) whether a live process holds it, without taking
   it or writing anything, so an archived run on a read-only file system can still be read.
 * :func:`write_log` rewrites ``log.jsonl`` and ``metrics.csv`` from the checkpointed history, so
@@ -15,16 +17,20 @@ Example:
     >>> import tempfile, pathlib
     >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
     >>> check_out_dir(run)
+    >>> row = {"stage": "main", "epoch": 0, "loss": 1.0, "lr": 0.1, "seconds": 2.0,
+    ...        "images_per_second": 50.0}
     >>> with RunLock(run):
-    ...     write_log(run, [{"epoch": 0, "loss": 1.0}])
-    >>> (run / "log.jsonl").read_text()
-    '{"epoch": 0, "loss": 1.0}\\n'
+    ...     write_log(run, [row])
+    >>> (run / "metrics.csv").read_text().splitlines()[1]
+    'main,0,1.0,0.1,2.0,50.0,,,,,'
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import weakref
 from pathlib import Path
 
 from ..atomic import atomic_write_text, is_temp_file
@@ -57,8 +63,37 @@ def check_out_dir(out: Path) -> None:
         raise RunDirError(f"--out {out}: {parent} is not writable; choose another --out")
 
 
+# The locks this process holds, for the fork handler below.
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    """Run in every child forked by ``os.fork`` (DataLoader workers, process pools): close the
+    inherited descriptors of this process's run locks.
+
+    An ``flock`` lock belongs to the open file description, which a fork shares with the child:
+    it lasts until every descriptor of it is closed. After a kill -9 of the training process its
+    orphaned DataLoader workers (which notice their parent's death only every 5 s) kept the run
+    locked, and an immediate ``--resume`` was refused. Closing the child's copy (not ``LOCK_UN``,
+    which would release the parent's lock too) leaves the parent the only holder. POSIX record
+    locks (``fcntl.lockf``) are not inherited, but a process loses them when it closes *any*
+    descriptor of the file, and they do not exclude a second lock taken in the same process.
+    """
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
 class RunLock:
-    """An exclusive lock on a run directory for as long as the ``with`` block (or process) lasts.
+    """An exclusive lock on a run directory for as long as the ``with`` block (or the process
+    that took it) lasts; children it forks do not hold it.
 
     Raises:
         RunDirError: another process holds it (its process id is named).
@@ -81,9 +116,11 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD.add(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        _HELD.discard(self)
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
