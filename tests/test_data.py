@@ -758,7 +758,8 @@ def test_a_profile_that_empties_a_class_of_a_long_tailed_folder_suggests_null(tm
                            "imbalance_type": None, "cache_dir": str(tmp_path / "c")})
     assert kept.train.class_counts == [6, 3, 1]
     # a profile the recipe chose is described without calling it the default
-    with pytest.raises(ConfigError, match=r"imbalance_type step, imbalance_ratio 2 re-samples") \
+    with pytest.raises(ConfigError,
+                       match=r"^data\.imbalance_type: the profile step with imbalance_ratio 2 ") \
             as err:
         DATASETS.build({"name": "image_folder", "root": str(root), "image_size": 8,
                         "imbalance_type": "step", "imbalance_ratio": 2,

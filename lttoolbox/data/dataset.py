@@ -273,7 +273,7 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
         counts = long_tail_counts(n_max, num_classes, imbalance_type, imbalance_ratio)
         if min(counts) < 1:
             raise ConfigError(_emptied_message(name, classes, counts, n_max, imbalance_type,
-                                               imbalance_ratio))
+                                               imbalance_ratio), key="imbalance_type")
         kept = select_long_tail(train_labels, counts, selection, selection_seed)
     train_index = np.arange(len(train_labels)) if train_index is None else train_index
 
@@ -424,7 +424,7 @@ def _emptied_message(name: str, classes: Sequence[str], counts: list[int], n_max
             default = f" (the default profile of {name}, applied unless the recipe sets one)"
     empty = [f"'{classes[c]}'" for c, n in enumerate(counts) if n < 1]
     shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-    return (f"imbalance_type {imbalance_type}, imbalance_ratio {imbalance_ratio:g}{default} "
+    return (f"the profile {imbalance_type} with imbalance_ratio {imbalance_ratio:g}{default} "
             f"re-samples the training split into a long tail from n_max = {n_max} image(s), its "
             f"smallest class, down to {n_max / imbalance_ratio:.3g}, which leaves class(es) "
             f"{shown} with no image. Training data that is long-tailed already needs no profile: "
