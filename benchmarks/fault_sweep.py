@@ -351,6 +351,7 @@ def sweep_components(work: Path) -> dict:
         if key is None:  # must succeed
             results.append({"name": name, "kind": "tool", "key": "", **got,
                             "accepted": got["code"] == 0, "clear": got["code"] == 0,
+                            "named": got["code"] == 0,
                             "misleading": False, "traceback": got["traceback"] or
                             (got["code"] != 0 and "failed"), "half_written": False})
         else:
