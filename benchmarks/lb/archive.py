@@ -84,11 +84,11 @@ def _check_results(data: dict) -> str | None:
         if data.get(key) is not None and not (
                 isinstance(data[key], list) and all(_number(c, 0) for c in data[key])):
             return f"'{key}' must be a list of counts"
-    for key, kind in (("history", list), ("stages", list), ("machine", dict),
+    for key, kind in (("history", list), ("phases", list), ("machine", dict),
                       ("selection", dict), ("commits", list)):
         if data.get(key) is not None and not isinstance(data[key], kind):
             return f"'{key}' must be a JSON {'array' if kind is list else 'object'}"
-    for key in ("history", "stages"):
+    for key in ("history", "phases"):
         if any(not isinstance(r, dict) for r in data.get(key) or []):
             return f"every entry of '{key}' must be a JSON object"
     if any(not isinstance(c, dict) for c in (data.get("selection") or {}).values()):

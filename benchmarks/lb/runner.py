@@ -50,7 +50,7 @@ from typing import Callable
 
 from lttoolbox.engine.rundir import LOCK
 from lttoolbox.engine.reuse import first_phase_hash
-from lttoolbox.recipe import atomic_write_text, dump_recipe, recipe_hash, resolve, stage_recipes
+from lttoolbox.recipe import atomic_write_text, dump_recipe, phase_recipes, recipe_hash, resolve
 from lttoolbox.yamlio import load_yaml
 
 from .suite import Run
@@ -210,7 +210,7 @@ def first_phase_ended(run: Run, protocol: str) -> bool:
     its first phase with that phase's weights written (``model-<phase>.pt``)."""
     if matching_results(run, protocol) is not None:
         return True
-    first = stage_recipes(run.recipe)[0]["meta"]["stage"]
+    first = phase_recipes(run.recipe)[0]["meta"]["phase"]
     return (run.dir / f"model-{first}.pt").is_file() and saved_recipe_hash(run.dir) == run.hash
 
 
@@ -224,12 +224,12 @@ def donor_map(runs: list[Run], candidates: list[Run]) -> dict[str, list[Run]]:
                            []).append(cand)
     donors = {}
     for run in runs:
-        if len(stage_recipes(run.recipe)) < 2:
+        if len(phase_recipes(run.recipe)) < 2:
             continue
         same = [c for c in by_cell.get((run.setting, run.seed, first_phase_hash(run.recipe)), [])
                 if c.key != run.key]
         if same:
-            donors[run.key] = sorted(same, key=lambda c: len(stage_recipes(c.recipe)) > 1)
+            donors[run.key] = sorted(same, key=lambda c: len(phase_recipes(c.recipe)) > 1)
     return donors
 
 
