@@ -281,12 +281,14 @@ def main(argv: list[str] | None = None) -> int:
         from .engine import Trainer
         from .recipe import (compact_recipe, dump_recipe_text, load_recipe, resolve,
                              scale_epochs, squeezed_phases)
-        from .runs import RECIPE
+        from .runs import RECIPE, is_saved_recipe
 
         recipe_path = args.recipe or str(Path(args.out) / RECIPE)
         if not args.recipe and not Path(recipe_path).is_file():
             raise LTError(f"--resume: {args.out} holds no {RECIPE}; give the recipe file")
-        recipe = load_recipe(recipe_path, args.overrides)
+        # A run's own recipe.yaml may be spelled as before phases and points were named so.
+        saved = not args.recipe or is_saved_recipe(recipe_path)
+        recipe = load_recipe(recipe_path, args.overrides, saved=saved)
         squeezed: list[str] = []
         if args.epochs is not None:
             squeezed = squeezed_phases(recipe, args.epochs)

@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .recipe_checks import (OPTIMIZER_DEFAULTS, check_phase_name, check_trainer_values,
                             optim_defaults)
 from .registry import SECTIONS, suggest
-from .upgrade import MESSAGES, earlier_spelling, renamed_key
+from .upgrade import MESSAGES, earlier_spelling, renamed_key, upgrade_recipe
 from .yamlio import load_yaml
 
 
@@ -302,12 +302,16 @@ def read_recipe(path: str | os.PathLike) -> dict:
     return _load_with_bases(Path(path), ())
 
 
-def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (),
+                saved: bool = False) -> dict:
     """Read a recipe file with its ``_base_`` chain, apply overrides, fill defaults, validate.
 
     Args:
         path: The YAML file.
         overrides: ``key=value`` strings (values parsed as YAML), applied after inheritance.
+        saved: The file is a run's saved ``recipe.yaml``, perhaps written before the rename of
+            stages to phases and points (:func:`lttoolbox.upgrade.upgrade_recipe`); a recipe a
+            person writes must use today's keys.
 
     Returns:
         The fully resolved recipe (a plain dict, ready for :func:`lttoolbox.engine.train`).
@@ -315,7 +319,14 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     Raises:
         ConfigError: missing file, bad YAML, unknown section or key, wrong type.
     """
-    return resolve(apply_overrides(read_recipe(path), list(overrides)))
+    recipe = read_recipe(path)
+    return resolve(apply_overrides(upgrade_recipe(recipe) if saved else recipe, list(overrides)))
+
+
+def resolve_saved(recipe: Any) -> dict:
+    """Resolve a recipe a run saved (its ``recipe.yaml``, read as YAML), in whichever spelling
+    it was written (:func:`lttoolbox.upgrade.upgrade_recipe`)."""
+    return resolve(upgrade_recipe(recipe))
 
 
 def scale_epochs(recipe: dict, total_epochs: int) -> dict:

@@ -23,7 +23,7 @@ import torch
 
 from .atomic import atomic_write_text
 from .errors import ConfigError, LTError
-from .recipe import phase_recipes, resolve
+from .recipe import phase_recipes, resolve_saved
 from .registry import DATASETS, MODELS
 from .yamlio import load_yaml
 
@@ -87,9 +87,21 @@ def read_run_recipe(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise RunError(f"{run_dir} holds no {RECIPE}: not a run directory of lttrain")
     try:
-        return resolve(load_yaml(path.read_text(encoding="utf-8")))
+        return resolve_saved(load_yaml(path.read_text(encoding="utf-8")))
     except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
         raise RunError(f"{path} is corrupt ({str(err).splitlines()[0]})") from None
+
+
+def is_saved_recipe(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the ``recipe.yaml`` a run saved (beside its checkpoint or results).
+
+    Such a file may predate the rename of training stages to phases and of model stages to
+    points; it is read in today's spelling (``load_recipe(..., saved=True)``), while a recipe a
+    person writes must use today's keys.
+    """
+    path = Path(path)
+    return path.name == RECIPE and any((path.parent / name).is_file()
+                                       for name in ("checkpoint.pt", "results.json"))
 
 
 def weights_phase(recipe: dict, run_dir: Path, weights: str | os.PathLike | None

@@ -1,14 +1,21 @@
-"""Recipes in the spelling of before a rename, and the old keys refused.
+"""Files of runs written before a rename, read in today's spelling.
 
-"Stage" once meant two things: a training phase (``stages:`` in a recipe, ``meta.stage``) and the
-point inside the model where a component acts (``stage: layer2`` of a generator or a mixing
-augmentation). They are now *phases* and *points*.
+"Stage" once meant two things: a training phase (``stages:`` in a recipe, ``stage`` in every
+history row) and the point inside the model where a component acts (``stage: layer2`` of a
+generator or a mixing augmentation). They are now *phases* and *points*. Run directories written
+before the rename stay readable: every reader of a saved file passes what it read through one of
+the two functions here, at the place it reads the file.
 
-* :func:`renamed_key`: the first old key in a recipe a person writes; such a recipe is refused with
-  one line naming the new key, so that the old word does not live on in new recipes.
-* :func:`earlier_spelling`: a recipe as it was spelled before the rename. ``recipe_hash`` hashes a
-  recipe in that spelling, so that every recipe keeps the hash it had before the rename.
-* :func:`upgrade_recipe`: the inverse, a recipe in today's spelling.
+* :func:`upgrade_recipe`: a saved recipe (``recipe.yaml``, a donor's recipe, a leaderboard's
+  saved recipe).
+* :func:`upgrade_record`: a saved record with a phase in it: ``results.json``, ``checkpoint.pt``,
+  ``eval-<name>.json``, or one history row (a ``log.jsonl`` line).
+
+A recipe a person writes is not upgraded: an old key there is refused with one line naming the
+new key (:func:`renamed_key`), so that the old word does not live on in new recipes.
+
+:func:`earlier_spelling` is the inverse for recipes: ``recipe_hash`` hashes a recipe in that
+spelling, so that every recipe keeps the hash it had before the rename.
 
 This module imports nothing else of the package, so that any reader can use it.
 
@@ -16,6 +23,8 @@ Example:
     >>> upgrade_recipe({"stages": [{"meta": {"stage": "joint"},
     ...                             "generator": {"name": "rsg", "stage": "layer2"}}]})
     {'phases': [{'meta': {'phase': 'joint'}, 'generator': {'name': 'rsg', 'point': 'layer2'}}]}
+    >>> upgrade_record({"stage": 1, "stage_done": True, "history": [{"stage": "crt"}]})
+    {'phase': 1, 'phase_done': True, 'history': [{'phase': 'crt'}]}
     >>> renamed_key({"augment": [{"name": "mixup", "stage": "input"}]})
     ('augment[0].stage', 'renamed to point (the model point it acts at)')
 """
@@ -29,6 +38,8 @@ PHASE_NAME = ("stage", "phase")  # in meta: the name of a resolved phase
 POINT = ("stage", "point")  # in a component (augment entry, generator): where it acts
 # Sections whose entries are components acting at a model point.
 COMPONENT_SECTIONS = ("augment", "generator")
+# a record's key (results, checkpoint, eval record, history row) -> today's
+RECORD_KEYS = {"stage": "phase", "stage_done": "phase_done", "stages": "phases"}
 
 MESSAGES = {
     PHASES[0]: "renamed to phases (training phases); a component's model stage is now 'point'",
@@ -71,7 +82,7 @@ def _respell(recipe: Any, to_new: bool) -> Any:
 
 
 def upgrade_recipe(recipe: Any) -> Any:
-    """A recipe in today's spelling (``phases``, ``meta.phase``, a component's ``point``);
+    """A saved recipe in today's spelling (``phases``, ``meta.phase``, a component's ``point``);
     a recipe already spelled so is returned equal. Anything but a mapping is returned as it is.
     """
     return _respell(recipe, to_new=True)
@@ -81,6 +92,23 @@ def earlier_spelling(recipe: Any) -> Any:
     """A recipe as it was spelled before the rename (``stages``, ``meta.stage``, a component's
     ``stage``): the inverse of :func:`upgrade_recipe`."""
     return _respell(recipe, to_new=False)
+
+
+def upgrade_record(record: Any) -> Any:
+    """A saved record in today's spelling: ``stage``/``stage_done``/``stages`` become
+    ``phase``/``phase_done``/``phases`` at its top and in each row of its ``history``.
+
+    It serves ``results.json``, ``checkpoint.pt`` (its tensors are not copied),
+    ``eval-<name>.json`` and a single history row alike. Anything but a mapping is returned as
+    it is.
+    """
+    if not isinstance(record, dict):
+        return record
+    out = {RECORD_KEYS.get(key, key) if RECORD_KEYS.get(key, key) not in record else key: value
+           for key, value in record.items()}
+    if isinstance(out.get("history"), list):
+        out["history"] = [upgrade_record(row) for row in out["history"]]
+    return out
 
 
 def renamed_key(recipe: Any, prefix: str = "") -> tuple[str, str] | None:

@@ -1082,3 +1082,68 @@ def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
     assert sweep["controls_accepted"] == sweep["controls"] == 3
     assert problems(sweep, None) == 0
 
+
+# ------------------------------------------------------ runs written before phases were so named
+def test_runs_written_before_the_rename_are_decided_reported_and_merged(tmp_path):
+    """Run directories as the code before the rename of stages to phases and points wrote them
+    (tests/old_runs.py, from real runs): a finished one is skipped, an interrupted one resumed,
+    the report reads their phases, timings and best test epoch, and their pack merges."""
+    from lttoolbox.engine import train
+    from lttoolbox.engine.logging import RunLogger
+    from old_runs import to_old_format
+
+    class StopAfterOne(RunLogger):
+        def __init__(self):
+            super().__init__(quiet=True)
+            self.ended = 0
+
+        def end_epoch(self, summary):
+            self.ended += 1
+            if self.ended > 1:
+                raise KeyboardInterrupt  # after the first epoch's checkpoint
+
+    crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
+           "overlay": {"train": {"epochs": 2}, "eval": {"every": 1},
+                       "schedule": {"warmup_epochs": 0},
+                       "augment": [{"name": "manifold_mixup", "point": "layer1"}],
+                       "phases": [{"name": "joint"},
+                                  {"name": "crt", "augment": [],
+                                   "sampler": {"name": "class_balanced"},
+                                   "train": {"freeze": ["backbone"], "reset_head": True}}]}}
+    suite = load_suite(digits_suite(tmp_path, rows=[crt], baseline="crt"))
+    refs = References.load(tmp_path / "refs.yaml")
+    planner = Planner(suite, "paper", tmp_path / "lb")
+    done, cut = planner.plan("crt", "exp10", 0), planner.plan("crt", "exp10", 1)
+    results = train(done.recipe, done.dir, quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut.recipe, cut.dir, logger=StopAfterOne())
+    for run in (done, cut):
+        to_old_format(run.dir)
+    assert "stage: layer1" in (done.dir / "recipe.yaml").read_text()
+    assert '"stages"' in (done.dir / "results.json").read_text()
+
+    assert decide(done, "paper") == (SKIP, "finished")
+    assert decide(cut, "paper") == (RESUME, "unfinished")
+
+    def row_of(out: Path) -> dict:
+        doc = collect(suite, Planner(suite, "paper", out), refs, [0], {"crt"}, {"exp10"})
+        return doc["settings"][0]["rows"][0]
+
+    row = row_of(tmp_path / "lb")
+    assert row["n"] == 1 and row["metrics"]["top1"]["mean"] == results["top1"]
+    assert [p["name"] for p in row["phases"]] == ["joint", "crt"]
+    joint_seconds = sum(r["seconds"] for r in results["history"] if r["phase"] == "joint")
+    assert row["phases"][0]["train_seconds"]["mean"] == pytest.approx(joint_seconds)
+    # the crt phase's first epoch was evaluated, its last is the final result
+    crt_eval = next(r["eval"]["top1"] for r in results["history"]
+                    if r["phase"] == "crt" and "eval" in r)
+    best = row["best_test"]["seeds"][0]
+    assert (best["phase"], best["evaluated"]) == ("crt", 2)
+    assert best["top1"] == max(crt_eval, results["top1"])
+
+    archive = tmp_path / "old.tar.gz"
+    assert pack(tmp_path / "lb", archive) == 1  # the finished run
+    assert merge(archive, tmp_path / "home") == 1
+    assert row_of(tmp_path / "home") == {**row, "runs": [
+        {**r, "dir": str(tmp_path / "home" / Path(r["dir"]).relative_to(tmp_path / "lb"))}
+        for r in row["runs"]]}

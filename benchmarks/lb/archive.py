@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from lttoolbox.upgrade import upgrade_record
 from lttoolbox.yamlio import load_yaml
 
 KEPT = ("results.json", "log.jsonl", "recipe.yaml")
@@ -117,7 +118,7 @@ def check_file(name: str, data: bytes) -> str | None:
             parsed = json.loads(text)
         except ValueError as err:
             return f"not valid JSON ({err})"
-        return _check_results(parsed)
+        return _check_results(upgrade_record(parsed))  # a pack from before phases were so named
     if name == "log.jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from lttoolbox.engine.provenance import git_commit
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import atomic_write_text
+from lttoolbox.upgrade import upgrade_record
 
 from .references import Reference, References
 from .runner import matching_results, read_attempts, started_attempts
@@ -75,7 +76,8 @@ def _data_key(recipe: dict) -> dict:
 
 
 def _log_rows(run_dir: Path, results: dict) -> list[dict]:
-    """The run's epochs: ``log.jsonl``, else the same rows in ``results.json``'s ``history``."""
+    """The run's epochs: ``log.jsonl``, else the same rows in ``results.json``'s ``history``
+    (rows written before phases were called so are read in today's spelling)."""
     try:
         text = (run_dir / "log.jsonl").read_text()
     except OSError:
@@ -87,7 +89,7 @@ def _log_rows(run_dir: Path, results: dict) -> list[dict]:
         except ValueError:
             continue
         if isinstance(row, dict):
-            rows.append(row)
+            rows.append(upgrade_record(row))
     return rows
 
 

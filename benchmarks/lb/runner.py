@@ -50,7 +50,9 @@ from typing import Callable
 
 from lttoolbox.engine.rundir import LOCK
 from lttoolbox.engine.reuse import first_phase_hash
-from lttoolbox.recipe import atomic_write_text, dump_recipe, phase_recipes, recipe_hash, resolve
+from lttoolbox.recipe import (atomic_write_text, dump_recipe, phase_recipes, recipe_hash,
+                             resolve_saved)
+from lttoolbox.upgrade import upgrade_record
 from lttoolbox.yamlio import load_yaml
 
 from .suite import Run
@@ -73,8 +75,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def matching_results(run: Run, protocol: str) -> dict | None:
-    """The run's ``results.json`` if it belongs to exactly this recipe and protocol."""
-    results = read_json(run.dir / RESULTS)
+    """The run's ``results.json`` if it belongs to exactly this recipe and protocol (in today's
+    spelling, also when it was written before phases were called so)."""
+    results = upgrade_record(read_json(run.dir / RESULTS))
     if (isinstance(results, dict) and results.get("recipe_hash") == run.hash
             and results.get("protocol") == protocol):
         return results
@@ -83,8 +86,8 @@ def matching_results(run: Run, protocol: str) -> dict | None:
 
 def saved_recipe_hash(run_dir: Path) -> str | None:
     try:
-        return recipe_hash(resolve(load_yaml((run_dir / SAVED_RECIPE).read_text())))
-    except Exception:  # unreadable or from an older recipe format: treat as a different recipe
+        return recipe_hash(resolve_saved(load_yaml((run_dir / SAVED_RECIPE).read_text())))
+    except Exception:  # unreadable or not a recipe: treat as a different recipe
         return None
 
 

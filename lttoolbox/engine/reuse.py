@@ -26,7 +26,8 @@ import os
 from pathlib import Path
 
 from ..errors import LTError
-from ..recipe import phase_recipes, recipe_differences, recipe_hash, resolve
+from ..recipe import phase_recipes, recipe_differences, recipe_hash, resolve, resolve_saved
+from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 from .checkpoint import load_checkpoint, rng_state
 
@@ -54,7 +55,7 @@ def _donor_recipe(donor: Path) -> dict:
     if not path.is_file():
         raise ReuseError(f"--from-run: {donor} holds no {RECIPE}: not a run directory of lttrain")
     try:
-        return resolve(load_yaml(path.read_text(encoding="utf-8")))
+        return resolve_saved(load_yaml(path.read_text(encoding="utf-8")))
     except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
         raise ReuseError(f"--from-run: {path} is corrupt ({str(err).splitlines()[0]})") from None
 
@@ -113,7 +114,7 @@ def _donor_state(donor: Path, phase: str, phases: int) -> dict:
     if not (donor / CHECKPOINT).is_file():
         raise ReuseError(f"--from-run: {donor} holds no {CHECKPOINT}; its first phase has not "
                          f"started or the run was cleaned up")
-    checkpoint = load_checkpoint(donor / CHECKPOINT)
+    checkpoint = upgrade_record(load_checkpoint(donor / CHECKPOINT))
     if not isinstance(checkpoint, dict) or "phase" not in checkpoint:
         raise ReuseError(f"--from-run: {donor / CHECKPOINT} is not an lttoolbox checkpoint")
     if checkpoint["phase"] == 0:

@@ -34,9 +34,10 @@ from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..models.heads import build_head, head_config
 from ..recipe import (dump_recipe, phase_recipes, recipe_differences, recipe_hash, resolve,
-                      unreachable_epoch_keys)
+                      resolve_saved, unreachable_epoch_keys)
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
 from ..runs import write_data_info
+from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
                          rng_state, set_rng_state)
@@ -195,7 +196,7 @@ class Trainer:
             return
         if (self.out / RECIPE).exists():
             try:
-                saved = resolve(load_yaml((self.out / RECIPE).read_text(encoding="utf-8")))
+                saved = resolve_saved(load_yaml((self.out / RECIPE).read_text(encoding="utf-8")))
             except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as err:
                 raise ConfigError(f"{self.out / RECIPE} is corrupt ({str(err).splitlines()[0]}); "
                                   f"restore it or delete it to resume from the checkpoint "
@@ -205,7 +206,8 @@ class Trainer:
                 raise ConfigError(f"--resume: the recipe differs from the one saved in "
                                   f"{self.out / RECIPE} ({diff}); resume with the same recipe "
                                   f"and overrides")
-        self._state = (load_checkpoint(self.out / CHECKPOINT)
+        # A checkpoint written before phases were called so is read in today's spelling.
+        self._state = (upgrade_record(load_checkpoint(self.out / CHECKPOINT))
                        if (self.out / CHECKPOINT).exists() else self._start)
         if self._state is not None:
             if not isinstance(self._state, dict) or not CHECKPOINT_KEYS <= set(self._state):
