@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .recipe_checks import (OPTIMIZER_DEFAULTS, check_phase_name, check_trainer_values,
                             optim_defaults)
 from .registry import SECTIONS, suggest
-from .upgrade import MESSAGES, earlier_spelling, renamed_key, upgrade_recipe
+from .upgrade import MESSAGES, PHASES, earlier_spelling, renamed_key, upgrade_recipe
 from .yamlio import load_yaml
 
 
@@ -155,8 +155,8 @@ def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
     recipe = copy.deepcopy(recipe)
     for text in overrides:
         path, value = parse_override(text)
-        if path[0] in MESSAGES and path[0] not in SECTIONS:  # a section renamed since
-            raise ConfigError(MESSAGES[path[0]], key=path[0])
+        if path[0] == PHASES[0]:  # the one section renamed since (``stage`` never was one)
+            raise ConfigError(MESSAGES[PHASES[0]], key=path[0])
         if path[0] not in SECTIONS:
             raise ConfigError(f"unknown recipe section '{path[0]}'{suggest(path[0], SECTIONS)} "
                               f"Sections: {', '.join(SECTIONS)}.", key=".".join(path))

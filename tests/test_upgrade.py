@@ -140,6 +140,18 @@ def test_an_old_key_in_an_override_is_one_line_naming_the_new_key(tmp_path, caps
     assert not out.exists()
 
 
+def test_a_top_level_stage_override_is_an_unknown_section_not_a_renamed_one(tmp_path, capsys):
+    """Only ``stages`` was a section: ``stage`` was a key inside a component, never at the top,
+    so ``stage=...`` is an unknown section (pointing to ``point=...`` would send the user to
+    another unknown section)."""
+    out = tmp_path / "run"
+    assert lttrain([str(ROOT / "configs/quickstart.yaml"), "stage=layer1", "--out", str(out)]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: stage: unknown recipe section 'stage'")
+    assert "point" not in lines[0]
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------- the two upgrades
 def test_the_recipe_upgrade_renames_exactly_the_old_keys():
     old = {"data": {"name": "d", "stage": "kept: not a component"}, "meta": {"stage": "joint"},
@@ -252,3 +264,4 @@ def test_an_old_run_lends_its_first_phase(finished, tmp_path, capsys):
     for key in ("top1", "per_class_acc", "confusion_matrix", "recipe_hash"):
         assert reused[key] == results[key], key
     assert same_weights(out / "model-crt.pt", run / "model-crt.pt")
+
