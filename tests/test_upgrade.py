@@ -265,3 +265,32 @@ def test_an_old_run_lends_its_first_phase(finished, tmp_path, capsys):
         assert reused[key] == results[key], key
     assert same_weights(out / "model-crt.pt", run / "model-crt.pt")
 
+
+def test_an_old_run_resumed_with_its_recipe_file_keeps_its_phase_names(finished, tmp_path,
+                                                                       capsys):
+    """Unnamed phases were ``stage0``, ``stage1``, ... before the rename and are ``phase0``,
+    ``phase1``, ... now. Names are not hashed, so the recipe file of an old run with unnamed
+    phases resumes it; the run keeps the names it wrote (history rows, ``model-<phase>.pt``)
+    rather than mixing the two."""
+    _, _, _, results = finished
+    unnamed = {**RECIPE, "phases": [{k: v for k, v in p.items() if k != "name"}
+                                    for p in RECIPE["phases"]]}
+    as_before = {**unnamed, "phases": [{**p, "name": f"stage{i}"}  # what 257e3a6 named them
+                                       for i, p in enumerate(unnamed["phases"])]}
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(resolve(as_before), out, logger=StopAfter(1))
+    to_old_format(out)
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(unnamed, sort_keys=False))
+    assert lttrain([str(path), "--resume", "--out", str(out), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    resumed = json.loads((out / "results.json").read_text())
+    assert [p["name"] for p in resumed["phases"]] == ["stage0", "stage1"]
+    assert [r["phase"] for r in resumed["history"]] == ["stage0", "stage0", "stage1"]
+    assert sorted(p.name for p in out.glob("model-*.pt")) == ["model-stage0.pt",
+                                                               "model-stage1.pt"]
+    assert [(r["loss"], r["lr"]) for r in resumed["history"]] == \
+        [(r["loss"], r["lr"]) for r in results["history"]]  # names aside, the same training
+    assert resumed["per_class_acc"] == results["per_class_acc"]
+    assert lteval([str(out), "--quiet"]) == 0  # the last phase's weights, found by its name

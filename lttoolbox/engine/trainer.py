@@ -206,6 +206,7 @@ class Trainer:
                 raise ConfigError(f"--resume: the recipe differs from the one saved in "
                                   f"{self.out / RECIPE} ({diff}); resume with the same recipe "
                                   f"and overrides")
+            self._keep_phase_names(saved)
         # A checkpoint written before phases were called so is read in today's spelling.
         self._state = (upgrade_record(load_checkpoint(self.out / CHECKPOINT))
                        if (self.out / CHECKPOINT).exists() else self._start)
@@ -217,6 +218,23 @@ class Trainer:
                                   f"recipe (hash {self._state['recipe_hash']}, this recipe's "
                                   f"{recipe_hash(self.recipe)}); resume with the recipe and "
                                   f"overrides it was started with")
+
+    def _keep_phase_names(self, saved: dict) -> None:
+        """Name the phases of a resumed run as its saved recipe does.
+
+        Phase names are not hashed (they are notes in ``meta``), yet the run has already written
+        them: its history rows and ``model-<phase>.pt``. A recipe given again may name them
+        otherwise, and one that leaves them unnamed does so for every run written before the
+        rename of stages to phases (its defaults were ``stage0``, ``stage1``, ...; they are
+        ``phase0``, ``phase1``, ... now). The run keeps the names it started with.
+        """
+        if not self.recipe.get("phases"):
+            return
+        names = [p["meta"]["phase"] for p in phase_recipes(saved)]
+        for recipe, name in zip(self.recipe["phases"], names):
+            recipe["meta"]["phase"] = name
+        for phase, name in zip(getattr(self, "phases", ()), names):
+            phase.name = name  # checked again under the lock, after the phases were built
 
     @contextlib.contextmanager
     def _writing(self):
