@@ -1083,6 +1083,28 @@ def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
     assert problems(sweep, None) == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists()
+                    or Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1",
+                    reason="needs Linux scheduler autogroups")
+def test_a_niced_runners_children_keep_its_priority_in_their_own_sessions():
+    """A child in a new session gets a new autogroup of nice 0 unless the runner passes its own
+    nice on: without it, `nice -n 19` of the runner would not reach the training runs."""
+    from lb.runner import die_with_runner
+    script = ("import os, subprocess, sys\n"
+              "os.nice(19)\n"
+              "from lb.runner import die_with_runner\n"
+              "child = subprocess.Popen([sys.executable, '-c', "
+              "'print(open(\"/proc/self/autogroup\").read())'], stdout=subprocess.PIPE, "
+              "text=True, start_new_session=True, preexec_fn=die_with_runner())\n"
+              "print(child.communicate()[0])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env={**os.environ,
+                                           "PYTHONPATH": str(ROOT / "benchmarks")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("nice 19"), done.stdout
+    assert die_with_runner() is not None
+
+
 # ------------------------------------------------------ runs written before phases were so named
 def test_runs_written_before_the_rename_are_decided_reported_and_merged(tmp_path):
     """Run directories as the code before the rename of stages to phases and points wrote them

@@ -258,7 +258,9 @@ def test_a_streamed_mixing_run_is_the_same_with_any_workers_and_across_a_resume(
     in its second epoch with 0 workers and resumed with 1. (``manifold_mixup`` acts through its
     point hooks, which ``one_of`` does not call; it draws from the same generator as mixup.)"""
     from test_augment import ENTRIES  # every registered mixing augmentation, with parameters
-    choices = [{"name": name, **params} for name, params in sorted(ENTRIES.items())
+    # one_of draws each choice with its own p, so a choice's own p is left out
+    choices = [{"name": name, **{k: v for k, v in params.items() if k != "p"}}
+               for name, params in sorted(ENTRIES.items())
                if name not in ("one_of", "manifold_mixup")]
     aug = {"name": "one_of", "choices": choices, "p": [1 / len(choices)] * len(choices)}
     cfg = dict(recipe(tree, "stream", epochs=2), augment=[aug])
