@@ -11,7 +11,7 @@ Parts (``--parts``, all by default):
 * ``malformed``: bad recipe values, files and ``--out`` paths;
 * ``components``: every recipe parameter of every sampler, loss, augmentation, generator and head
   set to bad values, ``lteval``/``ltpredict`` output paths, and a full disk (resumed identically);
-* ``kills``: random kill -9 trials of a two-stage digits recipe (in memory);
+* ``kills``: random kill -9 trials of a two-phase digits recipe (in memory);
 * ``files``: broken image files (truncated JPEG and PNG, empty, text named ``.jpg``,
   decompression bomb) in the training and the test split of each split format
   (``image_folder``, ``txt_list``, ``inaturalist``), on both data paths; and, on the streaming
@@ -60,10 +60,10 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
           "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
           "train": {"epochs": 1, "batch_size": 64},
           "eval": {"many_threshold": 60, "few_threshold": 25}}
-TWO_STAGE = {**DIGITS, "data": {"name": "digits_lt", "imbalance_ratio": 10, "crop_padding": 1,
+TWO_PHASE = {**DIGITS, "data": {"name": "digits_lt", "imbalance_ratio": 10, "crop_padding": 1,
                                 "hflip": True},
              "train": {"epochs": 4, "batch_size": 64, "checkpoint_every": 2},
-             "stages": [{"name": "joint"},
+             "phases": [{"name": "joint"},
                         {"name": "crt", "sampler": {"name": "class_balanced"},
                          "train": {"epochs": 3, "freeze": ["backbone"], "reset_head": True,
                                    "checkpoint_every": 1}}]}
@@ -89,12 +89,12 @@ FILES = {
     "unknown_section": "data: {name: digits_lt}\nmodel: {name: digits_cnn}\ntrian: {}\n",
     "base_missing": "_base_: nowhere.yaml\n",
     "base_loop": "_base_: base_loop.yaml\n",
-    "stage_escape": yaml.safe_dump({**DIGITS, "stages": [{"name": "x/../../escaped"}]}),
-    "stage_nested": yaml.safe_dump({**DIGITS, "stages": [{"name": "a", "stages": []}]}),
+    "phase_escape": yaml.safe_dump({**DIGITS, "phases": [{"name": "x/../../escaped"}]}),
+    "phase_nested": yaml.safe_dump({**DIGITS, "phases": [{"name": "a", "phases": []}]}),
 }
 # What a file case's message must name besides the file itself (a key inside it, a base file).
 FILE_KEYS = {"unknown_section": "trian", "base_missing": "nowhere.yaml",
-             "stage_escape": "stages[0].name", "stage_nested": "stages[0].stages"}
+             "phase_escape": "phases[0].name", "phase_nested": "phases[0].phases"}
 
 
 def run_inproc(args: list[str]) -> dict:
@@ -162,12 +162,12 @@ def lttrain(*args: str, **popen) -> subprocess.Popen:
 
 def history(out: Path) -> list[tuple]:
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return [(r["stage"], r["epoch"], r["loss"], r["lr"]) for r in rows]
+    return [(r["phase"], r["epoch"], r["loss"], r["lr"]) for r in rows]
 
 
 def sweep_kills(work: Path, trials: int, seed: int) -> dict:
-    recipe = work / "two_stage.yaml"
-    recipe.write_text(yaml.safe_dump(TWO_STAGE))
+    recipe = work / "two_phase.yaml"
+    recipe.write_text(yaml.safe_dump(TWO_PHASE))
     reference = work / "reference"
     start = time.monotonic()
     proc = lttrain(str(recipe), "--out", str(reference), "--quiet")
@@ -207,31 +207,31 @@ def sweep_kills(work: Path, trials: int, seed: int) -> dict:
 # with the full key (or names the file); a misleading one is any other single error line.
 # ==================================================================================================
 COMPONENT_VALUES = ["{bad: 1}", "abc", "-7", "[1, 2]"]
-TAU_STAGE = ("stages=[{name: joint}, {name: tau, train: {epochs: 0}, model: {head: "
+TAU_PHASE = ("phases=[{name: joint}, {name: tau, train: {epochs: 0}, model: {head: "
              "{name: tau_norm, %s}}}]")
-CAM_STAGE = "stages=[{name: joint}, {name: cam, augment: [%s]%s}]"
+CAM_PHASE = "phases=[{name: joint}, {name: cam, augment: [%s]%s}]"
 ONE_OF = "augment=[{name: one_of, choices: [%s, {name: cutmix}], p: [0.5, 0.5]}]"
 # (overrides, the start of the expected line after "error: ")
 NAMED_CASES = [
-    ((TAU_STAGE % "tau: auto, grid: 0.5",), "stages[1].model.head.grid"),
-    ((TAU_STAGE % "tau: auto, grid: []",), "stages[1].model.head.grid"),
-    ((TAU_STAGE % "tau: 1.0, grid: [0.5, 1.0]",), "stages[1].model.head.grid"),
+    ((TAU_PHASE % "tau: auto, grid: 0.5",), "phases[1].model.head.grid"),
+    ((TAU_PHASE % "tau: auto, grid: []",), "phases[1].model.head.grid"),
+    ((TAU_PHASE % "tau: 1.0, grid: [0.5, 1.0]",), "phases[1].model.head.grid"),
     ((ONE_OF % "{name: cam_resample}",), "augment[0].choices[0].name"),
     ((ONE_OF % "{name: mixup, p: 0.3}",), "augment[0].choices[0].p"),
     ((ONE_OF % "{name: one_of, choices: [mixup, cutmix], p: [0.5, 0.5]}",),
      "augment[0].choices[0].name"),
     ((ONE_OF % "mixupp",), "augment[0].choices[0].name"),
-    (("generator={name: rsg, stage: layer2, mv_terms: [foo]}",), "generator.mv_terms"),
-    (("generator={name: ftl, stage: layer2, feature_shape: [5]}",), "generator.feature_shape"),
+    (("generator={name: rsg, point: layer2, mv_terms: [foo]}",), "generator.mv_terms"),
+    (("generator={name: ftl, point: layer2, feature_shape: [5]}",), "generator.feature_shape"),
     (("augment=[{name: cmo, weighting: paper}]",), "augment[0].weighting"),
     (("augment=[{name: cmo, r: -1}]",), "augment[0].r"),
     (("sampler={name: cmo_weighted, r: -1}",), "sampler.r"),
-    (("augment=[{name: manifold_mixup, stage: [layer1, layer9]}]",), "augment[0].stage"),
+    (("augment=[{name: manifold_mixup, point: [layer1, layer9]}]",), "augment[0].point"),
     (("augment=[{name: cam_resample}]",), "augment[0]"),
-    ((CAM_STAGE % ("{name: cam_resample}", ", train: {epochs: 0}"),), "stages[1].augment[0]"),
-    ((CAM_STAGE % ("{name: cam_resample}, {name: cam_resample}", ""),), "stages[1].augment[1]"),
-    ((CAM_STAGE % ("{name: cam_resample, threshold: 50}", ""),),
-     "stages[1].augment[0].threshold"),
+    ((CAM_PHASE % ("{name: cam_resample}", ", train: {epochs: 0}"),), "phases[1].augment[0]"),
+    ((CAM_PHASE % ("{name: cam_resample}, {name: cam_resample}", ""),), "phases[1].augment[1]"),
+    ((CAM_PHASE % ("{name: cam_resample, threshold: 50}", ""),),
+     "phases[1].augment[0].threshold"),
     (("sampler={name: instance, end_epoch: true}",), "sampler.end_epoch"),
     (("loss={name: cb, base: ce, gamma: 2}",), "loss.gamma"),
     (("loss={name: ce, weights: {name: effective_number, beta: 2}}",), "loss.weights.beta"),
@@ -256,19 +256,19 @@ def component_parameter_cases() -> list[tuple[tuple[str, ...], str]]:
                     if name == "one_of" and param in ("choices", "p"):
                         extra = ", p: [0.5, 0.5]" if param == "choices" else \
                             ", choices: [mixup, cutmix]"
-                    if section == "generator" and param != "stage":
-                        extra = ", stage: layer2"
+                    if section == "generator" and param != "point":
+                        extra = ", point: layer2"
                     if name == "tau_norm" and param == "tau":
                         extra = ""
                     entry = f"{{name: {name}, {param}: {value}{extra}}}"
                     if name == "cam_resample":
-                        cases.append(((CAM_STAGE % (entry, ""),), f"stages[1].augment[0].{param}"))
+                        cases.append(((CAM_PHASE % (entry, ""),), f"phases[1].augment[0].{param}"))
                     elif section == "augment":
                         cases.append(((f"augment=[{entry}]",), f"augment[0].{param}"))
                     elif section == "head":
-                        cases.append(((f"stages=[{{name: a}}, {{name: b, model: {{head: {entry}}},"
+                        cases.append(((f"phases=[{{name: a}}, {{name: b, model: {{head: {entry}}},"
                                        f" train: {{epochs: 0}}}}]",),
-                                      f"stages[1].model.head.{param}"))
+                                      f"phases[1].model.head.{param}"))
                     else:
                         cases.append(((f"{section}={entry}",), f"{section}.{param}"))
     return cases
@@ -318,11 +318,11 @@ def sweep_components(work: Path) -> dict:
         results.append({"name": " ".join(overrides), "kind": kind, "key": key,
                         **classify(got, key, out, False)})
 
-    # a finished run whose last stage trains 0 epochs, for the output-path and weights cases
+    # a finished run whose last phase trains 0 epochs, for the output-path and weights cases
     finished = work / "components" / "tau_run"
     tau = work / "tau.yaml"
     tau.write_text(yaml.safe_dump({**DIGITS, "data": {**DIGITS["data"], "val_per_class": 5},
-                                   "stages": [{"name": "joint"},
+                                   "phases": [{"name": "joint"},
                                               {"name": "tau", "train": {"epochs": 0},
                                                "model": {"head": {"name": "tau_norm",
                                                                   "tau": "auto"}}}]}))
@@ -343,7 +343,7 @@ def sweep_components(work: Path) -> dict:
          [str(finished), str(image), "--out", "/sys/lttoolbox-predictions.csv"], "cannot write"),
         ("lteval --weights unreadable", lteval, [str(finished), "--weights", str(bad_weights)],
          str(bad_weights)),
-        ("lteval a run whose last stage trains 0 epochs", lteval, [str(finished), "--quiet"],
+        ("lteval a run whose last phase trains 0 epochs", lteval, [str(finished), "--quiet"],
          None),
     ]
     for name, tool, args, key in tool_cases:
@@ -570,7 +570,7 @@ def _summary(results: list[dict]) -> dict:
 
 # --------------------------------------------------------------- kill -9 on both data paths
 # Parameters an entry needs on the small model; every other entry is built with its defaults.
-AUGMENT_PARAMS = {"cmo": {"p": 1.0}, "cutmix": {"p": 1.0}, "manifold_mixup": {"stage": "input"},
+AUGMENT_PARAMS = {"cmo": {"p": 1.0}, "cutmix": {"p": 1.0}, "manifold_mixup": {"point": "input"},
                   "one_of": {"choices": [{"name": "mixup"}, {"name": "cmo"}], "p": [0.4, 0.4]}}
 GENERATOR_PARAMS = {"rsg": {"contrastive_channels": 16, "generation_start_epoch": 1},
                     "delta_encoder": {"hidden": 32}}

@@ -64,7 +64,7 @@ def time_trainer(recipe: dict, steps: int) -> tuple[float, Trainer]:
     recipe = resolve(apply_overrides(recipe, [
         "train.epochs=2", "schedule.warmup_epochs=0", "eval.every=0",
         f"sampler.num_samples={steps * batch}", "train.checkpoint_every=1000"]))
-    recipe.pop("stages", None)
+    recipe.pop("phases", None)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(recipe, out, quiet=True)
         history, _, _ = trainer.fit()
@@ -155,7 +155,7 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     learns statistics first (FTL) is timed while it generates. Images/s counts the batch's own
     images, not the generated ones."""
     from lttoolbox.batch import Batch
-    from lttoolbox.engine.stages import Stage
+    from lttoolbox.engine.phases import Phase
     from lttoolbox.engine.step import TrainStep
     from lttoolbox.registry import AUGMENTS, GENERATORS, LOSSES
 
@@ -168,24 +168,24 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     autocast, _ = autocast_factory(recipe["train"]["amp"], device)
     transform, batch = trainer.data.train_transform, recipe["train"]["batch_size"]
     context = trainer._context(recipe)
-    context["stage_shapes"] = model.stage_shapes(trainer.data.eval_transform(images[:2]))
+    context["point_shapes"] = model.point_shapes(trainer.data.eval_transform(images[:2]))
     model.train()
 
     def loop(part, cfg=None) -> float:
         hooks, params = {}, list(model.parameters())
         if part is not None:
             part.set_epoch(0)
-            for point in getattr(part, "stages", None) or (part.stage,):
+            for point in getattr(part, "points", None) or (part.point,):
                 hooks[point] = part.hook(point) if hasattr(part, "hook") else part
             if isinstance(part, torch.nn.Module):
                 params += list(part.to(device).parameters())
-        # The trainer's own step (mixed loss, auxiliary losses, their terms), on a one-part stage.
+        # The trainer's own step (mixed loss, auxiliary losses, their terms), on a one-part phase.
         augments = [part] if family == "augment" and part is not None else []
         generator = part if family == "generator" else None
-        stage = Stage("main", {"loss": {"name": "ce"}, "augment": [cfg] if augments else [],
+        phase = Phase("main", {"loss": {"name": "ce"}, "augment": [cfg] if augments else [],
                                "generator": cfg if generator is not None else None},
                       None, criterion, augments, generator)
-        step = TrainStep(model, stage)
+        step = TrainStep(model, phase)
         step.hooks = hooks
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
         order = torch.randint(0, images.shape[0], ((steps + warmup) * batch,), device=device)

@@ -16,7 +16,7 @@ class Batch:
     """A training batch in the mixing contract.
 
     Attributes:
-        x: Inputs (or, inside a model hook, the activations at that stage).
+        x: Inputs (or, inside a model hook, the activations at that model point).
         y_a: First target of each sample, shape ``(B,)``.
         y_b: Second target of each sample, shape ``(B,)``; the same tensor as ``y_a`` when unmixed.
         lam: Weight of ``y_a`` per sample, shape ``(B,)``, float.

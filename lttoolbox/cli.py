@@ -84,7 +84,7 @@ def list_registries(console, family: str | None) -> None:
 
 def check_without_training(recipe: dict, out: Path, resume: bool = False):
     """Build the run as training would, with every check the trainer makes before its first step
-    (data, model, heads, every stage's components), and write nothing: no run directory, no
+    (data, model, heads, every phase's components), and write nothing: no run directory, no
     decode cache (``lttoolbox.atomic.no_writes``). Returns the trainer, never run."""
     import warnings
 
@@ -233,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
                                                   "by default DIR/recipe.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     parser.add_argument("--epochs", type=int, metavar="N",
-                        help="shorten or lengthen the recipe to N first-stage epochs: every "
-                             "stage's epochs and epoch-valued keys (milestones, warm-up, "
-                             "DRW/DRS switches) are multiplied by N / (the first stage's "
-                             "epochs), as the leaderboard's quick protocol does; a stage left "
+                        help="shorten or lengthen the recipe to N first-phase epochs: every "
+                             "phase's epochs and epoch-valued keys (milestones, warm-up, "
+                             "DRW/DRS switches) are multiplied by N / (the first phase's "
+                             "epochs), as the leaderboard's quick protocol does; a phase left "
                              "too short for its schedule is named in a warning")
     parser.add_argument("--out", help="run directory (default: runs/<recipe path under "
                                       "configs/>/<time>)")
@@ -248,11 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="print only the final results line")
     parser.add_argument("--print-config", action="store_true",
                         help="check the recipe as training would (data, model and every "
-                             "component built), then print it fully resolved, each stage as its "
+                             "component built), then print it fully resolved, each phase as its "
                              "difference from the base recipe, and exit without training or "
                              "writing anything")
     parser.add_argument("--full", action="store_true",
-                        help="with --print-config: print every stage whole")
+                        help="with --print-config: print every phase whole")
     parser.add_argument("--list", nargs="?", const="all", metavar="FAMILY",
                         choices=("all", *FAMILIES),
                         help="list the registered components (of one family) with their "
@@ -280,16 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         from .data.images import UnreadableImage
         from .engine import Trainer
         from .recipe import (compact_recipe, dump_recipe_text, load_recipe, resolve,
-                             scale_epochs, squeezed_stages)
-        from .runs import RECIPE
+                             scale_epochs, squeezed_phases)
+        from .runs import RECIPE, is_saved_recipe
 
         recipe_path = args.recipe or str(Path(args.out) / RECIPE)
         if not args.recipe and not Path(recipe_path).is_file():
             raise LTError(f"--resume: {args.out} holds no {RECIPE}; give the recipe file")
-        recipe = load_recipe(recipe_path, args.overrides)
+        # A run's own recipe.yaml may be spelled as before phases and points were named so.
+        saved = not args.recipe or is_saved_recipe(recipe_path)
+        recipe = load_recipe(recipe_path, args.overrides, saved=saved)
         squeezed: list[str] = []
         if args.epochs is not None:
-            squeezed = squeezed_stages(recipe, args.epochs)
+            squeezed = squeezed_phases(recipe, args.epochs)
             recipe = resolve(scale_epochs(recipe, args.epochs))
         if args.print_config:
             out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)

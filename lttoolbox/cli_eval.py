@@ -3,7 +3,7 @@
 Usage::
 
     lteval runs/cifar10_lt/ce/20261130-101500                       # final weights, its test split
-    lteval RUN_DIR --weights model-joint.pt                          # a stage's weights
+    lteval RUN_DIR --weights model-joint.pt                          # a phase's weights
     lteval RUN_DIR data.imbalance_ratio=50 --name ratio50           # another data setting
     lteval RUN_DIR "data={name: image_folder, root: my/test}"       # my/test/<class>/*.jpg
 
@@ -37,8 +37,8 @@ NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 DESCRIPTION = ("Evaluate a finished run, or any of its saved weights, again: print the results "
                "table and write RUN/eval-<name>.json (the metrics of results.json).")
 EPILOG = """examples:
-  lteval RUN                                      the last stage's weights, the run's test split
-  lteval RUN --weights model-joint.pt             a finished stage's weights
+  lteval RUN                                      the last phase's weights, the run's test split
+  lteval RUN --weights model-joint.pt             a finished phase's weights
   lteval RUN data.imbalance_ratio=50 --name r50   another data setting
   lteval RUN "data={name: image_folder, root: my/test}"   the images of my/test/<class>/
 
@@ -77,14 +77,14 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
             raise ConfigError(f"{out} cannot be written (a folder, or in a folder that cannot "
                               f"be written)", key="--out")
     run = open_run(run_dir, weights, device)
-    stage_name = run.stage["meta"]["stage"]
+    phase_name = run.phase["meta"]["phase"]
     if name is None:
-        name = stage_name + (f"-{hashlib.sha1(' '.join(overrides).encode()).hexdigest()[:8]}"
+        name = phase_name + (f"-{hashlib.sha1(' '.join(overrides).encode()).hexdigest()[:8]}"
                              if overrides else "")
     if not NAME.match(name):
         raise ConfigError(f"must be letters, digits, '_', '-' or '.', got {name!r}", key="--name")
-    # the stage's own recipe: a later stage may train 0 epochs (tau-normalisation)
-    recipe = resolve(apply_overrides(run.stage, overrides), min_epochs=0)
+    # the phase's own recipe: a later phase may train 0 epochs (tau-normalisation)
+    recipe = resolve(apply_overrides(run.phase, overrides), min_epochs=0)
     # A data set that can read its test images alone (image_folder) does so, labelled by the
     # run's class names; the run's image size is the default.
     data = DATASETS.build(recipe["data"], key="data", run_data=run.info,
@@ -108,7 +108,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
                                        run.info["train_class_counts"], ev["many_threshold"],
                                        ev["few_threshold"], ev["ece_bins"])
     doc = {**metrics, "class_names": classes, "weights": run.weights.name,
-           "stage": stage_name, "overrides": overrides, "data": data.meta,
+           "phase": phase_name, "overrides": overrides, "data": data.meta,
            "recipe_hash": recipe_hash(run.recipe), "commit": git_commit(),
            "machine": machine_info(run.device),
            "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="run directory")
     parser.add_argument("overrides", nargs="*", help="data.* / eval.* key=value overrides")
-    parser.add_argument("--weights", help="weights file (default: the last stage's)")
-    parser.add_argument("--name", help="writes eval-<name>.json (default: the stage's name, "
+    parser.add_argument("--weights", help="weights file (default: the last phase's)")
+    parser.add_argument("--name", help="writes eval-<name>.json (default: the phase's name, "
                                        "plus a hash of the overrides)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the run's train.device)")
     parser.add_argument("--out", help="write the evaluation to this JSON file instead of "

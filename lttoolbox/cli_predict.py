@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tau", type=float, default=0.0,
                         help="post-hoc logit adjustment strength (Menon et al. 2021); 0 = none")
     parser.add_argument("--out", help="CSV file to write (default: standard output)")
-    parser.add_argument("--weights", help="weights file (default: the last stage's)")
+    parser.add_argument("--weights", help="weights file (default: the last phase's)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the run's train.device)")
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)

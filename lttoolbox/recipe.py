@@ -1,8 +1,8 @@
 """YAML recipes: ``_base_`` inheritance, ``key=value`` overrides, defaults and validation.
 
 A recipe has the sections ``data``, ``model``, ``sampler``, ``loss``, ``augment`` (a list),
-``generator``, ``optim``, ``schedule``, ``train``, ``eval`` and optionally ``stages`` (a list of
-overlays, one per training stage) and ``meta`` (free-form notes such as the paper's number).
+``generator``, ``optim``, ``schedule``, ``train``, ``eval`` and optionally ``phases`` (a list of
+overlays, one per training phase) and ``meta`` (free-form notes such as the paper's number).
 ``_base_: other.yaml`` (or a list of files) is resolved relative to the recipe's own file and
 deep-merged: mappings merge key by key, everything else (lists included) is replaced.
 
@@ -24,9 +24,10 @@ import yaml
 
 from .atomic import atomic_write_text
 from .errors import ConfigError
-from .recipe_checks import (OPTIMIZER_DEFAULTS, check_stage_name, check_trainer_values,
+from .recipe_checks import (OPTIMIZER_DEFAULTS, check_phase_name, check_trainer_values,
                             optim_defaults)
 from .registry import SECTIONS, suggest
+from .upgrade import MESSAGES, PHASES, earlier_spelling, renamed_key, upgrade_recipe
 from .yamlio import load_yaml
 
 
@@ -62,7 +63,7 @@ def deep_merge(base: dict, over: dict) -> dict:
     """Merge ``over`` into a copy of ``base``: mappings recursively, anything else replaced.
 
     A mapping in ``over`` with ``_replace_: true`` replaces the base's mapping instead of merging
-    into it (``loss: {_replace_: true, name: ce}`` in a stage after LDAM drops LDAM's parameters).
+    into it (``loss: {_replace_: true, name: ce}`` in a phase after LDAM drops LDAM's parameters).
     """
     out = copy.deepcopy(base)
     for key, value in over.items():
@@ -154,6 +155,8 @@ def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
     recipe = copy.deepcopy(recipe)
     for text in overrides:
         path, value = parse_override(text)
+        if path[0] == PHASES[0]:  # the one section renamed since (``stage`` never was one)
+            raise ConfigError(MESSAGES[PHASES[0]], key=path[0])
         if path[0] not in SECTIONS:
             raise ConfigError(f"unknown recipe section '{path[0]}'{suggest(path[0], SECTIONS)} "
                               f"Sections: {', '.join(SECTIONS)}.", key=".".join(path))
@@ -195,6 +198,9 @@ def resolve(recipe: dict, where: str = "", min_epochs: int = 1) -> dict:
     """
     recipe = copy.deepcopy(recipe)
     prefix = f"{where}." if where else ""
+    renamed = renamed_key(recipe, prefix)
+    if renamed:
+        raise ConfigError(renamed[1], key=renamed[0])
     for section in recipe:
         if section not in SECTIONS:
             raise ConfigError(f"unknown recipe section{suggest(section, SECTIONS)} "
@@ -242,49 +248,52 @@ def resolve(recipe: dict, where: str = "", min_epochs: int = 1) -> dict:
     if meta is not None and not isinstance(meta, dict):
         raise ConfigError(f"must be a mapping of notes, got {meta!r}", key=prefix + "meta")
     recipe["meta"] = meta or {}
-    stages = recipe.pop("stages", None)
-    if stages is not None:
-        recipe["stages"] = _resolve_stages(recipe, stages, prefix)
+    phases = recipe.pop("phases", None)
+    if phases is not None:
+        recipe["phases"] = _resolve_phases(recipe, phases, prefix)
     return recipe
 
 
-def _resolve_stages(base: dict, stages: Any, prefix: str) -> list[dict]:
-    """Each stage is an overlay over the base recipe (stages themselves do not nest)."""
-    if not isinstance(stages, list) or not stages:
-        raise ConfigError("must be a non-empty list of stage overlays", key=prefix + "stages")
+def _resolve_phases(base: dict, phases: Any, prefix: str) -> list[dict]:
+    """Each phase is an overlay over the base recipe (phases themselves do not nest)."""
+    if not isinstance(phases, list) or not phases:
+        raise ConfigError("must be a non-empty list of phase overlays", key=prefix + "phases")
     resolved, names = [], set()
-    for i, overlay in enumerate(stages):
+    for i, overlay in enumerate(phases):
         if not isinstance(overlay, dict):
-            raise ConfigError(f"must be a mapping, got {overlay!r}", key=f"{prefix}stages[{i}]")
+            raise ConfigError(f"must be a mapping, got {overlay!r}", key=f"{prefix}phases[{i}]")
         overlay = dict(overlay)
-        # A resolved stage keeps its name in meta, so resolving twice changes nothing.
-        name = check_stage_name(overlay.pop("name", (overlay.get("meta") or {}).get(
-            "stage", f"stage{i}")), f"{prefix}stages[{i}].name")
+        renamed = renamed_key(overlay, f"{prefix}phases[{i}].")
+        if renamed:
+            raise ConfigError(renamed[1], key=renamed[0])
+        # A resolved phase keeps its name in meta, so resolving twice changes nothing.
+        name = check_phase_name(overlay.pop("name", (overlay.get("meta") or {}).get(
+            "phase", f"phase{i}")), f"{prefix}phases[{i}].name")
         overlay = _without_null_sections(overlay)
         if name in names:
-            raise ConfigError(f"stage name '{name}' is used twice", key=f"{prefix}stages[{i}].name")
+            raise ConfigError(f"phase name '{name}' is used twice", key=f"{prefix}phases[{i}].name")
         names.add(name)
-        if "stages" in overlay:
-            raise ConfigError("stages do not nest", key=f"{prefix}stages[{i}].stages")
-        # A stage resolved before is complete: merging it into the base again would bring back
+        if "phases" in overlay:
+            raise ConfigError("phases do not nest", key=f"{prefix}phases[{i}].phases")
+        # A phase resolved before is complete: merging it into the base again would bring back
         # what a _replace_ dropped.
-        complete = "stage" in (overlay.get("meta") or {}) and all(
+        complete = "phase" in (overlay.get("meta") or {}) and all(
             section in overlay for section in ("data", "model", "loss", "optim", "train"))
-        # A later stage may train 0 epochs: it only changes the model (tau-normalisation).
-        stage = resolve(overlay if complete else deep_merge(base, overlay),
-                        where=f"{prefix}stages[{i}]", min_epochs=0 if i else 1)
-        stage.pop("stages", None)
-        stage["meta"] = {**stage.get("meta", {}), "stage": name}
-        resolved.append(stage)
+        # A later phase may train 0 epochs: it only changes the model (tau-normalisation).
+        phase = resolve(overlay if complete else deep_merge(base, overlay),
+                        where=f"{prefix}phases[{i}]", min_epochs=0 if i else 1)
+        phase.pop("phases", None)
+        phase["meta"] = {**phase.get("meta", {}), "phase": name}
+        resolved.append(phase)
     return resolved
 
 
-def stage_recipes(recipe: dict) -> list[dict]:
-    """The resolved recipe of every stage in order (a single-stage recipe is its own stage)."""
-    if recipe.get("stages"):
-        return recipe["stages"]
-    single = {k: v for k, v in recipe.items() if k != "stages"}
-    single["meta"] = {**single.get("meta", {}), "stage": single.get("meta", {}).get("stage", "main")}
+def phase_recipes(recipe: dict) -> list[dict]:
+    """The resolved recipe of every phase in order (a single-phase recipe is its own phase)."""
+    if recipe.get("phases"):
+        return recipe["phases"]
+    single = {k: v for k, v in recipe.items() if k != "phases"}
+    single["meta"] = {**single.get("meta", {}), "phase": single.get("meta", {}).get("phase", "main")}
     return [single]
 
 
@@ -293,12 +302,16 @@ def read_recipe(path: str | os.PathLike) -> dict:
     return _load_with_bases(Path(path), ())
 
 
-def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
+def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (),
+                saved: bool = False) -> dict:
     """Read a recipe file with its ``_base_`` chain, apply overrides, fill defaults, validate.
 
     Args:
         path: The YAML file.
         overrides: ``key=value`` strings (values parsed as YAML), applied after inheritance.
+        saved: The file is a run's saved ``recipe.yaml``, perhaps written before the rename of
+            stages to phases and points (:func:`lttoolbox.upgrade.upgrade_recipe`); a recipe a
+            person writes must use today's keys.
 
     Returns:
         The fully resolved recipe (a plain dict, ready for :func:`lttoolbox.engine.train`).
@@ -306,17 +319,24 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict:
     Raises:
         ConfigError: missing file, bad YAML, unknown section or key, wrong type.
     """
-    return resolve(apply_overrides(read_recipe(path), list(overrides)))
+    recipe = read_recipe(path)
+    return resolve(apply_overrides(upgrade_recipe(recipe) if saved else recipe, list(overrides)))
+
+
+def resolve_saved(recipe: Any) -> dict:
+    """Resolve a recipe a run saved (its ``recipe.yaml``, read as YAML), in whichever spelling
+    it was written (:func:`lttoolbox.upgrade.upgrade_recipe`)."""
+    return resolve(upgrade_recipe(recipe))
 
 
 def scale_epochs(recipe: dict, total_epochs: int) -> dict:
     """Rescale every epoch-valued setting in proportion to a new ``train.epochs``.
 
     One factor serves the whole recipe: ``f = total_epochs / E0``, with ``E0`` the first (or
-    only) stage's ``train.epochs``. Every stage, the later ones included, is scaled by it:
+    only) phase's ``train.epochs``. Every phase, the later ones included, is scaled by it:
 
-    - a stage's ``train.epochs`` becomes ``max(1, round(E * f))`` (a stage of 0 epochs, a model
-      change only, stays 0), so cRT's 30 epochs after a 200-epoch stage become 4 at
+    - a phase's ``train.epochs`` becomes ``max(1, round(E * f))`` (a phase of 0 epochs, a model
+      change only, stays 0), so cRT's 30 epochs after a 200-epoch phase become 4 at
       ``total_epochs=30`` (``round(4.5)`` is 4: Python rounds halves to even);
     - the other epoch-valued keys (ending in ``_epoch`` or ``_epochs``, and ``milestones``, in
       every section) become ``round(value * f)``: a 200-epoch protocol's switch at 160 lands at
@@ -325,12 +345,12 @@ def scale_epochs(recipe: dict, total_epochs: int) -> dict:
       over the same fraction of all steps, since rounding the paper's 5 of 200 epochs to 1 of 30
       would train the first epoch at the full rate.
 
-    A short later stage can thus be squeezed below what its schedule needs (its milestones
-    rounded onto one epoch); :func:`squeezed_stages` names every such stage.
+    A short later phase can thus be squeezed below what its schedule needs (its milestones
+    rounded onto one epoch); :func:`squeezed_phases` names every such phase.
 
     Args:
         recipe: A resolved recipe.
-        total_epochs: The new ``train.epochs`` of the first (or only) stage.
+        total_epochs: The new ``train.epochs`` of the first (or only) phase.
 
     Returns:
         A new, unresolved recipe (resolve it again).
@@ -361,9 +381,9 @@ def scale_epochs(recipe: dict, total_epochs: int) -> dict:
             out["schedule"]["warmup_unit"] = "step"
         return out
 
-    def scaled_stage(stage: dict, factor: float) -> dict:
-        out = scaled(stage, factor)
-        epochs = stage["train"]["epochs"]  # a stage of 0 epochs (a model change only) stays 0
+    def scaled_phase(phase: dict, factor: float) -> dict:
+        out = scaled(phase, factor)
+        epochs = phase["train"]["epochs"]  # a phase of 0 epochs (a model change only) stays 0
         out["train"]["epochs"] = max(1, int(round(epochs * factor))) if epochs else 0
         return out
 
@@ -371,15 +391,15 @@ def scale_epochs(recipe: dict, total_epochs: int) -> dict:
         raise ConfigError(f"the number of epochs must be a positive integer, got {total_epochs!r}",
                           key="--epochs")
     recipe = copy.deepcopy(recipe)
-    stages = recipe.pop("stages", None)
+    phases = recipe.pop("phases", None)
     base_epochs = recipe["train"]["epochs"]
     if base_epochs <= 0:
         raise ConfigError("cannot scale a recipe with no epochs", key="train.epochs")
     factor = total_epochs / base_epochs
     out = scaled(recipe, factor)
     out["train"]["epochs"] = total_epochs
-    if stages:
-        out["stages"] = [scaled_stage(s, factor) for s in stages]
+    if phases:
+        out["phases"] = [scaled_phase(s, factor) for s in phases]
     return out
 
 
@@ -392,19 +412,19 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
     it is longer than the run. The end of a window (``end_epoch``) equal to ``train.epochs`` is
     not named: the window then simply lasts to the end of the run, and nothing that was meant to
     happen is lost. Typically ``train.epochs=5`` on a 200-epoch recipe: DRW, DRS and the
-    learning-rate decay never happen, which ``lttrain --epochs 5`` avoids by rescaling. A stage
+    learning-rate decay never happen, which ``lttrain --epochs 5`` avoids by rescaling. A phase
     of 0 epochs (tau-normalisation) trains nothing, so what it inherits is not named.
 
     Args:
         recipe: A resolved recipe.
 
     Returns:
-        Messages naming the key (``stages[i].`` first for a stage of a multi-stage recipe).
+        Messages naming the key (``phases[i].`` first for a phase of a multi-phase recipe).
     """
     found = []
-    for index, stage in enumerate(stage_recipes(recipe)):
-        prefix = f"stages[{index}]." if recipe.get("stages") else ""
-        epochs = stage["train"]["epochs"]
+    for index, phase in enumerate(phase_recipes(recipe)):
+        prefix = f"phases[{index}]." if recipe.get("phases") else ""
+        epochs = phase["train"]["epochs"]
         if epochs == 0:  # only changes the model: the schedule it inherits is never used
             continue
 
@@ -435,7 +455,7 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
                 else:
                     visit(value, where)
 
-        visit(stage, "")
+        visit(phase, "")
     return found
 
 
@@ -445,17 +465,17 @@ def window_end(key: str) -> bool:
     return str(key) == "end_epoch" or str(key).endswith("_end_epoch")
 
 
-def squeezed_stages(recipe: dict, total_epochs: int) -> list[str]:
-    """One line for every stage that ``scale_epochs(recipe, total_epochs)`` leaves too short
+def squeezed_phases(recipe: dict, total_epochs: int) -> list[str]:
+    """One line for every phase that ``scale_epochs(recipe, total_epochs)`` leaves too short
     for its schedule.
 
-    A stage's epoch switches (``milestones``, every ``*_epoch`` key strictly inside the stage)
+    A phase's epoch switches (``milestones``, every ``*_epoch`` key strictly inside the phase)
     cut it into periods: ``[0, 10)``, ``[10, 20)`` and ``[20, 30)`` for cRT's milestones
     ``[10, 20]`` of 30 epochs. A period is lost when scaling rounds both its ends to the same
-    epoch: with ``--epochs 3`` on a 200-epoch first stage, cRT keeps 1 epoch and its milestones
+    epoch: with ``--epochs 3`` on a 200-epoch first phase, cRT keeps 1 epoch and its milestones
     become ``[0, 0]``, so the epochs it meant to train at the full and at the once-decayed rate
     vanish and it trains at the twice-decayed rate throughout. A duration (another ``*_epochs``
-    key; the warm-up excepted, which stays a fraction of the stage) rounded to 0 is lost too, and
+    key; the warm-up excepted, which stays a fraction of the phase) rounded to 0 is lost too, and
     so is a cosine decay squeezed into 1 epoch, which then trains at its final rate
     (:func:`lttoolbox.engine.optim.lr_at`).
 
@@ -464,19 +484,19 @@ def squeezed_stages(recipe: dict, total_epochs: int) -> list[str]:
         total_epochs: The ``--epochs`` value it is scaled to.
 
     Returns:
-        Plain sentences, one per squeezed stage, naming the stage, the keys and the lost epochs
+        Plain sentences, one per squeezed phase, naming the phase, the keys and the lost epochs
         (counted as in the recipe; adjacent lost periods are named as one).
 
     Example:
         >>> recipe = load_recipe("configs/cifar10_lt/ldam_drw_crt.yaml")
-        >>> print(squeezed_stages(recipe, 3)[-1])  # doctest: +NORMALIZE_WHITESPACE
-        --epochs 3 squeezes stage 'crt' from 30 epochs to 1, fewer than its schedule needs:
+        >>> print(squeezed_phases(recipe, 3)[-1])  # doctest: +NORMALIZE_WHITESPACE
+        --epochs 3 squeezes phase 'crt' from 30 epochs to 1, fewer than its schedule needs:
         schedule.milestones [10, 20] become [0, 0], so its epochs 0-19 are lost
     """
     scaled = resolve(scale_epochs(recipe, total_epochs))
-    several = bool(recipe.get("stages"))
+    several = bool(recipe.get("phases"))
     found = []
-    for before, after in zip(stage_recipes(recipe), stage_recipes(scaled)):
+    for before, after in zip(phase_recipes(recipe), phase_recipes(scaled)):
         epochs, kept = before["train"]["epochs"], after["train"]["epochs"]
         if not epochs:
             continue
@@ -513,7 +533,7 @@ def squeezed_stages(recipe: dict, total_epochs: int) -> list[str]:
         if after["schedule"]["name"] == "cosine" and kept == 1 < epochs:
             durations.append(f"its cosine decay runs in 1 epoch, at or near its final rate "
                              f"(schedule.min_lr={after['schedule']['min_lr']})")
-        # Period boundaries: the stage's start and end and every switch, with where each lands.
+        # Period boundaries: the phase's start and end and every switch, with where each lands.
         lands = {0: 0, epochs: kept, **{v: n for _, v, n in switches}}
         points = sorted(lands)
         lost: list[list[int]] = []
@@ -542,7 +562,7 @@ def squeezed_stages(recipe: dict, total_epochs: int) -> list[str]:
         else:
             gone = ""
         found.append(f"--epochs {total_epochs} squeezes "
-                     f"{'stage ' + repr(before['meta']['stage']) if several else 'the run'} "
+                     f"{'phase ' + repr(before['meta']['phase']) if several else 'the run'} "
                      f"from {epochs} epochs to {kept}, fewer than its schedule needs: {what}{gone}")
     return found
 
@@ -598,10 +618,17 @@ def recipe_hash(recipe: dict) -> str:
     resumes with another world size, compiled where it started eager, or with another CPU thread
     count. Each may change the order of float sums (a compiled kernel, an all-reduce, a CPU
     reduction split over threads), so results agree to rounding, not bit for bit.
-    ``train.freeze_bn_stats`` counts only where it can act, in a stage that freezes something: a
+    ``train.freeze_bn_stats`` counts only where it can act, in a phase that freezes something: a
     recipe that freezes nothing keeps the hash it had before the key existed, while one that
-    freezes trains differently since then (the frozen stages' BatchNorm statistics are
+    freezes trains differently since then (the frozen blocks' BatchNorm statistics are
     re-estimated by default) and gets a new one.
+
+    The recipe is hashed in its canonical spelling, the one recipes had before training phases
+    were called ``phases`` and a component's model point ``point`` (both were ``stage(s)``;
+    :func:`lttoolbox.upgrade.earlier_spelling`). A rename of keys changes no trained model, and
+    finished runs, leaderboard packs and interrupted runs are matched to their recipe by this
+    hash: hashing the new spelling would have orphaned every one of them. A future rename keeps
+    the hashes the same way, by spelling the recipe as it was before.
     """
     def trained(section: dict) -> dict:
         out = {k: v for k, v in section.items() if k != "meta"}
@@ -610,57 +637,57 @@ def recipe_hash(recipe: dict) -> str:
             if not out["train"].get("freeze"):
                 ignored.append("freeze_bn_stats")
             out["train"] = {k: v for k, v in out["train"].items() if k not in ignored}
-        if isinstance(out.get("stages"), list):
+        if isinstance(out.get("stages"), list):  # the phases, canonically spelled
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
         return out
 
-    blob = json.dumps(trained(recipe), sort_keys=True, default=str).encode()
+    blob = json.dumps(trained(earlier_spelling(recipe)), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
-def stage_difference(base: dict, stage: dict) -> dict:
-    """The overlay that turns ``base`` into ``stage`` (both resolved): only what differs.
+def phase_difference(base: dict, phase: dict) -> dict:
+    """The overlay that turns ``base`` into ``phase`` (both resolved): only what differs.
 
     Mappings are compared key by key; a mapping that lost keys (a ``_replace_`` in the recipe)
     is given whole with ``_replace_: true``, and lists and other values whole, so merging the
-    overlay into the base (:func:`deep_merge`) gives the stage back.
+    overlay into the base (:func:`deep_merge`) gives the phase back.
     """
     out: dict = {}
-    for key, value in stage.items():
+    for key, value in phase.items():
         old = base.get(key)
         if key in base and value == old:
             continue
         if isinstance(value, dict) and isinstance(old, dict):
             out[key] = ({REPLACE: True, **copy.deepcopy(value)} if set(old) - set(value)
-                        else stage_difference(old, value))
+                        else phase_difference(old, value))
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
 def compact_recipe(recipe: dict) -> dict:
-    """A resolved recipe with each stage written as its difference from the base recipe.
+    """A resolved recipe with each phase written as its difference from the base recipe.
 
-    What ``lttrain --print-config`` prints (``--full`` prints every stage whole): a two-stage
-    recipe is the base and a few lines per stage instead of every section twice more. It is a
+    What ``lttrain --print-config`` prints (``--full`` prints every phase whole): a two-phase
+    recipe is the base and a few lines per phase instead of every section twice more. It is a
     recipe itself and resolves to the same recipe (same hash).
 
     Example:
         >>> recipe = load_recipe("configs/cifar10_lt/ce_crt.yaml")
-        >>> compact_recipe(recipe)["stages"][0]
+        >>> compact_recipe(recipe)["phases"][0]
         {'name': 'joint'}
         >>> resolve(compact_recipe(recipe)) == recipe
         True
     """
-    if not recipe.get("stages"):
+    if not recipe.get("phases"):
         return copy.deepcopy(recipe)
-    base = {k: v for k, v in recipe.items() if k != "stages"}
-    stages = []
-    for stage in recipe["stages"]:
-        meta = {k: v for k, v in stage.get("meta", {}).items() if k != "stage"}
-        overlay = stage_difference(base, {**stage, "meta": meta})
-        stages.append({"name": stage["meta"]["stage"], **overlay})
-    return {**copy.deepcopy(base), "stages": stages}
+    base = {k: v for k, v in recipe.items() if k != "phases"}
+    phases = []
+    for phase in recipe["phases"]:
+        meta = {k: v for k, v in phase.get("meta", {}).items() if k != "phase"}
+        overlay = phase_difference(base, {**phase, "meta": meta})
+        phases.append({"name": phase["meta"]["phase"], **overlay})
+    return {**copy.deepcopy(base), "phases": phases}
 
 
 def dump_recipe_text(recipe: dict) -> str:

@@ -30,7 +30,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 COMPILE_MODES = ("auto", "off", "on")
 WARMUP_UNITS = ("epoch", "step")
 SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
-STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+PHASE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_LR = 1e6
 MAX_ECE_BINS = 1000  # calibration bins: 15 is usual; far more leaves most bins empty
 
@@ -96,7 +96,7 @@ def optim_defaults(optim: Any, key: str) -> dict:
 def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None:
     """Check (and normalise in place) the optim, schedule, train and eval sections.
 
-    ``min_epochs`` is 0 for a later stage, which may only change the model (tau-normalisation).
+    ``min_epochs`` is 0 for a later phase, which may only change the model (tau-normalisation).
     """
     train, optim, schedule, ev = (recipe[s] for s in ("train", "optim", "schedule", "eval"))
     p = prefix
@@ -170,12 +170,13 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
         choice(name, f"{p}train.loggers", LOGGERS, "logger")
     freeze = train["freeze"] if isinstance(train["freeze"], list) else [train["freeze"]]
     if not all(isinstance(f, str) for f in freeze):
-        raise ConfigError(f"must be a list of model stage names, got {train['freeze']!r}",
+        raise ConfigError(f"must be a list of model point names, backbone or head, got "
+                          f"{train['freeze']!r}",
                           key=f"{p}train.freeze")
     train["freeze"] = freeze
     if boolean(train["freeze_bn_stats"], f"{p}train.freeze_bn_stats") and not freeze:
-        raise ConfigError("keeps the BatchNorm statistics of the frozen stages fixed, but "
-                          "train.freeze names none; freeze a stage (freeze: [backbone]) or drop "
+        raise ConfigError("keeps the BatchNorm statistics of the frozen layers fixed, but "
+                          "train.freeze names none; freeze some (freeze: [backbone]) or drop "
                           "the key", key=f"{p}train.freeze_bn_stats")
 
     ev["every"] = number(ev["every"], f"{p}eval.every", integer=True, minimum=0)
@@ -189,9 +190,9 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
                           f"({ev['many_threshold']})", key=f"{p}eval.few_threshold")
 
 
-def check_stage_name(name: Any, key: str) -> str:
-    """Stage names become file names (``model-<stage>.pt``): letters, digits, ``_`` and ``-``."""
-    if not isinstance(name, str) or not STAGE_NAME.match(name):
+def check_phase_name(name: Any, key: str) -> str:
+    """Phase names become file names (``model-<phase>.pt``): letters, digits, ``_`` and ``-``."""
+    if not isinstance(name, str) or not PHASE_NAME.match(name):
         raise ConfigError(f"must be a plain name of letters, digits, '_' and '-' (it names the "
-                          f"file model-<stage>.pt), got {name!r}", key=key)
+                          f"file model-<phase>.pt), got {name!r}", key=key)
     return name

@@ -11,7 +11,7 @@ Every error names the full recipe key. An entry states a problem with one of its
 either with a key relative to its own section (``ConfigError("must be odd", key="kernel")``) or as
 a message that starts with the parameter's name (``"gamma must lie in [0, 20], got -1"``, as
 :func:`lttoolbox.losses.weights.check_number` writes it); ``build`` turns both into the full key
-(``stages[1].loss.gamma: must lie in [0, 20], got -1``). A key that already starts at a recipe
+(``phases[1].loss.gamma: must lie in [0, 20], got -1``). A key that already starts at a recipe
 section is left as it is.
 
 Example:
@@ -38,7 +38,7 @@ from .errors import ConfigError, DataError
 
 # The recipe's sections: a key that starts with one is complete (see ``Registry.build``).
 SECTIONS = ("data", "model", "sampler", "loss", "augment", "generator", "optim", "schedule",
-            "train", "eval", "stages", "meta")
+            "train", "eval", "phases", "meta")
 # "<parameter>[.sub|[i]]... <problem>" or "<parameter>...: <problem>": how entries word a problem
 # with one of their parameters.
 _PARAMETER_FIRST = re.compile(r"([A-Za-z_]\w*)((?:\.\w+|\[\d+\])*):? (.+)", re.S)
@@ -64,7 +64,7 @@ def locate(err: ConfigError, prefix: str, parameters: Iterable[str]) -> ConfigEr
     Args:
         err: The entry's error: with a key relative to the entry, a complete key, or no key
             and a message that may start with one of ``parameters``.
-        prefix: The entry's recipe key (``loss``, ``stages[1].augment[0]``); empty for an entry
+        prefix: The entry's recipe key (``loss``, ``phases[1].augment[0]``); empty for an entry
             built inside another one, whose own ``build`` completes the key.
         parameters: The entry's recipe parameters (not what the trainer passes).
     """
@@ -226,10 +226,10 @@ def given_by_builder(registry: "Registry") -> list[str]:
                    if p.name in registry.context})
 
 
-# What the trainer tells the sampler, loss, augmentations and generator of every stage
+# What the trainer tells the sampler, loss, augmentations and generator of every phase
 # (``Trainer._context``); a model is built from its recipe and the data's shape.
-STAGE_CONTEXT = ("class_counts", "num_classes", "labels", "total_epochs", "seed", "rank",
-                 "world_size", "feature_dim", "stage_names", "stage_shapes", "imbalance_type",
+PHASE_CONTEXT = ("class_counts", "num_classes", "labels", "total_epochs", "seed", "rank",
+                 "world_size", "feature_dim", "point_names", "point_shapes", "imbalance_type",
                  "fetch")
 MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
 
@@ -238,7 +238,7 @@ MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
 # test-only folder is read as the run read its images.
 DATASETS = Registry("data", "lttoolbox.data", context=("run_data",))
 MODELS = Registry("model", "lttoolbox.models", context=MODEL_CONTEXT)
-SAMPLERS = Registry("sampler", "lttoolbox.samplers", context=STAGE_CONTEXT)
-LOSSES = Registry("loss", "lttoolbox.losses", context=STAGE_CONTEXT)
-AUGMENTS = Registry("augment", "lttoolbox.augment", context=STAGE_CONTEXT)
-GENERATORS = Registry("generator", "lttoolbox.generators", context=STAGE_CONTEXT)
+SAMPLERS = Registry("sampler", "lttoolbox.samplers", context=PHASE_CONTEXT)
+LOSSES = Registry("loss", "lttoolbox.losses", context=PHASE_CONTEXT)
+AUGMENTS = Registry("augment", "lttoolbox.augment", context=PHASE_CONTEXT)
+GENERATORS = Registry("generator", "lttoolbox.generators", context=PHASE_CONTEXT)

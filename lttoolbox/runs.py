@@ -7,7 +7,7 @@ What ``lteval`` and ``ltpredict`` stand on, and what a notebook needs:
     >>> model.training  # doctest: +SKIP
     False
 
-The model is built from the run's resolved ``recipe.yaml`` (the head of the stage whose weights
+The model is built from the run's resolved ``recipe.yaml`` (the head of the phase whose weights
 are loaded), laid out and evaluated exactly as the trainer evaluated it (memory format, autocast),
 so evaluating it again reproduces ``results.json``. The data facts (class names, training counts,
 normalisation, image size) come from ``data.json``, which the trainer writes at the start of a run.
@@ -23,7 +23,7 @@ import torch
 
 from .atomic import atomic_write_text
 from .errors import ConfigError, LTError
-from .recipe import resolve, stage_recipes
+from .recipe import phase_recipes, resolve_saved
 from .registry import DATASETS, MODELS
 from .yamlio import load_yaml
 
@@ -41,7 +41,7 @@ class Run:
 
     dir: Path
     recipe: dict
-    stage: dict               # the resolved recipe of the stage whose weights are loaded
+    phase: dict               # the resolved recipe of the phase whose weights are loaded
     weights: Path
     model: torch.nn.Module    # eval mode, weights loaded, on ``device``
     device: torch.device
@@ -50,7 +50,7 @@ class Run:
     @property
     def autocast(self) -> Callable | None:
         from .engine.trainer import autocast_factory
-        return autocast_factory(self.stage["train"]["amp"], self.device)[0]
+        return autocast_factory(self.phase["train"]["amp"], self.device)[0]
 
     @property
     def eval_transform(self):
@@ -87,36 +87,48 @@ def read_run_recipe(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise RunError(f"{run_dir} holds no {RECIPE}: not a run directory of lttrain")
     try:
-        return resolve(load_yaml(path.read_text(encoding="utf-8")))
+        return resolve_saved(load_yaml(path.read_text(encoding="utf-8")))
     except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
         raise RunError(f"{path} is corrupt ({str(err).splitlines()[0]})") from None
 
 
-def weights_stage(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
+def is_saved_recipe(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the ``recipe.yaml`` a run saved (beside its checkpoint or results).
+
+    Such a file may predate the rename of training stages to phases and of model stages to
+    points; it is read in today's spelling (``load_recipe(..., saved=True)``), while a recipe a
+    person writes must use today's keys.
+    """
+    path = Path(path)
+    return path.name == RECIPE and any((path.parent / name).is_file()
+                                       for name in ("checkpoint.pt", "results.json"))
+
+
+def weights_phase(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
                   ) -> tuple[dict, Path]:
-    """The stage recipe and the weights file to load (the last stage's by default)."""
-    stages = stage_recipes(recipe)
-    names = [s["meta"]["stage"] for s in stages]
+    """The phase recipe and the weights file to load (the last phase's by default)."""
+    phases = phase_recipes(recipe)
+    names = [s["meta"]["phase"] for s in phases]
     if weights is None:
         path = run_dir / f"model-{names[-1]}.pt"
         if not path.is_file():
             from .engine.rundir import lock_holder
             done = sorted(p.name for p in run_dir.glob("model-*.pt"))
             holder = lock_holder(run_dir)
-            hint = (f"; finished stages: {', '.join(done)} (choose one with --weights)"
+            hint = (f"; finished phases: {', '.join(done)} (choose one with --weights)"
                     if done else "")
             hint += (f"; process {holder} is training it now" if holder is not None else
                      "" if done else "; resume it with lttrain --resume --out " + str(run_dir))
-            raise RunError(f"{run_dir} holds no finished weights: its last stage '{names[-1]}' "
+            raise RunError(f"{run_dir} holds no finished weights: its last phase '{names[-1]}' "
                            f"has not ended{hint}")
-        return stages[-1], path
+        return phases[-1], path
     path = Path(weights)
     if not path.is_absolute() and not path.exists():
         path = run_dir / path
     if not path.is_file():
         raise RunError(f"weights file not found: {path}")
     stem = path.stem[len("model-"):] if path.stem.startswith("model-") else None
-    return (stages[names.index(stem)] if stem in names else stages[-1]), path
+    return (phases[names.index(stem)] if stem in names else phases[-1]), path
 
 
 def load_weights(model: torch.nn.Module, path: Path,
@@ -157,8 +169,8 @@ def open_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None = Non
 
     Args:
         run_dir: The run directory.
-        weights: A weights file (``model-<stage>.pt``, in the run directory or a path); the
-            last stage's by default.
+        weights: A weights file (``model-<phase>.pt``, in the run directory or a path); the
+            last phase's by default.
         device: ``cpu``, ``cuda``...; the run's ``train.device`` by default.
 
     Raises:
@@ -168,21 +180,21 @@ def open_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None = Non
 
     run_dir = Path(run_dir)
     recipe = read_run_recipe(run_dir)
-    stage, path = weights_stage(recipe, run_dir, weights)
+    phase, path = weights_phase(recipe, run_dir, weights)
     info = read_data_info(run_dir, recipe)
-    target = resolve_device(device or stage["train"]["device"])
+    target = resolve_device(device or phase["train"]["device"])
     # The run's own weights replace every tensor, so the pretrained file the run started from
     # (model.weights) is not read again and need not exist any more.
-    config = {k: v for k, v in stage["model"].items() if k != "weights"}
+    config = {k: v for k, v in phase["model"].items() if k != "weights"}
     model = MODELS.build(config, key="model", num_classes=len(info["classes"]),
                          in_channels=info["in_channels"], image_size=info["image_size"])
     load_weights(model, path, "give another --weights file" if weights is not None
                  else "restore it, or choose other weights with --weights")
     model = model.to(target)
-    if stage["train"]["channels_last"]:
+    if phase["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
-    return Run(run_dir, recipe, stage, path, model, target, info)
+    return Run(run_dir, recipe, phase, path, model, target, info)
 
 
 def read_data_info(run_dir: Path, recipe: dict) -> dict:

@@ -37,7 +37,7 @@ def fetch(indices: torch.Tensor):
 
 CONTEXT = {"class_counts": COUNTS, "num_classes": 4, "labels": LABELS, "seed": 0,
            "total_epochs": 10, "fetch": fetch, "rank": 0, "world_size": 1,
-           "stage_names": ("input", "stem", "layer1", "features")}
+           "point_names": ("input", "stem", "layer1", "features")}
 
 
 def build(name: str, **params):
@@ -51,14 +51,14 @@ def batch_of(size: int = 16) -> Batch:
 
 
 # ------------------------------------------------------------------------------------ contract
-ENTRIES = {"mixup": {}, "manifold_mixup": {"stage": "input"}, "remix": {}, "cutmix": {"p": 1.0},
+ENTRIES = {"mixup": {}, "manifold_mixup": {"point": "input"}, "remix": {}, "cutmix": {"p": 1.0},
            "cmo": {"p": 1.0},
            "one_of": {"choices": [{"name": "mixup"}, {"name": "cutmix"}], "p": [0.5, 0.5]}}
 
 
 def test_every_registered_augmentation_is_covered():
     shipped = {n for n in AUGMENTS.names() if not n.startswith("test_")}  # other tests' toys
-    # cam_resample prepares a stage's data instead of mixing batches: tests/test_cam.py
+    # cam_resample prepares a phase's data instead of mixing batches: tests/test_cam.py
     assert shipped == set(ENTRIES) | {"cam_resample"}
 
 
@@ -66,7 +66,7 @@ def test_every_registered_augmentation_is_covered():
 def test_the_augmentation_contract(name):
     torch.manual_seed(0)
     aug = build(name, **ENTRIES[name])
-    assert aug.mixes and aug.stage in CONTEXT["stage_names"]
+    assert aug.mixes and aug.point in CONTEXT["point_names"]
     aug.set_epoch(0)
     assert aug.active
     batch = batch_of()
@@ -328,12 +328,12 @@ def test_one_of_draws_each_choice_with_its_probability():
     assert abs(calls[0] / 2000 - 0.5) < 0.04 and abs(calls[1] / 2000 - 0.2) < 0.03
 
 
-def test_manifold_mixup_mixes_at_one_listed_stage_per_batch():
+def test_manifold_mixup_mixes_at_one_listed_point_per_batch():
     torch.manual_seed(8)
-    aug = ManifoldMixup(stage=["layer1", "input"], stage_names=CONTEXT["stage_names"])
-    assert aug.stages == ("input", "layer1")  # the model's order
+    aug = ManifoldMixup(point=["layer1", "input"], point_names=CONTEXT["point_names"])
+    assert aug.points == ("input", "layer1")  # the model's order
     aug.set_epoch(0)
-    at = {s: aug.hook(s) for s in aug.stages}
+    at = {s: aug.hook(s) for s in aug.points}
     where = []
     for _ in range(400):
         batch = batch_of(4)
@@ -343,8 +343,8 @@ def test_manifold_mixup_mixes_at_one_listed_stage_per_batch():
         where.append("input" if first else "layer1" if out.mixed else "none")
     assert where.count("none") == 0
     assert abs(where.count("input") / 400 - 0.5) < 0.08
-    with pytest.raises(ConfigError, match="no stage 'layer9'"):
-        ManifoldMixup(stage="layer9", stage_names=CONTEXT["stage_names"])
+    with pytest.raises(ConfigError, match="no point 'layer9'"):
+        ManifoldMixup(point="layer9", point_names=CONTEXT["point_names"])
 
 
 # ------------------------------------------------------------------------- in the trainer
@@ -357,7 +357,7 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10, "crop_padding": 1
 @pytest.mark.parametrize("augment, key", [
     ([{"name": "mixup"}, {"name": "cutmix"}], "augment[0]"),
     ([{"name": "cmo", "start_epoch": 1}, {"name": "mixup", "end_epoch": 2}], "augment[0]"),
-    ([{"name": "manifold_mixup", "stage": "layer9"}], "augment[0]"),
+    ([{"name": "manifold_mixup", "point": "layer9"}], "augment[0]"),
 ])
 def test_impossible_combinations_are_refused_before_training(tmp_path, augment, key):
     with pytest.raises(ConfigError) as err:
@@ -392,7 +392,7 @@ AUGMENT_RECIPES = ["mixup", "manifold_mixup", "remix", "cutmix", "cmo_ce", "cmo_
 
 
 def on_digits_with_windows(recipe: dict) -> dict:
-    """The recipe's tricks on the digits for 3 epochs (1 per later stage), every augmentation
+    """The recipe's tricks on the digits for 3 epochs (1 per later phase), every augmentation
     window opened at epoch 1 and left open, so both sides of it run."""
     from recipe_helpers import on_digits
 
@@ -401,8 +401,8 @@ def on_digits_with_windows(recipe: dict) -> dict:
         aug.pop("end_epoch", None)
         if aug.get("start_epoch"):
             aug["start_epoch"] = 1
-    for stage in recipe.get("stages") or []:
-        stage.setdefault("train", {})["epochs"] = 1
+    for phase in recipe.get("phases") or []:
+        phase.setdefault("train", {})["epochs"] = 1
     return recipe
 
 

@@ -1,5 +1,5 @@
 """Tests of the ImageNet-scale backbones (resnet10, resnet50, resnet152, resnext50_32x4d): the
-named-stage contract, and loading local torchvision weights checked against torchvision itself.
+named-point contract, and loading local torchvision weights checked against torchvision itself.
 
 Inputs are 64x64 (the networks are size-agnostic) and each model is built once where possible,
 so the file stays cheap on a CPU; the expected shapes are worked out from the architectures.
@@ -18,7 +18,7 @@ from lttoolbox.models import CosineHead, LTModel, load_torchvision_weights, resn
 from lttoolbox.registry import MODELS
 
 NAMES = ["resnet10", "resnet50", "resnet152", "resnext50_32x4d"]
-STAGES = ("input", "stem", "layer1", "layer2", "layer3", "layer4", "features")
+POINTS = ("input", "stem", "layer1", "layer2", "layer3", "layer4", "features")
 NUM_CLASSES = 7
 SIDE = 64
 # Output channels of layer1..layer4: 64 * 2^i, times 4 for Bottleneck blocks.
@@ -90,17 +90,17 @@ def perturbed_state(net, seed):
     return state
 
 
-# ---------------------------------------------------------------------------- stage contract
+# ---------------------------------------------------------------------------- point contract
 @pytest.mark.parametrize("name", NAMES)
-def test_stages_and_shapes(name):
+def test_points_and_shapes(name):
     model = shared(name)
     cls = MODELS.get(name)
     assert isinstance(model, LTModel) and type(model) is cls
     assert getattr(models_pkg, cls.__name__) is cls
-    assert model.stage_names == STAGES
-    assert model.stage_shapes(images(name)) == expected_shapes(name)
+    assert model.point_names == POINTS
+    assert model.point_shapes(images(name)) == expected_shapes(name)
     assert model.feature_dim == expected_shapes(name)["features"][0]
-    assert not model.training  # stage_shapes restores the mode it found
+    assert not model.training  # point_shapes restores the mode it found
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -143,7 +143,7 @@ def test_freeze_backbone_leaves_only_the_head(name):
         model.freeze(["backbone"]).train()
         trainable = [k for k, p in model.named_parameters() if p.requires_grad]
         assert trainable == ["head.weight", "head.bias"]
-        assert model.frozen == STAGES[1:]
+        assert model.frozen == POINTS[1:]
         # the statistics are re-estimated by default, fixed on request
         assert all(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
         model.freeze(["backbone"], freeze_bn_stats=True).train()

@@ -152,7 +152,7 @@ def test_compose_is_checked():
 
 
 def test_classes_are_topped_up_to_the_target():
-    part = CAMResample(seed=0, stage_names=("input", "layer", "features"))
+    part = CAMResample(seed=0, point_names=("input", "layer", "features"))
     assert part.additions([50, 20, 5]) == [5, 35, 50]      # to n_max + n_min = 55
     assert CAMResample(target=30).additions([50, 20, 5]) == [0, 10, 25]
 
@@ -161,7 +161,7 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
           "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
           "train": {"epochs": 2, "batch_size": 64},
           "eval": {"many_threshold": 60, "few_threshold": 25},
-          "stages": [{"name": "joint"},
+          "phases": [{"name": "joint"},
                      {"name": "cam", "augment": [{"name": "cam_resample"}],
                       "sampler": {"name": "class_balanced"}, "train": {"epochs": 2}}]}
 
@@ -180,7 +180,7 @@ def test_generation_tops_every_class_up_and_is_stored(cam_run):
     target = counts.max() + counts.min()
     grown = counts + np.bincount(generated["labels"].numpy(), minlength=10)
     assert grown.tolist() == [target] * 10
-    assert results["stages"][1]["generated"]["images"] == int(target * 10 - counts.sum())
+    assert results["phases"][1]["generated"]["images"] == int(target * 10 - counts.sum())
     assert generated["images"].dtype == torch.uint8
 
 
@@ -204,8 +204,8 @@ def test_resume_after_the_generation_uses_the_same_images(tmp_path, cam_run):
     from test_engine import StopAfter
 
     _, full = cam_run
-    # StopAfter counts the generation's progress line too: 4 stops after the cam stage's first
-    # epoch was checkpointed, so resuming replays the stage's entry
+    # StopAfter counts the generation's progress line too: 4 stops after the cam phase's first
+    # epoch was checkpointed, so resuming replays the phase's entry
     with pytest.raises(KeyboardInterrupt):
         train(resolve(DIGITS), tmp_path / "cut", logger=StopAfter(4))
     stored = (tmp_path / "cut" / "generated-cam.pt").read_bytes()
@@ -241,14 +241,14 @@ def test_cam_recipes_run_and_cite_their_numbers(tmp_path, name):
     recipe = read_recipe(root / "cifar10_lt" / f"{name}.yaml")
     recipe.update(data={"name": "digits_lt"}, model={"name": "digits_cnn"},
                   schedule={**recipe["schedule"], "warmup_epochs": 0, "milestones": []})
-    for stage in recipe["stages"]:
-        stage["train"]["epochs"] = 1
-        stage.setdefault("schedule", {})["milestones"] = []
+    for phase in recipe["phases"]:
+        phase["train"]["epochs"] = 1
+        phase.setdefault("schedule", {})["milestones"] = []
     results = train(resolve(recipe), tmp_path / name, quiet=True)
-    generated = [s for s in results["stages"] if "generated" in s]
+    generated = [s for s in results["phases"] if "generated" in s]
     assert len(generated) == 1 and generated[0]["name"] == "cam_drs"
     assert generated[0]["generated"]["images"] > 0
-    assert len(results["history"]) == len(recipe["stages"])
+    assert len(results["history"]) == len(recipe["phases"])
 
 
 def test_the_docstring_examples_run():

@@ -37,11 +37,11 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, Path]:
-    """A finished two-stage digits run: (recipe file, run directory)."""
+    """A finished two-phase digits run: (recipe file, run directory)."""
     folder = tmp_path_factory.mktemp("daily")
     recipe = write_recipe(folder / "two.yaml", {
         **DIGITS, "eval": {**DIGITS["eval"], "every": 1},
-        "stages": [{"name": "joint"},
+        "phases": [{"name": "joint"},
                    {"name": "crt", "train": {"epochs": 1, "freeze": ["backbone"],
                                              "reset_head": True}}]})
     out = folder / "run"
@@ -64,11 +64,11 @@ def test_lteval_reproduces_results_json_exactly(finished, capsys):
     assert "top1" in capsys.readouterr().out
 
 
-def test_lteval_of_an_earlier_stage_and_of_other_data(finished):
+def test_lteval_of_an_earlier_phase_and_of_other_data(finished):
     _, out = finished
     assert lteval([str(out), "--weights", "model-joint.pt", "--quiet"]) == 0
     joint = read(out / "eval-joint.json")
-    assert joint["stage"] == "joint" and joint["top1"] != read(out / "results.json")["top1"]
+    assert joint["phase"] == "joint" and joint["top1"] != read(out / "results.json")["top1"]
     assert lteval([str(out), "data.test_per_class=20", "--name", "small", "--quiet"]) == 0
     small = read(out / "eval-small.json")
     assert small["test_class_counts"] == [20] * 10
@@ -78,13 +78,13 @@ def test_lteval_of_an_earlier_stage_and_of_other_data(finished):
 
 @pytest.fixture(scope="module")
 def tau_norm_run(tmp_path_factory) -> Path:
-    """A finished run whose last stage trains 0 epochs: 1 CE epoch, then tau-normalisation with
+    """A finished run whose last phase trains 0 epochs: 1 CE epoch, then tau-normalisation with
     tau chosen on a validation split."""
     folder = tmp_path_factory.mktemp("tau")
     recipe = write_recipe(folder / "tau.yaml", {
         **DIGITS, "data": {**DIGITS["data"], "val_per_class": 5},
         "train": {"epochs": 1, "batch_size": 64},
-        "stages": [{"name": "joint"},
+        "phases": [{"name": "joint"},
                    {"name": "tau_norm", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
                     "train": {"epochs": 0}}]})
     out = folder / "run"
@@ -92,7 +92,7 @@ def tau_norm_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_lteval_and_ltpredict_on_a_run_whose_last_stage_trains_no_epoch(tau_norm_run, capsys,
+def test_lteval_and_ltpredict_on_a_run_whose_last_phase_trains_no_epoch(tau_norm_run, capsys,
                                                                         tmp_path):
     out = tau_norm_run
     assert lteval([str(out), "--quiet"]) == 0, capsys.readouterr().err
@@ -109,7 +109,7 @@ def test_lteval_and_ltpredict_on_a_run_whose_last_stage_trains_no_epoch(tau_norm
 def test_load_run_gives_the_trained_model_and_recipe(finished):
     _, out = finished
     model, recipe = lttoolbox.load_run(out)
-    assert not model.training and recipe["stages"][1]["meta"]["stage"] == "crt"
+    assert not model.training and recipe["phases"][1]["meta"]["phase"] == "crt"
     data = DATASETS.build(recipe["data"])
     from lttoolbox.runs import open_run
     run = open_run(out)
@@ -315,30 +315,30 @@ def test_print_config_version_and_list(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------- --print-config
-def multi_stage_configs() -> list[Path]:
+def multi_phase_configs() -> list[Path]:
     from lttoolbox.recipe import read_recipe
 
-    return [p for p in sorted((REPO / "configs").rglob("*.yaml")) if read_recipe(p).get("stages")]
+    return [p for p in sorted((REPO / "configs").rglob("*.yaml")) if read_recipe(p).get("phases")]
 
 
-@pytest.mark.parametrize("path", multi_stage_configs(), ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("path", multi_phase_configs(), ids=lambda p: str(p.relative_to(REPO)))
 def test_the_compact_form_is_the_same_recipe(path):
     from lttoolbox.recipe import compact_recipe, dump_recipe_text, load_recipe, recipe_hash, resolve
 
     recipe = load_recipe(path)
     compact = yaml.safe_load(dump_recipe_text(compact_recipe(recipe)))
     assert resolve(compact) == recipe and recipe_hash(resolve(compact)) == recipe_hash(recipe)
-    names = [s["meta"]["stage"] for s in recipe["stages"]]
-    assert [s["name"] for s in compact["stages"]] == names
-    for stage, overlay in zip(recipe["stages"], compact["stages"]):
-        for section, value in overlay.items():   # only what the stage changes is written
+    names = [s["meta"]["phase"] for s in recipe["phases"]]
+    assert [s["name"] for s in compact["phases"]] == names
+    for phase, overlay in zip(recipe["phases"], compact["phases"]):
+        for section, value in overlay.items():   # only what the phase changes is written
             assert section == "name" or value != {k: v for k, v in recipe.items()}.get(section)
 
 
-def test_print_config_shows_stages_as_differences_and_full_on_request(tmp_path, capsys):
+def test_print_config_shows_phases_as_differences_and_full_on_request(tmp_path, capsys):
     path = write_recipe(tmp_path / "two.yaml", {
         **DIGITS, "loss": {"name": "ldam", "max_m": 0.5, "s": 30},
-        "stages": [{"name": "joint"},
+        "phases": [{"name": "joint"},
                    {"name": "crt", "loss": {"_replace_": True, "name": "ce"},
                     "sampler": {"name": "class_balanced"},
                     "train": {"epochs": 30, "freeze": ["backbone"], "reset_head": True}}]})
@@ -349,7 +349,7 @@ def test_print_config_shows_stages_as_differences_and_full_on_request(tmp_path, 
     from lttoolbox.recipe import load_recipe
 
     assert yaml.safe_load(full) == load_recipe(path)
-    crt = yaml.safe_load(compact)["stages"][1]
+    crt = yaml.safe_load(compact)["phases"][1]
     assert crt["loss"] == {"_replace_": True, "name": "ce"} and crt["train"]["epochs"] == 30
     assert "max_m" not in yaml.safe_dump(crt)   # the base's loss is not repeated
     assert len(compact.splitlines()) < 0.5 * len(full.splitlines())
@@ -446,7 +446,7 @@ def test_the_listed_context_is_what_the_trainer_passes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Registry, "build", spy)
     Trainer(resolve({**DIGITS, "augment": [{"name": "mixup", "start_epoch": 1}],
-                     "generator": {"name": "rsg", "stage": "layer1", "end_epoch": 1}}),
+                     "generator": {"name": "rsg", "point": "layer1", "end_epoch": 1}}),
             tmp_path / "run")
     assert set(offered) == set(registries())
     for family, registry in registries().items():
@@ -470,17 +470,17 @@ def test_metrics_csv_rows_equal_the_log(finished):
     rows = list(csv.DictReader((out / "metrics.csv").open()))
     assert len(rows) == len(log) == 4
     for row, entry in zip(rows, log):
-        assert row["stage"] == entry["stage"] and int(row["epoch"]) == entry["epoch"]
+        assert row["phase"] == entry["phase"] and int(row["epoch"]) == entry["epoch"]
         assert float(row["loss"]) == entry["loss"] and float(row["lr"]) == entry["lr"]
         evaluation = entry.get("eval") or {}
         for key in ("top1", "many", "medium", "few"):
             assert row[f"eval_{key}"] == ("" if evaluation.get(key) is None
                                           else str(evaluation[key]))
-    assert log[0]["eval"]["top1"] > 0 and "eval" not in log[2]  # the last epoch of a stage
+    assert log[0]["eval"]["top1"] > 0 and "eval" not in log[2]  # the last epoch of a phase
 
 
 def test_the_epoch_line_shows_the_evaluation_and_the_eta():
-    row = {"stage": "main", "epoch": 4, "loss": 0.5, "lr": 0.1, "images_per_second": 1234.0,
+    row = {"phase": "main", "epoch": 4, "loss": 0.5, "lr": 0.1, "images_per_second": 1234.0,
            "eval": {"top1": 61.25, "many": 80.0, "medium": 50.5, "few": None}}
     line = epoch_line(row, "", 30, 3725)
     assert "epoch   5/30" in line and "top-1 61.25 (many/med/few 80.0/50.5/-)" in line
@@ -598,14 +598,14 @@ def test_bad_train_threads_is_one_line_before_anything_is_written(tmp_path, caps
     assert not (tmp_path / "run").exists() and torch.get_num_threads() == previous
 
 
-def test_a_stage_cannot_change_the_process_threads(tmp_path):
+def test_a_phase_cannot_change_the_process_threads(tmp_path):
     from lttoolbox.engine import Trainer
     from lttoolbox.errors import ConfigError
     from lttoolbox.recipe import resolve
 
-    recipe = resolve({**DIGITS, "stages": [{"name": "a"},
+    recipe = resolve({**DIGITS, "phases": [{"name": "a"},
                                            {"name": "b", "train": {"epochs": 1, "threads": 1}}]})
     previous = torch.get_num_threads()
-    with pytest.raises(ConfigError, match=r"^stages\[1\].train.threads: the CPU threads"):
+    with pytest.raises(ConfigError, match=r"^phases\[1\].train.threads: the CPU threads"):
         Trainer(recipe, tmp_path / "run")
     assert torch.get_num_threads() == previous and not (tmp_path / "run").exists()

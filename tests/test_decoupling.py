@@ -1,4 +1,4 @@
-"""Decoupled classifier heads (tau-norm, LWS), cRT as a stage, and the held-out validation split."""
+"""Decoupled classifier heads (tau-norm, LWS), cRT as a phase, and the held-out validation split."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +18,7 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10, "val_per_class": 
           "eval": {"many_threshold": 60, "few_threshold": 25}}
 
 
-# BatchNorm buffers, which a frozen stage re-estimates by default
+# BatchNorm buffers, which a frozen block re-estimates by default
 STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -82,13 +82,13 @@ def test_lws_scales_the_frozen_classifier_and_has_only_scales_to_train():
     assert torch.allclose(head(f), old(f) * torch.tensor([2.0, 1.0, 0.5, 0.0]), atol=1e-6)
 
 
-# --------------------------------------------------------------------------- stages on the digits
-def stages(*later):
-    return resolve({**DIGITS, "stages": [{"name": "joint"}, *later]})
+# --------------------------------------------------------------------------- phases on the digits
+def phases(*later):
+    return resolve({**DIGITS, "phases": [{"name": "joint"}, *later]})
 
 
-def test_lws_stage_trains_only_the_scales(tmp_path):
-    train(stages({"name": "lws", "model": {"head": "lws"}, "sampler": {"name": "class_balanced"},
+def test_lws_phase_trains_only_the_scales(tmp_path):
+    train(phases({"name": "lws", "model": {"head": "lws"}, "sampler": {"name": "class_balanced"},
                   "train": {"epochs": 2, "freeze": ["backbone"]}}), tmp_path / "run", quiet=True)
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
     lws = torch.load(tmp_path / "run" / "model-lws.pt")
@@ -100,12 +100,12 @@ def test_lws_stage_trains_only_the_scales(tmp_path):
     assert not torch.equal(lws["head.scales"], torch.ones(10))
 
 
-def test_tau_norm_stage_takes_over_the_previous_weights_and_chooses_on_validation(tmp_path):
-    results = train(stages({"name": "tau", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
+def test_tau_norm_phase_takes_over_the_previous_weights_and_chooses_on_validation(tmp_path):
+    results = train(phases({"name": "tau", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
                             "train": {"epochs": 0}}), tmp_path / "run", quiet=True)
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
     tau = torch.load(tmp_path / "run" / "model-tau.pt")
-    assert torch.equal(tau["head.weight"], joint["head.weight"])  # stage chaining
+    assert torch.equal(tau["head.weight"], joint["head.weight"])  # phase chaining
     chosen = results["selection"]["tau_norm"]
     assert float(tau["head.tau"]) == pytest.approx(chosen["tau"])
     best = max(chosen["grid"], key=lambda g: g["val_top1"])
@@ -115,7 +115,7 @@ def test_tau_norm_stage_takes_over_the_previous_weights_and_chooses_on_validatio
 
 
 def test_crt_reinitialises_and_retrains_the_classifier_only(tmp_path):
-    train(stages({"name": "crt", "sampler": {"name": "class_balanced"},
+    train(phases({"name": "crt", "sampler": {"name": "class_balanced"},
                   "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True}}),
           tmp_path / "run", quiet=True)
     joint = torch.load(tmp_path / "run" / "model-joint.pt")
@@ -126,9 +126,9 @@ def test_crt_reinitialises_and_retrains_the_classifier_only(tmp_path):
 
 
 def short(*later):
-    """A one-epoch joint stage, then ``later``."""
+    """A one-epoch joint phase, then ``later``."""
     return resolve({**DIGITS, "train": {**DIGITS["train"], "epochs": 1},
-                    "stages": [{"name": "joint"}, *later]})
+                    "phases": [{"name": "joint"}, *later]})
 
 
 CRT = {"name": "crt", "sampler": {"name": "class_balanced"},
@@ -141,7 +141,7 @@ def test_crt_and_lws_re_estimate_the_frozen_batch_norm_statistics_unless_told(
     """As classifier-balancing (run_networks.py 115-120, 249 at f162ade) and Bag of Tricks
     (network.py 91-94, function.py 21-24 at ce7859a): the backbone's weights are frozen, the
     network trains in train mode, so its BatchNorm statistics follow the class-balanced batches
-    of the second stage; ``freeze_bn_stats`` keeps the first stage's."""
+    of the second phase; ``freeze_bn_stats`` keeps the first phase's."""
     later = {**CRT, "train": {**CRT["train"], "freeze_bn_stats": freeze_bn_stats}}
     if head == "lws":
         later = {**later, "model": {"head": "lws"},
@@ -156,8 +156,8 @@ def test_crt_and_lws_re_estimate_the_frozen_batch_norm_statistics_unless_told(
     assert moved == ([] if freeze_bn_stats else stats)
 
 
-def test_crt_resumed_inside_the_stage_ends_with_the_same_statistics(tmp_path):
-    """The running statistics are buffers of the state dict: a cRT stage interrupted after its
+def test_crt_resumed_inside_the_phase_ends_with_the_same_statistics(tmp_path):
+    """The running statistics are buffers of the state dict: a cRT phase interrupted after its
     first epoch and resumed ends bit for bit where the uninterrupted run ends."""
     from test_engine import StopAfter
 
@@ -175,15 +175,15 @@ def test_crt_resumed_inside_the_stage_ends_with_the_same_statistics(tmp_path):
         assert torch.equal(full[k], cut[k]), k
 
 
-def test_freeze_bn_stats_needs_a_frozen_stage_and_counts_in_the_hash_only_where_it_acts():
+def test_freeze_bn_stats_needs_a_frozen_phase_and_counts_in_the_hash_only_where_it_acts():
     from lttoolbox.recipe import recipe_hash
 
-    with pytest.raises(ConfigError, match=r"^stages\[1\]\.train\.freeze_bn_stats: .*names none"):
-        stages({"name": "joint2", "train": {"freeze_bn_stats": True}})
+    with pytest.raises(ConfigError, match=r"^phases\[1\]\.train\.freeze_bn_stats: .*names none"):
+        phases({"name": "joint2", "train": {"freeze_bn_stats": True}})
     with pytest.raises(ConfigError, match=r"train\.freeze_bn_stats: must be true or false"):
-        stages({**CRT, "train": {**CRT["train"], "freeze_bn_stats": "yes"}})
-    fixed = stages({**CRT, "train": {**CRT["train"], "freeze_bn_stats": True}})
-    assert recipe_hash(fixed) != recipe_hash(stages(CRT))
+        phases({**CRT, "train": {**CRT["train"], "freeze_bn_stats": "yes"}})
+    fixed = phases({**CRT, "train": {**CRT["train"], "freeze_bn_stats": True}})
+    assert recipe_hash(fixed) != recipe_hash(phases(CRT))
     # a recipe that freezes nothing hashes as if the key did not exist
     plain = resolve(DIGITS)
     without = {**plain, "train": {k: v for k, v in plain["train"].items()
@@ -202,18 +202,18 @@ def test_every_crt_recipe_retrains_an_nn_linear_initialised_as_pytorch_does(name
     from lttoolbox.recipe import load_recipe
 
     assert len(RETRAINING) >= 8  # the CIFAR, ImageNet-LT, Places-LT and iNaturalist cRT rows
-    retrained = [s for s in load_recipe(CONFIGS / name)["stages"] if s["train"]["reset_head"]]
+    retrained = [s for s in load_recipe(CONFIGS / name)["phases"] if s["train"]["reset_head"]]
     assert retrained
-    for stage in retrained:
-        assert stage["model"]["head"] == {"name": "linear", "init": "pytorch"}
+    for phase in retrained:
+        assert phase["model"]["head"] == {"name": "linear", "init": "pytorch"}
 
 
-def test_the_crt_stage_starts_from_nn_linears_init(tmp_path):
+def test_the_crt_phase_starts_from_nn_linears_init(tmp_path):
     from lttoolbox.engine import Trainer
 
     recipe = short({**CRT, "model": {"head": {"name": "linear", "init": "pytorch"}}})
     trainer = Trainer(recipe, tmp_path / "run", quiet=True)
-    trainer._enter_stage(1)
+    trainer._enter_phase(1)
     head = trainer.model.head
     assert head.init == "pytorch" and head.weight.abs().max() <= 1 / 64 ** 0.5
 
@@ -226,27 +226,27 @@ def test_the_crt_stage_starts_from_nn_linears_init(tmp_path):
 ])
 def test_tau_auto_needs_a_validation_split(tmp_path, later, message):
     recipe = {**DIGITS, "data": {"name": "digits_lt", "imbalance_ratio": 10},
-              "stages": [{"name": "joint"}, later]}
+              "phases": [{"name": "joint"}, later]}
     if message is None:
         train(resolve(recipe), tmp_path / "run", quiet=True)
         return
-    with pytest.raises(ConfigError, match=f"^stages\\[1\\].model.head: .*{message}"):
+    with pytest.raises(ConfigError, match=f"^phases\\[1\\].model.head: .*{message}"):
         train(resolve(recipe), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 
 
 def test_tau_norm_refuses_to_follow_a_cosine_head(tmp_path):
     recipe = {**DIGITS, "model": {"name": "digits_cnn", "head": "cosine"},
-              "stages": [{"name": "joint"},
+              "phases": [{"name": "joint"},
                          {"name": "tau", "model": {"head": "tau_norm"}, "train": {"epochs": 0}}]}
     with pytest.raises(ConfigError, match="must be one of linear.*got cosine"):
         train(resolve(recipe), tmp_path / "run", quiet=True)
 
 
-def test_only_a_later_stage_may_train_zero_epochs():
+def test_only_a_later_phase_may_train_zero_epochs():
     with pytest.raises(ConfigError, match="^train.epochs"):
         resolve({**DIGITS, "train": {"epochs": 0}})
-    assert resolve({**DIGITS, "stages": [{"name": "a"}, {"name": "b", "train": {"epochs": 0}}]})
+    assert resolve({**DIGITS, "phases": [{"name": "a"}, {"name": "b", "train": {"epochs": 0}}]})
 
 
 # ------------------------------------------------------------------------------ validation split
@@ -302,12 +302,12 @@ def test_decoupling_recipes_run_and_cite_their_numbers(tmp_path, name, row):
     recipe.update(data={"name": "digits_lt", **({"val_per_class": 10} if val else {})},
                   model={"name": "digits_cnn"}, train={**recipe["train"], "epochs": 2},
                   schedule={**recipe["schedule"], "warmup_epochs": 0, "milestones": []})
-    for stage in recipe["stages"]:
-        if stage.get("train", {}).get("epochs"):
-            stage["train"]["epochs"] = 1
+    for phase in recipe["phases"]:
+        if phase.get("train", {}).get("epochs"):
+            phase["train"]["epochs"] = 1
     results = train(resolve(recipe), tmp_path / name, quiet=True)
-    second = recipe["stages"][1]["name"]
-    assert [s["name"] for s in results["stages"]] == ["joint", second]
+    second = recipe["phases"][1]["name"]
+    assert [s["name"] for s in results["phases"]] == ["joint", second]
     trained = 2 + (0 if second == "tau_norm" else 1)
     assert len(results["history"]) == trained == results["epochs"]
     assert all(np.isfinite(r["loss"]) for r in results["history"])

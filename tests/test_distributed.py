@@ -134,14 +134,14 @@ def _generator_worker(rank: int, init_file: str, recipe: dict, out: str) -> None
     try:
         trainer = Trainer(recipe, out, quiet=True)
         trainer.run()
-        torch.save({"generator": trainer.stages[0].generator.state_dict(),
+        torch.save({"generator": trainer.phases[0].generator.state_dict(),
                     "model": trainer.model.state_dict()}, f"{out}.rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_a_generator_trains_through_the_wrapped_hooked_forward(tmp_path):
-    # RSG at a named stage: before its generation epoch part of it is unused in a step, after it
+    # RSG at a named point: before its generation epoch part of it is unused in a step, after it
     # its contrastive module is frozen through the optimizer; DDP must keep every rank's
     # generator and model identical all along.
     recipe = digits("train.epochs=2", "model.batch_norm=true")

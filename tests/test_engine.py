@@ -1,4 +1,4 @@
-"""The trainer end to end on the embedded digits: results, stages, resume, run-directory safety."""
+"""The trainer end to end on the embedded digits: results, phases, resume, run-directory safety."""
 import json
 
 import pytest
@@ -96,9 +96,9 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert (tmp_path / "run" / "results.json").read_bytes() == before
 
 
-def test_two_stage_recipe_freezes_backbone_and_retrains_head(tmp_path):
+def test_two_phase_recipe_freezes_backbone_and_retrains_head(tmp_path):
     recipe = digits_recipe("train.epochs=2")
-    recipe["stages"] = [{"name": "joint"},
+    recipe["phases"] = [{"name": "joint"},
                         {"name": "crt", "sampler": {"name": "class_balanced"},
                          "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True}}]
     recipe = resolve(recipe)
@@ -112,22 +112,22 @@ def test_two_stage_recipe_freezes_backbone_and_retrains_head(tmp_path):
     assert statistics
     for name, value in final.items():
         if name not in head | statistics:
-            assert torch.equal(value, joint[name]), f"{name} changed in a frozen stage"
+            assert torch.equal(value, joint[name]), f"{name} changed while frozen"
     # the frozen backbone's BatchNorm statistics are re-estimated (LTModel.freeze)
     assert all(not torch.equal(final[k], joint[k]) for k in statistics)
     assert any(not torch.equal(final[k], joint[k]) for k in head)
-    assert [s["name"] for s in full["stages"]] == ["joint", "crt"] and full["epochs"] == 4
-    # Interrupted inside the second stage, the run resumes there and ends the same way.
+    assert [s["name"] for s in full["phases"]] == ["joint", "crt"] and full["epochs"] == 4
+    # Interrupted inside the second phase, the run resumes there and ends the same way.
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "cut", logger=StopAfter(3))
     resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
     assert resumed["per_class_acc"] == full["per_class_acc"]
 
 
-def test_each_stage_freezes_exactly_its_own_list_also_after_resume(tmp_path):
-    """A backbone frozen in stage 1 trains again in stage 2 when stage 2 freezes nothing."""
+def test_each_phase_freezes_exactly_its_own_list_also_after_resume(tmp_path):
+    """A backbone frozen in phase 1 trains again in phase 2 when phase 2 freezes nothing."""
     recipe = digits_recipe("train.epochs=2")
-    recipe["stages"] = [{"name": "probe", "train": {"freeze": ["backbone"]}},
+    recipe["phases"] = [{"name": "probe", "train": {"freeze": ["backbone"]}},
                         {"name": "joint", "train": {"freeze": []}}]
     recipe = resolve(recipe)
     full = train(recipe, tmp_path / "run", quiet=True)
@@ -137,10 +137,10 @@ def test_each_stage_freezes_exactly_its_own_list_also_after_resume(tmp_path):
     backbone = [k for k in joint if not k.startswith("head.") and joint[k].is_floating_point()]
     assert backbone
     weights = [k for k in backbone if not k.endswith(("running_mean", "running_var"))]
-    assert all(torch.equal(probe[k], start[k]) for k in weights)      # frozen in stage 1
+    assert all(torch.equal(probe[k], start[k]) for k in weights)      # frozen in phase 1
     moved = [k for k in backbone if not torch.equal(joint[k], probe[k])]
-    assert len(moved) == len(backbone), f"still frozen in stage 2: {set(backbone) - set(moved)}"
-    # Interrupted in stage 2 and resumed: the same stage-2 training, so the same result.
+    assert len(moved) == len(backbone), f"still frozen in phase 2: {set(backbone) - set(moved)}"
+    # Interrupted in phase 2 and resumed: the same phase-2 training, so the same result.
     with pytest.raises(KeyboardInterrupt):
         train(recipe, tmp_path / "cut", logger=StopAfter(3))
     resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
@@ -179,11 +179,11 @@ def test_bad_recipes_stop_before_training(tmp_path, override, key):
     assert not (tmp_path / "run").exists()
 
 
-def test_impossible_hook_stage_is_refused(tmp_path):
+def test_impossible_hook_point_is_refused(tmp_path):
     from lttoolbox.registry import AUGMENTS
 
     class AtNowhere:
-        stage = "layer9"
+        point = "layer9"
 
         def set_epoch(self, epoch):
             pass
@@ -193,7 +193,7 @@ def test_impossible_hook_stage_is_refused(tmp_path):
 
     if "test_nowhere" not in AUGMENTS:
         AUGMENTS.register("test_nowhere")(AtNowhere)
-    with pytest.raises(ConfigError, match=r"augment\[0\]\.stage.*layer9"):
+    with pytest.raises(ConfigError, match=r"augment\[0\]\.point.*layer9"):
         train(digits_recipe("augment=[test_nowhere]"), tmp_path / "run", quiet=True)
 
 

@@ -82,8 +82,8 @@ BAD_OVERRIDES = [
     ("loss={name: ldam, max_m: 5}", "loss"),
     ("loss={name: am_softmax, m: 2.5}", "loss"),
     ("loss={a: 1, a: 2}", "loss: not valid YAML"),
-    ("stages=[{name: 'x/../../escaped'}]", "stages[0].name"),
-    ("stages=[{name: a}, {name: a}]", "stages[1].name"),
+    ("phases=[{name: 'x/../../escaped'}]", "phases[0].name"),
+    ("phases=[{name: a}, {name: a}]", "phases[1].name"),
 ]
 
 
@@ -97,14 +97,14 @@ def test_a_bad_override_is_one_line_naming_the_key_and_writes_nothing(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-TAU_STAGE = ("stages=[{name: joint}, {name: tau, train: {epochs: 0}, model: {head: "
+TAU_PHASE = ("phases=[{name: joint}, {name: tau, train: {epochs: 0}, model: {head: "
              "{name: tau_norm, %s}}}]")
-CAM_STAGE = "stages=[{name: joint}, {name: cam, augment: [%s]%s}]"
+CAM_PHASE = "phases=[{name: joint}, {name: cam, augment: [%s]%s}]"
 ONE_OF = "augment=[{name: one_of, choices: [%s, {name: cutmix}], p: [0.5, 0.5]}]"
 # Messages that named a key the user never wrote, or only part of the key, or the wrong problem.
 MISLEADING = [
-    ((TAU_STAGE % "tau: auto, grid: 0.5", "data.val_per_class=5"),
-     "stages[1].model.head.grid: must be a non-empty list of tau values"),
+    ((TAU_PHASE % "tau: auto, grid: 0.5", "data.val_per_class=5"),
+     "phases[1].model.head.grid: must be a non-empty list of tau values"),
     ((ONE_OF % "{name: cam_resample}",),
      "augment[0].choices[0].name: cam_resample is not a mixing augmentation"),
     ((ONE_OF % "{name: mixup, p: 0.3}",), "augment[0].choices[0].p: is given by one_of's own p"),
@@ -112,28 +112,28 @@ MISLEADING = [
      "augment[0].choices[0].name: one_of cannot choose another one_of"),
     ((ONE_OF % "5",), "augment[0].choices[0]: must be an augmentation name or a mapping"),
     ((ONE_OF % "{name: mixup, alpha: -1}",), "augment[0].choices[0].alpha: must lie in"),
-    (("generator={name: rsg, stage: layer2, mv_terms: [foo]}",),
+    (("generator={name: rsg, point: layer2, mv_terms: [foo]}",),
      "generator.mv_terms: must be a list of distinct terms"),
-    (("generator={name: rsg, stage: layer2, contrastive_kernel: 2}",),
+    (("generator={name: rsg, point: layer2, contrastive_kernel: 2}",),
      "generator.contrastive_kernel: must be odd"),
-    (("generator={name: ftl, stage: layer2, feature_shape: 5}",),
+    (("generator={name: ftl, point: layer2, feature_shape: 5}",),
      "generator.feature_shape: must be (C, H, W) or (D,)"),
-    (("generator={name: ftl, stage: layer2, feature_shape: [5]}",),
-     "generator.feature_shape: [5] does not match the activations at stage 'layer2'"),
+    (("generator={name: ftl, point: layer2, feature_shape: [5]}",),
+     "generator.feature_shape: [5] does not match the activations at point 'layer2'"),
     (("augment=[{name: cmo, weighting: paper}]",), "augment[0].weighting: must be 'image'"),
     (("augment=[{name: cmo, r: abc}]",), "augment[0].r: must be a finite number"),
-    (("augment=[{name: manifold_mixup, stage: 5}]",),
-     "augment[0].stage: must be a model stage name or a list of them, got 5"),
-    (("augment=[{name: manifold_mixup, stage: [layer1, layer9]}]",),
-     "augment[0].stage: the model has no stage 'layer9'"),
-    ((CAM_STAGE % ("{name: cam_resample, transforms: 5}", ""),),
-     "stages[1].augment[0].transforms: must be a non-empty list"),
+    (("augment=[{name: manifold_mixup, point: 5}]",),
+     "augment[0].point: must be a model point name or a list of them, got 5"),
+    (("augment=[{name: manifold_mixup, point: [layer1, layer9]}]",),
+     "augment[0].point: the model has no point 'layer9'"),
+    ((CAM_PHASE % ("{name: cam_resample, transforms: 5}", ""),),
+     "phases[1].augment[0].transforms: must be a non-empty list"),
     (("loss={name: focal, gamma: -1}",), "loss.gamma: must lie in [0, 20]"),
     (("loss={name: cb, base: ce, gamma: 2}",), "loss.gamma: is used only by the focal bases"),
     (("loss={name: ce, weights: {name: effective_number, beta: 2}}",),
      "loss.weights.beta: must lie in [0, 1)"),
-    (("stages=[{name: a}, {name: b, loss: {name: focal, gamma: -3}}]",),
-     "stages[1].loss.gamma: must lie in"),
+    (("phases=[{name: a}, {name: b, loss: {name: focal, gamma: -3}}]",),
+     "phases[1].loss.gamma: must lie in"),
     (("sampler={name: square_root, num_samples: 0}",), "sampler.num_samples: must be an integer"),
     (("model.head={name: cosine, scale: -1}",), "model.head.scale: must be a positive number"),
     (("data.crop_padding=-1",), "data.crop_padding: must be an integer >= 0"),
@@ -152,20 +152,20 @@ def test_component_errors_name_the_full_key_and_the_real_problem(tmp_path, capsy
 
 # Values that were accepted without a word and made a run that is not what was asked for.
 ACCEPTED_SILENTLY = [
-    ((TAU_STAGE % "tau: auto, grid: []", "data.val_per_class=5"),
-     "stages[1].model.head.grid: must be a non-empty list"),  # was: the default grid
-    ((TAU_STAGE % "tau: 1.0, grid: [0.5, 1.0]",),
-     "stages[1].model.head.grid: is what tau: auto chooses from"),  # was: unused
+    ((TAU_PHASE % "tau: auto, grid: []", "data.val_per_class=5"),
+     "phases[1].model.head.grid: must be a non-empty list"),  # was: the default grid
+    ((TAU_PHASE % "tau: 1.0, grid: [0.5, 1.0]",),
+     "phases[1].model.head.grid: is what tau: auto chooses from"),  # was: unused
     (("augment=[{name: cam_resample}]",),
      "augment[0]: cam_resample makes its images from the model trained so far"),
-    ((CAM_STAGE % ("{name: cam_resample}", ", train: {epochs: 0}"),),
-     "stages[1].augment[0]: cam_resample adds training images at the start of its stage, and "
-     "this stage trains 0 epochs"),
-    ((CAM_STAGE % ("{name: cam_resample}, {name: cam_resample}", ""),),
-     "stages[1].augment[1]: stages[1].augment[0] and stages[1].augment[1] both add training "
+    ((CAM_PHASE % ("{name: cam_resample}", ", train: {epochs: 0}"),),
+     "phases[1].augment[0]: cam_resample adds training images at the start of its phase, and "
+     "this phase trains 0 epochs"),
+    ((CAM_PHASE % ("{name: cam_resample}, {name: cam_resample}", ""),),
+     "phases[1].augment[1]: phases[1].augment[0] and phases[1].augment[1] both add training "
      "images"),
-    ((CAM_STAGE % ("{name: cam_resample, threshold: 50}", ""),),
-     "stages[1].augment[0].threshold: must lie in [0, 1], got 50"),
+    ((CAM_PHASE % ("{name: cam_resample, threshold: 50}", ""),),
+     "phases[1].augment[0].threshold: must lie in [0, 1], got 50"),
     (("augment=[{name: cmo, r: -1}]",), "augment[0].r: must be at least 0"),
     (("sampler={name: cmo_weighted, r: -0.5}",), "sampler.r: must be at least 0"),
     (("sampler={name: instance, end_epoch: true}",), "sampler.end_epoch: must be an integer"),
@@ -217,11 +217,11 @@ def test_the_trainer_prints_the_validation_warning_once_before_training(tmp_path
     assert "warning" not in capsys.readouterr().err
 
 
-def test_a_stage_of_0_epochs_names_no_warm_up_it_inherited():
+def test_a_phase_of_0_epochs_names_no_warm_up_it_inherited():
     from lttoolbox.recipe import unreachable_epoch_keys
 
     recipe = resolve({**DIGITS, "schedule": {"warmup_epochs": 1},
-                      "stages": [{"name": "joint"},
+                      "phases": [{"name": "joint"},
                                  {"name": "tau", "model": {"head": {"name": "tau_norm"}},
                                   "train": {"epochs": 0}}]})
     assert unreachable_epoch_keys(recipe) == []
@@ -266,19 +266,19 @@ def registry_cases() -> list[tuple[str, str, str]]:
                     entry = entry[:-1] + ", choices: [mixup, cutmix]}"
                 if section == "augment" and name == "one_of" and param != "p":
                     entry = entry[:-1] + ", p: [0.5, 0.5]}"
-                if section == "augment" and name == "cam_resample":  # a later stage only
-                    cases.append((CAM_STAGE % (entry, ""), f"stages[1].augment[0].{param}",
+                if section == "augment" and name == "cam_resample":  # a later phase only
+                    cases.append((CAM_PHASE % (entry, ""), f"phases[1].augment[0].{param}",
                                   name))
                 elif section == "augment":
                     cases.append((f"augment=[{entry}]", f"augment[0].{param}", name))
                 elif section == "head":
                     if name == "tau_norm" and param != "tau":
                         entry = entry[:-1] + ", tau: auto}"
-                    cases.append((f"stages=[{{name: a}}, {{name: b, model: {{head: {entry}}}}}]",
-                                  f"stages[1].model.head.{param}", name))
+                    cases.append((f"phases=[{{name: a}}, {{name: b, model: {{head: {entry}}}}}]",
+                                  f"phases[1].model.head.{param}", name))
                 else:
-                    if section == "generator" and param != "stage":
-                        entry = entry[:-1] + ", stage: layer2}"
+                    if section == "generator" and param != "point":
+                        entry = entry[:-1] + ", point: layer2}"
                     cases.append((f"{section}={entry}", f"{section}.{param}", name))
     return cases
 
@@ -414,7 +414,7 @@ def test_a_crafted_checkpoint_is_refused_not_executed(tmp_path, capsys):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"stage": 0, "model": Payload()}, out / "checkpoint.pt")
+    torch.save({"phase": 0, "model": Payload()}, out / "checkpoint.pt")
     capsys.readouterr()
     code, lines = lttrain_inproc(capsys, recipe, "--out", out, "--resume")
     assert code == 2 and "was refused" in lines[0], lines
@@ -585,21 +585,21 @@ def log_rows(out: Path) -> list[dict]:
 
 
 def comparable(rows: list[dict]) -> list[tuple]:
-    return [(r["stage"], r["epoch"], r["loss"], r["lr"]) for r in rows]
+    return [(r["phase"], r["epoch"], r["loss"], r["lr"]) for r in rows]
 
 
 @pytest.fixture(scope="module")
 def kill_recipe(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
-    """A two-stage digits recipe (the second re-trains a new head) and its uninterrupted run."""
+    """A two-phase digits recipe (the second re-trains a new head) and its uninterrupted run."""
     folder = tmp_path_factory.mktemp("kill")
     recipe = {**DIGITS, "data": {"name": "digits_lt", "imbalance_ratio": 10, "crop_padding": 1,
                                  "hflip": True},
               "train": {"epochs": 3, "batch_size": 64, "checkpoint_every": 2},
-              "stages": [{"name": "joint"},
+              "phases": [{"name": "joint"},
                          {"name": "crt", "sampler": {"name": "class_balanced"},
                           "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True,
                                     "checkpoint_every": 1}}]}
-    path = write_recipe(folder / "two_stage.yaml", recipe)
+    path = write_recipe(folder / "two_phase.yaml", recipe)
     out = folder / "reference"
     assert main([str(path), "--out", str(out), "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -608,10 +608,10 @@ def kill_recipe(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
 
 @pytest.mark.parametrize("point, count", [
     ("before_checkpoint_rename", 1),    # epoch 1 logged but never checkpointed: logged once
-    ("after_checkpoint", 1),            # stage 1, epoch 2 checkpointed, its line not logged
-    ("after_checkpoint", 2),            # end of stage 1: a stage boundary, no weights file yet
-    ("before_checkpoint_rename", 4),    # end of stage 2: a temporary checkpoint left behind
-    ("before_final_rename", 2),         # the last stage's final weights, mid-rename
+    ("after_checkpoint", 1),            # phase 1, epoch 2 checkpointed, its line not logged
+    ("after_checkpoint", 2),            # end of phase 1: a phase boundary, no weights file yet
+    ("before_checkpoint_rename", 4),    # end of phase 2: a temporary checkpoint left behind
+    ("before_final_rename", 2),         # the last phase's final weights, mid-rename
 ])
 def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, kill_recipe, point, count):
     path, reference, reference_log = kill_recipe

@@ -103,7 +103,7 @@ def test_eval_mode_and_outside_the_window_are_the_identity(name):
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_vectors_at_the_features_stage(name):
+def test_vectors_at_the_features_point(name):
     gen = GENERATORS.build({"name": name, **SMALL[name], "frequent_fraction": 0.4},
                            num_classes=5, class_counts=COUNTS, feature_shape=(7,))
     x, y = torch.randn(6, 7), torch.tensor([0, 1, 0, 2, 3, 4])
@@ -271,8 +271,8 @@ def grads(module):
     return {n: p.grad for n, p in module.named_parameters()}
 
 
-def attached(gen, model, x, y, stage):
-    logits, batch = model.forward_hooked(Batch.plain(x, y), {stage: gen})
+def attached(gen, model, x, y, point):
+    logits, batch = model.forward_hooked(Batch.plain(x, y), {point: gen})
     return logits, batch
 
 
@@ -281,7 +281,7 @@ def test_rsg_gradients_reach_exactly_the_papers_parts(generating):
     torch.manual_seed(0)
     model = DigitsCNN(num_classes=4)
     rsg = RSG(num_classes=4, class_counts=[90, 60, 5, 3], feature_shape=(64, 4, 4),
-              stage="layer2", num_centers=3, contrastive_channels=8, frequent_fraction=0.5,
+              point="layer2", num_centers=3, contrastive_channels=8, frequent_fraction=0.5,
               generation_start_epoch=0 if generating else 5)
     x, y = torch.randn(10, 1, 8, 8), torch.tensor([0, 1, 0, 1, 0, 2, 3, 1, 0, 2])
     logits, batch = attached(rsg, model, x, y, "layer2")
@@ -299,7 +299,7 @@ def test_rsg_gradients_reach_exactly_the_papers_parts(generating):
     assert centers <= got and {"transform.weight", "transform.bias"} <= got
     assert {id(p) for p in rsg.frozen_parameters()} == {
         id(p) for n, p in rsg.named_parameters() if n.startswith("contrastive")}
-    # The generated samples' classification loss trains T and the layers after the stage, not
+    # The generated samples' classification loss trains T and the layers after the point, not
     # the layers before it (RSG reads the maps detached).
     model.zero_grad(set_to_none=True)
     rsg.zero_grad(set_to_none=True)
@@ -391,7 +391,7 @@ def test_hallucinator_starts_as_identity_and_learns_through_classification():
     torch.manual_seed(0)
     model = DigitsCNN(num_classes=3)
     gen = Hallucinator(num_classes=3, class_counts=[90, 10, 5], feature_shape=(64, 8, 8),
-                       stage="layer1", frequent_fraction=0.34)
+                       point="layer1", frequent_fraction=0.34)
     x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 0, 1, 0, 2, 0])
     logits, batch = attached(gen, model, x, y, "layer1")
     # 4 frequent, 2 rare: 2 * 2 new samples, copies of samples 2 and 4 at the start.
@@ -468,16 +468,16 @@ def test_each_loss_term_is_logged_and_they_add_up_to_the_loss(tmp_path):
     assert "loss_ce" not in header
 
 
-def test_a_stage_without_the_generator_leaves_its_term_columns_empty(tmp_path):
+def test_a_phase_without_the_generator_leaves_its_term_columns_empty(tmp_path):
     recipe = resolve({**DIGITS, "generator": {"name": "rsg", **ON_DIGITS["rsg"]},
-                      "stages": [{"name": "joint"},
+                      "phases": [{"name": "joint"},
                                  {"name": "crt", "generator": None,
                                   "train": {"epochs": 1, "freeze": ["backbone"],
                                             "reset_head": True}}]})
     history = train(recipe, tmp_path / "run", quiet=True)["history"]
     with open(tmp_path / "run" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [r["stage"] for r in rows] == ["joint", "joint", "crt"]
+    assert [r["phase"] for r in rows] == ["joint", "joint", "crt"]
     assert [r["loss_rsg"] != "" for r in rows] == [True, True, False]
     assert "loss_terms" not in history[-1]
 
@@ -486,8 +486,8 @@ def test_a_stage_without_the_generator_leaves_its_term_columns_empty(tmp_path):
 def test_end_to_end_and_the_export_has_no_generator(tmp_path, name):
     recipe = resolve({**DIGITS, "generator": {"name": name, **ON_DIGITS[name]}})
     trainer = Trainer(recipe, tmp_path / "run", quiet=True)
-    gen = trainer.stages[0].generator
-    assert gen.stage == "layer1"  # two stages before 'features' on the digits CNN
+    gen = trainer.phases[0].generator
+    assert gen.point == "layer1"  # two points before 'features' on the digits CNN
     results = trainer.run()
     assert np.isfinite(results["top1"]) and len(results["history"]) == 2
     exported = torch.load(tmp_path / "run" / "model-main.pt")
@@ -503,7 +503,7 @@ def test_end_to_end_and_the_export_has_no_generator(tmp_path, name):
     with torch.no_grad():
         plain = trainer.model(x)
         hooked, _ = trainer.model.forward_hooked(Batch.plain(x, labels),
-                                                 {gen.stage: gen})
+                                                 {gen.point: gen})
     assert torch.equal(plain, hooked)
 
 
@@ -512,7 +512,7 @@ def test_rsg_contrastive_module_is_frozen_once_it_generates(tmp_path):
                       "generator": {"name": "rsg", "contrastive_channels": 16,
                                     "generation_start_epoch": 0}})
     trainer = Trainer(recipe, tmp_path / "run", quiet=True)
-    gen = trainer.stages[0].generator
+    gen = trainer.phases[0].generator
     before = {n: p.detach().clone() for n, p in gen.named_parameters()}
     trainer.run()
     after = dict(gen.named_parameters())
@@ -536,23 +536,23 @@ def test_resume_is_exact(tmp_path, generator):
 
 
 def test_mixing_before_the_generator_is_refused_after_it_accepted(tmp_path):
-    gen = {"name": "hallucinator", "stage": "layer1"}
+    gen = {"name": "hallucinator", "point": "layer1"}
     with pytest.raises(ConfigError, match=r"augment\[0\].*single class"):
         Trainer(resolve({**DIGITS, "generator": gen, "augment": [{"name": "mixup"}]}),
                 tmp_path / "a", quiet=True)
     assert not (tmp_path / "a").exists()
-    # Mixing in other epochs, or after the generator's stage, combines.
+    # Mixing in other epochs, or after the generator's point, combines.
     Trainer(resolve({**DIGITS, "generator": {**gen, "start_epoch": 1},
                      "augment": [{"name": "mixup", "end_epoch": 1}]}), tmp_path / "b", quiet=True)
     results = train(resolve({**DIGITS, "generator": gen,
-                             "augment": [{"name": "manifold_mixup", "stage": "features"}]}),
+                             "augment": [{"name": "manifold_mixup", "point": "features"}]}),
                     tmp_path / "c", quiet=True)
     assert np.isfinite(results["top1"])
 
 
-def test_an_unknown_stage_is_named_with_the_models_stages(tmp_path):
-    with pytest.raises(ConfigError, match="generator.stage.*layer7.*stem, layer1"):
-        Trainer(resolve({**DIGITS, "generator": {"name": "rsg", "stage": "layer7"}}),
+def test_an_unknown_point_is_named_with_the_models_points(tmp_path):
+    with pytest.raises(ConfigError, match="generator.point.*layer7.*stem, layer1"):
+        Trainer(resolve({**DIGITS, "generator": {"name": "rsg", "point": "layer7"}}),
                 tmp_path / "run", quiet=True)
 
 
@@ -583,7 +583,7 @@ def test_the_trainer_passes_the_data_profile(tmp_path):
     recipe = resolve({**DIGITS, "data": {"name": "digits_lt", "imbalance_type": "step",
                                          "imbalance_ratio": 10},
                       "generator": {"name": "ftl"}})
-    gen = Trainer(recipe, tmp_path / "run", quiet=True).stages[0].generator
+    gen = Trainer(recipe, tmp_path / "run", quiet=True).phases[0].generator
     assert (gen.frequent_fraction, gen.transfer_strength) == (0.5, 0.01)
     assert gen.is_frequent.sum() == 5
 
@@ -609,14 +609,14 @@ def test_generator_recipes_build_on_the_protocol(dataset, name):
         k: v for k, v in base.items() if k not in ("generator", "meta")}
     classes = 10 if dataset == "cifar10_lt" else 100
     model = MODELS.build(recipe["model"], num_classes=classes)
-    shapes = model.stage_shapes(torch.zeros(2, 3, 32, 32))
+    shapes = model.point_shapes(torch.zeros(2, 3, 32, 32))
     assert shapes["layer2"] == (32, 16, 16)  # RSG's place in ResNet-32
     n_max = 50000 // classes
     counts = [int(n_max * 0.01 ** (i / (classes - 1))) for i in range(classes)]
     gen = GENERATORS.build(recipe["generator"], num_classes=classes, class_counts=counts,
-                           stage_names=model.stage_names, stage_shapes=shapes,
+                           point_names=model.point_names, point_shapes=shapes,
                            imbalance_type="exp", total_epochs=recipe["train"]["epochs"])
-    assert gen.stage == "layer2" and gen.feature_shape == (32, 16, 16)
+    assert gen.point == "layer2" and gen.feature_shape == (32, 16, 16)
     assert (gen.frequent_fraction, gen.transfer_strength) == (0.2, 1.0)
     assert gen.is_frequent.sum() == classes // 5 and gen.is_frequent[:classes // 5].all()
     if isinstance(gen, RSG):
@@ -650,7 +650,7 @@ def test_generator_recipes_run_on_digits(tmp_path, name):
     trainer = Trainer(resolve(recipe), tmp_path / "run", quiet=True)
     results = trainer.run()
     assert np.isfinite(results["top1"]) and len(results["history"]) == 2
-    assert trainer.stages[0].generator.stage == "layer2"
+    assert trainer.phases[0].generator.point == "layer2"
 
 
 @pytest.mark.parametrize("kernel, shape", [(3, (16, 16)), (3, (1, 1)), (5, (4, 7)), (1, (3, 3)),

@@ -87,10 +87,10 @@ def run(name: str, variant: str, out: Path) -> dict:
         results = train(recipe, out, quiet=True)
     finally:
         torch.set_num_threads(threads)
-    last = results["stages"][-1]["name"]
+    last = results["phases"][-1]["name"]
     return {"top1": results["top1"], "per_class_acc": results["per_class_acc"],
             "confusion_matrix": results["confusion_matrix"],
-            "epochs": [(r["stage"], r["epoch"], r["loss"], r["lr"], r.get("loss_terms"))
+            "epochs": [(r["phase"], r["epoch"], r["loss"], r["lr"], r.get("loss_terms"))
                        for r in results["history"]],
             "weights": weights_digest(out / f"model-{last}.pt")}
 

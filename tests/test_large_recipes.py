@@ -25,7 +25,7 @@ import pytest
 
 # Only the recipe reader here: the table checks run without importing torch, which the
 # parameter and learning-rate checks below import themselves.
-from lttoolbox.recipe import load_recipe, stage_recipes, unreachable_epoch_keys
+from lttoolbox.recipe import load_recipe, phase_recipes, unreachable_epoch_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("imagenet_lt", "inaturalist2018", "places_lt")
@@ -58,7 +58,7 @@ OLTR_PLACES = dict(model="resnet152", epochs=30, batch=128, lr=0.01, wd=5e-4,
                    schedule="multistep", milestones=[10, 20], warmup=0,
                    protocol="places_lt-oltr")
 
-# The tricks: loss, head, sampler (name, start epoch), generator (stage, first generating epoch).
+# The tricks: loss, head, sampler (name, start epoch), generator (point, first generating epoch).
 CE = dict(loss={"name": "ce"}, head="linear", sampler=("instance", 0), generator=None)
 LDAM_DRS_RSG_IMAGENET = dict(loss={"name": "ldam", "max_m": 0.3, "s": 30.0}, head="cosine",
                              sampler=("class_balanced", 80))
@@ -72,7 +72,7 @@ LDAM_DRW_INAT = dict(loss={"name": "ldam", "max_m": 0.3, "s": 30.0,
                      head="cosine", sampler=("instance", 0), generator=None)
 RSG_AT_LAYER3 = ("layer3", 80)
 
-# Later stages: name, epochs, global batch, lr, weight decay, schedule, sampler, frozen, new head.
+# Later phases: name, epochs, global batch, lr, weight decay, schedule, sampler, frozen, new head.
 CRT_IMAGENET = ("crt", 10, 512, 0.2, 5e-4, "cosine", "class_balanced", ["backbone"], True)
 LWS_IMAGENET = ("lws", 5, 512, 0.2, 5e-4, "cosine", "class_balanced", ["backbone"], False)
 TAU_NORM = ("tau_norm", 0)
@@ -147,31 +147,31 @@ def test_recipe_resolves_to_its_protocol(name):
     if trick["generator"] is None:
         assert generator is None
     else:
-        stage, start = trick["generator"]
-        assert (generator["name"], generator["stage"]) == ("rsg", stage)
+        point, start = trick["generator"]
+        assert (generator["name"], generator["point"]) == ("rsg", point)
         assert generator["generation_start_epoch"] == start
         assert (generator["num_centers"], generator["contrastive_channels"]) == (15, 256)
         assert (generator["cesc_weight"], generator["mv_weight"]) == (0.1, 0.01)
         assert (generator["frequent_fraction"], generator["transfer_strength"]) == (0.2, 1.0)
 
-    stages = stage_recipes(recipe)
-    assert [s["meta"]["stage"] for s in stages] == (["joint", *(s[0] for s in later)]
+    phases = phase_recipes(recipe)
+    assert [s["meta"]["phase"] for s in phases] == (["joint", *(s[0] for s in later)]
                                                     if later else ["main"])
-    for stage, row in zip(stages[1:], later):
-        assert stage["train"]["epochs"] == row[1]
+    for phase, row in zip(phases[1:], later):
+        assert phase["train"]["epochs"] == row[1]
         if row[0] == "tau_norm":
-            assert stage["model"]["head"] == {"name": "tau_norm", "tau": "auto"}
+            assert phase["model"]["head"] == {"name": "tau_norm", "tau": "auto"}
             continue
         _, _, batch, lr, wd, schedule_name, sampler_name, frozen, reset = row
-        assert stage["train"]["batch_size"] == batch
-        assert stage["optim"]["lr"] == pytest.approx(lr)
-        assert stage["optim"]["weight_decay"] == pytest.approx(wd)
-        assert (stage["schedule"]["name"], stage["schedule"]["warmup_epochs"]) == (
+        assert phase["train"]["batch_size"] == batch
+        assert phase["optim"]["lr"] == pytest.approx(lr)
+        assert phase["optim"]["weight_decay"] == pytest.approx(wd)
+        assert (phase["schedule"]["name"], phase["schedule"]["warmup_epochs"]) == (
             schedule_name, 0)
-        assert stage["sampler"]["name"] == sampler_name
-        assert (stage["train"]["freeze"], stage["train"]["reset_head"]) == (frozen, reset)
+        assert phase["sampler"]["name"] == sampler_name
+        assert (phase["train"]["freeze"], phase["train"]["reset_head"]) == (frozen, reset)
         # cRT trains an nn.Linear with PyTorch's own initialisation, as both reference codes
-        assert stage["model"]["head"] == ("lws" if row[0] == "lws"
+        assert phase["model"]["head"] == ("lws" if row[0] == "lws"
                                           else {"name": "linear", "init": "pytorch"})
 
     assert recipe["meta"]["protocol"] == protocol["protocol"]
@@ -190,11 +190,11 @@ def test_recipe_names_its_sources_and_only_known_parameters(name):
     for family in ("data", "generators", "losses", "models", "samplers"):  # registers them
         __import__(f"lttoolbox.{family}")
     recipe = load_recipe(ROOT / "configs" / name)
-    for stage in stage_recipes(recipe):
+    for phase in phase_recipes(recipe):
         for section, registry, extra in (("data", DATASETS, STREAM_KEYS), ("model", MODELS, ()),
                                          ("sampler", SAMPLERS, ()), ("loss", LOSSES, ()),
                                          ("generator", GENERATORS, ())):
-            cfg = stage[section]
+            cfg = phase[section]
             if cfg is None:
                 continue
             params = set(inspect.signature(registry.get(cfg["name"])).parameters) | set(extra)

@@ -116,7 +116,7 @@ def test_sigterm_stops_a_background_leaderboard_resumably(tmp_path):
 def test_rows_sharing_a_first_phase_train_it_once_with_the_result_of_a_run_from_scratch(
         tmp_path):
     crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
-           "overlay": {"stages": [{"name": "joint"},
+           "overlay": {"phases": [{"name": "joint"},
                                   {"name": "crt", "sampler": {"name": "class_balanced"},
                                    "train": {"epochs": 30, "freeze": ["backbone"],
                                              "reset_head": True}}]}}
@@ -145,15 +145,15 @@ def test_rows_sharing_a_first_phase_train_it_once_with_the_result_of_a_run_from_
     assert "reused" not in fresh
     for key in ("top1", "per_class_acc", "confusion_matrix", "recipe_hash"):
         assert reused[key] == fresh[key], key
-    assert ([(r["stage"], r["loss"]) for r in reused["history"]]
-            == [(r["stage"], r["loss"]) for r in fresh["history"]])
+    assert ([(r["phase"], r["loss"]) for r in reused["history"]]
+            == [(r["phase"], r["loss"]) for r in fresh["history"]])
 
 
 def test_two_multi_phase_rows_sharing_a_first_phase_are_ordered_without_waiting_in_a_circle(
         tmp_path):
     from lb.runner import Runner, donor_map
-    stages = [{"name": "joint"}, {"name": "crt", "train": {"epochs": 30, "freeze": ["backbone"]}}]
-    rows = [{"id": i, "recipe": str(QUICKSTART), "overlay": {"stages": stages}}
+    phases = [{"name": "joint"}, {"name": "crt", "train": {"epochs": 30, "freeze": ["backbone"]}}]
+    rows = [{"id": i, "recipe": str(QUICKSTART), "overlay": {"phases": phases}}
             for i in ("crt", "lws")] + [{"id": "focal", "recipe": str(QUICKSTART),
                                          "overlay": {"loss": {"name": "focal"}}}]
     suite = load_suite(digits_suite(tmp_path, rows=rows, baseline="focal"))
@@ -309,20 +309,20 @@ def test_flatten_overlay_matches_deep_merge_semantics():
                     "augment=[]", "generator=null", 'loss.name="ce"', "loss.weights={}"]
 
 
-def multi_stage_recipe(tmp_path: Path) -> Path:
-    return write_yaml(tmp_path / "two_stage.yaml", {
+def multi_phase_recipe(tmp_path: Path) -> Path:
+    return write_yaml(tmp_path / "two_phase.yaml", {
         "_base_": str(QUICKSTART),
         "train": {"epochs": 200},
         "schedule": {"name": "multistep", "warmup_epochs": 5, "milestones": [160, 180]},
         "sampler": {"name": "class_balanced", "start_epoch": 160},
         "generator": {"name": "toy", "epoch_thresh": 159},
-        "stages": [{"name": "first"},
+        "phases": [{"name": "first"},
                    {"name": "second", "train": {"epochs": 10}, "loss": {"name": "focal"}}],
     })
 
 
-def test_overlays_reach_every_stage_and_quick_scales_every_switch(tmp_path):
-    recipe = multi_stage_recipe(tmp_path)
+def test_overlays_reach_every_phase_and_quick_scales_every_switch(tmp_path):
+    recipe = multi_phase_recipe(tmp_path)
     suite = load_suite(write_yaml(tmp_path / "suite.yaml", {
         "name": "s", "references": None,
         "overlay": {"eval": {"ece_bins": 10}},
@@ -338,13 +338,13 @@ def test_overlays_reach_every_stage_and_quick_scales_every_switch(tmp_path):
     assert composed["schedule"]["warmup_epochs"] == 0.75
     assert composed["schedule"]["warmup_unit"] == "step"
     assert composed["sampler"]["start_epoch"] == 24
-    first, second = composed["stages"]
-    for stage in (first, second):
-        assert stage["data"]["imbalance_ratio"] == 5
-        assert stage["eval"]["ece_bins"] == 10
-        assert stage["optim"]["lr"] == 0.02
-        assert stage["train"]["seed"] == 3
-        assert stage["train"]["amp"] == "bf16"
+    first, second = composed["phases"]
+    for phase in (first, second):
+        assert phase["data"]["imbalance_ratio"] == 5
+        assert phase["eval"]["ece_bins"] == 10
+        assert phase["optim"]["lr"] == 0.02
+        assert phase["train"]["seed"] == 3
+        assert phase["train"]["amp"] == "bf16"
     assert first["train"]["epochs"] == 30 and second["train"]["epochs"] == 2
     assert second["loss"]["name"] == "focal"
 
@@ -356,7 +356,7 @@ def test_quick_scales_each_recipe_by_its_own_budget(tmp_path):
     long = write_yaml(tmp_path / "long.yaml", {
         "_base_": str(QUICKSTART), "train": {"epochs": 400},
         "schedule": {"name": "multistep", "warmup_epochs": 5, "milestones": [320, 360]},
-        "stages": [{"name": "a"}, {"name": "b", "train": {"epochs": 30}},
+        "phases": [{"name": "a"}, {"name": "b", "train": {"epochs": 30}},
                    {"name": "c", "train": {"epochs": 3}}, {"name": "d", "train": {"epochs": 0}},
                    {"name": "e", "train": {"epochs": 10}}]})
     odd = write_yaml(tmp_path / "odd.yaml", {"_base_": str(QUICKSTART), "train": {"epochs": 210}})
@@ -370,7 +370,7 @@ def test_quick_scales_each_recipe_by_its_own_budget(tmp_path):
     assert run.written_epochs == [400, 30, 3, 0, 10]
     assert run.epochs == [60, 4, 1, 0, 2]
     assert run.recipe["schedule"]["milestones"] == [48, 54]  # 320, 360 by 0.15
-    assert run.recipe["stages"][0]["schedule"]["warmup_epochs"] == 0.75
+    assert run.recipe["phases"][0]["schedule"]["warmup_epochs"] == 0.75
     assert not any("rounded to" in w for w in run.warnings)
     assert quick.plan("base", "a", 0).epochs == [30]
     odd_run = quick.plan("odd", "a", 0)  # 210 * 0.15 = 31.5 -> 32: not exactly 0.15, warned
@@ -443,7 +443,7 @@ def test_epochs_are_shown_and_unequal_paper_budgets_are_flagged(tmp_path):
 def test_unscaled_epoch_keys_are_warned_about(tmp_path):
     suite = load_suite(write_yaml(tmp_path / "suite.yaml", {
         "name": "s", "references": None, "settings": [{"id": "a", "overlay": {}}],
-        "rows": [{"id": "two", "recipe": str(multi_stage_recipe(tmp_path))}]}))
+        "rows": [{"id": "two", "recipe": str(multi_phase_recipe(tmp_path))}]}))
     run = Planner(suite, "quick", tmp_path / "out").plan("two", "a", 0)
     assert any(w.startswith("generator.epoch_thresh") for w in run.warnings)
     assert not any("start_epoch" in w or "milestones" in w for w in run.warnings)
@@ -525,20 +525,20 @@ def test_wall_time_of_an_unrecorded_attempt_is_flagged_as_a_lower_bound(tmp_path
     assert "| 5.0 | ≥2.0 |" in md and "lower bound" in md
 
 
-def test_stage_timings_and_post_hoc_choices_are_reported(tmp_path):
-    """A multi-stage row gets one timing line per stage (its epochs' seconds summed, generation
-    time apart) and its validation-split choices; a single-stage row gets neither."""
+def test_phase_timings_and_post_hoc_choices_are_reported(tmp_path):
+    """A multi-phase row gets one timing line per phase (its epochs' seconds summed, generation
+    time apart) and its validation-split choices; a single-phase row gets neither."""
     suite = load_suite(digits_suite(tmp_path))
     planner = Planner(suite, "smoke", tmp_path / "out")
     epochs = {0: ([30.0, 50.0], [7.0, 9.0, 11.0]), 1: ([40.0, 60.0], [8.0, 10.0, 12.0])}
     for seed, (first, second) in epochs.items():
         run = planner.plan("ce", "exp10", seed)
         run.dir.mkdir(parents=True)
-        history = ([{"stage": "joint", "epoch": i, "seconds": t} for i, t in enumerate(first)]
-                   + [{"stage": "grow", "epoch": i, "seconds": t} for i, t in enumerate(second)])
+        history = ([{"phase": "joint", "epoch": i, "seconds": t} for i, t in enumerate(first)]
+                   + [{"phase": "grow", "epoch": i, "seconds": t} for i, t in enumerate(second)])
         (run.dir / "results.json").write_text(json.dumps({
             "recipe_hash": run.hash, "protocol": "smoke", "top1": 50.0 + seed, "seconds": 1.0,
-            "stages": [{"name": "joint", "epochs": 2},
+            "phases": [{"name": "joint", "epochs": 2},
                        {"name": "grow", "epochs": 3,
                         "generated": {"images": 100, "seconds": 20.0 + 10 * seed}}],
             "history": history,
@@ -548,17 +548,17 @@ def test_stage_timings_and_post_hoc_choices_are_reported(tmp_path):
     focal.dir.mkdir(parents=True)
     (focal.dir / "results.json").write_text(json.dumps(
         {"recipe_hash": focal.hash, "protocol": "smoke", "top1": 40.0, "seconds": 1.0,
-         "stages": [{"name": "joint", "epochs": 2}], "history": []}))
+         "phases": [{"name": "joint", "epochs": 2}], "history": []}))
     doc = collect(suite, planner, References.load(tmp_path / "refs.yaml"), [0, 1],
                   {"ce", "focal"}, {"exp10"})
     rows = {r["id"]: r for r in doc["settings"][0]["rows"]}
-    joint, grow = rows["ce"]["stages"]
+    joint, grow = rows["ce"]["phases"]
     assert (joint["name"], joint["epochs"], grow["name"], grow["epochs"]) == ("joint", 2, "grow", 3)
     assert joint["train_seconds"]["mean"] == pytest.approx(np.mean([80.0, 100.0]))
     assert grow["train_seconds"]["mean"] == pytest.approx(np.mean([27.0, 30.0]))
     assert grow["generation_seconds"]["mean"] == pytest.approx(25.0)
     assert joint["generation_seconds"] is None
-    assert rows["focal"]["stages"] == [] and rows["focal"]["choices"] == []
+    assert rows["focal"]["phases"] == [] and rows["focal"]["choices"] == []
     assert rows["ce"]["choices"] == ["tau_norm: tau 0.5, seed 0, chosen on validation split",
                                      "tau_norm: tau 1.5, seed 1, chosen on validation split"]
     md = markdown(doc)
@@ -994,20 +994,20 @@ open({str(run.dir / 'results.json')!r}, "w").write({results!r})
 
 
 # ------------------------------------------------------------------------ best test epoch
-def write_run(run, top1: float, stages: list[tuple[str, int]], evals: dict) -> None:
-    """A finished run: ``evals`` maps (stage, epoch) to the test top-1 logged under ``eval``."""
+def write_run(run, top1: float, phases: list[tuple[str, int]], evals: dict) -> None:
+    """A finished run: ``evals`` maps (phase, epoch) to the test top-1 logged under ``eval``."""
     run.dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, epochs in stages:
+    for name, epochs in phases:
         for epoch in range(epochs):
-            row = {"stage": name, "epoch": epoch, "loss": 1.0, "lr": 0.1, "seconds": 1.0}
+            row = {"phase": name, "epoch": epoch, "loss": 1.0, "lr": 0.1, "seconds": 1.0}
             if (name, epoch) in evals:
                 row["eval"] = {"top1": evals[(name, epoch)], "mean_class_acc": 0.0}
             rows.append(row)
     (run.dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run.dir / "results.json").write_text(json.dumps(
         {"recipe_hash": run.hash, "protocol": "smoke", "top1": top1, "seconds": 1.0,
-         "stages": [{"name": n, "epochs": e} for n, e in stages], "history": rows}))
+         "phases": [{"name": n, "epochs": e} for n, e in phases], "history": rows}))
 
 
 def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
@@ -1032,10 +1032,10 @@ def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
     assert best["top1"]["mean"] == 66.0 and best["top1"]["std"] is None
     assert best["evaluated_epochs"] == [4] and best["n"] == 1
     assert best["seeds"] == [{"seed": 0, "top1": 66.0, "epoch": 1, "evaluated": 4,
-                              "stage": "main"}]
+                              "phase": "main"}]
     assert rows["ce"]["metrics"]["top1"]["mean"] == 60.0  # the table's result stays final
     fb = rows["focal"]["best_test"]["seeds"][0]
-    assert (fb["top1"], fb["epoch"], fb["evaluated"], fb["stage"]) == (70.0, 2, 3, "crt")
+    assert (fb["top1"], fb["epoch"], fb["evaluated"], fb["phase"]) == (70.0, 2, 3, "crt")
     md = markdown(doc)
     assert "| Best test epoch § | Paper top-1 |" in md
     assert "| 66.00 (of 4; 1 of 2 seeds) | 80.00 [1] |" in md
@@ -1103,3 +1103,69 @@ def test_a_niced_runners_children_keep_its_priority_in_their_own_sessions():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("nice 19"), done.stdout
     assert die_with_runner() is not None
+
+
+# ------------------------------------------------------ runs written before phases were so named
+def test_runs_written_before_the_rename_are_decided_reported_and_merged(tmp_path):
+    """Run directories as the code before the rename of stages to phases and points wrote them
+    (tests/old_runs.py, from real runs): a finished one is skipped, an interrupted one resumed,
+    the report reads their phases, timings and best test epoch, and their pack merges."""
+    from lttoolbox.engine import train
+    from lttoolbox.engine.logging import RunLogger
+    from old_runs import to_old_format
+
+    class StopAfterOne(RunLogger):
+        def __init__(self):
+            super().__init__(quiet=True)
+            self.ended = 0
+
+        def end_epoch(self, summary):
+            self.ended += 1
+            if self.ended > 1:
+                raise KeyboardInterrupt  # after the first epoch's checkpoint
+
+    crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
+           "overlay": {"train": {"epochs": 2}, "eval": {"every": 1},
+                       "schedule": {"warmup_epochs": 0},
+                       "augment": [{"name": "manifold_mixup", "point": "layer1"}],
+                       "phases": [{"name": "joint"},
+                                  {"name": "crt", "augment": [],
+                                   "sampler": {"name": "class_balanced"},
+                                   "train": {"freeze": ["backbone"], "reset_head": True}}]}}
+    suite = load_suite(digits_suite(tmp_path, rows=[crt], baseline="crt"))
+    refs = References.load(tmp_path / "refs.yaml")
+    planner = Planner(suite, "paper", tmp_path / "lb")
+    done, cut = planner.plan("crt", "exp10", 0), planner.plan("crt", "exp10", 1)
+    results = train(done.recipe, done.dir, quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut.recipe, cut.dir, logger=StopAfterOne())
+    for run in (done, cut):
+        to_old_format(run.dir)
+    assert "stage: layer1" in (done.dir / "recipe.yaml").read_text()
+    assert '"stages"' in (done.dir / "results.json").read_text()
+
+    assert decide(done, "paper") == (SKIP, "finished")
+    assert decide(cut, "paper") == (RESUME, "unfinished")
+
+    def row_of(out: Path) -> dict:
+        doc = collect(suite, Planner(suite, "paper", out), refs, [0], {"crt"}, {"exp10"})
+        return doc["settings"][0]["rows"][0]
+
+    row = row_of(tmp_path / "lb")
+    assert row["n"] == 1 and row["metrics"]["top1"]["mean"] == results["top1"]
+    assert [p["name"] for p in row["phases"]] == ["joint", "crt"]
+    joint_seconds = sum(r["seconds"] for r in results["history"] if r["phase"] == "joint")
+    assert row["phases"][0]["train_seconds"]["mean"] == pytest.approx(joint_seconds)
+    # the crt phase's first epoch was evaluated, its last is the final result
+    crt_eval = next(r["eval"]["top1"] for r in results["history"]
+                    if r["phase"] == "crt" and "eval" in r)
+    best = row["best_test"]["seeds"][0]
+    assert (best["phase"], best["evaluated"]) == ("crt", 2)
+    assert best["top1"] == max(crt_eval, results["top1"])
+
+    archive = tmp_path / "old.tar.gz"
+    assert pack(tmp_path / "lb", archive) == 1  # the finished run
+    assert merge(archive, tmp_path / "home") == 1
+    assert row_of(tmp_path / "home") == {**row, "runs": [
+        {**r, "dir": str(tmp_path / "home" / Path(r["dir"]).relative_to(tmp_path / "lb"))}
+        for r in row["runs"]]}

@@ -77,7 +77,7 @@ def test_every_loss_recipe_of_the_folder_is_listed(dataset):
             continue
         if recipe.get("generator"):  # generator recipes on a loss recipe: tests/test_generators.py
             continue
-        if recipe.get("stages"):  # staged recipes on a loss recipe: tests/test_decoupling.py
+        if recipe.get("phases"):  # phased recipes on a loss recipe: tests/test_decoupling.py
             continue
         if path.name != "base.yaml" and recipe["loss"] != base_loss:
             assert path.stem in RECIPES, f"{path} sets a loss but is not tested here"

@@ -114,7 +114,7 @@ def test_data_with_another_class_count_is_refused(folder_run, capsys):
 
 # ------------------------------------------------------------------ a run in use, a run read-only
 def unfinished_copy(run: Path, dest: Path) -> Path:
-    """The run as it looks while its only stage trains: no final weights yet."""
+    """The run as it looks while its only phase trains: no final weights yet."""
     shutil.copytree(run, dest, ignore=shutil.ignore_patterns("model-*.pt", "results.json",
                                                              "eval-*.json"))
     return dest

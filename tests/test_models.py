@@ -14,8 +14,8 @@ from lttoolbox.models import (HEADS, CosineHead, DigitsCNN, LinearHead, LTModel,
                               ResNet32, build_head)
 from lttoolbox.registry import MODELS
 
-# Context the trainer would offer for each model, and the stage output shapes (without batch)
-# worked out by hand from the architectures.
+# Context the trainer would offer for each model, and the output shapes at every model point
+# (without batch) worked out by hand from the architectures.
 CONTEXT = {
     "resnet32": dict(num_classes=10, in_channels=3, image_size=32),
     "digits_cnn": dict(num_classes=10, in_channels=1, image_size=8),
@@ -28,14 +28,14 @@ CONTEXT = {
 
 
 def imagenet_shapes(widths: tuple[int, ...]) -> dict:
-    """Stage shapes of a torchvision-style ResNet at 32 px: stride 4 after the stem, then 1, 2, 2,
+    """Point shapes of a torchvision-style ResNet at 32 px: stride 4 after the stem, then 1, 2, 2,
     2."""
     return {"input": (3, 32, 32), "stem": (64, 8, 8), "layer1": (widths[0], 8, 8),
             "layer2": (widths[1], 4, 4), "layer3": (widths[2], 2, 2),
             "layer4": (widths[3], 1, 1), "features": (widths[3],)}
 
 
-STAGE_SHAPES = {
+POINT_SHAPES = {
     "resnet10": imagenet_shapes((64, 128, 256, 512)),
     **{name: imagenet_shapes((256, 512, 1024, 2048))
        for name in ("resnet50", "resnet152", "resnext50_32x4d")},
@@ -88,9 +88,9 @@ def test_build_and_import(name):
     cls = MODELS.get(name)
     assert isinstance(model, LTModel) and type(model) is cls
     assert getattr(models_pkg, cls.__name__) is cls  # importable from the family package
-    assert model.stage_names[0] == "input" and model.stage_names[-1] == "features"
-    assert model.stage_names == tuple(STAGE_SHAPES[name])
-    assert model.feature_dim == STAGE_SHAPES[name]["features"][0]
+    assert model.point_names[0] == "input" and model.point_names[-1] == "features"
+    assert model.point_names == tuple(POINT_SHAPES[name])
+    assert model.feature_dim == POINT_SHAPES[name]["features"][0]
     assert model.num_classes == 10
 
 
@@ -137,7 +137,7 @@ def test_forward_hooked_without_hooks_equals_forward(name):
     with torch.no_grad():
         logits, out = model.forward_hooked(batch, {})
         expected = model(x)
-        identity = {s: (lambda h, b: (h, b)) for s in model.stage_names}
+        identity = {s: (lambda h, b: (h, b)) for s in model.point_names}
         logits_id, _ = model.forward_hooked(batch, identity)
     assert torch.equal(logits, expected)
     assert torch.equal(logits_id, expected)
@@ -150,17 +150,17 @@ def test_hooks_called_in_order_with_shapes(name):
     x = images(name)
     calls = []
 
-    def spy(stage):
+    def spy(point):
         def hook(h, batch):
-            assert batch.x is h  # inside a hook batch.x is the stage's activation
-            calls.append((stage, tuple(h.shape)))
+            assert batch.x is h  # inside a hook batch.x is the point's activation
+            calls.append((point, tuple(h.shape)))
             return h, batch
         return hook
 
     # given in reverse order: the network order must win
-    hooks = {s: spy(s) for s in reversed(model.stage_names)}
+    hooks = {s: spy(s) for s in reversed(model.point_names)}
     model.forward_hooked(Batch.plain(x, labels()), hooks)
-    assert calls == [(s, (B,) + shape) for s, shape in STAGE_SHAPES[name].items()]
+    assert calls == [(s, (B,) + shape) for s, shape in POINT_SHAPES[name].items()]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -178,8 +178,8 @@ def test_input_hook_sees_the_images(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("stage", ["input", "layer1", "features"])
-def test_hook_can_replace_targets(name, stage):
+@pytest.mark.parametrize("point", ["input", "layer1", "features"])
+def test_hook_can_replace_targets(name, point):
     model = build(name)
     y = labels()
     new_b, new_lam = torch.tensor([5, 6, 7]), torch.tensor([0.25, 0.5, 0.75])
@@ -187,7 +187,7 @@ def test_hook_can_replace_targets(name, stage):
     def mix(h, batch):
         return h, batch.replace(y_b=new_b, lam=new_lam)
 
-    _, out = model.forward_hooked(Batch.plain(images(name), y), {stage: mix})
+    _, out = model.forward_hooked(Batch.plain(images(name), y), {point: mix})
     assert torch.equal(out.y_b, new_b) and torch.equal(out.lam, new_lam)
     assert torch.equal(out.y_a, y) and out.mixed
 
@@ -202,12 +202,12 @@ def test_feature_hook_changes_logits(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_unknown_hook_lists_stages(name):
+def test_unknown_hook_lists_points(name):
     model = build(name)
     with pytest.raises(ConfigError) as err:
         model.forward_hooked(Batch.plain(images(name), labels()), {"layer9": lambda h, b: (h, b)})
-    for stage in model.stage_names:
-        assert stage in str(err.value)
+    for point in model.point_names:
+        assert point in str(err.value)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -223,8 +223,8 @@ def test_freeze_backbone(name, freeze_bn_stats):
     model = build(name)
     model.freeze("backbone", freeze_bn_stats=freeze_bn_stats)
     model.train()
-    assert model.frozen == model.stage_names[1:]
-    assert model.fixed_statistics == (model.stage_names[1:] if freeze_bn_stats else ())
+    assert model.frozen == model.point_names[1:]
+    assert model.fixed_statistics == (model.point_names[1:] if freeze_bn_stats else ())
     before = bn_stats(model)
     weights = {k: v.clone() for k, v in model.named_parameters()}
     F.cross_entropy(model(images(name)), labels()).backward()
@@ -266,7 +266,7 @@ def test_a_frozen_backbone_normalises_as_an_unfrozen_one_in_train_mode(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_freeze_one_stage_and_unfreeze(name):
+def test_freeze_one_block_and_unfreeze(name):
     model = build(name).train()
     model.freeze("stem", freeze_bn_stats=True)
     stem_before, l1_before = bn_stats(model.stem), bn_stats(model.layer1)
@@ -284,14 +284,14 @@ def test_freeze_one_stage_and_unfreeze(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_freeze_unknown_stage(name):
+def test_freeze_unknown_point(name):
     model = build(name)
     with pytest.raises(ConfigError, match="backbone") as err:
         model.freeze(["stem", "nope"])
-    assert all(stage in str(err.value) for stage in model.stage_names)
-    # every stage name is accepted (input and features have nothing to freeze)
-    model.freeze(list(model.stage_names))
-    assert model.frozen == model.stage_names[1:]
+    assert all(point in str(err.value) for point in model.point_names)
+    # every point name is accepted (input and features have nothing to freeze)
+    model.freeze(list(model.point_names))
+    assert model.frozen == model.point_names[1:]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -369,7 +369,7 @@ def test_reset_head_keeps_frozen_head_frozen(name):
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("train", [False, True])
 def test_channels_last_matches_contiguous(name, train):
-    if train and min(h * w for shape in STAGE_SHAPES[name].values() if len(shape) == 3
+    if train and min(h * w for shape in POINT_SHAPES[name].values() if len(shape) == 3
                      for h, w in [shape[1:]]) == 1:
         pytest.skip("batch statistics over 4 samples of 1x1 maps (an ImageNet backbone at 32 px) "
                     "amplify the two layouts' summation orders chaotically; "
@@ -385,14 +385,14 @@ def test_channels_last_matches_contiguous(name, train):
 
     with torch.no_grad():
         expected = model(x)
-        hooks = {s: record for s in model.stage_names[1:-1]}
+        hooks = {s: record for s in model.point_names[1:-1]}
         got, _ = twin.forward_hooked(
             Batch.plain(x.contiguous(memory_format=torch.channels_last), labels(4)), hooks)
     # Relative to the output's scale: an untrained 152-layer network in eval mode has logits in
     # the thousands, and the two layouts sum in different orders.
     scale = 1.0 + float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5 * scale)
-    assert all(layouts)  # every 4-D stage output stayed channels_last
+    assert all(layouts)  # every 4-D block output stayed channels_last
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -456,11 +456,11 @@ def test_resnet32_parameter_count_by_hand():
         return 2 * c
 
     stem = conv(3, 16) + bn(16)
-    stage1 = 5 * (2 * conv(16, 16) + 2 * bn(16))
-    stage2 = (conv(16, 32) + conv(32, 32) + 2 * bn(32)) + 4 * (2 * conv(32, 32) + 2 * bn(32))
-    stage3 = (conv(32, 64) + conv(64, 64) + 2 * bn(64)) + 4 * (2 * conv(64, 64) + 2 * bn(64))
+    group1 = 5 * (2 * conv(16, 16) + 2 * bn(16))
+    group2 = (conv(16, 32) + conv(32, 32) + 2 * bn(32)) + 4 * (2 * conv(32, 32) + 2 * bn(32))
+    group3 = (conv(32, 64) + conv(64, 64) + 2 * bn(64)) + 4 * (2 * conv(64, 64) + 2 * bn(64))
     head = 64 * 10 + 10
-    hand = stem + stage1 + stage2 + stage3 + head
+    hand = stem + group1 + group2 + group3 + head
     assert hand == 464154  # ~0.46M, He et al. Table 6
     model = ResNet32(num_classes=10)
     assert sum(p.numel() for p in model.parameters()) == hand
@@ -486,10 +486,10 @@ def test_option_a_shortcut(layout):
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("stage,cin,cout", [("layer2", 16, 32), ("layer3", 32, 64)])
-def test_first_block_of_a_stage_uses_the_padding_shortcut(stage, cin, cout):
+@pytest.mark.parametrize("group,cin,cout", [("layer2", 16, 32), ("layer3", 32, 64)])
+def test_first_block_of_a_group_uses_the_padding_shortcut(group, cin, cout):
     model = ResNet32(num_classes=10).eval()
-    block = getattr(model, stage)[0]
+    block = getattr(model, group)[0]
     with torch.no_grad():
         block.conv2.weight.zero_()  # residual branch -> bn2(0) == beta == 0 in eval
     x = torch.rand(2, cin, 16, 16)
@@ -567,8 +567,8 @@ def test_cosine_head_is_invariant_to_norms_and_bounded():
 
 
 def test_build_head_errors_use_the_key():
-    with pytest.raises(ConfigError, match=r"^stages\.1\.model\.head\.name: unknown head"):
-        build_head("cos", 8, 4, key="stages.1.model.head")
+    with pytest.raises(ConfigError, match=r"^phases\.1\.model\.head\.name: unknown head"):
+        build_head("cos", 8, 4, key="phases.1.model.head")
 
 
 # ------------------------------------------------------------------------------------- digits

@@ -14,11 +14,11 @@ def results(num_classes: int = 3) -> dict:
     names = [f"class_{c}" for c in range(num_classes)]
     confusion = [[5 if i == j else 1 for j in range(num_classes)] for i in range(num_classes)]
     history = [
-        {"stage": "joint", "epoch": 0, "loss": 2.0},
-        {"stage": "joint", "epoch": 1, "loss": 1.5, "eval": {"top1": 40.0}},
-        {"stage": "joint", "epoch": 2, "loss": 1.2},
-        {"stage": "crt", "epoch": 0, "loss": 0.9, "eval": {"top1": 55.0}},
-        {"stage": "crt", "epoch": 1, "loss": 0.8},
+        {"phase": "joint", "epoch": 0, "loss": 2.0},
+        {"phase": "joint", "epoch": 1, "loss": 1.5, "eval": {"top1": 40.0}},
+        {"phase": "joint", "epoch": 2, "loss": 1.2},
+        {"phase": "crt", "epoch": 0, "loss": 0.9, "eval": {"top1": 55.0}},
+        {"phase": "crt", "epoch": 1, "loss": 0.8},
     ]
     return {"confusion_matrix": confusion, "class_names": names, "top1": 61.25,
             "per_class_acc": [50.0] * num_classes, "train_class_counts": [10] * num_classes,
@@ -55,7 +55,7 @@ def test_the_curves_show_every_epoch_loss_and_every_evaluation():
     # the evaluations after epochs 2 and 4, then the final one after epoch 5
     assert list(top1.get_xdata()) == [2, 4, 5]
     assert list(top1.get_ydata()) == [40.0, 55.0, 61.25]
-    # one dashed line where the second stage starts, between epochs 3 and 4
+    # one dashed line where the second phase starts, between epochs 3 and 4
     boundaries = [line for line in loss_ax.get_lines() if line.get_linestyle() == "--"]
     assert [list(line.get_xdata()) for line in boundaries] == [[3.5, 3.5]]
     assert "crt" in texts(loss_ax.texts)

@@ -6,7 +6,7 @@ import yaml
 
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import (apply_overrides, deep_merge, load_recipe, recipe_hash, resolve,
-                              scale_epochs, stage_recipes)
+                              scale_epochs, phase_recipes)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,21 +84,21 @@ def test_file_errors(tmp_path):
         apply_overrides({}, ["train.epochs"])
 
 
-def test_stages_are_overlays(tmp_path):
+def test_phases_are_overlays(tmp_path):
     path = write(tmp_path / "r.yaml", {
         "data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"},
         "train": {"epochs": 10},
-        "stages": [{"name": "joint"},
+        "phases": [{"name": "joint"},
                    {"name": "crt", "sampler": {"name": "class_balanced"},
                     "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True}}]})
     recipe = load_recipe(path)
-    joint, crt = stage_recipes(recipe)
-    assert joint["meta"]["stage"] == "joint" and joint["train"]["epochs"] == 10
+    joint, crt = phase_recipes(recipe)
+    assert joint["meta"]["phase"] == "joint" and joint["train"]["epochs"] == 10
     assert crt["sampler"]["name"] == "class_balanced" and crt["train"]["freeze"] == ["backbone"]
     assert crt["data"] == joint["data"]
     # A resolved recipe resolves to itself (the trainer may resolve twice).
     assert recipe_hash(resolve(recipe)) == recipe_hash(recipe)
-    assert [s["meta"]["stage"] for s in stage_recipes(resolve(recipe))] == ["joint", "crt"]
+    assert [s["meta"]["phase"] for s in phase_recipes(resolve(recipe))] == ["joint", "crt"]
 
 
 def test_scale_epochs_moves_every_switch_in_proportion():

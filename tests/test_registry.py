@@ -53,8 +53,8 @@ def test_unknown_parameter_is_never_ignored(toys):
 def test_entry_value_errors_carry_the_full_key(toys):
     with pytest.raises(ConfigError, match=r"^toy.size: must be positive, got -1$"):
         toys.build({"name": "ball", "size": -1})
-    with pytest.raises(ConfigError, match=r"^stages\[1\].toy.size: must be positive"):
-        toys.build({"name": "ball", "size": -1}, key="stages[1].toy")
+    with pytest.raises(ConfigError, match=r"^phases\[1\].toy.size: must be positive"):
+        toys.build({"name": "ball", "size": -1}, key="phases[1].toy")
 
     @toys.register("net")
     class Net:

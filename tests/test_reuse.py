@@ -18,7 +18,7 @@ from lttoolbox.engine.reuse import ReuseError, first_phase_hash, reused_start
 from lttoolbox.recipe import apply_overrides, dump_recipe, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-CRT = ('stages=[{name: joint}, {name: crt, sampler: {name: class_balanced}, optim: {lr: 0.02}, '
+CRT = ('phases=[{name: joint}, {name: crt, sampler: {name: class_balanced}, optim: {lr: 0.02}, '
        'train: {epochs: 2, freeze: [backbone], reset_head: true}}]')
 
 
@@ -34,7 +34,7 @@ def same_weights(a: Path, b: Path) -> bool:
 def trained(results: dict) -> tuple:
     """What training decides: the metrics and every epoch's loss and rate (not timings)."""
     return (results["top1"], results["per_class_acc"], results["confusion_matrix"],
-            [(r["stage"], r["epoch"], r["loss"], r["lr"]) for r in results["history"]])
+            [(r["phase"], r["epoch"], r["loss"], r["lr"]) for r in results["history"]])
 
 
 # ------------------------------------------------------------------------ eval.every is inert
@@ -43,14 +43,14 @@ def test_logging_test_metrics_every_epoch_changes_no_weight_and_no_draw(tmp_path
     plain = train(digits_recipe(*extra), tmp_path / "plain", quiet=True)
     logged = train(digits_recipe(*extra, "eval.every=1"), tmp_path / "logged", quiet=True)
     assert trained(logged) == trained(plain)
-    last = plain["stages"][-1]["name"]
+    last = plain["phases"][-1]["name"]
     assert same_weights(tmp_path / "plain" / f"model-{last}.pt",
                         tmp_path / "logged" / f"model-{last}.pt")
     # every epoch but each phase's last (whose model the next phase or results.json holds) is
     # evaluated on the test set
     rows = logged["history"]
-    ends = {(s["name"], s["epochs"] - 1) for s in logged["stages"]}
-    assert [("eval" in r) for r in rows] == [(r["stage"], r["epoch"]) not in ends for r in rows]
+    ends = {(s["name"], s["epochs"] - 1) for s in logged["phases"]}
+    assert [("eval" in r) for r in rows] == [(r["phase"], r["epoch"]) not in ends for r in rows]
     assert all(0.0 <= r["eval"]["top1"] <= 100.0 for r in rows if "eval" in r)
 
 
@@ -87,7 +87,7 @@ def test_a_reused_first_phase_gives_the_result_of_a_run_from_scratch(tmp_path, d
     assert reused["reused"]["from"] == str(source.resolve())
     assert reused["epochs"] == scratch["epochs"] == 5
     log = [json.loads(line) for line in (tmp_path / "reused" / "log.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["epoch"]) for r in log] == [(r["stage"], r["epoch"])
+    assert [(r["phase"], r["epoch"]) for r in log] == [(r["phase"], r["epoch"])
                                                        for r in scratch["history"]]
 
 
@@ -139,4 +139,4 @@ def test_lttrain_from_run_reuses_and_refuses_with_one_line(tmp_path):
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["reused"]["phase"] == "joint"
-    assert [r["stage"] for r in results["history"]] == ["joint"] * 3 + ["crt"] * 2
+    assert [r["phase"] for r in results["history"]] == ["joint"] * 3 + ["crt"] * 2

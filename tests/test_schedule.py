@@ -14,7 +14,7 @@ from lttoolbox.engine import train
 from lttoolbox.engine.optim import lr_at
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import (apply_overrides, load_recipe, resolve, scale_epochs,
-                              squeezed_stages, unreachable_epoch_keys)
+                              squeezed_phases, unreachable_epoch_keys)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_the_trainer_sets_the_rate_of_every_warm_up_step(tmp_path, monkeypatch):
     assert [row["lr"] for row in log] == pytest.approx([0.05 / 1.5, 0.05, 0.005])
 
 
-def staged_digits_recipe(tmp_path: Path) -> Path:
+def phased_digits_recipe(tmp_path: Path) -> Path:
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"name": "digits_lt", "imbalance_ratio": 10},
@@ -117,7 +117,7 @@ def staged_digits_recipe(tmp_path: Path) -> Path:
 
 
 def test_epochs_flag_rescales_and_train_epochs_warns_once_per_key(tmp_path, capsys):
-    path = staged_digits_recipe(tmp_path)
+    path = phased_digits_recipe(tmp_path)
     assert main([str(path), "--epochs", "5", "--out", str(tmp_path / "scaled"), "--quiet"]) == 0
     saved = yaml.safe_load((tmp_path / "scaled" / "recipe.yaml").read_text())
     assert saved["train"]["epochs"] == 5
@@ -141,18 +141,18 @@ def test_epochs_flag_rescales_and_train_epochs_warns_once_per_key(tmp_path, caps
     assert "UserWarning" not in err and ".py:" not in err
 
 
-def test_unreachable_keys_are_found_in_every_stage():
+def test_unreachable_keys_are_found_in_every_phase():
     recipe = resolve({"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"},
                       "schedule": {"warmup_epochs": 4, "milestones": [1, 3]},
                       "augment": [{"name": "x", "start_epoch": 0, "end_epoch": 3}],
                       "train": {"epochs": 3},
-                      "stages": [{"name": "a"},
+                      "phases": [{"name": "a"},
                                  {"name": "b", "train": {"epochs": 5},
                                   "schedule": {"warmup_epochs": 0}}]})
     found = unreachable_epoch_keys(recipe)
     # augment[0].end_epoch=3 of 3 epochs: the window lasts to the end of the run, nothing lost
     assert [m.split(" ")[0].split("=")[0] for m in found] == [
-        "stages[0].schedule.warmup_epochs", "stages[0].schedule.milestones"]
+        "phases[0].schedule.warmup_epochs", "phases[0].schedule.milestones"]
     assert "[3]" in found[1]
     assert unreachable_epoch_keys(load_recipe(REPO / "configs/cifar10_lt/ldam_drw.yaml")) == []
 
@@ -184,11 +184,11 @@ def test_milestones_apply_inside_a_per_step_warm_up():
     assert rate(2, 0) == pytest.approx(0.01)
 
 
-def test_a_squeezed_stage_warms_up_to_its_decayed_rate():
+def test_a_squeezed_phase_warms_up_to_its_decayed_rate():
     """cRT (30 epochs, milestones [10, 20], lr 0.1, gamma 0.1, warm-up 5) after a 200-epoch
-    stage, scaled with --epochs 3: 1 epoch, milestones [0, 0], a warm-up of 0.075 epochs."""
+    phase, scaled with --epochs 3: 1 epoch, milestones [0, 0], a warm-up of 0.075 epochs."""
     recipe = resolve(scale_epochs(load_recipe(REPO / "configs/cifar10_lt/ldam_drw_crt.yaml"), 3))
-    crt = recipe["stages"][1]
+    crt = recipe["phases"][1]
     assert crt["train"]["epochs"] == 1 and crt["schedule"]["milestones"] == [0, 0]
     assert crt["schedule"]["warmup_epochs"] == 0.075
     steps = 97  # 0.075 * 97 = 7.275 warm-up steps towards 0.1 * 0.1 ** 2 = 0.001
@@ -199,45 +199,45 @@ def test_a_squeezed_stage_warms_up_to_its_decayed_rate():
     assert lr_at(0, 0.1, warmup_epochs=2, milestones=[1], gamma=0.1) == pytest.approx(0.05)
 
 
-def test_squeezed_stages_are_named_with_what_they_lose():
+def test_squeezed_phases_are_named_with_what_they_lose():
     crt = load_recipe(REPO / "configs/cifar10_lt/ldam_drw_crt.yaml")
-    assert squeezed_stages(crt, 3) == [
-        "--epochs 3 squeezes stage 'joint' from 200 epochs to 3, fewer than its schedule needs: "
+    assert squeezed_phases(crt, 3) == [
+        "--epochs 3 squeezes phase 'joint' from 200 epochs to 3, fewer than its schedule needs: "
         "schedule.milestones [160, 180] become [2, 3], so its epochs 180-199 are lost",
-        "--epochs 3 squeezes stage 'crt' from 30 epochs to 1, fewer than its schedule needs: "
+        "--epochs 3 squeezes phase 'crt' from 30 epochs to 1, fewer than its schedule needs: "
         "schedule.milestones [10, 20] become [0, 0], so its epochs 0-19 are lost"]
-    # the quick protocol's 30 epochs keep every period of both stages: [24, 27] and [2, 3] of 4
-    assert squeezed_stages(crt, 30) == []
-    assert squeezed_stages(crt, 200) == [] and squeezed_stages(crt, 400) == []
-    # a window that ends with the stage ends with the scaled stage: nothing lost
+    # the quick protocol's 30 epochs keep every period of both phases: [24, 27] and [2, 3] of 4
+    assert squeezed_phases(crt, 30) == []
+    assert squeezed_phases(crt, 200) == [] and squeezed_phases(crt, 400) == []
+    # a window that ends with the phase ends with the scaled phase: nothing lost
     windowed = resolve({"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"},
                         "augment": [{"name": "mixup", "start_epoch": 100, "end_epoch": 200}],
                         "train": {"epochs": 200}})
-    assert squeezed_stages(windowed, 3) == []
-    one = squeezed_stages(resolve({**windowed, "augment": [{"name": "mixup", "end_epoch": 197}]}),
+    assert squeezed_phases(windowed, 3) == []
+    one = squeezed_phases(resolve({**windowed, "augment": [{"name": "mixup", "end_epoch": 197}]}),
                           30)
     assert one == ["--epochs 30 squeezes the run from 200 epochs to 30, fewer than its schedule "
                    "needs: augment[0].end_epoch=197 becomes 30, so its epochs 197-199 are lost"]
 
 
-def test_epochs_flag_warns_about_a_squeezed_stage_and_trains_it_at_its_rate(tmp_path, capsys):
-    """What a new user met: a later stage squeezed to milestones [0, 0] trained at the full
+def test_epochs_flag_warns_about_a_squeezed_phase_and_trains_it_at_its_rate(tmp_path, capsys):
+    """What a new user met: a later phase squeezed to milestones [0, 0] trained at the full
     rate, silently. It now trains at its decayed rate, with one warning line."""
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"name": "digits_lt", "imbalance_ratio": 10}, "model": {"name": "digits_cnn"},
         "optim": {"lr": 0.1}, "train": {"epochs": 20, "batch_size": 128},
-        "stages": [{"name": "joint"},
+        "phases": [{"name": "joint"},
                    {"name": "crt", "sampler": {"name": "class_balanced"},
                     "schedule": {"warmup_epochs": 1, "milestones": [2, 4], "gamma": 0.1},
                     "train": {"epochs": 10, "freeze": ["backbone"], "reset_head": True}}]}))
     assert main([str(path), "--epochs", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert warnings == ["warning: --epochs 2 squeezes stage 'crt' from 10 epochs to 1, fewer "
+    assert warnings == ["warning: --epochs 2 squeezes phase 'crt' from 10 epochs to 1, fewer "
                         "than its schedule needs: schedule.milestones [2, 4] become [0, 0], so "
                         "its epochs 0-3 are lost"]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [row["stage"] for row in log] == ["joint", "joint", "crt"]
+    assert [row["phase"] for row in log] == ["joint", "joint", "crt"]
     assert log[2]["lr"] == pytest.approx(0.1 * 0.1 ** 2)  # the epoch's last step, warmed up
 
 
@@ -259,11 +259,11 @@ def decoupling_cosine(base: float, total: int) -> list[float]:
 
 
 def test_the_cosine_decay_is_the_decoupling_codes():
-    # By hand, 0.2 * (1 + cos(pi * (e + 1) / 10)) / 2 for the 0-based epoch e: the cRT stage of
+    # By hand, 0.2 * (1 + cos(pi * (e + 1) / 10)) / 2 for the 0-based epoch e: the cRT phase of
     # configs/imagenet_lt/ce_crt.yaml (10 epochs, lr 0.2, min_lr 0).
     by_hand = [0.195106, 0.180902, 0.158779, 0.130902, 0.1, 0.069098, 0.041221, 0.019098,
                0.004894, 0.0]
-    crt = load_recipe(REPO / "configs/imagenet_lt/ce_crt.yaml")["stages"][1]
+    crt = load_recipe(REPO / "configs/imagenet_lt/ce_crt.yaml")["phases"][1]
     rates = [recipe_rate(crt, e) for e in range(10)]
     assert rates == pytest.approx(by_hand, abs=1e-6)
     assert rates == pytest.approx(decoupling_cosine(0.2, 10), abs=1e-12)
@@ -285,9 +285,9 @@ def test_a_cosine_decay_after_a_warm_up_spans_the_remaining_epochs():
     assert first == pytest.approx(0.950484, abs=1e-6)
 
 
-def test_a_cosine_stage_squeezed_to_one_epoch_is_named():
+def test_a_cosine_phase_squeezed_to_one_epoch_is_named():
     crt = load_recipe(REPO / "configs/imagenet_lt/ce_crt.yaml")
-    assert squeezed_stages(crt, 9) == [
-        "--epochs 9 squeezes stage 'crt' from 10 epochs to 1, fewer than its schedule needs: "
+    assert squeezed_phases(crt, 9) == [
+        "--epochs 9 squeezes phase 'crt' from 10 epochs to 1, fewer than its schedule needs: "
         "its cosine decay runs in 1 epoch, at or near its final rate (schedule.min_lr=0.0)"]
-    assert squeezed_stages(crt, 30) == []   # 90 -> 30 and 10 -> 3
+    assert squeezed_phases(crt, 30) == []   # 90 -> 30 and 10 -> 3

@@ -204,7 +204,7 @@ def test_same_recipe_on_both_paths_same_counts_and_sampler_streams(tree, tmp_pat
     for epoch in (0, 1, 2):
         streams = []
         for trainer in (memory, stream):
-            sampler = trainer.stages[0].sampler
+            sampler = trainer.phases[0].sampler
             sampler.set_epoch(epoch)
             streams.append(sampler.indices())
         assert torch.equal(*streams)
@@ -256,7 +256,7 @@ def test_a_streamed_mixing_run_is_the_same_with_any_workers_and_across_a_resume(
     """The mixing augmentations of the registry, as the choices of one ``one_of`` (one run
     instead of one per augmentation): an uninterrupted run with 1 worker equals a run stopped
     in its second epoch with 0 workers and resumed with 1. (``manifold_mixup`` acts through its
-    stage hooks, which ``one_of`` does not call; it draws from the same generator as mixup.)"""
+    point hooks, which ``one_of`` does not call; it draws from the same generator as mixup.)"""
     from test_augment import ENTRIES  # every registered mixing augmentation, with parameters
     # one_of draws each choice with its own p, so a choice's own p is left out
     choices = [{"name": name, **{k: v for k, v in params.items() if k != "p"}}
@@ -280,8 +280,8 @@ def test_workers_do_not_change_the_recipe_hash(tree):
 
 def test_generated_images_need_the_memory_path(tree, tmp_path):
     cfg = recipe(tree, "stream")
-    cfg["stages"] = [{"meta": {"stage": "one"}},
-                     {"meta": {"stage": "cam"}, "augment": [{"name": "cam_resample"}],
+    cfg["phases"] = [{"meta": {"phase": "one"}},
+                     {"meta": {"phase": "cam"}, "augment": [{"name": "cam_resample"}],
                       "train": {"epochs": 1}}]
     raises(ConfigError, lambda: Trainer(resolve(cfg), tmp_path / "cam", quiet=True),
            "streaming data path", "data.path: memory")

@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from lttoolbox.upgrade import upgrade_record
 from lttoolbox.yamlio import load_yaml
 
 KEPT = ("results.json", "log.jsonl", "recipe.yaml")
@@ -84,11 +85,11 @@ def _check_results(data: dict) -> str | None:
         if data.get(key) is not None and not (
                 isinstance(data[key], list) and all(_number(c, 0) for c in data[key])):
             return f"'{key}' must be a list of counts"
-    for key, kind in (("history", list), ("stages", list), ("machine", dict),
+    for key, kind in (("history", list), ("phases", list), ("machine", dict),
                       ("selection", dict), ("commits", list)):
         if data.get(key) is not None and not isinstance(data[key], kind):
             return f"'{key}' must be a JSON {'array' if kind is list else 'object'}"
-    for key in ("history", "stages"):
+    for key in ("history", "phases"):
         if any(not isinstance(r, dict) for r in data.get(key) or []):
             return f"every entry of '{key}' must be a JSON object"
     if any(not isinstance(c, dict) for c in (data.get("selection") or {}).values()):
@@ -117,7 +118,7 @@ def check_file(name: str, data: bytes) -> str | None:
             parsed = json.loads(text)
         except ValueError as err:
             return f"not valid JSON ({err})"
-        return _check_results(parsed)
+        return _check_results(upgrade_record(parsed))  # a pack from before phases were so named
     if name == "log.jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

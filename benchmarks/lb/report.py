@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from lttoolbox.engine.provenance import git_commit
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import atomic_write_text
+from lttoolbox.upgrade import upgrade_record
 
 from .references import Reference, References
 from .runner import matching_results, read_attempts, started_attempts
@@ -75,7 +76,8 @@ def _data_key(recipe: dict) -> dict:
 
 
 def _log_rows(run_dir: Path, results: dict) -> list[dict]:
-    """The run's epochs: ``log.jsonl``, else the same rows in ``results.json``'s ``history``."""
+    """The run's epochs: ``log.jsonl``, else the same rows in ``results.json``'s ``history``
+    (rows written before phases were called so are read in today's spelling)."""
     try:
         text = (run_dir / "log.jsonl").read_text()
     except OSError:
@@ -87,7 +89,7 @@ def _log_rows(run_dir: Path, results: dict) -> list[dict]:
         except ValueError:
             continue
         if isinstance(row, dict):
-            rows.append(row)
+            rows.append(upgrade_record(row))
     return rows
 
 
@@ -102,33 +104,33 @@ def best_test_epoch(run_dir: Path, results: dict) -> dict | None:
     Returns:
         None when the last phase has no evaluated epoch in the log, else ``top1``, ``epoch``
         (0-based, in the phase), ``evaluated`` (epochs compared, the final one included) and
-        ``stage``.
+        ``phase``.
 
     Example:
         >>> import tempfile
-        >>> rows = [{"stage": "main", "epoch": 0, "eval": {"top1": 50.0}},
-        ...         {"stage": "main", "epoch": 1, "eval": {"top1": 64.0}},
-        ...         {"stage": "main", "epoch": 2}]
-        >>> res = {"top1": 61.0, "stages": [{"name": "main", "epochs": 3}], "history": rows}
+        >>> rows = [{"phase": "main", "epoch": 0, "eval": {"top1": 50.0}},
+        ...         {"phase": "main", "epoch": 1, "eval": {"top1": 64.0}},
+        ...         {"phase": "main", "epoch": 2}]
+        >>> res = {"top1": 61.0, "phases": [{"name": "main", "epochs": 3}], "history": rows}
         >>> best_test_epoch(Path(tempfile.mkdtemp()), res)
-        {'top1': 64.0, 'epoch': 1, 'evaluated': 3, 'stage': 'main'}
+        {'top1': 64.0, 'epoch': 1, 'evaluated': 3, 'phase': 'main'}
     """
-    stages = [s for s in results.get("stages") or [] if isinstance(s, dict)]
-    stage = stages[-1].get("name") if stages else None
+    phases = [s for s in results.get("phases") or [] if isinstance(s, dict)]
+    phase = phases[-1].get("name") if phases else None
     evaluated = []
     for row in _log_rows(run_dir, results):
         ev = row.get("eval")
-        if (stage is not None and row.get("stage") != stage) or not isinstance(ev, dict):
+        if (phase is not None and row.get("phase") != phase) or not isinstance(ev, dict):
             continue
         top1 = ev.get("top1")
         if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
             evaluated.append((float(top1), row.get("epoch")))
     if not evaluated:
         return None
-    last = stages[-1].get("epochs") if stages else None
+    last = phases[-1].get("epochs") if phases else None
     final = (float(results["top1"]), last - 1 if isinstance(last, int) and last > 0 else None)
     top1, epoch = max(evaluated + [final], key=lambda c: c[0])  # the first best on a tie
-    return {"top1": top1, "epoch": epoch, "evaluated": len(evaluated) + 1, "stage": stage}
+    return {"top1": top1, "epoch": epoch, "evaluated": len(evaluated) + 1, "phase": phase}
 
 
 def _best_test_doc(runs: list[dict]) -> dict | None:
@@ -163,37 +165,37 @@ def _reference_dict(ref: Reference | None, base: Reference | None) -> dict | Non
             "delta_top1": ref.top1 - base.top1 if base else None}
 
 
-def stage_costs(results: list[dict]) -> list[dict]:
-    """Per-stage costs of a multi-stage row over its seeds (empty for a single stage).
+def phase_costs(results: list[dict]) -> list[dict]:
+    """Per-phase costs of a multi-phase row over its seeds (empty for a single phase).
 
-    Each stage's training time is the sum of its epochs' ``seconds`` in the run's ``history``
+    Each phase's training time is the sum of its epochs' ``seconds`` in the run's ``history``
     (so it counts every checkpointed epoch, resumed or not); ``generation_seconds`` is the time a
-    component took to grow the training set at the stage's start (``stages[i].generated``), kept
-    apart because no epoch contains it. Runs whose stage names differ from the first run's are
+    component took to grow the training set at the phase's start (``phases[i].generated``), kept
+    apart because no epoch contains it. Runs whose phase names differ from the first run's are
     left out rather than mixed.
 
     Example:
-        >>> run = {"stages": [{"name": "a", "epochs": 1}, {"name": "b", "epochs": 2,
+        >>> run = {"phases": [{"name": "a", "epochs": 1}, {"name": "b", "epochs": 2,
         ...        "generated": {"images": 7, "seconds": 3.0}}],
-        ...        "history": [{"stage": "a", "seconds": 10.0}, {"stage": "b", "seconds": 4.0},
-        ...                    {"stage": "b", "seconds": 6.0}]}
-        >>> [(s["name"], s["train_seconds"]["mean"]) for s in stage_costs([run])]
+        ...        "history": [{"phase": "a", "seconds": 10.0}, {"phase": "b", "seconds": 4.0},
+        ...                    {"phase": "b", "seconds": 6.0}]}
+        >>> [(s["name"], s["train_seconds"]["mean"]) for s in phase_costs([run])]
         [('a', 10.0), ('b', 10.0)]
     """
     if not results:
         return []
-    names = [s.get("name") for s in results[0].get("stages") or []]
+    names = [s.get("name") for s in results[0].get("phases") or []]
     if len(names) < 2:
         return []
-    runs = [r for r in results if [s.get("name") for s in r.get("stages") or []] == names]
+    runs = [r for r in results if [s.get("name") for s in r.get("phases") or []] == names]
     out = []
     for i, name in enumerate(names):
-        generated = [r["stages"][i].get("generated") or {} for r in runs]
+        generated = [r["phases"][i].get("generated") or {} for r in runs]
         out.append({
             "name": name,
-            "epochs": runs[0]["stages"][i].get("epochs"),
+            "epochs": runs[0]["phases"][i].get("epochs"),
             "train_seconds": stats(sum(h.get("seconds") or 0.0 for h in r.get("history") or []
-                                       if h.get("stage") == name) for r in runs),
+                                       if h.get("phase") == name) for r in runs),
             "generated_images": stats(g.get("images") for g in generated),
             "generation_seconds": stats(g.get("seconds") for g in generated),
         })
@@ -323,7 +325,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                 "wall_seconds": stats(r["wall_seconds"] for r in runs),
                 "wall_seconds_lower_bound": not all(r["wall_complete"] for r in runs),
                 "images_per_second": stats(r.get("images_per_second") for r in done)}
-            doc["stages"] = stage_costs(done)
+            doc["phases"] = phase_costs(done)
             doc["choices"] = choices(runs, done)
             doc["per_class_acc"] = _mean_per_class(done)
             doc["train_class_counts"] = (done[0].get("train_class_counts") if done else None)
@@ -391,7 +393,7 @@ def _epochs_doc(plan) -> dict | None:
 
 def _precision(recipe: dict, device: str) -> str:
     """What ``train.amp`` meant for a run on ``device`` (the trainer's ``auto`` rule)."""
-    amps = {s["train"]["amp"] for s in (recipe.get("stages") or [recipe])}
+    amps = {s["train"]["amp"] for s in (recipe.get("phases") or [recipe])}
     amps.add(recipe["train"]["amp"])
     on_cuda = device.startswith("cuda")
     names = set()
@@ -586,21 +588,21 @@ def _split_line(split: dict | None) -> str | None:
             f"images).")
 
 
-def _stage_table(rows: list[dict]) -> list[str]:
-    """The stage timings of the multi-stage rows, one line per stage."""
-    staged = [r for r in rows if r.get("stages")]
-    if not staged:
+def _phase_table(rows: list[dict]) -> list[str]:
+    """The phase timings of the multi-phase rows, one line per phase."""
+    phased = [r for r in rows if r.get("phases")]
+    if not phased:
         return []
-    lines = ["", "Stage timings of the multi-stage rows (mean over the finished seeds; *Train min* "
-             "sums the stage's epochs, *Generation s* is the time spent growing the training set "
-             "before the stage's first epoch):", "",
-             "| Method | Stage | Epochs | Train min | Generated images | Generation s |",
+    lines = ["", "Phase timings of the multi-phase rows (mean over the finished seeds; *Train min* "
+             "sums the phase's epochs, *Generation s* is the time spent growing the training set "
+             "before the phase's first epoch):", "",
+             "| Method | Phase | Epochs | Train min | Generated images | Generation s |",
              "|" + "---|" * 6]
-    for row in staged:
-        for i, stage in enumerate(row["stages"]):
-            images, gen = stage.get("generated_images"), stage.get("generation_seconds")
-            lines.append(f"| {row['label'] if i == 0 else ''} | {stage['name']} | "
-                         f"{stage.get('epochs', '')} | {_minutes(stage.get('train_seconds'))} | "
+    for row in phased:
+        for i, phase in enumerate(row["phases"]):
+            images, gen = phase.get("generated_images"), phase.get("generation_seconds")
+            lines.append(f"| {row['label'] if i == 0 else ''} | {phase['name']} | "
+                         f"{phase.get('epochs', '')} | {_minutes(phase.get('train_seconds'))} | "
                          f"{format(images['mean'], ',.0f') if images else ''} | "
                          f"{_fmt(gen['mean'], 1) if gen else ''} |")
     return lines
@@ -758,7 +760,7 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                                   for how, marks in sorted(shown.items(),
                                                            key=lambda kv: min(kv[1])))
                       + ". This table's own numbers are final-epoch."]
-        lines += _stage_table(setting["rows"])
+        lines += _phase_table(setting["rows"])
         picked = [f"- {r['label']}: {c}" for r in setting["rows"] for c in r.get("choices") or []]
         if picked:
             lines += ["", "Post-hoc choices (never made on the test set; the grids are in each "

@@ -50,7 +50,9 @@ from typing import Callable
 
 from lttoolbox.engine.rundir import LOCK
 from lttoolbox.engine.reuse import first_phase_hash
-from lttoolbox.recipe import atomic_write_text, dump_recipe, recipe_hash, resolve, stage_recipes
+from lttoolbox.recipe import (atomic_write_text, dump_recipe, phase_recipes, recipe_hash,
+                             resolve_saved)
+from lttoolbox.upgrade import upgrade_record
 from lttoolbox.yamlio import load_yaml
 
 from .suite import Run
@@ -73,8 +75,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def matching_results(run: Run, protocol: str) -> dict | None:
-    """The run's ``results.json`` if it belongs to exactly this recipe and protocol."""
-    results = read_json(run.dir / RESULTS)
+    """The run's ``results.json`` if it belongs to exactly this recipe and protocol (in today's
+    spelling, also when it was written before phases were called so)."""
+    results = upgrade_record(read_json(run.dir / RESULTS))
     if (isinstance(results, dict) and results.get("recipe_hash") == run.hash
             and results.get("protocol") == protocol):
         return results
@@ -83,8 +86,8 @@ def matching_results(run: Run, protocol: str) -> dict | None:
 
 def saved_recipe_hash(run_dir: Path) -> str | None:
     try:
-        return recipe_hash(resolve(load_yaml((run_dir / SAVED_RECIPE).read_text())))
-    except Exception:  # unreadable or from an older recipe format: treat as a different recipe
+        return recipe_hash(resolve_saved(load_yaml((run_dir / SAVED_RECIPE).read_text())))
+    except Exception:  # unreadable or not a recipe: treat as a different recipe
         return None
 
 
@@ -239,7 +242,7 @@ def first_phase_ended(run: Run, protocol: str) -> bool:
     its first phase with that phase's weights written (``model-<phase>.pt``)."""
     if matching_results(run, protocol) is not None:
         return True
-    first = stage_recipes(run.recipe)[0]["meta"]["stage"]
+    first = phase_recipes(run.recipe)[0]["meta"]["phase"]
     return (run.dir / f"model-{first}.pt").is_file() and saved_recipe_hash(run.dir) == run.hash
 
 
@@ -253,12 +256,12 @@ def donor_map(runs: list[Run], candidates: list[Run]) -> dict[str, list[Run]]:
                            []).append(cand)
     donors = {}
     for run in runs:
-        if len(stage_recipes(run.recipe)) < 2:
+        if len(phase_recipes(run.recipe)) < 2:
             continue
         same = [c for c in by_cell.get((run.setting, run.seed, first_phase_hash(run.recipe)), [])
                 if c.key != run.key]
         if same:
-            donors[run.key] = sorted(same, key=lambda c: len(stage_recipes(c.recipe)) > 1)
+            donors[run.key] = sorted(same, key=lambda c: len(phase_recipes(c.recipe)) > 1)
     return donors
 
 

@@ -22,7 +22,7 @@ Paths are relative to the suite file. A row may also carry ``overlay`` (a recipe
 default) and ``reference`` (the method name in the reference file; its id by default).
 
 The recipe of one run is composed in this order, all before the recipe is resolved so that the
-stages of a multi-stage recipe inherit every change: the recipe file, the suite's overlay, the
+phases of a multi-phase recipe inherit every change: the recipe file, the suite's overlay, the
 setting's overlay, the row's overlay and overrides, the protocol's overlay, the command line's
 ``--set`` overrides, then ``train.seed`` and ``meta.protocol``. Finally the protocol's epoch
 count rescales every epoch-valued key (:func:`lttoolbox.recipe.scale_epochs`).
@@ -45,7 +45,7 @@ import yaml
 
 from lttoolbox.errors import ConfigError
 from lttoolbox.yamlio import load_yaml
-from lttoolbox.recipe import load_recipe, recipe_hash, resolve, scale_epochs, stage_recipes
+from lttoolbox.recipe import load_recipe, phase_recipes, recipe_hash, resolve, scale_epochs
 
 # Built-in protocols; a suite may replace one by name under ``protocols:``.
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -335,8 +335,8 @@ class Run:
 
 
 def phase_epochs(recipe: dict) -> list[int]:
-    """The epochs of each phase (stage) of a resolved recipe; one entry for a single phase."""
-    return [int(stage["train"]["epochs"]) for stage in stage_recipes(recipe)]
+    """The epochs of each phase of a resolved recipe; one entry for a single phase."""
+    return [int(phase["train"]["epochs"]) for phase in phase_recipes(recipe)]
 
 
 def scaled_length(proto: dict, recipe: dict) -> int:

@@ -1,6 +1,6 @@
 """What every mixing augmentation shares: an epoch window, a per-batch probability, the draws.
 
-A mixing augmentation is a model hook (``stage``, default ``input``) that turns a batch into the
+A mixing augmentation is a model hook (at ``point``, default ``input``) that turns a batch into the
 two-target form of :class:`lttoolbox.batch.Batch`: inputs (or activations) mixed, ``y_a``, ``y_b``
 and ``lam`` per sample, the loss ``lam L(y_a) + (1 - lam) L(y_b)``
 (:func:`lttoolbox.losses.mixed_loss`). It acts only inside its epoch window ``[start_epoch,
@@ -28,7 +28,7 @@ class MixingAugment(EpochAware):
         p: Probability that a batch inside the window is mixed (default 1).
         start_epoch: First epoch (0-based) of the window.
         end_epoch: First epoch after the window; ``None``: until the end.
-        stage: The model stage the hook acts at (``input`` mixes images).
+        point: The model point the hook acts at (``input`` mixes images).
 
     Subclasses implement :meth:`mix`.
     """
@@ -36,12 +36,12 @@ class MixingAugment(EpochAware):
     mixes = True  # replaces the batch's targets; two such augmentations cannot both act at once
 
     def __init__(self, p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
-                 stage: str = "input"):
+                 point: str = "input"):
         super().__init__(start_epoch, end_epoch)
         self.p = check_number("p", p, 0.0, 1.0)
-        if not isinstance(stage, str) or not stage:
-            raise ConfigError(f"stage must be a model stage name, got {stage!r}")
-        self.stage = stage
+        if not isinstance(point, str) or not point:
+            raise ConfigError(f"point must be a model point name, got {point!r}")
+        self.point = point
 
     def coin(self) -> bool:
         """Whether this batch is mixed (``p``), drawn on the CPU: no device synchronisation."""

@@ -13,7 +13,7 @@ its new place (``compose: move``, the official code; ``compose: copy`` pastes th
 foreground onto the unchanged image instead, so the object appears twice). Classes are topped
 up to ``n_max + n_min`` images (the official code's CIFAR rule) or to ``target``.
 
-The generated images join the training set for the stage and every later one: the samplers, the
+The generated images join the training set for the phase and every later one: the samplers, the
 losses' class counts and the data path see them (the trainer's ``prepare`` protocol), so a
 class-balanced, square-root or progressive sampler draws them like any other image.
 
@@ -43,7 +43,7 @@ Other differences:
   scales the feature-map-sized map, quantises it to 0-255, then resizes it with OpenCV before
   thresholding at 3/4 of its mean.
 
-Everything is batched on the training device with one generator seeded by (seed, stage), so the
+Everything is batched on the training device with one generator seeded by (seed, phase), so the
 images do not depend on anything else; the trainer also stores them in the run directory, so a
 resumed run uses exactly the same ones.
 """
@@ -64,14 +64,14 @@ TRANSFORMS = ("flip", "translate", "rotate_scale")
 
 
 def class_activation_maps(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
-                          feature_stage: str) -> torch.Tensor:
+                          feature_point: str) -> torch.Tensor:
     """CAM of each image for its own class, upsampled to the image, min-max scaled to [0, 1].
 
     Args:
         model: An ``LTModel`` with a head that has ``weight`` rows per class.
         x: Normalised images ``(B, C, H, W)``.
         labels: The class whose map is wanted, ``(B,)``.
-        feature_stage: The model stage whose output is the last feature map before pooling.
+        feature_point: The model point whose output is the last feature map before pooling.
     """
     from ..batch import Batch
 
@@ -82,7 +82,7 @@ def class_activation_maps(model: torch.nn.Module, x: torch.Tensor, labels: torch
         return h, batch
 
     with torch.no_grad():
-        model.forward_hooked(Batch.plain(x, labels), {feature_stage: grab})
+        model.forward_hooked(Batch.plain(x, labels), {feature_point: grab})
         feats = captured["h"].float()                          # (B, K, h, w)
         weight = model.head.weight.float()[labels]             # (B, K)
         cam = torch.einsum("bk,bkhw->bhw", weight, feats)
@@ -194,7 +194,7 @@ def compose_moved_foreground(images: torch.Tensor, mask: torch.Tensor, theta: to
 @AUGMENTS.register("cam_resample")
 class CAMResample:
     """CAM-based re-sampling: tops classes up with CAM-guided generated images at the start of
-    its stage (see the module docstring).
+    its phase (see the module docstring).
 
     Args:
         target: ``max_plus_min`` (every class to ``n_max + n_min``, the official CIFAR rule), or
@@ -208,12 +208,12 @@ class CAMResample:
             foreground pasted onto the unchanged image, so the object appears twice); see
             :func:`compose_moved_foreground`.
         batch_size: Images generated per batch on the device.
-        seed: From the trainer; the generator is seeded by (seed, stage).
-        stage_names: From the trainer; the feature map is the stage before ``features``.
+        seed: From the trainer; the generator is seeded by (seed, phase).
+        point_names: From the trainer; the feature map is the point before ``features``.
 
-    Recipe (the second stage of a two-stage recipe)::
+    Recipe (the second phase of a two-phase recipe)::
 
-        stages:
+        phases:
           - name: joint
           - name: cam_drs
             augment: [{name: cam_resample}]
@@ -221,13 +221,13 @@ class CAMResample:
     """
 
     mixes = False
-    stage = None  # acts on the data before the stage, not inside the model
+    point = None  # acts on the data before the phase, not inside the model
     reads_trained_model = True  # the maps come from the classifier trained so far
 
     def __init__(self, target: str | int = "max_plus_min", threshold: float = 0.75,
                  transforms: Sequence[str] = TRANSFORMS, compose: str = "move",
                  batch_size: int = 512, seed: int = 0,
-                 stage_names: Sequence[str] | None = None):
+                 point_names: Sequence[str] | None = None):
         if target != "max_plus_min" and (isinstance(target, bool) or not isinstance(target, int)
                                          or target < 1):
             raise ConfigError(f"target must be 'max_plus_min' or a positive integer, got "
@@ -253,15 +253,15 @@ class CAMResample:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.seed = seed
-        names = list(stage_names or ())
+        names = list(point_names or ())
         if names and "features" in names and names.index("features") > 0:
-            self.feature_stage = names[names.index("features") - 1]
+            self.feature_point = names[names.index("features") - 1]
         elif names:
-            self.feature_stage = names[-1]
+            self.feature_point = names[-1]
         else:
-            self.feature_stage = None
+            self.feature_point = None
 
-    def set_epoch(self, epoch: int) -> None:  # acts once, before the stage
+    def set_epoch(self, epoch: int) -> None:  # acts once, before the phase
         pass
 
     def additions(self, counts: Sequence[int]) -> list[int]:
@@ -271,16 +271,16 @@ class CAMResample:
         return [max(0, goal - n) for n in counts]
 
     def prepare(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                transform: Callable[[torch.Tensor], torch.Tensor], stage_index: int,
+                transform: Callable[[torch.Tensor], torch.Tensor], phase_index: int,
                 progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
         """Generate the images: ``{"images": uint8 (N, C, H, W), "labels": (N,)}`` on the
         images' device (``images`` and ``labels`` are the current training set)."""
-        if self.feature_stage is None:
-            raise ConfigError("cam_resample needs the model's stage names (the trainer passes "
+        if self.feature_point is None:
+            raise ConfigError("cam_resample needs the model's point names (the trainer passes "
                               "them)")
         device = images.device
         generator = torch.Generator(device=device)
-        generator.manual_seed(int(np.random.SeedSequence([self.seed, stage_index, 0xCA]).
+        generator.manual_seed(int(np.random.SeedSequence([self.seed, phase_index, 0xCA]).
                                   generate_state(1)[0]))
         counts = torch.bincount(labels, minlength=model.num_classes).tolist()
         todo = self.additions(counts)
@@ -301,7 +301,7 @@ class CAMResample:
             for start in range(0, wanted.numel(), self.batch_size):
                 cls = wanted[start:start + self.batch_size]
                 x = images[bases[start:start + self.batch_size]]
-                cam = class_activation_maps(model, transform(x), cls, self.feature_stage)
+                cam = class_activation_maps(model, transform(x), cls, self.feature_point)
                 mean = cam.flatten(1).mean(dim=1)[:, None, None]
                 mask = cam >= self.threshold * mean
                 choice = torch.tensor(self.transforms, device=device)[torch.randint(

@@ -29,8 +29,8 @@ class OneOf(EpochAware):
 
     Args:
         choices: Mixing augmentations (names or ``{name: ..., ...}``), all acting at the same
-            stage. Each keeps its own epoch window; how often it acts is this entry's ``p``, so
-            a choice gives no ``p`` of its own.
+            model point. Each keeps its own epoch window; how often it acts is this entry's
+            ``p``, so a choice gives no ``p`` of its own.
         p: Probability of each choice per batch (sum at most 1; the rest: no mixing).
         start_epoch, end_epoch: The window of the whole entry.
         **context: What the trainer passes, handed on to the choices.
@@ -50,11 +50,11 @@ class OneOf(EpochAware):
                               f"got {p!r}")
         self.choices = [AUGMENTS.build({**self._choice(c, i), "p": 1.0}, key=f"choices[{i}]",
                                        **context) for i, c in enumerate(choices)]
-        stages = {getattr(c, "stage", "input") for c in self.choices}
-        if len(stages) != 1 or any(len(getattr(c, "stages", (1,))) != 1 for c in self.choices):
-            raise ConfigError(f"all choices must act at one and the same stage, got "
-                              f"{sorted(stages)}")
-        self.stage = stages.pop()
+        points = {getattr(c, "point", "input") for c in self.choices}
+        if len(points) != 1 or any(len(getattr(c, "points", (1,))) != 1 for c in self.choices):
+            raise ConfigError(f"all choices must act at one and the same model point, got "
+                              f"{sorted(points)}")
+        self.point = points.pop()
         self.cumulative = torch.tensor(p, dtype=torch.float64).cumsum(0)
 
     @staticmethod

@@ -4,8 +4,8 @@
   ``x~ = lam x_i + (1 - lam) x_j``, ``y~ = lam y_i + (1 - lam) y_j``, ``lam ~ Beta(alpha,
   alpha)``, ``j`` a random permutation of the batch; one ``lam`` per batch, as the authors' code.
 * ``manifold_mixup`` (Verma et al., "Manifold Mixup: Better Representations by Interpolating
-  Hidden States", ICML 2019, Sec. 2): the same at a hidden stage, chosen per batch uniformly among
-  the listed stages (the paper's ``k ~ S``).
+  Hidden States", ICML 2019, Sec. 2): the same at a hidden layer's output, the model point
+  chosen per batch uniformly among the listed points (the paper's ``k ~ S``).
 * ``remix`` (Chou et al., "Remix: Rebalanced Mixup", ECCV Workshops 2020, Eq. 4): images mixed
   as mixup, the label weight moved to the minority class: ``lam_y = 0`` when
   ``n_i / n_j >= kappa`` and ``lam < tau``, ``lam_y = 1`` when ``n_i / n_j <= 1 / kappa`` and
@@ -50,7 +50,7 @@ class Mixup(MixingAugment):
 
     Args:
         alpha: Beta(alpha, alpha) parameter, ``> 0`` (1.0, the paper's CIFAR value).
-        p, start_epoch, end_epoch, stage: see :class:`~lttoolbox.augment.base.MixingAugment`.
+        p, start_epoch, end_epoch, point: see :class:`~lttoolbox.augment.base.MixingAugment`.
 
     Recipe::
 
@@ -58,8 +58,8 @@ class Mixup(MixingAugment):
     """
 
     def __init__(self, alpha: float = 1.0, p: float = 1.0, start_epoch: int = 0,
-                 end_epoch: int | None = None, stage: str = "input"):
-        super().__init__(p, start_epoch, end_epoch, stage)
+                 end_epoch: int | None = None, point: str = "input"):
+        super().__init__(p, start_epoch, end_epoch, point)
         self.alpha = check_alpha(alpha)
 
     def mix(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
@@ -69,7 +69,7 @@ class Mixup(MixingAugment):
 
 @AUGMENTS.register("manifold_mixup")
 class ManifoldMixup(MixingAugment):
-    """Manifold mixup (Verma et al., ICML 2019): mixup of a hidden stage's activations.
+    """Manifold mixup (Verma et al., ICML 2019): mixup of the activations at a model point.
 
     The loss is the recipe's on the two targets, mixed by ``lam`` (as Bag of Tricks' code). The
     authors' code trains with ``nn.BCELoss`` on the softmax of the logits against the mixed
@@ -78,55 +78,56 @@ class ManifoldMixup(MixingAugment):
 
     Args:
         alpha: Beta(alpha, alpha) parameter (2.0, the paper's CIFAR value).
-        stage: One model stage (default ``features``, the pooled features), or a list of stages:
-            each batch is mixed at one of them, drawn uniformly, as the paper's ``k ~ S``.
+        point: One model point (default ``features``, the pooled features), or a list of
+            points: each batch is mixed at one of them, drawn uniformly, as the paper's
+            ``k ~ S``.
         p, start_epoch, end_epoch: see :class:`~lttoolbox.augment.base.MixingAugment`.
-        stage_names: The model's stages in order (from the trainer).
+        point_names: The model's points in order (from the trainer).
 
     Recipe::
 
-        augment: [{name: manifold_mixup, alpha: 2.0, stage: [input, layer1, layer2]}]
+        augment: [{name: manifold_mixup, alpha: 2.0, point: [input, layer1, layer2]}]
     """
 
-    def __init__(self, alpha: float = 2.0, stage: str | Sequence[str] = "features",
+    def __init__(self, alpha: float = 2.0, point: str | Sequence[str] = "features",
                  p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
-                 stage_names: Sequence[str] | None = None):
-        stages = ([stage] if isinstance(stage, str)
-                  else list(stage) if isinstance(stage, (list, tuple)) else [])
-        if not stages or not all(isinstance(s, str) and s for s in stages):
-            raise ConfigError(f"must be a model stage name or a list of them, got {stage!r}",
-                              key="stage")
-        if len(set(stages)) != len(stages):
-            raise ConfigError(f"lists a stage twice: {stages}", key="stage")
-        super().__init__(p, start_epoch, end_epoch, stages[0])
+                 point_names: Sequence[str] | None = None):
+        points = ([point] if isinstance(point, str)
+                  else list(point) if isinstance(point, (list, tuple)) else [])
+        if not points or not all(isinstance(s, str) and s for s in points):
+            raise ConfigError(f"must be a model point name or a list of them, got {point!r}",
+                              key="point")
+        if len(set(points)) != len(points):
+            raise ConfigError(f"lists a point twice: {points}", key="point")
+        super().__init__(p, start_epoch, end_epoch, points[0])
         self.alpha = check_alpha(alpha)
-        if stage_names is not None:  # the model's order, so the draw happens at the first one
-            unknown = [s for s in stages if s not in stage_names]
+        if point_names is not None:  # the model's order, so the draw happens at the first one
+            unknown = [s for s in points if s not in point_names]
             if unknown:
-                raise ConfigError(f"the model has no stage {unknown[0]!r}; stages: "
-                                  f"{', '.join(stage_names)}", key="stage")
-            stages.sort(key=list(stage_names).index)
-        self.stages = tuple(stages)
-        self.stage = self.stages[0]
+                raise ConfigError(f"the model has no point {unknown[0]!r}; points: "
+                                  f"{', '.join(point_names)}", key="point")
+            points.sort(key=list(point_names).index)
+        self.points = tuple(points)
+        self.point = self.points[0]
         self._chosen: str | None = None
         self._lam = 1.0
 
-    def hook(self, stage: str):
-        """The hook at one of the listed stages (the trainer registers one per stage)."""
+    def hook(self, point: str):
+        """The hook at one of the listed points (the trainer registers one per point)."""
         def at(h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
-            if stage == self.stages[0]:  # the first listed stage of this forward: draw
+            if point == self.points[0]:  # the first listed point of this forward: draw
                 self._chosen = None
                 if self.active and self.coin():
-                    pick = int(torch.randint(len(self.stages), ()))
-                    self._chosen, self._lam = self.stages[pick], float(beta_draw(self.alpha))
-            if stage != self._chosen:
+                    pick = int(torch.randint(len(self.points), ()))
+                    self._chosen, self._lam = self.points[pick], float(beta_draw(self.alpha))
+            if point != self._chosen:
                 return h, batch
             mixed, out, _ = mix_with_permutation(h, batch, self._lam)
             return mixed, out
         return at
 
     def __call__(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
-        return self.hook(self.stages[0])(h, batch) if len(self.stages) == 1 else (h, batch)
+        return self.hook(self.points[0])(h, batch) if len(self.points) == 1 else (h, batch)
 
 
 @AUGMENTS.register("remix")
@@ -138,7 +139,7 @@ class Remix(MixingAugment):
         kappa: Count-ratio threshold ``>= 1`` (3, the paper's choice).
         tau: Image-weight threshold in ``[0, 1]`` (0.5, the paper's choice).
         class_counts: Training images per class (from the trainer).
-        p, start_epoch, end_epoch, stage: see :class:`~lttoolbox.augment.base.MixingAugment`.
+        p, start_epoch, end_epoch, point: see :class:`~lttoolbox.augment.base.MixingAugment`.
 
     Recipe::
 
@@ -147,8 +148,8 @@ class Remix(MixingAugment):
 
     def __init__(self, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5,
                  p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
-                 stage: str = "input", class_counts: Sequence[int] | None = None):
-        super().__init__(p, start_epoch, end_epoch, stage)
+                 point: str = "input", class_counts: Sequence[int] | None = None):
+        super().__init__(p, start_epoch, end_epoch, point)
         self.alpha = check_alpha(alpha)
         self.kappa = check_number("kappa", kappa, 1.0)
         self.tau = check_number("tau", tau, 0.0, 1.0)

@@ -182,9 +182,9 @@ class StreamPath(_Splits):
         # from the global one too. A draw there would shift every later mixing draw by one, and
         # the loader makes it at other times with 0 workers (every epoch) than with persistent
         # workers (once per process), so results would change with the worker count and across
-        # a resume. Reseeded by (seed, stage, epoch) before each epoch.
+        # a resume. Reseeded by (seed, phase, epoch) before each epoch.
         self._generator = torch.Generator()
-        # CMO's foreground images: seeded by (seed, stage, epoch, call within the epoch), which
+        # CMO's foreground images: seeded by (seed, phase, epoch, call within the epoch), which
         # a resumed run (it restarts at an epoch's start) repeats exactly.
         self._epoch_key: tuple[int, ...] = ()
         self._fetch_calls = 0
@@ -231,7 +231,7 @@ class StreamPath(_Splits):
     def fetch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training images decoded and transformed in this process, on the training device.
 
-        The ``k``-th call of an epoch seeds image ``i`` by ``(seed, stage, epoch, k, i)``: a
+        The ``k``-th call of an epoch seeds image ``i`` by ``(seed, phase, epoch, k, i)``: a
         function of where the run is, not of how many calls this process made, so a resumed
         run repeats the uninterrupted one's images."""
         data = ImageFiles(self.train, self.train_transform)

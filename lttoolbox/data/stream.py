@@ -16,7 +16,7 @@ They act on uint8 ``(3, H, W)`` tensors decoded by ``torchvision.io`` and return
 normalisation and the float conversion run on the training device, batched.
 
 Randomness. Every image of an epoch draws its crop, flip and jitter from its own
-``torch.Generator`` seeded by ``(seed, stage, epoch, position in the epoch's global stream)``
+``torch.Generator`` seeded by ``(seed, phase, epoch, position in the epoch's global stream)``
 (:func:`draw_seeds`). So an epoch is the same whatever the number of workers, the number of
 processes or an interruption in between: stronger than per-worker seeds (which change the draws
 with the worker count), and it needs no state in the workers.

@@ -2,7 +2,7 @@
 
 ``auto`` compiles on CUDA and runs eagerly elsewhere (on a CPU the compile time is rarely won
 back in the short runs made there); ``on`` compiles on any device; ``off`` never. What is compiled
-is the step of :class:`~lttoolbox.engine.step.TrainStep` (the model's forward with the stage's
+is the step of :class:`~lttoolbox.engine.step.TrainStep` (the model's forward with the phase's
 hooks and the whole loss, and through AOTAutograd its backward), inside the DDP wrapper when there
 is one. On one CUDA device the mode is ``reduce-overhead``, which adds CUDA graphs: their shapes
 must be static, and they are, since every full batch has the same shape and the last, partial
@@ -38,7 +38,7 @@ class CompiledStep:
     """A compiled step and whether its compilation has been paid for (and how long it took).
 
     A step that fails to compile (an operation the compiler cannot handle) falls back to the
-    eager step for the rest of the stage with one warning, rather than ending an unattended run:
+    eager step for the rest of the phase with one warning, rather than ending an unattended run:
     compilation happens before the first compiled call executes anything, so nothing ran twice.
     """
 
@@ -58,7 +58,7 @@ class CompiledStep:
         except Exception as err:  # the compiler's errors have many types
             self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             warnings.warn(f"torch.compile failed on the training step ({self.failed}); this "
-                          f"stage trains eagerly", RuntimeWarning, stacklevel=2)
+                          f"phase trains eagerly", RuntimeWarning, stacklevel=2)
             return self.eager(*args, **kwargs)
 
     def mark_ready(self, device: torch.device, seconds: float) -> None:

@@ -167,7 +167,7 @@ def wrap(step: torch.nn.Module, world: World, device: torch.device) -> torch.nn.
     if not world.distributed:
         return step
     if not any(p.requires_grad for p in step.parameters()):
-        return step  # nothing to synchronise (a stage that trains nothing)
+        return step  # nothing to synchronise (a phase that trains nothing)
     return torch.nn.parallel.DistributedDataParallel(
         step, device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=any(p.requires_grad for p in step.parts.parameters()))

@@ -37,7 +37,7 @@ class TensorBoardLogger:
 
     def epoch(self, row: dict) -> None:
         self.step += 1
-        prefix = f"{row['stage']}/"
+        prefix = f"{row['phase']}/"
         for key in ("loss", "lr", "images_per_second"):
             self.writer.add_scalar(prefix + key, row[key], self.step)
         for name, value in row.get("loss_terms", {}).items():

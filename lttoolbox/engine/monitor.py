@@ -7,18 +7,18 @@ import math
 DIVERGENCE_FACTOR = 100.0
 
 
-def check_divergence(mean_loss: float, reference: float | None, epoch: int, stage: str,
+def check_divergence(mean_loss: float, reference: float | None, epoch: int, phase: str,
                      lr: float) -> None:
     """Stop a run whose loss is not finite or has grown far beyond where it started.
 
     A run diverged when an epoch's mean loss exceeds ``DIVERGENCE_FACTOR`` (100) times the loss of
-    the stage's first step, or 100 when that was below 1: a learning rate or momentum too large
+    the phase's first step, or 100 when that was below 1: a learning rate or momentum too large
     gives losses such as 8e16, 5e25, 2e33 that are finite but meaningless.
 
     Raises:
         FloatingPointError: with one line saying what to change.
     """
-    where = f"in epoch {epoch + 1} of stage '{stage}' (learning rate {lr:g})"
+    where = f"in epoch {epoch + 1} of phase '{phase}' (learning rate {lr:g})"
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"the training loss became {mean_loss} {where}; lower optim.lr "
                                  f"or check the loss parameters")

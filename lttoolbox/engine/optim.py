@@ -9,7 +9,7 @@ from 160 and 1e-5 from 180.
 
 The cosine decay is the one of the decoupling code (Kang et al., ICLR 2020;
 facebookresearch/classifier-balancing at f162ade, ``run_networks.py``): ``CosineAnnealingLR``
-with ``T_max`` the stage's epochs (lines 159-160), stepped at the *start* of every epoch, before
+with ``T_max`` the phase's epochs (lines 159-160), stepped at the *start* of every epoch, before
 its batches (lines 247-255). Epoch ``e`` (0-based) thus trains at the cosine of ``(e + 1) / T``:
 the first epoch already below ``lr`` and the last one at ``min_lr`` (with ``min_lr: 0``, as every
 shipped cosine recipe, its weights do not move; batch-norm statistics still update). Stepping at
@@ -89,7 +89,7 @@ def build_optimizer(model: nn.Module, cfg: dict,
             if param.requires_grad:
                 (plain if prefix + pname in exempt else decay).append(param)
     if not decay and not plain:
-        raise ConfigError("no trainable parameters (is every stage frozen?)", key="train.freeze")
+        raise ConfigError("no trainable parameters (is everything frozen?)", key="train.freeze")
     groups = [{"params": decay}] if decay else []
     if plain:
         groups.append({"params": plain, "weight_decay": 0.0})
@@ -145,7 +145,7 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
     from epoch ``warmup_epochs`` on; before it, ``(epoch + 1) / warmup_epochs`` per epoch, or
     ``min(1, (epoch + (step + 1) / steps) / warmup_epochs)`` per step. The two overlap only in a
     shortened schedule (the LDAM-DRW script's warm-up ends long before its first milestone): a
-    later stage squeezed by ``--epochs`` to milestones ``[0, 0]`` then warms up to its decayed
+    later phase squeezed by ``--epochs`` to milestones ``[0, 0]`` then warms up to its decayed
     rate, ``base_lr * gamma ** 2``, instead of to ``base_lr`` as the script's ``if``/``elif``
     would (it never meets that case).
 
@@ -163,7 +163,7 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
         steps: Steps in this epoch (``warmup_unit: step`` only).
 
     Example:
-        >>> # A squeezed stage: a quarter of the way, half of its warm-up to 0.1 * 0.1 ** 2
+        >>> # A squeezed phase: a quarter of the way, half of its warm-up to 0.1 * 0.1 ** 2
         >>> round(lr_at(0, 0.1, milestones=[0, 0], gamma=0.1, warmup_epochs=0.5,
         ...             warmup_unit="step", step=24, steps=100), 9)
         0.0005

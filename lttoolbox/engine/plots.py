@@ -5,7 +5,7 @@
 * ``confusion_matrix.png``: rows are true classes, normalised per row, both axes labelled with
   the class names (every few classes when there are too many to read);
 * ``training_curves.png``: the training loss of every epoch and the test top-1 of every
-  evaluation (``eval.every``, and the final one), stages marked.
+  evaluation (``eval.every``, and the final one), phases marked.
 
 Each figure is built by its own function (``*_figure``), which returns the matplotlib figure, so
 what it shows can be checked without reading pixels.
@@ -92,7 +92,7 @@ def confusion_figure(results: dict):
 
 def curves_figure(results: dict):
     """Training loss per epoch (left axis) and test top-1 (right axis) at every evaluation made
-    during training and at the end, over the run's epochs; a dashed line starts each stage
+    during training and at the end, over the run's epochs; a dashed line starts each phase
     after the first."""
     from matplotlib.ticker import MaxNLocator
 
@@ -114,9 +114,9 @@ def curves_figure(results: dict):
     acc.set_ylabel("test top-1 (%)", color="tab:orange")
     acc.set_ylim(-2, 102)
     for x, (previous, row) in enumerate(zip(history, history[1:]), start=1):
-        if row["stage"] != previous["stage"]:
+        if row["phase"] != previous["phase"]:
             ax.axvline(x + 0.5, color="grey", linestyle="--", linewidth=1)
-            ax.annotate(row["stage"], (x + 0.5, 1), xycoords=("data", "axes fraction"),
+            ax.annotate(row["phase"], (x + 0.5, 1), xycoords=("data", "axes fraction"),
                         xytext=(3, -12), textcoords="offset points", color="grey")
     ax.set_title(f"Training loss and test top-1 (final {results['top1']:.2f} %)")
     return fig

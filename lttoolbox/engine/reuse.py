@@ -8,7 +8,7 @@ donor's state at the end of that phase and trains only the later phases.
 
 The result is the one a run from scratch gives, exactly: at a phase boundary the trainer keeps
 nothing but the weights (a new phase builds a new optimizer and new components, and re-seeds every
-random generator from (seed, phase) alone, see ``stage_seed``), which is what makes a run
+random generator from (seed, phase) alone, see ``phase_seed``), which is what makes a run
 resumed at a boundary bit-identical to an uninterrupted one; the donor's weights at the boundary
 are the weights a from-scratch run would have there, because the phase's recipe, seed included,
 is the same (checked by hash). The reused phase's history, training time and commits are taken
@@ -26,7 +26,8 @@ import os
 from pathlib import Path
 
 from ..errors import LTError
-from ..recipe import recipe_differences, recipe_hash, resolve, stage_recipes
+from ..recipe import phase_recipes, recipe_differences, recipe_hash, resolve, resolve_saved
+from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 from .checkpoint import load_checkpoint, rng_state
 
@@ -44,7 +45,7 @@ def first_phase_hash(recipe: dict) -> str:
     Two recipes with the same first-phase hash train the same weights in that phase: a
     single-phase CE recipe and the ``joint`` phase of cRT after CE, for instance.
     """
-    return recipe_hash(stage_recipes(resolve(recipe))[0])
+    return recipe_hash(phase_recipes(resolve(recipe))[0])
 
 
 def _donor_recipe(donor: Path) -> dict:
@@ -54,7 +55,7 @@ def _donor_recipe(donor: Path) -> dict:
     if not path.is_file():
         raise ReuseError(f"--from-run: {donor} holds no {RECIPE}: not a run directory of lttrain")
     try:
-        return resolve(load_yaml(path.read_text(encoding="utf-8")))
+        return resolve_saved(load_yaml(path.read_text(encoding="utf-8")))
     except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
         raise ReuseError(f"--from-run: {path} is corrupt ({str(err).splitlines()[0]})") from None
 
@@ -76,28 +77,28 @@ def reused_start(donor: str | os.PathLike, recipe: dict) -> dict:
             (the first differing key is named) or has not ended.
     """
     donor = Path(donor)
-    phases = stage_recipes(recipe)
+    phases = phase_recipes(recipe)
     if len(phases) < 2:
         raise ReuseError("--from-run reuses the first phase of a multi-phase recipe; this recipe "
                          "has one phase (nothing would be left to train)")
     donor_recipe = _donor_recipe(donor)
-    donor_phases = stage_recipes(donor_recipe)
+    donor_phases = phase_recipes(donor_recipe)
     mine, theirs = phases[0], donor_phases[0]
     if recipe_hash(mine) != recipe_hash(theirs):
         diff = recipe_differences(theirs, mine, ("donor", "this recipe"))
         raise ReuseError(f"--from-run: the first phase of {donor} was trained with another recipe "
                          f"({'; '.join(diff[:3])}); only an identical first phase can be reused")
-    name, donor_name = mine["meta"]["stage"], theirs["meta"]["stage"]
+    name, donor_name = mine["meta"]["phase"], theirs["meta"]["phase"]
     if (donor / f"generated-{donor_name}.pt").exists():
         raise ReuseError(f"--from-run: the first phase of {donor} added generated images to the "
                          f"training set; such a phase cannot be reused, train it afresh")
     epochs = mine["train"]["epochs"]
     state = _donor_state(donor, donor_name, len(donor_phases))
-    history = [{**row, "stage": name} for row in state["history"] if row["stage"] == donor_name]
+    history = [{**row, "phase": name} for row in state["history"] if row["phase"] == donor_name]
     if len(history) != epochs:
         raise ReuseError(f"--from-run: {donor} logs {len(history)} epochs of its first phase "
                          f"'{donor_name}', not {epochs}")
-    return {"stage": 0, "epoch": epochs - 1, "stage_done": True, "model": state["model"],
+    return {"phase": 0, "epoch": epochs - 1, "phase_done": True, "model": state["model"],
             "optimizer": {}, "scaler": {}, "components": [],
             "rng": state.get("rng") or rng_state(), "history": history,
             "seconds": round(sum(r["seconds"] for r in history), 3),
@@ -113,11 +114,11 @@ def _donor_state(donor: Path, phase: str, phases: int) -> dict:
     if not (donor / CHECKPOINT).is_file():
         raise ReuseError(f"--from-run: {donor} holds no {CHECKPOINT}; its first phase has not "
                          f"started or the run was cleaned up")
-    checkpoint = load_checkpoint(donor / CHECKPOINT)
-    if not isinstance(checkpoint, dict) or "stage" not in checkpoint:
+    checkpoint = upgrade_record(load_checkpoint(donor / CHECKPOINT))
+    if not isinstance(checkpoint, dict) or "phase" not in checkpoint:
         raise ReuseError(f"--from-run: {donor / CHECKPOINT} is not an lttoolbox checkpoint")
-    if checkpoint["stage"] == 0:
-        if not checkpoint["stage_done"]:
+    if checkpoint["phase"] == 0:
+        if not checkpoint["phase_done"]:
             raise ReuseError(f"--from-run: the first phase '{phase}' of {donor} has not ended "
                              f"(epoch {checkpoint['epoch'] + 1} done); finish it first "
                              f"(lttrain --resume --out {donor})")
@@ -127,7 +128,7 @@ def _donor_state(donor: Path, phase: str, phases: int) -> dict:
     if not weights.is_file():
         raise ReuseError(f"--from-run: {donor} has passed its first phase '{phase}' but holds no "
                          f"{weights.name}")
-    rows = [r for r in checkpoint["history"] if r["stage"] == phase]
+    rows = [r for r in checkpoint["history"] if r["phase"] == phase]
     # Images seen are not logged per epoch; a phase's count is its epochs' (rate x time).
     images = int(round(sum(r["images_per_second"] * r["seconds"] for r in rows)))
     return {"model": load_checkpoint(weights), "history": rows, "images": images,

@@ -17,7 +17,7 @@ Example:
     >>> import tempfile, pathlib
     >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
     >>> check_out_dir(run)
-    >>> row = {"stage": "main", "epoch": 0, "loss": 1.0, "lr": 0.1, "seconds": 2.0,
+    >>> row = {"phase": "main", "epoch": 0, "loss": 1.0, "lr": 0.1, "seconds": 2.0,
     ...        "images_per_second": 50.0}
     >>> with RunLock(run):
     ...     write_log(run, [row])
@@ -39,7 +39,7 @@ from ..errors import LTError
 LOCK = ".lock"
 LOG = "log.jsonl"
 CSV = "metrics.csv"
-CSV_FIELDS = ("stage", "epoch", "loss", "lr", "seconds", "images_per_second")
+CSV_FIELDS = ("phase", "epoch", "loss", "lr", "seconds", "images_per_second")
 EVAL_FIELDS = ("top1", "mean_class_acc", "many", "medium", "few")
 
 
@@ -162,7 +162,7 @@ def remove_temp_files(out: Path) -> list[Path]:
 
 
 def csv_line(row: dict, terms: tuple = ()) -> str:
-    """One ``metrics.csv`` line: the epoch's fields, its loss terms (empty in a stage without
+    """One ``metrics.csv`` line: the epoch's fields, its loss terms (empty in a phase without
     them), then its evaluation (empty without one)."""
     evaluation = row.get("eval") or {}
     parts = row.get("loss_terms") or {}
@@ -172,7 +172,7 @@ def csv_line(row: dict, terms: tuple = ()) -> str:
 
 
 def csv_header(terms: tuple = ()) -> str:
-    """``metrics.csv``'s header: a ``loss_<name>`` column per loss term any stage logs."""
+    """``metrics.csv``'s header: a ``loss_<name>`` column per loss term any phase logs."""
     return ",".join(CSV_FIELDS + tuple(f"loss_{t}" for t in terms)
                     + tuple(f"eval_{f}" for f in EVAL_FIELDS)) + "\n"
 

@@ -1,4 +1,4 @@
-"""One training step's forward as a module: the model, the stage's hooks (augmentations,
+"""One training step's forward as a module: the model, the phase's hooks (augmentations,
 generators) and the whole loss, including the components' auxiliary losses.
 
 Computing the whole loss inside ``forward`` is what lets DistributedDataParallel wrap the step:
@@ -15,7 +15,7 @@ from ..losses import mixed_loss
 
 
 class TrainStep(torch.nn.Module):
-    """``forward(batch) -> losses`` of one stage: ``(total, criterion, *auxiliary)``.
+    """``forward(batch) -> losses`` of one phase: ``(total, criterion, *auxiliary)``.
 
     Training minimises ``losses[0]``, the criterion's loss plus every auxiliary loss, added in
     the same order as always. The other entries are there to be logged (``term_names``): an
@@ -24,21 +24,21 @@ class TrainStep(torch.nn.Module):
 
     Args:
         model: The backbone and head.
-        stage: The built stage (sampler, loss, components, hooks).
+        phase: The built phase (sampler, loss, components, hooks).
         normalize: How the criterion's batch mean is normalised across processes
             (:func:`~lttoolbox.engine.distributed.global_normalizer`; ``None`` in one process).
     """
 
-    def __init__(self, model: torch.nn.Module, stage, normalize=None):
+    def __init__(self, model: torch.nn.Module, phase, normalize=None):
         super().__init__()
         self.normalize = normalize
         self.model = model
         # Registered so that DDP sees (and synchronises) the components' parameters too.
-        self.parts = torch.nn.ModuleList(p for p in stage.components
+        self.parts = torch.nn.ModuleList(p for p in phase.components
                                          if isinstance(p, torch.nn.Module))
-        self.loss = stage.loss
-        self.aux_parts = auxiliary_parts(stage)
-        self.term_names = loss_term_names(stage)
+        self.loss = phase.loss
+        self.aux_parts = auxiliary_parts(phase)
+        self.term_names = loss_term_names(phase)
         self.hooks: dict = {}
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -55,20 +55,20 @@ class TrainStep(torch.nn.Module):
         return torch.stack([t.float() for t in (loss, *terms)])
 
 
-def auxiliary_parts(stage) -> list:
-    """The stage's components that add a term to the objective (``auxiliary_loss()``)."""
-    return [p for p in stage.components if hasattr(p, "auxiliary_loss")]
+def auxiliary_parts(phase) -> list:
+    """The phase's components that add a term to the objective (``auxiliary_loss()``)."""
+    return [p for p in phase.components if hasattr(p, "auxiliary_loss")]
 
 
-def loss_term_names(stage) -> list[str]:
-    """The names a stage's loss terms are logged under: the criterion's, then each component's
+def loss_term_names(phase) -> list[str]:
+    """The names a phase's loss terms are logged under: the criterion's, then each component's
     with an auxiliary loss, as the recipe names them (``["ldam", "rsg"]``); empty when the
     criterion's loss is the only term."""
-    parts = auxiliary_parts(stage)
+    parts = auxiliary_parts(phase)
     if not parts:
         return []
-    named = [(stage.generator, stage.recipe["generator"]),
-             *zip(stage.augments, stage.recipe["augment"])]
-    return [stage.recipe["loss"]["name"],
+    named = [(phase.generator, phase.recipe["generator"]),
+             *zip(phase.augments, phase.recipe["augment"])]
+    return [phase.recipe["loss"]["name"],
             *(next((cfg["name"] for c, cfg in named if c is p), type(p).__name__)
               for p in parts)]

@@ -1,8 +1,8 @@
 """The one training loop.
 
 It knows families, never tricks: a sampler gives the epoch's indices, a loss scores logits
-against two targets, augmentations and generators are hooks at named model stages, and a
-multi-stage recipe is a list of recipe overlays run one after another with the weights carried
+against two targets, augmentations and generators are hooks at named model points, and a
+multi-phase recipe is a list of recipe overlays run one after another with the weights carried
 over. Everything a recipe can get wrong is built and checked before the first step.
 
 Example:
@@ -33,10 +33,11 @@ from ..data.datapath import build_data_path, shard
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..models.heads import build_head, head_config
-from ..recipe import (dump_recipe, recipe_differences, recipe_hash, resolve, stage_recipes,
-                      unreachable_epoch_keys)
+from ..recipe import (dump_recipe, phase_recipes, recipe_differences, recipe_hash, resolve,
+                      resolve_saved, unreachable_epoch_keys)
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
 from ..runs import write_data_info
+from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
                          rng_state, set_rng_state)
@@ -52,14 +53,14 @@ from .plots import PLOT_HINT, plots_available, write_run_plots
 from .provenance import git_commit, machine_info
 from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
                      write_log)
-from .stages import (Stage, active_hooks, check_data_preparers, check_generator_placement,
+from .phases import (Phase, active_hooks, check_data_preparers, check_generator_placement,
                      check_one_mix_at_a_time, describe_generators)
 from .step import TrainStep, loss_term_names
 
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 RECIPE = "recipe.yaml"
-CHECKPOINT_KEYS = {"stage", "epoch", "stage_done", "model", "optimizer", "scaler", "components",
+CHECKPOINT_KEYS = {"phase", "epoch", "phase_done", "model", "optimizer", "scaler", "components",
                    "rng", "history", "seconds", "images", "recipe_hash"}
 STATUS_EVERY = 25  # steps between progress-bar status updates
 
@@ -132,13 +133,13 @@ class Trainer:
         self._loss_reference: float | None = None
         self._loggers: list = []
         self._selection: dict = {}  # post-hoc choices made on the validation split
-        self._generated: dict = {}  # images added to the training set, per stage
+        self._generated: dict = {}  # images added to the training set, per phase
         self._reused: dict | None = None  # the phase taken from another run, if any
         check_out_dir(self.out)
         check_loggers(self.recipe["train"]["loggers"])
         self._check_run_dir()
-        stages = stage_recipes(self.recipe)
-        first = stages[0]
+        phases = phase_recipes(self.recipe)
+        first = phases[0]
         self.device = local_device(resolve_device(first["train"]["device"]), self.world)
         seed_everything(first["train"]["seed"])
         self.data = DATASETS.build(first["data"], key="data")
@@ -154,22 +155,22 @@ class Trainer:
         self.channels_last = first["train"]["channels_last"]
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # What a generator attached at a stage is built for (one eval-mode forward of two
+        # What a generator attached at a point is built for (one eval-mode forward of two
         # untransformed images: no random draw, so recipes without one are unaffected).
-        self.stage_shapes = (self.model.stage_shapes(self.data_path.sample(2))
-                             if any(s["generator"] for s in stages) else {})
+        self.point_shapes = (self.model.point_shapes(self.data_path.sample(2))
+                             if any(s["generator"] for s in phases) else {})
         with warnings.catch_warnings():  # named once per recipe key below
             warnings.simplefilter("ignore", UnreachableEpochWarning)
-            self.stages = [self._build_stage(s, i, first) for i, s in enumerate(stages)]
-        # metrics.csv's loss-term columns: every name any stage logs, in order of appearance
-        self._loss_terms = tuple(dict.fromkeys(n for st in self.stages
+            self.phases = [self._build_phase(s, i, first) for i, s in enumerate(phases)]
+        # metrics.csv's loss-term columns: every name any phase logs, in order of appearance
+        self._loss_terms = tuple(dict.fromkeys(n for st in self.phases
                                                for n in loss_term_names(st)))
         # After every check passed: a refused recipe leaves the process as it found it.
         use_threads(first["train"]["threads"])
         # After every check passed, so a refused recipe prints its one error line only.
         for message in [*self.data.warnings, *unreachable_epoch_keys(self.recipe)]:
             self.log.warning(message)
-        for message, too_large in describe_generators(self.stages, self.model):
+        for message, too_large in describe_generators(self.phases, self.model):
             (self.log.warning if too_large else self.log.info)(message)
 
     # ----------------------------------------------------------------------------------- set-up
@@ -195,7 +196,7 @@ class Trainer:
             return
         if (self.out / RECIPE).exists():
             try:
-                saved = resolve(load_yaml((self.out / RECIPE).read_text(encoding="utf-8")))
+                saved = resolve_saved(load_yaml((self.out / RECIPE).read_text(encoding="utf-8")))
             except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as err:
                 raise ConfigError(f"{self.out / RECIPE} is corrupt ({str(err).splitlines()[0]}); "
                                   f"restore it or delete it to resume from the checkpoint "
@@ -205,7 +206,9 @@ class Trainer:
                 raise ConfigError(f"--resume: the recipe differs from the one saved in "
                                   f"{self.out / RECIPE} ({diff}); resume with the same recipe "
                                   f"and overrides")
-        self._state = (load_checkpoint(self.out / CHECKPOINT)
+            self._keep_phase_names(saved)
+        # A checkpoint written before phases were called so is read in today's spelling.
+        self._state = (upgrade_record(load_checkpoint(self.out / CHECKPOINT))
                        if (self.out / CHECKPOINT).exists() else self._start)
         if self._state is not None:
             if not isinstance(self._state, dict) or not CHECKPOINT_KEYS <= set(self._state):
@@ -215,6 +218,23 @@ class Trainer:
                                   f"recipe (hash {self._state['recipe_hash']}, this recipe's "
                                   f"{recipe_hash(self.recipe)}); resume with the recipe and "
                                   f"overrides it was started with")
+
+    def _keep_phase_names(self, saved: dict) -> None:
+        """Name the phases of a resumed run as its saved recipe does.
+
+        Phase names are not hashed (they are notes in ``meta``), yet the run has already written
+        them: its history rows and ``model-<phase>.pt``. A recipe given again may name them
+        otherwise, and one that leaves them unnamed does so for every run written before the
+        rename of stages to phases (its defaults were ``stage0``, ``stage1``, ...; they are
+        ``phase0``, ``phase1``, ... now). The run keeps the names it started with.
+        """
+        if not self.recipe.get("phases"):
+            return
+        names = [p["meta"]["phase"] for p in phase_recipes(saved)]
+        for recipe, name in zip(self.recipe["phases"], names):
+            recipe["meta"]["phase"] = name
+        for phase, name in zip(getattr(self, "phases", ()), names):
+            phase.name = name  # checked again under the lock, after the phases were built
 
     @contextlib.contextmanager
     def _writing(self):
@@ -233,13 +253,13 @@ class Trainer:
                 self._lock = None
 
     def _context(self, recipe: dict) -> dict:
-        labels = self.data_path.train_labels()  # grown by a stage that adds images
+        labels = self.data_path.train_labels()  # grown by a phase that adds images
         counts = np.bincount(labels, minlength=self.num_classes).tolist()
         return {"class_counts": counts, "num_classes": self.num_classes,
-                # a 0-epoch stage (only a model change) still builds its components
+                # a 0-epoch phase (only a model change) still builds its components
                 "total_epochs": max(1, recipe["train"]["epochs"]), "seed": recipe["train"]["seed"],
                 "labels": labels, "feature_dim": self.model.feature_dim,
-                "stage_names": self.model.stage_names, "stage_shapes": self.stage_shapes,
+                "point_names": self.model.point_names, "point_shapes": self.point_shapes,
                 "imbalance_type": self.data.meta.get("imbalance_type"),
                 # how a component that needs more images than the batch (CMO's foreground)
                 # gets them: training-transformed, on the training device
@@ -252,33 +272,33 @@ class Trainer:
         cfg = head_config(recipe["model"].get("head", "linear"), where + "model.head")
         head = build_head(cfg, self.model.feature_dim, self.num_classes, where + "model.head")
         if hasattr(head, "adopt"):
-            previous = (head_config(stage_recipes(self.recipe)[index - 1]["model"].get(
+            previous = (head_config(phase_recipes(self.recipe)[index - 1]["model"].get(
                 "head", "linear"))["name"] if index else None)
             if previous not in getattr(head, "follows", ()):
-                raise ConfigError(f"head '{cfg['name']}' takes over the previous stage's "
+                raise ConfigError(f"head '{cfg['name']}' takes over the previous phase's "
                                   f"classifier, which must be one of "
                                   f"{', '.join(head.follows)}; got "
-                                  f"{previous or 'none (it is the first stage)'}",
+                                  f"{previous or 'none (it is the first phase)'}",
                                   key=where + "model.head")
         if getattr(head, "needs_validation", False) and self.data.val is None:
             raise ConfigError(f"head '{cfg['name']}' chooses on the validation split; give the "
                               f"data set one (data.val_per_class: 20)", key=where + "model.head")
 
-    def _build_stage(self, recipe: dict, index: int, first: dict) -> Stage:
-        where = f"stages[{index}]." if self.recipe.get("stages") else ""
+    def _build_phase(self, recipe: dict, index: int, first: dict) -> Phase:
+        where = f"phases[{index}]." if self.recipe.get("phases") else ""
         for section in ("data",):
             if recipe[section] != first[section]:
-                raise ConfigError("all stages share the first stage's data set; "
+                raise ConfigError("all phases share the first phase's data set; "
                                   "only sampler, loss, augment, generator, optim, schedule, train, "
                                   "eval and model.head may change", key=where + section)
         if recipe["train"]["threads"] != first["train"]["threads"]:
             raise ConfigError(f"the CPU threads are the process's, set once for the whole run: "
-                              f"give train.threads outside the stages (the first stage has "
+                              f"give train.threads outside the phases (the first phase has "
                               f"{first['train']['threads']!r})", key=where + "train.threads")
         changed = {k for k in set(recipe["model"]) | set(first["model"])
                    if k != "head" and recipe["model"].get(k) != first["model"].get(k)}
         if changed:
-            raise ConfigError("only model.head may change between stages",
+            raise ConfigError("only model.head may change between phases",
                               key=f"{where}model.{sorted(changed)[0]}")
         self._check_head(recipe, index, where)
         per_rank_batch(recipe["train"]["batch_size"], self.world, where + "train.batch_size")
@@ -289,7 +309,7 @@ class Trainer:
                     for i, cfg in enumerate(recipe["augment"])]
         generator = (GENERATORS.build(recipe["generator"], key=where + "generator", **ctx)
                      if recipe["generator"] else None)
-        stage = Stage(recipe["meta"]["stage"], recipe, sampler, loss, augments, generator)
+        phase = Phase(recipe["meta"]["phase"], recipe, sampler, loss, augments, generator)
         named = [(a, f"{where}augment[{i}]") for i, a in enumerate(augments)]
         if generator is not None:
             named.append((generator, where + "generator"))
@@ -300,39 +320,39 @@ class Trainer:
                 raise ConfigError(f"{type(part).__name__} adds generated images to the training "
                                   f"set, which the streaming data path cannot hold; set "
                                   f"data.path: memory", key=key)
-            # A component acts at one stage, at several (``stages``, each with ``hook(stage)``), or
-            # at none (``stage = None``: it prepares the stage's data instead).
-            points = getattr(part, "stages", None) or (getattr(part, "stage", "input"),)
+            # A component acts at one model point, at several (``points``, each with
+            # ``hook(point)``), or at none (``point = None``: it prepares the phase's data instead).
+            points = getattr(part, "points", None) or (getattr(part, "point", "input"),)
             for point in (p for p in points if p is not None):
-                if point not in self.model.stage_names:
-                    raise ConfigError(f"acts at model stage '{point}', which "
-                                      f"{first['model']['name']} does not have. Stages: "
-                                      f"{', '.join(self.model.stage_names)}.", key=key + ".stage")
+                if point not in self.model.point_names:
+                    raise ConfigError(f"acts at model point '{point}', which "
+                                      f"{first['model']['name']} does not have. Points: "
+                                      f"{', '.join(self.model.point_names)}.", key=key + ".point")
                 hook = part.hook(point) if hasattr(part, "hook") else part
-                stage.hooked.append((part, point, key, hook))
+                phase.hooked.append((part, point, key, hook))
         check_one_mix_at_a_time(named, recipe["train"]["epochs"])
         check_data_preparers(named, index, recipe["train"]["epochs"])
-        check_generator_placement(named, self.model.stage_names, recipe["train"]["epochs"])
+        check_generator_placement(named, self.model.point_names, recipe["train"]["epochs"])
         if recipe["model"].get("head") == first["model"].get("head"):  # else built later
             no_decay_names([("", self.model), *[(f"{n}.", m) for n, m in
-                                                self._learned_components(stage)]],
+                                                self._learned_components(phase)]],
                            recipe["optim"]["no_decay"], key=where + "optim.no_decay")
         for name in recipe["train"]["freeze"]:
-            if name != "backbone" and name not in self.model.stage_names:
-                raise ConfigError(f"unknown stage '{name}'. Stages: backbone, "
-                                  f"{', '.join(self.model.stage_names)}.", key=where + "train.freeze")
-        return stage
+            if name != "backbone" and name not in self.model.point_names:
+                raise ConfigError(f"unknown model point '{name}'. Choose from backbone, "
+                                  f"{', '.join(self.model.point_names)}.", key=where + "train.freeze")
+        return phase
 
-    def _enter_stage(self, index: int) -> None:
-        """Apply a stage's model changes: a new classifier head and frozen stages.
+    def _enter_phase(self, index: int) -> None:
+        """Apply a phase's model changes: a new classifier head and frozen blocks.
 
-        ``train.freeze`` is the whole set frozen in this stage: what an earlier stage froze and
+        ``train.freeze`` is the whole set frozen in this phase: what an earlier phase froze and
         this one does not name trains again.
         """
-        stage = self.stages[index]
-        train_cfg = stage.recipe["train"]
-        previous_head = self.stages[index - 1].recipe["model"].get("head") if index else None
-        head = stage.recipe["model"].get("head")
+        phase = self.phases[index]
+        train_cfg = phase.recipe["train"]
+        previous_head = self.phases[index - 1].recipe["model"].get("head") if index else None
+        head = phase.recipe["model"].get("head")
         if train_cfg["reset_head"] or (index and head != previous_head):
             self.model.reset_head(head)
             self.model.to(self.device)
@@ -340,23 +360,23 @@ class Trainer:
                 self.model.to(memory_format=torch.channels_last)
         self.model.unfreeze()
         if train_cfg["freeze"]:
-            # By default the frozen stages' BatchNorm statistics are re-estimated on this stage's
+            # By default the frozen blocks' BatchNorm statistics are re-estimated on this phase's
             # batches, as in the reference codes (LTModel.freeze); freeze_bn_stats keeps them.
             self.model.freeze(train_cfg["freeze"], freeze_bn_stats=train_cfg["freeze_bn_stats"])
 
     @staticmethod
-    def _learned_components(stage: Stage) -> list:
+    def _learned_components(phase: Phase) -> list:
         """Components with trainable parameters of their own, named for ``optim.no_decay``."""
-        return [(f"{type(part).__name__}{i}", part) for i, part in enumerate(stage.components)
+        return [(f"{type(part).__name__}{i}", part) for i, part in enumerate(phase.components)
                 if isinstance(part, torch.nn.Module) and any(True for _ in part.parameters())]
 
     # ----------------------------------------------------------------------------------- running
     def run(self) -> dict:
-        """Train every stage, evaluate the final model, write and return ``results.json``."""
+        """Train every phase, evaluate the final model, write and return ``results.json``."""
         with self._writing():
             try:
                 history, seconds, images_seen = self.fit()
-                final = self.stages[-1]
+                final = self.phases[-1]
                 autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
                 results = self._results(self._evaluate(final, autocast), history, seconds,
                                         images_seen)
@@ -381,7 +401,7 @@ class Trainer:
         return results
 
     def fit(self) -> tuple[list, float, int]:
-        """Train every stage (resuming if asked); returns (history, seconds, images seen)."""
+        """Train every phase (resuming if asked); returns (history, seconds, images seen)."""
         with self._writing():
             return self._fit()
 
@@ -409,98 +429,98 @@ class Trainer:
             self._commits.append(commit)
         if not self._loggers and main:
             self._loggers = open_loggers(self.recipe["train"]["loggers"], self.out)
-        start_stage = state["stage"] if state else 0
+        start_phase = state["phase"] if state else 0
         history = state["history"] if state else []
         attempt_start, attempt_epochs = time.perf_counter(), 0
         seconds = state["seconds"] if state else 0.0
         images_seen = state["images"] if state else 0
-        for index in range(start_stage + 1 if state and state["stage_done"] else start_stage,
-                           len(self.stages)):
-            resumed_here = state is not None and index == start_stage and not state["stage_done"]
-            stage = self.stages[index]
+        for index in range(start_phase + 1 if state and state["phase_done"] else start_phase,
+                           len(self.phases)):
+            resumed_here = state is not None and index == start_phase and not state["phase_done"]
+            phase = self.phases[index]
             if not resumed_here:
                 if index > 0:
-                    # Every draw at a stage boundary (a new head's weights, the stage's first
-                    # batches) comes from a stream seeded by (seed, stage) alone, so a run
+                    # Every draw at a phase boundary (a new head's weights, the phase's first
+                    # batches) comes from a stream seeded by (seed, phase) alone, so a run
                     # resumed exactly at the boundary draws the same as an uninterrupted one.
-                    seed_everything(stage_seed(stage.recipe["train"]["seed"], index))
-                self._enter_stage(index)
+                    seed_everything(phase_seed(phase.recipe["train"]["seed"], index))
+                self._enter_phase(index)
                 self._prepare_data(index)
-                stage = self.stages[index]  # rebuilt when the training set grew
+                phase = self.phases[index]  # rebuilt when the training set grew
                 self._loss_reference = None
-            optimizer = (build_optimizer(self.model, stage.recipe["optim"],
-                                         self._learned_components(stage))
-                         if stage.recipe["train"]["epochs"] else None)  # 0 epochs: nothing trains
-            # After the stage's freezing and head change: DDP registers the parameters that
-            # train in this stage.
-            step = TrainStep(self.model, stage, global_normalizer(self.world))
+            optimizer = (build_optimizer(self.model, phase.recipe["optim"],
+                                         self._learned_components(phase))
+                         if phase.recipe["train"]["epochs"] else None)  # 0 epochs: nothing trains
+            # After the phase's freezing and head change: DDP registers the parameters that
+            # train in this phase.
+            step = TrainStep(self.model, phase, global_normalizer(self.world))
             step_fn = wrap(step, self.world, self.device)
-            compiled = compile_step(step_fn, stage.recipe["train"]["compile"], self.device,
+            compiled = compile_step(step_fn, phase.recipe["train"]["compile"], self.device,
                                     self.world.distributed)
-            autocast, needs_scaler = autocast_factory(stage.recipe["train"]["amp"], self.device)
+            autocast, needs_scaler = autocast_factory(phase.recipe["train"]["amp"], self.device)
             scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler)
             first_epoch = 0
             if resumed_here:
                 optimizer.load_state_dict(state["optimizer"])
                 scaler.load_state_dict(state["scaler"])
-                self._load_components(stage, state["components"])
+                self._load_components(phase, state["components"])
                 set_rng_state(state["rng"])
                 self._loss_reference = state.get("loss_reference")
                 first_epoch = state["epoch"] + 1
-            epochs = stage.recipe["train"]["epochs"]
+            epochs = phase.recipe["train"]["epochs"]
             for epoch in range(first_epoch, epochs):
-                row, spent, count = self._train_epoch(stage, index, epoch, optimizer, scaler,
+                row, spent, count = self._train_epoch(phase, index, epoch, optimizer, scaler,
                                                       autocast, step, step_fn, compiled)
                 seconds += spent
                 images_seen += count
-                every = stage.recipe["eval"]["every"]
+                every = phase.recipe["eval"]["every"]
                 if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-                    row["eval"] = {k: v for k, v in self._evaluate(stage, autocast).items()
+                    row["eval"] = {k: v for k, v in self._evaluate(phase, autocast).items()
                                    if k in ("top1", "mean_class_acc", "many", "medium", "few")}
                 attempt_epochs += 1
                 left = epochs - epoch - 1 + sum(s.recipe["train"]["epochs"]
-                                                for s in self.stages[index + 1:])
-                self.log.end_epoch(epoch_line(row, self._epoch_label(stage), epochs,
+                                                for s in self.phases[index + 1:])
+                self.log.end_epoch(epoch_line(row, self._epoch_label(phase), epochs,
                                               (time.perf_counter() - attempt_start)
                                               / attempt_epochs * left))
                 history.append(row)
                 last = epoch + 1 == epochs
                 if last:
-                    self._select(stage, autocast)
-                if last or (epoch + 1) % stage.recipe["train"]["checkpoint_every"] == 0:
-                    self._save_state(index, epoch, last, optimizer, scaler, stage, history,
+                    self._select(phase, autocast)
+                if last or (epoch + 1) % phase.recipe["train"]["checkpoint_every"] == 0:
+                    self._save_state(index, epoch, last, optimizer, scaler, phase, history,
                                      seconds, images_seen)
                 if main:
                     append_log(self.out, row, self._loss_terms)  # after the checkpoint (above)
                 for logger in self._loggers:
                     logger.epoch(row)
-            if epochs == 0:  # a stage that only changes the model (tau-normalisation)
-                self._select(stage, autocast)
-                self._save_state(index, -1, True, optimizer, scaler, stage, history, seconds,
+            if epochs == 0:  # a phase that only changes the model (tau-normalisation)
+                self._select(phase, autocast)
+                self._save_state(index, -1, True, optimizer, scaler, phase, history, seconds,
                                  images_seen)
         return history, seconds, images_seen
 
-    def _train_epoch(self, stage: Stage, index: int, epoch: int, optimizer, scaler,
+    def _train_epoch(self, phase: Phase, index: int, epoch: int, optimizer, scaler,
                      autocast, step_module: TrainStep, step_fn, compiled=None
                      ) -> tuple[dict, float, int]:
-        recipe = stage.recipe
+        recipe = phase.recipe
         rate = functools.partial(lr_at, epoch, recipe["optim"]["lr"],
                                  total_epochs=recipe["train"]["epochs"], **recipe["schedule"])
         per_step = warms_up_per_step(recipe["schedule"], epoch)
-        for part in stage.components:
+        for part in phase.components:
             part.set_epoch(epoch)
-        step_module.hooks = active_hooks(stage)
+        step_module.hooks = active_hooks(phase)
         if self.world.rank:
             # Ranks draw independent augmentations (crops, mixing partners): a stream of
-            # (seed, stage, epoch, rank), so a resumed rank draws as an uninterrupted one.
-            torch.manual_seed(stage_seed(recipe["train"]["seed"], index, epoch, self.world.rank))
+            # (seed, phase, epoch, rank), so a resumed rank draws as an uninterrupted one.
+            torch.manual_seed(phase_seed(recipe["train"]["seed"], index, epoch, self.world.rank))
         # Parameters a component freezes for this epoch (RSG's contrastive module once it
         # generates): their gradients are withheld from the step, so neither the update, the
         # momentum nor the weight decay moves them.
-        withheld = [p for part in stage.components
+        withheld = [p for part in phase.components
                     for p in getattr(part, "frozen_parameters", lambda: ())()]
         self.model.train()
-        indices = stage.sampler.indices()  # this rank's every world-size-th position
+        indices = phase.sampler.indices()  # this rank's every world-size-th position
         # The recipe's batch is the global one: each rank trains on its share, and global batch
         # k is the union of the ranks' batches k.
         batch_size = per_rank_batch(recipe["train"]["batch_size"], self.world)
@@ -513,7 +533,7 @@ class Trainer:
         # Sums of (total, criterion, *auxiliary) over the epoch's steps, or of the total alone.
         loss_sum = torch.zeros(1 + len(step_module.term_names), device=self.device)
         compile_seconds = 0.0
-        self.log.start_epoch(f"{self._epoch_label(stage)}epoch {epoch + 1}/"
+        self.log.start_epoch(f"{self._epoch_label(phase)}epoch {epoch + 1}/"
                              f"{recipe['train']['epochs']}", steps)
         start = time.perf_counter()
         for step in range(steps):
@@ -540,7 +560,7 @@ class Trainer:
             scaler.step(optimizer)
             scaler.update()
             loss_sum += losses.detach()
-            if self._loss_reference is None:  # once per stage: what divergence is judged by
+            if self._loss_reference is None:  # once per phase: what divergence is judged by
                 self._loss_reference = float(mean_over_ranks(loss.detach(), self.world))
             if self.log.live and (step + 1) % STATUS_EVERY == 0:
                 # Only with a visible bar, and only every few steps: reading the loss waits for
@@ -557,82 +577,82 @@ class Trainer:
         mean_loss = means[0]
         spent = time.perf_counter() - start - compile_seconds
         count = int(min(indices.numel(), steps * batch_size)) * self.world.size
-        check_divergence(mean_loss, self._loss_reference, epoch, stage.name, lr)
-        row = {"stage": stage.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
+        check_divergence(mean_loss, self._loss_reference, epoch, phase.name, lr)
+        row = {"phase": phase.name, "epoch": epoch, "loss": round(mean_loss, 6), "lr": lr,
                "seconds": round(spent, 3), "images_per_second": round(count / spent, 1)}
         if step_module.term_names:  # each term's mean, named as in the recipe
             row["loss_terms"] = {name: round(value, 6)
                                  for name, value in zip(step_module.term_names, means[1:])}
         if compile_seconds:  # training time above excludes it
             row["compile_seconds"] = round(compile_seconds, 3)
-            if compiled.failed:  # the stage then trained eagerly
+            if compiled.failed:  # the phase then trained eagerly
                 row["compile_failed"] = compiled.failed
         return row, spent, count
 
-    def _epoch_label(self, stage: Stage) -> str:
-        return f"{stage.name} " if len(self.stages) > 1 else ""
+    def _epoch_label(self, phase: Phase) -> str:
+        return f"{phase.name} " if len(self.phases) > 1 else ""
 
     def _prepare_data(self, index: int, replay: bool = False) -> None:
-        """Let the stage's components that prepare data (``prepare``: CAM-based re-sampling) add
-        training images, once, at the stage's start; the stage's components are then rebuilt
+        """Let the phase's components that prepare data (``prepare``: CAM-based re-sampling) add
+        training images, once, at the phase's start; the phase's components are then rebuilt
         on the grown set (samplers and losses see the new counts). The images are stored in the
         run directory, so a resumed run uses the very same ones."""
-        stage = self.stages[index]
-        preparers = [p for p in stage.components if hasattr(p, "prepare")]
+        phase = self.phases[index]
+        preparers = [p for p in phase.components if hasattr(p, "prepare")]
         if not preparers:
             return
-        path = self.out / f"generated-{stage.name}.pt"
+        path = self.out / f"generated-{phase.name}.pt"
         # Rank 0 generates the images; every rank then reads the same file.
         if self.world.is_main and not replay and not path.exists():
-            self._generate(stage, index, preparers, path)
+            self._generate(phase, index, preparers, path)
         barrier(self.world)
         if not path.exists():
-            raise CheckpointError(f"{path} is missing: the images generated for stage "
-                                  f"'{stage.name}' cannot be made again exactly; start the run "
+            raise CheckpointError(f"{path} is missing: the images generated for phase "
+                                  f"'{phase.name}' cannot be made again exactly; start the run "
                                   f"afresh")
         extra = load_checkpoint(path)
         self.data_path.add(extra["images"], extra["labels"])
-        self._generated[stage.name] = {"images": int(extra["labels"].numel()),
+        self._generated[phase.name] = {"images": int(extra["labels"].numel()),
                                        "seconds": extra.get("seconds")}
         with warnings.catch_warnings():  # named once per recipe key before training
             warnings.simplefilter("ignore", UnreachableEpochWarning)
-            self.stages[index] = self._build_stage(stage.recipe, index,
-                                                   stage_recipes(self.recipe)[0])
+            self.phases[index] = self._build_phase(phase.recipe, index,
+                                                   phase_recipes(self.recipe)[0])
 
-    def _generate(self, stage: Stage, index: int, preparers: list, path: Path) -> None:
+    def _generate(self, phase: Phase, index: int, preparers: list, path: Path) -> None:
         """Run the preparers on the training images and store what they generate at ``path``."""
         start = time.perf_counter()
         parts = []
         for part in preparers:
             total = sum(part.additions(np.bincount(self.data_path.train_labels(),
                                                    minlength=self.num_classes)))
-            self.log.start_epoch(f"{stage.name}: generating {total:,} images", total)
+            self.log.start_epoch(f"{phase.name}: generating {total:,} images", total)
             parts.append(part.prepare(self.model, self.data_path.images, self.data_path.labels,
                                       self.data_path.eval_transform, index,
                                       progress=self.log.advance))
-            self.log.end_epoch(f"{stage.name}: generated {total:,} images in "
+            self.log.end_epoch(f"{phase.name}: generated {total:,} images in "
                                f"{time.perf_counter() - start:.1f} s")
         extra = {"images": torch.cat([e["images"] for e in parts]).cpu(),
                  "labels": torch.cat([e["labels"] for e in parts]).cpu(),
                  "seconds": round(time.perf_counter() - start, 2)}
         atomic_save(extra, path)
 
-    def _select(self, stage: Stage, autocast) -> None:
+    def _select(self, phase: Phase, autocast) -> None:
         """Let a head that chooses a setting post hoc (``tau_norm`` with ``tau: auto``) choose it
         on the validation split; the record goes into results.json."""
         select = getattr(self.model.head, "select", None)
         if select is not None:
             self._selection.update(select(
-                lambda: self._evaluate(stage, autocast, "val")["top1"]))
+                lambda: self._evaluate(phase, autocast, "val")["top1"]))
 
-    def _evaluate(self, stage: Stage, autocast, split: str = "test") -> dict:
+    def _evaluate(self, phase: Phase, autocast, split: str = "test") -> dict:
         """The metrics of the model on the test split, or on the validation split.
 
         Across processes each rank predicts its shard (no padding) and every rank gathers all
         predictions with their positions, checked to count each image exactly once; every rank
         then holds the same metrics (a post-hoc choice made on them is the same everywhere).
         """
-        ev = stage.recipe["eval"]
+        ev = phase.recipe["eval"]
         sync_buffers(self.model, self.world)  # rank 0's batch-norm statistics, as checkpointed
         total = self.data_path.eval_size(split)
         positions = shard(total, self.world.rank, self.world.size)
@@ -644,10 +664,10 @@ class Trainer:
                                         ev["many_threshold"], ev["few_threshold"], ev["ece_bins"])
 
     def _results(self, metrics: dict, history: list, seconds: float, images: int) -> dict:
-        final = self.stages[-1].recipe
+        final = self.phases[-1].recipe
         return {
             **metrics,
-            "epochs": sum(s.recipe["train"]["epochs"] for s in self.stages),
+            "epochs": sum(s.recipe["train"]["epochs"] for s in self.phases),
             "seconds": round(seconds, 2),  # training time, compilation excluded
             "images_per_second": round(images / seconds, 1) if seconds else 0.0,
             "compile_seconds": round(sum(r.get("compile_seconds", 0.0) for r in history), 2),
@@ -662,74 +682,74 @@ class Trainer:
             "data": self.data.meta,
             "selection": self._selection,
             **({"reused": self._reused} if self._reused else {}),
-            "stages": [{"name": s.name, "epochs": s.recipe["train"]["epochs"],
+            "phases": [{"name": s.name, "epochs": s.recipe["train"]["epochs"],
                         "final_loss": next((r["loss"] for r in reversed(history)
-                                            if r["stage"] == s.name), None),
+                                            if r["phase"] == s.name), None),
                         **({"generated": self._generated[s.name]}
                            if s.name in self._generated else {})}
-                       for s in self.stages],
+                       for s in self.phases],
             "history": history,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
     # ------------------------------------------------------------------------- checkpoints & logs
     @staticmethod
-    def _component_states(stage: Stage) -> list:
-        return [p.state_dict() if hasattr(p, "state_dict") else None for p in stage.components]
+    def _component_states(phase: Phase) -> list:
+        return [p.state_dict() if hasattr(p, "state_dict") else None for p in phase.components]
 
     @staticmethod
-    def _load_components(stage: Stage, states: list) -> None:
-        for part, saved in zip(stage.components, states):
+    def _load_components(phase: Phase, states: list) -> None:
+        for part, saved in zip(phase.components, states):
             if saved is not None and hasattr(part, "load_state_dict"):
                 part.load_state_dict(saved)
 
-    def _save_state(self, index, epoch, stage_done, optimizer, scaler, stage, history, seconds,
+    def _save_state(self, index, epoch, phase_done, optimizer, scaler, phase, history, seconds,
                     images) -> None:
         if not self.world.is_main:
             return
-        atomic_save({"stage": index, "epoch": epoch, "stage_done": stage_done,
+        atomic_save({"phase": index, "epoch": epoch, "phase_done": phase_done,
                      "model": self.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
-                     "scaler": scaler.state_dict(), "components": self._component_states(stage),
+                     "scaler": scaler.state_dict(), "components": self._component_states(phase),
                      "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
                      "images": images, "recipe_hash": recipe_hash(self.recipe),
                      "commits": self._commits, "loss_reference": self._loss_reference,
                      "selection": self._selection,
                      **({"reused": self._reused} if self._reused else {})},
                     self.out / CHECKPOINT)
-        if stage_done:  # each stage's final weights, for later use outside this run
-            atomic_save(self.model.state_dict(), self.out / f"model-{stage.name}.pt")
+        if phase_done:  # each phase's final weights, for later use outside this run
+            atomic_save(self.model.state_dict(), self.out / f"model-{phase.name}.pt")
 
     def _load_state(self) -> dict | None:
-        """Put the model where the checkpoint left it; re-create a stage's missing weights."""
+        """Put the model where the checkpoint left it; re-create a phase's missing weights."""
         state = self._state
         if state is None:
             return None
-        for index in range(state["stage"] + 1):
-            self._enter_stage(index)
+        for index in range(state["phase"] + 1):
+            self._enter_phase(index)
             self._prepare_data(index, replay=True)
         self.model.load_state_dict(state["model"])
         self._selection = dict(state.get("selection") or {})
         self._reused = state.get("reused")
-        stage = self.stages[state["stage"]]
-        weights = self.out / f"model-{stage.name}.pt"
-        if state["stage_done"] and not weights.exists() and self.world.is_main:
+        phase = self.phases[state["phase"]]
+        weights = self.out / f"model-{phase.name}.pt"
+        if state["phase_done"] and not weights.exists() and self.world.is_main:
             # interrupted while it was written, or the phase was reused from another run
             atomic_save(state["model"], weights)
             if state is not self._start:
                 self.log.info(f"re-created {weights.name} from the checkpoint")
         if state is self._start:
-            self.log.info(f"starting after phase '{stage.name}', reused from "
+            self.log.info(f"starting after phase '{phase.name}', reused from "
                           f"{state['reused']['from']} ({state['epoch'] + 1} epochs)")
         else:
-            self.log.info(f"resuming {self.out}: stage '{stage.name}', after epoch "
+            self.log.info(f"resuming {self.out}: phase '{phase.name}', after epoch "
                           f"{state['epoch'] + 1}")
         return state
 
 
-def stage_seed(seed: int, index: int, *more: int) -> int:
-    """The seed of stage ``index`` (> 0): a function of (seed, stage) alone, and distinct for
-    different pairs (unlike ``seed + index``, which gives seed 1 stage 0 the stream of seed 0
-    stage 1). ``more`` (epoch, rank) names a sub-stream."""
+def phase_seed(seed: int, index: int, *more: int) -> int:
+    """The seed of phase ``index`` (> 0): a function of (seed, phase) alone, and distinct for
+    different pairs (unlike ``seed + index``, which gives seed 1 phase 0 the stream of seed 0
+    phase 1). ``more`` (epoch, rank) names a sub-stream."""
     return int(np.random.SeedSequence([seed, index, *more]).generate_state(1)[0])
 
 

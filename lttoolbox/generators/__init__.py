@@ -1,6 +1,6 @@
 """Feature-level sample generators: RSG, the Delta-encoder, the hallucinator and FTL.
 
-Each is a ``GENERATORS`` entry that attaches at a named model stage during training only and
+Each is a ``GENERATORS`` entry that attaches at a named model point during training only and
 extends the batch with generated rare-class samples, usable alone::
 
     from lttoolbox.batch import Batch

@@ -1,7 +1,7 @@
 """What every feature-level sample generator shares.
 
-A generator is a model hook that acts at one named model stage during training only. It receives
-that stage's activations ``h`` (feature maps ``(B, C, H, W)``, or vectors ``(B, D)`` at
+A generator is a model hook that acts at one named model point during training only. It receives
+the activations at that point ``h`` (feature maps ``(B, C, H, W)``, or vectors ``(B, D)`` at
 ``features``) and the batch, and returns the batch extended with generated rare-class samples and
 their labels; the network continues on the extended batch, so the classification loss covers
 the real and the generated samples alike. Its own losses are returned by
@@ -24,8 +24,8 @@ Shared conventions (see docs/generators.md):
   New sample ``i`` takes rare sample ``i mod s_rare`` as its seed (and label) and frequent
   sample ``i mod s_freq`` as its source of variation. Nothing is generated when either side is
   missing from the batch.
-* Generators need each sample's single class before their stage: a mixing augmentation may act
-  after a generator's stage, or in other epochs, never before it in the same epoch (the trainer
+* Generators need each sample's single class before their point: a mixing augmentation may act
+  after a generator's point, or in other epochs, never before it in the same epoch (the trainer
   refuses that recipe before training).
 
 Deciding which samples are frequent and how many to generate reads two counts from the device,
@@ -81,16 +81,16 @@ def generation_count(s_freq: int, s_rare: int, strength: float) -> int:
     return max(int(math.floor(strength * s_freq / s_rare + 1e-9)), 1) * s_rare
 
 
-def default_stage(stage_names: Sequence[str] | None) -> str:
-    """The stage two before ``features``: the input of the last down-sampling stage of the CIFAR
-    ResNets (``layer2`` of ResNet-32, the 32-channel 16x16 maps where RSG's code attaches);
-    ``layer2`` when the model's stages are not known (a generator built alone)."""
-    if not stage_names:
+def default_point(point_names: Sequence[str] | None) -> str:
+    """The point two before ``features``: the input of the last down-sampling group of blocks of
+    the CIFAR ResNets (``layer2`` of ResNet-32, the 32-channel 16x16 maps where RSG's code
+    attaches); ``layer2`` when the model's points are not known (a generator built alone)."""
+    if not point_names:
         return "layer2"
-    if len(stage_names) < 3:
-        raise ConfigError(f"the model has no stage before its last one to attach at (stages: "
-                          f"{', '.join(stage_names)})", key="stage")
-    return stage_names[-3]
+    if len(point_names) < 3:
+        raise ConfigError(f"the model has no point before its last one to attach at (points: "
+                          f"{', '.join(point_names)})", key="point")
+    return point_names[-3]
 
 
 def as_maps(h: torch.Tensor) -> torch.Tensor:
@@ -109,28 +109,28 @@ class FeatureGenerator(EpochAware, nn.Module):
     Args:
         num_classes: Number of classes (from the trainer).
         class_counts: Training samples per class (from the trainer).
-        stage: The model stage to attach at; default: the stage two before ``features``
-            (:func:`default_stage`).
-        feature_shape: ``(C, H, W)`` (or ``(D,)``) of the activations at ``stage``; the trainer
-            passes every stage's shape instead (``stage_shapes``).
+        point: The model point to attach at; default: the point two before ``features``
+            (:func:`default_point`).
+        feature_shape: ``(C, H, W)`` (or ``(D,)``) of the activations at ``point``; the trainer
+            passes every point's shape instead (``point_shapes``).
         frequent_fraction: ``alpha``, the fraction of classes that are frequent (0 < alpha < 1);
             ``None``: 0.2, or 0.5 when ``imbalance_type`` is ``step``.
         transfer_strength: ``beta`` of :func:`generation_count` (> 0); ``None``: 1.0, or 0.01
             when ``imbalance_type`` is ``step``.
         start_epoch, end_epoch: The epochs ``[start, end)`` in which the generator acts at all.
-        stage_names, stage_shapes: From the trainer (the model's stages and their shapes).
+        point_names, point_shapes: From the trainer (the model's points and their shapes).
         imbalance_type: From the trainer: the data set's profile (``exp``, ``step`` or None).
 
     Subclasses implement :meth:`generate`.
     """
 
-    generates = True  # extends the batch; needs single-class targets up to its stage
+    generates = True  # extends the batch; needs single-class targets up to its point
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], stage: str | None = None,
+    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
                  feature_shape: Sequence[int] | None = None,
                  frequent_fraction: float | None = None, transfer_strength: float | None = None,
                  start_epoch: int = 0, end_epoch: int | None = None,
-                 stage_names: Sequence[str] | None = None, stage_shapes: dict | None = None,
+                 point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
                  imbalance_type: str | None = None):
         nn.Module.__init__(self)
         EpochAware.__init__(self, check_epoch("start_epoch", start_epoch),
@@ -143,10 +143,10 @@ class FeatureGenerator(EpochAware, nn.Module):
             raise ConfigError("a generator needs at least two classes (frequent and rare)",
                               key="class_counts")
         self.num_classes = len(counts)
-        self.stage = stage if stage is not None else default_stage(stage_names)
-        if not isinstance(self.stage, str) or not self.stage:
-            raise ConfigError(f"must be a model stage name, got {self.stage!r}", key="stage")
-        self.feature_shape = self._shape(feature_shape, stage_shapes)
+        self.point = point if point is not None else default_point(point_names)
+        if not isinstance(self.point, str) or not self.point:
+            raise ConfigError(f"must be a model point name, got {self.point!r}", key="point")
+        self.feature_shape = self._shape(feature_shape, point_shapes)
         step = imbalance_type == "step"
         if frequent_fraction is None:
             frequent_fraction = 0.5 if step else 0.2
@@ -163,21 +163,21 @@ class FeatureGenerator(EpochAware, nn.Module):
         self._aux: torch.Tensor | None = None
         self.last_generated = 0  # samples added to the last batch (for tests and inspection)
 
-    def _shape(self, feature_shape, stage_shapes) -> tuple[int, int, int]:
+    def _shape(self, feature_shape, point_shapes) -> tuple[int, int, int]:
         measured = None
-        if stage_shapes is not None:
-            if self.stage not in stage_shapes:
-                return (1, 1, 1)  # the trainer names an unknown stage itself, with the stages
-            measured = self._check_shape(stage_shapes[self.stage])
+        if point_shapes is not None:
+            if self.point not in point_shapes:
+                return (1, 1, 1)  # the trainer names an unknown point itself, with the points
+            measured = self._check_shape(point_shapes[self.point])
         if feature_shape is None:
             if measured is None:
                 raise ConfigError("is required outside the trainer: the (C, H, W) of the "
-                                  "activations at the generator's stage", key="feature_shape")
+                                  "activations at the generator's point", key="feature_shape")
             return measured
         shape = self._check_shape(feature_shape)
         if measured is not None and shape != measured:
-            raise ConfigError(f"{list(feature_shape)} does not match the activations at stage "
-                              f"'{self.stage}', {list(measured)}; leave it out in a recipe (the "
+            raise ConfigError(f"{list(feature_shape)} does not match the activations at point "
+                              f"'{self.point}', {list(measured)}; leave it out in a recipe (the "
                               f"trainer measures it)", key="feature_shape")
         return shape
 
@@ -202,8 +202,8 @@ class FeatureGenerator(EpochAware, nn.Module):
             return h, batch
         if batch.mixed:
             raise ConfigError(f"{type(self).__name__} needs each sample's single class, but the "
-                              f"batch was mixed before stage '{self.stage}'; mix after the "
-                              f"generator's stage or in other epochs")
+                              f"batch was mixed before point '{self.point}'; mix after the "
+                              f"generator's point or in other epochs")
         maps = as_maps(h)
         new, labels, aux = self.generate(maps, batch.y_a)
         self._aux = aux

@@ -1,6 +1,6 @@
 """The Delta-encoder (Schwartz, Karlinsky, Shtok, Harary, Marder, Kumar, Feris, Giryes and
 Bronstein, NeurIPS 2018, "Delta-encoder: an effective sample synthesis method for few-shot
-object recognition"), made end to end at a convolutional stage.
+object recognition"), made end to end at a model point of feature maps.
 
 An encoder ``E`` takes a pair of same-class samples ``(x_a, x_b)`` and produces a
 low-dimensional "delta" ``z = E(x_a, x_b)``; a decoder ``D`` applies a delta to an anchor and is
@@ -14,13 +14,13 @@ x̂_j|`` over one sample's elements, the weights ``w_j = d_j^2 / (sum_k d_k^2 + 
 sample's loss ``sum_j w_j d_j = sum_j d_j^3 / (sum_k d_k^2 + 1e-7)``, a mean of the errors that
 leans on the largest ones, and the batch loss is its mean over the pairs. The weights are not
 detached (the code's gradient flows through them too). ``reconstruction: l1`` is the plain mean
-absolute error of the paper's text instead. At a stage of feature maps a sample's elements are all
+absolute error of the paper's text instead. At a point of feature maps a sample's elements are all
 of its map's values (at ``features``, its feature vector, as in the official code).
 
 Made end to end (the paper trains the auto-encoder offline on the base classes' features, then
 synthesises, then trains a classifier), with the simplest faithful choices:
 
-* At a stage of feature maps ``E`` and ``D`` work per spatial position (1x1 convolutions, i.e.
+* At a point of feature maps ``E`` and ``D`` work per spatial position (1x1 convolutions, i.e.
   the paper's MLPs applied at every position); the delta is one vector per pair (the encoder's
   output averaged over positions), so it carries a global variation. At ``features`` this is
   exactly the paper's MLP on vectors.
@@ -41,7 +41,7 @@ synthesises, then trains a classifier), with the simplest faithful choices:
   number of new samples is RSG's rule (:func:`~lttoolbox.generators.base.generation_count`).
 * The auto-encoder learns only from the reconstruction loss (weight ``reconstruction_weight``),
   as in the paper and the official code: samples are synthesised without dropout and detached from it, and train the
-  layers after the stage through the classification loss. Inputs are read detached, as RSG
+  layers after the point through the classification loss. Inputs are read detached, as RSG
   reads them.
 
 Example:
@@ -109,24 +109,24 @@ class DeltaEncoder(FeatureGenerator):
         reconstruction: ``weighted_l1`` (the official code's, :func:`weighted_l1`) or ``l1``
             (the plain mean absolute error).
         reconstruction_weight: Weight of the reconstruction loss (1.0).
-        frequent_fraction, transfer_strength, stage, feature_shape, start_epoch, end_epoch: see
+        frequent_fraction, transfer_strength, point, feature_shape, start_epoch, end_epoch: see
             :class:`~lttoolbox.generators.base.FeatureGenerator`.
 
     Recipe::
 
-        generator: {name: delta_encoder, stage: layer2}
+        generator: {name: delta_encoder, point: layer2}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], stage: str | None = None,
+    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
                  feature_shape: Sequence[int] | None = None, hidden: int = 512,
                  latent_dim: int = 16, dropout: float = 0.5, reconstruction: str = "weighted_l1",
                  reconstruction_weight: float = 1.0,
                  frequent_fraction: float | None = None, transfer_strength: float | None = None,
                  start_epoch: int = 0, end_epoch: int | None = None,
-                 stage_names: Sequence[str] | None = None, stage_shapes: dict | None = None,
+                 point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
                  imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, stage, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, stage_names, stage_shapes,
+        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
+                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
                          imbalance_type)
         channels = self.feature_shape[0]
         hidden = check_int(hidden, "hidden", 1)

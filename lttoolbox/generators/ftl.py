@@ -1,6 +1,6 @@
 """Feature transfer learning, FTL (Yin, Yu, Sohn, Liu and Chandraker, CVPR 2019, "Feature
 Transfer Learning for Face Recognition with Under-Represented Data"), made end to end at a
-convolutional stage.
+model point of feature maps.
 
 FTL transfers the intra-class variance of the regular (frequent) classes to the
 under-represented (rare) ones: with class centers ``c`` and ``Q`` the principal directions of
@@ -16,13 +16,13 @@ Choices where the paper leaves the detail open or the setting differs (docs/gene
   the frequent classes' within-class scatter ("refreshed each epoch"). Nothing is generated in
   the first epoch of the window, before any statistics exist. A class absent from an epoch
   keeps its previous center.
-* At a stage of feature maps a center is a whole map (``C x H x W``) and the principal
+* At a point of feature maps a center is a whole map (``C x H x W``) and the principal
   directions are in the channel space, every spatial position of every frequent residual
   counting as one observation (a ``C x C`` scatter instead of a ``CHW x CHW`` one); at
   ``features`` this is ordinary PCA of the feature vectors.
 * FTL has no learned parameters here: the paper's encoder/decoder and alternating training
   schedule belong to its face-recognition pipeline; the transfer itself is the part compared.
-  The new samples carry no gradient and train the layers after the stage.
+  The new samples carry no gradient and train the layers after the point.
 * ``s_new`` is RSG's rule (:func:`~lttoolbox.generators.base.generation_count`).
 
 Example:
@@ -53,23 +53,23 @@ class FTL(FeatureGenerator):
     """Feature transfer learning (Yin et al., CVPR 2019), end to end; see the module docstring.
 
     Args:
-        components: Principal directions kept (10, our choice; at most the stage's channels).
-        frequent_fraction, transfer_strength, stage, feature_shape, start_epoch, end_epoch: see
+        components: Principal directions kept (10, our choice; at most the channels at the point).
+        frequent_fraction, transfer_strength, point, feature_shape, start_epoch, end_epoch: see
             :class:`~lttoolbox.generators.base.FeatureGenerator`.
 
     Recipe::
 
-        generator: {name: ftl, stage: layer2}
+        generator: {name: ftl, point: layer2}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], stage: str | None = None,
+    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
                  feature_shape: Sequence[int] | None = None, components: int = 10,
                  frequent_fraction: float | None = None, transfer_strength: float | None = None,
                  start_epoch: int = 0, end_epoch: int | None = None,
-                 stage_names: Sequence[str] | None = None, stage_shapes: dict | None = None,
+                 point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
                  imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, stage, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, stage_names, stage_shapes,
+        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
+                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
                          imbalance_type)
         channels, height, width = self.feature_shape
         self.components = min(check_int(components, "components", 1), channels)

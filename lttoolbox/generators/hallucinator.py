@@ -1,5 +1,5 @@
 """The hallucinator (Wang, Girshick, Hebert and Hariharan, CVPR 2018, "Low-Shot Learning from
-Imaginary Data"), made end to end at a convolutional stage.
+Imaginary Data"), made end to end at a model point of feature maps.
 
 A generator ``G`` maps a rare seed sample ``x`` and a noise vector ``z ~ N(0, I)`` to a new
 sample with the seed's label, ``x' = G(x, z)``, and is trained jointly with the classifier
@@ -46,25 +46,25 @@ class Hallucinator(FeatureGenerator):
     """The hallucinator (Wang et al., CVPR 2018), end to end; see the module docstring.
 
     Args:
-        noise_dim: Size of the noise vector ``z`` (default: the stage's channels; our choice).
-        hidden: Width of the MLP's hidden layers (default: the stage's channels; our choice).
-        frequent_fraction, transfer_strength, stage, feature_shape, start_epoch, end_epoch: see
+        noise_dim: Size of the noise vector ``z`` (default: the channels at the point; our choice).
+        hidden: Width of the MLP's hidden layers (default: the channels at the point; our choice).
+        frequent_fraction, transfer_strength, point, feature_shape, start_epoch, end_epoch: see
             :class:`~lttoolbox.generators.base.FeatureGenerator`.
 
     Recipe::
 
-        generator: {name: hallucinator, stage: layer2}
+        generator: {name: hallucinator, point: layer2}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], stage: str | None = None,
+    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
                  feature_shape: Sequence[int] | None = None, noise_dim: int | None = None,
                  hidden: int | None = None, frequent_fraction: float | None = None,
                  transfer_strength: float | None = None, start_epoch: int = 0,
-                 end_epoch: int | None = None, stage_names: Sequence[str] | None = None,
-                 stage_shapes: dict | None = None,
+                 end_epoch: int | None = None, point_names: Sequence[str] | None = None,
+                 point_shapes: dict | None = None,
                  imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, stage, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, stage_names, stage_shapes,
+        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
+                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
                          imbalance_type)
         channels = self.feature_shape[0]
         self.noise_dim = check_int(channels if noise_dim is None else noise_dim, "noise_dim", 1)

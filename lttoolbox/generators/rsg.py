@@ -1,7 +1,7 @@
 """RSG, the rare-class sample generator (Wang, Lukasiewicz, Hu, Cai and Xu, CVPR 2021, "RSG: A
 Simple but Effective Module for Learning Imbalanced Datasets", Section 3, Eqs. 1-7, Algorithm 1).
 
-RSG attaches at a convolutional stage and has three parts:
+RSG attaches at a model point of feature maps and has three parts:
 
 * **Center estimation.** Each class ``l`` has ``K`` centers in the channel dimension,
   ``c_{l,k}`` in ``R^C`` (broadcast over the spatial positions). A sample ``x`` of class ``l``
@@ -36,8 +36,8 @@ gradients from the step; never by flipping ``requires_grad`` inside ``forward``)
 Gradients, as the official code routes them (``Imbalanced_Classification/models/RSG.py`` at
 commit 3c5074511455428d81af89e1621493dcdb5db6ce of https://github.com/Jianf-Wang/RSG): RSG
 reads the maps detached, so neither its losses nor the generated samples reach the layers
-before its stage; the generated samples' classification loss trains ``T`` and the
-layers after the stage.
+before its point; the generated samples' classification loss trains ``T`` and the
+layers after the point.
 
 Deliberate deviations from the official code (docs/generators.md):
 
@@ -174,16 +174,16 @@ class RSG(FeatureGenerator):
         mv_terms: The terms of ``L_MV`` (all three by default; drop one for Table 3's ablations).
         displace: ``samples`` (``x_new = T(x_fd) + x_rare``) or ``centers`` (``+ up(c_rare)``).
         transform: Apply ``T`` (true); false adds ``x_fd`` directly and drops ``L_MV``.
-        frequent_fraction, transfer_strength, stage, start_epoch, end_epoch: see
+        frequent_fraction, transfer_strength, point, start_epoch, end_epoch: see
             :class:`~lttoolbox.generators.base.FeatureGenerator` (alpha 0.2 and beta 1.0 for
             long-tailed data, 0.5 and 0.01 for step imbalance).
 
     Recipe::
 
-        generator: {name: rsg, stage: layer2, generation_start_epoch: 160}
+        generator: {name: rsg, point: layer2, generation_start_epoch: 160}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], stage: str | None = None,
+    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
                  feature_shape: Sequence[int] | None = None, num_centers: int = 15,
                  frequent_fraction: float | None = None, transfer_strength: float | None = None,
                  contrastive_channels: int = 256, contrastive_kernel: int = 3,
@@ -191,10 +191,10 @@ class RSG(FeatureGenerator):
                  mv_weight: float = 0.01, mv_terms: Sequence[str] = MV_TERMS,
                  displace: str = "samples", transform: bool = True, start_epoch: int = 0,
                  end_epoch: int | None = None, total_epochs: int | None = None,
-                 stage_names: Sequence[str] | None = None, stage_shapes: dict | None = None,
+                 point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
                  imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, stage, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, stage_names, stage_shapes,
+        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
+                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
                          imbalance_type)
         channels = self.feature_shape[0]
         self.num_centers = check_int(num_centers, "num_centers", 1)

@@ -50,8 +50,8 @@ class LabelAwareSmoothingLoss(LTLoss):
 
     Deviation: the MiSLAS code spreads ``eps_y`` uniformly over all ``K`` classes, the target
     included (``(1 - eps) CE + eps * mean_i(-log p_i)``); this follows the paper's ``K - 1``. MiSLAS
-    uses the loss in its classifier re-training stage; here it is a plain loss that a recipe may
-    use in any stage.
+    uses the loss in its classifier re-training phase; here it is a plain loss that a recipe may
+    use in any phase.
 
     Args:
         smooth_head: ``eps`` of the most frequent class, in ``[0, 1)`` (MiSLAS CIFAR-10-LT: 0.3,

@@ -1,10 +1,10 @@
 """Models (registry ``MODELS``, recipe section ``model``): ``resnet32``, ``digits_cnn``, and the
 ImageNet-scale ``resnet10``, ``resnet50``, ``resnet152``, ``resnext50_32x4d``.
 
-Every model is an :class:`LTModel` with named stages (``model.stage_names``), a swappable head
+Every model is an :class:`LTModel` with named points (``model.point_names``), a swappable head
 (``linear``, ``cosine``, see :mod:`lttoolbox.models.heads`; ``tau_norm`` and ``lws`` of decoupled
 training, see :mod:`lttoolbox.models.decoupling`), ``forward_hooked`` for acting at a
-stage, ``freeze`` and ``reset_head``. Importing this package registers every entry.
+point, ``freeze`` and ``reset_head``. Importing this package registers every entry.
 """
 from .heads import HEADS, CosineHead, LinearHead, build_head, head_config
 from .base import GlobalAvgPool, LTModel

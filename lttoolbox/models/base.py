@@ -1,11 +1,12 @@
-"""The model contract shared by every registered network: named stages, hooks, freezing, heads.
+"""The model contract shared by every registered network: named points, hooks, freezing, heads.
 
-A model is a chain of named stages followed by a classifier head::
+A model is a chain of named blocks followed by a classifier head; each block's output, and the
+input before the first, is a named *point* of the model::
 
     input -> stem -> layer1 -> ... -> features -> head -> logits
 
 ``input`` is the image batch, ``features`` the pooled feature vector that enters the head. The
-trainer (or any caller) can act at any stage with ``forward_hooked(batch, hooks)``, which is how
+trainer (or any caller) can act at any point with ``forward_hooked(batch, hooks)``, which is how
 input mixup, manifold mixup and feature generators plug in without a model knowing about them.
 
 Example:
@@ -54,20 +55,21 @@ def check_image_size(value: Any, minimum: int) -> tuple[int, int]:
 
 
 class GlobalAvgPool(nn.Module):
-    """The ``features`` stage: global average pooling to a ``(B, C)`` vector."""
+    """The ``features`` block: global average pooling to a ``(B, C)`` vector."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
 
 
 class LTModel(nn.Module):
-    """Base class of every registered model: named stages plus a swappable head.
+    """Base class of every registered model: named blocks, whose outputs are the model's points,
+    plus a swappable head.
 
-    Subclasses build their layers and call :meth:`_set_stages` with the ordered stages after
-    ``input`` (the last one must be ``features``, producing the pooled vector).
+    Subclasses build their layers and call :meth:`_set_blocks` with the ordered blocks (the
+    points after ``input``; the last one must be ``features``, producing the pooled vector).
 
     Attributes:
-        stage_names: ``("input", <stages>..., "features")``.
+        point_names: ``("input", <blocks>..., "features")``.
         feature_dim: Size of the pooled feature vector.
         num_classes: Number of logits.
         in_channels: Channels the model expects at its input.
@@ -81,16 +83,16 @@ class LTModel(nn.Module):
         self.in_channels = check_int(in_channels, "in_channels", 1)
         self.head_cfg = head_config(head)
         self._frozen: set[str] = set()
-        self._fixed_stats: set[str] = set()  # frozen stages kept in eval mode
+        self._fixed_stats: set[str] = set()  # frozen blocks kept in eval mode
 
-    def _set_stages(self, stages: list[tuple[str, nn.Module]], feature_dim: int) -> None:
-        names = tuple(name for name, _ in stages)
+    def _set_blocks(self, blocks: list[tuple[str, nn.Module]], feature_dim: int) -> None:
+        names = tuple(name for name, _ in blocks)
         if not names or names[-1] != "features" or "input" in names or "head" in names:
-            raise AssertionError(f"bad stage list {names}")  # a bug in the subclass
-        for name, module in stages:
+            raise AssertionError(f"bad block list {names}")  # a bug in the subclass
+        for name, module in blocks:
             self.add_module(name, module)
         self._body = names
-        self.stage_names = ("input",) + names
+        self.point_names = ("input",) + names
         self.feature_dim = feature_dim
         self.head = build_head(self.head_cfg, feature_dim, self.num_classes)
 
@@ -117,31 +119,31 @@ class LTModel(nn.Module):
         return x
 
     def forward_hooked(self, batch: Batch, hooks: dict[str, Hook]) -> tuple[torch.Tensor, Batch]:
-        """Run the stages in order, letting ``hooks[stage](h, batch)`` act at named stages.
+        """Run the blocks in order, letting ``hooks[point](h, batch)`` act at named points.
 
-        At ``input`` the hook receives ``batch.x`` before the stem; at any other stage it receives
-        that stage's output. Inside a hook ``batch.x`` is the same tensor as ``h`` (the
-        activations at that stage). Each hook returns ``(h, batch)``; ``h`` continues through the
-        network and the returned batch replaces the current one, so a mixing hook can set
-        ``y_a``, ``y_b`` and ``lam``.
+        At ``input`` the hook receives ``batch.x`` before the stem; at any other point it
+        receives the output of the block of that name. Inside a hook ``batch.x`` is the same
+        tensor as ``h`` (the activations at that point). Each hook returns ``(h, batch)``; ``h``
+        continues through the network and the returned batch replaces the current one, so a
+        mixing hook can set ``y_a``, ``y_b`` and ``lam``.
 
         Args:
             batch: The training batch (``lttoolbox.batch.Batch``).
-            hooks: Stage name -> ``callable(h, batch) -> (h, batch)``; may be empty.
+            hooks: Point name -> ``callable(h, batch) -> (h, batch)``; may be empty.
 
         Returns:
             ``(logits, batch)`` where ``batch`` is the one the hooks last returned (its ``x`` is
-            then the activation at the last hooked stage), or the input batch if no hook ran.
+            then the activation at the last hooked point), or the input batch if no hook ran.
 
         Raises:
-            ConfigError: a hook names a stage the model does not have.
+            ConfigError: a hook names a point the model does not have.
         """
         if not hooks:  # the common path costs exactly one forward
             return self.forward(batch.x), batch
-        unknown = [name for name in hooks if name not in self.stage_names]
+        unknown = [name for name in hooks if name not in self.point_names]
         if unknown:
-            raise ConfigError(f"{type(self).__name__} has no stage {', '.join(map(repr, unknown))}; "
-                              f"stages: {', '.join(self.stage_names)}")
+            raise ConfigError(f"{type(self).__name__} has no point {', '.join(map(repr, unknown))}; "
+                              f"points: {', '.join(self.point_names)}")
         h = batch.x
         self._check_input(h)
         if "input" in hooks:
@@ -153,8 +155,8 @@ class LTModel(nn.Module):
         return self.head(h), batch
 
     @torch.no_grad()
-    def stage_shapes(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
-        """The shape of one sample's activations at every stage (``input`` included), found by
+    def point_shapes(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+        """The shape of one sample's activations at every point (``input`` included), found by
         one forward of ``x`` in eval mode (no statistics move, no random draw)."""
         shapes: dict[str, tuple[int, ...]] = {}
 
@@ -168,7 +170,7 @@ class LTModel(nn.Module):
         self.eval()
         try:
             labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            self.forward_hooked(Batch.plain(x, labels), {n: spy(n) for n in self.stage_names})
+            self.forward_hooked(Batch.plain(x, labels), {n: spy(n) for n in self.point_names})
         finally:
             self.train(training)
         return shapes
@@ -180,7 +182,7 @@ class LTModel(nn.Module):
             batch = batch.replace(x=h)
         out = hooks[name](h, batch)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Batch)):
-            raise TypeError(f"hook at stage '{name}' must return (h, batch), got {type(out)}")
+            raise TypeError(f"hook at point '{name}' must return (h, batch), got {type(out)}")
         return out
 
     # ----------------------------------------------------------------------------------- freezing
@@ -195,26 +197,26 @@ class LTModel(nn.Module):
                 resolved.extend(self._body)
             elif name in self._freezable():
                 resolved.append(name)
-            elif name != "input":  # the input stage has nothing to freeze
+            elif name != "input":  # no block ends at the input: nothing to freeze
                 raise ConfigError(f"cannot freeze '{name}'; choose from backbone, "
-                                  f"{', '.join(self.stage_names)}, head")
+                                  f"{', '.join(self.point_names)}, head")
         return resolved
 
     @property
     def frozen(self) -> tuple[str, ...]:
-        """Names of the frozen stages, in network order."""
+        """Names of the frozen blocks, in network order."""
         return tuple(n for n in self._freezable() if n in self._frozen)
 
     @property
     def fixed_statistics(self) -> tuple[str, ...]:
-        """Names of the frozen stages whose BatchNorm statistics are fixed (``freeze_bn_stats``),
+        """Names of the frozen blocks whose BatchNorm statistics are fixed (``freeze_bn_stats``),
         in network order."""
         return tuple(n for n in self._freezable() if n in self._fixed_stats)
 
     def freeze(self, names: str | Iterable[str], freeze_bn_stats: bool = False) -> "LTModel":
-        """Freeze stages: no gradients for their parameters.
+        """Freeze blocks: no gradients for their parameters.
 
-        By default a frozen stage still follows :meth:`train` and :meth:`eval`, so while the model
+        By default a frozen block still follows :meth:`train` and :meth:`eval`, so while the model
         trains its BatchNorm layers normalise with the batch's statistics and update their running
         statistics, exactly as in the reference codes of classifier re-training, which only set
         ``requires_grad = False`` and train in ``model.train()``:
@@ -224,15 +226,16 @@ class LTModel(nn.Module):
         are buffers of the state dict, so a checkpoint holds them and a resumed run continues
         exactly.
 
-        With ``freeze_bn_stats`` the stage stays in eval mode even while the model trains
+        With ``freeze_bn_stats`` the block stays in eval mode even while the model trains
         (:meth:`train` is overridden): its BatchNorm normalises with the running statistics of
         the earlier training and they do not move (Bag of Tricks' ``EVAL_MODE: True`` does this
         for the whole network, ``lib/config/default.py`` line 20).
 
         Args:
-            names: Stage names (``"input"`` is accepted and freezes nothing), ``"head"``, or
-                ``"backbone"`` (every stage before the head).
-            freeze_bn_stats: Keep these stages' BatchNorm statistics fixed (eval mode).
+            names: Point names, each freezing the block that ends there (``"input"`` is
+                accepted and freezes nothing), ``"head"``, or ``"backbone"`` (every block before
+                the head).
+            freeze_bn_stats: Keep these blocks' BatchNorm statistics fixed (eval mode).
 
         Returns:
             The model.
@@ -264,7 +267,7 @@ class LTModel(nn.Module):
         return self
 
     def unfreeze(self, names: str | Iterable[str] | None = None) -> "LTModel":
-        """Undo :meth:`freeze` for ``names`` (all frozen stages when ``None``)."""
+        """Undo :meth:`freeze` for ``names`` (all frozen blocks when ``None``)."""
         for name in (list(self._frozen) if names is None else self._resolve(names)):
             module = getattr(self, name)
             module.requires_grad_(True)

@@ -1,6 +1,6 @@
 """Classifier heads of decoupled training (Kang et al., "Decoupling Representation and Classifier
 for Long-Tailed Recognition", ICLR 2020, Sec. 4): they take over the trained linear classifier of
-the previous stage and re-balance it.
+the previous phase and re-balance it.
 
 * ``tau_norm``: ``logits_c = <w_c / ||w_c||^tau, f>`` (Sec. 4, "tau-normalized classifier"),
   nothing trained; tau 0 is the classifier unchanged (without its bias), tau 1 gives every class
@@ -9,10 +9,10 @@ the previous stage and re-balance it.
   frozen and only the per-class scales ``s`` (initialised to 1) trained, with class-balanced
   sampling (Sec. 4, "LWS").
 
-cRT (classifier re-training) needs no head of its own: a stage with ``train: {freeze: [backbone],
-reset_head: true}`` and class-balanced sampling (docs/stages.md).
+cRT (classifier re-training) needs no head of its own: a phase with ``train: {freeze: [backbone],
+reset_head: true}`` and class-balanced sampling (docs/phases.md).
 
-A stage whose head has ``adopt`` takes over the previous stage's head instead of starting from a
+A phase whose head has ``adopt`` takes over the previous phase's head instead of starting from a
 fresh initialisation; ``follows`` names the heads it can take over (a cosine head normalises its
 rows already, so tau-normalising it would change nothing, and its logits are not ``W f + b``).
 
@@ -64,9 +64,9 @@ class TauNormHead(nn.Module):
         keep_bias: Keep the previous classifier's bias. The paper drops it; Bag of Tricks' code
             keeps it (it normalises ``classifier.weight`` only).
 
-    Recipe (a stage after any first stage with a linear head)::
+    Recipe (a phase after any first phase with a linear head)::
 
-        stages:
+        phases:
           - name: joint
           - name: tau_norm
             model: {head: {name: tau_norm, tau: auto}}
@@ -105,7 +105,7 @@ class TauNormHead(nn.Module):
         return self.auto
 
     def adopt(self, previous: nn.Module) -> None:
-        """Take over the previous stage's linear classifier."""
+        """Take over the previous phase's linear classifier."""
         _take_over(self, previous, "tau_norm")
 
     def normalised_weight(self) -> torch.Tensor:
@@ -144,7 +144,7 @@ class LWSHead(nn.Module):
 
     Recipe::
 
-        stages:
+        phases:
           - name: joint
           - name: lws
             model: {head: lws}
@@ -161,7 +161,7 @@ class LWSHead(nn.Module):
         self.scales = nn.Parameter(torch.ones(num_classes))
 
     def adopt(self, previous: nn.Module) -> None:
-        """Take over the previous stage's linear classifier (an LWS head: its scaled form)."""
+        """Take over the previous phase's linear classifier (an LWS head: its scaled form)."""
         if isinstance(previous, LWSHead):
             with torch.no_grad():
                 self.weight.copy_(previous.weight * previous.scales[:, None])

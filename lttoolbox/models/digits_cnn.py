@@ -29,11 +29,11 @@ def conv_bn_relu(in_channels: int, out_channels: int, batch_norm: bool = True) -
 
 @MODELS.register("digits_cnn")
 class DigitsCNN(LTModel):
-    """Small convnet with stages ``input, stem, layer1, layer2, features``.
+    """Small convnet with points ``input, stem, layer1, layer2, features``.
 
     * ``stem``: 3x3 conv (``in_channels`` -> 32) + BN + ReLU, 8x8;
     * ``layer1``: 3x3 conv (32 -> 64) + BN + ReLU, 8x8;
-    * ``layer2``: 2x2 max pooling, 4x4 (a parameter-free stage, so manifold mixup has a
+    * ``layer2``: 2x2 max pooling, 4x4 (a parameter-free block, so manifold mixup has a
       down-sampled map to act on);
     * ``features``: global average pooling, 64-d.
 
@@ -64,7 +64,7 @@ class DigitsCNN(LTModel):
         check_image_size(image_size, 2)
         if not isinstance(batch_norm, bool):
             raise ConfigError(f"batch_norm must be true or false, got {batch_norm!r}")
-        self._set_stages([
+        self._set_blocks([
             ("stem", nn.Sequential(*conv_bn_relu(in_channels, 32, batch_norm))),
             ("layer1", nn.Sequential(*conv_bn_relu(32, 64, batch_norm))),
             ("layer2", nn.MaxPool2d(2)),

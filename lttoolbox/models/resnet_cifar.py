@@ -1,7 +1,7 @@
 """The CIFAR ResNets of He et al. (CVPR 2016, Sec. 4.2), as used by the long-tailed literature.
 
 ``resnet32`` is the backbone of LDAM-DRW (Cao et al., NeurIPS 2019) and most CIFAR-LT papers after
-it: a 3x3 conv (16) stem, three stages of ``n = 5`` basic blocks with 16/32/64 channels on
+it: a 3x3 conv (16) stem, three groups of ``n = 5`` basic blocks with 16/32/64 channels on
 32x32/16x16/8x8 maps, global average pooling and a classifier head, ``6n + 2 = 32`` weighted
 layers, about 0.46M parameters with a 10-class linear head (He et al., Table 6).
 
@@ -11,7 +11,7 @@ Example:
     >>> model = ResNet32(num_classes=10)
     >>> model(torch.randn(2, 3, 32, 32)).shape
     torch.Size([2, 10])
-    >>> model.stage_names
+    >>> model.point_names
     ('input', 'stem', 'layer1', 'layer2', 'layer3', 'features')
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(LTModel):
-    """CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, Sec. 4.2) with named stages
+    """CIFAR ResNet of depth ``6n + 2`` (He et al. 2016, Sec. 4.2) with named points
     ``input, stem, layer1, layer2, layer3, features``.
 
     Args:
@@ -110,7 +110,7 @@ class CifarResNet(LTModel):
         image_size: Image side or ``(h, w)`` (context); only validated, the network is
             size-agnostic thanks to global pooling (at least 4 so ``layer3`` keeps a pixel).
         head: Head config, ``"linear"`` (default) or ``"cosine"`` or a dict.
-        widths: Channels of the three stages (16, 32, 64 in the paper).
+        widths: Channels of the three groups of blocks (16, 32, 64 in the paper).
     """
 
     def __init__(self, depth: int = 32, num_classes: int = 10, in_channels: int = 3,
@@ -121,7 +121,7 @@ class CifarResNet(LTModel):
             raise ConfigError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, ...), got {depth!r}")
         check_image_size(image_size, 4)
         blocks = (depth - 2) // 6
-        stages: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(
+        named: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(
             nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
             nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)))]
         channels = widths[0]
@@ -130,10 +130,10 @@ class CifarResNet(LTModel):
             for b in range(blocks):
                 layers.append(BasicBlock(channels, width, stride=2 if (i > 0 and b == 0) else 1))
                 channels = width
-            stages.append((f"layer{i + 1}", nn.Sequential(*layers)))
-        stages.append(("features", GlobalAvgPool()))
+            named.append((f"layer{i + 1}", nn.Sequential(*layers)))
+        named.append(("features", GlobalAvgPool()))
         self.depth = depth
-        self._set_stages(stages, feature_dim=channels)
+        self._set_blocks(named, feature_dim=channels)
         init_weights(self)
 
 

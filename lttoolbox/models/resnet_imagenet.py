@@ -1,15 +1,15 @@
-"""ImageNet-scale ResNets built from torchvision's code, with the named-stage contract.
+"""ImageNet-scale ResNets built from torchvision's code, with the named-point contract.
 
 The backbones of the large long-tailed benchmarks (ImageNet-LT, Places-LT, iNaturalist):
 
-* ``resnet10``: He et al.'s design (CVPR 2016) with one BasicBlock per stage; trained from
+* ``resnet10``: He et al.'s design (CVPR 2016) with one BasicBlock per group; trained from
   scratch on ImageNet-LT by OLTR (Liu et al., CVPR 2019) and the decoupling paper (Kang et al.,
   ICLR 2020);
 * ``resnet50`` (He et al., CVPR 2016): iNaturalist in Kang et al.;
 * ``resnet152`` (He et al., CVPR 2016): Places-LT, from ImageNet weights, in both papers;
 * ``resnext50_32x4d`` (Xie et al., CVPR 2017): Kang et al.'s main ImageNet-LT backbone.
 
-The blocks are torchvision's (``torchvision.models.resnet``), regrouped into stages::
+The blocks are torchvision's (``torchvision.models.resnet``), regrouped into named blocks::
 
     input -> stem (conv1, bn1, relu, maxpool) -> layer1 -> layer2 -> layer3 -> layer4
           -> features (global average pooling) -> head
@@ -24,7 +24,7 @@ Example:
     >>> import torch
     >>> from lttoolbox.models import ResNet10
     >>> model = ResNet10(num_classes=5)
-    >>> model.stage_names
+    >>> model.point_names
     ('input', 'stem', 'layer1', 'layer2', 'layer3', 'layer4', 'features')
     >>> model(torch.randn(1, 3, 64, 64)).shape
     torch.Size([1, 5])
@@ -60,7 +60,7 @@ def torchvision_resnet(arch: str, **kwargs: Any) -> nn.Module:
     """
     from torchvision.models import resnet as tv
 
-    if arch == "resnet10":  # not in torchvision: its ResNet class with one BasicBlock per stage
+    if arch == "resnet10":  # not in torchvision: its ResNet class with one BasicBlock per group
         return tv.ResNet(tv.BasicBlock, [1, 1, 1, 1], **kwargs)
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
@@ -68,7 +68,7 @@ def torchvision_resnet(arch: str, **kwargs: Any) -> nn.Module:
 
 
 class ImageNetResNet(LTModel):
-    """A torchvision ResNet with stages ``input, stem, layer1, layer2, layer3, layer4,
+    """A torchvision ResNet with points ``input, stem, layer1, layer2, layer3, layer4,
     features`` and a recipe head (unregistered; see the four entries below).
 
     Attributes:
@@ -107,10 +107,10 @@ class ImageNetResNet(LTModel):
             nn.init.kaiming_normal_(conv1.weight, mode="fan_out", nonlinearity="relu")
         stem = nn.Sequential(OrderedDict(conv1=conv1, bn1=net.bn1, relu=net.relu,
                                          maxpool=net.maxpool))
-        stages: list[tuple[str, nn.Module]] = [("stem", stem)]
-        stages += [(name, getattr(net, name)) for name in _LAYERS]
-        stages.append(("features", GlobalAvgPool()))
-        self._set_stages(stages, feature_dim=net.fc.in_features)
+        named: list[tuple[str, nn.Module]] = [("stem", stem)]
+        named += [(name, getattr(net, name)) for name in _LAYERS]
+        named.append(("features", GlobalAvgPool()))
+        self._set_blocks(named, feature_dim=net.fc.in_features)
         self.arch = arch
         self.weights_path: str | None = None
         if weights is not None:
@@ -152,7 +152,7 @@ def _read_state_dict(path: Any) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _stage_name(key: str) -> str | None:
+def _our_name(key: str) -> str | None:
     """This model's name for a file's key (``None`` if it has none): torchvision's ``conv1`` and
     ``bn1`` move under ``stem``; this toolbox's own names (``stem.*``) stay."""
     top = key.split(".", 1)[0]
@@ -162,8 +162,8 @@ def _stage_name(key: str) -> str | None:
 
 
 def _tv_name(name: str) -> str:
-    stage, rest = name.split(".", 1)
-    return rest if stage == "stem" else name
+    block, rest = name.split(".", 1)
+    return rest if block == "stem" else name
 
 
 def load_torchvision_weights(model: ImageNetResNet, path: str | os.PathLike) -> list[str]:
@@ -176,7 +176,7 @@ def load_torchvision_weights(model: ImageNetResNet, path: str | os.PathLike) -> 
     * a checkpoint dict with that state dict under ``state_dict`` or ``model``;
     * either one with every key prefixed by ``module.`` (saved from ``DataParallel``/DDP);
     * this toolbox's own names (``stem.conv1.weight``, ..., ``head.*``), so the
-      ``model-<stage>.pt`` or ``checkpoint.pt`` of a run of the same architecture can start
+      ``model-<phase>.pt`` or ``checkpoint.pt`` of a run of the same architecture can start
       another one.
 
     ``conv1``/``bn1`` go to ``stem.conv1``/``stem.bn1``, ``layerN`` to ``layerN``. The
@@ -207,7 +207,7 @@ def load_torchvision_weights(model: ImageNetResNet, path: str | os.PathLike) -> 
         if key.split(".", 1)[0] in ("fc", "head"):  # a classifier for other classes
             skipped.append(key)
             continue
-        name = _stage_name(key)
+        name = _our_name(key)
         if name is None or name not in ours:
             unexpected.append(key)
         else:

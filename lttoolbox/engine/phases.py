@@ -1,7 +1,7 @@
-"""A training stage's components and the hooks they put on the model.
+"""A training phase's components and the hooks they put on the model.
 
-The trainer builds one :class:`Stage` per recipe stage; each component that acts inside the model
-(augmentations, generators) is hooked at its model stage(s), and :func:`active_hooks` gives, each
+The trainer builds one :class:`Phase` per recipe phase; each component that acts inside the model
+(augmentations, generators) is hooked at its model point(s), and :func:`active_hooks` gives, each
 epoch, the hooks of the components whose epoch window is open.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from ..errors import ConfigError
 
 
 @dataclass
-class Stage:
-    """One stage's recipe and the components built from it."""
+class Phase:
+    """One phase's recipe and the components built from it."""
 
     name: str
     recipe: dict
@@ -22,7 +22,7 @@ class Stage:
     loss: Any
     augments: list
     generator: Any
-    hooked: list = field(default_factory=list)  # (component, stage name, recipe key, hook)
+    hooked: list = field(default_factory=list)  # (component, point name, recipe key, hook)
 
     @property
     def components(self) -> list:
@@ -31,7 +31,7 @@ class Stage:
 
 
 def chain_hooks(parts: list) -> Callable:
-    """Several components at one stage act in recipe order."""
+    """Several components at one point act in recipe order."""
     def hook(h, batch):
         for part in parts:
             h, batch = part(h, batch)
@@ -56,88 +56,88 @@ def check_one_mix_at_a_time(named: list, epochs: int) -> None:
 
 
 def check_data_preparers(named: list, index: int, epochs: int) -> None:
-    """Refuse a component that adds training images at its stage's start (``prepare``) where
+    """Refuse a component that adds training images at its phase's start (``prepare``) where
     they would be wrong or wasted.
 
-    * Two in one stage: each tops the classes up from the same counts, so every class would
+    * Two in one phase: each tops the classes up from the same counts, so every class would
       overshoot its target.
-    * In a stage that trains 0 epochs: the images would be made and never trained on.
-    * In the first stage, for one that reads the trained model (``reads_trained_model``, as
+    * In a phase that trains 0 epochs: the images would be made and never trained on.
+    * In the first phase, for one that reads the trained model (``reads_trained_model``, as
       CAM-based re-sampling reads its class activation maps): nothing is trained yet.
     """
     preparers = [(part, key) for part, key in named if hasattr(part, "prepare")]
     for part, key in preparers:
         name = getattr(part, "registry_name", type(part).__name__)
         if epochs == 0:
-            raise ConfigError(f"{name} adds training images at the start of its stage, and this "
-                              f"stage trains 0 epochs, so they would never be trained on; put it "
-                              f"in the stage that trains on them", key=key)
+            raise ConfigError(f"{name} adds training images at the start of its phase, and this "
+                              f"phase trains 0 epochs, so they would never be trained on; put it "
+                              f"in the phase that trains on them", key=key)
         if index == 0 and getattr(part, "reads_trained_model", False):
             raise ConfigError(f"{name} makes its images from the model trained so far, and in the "
-                              f"first stage nothing is trained yet (the maps would come from a "
-                              f"random network); put it in a later stage, after one that trains",
+                              f"first phase nothing is trained yet (the maps would come from a "
+                              f"random network); put it in a later phase, after one that trains",
                               key=key)
     if len(preparers) > 1:
         (_, first), (_, second) = preparers[:2]
         raise ConfigError(f"{first} and {second} both add training images at the start of the "
-                          f"stage; each tops the classes up from the same counts, so every class "
+                          f"phase; each tops the classes up from the same counts, so every class "
                           f"would overshoot its target; keep one", key=second)
 
 
-def active_hooks(stage: Stage) -> dict:
-    """Hooks of the components whose epoch window includes the current epoch."""
-    by_stage: dict[str, list] = {}
-    for part, where, _, hook in stage.hooked:
+def active_hooks(phase: Phase) -> dict:
+    """Hooks of the components whose epoch window includes the current epoch, by model point."""
+    by_point: dict[str, list] = {}
+    for part, where, _, hook in phase.hooked:
         if getattr(part, "active", True):
-            by_stage.setdefault(where, []).append(hook)
+            by_point.setdefault(where, []).append(hook)
     return {where: parts[0] if len(parts) == 1 else chain_hooks(parts)
-            for where, parts in by_stage.items()}
+            for where, parts in by_point.items()}
 
 
 def _window(part, epochs: int) -> tuple[int, int]:
     return part.start_epoch, min(epochs, part.end_epoch or epochs)
 
 
-def check_generator_placement(named: list, stage_names: tuple, epochs: int) -> None:
-    """Refuse a mixing augmentation that acts at or before a generator's stage in an epoch the
+def check_generator_placement(named: list, point_names: tuple, epochs: int) -> None:
+    """Refuse a mixing augmentation that acts at or before a generator's point in an epoch the
     generator acts in: a generator needs each sample's single class (which classes are frequent
     or rare, which centers a sample belongs to), and a mixed sample has two. Mixing after the
-    generator's stage (manifold mixup at ``features`` behind RSG at ``layer2``) is fine: it mixes
+    generator's point (manifold mixup at ``features`` behind RSG at ``layer2``) is fine: it mixes
     the extended batch, generated samples included."""
     generators = [(part, key) for part, key in named if getattr(part, "generates", False)]
     mixing = [(part, key) for part, key in named if getattr(part, "mixes", False)]
     for gen, gen_key in generators:
-        if gen.stage not in stage_names:
-            continue  # named by the stage check, with the model's stages
-        at = stage_names.index(gen.stage)
+        if gen.point not in point_names:
+            continue  # named by the point check, with the model's points
+        at = point_names.index(gen.point)
         for mix, mix_key in mixing:
-            points = getattr(mix, "stages", None) or (getattr(mix, "stage", "input"),)
-            early = [p for p in points if p in stage_names and stage_names.index(p) <= at]
+            points = getattr(mix, "points", None) or (getattr(mix, "point", "input"),)
+            early = [p for p in points if p in point_names and point_names.index(p) <= at]
             first = max(_window(gen, epochs)[0], _window(mix, epochs)[0])
             last = min(_window(gen, epochs)[1], _window(mix, epochs)[1])
             if early and first < last:
                 raise ConfigError(
-                    f"{mix_key} ({type(mix).__name__}) mixes the batch at stage '{early[0]}', at "
-                    f"or before {gen_key} ({type(gen).__name__}) at '{gen.stage}', in epochs "
+                    f"{mix_key} ({type(mix).__name__}) mixes the batch at point '{early[0]}', at "
+                    f"or before {gen_key} ({type(gen).__name__}) at '{gen.point}', in epochs "
                     f"{first}-{last - 1}; a generator needs each sample's single class. Mix at "
-                    f"a later stage (e.g. manifold mixup at 'features') or in other epochs "
+                    f"a later point (e.g. manifold mixup at 'features') or in other epochs "
                     f"(end_epoch/start_epoch)", key=mix_key)
 
 
-def describe_generators(stages: list, model) -> list[tuple[str, bool]]:
-    """One line per stage's generator: its parameter count beside the model's, and whether it is
+def describe_generators(phases: list, model) -> list[tuple[str, bool]]:
+    """One line per phase's generator: its parameter count beside the model's, and whether it is
     larger (RSG's centers and assignment grow with classes x channels x centers)."""
     backbone = sum(p.numel() for p in model.parameters())
     lines = []
-    for stage in stages:
-        gen = stage.generator
+    for phase in phases:
+        gen = phase.generator
         if gen is None or not hasattr(gen, "parameters"):
             continue
         count = sum(p.numel() for p in gen.parameters())
-        where = f"stage '{stage.name}': " if len(stages) > 1 else ""
+        where = f"phase '{phase.name}': " if len(phases) > 1 else ""
         too_large = count > backbone
         larger = ", more than the model" if too_large else ""
-        lines.append((f"{where}generator {type(gen).__name__} at '{gen.stage}' has {count:,} "
+        lines.append((f"{where}generator {type(gen).__name__} at '{gen.point}' has {count:,} "
                       f"parameters (model: {backbone:,}){larger}; they train alongside and are "
                       f"never exported", too_large))
     return lines
