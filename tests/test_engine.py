@@ -191,9 +191,8 @@ def test_impossible_hook_point_is_refused(tmp_path):
         def __call__(self, h, batch):
             return h, batch
 
-    if "test_nowhere" not in AUGMENTS:
+    with AUGMENTS.scoped(), pytest.raises(ConfigError, match=r"augment\[0\]\.point.*layer9"):
         AUGMENTS.register("test_nowhere")(AtNowhere)
-    with pytest.raises(ConfigError, match=r"augment\[0\]\.point.*layer9"):
         train(digits_recipe("augment=[test_nowhere]"), tmp_path / "run", quiet=True)
 
 
