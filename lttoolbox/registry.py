@@ -145,8 +145,10 @@ class Registry:
             >>> from lttoolbox.registry import Registry
             >>> TOYS = Registry("toy")
             >>> with TOYS.scoped():
-            ...     _ = TOYS.register("ball")(dict)
-            ...     "ball" in TOYS
+            ...     @TOYS.register("ball")
+            ...     class Ball:
+            ...         pass
+            ...     print("ball" in TOYS)
             True
             >>> "ball" in TOYS
             False

@@ -143,3 +143,12 @@ def test_a_toy_left_in_a_global_registry_is_reported():
         assert registry_changes(before) == [
             "loss 'toy_left_behind' was left registered (by test_registry)"]
     assert registry_changes(before) == []
+
+
+def test_module_examples_run():
+    import doctest
+
+    import lttoolbox.registry as registry_module
+
+    result = doctest.testmod(registry_module)
+    assert result.attempted >= 8 and result.failed == 0
