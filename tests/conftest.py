@@ -7,11 +7,19 @@ behind or removes one.
 """
 from __future__ import annotations
 
+import copy
 import sys
+from pathlib import Path
 
 import pytest
 
 from lttoolbox.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The imbalance ratios the CIFAR-LT recipes are checked at: as written (100) and with the
+#: override ``data.imbalance_ratio=50``, the way a user runs ratio 50.
+RATIOS = (100, 50)
 
 
 def loaded_registries() -> list[Registry]:
@@ -57,3 +65,46 @@ def registries_unchanged():
     changes = registry_changes(before)
     assert not changes, ("register toy entries inside Registry.scoped(): "
                          + "; ".join(changes))
+
+
+# ------------------------------------------------------------------------------- shipped recipes
+def read_at_ratio(path: Path, ratio: int) -> dict:
+    """The recipe at ``path`` (merged with its ``_base_`` chain) with ``data.imbalance_ratio``
+    set to ``ratio`` by an override, as ``lttrain PATH data.imbalance_ratio=50`` runs it."""
+    from lttoolbox.recipe import apply_overrides, read_recipe
+
+    return apply_overrides(read_recipe(path), [f"data.imbalance_ratio={ratio}"])
+
+
+def case_id(value) -> str:
+    """Test ids for ``(recipe path, ratio)`` cases: ``cifar10_lt/ce.yaml`` and ``50``."""
+    if isinstance(value, Path):
+        return value.relative_to(ROOT / "configs").as_posix()
+    return str(value)
+
+
+def on_digits(recipe: dict, epochs: int = 2, switch_epoch: int = 1) -> dict:
+    """The same tricks on ``digits_lt`` with ``digits_cnn`` for ``epochs`` epochs.
+
+    Every deferred switch (``*_epoch`` keys of the trick sections) moves to ``switch_epoch`` so a
+    short run still exercises both sides of it; the learning-rate schedule becomes flat.
+    """
+    recipe = copy.deepcopy(recipe)
+    recipe["data"] = {"name": "digits_lt"}
+    recipe["model"]["name"] = "digits_cnn"
+    recipe["train"]["epochs"] = epochs
+    recipe["schedule"].update(warmup_epochs=0, milestones=[])
+    parts = [recipe["sampler"], recipe["loss"], *recipe["augment"]]
+    if recipe.get("generator"):
+        parts.append(recipe["generator"])
+    for part in parts:
+        for key, value in part.items():
+            if key.endswith("_epoch") and isinstance(value, int) and value > 0:
+                part[key] = switch_epoch
+    return recipe
+
+
+#: The published numbers of the old Bag of Tricks results page, on Cui et al.'s split; no recipe
+#: may cite them any more (see benchmarks/reference_numbers.yaml).
+OUTDATED_NUMBERS = ("30.12", "31.22", "29.37", "23.63", "30.35", "30.81", "29.35", "27.08",
+                    "27.73", "26.66", "24.61", "26.83", "30.88")

@@ -394,7 +394,7 @@ AUGMENT_RECIPES = ["mixup", "manifold_mixup", "remix", "cutmix", "cmo_ce", "cmo_
 def on_digits_with_windows(recipe: dict) -> dict:
     """The recipe's tricks on the digits for 3 epochs (1 per later phase), every augmentation
     window opened at epoch 1 and left open, so both sides of it run."""
-    from recipe_helpers import on_digits
+    from conftest import on_digits
 
     recipe = on_digits(recipe, epochs=3)
     for aug in recipe["augment"]:
@@ -407,17 +407,11 @@ def on_digits_with_windows(recipe: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", AUGMENT_RECIPES)
-def test_augmentation_recipes_run_and_cite_their_numbers(name, tmp_path):
+def test_augmentation_recipes_run(name, tmp_path):
     from pathlib import Path
-
-    from recipe_helpers import check_header_cites_reference
 
     from lttoolbox.recipe import read_recipe
     root = Path(__file__).resolve().parents[1] / "configs"
-    for ds in ("cifar10_lt", "cifar100_lt"):
-        check_header_cites_reference(root / ds / f"{name}.yaml", name, ds)
-        ratio50 = (root / ds / "ratio50" / f"{name}.yaml").read_text().splitlines()
-        assert ratio50 == [f"_base_: ../{name}.yaml", "data: {imbalance_ratio: 50}"]
     recipe = read_recipe(root / "cifar10_lt" / f"{name}.yaml")
     recipe = resolve(on_digits_with_windows(recipe))
     results = train(recipe, tmp_path / name, quiet=True)

@@ -428,6 +428,8 @@ def test_list_shows_every_parameter_of_every_entry_and_the_heads(capsys):
     assert lttrain(["--list", "data"]) == 0
     listing = capsys.readouterr().out
     assert "imbalance_type='exp'" in listing and "image_size=" in listing
+    # and how to run another imbalance ratio: an override, not a recipe file of its own
+    assert "data.imbalance_ratio=50" in listing
 
 
 def test_the_listed_context_is_what_the_trainer_passes(tmp_path, monkeypatch):
@@ -457,9 +459,9 @@ def test_the_listed_context_is_what_the_trainer_passes(tmp_path, monkeypatch):
 
 def test_default_run_directory_keeps_the_data_set_in_the_path():
     a = default_run_dir(str(REPO / "configs/cifar10_lt/ce.yaml"), resume=False)
-    b = default_run_dir(str(REPO / "configs/cifar100_lt/ratio50/ce.yaml"), resume=False)
+    b = default_run_dir(str(REPO / "configs/cifar100_lt/ce.yaml"), resume=False)
     assert a.parent == Path("runs/cifar10_lt/ce")
-    assert b.parent == Path("runs/cifar100_lt/ratio50/ce")
+    assert b.parent == Path("runs/cifar100_lt/ce")
     assert default_run_dir("/tmp/mine.yaml", resume=False).parent == Path("runs/mine")
 
 

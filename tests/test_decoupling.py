@@ -283,20 +283,13 @@ def test_without_a_validation_split_the_profile_is_unchanged():
         digits.digits_lt(val_per_class=0)
 
 
-@pytest.mark.parametrize("name, row", [("ce_crt", "crt"), ("ce_lws", "lws"),
-                                       ("ce_tau_norm", "tau_norm"),
-                                       ("ldam_drw_crt", "ldam_drw_crt"),
-                                       ("cmo_ce_crt", "cmo_ce_crt"), ("cmo_ce_lws", "cmo_ce_lws"),
-                                       ("cmo_ce_tau_norm", "cmo_ce_tau_norm")])
-def test_decoupling_recipes_run_and_cite_their_numbers(tmp_path, name, row):
+@pytest.mark.parametrize("name", ["ce_crt", "ce_lws", "ce_tau_norm", "ldam_drw_crt", "cmo_ce_crt",
+                                  "cmo_ce_lws", "cmo_ce_tau_norm"])
+def test_decoupling_recipes_run(tmp_path, name):
     from pathlib import Path
-
-    from recipe_helpers import check_header_cites_reference
 
     from lttoolbox.recipe import read_recipe
     root = Path(__file__).resolve().parents[1] / "configs"
-    for ds in ("cifar10_lt", "cifar100_lt"):
-        check_header_cites_reference(root / ds / f"{name}.yaml", row, ds)
     recipe = read_recipe(root / "cifar10_lt" / f"{name}.yaml")
     val = recipe["data"].get("val_per_class")
     recipe.update(data={"name": "digits_lt", **({"val_per_class": 10} if val else {})},

@@ -598,7 +598,7 @@ ROWS = {"ce_rsg": "erm_rsg", "ldam_drw_rsg": "ldam_drw_rsg", "ce_delta_encoder":
 @pytest.mark.parametrize("dataset", ["cifar10_lt", "cifar100_lt"])
 @pytest.mark.parametrize("name", RECIPES)
 def test_generator_recipes_build_on_the_protocol(dataset, name):
-    from recipe_helpers import ROOT
+    from conftest import ROOT
     from lttoolbox.recipe import load_recipe
     from lttoolbox.registry import MODELS
 
@@ -628,7 +628,7 @@ def test_generator_recipes_build_on_the_protocol(dataset, name):
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_recipe_headers_cite_the_papers_numbers(name):
     import yaml
-    from recipe_helpers import ROOT
+    from conftest import ROOT
 
     refs = yaml.safe_load((ROOT / "benchmarks/reference_numbers.yaml").read_text())["entries"]
     for dataset in ("cifar10_lt", "cifar100_lt"):
@@ -641,7 +641,7 @@ def test_recipe_headers_cite_the_papers_numbers(name):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_generator_recipes_run_on_digits(tmp_path, name):
-    from recipe_helpers import ROOT, on_digits
+    from conftest import ROOT, on_digits
     from lttoolbox.recipe import load_recipe
 
     recipe = on_digits(load_recipe(ROOT / "configs" / "cifar10_lt" / f"{name}.yaml"))
