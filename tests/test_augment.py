@@ -51,21 +51,35 @@ def batch_of(size: int = 16) -> Batch:
 
 
 # ------------------------------------------------------------------------------------ contract
-ENTRIES = {"mixup": {}, "manifold_mixup": {"point": "input"}, "remix": {}, "cutmix": {"p": 1.0},
-           "cmo": {"p": 1.0},
-           "one_of": {"choices": [{"name": "mixup"}, {"name": "cutmix"}], "p": [0.5, 0.5]}}
+def contract_config(name: str) -> dict:
+    """The entry from its defaults (or its own ``example_config`` where a parameter has none),
+    acting on every batch at the input, where the contract test applies it."""
+    from lttoolbox.registry import recipe_parameters
+
+    cfg = dict(getattr(AUGMENTS.get(name), "example_config", {}))
+    defaults = {p.name: p.default for p in recipe_parameters(AUGMENTS, name)}
+    if "point" in defaults:
+        cfg.setdefault("point", "input")
+    if isinstance(defaults.get("p"), float):
+        cfg.setdefault("p", 1.0)
+    return cfg
 
 
-def test_every_registered_augmentation_is_covered():
-    shipped = {n for n in AUGMENTS.names() if not n.startswith("test_")}  # other tests' toys
-    # cam_resample prepares a phase's data instead of mixing batches: tests/test_cam.py
-    assert shipped == set(ENTRIES) | {"cam_resample"}
+#: Every registered augmentation that mixes batches, read from the registry; the others prepare a
+#: phase's data instead (cam_resample: tests/test_cam.py).
+MIXING = [name for name in AUGMENTS.names() if AUGMENTS.get(name).mixes]
 
 
-@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_every_registered_augmentation_builds_from_its_defaults_or_example():
+    assert MIXING
+    for name in AUGMENTS.names():
+        assert build(name, **contract_config(name)).mixes == (name in MIXING)
+
+
+@pytest.mark.parametrize("name", MIXING)
 def test_the_augmentation_contract(name):
     torch.manual_seed(0)
-    aug = build(name, **ENTRIES[name])
+    aug = build(name, **contract_config(name))
     assert aug.mixes and aug.point in CONTEXT["point_names"]
     aug.set_epoch(0)
     assert aug.active
