@@ -17,6 +17,14 @@ from lttoolbox.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: The end-to-end tests' base recipe: the embedded digits data and a small CNN, 2 epochs. Build a
+#: variant with :func:`digits`, never by editing this one.
+DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
+          "model": {"name": "digits_cnn"},
+          "optim": {"lr": 0.05},
+          "train": {"epochs": 2, "batch_size": 64},
+          "eval": {"many_threshold": 60, "few_threshold": 25}}
+
 #: The imbalance ratios the CIFAR-LT recipes are checked at: as written (100) and with the
 #: override ``data.imbalance_ratio=50``, the way a user runs ratio 50.
 RATIOS = (100, 50)
@@ -65,6 +73,23 @@ def registries_unchanged():
     changes = registry_changes(before)
     assert not changes, ("register toy entries inside Registry.scoped(): "
                          + "; ".join(changes))
+
+
+# --------------------------------------------------------------------------- end-to-end recipes
+def digits(**sections) -> dict:
+    """A copy of :data:`DIGITS` with ``sections`` merged in (mappings merge, lists replace):
+    ``digits(train={"epochs": 3})``."""
+    from lttoolbox.recipe import deep_merge
+
+    return deep_merge(copy.deepcopy(DIGITS), copy.deepcopy(sections))
+
+
+def write_recipe(path: Path, recipe: dict | None = None, text: str | None = None) -> Path:
+    """Write ``recipe`` (default: :data:`DIGITS`) or the raw ``text`` to ``path``."""
+    import yaml
+
+    path.write_text(text if text is not None else yaml.safe_dump(recipe or DIGITS))
+    return path
 
 
 # ------------------------------------------------------------------------------- shipped recipes

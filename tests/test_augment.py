@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import digits
 from lttoolbox.augment import CMO, CutMix, ManifoldMixup, Mixup, OneOf, Remix, paste_boxes
 from lttoolbox.augment.base import beta_draw
 from lttoolbox.batch import Batch
@@ -362,10 +363,7 @@ def test_manifold_mixup_mixes_at_one_listed_point_per_batch():
 
 
 # ------------------------------------------------------------------------- in the trainer
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10, "crop_padding": 1, "hflip": True},
-          "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
-          "train": {"epochs": 4, "batch_size": 64},
-          "eval": {"many_threshold": 60, "few_threshold": 25}}
+DIGITS = digits(data={"crop_padding": 1, "hflip": True}, train={"epochs": 4})
 
 
 @pytest.mark.parametrize("augment, key", [

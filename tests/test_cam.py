@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import digits
 from lttoolbox.augment.cam import (CAMResample, class_activation_maps, compose_moved_foreground,
                                    foreground_boxes, move_matrices)
 from lttoolbox.batch import Batch
@@ -157,13 +158,9 @@ def test_classes_are_topped_up_to_the_target():
     assert CAMResample(target=30).additions([50, 20, 5]) == [0, 10, 25]
 
 
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
-          "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
-          "train": {"epochs": 2, "batch_size": 64},
-          "eval": {"many_threshold": 60, "few_threshold": 25},
-          "phases": [{"name": "joint"},
-                     {"name": "cam", "augment": [{"name": "cam_resample"}],
-                      "sampler": {"name": "class_balanced"}, "train": {"epochs": 2}}]}
+DIGITS = digits(phases=[{"name": "joint"},
+                        {"name": "cam", "augment": [{"name": "cam_resample"}],
+                         "sampler": {"name": "class_balanced"}, "train": {"epochs": 2}}])
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import digits, write_recipe
 import lttoolbox
 from lttoolbox.cli import default_run_dir
 from lttoolbox.cli import main as lttrain
@@ -22,17 +23,9 @@ from lttoolbox.engine.monitor import epoch_line
 from lttoolbox.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
-          "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
-          "train": {"epochs": 3, "batch_size": 64},
-          "eval": {"many_threshold": 60, "few_threshold": 25}}
+DIGITS = digits(train={"epochs": 3})
 METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "per_class_acc", "ece",
            "confusion_matrix", "train_class_counts", "test_class_counts")
-
-
-def write_recipe(path: Path, recipe: dict) -> Path:
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.fixture(scope="module")

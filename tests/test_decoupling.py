@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import digits
 from lttoolbox.data.dataset import validation_split
 from lttoolbox.data.profiles import long_tail_counts, select_long_tail
 from lttoolbox.engine import train
@@ -12,10 +13,7 @@ from lttoolbox.errors import ConfigError
 from lttoolbox.models import LinearHead, LWSHead, TauNormHead
 from lttoolbox.recipe import resolve
 
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10, "val_per_class": 10},
-          "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
-          "train": {"epochs": 3, "batch_size": 64},
-          "eval": {"many_threshold": 60, "few_threshold": 25}}
+DIGITS = digits(data={"val_per_class": 10}, train={"epochs": 3})
 
 
 # BatchNorm buffers, which a frozen block re-estimates by default

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import digits
 from lttoolbox.batch import Batch
 from lttoolbox.engine import Trainer, train
 from lttoolbox.errors import ConfigError
@@ -439,9 +440,7 @@ def test_ftl_centers_directions_and_transfer_by_hand():
 
 
 # ------------------------------------------------------------------------------------- trainer
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10}, "model": {"name": "digits_cnn"},
-          "optim": {"lr": 0.05}, "train": {"epochs": 2, "batch_size": 64, "seed": 0},
-          "eval": {"many_threshold": 60, "few_threshold": 25}}
+DIGITS = digits(train={"seed": 0})
 ON_DIGITS = {"rsg": {"contrastive_channels": 16, "generation_start_epoch": 1},
              "delta_encoder": {"hidden": 32}, "hallucinator": {}, "ftl": {}}
 
