@@ -385,6 +385,7 @@ def test_disjoint_windows_or_one_of_are_accepted(tmp_path):
           tmp_path / "a", quiet=True)
 
 
+@pytest.mark.long
 def test_resume_inside_the_cmo_window_matches(tmp_path):
     from test_engine import StopAfter
 

@@ -197,6 +197,7 @@ def test_every_generated_image_is_drawn_by_the_samplers(cam_run, sampler):
     assert set(range(len(original), len(labels))) <= seen
 
 
+@pytest.mark.long
 def test_resume_after_the_generation_uses_the_same_images(tmp_path, cam_run):
     from test_engine import StopAfter
 
@@ -225,6 +226,7 @@ def test_cam_resample_parameters_are_checked():
     assert math.isclose(CAMResample().threshold, 0.75)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["cam_drs", "bag_of_tricks"])
 def test_cam_recipes_run(tmp_path, name):
     from pathlib import Path

@@ -276,6 +276,7 @@ def test_logit_adjustment_moves_predictions_towards_rare_classes(finished, tmp_p
 
 
 # ----------------------------------------------------------------------------- lttrain extensions
+@pytest.mark.long
 def test_resume_from_the_run_directory_alone(tmp_path):
     from test_engine import StopAfter
 

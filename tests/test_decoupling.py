@@ -85,6 +85,7 @@ def phases(*later):
     return resolve({**DIGITS, "phases": [{"name": "joint"}, *later]})
 
 
+@pytest.mark.long
 def test_lws_phase_trains_only_the_scales(tmp_path):
     train(phases({"name": "lws", "model": {"head": "lws"}, "sampler": {"name": "class_balanced"},
                   "train": {"epochs": 2, "freeze": ["backbone"]}}), tmp_path / "run", quiet=True)
@@ -98,6 +99,7 @@ def test_lws_phase_trains_only_the_scales(tmp_path):
     assert not torch.equal(lws["head.scales"], torch.ones(10))
 
 
+@pytest.mark.long
 def test_tau_norm_phase_takes_over_the_previous_weights_and_chooses_on_validation(tmp_path):
     results = train(phases({"name": "tau", "model": {"head": {"name": "tau_norm", "tau": "auto"}},
                             "train": {"epochs": 0}}), tmp_path / "run", quiet=True)
@@ -112,6 +114,7 @@ def test_tau_norm_phase_takes_over_the_previous_weights_and_chooses_on_validatio
     assert results["epochs"] == 3
 
 
+@pytest.mark.long
 def test_crt_reinitialises_and_retrains_the_classifier_only(tmp_path):
     train(phases({"name": "crt", "sampler": {"name": "class_balanced"},
                   "train": {"epochs": 2, "freeze": ["backbone"], "reset_head": True}}),
@@ -154,6 +157,7 @@ def test_crt_and_lws_re_estimate_the_frozen_batch_norm_statistics_unless_told(
     assert moved == ([] if freeze_bn_stats else stats)
 
 
+@pytest.mark.long
 def test_crt_resumed_inside_the_phase_ends_with_the_same_statistics(tmp_path):
     """The running statistics are buffers of the state dict: a cRT phase interrupted after its
     first epoch and resumed ends bit for bit where the uninterrupted run ends."""
@@ -281,6 +285,7 @@ def test_without_a_validation_split_the_profile_is_unchanged():
         digits.digits_lt(val_per_class=0)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["ce_crt", "ce_lws", "ce_tau_norm", "ldam_drw_crt", "cmo_ce_crt",
                                   "cmo_ce_lws", "cmo_ce_tau_norm"])
 def test_decoupling_recipes_run(tmp_path, name):

@@ -605,6 +605,7 @@ def kill_recipe(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
     ("before_checkpoint_rename", 4),    # end of phase 2: a temporary checkpoint left behind
     ("before_final_rename", 2),         # the last phase's final weights, mid-rename
 ])
+@pytest.mark.long
 def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, kill_recipe, point, count):
     path, reference, reference_log = kill_recipe
     out = tmp_path / "run"

@@ -481,6 +481,7 @@ def test_a_phase_without_the_generator_leaves_its_term_columns_empty(tmp_path):
     assert "loss_terms" not in history[-1]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", sorted(ON_DIGITS))
 def test_end_to_end_and_the_export_has_no_generator(tmp_path, name):
     recipe = resolve({**DIGITS, "generator": {"name": name, **ON_DIGITS[name]}})
@@ -520,6 +521,7 @@ def test_rsg_contrastive_module_is_frozen_once_it_generates(tmp_path):
         assert moved == (not name.startswith("contrastive")), name
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("generator", [{"name": "ftl"}, {"name": "rsg", "contrastive_channels": 8,
                                                          "generation_start_epoch": 1}])
 def test_resume_is_exact(tmp_path, generator):
