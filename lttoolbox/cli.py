@@ -80,6 +80,10 @@ def list_registries(console, family: str | None) -> None:
             builder = "the model" if title == "head" else "the trainer"
             console.print(f"  [dim]filled in by {builder}: {escape(', '.join(given))}[/dim]",
                           soft_wrap=True)
+        if title == "data":  # a data setting is an override of a recipe, not a recipe of its own
+            console.print("  [dim]a data setting is an override: lttrain RECIPE "
+                          "data.imbalance_ratio=50 (or data.imbalance_type=step)[/dim]",
+                          soft_wrap=True)
 
 
 def check_without_training(recipe: dict, out: Path, resume: bool = False):
@@ -228,7 +232,8 @@ def version_line() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lttrain", description="Train a long-tailed recognition recipe.",
-        epilog="Overrides are key=value pairs with YAML values, e.g. train.epochs=5 loss.gamma=1.0")
+        epilog="Overrides are key=value pairs with YAML values, e.g. train.epochs=5 loss.gamma=1.0 "
+               "data.imbalance_ratio=50")
     parser.add_argument("recipe", nargs="?", help="recipe YAML file (with --resume --out DIR: "
                                                   "by default DIR/recipe.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")

@@ -24,8 +24,8 @@ import yaml
 
 from .atomic import atomic_write_text
 from .errors import ConfigError
-from .recipe_checks import (OPTIMIZER_DEFAULTS, check_phase_name, check_trainer_values,
-                            optim_defaults)
+from .recipe_checks import (OPTIMIZER_DEFAULTS, check_meta, check_phase_name,
+                            check_trainer_values, optim_defaults)
 from .registry import SECTIONS, suggest
 from .upgrade import MESSAGES, PHASES, earlier_spelling, renamed_key, upgrade_recipe
 from .yamlio import load_yaml
@@ -108,6 +108,12 @@ def _without_null_sections(data: dict) -> dict:
     return {k: v for k, v in data.items() if not (k in MAPPING_SECTIONS and v is None)}
 
 
+# ``meta`` keys that describe one file only and are not inherited through ``_base_``: the
+# published number of a recipe (``meta.reference``) is not that of a recipe extending it (input
+# mixup's number is not the Bag of Tricks combination's). Its ``paper`` and ``note`` inherit.
+OWN_META = ("reference",)
+
+
 def _load_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
     path = path.resolve()
     if path in seen:
@@ -124,6 +130,8 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
     merged: dict = {}
     for base in bases:
         merged = deep_merge(merged, _load_with_bases(path.parent / base, (*seen, path)))
+    if isinstance(merged.get("meta"), dict):  # a base's own number is not this recipe's
+        merged["meta"] = {k: v for k, v in merged["meta"].items() if k not in OWN_META}
     return deep_merge(merged, data)
 
 
@@ -317,10 +325,17 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (),
         The fully resolved recipe (a plain dict, ready for :func:`lttoolbox.engine.train`).
 
     Raises:
-        ConfigError: missing file, bad YAML, unknown section or key, wrong type.
+        ConfigError: missing file, bad YAML, unknown section or key (``meta`` keys included,
+            :func:`lttoolbox.recipe_checks.check_meta`), wrong type.
     """
     recipe = read_recipe(path)
-    return resolve(apply_overrides(upgrade_recipe(recipe) if saved else recipe, list(overrides)))
+    recipe = apply_overrides(upgrade_recipe(recipe) if saved else recipe, list(overrides))
+    if not saved:  # a run's saved meta may predate the schema; it changes no result
+        check_meta(recipe.get("meta"))
+        for i, phase in enumerate(recipe.get("phases") or []):
+            if isinstance(phase, dict):
+                check_meta(phase.get("meta"), f"phases[{i}].")
+    return resolve(recipe)
 
 
 def resolve_saved(recipe: Any) -> dict:

@@ -196,3 +196,85 @@ def check_phase_name(name: Any, key: str) -> str:
         raise ConfigError(f"must be a plain name of letters, digits, '_' and '-' (it names the "
                           f"file model-<phase>.pt), got {name!r}", key=key)
     return name
+
+
+# ``meta``: what a recipe says about itself. None of it changes the trained model, so none of it
+# is part of the recipe hash (``lttoolbox.recipe.recipe_hash``); docs/recipes.md, "Provenance".
+META_KEYS = {
+    "paper": "the method's paper: authors, venue and year, arXiv id with its version",
+    "code": "the official code, a URL pinned by a commit",
+    "reference": "the published number for exactly this recipe and setting (a mapping)",
+    "note": "free text",
+    "protocol": "the leaderboard protocol that trained the run (set by the leaderboard)",
+    "phase": "the training phase's name (set by the recipe loader)",
+}
+REFERENCE_KEYS = {
+    "source": "a key of `sources` in benchmarks/reference_numbers.yaml",
+    "table": "the table (or page) the number is printed in",
+    "row": "the table's row",
+    "top1_error": "top-1 error %, as printed",
+    "top1_accuracy": "top-1 accuracy %, as printed",
+}
+COMMIT = re.compile(r"/(?:blob|tree|commit)/[0-9a-f]{7,40}(?:/|$)")
+
+
+def _text(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"must be a non-empty string, got {value!r}", key=key)
+    return value
+
+
+def check_meta(meta: Any, prefix: str = "") -> None:
+    """Check a recipe's ``meta`` mapping against the provenance schema (:data:`META_KEYS`).
+
+    An unknown key is refused, so a misspelt ``papr:`` cannot hide the citation; free text
+    belongs in ``note``. Recipes a run saved are not checked: their ``meta`` may predate the
+    schema, and it changes no result.
+
+    Example:
+        >>> check_meta({"paper": "Cao et al., NeurIPS 2019, arXiv:1906.07413v2",
+        ...             "reference": {"source": "ldam", "table": "Table 2", "row": "LDAM-DRW",
+        ...                           "top1_error": 22.97}})
+        >>> check_meta({"papr": "x"})
+        Traceback (most recent call last):
+        lttoolbox.errors.ConfigError: meta.papr: unknown meta key; did you mean 'paper'? Known: code, note, paper, phase, protocol, reference (free text goes in meta.note).
+    """
+    key = prefix + "meta"
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise ConfigError(f"must be a mapping of notes, got {meta!r}", key=key)
+    for name, value in meta.items():
+        if name not in META_KEYS:
+            raise ConfigError(f"unknown meta key{suggest(name, META_KEYS)} Known: "
+                              f"{', '.join(sorted(META_KEYS))} (free text goes in meta.note).",
+                              key=f"{key}.{name}")
+        if name != "reference":
+            _text(value, f"{key}.{name}")
+    if "code" in meta and not (meta["code"].startswith("https://") and COMMIT.search(meta["code"])):
+        raise ConfigError("must be an https URL pinned by a commit (.../blob/<commit>/...), got "
+                          f"{meta['code']!r}", key=f"{key}.code")
+    if "reference" in meta:
+        _check_reference(meta["reference"], f"{key}.reference")
+
+
+def _check_reference(ref: Any, key: str) -> None:
+    if not isinstance(ref, dict):
+        raise ConfigError(f"must be a mapping ({', '.join(REFERENCE_KEYS)}), got {ref!r}", key=key)
+    for name in ref:
+        if name not in REFERENCE_KEYS:
+            raise ConfigError(f"unknown key{suggest(name, REFERENCE_KEYS)} Known: "
+                              f"{', '.join(REFERENCE_KEYS)}.", key=f"{key}.{name}")
+    for name in ("source", "table"):
+        if name not in ref:
+            raise ConfigError("is required", key=f"{key}.{name}")
+    for name in ("source", "table", "row"):
+        if name in ref:
+            _text(ref[name], f"{key}.{name}")
+    values = [name for name in ("top1_error", "top1_accuracy") if name in ref]
+    if len(values) != 1:
+        raise ConfigError("needs exactly one of top1_error, top1_accuracy", key=key)
+    value = number(ref[values[0]], f"{key}.{values[0]}", minimum=0)
+    if value > 100:
+        raise ConfigError(f"must be a percentage, at most 100, got {value!r}",
+                          key=f"{key}.{values[0]}")

@@ -26,12 +26,13 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
 import re
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ConfigError, DataError
 
@@ -130,6 +131,34 @@ class Registry:
             return factory
 
         return decorate
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator["Registry"]:
+        """A temporary scope: what is registered inside it is removed when it ends.
+
+        For tests and experiments that register a toy entry without leaving it in the
+        family's registry (where ``lttrain --list`` and the coverage tests would find it).
+        The family's own entries are loaded first, so the scope removes only what was
+        registered inside it; an entry registered there may reuse a name another scope used.
+
+        Example:
+            >>> from lttoolbox.registry import Registry
+            >>> TOYS = Registry("toy")
+            >>> with TOYS.scoped():
+            ...     @TOYS.register("ball")
+            ...     class Ball:
+            ...         pass
+            ...     print("ball" in TOYS)
+            True
+            >>> "ball" in TOYS
+            False
+        """
+        saved = dict(self.entries)  # imports the family's module first: its entries stay
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(saved)
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

@@ -41,6 +41,7 @@ def clone(tmp_path):
     return repo
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_start_pins_a_worktree_runs_niced_refuses_twice_and_stops_resumably(clone, tmp_path):
     pinned = sh("git", "rev-parse", "HEAD~1", cwd=clone).stdout.strip()

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,6 +16,7 @@ def lttrain(*args, cwd=REPO):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.long
 def test_quickstart_end_to_end(tmp_path):
     run = lttrain("configs/quickstart.yaml", "train.epochs=3", "--out", tmp_path / "q")
     assert run.returncode == 0, run.stderr
@@ -51,6 +53,7 @@ def _epochs_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in log.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.long
 def test_a_background_run_stops_resumably_on_sigint_and_sigterm(tmp_path):
     """`nohup lttrain ... &` starts Python with SIGINT ignored; SIGINT and SIGTERM must still stop
     the run with the resume hint, keeping a checkpoint that --resume continues from."""

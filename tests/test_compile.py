@@ -53,6 +53,7 @@ def graphs(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.long
 def test_compiled_step_trains_as_the_eager_one(tmp_path, graphs):
     # 503 training images, batch 64: seven full batches and a last one of 55.
     eager = train(digits_recipe("train.epochs=2"), tmp_path / "eager", quiet=True)
@@ -74,6 +75,7 @@ def test_compile_is_a_way_of_running_not_part_of_the_recipe_hash():
     assert recipe_hash(digits_recipe()) == recipe_hash(digits_recipe("train.compile=on"))
 
 
+@pytest.mark.long
 def test_a_step_that_fails_to_compile_trains_eagerly(tmp_path, monkeypatch):
     def failing(gm, example_inputs):
         raise NotImplementedError("this backend compiles nothing")

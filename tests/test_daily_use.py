@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import digits, write_recipe
 import lttoolbox
 from lttoolbox.cli import default_run_dir
 from lttoolbox.cli import main as lttrain
@@ -22,17 +23,9 @@ from lttoolbox.engine.monitor import epoch_line
 from lttoolbox.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
-          "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
-          "train": {"epochs": 3, "batch_size": 64},
-          "eval": {"many_threshold": 60, "few_threshold": 25}}
+DIGITS = digits(train={"epochs": 3})
 METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "per_class_acc", "ece",
            "confusion_matrix", "train_class_counts", "test_class_counts")
-
-
-def write_recipe(path: Path, recipe: dict) -> Path:
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -283,6 +276,7 @@ def test_logit_adjustment_moves_predictions_towards_rare_classes(finished, tmp_p
 
 
 # ----------------------------------------------------------------------------- lttrain extensions
+@pytest.mark.long
 def test_resume_from_the_run_directory_alone(tmp_path):
     from test_engine import StopAfter
 
@@ -428,6 +422,8 @@ def test_list_shows_every_parameter_of_every_entry_and_the_heads(capsys):
     assert lttrain(["--list", "data"]) == 0
     listing = capsys.readouterr().out
     assert "imbalance_type='exp'" in listing and "image_size=" in listing
+    # and how to run another imbalance ratio: an override, not a recipe file of its own
+    assert "data.imbalance_ratio=50" in listing
 
 
 def test_the_listed_context_is_what_the_trainer_passes(tmp_path, monkeypatch):
@@ -457,9 +453,9 @@ def test_the_listed_context_is_what_the_trainer_passes(tmp_path, monkeypatch):
 
 def test_default_run_directory_keeps_the_data_set_in_the_path():
     a = default_run_dir(str(REPO / "configs/cifar10_lt/ce.yaml"), resume=False)
-    b = default_run_dir(str(REPO / "configs/cifar100_lt/ratio50/ce.yaml"), resume=False)
+    b = default_run_dir(str(REPO / "configs/cifar100_lt/ce.yaml"), resume=False)
     assert a.parent == Path("runs/cifar10_lt/ce")
-    assert b.parent == Path("runs/cifar100_lt/ratio50/ce")
+    assert b.parent == Path("runs/cifar100_lt/ce")
     assert default_run_dir("/tmp/mine.yaml", resume=False).parent == Path("runs/mine")
 
 

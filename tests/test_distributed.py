@@ -65,6 +65,7 @@ def weights(run_dir):
     return torch.load(run_dir / "model-main.pt", map_location="cpu")
 
 
+@pytest.mark.long
 def test_two_processes_match_one(tmp_path):
     one = train(digits(), tmp_path / "one", quiet=True)
     two = run_ranks(tmp_path, digits(), tmp_path / "two")
@@ -85,6 +86,7 @@ def test_two_processes_match_one(tmp_path):
         p.name for p in (tmp_path / "one").iterdir())
 
 
+@pytest.mark.long
 def test_class_weighted_means_are_over_the_global_batch(tmp_path):
     """Inverse-frequency class weights: each step's loss is ``sum w l / sum w`` over the global
     batch, as one process computes, not the mean of the two ranks' own weighted means (a rank
@@ -99,6 +101,7 @@ def test_class_weighted_means_are_over_the_global_batch(tmp_path):
         torch.testing.assert_close(b[name], a[name], atol=WEIGHT_ATOL, rtol=0)
 
 
+@pytest.mark.long
 def test_resume_with_another_number_of_processes(tmp_path):
     whole = train(digits(), tmp_path / "whole", quiet=True)
     with pytest.raises(KeyboardInterrupt):
@@ -110,6 +113,7 @@ def test_resume_with_another_number_of_processes(tmp_path):
     assert abs(resumed["top1"] - whole["top1"]) <= 0.2 + 1e-9
 
 
+@pytest.mark.long
 def test_evaluation_counts_each_image_once_on_an_uneven_test_set(tree, tmp_path):
     # 7 test images over 2 ranks (4 + 3), streamed from their files
     pairs = tree["splits"]["test"][:-1]
@@ -140,6 +144,7 @@ def _generator_worker(rank: int, init_file: str, recipe: dict, out: str) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.long
 def test_a_generator_trains_through_the_wrapped_hooked_forward(tmp_path):
     # RSG at a named point: before its generation epoch part of it is unused in a step, after it
     # its contrastive module is frozen through the optimizer; DDP must keep every rank's
@@ -174,6 +179,7 @@ def _console_worker(rank: int, init_file: str, recipe: dict, out: str) -> None:
             dist.destroy_process_group()
 
 
+@pytest.mark.long
 def test_rank_0_alone_writes_to_the_console(tmp_path):
     out = tmp_path / "console"
     mp.spawn(_console_worker, args=(str(tmp_path / "init"), digits("train.epochs=1"), str(out)),

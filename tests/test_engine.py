@@ -50,6 +50,7 @@ def test_train_writes_results_and_learns(tmp_path):
     assert (tmp_path / "run" / "recipe.yaml").exists()
 
 
+@pytest.mark.long
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     a = train(digits_recipe(), tmp_path / "a", quiet=True)
     b = train(digits_recipe(), tmp_path / "b", quiet=True)
@@ -59,6 +60,7 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert [r["loss"] for r in a["history"]] != [r["loss"] for r in c["history"]]
 
 
+@pytest.mark.long
 def test_resume_reaches_the_same_final_metrics(tmp_path):
     recipe = digits_recipe("train.epochs=4")
     full = train(recipe, tmp_path / "full", quiet=True)
@@ -70,6 +72,7 @@ def test_resume_reaches_the_same_final_metrics(tmp_path):
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
 
 
+@pytest.mark.long
 def test_results_name_the_commit_of_every_attempt(tmp_path, monkeypatch):
     """The commit is taken when training starts, not when results.json is written, and a run
     resumed on other code lists both."""
@@ -96,6 +99,7 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert (tmp_path / "run" / "results.json").read_bytes() == before
 
 
+@pytest.mark.long
 def test_two_phase_recipe_freezes_backbone_and_retrains_head(tmp_path):
     recipe = digits_recipe("train.epochs=2")
     recipe["phases"] = [{"name": "joint"},
@@ -124,6 +128,7 @@ def test_two_phase_recipe_freezes_backbone_and_retrains_head(tmp_path):
     assert resumed["per_class_acc"] == full["per_class_acc"]
 
 
+@pytest.mark.long
 def test_each_phase_freezes_exactly_its_own_list_also_after_resume(tmp_path):
     """A backbone frozen in phase 1 trains again in phase 2 when phase 2 freezes nothing."""
     recipe = digits_recipe("train.epochs=2")
@@ -191,9 +196,8 @@ def test_impossible_hook_point_is_refused(tmp_path):
         def __call__(self, h, batch):
             return h, batch
 
-    if "test_nowhere" not in AUGMENTS:
+    with AUGMENTS.scoped(), pytest.raises(ConfigError, match=r"augment\[0\]\.point.*layer9"):
         AUGMENTS.register("test_nowhere")(AtNowhere)
-    with pytest.raises(ConfigError, match=r"augment\[0\]\.point.*layer9"):
         train(digits_recipe("augment=[test_nowhere]"), tmp_path / "run", quiet=True)
 
 

@@ -21,22 +21,14 @@ import pytest
 import torch
 import yaml
 
+from conftest import digits, write_recipe
 from lttoolbox.cli import main
 from lttoolbox.engine import train
 from lttoolbox.engine.rundir import RunDirError, RunLock, check_out_dir
 from lttoolbox.recipe import load_recipe, resolve
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
-          "model": {"name": "digits_cnn"},
-          "optim": {"lr": 0.05},
-          "train": {"epochs": 2, "batch_size": 64},
-          "eval": {"many_threshold": 60, "few_threshold": 25}}
-
-
-def write_recipe(path: Path, recipe: dict | None = None, text: str | None = None) -> Path:
-    path.write_text(text if text is not None else yaml.safe_dump(recipe or DIGITS))
-    return path
+DIGITS = digits()
 
 
 def snapshot(folder: Path) -> dict:
@@ -613,6 +605,7 @@ def kill_recipe(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
     ("before_checkpoint_rename", 4),    # end of phase 2: a temporary checkpoint left behind
     ("before_final_rename", 2),         # the last phase's final weights, mid-rename
 ])
+@pytest.mark.long
 def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, kill_recipe, point, count):
     path, reference, reference_log = kill_recipe
     out = tmp_path / "run"

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import digits
 from lttoolbox.batch import Batch
 from lttoolbox.engine import Trainer, train
 from lttoolbox.errors import ConfigError
@@ -439,9 +440,7 @@ def test_ftl_centers_directions_and_transfer_by_hand():
 
 
 # ------------------------------------------------------------------------------------- trainer
-DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10}, "model": {"name": "digits_cnn"},
-          "optim": {"lr": 0.05}, "train": {"epochs": 2, "batch_size": 64, "seed": 0},
-          "eval": {"many_threshold": 60, "few_threshold": 25}}
+DIGITS = digits(train={"seed": 0})
 ON_DIGITS = {"rsg": {"contrastive_channels": 16, "generation_start_epoch": 1},
              "delta_encoder": {"hidden": 32}, "hallucinator": {}, "ftl": {}}
 
@@ -482,6 +481,7 @@ def test_a_phase_without_the_generator_leaves_its_term_columns_empty(tmp_path):
     assert "loss_terms" not in history[-1]
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", sorted(ON_DIGITS))
 def test_end_to_end_and_the_export_has_no_generator(tmp_path, name):
     recipe = resolve({**DIGITS, "generator": {"name": name, **ON_DIGITS[name]}})
@@ -521,6 +521,7 @@ def test_rsg_contrastive_module_is_frozen_once_it_generates(tmp_path):
         assert moved == (not name.startswith("contrastive")), name
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("generator", [{"name": "ftl"}, {"name": "rsg", "contrastive_channels": 8,
                                                          "generation_start_epoch": 1}])
 def test_resume_is_exact(tmp_path, generator):
@@ -598,7 +599,7 @@ ROWS = {"ce_rsg": "erm_rsg", "ldam_drw_rsg": "ldam_drw_rsg", "ce_delta_encoder":
 @pytest.mark.parametrize("dataset", ["cifar10_lt", "cifar100_lt"])
 @pytest.mark.parametrize("name", RECIPES)
 def test_generator_recipes_build_on_the_protocol(dataset, name):
-    from recipe_helpers import ROOT
+    from conftest import ROOT
     from lttoolbox.recipe import load_recipe
     from lttoolbox.registry import MODELS
 
@@ -628,7 +629,7 @@ def test_generator_recipes_build_on_the_protocol(dataset, name):
 @pytest.mark.parametrize("name", sorted(ROWS))
 def test_recipe_headers_cite_the_papers_numbers(name):
     import yaml
-    from recipe_helpers import ROOT
+    from conftest import ROOT
 
     refs = yaml.safe_load((ROOT / "benchmarks/reference_numbers.yaml").read_text())["entries"]
     for dataset in ("cifar10_lt", "cifar100_lt"):
@@ -641,7 +642,7 @@ def test_recipe_headers_cite_the_papers_numbers(name):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_generator_recipes_run_on_digits(tmp_path, name):
-    from recipe_helpers import ROOT, on_digits
+    from conftest import ROOT, on_digits
     from lttoolbox.recipe import load_recipe
 
     recipe = on_digits(load_recipe(ROOT / "configs" / "cifar10_lt" / f"{name}.yaml"))

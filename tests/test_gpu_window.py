@@ -26,6 +26,7 @@ def results_of(out: Path) -> dict[str, dict]:
             for p in (out / "runs").glob("*/*/seed0/results.json")}
 
 
+@pytest.mark.long
 def test_gpu_window_script_on_the_cpu(tmp_path):
     """Five minutes at most (the smoke runs end sooner), the digits suite: every step runs, at
     most 8 files come back, and the archive rebuilds the report on another machine."""
@@ -65,6 +66,7 @@ def test_gpu_window_script_on_the_cpu(tmp_path):
         assert rows[row]["metrics"]["top1"]["mean"] == pytest.approx(finished[row]["top1"])
 
 
+@pytest.mark.long
 def test_concurrent_runs_match_runs_alone(tmp_path):
     # Same threads per run: CPU kernels are then deterministic, so bit-identical results.
     suite = digits_suite(tmp_path)

@@ -113,6 +113,7 @@ def test_sigterm_stops_a_background_leaderboard_resumably(tmp_path):
     assert "exp10/ce/seed0 [resume]" in again.stdout, again.stdout + again.stderr
 
 
+@pytest.mark.long
 def test_rows_sharing_a_first_phase_train_it_once_with_the_result_of_a_run_from_scratch(
         tmp_path):
     crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
@@ -167,6 +168,7 @@ def test_two_multi_phase_rows_sharing_a_first_phase_are_ordered_without_waiting_
     assert [r.row for r in runner.donors_first(runs)] == ["focal", "crt", "lws"]
 
 
+@pytest.mark.long
 def test_two_row_smoke_suite_end_to_end_with_interrupt_and_resume(tmp_path):
     suite, out = digits_suite(tmp_path), tmp_path / "lb"
     common = [str(suite), "--protocol", "smoke", "--out", str(out), "--no-plots"]

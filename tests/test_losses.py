@@ -17,15 +17,16 @@ import lttoolbox.losses as losses_pkg
 from lttoolbox.batch import Batch
 from lttoolbox.errors import ConfigError
 from lttoolbox.losses import (LTLoss, ClassBalancedLoss, LDAMLoss, class_weights, mixed_loss)
-from lttoolbox.registry import LOSSES
+from lttoolbox.registry import LOSSES, recipe_parameters
 
 COUNTS = [40, 20, 5, 1]
 C = len(COUNTS)
-#: Issue 3: CB weights for CIFAR-10-LT ratio 100, beta 0.9999.
+#: CB weights for CIFAR-10-LT ratio 100, beta 0.9999.
 CIFAR10_R100_CB = [0.0506, 0.0769, 0.1211, 0.1950, 0.3188, 0.5246, 0.8683, 1.4426, 2.4092, 3.9927]
 
-#: One configuration per entry (and per cb base); the coverage test keeps it complete.
-CONFIGS = [
+#: Configurations the contract and formula tests need beyond each entry's defaults: other
+#: parameter values, and each cb base.
+VARIANTS = [
     {"name": "ce"},
     {"name": "ce", "label_smoothing": 0.1},
     {"name": "cs_ce", "gamma": 0.5},
@@ -41,9 +42,11 @@ CONFIGS = [
     {"name": "cdt", "gamma": 0.3},
     {"name": "las", "smooth_head": 0.4, "smooth_tail": 0.1},
 ]
+#: Every registered loss from its defaults, read from the registry (a new entry is covered as
+#: soon as it is registered), then the variants.
+CONFIGS = [{"name": name} for name in LOSSES.names()]
+CONFIGS += [cfg for cfg in VARIANTS if cfg not in CONFIGS]
 IDS = [("-".join(f"{v}" for v in cfg.values())) for cfg in CONFIGS]
-#: Entries whose class weights are the loss itself (no ``weights`` parameter).
-INTRINSIC = {"cs_ce", "cb"}
 SIGMOID_FORMS = {("sigmoid_focal", None), ("cb", "sigmoid"), ("cb", "sigmoid_focal")}
 
 
@@ -54,14 +57,20 @@ def build(cfg, counts=COUNTS, **extra):
 
 def drw_config(cfg, start):
     """The entry with deferred weights switching on at ``start``."""
-    if cfg["name"] in INTRINSIC:
+    if not any(p.name == "weights" for p in recipe_parameters(LOSSES, cfg["name"])):
         return {**cfg, "weights_start_epoch": start}
     return {**cfg, "weights": {"name": "effective_number", "beta": 0.99},
             "weights_start_epoch": start}
 
 
 def batch_normalized(cfg):
-    return (cfg["name"], cfg.get("base")) in SIGMOID_FORMS
+    return (cfg["name"], cfg.get("base", default_of(cfg["name"], "base"))) in SIGMOID_FORMS
+
+
+def default_of(name, parameter):
+    """The default of an entry's parameter (None where it has no such parameter)."""
+    found = [p.default for p in recipe_parameters(LOSSES, name) if p.name == parameter]
+    return found[0] if found else None
 
 
 def data(batch=6, seed=0, dtype=torch.float32):
@@ -102,19 +111,12 @@ def np_sigmoid_focal(z, y, gamma, alpha=None):
 
 
 # ------------------------------------------------------------------------ registry coverage
-def test_every_registered_loss_is_covered_by_the_contract_tests():
-    assert set(LOSSES.names()) == {cfg["name"] for cfg in CONFIGS}
-
-
-def test_package_exports_and_registration():
-    names = {"ce": "CELoss", "cs_ce": "CostSensitiveCELoss", "focal": "FocalLoss",
-             "sigmoid_focal": "SigmoidFocalLoss", "cb": "ClassBalancedLoss", "ldam": "LDAMLoss",
-             "am_softmax": "AMSoftmaxLoss", "balanced_softmax": "BalancedSoftmaxLoss",
-             "cdt": "CDTLoss", "las": "LabelAwareSmoothingLoss"}
-    for key, cls_name in names.items():
-        cls = getattr(losses_pkg, cls_name)
-        assert LOSSES.get(key) is cls and cls.registry_name == key
+def test_every_registered_loss_builds_from_its_defaults_and_is_exported():
+    for name in LOSSES.names():
+        cls = LOSSES.get(name)
+        assert getattr(losses_pkg, cls.__name__) is cls and cls.registry_name == name
         assert issubclass(cls, LTLoss)
+        assert isinstance(build({"name": name}), cls)
     from lttoolbox.losses import mixed_loss as exported
     assert exported is mixed_loss
 
@@ -157,9 +159,10 @@ def test_per_sample_values_do_not_depend_on_the_batch(cfg):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_drw_switches_weights_on_at_the_start_epoch(cfg):
     loss = build(drw_config(cfg, 3))
-    beta = cfg.get("beta", 0.99) if cfg["name"] == "cb" else 0.99
+    beta = cfg.get("beta", default_of("cb", "beta")) if cfg["name"] == "cb" else 0.99
     if cfg["name"] == "cs_ce":
-        expected_w = (min(COUNTS) / np.asarray(COUNTS, float)) ** cfg["gamma"]
+        gamma = cfg.get("gamma", default_of("cs_ce", "gamma"))
+        expected_w = (min(COUNTS) / np.asarray(COUNTS, float)) ** gamma
     else:
         expected_w = np_effective_weights(COUNTS, beta)
     logits, target = data()

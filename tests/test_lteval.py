@@ -61,6 +61,7 @@ def folder_override(root: Path, cache: Path, extra: str = "") -> str:
     return f"data={{name: image_folder, root: {root}, cache_dir: {cache}{extra}}}"
 
 
+@pytest.mark.long
 def test_a_test_only_folder_is_evaluated_without_a_training_folder(folder_run, tmp_path):
     # the run's test images, copied to a folder of class folders: no train/, no test/ level
     only = tmp_path / "my_test"
@@ -120,6 +121,7 @@ def unfinished_copy(run: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.long
 def test_a_run_another_process_trains_is_named_with_its_pid(folder_run, tmp_path, capsys):
     run = unfinished_copy(folder_run["out"], tmp_path / "training")
     holder = subprocess.Popen(  # the trainer's own lock, held by another live process

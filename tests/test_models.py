@@ -73,12 +73,17 @@ def bn_stats(module):
             for t in (m.running_mean, m.running_var)]
 
 
-ALL = MODELS.names()
+NAMES = MODELS.names()
+# The bottleneck backbones (2048 features: resnet50, resnet152, resnext50_32x4d) take most of this
+# file's time, so their contract cases are marked long: README's test command leaves them out,
+# .ci/run runs them.
+ALL = [pytest.param(name, marks=pytest.mark.long) if POINT_SHAPES[name]["features"][0] >= 2048
+       else name for name in NAMES]
 
 
 def test_registry_lists_the_models():
-    assert {"resnet32", "digits_cnn"} <= set(ALL)
-    assert set(ALL) == set(CONTEXT)
+    assert {"resnet32", "digits_cnn"} <= set(NAMES)
+    assert set(NAMES) == set(CONTEXT)
 
 
 # ------------------------------------------------------------------------------ contract tests

@@ -11,7 +11,9 @@ def test_readme_starts_with_install_then_quickstart_and_names_the_test_command()
     first_block = re.search(r"```\n(.*?)```", README, re.S).group(1).splitlines()
     assert first_block[0].startswith("pip install -e .")
     assert first_block[1].startswith("lttrain configs/quickstart.yaml")
-    assert "python -m pytest" in README
+    tests = " ".join(README.split("Tests:", 1)[1].split("\n\n")[0].split())
+    assert tests.startswith('`pip install -e ".[test]"` then `python -m pytest -m "not long"`')
+    assert "`.ci/run`, or `python -m pytest`, runs everything" in tests
 
 
 def test_python_example_runs():

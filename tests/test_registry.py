@@ -1,4 +1,6 @@
 """The Registry: building, context passing and the errors a user sees."""
+import sys
+
 import pytest
 
 import lttoolbox
@@ -94,3 +96,59 @@ def test_public_registries_are_populated():
     for registry in (lttoolbox.DATASETS, lttoolbox.MODELS, lttoolbox.SAMPLERS, lttoolbox.LOSSES):
         assert len(registry) > 0, registry.kind
     assert "digits_lt" in lttoolbox.DATASETS and "resnet32" in lttoolbox.MODELS
+
+
+def test_scoped_removes_what_was_registered_inside_and_keeps_the_rest(toys):
+    with toys.scoped() as scope:
+        assert scope is toys
+
+        @toys.register("yoyo")
+        class Yoyo:
+            pass
+
+        assert toys.names() == ["ball", "kite", "yoyo"]
+        assert toys.build("yoyo").__class__ is Yoyo
+    assert toys.names() == ["ball", "kite"]
+    with toys.scoped():  # the name is free again, and an error inside still ends the scope
+        toys.register("yoyo")(type("Other", (), {}))
+        with pytest.raises(ValueError, match="twice"):
+            toys.register("ball")(object)
+    assert toys.names() == ["ball", "kite"]
+
+
+def test_scoped_keeps_the_family_entries_it_imports(tmp_path, monkeypatch):
+    # A family's entries are registered when its module is first imported; a scope entered
+    # before that import must not take them away at its end.
+    import lttoolbox.registry as registry_module
+
+    (tmp_path / "toy_family.py").write_text(
+        "from lttoolbox import registry\n"
+        "registry.toy_family.register('native')(type('Native', (), {}))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "toy_family", raising=False)
+    reg = Registry("toy", "toy_family")
+    monkeypatch.setattr(registry_module, "toy_family", reg, raising=False)
+    with reg.scoped():
+        reg.register("visitor")(type("Visitor", (), {}))
+    assert reg.names() == ["native"]
+    monkeypatch.delitem(sys.modules, "toy_family")
+
+
+def test_a_toy_left_in_a_global_registry_is_reported():
+    from conftest import registry_changes, registry_snapshot
+
+    before = registry_snapshot()
+    with lttoolbox.LOSSES.scoped():
+        lttoolbox.LOSSES.register("toy_left_behind")(type("Toy", (), {}))
+        assert registry_changes(before) == [
+            "loss 'toy_left_behind' was left registered (by test_registry)"]
+    assert registry_changes(before) == []
+
+
+def test_module_examples_run():
+    import doctest
+
+    import lttoolbox.registry as registry_module
+
+    result = doctest.testmod(registry_module)
+    assert result.attempted >= 8 and result.failed == 0

@@ -38,6 +38,7 @@ def trained(results: dict) -> tuple:
 
 
 # ------------------------------------------------------------------------ eval.every is inert
+@pytest.mark.long
 @pytest.mark.parametrize("extra", [(), (CRT,)], ids=["one phase", "two phases"])
 def test_logging_test_metrics_every_epoch_changes_no_weight_and_no_draw(tmp_path, extra):
     plain = train(digits_recipe(*extra), tmp_path / "plain", quiet=True)
@@ -119,6 +120,7 @@ def test_reuse_refuses_what_it_cannot_reuse(tmp_path):
         reused_start(tmp_path / "unfinished", two)
 
 
+@pytest.mark.long
 def test_lttrain_from_run_reuses_and_refuses_with_one_line(tmp_path):
     dump_recipe(digits_recipe(CRT), tmp_path / "two.yaml")
     dump_recipe(digits_recipe(), tmp_path / "one.yaml")

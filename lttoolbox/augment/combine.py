@@ -37,6 +37,9 @@ class OneOf(EpochAware):
     """
 
     mixes = True
+    # A working configuration of this entry, whose parameters have no defaults (the
+    # augmentation tests build every entry from its defaults, or from this).
+    example_config = {"choices": ["mixup", "cutmix"], "p": [0.5, 0.5]}
 
     def __init__(self, choices: Sequence[dict], p: Sequence[float], start_epoch: int = 0,
                  end_epoch: int | None = None, **context: Any):

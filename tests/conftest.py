@@ -1,0 +1,135 @@
+"""Shared fixtures and helpers of the test suite.
+
+Registries: a test that registers a toy entry does it inside ``REGISTRY.scoped()`` (see
+:meth:`lttoolbox.registry.Registry.scoped`), so ``lttrain --list`` and the coverage tests, which
+read the registries, never see it. The autouse fixture below fails the test that leaves an entry
+behind or removes one.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+from lttoolbox.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The end-to-end tests' base recipe: the embedded digits data and a small CNN, 2 epochs. Build a
+#: variant with :func:`digits`, never by editing this one.
+DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
+          "model": {"name": "digits_cnn"},
+          "optim": {"lr": 0.05},
+          "train": {"epochs": 2, "batch_size": 64},
+          "eval": {"many_threshold": 60, "few_threshold": 25}}
+
+#: The imbalance ratios the CIFAR-LT recipes are checked at: as written (100) and with the
+#: override ``data.imbalance_ratio=50``, the way a user runs ratio 50.
+RATIOS = (100, 50)
+
+
+def loaded_registries() -> list[Registry]:
+    """Every registry defined at module level in the loaded ``lttoolbox`` modules."""
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "lttoolbox" or name.startswith("lttoolbox.")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, Registry):
+                found[id(value)] = value
+    return list(found.values())
+
+
+def registry_changes(before: dict[int, tuple[Registry, dict]]) -> list[str]:
+    """What changed in the registries since ``before`` (from :func:`registry_snapshot`) other
+    than the package's own entries, registered when a family's module is first imported."""
+    changes = []
+    for reg in loaded_registries():
+        old = before.get(id(reg), (reg, {}))[1]
+        now = reg._entries
+        for name in sorted(set(old) - set(now)):
+            changes.append(f"{reg.kind} '{name}' was removed")
+        for name in sorted(set(now)):
+            if name in old:
+                if now[name] is not old[name]:
+                    changes.append(f"{reg.kind} '{name}' was replaced")
+            elif not getattr(now[name], "__module__", "").startswith("lttoolbox"):
+                changes.append(f"{reg.kind} '{name}' was left registered "
+                               f"(by {getattr(now[name], '__module__', '?')})")
+    return changes
+
+
+def registry_snapshot() -> dict[int, tuple[Registry, dict]]:
+    return {id(reg): (reg, dict(reg._entries)) for reg in loaded_registries()}
+
+
+@pytest.fixture(autouse=True)
+def registries_unchanged():
+    """No test leaves a toy entry in (or takes an entry out of) a global registry."""
+    before = registry_snapshot()
+    yield
+    changes = registry_changes(before)
+    assert not changes, ("register toy entries inside Registry.scoped(): "
+                         + "; ".join(changes))
+
+
+# --------------------------------------------------------------------------- end-to-end recipes
+def digits(**sections) -> dict:
+    """A copy of :data:`DIGITS` with ``sections`` merged in (mappings merge, lists replace):
+    ``digits(train={"epochs": 3})``."""
+    from lttoolbox.recipe import deep_merge
+
+    return deep_merge(copy.deepcopy(DIGITS), copy.deepcopy(sections))
+
+
+def write_recipe(path: Path, recipe: dict | None = None, text: str | None = None) -> Path:
+    """Write ``recipe`` (default: :data:`DIGITS`) or the raw ``text`` to ``path``."""
+    import yaml
+
+    path.write_text(text if text is not None else yaml.safe_dump(recipe or DIGITS))
+    return path
+
+
+# ------------------------------------------------------------------------------- shipped recipes
+def read_at_ratio(path: Path, ratio: int) -> dict:
+    """The recipe at ``path`` (merged with its ``_base_`` chain) with ``data.imbalance_ratio``
+    set to ``ratio`` by an override, as ``lttrain PATH data.imbalance_ratio=50`` runs it."""
+    from lttoolbox.recipe import apply_overrides, read_recipe
+
+    return apply_overrides(read_recipe(path), [f"data.imbalance_ratio={ratio}"])
+
+
+def case_id(value) -> str:
+    """Test ids for ``(recipe path, ratio)`` cases: ``cifar10_lt/ce.yaml`` and ``50``."""
+    if isinstance(value, Path):
+        return value.relative_to(ROOT / "configs").as_posix()
+    return str(value)
+
+
+def on_digits(recipe: dict, epochs: int = 2, switch_epoch: int = 1) -> dict:
+    """The same tricks on ``digits_lt`` with ``digits_cnn`` for ``epochs`` epochs.
+
+    Every deferred switch (``*_epoch`` keys of the trick sections) moves to ``switch_epoch`` so a
+    short run still exercises both sides of it; the learning-rate schedule becomes flat.
+    """
+    recipe = copy.deepcopy(recipe)
+    recipe["data"] = {"name": "digits_lt"}
+    recipe["model"]["name"] = "digits_cnn"
+    recipe["train"]["epochs"] = epochs
+    recipe["schedule"].update(warmup_epochs=0, milestones=[])
+    parts = [recipe["sampler"], recipe["loss"], *recipe["augment"]]
+    if recipe.get("generator"):
+        parts.append(recipe["generator"])
+    for part in parts:
+        for key, value in part.items():
+            if key.endswith("_epoch") and isinstance(value, int) and value > 0:
+                part[key] = switch_epoch
+    return recipe
+
+
+#: The published numbers of the old Bag of Tricks results page, on Cui et al.'s split; no recipe
+#: may cite them any more (see benchmarks/reference_numbers.yaml).
+OUTDATED_NUMBERS = ("30.12", "31.22", "29.37", "23.63", "30.35", "30.81", "29.35", "27.08",
+                    "27.73", "26.66", "24.61", "26.83", "30.88")
