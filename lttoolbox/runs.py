@@ -24,6 +24,7 @@ import torch
 from .atomic import atomic_write_text
 from .errors import ConfigError, LTError
 from .recipe import phase_recipes, resolve_saved
+from .data.dataset import data_info
 from .registry import DATASETS, MODELS
 from .yamlio import load_yaml
 
@@ -56,22 +57,6 @@ class Run:
     def eval_transform(self):
         from .data.transforms import BatchTransform
         return BatchTransform(self.info["mean"], self.info["std"])
-
-
-def data_info(bundle) -> dict:
-    """The facts of a data set that a trained model depends on (written as ``data.json``)."""
-    info = {"classes": list(bundle.train.classes),
-            "train_class_counts": [int(c) for c in bundle.train.class_counts],
-            "mean": list(bundle.train.mean), "std": list(bundle.train.std),
-            "in_channels": int(bundle.in_channels), "image_size": int(bundle.image_size)}
-    if bundle.path == "stream":  # a new image is resized and centre-cropped as in evaluation
-        info.update(path="stream", eval_resize=int(bundle.eval_transform.resize))
-    return info
-
-
-def write_data_info(run_dir: Path, bundle) -> None:
-    import json
-    atomic_write_text(Path(run_dir) / DATA_INFO, json.dumps(data_info(bundle), indent=2) + "\n")
 
 
 def read_run_recipe(run_dir: str | os.PathLike) -> dict:

@@ -30,13 +30,13 @@ import yaml
 from .. import stop
 from ..batch import Batch
 from ..data.datapath import build_data_path, shard
+from ..data.dataset import data_info
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..models.heads import build_head, head_config
 from ..recipe import (dump_recipe, phase_recipes, recipe_differences, recipe_hash, resolve,
                       resolve_saved, unreachable_epoch_keys)
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
-from ..runs import write_data_info
 from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
@@ -60,6 +60,7 @@ from .step import TrainStep, loss_term_names
 CHECKPOINT = "checkpoint.pt"
 RESULTS = "results.json"
 RECIPE = "recipe.yaml"
+DATA_INFO = "data.json"
 CHECKPOINT_KEYS = {"phase", "epoch", "phase_done", "model", "optimizer", "scaler", "components",
                    "rng", "history", "seconds", "images", "recipe_hash"}
 STATUS_EVERY = 25  # steps between progress-bar status updates
@@ -412,7 +413,7 @@ class Trainer:
             self.log.info(f"removed {len(removed)} temporary file(s) an interrupted write left")
         if main:
             dump_recipe(self.recipe, self.out / RECIPE)
-            write_data_info(self.out, self.data)
+            atomic_write_json(data_info(self.data), self.out / DATA_INFO)
         state = self._load_state()
         if state is not None and state is self._start and main:
             # The reused phase becomes this run's own checkpoint, so an interruption from here
