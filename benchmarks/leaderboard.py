@@ -120,7 +120,7 @@ def publish(doc: dict, out: Path, plots: dict[str, list[str]], target: Path) -> 
             (target.parent / folder).mkdir(exist_ok=True)
             shutil.copyfile(out / name, target.parent / folder / Path(name).name)
             moved.setdefault(setting, []).append(f"{folder}/{Path(name).name}")
-    from lttoolbox.recipe import atomic_write_text
+    from lttoolbox.rundir import atomic_write_text
     atomic_write_text(target, markdown(doc, moved))
     return target
 

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from lttoolbox.engine.provenance import git_commit
 from lttoolbox.errors import ConfigError
-from lttoolbox.recipe import atomic_write_text
+from lttoolbox.rundir import atomic_write_text
 from lttoolbox.upgrade import upgrade_record
 
 from .references import Reference, References

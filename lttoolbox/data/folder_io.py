@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..rundir import atomic_write
 from ..errors import DataError
 from .images import check_files, image_error, load_image
 from .path_choice import choose_path
