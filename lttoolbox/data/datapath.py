@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .path_choice import AUTO_MEMORY_BYTES, PATHS, choose_path  # noqa: F401 - part of this API
 from .stream import EpochBatches, FileSplit, ImageFiles, LoaderFiles, batches, collate, draw_seeds
 from .transforms import BatchTransform
 

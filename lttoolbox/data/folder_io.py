@@ -271,7 +271,7 @@ def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: in
     Args:
         path: ``memory`` decodes the images; ``stream`` gives their file paths instead (an
             object array in the same order); ``auto`` chooses by the training split's decoded
-            size (:func:`~lttoolbox.data.datapath.choose_path`), recorded as ``info["path"]``.
+            size (:func:`~lttoolbox.data.path_choice.choose_path`), recorded as ``info["path"]``.
         class_order: Class names in label order; ``None`` means sorted folder names.
         max_per_class: Keep only the first (by file name) images of each training class before
             decoding; ``test_max_per_class`` the same for the test split.
