@@ -14,6 +14,8 @@ Every file ``lttrain`` writes into ``--out``, and every file ``lteval``, ``ltpre
 ``results.json``            the final evaluation: a run holding it is *finished*
 ``*.png``                   the plots of :data:`RunDir.PLOTS`
 ``leaderboard_run.json``    the leaderboard runner's record of its attempts on the run
+``planned_recipe.yaml``     the recipe the leaderboard runner gave ``lttrain``
+``lttrain.log``             the output of the leaderboard runner's ``lttrain``
 ``.lock``                   the writer's lock (:class:`RunLock`), holding its process id
 ``.<name>.<random>.tmp``    a write in progress (:func:`atomic_write`)
 ==========================  ===================================================================
@@ -92,6 +94,8 @@ class RunDir:
     METRICS = "metrics.csv"
     RESULTS = "results.json"
     LEADERBOARD = "leaderboard_run.json"
+    PLANNED_RECIPE = "planned_recipe.yaml"
+    RUNNER_LOG = "lttrain.log"
     LOCK = ".lock"
     PLOTS = ("per_class_accuracy.png", "confusion_matrix.png", "training_curves.png")
     WEIGHTS_PREFIX = "model-"
@@ -132,6 +136,14 @@ class RunDir:
     @property
     def leaderboard_record(self) -> Path:
         return self.path / self.LEADERBOARD
+
+    @property
+    def planned_recipe(self) -> Path:
+        return self.path / self.PLANNED_RECIPE
+
+    @property
+    def runner_log(self) -> Path:
+        return self.path / self.RUNNER_LOG
 
     @property
     def lock_file(self) -> Path:

@@ -36,10 +36,8 @@ OUTDATED_NUMBERS = ("30.12", "31.22", "29.37", "23.63", "30.35", "30.81", "29.35
 
 def check_header_cites_reference(recipe_path: Path, method: str, dataset: str) -> None:
     """The recipe's header names the paper number the leaderboard shows for it (ratio 100)."""
-    import sys
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from lb.references import References
-    from lb.suite import load_suite
+    from lttoolbox.leaderboard.references import References
+    from lttoolbox.leaderboard.suite import load_suite
 
     priority = load_suite(ROOT / "benchmarks/suites/cifar10_lt_core.yaml").reference_priority
     refs = References.load(ROOT / "benchmarks/reference_numbers.yaml")

@@ -240,8 +240,7 @@ def test_a_run_directory_in_use_names_no_option_of_one_command(tmp_path):
 
 
 def test_a_suite_without_references_names_no_reference_file(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from lb.suite import load_suite
+    from lttoolbox.leaderboard.suite import load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "settings": [{"id": "s", "overlay": {}}],

@@ -152,3 +152,49 @@ def test_the_finder_sees_a_cycle_through_a_function_level_relative_import(tmp_pa
 def test_lttoolbox_has_no_import_cycle():
     cycles = find_cycles(module_graph())
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _benchmark_modules() -> set[str]:
+    """The names a test would import benchmarks/ by: its scripts and packages."""
+    folder = ROOT / "benchmarks"
+    return ({p.stem for p in folder.glob("*.py")}
+            | {p.name for p in folder.iterdir() if (p / "__init__.py").is_file()})
+
+
+def benchmark_uses(path: Path, benchmarks: set[str]) -> list[str]:
+    """Where the test module ``path`` imports a benchmark script or puts benchmarks/ on its path."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and ast.unparse(node.func.value) == "sys.path"):
+            names = [] if "benchmarks" not in ast.unparse(node) else ["sys.path += benchmarks/"]
+            found += [f"{path.name}:{node.lineno}: {n}" for n in names]
+            continue
+        else:
+            continue
+        found += [f"{path.name}:{node.lineno}: import {n}" for n in names
+                  if n.split(".")[0] in benchmarks or n.startswith("benchmarks")]
+    return found
+
+
+def test_the_check_sees_a_benchmark_import(tmp_path):
+    test = tmp_path / "test_x.py"
+    test.write_text("import sys\nsys.path.insert(0, str(ROOT / 'benchmarks'))\n"
+                    "def f():\n    from lb.suite import load_suite\n    import throughput\n"
+                    "import lttoolbox.leaderboard\n")
+    assert benchmark_uses(test, {"lb", "throughput"}) == [
+        "test_x.py:2: sys.path += benchmarks/", "test_x.py:4: import lb.suite",
+        "test_x.py:5: import throughput"]
+
+
+def test_no_test_imports_from_benchmarks():
+    """What a test needs of a benchmark lives in the package, or the script runs as a process."""
+    benchmarks = _benchmark_modules()
+    assert {"leaderboard", "fault_sweep", "throughput"} <= benchmarks
+    found = [use for path in sorted((ROOT / "tests").glob("*.py"))
+             for use in benchmark_uses(path, benchmarks)]
+    assert not found, found

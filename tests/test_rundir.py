@@ -146,3 +146,44 @@ def test_one_implementation_of_the_lock_probe():
                for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
                if isinstance(node, ast.FunctionDef) and node.name == "lock_holder"]
     assert defined == ["lttoolbox/rundir.py"]
+
+
+LAYOUT = ("recipe.yaml", "checkpoint.pt", "results.json", "log.jsonl", "metrics.csv", "data.json",
+          "leaderboard_run.json", "model-", "generated-", ".lock")
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                ids.add(id(body[0].value))
+    return ids
+
+
+def layout_literals(path: Path) -> list[str]:
+    """String constants of ``path``'s code that are a path to a file of the layout (no
+    whitespace: messages, help texts and docstrings name the files in words and may stay)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _docstrings(tree)
+    return [f"{path}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in skip and not any(c.isspace() for c in node.value)
+            and any(name in node.value for name in LAYOUT)]
+
+
+def test_the_literal_check_sees_a_file_name_in_code_not_in_a_docstring(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('"""Writes results.json."""\ndef f(out, phase):\n'
+                      '    """Reads log.jsonl."""\n    print("no results.json here")\n'
+                      '    return out / f"model-{phase}.pt", out / "sub/checkpoint.pt"\n')
+    assert sorted(line.split(": ", 1)[1] for line in layout_literals(module)) == [
+        "'model-'", "'sub/checkpoint.pt'"]
+
+
+def test_no_file_of_the_layout_is_spelled_outside_the_run_directory_module():
+    found = [hit for folder in ("lttoolbox", "benchmarks")
+             for path in sorted((REPO / folder).rglob("*.py")) if path.name != "rundir.py"
+             for hit in layout_literals(path)]
+    assert not found, "\n".join(found)

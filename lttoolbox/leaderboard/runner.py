@@ -47,20 +47,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lttoolbox.engine.reuse import first_phase_hash
-from lttoolbox.recipe import dump_recipe, phase_recipes, recipe_hash, resolve_saved
-from lttoolbox.rundir import RunDir, atomic_write_text, lock_holder
-from lttoolbox.upgrade import upgrade_record
-from lttoolbox.yamlio import load_yaml
+from ..engine.reuse import first_phase_hash
+from ..recipe import dump_recipe, phase_recipes, recipe_hash, resolve_saved
+from ..rundir import RunDir, atomic_write_text, lock_holder
+from ..upgrade import upgrade_record
+from ..yamlio import load_yaml
 
 from .suite import Run
 
 RESULTS = RunDir.RESULTS
 CHECKPOINT = RunDir.CHECKPOINT
 SAVED_RECIPE = RunDir.RECIPE
-PLANNED = "planned_recipe.yaml"
+PLANNED = RunDir.PLANNED_RECIPE
 SIDECAR = RunDir.LEADERBOARD
-LOG = "lttrain.log"
+LOG = RunDir.RUNNER_LOG
 
 SKIP, RESUME, FRESH, STALE = "skip", "resume", "fresh", "stale"
 
