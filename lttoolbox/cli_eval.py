@@ -112,7 +112,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
            "recipe_hash": recipe_hash(run.recipe), "commit": git_commit(),
            "machine": machine_info(run.device),
            "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = out or run.dir / f"eval-{name}.json"
+    path = out or RunDir(run.dir).evaluation(name)
     if out is None and not _writable(run.dir):
         return doc, None
     _write_json(path, doc)

@@ -12,6 +12,8 @@ Every file ``lttrain`` writes into ``--out``, and every file ``lteval``, ``ltpre
 ``model-<phase>.pt``        the weights at the end of each phase
 ``generated-<phase>.pt``    a generator's extra training features of a phase
 ``results.json``            the final evaluation: a run holding it is *finished*
+``eval-<name>.json``        an evaluation ``lteval`` made afterwards
+``tensorboard/``            the scalars of ``train.loggers: [tensorboard]``
 ``*.png``                   the plots of :data:`RunDir.PLOTS`
 ``leaderboard_run.json``    the leaderboard runner's record of its attempts on the run
 ``planned_recipe.yaml``     the recipe the leaderboard runner gave ``lttrain``
@@ -97,6 +99,8 @@ class RunDir:
     PLANNED_RECIPE = "planned_recipe.yaml"
     RUNNER_LOG = "lttrain.log"
     LOCK = ".lock"
+    TENSORBOARD = "tensorboard"
+    EVAL_PREFIX = "eval-"
     PLOTS = ("per_class_accuracy.png", "confusion_matrix.png", "training_curves.png")
     WEIGHTS_PREFIX = "model-"
     GENERATED_PREFIX = "generated-"
@@ -164,6 +168,14 @@ class RunDir:
     def generated(self, phase: str) -> Path:
         """``generated-<phase>.pt``: the features a generator made for a phase."""
         return self.path / f"{self.GENERATED_PREFIX}{phase}{self.SUFFIX}"
+
+    def evaluation(self, name: str) -> Path:
+        """``eval-<name>.json``: what ``lteval --name NAME`` measured."""
+        return self.path / f"{self.EVAL_PREFIX}{name}.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
 
     @classmethod
     def phase_of_weights(cls, path: str | os.PathLike) -> str | None:

@@ -29,6 +29,8 @@ def test_the_layout_names_every_file_of_a_run(tmp_path):
                                            "training_curves.png"]
     assert run.weights("crt") == tmp_path / "run" / "model-crt.pt"
     assert run.generated("rsg") == tmp_path / "run" / "generated-rsg.pt"
+    assert run.evaluation("r50") == tmp_path / "run" / "eval-r50.json"
+    assert run.tensorboard == tmp_path / "run" / "tensorboard"
     assert not (tmp_path / "run").exists()  # naming creates nothing
 
 
@@ -149,7 +151,8 @@ def test_one_implementation_of_the_lock_probe():
 
 
 LAYOUT = ("recipe.yaml", "checkpoint.pt", "results.json", "log.jsonl", "metrics.csv", "data.json",
-          "leaderboard_run.json", "model-", "generated-", ".lock")
+          "leaderboard_run.json", "planned_recipe.yaml", "lttrain.log", "model-", "generated-",
+          "eval-", ".lock")
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
