@@ -19,8 +19,8 @@ Parts (``--parts``, all by default):
 * ``path_kills``: kill -9 trials on both data paths (a generated image tree, streamed with 2
   workers or held in memory) with every mixing augmentation and every feature generator of the
   registries, each resumed at once (the orphaned workers of a streamed run must not hold it);
-* ``leaderboard``: the leaderboard's cases (benchmarks/lb/faults.py): bad ``--merge`` archives,
-  counted as clear errors, misleading errors and tracebacks, and ``kill -9`` of a running
+* ``leaderboard``: the leaderboard's cases (lttoolbox/leaderboard/faults.py): bad ``--merge``
+  archives, counted as clear errors, misleading errors and tracebacks, and ``kill -9`` of a running
   leaderboard (``--lb-kills``), whose ``lttrain`` must end with it and whose rerun must succeed.
 
 Usage::
@@ -51,10 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lttoolbox.cli import main  # noqa: E402
+from lttoolbox.leaderboard import faults as lb_faults  # noqa: E402
 from lttoolbox.registry import AUGMENTS, GENERATORS  # noqa: E402
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from lb import faults as lb_faults  # noqa: E402
+from lttoolbox.rundir import RunDir  # noqa: E402
 
 DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
           "model": {"name": "digits_cnn"}, "optim": {"lr": 0.05},
@@ -161,7 +160,7 @@ def lttrain(*args: str, **popen) -> subprocess.Popen:
 
 
 def history(out: Path) -> list[tuple]:
-    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / RunDir.LOG).read_text().splitlines()]
     return [(r["phase"], r["epoch"], r["loss"], r["lr"]) for r in rows]
 
 
@@ -173,7 +172,7 @@ def sweep_kills(work: Path, trials: int, seed: int) -> dict:
     proc = lttrain(str(recipe), "--out", str(reference), "--quiet")
     proc.communicate()
     duration = time.monotonic() - start
-    expected = json.loads((reference / "results.json").read_text())
+    expected = json.loads((reference / RunDir.RESULTS).read_text())
     expected_log = history(reference)
     rng = random.Random(seed)
     trials_doc = []
@@ -184,12 +183,12 @@ def sweep_kills(work: Path, trials: int, seed: int) -> dict:
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        killed_finished = (out / "results.json").exists()
+        killed_finished = (out / RunDir.RESULTS).exists()
         resumed = lttrain(str(recipe), "--out", str(out), "--quiet",
                           *(["--resume"] if out.exists() else []))
         output, _ = resumed.communicate()
-        ok = resumed.returncode == 0 and (out / "results.json").exists()
-        same = ok and json.loads((out / "results.json").read_text())["per_class_acc"] == \
+        ok = resumed.returncode == 0 and (out / RunDir.RESULTS).exists()
+        same = ok and json.loads((out / RunDir.RESULTS).read_text())["per_class_acc"] == \
             expected["per_class_acc"] and history(out) == expected_log
         trials_doc.append({"delay_s": round(delay, 2), "finished_before_kill": killed_finished,
                            "resumed_ok": ok, "identical": same,
@@ -332,7 +331,7 @@ def sweep_components(work: Path) -> dict:
     Image.new("L", (8, 8), 200).save(image)
     afile = work / "afile.txt"
     afile.write_text("x")
-    bad_weights = work / "model-bad.pt"
+    bad_weights = work / RunDir.weights_name("bad")
     bad_weights.write_bytes(b"not weights")
     tool_cases = [
         ("ltpredict --out EXISTING_DIR", ltpredict, [str(finished), str(image), "--out", str(work)],
@@ -378,7 +377,7 @@ def sweep_components(work: Path) -> dict:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
 
     def full_at_second_checkpoint(path, flags, mode=0o777, **kwargs):
-        if Path(path).name.startswith(".checkpoint.pt.") and str(path).endswith(".tmp"):
+        if Path(path).name.startswith(f".{RunDir.CHECKPOINT}.") and str(path).endswith(".tmp"):
             seen[0] += 1
             if seen[0] == 2:
                 return real_open("/dev/full", os.O_WRONLY)
@@ -396,8 +395,8 @@ def sweep_components(work: Path) -> dict:
                        False)}
     resumed = run_inproc([str(two), "--out", str(full), "--resume", "--quiet"])
     case["resumed_identical"] = (resumed["code"] == 0 and json.loads(
-        (full / "results.json").read_text())["per_class_acc"] == json.loads(
-        (reference / "results.json").read_text())["per_class_acc"])
+        (full / RunDir.RESULTS).read_text())["per_class_acc"] == json.loads(
+        (reference / RunDir.RESULTS).read_text())["per_class_acc"])
     results.append(case)
     return {"cases": results, "tried": len(results),
             "accepted": sum(bool(r["accepted"]) for r in results),
@@ -556,7 +555,7 @@ def _broken_mid_run(work: Path, root: Path, splits: dict, form: str) -> dict:
 
 
 def _accuracy(out: Path) -> list:
-    return json.loads((out / "results.json").read_text())["per_class_acc"]
+    return json.loads((out / RunDir.RESULTS).read_text())["per_class_acc"]
 
 
 def _summary(results: list[dict]) -> dict:
@@ -589,7 +588,7 @@ def component_configs() -> list[tuple[str, dict]]:
 
 def _logged_epochs(out: Path) -> int:
     try:
-        return len((out / "log.jsonl").read_text().splitlines())
+        return len((out / RunDir.LOG).read_text().splitlines())
     except OSError:
         return -1  # training has not started
 
@@ -616,7 +615,7 @@ def sweep_path_kills(work: Path, trials: int, seed: int, only: list[str] | None 
                 workers=2, **extra)))
             reference = work / "path_kills" / f"{path}-{name.replace(':', '-')}-whole"
             lttrain(str(recipe), "--out", str(reference), "--quiet").communicate()
-            if not (reference / "results.json").exists():
+            if not (reference / RunDir.RESULTS).exists():
                 doc[path].append({"name": name, "error": "the uninterrupted run failed"})
                 continue
             for trial in range(trials):
@@ -628,11 +627,11 @@ def sweep_path_kills(work: Path, trials: int, seed: int, only: list[str] | None 
                 time.sleep(delay)
                 proc.send_signal(signal.SIGKILL)
                 proc.communicate()
-                finished = (out / "results.json").exists()
+                finished = (out / RunDir.RESULTS).exists()
                 resumed = lttrain(str(recipe), "--out", str(out), "--quiet",
                                   *(["--resume"] if out.exists() else []))
                 output, _ = resumed.communicate()
-                ok = resumed.returncode == 0 and (out / "results.json").exists()
+                ok = resumed.returncode == 0 and (out / RunDir.RESULTS).exists()
                 same = ok and _accuracy(out) == _accuracy(reference) and \
                     history(out) == history(reference)
                 doc[path].append({"name": name, "after_epochs": after,

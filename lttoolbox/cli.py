@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import LTError
+from .rundir import RunDir
 
 # Stop requests that end a run resumably: Ctrl-C, kill / a scheduler's pre-emption, a closed
 # terminal.
@@ -42,11 +43,10 @@ def default_run_dir(recipe_path: str, resume: bool) -> Path:
     inside = parts[len(parts) - parts[::-1].index("configs"):] if "configs" in parts else ()
     root = Path("runs").joinpath(*(inside or (Path(recipe_path).stem,)))
     if resume:
-        unfinished = sorted(p for p in root.glob("*")
-                            if (p / "checkpoint.pt").exists() and not (p / "results.json").exists())
+        unfinished = RunDir.unfinished_under(root)
         if not unfinished:
             raise LTError(f"--resume: no unfinished run under {root}; name it with --out")
-        return unfinished[-1]
+        return unfinished[-1].path
     return root / time.strftime("%Y%m%d-%H%M%S")
 
 
@@ -89,10 +89,10 @@ def list_registries(console, family: str | None) -> None:
 def check_without_training(recipe: dict, out: Path, resume: bool = False):
     """Build the run as training would, with every check the trainer makes before its first step
     (data, model, heads, every phase's components), and write nothing: no run directory, no
-    decode cache (``lttoolbox.atomic.no_writes``). Returns the trainer, never run."""
+    decode cache (``lttoolbox.rundir.no_writes``). Returns the trainer, never run."""
     import warnings
 
-    from .atomic import no_writes
+    from .rundir import no_writes
     from .engine import Trainer
 
     with no_writes("lttrain --print-config writes nothing"), warnings.catch_warnings():
@@ -286,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         from .engine import Trainer
         from .recipe import (compact_recipe, dump_recipe_text, load_recipe, resolve,
                              scale_epochs, squeezed_phases)
-        from .runs import RECIPE, is_saved_recipe
+        from .runs import is_saved_recipe
 
-        recipe_path = args.recipe or str(Path(args.out) / RECIPE)
+        recipe_path = args.recipe or str(RunDir(args.out).recipe)
         if not args.recipe and not Path(recipe_path).is_file():
-            raise LTError(f"--resume: {args.out} holds no {RECIPE}; give the recipe file")
+            raise LTError(f"--resume: {args.out} holds no {RunDir.RECIPE}; give the recipe file")
         # A run's own recipe.yaml may be spelled as before phases and points were named so.
         saved = not args.recipe or is_saved_recipe(recipe_path)
         recipe = load_recipe(recipe_path, args.overrides, saved=saved)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .cli import run_command
 from .errors import ConfigError
+from .rundir import RunDir, atomic_write_json
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # --help is read in a terminal: plain text, not the docstring's reStructuredText.
@@ -60,14 +61,13 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
     from .data.datapath import build_data_path
     from .engine.evaluate import metrics_from_predictions, predict_batches
     from .engine.provenance import git_commit, machine_info
-    from .engine.rundir import lock_holder
     from .recipe import apply_overrides, recipe_hash, resolve
     from .registry import DATASETS
     from .runs import RunError, check_eval_overrides, open_run
 
     overrides = list(overrides)
     check_eval_overrides(overrides)
-    holder = lock_holder(run_dir)
+    holder = RunDir(run_dir).holder()
     if holder is not None:
         raise RunError(f"{run_dir} is being trained by process {holder}; evaluate it when it "
                        f"finishes")
@@ -112,7 +112,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
            "recipe_hash": recipe_hash(run.recipe), "commit": git_commit(),
            "machine": machine_info(run.device),
            "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = out or run.dir / f"eval-{name}.json"
+    path = out or RunDir(run.dir).evaluation(name)
     if out is None and not _writable(run.dir):
         return doc, None
     _write_json(path, doc)
@@ -129,12 +129,9 @@ def _writable(folder: Path) -> bool:
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    import json
-
-    from .atomic import atomic_write_text
     from .errors import LTError
     try:
-        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+        atomic_write_json(doc, path)
     except LTError:
         raise
     except OSError as err:

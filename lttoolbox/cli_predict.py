@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .cli import run_command
 from .errors import ConfigError, DataError
+from .rundir import atomic_write_text
 
 
 def image_files(arguments: list[str]) -> list[Path]:
@@ -144,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body(console) -> int:
-        from .atomic import atomic_write_text
-
         if args.out:
             check_out_file(args.out)
         rows, skipped = predict_files(args.run, image_files(args.images), args.topk, args.tau,

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .atomic import atomic_write_text
+from .rundir import atomic_write_text
 from .errors import ConfigError
 from .recipe_checks import (OPTIMIZER_DEFAULTS, check_meta, check_phase_name,
                             check_trainer_values, optim_defaults)

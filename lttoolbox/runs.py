@@ -21,14 +21,12 @@ from typing import Callable
 
 import torch
 
-from .atomic import atomic_write_text
+from .data.dataset import data_info
 from .errors import ConfigError, LTError
 from .recipe import phase_recipes, resolve_saved
 from .registry import DATASETS, MODELS
+from .rundir import RunDir
 from .yamlio import load_yaml
-
-RECIPE = "recipe.yaml"
-DATA_INFO = "data.json"
 
 
 class RunError(LTError):
@@ -58,22 +56,6 @@ class Run:
         return BatchTransform(self.info["mean"], self.info["std"])
 
 
-def data_info(bundle) -> dict:
-    """The facts of a data set that a trained model depends on (written as ``data.json``)."""
-    info = {"classes": list(bundle.train.classes),
-            "train_class_counts": [int(c) for c in bundle.train.class_counts],
-            "mean": list(bundle.train.mean), "std": list(bundle.train.std),
-            "in_channels": int(bundle.in_channels), "image_size": int(bundle.image_size)}
-    if bundle.path == "stream":  # a new image is resized and centre-cropped as in evaluation
-        info.update(path="stream", eval_resize=int(bundle.eval_transform.resize))
-    return info
-
-
-def write_data_info(run_dir: Path, bundle) -> None:
-    import json
-    atomic_write_text(Path(run_dir) / DATA_INFO, json.dumps(data_info(bundle), indent=2) + "\n")
-
-
 def read_run_recipe(run_dir: str | os.PathLike) -> dict:
     """The resolved recipe saved in a run directory.
 
@@ -83,9 +65,9 @@ def read_run_recipe(run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a run directory (no such folder)")
-    path = run_dir / RECIPE
+    path = RunDir(run_dir).recipe
     if not path.is_file():
-        raise RunError(f"{run_dir} holds no {RECIPE}: not a run directory of lttrain")
+        raise RunError(f"{run_dir} holds no {RunDir.RECIPE}: not a run directory of lttrain")
     try:
         return resolve_saved(load_yaml(path.read_text(encoding="utf-8")))
     except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
@@ -99,9 +81,7 @@ def is_saved_recipe(path: str | os.PathLike) -> bool:
     points; it is read in today's spelling (``load_recipe(..., saved=True)``), while a recipe a
     person writes must use today's keys.
     """
-    path = Path(path)
-    return path.name == RECIPE and any((path.parent / name).is_file()
-                                       for name in ("checkpoint.pt", "results.json"))
+    return RunDir.is_saved_recipe(path)
 
 
 def weights_phase(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
@@ -110,11 +90,10 @@ def weights_phase(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
     phases = phase_recipes(recipe)
     names = [s["meta"]["phase"] for s in phases]
     if weights is None:
-        path = run_dir / f"model-{names[-1]}.pt"
+        path = RunDir(run_dir).weights(names[-1])
         if not path.is_file():
-            from .engine.rundir import lock_holder
-            done = sorted(p.name for p in run_dir.glob("model-*.pt"))
-            holder = lock_holder(run_dir)
+            done = [p.name for p in RunDir(run_dir).weights_files()]
+            holder = RunDir(run_dir).holder()
             hint = (f"; finished phases: {', '.join(done)} (choose one with --weights)"
                     if done else "")
             hint += (f"; process {holder} is training it now" if holder is not None else
@@ -127,7 +106,7 @@ def weights_phase(recipe: dict, run_dir: Path, weights: str | os.PathLike | None
         path = run_dir / path
     if not path.is_file():
         raise RunError(f"weights file not found: {path}")
-    stem = path.stem[len("model-"):] if path.stem.startswith("model-") else None
+    stem = RunDir.phase_of_weights(path)
     return (phases[names.index(stem)] if stem in names else phases[-1]), path
 
 
@@ -201,7 +180,7 @@ def read_data_info(run_dir: Path, recipe: dict) -> dict:
     """``data.json`` of the run, or (for a run written before it existed) the data set itself."""
     import json
 
-    path = run_dir / DATA_INFO
+    path = RunDir(run_dir).data
     if path.is_file():
         try:
             return json.loads(path.read_text(encoding="utf-8"))

@@ -24,8 +24,8 @@ import yaml
 from conftest import digits, write_recipe
 from lttoolbox.cli import main
 from lttoolbox.engine import train
-from lttoolbox.engine.rundir import RunDirError, RunLock, check_out_dir
 from lttoolbox.recipe import load_recipe, resolve
+from lttoolbox.rundir import RunDirError, RunLock, check_out_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = digits()
@@ -232,8 +232,7 @@ def test_a_run_directory_in_use_names_no_option_of_one_command(tmp_path):
 
 
 def test_a_suite_without_references_names_no_reference_file(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from lb.suite import load_suite
+    from lttoolbox.leaderboard.suite import load_suite
 
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({"name": "s", "settings": [{"id": "s", "overlay": {}}],
@@ -445,7 +444,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
 
 HOLDER = """
 import multiprocessing, sys, time
-from lttoolbox.engine.rundir import RunLock
+from lttoolbox.rundir import RunLock
 with RunLock(sys.argv[1]):
     child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
     child.start()  # as a DataLoader worker is started
@@ -534,7 +533,7 @@ def test_broken_data_trees_are_named(tmp_path, capsys, damage, message):
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-import lttoolbox.atomic as atomic
+import lttoolbox.rundir as atomic
 import lttoolbox.engine.trainer as trainer
 
 point, count = sys.argv[1], int(sys.argv[2])
@@ -736,7 +735,7 @@ def test_a_deferred_stop_is_not_delivered_after_its_block(signalling_module):
 def test_a_full_disk_is_named_and_keeps_the_previous_file(tmp_path):
     import errno
 
-    from lttoolbox.atomic import DiskFullError, atomic_write, atomic_write_text
+    from lttoolbox.rundir import DiskFullError, atomic_write, atomic_write_text
 
     target = tmp_path / "checkpoint.pt"
     atomic_write_text(target, "previous")
@@ -787,7 +786,7 @@ def redirect_to_dev_full(monkeypatch, name: str, which: int = 1) -> None:
 @pytest.mark.parametrize("saver", ["torch_like", "torch"])
 def test_a_full_disk_under_torch_save_is_named_and_keeps_the_previous_file(tmp_path,
                                                                            monkeypatch, saver):
-    from lttoolbox.atomic import DiskFullError
+    from lttoolbox.rundir import DiskFullError
     from lttoolbox.engine.checkpoint import atomic_save, load_checkpoint
 
     target = tmp_path / "checkpoint.pt"

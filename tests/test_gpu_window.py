@@ -7,16 +7,13 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from test_leaderboard import ROOT, digits_suite, leaderboard
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from lb.archive import ArchiveError, merge, pack  # noqa: E402
+from lttoolbox.leaderboard.archive import ArchiveError, merge, pack
 
 QUICKSTART = "configs/quickstart.yaml"
 

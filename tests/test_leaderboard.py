@@ -1,4 +1,4 @@
-"""Tests of the leaderboard runner (benchmarks/leaderboard.py and benchmarks/lb/).
+"""Tests of the leaderboard (lttoolbox/leaderboard/, run as benchmarks/leaderboard.py).
 
 The end-to-end test runs a small suite on the embedded digits data set with a one-epoch smoke
 protocol, stops after one run, resumes, and checks the md/csv/json tables against the runs'
@@ -21,15 +21,14 @@ import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from lttoolbox.errors import ConfigError
+from lttoolbox.leaderboard.archive import LIMIT, ArchiveError, merge, pack, plan_merge
+from lttoolbox.leaderboard.references import References
+from lttoolbox.leaderboard.report import collect, markdown, stats
+from lttoolbox.leaderboard.runner import FRESH, RESUME, SKIP, STALE, decide, move_aside
+from lttoolbox.leaderboard.suite import Planner, compose_recipe, flatten_overlay, load_suite
 
-from lb.archive import LIMIT, ArchiveError, merge, pack, plan_merge  # noqa: E402
-from lb.references import References  # noqa: E402
-from lb.report import collect, markdown, stats  # noqa: E402
-from lb.runner import FRESH, RESUME, SKIP, STALE, decide, move_aside  # noqa: E402
-from lb.suite import Planner, compose_recipe, flatten_overlay, load_suite  # noqa: E402
-from lttoolbox.errors import ConfigError  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 from lttoolbox.recipe import dump_recipe  # noqa: E402
 
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -152,7 +151,7 @@ def test_rows_sharing_a_first_phase_train_it_once_with_the_result_of_a_run_from_
 
 def test_two_multi_phase_rows_sharing_a_first_phase_are_ordered_without_waiting_in_a_circle(
         tmp_path):
-    from lb.runner import Runner, donor_map
+    from lttoolbox.leaderboard.runner import Runner, donor_map
     phases = [{"name": "joint"}, {"name": "crt", "train": {"epochs": 30, "freeze": ["backbone"]}}]
     rows = [{"id": i, "recipe": str(QUICKSTART), "overlay": {"phases": phases}}
             for i in ("crt", "lws")] + [{"id": "focal", "recipe": str(QUICKSTART),
@@ -424,7 +423,7 @@ def test_epochs_are_shown_and_unequal_paper_budgets_are_flagged(tmp_path):
     assert "| CE | 1 | 4 | 60.00 |" in md and "| Focal | 1 | 9 | 50.00 |" in md
     assert "**opposite direction**" not in md and "opposite direction ‡" in md
     assert "Unequal budgets" in md and "Focal 60 vs 30 (here 9 vs 4)" in md
-    from lb.report import csv_rows
+    from lttoolbox.leaderboard.report import csv_rows
     record = {r["row"]: r for r in csv_rows(doc)}["focal"]
     assert record["direction_vs_paper"] == "opposite (unequal budgets)"
     assert (record["epochs"], record["epochs_as_written"]) == ("9", "60")
@@ -720,7 +719,7 @@ def test_stats_match_numpy():
 
 def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
     pytest.importorskip("matplotlib")
-    from lb.plots import write_plots
+    from lttoolbox.leaderboard.plots import write_plots
 
     row = {"id": "ce", "label": "CE", "n": 2,
            "metrics": {"top1": {"mean": 70.0, "std": 1.0}},
@@ -968,7 +967,7 @@ def test_a_run_still_locked_by_another_process_is_waited_for_and_adopted(tmp_pat
     not started over it and not failed: the runner waits, then finds it finished."""
     import time
 
-    from lb.runner import Runner
+    from lttoolbox.leaderboard.runner import Runner
 
     suite = load_suite(digits_suite(tmp_path))
     run = Planner(suite, "smoke", tmp_path / "out").plan("ce", "exp10", 0)
@@ -1043,7 +1042,7 @@ def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
     assert "| 66.00 (of 4; 1 of 2 seeds) | 80.00 [1] |" in md
     assert "| 70.00 (of 3) |" in md
     assert "papers' practice" in md and "not a valid model selection" in md
-    from lb.report import csv_rows
+    from lttoolbox.leaderboard.report import csv_rows
     records = {r["row"]: r for r in csv_rows(doc)}
     assert float(records["ce"]["best_test_top1_mean"]) == 66.0
     assert records["ce"]["best_test_evaluated_epochs"] == "4"
@@ -1072,7 +1071,7 @@ def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
 def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
     """benchmarks/fault_sweep.py's leaderboard merge cases: every bad archive is one clear error
     line naming it (and its member), no traceback, nothing written; valid ones are accepted."""
-    from lb.faults import problems, sweep_merge
+    from lttoolbox.leaderboard.faults import problems, sweep_merge
 
     sweep = sweep_merge(tmp_path)
     assert sweep["tried"] >= 40
@@ -1091,17 +1090,17 @@ def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
 def test_a_niced_runners_children_keep_its_priority_in_their_own_sessions():
     """A child in a new session gets a new autogroup of nice 0 unless the runner passes its own
     nice on: without it, `nice -n 19` of the runner would not reach the training runs."""
-    from lb.runner import die_with_runner
+    from lttoolbox.leaderboard.runner import die_with_runner
     script = ("import os, subprocess, sys\n"
               "os.nice(19)\n"
-              "from lb.runner import die_with_runner\n"
+              "from lttoolbox.leaderboard.runner import die_with_runner\n"
               "child = subprocess.Popen([sys.executable, '-c', "
               "'print(open(\"/proc/self/autogroup\").read())'], stdout=subprocess.PIPE, "
               "text=True, start_new_session=True, preexec_fn=die_with_runner())\n"
               "print(child.communicate()[0])\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, env={**os.environ,
-                                           "PYTHONPATH": str(ROOT / "benchmarks")})
+                                           "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("nice 19"), done.stdout
     assert die_with_runner() is not None

@@ -125,7 +125,7 @@ def unfinished_copy(run: Path, dest: Path) -> Path:
 def test_a_run_another_process_trains_is_named_with_its_pid(folder_run, tmp_path, capsys):
     run = unfinished_copy(folder_run["out"], tmp_path / "training")
     holder = subprocess.Popen(  # the trainer's own lock, held by another live process
-        [sys.executable, "-c", "import sys\nfrom lttoolbox.engine.rundir import RunLock\n"
+        [sys.executable, "-c", "import sys\nfrom lttoolbox.rundir import RunLock\n"
          f"with RunLock({str(run)!r}):\n    print('held', flush=True)\n    sys.stdin.read()"],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

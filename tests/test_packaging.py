@@ -3,6 +3,8 @@ import configparser
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,3 +23,25 @@ def test_torch_pin_covers_the_device_argument_of_grad_scaler():
     assert minimum(requires["torchvision"]) >= (0, 18)
     assert "torch.amp.GradScaler(self.device.type" in (
         ROOT / "lttoolbox/engine/trainer.py").read_text()
+
+
+def test_the_version_is_written_once():
+    """``lttoolbox.__version__`` is the one source: the package metadata reads it from there."""
+    import warnings
+
+    import lttoolbox
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert cfg["metadata"]["version"] == "attr: lttoolbox.__version__"
+    assert not (ROOT / "setup.py").exists()
+    assert "version" not in (ROOT / "pyproject.toml").read_text()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", lttoolbox.__version__)
+    spelled = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "lttoolbox").rglob("*.py"))
+               if lttoolbox.__version__ in p.read_text(encoding="utf-8")]
+    assert spelled == ["lttoolbox/__init__.py"]
+    setupcfg = pytest.importorskip("setuptools.config.setupcfg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setuptools deprecates reading setup.cfg this way
+        metadata = setupcfg.read_configuration(ROOT / "setup.cfg")["metadata"]
+    assert metadata["version"] == lttoolbox.__version__

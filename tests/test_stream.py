@@ -14,8 +14,8 @@ import torch
 from test_engine import StopAfter
 from test_split_files import inat_cfg, raises, tree, txt_cfg  # noqa: F401  (tree: a fixture)
 
-from lttoolbox.data.datapath import (MemoryPath, StreamPath, build_data_path, choose_path,
-                                     shard)
+from lttoolbox.data.datapath import MemoryPath, StreamPath, build_data_path, shard
+from lttoolbox.data.path_choice import choose_path
 from lttoolbox.data.stream import (CROP_RATIO, FileSplit, StreamTransform, crop_box, draw_seeds,
                                    read_image)
 from lttoolbox.engine import train

@@ -33,26 +33,9 @@ from ..errors import ConfigError
 from .stream import EpochBatches, FileSplit, ImageFiles, LoaderFiles, batches, collate, draw_seeds
 from .transforms import BatchTransform
 
-PATHS = ("auto", "memory", "stream")
 # Tags that keep the streaming path's seed streams apart from the per-image epoch stream.
 LOADER_TAG = 0x4C4F4144  # "LOAD": the loader's own generator (its workers' base seed)
 FETCH_TAG = 0x46455443   # "FETC": fetch (CMO's foreground images)
-# ``path: auto`` streams a set whose decoded training images would take more than this.
-AUTO_MEMORY_BYTES = 4 * 2 ** 30
-
-
-def choose_path(path: str, num_images: int, image_size: int, channels: int = 3) -> str:
-    """``memory`` or ``stream`` for ``data.path`` (``auto``: by the decoded size).
-
-    Example:
-        >>> choose_path("auto", 115_846, 224), choose_path("auto", 12_406, 32)
-        ('stream', 'memory')
-    """
-    if path not in PATHS:
-        raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
-    if path != "auto":
-        return path
-    return "stream" if num_images * channels * image_size ** 2 > AUTO_MEMORY_BYTES else "memory"
 
 
 def shard(total: int, rank: int, world_size: int) -> np.ndarray:

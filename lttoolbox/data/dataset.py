@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
+from .path_choice import PATHS
 from .profiles import check_imbalance, check_selection, index_hash, long_tail_counts, \
     select_long_tail
 from .stream import FileSplit, StreamTransform
@@ -167,7 +168,6 @@ def check_path_options(path: Any, color_jitter: Any, eval_resize: Any, image_siz
     """Validate ``path`` (``memory`` | ``stream`` | ``auto``: stream when the decoded training
     images would exceed 4 GiB) and the streaming-only ``color_jitter``, ``eval_resize`` and
     ``decoder``, before any file is read."""
-    from .datapath import PATHS
     from .stream import DECODERS
     if path not in PATHS:
         raise ConfigError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
@@ -471,3 +471,14 @@ def validation_split(labels: np.ndarray, kept: np.ndarray, num_classes: int, per
     dropped = np.concatenate(drop) if drop else np.empty(0, dtype=np.int64)
     kept = kept[~np.isin(kept, dropped)]
     return kept, np.concatenate(val).astype(np.int64), given_up
+
+
+def data_info(bundle) -> dict:
+    """The facts of a data set that a trained model depends on (written as ``data.json``)."""
+    info = {"classes": list(bundle.train.classes),
+            "train_class_counts": [int(c) for c in bundle.train.class_counts],
+            "mean": list(bundle.train.mean), "std": list(bundle.train.std),
+            "in_channels": int(bundle.in_channels), "image_size": int(bundle.image_size)}
+    if bundle.path == "stream":  # a new image is resized and centre-cropped as in evaluation
+        info.update(path="stream", eval_resize=int(bundle.eval_transform.resize))
+    return info

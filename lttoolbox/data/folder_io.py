@@ -27,9 +27,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..rundir import atomic_write
 from ..errors import DataError
 from .images import check_files, image_error, load_image
+from .path_choice import choose_path
+from .progress import decode_progress
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # 2: 16-bit images scaled to 8 bits instead of clipped at 255 (entries of format 1 of the same
@@ -189,29 +191,6 @@ def _decode_all(paths: list[str], image_size: int, workers: int,
     return out
 
 
-@contextlib.contextmanager
-def decode_progress(total: int, root: Path, what: str | None = None):
-    """A progress bar on a terminal (one line otherwise) while a split is decoded the first time
-    (or ``what`` else happens to its files); yields the function that advances it."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    console = Console(stderr=True, highlight=False)
-    if total < POOL_MIN_FILES:  # a second or less: nothing to announce
-        yield lambda n: None
-        return
-    if not console.is_terminal:
-        console.print(what or f"decoding {total:,} images of {root}, first run only (cached "
-                      f"afterwards)", soft_wrap=True, markup=False)
-        yield lambda n: None
-        return
-    what = what or f"decoding {total:,} images of {root}, first run only"
-    with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
 def _write_atomic(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda handle: np.save(handle, array), binary=True)
 
@@ -292,7 +271,7 @@ def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: in
     Args:
         path: ``memory`` decodes the images; ``stream`` gives their file paths instead (an
             object array in the same order); ``auto`` chooses by the training split's decoded
-            size (:func:`~lttoolbox.data.datapath.choose_path`), recorded as ``info["path"]``.
+            size (:func:`~lttoolbox.data.path_choice.choose_path`), recorded as ``info["path"]``.
         class_order: Class names in label order; ``None`` means sorted folder names.
         max_per_class: Keep only the first (by file name) images of each training class before
             decoding; ``test_max_per_class`` the same for the test split.
@@ -319,7 +298,6 @@ def load_folder_splits(root: Path, train_dir: str, test_dir: str, image_size: in
     remap = np.asarray([classes.index(name) for name in train_classes], dtype=np.int64)
     out, info = {}, {}
     if path == "auto":
-        from .datapath import choose_path
         train_count = (len(listings["train"].files) if max_per_class is None else
                        int(np.minimum(np.bincount(listings["train"].labels), max_per_class).sum()))
         path = choose_path(path, train_count, image_size)

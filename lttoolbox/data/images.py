@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from .progress import decode_progress
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -169,8 +170,6 @@ def check_files(paths, root=None) -> None:
             there are.
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from .folder_io import decode_progress
 
     paths = [str(p) for p in paths]
     with decode_progress(len(paths), root, f"checking {len(paths):,} images"

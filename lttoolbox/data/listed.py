@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
-from .datapath import choose_path
+from .path_choice import choose_path
 from .dataset import (DataBundle, assemble, cap_per_class, check_common, check_int,
                       check_path_options, stream_options)
 from .folder import _check_stats as check_stats

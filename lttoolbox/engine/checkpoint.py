@@ -7,7 +7,6 @@ key array as a tensor).
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_write, atomic_write_text
+from ..rundir import atomic_write
 from ..errors import LTError
 
 
@@ -28,11 +27,6 @@ class CheckpointError(LTError):
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
     atomic_write(path, lambda handle: torch.save(obj, handle), binary=True)
-
-
-def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON atomically (indent 2, keys in insertion order)."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def rng_state() -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..recipe_checks import LOGGERS  # noqa: F401  (the names a recipe may give)
+from ..rundir import RunDir
 
 
 def check_loggers(names: list[str], key: str = "train.loggers") -> None:
@@ -32,7 +33,7 @@ class TensorBoardLogger:
 
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard))
         self.step = 0
 
     def epoch(self, row: dict) -> None:

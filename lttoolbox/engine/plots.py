@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..rundir import RunDir, atomic_write
 
 PLOT_HINT = 'per-run plots need matplotlib: pip install -e ".[plot]"'
 # More class names than this on an axis overlap; then every k-th class is named.
 MAX_TICK_LABELS = 40
-PLOTS = ("per_class_accuracy.png", "confusion_matrix.png", "training_curves.png")
+PLOTS = RunDir.PLOTS
 
 
 def plots_available() -> bool:

@@ -27,12 +27,13 @@ from pathlib import Path
 
 from ..errors import LTError
 from ..recipe import phase_recipes, recipe_differences, recipe_hash, resolve, resolve_saved
+from ..rundir import RunDir
 from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 from .checkpoint import load_checkpoint, rng_state
 
-CHECKPOINT = "checkpoint.pt"
-RECIPE = "recipe.yaml"
+CHECKPOINT = RunDir.CHECKPOINT
+RECIPE = RunDir.RECIPE
 
 
 class ReuseError(LTError):
@@ -89,7 +90,7 @@ def reused_start(donor: str | os.PathLike, recipe: dict) -> dict:
         raise ReuseError(f"--from-run: the first phase of {donor} was trained with another recipe "
                          f"({'; '.join(diff[:3])}); only an identical first phase can be reused")
     name, donor_name = mine["meta"]["phase"], theirs["meta"]["phase"]
-    if (donor / f"generated-{donor_name}.pt").exists():
+    if RunDir(donor).generated(donor_name).exists():
         raise ReuseError(f"--from-run: the first phase of {donor} added generated images to the "
                          f"training set; such a phase cannot be reused, train it afresh")
     epochs = mine["train"]["epochs"]
@@ -124,7 +125,7 @@ def _donor_state(donor: Path, phase: str, phases: int) -> dict:
                              f"(lttrain --resume --out {donor})")
         return {**checkpoint, "images": checkpoint["images"]}
     # The donor went on to later phases: the first phase's weights were saved when it ended.
-    weights = donor / f"model-{phase}.pt"
+    weights = RunDir(donor).weights(phase)
     if not weights.is_file():
         raise ReuseError(f"--from-run: {donor} has passed its first phase '{phase}' but holds no "
                          f"{weights.name}")

@@ -30,17 +30,16 @@ import yaml
 from .. import stop
 from ..batch import Batch
 from ..data.datapath import build_data_path, shard
+from ..data.dataset import data_info
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..models.heads import build_head, head_config
 from ..recipe import (dump_recipe, phase_recipes, recipe_differences, recipe_hash, resolve,
                       resolve_saved, unreachable_epoch_keys)
 from ..registry import AUGMENTS, DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
-from ..runs import write_data_info
 from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
-from .checkpoint import (CheckpointError, atomic_save, atomic_write_json, load_checkpoint,
-                         rng_state, set_rng_state)
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint, rng_state, set_rng_state
 from .compile import compile_step
 from .distributed import (World, barrier, gather_predictions, global_normalizer, local_device,
                           mean_over_ranks, per_rank_batch, sync_buffers, wrap)
@@ -51,15 +50,16 @@ from .monitor import check_divergence, epoch_line
 from .optim import build_optimizer, lr_at, no_decay_names, set_lr, warms_up_per_step
 from .plots import PLOT_HINT, plots_available, write_run_plots
 from .provenance import git_commit, machine_info
-from .rundir import (RunLock, append_log, check_out_dir, remove_temp_files,
-                     write_log)
+from ..rundir import (RunDir, RunLock, append_log, atomic_write_json, check_out_dir,
+                      remove_temp_files, write_log)
 from .phases import (Phase, active_hooks, check_data_preparers, check_generator_placement,
                      check_one_mix_at_a_time, describe_generators)
 from .step import TrainStep, loss_term_names
 
-CHECKPOINT = "checkpoint.pt"
-RESULTS = "results.json"
-RECIPE = "recipe.yaml"
+CHECKPOINT = RunDir.CHECKPOINT
+RESULTS = RunDir.RESULTS
+RECIPE = RunDir.RECIPE
+DATA_INFO = RunDir.DATA
 CHECKPOINT_KEYS = {"phase", "epoch", "phase_done", "model", "optimizer", "scaler", "components",
                    "rng", "history", "seconds", "images", "recipe_hash"}
 STATUS_EVERY = 25  # steps between progress-bar status updates
@@ -412,7 +412,7 @@ class Trainer:
             self.log.info(f"removed {len(removed)} temporary file(s) an interrupted write left")
         if main:
             dump_recipe(self.recipe, self.out / RECIPE)
-            write_data_info(self.out, self.data)
+            atomic_write_json(data_info(self.data), self.out / DATA_INFO)
         state = self._load_state()
         if state is not None and state is self._start and main:
             # The reused phase becomes this run's own checkpoint, so an interruption from here
@@ -601,7 +601,7 @@ class Trainer:
         preparers = [p for p in phase.components if hasattr(p, "prepare")]
         if not preparers:
             return
-        path = self.out / f"generated-{phase.name}.pt"
+        path = RunDir(self.out).generated(phase.name)
         # Rank 0 generates the images; every rank then reads the same file.
         if self.world.is_main and not replay and not path.exists():
             self._generate(phase, index, preparers, path)
@@ -717,7 +717,7 @@ class Trainer:
                      **({"reused": self._reused} if self._reused else {})},
                     self.out / CHECKPOINT)
         if phase_done:  # each phase's final weights, for later use outside this run
-            atomic_save(self.model.state_dict(), self.out / f"model-{phase.name}.pt")
+            atomic_save(self.model.state_dict(), RunDir(self.out).weights(phase.name))
 
     def _load_state(self) -> dict | None:
         """Put the model where the checkpoint left it; re-create a phase's missing weights."""
@@ -731,7 +731,7 @@ class Trainer:
         self._selection = dict(state.get("selection") or {})
         self._reused = state.get("reused")
         phase = self.phases[state["phase"]]
-        weights = self.out / f"model-{phase.name}.pt"
+        weights = RunDir(self.out).weights(phase.name)
         if state["phase_done"] and not weights.exists() and self.world.is_main:
             # interrupted while it was written, or the phase was reused from another run
             atomic_save(state["model"], weights)

@@ -30,16 +30,17 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from lttoolbox.upgrade import upgrade_record
-from lttoolbox.yamlio import load_yaml
+from ..rundir import RunDir, atomic_write
+from ..upgrade import upgrade_record
+from ..yamlio import load_yaml
 
-KEPT = ("results.json", "log.jsonl", "recipe.yaml")
+KEPT = (RunDir.RESULTS, RunDir.LOG, RunDir.RECIPE)
 LIMIT = 16 * 2 ** 20  # what one file brought back from a GPU window may weigh
 UNPACKED_LIMIT = 4 * LIMIT  # all members of one archive together, uncompressed
 # The order a run's files are written in: results.json, which marks a run finished, last.
-WRITE_ORDER = ("recipe.yaml", "log.jsonl", "results.json")
+WRITE_ORDER = (RunDir.RECIPE, RunDir.LOG, RunDir.RESULTS)
 MEMBER = re.compile(r"runs/([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9][A-Za-z0-9_.-]*)/"
-                    r"(seed\d+)/(results\.json|log\.jsonl|recipe\.yaml)")
+                    r"(seed\d+)/(" + "|".join(map(re.escape, KEPT)) + ")")
 EXPECTED = f"runs/<setting>/<row>/seed<k>/{{{','.join(KEPT)}}}"
 METRICS = ("mean_class_acc", "many", "medium", "few", "ece")  # besides top1: number or null
 COSTS = ("seconds", "images_per_second", "compile_seconds")
@@ -51,7 +52,7 @@ class ArchiveError(ValueError):
 
 def finished_runs(out: Path) -> list[Path]:
     """Run folders under ``out/runs`` that hold a ``results.json``."""
-    return sorted(p.parent for p in (out / "runs").glob("*/*/seed*/results.json"))
+    return sorted(p.parent for p in (out / "runs").glob(f"*/*/seed*/{RunDir.RESULTS}"))
 
 
 # ------------------------------------------------------------------------------ content checks
@@ -113,13 +114,13 @@ def check_file(name: str, data: bytes) -> str | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         return f"not UTF-8 text ({err.reason} at byte {err.start})"
-    if name == "results.json":
+    if name == RunDir.RESULTS:
         try:
             parsed = json.loads(text)
         except ValueError as err:
             return f"not valid JSON ({err})"
         return _check_results(upgrade_record(parsed))  # a pack from before phases were so named
-    if name == "log.jsonl":
+    if name == RunDir.LOG:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -266,8 +267,8 @@ def read_archive(archive: Path, limit: int = LIMIT) -> dict[str, dict[str, bytes
     if not runs:
         raise ArchiveError(f"{archive}: holds no run; expected {EXPECTED}")
     for run, files in sorted(runs.items()):
-        if "results.json" not in files:
-            raise ArchiveError(f"{archive}: member {run + '/results.json'!r} is missing: "
+        if RunDir.RESULTS not in files:
+            raise ArchiveError(f"{archive}: member {run + '/' + RunDir.RESULTS!r} is missing: "
                                f"{run} holds {', '.join(sorted(files))} only")
     return runs
 
@@ -307,7 +308,7 @@ def _local_difference(run_dir: Path, files: dict[str, bytes]) -> str | None:
         if name in files and (target.exists() or target.is_symlink()):
             if not target.is_file() or target.is_symlink() or target.read_bytes() != files[name]:
                 return f"its local {name} differs"
-    if (run_dir / "checkpoint.pt").exists() and not (run_dir / "results.json").exists():
+    if (run_dir / RunDir.CHECKPOINT).exists() and not (run_dir / RunDir.RESULTS).exists():
         return "it holds a local checkpoint (an unfinished run)"
     return None
 
@@ -327,7 +328,7 @@ def plan_merge(archives: list[Path], out: Path, overwrite: bool = False,
         plan = MergePlan(Path(archive), runs)
         for run, files in sorted(runs.items()):
             if run in seen and seen[run][1] != files:
-                raise ArchiveError(f"{archive}: member {run + '/results.json'!r} differs from "
+                raise ArchiveError(f"{archive}: member {run + '/' + RunDir.RESULTS!r} differs from "
                                    f"the copy in {seen[run][0]}; merge one of them")
             seen[run] = (archive, files)
             run_dir = out.joinpath(*PurePosixPath(run).parts)
@@ -338,7 +339,7 @@ def plan_merge(archives: list[Path], out: Path, overwrite: bool = False,
                 continue
             if not overwrite:
                 raise ArchiveError(
-                    f"{archive}: member {run + '/results.json'!r} would replace the local run "
+                    f"{archive}: member {run + '/' + RunDir.RESULTS!r} would replace the local run "
                     f"{run_dir} ({why}); nothing was merged. Keep the local run, or add "
                     f"--merge-overwrite to move it aside to {run_dir.name}.replaced-<time> "
                     f"and merge")
@@ -362,9 +363,8 @@ def apply_merge(plan: MergePlan, out: Path) -> list[tuple[Path, Path]]:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in WRITE_ORDER:
             if name in files:
-                tmp = run_dir / f"{name}.tmp"
-                tmp.write_bytes(files[name])
-                tmp.replace(run_dir / name)
+                atomic_write(run_dir / name, lambda handle: handle.write(files[name]),
+                             binary=True)
     return moved
 
 

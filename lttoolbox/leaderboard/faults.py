@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from ..rundir import RunDir
 from .archive import LIMIT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,9 +67,9 @@ def _results(top1=71.5, **extra) -> bytes:
 
 
 def _run(run: str = RUN, top1=71.5) -> list:
-    return [(f"{run}/recipe.yaml", b"train: {epochs: 1}\n"),
-            (f"{run}/log.jsonl", b'{"epoch": 0, "eval": {"top1": 60.0}}\n'),
-            (f"{run}/results.json", _results(top1))]
+    return [(f"{run}/{RunDir.RECIPE}", b"train: {epochs: 1}\n"),
+            (f"{run}/{RunDir.LOG}", b'{"epoch": 0, "eval": {"top1": 60.0}}\n'),
+            (f"{run}/{RunDir.RESULTS}", _results(top1))]
 
 
 def _info(name: str, kind: bytes, link: str = "") -> tarfile.TarInfo:
@@ -97,48 +98,49 @@ def merge_cases(work: Path, suite: Path) -> list[dict]:
     _HASH["value"] = Planner(load_suite(suite), "smoke", work).plan("ce", "exp10", 0).hash
     good = _run("runs/exp10/focal/seed0")  # a valid run before the bad member
     shaped = {
-        "results_not_json": [(f"{RUN}/results.json", b"{not json")],
-        "results_top1_text": [(f"{RUN}/results.json", _results("abc"))],
-        "results_top1_null": [(f"{RUN}/results.json", _results(None))],
-        "results_top1_nan": [(f"{RUN}/results.json", _results(float("nan")))],
-        "results_top1_over_100": [(f"{RUN}/results.json", _results(250.0))],
-        "results_top1_bool": [(f"{RUN}/results.json", _results(True))],
-        "results_a_list": [(f"{RUN}/results.json", b"[1, 2]")],
-        "results_no_hash": [(f"{RUN}/results.json", b'{"top1": 50}')],
-        "results_metric_text": [(f"{RUN}/results.json", _results(few="low"))],
-        "results_history_text": [(f"{RUN}/results.json", _results(history="x"))],
-        "results_not_utf8": [(f"{RUN}/results.json", b"\xff\xfe\x00")],
-        "results_empty": [(f"{RUN}/results.json", b"")],
-        "log_bad_line": [(f"{RUN}/log.jsonl", b'{"epoch": 0}\n{oops\n'),
-                         (f"{RUN}/results.json", _results())],
-        "log_eval_text": [(f"{RUN}/log.jsonl", b'{"eval": {"top1": "hi"}}\n'),
-                          (f"{RUN}/results.json", _results())],
-        "recipe_bad_yaml": [(f"{RUN}/recipe.yaml", b"a: [1\n"),
-                            (f"{RUN}/results.json", _results())],
-        "recipe_a_list": [(f"{RUN}/recipe.yaml", b"- 1\n"), (f"{RUN}/results.json", _results())],
-        "no_results": [(f"{RUN}/log.jsonl", b"")],
-        "duplicate": [*_run(), (f"{RUN}/results.json", _results())],
-        "symlink": [_info(f"{RUN}/results.json", tarfile.SYMTYPE, "/etc/passwd")],
-        "hardlink": [_info(f"{RUN}/results.json", tarfile.LNKTYPE, "runs/x")],
-        "folder": [_info(f"{RUN}/results.json", tarfile.DIRTYPE)],
-        "fifo": [_info(f"{RUN}/results.json", tarfile.FIFOTYPE)],
-        "escape": [("runs/exp10/../../../escape/seed0/results.json", _results())],
-        "absolute": [("/tmp/lb-fault-absolute/results.json", _results())],
-        "checkpoint": [(f"{RUN}/checkpoint.pt", b"weights")],
-        "bad_seed": [("runs/exp10/ce/seedX/results.json", _results())],
-        "member_over_limit": [(f"{RUN}/log.jsonl", b" " * (LIMIT + 1)),
-                              (f"{RUN}/results.json", _results())],
+        "results_not_json": [(f"{RUN}/{RunDir.RESULTS}", b"{not json")],
+        "results_top1_text": [(f"{RUN}/{RunDir.RESULTS}", _results("abc"))],
+        "results_top1_null": [(f"{RUN}/{RunDir.RESULTS}", _results(None))],
+        "results_top1_nan": [(f"{RUN}/{RunDir.RESULTS}", _results(float("nan")))],
+        "results_top1_over_100": [(f"{RUN}/{RunDir.RESULTS}", _results(250.0))],
+        "results_top1_bool": [(f"{RUN}/{RunDir.RESULTS}", _results(True))],
+        "results_a_list": [(f"{RUN}/{RunDir.RESULTS}", b"[1, 2]")],
+        "results_no_hash": [(f"{RUN}/{RunDir.RESULTS}", b'{"top1": 50}')],
+        "results_metric_text": [(f"{RUN}/{RunDir.RESULTS}", _results(few="low"))],
+        "results_history_text": [(f"{RUN}/{RunDir.RESULTS}", _results(history="x"))],
+        "results_not_utf8": [(f"{RUN}/{RunDir.RESULTS}", b"\xff\xfe\x00")],
+        "results_empty": [(f"{RUN}/{RunDir.RESULTS}", b"")],
+        "log_bad_line": [(f"{RUN}/{RunDir.LOG}", b'{"epoch": 0}\n{oops\n'),
+                         (f"{RUN}/{RunDir.RESULTS}", _results())],
+        "log_eval_text": [(f"{RUN}/{RunDir.LOG}", b'{"eval": {"top1": "hi"}}\n'),
+                          (f"{RUN}/{RunDir.RESULTS}", _results())],
+        "recipe_bad_yaml": [(f"{RUN}/{RunDir.RECIPE}", b"a: [1\n"),
+                            (f"{RUN}/{RunDir.RESULTS}", _results())],
+        "recipe_a_list": [(f"{RUN}/{RunDir.RECIPE}", b"- 1\n"),
+                          (f"{RUN}/{RunDir.RESULTS}", _results())],
+        "no_results": [(f"{RUN}/{RunDir.LOG}", b"")],
+        "duplicate": [*_run(), (f"{RUN}/{RunDir.RESULTS}", _results())],
+        "symlink": [_info(f"{RUN}/{RunDir.RESULTS}", tarfile.SYMTYPE, "/etc/passwd")],
+        "hardlink": [_info(f"{RUN}/{RunDir.RESULTS}", tarfile.LNKTYPE, "runs/x")],
+        "folder": [_info(f"{RUN}/{RunDir.RESULTS}", tarfile.DIRTYPE)],
+        "fifo": [_info(f"{RUN}/{RunDir.RESULTS}", tarfile.FIFOTYPE)],
+        "escape": [(f"runs/exp10/../../../escape/seed0/{RunDir.RESULTS}", _results())],
+        "absolute": [(f"/tmp/lb-fault-absolute/{RunDir.RESULTS}", _results())],
+        "checkpoint": [(f"{RUN}/{RunDir.CHECKPOINT}", b"weights")],
+        "bad_seed": [(f"runs/exp10/ce/seedX/{RunDir.RESULTS}", _results())],
+        "member_over_limit": [(f"{RUN}/{RunDir.LOG}", b" " * (LIMIT + 1)),
+                              (f"{RUN}/{RunDir.RESULTS}", _results())],
     }
     member_named = {  # what the one error line must name besides the archive
-        "escape": "escape", "absolute": "/tmp/lb-fault-absolute", "checkpoint": "checkpoint.pt",
-        "bad_seed": "seedX", "log_bad_line": "log.jsonl", "log_eval_text": "log.jsonl",
-        "recipe_bad_yaml": "recipe.yaml", "recipe_a_list": "recipe.yaml",
-        "member_over_limit": "log.jsonl"}
+        "escape": "escape", "absolute": "/tmp/lb-fault-absolute", "checkpoint": RunDir.CHECKPOINT,
+        "bad_seed": "seedX", "log_bad_line": RunDir.LOG, "log_eval_text": RunDir.LOG,
+        "recipe_bad_yaml": RunDir.RECIPE, "recipe_a_list": RunDir.RECIPE,
+        "member_over_limit": RunDir.LOG}
     cases = []
     for name, members in shaped.items():
         archive = _tgz(work / f"{name}.tar.gz", good + members)
         cases.append({"name": f"merge:{name}", "archives": [archive],
-                      "names": [str(archive), member_named.get(name, "results.json")]})
+                      "names": [str(archive), member_named.get(name, RunDir.RESULTS)]})
     whole = _tgz(work / "whole.tar.gz", _run() + good)
     data = whole.read_bytes()
     for cut in (1, 10, len(data) // 3, len(data) // 2, len(data) - 8, len(data) - 1):
@@ -148,7 +150,7 @@ def merge_cases(work: Path, suite: Path) -> list[dict]:
                       "names": [str(part)]})
     plain = work / "plain.tar"
     with tarfile.open(plain, "w") as tar:
-        info = tarfile.TarInfo(f"{RUN}/results.json")
+        info = tarfile.TarInfo(f"{RUN}/{RunDir.RESULTS}")
         info.size = len(_results())
         tar.addfile(info, io.BytesIO(_results()))
     trailing = work / "trailing.tar.gz"
@@ -165,9 +167,9 @@ def merge_cases(work: Path, suite: Path) -> list[dict]:
         cases.append({"name": f"merge:{name}", "archives": [path], "names": [str(path)]})
     cases += [
         {"name": "merge:two_archives_disagree", "archives": [whole, other],
-         "names": [str(other), "results.json"]},
+         "names": [str(other), RunDir.RESULTS]},
         {"name": "merge:replaces_local_finished_run", "archives": [whole], "local": True,
-         "names": [str(whole), "results.json", "--merge-overwrite"]},
+         "names": [str(whole), RunDir.RESULTS, "--merge-overwrite"]},
         # controls: accepted
         {"name": "merge:valid (control)", "archives": [whole], "names": []},
         {"name": "merge:valid_twice (control)", "archives": [whole], "twice": True, "names": []},
@@ -179,14 +181,13 @@ def merge_cases(work: Path, suite: Path) -> list[dict]:
 
 def _leaderboard_inproc(args: list[str]) -> dict:
     """``benchmarks/leaderboard.py`` in this process: exit code, stderr lines, escaped error."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import leaderboard
+    from .cli import main
 
     out, err = io.StringIO(), io.StringIO()
     escaped = None
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = leaderboard.main(args)
+            code = main(args)
         except BaseException:  # noqa: BLE001 - a traceback is what is being counted
             code, escaped = None, traceback.format_exc().splitlines()[-1]
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
@@ -210,8 +211,8 @@ def sweep_merge(work: Path) -> dict:
         if case.get("local"):
             local = out / RUN
             local.mkdir(parents=True)
-            (local / "results.json").write_bytes(_results(50.0))
-            (local / "checkpoint.pt").write_bytes(b"local weights")
+            (local / RunDir.RESULTS).write_bytes(_results(50.0))
+            (local / RunDir.CHECKPOINT).write_bytes(b"local weights")
         args = [str(suite), "--protocol", "smoke", "--out", str(out), "--report-only",
                 "--no-plots", "--merge", *map(str, case["archives"]), *case.get("flags", [])]
         if case.get("twice"):
@@ -228,7 +229,7 @@ def sweep_merge(work: Path) -> dict:
         wrote = refused and (_snapshot(out / "runs") != runs_before
                              or any(p.exists() for p in outside))
         if case.get("local") and accepted:  # the local run must survive, moved aside
-            kept = list((out / RUN).parent.glob("seed0.replaced-*/checkpoint.pt"))
+            kept = list((out / RUN).parent.glob(f"seed0.replaced-*/{RunDir.CHECKPOINT}"))
             accepted = bool(kept)
         results.append({"name": case["name"], **got, "expected_ok": expected_ok,
                         "accepted": accepted, "clear": clear and not expected_ok,
@@ -280,9 +281,9 @@ def sweep_kills(work: Path, trials: int, seed: int = 0) -> dict:
     reference = work / "reference"
     _leaderboard(args(reference), stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL).wait()
-    expected = json.loads((reference / RUN / "results.json").read_text())
+    expected = json.loads((reference / RUN / RunDir.RESULTS).read_text())
     # the lttrain run's own wall time: the kills land while it trains
-    duration = json.loads((reference / RUN / "leaderboard_run.json").read_text())[
+    duration = json.loads((reference / RUN / RunDir.LEADERBOARD).read_text())[
         "attempts"][-1]["wall_seconds"]
     rng = random.Random(seed)
     doc = []
@@ -291,13 +292,13 @@ def sweep_kills(work: Path, trials: int, seed: int = 0) -> dict:
         delay = rng.uniform(0.05, 0.9) * duration
         runner = _leaderboard(args(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
-        while not (out / RUN / ".lock").is_file() and runner.poll() is None \
+        while not (out / RUN / RunDir.LOCK).is_file() and runner.poll() is None \
                 and time.monotonic() < deadline:
             time.sleep(0.1)  # the child is started (its lock written)
         time.sleep(delay)
-        results = out / RUN / "results.json"
+        results = out / RUN / RunDir.RESULTS
         try:
-            child = int((out / RUN / ".lock").read_text().split()[0])
+            child = int((out / RUN / RunDir.LOCK).read_text().split()[0])
         except (OSError, ValueError, IndexError):
             child = None  # not started
         training = child is not None and not _ended(child) and not results.exists()

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from lttoolbox.errors import ConfigError
-from lttoolbox.yamlio import load_yaml
+from ..errors import ConfigError
+from ..yamlio import load_yaml
 
 ENTRY_KEYS = {"method", "source", "table", "dataset", "imbalance_type", "imbalance_ratio",
               "top1_error", "top1_accuracy", "approximate", "note"}

@@ -43,9 +43,9 @@ from typing import Any
 
 import yaml
 
-from lttoolbox.errors import ConfigError
-from lttoolbox.yamlio import load_yaml
-from lttoolbox.recipe import load_recipe, phase_recipes, recipe_hash, resolve, scale_epochs
+from ..errors import ConfigError
+from ..recipe import load_recipe, phase_recipes, recipe_hash, resolve, scale_epochs
+from ..yamlio import load_yaml
 
 # Built-in protocols; a suite may replace one by name under ``protocols:``.
 PROTOCOLS: dict[str, dict[str, Any]] = {

@@ -34,7 +34,6 @@ decided again: skipped if that process finished it, resumed otherwise, never fai
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import json
 import os
 import re
@@ -48,21 +47,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lttoolbox.engine.rundir import LOCK
-from lttoolbox.engine.reuse import first_phase_hash
-from lttoolbox.recipe import (atomic_write_text, dump_recipe, phase_recipes, recipe_hash,
-                             resolve_saved)
-from lttoolbox.upgrade import upgrade_record
-from lttoolbox.yamlio import load_yaml
+from ..engine.reuse import first_phase_hash
+from ..recipe import dump_recipe, phase_recipes, recipe_hash, resolve_saved
+from ..rundir import RunDir, atomic_write_text, lock_holder
+from ..upgrade import upgrade_record
+from ..yamlio import load_yaml
 
 from .suite import Run
 
-RESULTS = "results.json"
-CHECKPOINT = "checkpoint.pt"
-SAVED_RECIPE = "recipe.yaml"
-PLANNED = "planned_recipe.yaml"
-SIDECAR = "leaderboard_run.json"
-LOG = "lttrain.log"
+RESULTS = RunDir.RESULTS
+CHECKPOINT = RunDir.CHECKPOINT
+SAVED_RECIPE = RunDir.RECIPE
+PLANNED = RunDir.PLANNED_RECIPE
+SIDECAR = RunDir.LEADERBOARD
+LOG = RunDir.RUNNER_LOG
 
 SKIP, RESUME, FRESH, STALE = "skip", "resume", "fresh", "stale"
 
@@ -153,27 +151,6 @@ def last_error(log_path: Path) -> str | None:
     return lines[-1] if lines else None
 
 
-def lock_holder(run_dir: Path) -> str | None:
-    """The process id in ``run_dir/.lock`` while a live process holds that lock, else None.
-
-    The lock is ``lttrain``'s ``flock``: it ends with the process (and with any process that
-    inherited its descriptor), so a held lock means a live writer, never a stale file.
-    """
-    try:
-        fd = os.open(run_dir / LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def _load_prctl():
     """libc's ``prctl`` on Linux (looked up once, here: a child between fork and exec may only
     call what is already loaded), else None."""
@@ -243,7 +220,7 @@ def first_phase_ended(run: Run, protocol: str) -> bool:
     if matching_results(run, protocol) is not None:
         return True
     first = phase_recipes(run.recipe)[0]["meta"]["phase"]
-    return (run.dir / f"model-{first}.pt").is_file() and saved_recipe_hash(run.dir) == run.hash
+    return RunDir(run.dir).weights(first).is_file() and saved_recipe_hash(run.dir) == run.hash
 
 
 def donor_map(runs: list[Run], candidates: list[Run]) -> dict[str, list[Run]]:

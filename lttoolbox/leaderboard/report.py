@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from lttoolbox.engine.provenance import git_commit
-from lttoolbox.errors import ConfigError
-from lttoolbox.recipe import atomic_write_text
-from lttoolbox.upgrade import upgrade_record
+from ..engine.provenance import git_commit
+from ..errors import ConfigError
+from ..rundir import RunDir, atomic_write_text
+from ..upgrade import upgrade_record
 
 from .references import Reference, References
 from .runner import matching_results, read_attempts, started_attempts
@@ -79,7 +79,7 @@ def _log_rows(run_dir: Path, results: dict) -> list[dict]:
     """The run's epochs: ``log.jsonl``, else the same rows in ``results.json``'s ``history``
     (rows written before phases were called so are read in today's spelling)."""
     try:
-        text = (run_dir / "log.jsonl").read_text()
+        text = (run_dir / RunDir.LOG).read_text()
     except OSError:
         return [r for r in results.get("history") or [] if isinstance(r, dict)]
     rows = []
