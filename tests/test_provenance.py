@@ -9,7 +9,6 @@ read from ``configs/`` and ``benchmarks/suites/``, so a new recipe is checked wi
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,8 +28,7 @@ EVERY_RECIPE = sorted((ROOT / "configs").rglob("*.yaml"))
 @pytest.fixture(scope="module")
 def published():
     """``recipe path -> (reference entry or None)`` as the leaderboard shows it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from lb.suite import load_suite
+    from lttoolbox.leaderboard.suite import load_suite
 
     entries = yaml.safe_load((ROOT / "benchmarks/reference_numbers.yaml").read_text())["entries"]
     expected = {}
