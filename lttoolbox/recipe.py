@@ -330,12 +330,13 @@ def load_recipe(path: str | os.PathLike, overrides: Iterable[str] = (),
     """
     recipe = read_recipe(path)
     recipe = apply_overrides(upgrade_recipe(recipe) if saved else recipe, list(overrides))
+    resolved = resolve(recipe)  # first: a renamed key (meta.stage) is named as renamed
     if not saved:  # a run's saved meta may predate the schema; it changes no result
         check_meta(recipe.get("meta"))
         for i, phase in enumerate(recipe.get("phases") or []):
             if isinstance(phase, dict):
                 check_meta(phase.get("meta"), f"phases[{i}].")
-    return resolve(recipe)
+    return resolved
 
 
 def resolve_saved(recipe: Any) -> dict:
