@@ -56,6 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..api import Component
 from ..errors import ConfigError
 from ..losses.weights import check_number
 from ..registry import AUGMENTS
@@ -192,7 +193,7 @@ def compose_moved_foreground(images: torch.Tensor, mask: torch.Tensor, theta: to
 
 
 @AUGMENTS.register("cam_resample")
-class CAMResample:
+class CAMResample(Component):
     """CAM-based re-sampling: tops classes up with CAM-guided generated images at the start of
     its phase (see the module docstring).
 
@@ -220,14 +221,14 @@ class CAMResample:
             sampler: {name: class_balanced}
     """
 
-    mixes = False
-    point = None  # acts on the data before the phase, not inside the model
+    adds_images = True  # at its phase's start; it does not act inside the model (no points)
     reads_trained_model = True  # the maps come from the classifier trained so far
 
     def __init__(self, target: str | int = "max_plus_min", threshold: float = 0.75,
                  transforms: Sequence[str] = TRANSFORMS, compose: str = "move",
                  batch_size: int = 512, seed: int = 0,
                  point_names: Sequence[str] | None = None):
+        super().__init__()
         if target != "max_plus_min" and (isinstance(target, bool) or not isinstance(target, int)
                                          or target < 1):
             raise ConfigError(f"target must be 'max_plus_min' or a positive integer, got "
@@ -260,9 +261,6 @@ class CAMResample:
             self.feature_point = names[-1]
         else:
             self.feature_point = None
-
-    def set_epoch(self, epoch: int) -> None:  # acts once, before the phase
-        pass
 
     def additions(self, counts: Sequence[int]) -> list[int]:
         """Images to generate per class."""

@@ -135,6 +135,7 @@ class Trainer:
         self._selection: dict = {}  # post-hoc choices made on the validation split
         self._generated: dict = {}  # images added to the training set, per phase
         self._reused: dict | None = None  # the phase taken from another run, if any
+        self.phases: list[Phase] = []  # built below, once the run directory was checked
         check_out_dir(self.out)
         check_loggers(self.recipe["train"]["loggers"])
         self._check_run_dir()
@@ -233,7 +234,7 @@ class Trainer:
         names = [p["meta"]["phase"] for p in phase_recipes(saved)]
         for recipe, name in zip(self.recipe["phases"], names):
             recipe["meta"]["phase"] = name
-        for phase, name in zip(getattr(self, "phases", ()), names):
+        for phase, name in zip(self.phases, names):
             phase.name = name  # checked again under the lock, after the phases were built
 
     @contextlib.contextmanager
@@ -271,16 +272,16 @@ class Trainer:
         that chooses on the validation split needs a data set with one."""
         cfg = head_config(recipe["model"].get("head", "linear"), where + "model.head")
         head = build_head(cfg, self.model.feature_dim, self.num_classes, where + "model.head")
-        if hasattr(head, "adopt"):
+        if head.follows:
             previous = (head_config(phase_recipes(self.recipe)[index - 1]["model"].get(
                 "head", "linear"))["name"] if index else None)
-            if previous not in getattr(head, "follows", ()):
+            if previous not in head.follows:
                 raise ConfigError(f"head '{cfg['name']}' takes over the previous phase's "
                                   f"classifier, which must be one of "
                                   f"{', '.join(head.follows)}; got "
                                   f"{previous or 'none (it is the first phase)'}",
                                   key=where + "model.head")
-        if getattr(head, "needs_validation", False) and self.data.val is None:
+        if head.needs_validation and self.data.val is None:
             raise ConfigError(f"head '{cfg['name']}' chooses on the validation split; give the "
                               f"data set one (data.val_per_class: 20)", key=where + "model.head")
 
@@ -316,20 +317,18 @@ class Trainer:
         for part, key in named:
             if isinstance(part, torch.nn.Module):
                 part.to(self.device)
-            if hasattr(part, "prepare") and self.data_path.kind != "memory":
+            if part.adds_images and self.data_path.kind != "memory":
                 raise ConfigError(f"{type(part).__name__} adds generated images to the training "
                                   f"set, which the streaming data path cannot hold; set "
                                   f"data.path: memory", key=key)
-            # A component acts at one model point, at several (``points``, each with
-            # ``hook(point)``), or at none (``point = None``: it prepares the phase's data instead).
-            points = getattr(part, "points", None) or (getattr(part, "point", "input"),)
-            for point in (p for p in points if p is not None):
+            # A component acts at the model points it declares (``points()``, each with
+            # ``hook(point)``), or at none (it prepares the phase's data instead).
+            for point in part.points():
                 if point not in self.model.point_names:
                     raise ConfigError(f"acts at model point '{point}', which "
                                       f"{first['model']['name']} does not have. Points: "
                                       f"{', '.join(self.model.point_names)}.", key=key + ".point")
-                hook = part.hook(point) if hasattr(part, "hook") else part
-                phase.hooked.append((part, point, key, hook))
+                phase.hooked.append((part, point, key, part.hook(point)))
         check_one_mix_at_a_time(named, recipe["train"]["epochs"])
         check_data_preparers(named, index, recipe["train"]["epochs"])
         check_generator_placement(named, self.model.point_names, recipe["train"]["epochs"])
@@ -368,7 +367,7 @@ class Trainer:
     def _learned_components(phase: Phase) -> list:
         """Components with trainable parameters of their own, named for ``optim.no_decay``."""
         return [(f"{type(part).__name__}{i}", part) for i, part in enumerate(phase.components)
-                if isinstance(part, torch.nn.Module) and any(True for _ in part.parameters())]
+                if part.learned]
 
     # ----------------------------------------------------------------------------------- running
     def run(self) -> dict:
@@ -508,7 +507,7 @@ class Trainer:
                                  total_epochs=recipe["train"]["epochs"], **recipe["schedule"])
         per_step = warms_up_per_step(recipe["schedule"], epoch)
         for part in phase.components:
-            part.set_epoch(epoch)
+            part.before_epoch(epoch)
         step_module.hooks = active_hooks(phase)
         if self.world.rank:
             # Ranks draw independent augmentations (crops, mixing partners): a stream of
@@ -517,8 +516,7 @@ class Trainer:
         # Parameters a component freezes for this epoch (RSG's contrastive module once it
         # generates): their gradients are withheld from the step, so neither the update, the
         # momentum nor the weight decay moves them.
-        withheld = [p for part in phase.components
-                    for p in getattr(part, "frozen_parameters", lambda: ())()]
+        withheld = [p for part in phase.components for p in part.frozen_parameters()]
         self.model.train()
         indices = phase.sampler.indices()  # this rank's every world-size-th position
         # The recipe's batch is the global one: each rank trains on its share, and global batch
@@ -598,7 +596,7 @@ class Trainer:
         on the grown set (samplers and losses see the new counts). The images are stored in the
         run directory, so a resumed run uses the very same ones."""
         phase = self.phases[index]
-        preparers = [p for p in phase.components if hasattr(p, "prepare")]
+        preparers = [p for p in phase.components if p.adds_images]
         if not preparers:
             return
         path = self.out / f"generated-{phase.name}.pt"
@@ -640,9 +638,8 @@ class Trainer:
     def _select(self, phase: Phase, autocast) -> None:
         """Let a head that chooses a setting post hoc (``tau_norm`` with ``tau: auto``) choose it
         on the validation split; the record goes into results.json."""
-        select = getattr(self.model.head, "select", None)
-        if select is not None:
-            self._selection.update(select(
+        if self.model.head.needs_validation:
+            self._selection.update(self.model.head.select(
                 lambda: self._evaluate(phase, autocast, "val")["top1"]))
 
     def _evaluate(self, phase: Phase, autocast, split: str = "test") -> dict:
@@ -695,12 +692,12 @@ class Trainer:
     # ------------------------------------------------------------------------- checkpoints & logs
     @staticmethod
     def _component_states(phase: Phase) -> list:
-        return [p.state_dict() if hasattr(p, "state_dict") else None for p in phase.components]
+        return [p.state_dict() for p in phase.components]
 
     @staticmethod
     def _load_components(phase: Phase, states: list) -> None:
         for part, saved in zip(phase.components, states):
-            if saved is not None and hasattr(part, "load_state_dict"):
+            if saved is not None:  # None: written before every component kept a state
                 part.load_state_dict(saved)
 
     def _save_state(self, index, epoch, phase_done, optimizer, scaler, phase, history, seconds,

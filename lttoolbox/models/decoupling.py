@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..api import Head
 from ..errors import ConfigError
 from ..losses.weights import check_number
 from .heads import HEADS
@@ -53,7 +54,7 @@ def _take_over(head: nn.Module, previous: nn.Module, name: str) -> None:
 
 
 @HEADS.register("tau_norm")
-class TauNormHead(nn.Module):
+class TauNormHead(nn.Module, Head):
     """tau-normalised classifier (Kang et al., ICLR 2020, Sec. 4).
 
     Args:
@@ -135,7 +136,7 @@ class TauNormHead(nn.Module):
 
 
 @HEADS.register("lws")
-class LWSHead(nn.Module):
+class LWSHead(nn.Module, Head):
     """Learnable weight scaling (Kang et al., ICLR 2020, Sec. 4): ``s_c (<w_c, f> + b_c)``.
 
     The previous classifier's weight and bias are taken over and stay fixed (buffers, never in

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..api import Head
 from ..errors import ConfigError
 from ..registry import Registry
 
@@ -74,7 +75,7 @@ def build_head(cfg: str | dict[str, Any], in_features: int, num_classes: int,
 
 
 @HEADS.register("linear")
-class LinearHead(nn.Linear):
+class LinearHead(nn.Linear, Head):
     """Plain linear classifier with bias: ``logits = W f + b``.
 
     ``init: kaiming_normal`` (the default) initialises the weight with ``kaiming_normal_``
@@ -151,7 +152,7 @@ def _prior_probability(prior: float | str | None, num_classes: int) -> float | N
 
 
 @HEADS.register("cosine")
-class CosineHead(nn.Module):
+class CosineHead(nn.Module, Head):
     """Cosine classifier, the "NormedLinear" of LDAM-DRW (Cao et al., NeurIPS 2019, Sec. 4 /
     reference code): ``logits_j = scale * <f / ||f||, w_j / ||w_j||>``, no bias.
 
