@@ -19,7 +19,9 @@ Declared capabilities (class attributes, read before training to refuse impossib
 
 Events, in the order the trainer sends them: ``before_phase(events)`` at a phase's start (after
 its model changes), then per epoch ``before_epoch(epoch)`` (by default :meth:`set_epoch`), the
-steps, ``after_epoch(epoch)``; after the phase's last epoch ``after_phase(events)``.
+steps, ``after_epoch(epoch)``; after the phase's last epoch ``after_phase(events)`` (to the
+phase's components and to the model's head). ``events`` is a :class:`PhaseEvents`: what such an
+action may see and do without the trainer knowing what it does.
 ``state_dict()``/``load_state_dict()`` go into every checkpoint.
 
 Example:
@@ -49,7 +51,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["Component", "ModuleComponent", "Head"]
+__all__ = ["Component", "ModuleComponent", "Head", "PhaseEvents"]
 
 
 class Component:
@@ -186,3 +188,71 @@ class Head:
 
     def after_phase(self, events: Any) -> None:
         """After its phase's last epoch, before the phase's checkpoint."""
+
+
+class PhaseEvents:
+    """What a phase-start or phase-end action sees and may do; the trainer implements it.
+
+    Attributes:
+        model: The model (backbone and head), as the phase starts or ends.
+        index: The phase's 0-based index.
+        name: The phase's name (``meta.phase``).
+        log: The run's console logger (``start_epoch(title, total)``, ``advance(n)``,
+            ``end_epoch(line)``, ``info(line)``), for a progress bar of a long action.
+
+    An action that computes something from the run's state (images generated from the trained
+    model) computes it through :meth:`artifact`, so that a resumed run reuses exactly what the
+    interrupted one computed. Growing the training set (:meth:`add_training_images`) makes the
+    trainer rebuild the phase's components on the grown set (samplers and losses see the new
+    counts).
+    """
+
+    model: nn.Module
+    index: int
+    name: str
+    log: Any
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The training images (uint8 ``(N, C, H, W)``, on the training device; in-memory data
+        path only)."""
+        raise NotImplementedError
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The training labels ``(N,)`` beside :attr:`images`."""
+        raise NotImplementedError
+
+    @property
+    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The evaluation transform (uint8 images to normalised model inputs)."""
+        raise NotImplementedError
+
+    @property
+    def data_kind(self) -> str:
+        """The data path: ``memory`` or ``stream``."""
+        raise NotImplementedError
+
+    def train_labels(self) -> Any:
+        """The training labels as a numpy array (either data path)."""
+        raise NotImplementedError
+
+    def artifact(self, name: str, make: Callable[[], dict]) -> dict:
+        """``make()``'s tensor dict, computed once per run and stored in the run directory as
+        ``<name>-<phase>.pt``; a resumed run (and every other process) reads the stored one."""
+        raise NotImplementedError
+
+    def add_training_images(self, images: torch.Tensor, labels: torch.Tensor,
+                            seconds: float | None = None) -> None:
+        """Add images to the training set for this phase and every later one (``seconds``: what
+        making them took, reported in results.json's phase entry)."""
+        raise NotImplementedError
+
+    def evaluate(self, split: str = "val") -> dict:
+        """The model's metrics on the validation split (choices are never made on the test
+        split: ``"test"`` is refused)."""
+        raise NotImplementedError
+
+    def record(self, key: str, value: Any) -> None:
+        """Keep a choice made here in results.json's ``selection`` (and in the checkpoint)."""
+        raise NotImplementedError

@@ -45,6 +45,7 @@ from .compile import compile_step
 from .distributed import (World, barrier, gather_predictions, global_normalizer, local_device,
                           mean_over_ranks, per_rank_batch, sync_buffers, wrap)
 from .evaluate import metrics_from_predictions, predict_batches
+from .events import RunPhaseEvents
 from .loggers import check_loggers, open_loggers
 from .logging import RunLogger
 from .monitor import check_divergence, epoch_line
@@ -132,8 +133,8 @@ class Trainer:
         self._lock: RunLock | None = None
         self._loss_reference: float | None = None
         self._loggers: list = []
-        self._selection: dict = {}  # post-hoc choices made on the validation split
-        self._generated: dict = {}  # images added to the training set, per phase
+        self.selection: dict = {}  # post-hoc choices made on the validation split
+        self.generated: dict = {}  # images added to the training set, per phase
         self._reused: dict | None = None  # the phase taken from another run, if any
         self.phases: list[Phase] = []  # built below, once the run directory was checked
         check_out_dir(self.out)
@@ -377,10 +378,10 @@ class Trainer:
                 history, seconds, images_seen = self.fit()
                 final = self.phases[-1]
                 autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
-                results = self._results(self._evaluate(final, autocast), history, seconds,
+                results = self._results(self.evaluate(final, autocast), history, seconds,
                                         images_seen)
                 if self.data.val is not None:  # for choices that must not be made on the test set
-                    results["val"] = self._evaluate(final, autocast, "val")
+                    results["val"] = self.evaluate(final, autocast, "val")
                 if self.world.is_main:
                     atomic_write_json(results, self.out / RESULTS)
                 for logger in self._loggers:
@@ -444,7 +445,7 @@ class Trainer:
                     # resumed exactly at the boundary draws the same as an uninterrupted one.
                     seed_everything(phase_seed(phase.recipe["train"]["seed"], index))
                 self._enter_phase(index)
-                self._prepare_data(index)
+                self._before_phase(index)
                 phase = self.phases[index]  # rebuilt when the training set grew
                 self._loss_reference = None
             optimizer = (build_optimizer(self.model, phase.recipe["optim"],
@@ -474,7 +475,7 @@ class Trainer:
                 images_seen += count
                 every = phase.recipe["eval"]["every"]
                 if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-                    row["eval"] = {k: v for k, v in self._evaluate(phase, autocast).items()
+                    row["eval"] = {k: v for k, v in self.evaluate(phase, autocast).items()
                                    if k in ("top1", "mean_class_acc", "many", "medium", "few")}
                 attempt_epochs += 1
                 left = epochs - epoch - 1 + sum(s.recipe["train"]["epochs"]
@@ -485,7 +486,7 @@ class Trainer:
                 history.append(row)
                 last = epoch + 1 == epochs
                 if last:
-                    self._select(phase, autocast)
+                    self._after_phase(index, autocast)
                 if last or (epoch + 1) % phase.recipe["train"]["checkpoint_every"] == 0:
                     self._save_state(index, epoch, last, optimizer, scaler, phase, history,
                                      seconds, images_seen)
@@ -494,7 +495,7 @@ class Trainer:
                 for logger in self._loggers:
                     logger.epoch(row)
             if epochs == 0:  # a phase that only changes the model (tau-normalisation)
-                self._select(phase, autocast)
+                self._after_phase(index, autocast)
                 self._save_state(index, -1, True, optimizer, scaler, phase, history, seconds,
                                  images_seen)
         return history, seconds, images_seen
@@ -590,59 +591,28 @@ class Trainer:
     def _epoch_label(self, phase: Phase) -> str:
         return f"{phase.name} " if len(self.phases) > 1 else ""
 
-    def _prepare_data(self, index: int, replay: bool = False) -> None:
-        """Let the phase's components that prepare data (``prepare``: CAM-based re-sampling) add
-        training images, once, at the phase's start; the phase's components are then rebuilt
-        on the grown set (samplers and losses see the new counts). The images are stored in the
-        run directory, so a resumed run uses the very same ones."""
+    def _before_phase(self, index: int, replay: bool = False) -> None:
+        """Send the phase's components ``before_phase``; a component that grew the training set
+        (CAM-based re-sampling) makes the phase's components be rebuilt on the grown set
+        (samplers and losses see the new counts)."""
+        events = RunPhaseEvents(self, index, replay)
         phase = self.phases[index]
-        preparers = [p for p in phase.components if p.adds_images]
-        if not preparers:
-            return
-        path = self.out / f"generated-{phase.name}.pt"
-        # Rank 0 generates the images; every rank then reads the same file.
-        if self.world.is_main and not replay and not path.exists():
-            self._generate(phase, index, preparers, path)
-        barrier(self.world)
-        if not path.exists():
-            raise CheckpointError(f"{path} is missing: the images generated for phase "
-                                  f"'{phase.name}' cannot be made again exactly; start the run "
-                                  f"afresh")
-        extra = load_checkpoint(path)
-        self.data_path.add(extra["images"], extra["labels"])
-        self._generated[phase.name] = {"images": int(extra["labels"].numel()),
-                                       "seconds": extra.get("seconds")}
-        with warnings.catch_warnings():  # named once per recipe key before training
-            warnings.simplefilter("ignore", UnreachableEpochWarning)
-            self.phases[index] = self._build_phase(phase.recipe, index,
-                                                   phase_recipes(self.recipe)[0])
+        for part in phase.components:
+            part.before_phase(events)
+        if events.training_set_changed:
+            with warnings.catch_warnings():  # named once per recipe key before training
+                warnings.simplefilter("ignore", UnreachableEpochWarning)
+                self.phases[index] = self._build_phase(phase.recipe, index,
+                                                       phase_recipes(self.recipe)[0])
 
-    def _generate(self, phase: Phase, index: int, preparers: list, path: Path) -> None:
-        """Run the preparers on the training images and store what they generate at ``path``."""
-        start = time.perf_counter()
-        parts = []
-        for part in preparers:
-            total = sum(part.additions(np.bincount(self.data_path.train_labels(),
-                                                   minlength=self.num_classes)))
-            self.log.start_epoch(f"{phase.name}: generating {total:,} images", total)
-            parts.append(part.prepare(self.model, self.data_path.images, self.data_path.labels,
-                                      self.data_path.eval_transform, index,
-                                      progress=self.log.advance))
-            self.log.end_epoch(f"{phase.name}: generated {total:,} images in "
-                               f"{time.perf_counter() - start:.1f} s")
-        extra = {"images": torch.cat([e["images"] for e in parts]).cpu(),
-                 "labels": torch.cat([e["labels"] for e in parts]).cpu(),
-                 "seconds": round(time.perf_counter() - start, 2)}
-        atomic_save(extra, path)
+    def _after_phase(self, index: int, autocast) -> None:
+        """Send the phase's components and the model's head ``after_phase`` (``tau_norm`` with
+        ``tau: auto`` chooses its power on the validation split there)."""
+        events = RunPhaseEvents(self, index, autocast=autocast)
+        for part in [*self.phases[index].components, self.model.head]:
+            part.after_phase(events)
 
-    def _select(self, phase: Phase, autocast) -> None:
-        """Let a head that chooses a setting post hoc (``tau_norm`` with ``tau: auto``) choose it
-        on the validation split; the record goes into results.json."""
-        if self.model.head.needs_validation:
-            self._selection.update(self.model.head.select(
-                lambda: self._evaluate(phase, autocast, "val")["top1"]))
-
-    def _evaluate(self, phase: Phase, autocast, split: str = "test") -> dict:
+    def evaluate(self, phase: Phase, autocast, split: str = "test") -> dict:
         """The metrics of the model on the test split, or on the validation split.
 
         Across processes each rank predicts its shard (no padding) and every rank gathers all
@@ -677,13 +647,13 @@ class Trainer:
             "protocol": self.recipe.get("meta", {}).get("protocol"),
             "recipe_hash": recipe_hash(self.recipe),
             "data": self.data.meta,
-            "selection": self._selection,
+            "selection": self.selection,
             **({"reused": self._reused} if self._reused else {}),
             "phases": [{"name": s.name, "epochs": s.recipe["train"]["epochs"],
                         "final_loss": next((r["loss"] for r in reversed(history)
                                             if r["phase"] == s.name), None),
-                        **({"generated": self._generated[s.name]}
-                           if s.name in self._generated else {})}
+                        **({"generated": self.generated[s.name]}
+                           if s.name in self.generated else {})}
                        for s in self.phases],
             "history": history,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -710,7 +680,7 @@ class Trainer:
                      "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
                      "images": images, "recipe_hash": recipe_hash(self.recipe),
                      "commits": self._commits, "loss_reference": self._loss_reference,
-                     "selection": self._selection,
+                     "selection": self.selection,
                      **({"reused": self._reused} if self._reused else {})},
                     self.out / CHECKPOINT)
         if phase_done:  # each phase's final weights, for later use outside this run
@@ -723,9 +693,9 @@ class Trainer:
             return None
         for index in range(state["phase"] + 1):
             self._enter_phase(index)
-            self._prepare_data(index, replay=True)
+            self._before_phase(index, replay=True)
         self.model.load_state_dict(state["model"])
-        self._selection = dict(state.get("selection") or {})
+        self.selection = dict(state.get("selection") or {})
         self._reused = state.get("reused")
         phase = self.phases[state["phase"]]
         weights = self.out / f"model-{phase.name}.pt"

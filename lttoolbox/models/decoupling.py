@@ -116,6 +116,12 @@ class TauNormHead(nn.Module, Head):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, self.normalised_weight(), self.bias if self.keep_bias else None)
 
+    def after_phase(self, events) -> None:
+        """With ``tau: auto``: choose tau on the validation split (:meth:`select`) and record
+        the choice in results.json's ``selection``."""
+        for key, value in self.select(lambda: events.evaluate("val")["top1"]).items():
+            events.record(key, value)
+
     def select(self, score: Callable[[], float]) -> dict:
         """With ``tau: auto``: try every tau of the grid, keep the one with the best validation
         score (the first on ties); returns the record for ``results.json``."""
