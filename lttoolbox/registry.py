@@ -1,6 +1,7 @@
 """A small registry: names to classes (or factories), built from recipe dicts.
 
-Each family (data sets, models, samplers, losses, augmentations, generators) has one registry.
+Each family (data sets, models, heads, samplers, losses, augmentations, generators, optimizers,
+learning-rate schedules) has one registry.
 ``build(cfg, **context)`` takes a dict with a ``name`` key plus the entry's own parameters, and
 ``context`` with what the data tells (``class_counts``, ``num_classes``, ``labels``,
 ``total_epochs``, ...). An entry receives a context item only if its signature names it, so the
@@ -242,3 +243,14 @@ SAMPLERS = Registry("sampler", "lttoolbox.samplers", context=PHASE_CONTEXT)
 LOSSES = Registry("loss", "lttoolbox.losses", context=PHASE_CONTEXT)
 AUGMENTS = Registry("augment", "lttoolbox.augment", context=PHASE_CONTEXT)
 GENERATORS = Registry("generator", "lttoolbox.generators", context=PHASE_CONTEXT)
+# Heads are built by the model (``model.head``), from its feature width and class count.
+HEAD_CONTEXT = ("in_features", "num_classes")
+HEADS = Registry("head", "lttoolbox.models", context=HEAD_CONTEXT)
+# ``optim``: an entry gets the parameter groups (``params``) and whether a fused kernel is to be
+# used (``fused``); it returns a ``torch.optim.Optimizer`` whose ``step(closure)`` may call the
+# closure more than once (a two-pass method), as torch's convention allows.
+OPTIMIZERS = Registry("optimizer", "lttoolbox.engine.optim", context=("params", "fused"))
+# ``schedule``: an entry is the decayed rate of an epoch, ``f(epoch, base_lr, total_epochs,
+# warmup_epochs, **its parameters)``; the warm-up multiplies it (lttoolbox.engine.optim.lr_at).
+SCHEDULE_CONTEXT = ("epoch", "base_lr", "total_epochs", "warmup_epochs")
+SCHEDULES = Registry("schedule", "lttoolbox.engine.optim", context=SCHEDULE_CONTEXT)

@@ -12,9 +12,9 @@ import torch
 
 from lttoolbox.api import Component, Head
 from lttoolbox.batch import Batch
-from lttoolbox.models.heads import HEADS
-from lttoolbox.registry import (AUGMENTS, GENERATORS, LOSSES, MODELS, SAMPLERS,
-                                recipe_parameters)
+from lttoolbox.engine.optim import lr_at
+from lttoolbox.registry import (AUGMENTS, GENERATORS, HEADS, LOSSES, MODELS, OPTIMIZERS,
+                                SAMPLERS, SCHEDULES, recipe_parameters)
 
 pytestmark = pytest.mark.filterwarnings("ignore::lttoolbox.epochs.UnreachableEpochWarning")
 
@@ -124,3 +124,42 @@ def test_the_head_contract(name):
         previous = HEADS.build({"name": head.follows[0]}, in_features=MODEL.feature_dim,
                                num_classes=len(COUNTS))
         head.adopt(previous)
+
+
+@pytest.mark.parametrize("name", shipped(OPTIMIZERS))
+def test_the_optimizer_contract(name):
+    """An optimizer entry takes parameter groups and steps with a closure that computes the
+    loss and its gradients (called once or, by a two-pass method, more often); it returns what
+    the closure returned first."""
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = OPTIMIZERS.build({"name": name}, key="optim", params=[{"params": [weight]}])
+    assert isinstance(opt, torch.optim.Optimizer)
+    calls = []
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = (weight ** 2).sum()
+        loss.backward()
+        calls.append(loss.detach())
+        return loss.detach().reshape(1)
+
+    before = weight.detach().clone()
+    out = opt.step(closure)
+    assert calls and torch.equal(out, calls[0].reshape(1))
+    assert not torch.equal(weight.detach(), before)  # it moved the parameter
+    assert weight.detach().abs().sum() < before.abs().sum()  # downhill on |w|^2
+
+
+@pytest.mark.parametrize("name", shipped(SCHEDULES))
+def test_the_schedule_contract(name):
+    """A schedule gives a finite rate in [0, base_lr] for every epoch, and the warm-up scales
+    it: epoch 0 of a 4-epoch warm-up trains at a quarter of the decayed rate."""
+    total = 10
+    rates = [lr_at(e, 0.1, name=name, total_epochs=total, milestones=[5], gamma=0.1)
+             for e in range(total)]
+    assert all(0.0 <= r <= 0.1 + 1e-12 for r in rates)
+    warm = lr_at(0, 0.1, name=name, total_epochs=total, milestones=[5], warmup_epochs=4)
+    plain = SCHEDULES.get(name)(**{k: v for k, v in {
+        "epoch": 0, "base_lr": 0.1, "total_epochs": total, "warmup_epochs": 4,
+        "milestones": [5]}.items() if k in inspect.signature(SCHEDULES.get(name)).parameters})
+    assert warm == pytest.approx(plain / 4)

@@ -544,20 +544,31 @@ class Trainer:
             # The compiled step takes full batches only: the last, partial one runs eagerly
             # rather than compiling a second graph (nothing dropped, nothing padded).
             fast = compiled is not None and batch.x.shape[0] == batch_size
-            if fast and not compiled.ready:
-                compile_start = time.perf_counter()
-            with autocast() if autocast else contextlib.nullcontext():
-                losses = (compiled if fast else step_fn)(batch)
-            loss = losses[0]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if fast and not compiled.ready:  # the first call compiles: time it apart
-                compiled.mark_ready(self.device, time.perf_counter() - compile_start)
-                compile_seconds = compiled.seconds
-            for param in withheld:
-                param.grad = None
-            scaler.step(optimizer)
+
+            def closure(batch=batch, fast=fast):
+                """Forward and backward of the batch; returns the step's losses. An optimizer
+                may call it more than once (``torch.optim``'s closure convention)."""
+                nonlocal compile_seconds
+                timed = fast and not compiled.ready  # the first call compiles: time it apart
+                begin = time.perf_counter()
+                with autocast() if autocast else contextlib.nullcontext():
+                    losses = (compiled if fast else step_fn)(batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses[0]).backward()
+                if timed:
+                    compiled.mark_ready(self.device, time.perf_counter() - begin)
+                    compile_seconds = compiled.seconds
+                for param in withheld:
+                    param.grad = None
+                return losses
+
+            if scaler.is_enabled():  # fp16 loss scaling steps without a closure
+                losses = closure()
+                scaler.step(optimizer)
+            else:
+                losses = optimizer.step(closure)
             scaler.update()
+            loss = losses[0]
             loss_sum += losses.detach()
             if self._loss_reference is None:  # once per phase: what divergence is judged by
                 self._loss_reference = float(mean_over_ranks(loss.detach(), self.world))

@@ -26,13 +26,8 @@ from torch import nn
 
 from ..api import Head
 from ..errors import ConfigError
-from ..registry import Registry
-
-# Given by the model, never by the recipe: a recipe value would silently win over the context.
-_HEAD_CONTEXT = ("in_features", "num_classes")
-
-HEADS = Registry("head", "lttoolbox.models", context=_HEAD_CONTEXT)
-"""Registry of classifier heads (recipe key ``model.head``)."""
+from ..registry import HEAD_CONTEXT as _HEAD_CONTEXT  # given by the model, never by a recipe
+from ..registry import HEADS
 
 
 def head_config(cfg: str | dict[str, Any], key: str = "model.head") -> dict[str, Any]:
