@@ -30,6 +30,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
+import pkgutil
 import re
 import sys
 from typing import Any, Callable, Iterable
@@ -117,6 +119,7 @@ class Registry:
     def entries(self) -> dict[str, Callable]:
         if self.module is not None and self.module not in sys.modules:
             importlib.import_module(self.module)
+        load_plugins()
         return self._entries
 
     def register(self, name: str) -> Callable[[Callable], Callable]:
@@ -188,6 +191,31 @@ class Registry:
             raise
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{self.kind} '{cfg['name']}': {err}", key=key or None) from None
+
+
+PLUGINS_VARIABLE = "LTTOOLBOX_PLUGINS"
+_loaded_plugins: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import the modules named in ``LTTOOLBOX_PLUGINS`` (comma-separated importable module
+    names), once each: entries registered outside the package (docs/extending.md)."""
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_VARIABLE, "").split(","))):
+        if name not in _loaded_plugins:
+            _loaded_plugins.add(name)
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                _loaded_plugins.discard(name)
+                raise ConfigError(f"cannot import plugin module '{name}' named in "
+                                  f"{PLUGINS_VARIABLE}: {err}") from None
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package``: a family package registers each entry file in it
+    without listing it (a new entry is one new file)."""
+    for info in pkgutil.iter_modules(sys.modules[package].__path__):
+        importlib.import_module(f"{package}.{info.name}")
 
 
 def _parameters(factory: Callable) -> list[inspect.Parameter]:
