@@ -44,14 +44,75 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["Component", "ModuleComponent", "Head", "PhaseEvents"]
+__all__ = ["Context", "Component", "ModuleComponent", "Head", "PhaseEvents"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything the data and the run tell a component, as one typed object.
+
+    The trainer builds one per phase (on the phase's training set, grown if a phase added
+    images) and offers it to every entry it builds: an entry that names a ``context`` parameter
+    receives this object; one that names fields (``class_counts``, ``num_classes``, ...) receives
+    those, as before.
+
+    Attributes:
+        class_counts: Training images per class.
+        num_classes: C.
+        labels: Training label of every image (1-D integer array).
+        total_epochs: The phase's epochs (at least 1).
+        seed: The run's seed.
+        rank, world_size: This process and the number of processes.
+        feature_dim: Width of the pooled features (``None`` without a model).
+        point_names: The model's points in order.
+        point_shapes: One sample's activation shape at each point (only with a generator).
+        imbalance_type: The data set's profile (``exp``, ``step`` or ``None``).
+        fetch: ``fetch(indices) -> (x, y)``: training-transformed images beyond the batch.
+        has_validation: Whether the data set has a validation split.
+
+    Example:
+        >>> from lttoolbox.registry import LOSSES
+        >>> ctx = Context.from_counts([500, 50, 5])
+        >>> ctx.num_classes, len(ctx.labels)
+        (3, 555)
+        >>> LOSSES.build({"name": "ldam", "max_m": 0.5}, **ctx.as_kwargs()).s
+        30.0
+    """
+
+    class_counts: Sequence[int]
+    num_classes: int
+    labels: Any
+    total_epochs: int = 1
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    feature_dim: int | None = None
+    point_names: tuple[str, ...] = ()
+    point_shapes: dict = field(default_factory=dict)
+    imbalance_type: str | None = None
+    fetch: Callable | None = None
+    has_validation: bool = False
+
+    @classmethod
+    def from_counts(cls, counts: Sequence[int], **more: Any) -> "Context":
+        """A context for standalone use: the labels of a training set with these class counts
+        (class 0's images first), and ``num_classes``; ``more`` sets any other field."""
+        counts = [int(c) for c in counts]
+        labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        return cls(class_counts=counts, num_classes=len(counts), labels=labels.numpy(), **more)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields by name, plus ``context`` (this object): what a registry offers an entry,
+        which takes those it names."""
+        return {**{f.name: self.__dict__[f.name] for f in fields(self)}, "context": self}
 
 
 class Component:

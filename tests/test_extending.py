@@ -35,9 +35,15 @@ class ToySquare(LTLoss):
 @AUGMENTS.register("toy_count_at_start")
 class CountAtStart(Component):
     """Counts the training images per class at its phase's start (an artifact) and records
-    them in results.json's selection."""
+    them in results.json's selection; it takes the run's context as one object."""
+
+    def __init__(self, *, context):
+        super().__init__()
+        self.context = context
 
     def before_phase(self, events):
+        events.record("toy_context", [self.context.num_classes, self.context.has_validation,
+                                      list(self.context.class_counts)])
         made = events.artifact("toycounts", lambda: {
             "counts": torch.bincount(torch.as_tensor(events.train_labels()))})
         events.record("toy_counts", made["counts"].tolist())
@@ -99,6 +105,8 @@ def test_a_toy_loss_action_and_optimizer_train_through_the_documented_steps(toy_
     assert toy.CLOSURE_CALLS[0] == 2 * int(np.ceil(len(labels) / 64))
     # the phase-start action saw the training set and left its artifact for a resumed run
     assert results["selection"]["toy_counts"] == np.bincount(labels).tolist()
+    # ... and the run's context, as one typed object
+    assert results["selection"]["toy_context"] == [10, False, np.bincount(labels).tolist()]
     assert (tmp_path / "run" / f"toycounts-{results['phases'][0]['name']}.pt").is_file()
     assert results["top1"] > 100.0 / len(np.bincount(labels))  # it learned something
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..api import Context
 from ..errors import ConfigError
 from ..models.heads import build_head, head_config
 from ..recipe import phase_recipes
@@ -29,18 +30,21 @@ class PhaseBuilder:
         self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
 
     def _context(self, recipe: dict) -> dict:
+        """What the phase's entries are offered: the :class:`~lttoolbox.api.Context` and its
+        fields by name."""
         labels = self.data_path.train_labels()  # grown by a phase that adds images
         counts = np.bincount(labels, minlength=self.num_classes).tolist()
-        return {"class_counts": counts, "num_classes": self.num_classes,
-                # a 0-epoch phase (only a model change) still builds its components
-                "total_epochs": max(1, recipe["train"]["epochs"]), "seed": recipe["train"]["seed"],
-                "labels": labels, "feature_dim": self.model.feature_dim,
-                "point_names": self.model.point_names, "point_shapes": self.point_shapes,
-                "imbalance_type": self.data.meta.get("imbalance_type"),
-                # how a component that needs more images than the batch (CMO's foreground)
-                # gets them: training-transformed, on the training device
-                "fetch": self.data_path.fetch,
-                "rank": self.world.rank, "world_size": self.world.size}
+        return Context(
+            class_counts=counts, num_classes=self.num_classes,
+            # a 0-epoch phase (only a model change) still builds its components
+            total_epochs=max(1, recipe["train"]["epochs"]), seed=recipe["train"]["seed"],
+            labels=labels, feature_dim=self.model.feature_dim,
+            point_names=self.model.point_names, point_shapes=self.point_shapes,
+            imbalance_type=self.data.meta.get("imbalance_type"),
+            # how a component that needs more images than the batch (CMO's foreground) gets
+            # them: training-transformed, on the training device
+            fetch=self.data_path.fetch, rank=self.world.rank, world_size=self.world.size,
+            has_validation=self.data.val is not None).as_kwargs()
 
     def _check_head(self, recipe: dict, index: int, where: str) -> None:
         """A head that takes over the previous one must follow a head it can take over, and one
