@@ -141,3 +141,23 @@ def test_a_module_added_to_a_family_package_registers_without_an_import_line(tmp
     finally:
         for name in [m for m in sys.modules if m.startswith("lt_toy_family")]:
             sys.modules.pop(name)
+
+
+def test_an_entry_that_is_not_a_component_is_refused_naming_its_key(tmp_path):
+    """The trainer calls the declared methods on every component: an entry written without the
+    base class stops before training with one line, not an AttributeError inside the loop."""
+    from lttoolbox.errors import ConfigError
+
+    class Bare:
+        def __call__(self, h, batch):
+            return h, batch
+
+    registry.AUGMENTS.register("toy_bare")(Bare)
+    try:
+        with pytest.raises(ConfigError, match=r"^augment\[0\]: Bare is not an lttoolbox.api"):
+            train(resolve({"data": {"name": "digits_lt", "imbalance_ratio": 10},
+                           "model": {"name": "digits_cnn"}, "augment": [{"name": "toy_bare"}],
+                           "train": {"epochs": 1}}), tmp_path / "run", quiet=True)
+    finally:
+        registry.AUGMENTS._entries.pop("toy_bare", None)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..api import Context
+from ..api import Component, Context
 from ..errors import ConfigError
 from ..models.heads import build_head, head_config
 from ..recipe import phase_recipes
@@ -90,6 +90,12 @@ class PhaseBuilder:
         generator = (GENERATORS.build(recipe["generator"], key=where + "generator", **ctx)
                      if recipe["generator"] else None)
         phase = Phase(recipe["meta"]["phase"], recipe, sampler, loss, augments, generator)
+        keys = [where + "sampler", where + "loss",
+                *(f"{where}augment[{i}]" for i in range(len(augments))), where + "generator"]
+        for part, key in zip(phase.components, keys):
+            if not isinstance(part, Component):  # the trainer calls the declared methods
+                raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
+                                  f"derive it from Component (docs/extending.md)", key=key)
         named = [(a, f"{where}augment[{i}]") for i, a in enumerate(augments)]
         if generator is not None:
             named.append((generator, where + "generator"))
