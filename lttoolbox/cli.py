@@ -32,7 +32,8 @@ from .rundir import RunDir
 # terminal.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, name))
-FAMILIES = ("data", "model", "head", "sampler", "loss", "augment", "generator")
+FAMILIES = ("data", "model", "head", "sampler", "loss", "augment", "generator", "optim",
+            "schedule")
 
 
 def default_run_dir(recipe_path: str, resume: bool) -> Path:
@@ -53,11 +54,12 @@ def default_run_dir(recipe_path: str, resume: bool) -> Path:
 def registries() -> dict:
     """Every family's registry, in the order ``lttrain --list`` prints them."""
     import lttoolbox
-    from .models import HEADS
+    from .registry import HEADS, OPTIMIZERS, SCHEDULES
 
     return {"data": lttoolbox.DATASETS, "model": lttoolbox.MODELS, "head": HEADS,
             "sampler": lttoolbox.SAMPLERS, "loss": lttoolbox.LOSSES,
-            "augment": lttoolbox.AUGMENTS, "generator": lttoolbox.GENERATORS}
+            "augment": lttoolbox.AUGMENTS, "generator": lttoolbox.GENERATORS,
+            "optim": OPTIMIZERS, "schedule": SCHEDULES}
 
 
 def list_registries(console, family: str | None) -> None:

@@ -24,8 +24,8 @@ import yaml
 
 from .rundir import atomic_write_text
 from .errors import ConfigError
-from .recipe_checks import (OPTIMIZER_DEFAULTS, check_meta, check_phase_name,
-                            check_trainer_values, optim_defaults)
+from .recipe_checks import (check_meta, check_phase_name, check_trainer_values,
+                            optim_defaults)
 from .registry import SECTIONS, suggest
 from .upgrade import MESSAGES, PHASES, earlier_spelling, renamed_key, upgrade_recipe
 from .yamlio import load_yaml
@@ -33,7 +33,7 @@ from .yamlio import load_yaml
 
 # Defaults of the sections that the trainer itself reads; the others are registry entries whose
 # constructors carry their own defaults and reject unknown keys. The optimizer's defaults depend
-# on its name (lttoolbox.recipe_checks.OPTIMIZER_DEFAULTS).
+# on its name (its OPTIMIZERS entry: lttoolbox.recipe_checks.optimizer_defaults).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sampler": {"name": "instance"},
     "loss": {"name": "ce"},
@@ -47,7 +47,6 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
-OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 # Sections that are mappings: a section left empty in a recipe file (``train:`` with every child
 # commented out reads as null) inherits its base's section instead of replacing it.
 MAPPING_SECTIONS = ("data", "model", "sampler", "loss", "optim", "schedule", "train", "eval",

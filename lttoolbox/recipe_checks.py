@@ -16,15 +16,21 @@ from typing import Any
 from .errors import ConfigError
 from .registry import suggest
 
-OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    # The CIFAR-LT protocol of the LDAM-DRW and Bag of Tricks code.
-    "sgd": {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "nesterov": False, "no_decay": []},
-    # torch.optim's own defaults.
-    "adam": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "no_decay": []},
-    "adamw": {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2,
-              "no_decay": []},
-}
-SCHEDULES = ("multistep", "cosine", "constant")
+
+
+def optimizer_defaults() -> dict[str, dict[str, Any]]:
+    """Each registered optimizer's recipe defaults: its entry's parameters (``OPTIMIZERS``,
+    lttoolbox/engine/optim.py), then ``no_decay``."""
+    from .engine.optim import optimizer_defaults as defaults
+    from .registry import OPTIMIZERS
+    return {name: defaults(name) for name in OPTIMIZERS.names()}
+
+
+def schedule_names() -> tuple[str, ...]:
+    """The registered learning-rate schedules (``SCHEDULES``)."""
+    from .registry import SCHEDULES
+    return tuple(SCHEDULES.names())
+
 LOGGERS = ("tensorboard",)
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 COMPILE_MODES = ("auto", "off", "on")
@@ -80,13 +86,14 @@ def optim_defaults(optim: Any, key: str) -> dict:
         optim = {}
     if not isinstance(optim, dict):
         raise ConfigError(f"must be a mapping, got {optim!r}", key=key)
-    name = choice(optim.get("name", "sgd"), f"{key}.name", tuple(OPTIMIZER_DEFAULTS), "optimizer")
-    known = OPTIMIZER_DEFAULTS[name]
+    table = optimizer_defaults()
+    name = choice(optim.get("name", "sgd"), f"{key}.name", tuple(table), "optimizer")
+    known = table[name]
     for extra in optim:
         if extra != "name" and extra not in known:
             inherited = ("; it belongs to another optimizer: replace the whole section, e.g. "
                          f"optim={{name: {name}, lr: {known['lr']}}}"
-                         if any(extra in d for d in OPTIMIZER_DEFAULTS.values()) else "")
+                         if any(extra in d for d in table.values()) else "")
             raise ConfigError(f"optimizer '{name}' has no parameter '{extra}'"
                               f"{suggest(extra, known)} Accepted: {', '.join(sorted(known))}"
                               f"{inherited}.", key=f"{key}.{extra}")
@@ -118,7 +125,7 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
         raise ConfigError(f"must be a list of 'bias', 'norm' or parameter names, got {no_decay!r}",
                           key=f"{p}optim.no_decay")
 
-    choice(schedule["name"], f"{p}schedule.name", SCHEDULES, "schedule")
+    choice(schedule["name"], f"{p}schedule.name", schedule_names(), "schedule")
     choice(schedule["warmup_unit"], f"{p}schedule.warmup_unit", WARMUP_UNITS)
     per_step = schedule["warmup_unit"] == "step"  # may then last a fraction of an epoch
     try:

@@ -1,6 +1,7 @@
 """A small registry: names to classes (or factories), built from recipe dicts.
 
-Each family (data sets, models, samplers, losses, augmentations, generators) has one registry.
+Each family (data sets, models, heads, samplers, losses, augmentations, generators, optimizers,
+learning-rate schedules) has one registry.
 ``build(cfg, **context)`` takes a dict with a ``name`` key plus the entry's own parameters, and
 ``context`` with what the data tells (``class_counts``, ``num_classes``, ``labels``,
 ``total_epochs``, ...). An entry receives a context item only if its signature names it, so the
@@ -30,6 +31,8 @@ import contextlib
 import difflib
 import importlib
 import inspect
+import os
+import pkgutil
 import re
 import sys
 from typing import Any, Callable, Iterable, Iterator
@@ -117,6 +120,7 @@ class Registry:
     def entries(self) -> dict[str, Callable]:
         if self.module is not None and self.module not in sys.modules:
             importlib.import_module(self.module)
+        load_plugins()
         return self._entries
 
     def register(self, name: str) -> Callable[[Callable], Callable]:
@@ -218,6 +222,31 @@ class Registry:
             raise ConfigError(f"{self.kind} '{cfg['name']}': {err}", key=key or None) from None
 
 
+PLUGINS_VARIABLE = "LTTOOLBOX_PLUGINS"
+_loaded_plugins: set[str] = set()
+
+
+def load_plugins() -> None:
+    """Import the modules named in ``LTTOOLBOX_PLUGINS`` (comma-separated importable module
+    names), once each: entries registered outside the package (docs/extending.md)."""
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_VARIABLE, "").split(","))):
+        if name not in _loaded_plugins:
+            _loaded_plugins.add(name)
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                _loaded_plugins.discard(name)
+                raise ConfigError(f"cannot import plugin module '{name}' named in "
+                                  f"{PLUGINS_VARIABLE}: {err}") from None
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package``: a family package registers each entry file in it
+    without listing it (a new entry is one new file)."""
+    for info in pkgutil.iter_modules(sys.modules[package].__path__):
+        importlib.import_module(f"{package}.{info.name}")
+
+
 def _parameters(factory: Callable) -> list[inspect.Parameter]:
     """The named parameters of an entry's constructor (or factory function)."""
     if inspect.isclass(factory) and factory.__init__ is object.__init__:
@@ -257,9 +286,11 @@ def given_by_builder(registry: "Registry") -> list[str]:
 
 # What the trainer tells the sampler, loss, augmentations and generator of every phase
 # (``Trainer._context``); a model is built from its recipe and the data's shape.
+# ``context`` is all of them as one typed object (lttoolbox.api.Context), for an entry that
+# names it.
 PHASE_CONTEXT = ("class_counts", "num_classes", "labels", "total_epochs", "seed", "rank",
                  "world_size", "feature_dim", "point_names", "point_shapes", "imbalance_type",
-                 "fetch")
+                 "fetch", "has_validation", "context")
 MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
 
 # One registry per family; the kind doubles as the recipe section the entries come from.
@@ -271,3 +302,14 @@ SAMPLERS = Registry("sampler", "lttoolbox.samplers", context=PHASE_CONTEXT)
 LOSSES = Registry("loss", "lttoolbox.losses", context=PHASE_CONTEXT)
 AUGMENTS = Registry("augment", "lttoolbox.augment", context=PHASE_CONTEXT)
 GENERATORS = Registry("generator", "lttoolbox.generators", context=PHASE_CONTEXT)
+# Heads are built by the model (``model.head``), from its feature width and class count.
+HEAD_CONTEXT = ("in_features", "num_classes")
+HEADS = Registry("head", "lttoolbox.models", context=HEAD_CONTEXT)
+# ``optim``: an entry gets the parameter groups (``params``) and whether a fused kernel is to be
+# used (``fused``); it returns a ``torch.optim.Optimizer`` whose ``step(closure)`` may call the
+# closure more than once (a two-pass method), as torch's convention allows.
+OPTIMIZERS = Registry("optimizer", "lttoolbox.engine.optim", context=("params", "fused"))
+# ``schedule``: an entry is the decayed rate of an epoch, ``f(epoch, base_lr, total_epochs,
+# warmup_epochs, **its parameters)``; the warm-up multiplies it (lttoolbox.engine.optim.lr_at).
+SCHEDULE_CONTEXT = ("epoch", "base_lr", "total_epochs", "warmup_epochs")
+SCHEDULES = Registry("schedule", "lttoolbox.engine.optim", context=SCHEDULE_CONTEXT)

@@ -165,9 +165,15 @@ class RunDir:
     def weights(self, phase: str) -> Path:
         return self.path / self.weights_name(phase)
 
+    def artifact(self, name: str, phase: str) -> Path:
+        """``<name>-<phase>.pt``: what a component computed once at a phase's start (see
+        :meth:`lttoolbox.api.PhaseEvents.artifact`), kept so that a resumed run reuses it."""
+        return self.path / f"{name}-{phase}{self.SUFFIX}"
+
     def generated(self, phase: str) -> Path:
-        """``generated-<phase>.pt``: the features a generator made for a phase."""
-        return self.path / f"{self.GENERATED_PREFIX}{phase}{self.SUFFIX}"
+        """``generated-<phase>.pt``: the training images a component added at a phase's start
+        (CAM-based re-sampling's artifact ``generated``)."""
+        return self.artifact(self.GENERATED_PREFIX[:-1], phase)
 
     def evaluation(self, name: str) -> Path:
         """``eval-<name>.json``: what ``lteval --name NAME`` measured."""

@@ -346,9 +346,9 @@ def test_one_of_draws_each_choice_with_its_probability():
 def test_manifold_mixup_mixes_at_one_listed_point_per_batch():
     torch.manual_seed(8)
     aug = ManifoldMixup(point=["layer1", "input"], point_names=CONTEXT["point_names"])
-    assert aug.points == ("input", "layer1")  # the model's order
+    assert aug.points() == ("input", "layer1")  # the model's order
     aug.set_epoch(0)
-    at = {s: aug.hook(s) for s in aug.points}
+    at = {s: aug.hook(s) for s in aug.points()}
     where = []
     for _ in range(400):
         batch = batch_of(4)

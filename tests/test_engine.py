@@ -185,13 +185,12 @@ def test_bad_recipes_stop_before_training(tmp_path, override, key):
 
 
 def test_impossible_hook_point_is_refused(tmp_path):
+    from lttoolbox.api import Component
     from lttoolbox.registry import AUGMENTS
 
-    class AtNowhere:
-        point = "layer9"
-
-        def set_epoch(self, epoch):
-            pass
+    class AtNowhere(Component):
+        def points(self):
+            return ("layer9",)
 
         def __call__(self, h, batch):
             return h, batch

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-import lttoolbox.engine.trainer as trainer_module
+import lttoolbox.engine.loop as trainer_module  # the epoch loop sets the rate
 from lttoolbox.cli import main
 from lttoolbox.engine import train
 from lttoolbox.engine.optim import lr_at

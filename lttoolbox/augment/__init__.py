@@ -20,3 +20,8 @@ from .mixup import ManifoldMixup, Mixup, Remix
 
 __all__ = ["MixingAugment", "CAMResample", "Mixup", "ManifoldMixup", "Remix", "CutMix", "CMO", "OneOf",
            "paste_boxes", "random_boxes"]
+
+# Every module of the package, so that a new entry file registers without being listed here.
+from ..registry import import_submodules  # noqa: E402
+
+import_submodules(__name__)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 
 from ..batch import Batch
-from ..epochs import EpochAware
+from ..api import Component
 from ..errors import ConfigError
 from ..losses.weights import check_number
 
 
-class MixingAugment(EpochAware):
+class MixingAugment(Component):
     """Base of the mixing augmentations.
 
     Args:
@@ -42,6 +42,9 @@ class MixingAugment(EpochAware):
         if not isinstance(point, str) or not point:
             raise ConfigError(f"point must be a model point name, got {point!r}")
         self.point = point
+
+    def points(self) -> tuple[str, ...]:
+        return (self.point,)
 
     def coin(self) -> bool:
         """Whether this batch is mixed (``p``), drawn on the CPU: no device synchronisation."""

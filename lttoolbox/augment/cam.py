@@ -14,7 +14,8 @@ foreground onto the unchanged image instead, so the object appears twice). Class
 up to ``n_max + n_min`` images (the official code's CIFAR rule) or to ``target``.
 
 The generated images join the training set for the phase and every later one: the samplers, the
-losses' class counts and the data path see them (the trainer's ``prepare`` protocol), so a
+losses' class counts and the data path see them (``before_phase``: the images are stored in the
+run directory and the trainer rebuilds the phase on the grown set), so a
 class-balanced, square-root or progressive sampler draws them like any other image.
 
 Differences from the official code (``lib/utils/cam_based_sampling.py`` at ce7859a, unchanged
@@ -50,12 +51,14 @@ resumed run uses exactly the same ones.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..api import Component
 from ..errors import ConfigError
 from ..losses.weights import check_number
 from ..registry import AUGMENTS
@@ -192,7 +195,7 @@ def compose_moved_foreground(images: torch.Tensor, mask: torch.Tensor, theta: to
 
 
 @AUGMENTS.register("cam_resample")
-class CAMResample:
+class CAMResample(Component):
     """CAM-based re-sampling: tops classes up with CAM-guided generated images at the start of
     its phase (see the module docstring).
 
@@ -220,14 +223,14 @@ class CAMResample:
             sampler: {name: class_balanced}
     """
 
-    mixes = False
-    point = None  # acts on the data before the phase, not inside the model
+    adds_images = True  # at its phase's start; it does not act inside the model (no points)
     reads_trained_model = True  # the maps come from the classifier trained so far
 
     def __init__(self, target: str | int = "max_plus_min", threshold: float = 0.75,
                  transforms: Sequence[str] = TRANSFORMS, compose: str = "move",
                  batch_size: int = 512, seed: int = 0,
                  point_names: Sequence[str] | None = None):
+        super().__init__()
         if target != "max_plus_min" and (isinstance(target, bool) or not isinstance(target, int)
                                          or target < 1):
             raise ConfigError(f"target must be 'max_plus_min' or a positive integer, got "
@@ -261,8 +264,23 @@ class CAMResample:
         else:
             self.feature_point = None
 
-    def set_epoch(self, epoch: int) -> None:  # acts once, before the phase
-        pass
+    def before_phase(self, events) -> None:
+        """Generate the images once (stored in the run directory, so a resumed run adds the very
+        same ones) and add them to the training set."""
+        def make() -> dict:
+            start = time.perf_counter()
+            counts = np.bincount(events.train_labels(), minlength=events.model.num_classes)
+            total = sum(self.additions(counts))
+            events.log.start_epoch(f"{events.name}: generating {total:,} images", total)
+            out = self.prepare(events.model, events.images, events.labels,
+                               events.eval_transform, events.index, progress=events.log.advance)
+            events.log.end_epoch(f"{events.name}: generated {total:,} images in "
+                                 f"{time.perf_counter() - start:.1f} s")
+            return {"images": out["images"].cpu(), "labels": out["labels"].cpu(),
+                    "seconds": round(time.perf_counter() - start, 2)}
+
+        extra = events.artifact("generated", make)
+        events.add_training_images(extra["images"], extra["labels"], extra.get("seconds"))
 
     def additions(self, counts: Sequence[int]) -> list[int]:
         """Images to generate per class."""

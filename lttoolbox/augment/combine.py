@@ -18,13 +18,13 @@ from typing import Any, Sequence
 import torch
 
 from ..batch import Batch
-from ..epochs import EpochAware
+from ..api import Component
 from ..errors import ConfigError
 from ..registry import AUGMENTS
 
 
 @AUGMENTS.register("one_of")
-class OneOf(EpochAware):
+class OneOf(Component):
     """At most one of several mixing augmentations per batch.
 
     Args:
@@ -53,11 +53,11 @@ class OneOf(EpochAware):
                               f"got {p!r}")
         self.choices = [AUGMENTS.build({**self._choice(c, i), "p": 1.0}, key=f"choices[{i}]",
                                        **context) for i, c in enumerate(choices)]
-        points = {getattr(c, "point", "input") for c in self.choices}
-        if len(points) != 1 or any(len(getattr(c, "points", (1,))) != 1 for c in self.choices):
+        points = {c.points() for c in self.choices}
+        if len(points) != 1 or len(next(iter(points))) != 1:
             raise ConfigError(f"all choices must act at one and the same model point, got "
-                              f"{sorted(points)}")
-        self.point = points.pop()
+                              f"{sorted(p for ps in points for p in ps)}")
+        self.point = points.pop()[0]
         self.cumulative = torch.tensor(p, dtype=torch.float64).cumsum(0)
 
     @staticmethod
@@ -74,9 +74,8 @@ class OneOf(EpochAware):
         if name == "one_of":
             raise ConfigError("one_of cannot choose another one_of; list all the alternatives "
                               "in one", key=f"{key}.name")
-        if name in AUGMENTS and not getattr(AUGMENTS.get(name), "mixes", False):
-            mixing = [n for n in AUGMENTS.names()
-                      if n != "one_of" and getattr(AUGMENTS.get(n), "mixes", False)]
+        if name in AUGMENTS and not AUGMENTS.get(name).mixes:
+            mixing = [n for n in AUGMENTS.names() if n != "one_of" and AUGMENTS.get(n).mixes]
             raise ConfigError(f"{name} is not a mixing augmentation; one_of chooses per batch "
                               f"between mixing augmentations ({', '.join(mixing)})",
                               key=f"{key}.name")
@@ -89,6 +88,9 @@ class OneOf(EpochAware):
         super().set_epoch(epoch)
         for choice in self.choices:
             choice.set_epoch(epoch)
+
+    def points(self) -> tuple[str, ...]:
+        return (self.point,)
 
     def __call__(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
         if not self.active:

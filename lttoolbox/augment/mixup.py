@@ -107,19 +107,23 @@ class ManifoldMixup(MixingAugment):
                 raise ConfigError(f"the model has no point {unknown[0]!r}; points: "
                                   f"{', '.join(point_names)}", key="point")
             points.sort(key=list(point_names).index)
-        self.points = tuple(points)
-        self.point = self.points[0]
+        self._points = tuple(points)
+        self.point = self._points[0]
         self._chosen: str | None = None
         self._lam = 1.0
+
+    def points(self) -> tuple[str, ...]:
+        """The listed points, in the model's order."""
+        return self._points
 
     def hook(self, point: str):
         """The hook at one of the listed points (the trainer registers one per point)."""
         def at(h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
-            if point == self.points[0]:  # the first listed point of this forward: draw
+            if point == self._points[0]:  # the first listed point of this forward: draw
                 self._chosen = None
                 if self.active and self.coin():
-                    pick = int(torch.randint(len(self.points), ()))
-                    self._chosen, self._lam = self.points[pick], float(beta_draw(self.alpha))
+                    pick = int(torch.randint(len(self._points), ()))
+                    self._chosen, self._lam = self._points[pick], float(beta_draw(self.alpha))
             if point != self._chosen:
                 return h, batch
             mixed, out, _ = mix_with_permutation(h, batch, self._lam)
@@ -127,7 +131,7 @@ class ManifoldMixup(MixingAugment):
         return at
 
     def __call__(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
-        return self.hook(self.points[0])(h, batch) if len(self.points) == 1 else (h, batch)
+        return self.hook(self._points[0])(h, batch) if len(self._points) == 1 else (h, batch)
 
 
 @AUGMENTS.register("remix")

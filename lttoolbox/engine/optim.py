@@ -42,9 +42,46 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import OPTIMIZERS, SCHEDULES, accepted_parameters
 
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 2e-4,
+        nesterov: bool = False, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD with momentum; the defaults are the CIFAR-LT protocol of the LDAM-DRW and Bag of
+    Tricks code."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=nesterov, fused=fused)
+
+
+@OPTIMIZERS.register("adam")
+def adam(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+         weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
+    """Adam (Kingma and Ba, ICLR 2015) with torch's own defaults."""
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps,
+                            weight_decay=weight_decay, fused=fused)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+          weight_decay: float = 1e-2, fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov and Hutter, ICLR 2019): decoupled weight decay; torch's defaults."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps,
+                             weight_decay=weight_decay, fused=fused)
+
+
+def optimizer_defaults(name: str) -> dict:
+    """The recipe defaults of optimizer ``name``: its entry's parameters, then ``no_decay``."""
+    return {**{p: list(d) if isinstance(d, tuple) else d
+               for p, d in _own_defaults(OPTIMIZERS, name).items()}, "no_decay": []}
+
+
+def _own_defaults(registry, name: str) -> dict:
+    from ..registry import recipe_parameters
+    return {p.name: p.default for p in recipe_parameters(registry, name)}
 
 
 def build_optimizer(model: nn.Module, cfg: dict,
@@ -64,23 +101,8 @@ def build_optimizer(model: nn.Module, cfg: dict,
     the sigmoid-focal and CB-focal recipes set ``no_decay: [head.bias]`` for that reason.
     """
     cfg = dict(cfg)
-    name = cfg.pop("name")
     no_decay = cfg.pop("no_decay", None) or []
-    if name == "sgd":
-        allowed = {"lr", "momentum", "weight_decay", "nesterov"}
-        factory = torch.optim.SGD
-    elif name in ("adam", "adamw"):
-        allowed = {"lr", "weight_decay", "betas", "eps"}
-        factory = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    else:
-        raise ConfigError(f"unknown optimizer '{name}'", key="optim.name")
-    extra_keys = set(cfg) - allowed
-    if extra_keys:
-        raise ConfigError(f"optimizer '{name}' has no parameter '{sorted(extra_keys)[0]}'. "
-                          f"Accepted: {', '.join(sorted(allowed | {'no_decay'}))}.",
-                          key=f"optim.{sorted(extra_keys)[0]}")
-    if "betas" in cfg:
-        cfg["betas"] = tuple(cfg["betas"])
+    OPTIMIZERS.get(cfg["name"], key="optim")  # an unknown name first, with the known ones
     modules = [("", model), *[(f"{prefix}.", m) for prefix, m in extra]]
     exempt = no_decay_names(modules, no_decay)
     decay, plain = [], []
@@ -93,11 +115,10 @@ def build_optimizer(model: nn.Module, cfg: dict,
     groups = [{"params": decay}] if decay else []
     if plain:
         groups.append({"params": plain, "weight_decay": 0.0})
-    if all(p.is_cuda for p in decay + plain):
-        # One fused kernel for the whole update instead of foreach launches per tensor group
-        # (the CUDA fast path; elsewhere torch's default, foreach where supported).
-        cfg["fused"] = True
-    return factory(groups, **cfg)
+    # One fused kernel for the whole update instead of foreach launches per tensor group (the
+    # CUDA fast path; elsewhere torch's default, foreach where supported).
+    fused = True if all(p.is_cuda for p in decay + plain) else None
+    return OPTIMIZERS.build(cfg, key="optim", params=groups, fused=fused)
 
 
 def no_decay_names(modules: list[tuple[str, nn.Module]], spec: list[str],
@@ -127,10 +148,34 @@ def no_decay_names(modules: list[tuple[str, nn.Module]], spec: list[str],
 WARMUP_UNITS = ("epoch", "step")
 
 
+@SCHEDULES.register("multistep")
+def multistep(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float,
+              milestones: Iterable[int] = (), gamma: float = 0.1) -> float:
+    """``base_lr * gamma ** k`` from the k-th milestone on (0-based epochs): the LDAM-DRW
+    script's step decay."""
+    return base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
+
+
+@SCHEDULES.register("cosine")
+def cosine(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float,
+           min_lr: float = 0.0) -> float:
+    """Cosine decay to ``min_lr`` over the epochs after the warm-up, counted at the end of the
+    epoch (the decoupling code's ``CosineAnnealingLR`` stepped before each epoch)."""
+    span = max(1, total_epochs - warmup_epochs)
+    progress = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / span))
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+@SCHEDULES.register("constant")
+def constant(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float) -> float:
+    """``base_lr`` throughout (after the warm-up)."""
+    return base_lr
+
+
 def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: float = 0,
           milestones: Iterable[int] = (), gamma: float = 0.1, total_epochs: int = 1,
           min_lr: float = 0.0, warmup_unit: str = "epoch", step: int = 0,
-          steps: int = 1) -> float:
+          steps: int = 1, **params) -> float:
     """Learning rate for a 0-based ``epoch`` (and, when warming up per step, its ``step``).
 
     The rate is the decayed rate times the warm-up factor::
@@ -161,6 +206,7 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
         warmup_unit: ``epoch`` (one rate per epoch, as the LDAM-DRW script) or ``step``.
         step: The 0-based step within the epoch (``warmup_unit: step`` only).
         steps: Steps in this epoch (``warmup_unit: step`` only).
+        **params: Parameters of another registered schedule (``SCHEDULES``).
 
     Example:
         >>> # A squeezed phase: a quarter of the way, half of its warm-up to 0.1 * 0.1 ** 2
@@ -171,17 +217,12 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
     if warmup_unit not in WARMUP_UNITS:
         raise ConfigError(f"unknown warm-up unit '{warmup_unit}'; known: "
                           f"{', '.join(WARMUP_UNITS)}", key="schedule.warmup_unit")
-    if name == "multistep":
-        decayed = base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
-    elif name == "cosine":
-        # Counted at the end of the epoch, as CosineAnnealingLR stepped before each epoch.
-        span = max(1, total_epochs - warmup_epochs)
-        progress = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / span))
-        decayed = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-    elif name == "constant":
-        decayed = base_lr
-    else:
-        raise ConfigError(f"unknown schedule '{name}'", key="schedule.name")
+    decay = SCHEDULES.get(name, key="schedule")
+    accepted, _ = accepted_parameters(decay)
+    offered = {"epoch": epoch, "base_lr": base_lr, "total_epochs": total_epochs,
+               "warmup_epochs": warmup_epochs, "milestones": milestones, "gamma": gamma,
+               "min_lr": min_lr, **params}
+    decayed = decay(**{k: v for k, v in offered.items() if k in accepted})
     if epoch >= warmup_epochs:
         return decayed
     if warmup_unit == "step":

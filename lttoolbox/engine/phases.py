@@ -42,7 +42,7 @@ def chain_hooks(parts: list) -> Callable:
 def check_one_mix_at_a_time(named: list, epochs: int) -> None:
     """Refuse two components that both replace a batch's targets in a common epoch: a sample has
     two targets, so the second would silently undo the first."""
-    mixing = [(part, key) for part, key in named if getattr(part, "mixes", False)]
+    mixing = [(part, key) for part, key in named if part.mixes]
     for i, (a, key_a) in enumerate(mixing):
         for b, key_b in mixing[i + 1:]:
             first = max(a.start_epoch, b.start_epoch)
@@ -56,7 +56,7 @@ def check_one_mix_at_a_time(named: list, epochs: int) -> None:
 
 
 def check_data_preparers(named: list, index: int, epochs: int) -> None:
-    """Refuse a component that adds training images at its phase's start (``prepare``) where
+    """Refuse a component that adds training images at its phase's start (``adds_images``) where
     they would be wrong or wasted.
 
     * Two in one phase: each tops the classes up from the same counts, so every class would
@@ -65,14 +65,14 @@ def check_data_preparers(named: list, index: int, epochs: int) -> None:
     * In the first phase, for one that reads the trained model (``reads_trained_model``, as
       CAM-based re-sampling reads its class activation maps): nothing is trained yet.
     """
-    preparers = [(part, key) for part, key in named if hasattr(part, "prepare")]
+    preparers = [(part, key) for part, key in named if part.adds_images]
     for part, key in preparers:
-        name = getattr(part, "registry_name", type(part).__name__)
+        name = part.registry_name or type(part).__name__
         if epochs == 0:
             raise ConfigError(f"{name} adds training images at the start of its phase, and this "
                               f"phase trains 0 epochs, so they would never be trained on; put it "
                               f"in the phase that trains on them", key=key)
-        if index == 0 and getattr(part, "reads_trained_model", False):
+        if index == 0 and part.reads_trained_model:
             raise ConfigError(f"{name} makes its images from the model trained so far, and in the "
                               f"first phase nothing is trained yet (the maps would come from a "
                               f"random network); put it in a later phase, after one that trains",
@@ -88,7 +88,7 @@ def active_hooks(phase: Phase) -> dict:
     """Hooks of the components whose epoch window includes the current epoch, by model point."""
     by_point: dict[str, list] = {}
     for part, where, _, hook in phase.hooked:
-        if getattr(part, "active", True):
+        if part.active:
             by_point.setdefault(where, []).append(hook)
     return {where: parts[0] if len(parts) == 1 else chain_hooks(parts)
             for where, parts in by_point.items()}
@@ -104,21 +104,22 @@ def check_generator_placement(named: list, point_names: tuple, epochs: int) -> N
     or rare, which centers a sample belongs to), and a mixed sample has two. Mixing after the
     generator's point (manifold mixup at ``features`` behind RSG at ``layer2``) is fine: it mixes
     the extended batch, generated samples included."""
-    generators = [(part, key) for part, key in named if getattr(part, "generates", False)]
-    mixing = [(part, key) for part, key in named if getattr(part, "mixes", False)]
+    generators = [(part, key) for part, key in named if part.generates]
+    mixing = [(part, key) for part, key in named if part.mixes]
     for gen, gen_key in generators:
-        if gen.point not in point_names:
+        known = [p for p in gen.points() if p in point_names]
+        if not known:
             continue  # named by the point check, with the model's points
-        at = point_names.index(gen.point)
+        gen_point = known[0]
+        at = point_names.index(gen_point)
         for mix, mix_key in mixing:
-            points = getattr(mix, "points", None) or (getattr(mix, "point", "input"),)
-            early = [p for p in points if p in point_names and point_names.index(p) <= at]
+            early = [p for p in mix.points() if p in point_names and point_names.index(p) <= at]
             first = max(_window(gen, epochs)[0], _window(mix, epochs)[0])
             last = min(_window(gen, epochs)[1], _window(mix, epochs)[1])
             if early and first < last:
                 raise ConfigError(
                     f"{mix_key} ({type(mix).__name__}) mixes the batch at point '{early[0]}', at "
-                    f"or before {gen_key} ({type(gen).__name__}) at '{gen.point}', in epochs "
+                    f"or before {gen_key} ({type(gen).__name__}) at '{gen_point}', in epochs "
                     f"{first}-{last - 1}; a generator needs each sample's single class. Mix at "
                     f"a later point (e.g. manifold mixup at 'features') or in other epochs "
                     f"(end_epoch/start_epoch)", key=mix_key)
@@ -131,13 +132,13 @@ def describe_generators(phases: list, model) -> list[tuple[str, bool]]:
     lines = []
     for phase in phases:
         gen = phase.generator
-        if gen is None or not hasattr(gen, "parameters"):
+        if gen is None or not gen.learned:
             continue
         count = sum(p.numel() for p in gen.parameters())
         where = f"phase '{phase.name}': " if len(phases) > 1 else ""
         too_large = count > backbone
         larger = ", more than the model" if too_large else ""
-        lines.append((f"{where}generator {type(gen).__name__} at '{gen.point}' has {count:,} "
+        lines.append((f"{where}generator {type(gen).__name__} at '{gen.points()[0]}' has {count:,} "
                       f"parameters (model: {backbone:,}){larger}; they train alongside and are "
                       f"never exported", too_large))
     return lines

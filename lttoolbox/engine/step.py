@@ -56,8 +56,8 @@ class TrainStep(torch.nn.Module):
 
 
 def auxiliary_parts(phase) -> list:
-    """The phase's components that add a term to the objective (``auxiliary_loss()``)."""
-    return [p for p in phase.components if hasattr(p, "auxiliary_loss")]
+    """The phase's components that add a term to the objective (declared ``adds_loss``)."""
+    return [p for p in phase.components if p.adds_loss]
 
 
 def loss_term_names(phase) -> list[str]:

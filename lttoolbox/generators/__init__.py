@@ -20,3 +20,8 @@ from .rsg import RSG
 
 __all__ = ["FeatureGenerator", "RSG", "DeltaEncoder", "Hallucinator", "FTL", "frequent_classes",
            "generation_count"]
+
+# Every module of the package, so that a new entry file registers without being listed here.
+from ..registry import import_submodules  # noqa: E402
+
+import_submodules(__name__)

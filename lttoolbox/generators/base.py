@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from ..batch import Batch
-from ..epochs import EpochAware, UnreachableEpochWarning
+from ..api import Component, ModuleComponent
+from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..losses.base import check_counts, check_epoch
 from ..losses.weights import check_number
@@ -103,7 +104,7 @@ def as_maps(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-class FeatureGenerator(EpochAware, nn.Module):
+class FeatureGenerator(ModuleComponent):
     """Base of the generators: attachment, frequent/rare split, batch extension, losses.
 
     Args:
@@ -125,6 +126,7 @@ class FeatureGenerator(EpochAware, nn.Module):
     """
 
     generates = True  # extends the batch; needs single-class targets up to its point
+    adds_loss = True  # its own losses, weighted (None on a step that adds none)
 
     def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
                  feature_shape: Sequence[int] | None = None,
@@ -133,7 +135,7 @@ class FeatureGenerator(EpochAware, nn.Module):
                  point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
                  imbalance_type: str | None = None):
         nn.Module.__init__(self)
-        EpochAware.__init__(self, check_epoch("start_epoch", start_epoch),
+        Component.__init__(self, check_epoch("start_epoch", start_epoch),
                             None if end_epoch is None else check_epoch("end_epoch", end_epoch))
         counts = check_counts(class_counts, num_classes)
         if counts is None:
@@ -223,6 +225,9 @@ class FeatureGenerator(EpochAware, nn.Module):
         """Return ``(new maps (S, C, H, W), their labels (S,), weighted auxiliary loss)``; any may
         be ``None`` (nothing generated, no loss this step)."""
         raise NotImplementedError
+
+    def points(self) -> tuple[str, ...]:
+        return (self.point,)
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """The weighted losses of the last forward (once; ``None`` if it added none)."""

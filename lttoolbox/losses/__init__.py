@@ -27,3 +27,8 @@ __all__ = [
     "BalancedSoftmaxLoss", "CDTLoss",
     "LabelAwareSmoothingLoss",
 ]
+
+# Every module of the package, so that a new entry file registers without being listed here.
+from ..registry import import_submodules  # noqa: E402
+
+import_submodules(__name__)

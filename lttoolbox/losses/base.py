@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ..batch import Batch
-from ..epochs import EpochAware, UnreachableEpochWarning
+from ..api import Component, ModuleComponent
+from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from .weights import check_number, class_weights, weight_spec
 
@@ -76,7 +77,7 @@ def check_epoch(name: str, value: Any) -> int:
     return int(value)
 
 
-class LTLoss(EpochAware, nn.Module):
+class LTLoss(ModuleComponent):
     """Base of every loss: class weights, deferred re-weighting and reductions.
 
     Args:
@@ -119,8 +120,8 @@ class LTLoss(EpochAware, nn.Module):
                  total_epochs: int | None = None):
         nn.Module.__init__(self)
         weights_start_epoch = check_epoch("weights_start_epoch", weights_start_epoch)
-        EpochAware.__init__(self, start_epoch=weights_start_epoch)
-        name = getattr(type(self), "registry_name", type(self).__name__)
+        Component.__init__(self, start_epoch=weights_start_epoch)
+        name = self.registry_name or type(self).__name__
         counts = check_counts(class_counts, num_classes)
         spec = weight_spec(weights)
         if counts is None and (self.requires_counts or spec is not None):

@@ -22,3 +22,8 @@ __all__ = [
     "ImageNetResNet", "ResNet10", "ResNet50", "ResNet152", "ResNeXt50_32x4d",
     "load_torchvision_weights",
 ]
+
+# Every module of the package, so that a new entry file registers without being listed here.
+from ..registry import import_submodules  # noqa: E402
+
+import_submodules(__name__)

@@ -286,7 +286,7 @@ class LTModel(nn.Module):
     # ------------------------------------------------------------------------------------- head
     def reset_head(self, cfg: str | dict | None = None, key: str = "model.head") -> nn.Module:
         """Replace the head by a freshly initialised one (for classifier re-training), or by one
-        that takes the current head over (a head with ``adopt``, such as ``tau_norm``).
+        that takes the current head over (a head whose ``follows`` names it, such as ``tau_norm``).
 
         Args:
             cfg: Head config; ``None`` re-creates the current kind of head.
@@ -300,7 +300,7 @@ class LTModel(nn.Module):
         old = next(iter([*self.head.parameters(), *self.head.buffers()]), None)
         if old is not None:
             new = new.to(device=old.device, dtype=old.dtype)
-        if hasattr(new, "adopt"):  # a head that re-balances the trained one (tau_norm, lws)
+        if new.follows:  # a head that re-balances the trained one (tau_norm, lws)
             new.adopt(self.head)
         self.head, self.head_cfg = new, cfg
         if "head" in self._frozen:

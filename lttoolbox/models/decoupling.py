@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..api import Head
 from ..errors import ConfigError
 from ..losses.weights import check_number
 from .heads import HEADS
@@ -53,7 +54,7 @@ def _take_over(head: nn.Module, previous: nn.Module, name: str) -> None:
 
 
 @HEADS.register("tau_norm")
-class TauNormHead(nn.Module):
+class TauNormHead(nn.Module, Head):
     """tau-normalised classifier (Kang et al., ICLR 2020, Sec. 4).
 
     Args:
@@ -115,6 +116,12 @@ class TauNormHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, self.normalised_weight(), self.bias if self.keep_bias else None)
 
+    def after_phase(self, events) -> None:
+        """With ``tau: auto``: choose tau on the validation split (:meth:`select`) and record
+        the choice in results.json's ``selection``."""
+        for key, value in self.select(lambda: events.evaluate("val")["top1"]).items():
+            events.record(key, value)
+
     def select(self, score: Callable[[], float]) -> dict:
         """With ``tau: auto``: try every tau of the grid, keep the one with the best validation
         score (the first on ties); returns the record for ``results.json``."""
@@ -135,7 +142,7 @@ class TauNormHead(nn.Module):
 
 
 @HEADS.register("lws")
-class LWSHead(nn.Module):
+class LWSHead(nn.Module, Head):
     """Learnable weight scaling (Kang et al., ICLR 2020, Sec. 4): ``s_c (<w_c, f> + b_c)``.
 
     The previous classifier's weight and bias are taken over and stay fixed (buffers, never in

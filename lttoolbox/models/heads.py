@@ -24,14 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..api import Head
 from ..errors import ConfigError
-from ..registry import Registry
-
-# Given by the model, never by the recipe: a recipe value would silently win over the context.
-_HEAD_CONTEXT = ("in_features", "num_classes")
-
-HEADS = Registry("head", "lttoolbox.models", context=_HEAD_CONTEXT)
-"""Registry of classifier heads (recipe key ``model.head``)."""
+from ..registry import HEAD_CONTEXT as _HEAD_CONTEXT  # given by the model, never by a recipe
+from ..registry import HEADS
 
 
 def head_config(cfg: str | dict[str, Any], key: str = "model.head") -> dict[str, Any]:
@@ -74,7 +70,7 @@ def build_head(cfg: str | dict[str, Any], in_features: int, num_classes: int,
 
 
 @HEADS.register("linear")
-class LinearHead(nn.Linear):
+class LinearHead(nn.Linear, Head):
     """Plain linear classifier with bias: ``logits = W f + b``.
 
     ``init: kaiming_normal`` (the default) initialises the weight with ``kaiming_normal_``
@@ -151,7 +147,7 @@ def _prior_probability(prior: float | str | None, num_classes: int) -> float | N
 
 
 @HEADS.register("cosine")
-class CosineHead(nn.Module):
+class CosineHead(nn.Module, Head):
     """Cosine classifier, the "NormedLinear" of LDAM-DRW (Cao et al., NeurIPS 2019, Sec. 4 /
     reference code): ``logits_j = scale * <f / ||f||, w_j / ||w_j||>``, no bias.
 

@@ -16,3 +16,8 @@ __all__ = [
     "LTSampler", "check_labels", "InstanceSampler", "ClassBalancedSampler", "SquareRootSampler",
     "ProgressiveSampler", "CMOWeightedSampler", "RandomOverSampler", "RandomUnderSampler",
 ]
+
+# Every module of the package, so that a new entry file registers without being listed here.
+from ..registry import import_submodules  # noqa: E402
+
+import_submodules(__name__)

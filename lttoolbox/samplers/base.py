@@ -37,7 +37,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..epochs import EpochAware, UnreachableEpochWarning
+from ..api import Component
+from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError, DataError
 
 # Mixed into every seed so that the sampler's stream is independent of any other component that
@@ -107,7 +108,7 @@ def _distributed_default() -> tuple[int, int]:
     return 0, 1
 
 
-class LTSampler(EpochAware, Sampler):
+class LTSampler(Component, Sampler):
     """Base class of every sampler: an epoch-wise index stream, reproducible and rank-aware.
 
     Subclasses change the stream drawn while the sampler is active, by overriding
@@ -137,7 +138,7 @@ class LTSampler(EpochAware, Sampler):
                  rank: int | None = None, world_size: int | None = None,
                  total_epochs: int | None = None, num_samples: int | None = None,
                  start_epoch: int = 0, end_epoch: int | None = None):
-        EpochAware.__init__(self, start_epoch, end_epoch)
+        Component.__init__(self, start_epoch, end_epoch)
         self.labels, self.num_classes, self.class_counts = check_labels(labels, num_classes)
         self.seed = check_int("seed", seed, minimum=0)
         self._rank = None if rank is None else check_int("rank", rank, minimum=0)
@@ -278,6 +279,6 @@ class LTSampler(EpochAware, Sampler):
         return -(-self.epoch_length // self.world_size)
 
     def __repr__(self) -> str:
-        name = getattr(type(self), "registry_name", type(self).__name__)
+        name = self.registry_name or type(self).__name__
         return (f"{type(self).__name__}(name={name!r}, N={self.num_images}, "
                 f"C={self.num_classes}, epoch={self.epoch}, start_epoch={self.start_epoch})")

@@ -1,0 +1,319 @@
+"""The extension points: what the trainer calls on every component, and nothing else.
+
+The trainer runs one loop over declared events and knows no trick by name. Everything a sampler,
+loss, augmentation or generator can do is declared here, on :class:`Component`, with a default
+that does nothing; an entry overrides what it needs. The trainer calls every method on every
+component uniformly and never asks whether a component has one.
+
+Declared capabilities (class attributes, read before training to refuse impossible recipes):
+
+* ``mixes``: replaces the batch's targets by two targets per sample (mixup, CutMix, ...); two
+  such components cannot act in a common epoch.
+* ``generates``: adds samples at a model point and needs each sample's single class up to it.
+* ``adds_loss``: :meth:`Component.auxiliary_loss` returns a term the trainer adds to the loss.
+* ``adds_images``: adds training images at its phase's start (:meth:`Component.before_phase`);
+  the training set then grows, so the in-memory data path is needed.
+* ``reads_trained_model``: what it does at its phase's start reads the model trained so far, so
+  it cannot sit in the first phase.
+* ``learned``: owns trainable parameters, optimised alongside the model.
+
+Events, in the order the trainer sends them: ``before_phase(events)`` at a phase's start (after
+its model changes), then per epoch ``before_epoch(epoch)`` (by default :meth:`set_epoch`), the
+steps, ``after_epoch(epoch)``; after the phase's last epoch ``after_phase(events)`` (to the
+phase's components and to the model's head). ``events`` is a :class:`PhaseEvents`: what such an
+action may see and do without the trainer knowing what it does.
+``state_dict()``/``load_state_dict()`` go into every checkpoint.
+
+Example:
+    >>> import torch
+    >>> from lttoolbox.api import Component
+    >>> class Scale(Component):
+    ...     '''Multiplies the activations at a point from ``start_epoch`` on.'''
+    ...     def __init__(self, factor=2.0, start_epoch=0):
+    ...         super().__init__(start_epoch)
+    ...         self.factor = factor
+    ...     def points(self):
+    ...         return ("features",)
+    ...     def __call__(self, h, batch):
+    ...         return (h * self.factor if self.active else h), batch
+    >>> part = Scale(start_epoch=1)
+    >>> part.before_epoch(0); part.active, part.points()
+    (False, ('features',))
+    >>> part.before_epoch(1); part(torch.ones(2), None)[0].tolist()
+    [2.0, 2.0]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["Context", "Component", "ModuleComponent", "Head", "PhaseEvents"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything the data and the run tell a component, as one typed object.
+
+    The trainer builds one per phase (on the phase's training set, grown if a phase added
+    images) and offers it to every entry it builds: an entry that names a ``context`` parameter
+    receives this object; one that names fields (``class_counts``, ``num_classes``, ...) receives
+    those, as before.
+
+    Attributes:
+        class_counts: Training images per class.
+        num_classes: C.
+        labels: Training label of every image (1-D integer array).
+        total_epochs: The phase's epochs (at least 1).
+        seed: The run's seed.
+        rank, world_size: This process and the number of processes.
+        feature_dim: Width of the pooled features (``None`` without a model).
+        point_names: The model's points in order.
+        point_shapes: One sample's activation shape at each point (only with a generator).
+        imbalance_type: The data set's profile (``exp``, ``step`` or ``None``).
+        fetch: ``fetch(indices) -> (x, y)``: training-transformed images beyond the batch.
+        has_validation: Whether the data set has a validation split.
+
+    Example:
+        >>> from lttoolbox.registry import LOSSES
+        >>> ctx = Context.from_counts([500, 50, 5])
+        >>> ctx.num_classes, len(ctx.labels)
+        (3, 555)
+        >>> LOSSES.build({"name": "ldam", "max_m": 0.5}, **ctx.as_kwargs()).s
+        30.0
+    """
+
+    class_counts: Sequence[int]
+    num_classes: int
+    labels: Any
+    total_epochs: int = 1
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    feature_dim: int | None = None
+    point_names: tuple[str, ...] = ()
+    point_shapes: dict = field(default_factory=dict)
+    imbalance_type: str | None = None
+    fetch: Callable | None = None
+    has_validation: bool = False
+
+    @classmethod
+    def from_counts(cls, counts: Sequence[int], **more: Any) -> "Context":
+        """A context for standalone use: the labels of a training set with these class counts
+        (class 0's images first), and ``num_classes``; ``more`` sets any other field."""
+        counts = [int(c) for c in counts]
+        labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+        return cls(class_counts=counts, num_classes=len(counts), labels=labels.numpy(), **more)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The fields by name, plus ``context`` (this object): what a registry offers an entry,
+        which takes those it names."""
+        return {**{f.name: self.__dict__[f.name] for f in fields(self)}, "context": self}
+
+
+class Component:
+    """Base of every sampler, loss, augmentation and generator: declared capabilities, an epoch
+    window and lifecycle events, all with no-op defaults.
+
+    Args:
+        start_epoch: First epoch (0-based) on which the component is active.
+        end_epoch: First epoch on which it is no longer active; ``None`` means never.
+    """
+
+    #: The name it is registered under (set by :meth:`lttoolbox.registry.Registry.register`).
+    registry_name: str | None = None
+    mixes: bool = False
+    generates: bool = False
+    adds_loss: bool = False
+    adds_images: bool = False
+    reads_trained_model: bool = False
+    start_epoch: int = 0
+    end_epoch: int | None = None
+    epoch: int = 0
+
+    def __init__(self, start_epoch: int = 0, end_epoch: int | None = None):
+        # bool is an int subclass: `end_epoch: true` would silently mean epoch 1
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
+            raise ConfigError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
+        if end_epoch is not None and (isinstance(end_epoch, bool) or not isinstance(end_epoch, int)
+                                      or end_epoch <= start_epoch):
+            raise ConfigError(
+                f"end_epoch must be an integer greater than start_epoch ({start_epoch}), "
+                f"got {end_epoch!r}")
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.epoch = 0
+
+    # ------------------------------------------------------------------------ the epoch window
+    def set_epoch(self, epoch: int) -> None:
+        """Remember the current epoch (0-based); ``torch``'s sampler convention."""
+        self.epoch = int(epoch)
+
+    @property
+    def active(self) -> bool:
+        """Whether the current epoch lies in ``[start_epoch, end_epoch)``."""
+        return self.epoch >= self.start_epoch and (self.end_epoch is None
+                                                   or self.epoch < self.end_epoch)
+
+    @property
+    def epochs_since_start(self) -> int:
+        """Epochs elapsed since the window opened (0 on its first epoch)."""
+        return max(0, self.epoch - self.start_epoch)
+
+    # -------------------------------------------------------------------- acting in the model
+    def points(self) -> tuple[str, ...]:
+        """The model points it acts at (none: it does not act on the batch inside the model)."""
+        return ()
+
+    def hook(self, point: str) -> Callable:
+        """The callable ``(h, batch) -> (h, batch)`` run at ``point``; by default the component."""
+        return self
+
+    @property
+    def learned(self) -> bool:
+        """Whether it owns trainable parameters (optimised alongside the model)."""
+        return False
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A term added to the step's loss (only read where ``adds_loss`` is declared)."""
+        return None
+
+    def frozen_parameters(self) -> Iterable[nn.Parameter]:
+        """Its parameters that must not move in the current epoch (gradients withheld)."""
+        return ()
+
+    # --------------------------------------------------------------------------- lifecycle
+    def before_run(self, run: Any) -> None:
+        """Once, before the first phase trains (reserved; the trainer sends nothing yet)."""
+
+    def before_phase(self, events: Any) -> None:
+        """At its phase's start, after the phase's model changes (``events``:
+        :class:`PhaseEvents`)."""
+
+    def before_epoch(self, epoch: int) -> None:
+        """At the start of every epoch, before any hook runs; by default :meth:`set_epoch`."""
+        self.set_epoch(epoch)
+
+    def after_epoch(self, epoch: int) -> None:
+        """After every epoch's last step."""
+
+    def after_phase(self, events: Any) -> None:
+        """After its phase's last epoch, before the phase's checkpoint."""
+
+    def after_run(self, run: Any) -> None:
+        """Once, after the last phase (reserved; the trainer sends nothing yet)."""
+
+    # -------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of it (nothing by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
+
+class ModuleComponent(nn.Module, Component):
+    """A component that is a ``torch.nn.Module`` (a loss with class-weight buffers, a generator
+    with parameters): the module's ``state_dict``, ``load_state_dict`` and device moves win.
+
+    Subclasses call ``nn.Module.__init__(self)`` and ``Component.__init__(self, start, end)``.
+    """
+
+    @property
+    def learned(self) -> bool:
+        return any(True for _ in self.parameters())
+
+
+class Head:
+    """Declared capabilities of a classifier head (mixed into an ``nn.Module``).
+
+    * ``follows``: the heads it takes over from the previous phase (``adopt`` then copies what
+      it keeps); empty: a head that starts afresh.
+    * ``needs_validation``: it chooses something on the validation split, which the data set
+      must then provide.
+    * ``after_phase(events)``: after its phase's last epoch (``tau_norm`` with ``tau: auto``
+      chooses its power there).
+    """
+
+    follows: tuple[str, ...] = ()
+    needs_validation: bool = False
+
+    def adopt(self, previous: nn.Module) -> None:
+        """Take over the previous phase's head (only called where ``follows`` names it)."""
+
+    def after_phase(self, events: Any) -> None:
+        """After its phase's last epoch, before the phase's checkpoint."""
+
+
+class PhaseEvents:
+    """What a phase-start or phase-end action sees and may do; the trainer implements it.
+
+    Attributes:
+        model: The model (backbone and head), as the phase starts or ends.
+        index: The phase's 0-based index.
+        name: The phase's name (``meta.phase``).
+        log: The run's console logger (``start_epoch(title, total)``, ``advance(n)``,
+            ``end_epoch(line)``, ``info(line)``), for a progress bar of a long action.
+
+    An action that computes something from the run's state (images generated from the trained
+    model) computes it through :meth:`artifact`, so that a resumed run reuses exactly what the
+    interrupted one computed. Growing the training set (:meth:`add_training_images`) makes the
+    trainer rebuild the phase's components on the grown set (samplers and losses see the new
+    counts).
+    """
+
+    model: nn.Module
+    index: int
+    name: str
+    log: Any
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The training images (uint8 ``(N, C, H, W)``, on the training device; in-memory data
+        path only)."""
+        raise NotImplementedError
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The training labels ``(N,)`` beside :attr:`images`."""
+        raise NotImplementedError
+
+    @property
+    def eval_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The evaluation transform (uint8 images to normalised model inputs)."""
+        raise NotImplementedError
+
+    @property
+    def data_kind(self) -> str:
+        """The data path: ``memory`` or ``stream``."""
+        raise NotImplementedError
+
+    def train_labels(self) -> Any:
+        """The training labels as a numpy array (either data path)."""
+        raise NotImplementedError
+
+    def artifact(self, name: str, make: Callable[[], dict]) -> dict:
+        """``make()``'s tensor dict, computed once per run and stored in the run directory as
+        ``<name>-<phase>.pt``; a resumed run (and every other process) reads the stored one."""
+        raise NotImplementedError
+
+    def add_training_images(self, images: torch.Tensor, labels: torch.Tensor,
+                            seconds: float | None = None) -> None:
+        """Add images to the training set for this phase and every later one (``seconds``: what
+        making them took, reported in results.json's phase entry)."""
+        raise NotImplementedError
+
+    def evaluate(self, split: str = "val") -> dict:
+        """The model's metrics on the validation split (choices are never made on the test
+        split: ``"test"`` is refused)."""
+        raise NotImplementedError
+
+    def record(self, key: str, value: Any) -> None:
+        """Keep a choice made here in results.json's ``selection`` (and in the checkpoint)."""
+        raise NotImplementedError

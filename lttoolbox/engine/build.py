@@ -1,0 +1,155 @@
+"""Building a run's phases: each phase's components from its recipe, and every check that
+refuses an impossible recipe before the first step."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..api import Component, Context
+from ..errors import ConfigError
+from ..models.heads import build_head, head_config
+from ..recipe import phase_recipes
+from ..registry import AUGMENTS, GENERATORS, LOSSES, SAMPLERS
+from .distributed import per_rank_batch
+from .optim import no_decay_names
+from .phases import (Phase, check_data_preparers, check_generator_placement,
+                     check_one_mix_at_a_time)
+
+
+class PhaseBuilder:
+    """Builds and enters phases (a mixin of :class:`~lttoolbox.engine.trainer.Trainer`)."""
+
+    def _sync_batch_norm(self, enabled: bool) -> None:
+        """``train.sync_bn``: batch-norm statistics over the global batch across processes
+        (``torch.nn.SyncBatchNorm``, which supports CUDA inputs only); one process: nothing."""
+        if not enabled or not self.world.distributed:
+            return
+        if self.device.type != "cuda":
+            raise ConfigError("torch.nn.SyncBatchNorm synchronises CUDA tensors only; train on "
+                              "CUDA or set train.sync_bn: false", key="train.sync_bn")
+        self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    def _context(self, recipe: dict) -> dict:
+        """What the phase's entries are offered: the :class:`~lttoolbox.api.Context` and its
+        fields by name."""
+        labels = self.data_path.train_labels()  # grown by a phase that adds images
+        counts = np.bincount(labels, minlength=self.num_classes).tolist()
+        return Context(
+            class_counts=counts, num_classes=self.num_classes,
+            # a 0-epoch phase (only a model change) still builds its components
+            total_epochs=max(1, recipe["train"]["epochs"]), seed=recipe["train"]["seed"],
+            labels=labels, feature_dim=self.model.feature_dim,
+            point_names=self.model.point_names, point_shapes=self.point_shapes,
+            imbalance_type=self.data.meta.get("imbalance_type"),
+            # how a component that needs more images than the batch (CMO's foreground) gets
+            # them: training-transformed, on the training device
+            fetch=self.data_path.fetch, rank=self.world.rank, world_size=self.world.size,
+            has_validation=self.data.val is not None).as_kwargs()
+
+    def _check_head(self, recipe: dict, index: int, where: str) -> None:
+        """A head that takes over the previous one must follow a head it can take over, and one
+        that chooses on the validation split needs a data set with one."""
+        cfg = head_config(recipe["model"].get("head", "linear"), where + "model.head")
+        head = build_head(cfg, self.model.feature_dim, self.num_classes, where + "model.head")
+        if head.follows:
+            previous = (head_config(phase_recipes(self.recipe)[index - 1]["model"].get(
+                "head", "linear"))["name"] if index else None)
+            if previous not in head.follows:
+                raise ConfigError(f"head '{cfg['name']}' takes over the previous phase's "
+                                  f"classifier, which must be one of "
+                                  f"{', '.join(head.follows)}; got "
+                                  f"{previous or 'none (it is the first phase)'}",
+                                  key=where + "model.head")
+        if head.needs_validation and self.data.val is None:
+            raise ConfigError(f"head '{cfg['name']}' chooses on the validation split; give the "
+                              f"data set one (data.val_per_class: 20)", key=where + "model.head")
+
+    def _build_phase(self, recipe: dict, index: int, first: dict) -> Phase:
+        where = f"phases[{index}]." if self.recipe.get("phases") else ""
+        for section in ("data",):
+            if recipe[section] != first[section]:
+                raise ConfigError("all phases share the first phase's data set; "
+                                  "only sampler, loss, augment, generator, optim, schedule, train, "
+                                  "eval and model.head may change", key=where + section)
+        if recipe["train"]["threads"] != first["train"]["threads"]:
+            raise ConfigError(f"the CPU threads are the process's, set once for the whole run: "
+                              f"give train.threads outside the phases (the first phase has "
+                              f"{first['train']['threads']!r})", key=where + "train.threads")
+        changed = {k for k in set(recipe["model"]) | set(first["model"])
+                   if k != "head" and recipe["model"].get(k) != first["model"].get(k)}
+        if changed:
+            raise ConfigError("only model.head may change between phases",
+                              key=f"{where}model.{sorted(changed)[0]}")
+        self._check_head(recipe, index, where)
+        per_rank_batch(recipe["train"]["batch_size"], self.world, where + "train.batch_size")
+        ctx = self._context(recipe)
+        sampler = SAMPLERS.build(recipe["sampler"], key=where + "sampler", **ctx)
+        loss = LOSSES.build(recipe["loss"], key=where + "loss", **ctx).to(self.device)
+        augments = [AUGMENTS.build(cfg, key=f"{where}augment[{i}]", **ctx)
+                    for i, cfg in enumerate(recipe["augment"])]
+        generator = (GENERATORS.build(recipe["generator"], key=where + "generator", **ctx)
+                     if recipe["generator"] else None)
+        phase = Phase(recipe["meta"]["phase"], recipe, sampler, loss, augments, generator)
+        keys = [where + "sampler", where + "loss",
+                *(f"{where}augment[{i}]" for i in range(len(augments))), where + "generator"]
+        for part, key in zip(phase.components, keys):
+            if not isinstance(part, Component):  # the trainer calls the declared methods
+                raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
+                                  f"derive it from Component (docs/extending.md)", key=key)
+        named = [(a, f"{where}augment[{i}]") for i, a in enumerate(augments)]
+        if generator is not None:
+            named.append((generator, where + "generator"))
+        for part, key in named:
+            if isinstance(part, torch.nn.Module):
+                part.to(self.device)
+            if part.adds_images and self.data_path.kind != "memory":
+                raise ConfigError(f"{type(part).__name__} adds generated images to the training "
+                                  f"set, which the streaming data path cannot hold; set "
+                                  f"data.path: memory", key=key)
+            # A component acts at the model points it declares (``points()``, each with
+            # ``hook(point)``), or at none (it prepares the phase's data instead).
+            for point in part.points():
+                if point not in self.model.point_names:
+                    raise ConfigError(f"acts at model point '{point}', which "
+                                      f"{first['model']['name']} does not have. Points: "
+                                      f"{', '.join(self.model.point_names)}.", key=key + ".point")
+                phase.hooked.append((part, point, key, part.hook(point)))
+        check_one_mix_at_a_time(named, recipe["train"]["epochs"])
+        check_data_preparers(named, index, recipe["train"]["epochs"])
+        check_generator_placement(named, self.model.point_names, recipe["train"]["epochs"])
+        if recipe["model"].get("head") == first["model"].get("head"):  # else built later
+            no_decay_names([("", self.model), *[(f"{n}.", m) for n, m in
+                                                self._learned_components(phase)]],
+                           recipe["optim"]["no_decay"], key=where + "optim.no_decay")
+        for name in recipe["train"]["freeze"]:
+            if name != "backbone" and name not in self.model.point_names:
+                raise ConfigError(f"unknown model point '{name}'. Choose from backbone, "
+                                  f"{', '.join(self.model.point_names)}.", key=where + "train.freeze")
+        return phase
+
+    def _enter_phase(self, index: int) -> None:
+        """Apply a phase's model changes: a new classifier head and frozen blocks.
+
+        ``train.freeze`` is the whole set frozen in this phase: what an earlier phase froze and
+        this one does not name trains again.
+        """
+        phase = self.phases[index]
+        train_cfg = phase.recipe["train"]
+        previous_head = self.phases[index - 1].recipe["model"].get("head") if index else None
+        head = phase.recipe["model"].get("head")
+        if train_cfg["reset_head"] or (index and head != previous_head):
+            self.model.reset_head(head)
+            self.model.to(self.device)
+            if self.channels_last:
+                self.model.to(memory_format=torch.channels_last)
+        self.model.unfreeze()
+        if train_cfg["freeze"]:
+            # By default the frozen blocks' BatchNorm statistics are re-estimated on this phase's
+            # batches, as in the reference codes (LTModel.freeze); freeze_bn_stats keeps them.
+            self.model.freeze(train_cfg["freeze"], freeze_bn_stats=train_cfg["freeze_bn_stats"])
+
+    @staticmethod
+    def _learned_components(phase: Phase) -> list:
+        """Components with trainable parameters of their own, named for ``optim.no_decay``."""
+        return [(f"{type(part).__name__}{i}", part) for i, part in enumerate(phase.components)
+                if part.learned]

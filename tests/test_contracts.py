@@ -1,0 +1,165 @@
+"""The extension-point contract (lttoolbox/api.py), checked on every registered entry of every
+component family and every head: the trainer calls these methods uniformly, so each entry must
+answer them with the declared types, act only at points the model has, keep a checkpoint state
+that loads back, and do in a step what its declared capabilities say."""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from lttoolbox.api import Component, Head
+from lttoolbox.batch import Batch
+from lttoolbox.engine.optim import lr_at
+from lttoolbox.registry import (AUGMENTS, GENERATORS, HEADS, LOSSES, MODELS, OPTIMIZERS,
+                                SAMPLERS, SCHEDULES, recipe_parameters)
+
+pytestmark = pytest.mark.filterwarnings("ignore::lttoolbox.epochs.UnreachableEpochWarning")
+
+COUNTS = [40, 20, 10, 6, 4]
+LABELS = np.repeat(np.arange(len(COUNTS)), COUNTS)
+MODEL = MODELS.build({"name": "digits_cnn"}, num_classes=len(COUNTS), in_channels=1,
+                     image_size=16)
+IMAGES = torch.rand(len(LABELS), 1, 16, 16)
+
+
+def fetch(indices: torch.Tensor):
+    return IMAGES[indices], torch.as_tensor(LABELS)[indices]
+
+
+CONTEXT = {"class_counts": COUNTS, "num_classes": len(COUNTS), "labels": LABELS, "seed": 0,
+           "total_epochs": 6, "rank": 0, "world_size": 1, "feature_dim": MODEL.feature_dim,
+           "point_names": MODEL.point_names, "point_shapes": MODEL.point_shapes(IMAGES[:2]),
+           "imbalance_type": "exp", "fetch": fetch}
+#: Values for parameters an entry requires (no default), by parameter name: a new entry with a
+#: required parameter of another name fails below, asking for one.
+REQUIRED = {"choices": [{"name": "mixup"}, {"name": "cutmix"}], "p": [0.5, 0.25]}
+FAMILIES = {"sampler": SAMPLERS, "loss": LOSSES, "augment": AUGMENTS, "generator": GENERATORS}
+FLAGS = ("mixes", "generates", "adds_loss", "adds_images", "reads_trained_model", "learned")
+
+
+def shipped(registry) -> list[str]:
+    """The entries lttoolbox ships (not toys other tests register)."""
+    return [n for n in registry.names()
+            if registry.get(n).__module__.startswith("lttoolbox.")]
+
+
+CASES = [(family, name) for family, registry in FAMILIES.items() for name in shipped(registry)]
+
+
+def build(family: str, name: str):
+    registry = FAMILIES[family]
+    params = {}
+    for p in recipe_parameters(registry, name):
+        if p.default is inspect.Parameter.empty:
+            assert p.name in REQUIRED, f"{family} '{name}' requires '{p.name}': add an example"
+            params[p.name] = REQUIRED[p.name]
+    return registry.build({"name": name, **params}, **CONTEXT)
+
+
+def test_every_family_has_entries():
+    assert all(shipped(r) for r in FAMILIES.values()) and shipped(HEADS)
+
+
+@pytest.mark.parametrize("family,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
+def test_the_component_contract(family, name):
+    torch.manual_seed(0)
+    part = build(family, name)
+    assert isinstance(part, Component)
+    for flag in FLAGS:
+        assert isinstance(getattr(part, flag), bool), flag
+    assert part.registry_name == name
+    points = part.points()
+    assert isinstance(points, tuple) and set(points) <= set(MODEL.point_names)
+    if part.mixes or part.generates:
+        assert points, "a component that mixes or generates acts at a model point"
+    if part.generates:
+        assert len(points) == 1
+    # the epoch window, as the trainer sends the epochs
+    for epoch in range(CONTEXT["total_epochs"]):
+        part.before_epoch(epoch)
+        end = part.end_epoch if part.end_epoch is not None else float("inf")
+        assert part.active == (part.start_epoch <= epoch < end)
+        part.after_epoch(epoch)
+    frozen = list(part.frozen_parameters())
+    assert all(isinstance(p, torch.nn.Parameter) for p in frozen)
+    if part.learned:
+        owned = {id(p) for p in part.parameters()}
+        assert owned and all(id(p) in owned for p in frozen)
+    # a step through the model with its hooks, in an epoch where it acts
+    part.before_epoch(part.start_epoch)
+    model = MODEL.train()
+    x, y = fetch(torch.arange(0, len(LABELS), 3))
+    logits, batch = model.forward_hooked(Batch.plain(x, y),
+                                         {p: part.hook(p) for p in points})
+    assert logits.shape == (batch.y_a.shape[0], len(COUNTS))
+    extra = part.auxiliary_loss()
+    if part.adds_loss:
+        assert extra is None or (extra.dim() == 0 and torch.isfinite(extra))
+    else:
+        assert extra is None
+    if family == "loss":
+        value = part(logits.detach(), batch.y_a)
+        assert value.dim() == 0 and torch.isfinite(value)
+    if family == "sampler":
+        idx = part.indices()
+        assert idx.dtype == torch.int64 and 0 <= int(idx.min()) and int(idx.max()) < len(LABELS)
+    # the checkpoint state loads into a fresh instance
+    state = part.state_dict()
+    fresh = build(family, name)
+    fresh.load_state_dict(state)
+    assert {k: v for k, v in fresh.state_dict().items()}.keys() == dict(state).keys()
+
+
+@pytest.mark.parametrize("name", shipped(HEADS))
+def test_the_head_contract(name):
+    head = HEADS.build({"name": name}, in_features=MODEL.feature_dim, num_classes=len(COUNTS))
+    assert isinstance(head, Head) and isinstance(head, torch.nn.Module)
+    assert isinstance(head.follows, tuple) and set(head.follows) <= set(HEADS.names())
+    assert isinstance(head.needs_validation, bool)
+    assert head(torch.randn(3, MODEL.feature_dim)).shape == (3, len(COUNTS))
+    if head.follows:  # takes over a head it names
+        previous = HEADS.build({"name": head.follows[0]}, in_features=MODEL.feature_dim,
+                               num_classes=len(COUNTS))
+        head.adopt(previous)
+
+
+@pytest.mark.parametrize("name", shipped(OPTIMIZERS))
+def test_the_optimizer_contract(name):
+    """An optimizer entry takes parameter groups and steps with a closure that computes the
+    loss and its gradients (called once or, by a two-pass method, more often); it returns what
+    the closure returned first."""
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = OPTIMIZERS.build({"name": name}, key="optim", params=[{"params": [weight]}])
+    assert isinstance(opt, torch.optim.Optimizer)
+    calls = []
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        loss = (weight ** 2).sum()
+        loss.backward()
+        calls.append(loss.detach())
+        return loss.detach().reshape(1)
+
+    before = weight.detach().clone()
+    out = opt.step(closure)
+    assert calls and torch.equal(out, calls[0].reshape(1))
+    assert not torch.equal(weight.detach(), before)  # it moved the parameter
+    assert weight.detach().abs().sum() < before.abs().sum()  # downhill on |w|^2
+
+
+@pytest.mark.parametrize("name", shipped(SCHEDULES))
+def test_the_schedule_contract(name):
+    """A schedule gives a finite rate in [0, base_lr] for every epoch, and the warm-up scales
+    it: epoch 0 of a 4-epoch warm-up trains at a quarter of the decayed rate."""
+    total = 10
+    rates = [lr_at(e, 0.1, name=name, total_epochs=total, milestones=[5], gamma=0.1)
+             for e in range(total)]
+    assert all(0.0 <= r <= 0.1 + 1e-12 for r in rates)
+    warm = lr_at(0, 0.1, name=name, total_epochs=total, milestones=[5], warmup_epochs=4)
+    plain = SCHEDULES.get(name)(**{k: v for k, v in {
+        "epoch": 0, "base_lr": 0.1, "total_epochs": total, "warmup_epochs": 4,
+        "milestones": [5]}.items() if k in inspect.signature(SCHEDULES.get(name)).parameters})
+    assert warm == pytest.approx(plain / 4)
