@@ -21,9 +21,10 @@ from .registry import suggest
 def optimizer_defaults() -> dict[str, dict[str, Any]]:
     """Each registered optimizer's recipe defaults: its entry's parameters (``OPTIMIZERS``,
     lttoolbox/engine/optim.py), then ``no_decay``."""
-    from .engine.optim import optimizer_defaults as defaults
-    from .registry import OPTIMIZERS
-    return {name: defaults(name) for name in OPTIMIZERS.names()}
+    from .registry import OPTIMIZERS, recipe_parameters
+    return {name: {**{p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+                      for p in recipe_parameters(OPTIMIZERS, name)}, "no_decay": []}
+            for name in OPTIMIZERS.names()}
 
 
 def schedule_names() -> tuple[str, ...]:

@@ -73,17 +73,6 @@ def adamw(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e
                              weight_decay=weight_decay, fused=fused)
 
 
-def optimizer_defaults(name: str) -> dict:
-    """The recipe defaults of optimizer ``name``: its entry's parameters, then ``no_decay``."""
-    return {**{p: list(d) if isinstance(d, tuple) else d
-               for p, d in _own_defaults(OPTIMIZERS, name).items()}, "no_decay": []}
-
-
-def _own_defaults(registry, name: str) -> dict:
-    from ..registry import recipe_parameters
-    return {p.name: p.default for p in recipe_parameters(registry, name)}
-
-
 def build_optimizer(model: nn.Module, cfg: dict,
                     extra: Iterable[tuple[str, nn.Module]] = ()) -> torch.optim.Optimizer:
     """Build the optimizer named in the recipe's ``optim`` section.
