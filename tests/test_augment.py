@@ -343,6 +343,22 @@ def test_one_of_draws_each_choice_with_its_probability():
     assert abs(calls[0] / 2000 - 0.5) < 0.04 and abs(calls[1] / 2000 - 0.2) < 0.03
 
 
+def test_one_of_mixes_with_a_single_point_manifold_mixup_choice():
+    """one_of applies a choice through its ``mix``; manifold mixup at one point mixes there as
+    mixup does: h' = lam h + (1 - lam) h[perm], targets (y, y[perm]) weighted lam."""
+    torch.manual_seed(3)
+    aug = build("one_of", choices=[{"name": "manifold_mixup", "point": "features"},
+                                   {"name": "manifold_mixup", "point": "features", "alpha": 0.5}],
+                p=[1.0, 0.0])
+    aug.set_epoch(0)
+    h, labels = torch.randn(6, 5), torch.arange(6)  # one label per row: y_b names the partner
+    mixed, out = aug(h, Batch.plain(h.clone(), labels))
+    lam = float(torch.as_tensor(out.lam).reshape(-1)[0])
+    assert 0.0 < lam < 1.0 and torch.equal(out.y_a, labels)
+    for i, j in enumerate(out.y_b.tolist()):
+        assert torch.allclose(mixed[i], lam * h[i] + (1 - lam) * h[j], atol=1e-6)
+
+
 def test_manifold_mixup_mixes_at_one_listed_point_per_batch():
     torch.manual_seed(8)
     aug = ManifoldMixup(point=["layer1", "input"], point_names=CONTEXT["point_names"])

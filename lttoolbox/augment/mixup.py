@@ -133,6 +133,12 @@ class ManifoldMixup(MixingAugment):
     def __call__(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
         return self.hook(self._points[0])(h, batch) if len(self._points) == 1 else (h, batch)
 
+    def mix(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
+        """Mix the activations ``h`` at this entry's one point, unconditionally: how ``one_of``
+        applies a choice (it refuses a choice listing several points)."""
+        mixed, out, _ = mix_with_permutation(h, batch, float(beta_draw(self.alpha)))
+        return mixed, out
+
 
 @AUGMENTS.register("remix")
 class Remix(MixingAugment):
