@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lttoolbox.engine.logging import RunLogger
 from lttoolbox.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +134,16 @@ def on_digits(recipe: dict, epochs: int = 2, switch_epoch: int = 1) -> dict:
 #: may cite them any more (see benchmarks/reference_numbers.yaml).
 OUTDATED_NUMBERS = ("30.12", "31.22", "29.37", "23.63", "30.35", "30.81", "29.35", "27.08",
                     "27.73", "26.66", "24.61", "26.83", "30.88")
+
+
+class StopAfter(RunLogger):
+    """Raises KeyboardInterrupt at the end of the n-th epoch, before its checkpoint."""
+
+    def __init__(self, epochs):
+        super().__init__(quiet=True)
+        self.left = epochs
+
+    def end_epoch(self, summary):
+        self.left -= 1
+        if self.left < 0:
+            raise KeyboardInterrupt

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from conftest import StopAfter
 from lttoolbox.engine import Trainer, train
 from lttoolbox.engine.logging import RunLogger
 from lttoolbox.errors import ConfigError
@@ -18,19 +19,6 @@ def digits_recipe(*overrides):
             "train": {"epochs": 3, "batch_size": 64, "seed": 0},
             "eval": {"many_threshold": 60, "few_threshold": 25}}
     return resolve(apply_overrides(base, list(overrides)))
-
-
-class StopAfter(RunLogger):
-    """Raises KeyboardInterrupt at the end of the n-th epoch, before its checkpoint."""
-
-    def __init__(self, epochs):
-        super().__init__(quiet=True)
-        self.left = epochs
-
-    def end_epoch(self, summary):
-        self.left -= 1
-        if self.left < 0:
-            raise KeyboardInterrupt
 
 
 def test_train_writes_results_and_learns(tmp_path):

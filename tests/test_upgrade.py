@@ -14,11 +14,11 @@ import torch
 import yaml
 
 import lttoolbox
+from conftest import StopAfter
 from lttoolbox.cli import main as lttrain
 from lttoolbox.cli_eval import main as lteval
 from lttoolbox.cli_predict import main as ltpredict
 from lttoolbox.engine import train
-from lttoolbox.engine.logging import RunLogger
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import recipe_hash, resolve
 from lttoolbox.upgrade import earlier_spelling, upgrade_record, upgrade_recipe
@@ -53,19 +53,6 @@ def weights(path: Path) -> dict:
 def same_weights(a: Path, b: Path) -> bool:
     x, y = weights(a), weights(b)
     return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
-
-
-class StopAfter(RunLogger):
-    """Raises KeyboardInterrupt at the end of the n-th epoch, before its checkpoint."""
-
-    def __init__(self, epochs):
-        super().__init__(quiet=True)
-        self.left = epochs
-
-    def end_epoch(self, summary):
-        self.left -= 1
-        if self.left < 0:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")
