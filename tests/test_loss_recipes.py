@@ -48,6 +48,7 @@ RECIPES = {
     "cdt_drw": ("cdt", True, "linear"),
     "las": ("las", False, "linear"),
     "las_drw": ("las", True, "linear"),
+    "vs": ("vs", False, "linear"),
 }
 PATHS = [ROOT / "configs" / ds / f"{name}.yaml" for ds in DATASETS for name in RECIPES]
 # Each recipe as written (ratio 100) and with the override data.imbalance_ratio=50.
