@@ -113,7 +113,7 @@ def test_recipe_resolves_and_builds_its_loss(path, ratio):
     assert torch.isfinite(value)
 
 
-def test_cifar10_cb_focal_recipe_has_the_issue_weights():
+def test_cifar10_cb_focal_recipe_has_the_effective_number_weights():
     recipe = read_recipe(ROOT / "configs" / "cifar10_lt" / "cb_focal.yaml")
     loss = LOSSES.build(recipe["loss"], class_counts=protocol_counts("cifar10_lt", 100))
     np.testing.assert_allclose(loss.class_weights.numpy(), CIFAR10_R100_CB, atol=5e-5)

@@ -413,7 +413,7 @@ def test_effective_number_limits():
     np.testing.assert_allclose(near_one, class_weights("inverse", COUNTS), rtol=1e-4)
 
 
-def test_cb_weights_for_cifar10_ratio_100_match_the_issue():
+def test_cb_weights_for_cifar10_ratio_100_match_hand_computed_values():
     counts = [int(5000 * 0.01 ** (i / 9)) for i in range(10)]
     assert counts == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     loss = ClassBalancedLoss(beta=0.9999, base="sigmoid_focal", gamma=1.0, class_counts=counts)

@@ -26,14 +26,13 @@ import os
 from pathlib import Path
 
 from ..errors import LTError
-from ..recipe import phase_recipes, recipe_differences, recipe_hash, resolve, resolve_saved
+from ..recipe import phase_recipes, recipe_differences, recipe_hash, resolve
 from ..rundir import RunDir
+from ..runs import RunError, read_run_recipe
 from ..upgrade import upgrade_record
-from ..yamlio import load_yaml
 from .checkpoint import load_checkpoint, rng_state
 
 CHECKPOINT = RunDir.CHECKPOINT
-RECIPE = RunDir.RECIPE
 
 
 class ReuseError(LTError):
@@ -50,15 +49,12 @@ def first_phase_hash(recipe: dict) -> str:
 
 
 def _donor_recipe(donor: Path) -> dict:
-    path = donor / RECIPE
-    if not donor.is_dir():
-        raise ReuseError(f"--from-run: {donor} is not a run directory (no such folder)")
-    if not path.is_file():
-        raise ReuseError(f"--from-run: {donor} holds no {RECIPE}: not a run directory of lttrain")
+    """The donor's saved recipe (the checks of :func:`lttoolbox.runs.read_run_recipe`, named
+    as ``--from-run``'s)."""
     try:
-        return resolve_saved(load_yaml(path.read_text(encoding="utf-8")))
-    except Exception as err:  # noqa: BLE001 - any failure means the file cannot be trusted
-        raise ReuseError(f"--from-run: {path} is corrupt ({str(err).splitlines()[0]})") from None
+        return read_run_recipe(donor)
+    except RunError as err:
+        raise ReuseError(f"--from-run: {err}") from None
 
 
 def reused_start(donor: str | os.PathLike, recipe: dict) -> dict:
