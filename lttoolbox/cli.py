@@ -36,10 +36,12 @@ FAMILIES = ("data", "model", "head", "sampler", "loss", "augment", "generator", 
             "schedule")
 
 
-def default_run_dir(recipe_path: str, resume: bool) -> Path:
+def default_run_dir(recipe_path: str, resume: bool, recipe: dict | None = None) -> Path:
     """``runs/<recipe path under configs/, without .yaml>/<time>`` (``runs/<name>/<time>`` for a
     recipe elsewhere), so ``cifar10_lt/ce`` and ``cifar100_lt/ce`` do not share a folder; with
-    ``--resume``, the newest unfinished run there."""
+    ``--resume``, the newest unfinished run there, and, given the resolved ``recipe``, the newest
+    one trained with it (a run of the same file with other overrides, ``data.imbalance_ratio=50``,
+    is another run)."""
     parts = Path(recipe_path).resolve().with_suffix("").parts
     inside = parts[len(parts) - parts[::-1].index("configs"):] if "configs" in parts else ()
     root = Path("runs").joinpath(*(inside or (Path(recipe_path).stem,)))
@@ -47,8 +49,25 @@ def default_run_dir(recipe_path: str, resume: bool) -> Path:
         unfinished = RunDir.unfinished_under(root)
         if not unfinished:
             raise LTError(f"--resume: no unfinished run under {root}; name it with --out")
+        if recipe is not None:
+            same = [run for run in unfinished if _trained_with(run, recipe)]
+            if not same:
+                raise LTError(f"--resume: the unfinished runs under {root} were trained with "
+                              f"another recipe (other overrides?); name one with --out")
+            unfinished = same
         return unfinished[-1].path
     return root / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _trained_with(run: RunDir, recipe: dict) -> bool:
+    """Whether ``run`` saved ``recipe`` (by hash; an unreadable one is not it)."""
+    from .recipe import recipe_hash
+    from .runs import RunError, read_run_recipe
+
+    try:
+        return recipe_hash(read_run_recipe(run.path)) == recipe_hash(recipe)
+    except RunError:
+        return False
 
 
 def registries() -> dict:
@@ -301,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             squeezed = squeezed_phases(recipe, args.epochs)
             recipe = resolve(scale_epochs(recipe, args.epochs))
         if args.print_config:
-            out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
+            out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume, recipe)
             checked = check_without_training(recipe, out, args.resume)
             for message in squeezed:
                 checked.log.warning(message)
@@ -311,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         # Under torchrun: join the process group the launcher describes (DDP training).
         joined = init_from_environment(recipe["train"]["device"])
         try:
-            out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume)
+            out = Path(args.out) if args.out else default_run_dir(args.recipe, args.resume, recipe)
             out = broadcast_object(out, World.current())  # one run directory for all ranks
             state["out"] = out
             start = None

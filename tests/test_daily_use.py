@@ -619,3 +619,24 @@ def test_a_phase_cannot_change_the_process_threads(tmp_path):
     with pytest.raises(ConfigError, match=r"^phases\[1\].train.threads: the CPU threads"):
         Trainer(recipe, tmp_path / "run")
     assert torch.get_num_threads() == previous and not (tmp_path / "run").exists()
+
+
+def test_resume_without_out_continues_the_run_of_this_recipe(tmp_path, monkeypatch):
+    """Two unfinished runs of one recipe file, with other overrides: --resume picks the newest
+    one trained with this recipe, not the newest one."""
+    from lttoolbox.errors import LTError
+    from lttoolbox.recipe import dump_recipe, resolve
+    from lttoolbox.rundir import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    ratio = {r: resolve(digits(data={"imbalance_ratio": r})) for r in (10, 20, 30)}
+    for name, r in (("20260101-000000", 20), ("20260102-000000", 10)):
+        run = RunDir(tmp_path / "runs" / "mine" / name)
+        run.path.mkdir(parents=True)
+        dump_recipe(ratio[r], run.recipe)
+        run.checkpoint.write_bytes(b"")
+    assert default_run_dir("mine.yaml", resume=True, recipe=ratio[20]).name == "20260101-000000"
+    assert default_run_dir("mine.yaml", resume=True, recipe=ratio[10]).name == "20260102-000000"
+    assert default_run_dir("mine.yaml", resume=True).name == "20260102-000000"
+    with pytest.raises(LTError, match="another recipe"):
+        default_run_dir("mine.yaml", resume=True, recipe=ratio[30])
