@@ -252,6 +252,21 @@ def test_fetch_draws_depend_on_the_epoch_and_call_not_on_the_process_history(tre
     assert not torch.equal(first, second) and not torch.equal(first, earlier)
 
 
+def test_fetch_draws_differ_between_processes_and_rank_0_draws_as_one_process(tree):
+    """Two processes fetching their foreground images at the same call of an epoch draw their
+    own crops; rank 0 draws what a single process draws."""
+    bundle = DATASETS.build(txt_cfg(tree, path="stream", image_size=8))
+    idx = torch.tensor([2, 0, 5, 7])
+    drawn = {}
+    for rank in (None, 0, 1):
+        path = (StreamPath(bundle, CPU, seed=1, workers=0) if rank is None
+                else StreamPath(bundle, CPU, seed=1, workers=0, rank=rank))
+        batches_of(path, [0, 1, 2, 3], epoch_key=(0, 1))
+        drawn[rank] = path.fetch(idx)[0]
+    assert torch.equal(drawn[0], drawn[None])
+    assert not torch.equal(drawn[1], drawn[0])
+
+
 def test_a_streamed_mixing_run_is_the_same_with_any_workers_and_across_a_resume(tree, tmp_path):
     """The mixing augmentations of the registry, as the choices of one ``one_of`` (one run
     instead of one per augmentation): an uninterrupted run with 1 worker equals a run stopped

@@ -147,13 +147,17 @@ class StreamPath(_Splits):
             transform.
         workers: DataLoader worker processes (0 decodes in the training process).
         prefetch: Batches each worker prepares ahead.
+        rank: This process's rank: the foreground images one process fetches (CMO) draw
+            augmentations of their own, not the same crops as every other process's.
     """
 
     kind = "stream"
 
     def __init__(self, bundle, device: torch.device, seed: int, workers: int = 0,
-                 prefetch: int = 2):
+                 prefetch: int = 2, rank: int = 0):
         self.device = device
+        # in the fetch key of a rank > 0 only: one process draws exactly what it always drew
+        self._rank_key = (int(rank),) if rank else ()
         self.seed = int(seed)
         self.workers = int(workers)
         self.prefetch = int(prefetch)
@@ -225,7 +229,8 @@ class StreamPath(_Splits):
         function of where the run is, not of how many calls this process made, so a resumed
         run repeats the uninterrupted one's images."""
         data = ImageFiles(self.train, self.train_transform)
-        seeds = draw_seeds(self.seed, (FETCH_TAG, *self._epoch_key, self._fetch_calls),
+        seeds = draw_seeds(self.seed, (FETCH_TAG, *self._epoch_key, self._fetch_calls,
+                                       *self._rank_key),
                            np.arange(len(indices)))
         self._fetch_calls += 1
         pairs = [data[(int(i), int(s))] for i, s in zip(indices.tolist(), seeds.tolist())]
@@ -254,7 +259,8 @@ class StreamPath(_Splits):
         data = ImageFiles(self._splits[split], self.eval_transform)
         pairs = [data[int(i)] for i in np.asarray(indices).tolist()]
         x = torch.stack([p[0] for p in pairs])
-        return self._to_device(x), torch.stack([torch.as_tensor(p[1]) for p in pairs]).to(self.device)
+        labels = torch.stack([torch.as_tensor(p[1]) for p in pairs])
+        return self._to_device(x), labels.to(self.device)
 
     def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         raise ConfigError("images generated during training (CAM-based re-sampling) need the "
@@ -269,7 +275,8 @@ def default_workers(world_size: int = 1) -> int:
 
 
 def build_data_path(bundle, device: torch.device, seed: int = 0, workers: int | str = "auto",
-                    world_size: int = 1, stats: tuple | None = None) -> MemoryPath | StreamPath:
+                    world_size: int = 1, stats: tuple | None = None, rank: int = 0
+                    ) -> MemoryPath | StreamPath:
     """The data path of a bundle: :class:`StreamPath` for file splits, else :class:`MemoryPath`.
 
     Args:
@@ -278,7 +285,7 @@ def build_data_path(bundle, device: torch.device, seed: int = 0, workers: int | 
     """
     if isinstance(bundle.train, FileSplit):
         count = default_workers(world_size) if workers == "auto" else int(workers)
-        path = StreamPath(bundle, device, seed, workers=count)
+        path = StreamPath(bundle, device, seed, workers=count, rank=rank)
         if stats is not None:
             path.normalise = BatchTransform(*stats)
         return path

@@ -82,7 +82,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
         self.data = DATASETS.build(first["data"], key="data")
         # The trainer reads batches through the data path only (in memory or streamed).
         self.data_path = build_data_path(self.data, self.device, first["train"]["seed"],
-                                         first["train"]["workers"], self.world.size)
+                                         first["train"]["workers"], self.world.size,
+                                         rank=self.world.rank)
         self.class_counts = list(self.data.train.class_counts)
         self.num_classes = len(self.class_counts)
         self.model = MODELS.build(first["model"], key="model", num_classes=self.num_classes,
