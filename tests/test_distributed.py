@@ -223,3 +223,24 @@ def test_sync_bn_and_workers_are_ways_of_running_not_part_of_the_recipe_hash():
     assert recipe_hash(digits()) == recipe_hash(digits("train.sync_bn=true", "train.workers=4"))
     raises(ConfigError, lambda: digits("train.workers=-1"), "train.workers")
     raises(ConfigError, lambda: digits("train.sync_bn=maybe"), "train.sync_bn")
+
+
+@pytest.mark.parametrize("rank, shown", [(0, True), (1, False)])
+def test_only_rank_0_prints_warnings(rank, shown, caplog):
+    import logging
+    import warnings
+
+    from lttoolbox.engine.distributed import quiet_unless_main
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            quiet_unless_main(rank)
+            warnings.warn("a component's warning")
+            logging.getLogger("lttoolbox.test").warning("a log warning")
+            logging.getLogger("lttoolbox.test").error("an error")
+        finally:
+            logging.disable(logging.NOTSET)
+    assert bool(caught) is shown
+    logged = [r.getMessage() for r in caplog.records]
+    assert ("a log warning" in logged) is shown and "an error" in logged

@@ -21,7 +21,9 @@ Example:
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,7 +86,17 @@ def init_from_environment(device: str = "auto") -> bool:
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    quiet_unless_main(dist.get_rank())
     return True
+
+
+def quiet_unless_main(rank: int) -> None:
+    """Rank 0 alone reports: on the other ranks Python warnings and log records up to warnings
+    are dropped (every rank builds the same run, so each would print the same lines again, in
+    the middle of rank 0's tables); errors still show."""
+    if rank:
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
 
 
 def local_device(device: torch.device, world: World) -> torch.device:
