@@ -147,7 +147,7 @@ MARC = {"name": "marc", "model": {"head": "marc"}, "loss": {"name": "cs_ce", "ga
      r"^phases\[2\]\.model\.head: head 'marc' .*got tau_norm$"),
     (digits(phases=[{"name": "joint"}, {**MARC, "model": {"head": {"name": "marc", "a": 1}}}]),
      r"^phases\[1\]\.model\.head\.a: "),
-])
+], ids=["first_phase", "after_cosine", "after_tau_norm", "unknown_parameter"])
 def test_it_is_refused_in_one_line_naming_the_key_before_anything_is_written(
         tmp_path, recipe, message):
     with pytest.raises(ConfigError) as err:
