@@ -3,7 +3,8 @@ ImageNet-scale ``resnet10``, ``resnet50``, ``resnet152``, ``resnext50_32x4d``.
 
 Every model is an :class:`LTModel` with named points (``model.point_names``), a swappable head
 (``linear``, ``cosine``, see :mod:`lttoolbox.models.heads`; ``tau_norm`` and ``lws`` of decoupled
-training, see :mod:`lttoolbox.models.decoupling`), ``forward_hooked`` for acting at a
+training, see :mod:`lttoolbox.models.decoupling`; ``marc``, margin calibration, see
+:mod:`lttoolbox.models.marc`), ``forward_hooked`` for acting at a
 point, ``freeze`` and ``reset_head``. Importing this package registers every entry.
 """
 from .heads import HEADS, CosineHead, LinearHead, build_head, head_config
@@ -13,12 +14,13 @@ from .digits_cnn import DigitsCNN
 from .resnet_imagenet import (ImageNetResNet, ResNet10, ResNet50, ResNet152, ResNeXt50_32x4d,
                               load_torchvision_weights)
 from .decoupling import LWSHead, TauNormHead
+from .marc import MARCHead
 
 __all__ = [
     "HEADS", "CosineHead", "LinearHead", "build_head", "head_config",
     "GlobalAvgPool", "LTModel",
     "BasicBlock", "CifarResNet", "PadShortcut", "ResNet32", "init_weights",
-    "DigitsCNN", "LWSHead", "TauNormHead",
+    "DigitsCNN", "LWSHead", "MARCHead", "TauNormHead",
     "ImageNetResNet", "ResNet10", "ResNet50", "ResNet152", "ResNeXt50_32x4d",
     "load_torchvision_weights",
 ]
