@@ -241,10 +241,20 @@ def load_plugins() -> None:
 
 
 def import_submodules(package: str) -> None:
-    """Import every module of ``package``: a family package registers each entry file in it
-    without listing it (a new entry is one new file)."""
-    for info in pkgutil.iter_modules(sys.modules[package].__path__):
-        importlib.import_module(f"{package}.{info.name}")
+    """Import every module of ``package`` and export the entry classes registered there: a
+    family package registers each entry file in it without listing it, and
+    ``from lttoolbox.losses import VSLoss`` works for a new entry too (a new entry is one new
+    file)."""
+    parent = sys.modules[package]
+    exported = getattr(parent, "__all__", None)
+    for info in pkgutil.iter_modules(parent.__path__):
+        module = importlib.import_module(f"{package}.{info.name}")
+        for name, value in vars(module).items():
+            if (inspect.isclass(value) and value.__module__ == module.__name__
+                    and "registry_name" in vars(value) and not name.startswith("_")):
+                setattr(parent, name, value)
+                if exported is not None and name not in exported:
+                    exported.append(name)
 
 
 def _parameters(factory: Callable) -> list[inspect.Parameter]:

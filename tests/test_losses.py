@@ -249,6 +249,8 @@ def test_one_process_needs_no_global_normalizer():
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_gradients_match_finite_differences(cfg):
     loss = build(drw_config(cfg, 0))
+    if loss.stops_gradient:  # its own test checks the gradient with those terms held fixed
+        pytest.skip(f"{cfg['name']} holds terms of its value constant for the gradient")
     logits, target = data(batch=3, dtype=torch.float64)
     if cfg["name"] in ("ldam", "am_softmax"):
         logits = torch.tanh(logits)  # cosines, as from the cosine head

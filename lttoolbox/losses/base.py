@@ -114,6 +114,9 @@ class LTLoss(ModuleComponent):
 
     requires_counts = False
     batch_normalized = False
+    #: Some of its terms are computed from the logits but held constant for the gradient (a
+    #: margin under ``torch.no_grad``): its gradient is then not the derivative of its value.
+    stops_gradient = False
 
     def __init__(self, class_counts: Sequence[float] | None = None, num_classes: int | None = None,
                  weights: dict | str | None = None, weights_start_epoch: int = 0,

@@ -60,6 +60,8 @@ class MaxMarginLoss(LTLoss):
         3.517378
     """
 
+    stops_gradient = True  # the margin m is a constant for the gradient, as in the code
+
     def __init__(self, max_m: float = 0.5, gamma: float = 10.0, s: float = 30.0,
                  variant: str = "hmm", ldam_max_m: float = 0.5,
                  weights: dict | str | None = None, weights_start_epoch: int = 0,
