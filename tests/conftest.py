@@ -76,6 +76,63 @@ def registries_unchanged():
                          + "; ".join(changes))
 
 
+# ------------------------------------------------------------------------- per-entry test data
+class PerEntry(dict):
+    """Test data for each entry of a registry, kept in one table.
+
+    Parametrize over :attr:`names` (the registry's own names, so a new entry becomes a test case
+    by itself) and read with ``table[name]``: an entry without data fails each of its cases with a
+    message that names the table, instead of being skipped. Call :meth:`check` from a test: it
+    also fails on data left for an entry that no longer exists.
+
+    Args:
+        registry: The registry whose entries the table describes.
+        data: ``{entry name: test data}``.
+        where: Where the table is, for the failure message (``"CASES in tests/test_data.py"``).
+        select: Keeps only the entries this predicate accepts (called with the registered
+            object), for a table that describes one kind of entry (the ImageNet backbones).
+    """
+
+    def __init__(self, registry: Registry, data: dict, *, where: str, select=None):
+        super().__init__(data)
+        self.registry, self.where, self.select = registry, where, select
+
+    @property
+    def names(self) -> list[str]:
+        """The registry's names (those ``select`` keeps), sorted."""
+        return sorted(name for name in self.registry.names()
+                      if self.select is None or self.select(self.registry.get(name)))
+
+    def __missing__(self, name: str):
+        pytest.fail(f"{self.registry.kind} '{name}' has no test data: add it to {self.where}",
+                    pytrace=False)
+
+    def check(self) -> None:
+        """The table's keys are exactly :attr:`names`."""
+        missing, stale = set(self.names) - set(self), set(self) - set(self.names)
+        assert not missing and not stale, (f"{self.where}: no data for {sorted(missing)}; "
+                                           f"data for unknown entries {sorted(stale)}")
+
+
+def one_per_entry(recipes: dict[str, str], prefer=lambda recipe: False) -> list:
+    """Recipe names as test parameters, all but one recipe per registry entry marked ``long``.
+
+    Args:
+        recipes: ``{recipe name: the registry entry it exercises}``.
+        prefer: Which recipe of an entry stays in README's quick set (the first one it accepts,
+            in name order; the first name when it accepts none).
+
+    Returns:
+        The recipe names, sorted; README's test command still runs every entry the recipes use
+        end to end once, ``.ci/run`` runs every recipe.
+    """
+    kept: dict[str, str] = {}
+    for recipe in sorted(recipes, key=lambda r: (not prefer(r), r)):
+        kept.setdefault(recipes[recipe], recipe)
+    return [recipe if kept[recipes[recipe]] == recipe
+            else pytest.param(recipe, marks=pytest.mark.long) for recipe in sorted(recipes)]
+
+
 # --------------------------------------------------------------------------- end-to-end recipes
 def digits(**sections) -> dict:
     """A copy of :data:`DIGITS` with ``sections`` merged in (mappings merge, lists replace):

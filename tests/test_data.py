@@ -21,6 +21,7 @@ from lttoolbox.data import (CIFAR10_CLASSES, BatchTransform, DataBundle, LTDatas
 from lttoolbox.data import folder_io
 from lttoolbox.errors import ConfigError, DataError, LTError
 from lttoolbox.registry import DATASETS
+from conftest import PerEntry
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpg"
 
@@ -131,8 +132,9 @@ def folder_tree(tmp_path_factory):
 
 # --------------------------------------------------------------------------- contract tests
 
-# name -> (recipe builder, smallest training class before the profile, classes, test per class)
-CASES = {
+# name -> (recipe builder, smallest training class before the profile, classes, test per class);
+# the contract cases are the registry's entries, so a new data set without a row here fails.
+CASES = PerEntry(DATASETS, {
     "digits_lt": (lambda fx, tmp: {"name": "digits_lt"}, 124, 10, 50),
     "cifar10_lt": (lambda fx, tmp: {"name": "cifar10_lt", "root": str(fx["c10"]["root"]),
                                     "imbalance_ratio": 5},
@@ -154,7 +156,7 @@ CASES = {
                                      "val_json": str(fx["lists"]["test_json"]),
                                      "imbalance_type": "exp", "imbalance_ratio": 2,
                                      "image_size": 8, "cache_dir": str(tmp)}, 6, 3, 2),
-}
+}, where="CASES in tests/test_data.py")
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +190,10 @@ def fixtures(cifar10_pickle, cifar100_pickle, folder_tree, split_lists):
 
 
 def test_every_registered_dataset_has_a_contract_case():
-    assert set(DATASETS.names()) == set(CASES)
+    CASES.check()
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module", params=CASES.names)
 def built(request, fixtures, tmp_path_factory):
     make, n_max, num_classes, test_per_class = CASES[request.param]
     cfg = make(fixtures, tmp_path_factory.mktemp("cache"))
