@@ -79,6 +79,7 @@ def test_concurrent_runs_match_runs_alone(tmp_path):
         assert [h["loss"] for h in a[row]["history"]] == [h["loss"] for h in b[row]["history"]]
 
 
+@pytest.mark.long
 def test_budget_stops_runs_resumably_and_is_not_a_failure(tmp_path):
     suite = digits_suite(tmp_path)
     # the paper protocol: the quickstart's 30 epochs, far more than a 3-second budget; runs

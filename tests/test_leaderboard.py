@@ -82,6 +82,7 @@ def leaderboard(*args: str) -> subprocess.CompletedProcess:
 
 
 # ----------------------------------------------------------------------------- end to end
+@pytest.mark.long
 def test_sigterm_stops_a_background_leaderboard_resumably(tmp_path):
     """A leaderboard started with `nohup ... &` (SIGINT ignored) and stopped with SIGTERM stops its
     running lttrain, records the attempt as interrupted, and the next invocation resumes it."""
@@ -917,6 +918,7 @@ def _ended(pid: int) -> bool:
         return True
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_kill_9_of_the_runner_ends_its_run_and_the_rerun_resumes_it(tmp_path):
     """After kill -9 of the leaderboard, its lttrain child stops (checkpoint kept) instead of
@@ -1107,6 +1109,7 @@ def test_a_niced_runners_children_keep_its_priority_in_their_own_sessions():
 
 
 # ------------------------------------------------------ runs written before phases were so named
+@pytest.mark.long
 def test_runs_written_before_the_rename_are_decided_reported_and_merged(tmp_path):
     """Run directories as the code before the rename of stages to phases and points wrote them
     (tests/old_runs.py, from real runs): a finished one is skipped, an interrupted one resumed,

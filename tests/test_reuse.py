@@ -70,7 +70,8 @@ def test_a_single_phase_run_and_a_phase_of_a_longer_run_share_their_hash():
     assert first_phase_hash(digits_recipe("train.seed=1")) != first_phase_hash(two)
 
 
-@pytest.mark.parametrize("donor", ["single-phase run", "the same two-phase recipe"])
+@pytest.mark.parametrize("donor", [
+    "single-phase run", pytest.param("the same two-phase recipe", marks=pytest.mark.long)])
 def test_a_reused_first_phase_gives_the_result_of_a_run_from_scratch(tmp_path, donor):
     two = digits_recipe(CRT)
     scratch = train(two, tmp_path / "scratch", quiet=True)
@@ -92,6 +93,7 @@ def test_a_reused_first_phase_gives_the_result_of_a_run_from_scratch(tmp_path, d
                                                        for r in scratch["history"]]
 
 
+@pytest.mark.long
 def test_a_reused_run_interrupted_later_resumes_without_its_donor(tmp_path):
     two = digits_recipe(CRT)
     scratch = train(two, tmp_path / "scratch", quiet=True)
