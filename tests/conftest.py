@@ -8,6 +8,7 @@ behind or removes one.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,18 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
 #: The imbalance ratios the CIFAR-LT recipes are checked at: as written (100) and with the
 #: override ``data.imbalance_ratio=50``, the way a user runs ratio 50.
 RATIOS = (100, 50)
+
+
+def pytest_configure(config):
+    """One CPU thread per pytest-xdist worker (README's command runs ``-n 2``), for torch here and
+    in the processes the tests start: two workers with two threads each on two cores would wait
+    on each other's threads (see ``train.threads``). Without xdist, or with ``OMP_NUM_THREADS``
+    set, nothing changes."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def loaded_registries() -> list[Registry]:
