@@ -16,13 +16,24 @@ Declared capabilities (class attributes, read before training to refuse impossib
 * ``reads_trained_model``: what it does at its phase's start reads the model trained so far, so
   it cannot sit in the first phase.
 * ``learned``: owns trainable parameters, optimised alongside the model.
+* ``needs_validation``: reads the validation split (a bilevel method's outer step, a choice made
+  at a phase's end); the data set must then provide one (``data.val_per_class``).
 
-Events, in the order the trainer sends them: ``before_phase(events)`` at a phase's start (after
-its model changes), then per epoch ``before_epoch(epoch)`` (by default :meth:`set_epoch`), the
-steps, ``after_epoch(epoch)``; after the phase's last epoch ``after_phase(events)`` (to the
-phase's components and to the model's head). ``events`` is a :class:`PhaseEvents`: what such an
-action may see and do without the trainer knowing what it does.
-``state_dict()``/``load_state_dict()`` go into every checkpoint.
+Events, in the order the trainer sends them: ``before_run(run)`` once per process start (a
+resumed run sends it again), to every phase's components; ``before_phase(events)`` at a
+phase's start (after its model changes); per epoch ``before_epoch(epoch)`` (by default
+:meth:`set_epoch`), then per step ``before_step(step)``, the optimizer's step,
+``after_step(step)``, and ``after_epoch(epoch)``; after the phase's last epoch
+``after_phase(events)`` (to the phase's components and to the model's head); ``after_run(run)``
+after the last phase, before the final evaluation. ``run`` is a :class:`RunEvents`, ``events`` a
+:class:`PhaseEvents` and ``step`` a :class:`StepEvents`: what an action may see and do without
+the trainer knowing what it does. ``state_dict()``/``load_state_dict()`` go into every
+checkpoint.
+
+The step events are the door of a method that takes a step of its own (on the validation split,
+as a bilevel method's outer step does, or on examples it crafts from the batch): it reads
+:meth:`StepEvents.validation_batch` and :meth:`StepEvents.objective`, updates what it owns, and
+may replace :attr:`StepEvents.batch` before the optimizer's step.
 
 Example:
     >>> import torch
@@ -52,7 +63,8 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["Context", "Component", "ModuleComponent", "Head", "PhaseEvents"]
+__all__ = ["Context", "Component", "ModuleComponent", "Head", "PhaseEvents", "RunEvents",
+           "StepEvents"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,7 @@ class Component:
     adds_loss: bool = False
     adds_images: bool = False
     reads_trained_model: bool = False
+    needs_validation: bool = False
     start_epoch: int = 0
     end_epoch: int | None = None
     epoch: int = 0
@@ -187,8 +200,10 @@ class Component:
         return ()
 
     # --------------------------------------------------------------------------- lifecycle
-    def before_run(self, run: Any) -> None:
-        """Once, before the first phase trains (reserved; the trainer sends nothing yet)."""
+    def before_run(self, run: "RunEvents") -> None:
+        """Once per process start, before any phase trains and before a resumed run's checkpoint
+        is loaded into the components (a resumed run sends it again; a phase rebuilt on a grown
+        training set sends it to its new components)."""
 
     def before_phase(self, events: Any) -> None:
         """At its phase's start, after the phase's model changes (``events``:
@@ -198,14 +213,22 @@ class Component:
         """At the start of every epoch, before any hook runs; by default :meth:`set_epoch`."""
         self.set_epoch(epoch)
 
+    def before_step(self, step: "StepEvents") -> None:
+        """Before every step of its phase's epochs (whether or not its epoch window is open),
+        before the forward pass; it may replace ``step.batch``."""
+
+    def after_step(self, step: "StepEvents") -> None:
+        """After every step's optimizer update."""
+
     def after_epoch(self, epoch: int) -> None:
         """After every epoch's last step."""
 
     def after_phase(self, events: Any) -> None:
         """After its phase's last epoch, before the phase's checkpoint."""
 
-    def after_run(self, run: Any) -> None:
-        """Once, after the last phase (reserved; the trainer sends nothing yet)."""
+    def after_run(self, run: "RunEvents") -> None:
+        """Once, after the last phase's last epoch, before the final evaluation (not sent by a
+        run that ends early)."""
 
     # -------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:
@@ -316,4 +339,66 @@ class PhaseEvents:
 
     def record(self, key: str, value: Any) -> None:
         """Keep a choice made here in results.json's ``selection`` (and in the checkpoint)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RunEvents:
+    """What ``before_run``/``after_run`` see of the run.
+
+    Attributes:
+        out: The run directory.
+        recipe: The resolved recipe (read it, never change it).
+        model: The model.
+        log: The run's console logger (``info(line)``, ``warning(line)``).
+        resumed: Whether this process continues an interrupted run.
+        rank, world_size: This process and the number of processes.
+    """
+
+    out: Any
+    recipe: dict
+    model: nn.Module
+    log: Any
+    resumed: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+
+class StepEvents:
+    """What ``before_step``/``after_step`` see and may do; the trainer implements it.
+
+    Attributes:
+        batch: The step's :class:`~lttoolbox.batch.Batch` (training-transformed, unmixed before
+            the model's hooks run). A ``before_step`` may replace it; the step trains on what is
+            here after every component's ``before_step``.
+        model: The model (in training mode).
+        optimizer: The phase's optimizer (a component reads it, e.g. for the learning rate of a
+            look-ahead step; stepping it is the trainer's).
+        epoch, step, steps: The epoch (0-based), the step within it, and the epoch's steps.
+        lr: The learning rate of this step.
+
+    Random draws a component makes here should come from torch's global generator (seeded and
+    checkpointed by the trainer) or from :meth:`validation_batch`, so a resumed run draws what the
+    uninterrupted one drew.
+    """
+
+    batch: Any
+    model: nn.Module
+    optimizer: Any
+    epoch: int
+    step: int
+    steps: int
+    lr: float
+
+    def objective(self, batch: Any) -> torch.Tensor:
+        """The phase's training objective on ``batch``, differentiable: ``(total, criterion,
+        *auxiliary)`` as the step computes it (the model's hooks, the loss, the components'
+        auxiliary losses), under the phase's autocast."""
+        raise NotImplementedError
+
+    def validation_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` images of the validation split (evaluation-transformed, on the training
+        device) and their labels, drawn without replacement from a stream seeded by the run's
+        seed, phase, epoch, step and rank (a resumed run draws the same; two calls in one step
+        draw different images). Only for a component that declares ``needs_validation``."""
         raise NotImplementedError

@@ -188,12 +188,29 @@ def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
     return recipe
 
 
-def _check_known_keys(section: str, values: dict) -> None:
+def _check_known_keys(section: str, values: dict, known: dict | None = None) -> None:
+    known = DEFAULTS[section] if known is None else known
     for key in values:
-        if key not in DEFAULTS[section]:
-            raise ConfigError(f"unknown key{suggest(key, DEFAULTS[section])} "
-                              f"Known: {', '.join(sorted(DEFAULTS[section]))}.",
+        if key not in known:
+            raise ConfigError(f"unknown key{suggest(key, known)} "
+                              f"Known: {', '.join(sorted(known))}.",
                               key=f"{section}.{key}")
+
+
+def section_defaults(section: str, value: dict) -> dict:
+    """The defaults of ``schedule``, ``train`` or ``eval``. A schedule's are the common keys
+    plus the parameters of its own that the chosen ``SCHEDULES`` entry declares beyond them (a new
+    schedule is one registered function, e.g. ``poly(..., power=0.9)``)."""
+    if section != "schedule":
+        return DEFAULTS[section]
+    from .registry import SCHEDULES, SCHEDULE_CONTEXT, recipe_parameters
+    name = value.get("name", DEFAULTS[section]["name"])
+    if not isinstance(name, str) or name not in SCHEDULES:
+        return DEFAULTS[section]  # the name's own check names the key
+    own = {p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+           for p in recipe_parameters(SCHEDULES, name)
+           if p.name not in DEFAULTS[section] and p.name not in SCHEDULE_CONTEXT}
+    return {**DEFAULTS[section], **own}
 
 
 def resolve(recipe: dict, where: str = "", min_epochs: int = 1) -> dict:
@@ -248,8 +265,9 @@ def resolve(recipe: dict, where: str = "", min_epochs: int = 1) -> dict:
         value = {} if value is None else value
         if not isinstance(value, dict):
             raise ConfigError(f"must be a mapping, got {value!r}", key=prefix + section)
-        _check_known_keys(section, value)
-        recipe[section] = deep_merge(DEFAULTS[section], value)
+        defaults = section_defaults(section, value)
+        _check_known_keys(section, value, defaults)
+        recipe[section] = deep_merge(defaults, value)
     check_trainer_values(recipe, prefix, min_epochs)
     meta = recipe.get("meta")
     if meta is not None and not isinstance(meta, dict):

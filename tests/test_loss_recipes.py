@@ -49,6 +49,9 @@ RECIPES = {
     "cdt_drw": ("cdt", True, "linear"),
     "las": ("las", False, "linear"),
     "las_drw": ("las", True, "linear"),
+    "vs": ("vs", False, "linear"),
+    "mm_drw": ("mm", True, "cosine"),
+    "mm_ldam_drw": ("mm", True, "cosine"),
 }
 PATHS = [ROOT / "configs" / ds / f"{name}.yaml" for ds in DATASETS for name in RECIPES]
 # Each recipe as written (ratio 100) and with the override data.imbalance_ratio=50.

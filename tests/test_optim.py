@@ -75,3 +75,28 @@ def test_fused_update_on_cuda_only(name):
     if torch.cuda.is_available():  # CI has no GPU; a GPU machine checks the fast path
         cuda = build_optimizer(model.cuda(), {"name": name, "lr": 0.1})
         assert cuda.defaults["fused"] is True
+
+
+def toy_poly(epoch, base_lr, total_epochs, warmup_epochs, power=0.9):
+    """Polynomial decay, a schedule with a parameter of its own."""
+    return base_lr * (1 - epoch / total_epochs) ** power
+
+
+def test_a_schedule_with_a_parameter_of_its_own_is_one_registered_function(tmp_path):
+    """Its parameter is a recipe key of ``schedule`` (default from its signature) only when it is
+    the chosen schedule; the rate each epoch trains at is the formula's."""
+    from conftest import digits
+    from lttoolbox.engine import train
+    from lttoolbox.registry import SCHEDULES
+
+    with SCHEDULES.scoped():
+        SCHEDULES.register("toy_poly")(toy_poly)
+        assert resolve(digits(schedule={"name": "toy_poly"}))["schedule"]["power"] == 0.9
+        with pytest.raises(ConfigError, match=r"schedule\.power"):  # not multistep's
+            resolve(digits(schedule={"name": "multistep", "power": 2}))
+        recipe = resolve(digits(schedule={"name": "toy_poly", "power": 2},
+                                optim={"lr": 0.08}, train={"epochs": 3}))
+        results = train(recipe, tmp_path / "run", quiet=True)
+    lrs = [row["lr"] for row in results["history"]]
+    assert lrs == pytest.approx([0.08 * (1 - e / 3) ** 2 for e in range(3)], rel=1e-12)
+    assert "power" not in resolve(digits())["schedule"]  # other recipes are unchanged

@@ -6,9 +6,14 @@ the recipe's own setting (exponential profile, ratio 100): the entry of
 suite row that runs the recipe (its ``reference`` or ``id``; a recipe no row runs is looked up by
 its file name). A recipe with no such number has no ``meta.reference``. The recipes and rows are
 read from ``configs/`` and ``benchmarks/suites/``, so a new recipe is checked without an edit here.
+
+Every recipe whose loss, sampler, augmentations, generator or head is not the plain default in
+some phase (read from the loaded recipe) names its paper in ``meta.paper``; its ``meta.code``, if
+any, is a repository at a commit that ``benchmarks/reference_numbers.yaml`` or ``docs/`` cite.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,7 @@ import yaml
 
 from conftest import OUTDATED_NUMBERS, ROOT
 from lttoolbox.errors import ConfigError
-from lttoolbox.recipe import load_recipe, read_recipe, recipe_hash
+from lttoolbox.recipe import DEFAULTS, load_recipe, phase_recipes, read_recipe, recipe_hash
 from lttoolbox.recipe_checks import META_KEYS, check_meta
 
 CIFAR = ("cifar10_lt", "cifar100_lt")
@@ -110,3 +115,100 @@ def test_provenance_changes_no_hash_and_a_saved_meta_is_not_checked(tmp_path):
     assert load_recipe(saved, saved=True)["meta"] == {"author": "me"}
     with pytest.raises(ConfigError, match="^meta.author: unknown meta key"):
         load_recipe(saved)
+
+
+def _at_defaults(registry, config: dict, name: str) -> bool:
+    """``config`` is the entry ``name`` with every parameter at its constructor's default."""
+    from lttoolbox.registry import recipe_parameters
+
+    defaults = {p.name: p.default for p in recipe_parameters(registry, name)}
+    return config["name"] == name and all(
+        key in defaults and value == defaults[key] for key, value in config.items()
+        if key != "name")
+
+
+def tricks(phase: dict) -> list[str]:
+    """The sections of a resolved phase that are not the plain default: CE, the instance
+    sampler, no augmentation, no generator, the model's own default head (a linear one)."""
+    from lttoolbox.models import head_config
+    from lttoolbox.registry import LOSSES, MODELS, SAMPLERS, recipe_parameters
+
+    head_default = {p.name: p.default for p in recipe_parameters(MODELS, phase["model"]["name"])
+                    }["head"]
+    head = phase["model"].get("head", head_default)
+    found = {
+        "loss": not _at_defaults(LOSSES, phase["loss"], DEFAULTS["loss"]["name"]),
+        "sampler": not _at_defaults(SAMPLERS, phase["sampler"], DEFAULTS["sampler"]["name"]),
+        "augment": bool(phase["augment"]),
+        "generator": phase["generator"] is not None,
+        "head": head_config(head)["name"] != head_config(head_default)["name"],
+    }
+    return [section for section, differs in found.items() if differs]
+
+
+GITHUB = r"(?:https://)?github\.com/([\w.-]+/[\w.-]+)/(?:blob|tree|commit)/([0-9a-f]{7,40})"
+HASH_OF = r"\b([0-9a-f]{7,40}) of (?:github\.com/)?([\w-]+/[\w.-]+?)[.,;:)`]*(?:\s|$)"
+AT_HASH = r"\b([\w-]+/[\w.-]+?)`? at ([0-9a-f]{7,40})\b"
+
+
+@pytest.fixture(scope="module")
+def cited_code():
+    """``(owner/repo, commit)`` of every repository that the reference numbers' ``sources``
+    or ``docs/`` cite at a commit: as a URL, as 'COMMIT of OWNER/REPO' or 'OWNER/REPO at
+    COMMIT'."""
+    sources = yaml.safe_load((ROOT / "benchmarks/reference_numbers.yaml").read_text())["sources"]
+    texts = [yaml.safe_dump(sources, width=10 ** 6)]
+    texts += [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
+    text = " ".join(" ".join(t.split()) for t in texts)  # a citation may wrap a line
+    cited = {(repo.lower(), commit) for repo, commit in re.findall(GITHUB, text)}
+    cited |= {(repo.lower(), commit) for commit, repo in re.findall(HASH_OF, text)}
+    cited |= {(repo.lower(), commit) for repo, commit in re.findall(AT_HASH, text)}
+    return cited
+
+
+def is_cited(url: str, cited: set) -> bool:
+    """The URL's repository is cited at the same commit (one hash a prefix of the other)."""
+    found = re.match(GITHUB, url)
+    if not found:
+        return False
+    repo, commit = found.group(1).lower(), found.group(2)
+    return any(repo == r and (commit.startswith(c) or c.startswith(commit)) for r, c in cited)
+
+
+@pytest.mark.parametrize("path", EVERY_RECIPE, ids=id_of)
+def test_a_recipe_with_a_trick_names_its_paper_and_code_the_repository_cites(path, cited_code):
+    recipe = load_recipe(path)
+    for phase in phase_recipes(recipe):
+        meta = phase["meta"]  # the recipe's meta, with what the phase overlay adds
+        changed = tricks(phase)
+        if changed:
+            assert meta.get("paper"), (f"{path}: phase {meta['phase']!r} changes "
+                                       f"{', '.join(changed)} but names no meta.paper")
+        if "code" in meta:
+            check_meta({"code": meta["code"]})  # an https URL pinned by a commit
+            assert is_cited(meta["code"], cited_code), (
+                f"{path}: meta.code {meta['code']} is not a repository and commit that "
+                f"benchmarks/reference_numbers.yaml sources or docs/ cite")
+
+
+def test_the_plain_default_and_the_citation_check_can_both_fail(cited_code):
+    """The two predicates the test above relies on, on recipes and URLs made here."""
+    plain = ROOT / "configs/cifar10_lt/ce.yaml"
+    assert [tricks(p) for p in phase_recipes(load_recipe(plain))] == [[]]
+    assert tricks(phase_recipes(load_recipe(plain, ["loss.label_smoothing=0.0",
+                                                    "model.head={name: linear}"]))[0]) == []
+    for override, section in [("loss.weights={name: effective_number}", "loss"),
+                              ("loss.name=focal", "loss"),
+                              ("sampler.name=class_balanced", "sampler"),
+                              ("augment=[{name: mixup}]", "augment"),
+                              ("generator={name: ftl, point: layer2}", "generator"),
+                              ("model.head=cosine", "head")]:
+        assert tricks(load_recipe(plain, [override])) == [section], override
+    two_phases = load_recipe(ROOT / "configs/cifar10_lt/ce_crt.yaml")
+    assert [tricks(p) for p in phase_recipes(two_phases)] == [[], ["sampler"]]
+
+    ldam = "https://github.com/kaidic/LDAM-DRW/blob/2536330f2afdaa65618323cb5a5850efccce762a/x.py"
+    assert is_cited(ldam, cited_code)
+    assert is_cited("https://github.com/kaidic/LDAM-DRW/tree/2536330", cited_code)
+    assert not is_cited(ldam.replace("2536330f", "1536330f"), cited_code)  # another commit
+    assert not is_cited(ldam.replace("kaidic", "someone"), cited_code)     # another repository

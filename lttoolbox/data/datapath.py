@@ -123,6 +123,13 @@ class MemoryPath(_Splits):
         for start in range(0, images.shape[0], batch_size):
             yield self.eval_transform(images[start:start + batch_size])
 
+    def eval_fetch(self, split: str, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's images at ``indices`` (evaluation-transformed) and their labels, on the
+        training device."""
+        images, labels = self._split(split)
+        idx = torch.as_tensor(indices, device=self.device)
+        return self.eval_transform(images[idx]), labels[idx]
+
     def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Append generated training images (CAM-based re-sampling)."""
         self.images = torch.cat([self.images, images.to(self.device)])
@@ -240,6 +247,14 @@ class StreamPath(_Splits):
             generator=torch.Generator().manual_seed(self.seed), **kwargs)  # not the global one
         for x, _ in batches(loader):
             yield self._to_device(x)
+
+    def eval_fetch(self, split: str, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's images at ``indices``, decoded and evaluation-transformed in this process
+        (no random draw), and their labels, on the training device."""
+        data = ImageFiles(self._splits[split], self.eval_transform)
+        pairs = [data[int(i)] for i in np.asarray(indices).tolist()]
+        x = torch.stack([p[0] for p in pairs])
+        return self._to_device(x), torch.stack([torch.as_tensor(p[1]) for p in pairs]).to(self.device)
 
     def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         raise ConfigError("images generated during training (CAM-based re-sampling) need the "

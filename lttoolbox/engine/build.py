@@ -96,6 +96,10 @@ class PhaseBuilder:
             if not isinstance(part, Component):  # the trainer calls the declared methods
                 raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
                                   f"derive it from Component (docs/extending.md)", key=key)
+            if part.needs_validation and self.data.val is None:
+                raise ConfigError(f"{part.registry_name or type(part).__name__} reads the "
+                                  f"validation split; give the data set one "
+                                  f"(data.val_per_class: 20)", key=key)
         named = [(a, f"{where}augment[{i}]") for i, a in enumerate(augments)]
         if generator is not None:
             named.append((generator, where + "generator"))

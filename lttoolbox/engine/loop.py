@@ -18,7 +18,7 @@ from ..recipe import phase_recipes
 from .device import phase_seed
 from .distributed import gather_predictions, mean_over_ranks, per_rank_batch, sync_buffers
 from .evaluate import metrics_from_predictions, predict_batches
-from .events import RunPhaseEvents
+from .events import RunPhaseEvents, RunStepEvents
 from .monitor import check_divergence
 from .optim import lr_at, set_lr, warms_up_per_step
 from .phases import Phase, active_hooks
@@ -65,12 +65,16 @@ class EpochLoop:
         self.log.start_epoch(f"{self._epoch_label(phase)}epoch {epoch + 1}/"
                              f"{recipe['train']['epochs']}", steps)
         start = time.perf_counter()
+        events = RunStepEvents(self, index, epoch, steps, optimizer, step_fn, autocast)
         for step in range(steps):
             stop.check()  # a stop request some library swallowed still ends the run here
             if per_step and step:
                 lr = rate(step=step, steps=steps)
                 set_lr(optimizer, lr)
-            batch = Batch.plain(*next(batches))
+            events.begin(step, Batch.plain(*next(batches)), lr)
+            for part in phase.components:
+                part.before_step(events)
+            batch = events.batch
             # The compiled step takes full batches only: the last, partial one runs eagerly
             # rather than compiling a second graph (nothing dropped, nothing padded).
             fast = compiled is not None and batch.x.shape[0] == batch_size
@@ -98,6 +102,8 @@ class EpochLoop:
             else:
                 losses = optimizer.step(closure)
             scaler.update()
+            for part in phase.components:
+                part.after_step(events)
             loss = losses[0]
             loss_sum += losses.detach()
             if self._loss_reference is None:  # once per phase: what divergence is judged by
@@ -112,6 +118,8 @@ class EpochLoop:
                 self.log.advance()
         for _ in batches:  # let the data path finish its epoch (a loader's last StopIteration)
             pass
+        for part in phase.components:
+            part.after_epoch(epoch)
         # the epoch's one host synchronization (and, across processes, its one all-reduce)
         means = [total / max(1, steps) for total in mean_over_ranks(loss_sum, self.world).tolist()]
         mean_loss = means[0]
@@ -129,6 +137,10 @@ class EpochLoop:
                 row["compile_failed"] = compiled.failed
         return row, spent, count
 
+    def _all_components(self) -> list:
+        """Every phase's components, in phase order."""
+        return [part for phase in self.phases for part in phase.components]
+
     def _epoch_label(self, phase: Phase) -> str:
         return f"{phase.name} " if len(self.phases) > 1 else ""
 
@@ -145,6 +157,8 @@ class EpochLoop:
                 warnings.simplefilter("ignore", UnreachableEpochWarning)
                 self.phases[index] = self._build_phase(phase.recipe, index,
                                                        phase_recipes(self.recipe)[0])
+            for part in self.phases[index].components:  # new objects: each hears it once
+                part.before_run(self._run_info)
 
     def _after_phase(self, index: int, autocast) -> None:
         """Send the phase's components and the model's head ``after_phase`` (a head may choose a

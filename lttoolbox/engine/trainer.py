@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..api import RunEvents
 from ..data.datapath import build_data_path
 from ..epochs import UnreachableEpochWarning
 from ..recipe import dump_recipe, phase_recipes, recipe_hash, resolve, unreachable_epoch_keys
@@ -70,6 +71,7 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
         self.generated: dict = {}  # images added to the training set, per phase
         self._reused: dict | None = None  # the phase taken from another run, if any
         self.phases: list[Phase] = []  # built below, once the run directory was checked
+        self._run_info: RunEvents | None = None  # what before_run/after_run are sent
         check_out_dir(self.out)
         check_loggers(self.recipe["train"]["loggers"])
         self._check_run_dir()
@@ -184,6 +186,11 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
             self._commits.append(commit)
         if not self._loggers and main:
             self._loggers = open_loggers(self.recipe["train"]["loggers"], self.out)
+        self._run_info = RunEvents(self.out, self.recipe, self.model, self.log,
+                                   resumed=state is not None, rank=self.world.rank,
+                                   world_size=self.world.size)
+        for part in self._all_components():
+            part.before_run(self._run_info)
         start_phase = state["phase"] if state else 0
         history = state["history"] if state else []
         attempt_start, attempt_epochs = time.perf_counter(), 0
@@ -253,6 +260,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                 self._after_phase(index, autocast)
                 self._save_state(index, -1, True, optimizer, scaler, phase, history, seconds,
                                  images_seen)
+        for part in self._all_components():
+            part.after_run(self._run_info)
         return history, seconds, images_seen
 
     # ------------------------------------------------------------------------- checkpoints & logs
