@@ -845,8 +845,8 @@ def test_pad_crop_matches_numpy_windows():
     out = pad_crop(x, p, top, left).numpy()
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (p, p), (p, p)))
     for b in range(5):
-        t, l = int(top[b]), int(left[b])
-        np.testing.assert_array_equal(out[b], padded[b, :, t:t + 6, l:l + 6])
+        t, s = int(top[b]), int(left[b])
+        np.testing.assert_array_equal(out[b], padded[b, :, t:t + 6, s:s + 6])
     # offset (p, p) is the identity; the corner offset shows black (0) padding
     assert np.array_equal(out[2], x.numpy()[2])
     assert (out[0][:, :2, :] == 0).all() and (out[0][:, :, -2:] == 0).all()
@@ -865,8 +865,8 @@ def test_random_crop_outputs_are_windows_of_the_zero_padded_image():
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (p, p), (p, p)))
     found = set()
     for b in range(32):
-        hits = [(t, l) for t in range(2 * p + 1) for l in range(2 * p + 1)
-                if np.array_equal(out[b], padded[b, :, t:t + 6, l:l + 6])]
+        hits = [(t, s) for t in range(2 * p + 1) for s in range(2 * p + 1)
+                if np.array_equal(out[b], padded[b, :, t:t + 6, s:s + 6])]
         assert hits, f"sample {b} is not a window of its padded image"
         found.add(hits[0])
     assert len(found) > 1  # the offsets vary per sample

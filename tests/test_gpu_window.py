@@ -96,8 +96,8 @@ def test_budget_stops_runs_resumably_and_is_not_a_failure(tmp_path):
 
 def test_priority_orders_the_queue(tmp_path, capsys):
     suite = digits_suite(tmp_path)
-    proc = leaderboard_here(capsys, str(suite), "--protocol", "smoke", "--seeds", "0", "1", "--priority",
-                       "focal", "--dry-run", "--out", str(tmp_path / "lb"))
+    proc = leaderboard_here(capsys, str(suite), "--protocol", "smoke", "--seeds", "0", "1",
+                            "--priority", "focal", "--dry-run", "--out", str(tmp_path / "lb"))
     keys = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  exp10/")]
     assert keys == ["exp10/focal/seed0", "exp10/ce/seed0", "exp10/broken/seed0",
                     "exp10/focal/seed1", "exp10/ce/seed1", "exp10/broken/seed1"], proc.stdout

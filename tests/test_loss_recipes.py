@@ -1,10 +1,10 @@
 """The loss recipes: each resolves, builds its loss with the protocol's class counts, cites its
 number, and runs end to end.
 
-The first tests need only the recipe files (merged with their ``_base_`` chain) and the loss registry; the
-end-to-end test runs every CIFAR-10-LT loss recipe for two epochs on ``digits_lt`` through
-``lttoolbox.recipe.load_recipe`` and ``lttoolbox.engine.train`` (one per loss in README's quick
-set).
+The first tests need only the recipe files (merged with their ``_base_`` chain) and the loss
+registry; the end-to-end test runs every CIFAR-10-LT loss recipe for two epochs on ``digits_lt``
+through ``lttoolbox.recipe.load_recipe`` and ``lttoolbox.engine.train`` (one per loss in README's
+quick set).
 """
 from __future__ import annotations
 

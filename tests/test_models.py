@@ -321,7 +321,8 @@ def test_linear_head_prior_sets_the_sigmoid_start(prior, classes, probability):
     # Cui et al. 2019 / Lin et al. 2017: b = -log((1 - pi) / pi), i.e. sigmoid(b) = pi
     expected = -np.log((1 - probability) / probability)
     np.testing.assert_allclose(head.bias.detach().numpy(), np.full(classes, expected), rtol=1e-6)
-    np.testing.assert_allclose(1 / (1 + np.exp(-head.bias.detach().numpy())), probability, rtol=1e-6)
+    np.testing.assert_allclose(1 / (1 + np.exp(-head.bias.detach().numpy())), probability,
+                               rtol=1e-6)
     if prior == "uniform":  # the reference code's -log(C - 1)
         np.testing.assert_allclose(head.bias.detach().numpy(), -np.log(classes - 1), rtol=1e-6)
     head.bias.data.zero_()
@@ -342,7 +343,8 @@ def test_linear_head_pytorch_init_is_nn_linears_own():
     default = build_head("linear", in_features=64, num_classes=10)
     assert torch.equal(default.bias, reference.bias)  # the bias is nn.Linear's in both
     assert abs(default.weight.std().item() / np.sqrt(2.0 / 64) - 1) < 0.15  # kaiming_normal_
-    with pytest.raises(ConfigError, match="model.head.init: must be one of kaiming_normal, pytorch"):
+    with pytest.raises(ConfigError,
+                       match="model.head.init: must be one of kaiming_normal, pytorch"):
         build_head({"name": "linear", "init": "xavier"}, in_features=64, num_classes=10)
 
 

@@ -1,7 +1,7 @@
 """The sampler recipes: every one resolves, builds its sampler, and runs end to end.
 
-The first tests need only the recipe files (merged with their ``_base_`` chain) and the sampler registry; the
-end-to-end test runs each recipe for two epochs on ``digits_lt`` through
+The first tests need only the recipe files (merged with their ``_base_`` chain) and the sampler
+registry; the end-to-end test runs each recipe for two epochs on ``digits_lt`` through
 ``lttoolbox.recipe.load_recipe`` and ``lttoolbox.engine.train`` (one per sampler in README's quick
 set).
 """

@@ -254,7 +254,8 @@ class StreamPath(_Splits):
         data = ImageFiles(self._splits[split], self.eval_transform)
         pairs = [data[int(i)] for i in np.asarray(indices).tolist()]
         x = torch.stack([p[0] for p in pairs])
-        return self._to_device(x), torch.stack([torch.as_tensor(p[1]) for p in pairs]).to(self.device)
+        y = torch.stack([torch.as_tensor(p[1]) for p in pairs])
+        return self._to_device(x), y.to(self.device)
 
     def add(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         raise ConfigError("images generated during training (CAM-based re-sampling) need the "
