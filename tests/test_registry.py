@@ -173,3 +173,14 @@ def test_a_per_entry_table_fails_on_a_new_entry_without_data_and_on_stale_data(t
     kites = PerEntry(toys, {"kite": 2}, where="T", select=lambda obj: not isinstance(obj, type))
     assert kites.names == ["kite"]
     kites.check()
+
+
+def test_one_per_entry_keeps_one_recipe_of_each_entry_out_of_the_long_set():
+    from conftest import one_per_entry
+
+    params = one_per_entry({"ce": "ce", "ce_drw": "ce", "focal": "focal", "ldam_drw": "ldam"},
+                           prefer=lambda name: name.endswith("_drw"))
+    quick = [p for p in params if isinstance(p, str)]
+    long = [p.values[0] for p in params if not isinstance(p, str)]
+    assert quick == ["ce_drw", "focal", "ldam_drw"] and long == ["ce"]
+    assert all(p.marks[0].name == "long" for p in params if not isinstance(p, str))
