@@ -1,9 +1,9 @@
 """Epoch awareness shared by samplers, losses, augmentations and generators.
 
 The trainer calls ``before_epoch(epoch)`` (0-based; by default ``set_epoch``) on every component
-at the start of every epoch. Any component may carry an epoch window ``[start_epoch, end_epoch)``, so deferred schedules
-(deferred re-weighting or re-sampling, an augmentation switched off for the last epochs, a
-generator's threshold) are configuration rather than code.
+at the start of every epoch. Any component may carry an epoch window ``[start_epoch, end_epoch)``,
+so deferred schedules (deferred re-weighting or re-sampling, an augmentation switched off for the
+last epochs, a generator's threshold) are configuration rather than code.
 """
 from __future__ import annotations
 

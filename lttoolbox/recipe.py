@@ -83,8 +83,9 @@ def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x})"
-                          f"; save the recipe as UTF-8") from None
+        raise ConfigError(f"{path}: not UTF-8 text "
+                          f"(byte {err.start} is {err.object[err.start]:#04x}); "
+                          f"save the recipe as UTF-8") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read: {err.strerror}") from None
     try:
@@ -98,7 +99,8 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: the recipe file is empty; a recipe needs at least the data "
                           f"and model sections (or a _base_ to inherit them from)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections, "
+                          f"got {type(data).__name__}")
     return _without_null_sections(data)
 
 
@@ -137,7 +139,8 @@ def _load_with_bases(path: Path, seen: tuple[Path, ...]) -> dict:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"a.b.c=value"`` into the key path and the YAML-parsed value."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value (for example train.epochs=5)")
+        raise ConfigError(f"override '{text}' must look like key=value "
+                          f"(for example train.epochs=5)")
     key, raw = text.split("=", 1)
     path = key.strip().split(".")
     if not all(path):
@@ -318,7 +321,8 @@ def phase_recipes(recipe: dict) -> list[dict]:
     if recipe.get("phases"):
         return recipe["phases"]
     single = {k: v for k, v in recipe.items() if k != "phases"}
-    single["meta"] = {**single.get("meta", {}), "phase": single.get("meta", {}).get("phase", "main")}
+    meta = single.get("meta", {})
+    single["meta"] = {**meta, "phase": meta.get("phase", "main")}
     return [single]
 
 
@@ -394,8 +398,8 @@ def scale_epochs(recipe: dict, total_epochs: int) -> dict:
             for key, value in node.items():
                 if key == "milestones" and isinstance(value, list):
                     out[key] = [int(round(v * factor)) for v in value]
-                elif (key.endswith("_epoch") or key.endswith("_epochs")) and isinstance(value, int) \
-                        and not isinstance(value, bool):
+                elif (key.endswith(("_epoch", "_epochs")) and isinstance(value, int)
+                        and not isinstance(value, bool)):
                     out[key] = int(round(value * factor))
                 else:
                     out[key] = walk(value, factor)
@@ -461,7 +465,8 @@ def unreachable_epoch_keys(recipe: dict) -> list[str]:
         if epochs == 0:  # only changes the model: the schedule it inherits is never used
             continue
 
-        def visit(node: Any, path: str) -> None:
+        # epochs and prefix bound now: visit runs within this iteration only
+        def visit(node: Any, path: str, *, epochs: int = epochs, prefix: str = prefix) -> None:
             if isinstance(node, list):
                 for i, item in enumerate(node):
                     visit(item, f"{path}[{i}]")
@@ -537,7 +542,10 @@ def squeezed_phases(recipe: dict, total_epochs: int) -> list[str]:
         lists: dict[str, tuple[list, list]] = {}     # milestones as written, and scaled
         durations: list[str] = []
 
-        def visit(old: Any, new: Any, path: str) -> None:
+        # this phase's values bound now: visit runs within this iteration only
+        def visit(old: Any, new: Any, path: str, *, epochs: int = epochs,
+                  switches: list = switches, lists: dict = lists,
+                  durations: list = durations) -> None:
             if isinstance(old, list):
                 for i, (o, n) in enumerate(zip(old, new)):
                     visit(o, n, f"{path}[{i}]")

@@ -118,7 +118,8 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
     if "betas" in optim:
         betas = optim["betas"]
         if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-            raise ConfigError(f"must be two numbers in [0, 1), got {betas!r}", key=f"{p}optim.betas")
+            raise ConfigError(f"must be two numbers in [0, 1), got {betas!r}",
+                              key=f"{p}optim.betas")
         optim["betas"] = [number(b, f"{p}optim.betas", minimum=0, below=1) for b in betas]
         optim["eps"] = number(optim["eps"], f"{p}optim.eps", positive=True)
     no_decay = optim["no_decay"]
@@ -243,9 +244,10 @@ def check_meta(meta: Any, prefix: str = "") -> None:
         >>> check_meta({"paper": "Cao et al., NeurIPS 2019, arXiv:1906.07413v2",
         ...             "reference": {"source": "ldam", "table": "Table 2", "row": "LDAM-DRW",
         ...                           "top1_error": 22.97}})
-        >>> check_meta({"papr": "x"})
+        >>> check_meta({"papr": "x"})  # doctest: +NORMALIZE_WHITESPACE
         Traceback (most recent call last):
-        lttoolbox.errors.ConfigError: meta.papr: unknown meta key; did you mean 'paper'? Known: code, note, paper, phase, protocol, reference (free text goes in meta.note).
+        lttoolbox.errors.ConfigError: meta.papr: unknown meta key; did you mean 'paper'?
+        Known: code, note, paper, phase, protocol, reference (free text goes in meta.note).
     """
     key = prefix + "meta"
     if meta is None:

@@ -215,7 +215,8 @@ class Registry:
         try:
             return factory(**{**offered, **params})
         except ConfigError as err:  # named by the full recipe key
-            raise locate(err, key, [*(a for a in public if a not in self.context), *params]) from None
+            accepted = [*(a for a in public if a not in self.context), *params]
+            raise locate(err, key, accepted) from None
         except DataError:  # already names the file; keep its type
             raise
         except (ValueError, TypeError) as err:

@@ -44,7 +44,8 @@ class RecipeLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen = {}
             for key_node, _ in node.value:
-                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if (isinstance(key_node, yaml.ScalarNode)
+                        and key_node.tag != "tag:yaml.org,2002:merge"):
                     key = self.construct_object(key_node, deep=True)
                     if key in seen:
                         raise yaml.constructor.ConstructorError(

@@ -8,6 +8,7 @@ behind or removes one.
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,18 @@ DIGITS = {"data": {"name": "digits_lt", "imbalance_ratio": 10},
 #: The imbalance ratios the CIFAR-LT recipes are checked at: as written (100) and with the
 #: override ``data.imbalance_ratio=50``, the way a user runs ratio 50.
 RATIOS = (100, 50)
+
+
+def pytest_configure(config):
+    """One CPU thread per pytest-xdist worker (README's command runs ``-n 2``), for torch here and
+    in the processes the tests start: two workers with two threads each on two cores would wait
+    on each other's threads (see ``train.threads``). Without xdist, or with ``OMP_NUM_THREADS``
+    set, nothing changes."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 def loaded_registries() -> list[Registry]:
@@ -74,6 +87,63 @@ def registries_unchanged():
     changes = registry_changes(before)
     assert not changes, ("register toy entries inside Registry.scoped(): "
                          + "; ".join(changes))
+
+
+# ------------------------------------------------------------------------- per-entry test data
+class PerEntry(dict):
+    """Test data for each entry of a registry, kept in one table.
+
+    Parametrize over :attr:`names` (the registry's own names, so a new entry becomes a test case
+    by itself) and read with ``table[name]``: an entry without data fails each of its cases with a
+    message that names the table, instead of being skipped. Call :meth:`check` from a test: it
+    also fails on data left for an entry that no longer exists.
+
+    Args:
+        registry: The registry whose entries the table describes.
+        data: ``{entry name: test data}``.
+        where: Where the table is, for the failure message (``"CASES in tests/test_data.py"``).
+        select: Keeps only the entries this predicate accepts (called with the registered
+            object), for a table that describes one kind of entry (the ImageNet backbones).
+    """
+
+    def __init__(self, registry: Registry, data: dict, *, where: str, select=None):
+        super().__init__(data)
+        self.registry, self.where, self.select = registry, where, select
+
+    @property
+    def names(self) -> list[str]:
+        """The registry's names (those ``select`` keeps), sorted."""
+        return sorted(name for name in self.registry.names()
+                      if self.select is None or self.select(self.registry.get(name)))
+
+    def __missing__(self, name: str):
+        pytest.fail(f"{self.registry.kind} '{name}' has no test data: add it to {self.where}",
+                    pytrace=False)
+
+    def check(self) -> None:
+        """The table's keys are exactly :attr:`names`."""
+        missing, stale = set(self.names) - set(self), set(self) - set(self.names)
+        assert not missing and not stale, (f"{self.where}: no data for {sorted(missing)}; "
+                                           f"data for unknown entries {sorted(stale)}")
+
+
+def one_per_entry(recipes: dict[str, str], prefer=lambda recipe: False) -> list:
+    """Recipe names as test parameters, all but one recipe per registry entry marked ``long``.
+
+    Args:
+        recipes: ``{recipe name: the registry entry it exercises}``.
+        prefer: Which recipe of an entry stays in README's quick set (the first one it accepts,
+            in name order; the first name when it accepts none).
+
+    Returns:
+        The recipe names, sorted; README's test command still runs every entry the recipes use
+        end to end once, ``.ci/run`` runs every recipe.
+    """
+    kept: dict[str, str] = {}
+    for recipe in sorted(recipes, key=lambda r: (not prefer(r), r)):
+        kept.setdefault(recipes[recipe], recipe)
+    return [recipe if kept[recipes[recipe]] == recipe
+            else pytest.param(recipe, marks=pytest.mark.long) for recipe in sorted(recipes)]
 
 
 # --------------------------------------------------------------------------- end-to-end recipes

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import digits
-from lttoolbox.augment import CMO, CutMix, ManifoldMixup, Mixup, OneOf, Remix, paste_boxes
+from conftest import ROOT, digits, one_per_entry
+from lttoolbox.augment import CMO, CutMix, ManifoldMixup, Mixup, Remix, paste_boxes
 from lttoolbox.augment.base import beta_draw
 from lttoolbox.batch import Batch
 from lttoolbox.engine import train
@@ -281,7 +281,8 @@ def sigmoid_focal_soft(gamma):
 CASES = {
     "ce": ({"name": "ce"}, lambda: weighted_mix(ce_hand, np.ones(4))),
     "ce_weighted": ({"name": "ce", "weights": "inverse"}, lambda: weighted_mix(ce_hand, INV)),
-    "ldam": ({"name": "ldam", "max_m": 0.5, "s": 30.0}, lambda: weighted_mix(ldam_hand, np.ones(4))),
+    "ldam": ({"name": "ldam", "max_m": 0.5, "s": 30.0},
+             lambda: weighted_mix(ldam_hand, np.ones(4))),
     "balanced_softmax": ({"name": "balanced_softmax"},
                          lambda: weighted_mix(balanced_softmax_hand, np.ones(4))),
     "sigmoid_ce": ({"name": "sigmoid_focal", "gamma": 0.0},
@@ -335,8 +336,8 @@ def test_one_of_draws_each_choice_with_its_probability():
     calls = [0, 0]
     for i, choice in enumerate(aug.choices):
         real = choice.mix
-        choice.mix = (lambda real, i: lambda h, b: (calls.__setitem__(i, calls[i] + 1),
-                                                    real(h, b))[1])(real, i)
+        choice.mix = (lambda mix, k: lambda h, b: (calls.__setitem__(k, calls[k] + 1),
+                                                   mix(h, b))[1])(real, i)
     batch = batch_of(4)
     for _ in range(2000):
         aug(batch.x, batch)
@@ -435,7 +436,14 @@ def on_digits_with_windows(recipe: dict) -> dict:
     return recipe
 
 
-@pytest.mark.parametrize("name", AUGMENT_RECIPES)
+def first_augment(name: str) -> str:
+    from lttoolbox.recipe import read_recipe
+    return read_recipe(ROOT / "configs" / "cifar10_lt" / f"{name}.yaml")["augment"][0]["name"]
+
+
+# README's quick set runs one recipe per augmentation; .ci/run runs every recipe.
+@pytest.mark.parametrize("name", one_per_entry({name: first_augment(name)
+                                                for name in AUGMENT_RECIPES}))
 def test_augmentation_recipes_run(name, tmp_path):
     from pathlib import Path
 

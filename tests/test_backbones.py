@@ -14,15 +14,20 @@ from torchvision.models.resnet import BasicBlock, ResNet
 import lttoolbox.models as models_pkg
 from lttoolbox.batch import Batch
 from lttoolbox.errors import ConfigError
-from lttoolbox.models import CosineHead, LTModel, load_torchvision_weights, resnet_imagenet
+from lttoolbox.models import (CosineHead, ImageNetResNet, LTModel, load_torchvision_weights,
+                              resnet_imagenet)
 from lttoolbox.registry import MODELS
+from conftest import PerEntry
 
-NAMES = ["resnet10", "resnet50", "resnet152", "resnext50_32x4d"]
 POINTS = ("input", "stem", "layer1", "layer2", "layer3", "layer4", "features")
 NUM_CLASSES = 7
 SIDE = 64
-# Output channels of layer1..layer4: 64 * 2^i, times 4 for Bottleneck blocks.
-EXPANSION = {"resnet10": 1, "resnet50": 4, "resnet152": 4, "resnext50_32x4d": 4}
+# Output channels of layer1..layer4: 64 * 2^i, times 4 for Bottleneck blocks; one row per
+# registered ImageNet backbone.
+EXPANSION = PerEntry(MODELS, {"resnet10": 1, "resnet50": 4, "resnet152": 4, "resnext50_32x4d": 4},
+                     where="EXPANSION in tests/test_backbones.py",
+                     select=lambda cls: issubclass(cls, ImageNetResNet))
+NAMES = EXPANSION.names
 
 _built: dict = {}
 
@@ -88,6 +93,11 @@ def perturbed_state(net, seed):
         else:
             state[key] = torch.randn(value.shape, generator=g) * 0.05
     return state
+
+
+def test_every_imagenet_backbone_has_its_expansion():
+    assert {"resnet10", "resnet50"} <= set(NAMES)
+    EXPANSION.check()
 
 
 # ---------------------------------------------------------------------------- point contract

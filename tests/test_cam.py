@@ -12,7 +12,6 @@ from torch import nn
 from conftest import digits
 from lttoolbox.augment.cam import (CAMResample, class_activation_maps, compose_moved_foreground,
                                    foreground_boxes, move_matrices)
-from lttoolbox.batch import Batch
 from lttoolbox.engine import train
 from lttoolbox.errors import LTError
 from lttoolbox.recipe import resolve

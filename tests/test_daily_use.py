@@ -325,7 +325,7 @@ def test_the_compact_form_is_the_same_recipe(path):
     assert resolve(compact) == recipe and recipe_hash(resolve(compact)) == recipe_hash(recipe)
     names = [s["meta"]["phase"] for s in recipe["phases"]]
     assert [s["name"] for s in compact["phases"]] == names
-    for phase, overlay in zip(recipe["phases"], compact["phases"]):
+    for overlay in compact["phases"]:
         for section, value in overlay.items():   # only what the phase changes is written
             assert section == "name" or value != {k: v for k, v in recipe.items()}.get(section)
 

@@ -21,6 +21,7 @@ from lttoolbox.data import (CIFAR10_CLASSES, BatchTransform, DataBundle, LTDatas
 from lttoolbox.data import folder_io
 from lttoolbox.errors import ConfigError, DataError, LTError
 from lttoolbox.registry import DATASETS
+from conftest import PerEntry
 
 REAL_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpg"
 
@@ -131,8 +132,9 @@ def folder_tree(tmp_path_factory):
 
 # --------------------------------------------------------------------------- contract tests
 
-# name -> (recipe builder, smallest training class before the profile, classes, test per class)
-CASES = {
+# name -> (recipe builder, smallest training class before the profile, classes, test per class);
+# the contract cases are the registry's entries, so a new data set without a row here fails.
+CASES = PerEntry(DATASETS, {
     "digits_lt": (lambda fx, tmp: {"name": "digits_lt"}, 124, 10, 50),
     "cifar10_lt": (lambda fx, tmp: {"name": "cifar10_lt", "root": str(fx["c10"]["root"]),
                                     "imbalance_ratio": 5},
@@ -154,7 +156,7 @@ CASES = {
                                      "val_json": str(fx["lists"]["test_json"]),
                                      "imbalance_type": "exp", "imbalance_ratio": 2,
                                      "image_size": 8, "cache_dir": str(tmp)}, 6, 3, 2),
-}
+}, where="CASES in tests/test_data.py")
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +190,10 @@ def fixtures(cifar10_pickle, cifar100_pickle, folder_tree, split_lists):
 
 
 def test_every_registered_dataset_has_a_contract_case():
-    assert set(DATASETS.names()) == set(CASES)
+    CASES.check()
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+@pytest.fixture(scope="module", params=CASES.names)
 def built(request, fixtures, tmp_path_factory):
     make, n_max, num_classes, test_per_class = CASES[request.param]
     cfg = make(fixtures, tmp_path_factory.mktemp("cache"))
@@ -843,8 +845,8 @@ def test_pad_crop_matches_numpy_windows():
     out = pad_crop(x, p, top, left).numpy()
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (p, p), (p, p)))
     for b in range(5):
-        t, l = int(top[b]), int(left[b])
-        np.testing.assert_array_equal(out[b], padded[b, :, t:t + 6, l:l + 6])
+        t, s = int(top[b]), int(left[b])
+        np.testing.assert_array_equal(out[b], padded[b, :, t:t + 6, s:s + 6])
     # offset (p, p) is the identity; the corner offset shows black (0) padding
     assert np.array_equal(out[2], x.numpy()[2])
     assert (out[0][:, :2, :] == 0).all() and (out[0][:, :, -2:] == 0).all()
@@ -863,8 +865,8 @@ def test_random_crop_outputs_are_windows_of_the_zero_padded_image():
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (p, p), (p, p)))
     found = set()
     for b in range(32):
-        hits = [(t, l) for t in range(2 * p + 1) for l in range(2 * p + 1)
-                if np.array_equal(out[b], padded[b, :, t:t + 6, l:l + 6])]
+        hits = [(t, s) for t in range(2 * p + 1) for s in range(2 * p + 1)
+                if np.array_equal(out[b], padded[b, :, t:t + 6, s:s + 6])]
         assert hits, f"sample {b} is not a window of its padded image"
         found.add(hits[0])
     assert len(found) > 1  # the offsets vary per sample

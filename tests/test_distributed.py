@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from test_engine import StopAfter
-from test_split_files import raises, tree, txt_cfg, write_list  # noqa: F401  (fixture)
+from test_split_files import raises, tree_fixture, txt_cfg, write_list  # noqa: F401  (fixture)
 
 from lttoolbox.engine import train
 from lttoolbox.engine.distributed import (DistributedError, World, gather_predictions,

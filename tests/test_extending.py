@@ -7,7 +7,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from lttoolbox import registry
 from lttoolbox.engine import train

@@ -652,9 +652,9 @@ def test_kill_9_of_a_streamed_run_with_workers_then_an_immediate_resume(tmp_path
 def test_sighup_stops_resumably_and_the_hint_is_one_line(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", {**DIGITS, "train": {"epochs": 400}})
     out = tmp_path / "a very long folder name that a terminal would wrap" / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "lttoolbox.cli", str(recipe), "schedule.gamma=0.5",
-                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "lttoolbox.cli", str(recipe),
+                             "schedule.gamma=0.5", "--out", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline

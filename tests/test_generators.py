@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import digits
+from conftest import PerEntry, digits, one_per_entry
 from lttoolbox.batch import Batch
 from lttoolbox.engine import Trainer, train
 from lttoolbox.errors import ConfigError
@@ -27,9 +27,11 @@ from test_engine import StopAfter
 
 COUNTS = [500, 300, 40, 20, 10]          # frequent_fraction 0.4 -> classes 0 and 1 frequent
 SHAPE = (6, 3, 3)
-SMALL = {"rsg": {"contrastive_channels": 8, "generation_start_epoch": 0},
-         "delta_encoder": {"hidden": 8, "latent_dim": 3},
-         "hallucinator": {}, "ftl": {"components": 2}}
+# Small settings of every registered generator (one row each) for the unit tests...
+SMALL = PerEntry(GENERATORS, {"rsg": {"contrastive_channels": 8, "generation_start_epoch": 0},
+                              "delta_encoder": {"hidden": 8, "latent_dim": 3},
+                              "hallucinator": {}, "ftl": {"components": 2}},
+                 where="SMALL in tests/test_generators.py")
 
 
 def build(name, **params):
@@ -48,6 +50,8 @@ def ready(gen, x, y):
 
 def test_every_generator_is_registered():
     assert set(GENERATORS.names()) >= {"rsg", "delta_encoder", "hallucinator", "ftl"}
+    SMALL.check()
+    ON_DIGITS.check()
 
 
 # ------------------------------------------------------------------------------ shared contract
@@ -61,7 +65,7 @@ BATCHES = {  # labels -> (frequent count, rare count)
 }
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SMALL.names)
 @pytest.mark.parametrize("case", sorted(BATCHES))
 def test_generated_samples_have_shapes_labels_and_count_of_the_rule(name, case):
     torch.manual_seed(0)
@@ -90,7 +94,7 @@ def test_generated_samples_have_shapes_labels_and_count_of_the_rule(name, case):
     assert gen.auxiliary_loss() is None  # handed out once
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SMALL.names)
 def test_eval_mode_and_outside_the_window_are_the_identity(name):
     x, y = torch.randn(6, *SHAPE), torch.tensor([0, 1, 0, 2, 3, 4])
     gen = ready(build(name, start_epoch=0, end_epoch=3), x, y)
@@ -103,7 +107,7 @@ def test_eval_mode_and_outside_the_window_are_the_identity(name):
     assert h is x and gen.auxiliary_loss() is None
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SMALL.names)
 def test_vectors_at_the_features_point(name):
     gen = GENERATORS.build({"name": name, **SMALL[name], "frequent_fraction": 0.4},
                            num_classes=5, class_counts=COUNTS, feature_shape=(7,))
@@ -113,7 +117,7 @@ def test_vectors_at_the_features_point(name):
     assert h.dim() == 2 and h.shape[1] == 7 and h.shape[0] == batch.y_a.shape[0] > 6
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SMALL.names)
 def test_a_mixed_batch_is_refused(name):
     x, y = torch.randn(4, *SHAPE), torch.tensor([0, 1, 2, 3])
     mixed = Batch.plain(x, y).replace(y_b=y.flip(0))
@@ -121,7 +125,7 @@ def test_a_mixed_batch_is_refused(name):
         build(name)(x, mixed)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SMALL.names)
 @pytest.mark.parametrize("bad", [{"frequent_fraction": 1.0}, {"frequent_fraction": 0},
                                  {"transfer_strength": 0}, {"start_epoch": -1},
                                  {"feature_shape": (4, 0, 2)}])
@@ -130,7 +134,7 @@ def test_bad_parameters_are_one_clear_error(name, bad):
         build(name, **bad)
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SMALL.names)
 def test_state_round_trips(name):
     x, y = torch.randn(8, *SHAPE), torch.tensor([0, 1, 0, 2, 3, 4, 1, 0])
     a = ready(build(name), x, y)
@@ -441,8 +445,10 @@ def test_ftl_centers_directions_and_transfer_by_hand():
 
 # ------------------------------------------------------------------------------------- trainer
 DIGITS = digits(train={"seed": 0})
-ON_DIGITS = {"rsg": {"contrastive_channels": 16, "generation_start_epoch": 1},
-             "delta_encoder": {"hidden": 32}, "hallucinator": {}, "ftl": {}}
+# ... and on the digits CNN for the trainer's tests.
+ON_DIGITS = PerEntry(GENERATORS, {"rsg": {"contrastive_channels": 16, "generation_start_epoch": 1},
+                                  "delta_encoder": {"hidden": 32}, "hallucinator": {}, "ftl": {}},
+                     where="ON_DIGITS in tests/test_generators.py")
 
 
 def test_each_loss_term_is_logged_and_they_add_up_to_the_loss(tmp_path):
@@ -482,7 +488,7 @@ def test_a_phase_without_the_generator_leaves_its_term_columns_empty(tmp_path):
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("name", sorted(ON_DIGITS))
+@pytest.mark.parametrize("name", ON_DIGITS.names)
 def test_end_to_end_and_the_export_has_no_generator(tmp_path, name):
     recipe = resolve({**DIGITS, "generator": {"name": name, **ON_DIGITS[name]}})
     trainer = Trainer(recipe, tmp_path / "run", quiet=True)
@@ -565,7 +571,7 @@ def test_docstring_examples(module):
     assert result.attempted and result.failed == 0
 
 
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SMALL.names)
 def test_alpha_and_beta_follow_the_data_profile_unless_given(name):
     kw = dict(num_classes=5, class_counts=COUNTS, feature_shape=SHAPE)
     cfg = {"name": name, **SMALL[name]}
@@ -590,8 +596,9 @@ def test_the_trainer_passes_the_data_profile(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- recipes
-RECIPES = [f"{base}_{gen}" for base in ("ce", "ldam_drw")
-           for gen in ("rsg", "delta_encoder", "hallucinator", "ftl")]
+# Every registered generator on the two base recipes: recipe -> generator.
+GENERATOR_OF = {f"{base}_{gen}": gen for base in ("ce", "ldam_drw") for gen in GENERATORS.names()}
+RECIPES = list(GENERATOR_OF)
 ROWS = {"ce_rsg": "erm_rsg", "ldam_drw_rsg": "ldam_drw_rsg", "ce_delta_encoder": "delta_encoder",
         "ce_hallucinator": "hallucinator", "ce_ftl": "ftl"}
 
@@ -653,7 +660,9 @@ def test_recipes_cite_the_rsg_numbers_in_meta_not_in_the_header(name):
             assert (meta.get("reference") or {}).get("source") != "rsg", dataset
 
 
-@pytest.mark.parametrize("name", RECIPES)
+# README's quick set runs the CE recipe of each generator; .ci/run runs every recipe.
+@pytest.mark.parametrize("name", one_per_entry(GENERATOR_OF,
+                                               prefer=lambda name: name.startswith("ce_")))
 def test_generator_recipes_run_on_digits(tmp_path, name):
     from conftest import ROOT, on_digits
     from lttoolbox.recipe import load_recipe

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_leaderboard import ROOT, digits_suite, leaderboard
+from test_leaderboard import ROOT, digits_suite, leaderboard, leaderboard_here
 
 from lttoolbox.leaderboard.archive import ArchiveError, merge, pack
 
@@ -79,6 +79,7 @@ def test_concurrent_runs_match_runs_alone(tmp_path):
         assert [h["loss"] for h in a[row]["history"]] == [h["loss"] for h in b[row]["history"]]
 
 
+@pytest.mark.long
 def test_budget_stops_runs_resumably_and_is_not_a_failure(tmp_path):
     suite = digits_suite(tmp_path)
     # the paper protocol: the quickstart's 30 epochs, far more than a 3-second budget; runs
@@ -93,14 +94,14 @@ def test_budget_stops_runs_resumably_and_is_not_a_failure(tmp_path):
     assert sidecar["attempts"][-1]["interrupted"] is True
 
 
-def test_priority_orders_the_queue(tmp_path):
+def test_priority_orders_the_queue(tmp_path, capsys):
     suite = digits_suite(tmp_path)
-    proc = leaderboard(str(suite), "--protocol", "smoke", "--seeds", "0", "1", "--priority",
-                       "focal", "--dry-run", "--out", str(tmp_path / "lb"))
+    proc = leaderboard_here(capsys, str(suite), "--protocol", "smoke", "--seeds", "0", "1",
+                            "--priority", "focal", "--dry-run", "--out", str(tmp_path / "lb"))
     keys = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  exp10/")]
     assert keys == ["exp10/focal/seed0", "exp10/ce/seed0", "exp10/broken/seed0",
                     "exp10/focal/seed1", "exp10/ce/seed1", "exp10/broken/seed1"], proc.stdout
-    bad = leaderboard(str(suite), "--priority", "nope", "--dry-run")
+    bad = leaderboard_here(capsys, str(suite), "--priority", "nope", "--dry-run")
     assert bad.returncode == 2 and "--priority" in bad.stderr
 
 

@@ -81,7 +81,20 @@ def leaderboard(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
 
 
+def leaderboard_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """:func:`leaderboard` in this process, for the commands that train nothing (``--dry-run``,
+    ``--report-only``): the script only calls ``lttoolbox.leaderboard.cli.main``, and starting a
+    Python with torch for each call costs seconds on a busy machine."""
+    from lttoolbox.leaderboard.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["leaderboard.py", *args], code, out, err)
+
+
 # ----------------------------------------------------------------------------- end to end
+@pytest.mark.long
 def test_sigterm_stops_a_background_leaderboard_resumably(tmp_path):
     """A leaderboard started with `nohup ... &` (SIGINT ignored) and stopped with SIGTERM stops its
     running lttrain, records the attempt as interrupted, and the next invocation resumes it."""
@@ -788,7 +801,7 @@ def test_merge_refuses_to_replace_a_local_run_unless_asked(tmp_path):
     assert merge(archive, home) == 1
 
 
-def test_merge_cli_refuses_an_overwrite_in_one_line(tmp_path):
+def test_merge_cli_refuses_an_overwrite_in_one_line(tmp_path, capsys):
     suite, home = digits_suite(tmp_path), tmp_path / "home"
     local = home / RUN
     local.mkdir(parents=True)
@@ -796,13 +809,13 @@ def test_merge_cli_refuses_an_overwrite_in_one_line(tmp_path):
     archive = make_archive(tmp_path / "a.tar.gz", valid_run(top1=99.99))
     common = [str(suite), "--protocol", "smoke", "--out", str(home), "--report-only",
               "--no-plots", "--merge", str(archive)]
-    refused = leaderboard(*common)
+    refused = leaderboard_here(capsys, *common)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {archive}: member '{RUN}/")
     assert "--merge-overwrite" in lines[0] and "Traceback" not in refused.stderr
     assert json.loads((local / "results.json").read_text())["top1"] == 50.0
-    forced = leaderboard(*common, "--merge-overwrite")
+    forced = leaderboard_here(capsys, *common, "--merge-overwrite")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert "moved the local run" in forced.stdout
     assert json.loads((local / "results.json").read_text())["top1"] == 99.99
@@ -917,6 +930,7 @@ def _ended(pid: int) -> bool:
         return True
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_kill_9_of_the_runner_ends_its_run_and_the_rerun_resumes_it(tmp_path):
     """After kill -9 of the leaderboard, its lttrain child stops (checkpoint kept) instead of
@@ -1084,6 +1098,7 @@ def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
     assert problems(sweep, None) == 0
 
 
+@pytest.mark.long  # a nice-19 process on a busy machine can wait tens of seconds for a core
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists()
                     or Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1",
                     reason="needs Linux scheduler autogroups")
@@ -1107,6 +1122,7 @@ def test_a_niced_runners_children_keep_its_priority_in_their_own_sessions():
 
 
 # ------------------------------------------------------ runs written before phases were so named
+@pytest.mark.long
 def test_runs_written_before_the_rename_are_decided_reported_and_merged(tmp_path):
     """Run directories as the code before the rename of stages to phases and points wrote them
     (tests/old_runs.py, from real runs): a finished one is skipped, an interrupted one resumed,

@@ -215,7 +215,7 @@ def test_a_split_batch_with_global_normalizers_gives_the_whole_batch_gradient():
     lam = torch.tensor([0.0, 0.2, 0.5, 0.7, 1.0, 0.4])
     halves = (slice(0, 3), slice(3, 6))
     for mixed in (False, True):
-        def batch(part):
+        def batch(part, mixed=mixed):
             return (Batch(torch.zeros(3, 1), y_a[part], y_b[part], lam[part]) if mixed
                     else Batch.plain(torch.zeros(3, 1), y_a[part]))
         whole = (Batch(torch.zeros(6, 1), y_a, y_b, lam) if mixed
@@ -225,7 +225,7 @@ def test_a_split_batch_with_global_normalizers_gives_the_whole_batch_gradient():
         expected = z.grad.clone()
         # the global normalizers, as the all-reduce of the halves' would give them
         norms = torch.stack([loss.normalizer(y_a), loss.normalizer(y_b)])[:1 + mixed]
-        for normalize, same in ((lambda n: norms / 2, True), (None, False)):
+        for normalize, same in ((lambda n, norms=norms: norms / 2, True), (None, False)):
             z = logits.clone().requires_grad_(True)
             total = sum(mixed_loss(loss, z[part], batch(part), normalize) for part in halves)
             (total / 2).backward()  # DDP: the mean of the two processes' gradients

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ def write_images(folder: Path, per_class: dict[str, int], seed: int) -> None:
     """``folder/<class>/NNNN.png``: 8 x 8 RGB images, each class with its own mean colour, so a
     model trained one epoch tells them apart better than chance."""
     rng = np.random.default_rng(seed)
-    for c, (name, count) in enumerate(per_class.items()):
+    for name, count in per_class.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         base = np.zeros(3)
         base[CLASSES.index(name)] = 160

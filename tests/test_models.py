@@ -13,10 +13,11 @@ from lttoolbox.errors import ConfigError
 from lttoolbox.models import (HEADS, CosineHead, DigitsCNN, LinearHead, LTModel, PadShortcut,
                               ResNet32, build_head)
 from lttoolbox.registry import MODELS
+from conftest import PerEntry
 
 # Context the trainer would offer for each model, and the output shapes at every model point
-# (without batch) worked out by hand from the architectures.
-CONTEXT = {
+# (without batch) worked out by hand from the architectures; one row per registered model.
+CONTEXT = PerEntry(MODELS, {
     "resnet32": dict(num_classes=10, in_channels=3, image_size=32),
     "digits_cnn": dict(num_classes=10, in_channels=1, image_size=8),
     # The ImageNet backbones at their smallest input (32 px, the total stride) to keep the
@@ -24,7 +25,7 @@ CONTEXT = {
     # torchvision.
     **{name: dict(num_classes=10, in_channels=3, image_size=32)
        for name in ("resnet10", "resnet50", "resnet152", "resnext50_32x4d")},
-}
+}, where="CONTEXT in tests/test_models.py")
 
 
 def imagenet_shapes(widths: tuple[int, ...]) -> dict:
@@ -35,7 +36,7 @@ def imagenet_shapes(widths: tuple[int, ...]) -> dict:
             "layer4": (widths[3], 1, 1), "features": (widths[3],)}
 
 
-POINT_SHAPES = {
+POINT_SHAPES = PerEntry(MODELS, {
     "resnet10": imagenet_shapes((64, 128, 256, 512)),
     **{name: imagenet_shapes((256, 512, 1024, 2048))
        for name in ("resnet50", "resnet152", "resnext50_32x4d")},
@@ -43,12 +44,11 @@ POINT_SHAPES = {
                  "layer2": (32, 16, 16), "layer3": (64, 8, 8), "features": (64,)},
     "digits_cnn": {"input": (1, 8, 8), "stem": (32, 8, 8), "layer1": (64, 8, 8),
                    "layer2": (64, 4, 4), "features": (64,)},
-}
+}, where="POINT_SHAPES in tests/test_models.py")
 B = 3
 
 
 def context(name):
-    assert name in CONTEXT, f"add a test context for the new model '{name}'"
     return CONTEXT[name]
 
 
@@ -73,7 +73,7 @@ def bn_stats(module):
             for t in (m.running_mean, m.running_var)]
 
 
-NAMES = MODELS.names()
+NAMES = CONTEXT.names
 # The bottleneck backbones (2048 features: resnet50, resnet152, resnext50_32x4d) take most of this
 # file's time, so their contract cases are marked long: README's test command leaves them out,
 # .ci/run runs them.
@@ -83,7 +83,8 @@ ALL = [pytest.param(name, marks=pytest.mark.long) if POINT_SHAPES[name]["feature
 
 def test_registry_lists_the_models():
     assert {"resnet32", "digits_cnn"} <= set(NAMES)
-    assert set(NAMES) == set(CONTEXT)
+    CONTEXT.check()
+    POINT_SHAPES.check()
 
 
 # ------------------------------------------------------------------------------ contract tests
@@ -320,7 +321,8 @@ def test_linear_head_prior_sets_the_sigmoid_start(prior, classes, probability):
     # Cui et al. 2019 / Lin et al. 2017: b = -log((1 - pi) / pi), i.e. sigmoid(b) = pi
     expected = -np.log((1 - probability) / probability)
     np.testing.assert_allclose(head.bias.detach().numpy(), np.full(classes, expected), rtol=1e-6)
-    np.testing.assert_allclose(1 / (1 + np.exp(-head.bias.detach().numpy())), probability, rtol=1e-6)
+    np.testing.assert_allclose(1 / (1 + np.exp(-head.bias.detach().numpy())), probability,
+                               rtol=1e-6)
     if prior == "uniform":  # the reference code's -log(C - 1)
         np.testing.assert_allclose(head.bias.detach().numpy(), -np.log(classes - 1), rtol=1e-6)
     head.bias.data.zero_()
@@ -341,7 +343,8 @@ def test_linear_head_pytorch_init_is_nn_linears_own():
     default = build_head("linear", in_features=64, num_classes=10)
     assert torch.equal(default.bias, reference.bias)  # the bias is nn.Linear's in both
     assert abs(default.weight.std().item() / np.sqrt(2.0 / 64) - 1) < 0.15  # kaiming_normal_
-    with pytest.raises(ConfigError, match="model.head.init: must be one of kaiming_normal, pytorch"):
+    with pytest.raises(ConfigError,
+                       match="model.head.init: must be one of kaiming_normal, pytorch"):
         build_head({"name": "linear", "init": "xavier"}, in_features=64, num_classes=10)
 
 

@@ -35,7 +35,8 @@ def test_the_version_is_written_once():
     cfg.read(ROOT / "setup.cfg")
     assert cfg["metadata"]["version"] == "attr: lttoolbox.__version__"
     assert not (ROOT / "setup.py").exists()
-    assert "version" not in (ROOT / "pyproject.toml").read_text()
+    # no version key (ruff's target-version names the oldest Python, not ours)
+    assert not re.search(r"^version\s*=", (ROOT / "pyproject.toml").read_text(), re.M)
     assert re.fullmatch(r"\d+\.\d+\.\d+", lttoolbox.__version__)
     spelled = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "lttoolbox").rglob("*.py"))
                if lttoolbox.__version__ in p.read_text(encoding="utf-8")]
@@ -45,3 +46,17 @@ def test_the_version_is_written_once():
         warnings.simplefilter("ignore")  # setuptools deprecates reading setup.cfg this way
         metadata = setupcfg.read_configuration(ROOT / "setup.cfg")["metadata"]
     assert metadata["version"] == lttoolbox.__version__
+
+
+def test_the_tree_passes_ruff_and_ci_runs_it_before_the_tests():
+    """pyproject.toml's lint rules hold for the whole tree; .ci/run checks them before pytest."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ruff")  # the [test] extra installs it
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+             if line.startswith("python -m")]
+    assert steps.index("python -m ruff check .") < steps.index("python -m pytest -q")

@@ -12,8 +12,19 @@ def test_readme_starts_with_install_then_quickstart_and_names_the_test_command()
     assert first_block[0].startswith("pip install -e .")
     assert first_block[1].startswith("lttrain configs/quickstart.yaml")
     tests = " ".join(README.split("Tests:", 1)[1].split("\n\n")[0].split())
-    assert tests.startswith('`pip install -e ".[test]"` then `python -m pytest -m "not long"`')
+    assert tests.startswith('`pip install -e ".[test]"` then '
+                            '`python -m pytest -n 2 --dist loadfile -m "not long"`')
     assert "`.ci/run`, or `python -m pytest`, runs everything" in tests
+
+
+def test_the_test_extra_installs_what_the_test_command_needs():
+    """``-n 2 --dist loadfile`` are pytest-xdist's options: without it the command fails."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    extra = cfg["options.extras_require"]["test"].split()
+    assert any(req.startswith("pytest-xdist") for req in extra), extra
 
 
 def test_python_example_runs():

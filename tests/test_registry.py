@@ -152,3 +152,35 @@ def test_module_examples_run():
 
     result = doctest.testmod(registry_module)
     assert result.attempted >= 8 and result.failed == 0
+
+
+def test_a_per_entry_table_fails_on_a_new_entry_without_data_and_on_stale_data(toys):
+    from conftest import PerEntry
+
+    table = PerEntry(toys, {"ball": 1, "kite": 2}, where="TABLE in test_x.py")
+    assert table.names == ["ball", "kite"] and table["kite"] == 2
+    table.check()
+    toys.register("yoyo")(type("Yoyo", (), {}))            # a new entry: it becomes a case
+    assert table.names == ["ball", "kite", "yoyo"]
+    with pytest.raises(pytest.fail.Exception, match="toy 'yoyo' has no test data: add it to "
+                                                    "TABLE in test_x.py"):
+        table["yoyo"]
+    with pytest.raises(AssertionError, match=r"no data for \['yoyo'\]"):
+        table.check()
+    stale = PerEntry(toys, {"ball": 1, "kite": 2, "yoyo": 3, "gone": 4}, where="T")
+    with pytest.raises(AssertionError, match=r"unknown entries \['gone'\]"):
+        stale.check()
+    kites = PerEntry(toys, {"kite": 2}, where="T", select=lambda obj: not isinstance(obj, type))
+    assert kites.names == ["kite"]
+    kites.check()
+
+
+def test_one_per_entry_keeps_one_recipe_of_each_entry_out_of_the_long_set():
+    from conftest import one_per_entry
+
+    params = one_per_entry({"ce": "ce", "ce_drw": "ce", "focal": "focal", "ldam_drw": "ldam"},
+                           prefer=lambda name: name.endswith("_drw"))
+    quick = [p for p in params if isinstance(p, str)]
+    long = [p.values[0] for p in params if not isinstance(p, str)]
+    assert quick == ["ce_drw", "focal", "ldam_drw"] and long == ["ce"]
+    assert all(p.marks[0].name == "long" for p in params if not isinstance(p, str))

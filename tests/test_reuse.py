@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_engine import StopAfter, digits_recipe
 from test_stream import recipe as stream_recipe
-from test_split_files import tree  # noqa: F401  (a fixture)
+from test_split_files import tree_fixture  # noqa: F401  (a fixture)
 
 from lttoolbox.engine import train
 from lttoolbox.engine.reuse import ReuseError, first_phase_hash, reused_start
@@ -55,7 +55,7 @@ def test_logging_test_metrics_every_epoch_changes_no_weight_and_no_draw(tmp_path
     assert all(0.0 <= r["eval"]["top1"] <= 100.0 for r in rows if "eval" in r)
 
 
-def test_logging_test_metrics_is_inert_on_the_streaming_path_too(tree, tmp_path):  # noqa: F811
+def test_logging_test_metrics_is_inert_on_the_streaming_path_too(tree, tmp_path):
     plain = train(stream_recipe(tree, "stream"), tmp_path / "plain", quiet=True)
     logged = train(resolve(apply_overrides(stream_recipe(tree, "stream"), ["eval.every=1"])),
                    tmp_path / "logged", quiet=True)
@@ -70,7 +70,8 @@ def test_a_single_phase_run_and_a_phase_of_a_longer_run_share_their_hash():
     assert first_phase_hash(digits_recipe("train.seed=1")) != first_phase_hash(two)
 
 
-@pytest.mark.parametrize("donor", ["single-phase run", "the same two-phase recipe"])
+@pytest.mark.parametrize("donor", [
+    "single-phase run", pytest.param("the same two-phase recipe", marks=pytest.mark.long)])
 def test_a_reused_first_phase_gives_the_result_of_a_run_from_scratch(tmp_path, donor):
     two = digits_recipe(CRT)
     scratch = train(two, tmp_path / "scratch", quiet=True)
@@ -87,11 +88,13 @@ def test_a_reused_first_phase_gives_the_result_of_a_run_from_scratch(tmp_path, d
     assert reused["reused"]["phase"] == "joint"
     assert reused["reused"]["from"] == str(source.resolve())
     assert reused["epochs"] == scratch["epochs"] == 5
-    log = [json.loads(line) for line in (tmp_path / "reused" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line)
+           for line in (tmp_path / "reused" / "log.jsonl").read_text().splitlines()]
     assert [(r["phase"], r["epoch"]) for r in log] == [(r["phase"], r["epoch"])
                                                        for r in scratch["history"]]
 
 
+@pytest.mark.long
 def test_a_reused_run_interrupted_later_resumes_without_its_donor(tmp_path):
     two = digits_recipe(CRT)
     scratch = train(two, tmp_path / "scratch", quiet=True)

@@ -14,21 +14,24 @@ import torch.multiprocessing as mp
 
 import lttoolbox.samplers  # noqa: F401  (registers the samplers)
 from lttoolbox.registry import SAMPLERS
+from conftest import PerEntry
 
 WORLD_SIZE = 2
 COUNTS = np.array([300, 90, 30, 7])
 EPOCHS = (0, 3)
 DRAWS = 40_001  # odd, so that the stream is padded by wrapping
-CONFIGS = {
-    "instance": {"name": "instance"},
-    "class_balanced": {"name": "class_balanced", "num_samples": DRAWS},
-    "square_root": {"name": "square_root", "num_samples": DRAWS},
-    "progressive": {"name": "progressive", "num_samples": DRAWS},
-    "cmo_weighted": {"name": "cmo_weighted", "weighting": "class", "num_samples": DRAWS},
-    "random_oversample": {"name": "random_oversample"},
-    "random_undersample": {"name": "random_undersample"},
-    "drs_class_balanced": {"name": "class_balanced", "start_epoch": 2, "num_samples": DRAWS},
-}
+# The parameters of every registered sampler (one row each), then a deferred one.
+PARAMS = PerEntry(SAMPLERS, {
+    "instance": {},
+    "class_balanced": {"num_samples": DRAWS},
+    "square_root": {"num_samples": DRAWS},
+    "progressive": {"num_samples": DRAWS},
+    "cmo_weighted": {"weighting": "class", "num_samples": DRAWS},
+    "random_oversample": {},
+    "random_undersample": {},
+}, where="PARAMS in tests/test_samplers_ddp.py")
+CONFIGS = {**{name: {"name": name, **PARAMS[name]} for name in PARAMS.names},
+           "drs_class_balanced": {"name": "class_balanced", "start_epoch": 2, "num_samples": DRAWS}}
 
 
 def labels() -> np.ndarray:
@@ -83,6 +86,10 @@ def expected_p(key: str, epoch: int) -> np.ndarray:
     if key == "drs_class_balanced":
         return inst if epoch < 2 else uniform
     return uniform
+
+
+def test_every_registered_sampler_is_drawn_by_the_ranks():
+    PARAMS.check()
 
 
 @pytest.mark.parametrize("key", sorted(CONFIGS))

@@ -50,8 +50,9 @@ def write_list(path: Path, pairs, extra: str = "") -> Path:
     return path
 
 
-@pytest.fixture
-def tree(tmp_path):
+@pytest.fixture(name="tree")
+def tree_fixture(tmp_path):
+    """Images and split lists (``tree`` in a test; other files import ``tree_fixture``)."""
     root = tmp_path / "images"
     splits = write_images(root)
     lists = {name: write_list(tmp_path / f"LT_{name}.txt", pairs) for name, pairs in splits.items()}
@@ -230,7 +231,9 @@ def test_the_data_set_contract_of_tests_test_data(tree, make):
                          ("imbalance_type", "linear"), ("selection", "random"),
                          ("selection_seed", -1), ("crop_padding", -1), ("hflip", "yes"),
                          ("bogus", 1)):
-        message = raises(ConfigError, lambda: DATASETS.build({**cfg, param: value}), param)
+        message = raises(ConfigError,
+                         lambda param=param, value=value: DATASETS.build({**cfg, param: value}),
+                         param)
         assert message.startswith("data")
 
 

@@ -64,7 +64,8 @@ def test_events_arrive_in_the_declared_order(tmp_path):
     HEARD.clear()
     recipe = resolve(digits(train={"epochs": 1},
                             phases=[{"name": "one", "augment": [{"name": "toy_listen", "tag": 0}]},
-                                    {"name": "two", "augment": [{"name": "toy_listen", "tag": 1}]}]))
+                                    {"name": "two",
+                                     "augment": [{"name": "toy_listen", "tag": 1}]}]))
     with AUGMENTS.scoped():
         AUGMENTS.register("toy_listen")(Listener)
         train(recipe, tmp_path / "run", quiet=True)

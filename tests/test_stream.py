@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from test_engine import StopAfter
-from test_split_files import inat_cfg, raises, tree, txt_cfg  # noqa: F401  (tree: a fixture)
+from test_split_files import inat_cfg, raises, tree_fixture, txt_cfg  # noqa: F401  (a fixture)
 
 from lttoolbox.data.datapath import MemoryPath, StreamPath, build_data_path, shard
 from lttoolbox.data.path_choice import choose_path
@@ -99,7 +99,8 @@ def test_eval_transform_is_resize_then_centre_crop():
 
 
 def test_train_transform_is_seeded_per_image_and_jitters():
-    x = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(0, 256, (3, 30, 40), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
     plain = StreamTransform(16, train=True, hflip=False)
     jitter = StreamTransform(16, train=True, hflip=False, color_jitter=0.4)
     a = plain(x, torch.Generator().manual_seed(5))

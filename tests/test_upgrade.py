@@ -208,7 +208,8 @@ def test_load_run_lteval_and_ltpredict_read_an_old_run(finished, tmp_path, capsy
     image = tmp_path / "one.png"
     Image.new("L", (8, 8), 200).save(image)
     for where in (run, old):
-        assert ltpredict([str(where), str(image), "--out", str(tmp_path / f"{where.name}.csv")]) == 0
+        out = tmp_path / f"{where.name}.csv"
+        assert ltpredict([str(where), str(image), "--out", str(out)]) == 0
     assert ((tmp_path / "run.csv").read_text() == (tmp_path / "old.csv").read_text())
 
 

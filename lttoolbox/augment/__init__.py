@@ -18,8 +18,8 @@ from .combine import OneOf
 from .cutmix import CMO, CutMix, paste_boxes, random_boxes
 from .mixup import ManifoldMixup, Mixup, Remix
 
-__all__ = ["MixingAugment", "CAMResample", "Mixup", "ManifoldMixup", "Remix", "CutMix", "CMO", "OneOf",
-           "paste_boxes", "random_boxes"]
+__all__ = ["MixingAugment", "CAMResample", "Mixup", "ManifoldMixup", "Remix", "CutMix", "CMO",
+           "OneOf", "paste_boxes", "random_boxes"]
 
 # Every module of the package, so that a new entry file registers without being listed here.
 from ..registry import import_submodules  # noqa: E402

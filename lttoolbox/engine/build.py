@@ -128,7 +128,8 @@ class PhaseBuilder:
         for name in recipe["train"]["freeze"]:
             if name != "backbone" and name not in self.model.point_names:
                 raise ConfigError(f"unknown model point '{name}'. Choose from backbone, "
-                                  f"{', '.join(self.model.point_names)}.", key=where + "train.freeze")
+                                  f"{', '.join(self.model.point_names)}.",
+                                  key=where + "train.freeze")
         return phase
 
     def _enter_phase(self, index: int) -> None:

@@ -2,8 +2,8 @@
 
 The split convention is the one of Liu et al. (OLTR, CVPR 2019) and everything after it: a class is
 *many-shot* with more than ``many_threshold`` (100) training images, *few-shot* with fewer than
-``few_threshold`` (20), and *medium-shot* in between (both ends included). Small data sets need other
-cut points, so both are parameters. Accuracies are percentages.
+``few_threshold`` (20), and *medium-shot* in between (both ends included). Small data sets need
+other cut points, so both are parameters. Accuracies are percentages.
 
 Example:
     >>> import numpy as np
@@ -32,7 +32,8 @@ def split_accuracies(per_class_acc: np.ndarray, train_counts: Sequence[int],
     return {name: (float(acc[m].mean()) if m.any() else None) for name, m in masks.items()}
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
+                               bins: int = 15) -> float:
     """ECE (Guo et al., ICML 2017, Eq. 3): sum over equal-width confidence bins of
     |B|/N * |accuracy(B) - confidence(B)|, as a percentage."""
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -121,7 +122,8 @@ def predict_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor],
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
-            batch_size: int = 1024, autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+            batch_size: int = 1024,
+            autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted labels and their softmax confidence for uint8 ``images`` on the model's device."""
     return predict_batches(model, (transform(images[s:s + batch_size])
                                    for s in range(0, images.shape[0], batch_size)), autocast)

@@ -1,8 +1,8 @@
 """Optional experiment loggers, chosen with ``train.loggers`` (today: ``tensorboard``).
 
 A logger receives every epoch's row (loss and, with auxiliary losses, each term; learning rate,
-images/s, and the evaluation when ``eval.every`` is set) and, at the end, the final results. It never influences training, so
-``train.loggers`` is not part of the recipe hash.
+images/s, and the evaluation when ``eval.every`` is set) and, at the end, the final results. It
+never influences training, so ``train.loggers`` is not part of the recipe hash.
 
 Recipe:
     train:

@@ -68,7 +68,8 @@ class RunLogger:
         if self.silent:
             return
         if self.quiet:
-            self.console.print(f"top1 {results['top1']:.2f}  mean-class {results['mean_class_acc']:.2f}"
+            self.console.print(f"top1 {results['top1']:.2f}"
+                               f"  mean-class {results['mean_class_acc']:.2f}"
                                f"  many {fmt(results['many'])}  medium {fmt(results['medium'])}"
                                f"  few {fmt(results['few'])}")
             return

@@ -17,7 +17,8 @@ donor.
 
 Example:
     >>> from lttoolbox.engine.reuse import reused_start
-    >>> state = reused_start("runs/ce", load_recipe("configs/cifar10_lt/ce_crt.yaml"))  # doctest: +SKIP
+    >>> recipe = load_recipe("configs/cifar10_lt/ce_crt.yaml")  # doctest: +SKIP
+    >>> state = reused_start("runs/ce", recipe)  # doctest: +SKIP
     >>> train(recipe, "runs/ce_crt", start=state)  # doctest: +SKIP
 """
 from __future__ import annotations

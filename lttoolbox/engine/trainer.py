@@ -271,7 +271,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
         if not self.world.is_main:
             return
         atomic_save({"phase": index, "epoch": epoch, "phase_done": phase_done,
-                     "model": self.model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
+                     "model": self.model.state_dict(),
+                     "optimizer": optimizer.state_dict() if optimizer else {},
                      "scaler": scaler.state_dict(), "components": self._component_states(phase),
                      "rng": rng_state(), "history": copy.deepcopy(history), "seconds": seconds,
                      "images": images, "recipe_hash": recipe_hash(self.recipe),

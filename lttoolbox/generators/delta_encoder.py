@@ -40,9 +40,9 @@ synthesises, then trains a classifier), with the simplest faithful choices:
   sampler's); new sample ``i`` uses pair ``i mod P`` and rare seed ``i mod s_rare``; the
   number of new samples is RSG's rule (:func:`~lttoolbox.generators.base.generation_count`).
 * The auto-encoder learns only from the reconstruction loss (weight ``reconstruction_weight``),
-  as in the paper and the official code: samples are synthesised without dropout and detached from it, and train the
-  layers after the point through the classification loss. Inputs are read detached, as RSG
-  reads them.
+  as in the paper and the official code: samples are synthesised without dropout and detached
+  from it, and train the layers after the point through the classification loss. Inputs are read
+  detached, as RSG reads them.
 
 Example:
     >>> import torch

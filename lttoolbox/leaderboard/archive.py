@@ -363,7 +363,7 @@ def apply_merge(plan: MergePlan, out: Path) -> list[tuple[Path, Path]]:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in WRITE_ORDER:
             if name in files:
-                atomic_write(run_dir / name, lambda handle: handle.write(files[name]),
+                atomic_write(run_dir / name, lambda handle, data=files[name]: handle.write(data),
                              binary=True)
     return moved
 

@@ -752,7 +752,8 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
         if wall_bounds:
             lines += ["", "≥ in *Wall min*: an attempt of that run was stopped without its time "
                       "being recorded (the leaderboard process itself was killed), so the wall "
-                      "time is a lower bound; *Train min* sums the time of every checkpointed epoch."]
+                      "time is a lower bound; *Train min* sums the time of every checkpointed "
+                      "epoch."]
         if shown:
             lines += ["", "*Paper top-1* is not a final-epoch number: "
                       + "; ".join(f"{', '.join(f'[{m}]' for m in sorted(marks))}: "

@@ -59,8 +59,8 @@ def check_counts(class_counts: Any, num_classes: Any = None) -> np.ndarray | Non
     empty = np.flatnonzero(counts <= 0)
     if empty.size:
         c = int(empty[0])
-        raise ConfigError(f"class_counts: class {c} has {counts[c]:g} samples; every class needs at "
-                          f"least one training sample (re-weighting and margins divide by the "
+        raise ConfigError(f"class_counts: class {c} has {counts[c]:g} samples; every class needs "
+                          f"at least one training sample (re-weighting and margins divide by the "
                           f"count). Drop the empty class or fix the data.")
     if num_classes is not None and counts.size != num_classes:
         raise ConfigError(f"class_counts has {counts.size} entries but num_classes is "

@@ -38,10 +38,11 @@ class LDAMLoss(LTLoss):
     Label-Distribution-Aware Margin Loss", NeurIPS 2019, Sec. 3.2).
 
     ``l = -log( e^{s(z_y - m_y)} / (e^{s(z_y - m_y)} + sum_{j != y} e^{s z_j}) )`` with per-class
-    margins ``m_c = C / n_c^{1/4}``, the constant ``C`` chosen (as in the reference code) so that the
-    largest margin, that of the rarest class, equals ``max_m``. The logits are meant to be cosines
-    (``model: {head: cosine}``), hence the scale ``s``. With ``weights: {name: effective_number,
-    beta: 0.9999}`` and ``weights_start_epoch: 160`` this is LDAM-DRW (Sec. 3.3, Algorithm 1).
+    margins ``m_c = C / n_c^{1/4}``, the constant ``C`` chosen (as in the reference code) so that
+    the largest margin, that of the rarest class, equals ``max_m``. The logits are meant to be
+    cosines (``model: {head: cosine}``), hence the scale ``s``. With
+    ``weights: {name: effective_number, beta: 0.9999}`` and ``weights_start_epoch: 160`` this is
+    LDAM-DRW (Sec. 3.3, Algorithm 1).
 
     Args:
         max_m: Largest margin, in ``(0, 2)`` (paper: 0.5).

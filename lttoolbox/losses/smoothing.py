@@ -22,9 +22,10 @@ def smoothing_factors(counts: np.ndarray, smooth_head: float, smooth_tail: float
     """Per-class smoothing ``eps_c = f(n_c)`` rising from ``smooth_tail`` at the rarest class to
     ``smooth_head`` at the most frequent one.
 
-    With ``r = (n_c - n_min) / (n_max - n_min)``: ``concave``: ``tail + (head - tail) sin(pi r / 2)``;
-    ``linear``: ``tail + (head - tail) r``; ``convex``: ``head + (head - tail) sin(3 pi / 2 +
-    pi r / 2)``. When every class has the same count, every class gets ``smooth_head``.
+    With ``r = (n_c - n_min) / (n_max - n_min)``:
+    ``concave``: ``tail + (head - tail) sin(pi r / 2)``; ``linear``: ``tail + (head - tail) r``;
+    ``convex``: ``head + (head - tail) sin(3 pi / 2 + pi r / 2)``. When every class has the same
+    count, every class gets ``smooth_head``.
     """
     spread = counts.max() - counts.min()
     if spread == 0:

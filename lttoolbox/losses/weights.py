@@ -119,24 +119,28 @@ def cost_sensitive(counts: np.ndarray, gamma: float = 1.0) -> np.ndarray:
 
 
 def weight_spec(spec: Any) -> dict | None:
-    """Normalise a ``weights`` recipe value: ``None``, a scheme name, or ``{name: ..., **params}``."""
+    """Normalise a ``weights`` recipe value: ``None``, a scheme name, or
+    ``{name: ..., **params}``."""
     if spec is None:
         return None
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(f"weights must be a mapping like {{name: effective_number, beta: 0.9999}} "
-                          f"or a scheme name, got {spec!r}")
+        raise ConfigError(f"weights must be a mapping like "
+                          f"{{name: effective_number, beta: 0.9999}} or a scheme name, "
+                          f"got {spec!r}")
     name = spec["name"]
     if name not in WEIGHT_SCHEMES:
         raise ConfigError(f"weights.name: unknown weight scheme {name!r}"
-                          f"{suggest(name, WEIGHT_SCHEMES)} Known: {', '.join(sorted(WEIGHT_SCHEMES))}.")
+                          f"{suggest(name, WEIGHT_SCHEMES)} "
+                          f"Known: {', '.join(sorted(WEIGHT_SCHEMES))}.")
     params = {k: v for k, v in spec.items() if k != "name"}
     accepted = [p for p in inspect.signature(WEIGHT_SCHEMES[name]).parameters if p != "counts"]
     for key in params:
         if key not in accepted:
             raise ConfigError(f"weights.{key}: weight scheme '{name}' has no parameter '{key}'"
-                              f"{suggest(key, accepted)} Accepted: {', '.join(accepted) or '(none)'}.")
+                              f"{suggest(key, accepted)} "
+                              f"Accepted: {', '.join(accepted) or '(none)'}.")
     return dict(spec)
 
 

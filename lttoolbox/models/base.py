@@ -142,7 +142,8 @@ class LTModel(nn.Module):
             return self.forward(batch.x), batch
         unknown = [name for name in hooks if name not in self.point_names]
         if unknown:
-            raise ConfigError(f"{type(self).__name__} has no point {', '.join(map(repr, unknown))}; "
+            raise ConfigError(f"{type(self).__name__} has no point "
+                              f"{', '.join(map(repr, unknown))}; "
                               f"points: {', '.join(self.point_names)}")
         h = batch.x
         self._check_input(h)

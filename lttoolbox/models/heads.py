@@ -2,8 +2,9 @@
 
 A model's ``head`` parameter is a name or a dict ``{name: ..., **params}``. Heads live in their own
 small registry, :data:`HEADS`, so a later head (tau-normalised, learnable weight scaling: see
-:mod:`lttoolbox.models.decoupling`) is one more registered class, and :func:`build_head` is the single way to make one: models use it, and a trainer
-re-creating the classifier for classifier re-training (``model.reset_head(cfg)``) uses it too.
+:mod:`lttoolbox.models.decoupling`) is one more registered class, and :func:`build_head` is the
+single way to make one: models use it, and a trainer re-creating the classifier for classifier
+re-training (``model.reset_head(cfg)``) uses it too.
 
 Every head is built as ``Head(in_features, num_classes, **params)`` and maps pooled features of
 shape ``(B, in_features)`` to logits ``(B, num_classes)``.

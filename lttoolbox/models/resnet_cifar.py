@@ -65,7 +65,8 @@ class PadShortcut(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, ::self.stride, ::self.stride]
-        # F.pad's last pair pads dim 1 (channels): (W_left, W_right, H_top, H_bottom, C_front, C_back)
+        # F.pad's last pair pads dim 1 (channels):
+        # (W_left, W_right, H_top, H_bottom, C_front, C_back)
         return nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
     def extra_repr(self) -> str:
