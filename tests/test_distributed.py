@@ -236,7 +236,7 @@ def test_only_rank_0_prints_warnings(rank, shown, caplog):
         warnings.simplefilter("always")
         try:
             quiet_unless_main(rank)
-            warnings.warn("a component's warning")
+            warnings.warn("a component's warning", stacklevel=1)
             logging.getLogger("lttoolbox.test").warning("a log warning")
             logging.getLogger("lttoolbox.test").error("an error")
         finally:
