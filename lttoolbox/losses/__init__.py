@@ -16,6 +16,7 @@ from .class_balanced import ClassBalancedLoss
 from .margin import AMSoftmaxLoss, LDAMLoss
 from .logit_adjust import BalancedSoftmaxLoss, CDTLoss
 from .smoothing import LabelAwareSmoothingLoss
+from .vs import VSLoss
 
 __all__ = [
     "WEIGHT_SCHEMES", "class_weights", "register_scheme",
@@ -26,6 +27,7 @@ __all__ = [
     "AMSoftmaxLoss", "LDAMLoss",
     "BalancedSoftmaxLoss", "CDTLoss",
     "LabelAwareSmoothingLoss",
+    "VSLoss",
 ]
 
 # Every module of the package, so that a new entry file registers without being listed here.
