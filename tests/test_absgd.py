@@ -415,3 +415,37 @@ def test_digits_run_switches_to_absgd_and_resumes_exactly(tmp_path, monkeypatch)
     resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
     assert resumed["per_class_acc"] == full["per_class_acc"]
+
+
+@pytest.mark.long
+def test_the_compiled_step_keeps_u_as_the_eager_one(tmp_path, monkeypatch):
+    """``u`` is written in the forward pass (a buffer copy) and committed after the step: through
+    torch.compile (here the aot_eager backend, on the CPU) the run is the eager one."""
+    import warnings
+
+    import lttoolbox.engine.compile as compile_module
+    from lttoolbox.engine import train
+    from lttoolbox.recipe import resolve
+
+    loss = {"name": "absgd", "lam": 5.0, "gamma": 0.7, "alpha": 0.5, "start_epoch": 1,
+            "loss": {"name": "ce", "weights": "inverse", "weights_start_epoch": 1}}
+    eager = train(resolve(digits(train={"epochs": 2}, loss=loss)), tmp_path / "eager",
+                  quiet=True)
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a failed compile warns
+            compiled = train(resolve(digits(train={"epochs": 2, "compile": "on"}, loss=loss)),
+                             tmp_path / "compiled", quiet=True)
+    finally:
+        torch._dynamo.reset()
+    assert compiled["history"][0]["compile_seconds"] > 0
+    np.testing.assert_allclose([h["loss"] for h in compiled["history"]],
+                               [h["loss"] for h in eager["history"]], rtol=1e-5)
+    states = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["components"]
+              for run in ("eager", "compiled")]
+    logs = [next(s["log_u"] for s in state if isinstance(s, dict) and "log_u" in s)
+            for state in states]
+    assert math.isfinite(float(logs[0])) and float(logs[1]) == pytest.approx(float(logs[0]),
+                                                                            rel=1e-5)
