@@ -109,7 +109,6 @@ class ABSGDLoss(LTLoss):
     """
 
     batch_weighted = True
-    batch_normalized = True
 
     def __init__(self, loss: dict | str = "ce", lam: float = 0.5, gamma: float = 0.9,
                  alpha: float = 1.0, start_epoch: int = 0, u_init: str = "batch",
@@ -131,8 +130,8 @@ class ABSGDLoss(LTLoss):
         self.inner = self._build_inner(loss, class_counts, num_classes, total_epochs, context)
         self.lam, self.gamma, self.alpha, self.u_init = lam, gamma, alpha, u_init
         self._log_keep = math.log1p(-gamma) if gamma < 1 else -math.inf
-        self._log_gamma_alpha = math.log(gamma) + math.log(alpha)
         self._log_alpha = math.log(alpha)
+        self._log_gamma = math.log(gamma)
         # log u: -inf before the first ABSGD step. Persistent (resumed runs continue with it);
         # the forward pass writes u_t to ``log_u_next``, committed once per step (after_step).
         self.register_buffer("log_u", torch.full((), -math.inf))
@@ -185,7 +184,7 @@ class ABSGDLoss(LTLoss):
             lse, count = self._global_logsumexp(z)
             log_mean = self._log_alpha + lse - count.log()  # log(alpha * mean exp(l / lam))
             prev = self.log_u.to(z.dtype)
-            blended = torch.logaddexp(self._log_keep + prev, math.log(self.gamma) + log_mean)
+            blended = torch.logaddexp(self._log_keep + prev, self._log_gamma + log_mean)
             if self.u_init == "batch":  # the average starts at its first observation
                 blended = torch.where(torch.isneginf(prev), log_mean, blended)
             self.log_u_next.copy_(blended)
