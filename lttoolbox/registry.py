@@ -73,6 +73,10 @@ def locate(err: ConfigError, prefix: str, parameters: Iterable[str]) -> ConfigEr
         parameters: The entry's recipe parameters (not what the trainer passes).
     """
     if err.key is not None:
+        # A key that starts with one of the entry's own parameters is relative to the entry,
+        # even where that parameter is named like a recipe section (``absgd``'s inner ``loss``).
+        if re.split(r"[.\[]", err.key, maxsplit=1)[0] in parameters:
+            return ConfigError(err.detail, join_key(prefix, err.key))
         return err if _complete(err.key, prefix) else ConfigError(err.detail,
                                                                    join_key(prefix, err.key))
     match = _PARAMETER_FIRST.fullmatch(err.detail)

@@ -182,8 +182,9 @@ def case_id(value) -> str:
 def on_digits(recipe: dict, epochs: int = 2, switch_epoch: int = 1) -> dict:
     """The same tricks on ``digits_lt`` with ``digits_cnn`` for ``epochs`` epochs.
 
-    Every deferred switch (``*_epoch`` keys of the trick sections) moves to ``switch_epoch`` so a
-    short run still exercises both sides of it; the learning-rate schedule becomes flat.
+    Every deferred switch (``*_epoch`` keys of the trick sections and of the mappings inside them,
+    such as a wrapped loss) moves to ``switch_epoch`` so a short run still exercises both sides of
+    it; the learning-rate schedule becomes flat.
     """
     recipe = copy.deepcopy(recipe)
     recipe["data"] = {"name": "digits_lt"}
@@ -193,10 +194,15 @@ def on_digits(recipe: dict, epochs: int = 2, switch_epoch: int = 1) -> dict:
     parts = [recipe["sampler"], recipe["loss"], *recipe["augment"]]
     if recipe.get("generator"):
         parts.append(recipe["generator"])
+    def move(section: dict) -> None:  # and in the mappings inside it (a wrapped loss)
+        for key, value in section.items():
+            if isinstance(value, dict):
+                move(value)
+            elif key.endswith("_epoch") and isinstance(value, int) and value > 0:
+                section[key] = switch_epoch
+
     for part in parts:
-        for key, value in part.items():
-            if key.endswith("_epoch") and isinstance(value, int) and value > 0:
-                part[key] = switch_epoch
+        move(part)
     return recipe
 
 

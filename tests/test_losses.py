@@ -47,6 +47,11 @@ VARIANTS = [
 CONFIGS = [{"name": name} for name in LOSSES.names()]
 CONFIGS += [cfg for cfg in VARIANTS if cfg not in CONFIGS]
 IDS = [("-".join(f"{v}" for v in cfg.values())) for cfg in CONFIGS]
+#: The entries whose batch mean is a weighted mean of their per-sample values (not
+#: ``batch_weighted``, whose mean weighs samples by the batch: tests/test_absgd.py).
+PER_SAMPLE_IDS = [i for cfg, i in zip(CONFIGS, IDS)
+                  if not LOSSES.get(cfg["name"]).batch_weighted]
+PER_SAMPLE = [cfg for cfg in CONFIGS if not LOSSES.get(cfg["name"]).batch_weighted]
 SIGMOID_FORMS = {("sigmoid_focal", None), ("cb", "sigmoid"), ("cb", "sigmoid_focal")}
 
 
@@ -56,7 +61,12 @@ def build(cfg, counts=COUNTS, **extra):
 
 
 def drw_config(cfg, start):
-    """The entry with deferred weights switching on at ``start``."""
+    """The entry with deferred weights switching on at ``start`` (a loss that wraps another
+    defers the wrapped loss's weights)."""
+    if LOSSES.get(cfg["name"]).batch_weighted:
+        inner = cfg.get("loss", default_of(cfg["name"], "loss"))
+        return {**cfg, "loss": drw_config({"name": inner} if isinstance(inner, str) else inner,
+                                          start)}
     if not any(p.name == "weights" for p in recipe_parameters(LOSSES, cfg["name"])):
         return {**cfg, "weights_start_epoch": start}
     return {**cfg, "weights": {"name": "effective_number", "beta": 0.99},
@@ -122,7 +132,7 @@ def test_every_registered_loss_builds_from_its_defaults_and_is_exported():
 
 
 @pytest.mark.parametrize("module", ["weights", "base", "ce", "focal", "class_balanced", "margin",
-                                    "logit_adjust", "smoothing"])
+                                    "logit_adjust", "smoothing", "vs", "absgd"])
 def test_docstring_examples(module):
     mod = importlib.import_module(f"lttoolbox.losses.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
@@ -137,10 +147,12 @@ def test_build_and_reductions(cfg):
     logits, target = data()
     per = loss(logits, target, reduction="none")
     assert per.shape == (6,) and per.dtype == torch.float32 and torch.isfinite(per).all()
-    assert torch.allclose(loss(logits, target, reduction="sum"), per.sum())
+    total = loss(logits, target, reduction="sum")
+    if not loss.batch_weighted:
+        assert torch.allclose(total, per.sum())
     mean = loss(logits, target)
     assert mean.dim() == 0
-    assert torch.allclose(mean, per.sum() / loss.normalizer(target))
+    assert torch.allclose(mean, total / loss.normalizer(target))
     with pytest.raises(ValueError, match="reduction"):
         loss(logits, target, reduction="avg")
 
@@ -156,7 +168,7 @@ def test_per_sample_values_do_not_depend_on_the_batch(cfg):
     assert not torch.allclose(per, per[0].expand(6))  # the values do differ per sample
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("cfg", PER_SAMPLE, ids=PER_SAMPLE_IDS)
 def test_drw_switches_weights_on_at_the_start_epoch(cfg):
     loss = build(drw_config(cfg, 3))
     beta = cfg.get("beta", default_of("cb", "beta")) if cfg["name"] == "cb" else 0.99
@@ -177,7 +189,7 @@ def test_drw_switches_weights_on_at_the_start_epoch(cfg):
         assert loss.weights_active == (epoch >= 3)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("cfg", PER_SAMPLE, ids=PER_SAMPLE_IDS)
 def test_mixed_loss_with_one_lambda_is_the_mixup_combination(cfg):
     loss = build(drw_config(cfg, 0))
     logits, y_a = data()
@@ -256,7 +268,8 @@ def test_gradients_match_finite_differences(cfg):
         logits = torch.tanh(logits)  # cosines, as from the cosine head
     logits.requires_grad_(True)
     assert loss(logits, target).dtype == torch.float64  # float64 stays float64
-    assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,))
+    if not loss.batch_weighted:  # its batch weights are constants for the gradient
+        assert torch.autograd.gradcheck(lambda z: loss(z, target), (logits,))
     assert torch.autograd.gradcheck(lambda z: loss(z, target, reduction="none"), (logits,))
 
 
@@ -292,7 +305,8 @@ def test_autocast_bf16_logits_give_a_float32_loss(cfg):
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_buffers_follow_the_module_and_stay_out_of_the_state_dict(cfg):
     loss = build(drw_config(cfg, 0))
-    assert loss.state_dict() == {}  # derived from the recipe, so nothing to checkpoint
+    if not loss.batch_weighted:  # its batch weights' moving average is checkpointed
+        assert loss.state_dict() == {}  # derived from the recipe, so nothing to checkpoint
     assert len(list(loss.buffers())) >= 1  # the class weights at least
     logits, target = data()
     expected = loss(logits, target)

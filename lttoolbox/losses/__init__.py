@@ -1,11 +1,12 @@
 """Losses (registry ``LOSSES``, recipe section ``loss``).
 
 Entries: ``ce``, ``cs_ce``, ``focal``, ``sigmoid_focal``, ``cb``, ``ldam``, ``am_softmax``,
-``balanced_softmax``, ``cdt``, ``las``. Every entry is an :class:`LTLoss`: ``loss(logits, target)``
-is the weighted batch mean, ``reduction="none"`` gives one value per sample, class weights
-(``weights: {name: inverse | sqrt_inverse | effective_number | cost_sensitive, ...}``) are a
-swappable part of every loss and ``weights_start_epoch`` defers them (DRW). :func:`mixed_loss`
-combines the two targets of a mixed batch. Importing this package registers every entry; see
+``balanced_softmax``, ``cdt``, ``las``, ``vs``, and ``absgd``, which wraps any of the others.
+Every entry is an :class:`LTLoss`: ``loss(logits, target)`` is the weighted batch mean,
+``reduction="none"`` gives one value per sample, class weights (``weights: {name: inverse |
+sqrt_inverse | effective_number | cost_sensitive, ...}``) are a swappable part of every loss and
+``weights_start_epoch`` defers them (DRW). :func:`mixed_loss` combines the two targets of a mixed
+batch. Importing this package registers every entry; see
 ``docs/losses.md``.
 """
 from .weights import WEIGHT_SCHEMES, class_weights, register_scheme

@@ -117,6 +117,10 @@ class LTLoss(ModuleComponent):
     #: Some of its terms are computed from the logits but held constant for the gradient (a
     #: margin under ``torch.no_grad``): its gradient is then not the derivative of its value.
     stops_gradient = False
+    #: Whether the batch's loss weighs each sample by something computed from the whole batch
+    #: (and from earlier batches), as ABSGD's attention weights are: then the mean is not
+    #: ``sum(reduction="none") / normalizer`` and :meth:`batch_loss` is the loss's own.
+    batch_weighted = False
 
     def __init__(self, class_counts: Sequence[float] | None = None, num_classes: int | None = None,
                  weights: dict | str | None = None, weights_start_epoch: int = 0,
@@ -208,6 +212,27 @@ class LTLoss(ModuleComponent):
                 return loss.sum()
             return loss.sum() / self.normalizer(target)
 
+    def batch_loss(self, logits: torch.Tensor, batch: Batch,
+                   normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> torch.Tensor:
+        """The loss of a possibly mixed batch, as :func:`mixed_loss` describes it.
+
+        This is the training step's objective. A loss whose batch reduction is not a weighted
+        mean of per-sample values (``batch_weighted``) overrides it.
+        """
+        if not batch.mixed:
+            if normalize is None:
+                return self(logits, batch.y_a)
+            return self(logits, batch.y_a, reduction="sum") / normalize(
+                self.normalizer(batch.y_a).reshape(1))[0]
+        lam = batch.lam.float()
+        norms = torch.stack([self.normalizer(batch.y_a), self.normalizer(batch.y_b)])
+        if normalize is not None:
+            norms = normalize(norms)
+        part_a = (lam * self(logits, batch.y_a, reduction="none")).sum() / norms[0]
+        part_b = ((1 - lam) * self(logits, batch.y_b, reduction="none")).sum() / norms[1]
+        return part_a + part_b
+
     def extra_repr(self) -> str:
         parts = [f"num_classes={self.num_classes}"]
         if self.weights_spec is not None:
@@ -224,7 +249,8 @@ def mixed_loss(loss: LTLoss, logits: torch.Tensor, batch: Batch,
     ``sum(lam * l(y_a)) / normalizer(y_a) + sum((1 - lam) * l(y_b)) / normalizer(y_b)``, which is
     ``lam * L(y_a) + (1 - lam) * L(y_b)`` when ``lam`` is one number for the whole batch (the mixup
     papers' form). An unmixed batch (``not batch.mixed``, an identity test with no device sync)
-    is just ``loss(logits, batch.y_a)``.
+    is just ``loss(logits, batch.y_a)``. It is :meth:`LTLoss.batch_loss`, which a loss whose
+    batch reduction is its own (``batch_weighted``, such as ``absgd``) overrides.
 
     Args:
         loss, logits, batch: The criterion, the logits and the batch they score.
@@ -244,18 +270,7 @@ def mixed_loss(loss: LTLoss, logits: torch.Tensor, batch: Batch,
         >>> round(float(mixed_loss(ce, z, Batch.plain(z, y))), 4)  # log 3
         1.0986
     """
-    if not batch.mixed:
-        if normalize is None:
-            return loss(logits, batch.y_a)
-        return loss(logits, batch.y_a, reduction="sum") / normalize(
-            loss.normalizer(batch.y_a).reshape(1))[0]
-    lam = batch.lam.float()
-    norms = torch.stack([loss.normalizer(batch.y_a), loss.normalizer(batch.y_b)])
-    if normalize is not None:
-        norms = normalize(norms)
-    part_a = (lam * loss(logits, batch.y_a, reduction="none")).sum() / norms[0]
-    part_b = ((1 - lam) * loss(logits, batch.y_b, reduction="none")).sum() / norms[1]
-    return part_a + part_b
+    return loss.batch_loss(logits, batch, normalize)
 
 
 def as_float_tensor(values: np.ndarray) -> torch.Tensor:
