@@ -306,7 +306,7 @@ def test_print_config_version_and_list(tmp_path, capsys):
     assert "ldam(max_m=0.5, s=30.0" in listing and "Label-distribution-aware" in listing
     rows = [line for line in listing.splitlines() if not line.startswith("  filled in by")]
     assert "class_counts" not in "\n".join(rows) and "sampler" not in listing
-    assert "  filled in by the trainer: class_counts, num_classes, total_epochs" in listing
+    assert "  filled in by the trainer: class_counts, context, num_classes, total_epochs" in listing
 
 
 # --------------------------------------------------------------------------------- --print-config
