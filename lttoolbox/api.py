@@ -55,7 +55,7 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -73,16 +73,25 @@ class Context:
 
     The trainer builds one per phase (on the phase's training set, grown if a phase added
     images) and offers it to every entry it builds: an entry that names a ``context`` parameter
-    receives this object; one that names fields (``class_counts``, ``num_classes``, ...) receives
-    those, as before.
+    receives this object (and no field by name); one that names fields (``class_counts``,
+    ``num_classes``, ...) and no ``context`` receives those. The family base classes
+    (:class:`~lttoolbox.losses.LTLoss`, :class:`~lttoolbox.samplers.LTSampler`,
+    :class:`~lttoolbox.generators.base.FeatureGenerator`, :class:`Component`) take it as
+    ``context`` and keep it as ``self.context``; an entry passes it up and declares only its own
+    parameters.
+
+    Outside the trainer a context holds what is known and ``None`` for the rest:
+    :meth:`from_counts` makes a whole one from class counts, and a base class's keyword
+    shorthands (``LDAMLoss(class_counts=[500, 50, 5])``) make one through :meth:`given`.
 
     Attributes:
-        class_counts: Training images per class.
-        num_classes: C.
-        labels: Training label of every image (1-D integer array).
-        total_epochs: The phase's epochs (at least 1).
+        class_counts: Training images per class (``None``: not known).
+        num_classes: C (``None``: not known).
+        labels: Training label of every image (1-D integer array; ``None``: not known).
+        total_epochs: The phase's epochs (at least 1; ``None``: not known).
         seed: The run's seed.
-        rank, world_size: This process and the number of processes.
+        rank, world_size: This process and the number of processes (``None``: from
+            ``torch.distributed`` where it is initialised, else 0 and 1).
         feature_dim: Width of the pooled features (``None`` without a model).
         point_names: The model's points in order.
         point_shapes: One sample's activation shape at each point (only with a generator).
@@ -99,13 +108,13 @@ class Context:
         30.0
     """
 
-    class_counts: Sequence[int]
-    num_classes: int
-    labels: Any
-    total_epochs: int = 1
+    class_counts: Sequence[int] | None = None
+    num_classes: int | None = None
+    labels: Any = None
+    total_epochs: int | None = None
     seed: int = 0
-    rank: int = 0
-    world_size: int = 1
+    rank: int | None = None
+    world_size: int | None = None
     feature_dim: int | None = None
     point_names: tuple[str, ...] = ()
     point_shapes: dict = field(default_factory=dict)
@@ -121,6 +130,26 @@ class Context:
         labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
         return cls(class_counts=counts, num_classes=len(counts), labels=labels.numpy(), **more)
 
+    @classmethod
+    def given(cls, context: "Context | None" = None, **values: Any) -> "Context":
+        """The context a component works with: ``context`` with the fields given by name (a base
+        class's keyword shorthands, or a recipe value) in place of its own; without ``context``,
+        one of those fields alone. A field given as ``None`` is not given.
+
+        Example:
+            >>> Context.given(class_counts=[5, 1], total_epochs=None).num_classes is None
+            True
+            >>> Context.given(Context.from_counts([5, 1]), seed=3).seed
+            3
+        """
+        if context is not None and not isinstance(context, Context):
+            raise ConfigError(f"context must be an lttoolbox.api.Context, got "
+                              f"{type(context).__name__}")
+        named = {k: v for k, v in values.items() if v is not None}
+        if context is None:
+            return cls(**named)
+        return replace(context, **named) if named else context
+
     def as_kwargs(self) -> dict[str, Any]:
         """The fields by name, plus ``context`` (this object): what a registry offers an entry,
         which takes those it names."""
@@ -134,6 +163,8 @@ class Component:
     Args:
         start_epoch: First epoch (0-based) on which the component is active.
         end_epoch: First epoch on which it is no longer active; ``None`` means never.
+        context: What the data and the run tell it (:class:`Context`), kept as
+            ``self.context``; ``None``: an empty one (nothing known).
     """
 
     #: The name it is registered under (set by :meth:`lttoolbox.registry.Registry.register`).
@@ -148,7 +179,8 @@ class Component:
     end_epoch: int | None = None
     epoch: int = 0
 
-    def __init__(self, start_epoch: int = 0, end_epoch: int | None = None):
+    def __init__(self, start_epoch: int = 0, end_epoch: int | None = None, *,
+                 context: Context | None = None):
         # bool is an int subclass: `end_epoch: true` would silently mean epoch 1
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ConfigError(f"start_epoch must be a non-negative integer, got {start_epoch!r}")
@@ -160,6 +192,7 @@ class Component:
         self.start_epoch = start_epoch
         self.end_epoch = end_epoch
         self.epoch = 0
+        self.context = Context.given(context)
 
     # ------------------------------------------------------------------------ the epoch window
     def set_epoch(self, epoch: int) -> None:
@@ -245,7 +278,8 @@ class ModuleComponent(nn.Module, Component):
     """A component that is a ``torch.nn.Module`` (a loss with class-weight buffers, a generator
     with parameters): the module's ``state_dict``, ``load_state_dict`` and device moves win.
 
-    Subclasses call ``nn.Module.__init__(self)`` and ``Component.__init__(self, start, end)``.
+    Subclasses call ``nn.Module.__init__(self)`` and ``Component.__init__(self, start, end,
+    context=context)``.
     """
 
     @property

@@ -5,8 +5,16 @@ learning-rate schedules) has one registry.
 ``build(cfg, **context)`` takes a dict with a ``name`` key plus the entry's own parameters, and
 ``context`` with what the data tells (``class_counts``, ``num_classes``, ``labels``,
 ``total_epochs``, ...). An entry receives a context item only if its signature names it, so the
-trainer can offer everything it knows without any entry having to accept everything. A recipe
-parameter the entry does not accept is an error: nothing is ever silently ignored.
+trainer can offer everything it knows without any entry having to accept everything; an entry
+that names ``context`` receives all of it as one :class:`lttoolbox.api.Context` (see
+:meth:`Registry.build`). A recipe parameter the entry does not accept is an error: nothing is
+ever silently ignored.
+
+An entry's parameters are read from its signature. A constructor that takes ``**kwargs`` forwards
+them to its base class, so its parameters are its own named ones plus its base's, up the class's
+MRO to the first ``__init__`` without ``**kwargs`` (:func:`signature_parameters`); a class that
+sets one of its base's parameters itself names it in ``fixed_parameters``, and a recipe cannot
+set it.
 
 Every error names the full recipe key. An entry states a problem with one of its parameters
 either with a key relative to its own section (``ConfigError("must be odd", key="kernel")``) or as
@@ -91,15 +99,79 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def signature_parameters(factory: Callable) -> tuple[list[inspect.Parameter], bool]:
+    """The keyword parameters ``factory`` accepts, and whether it takes any keyword at all.
+
+    A function: its named parameters, and whether it has ``**kwargs``. A class: its
+    ``__init__``'s named parameters; where that ``__init__`` takes ``**kwargs`` (it forwards them
+    to its base class), also those of the next ``__init__`` up the MRO, and so on up to the first
+    ``__init__`` without ``**kwargs`` (the convention of every family: a subclass declares only
+    its own parameters and passes ``**base`` up). A name in a class's ``fixed_parameters`` is a
+    base parameter the class sets itself: it is not accepted. The nearest declaration of a name
+    wins (its default is the one listed).
+
+    Example:
+        >>> class Base:
+        ...     def __init__(self, weights=None, scale=1.0, num_classes=None): ...
+        >>> class Child(Base):
+        ...     fixed_parameters = ("scale",)
+        ...     def __init__(self, gamma=2.0, **base):
+        ...         super().__init__(scale=2.0, **base)
+        >>> [p.name for p in signature_parameters(Child)[0]], signature_parameters(Child)[1]
+        (['gamma', 'weights', 'num_classes'], False)
+    """
+    if not inspect.isclass(factory):
+        params = inspect.signature(factory).parameters.values()
+        return ([p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)],
+                any(p.kind is p.VAR_KEYWORD for p in params))
+    fixed = set(getattr(factory, "fixed_parameters", ()))
+    found: dict[str, inspect.Parameter] = {}
+    for cls in factory.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        if init is object.__init__:  # the chain ends at object: it takes nothing
+            return list(found.values()), False
+        params = list(inspect.signature(init).parameters.values())[1:]  # less self
+        for p in params:
+            if (p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in fixed
+                    and p.name not in found):
+                found[p.name] = p
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return list(found.values()), False
+    return list(found.values()), True
+
+
 def accepted_parameters(factory: Callable) -> tuple[set[str], bool]:
-    """Keyword parameters ``factory`` accepts, and whether it takes ``**kwargs``."""
-    if inspect.isclass(factory) and factory.__init__ is object.__init__:
-        return set(), False  # no constructor of its own: takes nothing
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    params = inspect.signature(target).parameters.values()
-    names = {p.name for p in params
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
-    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+    """Keyword parameters ``factory`` accepts (following ``**kwargs`` up a class's MRO, see
+    :func:`signature_parameters`), and whether it takes any keyword at all."""
+    params, var_kw = signature_parameters(factory)
+    return {p.name for p in params}, var_kw
+
+
+def offer(context: dict[str, Any], accepted: set[str], takes_any: bool) -> dict[str, Any]:
+    """What of ``context`` an entry that accepts ``accepted`` receives.
+
+    An entry that names ``context`` receives one :class:`lttoolbox.api.Context`: the one offered
+    as ``context``, else one made of the fields offered by name; it receives no field by name
+    (they are in the object). Any other entry receives the items it names (all of them when it
+    takes ``**kwargs``).
+    """
+    if "context" not in accepted:
+        return {k: v for k, v in context.items() if k in accepted or takes_any}
+    from dataclasses import fields
+
+    from .api import Context  # here, not at the top: importing the registry stays light
+
+    names = {f.name for f in fields(Context)}
+    given = context.get("context")
+    if given is None and names & set(context):
+        given = Context(**{k: v for k, v in context.items() if k in names})
+    offered = {k: v for k, v in context.items()
+               if k != "context" and k not in names and (k in accepted or takes_any)}
+    if given is not None:
+        offered["context"] = given
+    return offered
 
 
 class Registry:
@@ -193,8 +265,10 @@ class Registry:
         Args:
             cfg: ``{"name": ..., **params}``, or just the name.
             key: Recipe key for error messages (defaults to the family name).
-            **context: What the data tells; passed only where the entry's signature names it.
-                A recipe parameter of the same name wins over the context.
+            **context: What the data tells; passed only where the entry's signature names it
+                (an entry that names ``context`` receives it as one
+                :class:`~lttoolbox.api.Context`, see :func:`offer`). A recipe parameter of the
+                same name wins over the context.
 
         Raises:
             ConfigError: unknown name, unknown parameter, or an entry that rejects its values.
@@ -207,7 +281,7 @@ class Registry:
         params = {k: v for k, v in cfg.items() if k != "name"}
         factory = self.get(cfg["name"], key=key or None)
         accepted, has_var_kw = accepted_parameters(factory)
-        public = sorted(a for a in accepted if a not in context)
+        public = sorted(a for a in accepted if a not in context and a not in self.context)
         if not has_var_kw:
             for param in params:
                 if param not in accepted:
@@ -215,12 +289,11 @@ class Registry:
                         f"{self.kind} '{cfg['name']}' has no parameter '{param}'"
                         f"{suggest(param, accepted)} Accepted: {', '.join(public) or '(none)'}.",
                         key=join_key(key, param))
-        offered = {k: v for k, v in context.items() if k in accepted or has_var_kw}
+        offered = offer(context, accepted, has_var_kw)
         try:
             return factory(**{**offered, **params})
         except ConfigError as err:  # named by the full recipe key
-            accepted = [*(a for a in public if a not in self.context), *params]
-            raise locate(err, key, accepted) from None
+            raise locate(err, key, [*public, *params]) from None
         except DataError:  # already names the file; keep its type
             raise
         except (ValueError, TypeError) as err:
@@ -263,12 +336,9 @@ def import_submodules(package: str) -> None:
 
 
 def _parameters(factory: Callable) -> list[inspect.Parameter]:
-    """The named parameters of an entry's constructor (or factory function)."""
-    if inspect.isclass(factory) and factory.__init__ is object.__init__:
-        return []
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    return [p for p in inspect.signature(target).parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    """The named parameters of an entry's constructor (or factory function), following
+    ``**kwargs`` up a class's MRO (:func:`signature_parameters`)."""
+    return signature_parameters(factory)[0]
 
 
 def recipe_parameters(registry: "Registry", name: str) -> list[inspect.Parameter]:

@@ -4,14 +4,17 @@ refusals and resume."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import ROOT, digits, one_per_entry
+from lttoolbox.api import Context
 from lttoolbox.augment import CMO, CutMix, ManifoldMixup, Mixup, Remix, paste_boxes
 from lttoolbox.augment.base import beta_draw
+from lttoolbox.augment.cutmix import stream_seed
 from lttoolbox.batch import Batch
 from lttoolbox.engine import train
 from lttoolbox.errors import ConfigError
@@ -199,9 +202,24 @@ def test_the_cmo_foreground_follows_the_weighted_sampler(weighting):
     assert not torch.equal(aug.next_indices(len(LABELS)), background.indices())
 
 
+def test_wrappers_hand_their_inner_entries_the_one_context():
+    """one_of's choices get the very context the trainer gave it; CMO's foreground sampler gets
+    it with the foreground stream's seed, derived from the run's, and nothing else changed."""
+    ctx = replace(Context(**CONTEXT), world_size=None)  # None: from torch.distributed
+    choices = ["remix", {"name": "manifold_mixup", "point": "input"}]
+    one_of = AUGMENTS.build({"name": "one_of", "choices": choices, "p": [0.5, 0.5]},
+                            **ctx.as_kwargs())
+    assert one_of.context is ctx and all(c.context is ctx for c in one_of.choices)
+    cmo = AUGMENTS.build({"name": "cmo"}, **ctx.as_kwargs())
+    inner = cmo.foreground.context
+    assert inner.seed == stream_seed(ctx.seed) != ctx.seed
+    assert inner.labels is ctx.labels and inner.fetch is ctx.fetch and inner.world_size is None
+    assert replace(inner, seed=ctx.seed) == ctx  # (the same labels array: compared by identity)
+
+
 def test_cmo_needs_the_trainers_fetch():
     with pytest.raises(ConfigError, match="fetch"):
-        CMO(labels=LABELS)
+        CMO(context=Context(labels=LABELS))
 
 
 # ------------------------------------------------------------------------------------------ Remix
@@ -216,7 +234,7 @@ def test_cmo_needs_the_trainers_fetch():
 ])
 def test_remix_label_rule(lam, n_a, n_b, expected):
     class_counts = [60, 30, 20, 6]
-    aug = Remix(kappa=3.0, tau=0.5, class_counts=class_counts)
+    aug = Remix(kappa=3.0, tau=0.5, context=Context.from_counts(class_counts))
     y_a = torch.tensor([class_counts.index(n_a)])
     y_b = torch.tensor([class_counts.index(n_b)])
     assert float(aug.label_weight(lam, y_a, y_b)[0]) == pytest.approx(expected)
@@ -362,7 +380,8 @@ def test_one_of_mixes_with_a_single_point_manifold_mixup_choice():
 
 def test_manifold_mixup_mixes_at_one_listed_point_per_batch():
     torch.manual_seed(8)
-    aug = ManifoldMixup(point=["layer1", "input"], point_names=CONTEXT["point_names"])
+    aug = ManifoldMixup(point=["layer1", "input"],
+                        context=Context(point_names=CONTEXT["point_names"]))
     assert aug.points() == ("input", "layer1")  # the model's order
     aug.set_epoch(0)
     at = {s: aug.hook(s) for s in aug.points()}
@@ -376,7 +395,7 @@ def test_manifold_mixup_mixes_at_one_listed_point_per_batch():
     assert where.count("none") == 0
     assert abs(where.count("input") / 400 - 0.5) < 0.08
     with pytest.raises(ConfigError, match="no point 'layer9'"):
-        ManifoldMixup(point="layer9", point_names=CONTEXT["point_names"])
+        ManifoldMixup(point="layer9", context=Context(point_names=CONTEXT["point_names"]))
 
 
 # ------------------------------------------------------------------------- in the trainer

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conftest import digits
+from lttoolbox.api import Context
 from lttoolbox.augment.cam import (CAMResample, class_activation_maps, compose_moved_foreground,
                                    foreground_boxes, move_matrices)
 from lttoolbox.engine import train
@@ -152,7 +153,7 @@ def test_compose_is_checked():
 
 
 def test_classes_are_topped_up_to_the_target():
-    part = CAMResample(seed=0, point_names=("input", "layer", "features"))
+    part = CAMResample(context=Context(seed=0, point_names=("input", "layer", "features")))
     assert part.additions([50, 20, 5]) == [5, 35, 50]      # to n_max + n_min = 55
     assert CAMResample(target=30).additions([50, 20, 5]) == [0, 10, 25]
 

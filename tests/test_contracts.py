@@ -5,16 +5,17 @@ that loads back, and do in a step what its declared capabilities say."""
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 
-from lttoolbox.api import Component, Head
+from lttoolbox.api import Component, Context, Head
 from lttoolbox.batch import Batch
 from lttoolbox.engine.optim import lr_at
 from lttoolbox.registry import (AUGMENTS, GENERATORS, HEADS, LOSSES, MODELS, OPTIMIZERS,
-                                SAMPLERS, SCHEDULES, recipe_parameters)
+                                SAMPLERS, SCHEDULES, accepted_parameters, recipe_parameters)
 
 pytestmark = pytest.mark.filterwarnings("ignore::lttoolbox.epochs.UnreachableEpochWarning")
 
@@ -49,14 +50,18 @@ def shipped(registry) -> list[str]:
 CASES = [(family, name) for family, registry in FAMILIES.items() for name in shipped(registry)]
 
 
-def build(family: str, name: str):
-    registry = FAMILIES[family]
+def required(family: str, name: str) -> dict:
+    """Values for the recipe parameters the entry requires."""
     params = {}
-    for p in recipe_parameters(registry, name):
+    for p in recipe_parameters(FAMILIES[family], name):
         if p.default is inspect.Parameter.empty:
             assert p.name in REQUIRED, f"{family} '{name}' requires '{p.name}': add an example"
             params[p.name] = REQUIRED[p.name]
-    return registry.build({"name": name, **params}, **CONTEXT)
+    return params
+
+
+def build(family: str, name: str):
+    return FAMILIES[family].build({"name": name, **required(family, name)}, **CONTEXT)
 
 
 def test_every_family_has_entries():
@@ -111,6 +116,78 @@ def test_the_component_contract(family, name):
     fresh = build(family, name)
     fresh.load_state_dict(state)
     assert {k: v for k, v in fresh.state_dict().items()}.keys() == dict(state).keys()
+
+
+# ------------------------------------------------------------------ the context, one object
+CONTEXT_FIELDS = {f.name for f in fields(Context)}
+#: What the trainer would tell a phase on this data, made the standalone way.
+WHOLE = Context.from_counts(COUNTS, **{k: v for k, v in CONTEXT.items()
+                                       if k not in ("class_counts", "num_classes", "labels")})
+
+
+def family_base(registry) -> type:
+    """The most derived class every shipped entry of the family derives from (the loss base, the
+    sampler base, ...): the one class that may offer the context's fields as shorthands."""
+    mros = [registry.get(n).__mro__ for n in shipped(registry)]
+    return next(c for c in mros[0] if all(c in m for m in mros))
+
+
+def snapshot(obj):
+    """Everything an object holds, recursively, as comparable values: attributes, tensors and
+    arrays by value, contexts field by field, functions by identity."""
+    if isinstance(obj, Context):
+        return ("Context", tuple((f.name, snapshot(getattr(obj, f.name))) for f in fields(obj)))
+    if isinstance(obj, torch.Tensor):
+        return ("tensor", str(obj.dtype), tuple(obj.shape), obj.detach().cpu().flatten().tolist())
+    if isinstance(obj, np.ndarray):
+        return ("array", str(obj.dtype), obj.shape, obj.ravel().tolist())
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(snapshot(v) for v in obj))
+    if isinstance(obj, (set, frozenset)):
+        return ("set", tuple(sorted(map(repr, obj))))
+    if isinstance(obj, dict):
+        return ("dict", tuple(sorted((repr(k), snapshot(v)) for k, v in obj.items())))
+    if inspect.isfunction(obj) or inspect.ismethod(obj):
+        return ("callable", obj)  # the same function, or a method of the same object
+    if isinstance(obj, (Component, torch.nn.Module)):
+        return (type(obj).__name__, snapshot(vars(obj)))
+    return obj
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_the_family_base_names_the_context_fields(family):
+    """An entry declares its own parameters only: what the data and the run tell it comes as the
+    one ``context`` (or, for standalone use, as the shorthands of the family's base class)."""
+    registry = FAMILIES[family]
+    base = family_base(registry)
+    assert "context" in inspect.signature(base.__init__).parameters, base
+    for name in shipped(registry):
+        for cls in registry.get(name).__mro__:
+            if cls is base:
+                break
+            init = cls.__dict__.get("__init__")
+            named = set(inspect.signature(init).parameters) & CONTEXT_FIELDS if init else set()
+            assert not named, (f"{family} '{name}': {cls.__qualname__}.__init__ declares "
+                               f"{', '.join(sorted(named))}; read them from self.context")
+
+
+@pytest.mark.parametrize("family,name", CASES, ids=[f"{f}-{n}" for f, n in CASES])
+def test_every_entry_builds_from_the_context_alone(family, name):
+    """``Entry(context=..., **its required parameters)`` builds the same object as the registry
+    does from the context's fields by name, and as it does from what the trainer offers (the
+    object and its fields); the entry keeps the object it was given."""
+    registry, factory = FAMILIES[family], FAMILIES[family].get(name)
+    params = required(family, name)
+    assert "context" in accepted_parameters(factory)[0]
+    torch.manual_seed(0)
+    direct = factory(context=WHOLE, **params)
+    torch.manual_seed(0)
+    by_fields = registry.build({"name": name, **params},
+                               **{f: getattr(WHOLE, f) for f in CONTEXT_FIELDS})
+    torch.manual_seed(0)
+    as_trained = registry.build({"name": name, **params}, **WHOLE.as_kwargs())
+    assert direct.context is WHOLE and as_trained.context is WHOLE
+    assert snapshot(direct) == snapshot(by_fields) == snapshot(as_trained)
 
 
 @pytest.mark.parametrize("name", shipped(HEADS))

@@ -306,7 +306,7 @@ def test_print_config_version_and_list(tmp_path, capsys):
     assert "ldam(max_m=0.5, s=30.0" in listing and "Label-distribution-aware" in listing
     rows = [line for line in listing.splitlines() if not line.startswith("  filled in by")]
     assert "class_counts" not in "\n".join(rows) and "sampler" not in listing
-    assert "  filled in by the trainer: class_counts, num_classes, total_epochs" in listing
+    assert "  filled in by the trainer: class_counts, context, num_classes, total_epochs" in listing
 
 
 # --------------------------------------------------------------------------------- --print-config
@@ -407,10 +407,20 @@ def test_list_shows_every_parameter_of_every_entry_and_the_heads(capsys):
         for name in registry.names():
             factory = registry.get(name)
             row = next(line for line in lines if line.startswith(f"  {name}("))
-            target = factory.__init__ if inspect.isclass(factory) else factory
-            for param in inspect.signature(target).parameters.values():
-                if param.name == "self" or param.kind in (param.VAR_POSITIONAL,
-                                                          param.VAR_KEYWORD):
+            # an __init__ that takes **kwargs passes them to its base: the base's are its too
+            targets = ([c.__dict__["__init__"] for c in factory.__mro__
+                        if "__init__" in c.__dict__ and c is not object]
+                       if inspect.isclass(factory) else [factory])
+            params = {}
+            for target in targets:
+                own = inspect.signature(target).parameters.values()
+                params = {**{p.name: p for p in own}, **params}  # the nearest declaration wins
+                if not any(p.kind is p.VAR_KEYWORD for p in own):
+                    break
+            fixed = getattr(factory, "fixed_parameters", ())  # set by the class itself
+            for param in params.values():
+                if param.name in ("self", *fixed) or param.kind in (param.VAR_POSITIONAL,
+                                                                     param.VAR_KEYWORD):
                     continue
                 if param.name in registry.context:   # filled in, named once per family
                     assert param.name not in row.split("(", 1)[1].split(")  ")[0], (name, param)
@@ -419,6 +429,10 @@ def test_list_shows_every_parameter_of_every_entry_and_the_heads(capsys):
                     shown = (param.name if param.default is param.empty
                              else f"{param.name}={param.default!r}")
                     assert shown in row, (family, name, shown)
+    # a loss lists the parameters its base class gives it (class weights, DRW)
+    assert lttrain(["--list", "loss"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert all("weights_start_epoch=0" in row for row in rows if not row.startswith("  filled"))
     # what a newcomer missed: the data sets' own imbalance_type and image_size
     assert lttrain(["--list", "data"]) == 0
     listing = capsys.readouterr().out

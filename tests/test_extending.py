@@ -24,11 +24,15 @@ CLOSURE_CALLS = [0]
 
 @LOSSES.register("toy_square")
 class ToySquare(LTLoss):
-    """(1 - p_y)^2 of each sample."""
+    """(1 - p_y)^power of each sample."""
+
+    def __init__(self, power=2.0, **base):
+        super().__init__(**base)  # weights, weights_start_epoch and the context
+        self.power = power
 
     def per_sample(self, logits, target):
         p = torch.softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
-        return (1 - p) ** 2
+        return (1 - p) ** self.power
 
 
 @AUGMENTS.register("toy_count_at_start")
@@ -37,8 +41,7 @@ class CountAtStart(Component):
     them in results.json's selection; it takes the run's context as one object."""
 
     def __init__(self, *, context):
-        super().__init__()
-        self.context = context
+        super().__init__(context=context)  # kept as self.context
 
     def before_phase(self, events):
         events.record("toy_context", [self.context.num_classes, self.context.has_validation,
@@ -88,10 +91,15 @@ def test_a_toy_loss_action_and_optimizer_train_through_the_documented_steps(toy_
                                                                             tmp_path):
     recipe = resolve({"data": {"name": "digits_lt", "imbalance_ratio": 10},
                       "model": {"name": "digits_cnn"},
-                      "loss": {"name": "toy_square"},
+                      "loss": {"name": "toy_square", "power": 2.0},
                       "augment": [{"name": "toy_count_at_start"}],
                       "optim": {"name": "toy_two_pass", "lr": 0.05},
                       "train": {"epochs": 1, "batch_size": 64}})
+    # the loss's base parameters are its parameters: a misspelt one is refused before training
+    bad = {**recipe, "loss": {"name": "toy_square", "wieghts": "sqrt_inverse"}}
+    with pytest.raises(registry.ConfigError, match=r"^loss.wieghts: .*did you mean 'weights'"):
+        train(bad, tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()
     results = train(recipe, tmp_path / "run", quiet=True)
     import lt_toy_extension as toy
 

@@ -17,7 +17,6 @@ one (the 0-based epochs of this toolbox against a script's ``epoch + 1``) fails 
 """
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -186,7 +185,8 @@ def test_recipe_names_its_sources_and_only_known_parameters(name):
     first = {"imagenet_lt": "# ImageNet-LT", "inaturalist2018": "# iNaturalist 2018",
              "places_lt": "# Places-LT"}[name.split("/")[0]]
     assert text.startswith(first), name
-    from lttoolbox.registry import DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS
+    from lttoolbox.registry import (DATASETS, GENERATORS, LOSSES, MODELS, SAMPLERS,
+                                    accepted_parameters)
     for family in ("data", "generators", "losses", "models", "samplers"):  # registers them
         __import__(f"lttoolbox.{family}")
     recipe = load_recipe(ROOT / "configs" / name)
@@ -197,7 +197,8 @@ def test_recipe_names_its_sources_and_only_known_parameters(name):
             cfg = phase[section]
             if cfg is None:
                 continue
-            params = set(inspect.signature(registry.get(cfg["name"])).parameters) | set(extra)
+            # an entry's parameters with its base class's (**base): as the registry reads them
+            params = accepted_parameters(registry.get(cfg["name"]))[0] | set(extra)
             assert set(cfg) - {"name"} <= params, (name, section, set(cfg) - {"name"} - params)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 import lttoolbox
 from lttoolbox.errors import ConfigError
-from lttoolbox.registry import Registry
+from lttoolbox.registry import Registry, describe, recipe_parameters
 
 
 @pytest.fixture()
@@ -83,6 +83,66 @@ def test_entry_value_errors_carry_the_full_key(toys):
     with pytest.raises(ConfigError) as err:
         toys.build({"name": "net"}, num_classes=0)
     assert str(err.value) == "toy: num_classes must be positive"
+
+
+class _Base:
+    """A family base: its own parameters, the context and a keyword shorthand for one field."""
+
+    def __init__(self, weights=None, scale=1.0, *, context=None, num_classes=None):
+        from lttoolbox.api import Context
+
+        self.weights, self.scale = weights, scale
+        self.context = Context.given(context, num_classes=num_classes)
+
+
+def test_an_entry_that_forwards_kwargs_to_its_base_is_checked_and_listed_as_its_base(toys):
+    @toys.register("child")
+    class Child(_Base):
+        """A child."""
+
+        fixed_parameters = ("scale",)  # set here, not by a recipe
+
+        def __init__(self, gamma=2.0, **base):
+            super().__init__(scale=3.0, **base)
+            self.gamma = gamma
+
+    @toys.register("grandchild")
+    class Grandchild(Child):
+        """A grandchild."""
+
+        def __init__(self, delta=0.5, **base):
+            super().__init__(**base)
+            self.delta = delta
+
+    built = toys.build({"name": "grandchild", "delta": 1.0, "gamma": 4.0, "weights": "w"})
+    assert (built.delta, built.gamma, built.weights, built.scale) == (1.0, 4.0, "w", 3.0)
+    with pytest.raises(ConfigError) as err:  # a misspelt base parameter, with the suggestion
+        toys.build({"name": "grandchild", "wieghts": "w"}, num_classes=3)
+    assert str(err.value) == ("toy.wieghts: toy 'grandchild' has no parameter 'wieghts'; did you "
+                              "mean 'weights'? Accepted: context, delta, gamma, weights.")
+    with pytest.raises(ConfigError, match=r"^toy.scale: toy 'child' has no parameter 'scale'"):
+        toys.build({"name": "child", "scale": 2.0})
+    rows = {name: params for name, params, _ in describe(toys)}
+    assert rows["grandchild"] == ("delta=0.5, gamma=2.0, weights=None, context=None, "
+                                  "num_classes=None")
+    assert [p.name for p in recipe_parameters(toys, "child")] == [
+        "gamma", "weights", "context", "num_classes"]
+
+
+def test_an_entry_that_takes_context_receives_one_object(toys):
+    from lttoolbox.api import Context
+
+    @toys.register("reader")
+    class Reader:
+        def __init__(self, context=None, num_classes=None):
+            self.context, self.num_classes = context, num_classes
+
+    made = toys.build("reader", num_classes=3, class_counts=[2, 1, 1], run_data="x")
+    assert isinstance(made.context, Context) and made.num_classes is None  # not by name
+    assert (made.context.num_classes, made.context.class_counts) == (3, [2, 1, 1])
+    given = Context.from_counts([2, 1, 1])
+    assert toys.build("reader", **given.as_kwargs()).context is given
+    assert toys.build("reader").context is None  # nothing offered: its default
 
 
 def test_bad_cfg_shape_and_double_registration(toys):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..batch import Batch
-from ..api import Component
+from ..api import Component, Context
 from ..errors import ConfigError
 from ..losses.weights import check_number
 
@@ -29,15 +29,18 @@ class MixingAugment(Component):
         start_epoch: First epoch (0-based) of the window.
         end_epoch: First epoch after the window; ``None``: until the end.
         point: The model point the hook acts at (``input`` mixes images).
+        context: What the data and the run tell it (:class:`~lttoolbox.api.Context`, passed by
+            the trainer to an entry that takes ``context``), kept as ``self.context``.
 
-    Subclasses implement :meth:`mix`.
+    Subclasses implement :meth:`mix`; one that reads the context (``remix``: the class counts)
+    takes ``context`` and passes it up.
     """
 
     mixes = True  # replaces the batch's targets; two such augmentations cannot both act at once
 
     def __init__(self, p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
-                 point: str = "input"):
-        super().__init__(start_epoch, end_epoch)
+                 point: str = "input", *, context: Context | None = None):
+        super().__init__(start_epoch, end_epoch, context=context)
         self.p = check_number("p", p, 0.0, 1.0)
         if not isinstance(point, str) or not point:
             raise ConfigError(f"point must be a model point name, got {point!r}")

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..api import Component
+from ..api import Component, Context
 from ..errors import ConfigError
 from ..losses.weights import check_number
 from ..registry import AUGMENTS
@@ -211,8 +211,8 @@ class CAMResample(Component):
             foreground pasted onto the unchanged image, so the object appears twice); see
             :func:`compose_moved_foreground`.
         batch_size: Images generated per batch on the device.
-        seed: From the trainer; the generator is seeded by (seed, phase).
-        point_names: From the trainer; the feature map is the point before ``features``.
+        context: From the trainer: its ``seed`` seeds the generator (with the phase), and the
+            feature map is the point before ``features`` among its ``point_names``.
 
     Recipe (the second phase of a two-phase recipe)::
 
@@ -228,9 +228,8 @@ class CAMResample(Component):
 
     def __init__(self, target: str | int = "max_plus_min", threshold: float = 0.75,
                  transforms: Sequence[str] = TRANSFORMS, compose: str = "move",
-                 batch_size: int = 512, seed: int = 0,
-                 point_names: Sequence[str] | None = None):
-        super().__init__()
+                 batch_size: int = 512, *, context: Context | None = None):
+        super().__init__(context=context)
         if target != "max_plus_min" and (isinstance(target, bool) or not isinstance(target, int)
                                          or target < 1):
             raise ConfigError(f"target must be 'max_plus_min' or a positive integer, got "
@@ -255,8 +254,8 @@ class CAMResample(Component):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
-        self.seed = seed
-        names = list(point_names or ())
+        self.seed = self.context.seed
+        names = list(self.context.point_names or ())
         if names and "features" in names and names.index("features") > 0:
             self.feature_point = names[names.index("features") - 1]
         elif names:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from ..batch import Batch
-from ..api import Component
+from ..api import Component, Context
 from ..errors import ConfigError
 from ..registry import AUGMENTS
 
@@ -33,7 +33,7 @@ class OneOf(Component):
             ``p``, so a choice gives no ``p`` of its own.
         p: Probability of each choice per batch (sum at most 1; the rest: no mixing).
         start_epoch, end_epoch: The window of the whole entry.
-        **context: What the trainer passes, handed on to the choices.
+        context: What the trainer passes, handed on to the choices as it is.
     """
 
     mixes = True
@@ -42,8 +42,8 @@ class OneOf(Component):
     example_config = {"choices": ["mixup", "cutmix"], "p": [0.5, 0.5]}
 
     def __init__(self, choices: Sequence[dict], p: Sequence[float], start_epoch: int = 0,
-                 end_epoch: int | None = None, **context: Any):
-        super().__init__(start_epoch, end_epoch)
+                 end_epoch: int | None = None, *, context: Context | None = None):
+        super().__init__(start_epoch, end_epoch, context=context)
         if not isinstance(choices, (list, tuple)) or len(choices) < 2:
             raise ConfigError("choices must list at least two augmentations")
         if not isinstance(p, (list, tuple)) or len(p) != len(choices) or not all(
@@ -52,7 +52,7 @@ class OneOf(Component):
             raise ConfigError(f"p must give one probability per choice, summing to at most 1; "
                               f"got {p!r}")
         self.choices = [AUGMENTS.build({**self._choice(c, i), "p": 1.0}, key=f"choices[{i}]",
-                                       **context) for i, c in enumerate(choices)]
+                                       context=self.context) for i, c in enumerate(choices)]
         points = {c.points() for c in self.choices}
         if len(points) != 1 or len(next(iter(points))) != 1:
             raise ConfigError(f"all choices must act at one and the same model point, got "

@@ -19,11 +19,12 @@ device, with no host synchronisation.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from ..api import Context
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import AUGMENTS, SAMPLERS
@@ -75,7 +76,7 @@ class CutMix(MixingAugment):
     Args:
         alpha: Beta(alpha, alpha) of the uncovered share (1.0, the paper's).
         p: Probability that a batch is mixed (the official CIFAR command's ``cutmix_prob``).
-        start_epoch, end_epoch: see :class:`~lttoolbox.augment.base.MixingAugment`.
+        start_epoch, end_epoch, context: see :class:`~lttoolbox.augment.base.MixingAugment`.
 
     Recipe::
 
@@ -83,8 +84,8 @@ class CutMix(MixingAugment):
     """
 
     def __init__(self, alpha: float = 1.0, p: float = 0.5, start_epoch: int = 0,
-                 end_epoch: int | None = None):
-        super().__init__(p, start_epoch, end_epoch, "input")
+                 end_epoch: int | None = None, *, context: Context | None = None):
+        super().__init__(p, start_epoch, end_epoch, "input", context=context)
         self.alpha = check_alpha(alpha)
         self.last_boxes: torch.Tensor | None = None  # for inspection and tests
 
@@ -122,7 +123,9 @@ class CMO(MixingAugment):
             ``n^(1-r)``) or ``class`` (the paper's ``q(r, k)`` ∝ ``n^(-r)``).
         start_epoch, end_epoch: The window; the official CIFAR code mixes in the epochs with
             ``3 < epoch < epochs - 3`` (0-based), i.e. ``start_epoch: 4, end_epoch: 197`` of 200.
-        labels, num_classes, seed, rank, world_size, total_epochs, fetch: from the trainer.
+        context: From the trainer: the ``labels`` and ``fetch`` are required; the foreground
+            sampler is built on this context, with the seed :func:`stream_seed` derives from
+            its ``seed``.
 
     Recipe::
 
@@ -131,21 +134,17 @@ class CMO(MixingAugment):
 
     def __init__(self, alpha: float = 1.0, p: float = 0.5, r: float = 1.0,
                  weighting: str = "image", start_epoch: int = 0, end_epoch: int | None = None,
-                 labels: Sequence[int] | None = None, num_classes: int | None = None,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 total_epochs: int | None = None,
-                 fetch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None):
-        super().__init__(p, start_epoch, end_epoch, "input")
+                 *, context: Context | None = None):
+        super().__init__(p, start_epoch, end_epoch, "input", context=context)
         self.alpha = check_alpha(alpha)
-        if labels is None or fetch is None:
+        if self.context.labels is None or self.context.fetch is None:
             raise ConfigError("cmo needs the training labels and the trainer's fetch; use it in "
-                              "a recipe, or pass labels= and fetch= yourself")
-        self.fetch = fetch
+                              "a recipe, or pass context=Context(labels=..., fetch=...) yourself")
+        self.fetch = self.context.fetch
         # key "": r and weighting are this entry's own parameters (augment[i].r)
         self.foreground = SAMPLERS.build(
             {"name": "cmo_weighted", "r": r, "weighting": weighting}, key="",
-            labels=labels, num_classes=num_classes, seed=stream_seed(seed), rank=rank,
-            world_size=world_size, total_epochs=total_epochs)
+            context=replace(self.context, seed=stream_seed(self.context.seed)))
         self._stream: torch.Tensor | None = None
         self._cursor = 0
         self.last_boxes: torch.Tensor | None = None

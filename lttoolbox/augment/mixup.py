@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..api import Context
 from ..batch import Batch
 from ..errors import ConfigError
 from ..losses.weights import check_number
@@ -50,7 +51,8 @@ class Mixup(MixingAugment):
 
     Args:
         alpha: Beta(alpha, alpha) parameter, ``> 0`` (1.0, the paper's CIFAR value).
-        p, start_epoch, end_epoch, point: see :class:`~lttoolbox.augment.base.MixingAugment`.
+        p, start_epoch, end_epoch, point, context: see
+            :class:`~lttoolbox.augment.base.MixingAugment`.
 
     Recipe::
 
@@ -58,8 +60,9 @@ class Mixup(MixingAugment):
     """
 
     def __init__(self, alpha: float = 1.0, p: float = 1.0, start_epoch: int = 0,
-                 end_epoch: int | None = None, point: str = "input"):
-        super().__init__(p, start_epoch, end_epoch, point)
+                 end_epoch: int | None = None, point: str = "input", *,
+                 context: Context | None = None):
+        super().__init__(p, start_epoch, end_epoch, point, context=context)
         self.alpha = check_alpha(alpha)
 
     def mix(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
@@ -82,7 +85,8 @@ class ManifoldMixup(MixingAugment):
             points: each batch is mixed at one of them, drawn uniformly, as the paper's
             ``k ~ S``.
         p, start_epoch, end_epoch: see :class:`~lttoolbox.augment.base.MixingAugment`.
-        point_names: The model's points in order (from the trainer).
+        context: From the trainer; its ``point_names`` (the model's points in order) order the
+            listed points and refuse an unknown one.
 
     Recipe::
 
@@ -90,8 +94,8 @@ class ManifoldMixup(MixingAugment):
     """
 
     def __init__(self, alpha: float = 2.0, point: str | Sequence[str] = "features",
-                 p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
-                 point_names: Sequence[str] | None = None):
+                 p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None, *,
+                 context: Context | None = None):
         points = ([point] if isinstance(point, str)
                   else list(point) if isinstance(point, (list, tuple)) else [])
         if not points or not all(isinstance(s, str) and s for s in points):
@@ -99,9 +103,10 @@ class ManifoldMixup(MixingAugment):
                               key="point")
         if len(set(points)) != len(points):
             raise ConfigError(f"lists a point twice: {points}", key="point")
-        super().__init__(p, start_epoch, end_epoch, points[0])
+        super().__init__(p, start_epoch, end_epoch, points[0], context=context)
         self.alpha = check_alpha(alpha)
-        if point_names is not None:  # the model's order, so the draw happens at the first one
+        point_names = self.context.point_names
+        if point_names:  # the model's order, so the draw happens at the first one
             unknown = [s for s in points if s not in point_names]
             if unknown:
                 raise ConfigError(f"the model has no point {unknown[0]!r}; points: "
@@ -148,8 +153,9 @@ class Remix(MixingAugment):
         alpha: Beta(alpha, alpha) of the image weight (1.0).
         kappa: Count-ratio threshold ``>= 1`` (3, the paper's choice).
         tau: Image-weight threshold in ``[0, 1]`` (0.5, the paper's choice).
-        class_counts: Training images per class (from the trainer).
         p, start_epoch, end_epoch, point: see :class:`~lttoolbox.augment.base.MixingAugment`.
+        context: From the trainer; its ``class_counts`` (training images per class) are
+            required.
 
     Recipe::
 
@@ -158,13 +164,15 @@ class Remix(MixingAugment):
 
     def __init__(self, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5,
                  p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None,
-                 point: str = "input", class_counts: Sequence[int] | None = None):
-        super().__init__(p, start_epoch, end_epoch, point)
+                 point: str = "input", *, context: Context | None = None):
+        super().__init__(p, start_epoch, end_epoch, point, context=context)
         self.alpha = check_alpha(alpha)
         self.kappa = check_number("kappa", kappa, 1.0)
         self.tau = check_number("tau", tau, 0.0, 1.0)
+        class_counts = self.context.class_counts
         if class_counts is None:
-            raise ConfigError("remix needs class_counts (the trainer passes them)")
+            raise ConfigError("remix needs class_counts (the trainer passes them in its context; "
+                              "outside it, give context=Context.from_counts([...]))")
         self.counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64),
                                       dtype=torch.float32)
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..batch import Batch
-from ..api import Component, ModuleComponent
+from ..api import Component, Context, ModuleComponent
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from ..losses.base import check_counts, check_epoch
@@ -107,9 +107,9 @@ def as_maps(h: torch.Tensor) -> torch.Tensor:
 class FeatureGenerator(ModuleComponent):
     """Base of the generators: attachment, frequent/rare split, batch extension, losses.
 
+    A subclass declares only its own parameters and passes the rest up (``**base``).
+
     Args:
-        num_classes: Number of classes (from the trainer).
-        class_counts: Training samples per class (from the trainer).
         point: The model point to attach at; default: the point two before ``features``
             (:func:`default_point`).
         feature_shape: ``(C, H, W)`` (or ``(D,)``) of the activations at ``point``; the trainer
@@ -119,8 +119,13 @@ class FeatureGenerator(ModuleComponent):
         transfer_strength: ``beta`` of :func:`generation_count` (> 0); ``None``: 1.0, or 0.01
             when ``imbalance_type`` is ``step``.
         start_epoch, end_epoch: The epochs ``[start, end)`` in which the generator acts at all.
-        point_names, point_shapes: From the trainer (the model's points and their shapes).
-        imbalance_type: From the trainer: the data set's profile (``exp``, ``step`` or None).
+        context: What the data and the run tell the generator (the trainer passes it). It reads
+            ``class_counts`` (required) and ``num_classes``, ``point_names`` and
+            ``point_shapes`` (the model's points and their shapes), ``imbalance_type`` (the data
+            set's profile: ``exp``, ``step`` or None) and ``total_epochs``.
+        num_classes, class_counts, point_names, point_shapes, imbalance_type, total_epochs:
+            Shorthands for these fields of the context (standalone use:
+            ``RSG(num_classes=10, class_counts=counts, feature_shape=(32, 16, 16))``).
 
     Subclasses implement :meth:`generate`.
     """
@@ -128,16 +133,23 @@ class FeatureGenerator(ModuleComponent):
     generates = True  # extends the batch; needs single-class targets up to its point
     adds_loss = True  # its own losses, weighted (None on a step that adds none)
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
-                 feature_shape: Sequence[int] | None = None,
+    def __init__(self, point: str | None = None, feature_shape: Sequence[int] | None = None,
                  frequent_fraction: float | None = None, transfer_strength: float | None = None,
-                 start_epoch: int = 0, end_epoch: int | None = None,
+                 start_epoch: int = 0, end_epoch: int | None = None, *,
+                 context: Context | None = None, num_classes: int | None = None,
+                 class_counts: Sequence[float] | None = None,
                  point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
-                 imbalance_type: str | None = None):
+                 imbalance_type: str | None = None, total_epochs: int | None = None):
         nn.Module.__init__(self)
+        context = Context.given(context, num_classes=num_classes, class_counts=class_counts,
+                                point_names=point_names, point_shapes=point_shapes,
+                                imbalance_type=imbalance_type, total_epochs=total_epochs)
         Component.__init__(self, check_epoch("start_epoch", start_epoch),
-                            None if end_epoch is None else check_epoch("end_epoch", end_epoch))
-        counts = check_counts(class_counts, num_classes)
+                            None if end_epoch is None else check_epoch("end_epoch", end_epoch),
+                            context=context)
+        # an empty field is one the context does not know (standalone use)
+        point_names, point_shapes = context.point_names, context.point_shapes or None
+        counts = check_counts(context.class_counts, context.num_classes)
         if counts is None:
             raise ConfigError("class_counts is required (the trainer passes it)",
                               key="class_counts")
@@ -149,7 +161,7 @@ class FeatureGenerator(ModuleComponent):
         if not isinstance(self.point, str) or not self.point:
             raise ConfigError(f"must be a model point name, got {self.point!r}", key="point")
         self.feature_shape = self._shape(feature_shape, point_shapes)
-        step = imbalance_type == "step"
+        step = context.imbalance_type == "step"
         if frequent_fraction is None:
             frequent_fraction = 0.5 if step else 0.2
         if transfer_strength is None:

@@ -56,7 +56,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,8 @@ class DeltaEncoder(FeatureGenerator):
         reconstruction: ``weighted_l1`` (the official code's, :func:`weighted_l1`) or ``l1``
             (the plain mean absolute error).
         reconstruction_weight: Weight of the reconstruction loss (1.0).
-        frequent_fraction, transfer_strength, point, feature_shape, start_epoch, end_epoch: see
+        **base: ``point``, ``feature_shape``, ``frequent_fraction``, ``transfer_strength``,
+            ``start_epoch``, ``end_epoch`` and the context: see
             :class:`~lttoolbox.generators.base.FeatureGenerator`.
 
     Recipe::
@@ -117,17 +118,10 @@ class DeltaEncoder(FeatureGenerator):
         generator: {name: delta_encoder, point: layer2}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
-                 feature_shape: Sequence[int] | None = None, hidden: int = 512,
-                 latent_dim: int = 16, dropout: float = 0.5, reconstruction: str = "weighted_l1",
-                 reconstruction_weight: float = 1.0,
-                 frequent_fraction: float | None = None, transfer_strength: float | None = None,
-                 start_epoch: int = 0, end_epoch: int | None = None,
-                 point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
-                 imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
-                         imbalance_type)
+    def __init__(self, hidden: int = 512, latent_dim: int = 16, dropout: float = 0.5,
+                 reconstruction: str = "weighted_l1", reconstruction_weight: float = 1.0,
+                 **base: Any):
+        super().__init__(**base)
         channels = self.feature_shape[0]
         hidden = check_int(hidden, "hidden", 1)
         self.latent_dim = check_int(latent_dim, "latent_dim", 1)

@@ -39,7 +39,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 
@@ -54,7 +54,8 @@ class FTL(FeatureGenerator):
 
     Args:
         components: Principal directions kept (10, our choice; at most the channels at the point).
-        frequent_fraction, transfer_strength, point, feature_shape, start_epoch, end_epoch: see
+        **base: ``point``, ``feature_shape``, ``frequent_fraction``, ``transfer_strength``,
+            ``start_epoch``, ``end_epoch`` and the context: see
             :class:`~lttoolbox.generators.base.FeatureGenerator`.
 
     Recipe::
@@ -62,15 +63,8 @@ class FTL(FeatureGenerator):
         generator: {name: ftl, point: layer2}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
-                 feature_shape: Sequence[int] | None = None, components: int = 10,
-                 frequent_fraction: float | None = None, transfer_strength: float | None = None,
-                 start_epoch: int = 0, end_epoch: int | None = None,
-                 point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
-                 imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
-                         imbalance_type)
+    def __init__(self, components: int = 10, **base: Any):
+        super().__init__(**base)
         channels, height, width = self.feature_shape
         self.components = min(check_int(components, "components", 1), channels)
         shape = (self.num_classes, channels, height, width)

@@ -31,7 +31,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +48,8 @@ class Hallucinator(FeatureGenerator):
     Args:
         noise_dim: Size of the noise vector ``z`` (default: the channels at the point; our choice).
         hidden: Width of the MLP's hidden layers (default: the channels at the point; our choice).
-        frequent_fraction, transfer_strength, point, feature_shape, start_epoch, end_epoch: see
+        **base: ``point``, ``feature_shape``, ``frequent_fraction``, ``transfer_strength``,
+            ``start_epoch``, ``end_epoch`` and the context: see
             :class:`~lttoolbox.generators.base.FeatureGenerator`.
 
     Recipe::
@@ -56,16 +57,8 @@ class Hallucinator(FeatureGenerator):
         generator: {name: hallucinator, point: layer2}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
-                 feature_shape: Sequence[int] | None = None, noise_dim: int | None = None,
-                 hidden: int | None = None, frequent_fraction: float | None = None,
-                 transfer_strength: float | None = None, start_epoch: int = 0,
-                 end_epoch: int | None = None, point_names: Sequence[str] | None = None,
-                 point_shapes: dict | None = None,
-                 imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
-                         imbalance_type)
+    def __init__(self, noise_dim: int | None = None, hidden: int | None = None, **base: Any):
+        super().__init__(**base)
         channels = self.feature_shape[0]
         self.noise_dim = check_int(channels if noise_dim is None else noise_dim, "noise_dim", 1)
         hidden = check_int(channels if hidden is None else hidden, "hidden", 1)

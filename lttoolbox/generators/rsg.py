@@ -70,7 +70,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -174,28 +174,23 @@ class RSG(FeatureGenerator):
         mv_terms: The terms of ``L_MV`` (all three by default; drop one for Table 3's ablations).
         displace: ``samples`` (``x_new = T(x_fd) + x_rare``) or ``centers`` (``+ up(c_rare)``).
         transform: Apply ``T`` (true); false adds ``x_fd`` directly and drops ``L_MV``.
-        frequent_fraction, transfer_strength, point, start_epoch, end_epoch: see
+        **base: ``frequent_fraction``, ``transfer_strength``, ``point``, ``feature_shape``,
+            ``start_epoch``, ``end_epoch`` and the context: see
             :class:`~lttoolbox.generators.base.FeatureGenerator` (alpha 0.2 and beta 1.0 for
-            long-tailed data, 0.5 and 0.01 for step imbalance).
+            long-tailed data, 0.5 and 0.01 for step imbalance). The context's ``total_epochs``
+            is only read to warn about a ``generation_start_epoch`` never reached.
 
     Recipe::
 
         generator: {name: rsg, point: layer2, generation_start_epoch: 160}
     """
 
-    def __init__(self, num_classes: int, class_counts: Sequence[float], point: str | None = None,
-                 feature_shape: Sequence[int] | None = None, num_centers: int = 15,
-                 frequent_fraction: float | None = None, transfer_strength: float | None = None,
-                 contrastive_channels: int = 256, contrastive_kernel: int = 3,
-                 generation_start_epoch: int = 160, cesc_weight: float = 0.1,
-                 mv_weight: float = 0.01, mv_terms: Sequence[str] = MV_TERMS,
-                 displace: str = "samples", transform: bool = True, start_epoch: int = 0,
-                 end_epoch: int | None = None, total_epochs: int | None = None,
-                 point_names: Sequence[str] | None = None, point_shapes: dict | None = None,
-                 imbalance_type: str | None = None):
-        super().__init__(num_classes, class_counts, point, feature_shape, frequent_fraction,
-                         transfer_strength, start_epoch, end_epoch, point_names, point_shapes,
-                         imbalance_type)
+    def __init__(self, num_centers: int = 15, contrastive_channels: int = 256,
+                 contrastive_kernel: int = 3, generation_start_epoch: int = 160,
+                 cesc_weight: float = 0.1, mv_weight: float = 0.01,
+                 mv_terms: Sequence[str] = MV_TERMS, displace: str = "samples",
+                 transform: bool = True, **base: Any):
+        super().__init__(**base)
         channels = self.feature_shape[0]
         self.num_centers = check_int(num_centers, "num_centers", 1)
         width = check_int(contrastive_channels, "contrastive_channels", 1)
@@ -205,7 +200,8 @@ class RSG(FeatureGenerator):
                               key="contrastive_kernel")
         self.generation_start_epoch = check_epoch("generation_start_epoch",
                                                   generation_start_epoch)
-        self.warn_unreachable("generation_start_epoch", self.generation_start_epoch, total_epochs)
+        self.warn_unreachable("generation_start_epoch", self.generation_start_epoch,
+                              self.context.total_epochs)
         self.cesc_weight = check_number("cesc_weight", cesc_weight, 0.0)
         self.mv_weight = check_number("mv_weight", mv_weight, 0.0)
         if (isinstance(mv_terms, str) or not isinstance(mv_terms, (list, tuple))

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..batch import Batch
-from ..api import Component, ModuleComponent
+from ..api import Component, Context, ModuleComponent
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
 from .weights import check_number, class_weights, weight_spec
@@ -80,18 +80,22 @@ def check_epoch(name: str, value: Any) -> int:
 class LTLoss(ModuleComponent):
     """Base of every loss: class weights, deferred re-weighting and reductions.
 
+    A subclass declares only its own parameters and passes the rest up (``**base``): the
+    class weights, their deferral and the context (see :class:`~lttoolbox.api.Context`).
+
     Args:
-        class_counts: Training samples per class (context from the trainer). Required when the
-            loss uses counts (``requires_counts``) or when ``weights`` is set.
-        num_classes: Number of classes (context); checked against ``class_counts`` and against
-            the width of the logits.
         weights: Class-weight scheme, ``{name: inverse | sqrt_inverse | effective_number |
             cost_sensitive, ...params}`` or ``None`` for no weights (see
             :mod:`lttoolbox.losses.weights`).
         weights_start_epoch: Deferred re-weighting (DRW): before this 0-based epoch every weight
             is 1; from it on the scheme's weights apply. ``0`` means always weighted.
-        total_epochs: Training length (context), used only to warn about a DRW epoch that is
-            never reached.
+        context: What the data and the run tell the loss (the trainer passes it). It reads
+            ``class_counts`` (required when the loss uses counts, ``requires_counts``, or when
+            ``weights`` is set), ``num_classes`` (checked against the counts and against the
+            width of the logits) and ``total_epochs`` (only to warn about a DRW epoch that is
+            never reached).
+        class_counts, num_classes, total_epochs: Shorthands for standalone use
+            (``LDAMLoss(class_counts=[500, 50, 5])``): these fields of the context.
 
     Attributes:
         class_weights: float32 buffer of shape ``(C,)`` or ``None``.
@@ -122,14 +126,17 @@ class LTLoss(ModuleComponent):
     #: ``sum(reduction="none") / normalizer`` and :meth:`batch_loss` is the loss's own.
     batch_weighted = False
 
-    def __init__(self, class_counts: Sequence[float] | None = None, num_classes: int | None = None,
-                 weights: dict | str | None = None, weights_start_epoch: int = 0,
-                 total_epochs: int | None = None):
+    def __init__(self, weights: dict | str | None = None, weights_start_epoch: int = 0, *,
+                 context: Context | None = None, class_counts: Sequence[float] | None = None,
+                 num_classes: int | None = None, total_epochs: int | None = None):
         nn.Module.__init__(self)
         weights_start_epoch = check_epoch("weights_start_epoch", weights_start_epoch)
-        Component.__init__(self, start_epoch=weights_start_epoch)
+        context = Context.given(context, class_counts=class_counts, num_classes=num_classes,
+                                total_epochs=total_epochs)
+        Component.__init__(self, start_epoch=weights_start_epoch, context=context)
+        num_classes, total_epochs = context.num_classes, context.total_epochs
         name = self.registry_name or type(self).__name__
-        counts = check_counts(class_counts, num_classes)
+        counts = check_counts(context.class_counts, num_classes)
         spec = weight_spec(weights)
         if counts is None and (self.requires_counts or spec is not None):
             why = "class weights" if spec is not None else "its per-class terms"

@@ -1,7 +1,7 @@
 """Cross-entropy (``ce``) and cost-sensitive cross-entropy (``cs_ce``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,8 @@ class CELoss(LTLoss):
 
     Args:
         label_smoothing: ``eps`` in ``[0, 1)``.
-        weights, weights_start_epoch, class_counts, num_classes, total_epochs: see
-            :class:`~lttoolbox.losses.base.LTLoss`.
+        **base: ``weights``, ``weights_start_epoch`` and the context (or its shorthands
+            ``class_counts``, ``num_classes``): see :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> import torch
@@ -36,11 +36,8 @@ class CELoss(LTLoss):
         1.0986
     """
 
-    def __init__(self, label_smoothing: float = 0.0, weights: dict | str | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+    def __init__(self, label_smoothing: float = 0.0, **base: Any):
+        super().__init__(**base)
         self.label_smoothing = check_number("label_smoothing", label_smoothing, 0.0, 1.0,
                                             high_open=True)
 
@@ -57,13 +54,14 @@ class CostSensitiveCELoss(CELoss):
     ``gamma = 0.5`` the square-root ("smooth") form, ``gamma = 0`` plain CE. The weights are the
     ``cost_sensitive`` scheme of :mod:`lttoolbox.losses.weights` (not normalised, the rarest class
     weighs 1); the batch mean is the weighted mean ``sum w l / sum w`` like PyTorch's weighted CE.
-    They are the loss itself, so this entry takes no ``weights`` parameter; ``weights_start_epoch``
-    defers them (the DRW form).
+    They are the loss itself, so this entry takes no ``weights`` (nor ``label_smoothing``)
+    parameter; ``weights_start_epoch`` defers them (the DRW form).
 
     Args:
         gamma: Exponent, ``>= 0``.
-        weights_start_epoch: Epoch from which the weights apply (before it, plain CE).
-        class_counts: Training samples per class (required).
+        **base: ``weights_start_epoch`` (the epoch from which the weights apply; before it, plain
+            CE) and the context, whose ``class_counts`` are required: see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> loss = CostSensitiveCELoss(gamma=1.0, class_counts=[100, 10, 1])
@@ -71,11 +69,10 @@ class CostSensitiveCELoss(CELoss):
         [0.01, 0.1, 1.0]
     """
 
-    def __init__(self, gamma: float = 1.0, weights_start_epoch: int = 0,
-                 class_counts: Sequence[float] | None = None, num_classes: int | None = None,
-                 total_epochs: int | None = None):
+    fixed_parameters = ("label_smoothing", "weights")  # set here, not by a recipe
+
+    def __init__(self, gamma: float = 1.0, **base: Any):
         gamma = check_number("gamma", gamma, 0.0)
-        super().__init__(weights={"name": "cost_sensitive", "gamma": gamma},
-                         weights_start_epoch=weights_start_epoch, class_counts=class_counts,
-                         num_classes=num_classes, total_epochs=total_epochs)
+        super().__init__(label_smoothing=0.0,
+                         weights={"name": "cost_sensitive", "gamma": gamma}, **base)
         self.gamma = gamma

@@ -2,7 +2,7 @@
 Samples", CVPR 2019."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,9 @@ class ClassBalancedLoss(LTLoss):
         base: ``ce``, ``focal``, ``sigmoid`` or ``sigmoid_focal``.
         gamma: Focusing parameter ``>= 0`` of the focal bases (default 2.0); an error for the
             other bases.
-        weights_start_epoch: Epoch from which the class-balanced weights apply.
-        class_counts: Training samples per class (required).
+        **base_parameters: ``weights_start_epoch`` (the epoch from which the class-balanced
+            weights apply) and the context, whose ``class_counts`` are required: see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> loss = ClassBalancedLoss(beta=0.9999, base="sigmoid_focal", gamma=1.0,
@@ -58,9 +59,10 @@ class ClassBalancedLoss(LTLoss):
         [0.025, 1.975]
     """
 
+    fixed_parameters = ("weights",)  # the effective-number weights are the loss itself
+
     def __init__(self, beta: float = 0.9999, base: str = "ce", gamma: float | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
+                 **base_parameters: Any):
         beta = check_number("beta", beta, 0.0, 1.0, high_open=True)
         if base not in BASES:
             raise ConfigError(f"base must be one of {', '.join(BASES)}, got {base!r}"
@@ -69,9 +71,7 @@ class ClassBalancedLoss(LTLoss):
             raise ConfigError(f"gamma is used only by the focal bases ({', '.join(FOCAL_BASES)}); "
                               f"base is '{base}'")
         gamma = 2.0 if gamma is None else check_gamma(gamma)
-        super().__init__(class_counts=class_counts, num_classes=num_classes,
-                         weights={"name": "effective_number", "beta": beta},
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(weights={"name": "effective_number", "beta": beta}, **base_parameters)
         self.beta, self.base, self.gamma = beta, base, gamma
         self.batch_normalized = base in SIGMOID_BASES
 

@@ -13,7 +13,7 @@ class ``exp(-z)`` overflows and the factor becomes 0 (or NaN) where it should be
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,8 +89,8 @@ class FocalLoss(LTLoss):
 
     Args:
         gamma: Focusing parameter ``>= 0``.
-        weights, weights_start_epoch, class_counts, num_classes, total_epochs: see
-            :class:`~lttoolbox.losses.base.LTLoss`.
+        **base: ``weights``, ``weights_start_epoch`` and the context (or its shorthands
+            ``class_counts``, ``num_classes``): see :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> import torch
@@ -99,12 +99,9 @@ class FocalLoss(LTLoss):
         0.1733
     """
 
-    def __init__(self, gamma: float = 2.0, weights: dict | str | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
+    def __init__(self, gamma: float = 2.0, **base: Any):
         gamma = check_gamma(gamma)
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         self.gamma = gamma
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,8 +125,8 @@ class SigmoidFocalLoss(LTLoss):
         gamma: Focusing parameter ``>= 0``.
         alpha: Lin et al.'s alpha-balancing of positives (``alpha``) against negatives
             (``1 - alpha``), in ``[0, 1]``; ``None`` (default) for none, as in Cui et al.
-        weights, weights_start_epoch, class_counts, num_classes, total_epochs: see
-            :class:`~lttoolbox.losses.base.LTLoss`.
+        **base: ``weights``, ``weights_start_epoch`` and the context (or its shorthands
+            ``class_counts``, ``num_classes``): see :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> import torch
@@ -140,14 +137,10 @@ class SigmoidFocalLoss(LTLoss):
 
     batch_normalized = True
 
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None,
-                 weights: dict | str | None = None, weights_start_epoch: int = 0,
-                 class_counts: Sequence[float] | None = None, num_classes: int | None = None,
-                 total_epochs: int | None = None):
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None, **base: Any):
         gamma = check_gamma(gamma)
         alpha = None if alpha is None else check_number("alpha", alpha, 0.0, 1.0)
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         self.gamma, self.alpha = gamma, alpha
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ and ``cdt`` (a class-dependent temperature). Both change only the training loss;
 model's plain logits are used, which is where the compensation shows."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ class BalancedSoftmaxLoss(LTLoss):
 
     Args:
         tau: Strength of the adjustment, ``>= 0`` (``0`` is plain CE).
-        weights, weights_start_epoch, total_epochs: see :class:`~lttoolbox.losses.base.LTLoss`.
-        class_counts: Training samples per class (required).
+        **base: ``weights``, ``weights_start_epoch`` and the context, whose ``class_counts``
+            are required (shorthand: ``class_counts=[...]``): see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> import torch
@@ -39,12 +40,9 @@ class BalancedSoftmaxLoss(LTLoss):
 
     requires_counts = True
 
-    def __init__(self, tau: float = 1.0, weights: dict | str | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
+    def __init__(self, tau: float = 1.0, **base: Any):
         tau = check_number("tau", tau, 0.0)
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         self.tau = tau
         self.register_buffer("offsets", as_float_tensor(tau * np.log(self.counts)),
                              persistent=False)
@@ -68,8 +66,9 @@ class CDTLoss(LTLoss):
 
     Args:
         gamma: Exponent ``>= 0`` (``0`` is plain CE).
-        weights, weights_start_epoch, total_epochs: see :class:`~lttoolbox.losses.base.LTLoss`.
-        class_counts: Training samples per class (required).
+        **base: ``weights``, ``weights_start_epoch`` and the context, whose ``class_counts``
+            are required (shorthand: ``class_counts=[...]``): see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> loss = CDTLoss(gamma=0.5, class_counts=[100, 25, 1])
@@ -79,12 +78,9 @@ class CDTLoss(LTLoss):
 
     requires_counts = True
 
-    def __init__(self, gamma: float = 0.2, weights: dict | str | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
+    def __init__(self, gamma: float = 0.2, **base: Any):
         gamma = check_number("gamma", gamma, 0.0)
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         self.gamma = gamma
         self.register_buffer("temperatures",
                              as_float_tensor((self.counts.max() / self.counts) ** gamma),

@@ -2,7 +2,7 @@
 (one margin for all classes)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,9 @@ class LDAMLoss(LTLoss):
     Args:
         max_m: Largest margin, in ``(0, 2)`` (paper: 0.5).
         s: Logit scale, ``> 0`` (paper: 30).
-        weights, weights_start_epoch, total_epochs: see :class:`~lttoolbox.losses.base.LTLoss`.
-        class_counts: Training samples per class (required).
+        **base: ``weights``, ``weights_start_epoch`` and the context, whose ``class_counts``
+            are required (shorthand: ``class_counts=[...]``): see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> loss = LDAMLoss(max_m=0.5, class_counts=[100, 10, 1])
@@ -58,13 +59,10 @@ class LDAMLoss(LTLoss):
 
     requires_counts = True
 
-    def __init__(self, max_m: float = 0.5, s: float = 30.0, weights: dict | str | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
+    def __init__(self, max_m: float = 0.5, s: float = 30.0, **base: Any):
         max_m = check_number("max_m", max_m, 0.0, MAX_COSINE_MARGIN, low_open=True, high_open=True)
         s = check_number("s", s, 0.0, low_open=True)
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         self.max_m, self.s = max_m, s
         quarter = self.counts ** -0.25
         self.register_buffer("margins", as_float_tensor(quarter * (max_m / quarter.max())),
@@ -87,8 +85,8 @@ class AMSoftmaxLoss(LTLoss):
     Args:
         m: Additive margin, in ``[0, 2)`` (paper: 0.35).
         s: Logit scale, ``> 0`` (paper: 30).
-        weights, weights_start_epoch, class_counts, num_classes, total_epochs: see
-            :class:`~lttoolbox.losses.base.LTLoss`.
+        **base: ``weights``, ``weights_start_epoch`` and the context (or its shorthands
+            ``class_counts``, ``num_classes``): see :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> import torch
@@ -97,13 +95,10 @@ class AMSoftmaxLoss(LTLoss):
         0.6931
     """
 
-    def __init__(self, m: float = 0.35, s: float = 30.0, weights: dict | str | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
+    def __init__(self, m: float = 0.35, s: float = 30.0, **base: Any):
         m = check_number("m", m, 0.0, MAX_COSINE_MARGIN, high_open=True)
         s = check_number("s", s, 0.0, low_open=True)
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         self.m, self.s = m, s
 
     def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

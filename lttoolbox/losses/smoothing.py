@@ -3,7 +3,7 @@ Recognition" (MiSLAS), CVPR 2021, Sec. 3.2."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,8 +59,9 @@ class LabelAwareSmoothingLoss(LTLoss):
             CIFAR-100-LT: 0.4).
         smooth_tail: ``eps`` of the rarest class, in ``[0, 1)`` (0.0 and 0.1).
         shape: ``concave`` (MiSLAS default), ``linear`` or ``convex``.
-        weights, weights_start_epoch, total_epochs: see :class:`~lttoolbox.losses.base.LTLoss`.
-        class_counts: Training samples per class (required).
+        **base: ``weights``, ``weights_start_epoch`` and the context, whose ``class_counts``
+            are required (shorthand: ``class_counts=[...]``): see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> loss = LabelAwareSmoothingLoss(0.4, 0.1, "linear", class_counts=[101, 51, 1])
@@ -71,16 +72,13 @@ class LabelAwareSmoothingLoss(LTLoss):
     requires_counts = True
 
     def __init__(self, smooth_head: float = 0.3, smooth_tail: float = 0.0, shape: str = "concave",
-                 weights: dict | str | None = None, weights_start_epoch: int = 0,
-                 class_counts: Sequence[float] | None = None, num_classes: int | None = None,
-                 total_epochs: int | None = None):
+                 **base: Any):
         smooth_head = check_number("smooth_head", smooth_head, 0.0, 1.0, high_open=True)
         smooth_tail = check_number("smooth_tail", smooth_tail, 0.0, 1.0, high_open=True)
         if shape not in SHAPES:
             raise ConfigError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}"
                               f"{suggest(str(shape), SHAPES)}")
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         if self.counts.size < 2:
             raise ConfigError("class_counts: label-aware smoothing needs at least two classes")
         self.smooth_head, self.smooth_tail, self.shape = smooth_head, smooth_tail, shape

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..api import Component
+from ..api import Component, Context
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError, DataError
 
@@ -116,14 +116,20 @@ class LTSampler(Component, Sampler):
     for streams that are not class-conditional draws, :meth:`_active_stream`,
     :meth:`_active_length` and :meth:`_active_probabilities`.
 
+    A subclass declares only its own parameters (keyword-only) and passes the rest up
+    (``def __init__(self, *args, q=0.5, **base)``, ``super().__init__(*args, **base)``), so
+    that the labels may come first, positionally, as in ``ClassBalancedSampler(labels)``.
+
     Args:
-        labels: Training label of every image, 1-D integers (numpy array or tensor); context.
-        num_classes: C; context. ``None`` infers ``max(labels) + 1``.
-        seed: The run's seed; the stream depends only on ``(seed, epoch)``; context.
-        rank: This process's rank; context. ``None``: from ``torch.distributed`` if it is
-            initialised, else 0.
-        world_size: Number of ranks; context. ``None``: as for ``rank``, else 1.
-        total_epochs: Length of training in epochs; context (progressive sampling needs it).
+        labels: Shorthand for ``context.labels`` (standalone use).
+        context: What the data and the run tell the sampler (the trainer passes it). It reads
+            ``labels`` (the training label of every image, 1-D integers, numpy array or
+            tensor), ``num_classes`` (C; ``None`` infers ``max(labels) + 1``), ``seed`` (the
+            stream depends only on ``(seed, epoch)``), ``rank`` and ``world_size`` (``None``:
+            from ``torch.distributed`` if it is initialised, else 0 and 1) and
+            ``total_epochs`` (progressive sampling needs it).
+        num_classes, seed, rank, world_size, total_epochs: Shorthands for these fields of the
+            context (standalone use: ``ClassBalancedSampler(labels, num_classes=10, seed=0)``).
         num_samples: Draws per epoch over all ranks; default N, the training-set size.
         start_epoch: Deferred re-sampling: before this epoch the plain ``instance`` stream is
             used.
@@ -134,13 +140,18 @@ class LTSampler(Component, Sampler):
         DataError: see :func:`check_labels`.
     """
 
-    def __init__(self, labels, num_classes: int | None = None, seed: int = 0,
+    def __init__(self, labels=None, *, context: Context | None = None,
+                 num_classes: int | None = None, seed: int | None = None,
                  rank: int | None = None, world_size: int | None = None,
                  total_epochs: int | None = None, num_samples: int | None = None,
                  start_epoch: int = 0, end_epoch: int | None = None):
-        Component.__init__(self, start_epoch, end_epoch)
-        self.labels, self.num_classes, self.class_counts = check_labels(labels, num_classes)
-        self.seed = check_int("seed", seed, minimum=0)
+        context = Context.given(context, labels=labels, num_classes=num_classes, seed=seed,
+                                rank=rank, world_size=world_size, total_epochs=total_epochs)
+        Component.__init__(self, start_epoch, end_epoch, context=context)
+        rank, world_size, total_epochs = context.rank, context.world_size, context.total_epochs
+        self.labels, self.num_classes, self.class_counts = check_labels(context.labels,
+                                                                        context.num_classes)
+        self.seed = check_int("seed", context.seed, minimum=0)
         self._rank = None if rank is None else check_int("rank", rank, minimum=0)
         self._world_size = (None if world_size is None
                             else check_int("world_size", world_size, minimum=1))

@@ -1,6 +1,8 @@
 """Class-power sampling: p_j proportional to n_j^q (class-balanced q = 0, square-root q = 1/2)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..registry import SAMPLERS
@@ -39,8 +41,8 @@ class ClassBalancedSampler(_ClassPowerSampler):
         sampler: {name: class_balanced, start_epoch: 160}  # deferred re-sampling (DRS)
 
     Args:
-        labels, num_classes, seed, rank, world_size, total_epochs, num_samples, start_epoch,
-        end_epoch: See :class:`~lttoolbox.samplers.base.LTSampler`.
+        labels, num_samples, start_epoch, end_epoch (and the context): See
+            :class:`~lttoolbox.samplers.base.LTSampler`.
 
     Example:
         >>> import numpy as np
@@ -50,12 +52,6 @@ class ClassBalancedSampler(_ClassPowerSampler):
     """
 
     q = 0.0
-
-    def __init__(self, labels, num_classes=None, seed=0, rank=None, world_size=None,
-                 total_epochs=None, num_samples=None, start_epoch=0, end_epoch=None):
-        super().__init__(labels, num_classes=num_classes, seed=seed, rank=rank,
-                         world_size=world_size, total_epochs=total_epochs,
-                         num_samples=num_samples, start_epoch=start_epoch, end_epoch=end_epoch)
 
 
 @SAMPLERS.register("square_root")
@@ -78,8 +74,8 @@ class SquareRootSampler(_ClassPowerSampler):
 
     Args:
         q: The power applied to the class counts.
-        labels, num_classes, seed, rank, world_size, total_epochs, num_samples, start_epoch,
-        end_epoch: See :class:`~lttoolbox.samplers.base.LTSampler`.
+        *args, **base: The labels (also positionally), the context, ``num_samples``,
+            ``start_epoch`` and ``end_epoch``: see :class:`~lttoolbox.samplers.base.LTSampler`.
 
     Example:
         >>> import numpy as np
@@ -88,9 +84,6 @@ class SquareRootSampler(_ClassPowerSampler):
         array([0.75, 0.25])
     """
 
-    def __init__(self, labels, num_classes=None, q=0.5, seed=0, rank=None, world_size=None,
-                 total_epochs=None, num_samples=None, start_epoch=0, end_epoch=None):
-        super().__init__(labels, num_classes=num_classes, seed=seed, rank=rank,
-                         world_size=world_size, total_epochs=total_epochs,
-                         num_samples=num_samples, start_epoch=start_epoch, end_epoch=end_epoch)
+    def __init__(self, *args: Any, q: float = 0.5, **base: Any):
+        super().__init__(*args, **base)
         self.q = check_real("q", q)

@@ -1,6 +1,8 @@
 """CMO's minority-weighted distribution Q, in its official-code and its paper form."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -38,8 +40,8 @@ class CMOWeightedSampler(LTSampler):
     Args:
         r: The exponent, ``>= 0`` (the code's ``weighted_alpha``; default 1 as there).
         weighting: ``"image"`` (official code) or ``"class"`` (paper), see above.
-        labels, num_classes, seed, rank, world_size, total_epochs, num_samples, start_epoch,
-        end_epoch: See :class:`~lttoolbox.samplers.base.LTSampler`.
+        *args, **base: The labels (also positionally), the context, ``num_samples``,
+            ``start_epoch`` and ``end_epoch``: see :class:`~lttoolbox.samplers.base.LTSampler`.
 
     Example:
         >>> import numpy as np
@@ -50,12 +52,8 @@ class CMOWeightedSampler(LTSampler):
         array([0.2, 0.8])
     """
 
-    def __init__(self, labels, num_classes=None, r=1.0, weighting="image", seed=0, rank=None,
-                 world_size=None, total_epochs=None, num_samples=None, start_epoch=0,
-                 end_epoch=None):
-        super().__init__(labels, num_classes=num_classes, seed=seed, rank=rank,
-                         world_size=world_size, total_epochs=total_epochs,
-                         num_samples=num_samples, start_epoch=start_epoch, end_epoch=end_epoch)
+    def __init__(self, *args: Any, r: float = 1.0, weighting: str = "image", **base: Any):
+        super().__init__(*args, **base)
         self.r = check_real("r", r)
         if self.r < 0:  # both forms would then favour the majority classes over the minority
             raise ConfigError(f"r must be at least 0, got {r!r}: a negative r weights the frequent "

@@ -21,8 +21,8 @@ class InstanceSampler(LTSampler):
         sampler: {name: instance}
 
     Args:
-        labels, num_classes, seed, rank, world_size, total_epochs, num_samples, start_epoch,
-        end_epoch: See :class:`~lttoolbox.samplers.base.LTSampler`.
+        labels, num_samples, start_epoch, end_epoch (and the context): See
+            :class:`~lttoolbox.samplers.base.LTSampler`.
 
     Example:
         >>> import numpy as np
@@ -30,12 +30,6 @@ class InstanceSampler(LTSampler):
         >>> sorted(s.indices().tolist())
         [0, 1, 2, 3]
     """
-
-    def __init__(self, labels, num_classes=None, seed=0, rank=None, world_size=None,
-                 total_epochs=None, num_samples=None, start_epoch=0, end_epoch=None):
-        super().__init__(labels, num_classes=num_classes, seed=seed, rank=rank,
-                         world_size=world_size, total_epochs=total_epochs,
-                         num_samples=num_samples, start_epoch=start_epoch, end_epoch=end_epoch)
 
     def _active_probabilities(self) -> np.ndarray:
         return self.instance_probabilities

@@ -1,6 +1,8 @@
 """Progressively-balanced sampling: from the instance to the class-balanced distribution."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import ConfigError
@@ -37,10 +39,10 @@ class ProgressiveSampler(LTSampler):
         sampler: {name: progressive, start_epoch: 160}  # DRS: instance, then t/T over 40 epochs
 
     Args:
-        total_epochs: Training length; context (``train.epochs``). Gives T when ``end_epoch`` is
-            not set.
-        labels, num_classes, seed, rank, world_size, num_samples, start_epoch, end_epoch: See
-            :class:`~lttoolbox.samplers.base.LTSampler`.
+        *args, **base: The labels (also positionally), the context, ``num_samples``,
+            ``start_epoch`` and ``end_epoch``: see :class:`~lttoolbox.samplers.base.LTSampler`.
+            The context's ``total_epochs`` (``train.epochs``) gives T when ``end_epoch`` is not
+            set.
 
     Raises:
         ConfigError: neither ``total_epochs`` nor ``end_epoch`` given.
@@ -53,11 +55,8 @@ class ProgressiveSampler(LTSampler):
         array([0.7, 0.3])
     """
 
-    def __init__(self, labels, num_classes=None, seed=0, rank=None, world_size=None,
-                 total_epochs=None, num_samples=None, start_epoch=0, end_epoch=None):
-        super().__init__(labels, num_classes=num_classes, seed=seed, rank=rank,
-                         world_size=world_size, total_epochs=total_epochs,
-                         num_samples=num_samples, start_epoch=start_epoch, end_epoch=end_epoch)
+    def __init__(self, *args: Any, **base: Any):
+        super().__init__(*args, **base)
         last = self.end_epoch if self.end_epoch is not None else self.total_epochs
         if last is None:
             raise ConfigError(

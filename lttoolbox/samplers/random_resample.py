@@ -1,6 +1,8 @@
 """Random over-sampling and under-sampling: balance the epoch by repeating or dropping images."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..registry import SAMPLERS
@@ -15,12 +17,10 @@ class _BalancedEpochSampler(LTSampler):
     """
 
     per_class: int
+    fixed_parameters = ("num_samples",)  # the epoch length is the definition's
 
-    def __init__(self, labels, num_classes=None, seed=0, rank=None, world_size=None,
-                 total_epochs=None, start_epoch=0, end_epoch=None):
-        super().__init__(labels, num_classes=num_classes, seed=seed, rank=rank,
-                         world_size=world_size, total_epochs=total_epochs, num_samples=None,
-                         start_epoch=start_epoch, end_epoch=end_epoch)
+    def __init__(self, *args: Any, **base: Any):
+        super().__init__(*args, num_samples=None, **base)
 
     def _active_length(self) -> int:
         return self.num_classes * self.per_class
@@ -61,9 +61,9 @@ class RandomOverSampler(_BalancedEpochSampler):
         sampler: {name: random_oversample}
 
     Args:
-        labels, num_classes, seed, rank, world_size, total_epochs, start_epoch, end_epoch: See
-            :class:`~lttoolbox.samplers.base.LTSampler` (no ``num_samples``: the epoch has
-            C * n_max draws by definition).
+        *args, **base: The labels (also positionally), the context, ``start_epoch`` and
+            ``end_epoch``: see :class:`~lttoolbox.samplers.base.LTSampler` (no ``num_samples``:
+            the epoch has C * n_max draws by definition).
 
     Example:
         >>> import numpy as np
@@ -95,9 +95,9 @@ class RandomUnderSampler(_BalancedEpochSampler):
         sampler: {name: random_undersample}
 
     Args:
-        labels, num_classes, seed, rank, world_size, total_epochs, start_epoch, end_epoch: See
-            :class:`~lttoolbox.samplers.base.LTSampler` (no ``num_samples``: the epoch has
-            C * n_min draws by definition).
+        *args, **base: The labels (also positionally), the context, ``start_epoch`` and
+            ``end_epoch``: see :class:`~lttoolbox.samplers.base.LTSampler` (no ``num_samples``:
+            the epoch has C * n_min draws by definition).
 
     Example:
         >>> import numpy as np
