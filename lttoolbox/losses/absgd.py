@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -87,8 +87,8 @@ class ABSGDLoss(LTLoss):
         start_epoch: First (0-based) epoch of ABSGD; before it, the plain wrapped loss.
         u_init: ``batch`` (``u`` starts at the first ABSGD batch's ``alpha`` mean) or ``zero``
             (the official code's ``u_0 = 0``).
-        class_counts, num_classes, total_epochs, context: What the trainer passes, handed on
-            to the wrapped loss.
+        **base: The context (shorthands ``class_counts=``, ``num_classes=``), handed on to the
+            wrapped loss as one object; see :class:`~lttoolbox.losses.base.LTLoss`.
 
     The defaults ``lam 0.5, gamma 0.9, alpha 1`` are the code README's key parameters and the
     ``absgd`` package's defaults; the CIFAR recipes use the README's commands.
@@ -110,24 +110,26 @@ class ABSGDLoss(LTLoss):
 
     batch_weighted = True
 
+    # its weighting is its own: class weights and their deferral belong to the wrapped loss
+    fixed_parameters = ("weights", "weights_start_epoch")
+
     def __init__(self, loss: dict | str = "ce", lam: float = 0.5, gamma: float = 0.9,
-                 alpha: float = 1.0, start_epoch: int = 0, u_init: str = "batch",
-                 class_counts: Sequence[float] | None = None, num_classes: int | None = None,
-                 total_epochs: int | None = None, context: Context | None = None):
+                 alpha: float = 1.0, start_epoch: int = 0, u_init: str = "batch", **base: Any):
         lam = check_number("lam", lam, 0.0, low_open=True)
         gamma = check_number("gamma", gamma, 0.0, 1.0, low_open=True)
         alpha = check_number("alpha", alpha, 0.0, low_open=True)
         start_epoch = check_epoch("start_epoch", start_epoch)
         if u_init not in U_INITS:
             raise ConfigError(f"u_init must be one of {', '.join(U_INITS)}, got {u_init!r}")
-        super().__init__(class_counts=class_counts, num_classes=num_classes,
-                         total_epochs=total_epochs)
-        Component.__init__(self, start_epoch=start_epoch)  # the ABSGD phase's window
+        super().__init__(**base)
+        # the ABSGD phase's window
+        Component.__init__(self, start_epoch=start_epoch, context=self.context)
+        total_epochs = self.context.total_epochs
         if total_epochs is not None and start_epoch > 0 and start_epoch >= total_epochs:
             warnings.warn(f"loss 'absgd': start_epoch={start_epoch} is never reached in "
                           f"{total_epochs} epochs, so it trains with the plain wrapped loss",
                           UnreachableEpochWarning, stacklevel=2)
-        self.inner = self._build_inner(loss, class_counts, num_classes, total_epochs, context)
+        self.inner = self._build_inner(loss, self.context)
         self.lam, self.gamma, self.alpha, self.u_init = lam, gamma, alpha, u_init
         self._log_keep = math.log1p(-gamma) if gamma < 1 else -math.inf
         self._log_alpha = math.log(alpha)
@@ -138,9 +140,8 @@ class ABSGDLoss(LTLoss):
         self.register_buffer("log_u_next", torch.full((), -math.inf), persistent=False)
 
     @staticmethod
-    def _build_inner(cfg: Any, class_counts, num_classes, total_epochs,
-                     context: Context | None) -> LTLoss:
-        """The wrapped loss, built with what the trainer passed; errors keyed ``loss.<...>``."""
+    def _build_inner(cfg: Any, context: Context) -> LTLoss:
+        """The wrapped loss, built with the same context; errors keyed ``loss.<...>``."""
         if isinstance(cfg, str):
             cfg = {"name": cfg}
         if not isinstance(cfg, dict) or "name" not in cfg:
@@ -150,11 +151,7 @@ class ABSGDLoss(LTLoss):
         if getattr(factory, "batch_weighted", False):
             raise ConfigError(f"absgd wraps a per-sample loss; '{cfg['name']}' weighs its "
                               f"samples by the batch itself", key="loss.name")
-        given = {"class_counts": class_counts, "num_classes": num_classes,
-                 "total_epochs": total_epochs}
-        offered = {**(context.as_kwargs() if context is not None else {}),
-                   **{k: v for k, v in given.items() if v is not None}}
-        return LOSSES.build(cfg, key="loss", **offered)
+        return LOSSES.build(cfg, key="loss", context=context)
 
     # ------------------------------------------------------------------ the moving average
     @property

@@ -1,7 +1,7 @@
 """The maximum-margin (MM) loss: a per-sample hard margin that shifts the decision boundary."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 
@@ -49,8 +49,9 @@ class MaxMarginLoss(LTLoss):
         variant: ``hmm`` or ``hmm_ldam``.
         ldam_max_m: LDAM's largest margin for ``hmm_ldam``, in ``(0, 2)``; ``max_m`` must be at
             least this large, so that ``M_y >= 0``.
-        weights, weights_start_epoch, total_epochs: see :class:`~lttoolbox.losses.base.LTLoss`.
-        class_counts: Training samples per class (required by ``hmm_ldam``).
+        **base: ``weights``, ``weights_start_epoch`` and the context, whose ``class_counts``
+            ``hmm_ldam`` requires (shorthand: ``class_counts=[...]``): see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> import torch
@@ -63,10 +64,7 @@ class MaxMarginLoss(LTLoss):
     stops_gradient = True  # the margin m is a constant for the gradient, as in the code
 
     def __init__(self, max_m: float = 0.5, gamma: float = 10.0, s: float = 30.0,
-                 variant: str = "hmm", ldam_max_m: float = 0.5,
-                 weights: dict | str | None = None, weights_start_epoch: int = 0,
-                 class_counts: Sequence[float] | None = None, num_classes: int | None = None,
-                 total_epochs: int | None = None):
+                 variant: str = "hmm", ldam_max_m: float = 0.5, **base: Any):
         max_m = check_number("max_m", max_m, 0.0)
         gamma = check_number("gamma", gamma, 0.0)
         s = check_number("s", s, 0.0, low_open=True)
@@ -79,12 +77,11 @@ class MaxMarginLoss(LTLoss):
             raise ConfigError(f"must be at least ldam_max_m ({ldam_max_m}) with variant hmm_ldam, "
                               f"so that max_m - m_LDAM(y) >= 0 for every class; got {max_m}",
                               key="max_m")
-        if variant == "hmm_ldam" and class_counts is None:
+        super().__init__(**base)
+        if variant == "hmm_ldam" and self.counts is None:
             raise ConfigError("class_counts is required by loss 'mm' with variant hmm_ldam "
                               "(LDAM's per-class margins); the trainer passes it, outside the "
                               "trainer build with class_counts=[...]")
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
         self.max_m, self.gamma, self.s, self.variant = max_m, gamma, s, variant
         self.ldam_max_m = ldam_max_m
         if variant == "hmm_ldam":

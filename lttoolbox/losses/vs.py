@@ -1,7 +1,7 @@
 """The vector-scaling (VS) loss: a multiplicative and an additive logit adjustment per class."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +36,9 @@ class VSLoss(LTLoss):
     Args:
         gamma: Exponent of the multiplicative adjustment, ``>= 0``.
         tau: Strength of the additive adjustment, ``>= 0``.
-        weights, weights_start_epoch, total_epochs: see :class:`~lttoolbox.losses.base.LTLoss`.
-        class_counts: Training samples per class (required).
+        **base: ``weights``, ``weights_start_epoch`` and the context, whose ``class_counts``
+            are required (shorthand: ``class_counts=[...]``): see
+            :class:`~lttoolbox.losses.base.LTLoss`.
 
     Example:
         >>> import torch
@@ -50,13 +51,10 @@ class VSLoss(LTLoss):
 
     requires_counts = True
 
-    def __init__(self, gamma: float = 0.3, tau: float = 1.0, weights: dict | str | None = None,
-                 weights_start_epoch: int = 0, class_counts: Sequence[float] | None = None,
-                 num_classes: int | None = None, total_epochs: int | None = None):
+    def __init__(self, gamma: float = 0.3, tau: float = 1.0, **base: Any):
         gamma = check_number("gamma", gamma, 0.0)
         tau = check_number("tau", tau, 0.0)
-        super().__init__(class_counts=class_counts, num_classes=num_classes, weights=weights,
-                         weights_start_epoch=weights_start_epoch, total_epochs=total_epochs)
+        super().__init__(**base)
         self.gamma, self.tau = gamma, tau
         counts = np.asarray(self.counts, dtype=np.float64)
         self.register_buffer("scales", as_float_tensor((counts / counts.max()) ** gamma),
