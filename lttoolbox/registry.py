@@ -390,10 +390,11 @@ GENERATORS = Registry("generator", "lttoolbox.generators", context=PHASE_CONTEXT
 # Heads are built by the model (``model.head``), from its feature width and class count.
 HEAD_CONTEXT = ("in_features", "num_classes")
 HEADS = Registry("head", "lttoolbox.models", context=HEAD_CONTEXT)
-# ``optim``: an entry gets the parameter groups (``params``) and whether a fused kernel is to be
-# used (``fused``); it returns a ``torch.optim.Optimizer`` whose ``step(closure)`` may call the
-# closure more than once (a two-pass method), as torch's convention allows.
-OPTIMIZERS = Registry("optimizer", "lttoolbox.engine.optim", context=("params", "fused"))
+# ``optim``: an entry gets the parameter groups (``params``), whether a fused kernel is to be
+# used (``fused``) and the network (``model``: a two-pass method may hold its BatchNorm statistics
+# during the second pass); it returns a ``torch.optim.Optimizer`` whose ``step(closure)`` may call
+# the closure more than once, as torch's convention allows.
+OPTIMIZERS = Registry("optimizer", "lttoolbox.engine.optim", context=("params", "fused", "model"))
 # ``schedule``: an entry is the decayed rate of an epoch, ``f(epoch, base_lr, total_epochs,
 # warmup_epochs, **its parameters)``; the warm-up multiplies it (lttoolbox.engine.optim.lr_at).
 SCHEDULE_CONTEXT = ("epoch", "base_lr", "total_epochs", "warmup_epochs")

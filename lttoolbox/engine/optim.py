@@ -107,7 +107,7 @@ def build_optimizer(model: nn.Module, cfg: dict,
     # One fused kernel for the whole update instead of foreach launches per tensor group (the
     # CUDA fast path; elsewhere torch's default, foreach where supported).
     fused = True if all(p.is_cuda for p in decay + plain) else None
-    return OPTIMIZERS.build(cfg, key="optim", params=groups, fused=fused)
+    return OPTIMIZERS.build(cfg, key="optim", params=groups, fused=fused, model=model)
 
 
 def no_decay_names(modules: list[tuple[str, nn.Module]], spec: list[str],
