@@ -4,7 +4,6 @@ named-point contract, and loading local torchvision weights checked against torc
 Inputs are 64x64 (the networks are size-agnostic) and each model is built once where possible,
 so the file stays cheap on a CPU; the expected shapes are worked out from the architectures.
 """
-import doctest
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 import lttoolbox.models as models_pkg
 from lttoolbox.batch import Batch
 from lttoolbox.errors import ConfigError
-from lttoolbox.models import (CosineHead, ImageNetResNet, LTModel, load_torchvision_weights,
-                              resnet_imagenet)
+from lttoolbox.models import CosineHead, ImageNetResNet, LTModel, load_torchvision_weights
 from lttoolbox.registry import MODELS
 from conftest import PerEntry
 
@@ -320,11 +318,6 @@ def test_bad_parameters():
         build("resnet10", zero_init_residual="yes")
     with pytest.raises(ConfigError, match="model.weights: must be a path"):
         build("resnet10", weights=3)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(resnet_imagenet)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_a_finished_run_opens_without_its_pretrained_file(tmp_path, resnet10_state):

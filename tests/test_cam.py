@@ -245,10 +245,3 @@ def test_cam_recipes_run(tmp_path, name):
     assert generated[0]["generated"]["images"] > 0
     assert len(results["history"]) == len(recipe["phases"])
 
-
-def test_the_docstring_examples_run():
-    import doctest
-
-    import lttoolbox.augment.cam as cam
-    result = doctest.testmod(cam)
-    assert result.attempted and not result.failed

@@ -4,14 +4,21 @@ The ``>>>`` examples of every module of the package (module, class and function 
 collected with :mod:`doctest` and run, one test per module, from the repository root. An example
 that cannot run in a test (it trains, downloads, or needs a data set that is not here) is marked
 ``# doctest: +SKIP`` where it stands.
+
+Every registered entry (of every registry in :mod:`lttoolbox.registry`) has such an example in
+its own docstring, the one ``help()`` and ``lttrain --list`` read: the style guide's "runnable
+example" for each trick, which the per-module runner above then runs.
 """
 from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 from pathlib import Path
 
 import pytest
+
+from lttoolbox import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +46,9 @@ def _defined_in(test: doctest.DocTest, module) -> bool:
 
 def test_the_package_has_examples():
     assert sum(len(examples(n)) for n in ("lttoolbox", "lttoolbox.rundir")) >= 3
+    # The model and generator contracts are shown by examples; they are no registered entry, so
+    # the check of every entry's own example below does not reach them.
+    assert all(examples(n) for n in ("lttoolbox.models.base", "lttoolbox.generators.base"))
 
 
 @pytest.mark.parametrize("name", module_names())
@@ -65,3 +75,42 @@ def test_a_wrong_example_fails_and_an_imported_one_is_left_to_its_module(tmp_pat
     for test in found:
         runner.run(test, out=lambda text: None)
     assert [t.name for t in found] == ["lt_doc_a.f"] and runner.summarize(False).failed == 1
+
+
+def registries() -> dict[str, registry.Registry]:
+    """Every family's registry, by kind, as :mod:`lttoolbox.registry` defines them."""
+    found = {r.kind: r for r in vars(registry).values() if isinstance(r, registry.Registry)}
+    assert len(found) >= 9, sorted(found)  # data, model, head, sampler, loss, augment, ...
+    return found
+
+
+def own_example(factory) -> bool:
+    """Whether ``factory``'s own docstring has a ``>>>`` example. ``inspect.getdoc`` falls back
+    to a base class's docstring for a class without one: that is not the entry's own."""
+    return factory.__doc__ is not None and ">>>" in inspect.getdoc(factory)
+
+
+@pytest.mark.parametrize("kind, name", [(kind, name) for kind, r in registries().items()
+                                        for name in r.names()])
+def test_every_registered_entry_has_an_example_of_its_own(kind, name):
+    factory = registries()[kind].get(name)
+    assert own_example(factory), (f"{kind} '{name}' ({factory.__module__}."
+                                  f"{factory.__qualname__}) has no >>> example in its docstring")
+
+
+def test_an_entry_without_an_example_of_its_own_is_found():
+    class Documented:
+        """A toy.
+
+        Example:
+            >>> Documented()  # doctest: +ELLIPSIS
+            <...>
+        """
+
+    class Inherits(Documented):
+        pass
+
+    def bare():
+        """A toy without an example."""
+
+    assert [own_example(f) for f in (Documented, Inherits, bare)] == [True, False, False]

@@ -563,14 +563,6 @@ def test_an_unknown_point_is_named_with_the_models_points(tmp_path):
                 tmp_path / "run", quiet=True)
 
 
-@pytest.mark.parametrize("module", ["base", "rsg", "delta_encoder", "hallucinator", "ftl"])
-def test_docstring_examples(module):
-    import doctest
-    import importlib
-    result = doctest.testmod(importlib.import_module(f"lttoolbox.generators.{module}"))
-    assert result.attempted and result.failed == 0
-
-
 @pytest.mark.parametrize("name", SMALL.names)
 def test_alpha_and_beta_follow_the_data_profile_unless_given(name):
     kw = dict(num_classes=5, class_counts=COUNTS, feature_shape=SHAPE)

@@ -5,8 +5,6 @@ calling the code under test.
 """
 from __future__ import annotations
 
-import doctest
-import importlib
 import math
 
 import numpy as np
@@ -129,14 +127,6 @@ def test_every_registered_loss_builds_from_its_defaults_and_is_exported():
         assert isinstance(build({"name": name}), cls)
     from lttoolbox.losses import mixed_loss as exported
     assert exported is mixed_loss
-
-
-@pytest.mark.parametrize("module", ["weights", "base", "ce", "focal", "class_balanced", "margin",
-                                    "logit_adjust", "smoothing", "vs", "absgd"])
-def test_docstring_examples(module):
-    mod = importlib.import_module(f"lttoolbox.losses.{module}")
-    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
 
 
 # ------------------------------------------------------------------------ contract

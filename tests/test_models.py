@@ -606,10 +606,3 @@ def test_digits_cnn_learns_balanced_digits():
         accuracy = (model(x[test]).argmax(1) == y[test]).float().mean().item()
     assert accuracy > 0.9
 
-
-def test_the_model_contract_docstring_examples_run():
-    import doctest
-
-    import lttoolbox.models.base as base
-    result = doctest.testmod(base)
-    assert result.attempted and not result.failed

@@ -221,6 +221,27 @@ class CAMResample(Component):
           - name: cam_drs
             augment: [{name: cam_resample}]
             sampler: {name: class_balanced}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.api import Context
+        >>> from lttoolbox.augment import CAMResample
+        >>> from lttoolbox.models import DigitsCNN
+        >>> aug = CAMResample(target=100)
+        >>> aug.adds_images, aug.reads_trained_model, aug.mixes, aug.points()
+        (True, True, False, ())
+        >>> aug.additions([120, 40, 7]), CAMResample().additions([500, 100, 20])  # to 100; to 520
+        ([0, 60, 93], [20, 420, 500])
+        >>> _ = torch.manual_seed(0)
+        >>> model = DigitsCNN(num_classes=2)  # in a run: the model trained so far
+        >>> aug = CAMResample(context=Context(point_names=model.point_names))
+        >>> aug.feature_point  # the last feature map before pooling
+        'layer2'
+        >>> images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+        >>> out = aug.prepare(model, images, torch.tensor([0, 0, 0, 0, 1]),
+        ...                   transform=lambda x: x.float() / 255, phase_index=0)
+        >>> out["images"].dtype, tuple(out["images"].shape), out["labels"].tolist()  # to 4 + 1 each
+        (torch.uint8, (5, 1, 8, 8), [0, 1, 1, 1, 1])
     """
 
     adds_images = True  # at its phase's start; it does not act inside the model (no points)

@@ -34,6 +34,19 @@ class OneOf(Component):
         p: Probability of each choice per batch (sum at most 1; the rest: no mixing).
         start_epoch, end_epoch: The window of the whole entry.
         context: What the trainer passes, handed on to the choices as it is.
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.augment import OneOf
+        >>> from lttoolbox.batch import Batch
+        >>> aug = OneOf(choices=["mixup", {"name": "cutmix", "alpha": 1.0}], p=[0.5, 0.25])
+        >>> [type(c).__name__ for c in aug.choices], aug.points()
+        (['Mixup', 'CutMix'], ('input',))
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.zeros(4, 1, 4, 4), torch.arange(4)
+        >>> # a batch is mixed with probability 0.5 + 0.25: about 750 of 1000 are
+        >>> sum(aug(x, Batch.plain(x, y))[1].mixed for _ in range(1000))
+        763
     """
 
     mixes = True

@@ -81,6 +81,21 @@ class CutMix(MixingAugment):
     Recipe::
 
         augment: [{name: cutmix, alpha: 1.0, p: 0.5}]
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.augment import CutMix
+        >>> from lttoolbox.batch import Batch
+        >>> _ = torch.manual_seed(4)
+        >>> x = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 4, 4)  # images of 0s, 1s and 2s
+        >>> aug = CutMix(p=1.0)
+        >>> h, mixed = aug(x, Batch.plain(x, torch.tensor([0, 1, 2])))
+        >>> aug.last_boxes.tolist()  # (top, left, bottom, right) per sample
+        [[1, 0, 3, 1], [0, 1, 2, 3], [1, 1, 3, 3]]
+        >>> mixed.y_b.tolist(), mixed.lam.tolist()  # lam: the share left uncovered, 1 - 4 / 16
+        ([0, 2, 1], [0.875, 0.75, 0.75])
+        >>> h.mean(dim=(1, 2, 3)).tolist()  # lam x_i + (1 - lam) x_j: 0.75 * 1 + 0.25 * 2, ...
+        [0.0, 1.25, 1.75]
     """
 
     def __init__(self, alpha: float = 1.0, p: float = 0.5, start_epoch: int = 0,
@@ -130,6 +145,23 @@ class CMO(MixingAugment):
     Recipe::
 
         augment: [{name: cmo, alpha: 1.0, p: 0.5, start_epoch: 4, end_epoch: 197}]
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.api import Context
+        >>> from lttoolbox.augment import CMO
+        >>> from lttoolbox.batch import Batch
+        >>> labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])  # class 1 is the minority
+        >>> images = labels.float().view(8, 1, 1, 1).expand(8, 1, 4, 4)  # its images are 1s
+        >>> aug = CMO(p=1.0, r=2.0, context=Context(labels=labels,
+        ...                                          fetch=lambda i: (images[i], labels[i])))
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.zeros(4, 1, 4, 4)  # a background batch of class 0
+        >>> h, mixed = aug(x, Batch.plain(x, torch.zeros(4, dtype=torch.long)))
+        >>> mixed.y_b.tolist(), mixed.lam.tolist()  # foreground labels; background shares
+        ([0, 1, 1, 0], [1.0, 0.875, 0.75, 0.875])
+        >>> h.mean(dim=(1, 2, 3)).tolist()  # a class-1 box covers 1 - lam of the image
+        [0.0, 0.125, 0.25, 0.0]
     """
 
     def __init__(self, alpha: float = 1.0, p: float = 0.5, r: float = 1.0,

@@ -57,6 +57,19 @@ class Mixup(MixingAugment):
     Recipe::
 
         augment: [{name: mixup, alpha: 1.0}]
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.augment import Mixup
+        >>> from lttoolbox.batch import Batch
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.arange(4.0).view(4, 1), torch.tensor([0, 1, 2, 3])
+        >>> h, mixed = Mixup(alpha=1.0)(x, Batch.plain(x, y))
+        >>> round(float(mixed.lam[0]), 4), mixed.y_b.tolist()  # one lam per batch; the partners
+        (0.8638, [1, 0, 3, 2])
+        >>> # lam x_i + (1 - lam) x_j: 0.8638 * 0 + 0.1362 * 1, 0.8638 * 1 + 0.1362 * 0, ...
+        >>> [round(v, 4) for v in h.flatten().tolist()]
+        [0.1362, 0.8638, 2.1362, 2.8638]
     """
 
     def __init__(self, alpha: float = 1.0, p: float = 1.0, start_epoch: int = 0,
@@ -91,6 +104,23 @@ class ManifoldMixup(MixingAugment):
     Recipe::
 
         augment: [{name: manifold_mixup, alpha: 2.0, point: [input, layer1, layer2]}]
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.api import Context
+        >>> from lttoolbox.augment import ManifoldMixup
+        >>> from lttoolbox.batch import Batch
+        >>> points = ("input", "layer1", "layer2", "features")
+        >>> ManifoldMixup(point=["layer2", "layer1"], context=Context(point_names=points)).points()
+        ('layer1', 'layer2')
+        >>> _ = torch.manual_seed(0)
+        >>> aug = ManifoldMixup(alpha=2.0)  # at the pooled features
+        >>> f = torch.tensor([[0.0], [1.0]])
+        >>> h, mixed = aug(f, Batch.plain(f, torch.tensor([0, 1])))
+        >>> aug.point, round(float(mixed.lam[0]), 4), mixed.y_b.tolist()
+        ('features', 0.4886, [1, 0])
+        >>> [round(v, 4) for v in h.flatten().tolist()]  # 0.4886 * 0 + 0.5114 * 1, 0.4886 * 1 + 0
+        [0.5114, 0.4886]
     """
 
     def __init__(self, alpha: float = 2.0, point: str | Sequence[str] = "features",
@@ -160,6 +190,19 @@ class Remix(MixingAugment):
     Recipe::
 
         augment: [{name: remix, alpha: 1.0, kappa: 3.0, tau: 0.5}]
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.api import Context
+        >>> from lttoolbox.augment import Remix
+        >>> aug = Remix(kappa=3.0, tau=0.5, context=Context.from_counts([100, 10]))
+        >>> y_a, y_b = torch.tensor([0, 1]), torch.tensor([1, 0])  # head with tail, tail with head
+        >>> # lam < tau: the head sample (0) keeps little of its image; its label goes to the tail
+        >>> [round(v, 4) for v in aug.label_weight(0.3, y_a, y_b).tolist()]
+        [0.0, 0.3]
+        >>> # 1 - lam < tau: the tail sample (1) takes little of the head image; it keeps its label
+        >>> [round(v, 4) for v in aug.label_weight(0.8, y_a, y_b).tolist()]
+        [0.8, 1.0]
     """
 
     def __init__(self, alpha: float = 1.0, kappa: float = 3.0, tau: float = 0.5,

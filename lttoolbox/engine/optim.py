@@ -52,7 +52,18 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.Lo
 def sgd(params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 2e-4,
         nesterov: bool = False, fused: bool | None = None) -> torch.optim.Optimizer:
     """SGD with momentum; the defaults are the CIFAR-LT protocol of the LDAM-DRW and Bag of
-    Tricks code."""
+    Tricks code.
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.engine.optim import sgd
+        >>> w = torch.tensor([1.0], requires_grad=True)
+        >>> opt = sgd([w], lr=0.1)
+        >>> (w ** 2).sum().backward()  # gradient 2 w = 2, plus weight decay 2e-4 w
+        >>> opt.step()
+        >>> round(w.item(), 6)  # 1 - 0.1 * (2 + 2e-4)
+        0.79998
+    """
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                            nesterov=nesterov, fused=fused)
 
@@ -60,7 +71,18 @@ def sgd(params, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 2e
 @OPTIMIZERS.register("adam")
 def adam(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
          weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
-    """Adam (Kingma and Ba, ICLR 2015) with torch's own defaults."""
+    """Adam (Kingma and Ba, ICLR 2015) with torch's own defaults.
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.engine.optim import adam
+        >>> w = torch.tensor([1.0], requires_grad=True)
+        >>> opt = adam([w], lr=0.1)
+        >>> (w ** 2).sum().backward()
+        >>> opt.step()
+        >>> round(w.item(), 6)  # the bias-corrected first step is lr times the gradient's sign
+        0.9
+    """
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps,
                             weight_decay=weight_decay, fused=fused)
 
@@ -68,7 +90,18 @@ def adam(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-
 @OPTIMIZERS.register("adamw")
 def adamw(params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
           weight_decay: float = 1e-2, fused: bool | None = None) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov and Hutter, ICLR 2019): decoupled weight decay; torch's defaults."""
+    """AdamW (Loshchilov and Hutter, ICLR 2019): decoupled weight decay; torch's defaults.
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.engine.optim import adamw
+        >>> w = torch.tensor([1.0], requires_grad=True)
+        >>> opt = adamw([w], lr=0.1)
+        >>> (w ** 2).sum().backward()
+        >>> opt.step()
+        >>> round(w.item(), 6)  # w (1 - lr * 0.01), then Adam's step of lr: 0.999 - 0.1
+        0.899
+    """
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps,
                              weight_decay=weight_decay, fused=fused)
 
@@ -141,7 +174,14 @@ WARMUP_UNITS = ("epoch", "step")
 def multistep(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float,
               milestones: Iterable[int] = (), gamma: float = 0.1) -> float:
     """``base_lr * gamma ** k`` from the k-th milestone on (0-based epochs): the LDAM-DRW
-    script's step decay."""
+    script's step decay.
+
+    Example:
+        >>> from lttoolbox.engine.optim import multistep
+        >>> [multistep(e, 0.1, 200, 5, milestones=[160, 180], gamma=0.01)
+        ...  for e in (0, 159, 160, 180)]
+        [0.1, 0.1, 0.001, 1e-05]
+    """
     return base_lr * gamma ** bisect.bisect_right(sorted(milestones), epoch)
 
 
@@ -149,7 +189,15 @@ def multistep(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: floa
 def cosine(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float,
            min_lr: float = 0.0) -> float:
     """Cosine decay to ``min_lr`` over the epochs after the warm-up, counted at the end of the
-    epoch (the decoupling code's ``CosineAnnealingLR`` stepped before each epoch)."""
+    epoch (the decoupling code's ``CosineAnnealingLR`` stepped before each epoch).
+
+    Example:
+        >>> from lttoolbox.engine.optim import cosine
+        >>> [round(cosine(e, 0.1, 10, 0), 6) for e in (0, 4, 9)]  # the cosine of (e + 1) / 10
+        [0.097553, 0.05, 0.0]
+        >>> [round(cosine(e, 0.1, 10, 2, min_lr=0.01), 6) for e in (1, 5, 9)]  # 2 warm-up epochs
+        [0.1, 0.055, 0.01]
+    """
     span = max(1, total_epochs - warmup_epochs)
     progress = min(1.0, max(0.0, (epoch + 1 - warmup_epochs) / span))
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
@@ -157,7 +205,13 @@ def cosine(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float,
 
 @SCHEDULES.register("constant")
 def constant(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float) -> float:
-    """``base_lr`` throughout (after the warm-up)."""
+    """``base_lr`` throughout (after the warm-up).
+
+    Example:
+        >>> from lttoolbox.engine.optim import constant, lr_at
+        >>> constant(7, 0.1, 10, 0), lr_at(0, 0.1, name="constant", warmup_epochs=4)
+        (0.1, 0.025)
+    """
     return base_lr
 
 

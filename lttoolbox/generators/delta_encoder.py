@@ -43,16 +43,6 @@ synthesises, then trains a classifier), with the simplest faithful choices:
   as in the paper and the official code: samples are synthesised without dropout and detached
   from it, and train the layers after the point through the classification loss. Inputs are read
   detached, as RSG reads them.
-
-Example:
-    >>> import torch
-    >>> from lttoolbox.batch import Batch
-    >>> gen = DeltaEncoder(num_classes=3, class_counts=[50, 40, 5], feature_shape=(4, 2, 2),
-    ...                    frequent_fraction=0.67, hidden=8, latent_dim=2)
-    >>> h, y = torch.randn(5, 4, 2, 2), torch.tensor([0, 1, 0, 2, 1])
-    >>> h2, batch = gen(h, Batch.plain(h, y))
-    >>> tuple(h2.shape), batch.y_a.tolist()[5:]  # s_new = max(floor(4 / 1), 1) * 1
-    ((9, 4, 2, 2), [2, 2, 2, 2])
 """
 from __future__ import annotations
 
@@ -116,6 +106,17 @@ class DeltaEncoder(FeatureGenerator):
     Recipe::
 
         generator: {name: delta_encoder, point: layer2}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.generators import DeltaEncoder
+        >>> from lttoolbox.batch import Batch
+        >>> gen = DeltaEncoder(num_classes=3, class_counts=[50, 40, 5], feature_shape=(4, 2, 2),
+        ...                    frequent_fraction=0.67, hidden=8, latent_dim=2)
+        >>> h, y = torch.randn(5, 4, 2, 2), torch.tensor([0, 1, 0, 2, 1])
+        >>> h2, batch = gen(h, Batch.plain(h, y))
+        >>> tuple(h2.shape), batch.y_a.tolist()[5:]  # s_new = max(floor(4 / 1), 1) * 1
+        ((9, 4, 2, 2), [2, 2, 2, 2])
     """
 
     def __init__(self, hidden: int = 512, latent_dim: int = 16, dropout: float = 0.5,

@@ -24,18 +24,6 @@ Choices where the paper leaves the detail open or the setting differs (docs/gene
   schedule belong to its face-recognition pipeline; the transfer itself is the part compared.
   The new samples carry no gradient and train the layers after the point.
 * ``s_new`` is RSG's rule (:func:`~lttoolbox.generators.base.generation_count`).
-
-Example:
-    >>> import torch
-    >>> from lttoolbox.batch import Batch
-    >>> gen = FTL(num_classes=2, class_counts=[50, 5], feature_shape=(3, 1, 1),
-    ...           frequent_fraction=0.5, components=1)
-    >>> h, y = torch.randn(4, 3, 1, 1), torch.tensor([0, 0, 0, 1])
-    >>> _ = gen(h, Batch.plain(h, y))      # epoch 0: statistics only
-    >>> gen.set_epoch(1)                   # centers and directions from epoch 0
-    >>> h2, batch = gen(h, Batch.plain(h, y))
-    >>> tuple(h2.shape), batch.y_a.tolist()
-    ((7, 3, 1, 1), [0, 0, 0, 1, 1, 1, 1])
 """
 from __future__ import annotations
 
@@ -61,6 +49,19 @@ class FTL(FeatureGenerator):
     Recipe::
 
         generator: {name: ftl, point: layer2}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.generators import FTL
+        >>> from lttoolbox.batch import Batch
+        >>> gen = FTL(num_classes=2, class_counts=[50, 5], feature_shape=(3, 1, 1),
+        ...           frequent_fraction=0.5, components=1)
+        >>> h, y = torch.randn(4, 3, 1, 1), torch.tensor([0, 0, 0, 1])
+        >>> _ = gen(h, Batch.plain(h, y))      # epoch 0: statistics only
+        >>> gen.set_epoch(1)                   # centers and directions from epoch 0
+        >>> h2, batch = gen(h, Batch.plain(h, y))
+        >>> tuple(h2.shape), batch.y_a.tolist()
+        ((7, 3, 1, 1), [0, 0, 0, 1, 1, 1, 1])
     """
 
     def __init__(self, components: int = 10, **base: Any):

@@ -18,16 +18,6 @@ Choices where the paper leaves the detail open or the setting differs (docs/gene
 * Seeds are the batch's rare-class samples (read detached, as RSG reads them), ``s_new`` is
   RSG's rule (:func:`~lttoolbox.generators.base.generation_count`), so the generators compare
   like for like; the hallucinator has no auxiliary loss.
-
-Example:
-    >>> import torch
-    >>> from lttoolbox.batch import Batch
-    >>> gen = Hallucinator(num_classes=2, class_counts=[50, 5], feature_shape=(4, 2, 2),
-    ...                    frequent_fraction=0.5, noise_dim=3)
-    >>> h, y = torch.randn(3, 4, 2, 2), torch.tensor([0, 0, 1])
-    >>> h2, batch = gen(h, Batch.plain(h, y))
-    >>> torch.equal(h2[3], h[2]), batch.y_a.tolist()  # identity at the start
-    (True, [0, 0, 1, 1, 1])
 """
 from __future__ import annotations
 
@@ -55,6 +45,17 @@ class Hallucinator(FeatureGenerator):
     Recipe::
 
         generator: {name: hallucinator, point: layer2}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.generators import Hallucinator
+        >>> from lttoolbox.batch import Batch
+        >>> gen = Hallucinator(num_classes=2, class_counts=[50, 5], feature_shape=(4, 2, 2),
+        ...                    frequent_fraction=0.5, noise_dim=3)
+        >>> h, y = torch.randn(3, 4, 2, 2), torch.tensor([0, 0, 1])
+        >>> h2, batch = gen(h, Batch.plain(h, y))
+        >>> torch.equal(h2[3], h[2]), batch.y_a.tolist()  # identity at the start
+        (True, [0, 0, 1, 1, 1])
     """
 
     def __init__(self, noise_dim: int | None = None, hidden: int | None = None, **base: Any):

@@ -57,16 +57,6 @@ Deliberate deviations from the official code (docs/generators.md):
 Ablations (the paper's Table 3) are configuration: ``mv_terms`` without one of ``cosine``,
 ``norm``, ``contrastive``; ``displace: centers`` adds ``T(x_fd)`` to the rare sample's center
 instead of the sample; ``transform: false`` adds ``x_fd`` directly (no ``T``, no ``L_MV``).
-
-Example:
-    >>> import torch
-    >>> from lttoolbox.batch import Batch
-    >>> rsg = RSG(num_classes=3, class_counts=[50, 5, 5], feature_shape=(4, 2, 2),
-    ...           frequent_fraction=0.34, generation_start_epoch=0, contrastive_channels=8)
-    >>> h, y = torch.randn(4, 4, 2, 2), torch.tensor([0, 0, 1, 2])
-    >>> h2, batch = rsg(h, Batch.plain(h, y))
-    >>> tuple(h2.shape), batch.y_a.tolist()  # s_new = max(floor(2 / 2), 1) * 2
-    ((6, 4, 2, 2), [0, 0, 1, 2, 1, 2])
 """
 from __future__ import annotations
 
@@ -183,6 +173,17 @@ class RSG(FeatureGenerator):
     Recipe::
 
         generator: {name: rsg, point: layer2, generation_start_epoch: 160}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.generators import RSG
+        >>> from lttoolbox.batch import Batch
+        >>> rsg = RSG(num_classes=3, class_counts=[50, 5, 5], feature_shape=(4, 2, 2),
+        ...           frequent_fraction=0.34, generation_start_epoch=0, contrastive_channels=8)
+        >>> h, y = torch.randn(4, 4, 2, 2), torch.tensor([0, 0, 1, 2])
+        >>> h2, batch = rsg(h, Batch.plain(h, y))
+        >>> tuple(h2.shape), batch.y_a.tolist()  # s_new = max(floor(2 / 2), 1) * 2
+        ((6, 4, 2, 2), [0, 0, 1, 2, 1, 2])
     """
 
     def __init__(self, num_centers: int = 15, contrastive_channels: int = 256,

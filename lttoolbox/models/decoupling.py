@@ -72,6 +72,26 @@ class TauNormHead(nn.Module, Head):
           - name: tau_norm
             model: {head: {name: tau_norm, tau: auto}}
             train: {epochs: 0}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.models.heads import LinearHead
+        >>> from lttoolbox.models.decoupling import TauNormHead
+        >>> old = LinearHead(2, 2)  # the first phase's classifier: rows of norm 5 and 1
+        >>> with torch.no_grad():
+        ...     _ = old.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+        ...     _ = old.bias.copy_(torch.tensor([0.5, 0.5]))
+        >>> f = torch.ones(1, 2)
+        >>> old(f).tolist()
+        [[7.5, 1.5]]
+        >>> head = TauNormHead(2, 2, tau=1.0)
+        >>> head.adopt(old)  # the rows are taken over; the bias is dropped
+        >>> [round(v, 4) for v in head(f)[0].tolist()], tuple(head(f).shape)  # 7 / 5, 1 / 1
+        ([1.4, 1.0], (1, 2))
+        >>> head = TauNormHead(2, 2, tau=0.0)
+        >>> head.adopt(old)
+        >>> head(f).tolist(), list(head.parameters())  # tau 0: the rows unchanged; nothing trains
+        ([[7.0, 1.0]], [])
     """
 
     follows = ("linear", "tau_norm", "lws")
@@ -157,6 +177,24 @@ class LWSHead(nn.Module, Head):
             model: {head: lws}
             sampler: {name: class_balanced}
             train: {epochs: 30, freeze: [backbone]}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.models.heads import LinearHead
+        >>> from lttoolbox.models.decoupling import LWSHead
+        >>> old = LinearHead(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = old.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+        ...     _ = old.bias.copy_(torch.tensor([0.5, 0.5]))
+        >>> head = LWSHead(2, 2)
+        >>> head.adopt(old)  # weight and bias kept, fixed; the scales start at 1
+        >>> f = torch.ones(1, 2)
+        >>> head(f).tolist(), [name for name, _ in head.named_parameters()]
+        ([[7.5, 1.5]], ['scales'])
+        >>> with torch.no_grad():
+        ...     _ = head.scales.copy_(torch.tensor([0.5, 2.0]))
+        >>> head(f).tolist()  # s_c (<w_c, f> + b_c)
+        [[3.75, 3.0]]
     """
 
     follows = ("linear", "lws")

@@ -21,23 +21,6 @@ too), so MARC composes after any first phase with a linear classifier and can be
 cosine head (LDAM's) and tau-norm are refused (before training, naming ``model.head``): their
 row norms are constant (1 for a cosine head, ``||w_j||^(1 - tau)`` with tau 1 for tau-norm, which
 ``tau: auto`` may choose), so ``b_j ||w_j||`` would be a plain per-class bias, not MARC's margin.
-
-Example:
-    >>> import torch
-    >>> from lttoolbox.models.heads import LinearHead
-    >>> old = LinearHead(2, 3)
-    >>> with torch.no_grad():
-    ...     _ = old.weight.copy_(torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]))
-    ...     _ = old.bias.copy_(torch.tensor([0.0, 0.5, -1.0]))
-    >>> head = MARCHead(2, 3)
-    >>> head.adopt(old)
-    >>> head(torch.ones(1, 2)).tolist()  # a = 1, b = 0: the trained logits
-    [[7.0, 1.5, 1.0]]
-    >>> with torch.no_grad():
-    ...     _ = head.a.copy_(torch.tensor([1.0, 1.5, 2.0]))
-    ...     _ = head.b.copy_(torch.tensor([-0.2, 0.1, 0.5]))
-    >>> [round(v, 4) for v in head(torch.ones(1, 2))[0].tolist()]
-    [6.0, 2.35, 3.0]
 """
 from __future__ import annotations
 
@@ -67,6 +50,26 @@ class MARCHead(nn.Module, Head):
             model: {head: marc}
             loss: {name: cs_ce, gamma: 1.2}
             train: {epochs: 80, batch_size: 512, freeze: [backbone], freeze_bn_stats: true}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.models.heads import LinearHead
+        >>> from lttoolbox.models.marc import MARCHead
+        >>> old = LinearHead(2, 3)  # rows of norm 5, 1 and 2
+        >>> with torch.no_grad():
+        ...     _ = old.weight.copy_(torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]]))
+        ...     _ = old.bias.copy_(torch.tensor([0.0, 0.5, -1.0]))
+        >>> head = MARCHead(2, 3)
+        >>> head.adopt(old)  # W and c kept, fixed; a = 1, b = 0
+        >>> [name for name, _ in head.named_parameters()]
+        ['a', 'b']
+        >>> head(torch.ones(1, 2)).tolist()  # the trained logits, bias included
+        [[7.0, 1.5, 1.0]]
+        >>> with torch.no_grad():
+        ...     _ = head.a.copy_(torch.tensor([1.0, 1.5, 2.0]))
+        ...     _ = head.b.copy_(torch.tensor([-0.2, 0.1, 0.5]))
+        >>> [round(v, 4) for v in head(torch.ones(1, 2))[0].tolist()]  # 7 - 0.2 * 5, ...
+        [6.0, 2.35, 3.0]
     """
 
     follows = ("linear", "lws", "marc")
