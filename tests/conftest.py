@@ -223,3 +223,19 @@ class StopAfter(RunLogger):
         self.left -= 1
         if self.left < 0:
             raise KeyboardInterrupt
+
+
+def resumed_run(recipe: dict, out: Path, stop_after: int) -> dict:
+    """The results of ``recipe`` trained in ``out``, interrupted by :class:`StopAfter` at the end
+    of its ``stop_after``-th epoch (counted from 0, before that epoch's checkpoint) and resumed."""
+    from lttoolbox.engine import train
+
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, out, logger=StopAfter(stop_after))
+    return train(recipe, out, resume=True, quiet=True)
+
+
+def assert_same_training(resumed: dict, full: dict) -> None:
+    """Two results trained the same: every epoch's loss and every class's accuracy, exactly."""
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
+    assert resumed["per_class_acc"] == full["per_class_acc"]

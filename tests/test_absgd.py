@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import digits
+from conftest import assert_same_training, digits, resumed_run
 from lttoolbox.batch import Batch
 from lttoolbox.errors import ConfigError
 from lttoolbox.losses import ABSGDLoss, LTLoss, mixed_loss
@@ -389,7 +389,6 @@ def test_matches_the_absgd_package_when_installed():
 # --------------------------------------------------------------------------- end to end
 @pytest.mark.long
 def test_digits_run_switches_to_absgd_and_resumes_exactly(tmp_path, monkeypatch):
-    from conftest import StopAfter
     from lttoolbox.engine import train
     from lttoolbox.recipe import resolve
 
@@ -410,11 +409,7 @@ def test_digits_run_switches_to_absgd_and_resumes_exactly(tmp_path, monkeypatch)
     assert all(active == (epoch >= 1) for epoch, active, _ in seen)
     assert all(log_u == -math.inf for epoch, _, log_u in seen if epoch == 0)
     assert all(math.isfinite(log_u) for epoch, _, log_u in seen if epoch == 2)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "cut", logger=StopAfter(2))
-    resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
-    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
-    assert resumed["per_class_acc"] == full["per_class_acc"]
+    assert_same_training(resumed_run(recipe, tmp_path / "cut", stop_after=2), full)
 
 
 @pytest.mark.long

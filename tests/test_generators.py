@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PerEntry, digits, one_per_entry
+from conftest import PerEntry, assert_same_training, digits, one_per_entry, resumed_run
 from lttoolbox.batch import Batch
 from lttoolbox.engine import Trainer, train
 from lttoolbox.errors import ConfigError
@@ -23,7 +23,6 @@ from lttoolbox.models import DigitsCNN
 from lttoolbox.recipe import resolve
 from lttoolbox.registry import GENERATORS
 
-from test_engine import StopAfter
 
 COUNTS = [500, 300, 40, 20, 10]          # frequent_fraction 0.4 -> classes 0 and 1 frequent
 SHAPE = (6, 3, 3)
@@ -535,11 +534,7 @@ def test_resume_is_exact(tmp_path, generator):
     recipe = resolve({**DIGITS, "train": {**DIGITS["train"], "epochs": 3},
                       "generator": generator})
     full = train(recipe, tmp_path / "full", quiet=True)
-    with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "cut", logger=StopAfter(2))
-    resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
-    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
-    assert resumed["per_class_acc"] == full["per_class_acc"]
+    assert_same_training(resumed_run(recipe, tmp_path / "cut", stop_after=2), full)
 
 
 def test_mixing_before_the_generator_is_refused_after_it_accepted(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import StopAfter, digits
+from conftest import assert_same_training, digits, resumed_run
 from lttoolbox.api import Component
 from lttoolbox.batch import Batch
 from lttoolbox.engine import train
@@ -163,11 +163,8 @@ def test_a_run_that_learns_on_the_validation_split_resumes_exactly(tmp_path):
     with LOSSES.scoped():
         LOSSES.register("toy_val_weighted")(ValidationWeighted)
         full = train(recipe, tmp_path / "full", quiet=True)
-        with pytest.raises(KeyboardInterrupt):
-            train(recipe, tmp_path / "cut", logger=StopAfter(1))
-        resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
-    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
-    assert resumed["per_class_acc"] == full["per_class_acc"]
+        resumed = resumed_run(recipe, tmp_path / "cut", stop_after=1)
+    assert_same_training(resumed, full)
 
 
 def test_a_component_that_reads_the_validation_split_needs_one(tmp_path):
