@@ -239,3 +239,21 @@ def assert_same_training(resumed: dict, full: dict) -> None:
     """Two results trained the same: every epoch's loss and every class's accuracy, exactly."""
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
     assert resumed["per_class_acc"] == full["per_class_acc"]
+
+
+def recipes_that_set(section: str, datasets=("cifar10_lt", "cifar100_lt")) -> list[str]:
+    """The file names of the CIFAR-LT recipes whose own file sets ``section`` (``loss``,
+    ``sampler``), not those that add an augmentation, a generator or phases on top of one."""
+    import yaml
+
+    from lttoolbox.recipe import read_recipe
+
+    names = set()
+    for dataset in datasets:
+        for path in (ROOT / "configs" / dataset).glob("*.yaml"):
+            recipe = read_recipe(path)
+            if (path.name != "base.yaml" and section in yaml.safe_load(path.read_text())
+                    and not (recipe.get("augment") or recipe.get("generator")
+                             or recipe.get("phases"))):
+                names.add(path.stem)
+    return sorted(names)

@@ -14,18 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from lttoolbox.losses import LTLoss
 from lttoolbox.recipe import read_recipe
 from lttoolbox.registry import LOSSES
-from conftest import RATIOS, case_id, on_digits, one_per_entry, read_at_ratio
+from conftest import RATIOS, case_id, on_digits, one_per_entry, read_at_ratio, recipes_that_set
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("cifar10_lt", "cifar100_lt")
 # The expected (loss name, deferred weights?, model head) of the recipes shipped so far, written
 # out by hand so that a recipe that drifts from them fails; a loss recipe added since is found in
-# the folder (loss_recipe_names) and checked the same way against what it declares.
+# the folder (conftest.recipes_that_set) and checked the same way against what it declares.
 # Sigmoid losses start every class at probability 1/C (Cui et al. 2019, after Lin et al. 2017).
 PRIOR = {"name": "linear", "prior": "uniform"}
 RECIPES = {
@@ -59,20 +58,6 @@ RECIPES = {
 }
 
 
-def loss_recipe_names() -> list[str]:
-    """The recipes of both CIFAR-LT folders whose file sets the loss (not an augmentation,
-    generator or phase recipe on top of one), by file name."""
-    names = set()
-    for dataset in DATASETS:
-        for path in (ROOT / "configs" / dataset).glob("*.yaml"):
-            recipe = read_recipe(path)
-            if (path.name != "base.yaml" and "loss" in yaml.safe_load(path.read_text())
-                    and not (recipe.get("augment") or recipe.get("generator")
-                             or recipe.get("phases"))):
-                names.add(path.stem)
-    return sorted(names)
-
-
 def expected(name: str) -> tuple[str, bool, object]:
     """``RECIPES[name]``, or for a recipe added since, what it declares: its loss, whether that
     (or the loss it wraps) defers its weights, and its head."""
@@ -84,7 +69,7 @@ def expected(name: str) -> tuple[str, bool, object]:
     return cfg["name"], bool(inner.get("weights_start_epoch")), recipe["model"]["head"]
 
 
-NAMES = loss_recipe_names()
+NAMES = recipes_that_set("loss", DATASETS)
 PATHS = [ROOT / "configs" / ds / f"{name}.yaml" for ds in DATASETS for name in NAMES]
 # Each recipe as written (ratio 100) and with the override data.imbalance_ratio=50.
 CASES = [(path, ratio) for path in PATHS for ratio in RATIOS]

@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 import lttoolbox.samplers  # noqa: F401  (registers the samplers)
 from lttoolbox.recipe import read_recipe
 from lttoolbox.registry import SAMPLERS
-from conftest import RATIOS, case_id, on_digits, one_per_entry, read_at_ratio
+from conftest import RATIOS, case_id, on_digits, one_per_entry, read_at_ratio, recipes_that_set
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("cifar10_lt", "cifar100_lt")
 # The expected (sampler name, start_epoch or None) of the recipes shipped so far, written out by
 # hand so that a recipe that drifts from them fails; a sampler recipe added since is found in the
-# folder (sampler_recipe_names) and checked against what it declares.
+# folder (conftest.recipes_that_set) and checked against what it declares.
 RECIPES = {
     "cb_sampling": ("class_balanced", None),
     "sqrt_sampling": ("square_root", None),
@@ -40,20 +39,6 @@ RECIPES = {
 }
 
 
-def sampler_recipe_names() -> list[str]:
-    """The recipes of both CIFAR-LT folders whose file sets the sampler (not an augmentation,
-    generator or phase recipe on top of one), by file name."""
-    names = set()
-    for dataset in DATASETS:
-        for path in (ROOT / "configs" / dataset).glob("*.yaml"):
-            recipe = read_recipe(path)
-            if (path.name != "base.yaml" and "sampler" in yaml.safe_load(path.read_text())
-                    and not (recipe.get("augment") or recipe.get("generator")
-                             or recipe.get("phases"))):
-                names.add(path.stem)
-    return sorted(names)
-
-
 def expected(name: str) -> tuple[str, int | None]:
     """``RECIPES[name]``, or for a recipe added since, what it declares."""
     if name in RECIPES:
@@ -62,7 +47,7 @@ def expected(name: str) -> tuple[str, int | None]:
     return cfg["name"], cfg.get("start_epoch")
 
 
-NAMES = sampler_recipe_names()
+NAMES = recipes_that_set("sampler", DATASETS)
 PATHS = [ROOT / "configs" / ds / f"{name}.yaml" for ds in DATASETS for name in NAMES]
 # Each recipe as written (ratio 100) and with the override data.imbalance_ratio=50.
 CASES = [(path, ratio) for path in PATHS for ratio in RATIOS]
