@@ -404,7 +404,9 @@ class StepEvents:
     Attributes:
         batch: The step's :class:`~lttoolbox.batch.Batch` (training-transformed, unmixed before
             the model's hooks run). A ``before_step`` may replace it; the step trains on what is
-            here after every component's ``before_step``.
+            here after every component's ``before_step``. ``batch.index`` holds the training-set
+            index of each sample, so a component can fetch a second view of the same images
+            (the context's ``fetch``).
         model: The model (in training mode).
         optimizer: The phase's optimizer (a component reads it, e.g. for the learning rate of a
             look-ahead step; stepping it is the trainer's).

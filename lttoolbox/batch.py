@@ -20,17 +20,23 @@ class Batch:
         y_a: First target of each sample, shape ``(B,)``.
         y_b: Second target of each sample, shape ``(B,)``; the same tensor as ``y_a`` when unmixed.
         lam: Weight of ``y_a`` per sample, shape ``(B,)``, float.
+        index: The training-set index of each sample as the sampler drew it (a CPU tensor), so a
+            component can fetch another view of the same images; ``None`` where unknown. It
+            describes the batch as it enters the step: a hook that adds samples inside the model
+            leaves it as it was.
     """
 
     x: torch.Tensor
     y_a: torch.Tensor
     y_b: torch.Tensor
     lam: torch.Tensor
+    index: torch.Tensor | None = None
 
     @classmethod
-    def plain(cls, x: torch.Tensor, y: torch.Tensor) -> "Batch":
+    def plain(cls, x: torch.Tensor, y: torch.Tensor,
+              index: torch.Tensor | None = None) -> "Batch":
         """An unmixed batch: ``y_b is y_a`` and ``lam == 1``."""
-        return cls(x, y, y, torch.ones(y.shape[0], device=y.device, dtype=torch.float32))
+        return cls(x, y, y, torch.ones(y.shape[0], device=y.device, dtype=torch.float32), index)
 
     @property
     def mixed(self) -> bool:

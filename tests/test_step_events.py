@@ -193,3 +193,28 @@ def test_the_objective_a_step_sees_is_the_one_it_trains_on(tmp_path):
         AUGMENTS.register("toy_probe")(Probe)
         results = train(recipe, tmp_path / "run", quiet=True)
     assert len(seen) == 1 and seen[0] == pytest.approx(results["history"][0]["loss"], rel=1e-5)
+
+
+def test_a_step_batch_knows_the_training_indices_it_was_drawn_from(tmp_path):
+    """``batch.index`` is what the sampler drew for the step, so a component can fetch another
+    view of the same images: the fetched labels are the batch's."""
+    seen = []
+
+    class Indices(Component):
+        def __init__(self, *, context):
+            super().__init__(context=context)
+
+        def before_step(self, step):
+            _, labels = self.context.fetch(step.batch.index)
+            same = torch.equal(labels.cpu(), step.batch.y_a.cpu())
+            seen.append((step.batch.index.clone(), same))
+
+    recipe = resolve(digits(train={"epochs": 1, "batch_size": 64},
+                            sampler={"name": "class_balanced"}, augment=[{"name": "toy_indices"}]))
+    with AUGMENTS.scoped():
+        AUGMENTS.register("toy_indices")(Indices)
+        train(recipe, tmp_path / "run", quiet=True)
+    n = len(DATASETS.build(recipe["data"]).train.labels)
+    assert all(same for _, same in seen) and len(seen) == -(-n // 64)
+    drawn = torch.cat([index for index, _ in seen])
+    assert len(drawn) == n and len(torch.unique(drawn)) < n  # class-balanced: with repeats

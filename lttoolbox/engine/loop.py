@@ -71,7 +71,8 @@ class EpochLoop:
             if per_step and step:
                 lr = rate(step=step, steps=steps)
                 set_lr(optimizer, lr)
-            events.begin(step, Batch.plain(*next(batches)), lr)
+            drawn = indices[step * batch_size:(step + 1) * batch_size]
+            events.begin(step, Batch.plain(*next(batches), index=drawn), lr)
             for part in phase.components:
                 part.before_step(events)
             batch = events.batch
