@@ -187,7 +187,9 @@ def on_digits(recipe: dict, epochs: int = 2, switch_epoch: int = 1) -> dict:
     it; the learning-rate schedule becomes flat.
     """
     recipe = copy.deepcopy(recipe)
-    recipe["data"] = {"name": "digits_lt"}
+    # a recipe with a validation split (a bilevel loss reads it) keeps one, sized for digits
+    has_val = "val_per_class" in recipe["data"]
+    recipe["data"] = {"name": "digits_lt", **({"val_per_class": 6} if has_val else {})}
     recipe["model"]["name"] = "digits_cnn"
     recipe["train"]["epochs"] = epochs
     recipe["schedule"].update(warmup_epochs=0, milestones=[])

@@ -1,7 +1,8 @@
 """Losses (registry ``LOSSES``, recipe section ``loss``).
 
 Entries: ``ce``, ``cs_ce``, ``focal``, ``sigmoid_focal``, ``cb``, ``ldam``, ``am_softmax``,
-``balanced_softmax``, ``cdt``, ``las``, ``vs``, and ``absgd``, which wraps any of the others.
+``balanced_softmax``, ``cdt``, ``las``, ``vs``, ``autobalance`` (whose per-class adjustments a
+hypergradient on the validation split learns), and ``absgd``, which wraps any of the others.
 Every entry is an :class:`LTLoss`: ``loss(logits, target)`` is the weighted batch mean,
 ``reduction="none"`` gives one value per sample, class weights (``weights: {name: inverse |
 sqrt_inverse | effective_number | cost_sensitive, ...}``) are a swappable part of every loss and
