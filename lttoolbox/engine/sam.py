@@ -131,15 +131,13 @@ class SAM(torch.optim.Optimizer):
         rng = _rng_state(self.param_groups)
         with torch.enable_grad():
             losses = closure()
-        params, grads, groups = [], [], []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    params.append(p)
-                    grads.append(p.grad)
-                    groups.append(group)
+        # Per parameter group: its parameters with a gradient, their gradients, its settings.
+        groups = [([p for p in g["params"] if p.grad is not None], g["rho"], g["adaptive"])
+                  for g in self.param_groups]
+        groups = [(ps, [p.grad for p in ps], rho, adaptive) for ps, rho, adaptive in groups if ps]
+        params = [p for ps, *_ in groups for p in ps]
         if params:
-            self._ascend(params, grads, groups)
+            self._ascend(params, groups)
         buffers = [b for m in self.hold for b in m.buffers(recurse=False)]
         _copy_into(self._saved_buffers, buffers)
         _set_rng_state(rng)
@@ -152,17 +150,24 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.step()
         return losses
 
-    def _ascend(self, params: list, grads: list, groups: list) -> None:
-        """Move every parameter with a gradient to ``w + e(w)``, keeping ``w``."""
-        adaptive = [g["adaptive"] for g in groups]
-        scaled = [p.abs() * g if a else g for p, g, a in zip(params, grads, adaptive)]
+    def _ascend(self, params: list, groups: list) -> None:
+        """Move every parameter with a gradient to ``w + e(w)``, keeping ``w``. Multi-tensor
+        kernels, and the scale stays on the device (no host synchronisation)."""
+        scaled = [t for ps, grads, _, adaptive in groups
+                  for t in (torch._foreach_mul(torch._foreach_abs(ps), grads) if adaptive
+                            else grads)]
+        device = params[0].device
         norm = torch.linalg.vector_norm(torch.stack(
-            [n.to(params[0].device) for n in torch._foreach_norm(scaled)]))
+            [n.to(device) for n in torch._foreach_norm(scaled)]))
         _copy_into(self._saved_params, params)
-        # Per-tensor scale rho / (||g|| + eps), kept on the device (no host synchronisation).
-        steps = [(p * p * g if a else g) * (group["rho"] / (norm.to(p.device) + NORM_EPS))
-                 for p, g, a, group in zip(params, grads, adaptive, groups)]
-        torch._foreach_add_(params, steps)
+        for ps, grads, rho, adaptive in groups:
+            scale = rho / (norm + NORM_EPS)
+            if adaptive:  # |w|^2 g (sam.py line 23: torch.pow(p, 2) * p.grad * scale)
+                steps = torch._foreach_mul(torch._foreach_mul(ps, ps), grads)
+                torch._foreach_mul_(steps, scale)
+            else:
+                steps = torch._foreach_mul(grads, scale)
+            torch._foreach_add_(ps, steps)
 
 
 def _copy_into(saved: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
