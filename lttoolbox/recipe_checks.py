@@ -131,11 +131,16 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
     # the loss; far smaller ones already diverge, which the trainer catches.
     optim["lr"] = number(optim["lr"], f"{p}optim.lr", positive=True, below=MAX_LR)
     optim["weight_decay"] = number(optim["weight_decay"], f"{p}optim.weight_decay", minimum=0)
-    # SGD: momentum 1 or more never forgets, so the steps only grow. ``null``: an optimizer
-    # around a base one (sam) leaves it to the base's default.
-    if optim.get("momentum") is not None:
+    # ``null`` where the entry's default is null: an optimizer around a base one (sam) leaves
+    # the value to the base's own default.
+    nullable = {k for k, v in optimizer_defaults()[optim["name"]].items() if v is None}
+
+    def given(name: str) -> bool:
+        return name in optim and not (optim[name] is None and name in nullable)
+
+    if given("momentum"):  # SGD: momentum 1 or more never forgets, so the steps only grow
         optim["momentum"] = number(optim["momentum"], f"{p}optim.momentum", minimum=0, below=1)
-    if optim.get("nesterov") is not None:
+    if given("nesterov"):
         optim["nesterov"] = boolean(optim["nesterov"], f"{p}optim.nesterov")
     if "betas" in optim:
         betas = optim["betas"]
