@@ -46,13 +46,17 @@ What this entry does differently, on purpose:
   nothing.
 * **Logged loss.** ``step`` returns the first pass's losses (at ``w``, comparable with a plain
   run); the official script logs the second pass's.
-* **Exact restore.** ``w`` is copied back, not recomputed as ``(w + e) - e``, as in the official
-  code.
+* **Checkpoints.** ``state_dict`` is the base optimizer's (its momentum included), so a run
+  resumes exactly; davda54's ``SAM.state_dict`` holds its own state, the ``old_p`` copies, and
+  not the base's momentum (``sam.py`` at 3c3afdb inherits ``torch.optim.Optimizer``'s).
+
+As in both codes, ``w`` is copied back after the second pass, not recomputed as ``(w + e) - e``,
+which rounding would move.
 
 The step costs two forwards and two backwards per batch (about twice a plain step; measure it
 with ``benchmarks/throughput.py``) and one extra copy of the parameters. It needs the closure, so
 fp16 loss scaling (``train.amp: fp16``), under which the trainer steps without one, is refused
-before training (:data:`needs_closure`). Under DDP both passes all-reduce their gradients: the
+before training (``sam.needs_closure``). Under DDP both passes all-reduce their gradients: the
 perturbation is the one of the global batch, as in one process.
 
 Example:
@@ -88,7 +92,8 @@ class SAM(torch.optim.Optimizer):
 
     ``param_groups`` and ``state`` are the base optimizer's, so the trainer's learning-rate
     updates reach it and a checkpoint holds its momentum (davda54's ``SAM`` keeps the momentum in
-    ``base_optimizer.state`` alone, outside its own ``state_dict``).
+    ``base_optimizer.state`` alone, outside its own ``state_dict``). ``w`` is kept in buffers
+    reused from step to step, outside the state.
 
     Args:
         params: Parameter groups.
@@ -217,7 +222,7 @@ def sam(params, model: nn.Module | None = None, fused: bool | None = None, rho: 
             second pass. ``None``: no layer is held.
         fused: Whether the base optimizer uses a fused kernel (given by the trainer).
         rho: The perturbation radius, > 0 (Rangwani et al.'s CIFAR commands: 0.5 to 0.8 with
-            DRW; plain SAM's default 0.05).
+            DRW; 0.05 is davda54's and the script's default).
         adaptive: ASAM: the perturbation scaled by ``|w|`` (Kwon et al., ICML 2021).
         base: The base optimizer, an entry of the optimizers but one that needs the closure
             itself (``sgd`` in every official recipe).
