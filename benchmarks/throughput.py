@@ -17,8 +17,14 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --recipes configs/quickstart.yaml --steps 20
     python benchmarks/throughput.py --augment --generator    # each component's step cost too
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
+    python benchmarks/throughput.py --recipes configs/cifar10_lt/ldam_drw_sam.yaml --optim-cost
     python benchmarks/throughput.py --stream --workers 0 1 2   # the streaming path, 224 px
     python benchmarks/throughput.py --concurrent 1 2 4 8       # K runs at once on one device
+
+``--optim-cost`` also times the trainer with the recipe's optimizer replaced by plain SGD with
+its rate, momentum and weight decay, and prints the recipe's step cost as a multiple of that
+plain step (SGD img/s over the recipe's img/s; sharpness-aware minimisation, ``optim: {name:
+sam}``, takes two forward and backward passes per step).
 
 ``--concurrent`` starts K trainer processes at once (each timing its own second epoch of
 ``--steps`` steps, as above) for each K, and reports the aggregate images/s (the sum) with the
@@ -69,6 +75,17 @@ def time_trainer(recipe: dict, steps: int) -> tuple[float, Trainer]:
         trainer = Trainer(recipe, out, quiet=True)
         history, _, _ = trainer.fit()
     return history[-1]["images_per_second"], trainer
+
+
+def plain_sgd(recipe: dict) -> dict:
+    """``recipe`` with its optimizer replaced by SGD at the same rate, momentum and decay."""
+    optim = recipe["optim"]
+    plain = {"name": "sgd", "lr": optim["lr"], "weight_decay": optim["weight_decay"],
+             "no_decay": optim.get("no_decay", [])}
+    for key in ("momentum", "nesterov"):
+        if optim.get(key) is not None:
+            plain[key] = optim[key]
+    return {**recipe, "optim": plain}
 
 
 def fresh_model(trainer: Trainer, recipe: dict) -> torch.nn.Module:
@@ -331,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time each mixing augmentation's step against the plain step")
     parser.add_argument("--generator", action="store_true",
                         help="also time each feature generator's step against the plain step")
+    parser.add_argument("--optim-cost", action="store_true",
+                        help="the recipe's optimizer step against a plain SGD step")
     parser.add_argument("--cam", action="store_true",
                         help="also time CAM-based re-sampling's generation against one epoch")
     parser.add_argument("--stream", action="store_true",
@@ -396,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: step cost with each {family} (x the plain step, min / median / "
                   f"max of {args.repeats}): " + "; ".join(
                       f"{name} {fmt_spread(v, 3)}" for name, v in costs.items()), flush=True)
+        if args.optim_cost:
+            plain_ips = [time_trainer(plain_sgd(recipe), args.steps)[0]
+                         for _ in range(args.repeats)]
+            costs = [p / t for p, t in zip(plain_ips, trainer_ips)]
+            print(f"{path}: optimizer '{recipe['optim']['name']}' step cost "
+                  f"{fmt_spread(costs, 3)} x the plain SGD step ({fmt_spread(plain_ips)} img/s "
+                  f"with SGD; min / median / max of {args.repeats})", flush=True)
         if args.cam:
             seconds, made = time_cam(trainer, recipe)
             epoch = trainer.data_path.labels.numel() / statistics.median(trainer_ips)

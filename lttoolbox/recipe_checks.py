@@ -27,6 +27,25 @@ def optimizer_defaults() -> dict[str, dict[str, Any]]:
             for name in OPTIMIZERS.names()}
 
 
+def needs_closure(name: str) -> bool:
+    """Whether the optimizer entry ``name`` declares that its step evaluates the closure itself
+    (``needs_closure = True``, a two-pass method such as sam): fp16 loss scaling, which steps
+    through ``GradScaler`` without a closure, cannot run it."""
+    from .registry import OPTIMIZERS
+    return bool(getattr(OPTIMIZERS.get(name), "needs_closure", False))
+
+
+def check_optimizer_builds(optim: dict, key: str) -> None:
+    """Build the ``optim`` section's entry on a stand-in parameter: the values only the entry
+    checks (``sam``'s ``rho`` and ``base``, a range torch enforces) are refused now, with their
+    key, rather than when the phase's optimizer is built after the run directory was written."""
+    import torch
+
+    from .registry import OPTIMIZERS
+    cfg = {k: v for k, v in optim.items() if k != "no_decay"}
+    OPTIMIZERS.build(cfg, key=key, params=[{"params": [torch.nn.Parameter(torch.zeros(1))]}])
+
+
 def schedule_names() -> tuple[str, ...]:
     """The registered learning-rate schedules (``SCHEDULES``)."""
     from .registry import SCHEDULES
@@ -112,8 +131,16 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
     # the loss; far smaller ones already diverge, which the trainer catches.
     optim["lr"] = number(optim["lr"], f"{p}optim.lr", positive=True, below=MAX_LR)
     optim["weight_decay"] = number(optim["weight_decay"], f"{p}optim.weight_decay", minimum=0)
-    if "momentum" in optim:  # SGD: momentum 1 or more never forgets, so the steps only grow
+    # ``null`` where the entry's default is null: an optimizer around a base one (sam) leaves
+    # the value to the base's own default.
+    nullable = {k for k, v in optimizer_defaults()[optim["name"]].items() if v is None}
+
+    def given(name: str) -> bool:
+        return name in optim and not (optim[name] is None and name in nullable)
+
+    if given("momentum"):  # SGD: momentum 1 or more never forgets, so the steps only grow
         optim["momentum"] = number(optim["momentum"], f"{p}optim.momentum", minimum=0, below=1)
+    if given("nesterov"):
         optim["nesterov"] = boolean(optim["nesterov"], f"{p}optim.nesterov")
     if "betas" in optim:
         betas = optim["betas"]
@@ -126,6 +153,7 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
     if not isinstance(no_decay, list) or not all(isinstance(n, str) and n for n in no_decay):
         raise ConfigError(f"must be a list of 'bias', 'norm' or parameter names, got {no_decay!r}",
                           key=f"{p}optim.no_decay")
+    check_optimizer_builds(optim, f"{p}optim")
 
     choice(schedule["name"], f"{p}schedule.name", schedule_names(), "schedule")
     choice(schedule["warmup_unit"], f"{p}schedule.warmup_unit", WARMUP_UNITS)
@@ -170,6 +198,10 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
         raise ConfigError(f"must be a device name such as auto, cpu or cuda:0, got "
                           f"{train['device']!r}", key=f"{p}train.device")
     choice(train["amp"], f"{p}train.amp", AMP_MODES, "mode")
+    if train["amp"] == "fp16" and needs_closure(optim["name"]):
+        raise ConfigError(f"optimizer '{optim['name']}' evaluates the loss more than once per step "
+                          f"and needs the closure, which fp16 loss scaling cannot give; use bf16 "
+                          f"or off", key=f"{p}train.amp")
     choice(train["compile"], f"{p}train.compile", COMPILE_MODES, "mode")
     loggers = train["loggers"]
     if not isinstance(loggers, list):

@@ -1,4 +1,5 @@
-"""Optimizer construction: weight-decay exemptions (optim.no_decay)."""
+"""Optimizer construction: weight-decay exemptions (optim.no_decay), and values checked before
+anything is written."""
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,21 @@ def test_a_schedule_with_a_parameter_of_its_own_is_one_registered_function(tmp_p
     lrs = [row["lr"] for row in results["history"]]
     assert lrs == pytest.approx([0.08 * (1 - e / 3) ** 2 for e in range(3)], rel=1e-12)
     assert "power" not in resolve(digits())["schedule"]  # other recipes are unchanged
+
+
+@pytest.mark.parametrize("optim, match", [
+    # a value only torch checks: refused by the trial build, with the section's key
+    ({"name": "sgd", "momentum": 0.0, "nesterov": True}, r"^optim: .*Nesterov momentum requires"),
+    # null is a value only where the entry's default is null (sam: the base's default)
+    ({"name": "sgd", "momentum": None}, r"^optim\.momentum: must be a number"),
+    ({"name": "sgd", "nesterov": None}, r"^optim\.nesterov: must be true or false"),
+])
+def test_values_only_the_optimizer_checks_stop_before_anything_is_written(tmp_path, optim,
+                                                                         match):
+    from lttoolbox.engine import train
+
+    recipe = {"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"}, "optim": optim,
+              "train": {"epochs": 1}}
+    with pytest.raises(ConfigError, match=match):
+        train(recipe, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
