@@ -75,7 +75,9 @@ class ABSGDLoss(LTLoss):
     ``u`` advances once per optimizer step: the forward pass computes ``u_t`` from the
     committed ``u_{t-1}`` and :meth:`after_step` commits it, so an optimizer that evaluates the
     loss twice in a step (a two-pass method) or a component that evaluates the objective does not
-    advance the average twice.
+    advance the average twice. Each evaluation weighs its batch by the ``u_t`` of its own losses,
+    and the last one's is committed: under ``sam``, the pass at the perturbed weights, whose
+    gradient is the one applied.
 
     Args:
         loss: The wrapped per-sample loss, a registered loss name or ``{name: ..., ...}``
