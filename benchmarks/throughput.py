@@ -164,6 +164,7 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     Each component runs its warm-up steps in epoch 0 and the timed steps in epoch 1, so what
     learns statistics first (FTL) is timed while it generates. Images/s counts the batch's own
     images, not the generated ones."""
+    from lttoolbox.api import Component
     from lttoolbox.batch import Batch
     from lttoolbox.engine.phases import Phase
     from lttoolbox.engine.step import TrainStep
@@ -187,16 +188,17 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
             part.before_phase(SimpleNamespace(model=model, index=0, name="main", log=None,
                                               eval_transform=trainer.data.eval_transform))
             part.set_epoch(0)
-            for point in getattr(part, "points", None) or (part.point,):
-                hooks[point] = part.hook(point) if hasattr(part, "hook") else part
+            for point in part.points():  # the trainer's hooks (lttoolbox.api.Component)
+                hooks[point] = part.hook(point)
             if isinstance(part, torch.nn.Module):
                 params += list(part.to(device).parameters())
         # The trainer's own step (mixed loss, auxiliary losses, their terms), on a one-part phase.
         augments = [part] if family == "augment" and part is not None else []
         generator = part if family == "generator" else None
+        # the sampler's place holds a component that does nothing: the batches are drawn here
         phase = Phase("main", {"loss": {"name": "ce"}, "augment": [cfg] if augments else [],
                                "generator": cfg if generator is not None else None},
-                      None, criterion, augments, generator)
+                      Component(), criterion, augments, generator)
         step = TrainStep(model, phase)
         step.hooks = hooks
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)

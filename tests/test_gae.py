@@ -221,15 +221,41 @@ def test_it_composes_with_a_mixing_augmentation(tmp_path):
     assert np.isfinite(results["history"][0]["loss_terms"]["gae"])
 
 
+def test_the_step_cost_benchmark_runs_the_attack(tmp_path):
+    """benchmarks/throughput.py --augment times the step with each augmentation, gae's attack
+    (before_step) and term included; one step each here, the figures are for the benchmark."""
+    import runpy
+
+    from lttoolbox.engine.trainer import Trainer
+
+    script = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))
+    recipe = resolve(digits())
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    crafted = []
+    original = GuidingAdversarialExamples.craft
+
+    def counting(self, *args):
+        crafted.append(1)
+        return original(self, *args)
+
+    GuidingAdversarialExamples.craft = counting
+    try:
+        figures = script["time_components"](trainer, recipe, 1, 1, "augment")
+    finally:
+        GuidingAdversarialExamples.craft = original
+    assert set(figures) == {"plain", *script["AUGMENTS_TIMED"]} and "gae" in figures
+    assert len(crafted) == 2 and all(v > 0 for v in figures.values())
+
+
 @pytest.mark.long
 def test_resume_inside_the_window_matches(tmp_path):
-    """Stopped after the window's first epoch: the resumed phase does not start again (its
-    normalisation comes from the checkpoint) and the random starts continue torch's stream."""
-    recipe = resolve(digits(train={"epochs": 2, "checkpoint_every": 1},
-                            augment=[{"name": "gae", "num_steps": 2}]))
+    """Resumed from the checkpoint of epoch 1 (stopped at the end of epoch 2, before its
+    checkpoint): the random starts continue torch's checkpointed stream."""
+    recipe = resolve(digits(train={"epochs": 3, "checkpoint_every": 1},
+                            augment=[{"name": "gae", "num_steps": 2, "start_epoch": 1}]))
     full = train(recipe, tmp_path / "full", quiet=True)
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, tmp_path / "cut", logger=StopAfter(1))  # stopped inside the window
+        train(recipe, tmp_path / "cut", logger=StopAfter(2))  # stopped inside the window
     resumed = train(recipe, tmp_path / "cut", resume=True, quiet=True)
     assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in full["history"]]
     assert resumed["per_class_acc"] == full["per_class_acc"]
@@ -257,3 +283,27 @@ def test_two_processes_match_one(tmp_path):
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], atol=WEIGHT_ATOL, rtol=0)
+
+
+@pytest.mark.long
+def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
+    """The term reads the examples crafted outside the compiled step, with the model switched
+    to evaluation mode inside it: the step still compiles (no fallback) and trains the same."""
+    import lttoolbox.engine.compile as compile_module
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+
+    def run(mode, name):
+        recipe = resolve(digits(train={"epochs": 1, "compile": mode},
+                                augment=[{"name": "gae", "num_steps": 2,
+                                          "random_start": False}]))
+        return train(recipe, tmp_path / name, quiet=True)["history"][0]
+
+    try:
+        eager, compiled = run("off", "eager"), run("on", "compiled")
+    finally:
+        torch._dynamo.reset()
+    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    assert compiled["loss_terms"]["gae"] == pytest.approx(eager["loss_terms"]["gae"], rel=1e-5)

@@ -287,13 +287,3 @@ class GuidingAdversarialExamples(Component):
 
     def after_step(self, step) -> None:
         self._pending = None  # never carried into another step
-
-    # -------------------------------------------------------------------------- checkpoint
-    def state_dict(self) -> dict:
-        """The normalisation read at the phase's start (a run resumed inside the phase does not
-        start it again); the random start comes from torch's checkpointed generator."""
-        return {} if self.mean is None else {"mean": list(self.mean), "std": list(self.std)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.set_normalisation(state["mean"], state["std"])
