@@ -173,6 +173,17 @@ def test_outside_the_window_nothing_is_crafted_and_batch_norm_statistics_stay():
     assert model.training and torch.equal(model[1].running_mean, running)
 
 
+def test_tail_classes_without_class_counts_standalone():
+    part = GuidingAdversarialExamples(tail_classes=[2], random_start=False)
+    part.set_normalisation((0.0,), (1.0,))
+    part.before_epoch(0)
+    x, y = torch.full((3, 1, 1, 4), 0.5), torch.tensor([0, 2, 3])
+    adv, _ = part.craft(Linear(np.eye(4)), x, y)
+    assert [not torch.equal(adv[i], x[i]) for i in range(3)] == [False, True, False]
+    with pytest.raises(ConfigError, match="class counts"):
+        GuidingAdversarialExamples().craft(Linear(np.eye(4)), x, y)
+
+
 def test_tail_mask_takes_the_rarest_share_with_ties_to_the_higher_index():
     assert tail_mask([9, 5, 5, 1], 0.5).tolist() == [False, False, True, True]
     assert tail_mask([1, 5, 5, 9], 0.5).tolist() == [True, False, True, False]

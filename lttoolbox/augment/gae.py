@@ -186,16 +186,14 @@ class GuidingAdversarialExamples(Component):
                            or (num is not None and c >= num) for c in classes)):
                 raise ConfigError(f"tail_classes must be a non-empty list of class indices"
                                   f"{f' below {num}' if num is not None else ''}, got {classes!r}")
-            if num is None:
-                return None
-            mask = torch.zeros(num, dtype=torch.bool)
+            mask = torch.zeros(num if num is not None else max(classes) + 1, dtype=torch.bool)
             mask[list(classes)] = True
             return mask
         fraction = 0.5 if fraction is None else fraction
         check_number("tail_fraction", fraction, 0.0, 1.0, low_open=True)
         counts = self.context.class_counts
         if counts is None:
-            return None  # standalone use without class counts: known at the first step or never
+            return None  # standalone use without class counts: craft() refuses
         mask = tail_mask(counts, float(fraction))
         if not mask.any():
             raise ConfigError(f"tail_fraction {fraction!r} of {len(counts)} classes is no class "
@@ -232,7 +230,7 @@ class GuidingAdversarialExamples(Component):
         the model in evaluation mode (restored afterwards)."""
         if self.tail is None:
             raise ConfigError("gae needs the class counts (context) or tail_classes")
-        tail = self.tail.to(y.device)[y]
+        tail = torch.isin(y, self.tail.nonzero().flatten().to(y.device))  # no host sync
         low, high, eps, alpha = self._bounds(x)
         x0 = x.detach().float()
         adv = x0
