@@ -16,6 +16,7 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --recipes configs/cifar10_lt/*.yaml --steps 30
     python benchmarks/throughput.py --recipes configs/quickstart.yaml --steps 20
     python benchmarks/throughput.py --augment --generator    # each component's step cost too
+    python benchmarks/throughput.py --augment --steps 10     # ... gae's attack included
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
     python benchmarks/throughput.py --recipes configs/cifar10_lt/ldam_drw_sam.yaml --optim-cost
     python benchmarks/throughput.py --stream --workers 0 1 2   # the streaming path, 224 px
@@ -50,6 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -152,6 +154,9 @@ AUGMENTS_TIMED = {  # each at p = 1: the cost of a mixed batch (the recipes mix 
     "mixup": {"name": "mixup"}, "manifold_mixup": {"name": "manifold_mixup"},
     "remix": {"name": "remix"}, "cutmix": {"name": "cutmix", "p": 1.0},
     "cmo": {"name": "cmo", "p": 1.0},
+    # guiding adversarial examples at their defaults (8 attack steps, the rarest half of the
+    # classes): the attack in before_step and the adversarial term, every step
+    "gae": {"name": "gae"},
 }
 
 
@@ -165,12 +170,18 @@ GENERATORS_TIMED = {  # generating from the first timed step, at the recipes' at
 def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, family: str
                     ) -> dict[str, float]:
     """Images/s of the trainer's training step (model hooks, mixed loss, auxiliary losses)
-    without and with each mixing augmentation (``family="augment"``) or generator
+    without and with each augmentation (``family="augment"``) or generator
     (``"generator"``), on the same model, batches and device; ``plain`` is the step without.
+
+    Each component hears the events the trainer sends around a step (``before_phase`` with the
+    data's evaluation transform, ``before_step``, which may replace the batch or craft from it,
+    and ``after_step``), so a component that acts in the step (``gae``'s attack) is timed with
+    what it does there.
 
     Each component runs its warm-up steps in epoch 0 and the timed steps in epoch 1, so what
     learns statistics first (FTL) is timed while it generates. Images/s counts the batch's own
     images, not the generated ones."""
+    from lttoolbox.api import Component
     from lttoolbox.batch import Batch
     from lttoolbox.engine.phases import Phase
     from lttoolbox.engine.step import TrainStep
@@ -191,17 +202,20 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     def loop(part, cfg=None) -> float:
         hooks, params = {}, list(model.parameters())
         if part is not None:
+            part.before_phase(SimpleNamespace(model=model, index=0, name="main", log=None,
+                                              eval_transform=trainer.data.eval_transform))
             part.set_epoch(0)
-            for point in getattr(part, "points", None) or (part.point,):
-                hooks[point] = part.hook(point) if hasattr(part, "hook") else part
+            for point in part.points():  # the trainer's hooks (lttoolbox.api.Component)
+                hooks[point] = part.hook(point)
             if isinstance(part, torch.nn.Module):
                 params += list(part.to(device).parameters())
         # The trainer's own step (mixed loss, auxiliary losses, their terms), on a one-part phase.
         augments = [part] if family == "augment" and part is not None else []
         generator = part if family == "generator" else None
+        # the sampler's place holds a component that does nothing: the batches are drawn here
         phase = Phase("main", {"loss": {"name": "ce"}, "augment": [cfg] if augments else [],
                                "generator": cfg if generator is not None else None},
-                      None, criterion, augments, generator)
+                      Component(), criterion, augments, generator)
         step = TrainStep(model, phase)
         step.hooks = hooks
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -213,11 +227,18 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
                 sync(device)
                 start = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
+            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx]),
+                                     model=model, optimizer=opt, epoch=int(i >= warmup), step=i,
+                                     steps=steps + warmup, lr=0.01)
+            if part is not None:
+                part.before_step(events)
             with autocast() if autocast else contextlib.nullcontext():
-                loss = step(Batch.plain(transform(images[idx]), labels[idx]))[0]
+                loss = step(events.batch)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if part is not None:
+                part.after_step(events)
         sync(device)
         return steps * batch / (time.perf_counter() - start)
 
@@ -345,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps of the bare loop")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per recipe")
     parser.add_argument("--augment", action="store_true",
-                        help="also time each mixing augmentation's step against the plain step")
+                        help="also time each augmentation's step (the mixing ones and gae's "
+                             "attack) against the plain step")
     parser.add_argument("--generator", action="store_true",
                         help="also time each feature generator's step against the plain step")
     parser.add_argument("--optim-cost", action="store_true",
