@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import glob
 import json
 import statistics
@@ -195,8 +196,11 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     criterion = LOSSES.build({"name": "ce"}, num_classes=trainer.num_classes).to(device)
     autocast, _ = autocast_factory(recipe["train"]["amp"], device)
     transform, batch = trainer.data.train_transform, recipe["train"]["batch_size"]
-    context = trainer._context(recipe)
-    context["point_shapes"] = model.point_shapes(trainer.data.eval_transform(images[:2]))
+    # the shapes at the model's points, which a generator is built for (the trainer measures
+    # them only for a recipe with a generator): in the one context object an entry receives
+    shapes = model.point_shapes(trainer.data.eval_transform(images[:2]))
+    context = dataclasses.replace(trainer._context(recipe)["context"],
+                                  point_shapes=shapes).as_kwargs()
     model.train()
 
     def loop(part, cfg=None) -> float:

@@ -674,3 +674,19 @@ def test_pooled_conv_is_the_convolution_then_the_average(kernel, shape):
     r = torch.randn(3, 6, *shape, dtype=torch.float64)
     expected = conv(r).mean(dim=(2, 3))
     assert torch.allclose(pooled_conv(conv, r).double(), expected, atol=1e-5)
+
+
+def test_the_step_cost_benchmark_times_every_generator(tmp_path):
+    """benchmarks/throughput.py --generator builds each generator from the one context object
+    the registry hands it, with the model's point shapes in it (they were missing there once)."""
+    import runpy
+
+    from conftest import ROOT
+    from lttoolbox.engine.trainer import Trainer
+
+    script = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))
+    recipe = resolve(DIGITS)
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    figures = script["time_components"](trainer, recipe, 1, 1, "generator")
+    assert set(figures) == {"plain", *script["GENERATORS_TIMED"]}
+    assert all(v > 0 for v in figures.values())
