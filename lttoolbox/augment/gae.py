@@ -149,6 +149,22 @@ class GuidingAdversarialExamples(Component):
           - name: gae
             augment: [{name: gae}]
             optim: {lr: 0.001}
+
+    Example:
+        >>> import torch
+        >>> from lttoolbox.augment.gae import GuidingAdversarialExamples
+        >>> gae = GuidingAdversarialExamples(epsilon=0.1, num_steps=1, random_start=False,
+        ...                                  tail_classes=[1])
+        >>> gae.set_normalisation([0.5], [0.25])  # inputs are (pixel - 0.5) / 0.25
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2, bias=False))
+        >>> with torch.no_grad():
+        ...     _ = model[1].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        >>> x, y = torch.zeros(2, 1, 1, 1), torch.tensor([0, 1])
+        >>> adv, crossed = gae.craft(model, x, y)
+        >>> # class 0 is not of the tail; the class-1 sample moves one step of 0.1 / 8 pixels
+        >>> # (0.05 in input units) up its loss's gradient, and was misclassified on the way
+        >>> [round(v, 4) for v in adv.flatten().tolist()], crossed.tolist()
+        ([0.0, 0.05], [False, True])
     """
 
     adds_loss = True  # the adversarial term, added inside the step's forward
