@@ -209,7 +209,7 @@ def test_wraps_every_per_sample_loss(name):
     g = torch.Generator().manual_seed(2)
     target = torch.tensor([0, 1, 2, 3, 3, 0])
     batches = [torch.tanh(torch.randn(6, C, generator=g)) * 3 for _ in range(3)]
-    per = [inner(z, target, reduction="none").numpy() for z in batches]
+    per = [inner(z, target, reduction="none").detach().numpy() for z in batches]
     for z, (value, _p, u) in zip(batches, np_absgd(per, 1.5, 0.5, 0.8, "batch")):
         z = z.clone().requires_grad_(True)
         got = loss(z, target)
@@ -444,3 +444,15 @@ def test_the_compiled_step_keeps_u_as_the_eager_one(tmp_path, monkeypatch):
             for state in states]
     assert math.isfinite(float(logs[0])) and float(logs[1]) == pytest.approx(float(logs[0]),
                                                                             rel=1e-5)
+
+
+def test_a_wrapped_loss_keeps_what_it_needs_and_withholds():
+    """Wrapping AutoBalance: the wrapper reads the validation split as it does, and its learned
+    adjustments stay out of the main step."""
+    counts = dict(class_counts=COUNTS, num_classes=C, total_epochs=4)
+    inner = LOSSES.build({"name": "autobalance"}, **counts)
+    loss = LOSSES.build({"name": "absgd", "loss": {"name": "autobalance"}}, **counts)
+    assert loss.needs_validation is True and inner.needs_validation is True
+    assert {id(p) for p in loss.frozen_parameters()} == {id(p) for p in loss.inner.parameters()}
+    assert list(loss.inner.parameters()) and not list(LOSSES.build(
+        {"name": "absgd", "loss": {"name": "ce"}}, **counts).frozen_parameters())

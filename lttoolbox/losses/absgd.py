@@ -132,6 +132,9 @@ class ABSGDLoss(LTLoss):
                           f"{total_epochs} epochs, so it trains with the plain wrapped loss",
                           UnreachableEpochWarning, stacklevel=2)
         self.inner = self._build_inner(loss, self.context)
+        # what the wrapped loss needs and withholds is the wrapper's (AutoBalance's outer step
+        # reads the validation split and moves its own parameters, never the main step)
+        self.needs_validation = self.inner.needs_validation
         self.lam, self.gamma, self.alpha, self.u_init = lam, gamma, alpha, u_init
         self._log_keep = math.log1p(-gamma) if gamma < 1 else -math.inf
         self._log_alpha = math.log(alpha)
@@ -253,6 +256,9 @@ class ABSGDLoss(LTLoss):
 
     def after_epoch(self, epoch: int) -> None:
         self.inner.after_epoch(epoch)
+
+    def frozen_parameters(self):
+        return self.inner.frozen_parameters()
 
     def after_phase(self, events) -> None:
         self.inner.after_phase(events)
