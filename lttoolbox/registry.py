@@ -394,8 +394,8 @@ HEADS = Registry("head", "lttoolbox.models", context=HEAD_CONTEXT)
 # used (``fused``) and the network (``model``: a two-pass method may hold its BatchNorm statistics
 # during the second pass); it returns a ``torch.optim.Optimizer`` whose ``step(closure)`` may call
 # the closure more than once, as torch's convention allows.
-OPTIMIZERS = Registry("optimizer", "lttoolbox.engine.optim", context=("params", "fused", "model"))
+OPTIMIZERS = Registry("optimizer", "lttoolbox.optimizers", context=("params", "fused", "model"))
 # ``schedule``: an entry is the decayed rate of an epoch, ``f(epoch, base_lr, total_epochs,
 # warmup_epochs, **its parameters)``; the warm-up multiplies it (lttoolbox.engine.optim.lr_at).
 SCHEDULE_CONTEXT = ("epoch", "base_lr", "total_epochs", "warmup_epochs")
-SCHEDULES = Registry("schedule", "lttoolbox.engine.optim", context=SCHEDULE_CONTEXT)
+SCHEDULES = Registry("schedule", "lttoolbox.optimizers", context=SCHEDULE_CONTEXT)

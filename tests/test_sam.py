@@ -1,4 +1,4 @@
-"""Sharpness-aware minimisation (``optim: {name: sam}``, lttoolbox/engine/sam.py).
+"""Sharpness-aware minimisation (``optim: {name: sam}``, lttoolbox/optimizers/sam.py).
 
 The step is checked against the closed form on a quadratic (numpy, float64), the batch-norm
 statistics of a one-parameter model against values computed by hand (the official code's double
@@ -15,7 +15,7 @@ import torch
 from conftest import StopAfter, digits
 
 from lttoolbox.engine import train
-from lttoolbox.engine.sam import sam
+from lttoolbox.optimizers.sam import sam
 from lttoolbox.errors import ConfigError
 from lttoolbox.recipe import resolve
 from lttoolbox.recipe_checks import needs_closure

@@ -283,7 +283,3 @@ def warms_up_per_step(schedule: dict, epoch: int) -> bool:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-# Entries in modules of their own register when the registry loads this module.
-from . import sam as _sam  # noqa: E402,F401
