@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_training, digits, resumed_run
+from conftest import ROOT, assert_same_training, digits, resumed_run
 from lttoolbox.api import Context
 from lttoolbox.batch import Batch
 from lttoolbox.engine import train
 from lttoolbox.errors import ConfigError
 from lttoolbox.losses.ot_reweight import ot_cost, sinkhorn
-from lttoolbox.recipe import resolve
+from lttoolbox.recipe import read_recipe, resolve
 from lttoolbox.registry import DATASETS, LOSSES
 
 # The worked example (two classes; prototypes of class 0 and 1; a batch of three), as computed
@@ -107,6 +107,7 @@ def test_the_code_s_cost_and_its_loose_stop_on_the_worked_example():
     # the code's stop (sum |du| < 0.1) after two iterations: its <pi, C> of 0.012318
     loose = sinkhorn(cost, mu, nu, eps=0.1, tol=0.1)
     assert float((loose * cost).sum()) == pytest.approx(0.012318, abs=1e-6)
+    np.testing.assert_allclose(loose.sum(1).numpy(), [0.547932, 0.452068], atol=1e-6)
     # the default (all 200 iterations) converges: numpy's value, 0.052844, marginals to 1e-6
     full = sinkhorn(cost, mu, nu, eps=0.1)
     assert float((full * cost).sum()) == pytest.approx(np_ot(RAW, cost.numpy()), abs=1e-9)
@@ -189,7 +190,7 @@ def test_the_step_s_loss_is_the_weighted_sum_plus_ten_times_the_meta_mean():
     got = float(loss.batch_loss(model(x), Batch.plain(x, y, index)).detach())
     assert got == pytest.approx((w * ce(z, LABELS)).sum(), rel=1e-5)
     meta = loss.auxiliary_loss()
-    assert float(meta) == pytest.approx(10 * ce(zv, yv.numpy()).mean(), rel=1e-5)
+    assert float(meta.detach()) == pytest.approx(10 * ce(zv, yv.numpy()).mean(), rel=1e-5)
     assert meta.requires_grad and loss.auxiliary_loss() is None  # one term per step
 
 
@@ -262,3 +263,20 @@ def test_a_run_resumes_exactly(tmp_path):
     resumed = resumed_run(recipe, tmp_path / "cut", 1)
     assert_same_training(resumed, full)
     assert resumed["selection"] == full["selection"]
+
+
+def test_the_cifar10_recipe_runs_its_two_phases_on_digits(tmp_path):
+    """configs/cifar10_lt/ot_reweight.yaml, data and model swapped for digits, one epoch a phase:
+    CE, then the classifier re-trained under ot_reweight with the backbone frozen."""
+    recipe = read_recipe(ROOT / "configs" / "cifar10_lt" / "ot_reweight.yaml")
+    assert recipe["data"]["val_per_class"] == 10
+    assert recipe["phases"][1]["train"]["freeze"] == ["backbone"]
+    recipe["data"] = {"name": "digits_lt", "imbalance_ratio": 10, "val_per_class": 6}
+    recipe["model"]["name"] = "digits_cnn"
+    recipe["train"]["epochs"] = 1
+    recipe["phases"][1]["train"]["epochs"] = 1
+    recipe["phases"][1]["optim"]["lr"] = 1e-4
+    results = train(resolve(recipe), tmp_path / "run", quiet=True)
+    assert np.isfinite(results["top1"])
+    assert results["selection"]["ot_reweight"]["phase"] == "ot"
+    assert [r["phase"] for r in results["history"]] == ["joint", "ot"]
