@@ -280,3 +280,17 @@ def test_the_cifar10_recipe_runs_its_two_phases_on_digits(tmp_path):
     assert np.isfinite(results["top1"])
     assert results["selection"]["ot_reweight"]["phase"] == "ot"
     assert [r["phase"] for r in results["history"]] == ["joint", "ot"]
+
+
+def test_a_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
+    """The meta term's graph is built before the step and back-propagated through the compiled
+    step's output: the compiled forward, which updates the BatchNorm buffers in place, must not
+    invalidate it (AOTAutograd's eager backend, as tests/test_compile.py uses a light one)."""
+    import lttoolbox.engine.compile as compile_module
+
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+    runs = {mode: train(resolve(digits(train={"epochs": 1, "compile": mode}, **RUN)),
+                        tmp_path / mode, quiet=True) for mode in ("off", "on")}
+    assert runs["on"]["compile_seconds"] > 0
+    assert_same_training(runs["on"], runs["off"])
+    assert runs["on"]["selection"] == runs["off"]["selection"]

@@ -241,8 +241,20 @@ class OTReweightLoss(LTLoss):
         self.weight_step(self._prototypes, features, batch.y_a.to(device),
                          batch.index.to(device))
         if self.meta_weight > 0:
-            # the code's 10 * mean CE of the whole meta set, in training mode (line 236)
-            self._meta_term = self.meta_weight * F.cross_entropy(model(xv).float(), yv)
+            self._meta_term = self.meta_weight * F.cross_entropy(self._meta_logits(model, xv), yv)
+
+    @staticmethod
+    def _meta_logits(model, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits on the meta images in training mode (the code's line 236), through
+        copies of its buffers, which then replace the buffers' values: the BatchNorm statistics
+        move as in the code, and the graph kept for the step's backward holds the copies, which
+        the step's own forward (compiled, it updates the buffers in place) leaves untouched."""
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        logits = torch.func.functional_call(model, buffers, (x,), strict=False)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        return logits.float()
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         term, self._meta_term = self._meta_term, None
