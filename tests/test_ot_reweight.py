@@ -158,6 +158,15 @@ def test_the_initial_weights_are_the_class_balanced_ones():
     np.testing.assert_allclose(loss.raw_weights.numpy(), np.repeat(w, [5, 3]), rtol=1e-6)
 
 
+def test_the_prototypes_are_the_features_of_each_class_s_mean_image():
+    loss, model, _, _ = toy((5, 3))
+    x = torch.tensor([[2.0, 1.0], [4.0, 3.0], [0.0, 6.0], [1.0, 0.0], [3.0, 2.0]])
+    y = torch.tensor([0, 0, 1, 0, 1])
+    # by hand: class 0 (2+4+1, 1+3+0) / 3, class 1 (0+3, 6+2) / 2
+    np.testing.assert_allclose(loss.prototypes(model, x, y).numpy(),
+                               [[7 / 3, 4 / 3], [1.5, 4.0]], rtol=1e-6)
+
+
 def test_before_step_moves_the_batch_s_weights_by_the_ot_gradient_as_numpy_does():
     # weight_lr 1 (the code's 0.01 moves them by about 1e-5, below float32's resolution here)
     loss, model, xv, yv = toy((5, 3), weight_lr=1.0, weight_decay=0.01, meta_weight=0.0)

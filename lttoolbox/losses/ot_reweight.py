@@ -198,8 +198,10 @@ class OTReweightLoss(LTLoss):
         """The features of each class's mean image, ``(C, d)`` (the code's ``'prototype'``)."""
         sums = torch.zeros((self.num_classes, *x.shape[1:]), device=x.device, dtype=x.dtype)
         sums.index_add_(0, y, x)
-        count = torch.bincount(y, minlength=self.num_classes).clamp_min(1)
-        means = sums / count.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        # counted by index_add_, not bincount, which reads the labels' maximum on the host
+        count = torch.zeros(self.num_classes, device=x.device, dtype=x.dtype)
+        count = count.index_add_(0, y, torch.ones_like(y, dtype=x.dtype)).clamp_min(1)
+        means = sums / count.reshape(-1, *([1] * (x.dim() - 1)))
         return model.forward_features(means).float()
 
     def weight_step(self, prototypes: torch.Tensor, features: torch.Tensor,
