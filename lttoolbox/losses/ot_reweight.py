@@ -103,7 +103,8 @@ class OTReweightLoss(LTLoss):
     class-balanced weight of its class (effective number, ``init_beta`` 0.9999, normalised to sum
     to C over the classes; ``OT_train.py`` lines 110-116). Before each step (``before_step``):
 
-    1. Features ``f_j`` of the batch (model in eval mode, no gradient, as line 200 and 214 detach).
+    1. Features ``f_j`` of the batch (model in eval mode as the code's line 200; no gradient,
+       as line 214 detaches them).
     2. The meta distribution: C class prototypes ``p_c``, the features of the mean image of each
        class's validation images (``meta_set='prototype'``, lines 183-190), recomputed at each
        epoch's first step; uniform mass ``1/C``.
@@ -128,9 +129,9 @@ class OTReweightLoss(LTLoss):
     * Sinkhorn runs all ``iterations`` (200) with no stopping test: the code's stop,
       ``sum |u - u_prev| < 0.1``, can stop after 2 iterations with a marginal off by about 0.05
       (docs/losses.md); the full iterations converge on such problems and need no host read.
-    * Prototypes and batch features are computed in eval mode with no gradient (the code runs
-      the prototypes' forward in train mode, which moves the BatchNorm statistics on a batch of
-      C mean images).
+    * The prototypes are computed in eval mode with no gradient, as the batch's features are in
+      the code too (the code runs the prototypes' forward in train mode, which moves the
+      BatchNorm statistics on a batch of C mean images).
     * The validation images are evaluation-transformed (the code augments its meta images) and
       the split is the toolbox's balanced one (``data.val_per_class``, the code's 10).
 
@@ -230,7 +231,9 @@ class OTReweightLoss(LTLoss):
         if size is None:
             raise RuntimeError("ot_reweight reads the validation split's size at before_run; "
                                "train it with the trainer (data.val_per_class)")
-        xv, yv = step.validation_batch(size)
+        xv = yv = None
+        if self._prototypes is None or self.meta_weight > 0:
+            xv, yv = step.validation_batch(size)
         was_training = model.training
         try:
             model.eval()
