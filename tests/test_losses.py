@@ -61,7 +61,7 @@ def build(cfg, counts=COUNTS, **extra):
 def drw_config(cfg, start):
     """The entry with deferred weights switching on at ``start`` (a loss that wraps another
     defers the wrapped loss's weights)."""
-    if LOSSES.get(cfg["name"]).batch_weighted:
+    if LOSSES.get(cfg["name"]).batch_weighted and default_of(cfg["name"], "loss") is not None:
         inner = cfg.get("loss", default_of(cfg["name"], "loss"))
         return {**cfg, "loss": drw_config({"name": inner} if isinstance(inner, str) else inner,
                                           start)}

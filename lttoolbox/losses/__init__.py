@@ -2,7 +2,8 @@
 
 Entries: ``ce``, ``cs_ce``, ``focal``, ``sigmoid_focal``, ``cb``, ``ldam``, ``am_softmax``,
 ``balanced_softmax``, ``cdt``, ``las``, ``vs``, ``autobalance`` (whose per-class adjustments a
-hypergradient on the validation split learns), and ``absgd``, which wraps any of the others.
+hypergradient on the validation split learns), ``ot_reweight`` (per-example weights learned by
+optimal transport to a balanced meta set), and ``absgd``, which wraps any of the others.
 Every entry is an :class:`LTLoss`: ``loss(logits, target)`` is the weighted batch mean,
 ``reduction="none"`` gives one value per sample, class weights (``weights: {name: inverse |
 sqrt_inverse | effective_number | cost_sensitive, ...}``) are a swappable part of every loss and
