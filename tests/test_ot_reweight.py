@@ -262,7 +262,7 @@ def test_a_digits_run_learns_per_example_weights(tmp_path):
     learned = np.array(results["selection"]["ot_reweight"]["class_mean_weight"])
     assert not np.allclose(learned, initial, rtol=0, atol=1e-7)  # the OT step moved them
     np.testing.assert_allclose(learned, initial, rtol=1e-3)  # by the code's small steps
-    assert all(set(r["loss_terms"]) == {"ot_reweight", "OTReweightLoss"}
+    assert all(set(r["loss_terms"]) == {"ot_reweight", "ot_reweight_aux"}
                for r in results["history"])
 
 

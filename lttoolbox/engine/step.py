@@ -62,13 +62,16 @@ def auxiliary_parts(phase) -> list:
 
 def loss_term_names(phase) -> list[str]:
     """The names a phase's loss terms are logged under: the criterion's, then each component's
-    with an auxiliary loss, as the recipe names them (``["ldam", "rsg"]``); empty when the
-    criterion's loss is the only term."""
+    with an auxiliary loss, as the recipe names them (``["ldam", "rsg"]``; a loss's own extra
+    term, a meta objective, is ``<loss>_aux``); empty when the criterion's loss is the only
+    term."""
     parts = auxiliary_parts(phase)
     if not parts:
         return []
-    named = [(phase.generator, phase.recipe["generator"]),
+    criterion = phase.recipe["loss"]["name"]
+    named = [(phase.loss, {"name": f"{criterion}_aux"}),
+             (phase.generator, phase.recipe["generator"]),
              *zip(phase.augments, phase.recipe["augment"])]
-    return [phase.recipe["loss"]["name"],
+    return [criterion,
             *(next((cfg["name"] for c, cfg in named if c is p), type(p).__name__)
               for p in parts)]
