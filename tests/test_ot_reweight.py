@@ -183,6 +183,22 @@ def test_before_step_moves_the_batch_s_weights_by_the_ot_gradient_as_numpy_does(
     assert torch.equal(loss.raw_weights[others], before[others])  # only the batch's weights
 
 
+def test_an_image_drawn_twice_is_written_as_its_first_occurrence():
+    """A re-sampling sampler may put one image in a batch twice (two crops, one label): both
+    copies are written with the first occurrence's update, whatever order the writes land in."""
+    loss, model, xv, yv = toy((5, 3), weight_lr=1.0, weight_decay=0.01, meta_weight=0.0)
+    index = torch.tensor([1, 6, 1])  # image 1 (class 0) twice, image 6 (class 1)
+    labels = np.array([0, 1, 0])
+    raw = np.array([RAW[0], RAW[2], RAW[0]])
+    loss.raw_weights[index] = torch.tensor(raw, dtype=torch.float32)
+    batch = Batch.plain(torch.tensor(FEATS, dtype=torch.float32), torch.tensor(labels), index)
+    loss.before_step(ToyStep(batch, model, xv, yv))
+    want = np_weight_step(raw, np_cost(PROTOS, FEATS, labels, 2), lr=1.0, wd=0.01)
+    assert abs(want[0] - want[2]) > 1e-3  # the two copies' own updates differ
+    np.testing.assert_allclose(loss.raw_weights[torch.tensor([1, 6])].numpy(), want[:2],
+                               atol=2e-6)
+
+
 def test_the_step_s_loss_is_the_weighted_sum_plus_ten_times_the_meta_mean():
     loss, model, xv, yv = toy((5, 3))
     index = torch.tensor([0, 7, 2])

@@ -216,7 +216,13 @@ class OTReweightLoss(LTLoss):
         distance = (plan * cost).sum()
         (grad,) = torch.autograd.grad(distance, w)
         with torch.no_grad():
-            self.raw_weights[index] = w - self.weight_lr * (grad + self.weight_decay * w)
+            new = w - self.weight_lr * (grad + self.weight_decay * w)
+            # An image drawn twice in the batch (a re-sampling sampler) gets two updates; each
+            # copy is written as its first occurrence's, so the result does not depend on the
+            # order of the writes (undefined for duplicate indices, on CUDA). Fixed-size: no sync.
+            index = index.to(new.device)
+            first = (index[:, None] == index[None, :]).to(torch.int8).argmax(dim=1)
+            self.raw_weights[index] = new[first]
         return distance.detach()
 
     def before_step(self, step) -> None:
