@@ -17,7 +17,6 @@ Example:
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..checks import check_int
 from ..errors import ConfigError, DataError
 from .path_choice import PATHS
 from .profiles import check_imbalance, check_selection, index_hash, long_tail_counts, \
@@ -142,15 +142,6 @@ class DataBundle:
     def image_size(self) -> int:
         """Image height = width (model context)."""
         return int(self.train.image_size)
-
-
-def check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    """Raise ``ConfigError`` naming ``name`` unless ``value`` is an integer >= ``minimum``."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        kind = "null or an integer" if optional else "an integer"
-        raise ConfigError(f"{name} must be {kind} >= {minimum}, got {value!r}")
 
 
 def check_common(imbalance_type: str | None, imbalance_ratio: float, selection: str,

@@ -46,7 +46,8 @@ from ..batch import Batch
 from ..api import Component, Context, ModuleComponent
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError
-from ..losses.base import check_counts, check_epoch
+from ..checks import check_epoch
+from ..losses.base import check_counts
 from ..losses.weights import check_number
 
 

@@ -54,7 +54,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..losses.weights import check_number
-from ..models.base import check_int
+from ..checks import check_int
 from ..registry import GENERATORS
 from .base import FeatureGenerator, generation_count
 
@@ -124,8 +124,8 @@ class DeltaEncoder(FeatureGenerator):
                  **base: Any):
         super().__init__(**base)
         channels = self.feature_shape[0]
-        hidden = check_int(hidden, "hidden", 1)
-        self.latent_dim = check_int(latent_dim, "latent_dim", 1)
+        hidden = check_int("hidden", hidden, 1)
+        self.latent_dim = check_int("latent_dim", latent_dim, 1)
         dropout = check_number("dropout", dropout, 0.0, 1.0, high_open=True)
         if reconstruction not in RECONSTRUCTIONS:
             raise ConfigError(f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got "

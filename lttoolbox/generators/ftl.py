@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..models.base import check_int
+from ..checks import check_int
 from ..registry import GENERATORS
 from .base import FeatureGenerator
 
@@ -67,7 +67,7 @@ class FTL(FeatureGenerator):
     def __init__(self, components: int = 10, **base: Any):
         super().__init__(**base)
         channels, height, width = self.feature_shape
-        self.components = min(check_int(components, "components", 1), channels)
+        self.components = min(check_int("components", components, 1), channels)
         shape = (self.num_classes, channels, height, width)
         # The statistics are state: saved in every checkpoint, so a resumed run refreshes from
         # exactly the same sums.

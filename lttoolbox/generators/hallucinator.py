@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.base import check_int
+from ..checks import check_int
 from ..registry import GENERATORS
 from .base import FeatureGenerator, generation_count
 
@@ -61,8 +61,8 @@ class Hallucinator(FeatureGenerator):
     def __init__(self, noise_dim: int | None = None, hidden: int | None = None, **base: Any):
         super().__init__(**base)
         channels = self.feature_shape[0]
-        self.noise_dim = check_int(channels if noise_dim is None else noise_dim, "noise_dim", 1)
-        hidden = check_int(channels if hidden is None else hidden, "hidden", 1)
+        self.noise_dim = check_int("noise_dim", channels if noise_dim is None else noise_dim, 1)
+        hidden = check_int("hidden", channels if hidden is None else hidden, 1)
         self.mlp = nn.Sequential(nn.Conv2d(channels + self.noise_dim, hidden, 1), nn.ReLU(),
                                  nn.Conv2d(hidden, hidden, 1), nn.ReLU(),
                                  nn.Conv2d(hidden, channels, 1))

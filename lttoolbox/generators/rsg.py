@@ -67,9 +67,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..losses.base import check_epoch
+from ..checks import check_epoch
 from ..losses.weights import check_number
-from ..models.base import check_int
+from ..checks import check_int
 from ..registry import GENERATORS
 from .base import FeatureGenerator
 
@@ -193,9 +193,9 @@ class RSG(FeatureGenerator):
                  transform: bool = True, **base: Any):
         super().__init__(**base)
         channels = self.feature_shape[0]
-        self.num_centers = check_int(num_centers, "num_centers", 1)
-        width = check_int(contrastive_channels, "contrastive_channels", 1)
-        kernel = check_int(contrastive_kernel, "contrastive_kernel", 1)
+        self.num_centers = check_int("num_centers", num_centers, 1)
+        width = check_int("contrastive_channels", contrastive_channels, 1)
+        kernel = check_int("contrastive_kernel", contrastive_kernel, 1)
         if kernel % 2 == 0:
             raise ConfigError(f"must be odd (the maps keep their size), got {kernel}",
                               key="contrastive_kernel")

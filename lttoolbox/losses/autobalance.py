@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import LOSSES
@@ -16,14 +16,6 @@ from .base import LTLoss
 from .weights import check_number
 
 CODE = "ucr-optml/AutoBalance at 8b4bd4c22ca7579a43ce0a8a8d5b9079731e5e39"
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def neumann_inverse_hvp(hvp, v: Sequence[torch.Tensor], terms: int, alpha: float
@@ -149,36 +141,38 @@ class AutoBalanceLoss(LTLoss):
                  group_size: int = 1, dy_init: float | Sequence[float] = 1.0,
                  ly_init: float | Sequence[float] = 0.0, search: bool = True,
                  start_epoch: int = 120, end_epoch: int | None = None, **base: Any):
-        self.every = _check_int("every", every, 1)
-        self.train_batches = _check_int("train_batches", train_batches, 1)
-        self.val_batches = _check_int("val_batches", val_batches, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.val_batch_size = _check_int("val_batch_size", val_batch_size, 1)
-        self.neumann_terms = _check_int("neumann_terms", neumann_terms, 0)
+        self.every = check_int("every", every, 1, whole_floats=True)
+        self.train_batches = check_int("train_batches", train_batches, 1, whole_floats=True)
+        self.val_batches = check_int("val_batches", val_batches, 1, whole_floats=True)
+        self.batch_size = check_int("batch_size", batch_size, 1, whole_floats=True)
+        self.val_batch_size = check_int("val_batch_size", val_batch_size, 1, whole_floats=True)
+        self.neumann_terms = check_int("neumann_terms", neumann_terms, 0, whole_floats=True)
         self.neumann_lr = check_number("neumann_lr", neumann_lr, 0.0, low_open=True)
         self.outer_lr = check_number("outer_lr", outer_lr, 0.0, low_open=True)
         self.outer_momentum = check_number("outer_momentum", outer_momentum, 0.0, 1.0,
                                            high_open=True)
         self.outer_weight_decay = check_number("outer_weight_decay", outer_weight_decay, 0.0)
-        self.outer_warmup_epochs = _check_int("outer_warmup_epochs", outer_warmup_epochs, 0)
+        self.outer_warmup_epochs = check_int("outer_warmup_epochs", outer_warmup_epochs, 0,
+                                             whole_floats=True)
         self.outer_gamma = check_number("outer_gamma", outer_gamma, 0.0, low_open=True)
         if not isinstance(milestones, (list, tuple)):
             raise ConfigError(f"milestones must be a list of epochs, got {milestones!r}")
-        self.milestones = [_check_int("milestones", m, 0) for m in milestones]
+        self.milestones = [check_int("milestones", m, 0, whole_floats=True) for m in milestones]
         if not isinstance(search, bool):
             raise ConfigError(f"search must be true or false, got {search!r}")
         self.search = search
-        start_epoch = _check_int("start_epoch", start_epoch, 0)
+        start_epoch = check_int("start_epoch", start_epoch, 0, whole_floats=True)
         super().__init__(**base)
         # The outer-step window; LTLoss's own (start_epoch) is the weights' DRW switch.
         self.outer_start, self.outer_end = start_epoch, end_epoch
-        if end_epoch is not None and (_check_int("end_epoch", end_epoch, 0) <= start_epoch):
+        if (end_epoch is not None
+                and check_int("end_epoch", end_epoch, 0, whole_floats=True) <= start_epoch):
             raise ConfigError(f"end_epoch must be greater than start_epoch ({start_epoch}), "
                               f"got {end_epoch!r}")
         if self.num_classes is None:
             raise ConfigError("loss 'autobalance' needs the number of classes; the trainer "
                               "passes it, outside the trainer build with num_classes=...")
-        self.group_size = _check_int("group_size", group_size, 1)
+        self.group_size = check_int("group_size", group_size, 1, whole_floats=True)
         if self.num_classes % self.group_size:
             raise ConfigError(f"group_size {self.group_size} must divide the {self.num_classes} "
                               f"classes (one (d, l) pair per block of consecutive classes)")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import check_epoch
 from ..batch import Batch
 from ..api import Component, Context, ModuleComponent
 from ..epochs import UnreachableEpochWarning
@@ -66,15 +67,6 @@ def check_counts(class_counts: Any, num_classes: Any = None) -> np.ndarray | Non
         raise ConfigError(f"class_counts has {counts.size} entries but num_classes is "
                           f"{num_classes}; they must describe the same classes")
     return counts
-
-
-def check_epoch(name: str, value: Any) -> int:
-    """A non-negative integer epoch (an integral float such as a scaled ``160.0`` is accepted)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative integer epoch, got {value!r}")
-    return int(value)
 
 
 class LTLoss(ModuleComponent):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_int
 from ..batch import Batch
 from ..errors import ConfigError
 from ..registry import LOSSES
@@ -16,14 +17,6 @@ from .weights import check_number, effective_number
 
 CODE = ("DandanGuo1993/reweight-imbalance-classification-with-OT at "
         "01f35a8c08610c4f09e19e346150af3a3428174e")
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def sinkhorn(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float = 0.1,
@@ -162,7 +155,7 @@ class OTReweightLoss(LTLoss):
                  weight_decay: float = 5e-4, meta_weight: float = 10.0,
                  init_beta: float = 0.9999, **base: Any):
         self.eps = check_number("eps", eps, 0.0, low_open=True)
-        self.iterations = _check_int("iterations", iterations, 1)
+        self.iterations = check_int("iterations", iterations, 1, whole_floats=True)
         self.weight_lr = check_number("weight_lr", weight_lr, 0.0, low_open=True)
         self.weight_decay = check_number("weight_decay", weight_decay, 0.0)
         self.meta_weight = check_number("meta_weight", meta_weight, 0.0)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..checks import check_number  # noqa: F401  (the losses import it from here)
 from ..errors import ConfigError
 from ..registry import suggest
 
@@ -51,34 +52,6 @@ def register_scheme(name: str) -> Callable[[Callable], Callable]:
         return fn
 
     return decorate
-
-
-def check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """Validate a real-valued parameter and return it as a float.
-
-    Args:
-        name: Parameter name used in the message (``"gamma"``, ``"weights.beta"``).
-        value: The value to check; booleans and non-numbers are rejected.
-        low, high: Bounds, ``None`` for unbounded.
-        low_open, high_open: Whether the bound itself is excluded.
-
-    Raises:
-        ConfigError: naming ``name`` and the allowed range.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    lo_ok = low is None or (value > low if low_open else value >= low)
-    hi_ok = high is None or (value < high if high_open else value <= high)
-    if not (math.isfinite(value) and lo_ok and hi_ok):
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        span = f"{left}{lo}, {hi}{right}"
-        raise ConfigError(f"{name} must lie in {span}, got {value!r}")
-    return value
 
 
 def _normalise(w: np.ndarray) -> np.ndarray:

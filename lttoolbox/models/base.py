@@ -30,18 +30,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ..checks import check_int
 from ..batch import Batch
 from ..errors import ConfigError
 from .heads import build_head, head_config
 
 Hook = Callable[[torch.Tensor, Batch], "tuple[torch.Tensor, Batch]"]
-
-
-def check_int(value: Any, name: str, minimum: int) -> int:
-    """``value`` as an int ``>= minimum``, else a ConfigError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def check_image_size(value: Any, minimum: int) -> tuple[int, int]:
@@ -79,8 +73,8 @@ class LTModel(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int, head: str | dict = "linear"):
         super().__init__()
-        self.num_classes = check_int(num_classes, "num_classes", 2)
-        self.in_channels = check_int(in_channels, "in_channels", 1)
+        self.num_classes = check_int("num_classes", num_classes, 2)
+        self.in_channels = check_int("in_channels", in_channels, 1)
         self.head_cfg = head_config(head)
         self._frozen: set[str] = set()
         self._fixed_stats: set[str] = set()  # frozen blocks kept in eval mode

@@ -27,8 +27,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from typing import Iterator
 
@@ -37,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..checks import check_int, check_real  # noqa: F401  (check_real: its samplers import it here)
 from ..api import Component, Context
 from ..epochs import UnreachableEpochWarning
 from ..errors import ConfigError, DataError
@@ -44,23 +43,6 @@ from ..errors import ConfigError, DataError
 # Mixed into every seed so that the sampler's stream is independent of any other component that
 # also derives a generator from the run's (seed, epoch).
 _STREAM_TAG = 0x5A3D1E
-
-
-def check_int(name: str, value, minimum: int | None = None) -> int:
-    """``value`` as an int, or a ConfigError naming ``name`` (bools and floats are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def check_real(name: str, value) -> float:
-    """``value`` as a finite float, or a ConfigError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def check_labels(labels, num_classes: int | None) -> tuple[np.ndarray, int, np.ndarray]:
