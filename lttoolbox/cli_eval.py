@@ -59,7 +59,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
     is training (it holds ``RUN_DIR/.lock``) is refused, naming that process.
     """
     from .data.datapath import build_data_path
-    from .engine.evaluate import metrics_from_predictions, predict_batches
+    from .engine.evaluate import metrics_from_predictions, predict_batches, ranks_for
     from .engine.provenance import git_commit, machine_info
     from .recipe import apply_overrides, recipe_hash, resolve
     from .registry import DATASETS
@@ -103,7 +103,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
     path = build_data_path(data, run.device, workers=recipe["train"]["workers"],
                            stats=(run.info["mean"], run.info["std"]))
     pred, conf = predict_batches(run.model, path.eval_batches("test", ev["batch_size"]),
-                                 run.autocast)
+                                 run.autocast, k=ranks_for(len(classes)))
     metrics = metrics_from_predictions(pred, path.eval_labels("test"), conf, len(classes),
                                        run.info["train_class_counts"], ev["many_threshold"],
                                        ev["few_threshold"], ev["ece_bins"])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lttoolbox.engine.evaluate import (expected_calibration_error, metrics_from_predictions,
-                                       split_accuracies)
+                                       ranks_for, split_accuracies)
 
 
 def test_split_boundaries_follow_the_convention():
@@ -40,3 +40,61 @@ def test_metrics_from_predictions_by_hand():
     assert m["confusion_matrix"] == [[3, 1, 0], [1, 1, 0], [0, 1, 1]]
     assert m["test_class_counts"] == [4, 2, 2]
     assert m["ece"] == pytest.approx(100 * abs(5 / 8 - 0.5))
+
+
+def test_top5_by_hand_from_ranked_predictions():
+    # Ranked classes (prediction first): image 0 hits at rank 1, image 1 at rank 5, image 2 misses.
+    ranked = np.array([[1, 0, 2, 3, 4], [5, 6, 7, 8, 2], [0, 1, 3, 4, 5]])
+    m = metrics_from_predictions(ranked, np.array([1, 2, 9]), np.ones(3), 10, [9] * 10)
+    assert m["top1"] == pytest.approx(100 / 3)
+    assert m["top5"] == pytest.approx(200 / 3)
+    assert m["confusion_matrix"][2][5] == 1  # top-1 metrics read the first column
+
+
+def test_top5_is_none_where_it_says_nothing():
+    # 5 classes: every label is in the top 5. One label per image: no ranking to read.
+    ranked = np.array([[0, 1, 2, 3, 4]])
+    assert metrics_from_predictions(ranked, np.array([4]), np.ones(1), 5, [3] * 5)["top5"] is None
+    assert metrics_from_predictions(np.array([0]), np.array([4]), np.ones(1), 10,
+                                    [3] * 10)["top5"] is None
+    assert ranks_for(5) == 1 and ranks_for(6) == 5
+
+
+def test_ranked_predictions_follow_the_scores():
+    import torch
+
+    from lttoolbox.engine.evaluate import predict_batches
+
+    logits = torch.tensor(np.random.default_rng(0).normal(size=(7, 9)), dtype=torch.float32)
+    pred, conf = predict_batches(torch.nn.Identity(), [logits[:4], logits[4:]], k=5)
+    expected = np.argsort(-logits.numpy(), axis=1, kind="stable")[:, :5]
+    assert pred.shape == (7, 5) and np.array_equal(pred, expected)
+    probs = np.exp(logits.numpy()) / np.exp(logits.numpy()).sum(1, keepdims=True)
+    np.testing.assert_allclose(conf, probs.max(1), rtol=1e-6)
+    empty, _ = predict_batches(torch.nn.Identity(), [], k=5)
+    assert empty.shape == (0, 5)
+
+
+def test_a_run_reports_top5_of_its_final_model(tmp_path):
+    import json
+
+    import torch
+    import yaml
+
+    from conftest import DIGITS
+    from lttoolbox.cli import main as lttrain
+    from lttoolbox.registry import DATASETS
+    from lttoolbox.runs import open_run
+
+    recipe = dict(DIGITS, train={"epochs": 1, "batch_size": 64})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert lttrain([str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    run = open_run(tmp_path / "run")
+    test = DATASETS.build(run.recipe["data"], key="data").test
+    with torch.no_grad():
+        logits = run.model(run.eval_transform(torch.as_tensor(test.images))).numpy()
+    labels = np.asarray(test.labels)
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    assert results["top5"] == pytest.approx(100 * (top5 == labels[:, None]).any(1).mean())
+    assert results["top1"] <= results["top5"] <= 100

@@ -19,7 +19,7 @@ from lttoolbox.cli_eval import main as lteval
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["bird", "cat", "dog"]
-METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "per_class_acc", "ece",
+METRICS = ("top1", "top5", "mean_class_acc", "many", "medium", "few", "per_class_acc", "ece",
            "confusion_matrix", "train_class_counts", "test_class_counts")
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: top-1, mean per-class accuracy, many/medium/few-shot splits, calibration.
+"""Evaluation: top-1, top-5, mean per-class accuracy, many/medium/few-shot splits, calibration.
 
 The split convention is the one of Liu et al. (OLTR, CVPR 2019) and everything after it: a class is
 *many-shot* with more than ``many_threshold`` (100) training images, *few-shot* with fewer than
@@ -49,12 +49,39 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray,
     return float(100.0 * ece)
 
 
+def ranks_for(num_classes: int) -> int:
+    """How many ranked classes an evaluation keeps per image: 5 where top-5 accuracy says
+    something (more than 5 classes; with 5 or fewer it is 100 % by construction), else 1."""
+    return TOP_K if num_classes > TOP_K else 1
+
+
+#: The k of the reported top-k accuracy besides top-1 (ImageNet's convention).
+TOP_K = 5
+
+
 def metrics_from_predictions(pred: np.ndarray, target: np.ndarray, confidence: np.ndarray,
                              num_classes: int, train_counts: Sequence[int],
                              many_threshold: int = 100, few_threshold: int = 20,
                              ece_bins: int = 15) -> dict:
-    """All reported metrics from predicted labels, true labels and confidences."""
+    """All reported metrics from predicted labels, true labels and confidences.
+
+    ``pred`` is the predicted label per image, ``(N,)``, or the classes ranked by score,
+    ``(N, k)`` with the prediction first; ``top5`` (the share of images whose label is among the
+    five best-scored classes) needs ``k >= 5`` and is ``None`` otherwise, and where the data set
+    has 5 classes or fewer.
+
+    Example:
+        >>> ranked = np.array([[0, 1, 2, 3, 4], [5, 0, 1, 2, 3], [2, 1, 0, 3, 4]])
+        >>> m = metrics_from_predictions(ranked, np.array([0, 3, 9]), np.ones(3), 10, [9] * 10)
+        >>> round(m["top1"], 2), round(m["top5"], 2)
+        (33.33, 66.67)
+    """
     pred, target = np.asarray(pred), np.asarray(target)
+    top5 = None
+    if pred.ndim == 2:
+        if pred.shape[1] >= TOP_K and num_classes > TOP_K:
+            top5 = float(100.0 * (pred[:, :TOP_K] == target[:, None]).any(axis=1).mean())
+        pred = pred[:, 0]
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (target, pred), 1)
     test_counts = confusion.sum(axis=1)
@@ -64,6 +91,7 @@ def metrics_from_predictions(pred: np.ndarray, target: np.ndarray, confidence: n
     correct = pred == target
     return {
         "top1": float(100.0 * correct.mean()),
+        "top5": top5,
         "mean_class_acc": float(per_class[present].mean()),
         **split_accuracies(np.where(present, per_class, 0.0)[present],
                            np.asarray(train_counts)[present], many_threshold, few_threshold),
@@ -106,19 +134,36 @@ def batched_logits(model: torch.nn.Module, images: torch.Tensor, transform: Call
 
 
 def predict_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor],
-                    autocast: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    autocast: Callable | None = None, k: int = 1
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted labels and their softmax confidence for transformed batches.
 
+    With ``k > 1`` the predictions are the ``k`` best-scored classes of each image, ``(N, k)``,
+    the predicted label first (:func:`metrics_from_predictions` reads top-5 from them).
     Predictions are gathered on the device and copied to the host once, at the end.
     """
     preds, confs = [], []
     for logits in logits_of(model, batches, autocast):
-        conf, pred = torch.softmax(logits, dim=1).max(dim=1)
+        probs = torch.softmax(logits, dim=1)
+        if k == 1:
+            conf, pred = probs.max(dim=1)
+        else:
+            # topk's first column is the max; ties resolve as in max (the lowest index) only
+            # up to the kernel, so the label comes from max and the rest from topk.
+            conf, pred = probs.max(dim=1)
+            pred = torch.cat([pred[:, None], _others(probs, pred, k - 1)], dim=1)
         preds.append(pred)
         confs.append(conf)
     if not preds:  # an empty shard (more ranks than images)
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        shape = (0,) if k == 1 else (0, k)
+        return np.zeros(shape, dtype=np.int64), np.zeros(0, dtype=np.float32)
     return torch.cat(preds).cpu().numpy(), torch.cat(confs).cpu().numpy()
+
+
+def _others(probs: torch.Tensor, first: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` best-scored classes of each row after ``first`` (which is left out)."""
+    rest = probs.scatter(1, first[:, None], float("-inf"))
+    return rest.topk(k, dim=1).indices
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, transform: Callable,
@@ -156,6 +201,8 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
              few_threshold: int = 20, ece_bins: int = 15, batch_size: int = 1024,
              autocast: Callable | None = None) -> dict:
     """Evaluate ``model`` on a labelled set; see :func:`metrics_from_predictions`."""
-    pred, conf = predict(model, images, transform, batch_size, autocast)
+    pred, conf = predict_batches(model, (transform(images[s:s + batch_size])
+                                         for s in range(0, images.shape[0], batch_size)),
+                                 autocast, k=ranks_for(len(train_counts)))
     return metrics_from_predictions(pred, labels.cpu().numpy(), conf, len(train_counts),
                                     train_counts, many_threshold, few_threshold, ece_bins)

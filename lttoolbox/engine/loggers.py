@@ -52,7 +52,7 @@ class TensorBoardLogger:
 
         per_class = [a for a in results["per_class_acc"] if a is not None]
         self.writer.add_histogram("final/per_class_accuracy", torch.tensor(per_class), self.step)
-        for key in ("top1", "mean_class_acc", "many", "medium", "few", "ece"):
+        for key in ("top1", "top5", "mean_class_acc", "many", "medium", "few", "ece"):
             if results.get(key) is not None:
                 self.writer.add_scalar(f"final/{key}", results[key], self.step)
         names = results.get("class_names") or [str(i) for i in range(len(per_class))]

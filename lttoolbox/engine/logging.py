@@ -68,17 +68,21 @@ class RunLogger:
         if self.silent:
             return
         if self.quiet:
+            top5 = results.get("top5")
             self.console.print(f"top1 {results['top1']:.2f}"
-                               f"  mean-class {results['mean_class_acc']:.2f}"
+                               + ("" if top5 is None else f"  top5 {top5:.2f}")
+                               + f"  mean-class {results['mean_class_acc']:.2f}"
                                f"  many {fmt(results['many'])}  medium {fmt(results['medium'])}"
                                f"  few {fmt(results['few'])}")
             return
         table = Table(title=title)
         trained = "epochs" in results  # an evaluation of saved weights has no training columns
-        for column in ("top-1", "mean class", "many", "medium", "few", "ECE",
-                       *(("epochs", "img/s") if trained else ())):
+        top5 = results.get("top5") is not None  # none with 5 classes or fewer
+        for column in ("top-1", *(("top-5",) if top5 else ()), "mean class", "many", "medium",
+                       "few", "ECE", *(("epochs", "img/s") if trained else ())):
             table.add_column(column, justify="right")
-        table.add_row(fmt(results["top1"]), fmt(results["mean_class_acc"]), fmt(results["many"]),
+        table.add_row(fmt(results["top1"]), *((fmt(results["top5"]),) if top5 else ()),
+                      fmt(results["mean_class_acc"]), fmt(results["many"]),
                       fmt(results["medium"]), fmt(results["few"]), fmt(results["ece"]),
                       *((str(results["epochs"]), f"{results['images_per_second']:.0f}")
                         if trained else ()))

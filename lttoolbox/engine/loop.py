@@ -17,7 +17,7 @@ from ..epochs import UnreachableEpochWarning
 from ..recipe import phase_recipes
 from .device import phase_seed
 from .distributed import gather_predictions, mean_over_ranks, per_rank_batch, sync_buffers
-from .evaluate import metrics_from_predictions, predict_batches
+from .evaluate import metrics_from_predictions, predict_batches, ranks_for
 from .events import RunPhaseEvents, RunStepEvents
 from .monitor import check_divergence
 from .optim import lr_at, set_lr, warms_up_per_step
@@ -180,7 +180,8 @@ class EpochLoop:
         total = self.data_path.eval_size(split)
         positions = shard(total, self.world.rank, self.world.size)
         pred, conf = predict_batches(
-            self.model, self.data_path.eval_batches(split, ev["batch_size"], positions), autocast)
+            self.model, self.data_path.eval_batches(split, ev["batch_size"], positions), autocast,
+            k=ranks_for(self.num_classes))
         pred, conf = gather_predictions(positions, pred, conf, total, self.world)
         return metrics_from_predictions(pred, self.data_path.eval_labels(split), conf,
                                         self.num_classes, self.class_counts,
