@@ -6,7 +6,7 @@ special case ``y_b = y_a`` and ``lam = 1``, so the trainer needs no branch for i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -47,3 +47,32 @@ class Batch:
     def replace(self, **changes) -> "Batch":
         """A copy with some fields changed."""
         return replace(self, **changes)
+
+    def chunks(self, parts: int) -> list["Batch"]:
+        """The batch in ``parts`` consecutive parts of nearly equal size (``torch.tensor_split``'s
+        sizes), every per-sample field sliced alike; an unmixed batch gives unmixed parts.
+
+        Example:
+            >>> b = Batch.plain(torch.zeros(5, 1), torch.arange(5), index=torch.arange(5))
+            >>> [(p.y_a.tolist(), p.mixed) for p in b.chunks(2)]
+            [([0, 1, 2], False), ([3, 4], False)]
+        """
+        size = self.x.shape[0]
+        bounds = torch.tensor_split(torch.arange(size), parts)
+        out = []
+        for part in bounds:
+            if part.numel() == 0:
+                continue
+            lo, hi = int(part[0]), int(part[-1]) + 1
+            values = {}
+            for f in fields(self):
+                value = getattr(self, f.name)
+                if f.name == "y_b" and value is self.y_a:
+                    continue  # set below: an unmixed part keeps y_b is y_a
+                per_sample = isinstance(value, torch.Tensor) and value.dim() > 0 \
+                    and value.shape[0] == size
+                values[f.name] = value[lo:hi] if per_sample else value
+            if "y_b" not in values:
+                values["y_b"] = values["y_a"]
+            out.append(Batch(**values))
+        return out

@@ -43,7 +43,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "freeze_bn_stats": False,
               "reset_head": False,
               "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False,
-              "compile": "auto", "threads": "auto"},
+              "compile": "auto", "threads": "auto", "ema": None, "clip_grad_norm": None,
+              "accumulate": 1},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
@@ -646,6 +647,9 @@ def recipe_differences(a: dict, b: dict, names: tuple[str, str] = ("here", "ther
 
 # train keys that say how a run is carried out, not what it trains (left out of the hash)
 WAYS_OF_RUNNING = ("loggers", "workers", "sync_bn", "compile", "threads")
+# train keys added after runs were written: hashed only where set to something other than their
+# default, so a recipe that leaves them alone keeps the hash it had before they existed
+LATER_TRAIN_KEYS = {"ema": None, "clip_grad_norm": None, "accumulate": 1}
 
 
 def recipe_hash(recipe: dict) -> str:
@@ -662,7 +666,9 @@ def recipe_hash(recipe: dict) -> str:
     ``train.freeze_bn_stats`` counts only where it can act, in a phase that freezes something: a
     recipe that freezes nothing keeps the hash it had before the key existed, while one that
     freezes trains differently since then (the frozen blocks' BatchNorm statistics are
-    re-estimated by default) and gets a new one.
+    re-estimated by default) and gets a new one. Likewise ``train.ema``, ``train.clip_grad_norm``
+    and ``train.accumulate`` count only where they are set to something other than their default
+    (:data:`LATER_TRAIN_KEYS`).
 
     The recipe is hashed in its canonical spelling, the one recipes had before training phases
     were called ``phases`` and a component's model point ``point`` (both were ``stage(s)``;
@@ -677,6 +683,8 @@ def recipe_hash(recipe: dict) -> str:
             ignored = list(WAYS_OF_RUNNING)
             if not out["train"].get("freeze"):
                 ignored.append("freeze_bn_stats")
+            ignored += [k for k, default in LATER_TRAIN_KEYS.items()
+                        if out["train"].get(k, default) == default]
             out["train"] = {k: v for k, v in out["train"].items() if k not in ignored}
         if isinstance(out.get("stages"), list):  # the phases, canonically spelled
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]

@@ -120,6 +120,44 @@ def optim_defaults(optim: Any, key: str) -> dict:
     return {"name": name, **known, **{k: v for k, v in optim.items() if k != "name"}}
 
 
+def check_step_options(train: dict, optim: dict, p: str) -> None:
+    """Check (and normalise) ``train.ema``, ``train.clip_grad_norm`` and ``train.accumulate``."""
+    if train["clip_grad_norm"] is not None:
+        train["clip_grad_norm"] = number(train["clip_grad_norm"], f"{p}train.clip_grad_norm",
+                                         positive=True)
+    train["accumulate"] = number(train["accumulate"], f"{p}train.accumulate", integer=True,
+                                 minimum=1)
+    if train["accumulate"] > train["batch_size"]:
+        raise ConfigError(f"splits each batch into that many parts, at most train.batch_size "
+                          f"({train['batch_size']}); got {train['accumulate']}",
+                          key=f"{p}train.accumulate")
+    if train["accumulate"] > 1 and needs_closure(optim["name"]):
+        raise ConfigError(f"optimizer '{optim['name']}' evaluates the loss more than once per "
+                          f"step (a two-pass step), which gradient accumulation cannot split "
+                          f"into parts; use accumulate: 1", key=f"{p}train.accumulate")
+    ema = train["ema"]
+    if ema is None:
+        return
+    if isinstance(ema, (int, float)) and not isinstance(ema, bool):
+        ema = {"decay": ema}
+    if not isinstance(ema, dict):
+        raise ConfigError(f"must be null, a decay such as 0.999, or {{decay: 0.999, every: 1}}, "
+                          f"got {ema!r}", key=f"{p}train.ema")
+    unknown = sorted(set(ema) - set(EMA_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"has no parameter '{unknown[0]}'; accepted: "
+                          f"{', '.join(EMA_DEFAULTS)}", key=f"{p}train.ema.{unknown[0]}")
+    ema = {**EMA_DEFAULTS, **ema}
+    ema["decay"] = number(ema["decay"], f"{p}train.ema.decay", positive=True, below=1)
+    ema["every"] = number(ema["every"], f"{p}train.ema.every", integer=True, minimum=1)
+    train["ema"] = ema
+
+
+#: ``train.ema``'s parameters: the decay of the average per update, and the optimizer steps
+#: between two updates.
+EMA_DEFAULTS = {"decay": 0.9999, "every": 1}
+
+
 def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None:
     """Check (and normalise in place) the optim, schedule, train and eval sections.
 
@@ -219,6 +257,8 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
         raise ConfigError("keeps the BatchNorm statistics of the frozen layers fixed, but "
                           "train.freeze names none; freeze some (freeze: [backbone]) or drop "
                           "the key", key=f"{p}train.freeze_bn_stats")
+
+    check_step_options(train, optim, p)
 
     ev["every"] = number(ev["every"], f"{p}eval.every", integer=True, minimum=0)
     ev["batch_size"] = number(ev["batch_size"], f"{p}eval.batch_size", integer=True, minimum=1)

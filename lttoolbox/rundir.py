@@ -103,6 +103,7 @@ class RunDir:
     EVAL_PREFIX = "eval-"
     PLOTS = ("per_class_accuracy.png", "confusion_matrix.png", "training_curves.png")
     WEIGHTS_PREFIX = "model-"
+    EMA_PREFIX = "ema-"
     GENERATED_PREFIX = "generated-"
     SUFFIX = ".pt"
 
@@ -162,6 +163,14 @@ class RunDir:
         """``model-<phase>.pt``: a phase's weights at its end."""
         return f"{cls.WEIGHTS_PREFIX}{phase}{cls.SUFFIX}"
 
+    @classmethod
+    def ema_name(cls, phase: str) -> str:
+        """``ema-<phase>.pt``: the moving average of a phase's weights (``train.ema``)."""
+        return f"{cls.EMA_PREFIX}{phase}{cls.SUFFIX}"
+
+    def ema(self, phase: str) -> Path:
+        return self.path / self.ema_name(phase)
+
     def weights(self, phase: str) -> Path:
         return self.path / self.weights_name(phase)
 
@@ -185,10 +194,12 @@ class RunDir:
 
     @classmethod
     def phase_of_weights(cls, path: str | os.PathLike) -> str | None:
-        """The phase whose weights ``path`` names (``model-<phase>.pt``), else None."""
+        """The phase whose weights ``path`` names (``model-<phase>.pt``, or ``ema-<phase>.pt``
+        for their moving average), else None."""
         name = Path(path).name
-        if name.startswith(cls.WEIGHTS_PREFIX) and name.endswith(cls.SUFFIX):
-            return name[len(cls.WEIGHTS_PREFIX):-len(cls.SUFFIX)] or None
+        for prefix in (cls.WEIGHTS_PREFIX, cls.EMA_PREFIX):
+            if name.startswith(prefix) and name.endswith(cls.SUFFIX):
+                return name[len(prefix):-len(cls.SUFFIX)] or None
         return None
 
     def weights_files(self) -> list[Path]:

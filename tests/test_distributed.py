@@ -244,3 +244,22 @@ def test_only_rank_0_prints_warnings(rank, shown, caplog):
     assert bool(caught) is shown
     logged = [r.getMessage() for r in caplog.records]
     assert ("a log warning" in logged) is shown and "an error" in logged
+
+
+@pytest.mark.long
+def test_accumulated_parts_across_processes_match_one_whole_batch(tmp_path):
+    """``train.accumulate: 2`` on two processes (each rank's 32 images in two parts of 16, one
+    all-reduce per step) trains as one process on whole batches; the moving average too."""
+    recipe = digits("loss={name: ce, weights: inverse}", "train.ema={decay: 0.9}")
+    one = train(recipe, tmp_path / "one", quiet=True)
+    two = run_ranks(tmp_path, digits("loss={name: ce, weights: inverse}",
+                                     "train.ema={decay: 0.9}", "train.accumulate=2"),
+                    tmp_path / "two")
+    np.testing.assert_allclose([h["loss"] for h in two["history"]],
+                               [h["loss"] for h in one["history"]], rtol=LOSS_RTOL)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=WEIGHT_ATOL, rtol=0)
+    a, b = (torch.load(d / "ema-main.pt") for d in (tmp_path / "one", tmp_path / "two"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=WEIGHT_ATOL, rtol=0)

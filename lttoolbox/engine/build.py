@@ -119,6 +119,7 @@ class PhaseBuilder:
                                       f"{', '.join(self.model.point_names)}.", key=key + ".point")
                 phase.hooked.append((part, point, key, part.hook(point)))
         check_one_mix_at_a_time(named, recipe["train"]["epochs"])
+        check_accumulation(recipe["train"], loss, named, self.world, where)
         check_data_preparers(named, index, recipe["train"]["epochs"])
         check_generator_placement(named, self.model.point_names, recipe["train"]["epochs"])
         if recipe["model"].get("head") == first["model"].get("head"):  # else built later
@@ -158,3 +159,31 @@ class PhaseBuilder:
         """Components with trainable parameters of their own, named for ``optim.no_decay``."""
         return [(f"{type(part).__name__}{i}", part) for i, part in enumerate(phase.components)
                 if part.learned]
+
+
+def check_accumulation(train: dict, loss, named: list, world, where: str) -> None:
+    """``train.accumulate``: refuse what the parts of a batch cannot sum to exactly.
+
+    A loss with a batch reduction of its own (``batch_weighted``) weighs each sample by the
+    whole batch; a class-weighted loss with a mixing augmentation divides by the weights of the
+    second targets, which only the parts' forwards draw, so the whole batch's normalizer is not
+    known before the first part.
+    """
+    parts = train["accumulate"]
+    if parts == 1:
+        return
+    key = where + "train.accumulate"
+    name = loss.registry_name or type(loss).__name__
+    if loss.batch_weighted:
+        raise ConfigError(f"loss '{name}' weighs each sample by the whole batch, which a part "
+                          f"of it cannot see; use accumulate: 1", key=key)
+    mixing = [k for part, k in named if part.mixes]
+    if mixing and loss.class_weights is not None and not loss.batch_normalized:
+        raise ConfigError(f"a class-weighted loss ('{name}') divides by the weights of the "
+                          f"mixed targets, which {mixing[0]} draws part by part; the parts "
+                          f"cannot add up to the whole batch's loss: use accumulate: 1 or a "
+                          f"loss without weights", key=key)
+    local = per_rank_batch(train["batch_size"], world)
+    if parts > local:
+        raise ConfigError(f"splits each process's batch of {local} into {parts} parts; at most "
+                          f"{local}", key=key)

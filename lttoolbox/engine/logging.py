@@ -87,6 +87,10 @@ class RunLogger:
                       *((str(results["epochs"]), f"{results['images_per_second']:.0f}")
                         if trained else ()))
         self.console.print(table)
+        if results.get("ema"):  # train.ema: the moving average of the weights, beside them
+            self.console.print(f"moving average of the weights (train.ema): top-1 "
+                               f"{fmt(results['ema']['top1'])}, mean class "
+                               f"{fmt(results['ema']['mean_class_acc'])}")
         per_class = Table(title="Per-class accuracy (%)")
         per_class.add_column("class")
         per_class.add_column("train images", justify="right")

@@ -66,6 +66,9 @@ class EpochLoop:
                              f"{recipe['train']['epochs']}", steps)
         start = time.perf_counter()
         events = RunStepEvents(self, index, epoch, steps, optimizer, step_fn, autocast)
+        parts = recipe["train"]["accumulate"]
+        clip = gradient_clipping(recipe["train"]["clip_grad_norm"], optimizer, scaler)
+        ema = self.ema
         for step in range(steps):
             stop.check()  # a stop request some library swallowed still ends the run here
             if per_step and step:
@@ -80,22 +83,36 @@ class EpochLoop:
             # rather than compiling a second graph (nothing dropped, nothing padded).
             fast = compiled is not None and batch.x.shape[0] == batch_size
 
-            def closure(batch=batch, fast=fast):
-                """Forward and backward of the batch; returns the step's losses. An optimizer
-                may call it more than once (``torch.optim``'s closure convention)."""
-                nonlocal compile_seconds
-                timed = fast and not compiled.ready  # the first call compiles: time it apart
-                begin = time.perf_counter()
-                with autocast() if autocast else contextlib.nullcontext():
-                    losses = (compiled if fast else step_fn)(batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses[0]).backward()
-                if timed:
-                    compiled.mark_ready(self.device, time.perf_counter() - begin)
-                    compile_seconds = compiled.seconds
-                for param in withheld:
-                    param.grad = None
-                return losses
+            if parts == 1:
+                def closure(batch=batch, fast=fast):
+                    """Forward and backward of the batch; returns the step's losses. An
+                    optimizer may call it more than once (``torch.optim``'s closure
+                    convention)."""
+                    nonlocal compile_seconds
+                    timed = fast and not compiled.ready  # the first call compiles: time it apart
+                    begin = time.perf_counter()
+                    with autocast() if autocast else contextlib.nullcontext():
+                        losses = (compiled if fast else step_fn)(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(losses[0]).backward()
+                    if timed:
+                        compiled.mark_ready(self.device, time.perf_counter() - begin)
+                        compile_seconds = compiled.seconds
+                    for param in withheld:
+                        param.grad = None
+                    clip()
+                    return losses
+            else:
+                def closure(batch=batch):
+                    """``train.accumulate``: the batch's forward and backward in ``parts``
+                    parts, their gradients summed (see :func:`accumulated_step`)."""
+                    optimizer.zero_grad(set_to_none=True)
+                    losses = accumulated_step(step_module, step_fn, batch, parts, autocast,
+                                              scaler, self.world.distributed)
+                    for param in withheld:
+                        param.grad = None
+                    clip()
+                    return losses
 
             if scaler.is_enabled():  # fp16 loss scaling steps without a closure
                 losses = closure()
@@ -103,6 +120,8 @@ class EpochLoop:
             else:
                 losses = optimizer.step(closure)
             scaler.update()
+            if ema is not None:
+                ema.update(self.model)
             for part in phase.components:
                 part.after_step(events)
             loss = losses[0]
@@ -138,6 +157,9 @@ class EpochLoop:
                 row["compile_failed"] = compiled.failed
         return row, spent, count
 
+    #: The moving average of the phase's weights (``train.ema``), or None.
+    ema = None
+
     def _all_components(self) -> list:
         """Every phase's components, in phase order."""
         return [part for phase in self.phases for part in phase.components]
@@ -168,21 +190,91 @@ class EpochLoop:
         for part in [*self.phases[index].components, self.model.head]:
             part.after_phase(events)
 
-    def evaluate(self, phase: Phase, autocast, split: str = "test") -> dict:
-        """The metrics of the model on the test split, or on the validation split.
+    def evaluate(self, phase: Phase, autocast, split: str = "test", model=None) -> dict:
+        """The metrics of the model (or of ``model``, the moving average of its weights) on the
+        test split, or on the validation split.
 
         Across processes each rank predicts its shard (no padding) and every rank gathers all
         predictions with their positions, checked to count each image exactly once; every rank
         then holds the same metrics (a post-hoc choice made on them is the same everywhere).
         """
         ev = phase.recipe["eval"]
-        sync_buffers(self.model, self.world)  # rank 0's batch-norm statistics, as checkpointed
+        model = self.model if model is None else model
+        sync_buffers(model, self.world)  # rank 0's batch-norm statistics, as checkpointed
         total = self.data_path.eval_size(split)
         positions = shard(total, self.world.rank, self.world.size)
         pred, conf = predict_batches(
-            self.model, self.data_path.eval_batches(split, ev["batch_size"], positions), autocast,
+            model, self.data_path.eval_batches(split, ev["batch_size"], positions), autocast,
             k=ranks_for(self.num_classes))
         pred, conf = gather_predictions(positions, pred, conf, total, self.world)
         return metrics_from_predictions(pred, self.data_path.eval_labels(split), conf,
                                         self.num_classes, self.class_counts,
                                         ev["many_threshold"], ev["few_threshold"], ev["ece_bins"])
+
+
+def gradient_clipping(max_norm: float | None, optimizer, scaler):
+    """``train.clip_grad_norm``: a function that scales the step's gradients so that their
+    global L2 norm is at most ``max_norm`` (``torch.nn.utils.clip_grad_norm_`` over every
+    parameter the optimizer updates, the components' too), after unscaling fp16 gradients;
+    with ``None`` a function that does nothing. It runs after the backward of each closure
+    call, so a two-pass optimizer (sam) clips each pass's gradient. No host synchronization:
+    the norm and the factor stay on the device."""
+    if max_norm is None:
+        return lambda: None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def clip() -> None:
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+    return clip
+
+
+def accumulated_step(step_module: TrainStep, step_fn, batch: Batch, parts: int, autocast,
+                     scaler, distributed: bool) -> torch.Tensor:
+    """``train.accumulate``: one step's gradient computed in ``parts`` consecutive parts of the
+    batch, summed, equal to the gradient of the whole batch where the loss is a batch mean.
+
+    Each part's criterion is divided by the whole batch's normalizer (its size, or the sum of
+    its class weights; the step's cross-process normalisation applies to that), not by its own,
+    and each component's auxiliary loss is weighed by the part's share of the batch: summed over
+    the parts, the loss and its gradient are the whole batch's. What cannot be the same is
+    refused before training (a loss whose batch reduction is its own, a class-weighted loss
+    with a mixing augmentation, a two-pass optimizer); what differs by nature is documented:
+    BatchNorm's statistics and a mixing augmentation's draws are each part's. Across processes
+    the gradients are all-reduced once, after the last part (``no_sync`` before it).
+
+    Returns:
+        The step's losses ``(total, criterion, *auxiliary)``, summed over the parts: the whole
+        batch's.
+    """
+    base = step_module.normalize
+    loss = step_module.loss
+    first = loss.normalizer(batch.y_a)
+    # A batch mixed before the step (by a component's before_step) has its second targets now;
+    # one that a hook mixes inside the forward has the same normalizer for both (its size: a
+    # class-weighted loss with a mixing hook is refused).
+    full = torch.stack([first, loss.normalizer(batch.y_b) if batch.mixed else first]).detach()
+    size = batch.x.shape[0]
+
+    def normalize(norms: torch.Tensor) -> torch.Tensor:
+        whole = full[:norms.numel()]
+        return whole if base is None else base(whole)
+
+    total = None
+    chunks = batch.chunks(parts)
+    try:
+        step_module.normalize = normalize
+        for j, chunk in enumerate(chunks):
+            step_module.share = chunk.x.shape[0] / size
+            last = j == len(chunks) - 1
+            with (step_fn.no_sync() if distributed and not last else contextlib.nullcontext()):
+                with autocast() if autocast else contextlib.nullcontext():
+                    losses = step_fn(chunk)
+                scaler.scale(losses[0]).backward()
+            total = losses.detach() if total is None else total + losses.detach()
+    finally:
+        step_module.normalize = base
+        step_module.share = 1.0
+    return total

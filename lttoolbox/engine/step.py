@@ -40,6 +40,9 @@ class TrainStep(torch.nn.Module):
         self.aux_parts = auxiliary_parts(phase)
         self.term_names = loss_term_names(phase)
         self.hooks: dict = {}
+        # The share of the batch this call sees (train.accumulate's parts): each auxiliary
+        # loss, a mean over its part, is weighed by it so that the parts sum to the batch's.
+        self.share = 1.0
 
     def forward(self, batch: Batch) -> torch.Tensor:
         logits, batch = self.model.forward_hooked(batch, self.hooks)
@@ -49,6 +52,8 @@ class TrainStep(torch.nn.Module):
         terms = [loss]
         for part in self.aux_parts:
             extra = part.auxiliary_loss()
+            if extra is not None and self.share != 1.0:
+                extra = extra * self.share
             terms.append(loss.new_zeros(()) if extra is None else extra)
             if extra is not None:
                 loss = loss + extra

@@ -30,6 +30,7 @@ from ..data.dataset import data_info
 from .build import PhaseBuilder
 from .checkpoint import atomic_save, rng_state, set_rng_state
 from .compile import compile_step
+from .ema import WeightAverage
 from .device import (autocast_factory, phase_seed, resolve_device,  # noqa: F401 (re-exported)
                      seed_everything, use_threads)
 from .distributed import World, barrier, global_normalizer, local_device, wrap
@@ -138,6 +139,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                 autocast, _ = autocast_factory(final.recipe["train"]["amp"], self.device)
                 results = self._results(self.evaluate(final, autocast), history, seconds,
                                         images_seen)
+                if self.ema is not None:  # the final phase's moving average, beside the result
+                    results["ema"] = self.evaluate(final, autocast, model=self.ema.module)
                 if self.data.val is not None:  # for choices that must not be made on the test set
                     results["val"] = self.evaluate(final, autocast, "val")
                 if self.world.is_main:
@@ -222,6 +225,10 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                                     self.world.distributed)
             autocast, needs_scaler = autocast_factory(phase.recipe["train"]["amp"], self.device)
             scaler = torch.amp.GradScaler(self.device.type, enabled=needs_scaler)
+            ema_cfg = phase.recipe["train"]["ema"]
+            # a phase's average starts from the weights it begins with (its head may be new)
+            self.ema = (WeightAverage(self.model, ema_cfg["decay"], ema_cfg["every"])
+                        if ema_cfg and phase.recipe["train"]["epochs"] else None)
             first_epoch = 0
             if resumed_here:
                 optimizer.load_state_dict(state["optimizer"])
@@ -229,6 +236,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                 self._load_components(phase, state["components"])
                 set_rng_state(state["rng"])
                 self._loss_reference = state.get("loss_reference")
+                if self.ema is not None:
+                    self.ema.load_state_dict(state["ema"])
                 first_epoch = state["epoch"] + 1
             epochs = phase.recipe["train"]["epochs"]
             for epoch in range(first_epoch, epochs):
@@ -261,6 +270,12 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                 self._after_phase(index, autocast)
                 self._save_state(index, -1, True, optimizer, scaler, phase, history, seconds,
                                  images_seen)
+        if state is not None and self.ema is None and state.get("ema") is not None \
+                and state["phase_done"] and state["phase"] == len(self.phases) - 1:
+            # resumed after the last epoch, before results.json: the final average is saved
+            ema_cfg = self.phases[-1].recipe["train"]["ema"]
+            self.ema = WeightAverage(self.model, ema_cfg["decay"], ema_cfg["every"])
+            self.ema.load_state_dict(state["ema"])
         for part in self._all_components():
             part.after_run(self._run_info)
         return history, seconds, images_seen
@@ -278,10 +293,13 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                      "images": images, "recipe_hash": recipe_hash(self.recipe),
                      "commits": self._commits, "loss_reference": self._loss_reference,
                      "selection": self.selection,
-                     **({"reused": self._reused} if self._reused else {})},
+                     **({"reused": self._reused} if self._reused else {}),
+                     **({"ema": self.ema.state_dict()} if self.ema is not None else {})},
                     self.out / CHECKPOINT)
         if phase_done:  # each phase's final weights, for later use outside this run
             atomic_save(self.model.state_dict(), RunDir(self.out).weights(phase.name))
+            if self.ema is not None:
+                atomic_save(self.ema.module.state_dict(), RunDir(self.out).ema(phase.name))
 
 def train(recipe: dict, out_dir: str | Path, resume: bool = False, quiet: bool = False,
           logger: RunLogger | None = None, start: dict | None = None) -> dict:
