@@ -72,7 +72,7 @@ FORMATS = ("torchscript", "onnx")
 INPUTS = ("uint8", "float", "normalized")
 SUFFIXES = {"torchscript": ".torchscript", "onnx": ".onnx"}
 #: ONNX opset of the exported graphs: the one torch's ONNX operator library (torchlib) is written
-#: in, so no version conversion runs; onnxruntime has supported it since 1.14.
+#: in, so no version conversion runs.
 ONNX_OPSET = 18
 #: Name of the metadata file inside a TorchScript archive.
 EXTRA_FILE = "lttoolbox.json"

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit\.load.* is depreca
 
 #: The file's logits against the model's: 1e-5 times max(1, max |logit|). float32 kernels of
 #: another library (onnxruntime's convolutions) round differently, and a one-epoch ResNet-32 has
-#: logits in the hundreds, where float32's own spacing is about 1.5e-5.
+#: logits in the hundreds, where neighbouring float32 values are 1.5e-5 to 3e-5 apart.
 ATOL = 1e-5
 
 
@@ -108,6 +108,9 @@ def test_the_file_gives_the_logits_of_the_run_and_reproduces_its_evaluation(run_
     assert meta["in_channels"] == 1 and meta["image_size"] == 8
     assert meta["train_class_counts"] == info["train_class_counts"]
     assert meta["model"]["name"] == "digits_cnn" and meta["weights"] == "model-main.pt"
+    if fmt == "torchscript":  # the network's own tensors, nothing more
+        model = open_run(run_dir, device="cpu").model
+        assert plain_state(out) == {f"model.{k}" for k in model.state_dict()}
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -242,6 +245,28 @@ def test_each_phase_exports_the_head_evaluation_uses(tmp_path):
     assert ltexport([str(run_dir), "--format", "onnx"]) == 0
     got, meta = onnx_logits(run_dir / "model-tau.onnx", images)
     assert close(got, exported["tau"]) and meta["phase"] == "tau"
+
+
+def plain_state(path) -> set[str]:
+    """The tensors a TorchScript file holds, without the normalisation's two constants."""
+    keys = set(torch.jit.load(str(path), map_location="cpu").state_dict())
+    assert {"scale", "shift"} <= keys
+    return keys - {"scale", "shift"}
+
+
+@pytest.mark.long
+def test_a_run_with_a_feature_generator_exports_the_plain_network(tmp_path):
+    """A generator acts in training only: the file holds the network's tensors and nothing else,
+    and gives its logits."""
+    run_dir = tmp_path / "run"
+    train(resolve(digits(train={"epochs": 1}, generator={"name": "hallucinator"})), run_dir,
+          quiet=True)
+    out = tmp_path / "m.torchscript"
+    assert ltexport([str(run_dir), "--format", "torchscript", "--out", str(out)]) == 0
+    model = open_run(run_dir, device="cpu").model
+    assert plain_state(out) == {f"model.{k}" for k in model.state_dict()}
+    images, expected = reference(run_dir)
+    assert close(jit_logits(out, images)[0], expected)
 
 
 # ------------------------------------------------------------------------------------ refusals
