@@ -269,7 +269,11 @@ def export_model(model: nn.Module, format: str, meta: dict, mean: Sequence[float
     module = net if input == "normalized" else InputNormalization(net, mean, std, input).eval()
     shape = tuple(int(v) for v in meta["input_shape"][1:])
     example = example_input(input, (TRACE_BATCH, *shape), seed=0)
-    data = (to_torchscript if format == "torchscript" else to_onnx)(module, example, meta)
+    try:
+        data = (to_torchscript if format == "torchscript" else to_onnx)(module, example, meta)
+    except Exception as err:  # noqa: BLE001 - the exporter's own error, in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ExportError(f"{type(net).__name__} cannot be exported to {format}: {first}") from err
     check = example_input(input, (CHECK_BATCH, *shape), seed=1)
     with torch.no_grad():
         expected = module(check).float()

@@ -335,3 +335,18 @@ def test_a_file_that_does_not_match_the_model_is_not_written(run_dir, tmp_path, 
     assert "differ from the model's" in one_line_error(capsys)
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.torchscript"]
+
+
+def test_an_exporter_failure_is_one_line_and_writes_nothing(run_dir, tmp_path, capsys,
+                                                            monkeypatch):
+    import lttoolbox.cli_export as cli_export
+
+    def fail(*args):
+        raise RuntimeError("aten::some_op is not supported\n  a long trace follows")
+
+    monkeypatch.setattr(cli_export, "to_torchscript", fail)
+    out = tmp_path / "m.torchscript"
+    assert ltexport([str(run_dir), "--format", "torchscript", "--out", str(out)]) == 2
+    assert one_line_error(capsys) == ("error: DigitsCNN cannot be exported to torchscript: "
+                                      "aten::some_op is not supported")
+    assert not list(tmp_path.iterdir())
