@@ -160,6 +160,14 @@ def export_metadata(run, input: str) -> dict:
     return meta
 
 
+def check_choices(format: str, input: str) -> None:
+    """Refuse a format or an input kind that does not exist (for callers other than the CLI)."""
+    if format not in FORMATS:
+        raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="--format")
+    if input not in INPUTS:
+        raise ConfigError(f"must be one of {', '.join(INPUTS)}, got {input!r}", key="--input")
+
+
 def require_onnx() -> None:
     """Refuse ``--format onnx`` in one line when a module of the [onnx] extra is missing."""
     import importlib
@@ -257,10 +265,7 @@ def export_model(model: nn.Module, format: str, meta: dict, mean: Sequence[float
     """
     import copy
 
-    if format not in FORMATS:
-        raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="--format")
-    if input not in INPUTS:
-        raise ConfigError(f"must be one of {', '.join(INPUTS)}, got {input!r}", key="--input")
+    check_choices(format, input)
     if format == "onnx":
         require_onnx()
     net = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
@@ -324,10 +329,7 @@ def export_run(run_dir: str | Path, format: str, out: str | Path | None = None,
     from .rundir import atomic_write
     from .runs import open_run
 
-    if format not in FORMATS:
-        raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="--format")
-    if input not in INPUTS:
-        raise ConfigError(f"must be one of {', '.join(INPUTS)}, got {input!r}", key="--input")
+    check_choices(format, input)
     if out is not None:
         check_out(Path(out), force)
     if format == "onnx":

@@ -350,3 +350,13 @@ def test_an_exporter_failure_is_one_line_and_writes_nothing(run_dir, tmp_path, c
     assert one_line_error(capsys) == ("error: DigitsCNN cannot be exported to torchscript: "
                                       "aten::some_op is not supported")
     assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_format_or_input_is_refused_from_python(run_dir):
+    from lttoolbox.cli_export import export_run
+    from lttoolbox.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--format: must be one of torchscript, onnx"):
+        export_run(run_dir, "tflite")
+    with pytest.raises(ConfigError, match=r"^--input: must be one of uint8, float, normalized"):
+        export_run(run_dir, "onnx", input="bgr")
