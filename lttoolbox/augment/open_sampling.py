@@ -46,8 +46,9 @@ Deliberate differences from the official code:
   (:mod:`lttoolbox.data.open_set`) serves instead, and results differ with the open set;
 * the open stream: each epoch the code reshuffles its open loader and zips it with the training
   loader, so an epoch ends with the shorter of the two; here an epoch's open images are a seeded
-  permutation of the open set, drawn again when used up, so a small open set never shortens an
-  epoch; the generated noise goes through the training transform like every other open image
+  permutation of the open set, drawn again when what is left of it is shorter than an open
+  batch (that rest is skipped, as by a loader's ``drop_last``), so a small open set never
+  shortens an epoch and a step's open images are distinct; the generated noise goes through the training transform like every other open image
   (the code feeds its ``Gaussian`` set unaugmented and unnormalised);
 * draws: the permutation and the labels come from a generator of the component's own, seeded by
   the run's seed and the epoch (a resumed run, which restarts at an epoch's start, draws the same);
@@ -247,12 +248,17 @@ class OpenSampling(Component):
         """This process's share of the step's open images (indices into the open set) and
         their labels: the next ``batch_size`` positions of the epoch's open stream and as many
         labels drawn from ``Gamma``, the same on every process, of which process ``r`` takes
-        positions ``[r m, (r + 1) m)``, ``m = batch_size / world_size``."""
+        positions ``[r m, (r + 1) m)``, ``m = batch_size / world_size``. The stream is a
+        permutation of the open set, drawn again when a whole open batch is no longer left in
+        it (one larger than the set spans several permutations)."""
         total = self.images.shape[0]
-        take = []
+        take: list[torch.Tensor] = []
         needed = self.batch_size
         while needed:
-            if self._order is None or self._cursor == total:
+            left = 0 if self._order is None else total - self._cursor
+            # A pass's remainder too short for a whole open batch is skipped (a loader's
+            # drop_last), so a step's open images are distinct whenever the set holds a batch.
+            if not left or (not take and left < needed <= total):
                 self._order = torch.randperm(total, generator=self._generator)
                 self._cursor = 0
             part = self._order[self._cursor:self._cursor + needed]
