@@ -188,13 +188,15 @@ class OpenSampling(Component):
 
     adds_loss = True  # the open term, added inside the step's forward
     adds_rows = True  # the open images ride in the batch from 'input' to 'features'
+    #: For the registry's contract tests: the one parameter without a default.
+    example_config = {"open": {"source": "noise", "size": 64}}
 
-    def __init__(self, open: Any = None, batch_size: int = 512, lambda_o: float = 1.0,
+    def __init__(self, open: Any, batch_size: int = 512, lambda_o: float = 1.0,
                  alpha: float | None = None, reweight: bool = True, start_epoch: int = 0,
                  end_epoch: int | None = None, *, context: Context | None = None):
         super().__init__(start_epoch, end_epoch, context=context)
         ctx = self.context
-        if open is None:
+        if open is None:  # `open: null` in a recipe
             raise ConfigError("the open set is required: {source: folder, root: ...}, "
                               "{source: list, file: ...}, {source: noise} or {source: digits} "
                               "(the paper's Tiny Images are not available)", key="open")
@@ -227,7 +229,7 @@ class OpenSampling(Component):
         self._probs = torch.from_numpy(self.gamma)  # float64, for the label draws
         self.weights = (torch.from_numpy(open_weights(self.gamma)).float() if reweight
                         else None)
-        self._generator = torch.Generator()
+        self._generator: torch.Generator | None = None  # seeded by set_epoch
         self._order: torch.Tensor | None = None
         self._cursor = 0
         self._model = None
@@ -241,7 +243,7 @@ class OpenSampling(Component):
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         seed = np.random.SeedSequence([int(self.context.seed), STREAM_TAG, int(epoch)])
-        self._generator.manual_seed(int(seed.generate_state(1)[0]))
+        self._generator = torch.Generator().manual_seed(int(seed.generate_state(1)[0]))
         self._order, self._cursor = None, 0
 
     def next_draw(self) -> tuple[torch.Tensor, torch.Tensor]:
