@@ -212,6 +212,7 @@ def test_a_folder_at_any_depth_in_path_order(tmp_path):
     write_png(root / "a.png", 10, size=(8, 8))
     write_png(root / "b" / "c.jpg", 200)
     (root / ".hidden.png").write_bytes(b"not read")
+    (root / "b" / "loop").symlink_to(root, target_is_directory=True)  # read once, no cycle
     (root / "notes.txt").write_text("skipped")
     images = load_open_set({"source": "folder", "root": str(root), "cache_dir": str(tmp_path)},
                            (3, 8, 8))
@@ -328,9 +329,9 @@ def test_a_bad_file_and_a_missing_listed_image_are_named(tmp_path):
     ({"start_epoch": -1}, "start_epoch"),
 ])
 def test_bad_parameters_are_one_line_naming_the_key(params, key):
-    with pytest.raises(ConfigError, match=rf"augment\.{key}|augment: {key}|{key}") as err:
+    with pytest.raises(ConfigError) as err:
         build(**params)
-    assert "\n" not in str(err.value) and key in str(err.value)
+    assert str(err.value).startswith(f"augment.{key}: ") and "\n" not in str(err.value)
 
 
 def test_the_global_open_batch_must_split_over_the_processes():
@@ -459,3 +460,28 @@ def test_the_step_cost_benchmark_times_it(tmp_path):
     finally:
         OpenSampling.next_draw = original
     assert figures["open_sampling"] > 0 and len(drawn) == 2
+
+
+@pytest.mark.long
+def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
+    """The open images are drawn and transformed outside the compiled step and concatenated
+    inside it: the step compiles (no fallback) and trains as the eager one."""
+    import lttoolbox.engine.compile as compile_module
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+
+    def run(mode):
+        recipe = resolve(digits(train={"epochs": 1, "compile": mode, "drop_last": True},
+                                augment=[{"name": "open_sampling", "open": NOISE,
+                                          "batch_size": 32}]))
+        return train(recipe, tmp_path / mode, quiet=True)["history"][0]
+
+    try:
+        eager, compiled = run("off"), run("on")
+    finally:
+        torch._dynamo.reset()
+    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    assert compiled["loss_terms"]["open_sampling"] == pytest.approx(
+        eager["loss_terms"]["open_sampling"], rel=1e-5)

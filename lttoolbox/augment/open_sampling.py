@@ -15,7 +15,7 @@ With ``pi_c = n_c / N`` the training prior of class ``c`` (``ood_noise.py`` line
   fresh label drawn from it at every step (``Categorical``, lines 33-35);
 * the loss (lines 37-40): ``L = L_in + lambda_o * sum_j w_{y_j} CE(z_j, y_j) / sum_j w_{y_j}``
   over the open images ``j``, with ``w_c = K Gamma_c`` (PyTorch's weighted mean);
-* one forward of the batch and the open images together (line 28-31): they share the
+* one forward of the batch and the open images together (lines 28-31): they share the
   BatchNorm batch statistics;
 * the README's command: ``lambda_o`` 1, 512 open images a step beside the batch of 128, from
   the first epoch, plain CE for ``L_in``.

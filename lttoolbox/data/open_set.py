@@ -21,7 +21,8 @@ labels it draws itself. An open set is declared in the recipe as one of:
 Files are read as the data package reads its own (:func:`~lttoolbox.data.folder_io.load_split`:
 decoded once, resized to a square, cached), and every error names the recipe key or the file, so
 a bad open set stops the run before anything is written. A training set with one channel gets
-the images' luminance (ITU-R 601-2, as Pillow's ``convert("L")``).
+the images' luminance (the ITU-R 601-2 weights of Pillow's ``convert("L")``, rounded to the
+nearest level).
 
 ``max_images`` keeps the first images of a folder or list (in its order).
 
@@ -130,13 +131,23 @@ def folder_listing(cfg: dict, key: str = "open") -> SplitListing:
     def failed(err: OSError):
         raise DataError(f"cannot list {err.filename or root}: {err.strerror or err}")
 
+    seen = {os.path.realpath(root)}
     for folder, dirs, names in os.walk(root, onerror=failed, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(folder, d))
+            if real not in seen:  # a linked folder once, and no cycle of links
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
         for name in sorted(names):
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = Path(folder) / name
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except OSError as err:  # a broken link, a file removed while listing
+                raise DataError(f"cannot read {path}: {err.strerror or err}") from None
             files.append(path.relative_to(root).as_posix())
             sizes.append(stat.st_size)
             mtimes.append(stat.st_mtime_ns)
@@ -215,7 +226,8 @@ def digits_images(shape: tuple[int, int, int]) -> np.ndarray:
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
     """RGB uint8 images ``(N, 3, H, W)`` with ``channels`` channels: as they are, or their
-    luminance ``(299 R + 587 G + 114 B) / 1000`` (Pillow's ``convert("L")``) for one."""
+    luminance ``(299 R + 587 G + 114 B) / 1000`` rounded (Pillow's ``convert("L")`` weights)
+    for one."""
     if channels == 3:
         return images
     weights = np.array([299, 587, 114], dtype=np.int64).reshape(1, 3, 1, 1)
