@@ -253,6 +253,8 @@ class OpenSampling(Component):
         positions ``[r m, (r + 1) m)``, ``m = batch_size / world_size``. The stream is a
         permutation of the open set, drawn again when a whole open batch is no longer left in
         it (one larger than the set spans several permutations)."""
+        if self._generator is None:  # drawn before any epoch was set: the first epoch's stream
+            self.set_epoch(self.epoch)
         total = self.images.shape[0]
         take: list[torch.Tensor] = []
         needed = self.batch_size
@@ -320,12 +322,11 @@ class OpenSampling(Component):
         logits = self._model.head(opened)
         labels = self._pending[1]
         normalizer = None
-        if self.world_size > 1 and _world()[1] > 1:
+        if self.weights is not None and self.world_size > 1 and _world()[1] > 1:
             # the global batch's weighted mean (see lttoolbox.engine.distributed.
             # global_normalizer): each process divides by the global sum over the processes
-            w = (torch.ones(labels.shape, device=labels.device) if self.weights is None
-                 else self.weights.to(labels.device)[labels])
-            normalizer = w.sum().detach().clone()
+            # (unweighted, every process's count is the same share and needs no exchange)
+            normalizer = self.weights.to(labels.device)[labels].sum().detach().clone()
             dist.all_reduce(normalizer)
             normalizer = normalizer / _world()[1]
         self._term = self.lambda_o * open_loss(logits, labels, self.weights, normalizer)
