@@ -158,6 +158,9 @@ AUGMENTS_TIMED = {  # each at p = 1: the cost of a mixed batch (the recipes mix 
     # guiding adversarial examples at their defaults (8 attack steps, the rarest half of the
     # classes): the attack in before_step and the adversarial term, every step
     "gae": {"name": "gae"},
+    # open-sampling with the recipes' 512 open images a step (4x CIFAR's batch of 128): the
+    # draw and transform in before_step, the forward of batch + open images, the open term
+    "open_sampling": {"name": "open_sampling", "open": {"source": "noise"}, "batch_size": 512},
 }
 
 

@@ -18,6 +18,10 @@ Declared capabilities (class attributes, read before training to refuse impossib
 * ``learned``: owns trainable parameters, optimised alongside the model.
 * ``needs_validation``: reads the validation split (a bilevel method's outer step, a choice made
   at a phase's end); the data set must then provide one (``data.val_per_class``).
+* ``adds_rows``: adds samples to the batch at its first point (``points()[0]``) and takes them
+  out again at its last (``points()[-1]``), so the trainer's loss never sees them (images from
+  outside the label set sharing the batch's forward); no other component may act on the batch
+  while they are in it.
 
 Events, in the order the trainer sends them: ``before_run(run)`` once per process start (a
 resumed run sends it again), to every phase's components; ``before_phase(events)`` at a
@@ -98,6 +102,10 @@ class Context:
         imbalance_type: The data set's profile (``exp``, ``step`` or ``None``).
         fetch: ``fetch(indices) -> (x, y)``: training-transformed images beyond the batch.
         has_validation: Whether the data set has a validation split.
+        image_shape: One training image's ``(channels, height, width)`` (``None``: not known).
+        train_transform: The training transform of a uint8 image batch on the training device
+            (crop, flip, normalisation, as the batches get), for images from outside the
+            training set; ``None`` on the streaming data path, whose transform acts per file.
 
     Example:
         >>> from lttoolbox.registry import LOSSES
@@ -121,6 +129,8 @@ class Context:
     imbalance_type: str | None = None
     fetch: Callable | None = None
     has_validation: bool = False
+    image_shape: tuple[int, int, int] | None = None
+    train_transform: Callable | None = None
 
     @classmethod
     def from_counts(cls, counts: Sequence[int], **more: Any) -> "Context":
@@ -175,6 +185,7 @@ class Component:
     adds_images: bool = False
     reads_trained_model: bool = False
     needs_validation: bool = False
+    adds_rows: bool = False
     start_epoch: int = 0
     end_epoch: int | None = None
     epoch: int = 0

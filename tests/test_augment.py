@@ -41,7 +41,8 @@ def fetch(indices: torch.Tensor):
 
 CONTEXT = {"class_counts": COUNTS, "num_classes": 4, "labels": LABELS, "seed": 0,
            "total_epochs": 10, "fetch": fetch, "rank": 0, "world_size": 1,
-           "point_names": ("input", "stem", "layer1", "features")}
+           "point_names": ("input", "stem", "layer1", "features"), "image_shape": (3, 8, 8),
+           "train_transform": lambda x: x.float()}
 
 
 def build(name: str, **params):

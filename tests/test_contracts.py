@@ -33,12 +33,15 @@ def fetch(indices: torch.Tensor):
 CONTEXT = {"class_counts": COUNTS, "num_classes": len(COUNTS), "labels": LABELS, "seed": 0,
            "total_epochs": 6, "rank": 0, "world_size": 1, "feature_dim": MODEL.feature_dim,
            "point_names": MODEL.point_names, "point_shapes": MODEL.point_shapes(IMAGES[:2]),
-           "imbalance_type": "exp", "fetch": fetch}
+           "imbalance_type": "exp", "fetch": fetch, "image_shape": (1, 16, 16),
+           "train_transform": lambda x: x.float() / 255}
 #: Values for parameters an entry requires (no default), by parameter name: a new entry with a
 #: required parameter of another name fails below, asking for one.
-REQUIRED = {"choices": [{"name": "mixup"}, {"name": "cutmix"}], "p": [0.5, 0.25]}
+REQUIRED = {"choices": [{"name": "mixup"}, {"name": "cutmix"}], "p": [0.5, 0.25],
+            "open": {"source": "noise", "size": 64}}
 FAMILIES = {"sampler": SAMPLERS, "loss": LOSSES, "augment": AUGMENTS, "generator": GENERATORS}
-FLAGS = ("mixes", "generates", "adds_loss", "adds_images", "reads_trained_model", "learned")
+FLAGS = ("mixes", "generates", "adds_loss", "adds_images", "reads_trained_model", "learned",
+         "adds_rows")
 
 
 def shipped(registry) -> list[str]:

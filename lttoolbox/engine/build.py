@@ -12,8 +12,8 @@ from ..recipe import phase_recipes
 from ..registry import AUGMENTS, GENERATORS, LOSSES, SAMPLERS
 from .distributed import per_rank_batch
 from .optim import no_decay_names
-from .phases import (Phase, check_data_preparers, check_generator_placement,
-                     check_one_mix_at_a_time)
+from .phases import (Phase, check_added_rows, check_data_preparers,
+                     check_generator_placement, check_one_mix_at_a_time)
 
 
 class PhaseBuilder:
@@ -44,7 +44,11 @@ class PhaseBuilder:
             # how a component that needs more images than the batch (CMO's foreground) gets
             # them: training-transformed, on the training device
             fetch=self.data_path.fetch, rank=self.world.rank, world_size=self.world.size,
-            has_validation=self.data.val is not None).as_kwargs()
+            has_validation=self.data.val is not None,
+            image_shape=(self.data_path.in_channels, self.data_path.image_size,
+                         self.data_path.image_size),
+            train_transform=(self.data_path.train_transform if self.data_path.kind == "memory"
+                             else None)).as_kwargs()
 
     def _check_head(self, recipe: dict, index: int, where: str) -> None:
         """A head that takes over the previous one must follow a head it can take over, and one
@@ -122,6 +126,7 @@ class PhaseBuilder:
         check_accumulation(recipe["train"], loss, named, self.world, where)
         check_data_preparers(named, index, recipe["train"]["epochs"])
         check_generator_placement(named, self.model.point_names, recipe["train"]["epochs"])
+        check_added_rows(phase.hooked, self.model.point_names, recipe["train"]["epochs"])
         if recipe["model"].get("head") == first["model"].get("head"):  # else built later
             no_decay_names([("", self.model), *[(f"{n}.", m) for n, m in
                                                 self._learned_components(phase)]],

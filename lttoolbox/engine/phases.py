@@ -142,3 +142,43 @@ def describe_generators(phases: list, model) -> list[tuple[str, bool]]:
                       f"parameters (model: {backbone:,}){larger}; they train alongside and are "
                       f"never exported", too_large))
     return lines
+
+
+def check_added_rows(hooked: list, point_names: tuple, epochs: int) -> None:
+    """Refuse a component that would act on the batch while another one's added rows are in it.
+
+    A component that declares ``adds_rows`` (open-sampling's images from outside the label set)
+    appends samples at its first point and takes them out at its last; between the two the
+    batch's activations have rows without targets. Another component acting there in a common
+    epoch would mix, generate from or count those rows: at a point strictly between, at the
+    first point after it (hooks at one point act in recipe order), or at the last point before
+    it. Acting at the first point before it (an input mix of the training batch alone) or at
+    the last point after it is fine.
+    """
+    def order(point):
+        return point_names.index(point) if point in point_names else None
+
+    for i, (part, point, key, _) in enumerate(hooked):
+        if not part.adds_rows or point != part.points()[0]:
+            continue
+        first, last = order(part.points()[0]), order(part.points()[-1])
+        last_at = next((j for j, (p, q, _, _) in enumerate(hooked)
+                        if p is part and q == part.points()[-1]), len(hooked))
+        if first is None or last is None:
+            continue  # named by the point check, with the model's points
+        for j, (other, where, other_key, _) in enumerate(hooked):
+            at = order(where)
+            if other is part or at is None:
+                continue
+            inside = (first < at < last or (at == first and j > i)
+                      or (at == last and j < last_at))
+            start = max(_window(part, epochs)[0], _window(other, epochs)[0])
+            end = min(_window(part, epochs)[1], _window(other, epochs)[1])
+            if inside and start < end:
+                name = part.registry_name or type(part).__name__
+                raise ConfigError(
+                    f"{type(other).__name__} acts at point '{where}' while {key} ({name}) has "
+                    f"added its rows to the batch (from '{part.points()[0]}' to "
+                    f"'{part.points()[-1]}') in epochs {start}-{end - 1}; those rows have no "
+                    f"targets. Act at '{part.points()[0]}' listed before {key}, after "
+                    f"'{part.points()[-1]}', or in other epochs", key=other_key)
