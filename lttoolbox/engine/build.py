@@ -188,6 +188,10 @@ def check_accumulation(train: dict, loss, named: list, world, where: str) -> Non
                           f"mixed targets, which {mixing[0]} draws part by part; the parts "
                           f"cannot add up to the whole batch's loss: use accumulate: 1 or a "
                           f"loss without weights", key=key)
+    adding = [k for part, k in named if part.adds_rows]
+    if adding:
+        raise ConfigError(f"{adding[0]} adds rows of its own to the step's forward, which every "
+                          f"part would repeat; use accumulate: 1", key=key)
     local = per_rank_batch(train["batch_size"], world)
     if parts > local:
         raise ConfigError(f"splits each process's batch of {local} into {parts} parts; at most "
