@@ -49,7 +49,8 @@ Deliberate differences from the official code:
   permutation of the open set, drawn again when what is left of it is shorter than an open
   batch (that rest is skipped, as by a loader's ``drop_last``), so a small open set never
   shortens an epoch and a step's open images are distinct; the generated noise goes through the
-  training transform like every other open image (the code feeds its ``Gaussian`` set unaugmented and unnormalised);
+  training transform like every other open image (the code feeds its ``Gaussian`` set
+  unaugmented and unnormalised);
 * draws: the permutation and the labels come from a generator of the component's own, seeded by
   the run's seed and the epoch (a resumed run, which restarts at an epoch's start, draws the same);
   each process takes its share of the step's global open batch (``batch_size`` is global, like
