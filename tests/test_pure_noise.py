@@ -370,6 +370,28 @@ def test_the_recipe_runs_on_the_digits(tmp_path, monkeypatch):
     model.load_state_dict(weights, strict=True)
 
 
+def test_the_step_cost_benchmark_times_noise_routed_by_dar_bn(tmp_path, monkeypatch):
+    """benchmarks/throughput.py --pure-noise: the timed step replaces samples and routes them
+    through DAR-BN (the noise and the routed layers run), and the model gets plain layers back;
+    one step each here, the figures are for the benchmark."""
+    import runpy
+
+    import lttoolbox.augment.dar_bn as dar_bn_module
+    from lttoolbox.engine.trainer import Trainer
+
+    script = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))
+    recipe = resolve(digits())
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    calls, routed = [], []
+    replace, route = OPeN.replace, dar_bn_module.dar_batch_norm
+    monkeypatch.setattr(OPeN, "replace", lambda self, b: calls.append(1) or replace(self, b))
+    monkeypatch.setattr(dar_bn_module, "dar_batch_norm",
+                        lambda *a, **k: routed.append(1) or route(*a, **k))
+    figures = script["time_pure_noise"](trainer, recipe, 1, 1)
+    assert set(figures) == {"plain", "open_noise+dar_bn"} and all(v > 0 for v in figures.values())
+    assert len(calls) == 2 and len(routed) == 2 * 2  # two steps, two BatchNorm layers
+
+
 @pytest.mark.long
 def test_resume_inside_the_window_matches(tmp_path):
     """Stopped at the end of epoch 2 (before its checkpoint) and resumed from epoch 1's: the
