@@ -19,9 +19,10 @@ authors' repository (shiranzada/pure-noise at 102cac95bc90e7b5be0d656a3e003e7fa1
 code ("The code will be released in this repository soon."). What follows is the unofficial
 reproduction seungjaeryanlee/pure-noise at 239a2b1254167b948b1e9be1d01d775e7879b2bd (not the
 authors'): ``replace_with_pure_noise.py`` lines 5-47 (the rule and the noise), ``train.py``
-lines 104-130 (the oversampling sampler) and 196-230 (where noise enters),
-``default_cifar10lt.yaml`` lines 20-21 and 60-66 (``delta`` 1/3, the noise mean and std, start
-epoch 160), ``bash_scripts/datasets_and_ir_ratios.sh`` (OPeN resumes the ERM run's epoch-159
+lines 104-130 (the oversampling sampler) and 204-230 (where noise enters),
+``default_cifar10lt.yaml`` lines 20-21, 26-27 and 61-67 (normalisation; over-sampling from epoch
+160; ``delta`` 1/3, the noise mean and std, noise from epoch 160),
+``bash_scripts/datasets_and_ir_ratios.sh`` (OPeN resumes the ERM run's epoch-159
 checkpoint with oversampling and noise on: both deferred to epoch 160).
 
 The schedule is the recipe's: ``sampler: {name: class_balanced, start_epoch: 160}`` is the
