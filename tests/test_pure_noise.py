@@ -422,3 +422,25 @@ def test_two_processes_train_with_per_process_statistics(tmp_path):
     two = run_ranks(tmp_path, recipe, tmp_path / "two")
     assert two["processes"] == 2 and all(np.isfinite(r["loss"]) for r in two["history"])
     DigitsCNN(num_classes=10).load_state_dict(weights(tmp_path / "two"), strict=True)
+
+
+@pytest.mark.long
+def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
+    """The noise is drawn outside the compiled step and DAR-BN's masked statistics have fixed
+    shapes: the step compiles (no fallback) and trains as the eager one."""
+    import lttoolbox.engine.compile as compile_module
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+
+    def run(mode, name):
+        recipe = resolve(digits(train={"epochs": 1, "compile": mode},
+                                augment=[{"name": "open_noise"}, {"name": "dar_bn"}]))
+        return train(recipe, tmp_path / name, quiet=True)["history"][0]
+
+    try:
+        eager, compiled = run("off", "eager"), run("on", "compiled")
+    finally:
+        torch._dynamo.reset()
+    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
