@@ -79,6 +79,16 @@ def test_labels_index_and_natural_rows_are_kept():
     assert not torch.equal(batch.x[noise], x[noise])
 
 
+def test_the_mark_is_none_by_default_and_survives_a_mixing_hook():
+    assert Batch.plain(torch.zeros(2, 1), torch.zeros(2)).synthetic is None
+    torch.manual_seed(4)
+    mask = torch.tensor([True, False, False, True])
+    x = torch.randn(4, 1, 2, 2)
+    batch = Batch.plain(x, torch.arange(4)).replace(synthetic=mask)
+    _, mixed = AUGMENTS.build({"name": "mixup"})(x, batch)
+    assert mixed.mixed and mixed.synthetic is mask  # each row keeps its own image's flag
+
+
 def test_outside_its_window_the_batch_is_untouched():
     part = open_noise([10, 1], delta=1.0, start_epoch=2)
     part.before_epoch(1)
