@@ -225,6 +225,23 @@ def test_dar_bn_matches_numpy_rows_running_statistics_and_affine_gradients(gradi
         assert (grad[noise] == 0).all()
 
 
+def test_batch_norm_1d_layers_are_routed_too():
+    """A (B, C) input of a BatchNorm1d (a head's feature norm): the same routing."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    part = DARBN()
+    part.before_run(SimpleNamespace(model=model))
+    torch.manual_seed(9)
+    x = torch.randn(6, 3)
+    noise = torch.tensor([True, False, False, True, False, True])
+    h = model[0](x).detach().double().numpy()
+    out = forward(model, part, x, noise).detach().double().numpy()
+    for rows in (noise.numpy(), ~noise.numpy()):
+        hat = (h[rows] - h[rows].mean(0)) / np.sqrt(h[rows].var(0) + 1e-5)
+        np.testing.assert_allclose(out[rows], hat, atol=1e-5)  # gamma 1, beta 0
+    np.testing.assert_allclose(model[1].running_mean.double().numpy(),
+                               0.1 * h[~noise.numpy()].mean(0), atol=1e-6)
+
+
 def test_the_worked_example():
     """One channel, gamma 2, beta 0.5: natural [1, 3] (mean 2, var 1), noise [10, 14] (mean 12,
     var 4); running mean 0 -> 0.2, running var 1 -> 0.9 + 0.1 * 2 = 1.1 (by hand)."""
