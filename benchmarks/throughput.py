@@ -18,6 +18,7 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --augment --generator    # each component's step cost too
     python benchmarks/throughput.py --augment --steps 10     # ... gae's attack included
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
+    python benchmarks/throughput.py --pure-noise             # open_noise + dar_bn vs plain
     python benchmarks/throughput.py --recipes configs/cifar10_lt/ldam_drw_sam.yaml --optim-cost
     python benchmarks/throughput.py --stream --workers 0 1 2   # the streaming path, 224 px
     python benchmarks/throughput.py --concurrent 1 2 4 8       # K runs at once on one device
@@ -255,6 +256,72 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
     return figures
 
 
+def time_pure_noise(trainer: Trainer, recipe: dict, steps: int, warmup: int
+                    ) -> dict[str, float]:
+    """Images/s of the trainer's training step plain and with OPeN and DAR-BN acting on every
+    step (``open_noise`` at its default delta, ``dar_bn`` routing the model's BatchNorm layers),
+    on the same model architecture, batches and device. The two act together (DAR-BN alone
+    routes nothing), so they are timed as one; each run on a fresh model, the plain layers back
+    after it."""
+    from lttoolbox.api import Component
+    from lttoolbox.batch import Batch
+    from lttoolbox.engine.phases import Phase
+    from lttoolbox.engine.step import TrainStep
+    from lttoolbox.registry import AUGMENTS, LOSSES
+
+    device = trainer.device
+    images, labels = trainer.data_path.images, trainer.data_path.labels
+    criterion = LOSSES.build({"name": "ce"}, num_classes=trainer.num_classes).to(device)
+    autocast, _ = autocast_factory(recipe["train"]["amp"], device)
+    transform, batch = trainer.data.train_transform, recipe["train"]["batch_size"]
+    context = trainer._context(recipe)
+
+    def loop(cfgs: list) -> float:
+        model = fresh_model(trainer, recipe).train()
+        parts = [AUGMENTS.build(cfg, **context) for cfg in cfgs]
+        run = SimpleNamespace(model=model)
+        hooks = {}
+        for part in parts:
+            part.check_model(model)
+            part.before_run(run)
+            part.before_phase(SimpleNamespace(model=model, index=0, name="main", log=None,
+                                              eval_transform=trainer.data.eval_transform))
+            part.set_epoch(0)
+            for point in part.points():
+                hooks[point] = part.hook(point)
+        phase = Phase("main", {"loss": {"name": "ce"}, "augment": cfgs, "generator": None},
+                      Component(), criterion, parts, None)
+        step = TrainStep(model, phase)
+        step.hooks = hooks
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        order = torch.randint(0, images.shape[0], ((steps + warmup) * batch,), device=device)
+        for i in range(steps + warmup):
+            if i == warmup:
+                sync(device)
+                start = time.perf_counter()
+            idx = order[i * batch:(i + 1) * batch]
+            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx]),
+                                     model=model, optimizer=opt, epoch=0, step=i,
+                                     steps=steps + warmup, lr=0.01)
+            for part in parts:
+                part.before_step(events)
+            with autocast() if autocast else contextlib.nullcontext():
+                loss = step(events.batch)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for part in parts:
+                part.after_step(events)
+        sync(device)
+        seconds = time.perf_counter() - start
+        for part in parts:
+            part.after_run(run)
+        return steps * batch / seconds
+
+    return {"plain": loop([]),
+            "open_noise+dar_bn": loop([{"name": "open_noise"}, {"name": "dar_bn"}])}
+
+
 def time_cam(trainer: Trainer, recipe: dict) -> tuple[float, int]:
     """Seconds that CAM-based re-sampling (``cam_resample``, default settings) takes to generate
     its images for the recipe's training set with the recipe's (freshly initialised) model, and
@@ -379,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time each feature generator's step against the plain step")
     parser.add_argument("--optim-cost", action="store_true",
                         help="the recipe's optimizer step against a plain SGD step")
+    parser.add_argument("--pure-noise", action="store_true",
+                        help="also time the step with open_noise and dar_bn (pure-noise images "
+                             "routed by DAR-BN) against the plain step")
     parser.add_argument("--cam", action="store_true",
                         help="also time CAM-based re-sampling's generation against one epoch")
     parser.add_argument("--stream", action="store_true",
@@ -451,6 +521,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: optimizer '{recipe['optim']['name']}' step cost "
                   f"{fmt_spread(costs, 3)} x the plain SGD step ({fmt_spread(plain_ips)} img/s "
                   f"with SGD; min / median / max of {args.repeats})", flush=True)
+        if args.pure_noise:
+            costs = []
+            for _ in range(args.repeats):
+                figures = time_pure_noise(trainer, recipe, args.steps, args.warmup)
+                costs.append(figures["plain"] / figures["open_noise+dar_bn"])
+            print(f"{path}: step cost with open_noise + dar_bn {fmt_spread(costs, 3)} x the plain "
+                  f"step (min / median / max of {args.repeats})", flush=True)
         if args.cam:
             seconds, made = time_cam(trainer, recipe)
             epoch = trainer.data_path.labels.numel() / statistics.median(trainer_ips)

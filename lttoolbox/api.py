@@ -239,6 +239,11 @@ class Component:
         """A term added to the step's loss (only read where ``adds_loss`` is declared)."""
         return None
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model it cannot act on (raise :class:`~lttoolbox.errors.ConfigError`):
+        called with the run's model when the trainer builds the phase, before anything is
+        written (by default every model is fine)."""
+
     def frozen_parameters(self) -> Iterable[nn.Parameter]:
         """Its parameters that must not move in the current epoch (gradients withheld)."""
         return ()

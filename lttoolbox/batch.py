@@ -24,6 +24,13 @@ class Batch:
             component can fetch another view of the same images; ``None`` where unknown. It
             describes the batch as it enters the step: a hook that adds samples inside the model
             leaves it as it was.
+        synthetic: Which samples are not training images, shape ``(B,)``, bool, on the batch's
+            device: ``True`` for an input a component made up in place of the drawn image (a
+            pure-noise image, :mod:`lttoolbox.augment.pure_noise`), whose label is kept. A layer
+            that treats such samples apart (DAR-BN, :mod:`lttoolbox.augment.dar_bn`) reads it;
+            ``None`` (the default) means every sample is a training image, and nothing
+            changes. A hook that mixes samples keeps it (each row keeps its own image's flag);
+            a hook that adds or drops rows must extend or cut it, or set it to ``None``.
     """
 
     x: torch.Tensor
@@ -31,6 +38,7 @@ class Batch:
     y_b: torch.Tensor
     lam: torch.Tensor
     index: torch.Tensor | None = None
+    synthetic: torch.Tensor | None = None
 
     @classmethod
     def plain(cls, x: torch.Tensor, y: torch.Tensor,

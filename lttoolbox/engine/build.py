@@ -100,6 +100,11 @@ class PhaseBuilder:
             if not isinstance(part, Component):  # the trainer calls the declared methods
                 raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
                                   f"derive it from Component (docs/extending.md)", key=key)
+            try:  # a component that acts on the model's layers refuses one it cannot
+                part.check_model(self.model)
+            except ConfigError as err:
+                raise ConfigError(err.detail, key=key if err.key is None
+                                  else f"{key}.{err.key}") from None
             if part.needs_validation and self.data.val is None:
                 raise ConfigError(f"{part.registry_name or type(part).__name__} reads the "
                                   f"validation split; give the data set one "
