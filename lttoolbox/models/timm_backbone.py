@@ -62,6 +62,7 @@ from .base import Hook, LTModel, check_image_size
 from .heads import build_head
 
 EXTRA = 'pip install -e ".[timm]"'
+DOCTEST_REQUIRES = ("timm",)  # the examples below build timm networks
 WEIGHTS_KEY = "model.weights"
 # timm.create_model's arguments that the toolbox sets itself, and where each comes from.
 _SET_BY_TOOLBOX = {
@@ -160,7 +161,7 @@ class TimmModel(LTModel):
         timm = import_timm()
         self.arch = check_arch(timm, arch)
         self.net = _create(timm, self.arch, self.in_channels, size, kwargs)
-        shapes, pooled_is_mean = _measure(self.net, self.in_channels, size)
+        shapes, pooled_is_mean = _measure(self.net, self.arch, self.in_channels, size)
         self._stage_paths = _choose_points(self.net, self.arch, shapes, stages)
         self._units = _partition(self.net, self._stage_paths)
         names = tuple(self._stage_paths) + ("features",)
@@ -286,7 +287,7 @@ def _feature_info(net: nn.Module) -> list[dict]:
 
 
 @torch.no_grad()
-def _measure(net: nn.Module, in_channels: int,
+def _measure(net: nn.Module, arch: str, in_channels: int,
              size: tuple[int, int]) -> tuple[dict[str, tuple[int, ...]], bool]:
     """One eval-mode forward of a random image (a private generator: the global one does not
     move) through every ``feature_info`` module: each stage's output shape, the pooled
@@ -306,7 +307,7 @@ def _measure(net: nn.Module, in_channels: int,
     try:
         pooled = net.forward_head(net.forward_features(x), pre_logits=True)
     except Exception as err:  # noqa: BLE001 - as in _create: the recipe's, said in one line
-        raise ConfigError(f"timm's {type(net).__name__} cannot run on {in_channels}-channel "
+        raise ConfigError(f"timm's {arch} cannot run on {in_channels}-channel "
                           f"{size[0]}x{size[1]} images ({_first_line(err)})",
                           key="model.arch") from None
     finally:
@@ -314,7 +315,7 @@ def _measure(net: nn.Module, in_channels: int,
         for handle in handles:
             handle.remove()
     if pooled.dim() != 2:
-        raise ConfigError(f"timm's pre-logits of {type(net).__name__} have shape "
+        raise ConfigError(f"timm's pre-logits of {arch} have shape "
                           f"{tuple(pooled.shape)}, not (B, D); this architecture cannot take a "
                           f"toolbox head", key="model.arch")
     shapes = {p: tuple(t.shape[1:]) for p, t in seen.items() if isinstance(t, torch.Tensor)}
@@ -422,9 +423,10 @@ def load_timm_weights(model: TimmModel, path: str | os.PathLike) -> list[str]:
     Example:
         >>> import tempfile, torch
         >>> a = TimmModel("resnet10t", num_classes=3, in_channels=1, image_size=16)
-        >>> file = tempfile.NamedTemporaryFile(suffix=".pth", delete=False).name
-        >>> torch.save(a.net.state_dict(), file)
-        >>> b = TimmModel("resnet10t", num_classes=3, in_channels=1, image_size=16, weights=file)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     torch.save(a.net.state_dict(), f"{folder}/resnet10t.pth")
+        ...     b = TimmModel("resnet10t", num_classes=3, in_channels=1, image_size=16,
+        ...                   weights=f"{folder}/resnet10t.pth")
         >>> x = torch.randn(2, 1, 16, 16)
         >>> bool(torch.equal(a.eval().forward_features(x), b.eval().forward_features(x)))
         True
