@@ -373,6 +373,7 @@ def test_convnext_normalises_after_pooling_so_it_has_no_feature_map():
 
 
 # -------------------------------------------------------------------------------- end to end
+@pytest.mark.long  # two phases; README's command leaves it out, .ci/run runs it
 def test_cnn_run_with_manifold_mixup_then_crt(tmp_path):
     from lttoolbox.engine import train
     from lttoolbox.recipe import resolve
