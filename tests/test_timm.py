@@ -9,6 +9,7 @@ hand, never from the code under test.
 """
 from __future__ import annotations
 
+import copy
 import io
 import sys
 
@@ -107,6 +108,20 @@ def test_vit_points_are_the_patch_tokens_and_groups_of_blocks():
     assert set(ends.values()) == {"stage1", "stage2", "stage3", "stage4"}
 
 
+@pytest.mark.parametrize("cfg, stages, modules", [
+    (CNN, 3, ["layer2", "layer3", "layer4"]),  # a CNN: its last stages
+    (VIT, 2, ["blocks.2", "blocks.5"]),  # test_vit's 6 blocks in 2 groups of 3
+    (VIT, 6, [f"blocks.{i}" for i in range(6)]),  # one block per point
+], ids=["cnn", "vit-2", "vit-6"])
+def test_stages_chooses_the_points(cfg, stages, modules):
+    model = build(cfg, stages=stages)
+    assert len(model.net.feature_info) == (5 if cfg is CNN else 6)
+    names = [f"stage{k + 1}" for k in range(stages)]
+    assert model.point_names == ("input", *(["patch_embed"] if cfg is VIT else []), *names,
+                                 "features")
+    assert [model._stage_paths[n] for n in names] == modules
+
+
 @pytest.mark.parametrize("cfg", [CNN, VIT], ids=["cnn", "vit"])
 def test_the_linear_head_on_the_pre_logits_is_timms_own_classifier(cfg):
     """timm's network with its classifier, the same weights and the head's rows as ``fc``: the
@@ -150,6 +165,13 @@ def test_hooks_run_in_network_order_and_identity_hooks_change_nothing(cfg):
         model.forward_hooked(Batch.plain(x, labels()), {"stage2": lambda h, b: h})
     # no hook stays behind on timm's modules
     assert all(not m._forward_hooks for m in model.net.modules())
+    # a deep copy (an EMA of the weights) hooks its own modules
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        zero = {model.point_names[-2]: lambda h, b: (torch.zeros_like(h), b)}
+        assert torch.equal(twin.forward_hooked(Batch.plain(x, labels()), zero)[0],
+                           model.forward_hooked(Batch.plain(x, labels()), zero)[0])
+        assert torch.equal(twin(x), expected)
 
 
 def test_a_stage_hook_replaces_the_stage_output_inside_timms_forward():
