@@ -99,6 +99,8 @@ class Context:
         feature_dim: Width of the pooled features (``None`` without a model).
         point_names: The model's points in order.
         point_shapes: One sample's activation shape at each point (only with a generator).
+        feature_maps: The model's points whose spatial map ``features`` averages (its
+            ``feature_maps``; empty: it has none; ``None``: not known).
         imbalance_type: The data set's profile (``exp``, ``step`` or ``None``).
         fetch: ``fetch(indices) -> (x, y)``: training-transformed images beyond the batch.
         has_validation: Whether the data set has a validation split.
@@ -126,6 +128,7 @@ class Context:
     feature_dim: int | None = None
     point_names: tuple[str, ...] = ()
     point_shapes: dict = field(default_factory=dict)
+    feature_maps: tuple[str, ...] | None = None
     imbalance_type: str | None = None
     fetch: Callable | None = None
     has_validation: bool = False

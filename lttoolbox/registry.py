@@ -374,8 +374,8 @@ def given_by_builder(registry: "Registry") -> list[str]:
 # ``context`` is all of them as one typed object (lttoolbox.api.Context), for an entry that
 # names it.
 PHASE_CONTEXT = ("class_counts", "num_classes", "labels", "total_epochs", "seed", "rank",
-                 "world_size", "feature_dim", "point_names", "point_shapes", "imbalance_type",
-                 "fetch", "has_validation", "context")
+                 "world_size", "feature_dim", "point_names", "point_shapes", "feature_maps",
+                 "imbalance_type", "fetch", "has_validation", "context")
 MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
 
 # One registry per family; the kind doubles as the recipe section the entries come from.

@@ -54,6 +54,10 @@ def test_the_package_has_examples():
 @pytest.mark.parametrize("name", module_names())
 def test_docstring_examples_run(name, monkeypatch):
     monkeypatch.chdir(ROOT)
+    # a module of an optional extra names what its examples need (DOCTEST_REQUIRES)
+    for requirement in getattr(importlib.import_module(name), "DOCTEST_REQUIRES", ()):
+        pytest.importorskip(requirement, reason=f"{name}'s examples need {requirement}, an "
+                                                f"optional extra that is not installed")
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     found = examples(name)
     if not found:

@@ -11,12 +11,15 @@ import lttoolbox.models as models_pkg
 from lttoolbox.batch import Batch
 from lttoolbox.errors import ConfigError
 from lttoolbox.models import (HEADS, CosineHead, DigitsCNN, LinearHead, LTModel, PadShortcut,
-                              ResNet32, build_head)
+                              ResNet32, TimmModel, build_head)
 from lttoolbox.registry import MODELS
 from conftest import PerEntry
 
 # Context the trainer would offer for each model, and the output shapes at every model point
-# (without batch) worked out by hand from the architectures; one row per registered model.
+# (without batch) worked out by hand from the architectures; one row per registered model but
+# ``timm``, whose points are timm's stages (stage1, ...) and whose architecture is the recipe's:
+# tests/test_timm.py holds its contract.
+OWN = dict(select=lambda cls: not issubclass(cls, TimmModel))
 CONTEXT = PerEntry(MODELS, {
     "resnet32": dict(num_classes=10, in_channels=3, image_size=32),
     "digits_cnn": dict(num_classes=10, in_channels=1, image_size=8),
@@ -25,7 +28,7 @@ CONTEXT = PerEntry(MODELS, {
     # torchvision.
     **{name: dict(num_classes=10, in_channels=3, image_size=32)
        for name in ("resnet10", "resnet50", "resnet152", "resnext50_32x4d")},
-}, where="CONTEXT in tests/test_models.py")
+}, where="CONTEXT in tests/test_models.py", **OWN)
 
 
 def imagenet_shapes(widths: tuple[int, ...]) -> dict:
@@ -44,7 +47,7 @@ POINT_SHAPES = PerEntry(MODELS, {
                  "layer2": (32, 16, 16), "layer3": (64, 8, 8), "features": (64,)},
     "digits_cnn": {"input": (1, 8, 8), "stem": (32, 8, 8), "layer1": (64, 8, 8),
                    "layer2": (64, 4, 4), "features": (64,)},
-}, where="POINT_SHAPES in tests/test_models.py")
+}, where="POINT_SHAPES in tests/test_models.py", **OWN)
 B = 3
 
 

@@ -212,7 +212,9 @@ class CAMResample(Component):
             :func:`compose_moved_foreground`.
         batch_size: Images generated per batch on the device.
         context: From the trainer: its ``seed`` seeds the generator (with the phase), and the
-            feature map is the point before ``features`` among its ``point_names``.
+            feature map is the last of its ``feature_maps`` (the model's; without them, the
+            point before ``features`` among its ``point_names``). A model without one is
+            refused.
 
     Recipe (the second phase of a two-phase recipe)::
 
@@ -277,7 +279,16 @@ class CAMResample(Component):
         self.batch_size = batch_size
         self.seed = self.context.seed
         names = list(self.context.point_names or ())
-        if names and "features" in names and names.index("features") > 0:
+        maps = self.context.feature_maps
+        if maps is not None and not maps:
+            raise ConfigError("cam_resample reads class activation maps (Zhou et al. 2016) from "
+                              "a spatial map that the model's features average, and this model "
+                              "has none (a vision transformer's points carry tokens; some CNNs "
+                              "normalise or project after pooling); use a model with one, e.g. "
+                              "a ResNet")
+        if maps:
+            self.feature_point = maps[-1]
+        elif names and "features" in names and names.index("features") > 0:
             self.feature_point = names[names.index("features") - 1]
         elif names:
             self.feature_point = names[-1]

@@ -40,6 +40,7 @@ class PhaseBuilder:
             total_epochs=max(1, recipe["train"]["epochs"]), seed=recipe["train"]["seed"],
             labels=labels, feature_dim=self.model.feature_dim,
             point_names=self.model.point_names, point_shapes=self.point_shapes,
+            feature_maps=self.model.feature_maps,
             imbalance_type=self.data.meta.get("imbalance_type"),
             # how a component that needs more images than the batch (CMO's foreground) gets
             # them: training-transformed, on the training device

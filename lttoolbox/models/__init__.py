@@ -1,5 +1,6 @@
 """Models (registry ``MODELS``, recipe section ``model``): ``resnet32``, ``digits_cnn``, and the
-ImageNet-scale ``resnet10``, ``resnet50``, ``resnet152``, ``resnext50_32x4d``.
+ImageNet-scale ``resnet10``, ``resnet50``, ``resnet152``, ``resnext50_32x4d``; ``timm``: any timm
+architecture (the ``[timm]`` extra).
 
 Every model is an :class:`LTModel` with named points (``model.point_names``), a swappable head
 (``linear``, ``cosine``, see :mod:`lttoolbox.models.heads`; ``tau_norm`` and ``lws`` of decoupled
@@ -15,6 +16,7 @@ from .resnet_imagenet import (ImageNetResNet, ResNet10, ResNet50, ResNet152, Res
                               load_torchvision_weights)
 from .decoupling import LWSHead, TauNormHead
 from .marc import MARCHead
+from .timm_backbone import TimmModel, load_timm_weights
 
 __all__ = [
     "HEADS", "CosineHead", "LinearHead", "build_head", "head_config",
@@ -22,7 +24,7 @@ __all__ = [
     "BasicBlock", "CifarResNet", "PadShortcut", "ResNet32", "init_weights",
     "DigitsCNN", "LWSHead", "MARCHead", "TauNormHead",
     "ImageNetResNet", "ResNet10", "ResNet50", "ResNet152", "ResNeXt50_32x4d",
-    "load_torchvision_weights",
+    "load_torchvision_weights", "TimmModel", "load_timm_weights",
 ]
 
 # Every module of the package, so that a new entry file registers without being listed here.

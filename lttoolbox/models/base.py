@@ -180,7 +180,21 @@ class LTModel(nn.Module):
             raise TypeError(f"hook at point '{name}' must return (h, batch), got {type(out)}")
         return out
 
+    @property
+    def feature_maps(self) -> tuple[str, ...]:
+        """The points whose output is a spatial map ``(B, C, H, W)`` that ``features`` averages
+        over its positions, channel for channel (so a class activation map, Zhou et al., CVPR
+        2016, can be read there): here the last block's before ``features``, global average
+        pooling. Empty for a model that has none (a vision transformer's points carry
+        tokens)."""
+        return self.point_names[-2:-1]
+
     # ----------------------------------------------------------------------------------- freezing
+    def _block(self, name: str) -> nn.Module:
+        """The module of the block that ends at point ``name`` (or the head): what freezing it
+        acts on."""
+        return getattr(self, name)
+
     def _freezable(self) -> tuple[str, ...]:
         return self._body + ("head",)
 
@@ -250,7 +264,7 @@ class LTModel(nn.Module):
             True
         """
         for name in self._resolve(names):
-            module = getattr(self, name)
+            module = self._block(name)
             module.requires_grad_(False)
             self._frozen.add(name)
             if freeze_bn_stats:
@@ -264,7 +278,7 @@ class LTModel(nn.Module):
     def unfreeze(self, names: str | Iterable[str] | None = None) -> "LTModel":
         """Undo :meth:`freeze` for ``names`` (all frozen blocks when ``None``)."""
         for name in (list(self._frozen) if names is None else self._resolve(names)):
-            module = getattr(self, name)
+            module = self._block(name)
             module.requires_grad_(True)
             module.train(self.training)
             self._frozen.discard(name)
@@ -275,7 +289,7 @@ class LTModel(nn.Module):
         super().train(mode)
         if mode:
             for name in self._fixed_stats:
-                getattr(self, name).eval()
+                self._block(name).eval()
         return self
 
     # ------------------------------------------------------------------------------------- head
