@@ -138,6 +138,8 @@ CONTEXT = PerEntry(MODELS, {
     "resnet10": (dict(in_channels=3, image_size=32), False),
     **{name: (dict(in_channels=3, image_size=32), True)
        for name in ("resnet50", "resnet152", "resnext50_32x4d")},
+    # one small timm CNN (the [timm] extra; skipped without it)
+    "timm": (dict(in_channels=3, image_size=32, arch="test_resnet"), False),
 }, where="CONTEXT in tests/test_export.py")
 
 
@@ -156,9 +158,12 @@ def test_every_model_exports(name, fmt):
     """Each registered model (BatchNorm statistics and weights random, in eval mode) gives its
     logits from the file, uint8 images normalised inside."""
     needs(fmt)
-    context = CONTEXT[name][0]
+    context = dict(CONTEXT[name][0])
+    if "arch" in context:
+        pytest.importorskip("timm", reason="the [timm] extra is not installed")
     torch.manual_seed(0)
-    model = MODELS.build({"name": name}, num_classes=5, **context).eval()
+    model = MODELS.build({"name": name, **({"arch": context.pop("arch")} if "arch" in context
+                                            else {})}, num_classes=5, **context).eval()
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
             if key.endswith(("running_mean", "running_var")):
