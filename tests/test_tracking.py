@@ -38,13 +38,16 @@ RECIPE = digits(train={"epochs": 2, "loggers": ["mlflow", "wandb"]}, eval={"ever
 @pytest.fixture(autouse=True)
 def offline(tmp_path, monkeypatch):
     """No network, and nothing of MLflow's or W&B's written outside ``tmp_path``."""
-    try:  # the run's plots: matplotlib finds its font cache under the real home, once
+    # matplotlib (the run's plots) is imported before HOME moves, so this process reads its
+    # usual font cache; a process started here (a DDP rank) builds one under MPLCONFIGDIR
+    try:
         import matplotlib.font_manager  # noqa: F401
     except ImportError:
         pass
     home = tmp_path / "home"
     home.mkdir()
-    for name, value in {"HOME": home, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+    for name, value in {"HOME": home, "MPLCONFIGDIR": tmp_path / "mpl",
+                        "WANDB_MODE": "offline", "WANDB_SILENT": "true",
                         "WANDB_DIR": tmp_path / "wandb-dir", "WANDB_CACHE_DIR": tmp_path / "wc",
                         "WANDB_CONFIG_DIR": tmp_path / "wcfg", "WANDB_DATA_DIR": tmp_path / "wd",
                         "WANDB_ARTIFACT_DIR": tmp_path / "wa",
@@ -291,3 +294,23 @@ def test_tracking_settings_do_not_change_the_recipe_hash():
                             "mlflow": {"tracking_uri": "http://host:5000", "experiment": "lt"},
                             "wandb": {"project": "lt", "mode": "online", "dir": "/tmp"}})
     assert recipe_hash(resolve(tracked)) == recipe_hash(resolve(digits()))
+
+
+@pytest.mark.long
+def test_under_ddp_rank_0_alone_logs(tmp_path, monkeypatch):
+    from test_distributed import digits as ddp_digits, run_ranks
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: no SQLite set-up
+    uri = (tmp_path / "mlruns").as_uri()
+    recipe = ddp_digits("train.epochs=2", "train.loggers=[mlflow, wandb]",
+                        f"train.mlflow.tracking_uri={uri}")
+    out = tmp_path / "run"
+    results = run_ranks(tmp_path, recipe, out)
+    assert results["processes"] == 2
+    client, run = mlflow_run(out, uri)
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "main/loss")] \
+        == [(step, row["loss"]) for step, row in enumerate(results["history"], 1)]
+    folders = wandb_folders(out)
+    assert len(folders) == 1
+    assert [h["_step"] for h in wandb_run(folders[0])["history"]] == [1, 2]
