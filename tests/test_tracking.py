@@ -246,6 +246,37 @@ def test_a_failing_backend_is_reported_once_and_training_goes_on(tmp_path, monke
     assert json.loads(RunDir(tmp_path / "run").tracking.read_text())["mlflow"]["epochs"] == 1
 
 
+def test_a_resumed_logger_sends_the_epochs_the_tracker_missed(tmp_path, monkeypatch):
+    """Epochs checkpointed after the tracker's last write (it failed, or the process died between
+    the two) are sent when the run resumes, at their own steps, and an over-long recipe value
+    is cut to MLflow's limit rather than losing the run's params."""
+    from lttoolbox.engine.loggers import LoggedRun
+    from lttoolbox.engine.tracking import MLFLOW_PARAM_LENGTH, MLflowLogger
+    from lttoolbox.recipe import dump_recipe, resolve
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: no SQLite set-up
+    uri = (tmp_path / "mlruns").as_uri()
+    recipe = resolve(digits(train={"loggers": ["mlflow"], "mlflow": {"tracking_uri": uri}},
+                            meta={"note": "x" * 7000}))
+    out = tmp_path / "run"
+    out.mkdir()
+    dump_recipe(recipe, out / "recipe.yaml")
+    rows = [{"phase": "main", "epoch": i, "loss": 2.0 - i / 4, "lr": 0.1,
+             "images_per_second": 100.0 + i} for i in range(4)]
+    logger = MLflowLogger(LoggedRun(out, recipe, [], ["abc"], {"hostname": "h"}))
+    logger.epoch(rows[0])
+    logger.close()
+    logger = MLflowLogger(LoggedRun(out, recipe, rows[:3], ["abc"], {"hostname": "h"}))
+    logger.epoch(rows[3])
+    client, run = mlflow_run(out, uri)
+    assert run.info.status == "RUNNING" and run.info.run_id == logger.run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "main/loss")] \
+        == [(i + 1, r["loss"]) for i, r in enumerate(rows)]
+    note = run.data.params["meta.note"]
+    assert len(note) == MLFLOW_PARAM_LENGTH and note.endswith("x...")
+    logger.close()
+
+
 def test_an_unreachable_tracking_server_does_not_stop_training(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

@@ -54,6 +54,9 @@ from .loggers import LoggedRun, epoch_scalars, final_scalars
 DEFAULT_STORE = "default"  # tracking.json's name for the run's own MLflow store
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 MLFLOW_BATCH = 100  # MLflow takes at most 100 params per log_batch call
+# MLflow refuses longer param values (mlflow/utils/validation.py, MAX_PARAM_VAL_LENGTH); a longer
+# recipe value is cut there, ending in "...": recipe.yaml, an artifact, holds it whole
+MLFLOW_PARAM_LENGTH = 6000
 
 
 def flat_recipe(recipe: dict) -> dict[str, Any]:
@@ -80,10 +83,16 @@ def flat_recipe(recipe: dict) -> dict[str, Any]:
     return out
 
 
-def as_text(value: Any) -> str:
+def as_text(value: Any, limit: int = MLFLOW_PARAM_LENGTH) -> str:
     """A recipe value as MLflow stores params: text as it is, anything else in JSON (``null``,
-    ``true``, ``[60, 80]``), as a recipe would write it."""
-    return value if isinstance(value, str) else json.dumps(value)
+    ``true``, ``[60, 80]``), as a recipe would write it; cut to ``limit`` characters.
+
+    Example:
+        >>> as_text(None), as_text([60, 80]), as_text("x" * 10, limit=6)
+        ('null', '[60, 80]', 'xxx...')
+    """
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def run_tags(run: LoggedRun) -> dict[str, str]:
