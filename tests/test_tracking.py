@@ -255,6 +255,7 @@ def test_a_resumed_logger_sends_the_epochs_the_tracker_missed(tmp_path, monkeypa
     from lttoolbox.recipe import dump_recipe, resolve
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a file store: no SQLite set-up
+    monkeypatch.setenv("MLFLOW_TRUNCATE_LONG_VALUES", "false")  # as a store that refuses them
     uri = (tmp_path / "mlruns").as_uri()
     recipe = resolve(digits(train={"loggers": ["mlflow"], "mlflow": {"tracking_uri": uri}},
                             meta={"note": "x" * 7000}))

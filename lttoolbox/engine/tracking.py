@@ -54,8 +54,10 @@ from .loggers import LoggedRun, epoch_scalars, final_scalars
 DEFAULT_STORE = "default"  # tracking.json's name for the run's own MLflow store
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
 MLFLOW_BATCH = 100  # MLflow takes at most 100 params per log_batch call
-# MLflow refuses longer param values (mlflow/utils/validation.py, MAX_PARAM_VAL_LENGTH); a longer
-# recipe value is cut there, ending in "...": recipe.yaml, an artifact, holds it whole
+# The longest param value MLflow stores (mlflow/utils/validation.py, MAX_PARAM_VAL_LENGTH). MLflow
+# 3 cuts a longer one itself unless MLFLOW_TRUNCATE_LONG_VALUES=false, and an older tracking
+# server refuses it, failing every param: the toolbox cuts it first, ending in "..."
+# (recipe.yaml, an artifact, holds it whole)
 MLFLOW_PARAM_LENGTH = 6000
 
 
