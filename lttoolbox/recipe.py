@@ -44,7 +44,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "reset_head": False,
               "drop_last": False, "loggers": [], "workers": "auto", "sync_bn": False,
               "compile": "auto", "threads": "auto", "ema": None, "clip_grad_norm": None,
-              "accumulate": 1},
+              "accumulate": 1,
+              # read only when train.loggers names them (lttoolbox/engine/tracking.py)
+              "mlflow": {"tracking_uri": None, "experiment": "lttoolbox", "run_name": None},
+              "wandb": {"project": "lttoolbox", "mode": "offline", "dir": None}},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }
@@ -646,7 +649,7 @@ def recipe_differences(a: dict, b: dict, names: tuple[str, str] = ("here", "ther
 
 
 # train keys that say how a run is carried out, not what it trains (left out of the hash)
-WAYS_OF_RUNNING = ("loggers", "workers", "sync_bn", "compile", "threads")
+WAYS_OF_RUNNING = ("loggers", "mlflow", "wandb", "workers", "sync_bn", "compile", "threads")
 # train keys added after runs were written: hashed only where set to something other than their
 # default, so a recipe that leaves them alone keeps the hash it had before they existed
 LATER_TRAIN_KEYS = {"ema": None, "clip_grad_norm": None, "accumulate": 1}
@@ -656,7 +659,8 @@ def recipe_hash(recipe: dict) -> str:
     """A short, stable hash of a resolved recipe, to match results to runs.
 
     What cannot change the trained model is left out: ``meta`` (free-form notes),
-    ``train.loggers`` (where progress is reported) and ``train.workers`` (the streaming path's
+    ``train.loggers``, ``train.mlflow`` and ``train.wandb`` (where progress is reported) and
+    ``train.workers`` (the streaming path's
     loader processes: every image's augmentation is seeded by its stream position, not by the
     worker). So are ``train.sync_bn``, ``train.compile`` and ``train.threads``, which like the
     number of processes are ways of running (recorded with the results), not tricks: a run

@@ -51,7 +51,11 @@ def schedule_names() -> tuple[str, ...]:
     from .registry import SCHEDULES
     return tuple(SCHEDULES.names())
 
-LOGGERS = ("tensorboard",)
+LOGGERS = ("tensorboard", "mlflow", "wandb")
+WANDB_MODES = ("offline", "online")
+# W&B refuses these characters in a project name, and more than 128 of them
+# (wandb/sdk/wandb_settings.py, Settings.validate_project, wandb 0.31.0)
+WANDB_PROJECT_FORBIDDEN = "/\\#?%:"
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 COMPILE_MODES = ("auto", "off", "on")
 WARMUP_UNITS = ("epoch", "step")
@@ -98,6 +102,43 @@ def choice(value: Any, key: str, options: tuple[str, ...], what: str = "") -> st
         raise ConfigError(f"unknown {what or 'value'} {value!r}{hint} Known: {', '.join(options)}.",
                           key=key)
     return value
+
+
+def _setting_text(value: Any, key: str, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"must be {'null or ' if optional else ''}a non-empty string, got "
+                          f"{value!r}", key=key)
+
+
+def check_tracking(train: dict, p: str = "") -> None:
+    """The ``train.mlflow`` and ``train.wandb`` settings (checked whether or not
+    ``train.loggers`` names them, so a typo is caught before the logger is switched on)."""
+    from .recipe import DEFAULTS
+
+    for section in ("mlflow", "wandb"):
+        value = train[section]
+        key = f"{p}train.{section}"
+        if not isinstance(value, dict):
+            raise ConfigError(f"must be a mapping with the keys "
+                              f"{', '.join(DEFAULTS['train'][section])}, got {value!r}", key=key)
+        known = DEFAULTS["train"][section]
+        for name in value:
+            if name not in known:
+                raise ConfigError(f"unknown key{suggest(name, tuple(known))} "
+                                  f"Known: {', '.join(known)}.", key=f"{key}.{name}")
+    mlflow, wandb = train["mlflow"], train["wandb"]
+    _setting_text(mlflow["tracking_uri"], f"{p}train.mlflow.tracking_uri", optional=True)
+    _setting_text(mlflow["experiment"], f"{p}train.mlflow.experiment")
+    _setting_text(mlflow["run_name"], f"{p}train.mlflow.run_name", optional=True)
+    _setting_text(wandb["project"], f"{p}train.wandb.project")
+    if len(wandb["project"]) > 128 or any(c in wandb["project"] for c in WANDB_PROJECT_FORBIDDEN):
+        raise ConfigError(f"a W&B project name has at most 128 characters and none of "
+                          f"{' '.join(WANDB_PROJECT_FORBIDDEN)}, got {wandb['project']!r}",
+                          key=f"{p}train.wandb.project")
+    choice(wandb["mode"], f"{p}train.wandb.mode", WANDB_MODES, "mode")
+    _setting_text(wandb["dir"], f"{p}train.wandb.dir", optional=True)
 
 
 def optim_defaults(optim: Any, key: str) -> dict:
@@ -247,6 +288,7 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
                           f"{loggers!r}", key=f"{p}train.loggers")
     for name in loggers:
         choice(name, f"{p}train.loggers", LOGGERS, "logger")
+    check_tracking(train, p)
     freeze = train["freeze"] if isinstance(train["freeze"], list) else [train["freeze"]]
     if not all(isinstance(f, str) for f in freeze):
         raise ConfigError(f"must be a list of model point names, backbone or head, got "

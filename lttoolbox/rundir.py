@@ -14,6 +14,10 @@ Every file ``lttrain`` writes into ``--out``, and every file ``lteval``, ``ltpre
 ``results.json``            the final evaluation: a run holding it is *finished*
 ``eval-<name>.json``        an evaluation ``lteval`` made afterwards
 ``tensorboard/``            the scalars of ``train.loggers: [tensorboard]``
+``tracking.json``           the MLflow / W&B run this run logs to, and how many epochs it holds
+``mlflow.db``               ``train.loggers: [mlflow]``'s default tracking store (SQLite) ...
+``mlartifacts/``            ... and its artifacts
+``wandb/``                  ``train.loggers: [wandb]``'s run files (``train.wandb.dir`` unset)
 ``*.png``                   the plots of :data:`RunDir.PLOTS`
 ``leaderboard_run.json``    the leaderboard runner's record of its attempts on the run
 ``planned_recipe.yaml``     the recipe the leaderboard runner gave ``lttrain``
@@ -100,6 +104,9 @@ class RunDir:
     RUNNER_LOG = "lttrain.log"
     LOCK = ".lock"
     TENSORBOARD = "tensorboard"
+    TRACKING = "tracking.json"
+    MLFLOW_DB = "mlflow.db"
+    MLFLOW_ARTIFACTS = "mlartifacts"
     EVAL_PREFIX = "eval-"
     PLOTS = ("per_class_accuracy.png", "confusion_matrix.png", "training_curves.png")
     WEIGHTS_PREFIX = "model-"
@@ -149,6 +156,18 @@ class RunDir:
     @property
     def runner_log(self) -> Path:
         return self.path / self.RUNNER_LOG
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / self.TRACKING
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.path / self.MLFLOW_DB
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.path / self.MLFLOW_ARTIFACTS
 
     @property
     def lock_file(self) -> Path:

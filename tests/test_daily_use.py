@@ -520,8 +520,8 @@ def test_tensorboard_event_files(tmp_path):
 
 def test_loggers_are_checked_before_anything_runs(tmp_path, capsys, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", DIGITS)
-    assert lttrain([str(recipe), "train.loggers=[wandb]", "--out", str(tmp_path / "a")]) == 2
-    assert "train.loggers: unknown logger 'wandb'" in capsys.readouterr().err
+    assert lttrain([str(recipe), "train.loggers=[neptune]", "--out", str(tmp_path / "a")]) == 2
+    assert "train.loggers: unknown logger 'neptune'" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the extra is missing
     assert lttrain([str(recipe), "train.loggers=[tensorboard]", "--out",
                     str(tmp_path / "b")]) == 2

@@ -114,7 +114,8 @@ def test_the_canonical_spelling_is_the_one_hashed():
         r.pop("meta")
         r["generator"] = {"name": "rsg", "stage": "layer2"}
         r["train"] = {k: v for k, v in r["train"].items()
-                      if k not in ("loggers", "workers", "sync_bn", "compile", "threads")
+                      if k not in ("loggers", "mlflow", "wandb", "workers", "sync_bn", "compile",
+                                   "threads")
                       and (k != "freeze_bn_stats" or r["train"]["freeze"])
                       # keys added later count only where set
                       and not (k in ("ema", "clip_grad_norm") and v is None)

@@ -31,6 +31,9 @@ def test_the_layout_names_every_file_of_a_run(tmp_path):
     assert run.generated("rsg") == tmp_path / "run" / "generated-rsg.pt"
     assert run.evaluation("r50") == tmp_path / "run" / "eval-r50.json"
     assert run.tensorboard == tmp_path / "run" / "tensorboard"
+    assert run.tracking == tmp_path / "run" / "tracking.json"
+    assert run.mlflow_db == tmp_path / "run" / "mlflow.db"
+    assert run.mlflow_artifacts == tmp_path / "run" / "mlartifacts"
     assert not (tmp_path / "run").exists()  # naming creates nothing
 
 
@@ -152,7 +155,7 @@ def test_one_implementation_of_the_lock_probe():
 
 LAYOUT = ("recipe.yaml", "checkpoint.pt", "results.json", "log.jsonl", "metrics.csv", "data.json",
           "leaderboard_run.json", "planned_recipe.yaml", "lttrain.log", "model-", "generated-",
-          "eval-", ".lock")
+          "eval-", ".lock", "tracking.json", "mlflow.db", "mlartifacts")
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

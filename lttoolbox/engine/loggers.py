@@ -1,60 +1,140 @@
-"""Optional experiment loggers, chosen with ``train.loggers`` (today: ``tensorboard``).
+"""Optional experiment loggers, chosen with ``train.loggers``: tensorboard, mlflow, wandb.
 
 A logger receives every epoch's row (loss and, with auxiliary losses, each term; learning rate,
 images/s, and the evaluation when ``eval.every`` is set) and, at the end, the final results. It
-never influences training, so ``train.loggers`` is not part of the recipe hash.
+never influences training, so ``train.loggers`` (with ``train.mlflow`` and ``train.wandb``) is not
+part of the recipe hash. Each logger is an optional extra, imported only when named; a recipe
+that names one whose extra is missing is refused before anything runs, with one line naming the
+extra to install.
+
+A logger is opened with the run's :class:`LoggedRun` (its directory, recipe, the epochs a resumed
+run already trained, commits and machine) and has three methods: ``epoch(row)``,
+``results(results)`` (after ``results.json`` and the plots were written) and ``close()``. Step
+``n`` is the run's ``n``-th trained epoch across phases, so a resumed run continues the steps
+where the interrupted one stopped.
+
+A logger that fails (a tracking server that goes away, a full disk) never stops training: the
+first exception is reported once, naming the logger, and the logger is dropped for the rest of the
+attempt (a server that stopped answering would otherwise cost its time-out at every epoch).
+``log.jsonl`` and ``metrics.csv`` still hold every epoch, and a resumed run logs to MLflow / W&B
+the epochs they missed (see :mod:`lttoolbox.engine.tracking`).
 
 Recipe:
     train:
       loggers: [tensorboard]      # event files in <run>/tensorboard; pip install -e ".[tb]"
+      loggers: [mlflow, wandb]    # pip install -e ".[mlflow]" / ".[wandb]"; train.mlflow and
+                                  # train.wandb: lttoolbox/engine/tracking.py
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..recipe_checks import LOGGERS  # noqa: F401  (the names a recipe may give)
 from ..rundir import RunDir
 
+# Each logger's module and the setup.cfg extra that installs it.
+EXTRAS = {"tensorboard": ("torch.utils.tensorboard", "tb"), "mlflow": ("mlflow", "mlflow"),
+          "wandb": ("wandb", "wandb")}
+# The final evaluation's scalars every logger records.
+FINAL_KEYS = ("top1", "top5", "mean_class_acc", "many", "medium", "few", "ece")
 
-def check_loggers(names: list[str], key: str = "train.loggers") -> None:
-    """Refuse unknown loggers and loggers whose extra is not installed (before anything runs)."""
+
+def check_loggers(names: list[str], key: str = "train.loggers", train: dict | None = None) -> None:
+    """Refuse unknown loggers and loggers whose extra is not installed (before anything runs).
+
+    With ``train`` (the resolved ``train`` section), also a ``train.mlflow.tracking_uri`` that
+    the installed MLflow will refuse: a ``file:`` store, which MLflow 3 opens only with
+    ``MLFLOW_ALLOW_FILE_STORE=true`` set.
+    """
     for name in names:
-        if name == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-            except ImportError:
-                raise ConfigError("the tensorboard logger needs the [tb] extra: "
-                                  "pip install -e \".[tb]\"", key=key) from None
+        module, extra = EXTRAS[name]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(f"the {name} logger needs the [{extra}] extra: "
+                              f"pip install -e \".[{extra}]\"", key=key) from None
+    uri = (train or {}).get("mlflow", {}).get("tracking_uri")
+    if "mlflow" in names and uri and urlparse(uri).scheme in ("", "file"):
+        from mlflow import environment_variables
+
+        allowed = getattr(environment_variables, "MLFLOW_ALLOW_FILE_STORE", None)
+        if allowed is not None and not allowed.get():
+            raise ConfigError(f"{uri} is a file store, which this MLflow opens only with "
+                              f"MLFLOW_ALLOW_FILE_STORE=true set; set it, or give a sqlite:/// "
+                              f"or http(s):// URI, or null for the run's own "
+                              f"{RunDir.MLFLOW_DB}", key="train.mlflow.tracking_uri")
+
+
+@dataclass
+class LoggedRun:
+    """What a logger is opened with.
+
+    Attributes:
+        path: The run directory.
+        recipe: The resolved recipe.
+        history: The rows of the epochs already trained (a resumed run's checkpointed history).
+        commits: The commits that trained the run, first one first (as in ``results.json``).
+        machine: :func:`lttoolbox.engine.provenance.machine_info` of this attempt.
+        warn: Where a logger's one failure report goes (the run's console).
+    """
+
+    path: Path
+    recipe: dict
+    history: list = field(default_factory=list)
+    commits: list = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+    warn: Callable[[str], None] = print
+
+
+def epoch_scalars(row: dict) -> dict[str, float]:
+    """The scalars of an epoch's row, named ``<phase>/loss``, ``<phase>/loss/<term>``,
+    ``<phase>/lr``, ``<phase>/images_per_second`` and ``<phase>/eval/<metric>``.
+
+    Example:
+        >>> epoch_scalars({"phase": "main", "epoch": 0, "loss": 1.5, "lr": 0.1,
+        ...                "images_per_second": 900.0, "loss_terms": {"ldam": 1.0},
+        ...                "eval": {"top1": 50.0, "few": None}})
+        {'main/loss': 1.5, 'main/lr': 0.1, 'main/images_per_second': 900.0, \
+'main/loss/ldam': 1.0, 'main/eval/top1': 50.0}
+    """
+    prefix = f"{row['phase']}/"
+    out = {prefix + key: row[key] for key in ("loss", "lr", "images_per_second")}
+    out.update({f"{prefix}loss/{name}": v for name, v in row.get("loss_terms", {}).items()})
+    out.update({f"{prefix}eval/{key}": v for key, v in (row.get("eval") or {}).items()
+                if v is not None})
+    return out
+
+
+def final_scalars(results: dict) -> dict[str, float]:
+    """The final evaluation's scalars, named ``final/<metric>``."""
+    return {f"final/{key}": results[key] for key in FINAL_KEYS if results.get(key) is not None}
 
 
 class TensorBoardLogger:
     """Scalars per epoch and the per-class accuracy at the end, under ``<run>/tensorboard``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run: LoggedRun):
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(RunDir(run_dir).tensorboard))
-        self.step = 0
+        self.writer = SummaryWriter(log_dir=str(RunDir(run.path).tensorboard))
+        self.step = len(run.history)  # a resumed run continues its steps
 
     def epoch(self, row: dict) -> None:
         self.step += 1
-        prefix = f"{row['phase']}/"
-        for key in ("loss", "lr", "images_per_second"):
-            self.writer.add_scalar(prefix + key, row[key], self.step)
-        for name, value in row.get("loss_terms", {}).items():
-            self.writer.add_scalar(f"{prefix}loss/{name}", value, self.step)
-        for key, value in (row.get("eval") or {}).items():
-            if value is not None:
-                self.writer.add_scalar(f"{prefix}eval/{key}", value, self.step)
+        for key, value in epoch_scalars(row).items():
+            self.writer.add_scalar(key, value, self.step)
 
     def results(self, results: dict) -> None:
         import torch
 
         per_class = [a for a in results["per_class_acc"] if a is not None]
         self.writer.add_histogram("final/per_class_accuracy", torch.tensor(per_class), self.step)
-        for key in ("top1", "top5", "mean_class_acc", "many", "medium", "few", "ece"):
-            if results.get(key) is not None:
-                self.writer.add_scalar(f"final/{key}", results[key], self.step)
+        for key, value in final_scalars(results).items():
+            self.writer.add_scalar(key, value, self.step)
         names = results.get("class_names") or [str(i) for i in range(len(per_class))]
         rows = "\n".join(f"| {n} | {c} | {'-' if a is None else f'{a:.2f}'} |" for n, c, a in
                          zip(names, results["train_class_counts"], results["per_class_acc"]))
@@ -66,5 +146,57 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-def open_loggers(names: list[str], run_dir: Path) -> list:
-    return [TensorBoardLogger(run_dir) for name in names if name == "tensorboard"]
+class Guarded:
+    """A logger whose failure costs its own output only, never the training run.
+
+    The first exception (from opening it or from any call) is reported once through
+    ``run.warn``, naming the logger, and the logger is closed as far as it still can be and
+    dropped for the rest of the attempt. ``KeyboardInterrupt`` and other non-``Exception``
+    signals pass through.
+    """
+
+    def __init__(self, name: str, factory: Callable[[LoggedRun], object], run: LoggedRun):
+        self.name = name
+        self._warn = run.warn
+        self.logger = None
+        self.logger = self._call(factory, run)
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except Exception as err:  # noqa: BLE001  (any backend failure: reported, not raised)
+            failed, self.logger = self.logger, None
+            detail = (str(err).strip().splitlines() or [""])[0][:300]
+            self._warn(f"train.loggers: {self.name} failed ({type(err).__name__}: {detail}); "
+                       f"training continues without it (log.jsonl and metrics.csv hold every "
+                       f"epoch)")
+            if failed is not None:
+                try:
+                    failed.close()
+                except Exception:  # noqa: BLE001  (already reported)
+                    pass
+            return None
+
+    def epoch(self, row: dict) -> None:
+        if self.logger is not None:
+            self._call(self.logger.epoch, row)
+
+    def results(self, results: dict) -> None:
+        if self.logger is not None:
+            self._call(self.logger.results, results)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self._call(self.logger.close)
+            self.logger = None
+
+
+def _factories() -> dict[str, Callable[[LoggedRun], object]]:
+    from .tracking import MLflowLogger, WandbLogger
+    return {"tensorboard": TensorBoardLogger, "mlflow": MLflowLogger, "wandb": WandbLogger}
+
+
+def open_loggers(names: list[str], run: LoggedRun) -> list[Guarded]:
+    """Open the loggers ``names`` (``train.loggers``) for ``run``; rank 0 alone calls this."""
+    factories = _factories()
+    return [Guarded(name, factories[name], run) for name in names]

@@ -34,14 +34,14 @@ from .ema import WeightAverage
 from .device import (autocast_factory, phase_seed, resolve_device,  # noqa: F401 (re-exported)
                      seed_everything, use_threads)
 from .distributed import World, barrier, global_normalizer, local_device, wrap
-from .loggers import check_loggers, open_loggers
+from .loggers import LoggedRun, check_loggers, open_loggers
 from .logging import RunLogger
 from .loop import EpochLoop
 from .monitor import epoch_line
 from .optim import build_optimizer
 from .phases import Phase, describe_generators
 from .plots import PLOT_HINT, plots_available, write_run_plots
-from .provenance import git_commit
+from .provenance import git_commit, machine_info
 from .results import RunResults
 from ..rundir import (RunDir, RunLock, append_log, atomic_write_json, check_out_dir,
                       remove_temp_files, write_log)
@@ -74,7 +74,7 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
         self.phases: list[Phase] = []  # built below, once the run directory was checked
         self._run_info: RunEvents | None = None  # what before_run/after_run are sent
         check_out_dir(self.out)
-        check_loggers(self.recipe["train"]["loggers"])
+        check_loggers(self.recipe["train"]["loggers"], train=self.recipe["train"])
         self._check_run_dir()
         phases = phase_recipes(self.recipe)
         first = phases[0]
@@ -145,18 +145,17 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                     results["val"] = self.evaluate(final, autocast, "val")
                 if self.world.is_main:
                     atomic_write_json(results, self.out / RESULTS)
+                    # before the loggers' end, which send the plots with results.json
+                    if plots_available():
+                        write_run_plots(results, self.out)
+                    else:
+                        self.log.info(PLOT_HINT)
                 for logger in self._loggers:
                     logger.results(results)
             finally:
                 for logger in self._loggers:
                     logger.close()
                 self._loggers = []
-            if not self.world.is_main:
-                pass
-            elif plots_available():
-                write_run_plots(results, self.out)
-            else:
-                self.log.info(PLOT_HINT)
         barrier(self.world)  # every rank returns once results.json is written
         self.log.results_table(results, title=f"Results ({self.out})")
         return results
@@ -189,7 +188,9 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
         if (commit := git_commit()) not in self._commits:
             self._commits.append(commit)
         if not self._loggers and main:
-            self._loggers = open_loggers(self.recipe["train"]["loggers"], self.out)
+            self._loggers = open_loggers(self.recipe["train"]["loggers"], LoggedRun(
+                self.out, self.recipe, list(state["history"]) if state else [], self._commits,
+                machine_info(self.device), self.log.warning))
         self._run_info = RunEvents(self.out, self.recipe, self.model, self.log,
                                    resumed=state is not None, rank=self.world.rank,
                                    world_size=self.world.size)
