@@ -19,6 +19,10 @@ Declared capabilities (class attributes, read before training to refuse impossib
 * ``needs_validation``: reads the validation split (a bilevel method's outer step, a choice made
   at a phase's end); the data set must then provide one (``data.val_per_class``).
 
+A component that needs a kind of model (two branches, :class:`Branched`) says why a model
+cannot serve it in :meth:`Component.check_model`; the trainer refuses such a recipe before
+training.
+
 Events, in the order the trainer sends them: ``before_run(run)`` once per process start (a
 resumed run sends it again), to every phase's components; ``before_phase(events)`` at a
 phase's start (after its model changes); per epoch ``before_epoch(epoch)`` (by default
@@ -63,8 +67,8 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["Context", "Component", "ModuleComponent", "Head", "PhaseEvents", "RunEvents",
-           "StepEvents"]
+__all__ = ["Branched", "Context", "Component", "ModuleComponent", "Head", "PhaseEvents",
+           "RunEvents", "StepEvents"]
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,13 @@ class Component:
         """Its parameters that must not move in the current epoch (gradients withheld)."""
         return ()
 
+    def check_model(self, model: nn.Module) -> str | None:
+        """Why ``model`` cannot serve this component (``None``: it can). The trainer asks every
+        component of a phase before training and refuses the recipe with this reason, naming
+        ``model.name`` and the component's key (a component that trains the branches of a
+        :class:`Branched` model refuses a model without them)."""
+        return None
+
     # --------------------------------------------------------------------------- lifecycle
     def before_run(self, run: "RunEvents") -> None:
         """Once per process start, before any phase trains and before a resumed run's checkpoint
@@ -306,6 +317,40 @@ class Head:
 
     def after_phase(self, events: Any) -> None:
         """After its phase's last epoch, before the phase's checkpoint."""
+
+
+class Branched:
+    """Declared by a model with two branches after a shared trunk (mixed into an
+    :class:`~lttoolbox.models.base.LTModel`), so that a component can train each branch on its
+    own input stream; the component reads the declaration in :meth:`Component.check_model`.
+
+    * ``branches``: 2 (a batch has two targets per sample, see :class:`~lttoolbox.batch.Batch`).
+    * ``joins``: where the branches meet. ``"features"``: one classifier on the concatenated
+      pooled features ``[f_1; f_2]`` (the ``features`` point holds them); ``"logits"``: each
+      branch has its own classifier on its own features, and the model's logits are the mean
+      of the two.
+    * ``branch_dim``: the width of one branch's pooled features.
+
+    A batch whose ``streams`` is 2 is *routed* by ``forward_hooked``: its rows are two equal
+    blocks, block ``k`` for branch ``k``. The trunk runs once per block (each block normalised
+    with its own BatchNorm statistics, as two separate forward calls would), a hook at a trunk
+    point sees both blocks' rows concatenated, and block ``k`` goes through branch ``k`` only.
+
+    * ``joins == "features"``: the blocks meet at ``features``, where row ``i`` is
+      ``[f_1(block 1, i); f_2(block 2, i)]`` and the batch becomes the two-target one ``y_a`` =
+      block 1's target, ``y_b`` = block 2's, ``lam = 0.5`` (the branches weighed equally, as the
+      model evaluates); each block must be unmixed. A hook at ``features`` may reweigh them.
+    * ``joins == "logits"``: the logits are block 1's rows through branch 1's classifier, then
+      block 2's through branch 2's (the batch keeps its rows, each block its own targets); no
+      hook may act at ``features``.
+
+    An unrouted batch (``forward``, evaluation and export) runs the trunk once and both branches
+    on the same input, as the model is evaluated.
+    """
+
+    branches: int = 2
+    joins: str = "features"
+    branch_dim: int = 0
 
 
 class PhaseEvents:

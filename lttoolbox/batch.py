@@ -24,6 +24,10 @@ class Batch:
             component can fetch another view of the same images; ``None`` where unknown. It
             describes the batch as it enters the step: a hook that adds samples inside the model
             leaves it as it was.
+        streams: How many input streams the rows hold (1: an ordinary batch). A component that
+            trains the branches of a :class:`~lttoolbox.api.Branched` model on separate streams
+            stacks them as equal blocks of rows and sets 2; the model routes block ``k`` through
+            branch ``k``.
     """
 
     x: torch.Tensor
@@ -31,6 +35,7 @@ class Batch:
     y_b: torch.Tensor
     lam: torch.Tensor
     index: torch.Tensor | None = None
+    streams: int = 1
 
     @classmethod
     def plain(cls, x: torch.Tensor, y: torch.Tensor,

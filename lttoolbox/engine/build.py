@@ -96,6 +96,11 @@ class PhaseBuilder:
             if not isinstance(part, Component):  # the trainer calls the declared methods
                 raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
                                   f"derive it from Component (docs/extending.md)", key=key)
+            # a component that needs a kind of model (two branches) says why this one is not
+            reason = part.check_model(self.model)
+            if reason:
+                raise ConfigError(f"{part.registry_name or type(part).__name__} cannot train "
+                                  f"model.name '{first['model']['name']}': {reason}", key=key)
             if part.needs_validation and self.data.val is None:
                 raise ConfigError(f"{part.registry_name or type(part).__name__} reads the "
                                   f"validation split; give the data set one "
