@@ -270,11 +270,12 @@ class TwoBranchResNet32(TwoBranchModel):
 @MODELS.register("two_branch_digits_cnn")
 class TwoBranchDigitsCNN(TwoBranchModel):
     """:class:`~lttoolbox.models.DigitsCNN` with two branches, for the fast end-to-end runs of
-    BBN and DBN-Mix on the digits: points ``input, stem, features``; the ``stem`` (3x3 conv to
-    32 channels) is shared, and each branch is the digits model's last conv (32 -> 64), its max
-    pooling and global pooling (``branch_dim`` 64). Both layouts split there (the digits model
-    is too shallow to share a part of its last group); they differ in the heads: one on
-    ``[f_1; f_2]`` (``bbn``) or one per branch, logits averaged (``dbn_mix``).
+    BBN and DBN-Mix on the digits: points ``input, stem, layer1, features``; the digits model's
+    two convs (to 32, then 64 channels, 8x8) are shared, and each branch is its 2x2 max pooling,
+    one more 3x3 conv (64 -> 64, 4x4) and global pooling (``branch_dim`` 64), as BBN duplicates
+    a last block. Both layouts split there (the model is too shallow for DBN-Mix's whole last
+    group); they differ in the heads: one on ``[f_1; f_2]`` (``bbn``) or one per branch, logits
+    averaged (``dbn_mix``).
 
     Recipe::
 
@@ -301,7 +302,9 @@ class TwoBranchDigitsCNN(TwoBranchModel):
         check_image_size(image_size, 2)
         if not isinstance(batch_norm, bool):
             raise ConfigError(f"batch_norm must be true or false, got {batch_norm!r}")
-        trunk = [("stem", nn.Sequential(*conv_bn_relu(in_channels, 32, batch_norm)))]
-        self._set_branches(trunk, lambda: nn.Sequential(*conv_bn_relu(32, 64, batch_norm),
-                                                        nn.MaxPool2d(2), GlobalAvgPool()),
+        trunk = [("stem", nn.Sequential(*conv_bn_relu(in_channels, 32, batch_norm))),
+                 ("layer1", nn.Sequential(*conv_bn_relu(32, 64, batch_norm)))]
+        self._set_branches(trunk, lambda: nn.Sequential(nn.MaxPool2d(2),
+                                                        *conv_bn_relu(64, 64, batch_norm),
+                                                        GlobalAvgPool()),
                            64, "features" if self.layout == "bbn" else "logits")
