@@ -287,7 +287,7 @@ def test_routed_dbn_logits_are_each_branch_on_its_mix_and_the_loss_is_half_the_s
     temp = (phi.max() / phi) ** (1 / 3)
     each = numpy_loss(torch.cat([z1, z2]).detach().double().numpy(), t.double().numpy(), temp)
     expected = 0.5 * (each[:4].mean() + each[4:].mean())
-    assert float(mixed_loss(loss, logits, batch)) == pytest.approx(expected, rel=1e-5)
+    assert mixed_loss(loss, logits, batch).item() == pytest.approx(expected, rel=1e-5)
 
 
 # ------------------------------------------------------------------------------- refusals
@@ -306,6 +306,19 @@ def test_a_model_without_the_branches_is_refused_before_training(tmp_path, model
     assert message.startswith(f"augment[0]: {augment} cannot train model.name "
                               f"'{model['name']}'") and words in message
     assert "\n" not in message and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("choice, key", [({"name": "dbn_mix"}, "augment[0].choices[1].p"),
+                                         ({"name": "bbn"}, "augment[0].choices[1].p")])
+def test_neither_can_be_a_choice_of_one_of(tmp_path, choice, key):
+    """one_of mixes a batch with one choice at a time, at one point with a probability each;
+    the two streams are the whole method, on every batch of the window."""
+    recipe = resolve(digits(model=BBN_MODEL if choice["name"] == "bbn" else DBN_MODEL,
+                            augment=[{"name": "one_of", "p": [0.5, 0.5],
+                                      "choices": [{"name": "mixup"}, choice]}]))
+    with pytest.raises(ConfigError, match="^" + key.replace("[", r"\[").replace("]", r"\]")):
+        train(recipe, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("augment, key", [
@@ -340,6 +353,16 @@ def test_bad_layout_and_an_empty_class_are_refused():
         BBN(t_max=2, context=ctx)
 
 
+def test_a_model_without_branches_refuses_two_streams_in_a_loop_of_ones_own():
+    from lttoolbox.models import DigitsCNN
+
+    part = BBN(context=context([5, 3]))
+    x = torch.randn(4, 1, 8, 8)
+    with pytest.raises(ConfigError, match="DigitsCNN has no branches to route"):
+        DigitsCNN(num_classes=2).forward_hooked(Batch.plain(x, torch.tensor([0, 1, 0, 1])),
+                                                {"input": part.hook("input")})
+
+
 def test_a_routed_batch_cannot_be_mixed_before_a_features_join():
     model = MODELS.build(BBN_MODEL, num_classes=3)
     x = torch.randn(4, 1, 8, 8)
@@ -366,6 +389,7 @@ def test_the_recipe_runs_on_the_digits(tmp_path, name):
     assert results["top1"] > 15.0  # chance is 10 %
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["bbn", "dbn_mix"])
 def test_resume_matches(tmp_path, name):
     """Stopped at the end of epoch 1 (before its checkpoint) and resumed: the second stream's
