@@ -357,7 +357,7 @@ def test_a_model_without_branches_refuses_two_streams_in_a_loop_of_ones_own():
     from lttoolbox.models import DigitsCNN
 
     part = BBN(context=context([5, 3]))
-    x = torch.randn(4, 1, 8, 8)
+    x = torch.randn(4, 1, 4, 4)  # the size of context()'s images
     with pytest.raises(ConfigError, match="DigitsCNN has no branches to route"):
         DigitsCNN(num_classes=2).forward_hooked(Batch.plain(x, torch.tensor([0, 1, 0, 1])),
                                                 {"input": part.hook("input")})
