@@ -292,8 +292,8 @@ def test_routed_dbn_logits_are_each_branch_on_its_mix_and_the_loss_is_half_the_s
 
 # ------------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("model, augment, words", [
-    ({"name": "digits_cnn"}, "bbn", "has one"),
-    ({"name": "digits_cnn"}, "dbn_mix", "has one"),
+    ({"name": "digits_cnn"}, "bbn", "has a single branch"),
+    ({"name": "digits_cnn"}, "dbn_mix", "has a single branch"),
     (DBN_MODEL, "bbn", "meet at their logits"),
     (BBN_MODEL, "dbn_mix", "meet at their features"),
 ])

@@ -72,7 +72,7 @@ class SecondStream(MixingAugment):
         if not isinstance(model, Branched):
             return (f"it trains the two branches of a two-branch model (e.g. "
                     f"two_branch_resnet32 or two_branch_digits_cnn with layout: {layout}), and "
-                    f"this model has one")
+                    f"this model has a single branch")
         if model.joins != self.joins:
             return (f"it needs the branches to meet at their {self.joins} (layout: {layout}); "
                     f"this model's meet at their {model.joins}")
@@ -201,9 +201,6 @@ class BBN(SecondStream):
         alpha, d = self.alpha, h.shape[1] // 2
         h = torch.cat([(2 * alpha) * h[:, :d], (2 * (1 - alpha)) * h[:, d:]], dim=1)
         return h, batch.replace(x=h, lam=torch.full_like(batch.lam, alpha))
-
-    def state_dict(self) -> dict:
-        return {}  # alpha is a function of the epoch; the draws are torch's checkpointed stream
 
 
 @AUGMENTS.register("dbn_mix")
