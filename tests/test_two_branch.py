@@ -433,3 +433,27 @@ def test_two_processes_train(tmp_path, name):
     trained = weights(tmp_path / "two")
     fresh = MODELS.build(model, num_classes=10)
     assert any(not torch.equal(trained[k], v) for k, v in fresh.state_dict().items())
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("name", ["bbn", "dbn_mix"])
+def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch, name):
+    """The second stream is drawn and fetched inside the compiled step (graph breaks at the CPU
+    draws): it still compiles (no fallback) and trains the same."""
+    import lttoolbox.engine.compile as compile_module
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+
+    def run(mode):
+        recipe = resolve(digits(model=BBN_MODEL if name == "bbn" else DBN_MODEL,
+                                augment=[{"name": name}],
+                                train={"epochs": 1, "compile": mode}))
+        return train(recipe, tmp_path / mode, quiet=True)["history"][0]
+
+    try:
+        eager, compiled = run("off"), run("on")
+    finally:
+        torch._dynamo.reset()
+    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
