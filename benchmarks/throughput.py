@@ -17,6 +17,8 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --recipes configs/quickstart.yaml --steps 20
     python benchmarks/throughput.py --augment --generator    # each component's step cost too
     python benchmarks/throughput.py --augment --steps 10     # ... gae's attack included
+    # bbn and dbn_mix are timed on the two-branch counterpart of the recipe's model:
+    python benchmarks/throughput.py --recipes configs/cifar10_lt/ce.yaml --augment
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
     python benchmarks/throughput.py --pure-noise             # open_noise + dar_bn vs plain
     python benchmarks/throughput.py --recipes configs/cifar10_lt/ldam_drw_sam.yaml --optim-cost
@@ -162,7 +164,15 @@ AUGMENTS_TIMED = {  # each at p = 1: the cost of a mixed batch (the recipes mix 
     # open-sampling with the recipes' 512 open images a step (4x CIFAR's batch of 128): the
     # draw and transform in before_step, the forward of batch + open images, the open term
     "open_sampling": {"name": "open_sampling", "open": {"source": "noise"}, "batch_size": 512},
+    # the second stream through a two-branch model (its trunk run once per stream): timed on
+    # the two-branch counterpart of the recipe's model (TWO_BRANCH), so the figure is the cost
+    # of the method, model included, against the plain step on the recipe's model
+    "bbn": {"name": "bbn"}, "dbn_mix": {"name": "dbn_mix"},
 }
+#: The two-branch counterpart of a model, and its layout for a component that needs one (a
+#: component whose ``check_model`` refuses the recipe's model).
+TWO_BRANCH = {"resnet32": "two_branch_resnet32", "digits_cnn": "two_branch_digits_cnn"}
+LAYOUT = {"bbn": "bbn", "dbn_mix": "dbn_mix"}
 
 
 GENERATORS_TIMED = {  # generating from the first timed step, at the recipes' attachment point
@@ -207,7 +217,20 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
                                   point_shapes=shapes).as_kwargs()
     model.train()
 
+    def model_for(part):
+        """The recipe's model, or the two-branch model a component needs."""
+        if part is None or part.check_model(model) is None:
+            return model
+        name = recipe["model"]["name"]
+        if name not in TWO_BRANCH or part.registry_name not in LAYOUT:
+            raise SystemExit(f"{part.registry_name} cannot time on model {name}: "
+                             f"{part.check_model(model)}")
+        changed = {**recipe["model"], "name": TWO_BRANCH[name],
+                   "layout": LAYOUT[part.registry_name]}
+        return fresh_model(trainer, {**recipe, "model": changed}).train()
+
     def loop(part, cfg=None) -> float:
+        model = model_for(part)
         hooks, params = {}, list(model.parameters())
         if part is not None:
             part.before_phase(SimpleNamespace(model=model, index=0, name="main", log=None,

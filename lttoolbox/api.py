@@ -22,6 +22,13 @@ Declared capabilities (class attributes, read before training to refuse impossib
   out again at its last (``points()[-1]``), so the trainer's loss never sees them (images from
   outside the label set sharing the batch's forward); no other component may act on the batch
   while they are in it.
+* ``regroups_rows``: the rows its step's loss scores are not the rows of the batch that entered
+  the step (two input streams joined into one row each, or scored by two branches): a batch
+  cannot then be split into parts whose losses add up to the whole one (``train.accumulate``).
+
+A component that needs a kind of model (two branches, :class:`Branched`) says why a model
+cannot serve it in :meth:`Component.check_model`; the trainer refuses such a recipe before
+training.
 
 Events, in the order the trainer sends them: ``before_run(run)`` once per process start (a
 resumed run sends it again), to every phase's components; ``before_phase(events)`` at a
@@ -67,8 +74,8 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["Context", "Component", "ModuleComponent", "Head", "PhaseEvents", "RunEvents",
-           "StepEvents"]
+__all__ = ["Branched", "Context", "Component", "ModuleComponent", "Head", "PhaseEvents",
+           "RunEvents", "StepEvents"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,7 @@ class Component:
     reads_trained_model: bool = False
     needs_validation: bool = False
     adds_rows: bool = False
+    regroups_rows: bool = False
     start_epoch: int = 0
     end_epoch: int | None = None
     epoch: int = 0
@@ -242,14 +250,16 @@ class Component:
         """A term added to the step's loss (only read where ``adds_loss`` is declared)."""
         return None
 
-    def check_model(self, model: nn.Module) -> None:
-        """Refuse a model it cannot act on (raise :class:`~lttoolbox.errors.ConfigError`):
-        called with the run's model when the trainer builds the phase, before anything is
-        written (by default every model is fine)."""
-
     def frozen_parameters(self) -> Iterable[nn.Parameter]:
         """Its parameters that must not move in the current epoch (gradients withheld)."""
         return ()
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model it cannot act on: raise :class:`~lttoolbox.errors.ConfigError` saying
+        why (a component that trains the branches of a :class:`Branched` model refuses one
+        without them; one that routes BatchNorm layers, a model without any). The trainer calls
+        it with the run's model when it builds the phase, before anything is written, and names
+        ``model.name`` and the component's key; by default every model is fine."""
 
     # --------------------------------------------------------------------------- lifecycle
     def before_run(self, run: "RunEvents") -> None:
@@ -325,6 +335,40 @@ class Head:
 
     def after_phase(self, events: Any) -> None:
         """After its phase's last epoch, before the phase's checkpoint."""
+
+
+class Branched:
+    """Declared by a model with two branches after a shared trunk (mixed into an
+    :class:`~lttoolbox.models.base.LTModel`), so that a component can train each branch on its
+    own input stream; the component reads the declaration in :meth:`Component.check_model`.
+
+    * ``branches``: 2 (a batch has two targets per sample, see :class:`~lttoolbox.batch.Batch`).
+    * ``joins``: where the branches meet. ``"features"``: one classifier on the concatenated
+      pooled features ``[f_1; f_2]`` (the ``features`` point holds them); ``"logits"``: each
+      branch has its own classifier on its own features, and the model's logits are the mean
+      of the two.
+    * ``branch_dim``: the width of one branch's pooled features.
+
+    A batch whose ``streams`` is 2 is *routed* by ``forward_hooked``: its rows are two equal
+    blocks, block ``k`` for branch ``k``. The trunk runs once per block (each block normalised
+    with its own BatchNorm statistics, as two separate forward calls would), a hook at a trunk
+    point sees both blocks' rows concatenated, and block ``k`` goes through branch ``k`` only.
+
+    * ``joins == "features"``: the blocks meet at ``features``, where row ``i`` is
+      ``[f_1(block 1, i); f_2(block 2, i)]`` and the batch becomes the two-target one ``y_a`` =
+      block 1's target, ``y_b`` = block 2's, ``lam = 0.5`` (the branches weighed equally, as the
+      model evaluates); each block must be unmixed. A hook at ``features`` may reweigh them.
+    * ``joins == "logits"``: the logits are block 1's rows through branch 1's classifier, then
+      block 2's through branch 2's (the batch keeps its rows, each block its own targets); no
+      hook may act at ``features``.
+
+    An unrouted batch (``forward``, evaluation and export) runs the trunk once and both branches
+    on the same input, as the model is evaluated.
+    """
+
+    branches: int = 2
+    joins: str = "features"
+    branch_dim: int = 0
 
 
 class PhaseEvents:

@@ -31,6 +31,10 @@ class Batch:
             ``None`` (the default) means every sample is a training image, and nothing
             changes. A hook that mixes samples keeps it (each row keeps its own image's flag);
             a hook that adds or drops rows must extend or cut it, or set it to ``None``.
+        streams: How many input streams the rows hold (1: an ordinary batch). A component that
+            trains the branches of a :class:`~lttoolbox.api.Branched` model on separate streams
+            stacks them as equal blocks of rows and sets 2; the model routes block ``k`` through
+            branch ``k``.
     """
 
     x: torch.Tensor
@@ -39,6 +43,7 @@ class Batch:
     lam: torch.Tensor
     index: torch.Tensor | None = None
     synthetic: torch.Tensor | None = None
+    streams: int = 1
 
     @classmethod
     def plain(cls, x: torch.Tensor, y: torch.Tensor,
@@ -65,6 +70,8 @@ class Batch:
             >>> [(p.y_a.tolist(), p.mixed) for p in b.chunks(2)]
             [([0, 1, 2], False), ([3, 4], False)]
         """
+        if self.streams != 1:  # parts of the rows would cut the streams' blocks apart
+            raise ValueError("a batch of several streams cannot be split into parts")
         size = self.x.shape[0]
         bounds = torch.tensor_split(torch.arange(size), parts)
         out = []

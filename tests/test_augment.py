@@ -19,6 +19,7 @@ from lttoolbox.batch import Batch
 from lttoolbox.engine import train
 from lttoolbox.errors import ConfigError
 from lttoolbox.losses import mixed_loss
+from lttoolbox.models import DigitsCNN
 from lttoolbox.recipe import resolve
 from lttoolbox.registry import AUGMENTS, LOSSES, SAMPLERS
 
@@ -73,6 +74,12 @@ def contract_config(name: str) -> dict:
 #: Every registered augmentation that mixes batches, read from the registry; the others prepare a
 #: phase's data instead (cam_resample: tests/test_cam.py).
 MIXING = [name for name in AUGMENTS.names() if AUGMENTS.get(name).mixes]
+#: Those that act on any model. The others train the branches of a two-branch model
+#: (``check_model`` refuses a plain one) and hand it two streams, twice the rows: checked in
+#: tests/test_two_branch.py and, on the two-branch digits model, tests/test_contracts.py.
+PLAIN_MODEL = DigitsCNN(num_classes=4)
+ANY_MODEL = [name for name in MIXING
+             if build(name, **contract_config(name)).check_model(PLAIN_MODEL) is None]
 
 
 def test_every_registered_augmentation_builds_from_its_defaults_or_example():
@@ -81,7 +88,7 @@ def test_every_registered_augmentation_builds_from_its_defaults_or_example():
         assert build(name, **contract_config(name)).mixes == (name in MIXING)
 
 
-@pytest.mark.parametrize("name", MIXING)
+@pytest.mark.parametrize("name", ANY_MODEL)
 def test_the_augmentation_contract(name):
     torch.manual_seed(0)
     aug = build(name, **contract_config(name))

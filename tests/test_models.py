@@ -28,6 +28,8 @@ CONTEXT = PerEntry(MODELS, {
     # torchvision.
     **{name: dict(num_classes=10, in_channels=3, image_size=32)
        for name in ("resnet10", "resnet50", "resnet152", "resnext50_32x4d")},
+    "two_branch_resnet32": dict(num_classes=10, in_channels=3, image_size=32),
+    "two_branch_digits_cnn": dict(num_classes=10, in_channels=1, image_size=8),
 }, where="CONTEXT in tests/test_models.py", **OWN)
 
 
@@ -47,6 +49,11 @@ POINT_SHAPES = PerEntry(MODELS, {
                  "layer2": (32, 16, 16), "layer3": (64, 8, 8), "features": (64,)},
     "digits_cnn": {"input": (1, 8, 8), "stem": (32, 8, 8), "layer1": (64, 8, 8),
                    "layer2": (64, 4, 4), "features": (64,)},
+    # the default layout, bbn: layer3 holds 4 of the group's 5 blocks, each branch the 5th
+    "two_branch_resnet32": {"input": (3, 32, 32), "stem": (16, 32, 32), "layer1": (16, 32, 32),
+                            "layer2": (32, 16, 16), "layer3": (64, 8, 8), "features": (128,)},
+    "two_branch_digits_cnn": {"input": (1, 8, 8), "stem": (32, 8, 8), "layer1": (64, 8, 8),
+                              "features": (128,)},
 }, where="POINT_SHAPES in tests/test_models.py", **OWN)
 B = 3
 

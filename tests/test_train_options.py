@@ -183,6 +183,10 @@ def test_the_new_keys_at_their_defaults_keep_the_recipe_hash():
     ({"train": {"accumulate": 2},
       "augment": [{"name": "open_sampling", "open": {"source": "noise", "size": 64}}]},
      "train.accumulate"),
+    ({"train": {"accumulate": 2}, "augment": [{"name": "bbn"}],
+      "model": {"name": "two_branch_digits_cnn"}}, "train.accumulate"),
+    ({"train": {"accumulate": 2}, "generator": {"name": "rsg", "point": "layer1"}},
+     "train.accumulate"),
     ({"train": {"clip_grad_norm": 0}}, "train.clip_grad_norm"),
     ({"train": {"clip_grad_norm": "big"}}, "train.clip_grad_norm"),
     ({"train": {"ema": 1.0}}, "train.ema.decay"),
@@ -190,7 +194,7 @@ def test_the_new_keys_at_their_defaults_keep_the_recipe_hash():
     ({"train": {"ema": {"every": 0}}}, "train.ema.every"),
     ({"train": {"ema": "yes"}}, "train.ema"),
 ], ids=["zero-parts", "more-parts-than-images", "two-pass-optimizer", "batch-weighted-loss",
-        "weights-with-mixing", "rows-added", "clip-zero", "clip-text", "decay-1", "unknown-key",
+        "weights-with-mixing", "rows-added", "two-streams", "generator", "clip-zero", "clip-text", "decay-1", "unknown-key",
         "every-0", "not-a-mapping"])
 def test_bad_options_are_refused_naming_the_key(tmp_path, sections, key):
     with pytest.raises(ConfigError) as err:

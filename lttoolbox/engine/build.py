@@ -101,11 +101,12 @@ class PhaseBuilder:
             if not isinstance(part, Component):  # the trainer calls the declared methods
                 raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
                                   f"derive it from Component (docs/extending.md)", key=key)
-            try:  # a component that acts on the model's layers refuses one it cannot
+            try:  # a component that needs a kind of model says why this one is not
                 part.check_model(self.model)
             except ConfigError as err:
-                raise ConfigError(err.detail, key=key if err.key is None
-                                  else f"{key}.{err.key}") from None
+                raise ConfigError(f"{part.registry_name or type(part).__name__} cannot train "
+                                  f"model.name '{first['model']['name']}': {err.detail}",
+                                  key=key if err.key is None else f"{key}.{err.key}") from None
             if part.needs_validation and self.data.val is None:
                 raise ConfigError(f"{part.registry_name or type(part).__name__} reads the "
                                   f"validation split; give the data set one "
@@ -198,6 +199,12 @@ def check_accumulation(train: dict, loss, named: list, world, where: str) -> Non
     if adding:
         raise ConfigError(f"{adding[0]} adds rows of its own to the step's forward, which every "
                           f"part would repeat; use accumulate: 1", key=key)
+    regrouping = [k for part, k in named if part.regroups_rows or part.generates]
+    if regrouping:
+        raise ConfigError(f"the loss of a step with {regrouping[0]} scores other rows than the "
+                          f"batch's (joined streams, or generated samples), so its parts' "
+                          f"losses cannot be weighed to the whole batch's; use accumulate: 1",
+                          key=key)
     local = per_rank_batch(train["batch_size"], world)
     if parts > local:
         raise ConfigError(f"splits each process's batch of {local} into {parts} parts; at most "

@@ -143,6 +143,9 @@ class LTModel(nn.Module):
         self._check_input(h)
         if "input" in hooks:
             h, batch = self._call_hook(hooks, "input", h, batch)
+        if batch.streams != 1:  # only a model with branches (lttoolbox.api.Branched) routes them
+            raise ConfigError(f"{type(self).__name__} has no branches to route a batch of "
+                              f"{batch.streams} streams through; use a two-branch model")
         for name in self._body:
             h = getattr(self, name)(h)
             if name in hooks:
