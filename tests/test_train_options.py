@@ -194,8 +194,8 @@ def test_the_new_keys_at_their_defaults_keep_the_recipe_hash():
     ({"train": {"ema": {"every": 0}}}, "train.ema.every"),
     ({"train": {"ema": "yes"}}, "train.ema"),
 ], ids=["zero-parts", "more-parts-than-images", "two-pass-optimizer", "batch-weighted-loss",
-        "weights-with-mixing", "rows-added", "two-streams", "generator", "clip-zero", "clip-text", "decay-1", "unknown-key",
-        "every-0", "not-a-mapping"])
+        "weights-with-mixing", "rows-added", "two-streams", "generator", "clip-zero",
+        "clip-text", "decay-1", "unknown-key", "every-0", "not-a-mapping"])
 def test_bad_options_are_refused_naming_the_key(tmp_path, sections, key):
     with pytest.raises(ConfigError) as err:
         Trainer(digits(**sections), tmp_path / "run")
