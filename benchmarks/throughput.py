@@ -219,12 +219,12 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
 
     def model_for(part):
         """The recipe's model, or the two-branch model a component needs."""
-        if part is None or part.check_model(model) is None:
+        if part is None or part.refusal(model) is None:
             return model
         name = recipe["model"]["name"]
         if name not in TWO_BRANCH or part.registry_name not in LAYOUT:
             raise SystemExit(f"{part.registry_name} cannot time on model {name}: "
-                             f"{part.check_model(model)}")
+                             f"{part.refusal(model)}")
         changed = {**recipe["model"], "name": TWO_BRANCH[name],
                    "layout": LAYOUT[part.registry_name]}
         return fresh_model(trainer, {**recipe, "model": changed}).train()

@@ -261,6 +261,14 @@ class Component:
         it with the run's model when it builds the phase, before anything is written, and names
         ``model.name`` and the component's key; by default every model is fine."""
 
+    def refusal(self, model: nn.Module) -> str | None:
+        """Why :meth:`check_model` refuses ``model``, or ``None`` where it does not."""
+        try:
+            self.check_model(model)
+        except ConfigError as err:
+            return err.detail
+        return None
+
     # --------------------------------------------------------------------------- lifecycle
     def before_run(self, run: "RunEvents") -> None:
         """Once per process start, before any phase trains and before a resumed run's checkpoint

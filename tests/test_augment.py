@@ -79,7 +79,7 @@ MIXING = [name for name in AUGMENTS.names() if AUGMENTS.get(name).mixes]
 #: tests/test_two_branch.py and, on the two-branch digits model, tests/test_contracts.py.
 PLAIN_MODEL = DigitsCNN(num_classes=4)
 ANY_MODEL = [name for name in MIXING
-             if build(name, **contract_config(name)).check_model(PLAIN_MODEL) is None]
+             if build(name, **contract_config(name)).refusal(PLAIN_MODEL) is None]
 
 
 def test_every_registered_augmentation_builds_from_its_defaults_or_example():

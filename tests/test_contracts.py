@@ -74,7 +74,7 @@ def build(family: str, name: str):
 def model_for(part) -> torch.nn.Module:
     """digits_cnn, or the model the entry names in :data:`MODEL_FOR` where it refuses
     digits_cnn (and accepts that one)."""
-    reason = part.check_model(MODEL)
+    reason = part.refusal(MODEL)
     assert reason is None or (isinstance(reason, str) and reason and "\n" not in reason)
     if reason is None:
         return MODEL
@@ -82,7 +82,7 @@ def model_for(part) -> torch.nn.Module:
     assert name in MODEL_FOR, f"'{name}' refuses digits_cnn ({reason}): add it to MODEL_FOR"
     model = MODELS.build(MODEL_FOR[name], num_classes=len(COUNTS), in_channels=1,
                          image_size=16)
-    assert part.check_model(model) is None
+    assert part.refusal(model) is None
     return model
 
 

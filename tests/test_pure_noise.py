@@ -371,7 +371,7 @@ def test_a_model_without_batch_norm_is_refused_before_training(tmp_path):
     recipe = resolve(digits(model={"name": "digits_cnn", "batch_norm": False}, augment=NOISE))
     with pytest.raises(ConfigError, match="dar_bn") as err:
         train(recipe, tmp_path / "run", quiet=True)
-    assert str(err.value).startswith("augment[1]: dar_bn routes")
+    assert str(err.value).startswith("augment[1]: dar_bn cannot train model.name 'digits_cnn': ")
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
 
 
