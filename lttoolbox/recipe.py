@@ -24,8 +24,8 @@ import yaml
 
 from .rundir import atomic_write_text
 from .errors import ConfigError
-from .recipe_checks import (check_meta, check_phase_name, check_trainer_values,
-                            optim_defaults)
+from .recipe_checks import (TRACKING_DEFAULTS, check_meta, check_phase_name,
+                            check_trainer_values, optim_defaults)
 from .registry import SECTIONS, suggest
 from .upgrade import MESSAGES, PHASES, earlier_spelling, renamed_key, upgrade_recipe
 from .yamlio import load_yaml
@@ -46,8 +46,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "compile": "auto", "threads": "auto", "ema": None, "clip_grad_norm": None,
               "accumulate": 1,
               # read only when train.loggers names them (lttoolbox/engine/tracking.py)
-              "mlflow": {"tracking_uri": None, "experiment": "lttoolbox", "run_name": None},
-              "wandb": {"project": "lttoolbox", "mode": "offline", "dir": None}},
+              **copy.deepcopy(TRACKING_DEFAULTS)},
     "eval": {"every": 0, "many_threshold": 100, "few_threshold": 20, "ece_bins": 15,
              "batch_size": 1024},
 }

@@ -112,18 +112,22 @@ def _setting_text(value: Any, key: str, *, optional: bool = False) -> None:
                           f"{value!r}", key=key)
 
 
+#: ``train.mlflow`` and ``train.wandb``, read only when ``train.loggers`` names them
+#: (lttoolbox/engine/tracking.py).
+TRACKING_DEFAULTS = {"mlflow": {"tracking_uri": None, "experiment": "lttoolbox", "run_name": None},
+                     "wandb": {"project": "lttoolbox", "mode": "offline", "dir": None}}
+
+
 def check_tracking(train: dict, p: str = "") -> None:
     """The ``train.mlflow`` and ``train.wandb`` settings (checked whether or not
     ``train.loggers`` names them, so a typo is caught before the logger is switched on)."""
-    from .recipe import DEFAULTS
-
     for section in ("mlflow", "wandb"):
         value = train[section]
         key = f"{p}train.{section}"
         if not isinstance(value, dict):
             raise ConfigError(f"must be a mapping with the keys "
-                              f"{', '.join(DEFAULTS['train'][section])}, got {value!r}", key=key)
-        known = DEFAULTS["train"][section]
+                              f"{', '.join(TRACKING_DEFAULTS[section])}, got {value!r}", key=key)
+        known = TRACKING_DEFAULTS[section]
         for name in value:
             if name not in known:
                 raise ConfigError(f"unknown key{suggest(name, tuple(known))} "

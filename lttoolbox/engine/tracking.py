@@ -49,7 +49,7 @@ from typing import Any
 
 from ..recipe import compact_recipe
 from ..rundir import RunDir, atomic_write_json
-from .loggers import LoggedRun, epoch_scalars, final_scalars
+from .logged_run import LoggedRun, epoch_scalars, final_scalars
 
 DEFAULT_STORE = "default"  # tracking.json's name for the run's own MLflow store
 WANDB_TAG_LENGTH = 64  # W&B refuses longer tags
