@@ -138,6 +138,9 @@ CONTEXT = PerEntry(MODELS, {
     "resnet10": (dict(in_channels=3, image_size=32), False),
     **{name: (dict(in_channels=3, image_size=32), True)
        for name in ("resnet50", "resnet152", "resnext50_32x4d")},
+    # two branches on the same image, as evaluated
+    "two_branch_digits_cnn": (dict(in_channels=1, image_size=8), False),
+    "two_branch_resnet32": (dict(in_channels=3, image_size=32), True),
     # one small timm CNN (the [timm] extra; skipped without it)
     "timm": (dict(in_channels=3, image_size=32, arch="test_resnet"), False),
 }, where="CONTEXT in tests/test_export.py")

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import inspect
 import os
 import signal
 import subprocess
@@ -240,6 +241,11 @@ def test_a_suite_without_references_names_no_reference_file(tmp_path):
     assert load_suite(path).references is None  # not ../reference_numbers.yaml beside it
 
 
+#: Values of the parameters some entries require (no default), by parameter name.
+REQUIRED_VALUES = {"choices": "[mixup, cutmix]", "p": "[0.5, 0.5]",
+                   "open": "{source: noise, size: 64}"}
+
+
 def registry_cases() -> list[tuple[str, str, str]]:
     """(override, the full key it sets, entry) for every recipe parameter of every entry of the
     component registries, set to a mapping, which none of them accepts as it stands."""
@@ -251,12 +257,13 @@ def registry_cases() -> list[tuple[str, str, str]]:
     for section, registry in (("sampler", SAMPLERS), ("loss", LOSSES), ("augment", AUGMENTS),
                               ("generator", GENERATORS), ("head", HEADS)):
         for name in registry.names():
-            for param in (p.name for p in recipe_parameters(registry, name)):
+            params = recipe_parameters(registry, name)
+            for param in (p.name for p in params):
                 entry = f"{{name: {name}, {param}: {{bad: 1}}}}"
-                if section == "augment" and name == "one_of" and param != "choices":
-                    entry = entry[:-1] + ", choices: [mixup, cutmix]}"
-                if section == "augment" and name == "one_of" and param != "p":
-                    entry = entry[:-1] + ", p: [0.5, 0.5]}"
+                for other in params:  # the other parameters an entry requires, given
+                    if other.name != param and other.default is inspect.Parameter.empty \
+                            and other.name in REQUIRED_VALUES:
+                        entry = entry[:-1] + f", {other.name}: {REQUIRED_VALUES[other.name]}}}"
                 if section == "augment" and name == "cam_resample":  # a later phase only
                     cases.append((CAM_PHASE % (entry, ""), f"phases[1].augment[0].{param}",
                                   name))
