@@ -43,10 +43,8 @@ import os
 import pkgutil
 import re
 import sys
-from dataclasses import fields
 from typing import Any, Callable, Iterable, Iterator
 
-from .api import Context
 from .errors import ConfigError, DataError
 
 
@@ -374,8 +372,13 @@ def given_by_builder(registry: "Registry") -> list[str]:
 # What the trainer tells the sampler, loss, augmentations and generator of every phase
 # (``Trainer._context``); a model is built from its recipe and the data's shape.
 # ``context`` is all of them as one typed object (lttoolbox.api.Context), for an entry that
-# names it: the names are the Context's fields, read from it.
-PHASE_CONTEXT = (*(f.name for f in fields(Context)), "context")
+# names it. The names are its fields, written out rather than read from it so that importing the
+# registries does not import torch (a stop while starting stays quiet); tests/test_daily_use.py
+# checks them against what the trainer passes.
+PHASE_CONTEXT = ("class_counts", "num_classes", "labels", "total_epochs", "seed", "rank",
+                 "world_size", "feature_dim", "point_names", "point_shapes", "feature_maps",
+                 "imbalance_type", "fetch", "has_validation", "image_shape", "train_transform",
+                 "context")
 MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
 
 # One registry per family; the kind doubles as the recipe section the entries come from.

@@ -273,12 +273,13 @@ def test_a_streamed_mixing_run_is_the_same_with_any_workers_and_across_a_resume(
     instead of one per augmentation): an uninterrupted run with 1 worker equals a run stopped
     in its second epoch with 0 workers and resumed with 1. (``manifold_mixup`` acts through its
     point hooks, which ``one_of`` does not call; it draws from the same generator as mixup.)"""
-    from test_augment import MIXING, contract_config  # every registered mixing augmentation
+    # every registered mixing augmentation that acts on any model (not the two-branch ones)
+    from test_augment import ANY_MODEL, contract_config
     # one_of draws each choice with its own p, so a choice's own p is left out; all act at
     # the input, their default point
     choices = [{"name": name, **{k: v for k, v in contract_config(name).items()
                                  if k not in ("p", "point")}}
-               for name in MIXING if name not in ("one_of", "manifold_mixup")]
+               for name in ANY_MODEL if name not in ("one_of", "manifold_mixup")]
     aug = {"name": "one_of", "choices": choices, "p": [1 / len(choices)] * len(choices)}
     cfg = dict(recipe(tree, "stream", epochs=2), augment=[aug])
     one = dict(cfg, train={**cfg["train"], "workers": 1})
