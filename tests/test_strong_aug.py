@@ -146,6 +146,34 @@ def test_the_batched_randaugment_is_torchvisions_image_by_image(num_ops, magnitu
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("keys", [{"autoaugment": "cifar10"}, {"randaugment": 3}])
+def test_whole_batch_and_selected_images_give_the_same_pixels(keys):
+    """The accelerator's way (every operation on the whole batch, the drawn images kept) and the
+    CPU's (only the drawn images computed) give the same images from the same draws."""
+    x = images(40, 3, 10, seed=8)
+    outs = []
+    for select in (True, False):
+        strong = BatchStrong(strong_augment(**keys, augment_fill=9))
+        strong.select = select
+        outs.append(strong(x, torch.Generator().manual_seed(2))[0])
+    assert torch.equal(*outs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_host_synchronisation_on_cuda():
+    x = images(64, 3, 32).cuda()
+    spec = strong_augment(autoaugment="cifar10", cutout=16, cutout_fill="mean")
+    t = BatchTransform((0.5,) * 3, (0.25,) * 3, crop_padding=4, hflip=True, strong=spec)
+    t(x)  # the tables are copied to the device once, here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = t(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (64, 3, 32, 32) and torch.isfinite(out).all()
+
+
 def test_the_policy_frequencies_match_the_tables():
     """With the batch's own draws (documented order): each sub-policy takes 1/25 of the images,
     its two slots hold its operations at its bins, each applied to the share p of its images;
@@ -401,3 +429,21 @@ def test_a_streamed_run_with_randaugment_resumes_exactly_with_any_workers(tree, 
     assert full["data"]["randaugment"] == 2
     assert_same_training(train(recipe(1), tmp_path / "one", quiet=True), full)
     assert_same_training(resumed_run(recipe(0), tmp_path / "cut", stop_after=0), full)
+
+
+def test_the_step_cost_benchmark_times_each_strong_augmentation(tmp_path):
+    """benchmarks/throughput.py --strong times the bare loop with each strong augmentation; one
+    step each here, the figures are for the benchmark."""
+    import runpy
+
+    from conftest import ROOT
+    from lttoolbox.engine.trainer import Trainer
+
+    script = runpy.run_path(str(ROOT / "benchmarks" / "throughput.py"))
+    recipe = resolve(digits())
+    trainer = Trainer(recipe, tmp_path / "run", quiet=True)
+    figures = script["time_strong"](trainer, recipe, 1, 1)
+    assert set(figures) == {"plain", *script["STRONG_TIMED"]}
+    assert all(ips > 0 and ms > 0 for ips, ms in figures.values())
+    for keys in script["STRONG_TIMED"].values():
+        assert strong_augment(**keys) is not None  # each entry is a valid set of data keys

@@ -238,34 +238,41 @@ def geometric_matrix(op: str, magnitude: float, height: int, width: int) -> list
 
 
 # ------------------------------------------------------------------- per-image batched operations
-def affine_batch(x: torch.Tensor, theta: torch.Tensor, fill: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour affine warp of each image by its own inverse matrix, as torchvision's
-    ``_affine_grid`` + ``_apply_grid_transform`` do for one image.
-
-    Args:
-        x: uint8 ``(B, C, H, W)``.
-        theta: float32 ``(B, 2, 3)`` inverse matrices in centred pixel coordinates.
-        fill: The value of uncovered pixels (one, or one per channel).
-    """
-    b, c, h, w = x.shape
-    device = x.device
+def base_grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's ``_affine_grid`` base grid ``(1, H * W, 3)`` of centred pixel coordinates,
+    and its rescaling ``(0.5 w, 0.5 h)``."""
     base = torch.empty(1, h, w, 3, dtype=torch.float32, device=device)
     base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=device))
     base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h,
                                       device=device).unsqueeze_(-1))
     base[..., 2].fill_(1)
     scale = torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32, device=device)
+    return base.view(1, h * w, 3), scale
+
+
+def affine_batch(x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor,
+                 grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Nearest-neighbour affine warp of each image by its own inverse matrix, as torchvision's
+    ``_affine_grid`` + ``_apply_grid_transform`` do for one image.
+
+    Args:
+        x: uint8 ``(B, C, H, W)``.
+        theta: float32 ``(B, 2, 3)`` inverse matrices in centred pixel coordinates.
+        fill: float32 ``(1, C or 1, 1, 1)`` on ``x``'s device: the value of uncovered pixels.
+        grid: :func:`base_grid` for ``x``'s size and device (made here when not given).
+    """
+    b, c, h, w = x.shape
+    device = x.device
+    base, scale = grid if grid is not None else base_grid(h, w, device)
     rescaled = theta.transpose(1, 2).div(scale)
     # the (HW x 3) @ (3 x 2) product of torchvision's _affine_grid, one matrix per image
-    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(rescaled)
+    grid = base.expand(b, -1, -1).bmm(rescaled)
     grid = grid.view(b, h, w, 2)
     image = torch.cat((x.to(torch.float32), torch.ones(b, 1, h, w, device=device)), dim=1)
     image = nnf.grid_sample(image, grid, mode="nearest", padding_mode="zeros",
                             align_corners=False)
     image, mask = torch.tensor_split(image, indices=(-1,), dim=-3)
-    fill_img = torch.tensor([float(v) for v in fill], dtype=torch.float32,
-                            device=device).view(1, -1, 1, 1)
-    image = torch.where(mask.expand_as(image) < 0.5, fill_img.expand_as(image), image)
+    image = torch.where(mask.expand_as(image) < 0.5, fill.expand_as(image), image)
     return image.round_().to(torch.uint8)
 
 
@@ -296,14 +303,25 @@ def blend_op(op: str, x: torch.Tensor, ratio: torch.Tensor, alpha: torch.Tensor)
     c, h, w = x.shape[-3:]
     if h <= 2 or w <= 2:
         return x
-    a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32,
-                          device=x.device).expand(c, 1, 3, 3)
+    kernel = sharpness_kernel(x.device).expand(c, 1, 3, 3)
     out = x.to(torch.float32, copy=True)
     blurred = nnf.conv2d(out, kernel, groups=c).round_()
     view = out[..., 1:-1, 1:-1]
     view.addcmul_(blurred.sub_(view), alpha)
     return out.clamp_(0, 255).to(torch.uint8)
+
+
+_KERNELS: dict = {}
+
+
+def sharpness_kernel(device: torch.device) -> torch.Tensor:
+    """torchvision's smoothing kernel of ``adjust_sharpness`` (1s around a 5, over 13), made
+    once per device."""
+    if device not in _KERNELS:
+        a, b = 1.0 / 13.0, 5.0 / 13.0
+        _KERNELS[device] = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32,
+                                        device=device)
+    return _KERNELS[device]
 
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
@@ -372,23 +390,20 @@ class BatchStrong:
     def __init__(self, spec: StrongSpec):
         self.spec = spec
         self._tables: dict = {}
+        #: Compute only the images that drew an operation (True), or the whole batch and keep
+        #: theirs (False); None: only on the CPU (see :meth:`_apply_where`).
+        self.select: bool | None = None
 
     def _slots(self, b: int, device, generator):
         """Per slot: ``(op, bin, negative, applied)`` tensors ``(B,)``, and the op names."""
         spec = self.spec
         if spec.autoaugment:
-            table = policy_table(spec.autoaugment)
-            sub = torch.randint(0, len(table), (b,), device=device, generator=generator)
+            columns = self._policy(device)
+            sub = torch.randint(0, len(columns[0][1]), (b,), device=device, generator=generator)
             apply = torch.rand(2, b, device=device, generator=generator)
             sign = torch.rand(2, b, device=device, generator=generator) <= 0.5
-            slots = []
-            for s in range(2):
-                names = sorted({entry[s][0] for entry in table}, key=ALL_OPS.index)
-                op = torch.tensor([names.index(e[s][0]) for e in table], device=device)[sub]
-                prob = torch.tensor([e[s][1] for e in table], dtype=torch.float32,
-                                    device=device)[sub]
-                bins = torch.tensor([e[s][2] or 0 for e in table], device=device)[sub]
-                slots.append((names, op, bins, sign[s], apply[s] <= prob))
+            slots = [(names, op[sub], bins[sub], sign[s], apply[s] <= prob[sub])
+                     for s, (names, op, prob, bins) in enumerate(columns)]
             return slots, AUTO_BINS
         names = list(RAND_OPS)
         op = torch.randint(0, len(names), (spec.randaugment, b), device=device,
@@ -396,6 +411,23 @@ class BatchStrong:
         sign = torch.rand(spec.randaugment, b, device=device, generator=generator) <= 0.5
         bins = torch.full((b,), spec.randaugment_magnitude, device=device)
         return [(names, op[n], bins, sign[n], None) for n in range(spec.randaugment)], RAND_BINS
+
+    def _policy(self, device) -> list:
+        """Per slot of the sub-policies: the op names it holds, and per sub-policy its op (an
+        index into the names), probability and bin, on ``device``."""
+        key = ("policy", device)
+        if key not in self._tables:
+            table = policy_table(self.spec.autoaugment)
+            columns = []
+            for s in range(2):
+                names = sorted({entry[s][0] for entry in table}, key=ALL_OPS.index)
+                columns.append((
+                    names,
+                    torch.tensor([names.index(e[s][0]) for e in table], device=device),
+                    torch.tensor([e[s][1] for e in table], dtype=torch.float32, device=device),
+                    torch.tensor([e[s][2] or 0 for e in table], device=device)))
+            self._tables[key] = columns
+        return self._tables[key]
 
     def _table(self, op: str, bins: int, h: int, w: int, device) -> torch.Tensor | None:
         """Per (bin, sign) the op's parameter on the device: the matrices of a geometric op,
@@ -428,7 +460,13 @@ class BatchStrong:
         h, w = x.shape[-2:]
         table = self._table(op, bins, h, w, x.device)
         if op in GEOMETRIC:
-            return affine_batch(x, table[index], self.spec.augment_fill)
+            key = ("grid", h, w, x.device)
+            if key not in self._tables:  # made once: no host-to-device copy per batch
+                fill = torch.tensor([float(v) for v in self.spec.augment_fill],
+                                    dtype=torch.float32).view(1, -1, 1, 1)
+                self._tables[key] = (base_grid(h, w, x.device), fill.to(x.device))
+            grid, fill = self._tables[key]
+            return affine_batch(x, table[index], fill, grid)
         if op in BLENDS:
             factors = table[index]
             return blend_op(op, x, factors[:, 0].view(-1, 1, 1, 1),
@@ -446,6 +484,22 @@ class BatchStrong:
             return x.bitwise_not()
         return x  # Identity
 
+    def _apply_where(self, op: str, x: torch.Tensor, chosen: torch.Tensor, index: torch.Tensor,
+                     bins: int) -> torch.Tensor:
+        """``x`` with ``op`` applied to the images where ``chosen``. On an accelerator the whole
+        batch is computed and the chosen images kept (selecting them first would read their
+        count on the host: a synchronisation per operation); on the CPU, where reading it costs
+        nothing, only the chosen images are computed. The pixels are the same either way (each
+        image's arithmetic does not depend on the others)."""
+        if not (self.select if self.select is not None else x.device.type == "cpu"):
+            return torch.where(chosen.view(-1, 1, 1, 1), self.apply_op(op, x, index, bins), x)
+        rows = chosen.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return x
+        x = x.clone()
+        x[rows] = self.apply_op(op, x[rows], index[rows], bins)
+        return x
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if x.dtype != torch.uint8 or x.dim() != 4:
@@ -461,8 +515,7 @@ class BatchStrong:
                     if name == "Identity":
                         continue
                     chosen = op == k if applied is None else (op == k) & applied
-                    x = torch.where(chosen.view(b, 1, 1, 1), self.apply_op(name, x, index, bins),
-                                    x)
+                    x = self._apply_where(name, x, chosen, index, bins)
         mask = None
         if spec.cutout:
             mask = cutout_mask(b, h, w, spec.cutout, spec.cutout_holes, x.device, generator)
