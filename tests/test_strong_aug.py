@@ -447,3 +447,20 @@ def test_the_step_cost_benchmark_times_each_strong_augmentation(tmp_path):
     assert all(ips > 0 and ms > 0 for ips, ms in figures.values())
     for keys in script["STRONG_TIMED"].values():
         assert strong_augment(**keys) is not None  # each entry is a valid set of data keys
+
+
+@pytest.mark.long
+def test_two_processes_train_with_strong_augmentations(tmp_path):
+    """Each rank draws its images' augmentations from its own stream (rank 0 the run's, the
+    others reseeded per epoch by (seed, phase, epoch, rank)), as the crop and flip: two processes
+    train, and the one run directory records the keys."""
+    from test_distributed import DIGITS as DDP_DIGITS
+    from test_distributed import run_ranks
+
+    recipe = resolve({**DDP_DIGITS, "data": {**DDP_DIGITS["data"], "autoaugment": "cifar10",
+                                             "cutout": 4},
+                      "train": {**DDP_DIGITS["train"], "epochs": 1}})
+    two = run_ranks(tmp_path, recipe, tmp_path / "two")
+    assert two["processes"] == 2 and two["data"]["autoaugment"] == "cifar10"
+    assert np.isfinite(two["history"][0]["loss"])
+    assert sum(sum(row) for row in two["confusion_matrix"]) == 500
