@@ -209,6 +209,43 @@ def test_the_policy_frequencies_match_the_tables():
         assert torch.all(bins == 9)
 
 
+@pytest.mark.parametrize("keys", [{"autoaugment": "cifar10"}, {"randaugment": 2}])
+def test_operation_and_magnitude_frequencies_match_torchvisions_own_transform(keys, monkeypatch):
+    """torchvision's ``v2.AutoAugment`` / ``v2.RandAugment`` forward, run per image with its
+    operation recorded instead of applied, and the batch's draws: every (operation, signed
+    magnitude) is applied as often (five standard errors of the difference)."""
+    from collections import Counter
+
+    n, size = 20_000, 8
+    seen: Counter = Counter()
+
+    def record(self, image, transform_id, magnitude, interpolation, fill):
+        seen[(transform_id, round(magnitude, 5))] += 1
+        return image
+
+    monkeypatch.setattr(v2.AutoAugment, "_apply_image_or_video_transform", record)
+    monkeypatch.setattr(v2.RandAugment, "_apply_image_or_video_transform", record)
+    t = (v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10) if "autoaugment" in keys
+         else v2.RandAugment(keys["randaugment"]))
+    image = torch.zeros(3, size, size, dtype=torch.uint8)
+    torch.manual_seed(0)
+    for _ in range(n):
+        t(image)
+    slots, bins_total = BatchStrong(strong_augment(**keys))._slots(
+        n, CPU, torch.Generator().manual_seed(1))
+    drawn: Counter = Counter()
+    for names, op, bins, negative, applied in slots:
+        keep = torch.ones(n, dtype=torch.bool) if applied is None else applied
+        for k, b_, neg in zip(op[keep].tolist(), bins[keep].tolist(), negative[keep].tolist()):
+            m = tv_magnitude(names[k], bins_total, size, size, b_, neg)
+            drawn[(names[k], round(m, 5))] += 1
+    assert set(seen) == set(drawn)
+    for key in seen:
+        p, q = seen[key] / n, drawn[key] / n
+        pooled = (p + q) / 2
+        assert abs(p - q) <= 5 * math.sqrt(2 * pooled * (1 - pooled) / n), (key, p, q)
+
+
 # ------------------------------------------------------------------------------------ Cutout
 def cutout_numpy(height, width, length, centres):
     """The official ``Cutout.__call__`` (uoguelph-mlrg/Cutout util/cutout.py; the same in
