@@ -248,7 +248,7 @@ def test_operation_and_magnitude_frequencies_match_torchvisions_own_transform(ke
 
 # ------------------------------------------------------------------------------------ Cutout
 def cutout_numpy(height, width, length, centres):
-    """The official ``Cutout.__call__`` (uoguelph-mlrg/Cutout util/cutout.py; the same in
+    """The official ``Cutout.__call__`` (uoguelph-mlrg/Cutout 287f934 util/cutout.py; the same in
     ResCom/augment/autoaugment.py) for given centres ``[(y, x), ...]``: 1 = kept."""
     mask = np.ones((height, width), np.float32)
     for y, x in centres:

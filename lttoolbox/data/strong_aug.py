@@ -9,13 +9,15 @@
   reduced search space", NeurIPS 2020. ``N`` operations drawn uniformly (with replacement) from 14
   (Identity included), all at magnitude bin ``M`` of 31, as torchvision's ``v2.RandAugment``.
 * Cutout: DeVries & Taylor, "Improved Regularization of Convolutional Neural Networks with Cutout",
-  arXiv 1708.04552, 2017 (official code github.com/uoguelph-mlrg/Cutout ``util/cutout.py``). Per
-  image, ``holes`` squares: centre ``(y, x)`` uniform over the pixels, rows
-  ``clip(y - L // 2, 0, H) .. clip(y + L // 2, 0, H)`` (end excluded) and the same for columns,
-  set to 0. The official code cuts after ``Normalize`` (0 = the mean colour); the ResCom and MARC
-  CIFAR code (``ResCom/augment/autoaugment.py`` ``Cutout``, used in ``main_rescom.py`` between
-  ``ToTensor`` and ``Normalize``, dvlab-research/Imbalanced-Learning at 01bbecf) cut before it
-  (0 = black). ``cutout_fill`` chooses: ``black`` (default) or ``mean``.
+  arXiv 1708.04552, 2017; official code github.com/uoguelph-mlrg/Cutout at 287f934
+  (``util/cutout.py`` lines 29-35). Per image, ``holes`` squares: centre ``(y, x)`` uniform over
+  the pixels, rows ``clip(y - L // 2, 0, H) .. clip(y + L // 2, 0, H)`` (end excluded) and the
+  same for columns, set to 0. The official code cuts after ``Normalize`` (``train.py`` lines
+  76-79: 0 = the mean colour); ResCom's CIFAR code (dvlab-research/Imbalanced-Learning at 01bbecf,
+  the same square in ``ResCom/augment/autoaugment.py`` lines 22-25, applied between ``ToTensor``
+  and ``Normalize`` in ``ResCom/main_rescom.py`` lines 238-245) and MARC's
+  (microsoft/robustlearn at 31580cd, ``marc/data/ImbalanceCIFAR.py`` lines 28-36) cut before it
+  (0 = black). ``cutout_fill`` chooses: ``black`` (default, the long-tail codes') or ``mean``.
 
 The operations and magnitudes are torchvision's (``torchvision.transforms.v2`` 0.29,
 ``_AutoAugmentBase._apply_image_or_video_transform`` and ``_AUGMENTATION_SPACE``): shear ``m`` in
