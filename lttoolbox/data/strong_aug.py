@@ -71,6 +71,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as nnf
 
+from ..checks import check_int
 from ..errors import ConfigError
 
 #: AutoAugment policies (torchvision's ``AutoAugmentPolicy`` values).
@@ -110,14 +111,6 @@ class StrongSpec:
                 "augment_fill": list(self.augment_fill)}
 
 
-def _int(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
-            or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
-    return int(value)
-
-
 def strong_augment(autoaugment: str | None = None, randaugment: int = 0,
                    randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
                    cutout_fill: str = "black", augment_fill: int | Sequence[int] = 0
@@ -144,13 +137,16 @@ def strong_augment(autoaugment: str | None = None, randaugment: int = 0,
     if autoaugment is not None and autoaugment not in POLICIES:
         raise ConfigError(f"autoaugment must be null or one of {', '.join(POLICIES)}, "
                           f"got {autoaugment!r}")
-    randaugment = _int("randaugment", randaugment, 0)
-    magnitude = _int("randaugment_magnitude", randaugment_magnitude, 0, RAND_BINS - 1)
+    randaugment = check_int("randaugment", randaugment, 0)
+    magnitude = check_int("randaugment_magnitude", randaugment_magnitude, 0)
+    if magnitude > RAND_BINS - 1:
+        raise ConfigError(f"randaugment_magnitude must be at most {RAND_BINS - 1} (torchvision's "
+                          f"{RAND_BINS} magnitude bins), got {magnitude}")
     if autoaugment is not None and randaugment:
         raise ConfigError("autoaugment and randaugment are two alternative policies; set one "
                           "(randaugment: 0 or autoaugment: null)", key="randaugment")
-    cutout = _int("cutout", cutout, 0)
-    holes = _int("cutout_holes", cutout_holes, 1)
+    cutout = check_int("cutout", cutout, 0)
+    holes = check_int("cutout_holes", cutout_holes, 1)
     if cutout_fill not in CUTOUT_FILLS:
         raise ConfigError(f"cutout_fill must be one of {', '.join(CUTOUT_FILLS)}, "
                           f"got {cutout_fill!r}")
@@ -462,13 +458,7 @@ class BatchStrong:
         h, w = x.shape[-2:]
         table = self._table(op, bins, h, w, x.device)
         if op in GEOMETRIC:
-            key = ("grid", h, w, x.device)
-            if key not in self._tables:  # made once: no host-to-device copy per batch
-                fill = torch.tensor([float(v) for v in self.spec.augment_fill],
-                                    dtype=torch.float32).view(1, -1, 1, 1)
-                self._tables[key] = (base_grid(h, w, x.device), fill.to(x.device))
-            grid, fill = self._tables[key]
-            return affine_batch(x, table[index], fill, grid)
+            return affine_batch(x, table[index], *self._grid(h, w, x.device))
         if op in BLENDS:
             factors = table[index]
             return blend_op(op, x, factors[:, 0].view(-1, 1, 1, 1),
@@ -486,20 +476,67 @@ class BatchStrong:
             return x.bitwise_not()
         return x  # Identity
 
-    def _apply_where(self, op: str, x: torch.Tensor, chosen: torch.Tensor, index: torch.Tensor,
-                     bins: int) -> torch.Tensor:
-        """``x`` with ``op`` applied to the images where ``chosen``. On an accelerator the whole
-        batch is computed and the chosen images kept (selecting them first would read their
-        count on the host: a synchronisation per operation); on the CPU, where reading it costs
-        nothing, only the chosen images are computed. The pixels are the same either way (each
-        image's arithmetic does not depend on the others)."""
+    def _grid(self, h: int, w: int, device) -> tuple[torch.Tensor, tuple]:
+        """The fill ``(1, C or 1, 1, 1)`` and :func:`base_grid` of the geometric operations,
+        made once per size and device (no host-to-device copy per batch)."""
+        key = ("grid", h, w, device)
+        if key not in self._tables:
+            fill = torch.tensor([float(v) for v in self.spec.augment_fill],
+                                dtype=torch.float32).view(1, -1, 1, 1)
+            self._tables[key] = (fill.to(device), base_grid(h, w, device))
+        return self._tables[key]
+
+    def _geometric(self, names: tuple, bins: int, h: int, w: int, device):
+        """The matrices of every geometric operation among ``names``, stacked, and per name the
+        offset of its rows (0 for the others) and whether it is geometric, as tensors."""
+        key = ("geometric", names, bins, h, w, device)
+        if key not in self._tables:
+            tables, offsets, start = [], [], 0
+            for name in names:
+                offsets.append(start if name in GEOMETRIC else 0)  # 0: a valid row, not kept
+                if name in GEOMETRIC:
+                    tables.append(self._table(name, bins, h, w, device))
+                    start += len(tables[-1])
+            self._tables[key] = (torch.cat(tables) if tables else None,
+                                 torch.tensor(offsets, device=device),
+                                 torch.tensor([n in GEOMETRIC for n in names], device=device))
+        return self._tables[key]
+
+    def _apply_where(self, x: torch.Tensor, chosen: torch.Tensor, compute) -> torch.Tensor:
+        """``x`` with ``compute(images, rows)`` (``rows``: the images' places in the batch, or
+        None for all) in place of the images where ``chosen``. On an accelerator the whole batch
+        is computed and the chosen images kept (selecting them first would read their count on
+        the host: a synchronisation per operation); on the CPU, where reading it costs nothing,
+        only the chosen images are computed. The pixels are the same either way (each image's
+        arithmetic does not depend on the others)."""
         if not (self.select if self.select is not None else x.device.type == "cpu"):
-            return torch.where(chosen.view(-1, 1, 1, 1), self.apply_op(op, x, index, bins), x)
+            return torch.where(chosen.view(-1, 1, 1, 1), compute(x, None), x)
         rows = chosen.nonzero().squeeze(1)
         if rows.numel() == 0:
             return x
         x = x.clone()
-        x[rows] = self.apply_op(op, x[rows], index[rows], bins)
+        x[rows] = compute(x[rows], rows)
+        return x
+
+    def _slot(self, x: torch.Tensor, names: list, op: torch.Tensor, index: torch.Tensor,
+              applied: torch.Tensor | None, bins: int) -> torch.Tensor:
+        """One operation per image: ``names[op]`` at ``index`` where ``applied``. The geometric
+        operations are one affine warp with a matrix per image; each other operation is
+        computed once for the images that drew it."""
+        h, w = x.shape[-2:]
+        matrices, offsets, geometric = self._geometric(tuple(names), bins, h, w, x.device)
+        if matrices is not None:
+            theta = matrices[offsets[op] + index]  # any row for the other images: not kept
+            chosen = geometric[op] if applied is None else geometric[op] & applied
+            fill, grid = self._grid(h, w, x.device)
+            x = self._apply_where(x, chosen, lambda part, rows: affine_batch(
+                part, theta if rows is None else theta[rows], fill, grid))
+        for k, name in enumerate(names):
+            if name == "Identity" or name in GEOMETRIC:
+                continue
+            chosen = op == k if applied is None else (op == k) & applied
+            x = self._apply_where(x, chosen, lambda part, rows, name=name: self.apply_op(
+                name, part, index if rows is None else index[rows], bins))
         return x
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None
@@ -512,12 +549,7 @@ class BatchStrong:
         if spec.autoaugment or spec.randaugment:
             slots, bins = self._slots(b, x.device, generator)
             for names, op, bin_, negative, applied in slots:
-                index = 2 * bin_ + negative.long()
-                for k, name in enumerate(names):
-                    if name == "Identity":
-                        continue
-                    chosen = op == k if applied is None else (op == k) & applied
-                    x = self._apply_where(name, x, chosen, index, bins)
+                x = self._slot(x, names, op, 2 * bin_ + negative.long(), applied, bins)
         mask = None
         if spec.cutout:
             mask = cutout_mask(b, h, w, spec.cutout, spec.cutout_holes, x.device, generator)
