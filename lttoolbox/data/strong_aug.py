@@ -32,13 +32,15 @@ Two implementations of the same distribution:
 
 * :class:`BatchStrong` (the in-memory path): a uint8 batch on the training device. The random
   numbers are drawn once per batch (a fixed count, from the transform's generator or torch's
-  global RNG, which the trainer seeds and checkpoints: a resumed run repeats them). Then, for each
-  operation a slot may hold, the operation is computed for the whole batch with a magnitude per
-  image (an affine grid per image; a blend factor per image) and kept where the image drew it
-  (``torch.where``): no Python loop over images and no host synchronisation (a boolean gather of
-  the images that drew an operation would read their count on the host). The per-image arithmetic
-  is torchvision's, so an operation at a given magnitude gives torchvision's pixels on each image
-  (checked on the CPU in ``tests/test_strong_aug.py``).
+  global RNG, which the trainer seeds and checkpoints: a resumed run repeats them). Then, per
+  slot, the geometric operations (shear, translate, rotate) are one affine warp with a matrix per
+  image, and each other operation a slot may hold is computed with a magnitude per image (a blend
+  factor, bits or threshold per image); on an accelerator for the whole batch, the images that
+  drew it kept (``torch.where``): no Python loop over images and no host synchronisation (a
+  boolean gather of the images that drew an operation would read their count on the host); on the
+  CPU only for the images that drew it. The per-image arithmetic is torchvision's, so an operation
+  at a given magnitude gives torchvision's pixels on each image (checked on the CPU in
+  ``tests/test_strong_aug.py``).
 * :class:`ImageStrong` (the streaming path): torchvision's own ``AutoAugment`` / ``RandAugment``
   on each image in the DataLoader worker, with torch's global RNG seeded for the call from the
   image's generator (and restored after it), so an image's draws depend on its seed only, as the
