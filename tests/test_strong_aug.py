@@ -350,7 +350,20 @@ def test_no_key_no_change():
     """Without a strong key the bundle's transforms and meta are what they were."""
     bundle = DATASETS.build({"name": "digits_lt"})
     assert bundle.train_transform.strong is None and "autoaugment" not in bundle.meta
-    assert strong_augment(augment_fill=[1, 2, 3]) is None
+    assert not strong_augment(augment_fill=[1, 2, 3]).active
+
+
+@pytest.mark.parametrize("extra,key", [
+    ({"randaugment_magnitude": 20}, "data.randaugment_magnitude=20"),
+    ({"cutout_fill": "mean"}, "data.cutout_fill=mean"),
+    ({"cutout_holes": 2}, "data.cutout_holes=2"),
+    ({"augment_fill": 128, "cutout": 4}, "data.augment_fill=[128]"),
+])
+def test_a_key_with_nothing_to_act_on_is_a_warning_naming_it(extra, key):
+    """Valid, but probably not meant: the trainer prints the bundle's warnings."""
+    bundle = DATASETS.build({"name": "digits_lt", **extra})
+    assert [w for w in bundle.warnings if w.startswith(key) and "no effect" in w]
+    assert not DATASETS.build({"name": "digits_lt"}).warnings
 
 
 def test_the_recipe_keys_reach_the_transform_and_the_meta():
@@ -483,7 +496,7 @@ def test_the_step_cost_benchmark_times_each_strong_augmentation(tmp_path):
     assert set(figures) == {"plain", *script["STRONG_TIMED"]}
     assert all(ips > 0 and ms > 0 for ips, ms in figures.values())
     for keys in script["STRONG_TIMED"].values():
-        assert strong_augment(**keys) is not None  # each entry is a valid set of data keys
+        assert strong_augment(**keys).active  # each entry is a valid set of data keys
 
 
 @pytest.mark.long

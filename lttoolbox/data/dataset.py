@@ -319,9 +319,13 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
         **val_meta,
     }
     meta.update(extra_meta or {})
-    if strong is not None:  # recorded only when asked for: the meta of other runs is unchanged
-        check_channels(strong, train.in_channels)
-        meta.update(strong.meta())
+    if strong is not None:
+        notes += list(strong.notes)
+        if strong.active:  # recorded only when on: the meta of other runs is unchanged
+            check_channels(strong, train.in_channels)
+            meta.update(strong.meta())
+        else:
+            strong = None
     if stream is not None:
         size, resize = stream["image_size"], stream.get("eval_resize")
         meta.update(crop_padding=None, color_jitter=stream["color_jitter"],

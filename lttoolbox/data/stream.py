@@ -201,7 +201,7 @@ class StreamTransform:
         self.hflip = bool(hflip)
         self.color_jitter = float(color_jitter)
         self.resize = int(resize) if resize is not None else int(round(size * 256 / 224))
-        self.strong = strong if self.train else None
+        self.strong = strong if self.train and strong is not None and strong.active else None
         self._strong = ImageStrong(strong) if self.strong is not None else None
 
     @property

@@ -104,6 +104,14 @@ class StrongSpec:
     cutout_holes: int = 1
     cutout_fill: str = "black"
     augment_fill: tuple[int, ...] = (0,)
+    #: Keys set to act but with nothing to act on (a magnitude without RandAugment, ...): one
+    #: sentence each, which the trainer prints as a warning.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        """Whether any strong augmentation is on."""
+        return bool(self.autoaugment or self.randaugment or self.cutout)
 
     def meta(self) -> dict:
         """The recipe keys, as recorded in the run's data meta."""
@@ -116,8 +124,8 @@ class StrongSpec:
 def strong_augment(autoaugment: str | None = None, randaugment: int = 0,
                    randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
                    cutout_fill: str = "black", augment_fill: int | Sequence[int] = 0
-                   ) -> StrongSpec | None:
-    """Check the data keys of the strong augmentations; ``None`` when none is asked for.
+                   ) -> StrongSpec:
+    """Check the data keys of the strong augmentations (``.active``: whether any is on).
 
     Args:
         autoaugment: ``null`` or a policy: ``cifar10`` | ``imagenet`` | ``svhn``.
@@ -133,8 +141,11 @@ def strong_augment(autoaugment: str | None = None, randaugment: int = 0,
         ConfigError: one line naming the key.
 
     Example:
-        >>> strong_augment() is None, strong_augment(randaugment=2).randaugment
-        (True, 2)
+        >>> strong_augment().active, strong_augment(randaugment=2).randaugment
+        (False, 2)
+        >>> strong_augment(randaugment_magnitude=12).notes[0][:52]
+        'data.randaugment_magnitude=12 has no effect: RandAug'
+
     """
     if autoaugment is not None and autoaugment not in POLICIES:
         raise ConfigError(f"autoaugment must be null or one of {', '.join(POLICIES)}, "
@@ -157,16 +168,25 @@ def strong_augment(autoaugment: str | None = None, randaugment: int = 0,
                        or not 0 <= v <= 255 for v in fill):
         raise ConfigError(f"augment_fill must be an integer in 0..255 or a list of one per "
                           f"channel, got {augment_fill!r}")
-    if autoaugment is None and not randaugment and not cutout:
-        return None
-    return StrongSpec(autoaugment, randaugment, magnitude, cutout, holes, cutout_fill,
-                      tuple(int(v) for v in fill))
+    fill = tuple(int(v) for v in fill)
+    notes = []
+    if not randaugment and magnitude != 9:
+        notes.append(f"data.randaugment_magnitude={magnitude} has no effect: RandAugment is off "
+                     f"(data.randaugment: 0)")
+    for key, value, default in (("cutout_holes", holes, 1), ("cutout_fill", cutout_fill, "black")):
+        if not cutout and value != default:
+            notes.append(f"data.{key}={value} has no effect: Cutout is off (data.cutout: 0)")
+    if autoaugment is None and not randaugment and fill != (0,):
+        notes.append(f"data.augment_fill={list(fill)} has no effect: it fills what AutoAugment's "
+                     f"or RandAugment's geometric operations uncover, and both are off")
+    return StrongSpec(autoaugment, randaugment, magnitude, cutout, holes, cutout_fill, fill,
+                      tuple(notes))
 
 
 def check_channels(spec: StrongSpec | None, channels: int) -> None:
     """The operations take 1 or 3 channels (torchvision's colour operations), and ``augment_fill``
     one value or one per channel."""
-    if spec is None:
+    if spec is None or not spec.active:
         return
     if (spec.autoaugment or spec.randaugment) and channels not in (1, 3):
         raise ConfigError(f"autoaugment and randaugment need images of 1 or 3 channels, these "

@@ -95,8 +95,8 @@ class BatchTransform:
         self.crop_padding = int(crop_padding)
         self.hflip = hflip
         self.generator = generator
-        self.strong = strong
-        self._strong = BatchStrong(strong) if strong is not None else None
+        self.strong = strong if strong is not None and strong.active else None
+        self._strong = BatchStrong(self.strong) if self.strong is not None else None
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
