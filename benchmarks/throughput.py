@@ -21,6 +21,7 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     python benchmarks/throughput.py --recipes configs/cifar10_lt/ce.yaml --augment
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
     python benchmarks/throughput.py --pure-noise             # open_noise + dar_bn vs plain
+    python benchmarks/throughput.py --strong                 # AutoAugment/RandAugment/Cutout
     python benchmarks/throughput.py --recipes configs/cifar10_lt/ldam_drw_sam.yaml --optim-cost
     python benchmarks/throughput.py --stream --workers 0 1 2   # the streaming path, 224 px
     python benchmarks/throughput.py --concurrent 1 2 4 8       # K runs at once on one device
@@ -29,6 +30,12 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
 its rate, momentum and weight decay, and prints the recipe's step cost as a multiple of that
 plain step (SGD img/s over the recipe's img/s; sharpness-aware minimisation, ``optim: {name:
 sam}``, takes two forward and backward passes per step).
+
+``--strong`` times the bare loop (above) with the recipe's crop/flip/normalise plus each strong
+augmentation of :data:`STRONG_TIMED` (AutoAugment's CIFAR-10 policy, RandAugment N=2 M=9,
+Cutout 16, and ResCom's AutoAugment + Cutout), batched on the device as the in-memory path applies
+them, and prints each as a multiple of the plain loop's step (plain img/s over img/s with it),
+with the transform alone in ms per batch.
 
 ``--concurrent`` starts K trainer processes at once (each timing its own second epoch of
 ``--steps`` steps, as above) for each K, and reports the aggregate images/s (the sum) with the
@@ -108,10 +115,10 @@ def fresh_model(trainer: Trainer, recipe: dict) -> torch.nn.Module:
 
 
 def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int,
-              compiled: bool = False) -> tuple[float, float]:
+              compiled: bool = False, transform=None) -> tuple[float, float]:
     """Images/s of a bare loop with the trainer's data path, and of the step alone; ``compiled``:
     the model through ``torch.compile`` as the trainer compiles it (warm-up steps include the
-    compilation)."""
+    compilation); ``transform``: another training transform than the data's."""
     device = trainer.device
     images, labels = trainer.data_path.images, trainer.data_path.labels
     model = fresh_model(trainer, recipe)
@@ -125,7 +132,7 @@ def time_bare(trainer: Trainer, recipe: dict, steps: int, warmup: int,
                           weight_decay=optim.get("weight_decay", 0))
     criterion = torch.nn.CrossEntropyLoss()
     autocast, _ = autocast_factory(recipe["train"]["amp"], device)
-    transform = trainer.data.train_transform
+    transform = transform or trainer.data.train_transform
     batch = recipe["train"]["batch_size"]
     model.train()
 
@@ -345,6 +352,41 @@ def time_pure_noise(trainer: Trainer, recipe: dict, steps: int, warmup: int
             "open_noise+dar_bn": loop([{"name": "open_noise"}, {"name": "dar_bn"}])}
 
 
+STRONG_TIMED = {  # data keys of the strong augmentations (lttoolbox.data.strong_aug)
+    "autoaugment": {"autoaugment": "cifar10"},
+    "randaugment": {"randaugment": 2, "randaugment_magnitude": 9},
+    "cutout": {"cutout": 16},
+    "autoaugment+cutout": {"autoaugment": "cifar10", "cutout": 16, "augment_fill": 128},
+}
+
+
+def time_strong(trainer: Trainer, recipe: dict, steps: int, warmup: int
+                ) -> dict[str, tuple[float, float]]:
+    """Per entry of :data:`STRONG_TIMED` (and ``plain``: the data's own transform): images/s of
+    the bare loop with the recipe's crop/flip/normalise plus that augmentation, and the transform
+    alone in ms per batch."""
+    from lttoolbox.data.strong_aug import strong_augment
+    from lttoolbox.data.transforms import BatchTransform
+
+    base = trainer.data.train_transform
+    images, device = trainer.data_path.images, trainer.device
+    batch = images[:recipe["train"]["batch_size"]]
+    figures = {}
+    for name, keys in {"plain": None, **STRONG_TIMED}.items():
+        transform = base if keys is None else BatchTransform(
+            base.mean, base.std, base.crop_padding, base.hflip, strong=strong_augment(**keys))
+        for _ in range(warmup):
+            transform(batch)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            transform(batch)
+        sync(device)
+        alone = (time.perf_counter() - start) / steps * 1000
+        figures[name] = (time_bare(trainer, recipe, steps, warmup, transform=transform)[0], alone)
+    return figures
+
+
 def time_cam(trainer: Trainer, recipe: dict) -> tuple[float, int]:
     """Seconds that CAM-based re-sampling (``cam_resample``, default settings) takes to generate
     its images for the recipe's training set with the recipe's (freshly initialised) model, and
@@ -472,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pure-noise", action="store_true",
                         help="also time the step with open_noise and dar_bn (pure-noise images "
                              "routed by DAR-BN) against the plain step")
+    parser.add_argument("--strong", action="store_true",
+                        help="also time each strong augmentation (AutoAugment, RandAugment, "
+                             "Cutout) in the bare loop, as a multiple of its plain step")
     parser.add_argument("--cam", action="store_true",
                         help="also time CAM-based re-sampling's generation against one epoch")
     parser.add_argument("--stream", action="store_true",
@@ -551,6 +596,19 @@ def main(argv: list[str] | None = None) -> int:
                 costs.append(figures["plain"] / figures["open_noise+dar_bn"])
             print(f"{path}: step cost with open_noise + dar_bn {fmt_spread(costs, 3)} x the plain "
                   f"step (min / median / max of {args.repeats})", flush=True)
+        if args.strong:
+            costs, alone = {}, {}
+            for _ in range(args.repeats):
+                figures = time_strong(trainer, recipe, args.steps, args.warmup)
+                for name, (ips, ms) in figures.items():
+                    alone.setdefault(name, []).append(ms)
+                    if name != "plain":
+                        costs.setdefault(name, []).append(figures["plain"][0] / ips)
+            print(f"{path}: step cost with each strong augmentation (x the bare loop's step "
+                  f"with crop/flip only; transform alone in ms per batch; min / median / max "
+                  f"of {args.repeats}): plain transform {fmt_spread(alone['plain'], 3)} ms; "
+                  + "; ".join(f"{name} {fmt_spread(v, 3)} ({fmt_spread(alone[name], 3)} ms)"
+                              for name, v in costs.items()), flush=True)
         if args.cam:
             seconds, made = time_cam(trainer, recipe)
             epoch = trainer.data_path.labels.numel() / statistics.median(trainer_ips)

@@ -48,6 +48,7 @@ from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 from .dataset import DataBundle, assemble, cap_per_class, check_common, check_int
 from .folder_io import load_folder_splits
+from .strong_aug import strong_augment
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                    "truck")
@@ -151,7 +152,8 @@ def _download(root: Path, num_classes: int) -> None:
 
 def load_cifar(num_classes: int, root, imbalance_type, imbalance_ratio, selection, selection_seed,
                crop_padding, hflip, download, cache_dir, max_per_class,
-               test_max_per_class, mean=None, std=None, val_per_class=None) -> DataBundle:
+               test_max_per_class, mean=None, std=None, val_per_class=None,
+               strong=None) -> DataBundle:
     """Shared body of :func:`cifar10_lt` and :func:`cifar100_lt`."""
     check_common(imbalance_type, imbalance_ratio, selection, selection_seed, crop_padding, hflip)
     mean = _check_channels("mean", mean, _SPECS[num_classes]["mean"], positive=False)
@@ -198,7 +200,7 @@ def load_cifar(num_classes: int, root, imbalance_type, imbalance_ratio, selectio
         selection=selection, selection_seed=selection_seed, crop_padding=crop_padding,
         hflip=hflip, source=kind, root=str(path), train_index=train_index,
         extra_meta={"max_per_class": max_per_class, "test_max_per_class": test_max_per_class},
-        val_per_class=val_per_class)
+        val_per_class=val_per_class, strong=strong)
 
 
 def _check_channels(name: str, value, default: tuple, positive: bool) -> tuple:
@@ -219,7 +221,10 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
                crop_padding: int = 4, hflip: bool = True, download: bool = False,
                cache_dir: str | None = None, max_per_class: int | None = None,
                test_max_per_class: int | None = None, mean: list | None = None,
-               std: list | None = None, val_per_class: int | None = None) -> DataBundle:
+               std: list | None = None, val_per_class: int | None = None,
+               autoaugment: str | None = None, randaugment: int = 0,
+               randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
+               cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
     """CIFAR-10-LT: CIFAR-10 with a long-tailed training split.
 
     Args:
@@ -247,6 +252,17 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
             class 0 trains on 4,980 instead of 5,000). ``None`` (default): no validation split,
             the profile exactly as published. See
             :func:`~lttoolbox.data.dataset.validation_split`.
+        autoaugment: AutoAugment policy of the training transform, after the crop and flip:
+            ``cifar10`` | ``imagenet`` | ``svhn`` (``null``: none); see
+            :mod:`~lttoolbox.data.strong_aug`.
+        randaugment: RandAugment's operations per training image (0: none).
+        randaugment_magnitude: RandAugment's magnitude bin, 0..30 (torchvision's default 9).
+        cutout: Side of the Cutout squares in pixels (0: none).
+        cutout_holes: Cutout squares per image.
+        cutout_fill: ``black`` (0 before normalising, as ResCom's and MARC's CIFAR code) or
+            ``mean`` (0 after it, as DeVries & Taylor's ``cutout.py``).
+        augment_fill: Pixel value (0..255, one or one per channel) where a geometric
+            AutoAugment/RandAugment operation uncovers the image (torchvision's ``fill``).
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -258,7 +274,9 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
     """
     return load_cifar(10, root, imbalance_type, imbalance_ratio, selection, selection_seed,
                       crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
-                      mean, std, val_per_class)
+                      mean, std, val_per_class,
+                      strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
+                                     cutout_holes, cutout_fill, augment_fill))
 
 
 @DATASETS.register("cifar100_lt")
@@ -267,7 +285,10 @@ def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
                 crop_padding: int = 4, hflip: bool = True, download: bool = False,
                 cache_dir: str | None = None, max_per_class: int | None = None,
                 test_max_per_class: int | None = None, mean: list | None = None,
-                std: list | None = None, val_per_class: int | None = None) -> DataBundle:
+                std: list | None = None, val_per_class: int | None = None,
+                autoaugment: str | None = None, randaugment: int = 0,
+                randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
+                cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
     """CIFAR-100-LT: CIFAR-100 (fine labels) with a long-tailed training split.
 
     Same parameters as :func:`cifar10_lt`, with ``cifar-100-python`` as the pickle folder; ratio
@@ -280,4 +301,6 @@ def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
     """
     return load_cifar(100, root, imbalance_type, imbalance_ratio, selection, selection_seed,
                       crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
-                      mean, std, val_per_class)
+                      mean, std, val_per_class,
+                      strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
+                                     cutout_holes, cutout_fill, augment_fill))

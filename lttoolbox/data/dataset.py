@@ -30,6 +30,7 @@ from .path_choice import PATHS
 from .profiles import check_imbalance, check_selection, index_hash, long_tail_counts, \
     select_long_tail
 from .stream import FileSplit, StreamTransform
+from .strong_aug import StrongSpec, check_channels
 from .transforms import BatchTransform
 
 
@@ -227,7 +228,8 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
              hflip: bool, source: str, root: str | None, train_index: np.ndarray | None = None,
              extra_meta: dict[str, Any] | None = None, val_per_class: int | None = None,
              val_split: tuple[np.ndarray, np.ndarray] | None = None,
-             stream: dict[str, Any] | None = None) -> DataBundle:
+             stream: dict[str, Any] | None = None,
+             strong: StrongSpec | None = None) -> DataBundle:
     """Apply the long-tail profile to the training split and build the bundle.
 
     ``n_max`` is the size of the smallest training class, so every class can be filled (for the
@@ -244,6 +246,8 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
         stream: For the streaming path: the images are arrays of file paths, and this gives the
             per-image transforms' ``image_size``, ``color_jitter`` and ``eval_resize`` (see
             :mod:`lttoolbox.data.stream`).
+        strong: The strong augmentations of the training transform (see
+            :func:`~lttoolbox.data.strong_aug.strong_augment`); ``None``: none.
 
     Raises:
         DataError: a class has no training or no test image.
@@ -315,16 +319,25 @@ def assemble(name: str, train_images: np.ndarray, train_labels: np.ndarray,
         **val_meta,
     }
     meta.update(extra_meta or {})
+    if strong is not None:
+        notes += list(strong.notes)
+        if strong.active:  # recorded only when on: the meta of other runs is unchanged
+            check_channels(strong, train.in_channels)
+            meta.update(strong.meta())
+        else:
+            strong = None
     if stream is not None:
         size, resize = stream["image_size"], stream.get("eval_resize")
         meta.update(crop_padding=None, color_jitter=stream["color_jitter"],
                     decoder=stream.get("decoder", "pil"),
                     eval_resize=StreamTransform(size, False, resize=resize).resize)
         return DataBundle(train, test,
-                          StreamTransform(size, True, hflip, stream["color_jitter"]),
+                          StreamTransform(size, True, hflip, stream["color_jitter"],
+                                          strong=strong),
                           StreamTransform(size, False, resize=resize), meta, val, notes)
     return DataBundle(train, test,
-                      BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip),
+                      BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip,
+                                     strong=strong),
                       BatchTransform(mean, std), meta, val, notes)
 
 

@@ -29,13 +29,17 @@ import numpy as np
 from ..errors import ConfigError
 from ..registry import DATASETS
 from .dataset import DataBundle, assemble, check_common, check_int, pixel_mean_std
+from .strong_aug import strong_augment
 
 
 @DATASETS.register("digits_lt")
 def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
               imbalance_ratio: float = 10, selection: str = "protocol", selection_seed: int = 0,
               crop_padding: int = 0, hflip: bool = False,
-              val_per_class: int | None = None) -> DataBundle:
+              val_per_class: int | None = None, autoaugment: str | None = None,
+              randaugment: int = 0, randaugment_magnitude: int = 9, cutout: int = 0,
+              cutout_holes: int = 1, cutout_fill: str = "black",
+              augment_fill: int | list = 0) -> DataBundle:
     """Long-tailed 8x8 digits (10 classes, 1 channel).
 
     Args:
@@ -49,6 +53,17 @@ def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
         hflip: Random horizontal flip during training (off: a mirrored 2 is no 2).
         val_per_class: Images per class of a balanced validation split taken from the training
             pool (see :func:`~lttoolbox.data.dataset.validation_split`); ``None``: none.
+        autoaugment: AutoAugment policy of the training transform, after the crop and flip:
+            ``cifar10`` | ``imagenet`` | ``svhn`` (``null``: none); see
+            :mod:`~lttoolbox.data.strong_aug`.
+        randaugment: RandAugment's operations per training image (0: none).
+        randaugment_magnitude: RandAugment's magnitude bin, 0..30 (torchvision's default 9).
+        cutout: Side of the Cutout squares in pixels (0: none).
+        cutout_holes: Cutout squares per image.
+        cutout_fill: ``black`` (0 before normalising, as ResCom's and MARC's CIFAR code) or
+            ``mean`` (0 after it, as DeVries & Taylor's ``cutout.py``).
+        augment_fill: Pixel value (0..255, one or one per channel) where a geometric
+            AutoAugment/RandAugment operation uncovers the image (torchvision's ``fill``).
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -58,6 +73,8 @@ def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
         True
     """
     check_common(imbalance_type, imbalance_ratio, selection, selection_seed, crop_padding, hflip)
+    strong = strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
+                            cutout_holes, cutout_fill, augment_fill)
     check_int("test_per_class", test_per_class, 1)
     from sklearn.datasets import load_digits
 
@@ -81,4 +98,4 @@ def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
         std, imbalance_type=imbalance_type, imbalance_ratio=imbalance_ratio, selection=selection,
         selection_seed=selection_seed, crop_padding=crop_padding, hflip=hflip, source="sklearn",
         root=None, train_index=pool, extra_meta={"test_per_class": test_per_class},
-        val_per_class=val_per_class)
+        val_per_class=val_per_class, strong=strong)

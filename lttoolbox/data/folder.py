@@ -33,6 +33,7 @@ from ..registry import DATASETS
 from .dataset import (DataBundle, LTDataset, assemble, check_common, check_int,
                       check_path_options, stream_options)
 from .folder_io import load_folder_splits, load_test_folder
+from .strong_aug import strong_augment
 
 
 def _check_stats(mean, std) -> None:
@@ -60,7 +61,10 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
                  test_max_per_class: int | None = None, val_dir: str | None = None,
                  val_per_class: int | None = None, path: str = "auto",
                  color_jitter: float = 0.0, eval_resize: int | None = None,
-                 decoder: str = "pil", run_data: dict | None = None) -> DataBundle:
+                 decoder: str = "pil", run_data: dict | None = None,
+                 autoaugment: str | None = None, randaugment: int = 0,
+                 randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
+                 cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
     """A long-tailed data set from an image-folder tree.
 
     Args:
@@ -91,6 +95,18 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         eval_resize: Streaming path only: shorter side before the evaluation centre crop
             (default ``image_size * 256 / 224``).
         decoder: Streaming path only: ``pil`` or ``torchvision``.
+        autoaugment: AutoAugment policy of the training transform, after the crop and flip:
+            ``cifar10`` | ``imagenet`` | ``svhn`` (``null``: none); see
+            :mod:`~lttoolbox.data.strong_aug`.
+        randaugment: RandAugment's operations per training image (0: none).
+        randaugment_magnitude: RandAugment's magnitude bin, 0..30 (torchvision's default 9).
+        cutout: Side of the Cutout squares in pixels (0: none).
+        cutout_holes: Cutout squares per image.
+        cutout_fill: ``black`` (0 before normalising, as ResCom's and MARC's CIFAR code) or
+            ``mean`` (0 after it, as DeVries & Taylor's ``cutout.py``).
+        augment_fill: Pixel value (0..255, one or one per channel) where a geometric
+            AutoAugment/RandAugment operation uncovers the image (torchvision's ``fill``).
+
         run_data: Context, given by ``lteval``: the data facts of a trained model (its
             ``data.json``). Only the test images are then read, labelled by the model's class
             names (see :func:`evaluation_bundle`).
@@ -120,6 +136,8 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         raise ConfigError("give val_dir (a validation folder) or val_per_class (drawn from the "
                           "unused training images), not both")
     check_path_options(path, color_jitter, eval_resize, image_size, decoder)
+    strong = strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
+                            cutout_holes, cutout_fill, augment_fill)
     if run_data is not None:
         return evaluation_bundle(root, test_dir, image_size, run_data, cache_dir,
                                  test_max_per_class, path, eval_resize, decoder)
@@ -142,7 +160,7 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         extra_meta={"image_size": image_size, "train_dir": train_dir, "test_dir": test_dir,
                     "val_dir": val_dir, "max_per_class": max_per_class,
                     "test_max_per_class": test_max_per_class},
-        val_per_class=val_per_class, val_split=val_split, stream=stream)
+        val_per_class=val_per_class, val_split=val_split, stream=stream, strong=strong)
 
 
 def evaluation_bundle(root: Path, test_dir: str, image_size: int, run_data: dict,

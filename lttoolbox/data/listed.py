@@ -37,6 +37,7 @@ from .dataset import (DataBundle, assemble, cap_per_class, check_common, check_i
 from .folder import _check_stats as check_stats
 from .folder_io import SplitListing, file_paths, load_split
 from .split_files import SplitEntry, read_inaturalist_json, read_txt_list
+from .strong_aug import strong_augment
 
 
 def _check_recipe(image_size, num_classes, max_per_class, test_max_per_class, mean, std,
@@ -105,7 +106,8 @@ def _bundle(name: str, source: str, root: Path, classes: list[str],
             train: list[SplitEntry], test: list[SplitEntry], val: list[SplitEntry] | None, *,
             image_size, mean, std, imbalance_type, imbalance_ratio, selection, selection_seed,
             crop_padding, hflip, cache_dir, max_per_class, test_max_per_class, val_per_class,
-            path, color_jitter, eval_resize, decoder, extra_meta: dict) -> DataBundle:
+            path, color_jitter, eval_resize, decoder, extra_meta: dict,
+            strong=None) -> DataBundle:
     """Decode the listed splits (or keep their paths, to stream them) and assemble the bundle as
     ``image_folder`` does."""
     _disjoint(train, test)
@@ -133,7 +135,7 @@ def _bundle(name: str, source: str, root: Path, classes: list[str],
         root=str(root), train_index=train_index,
         extra_meta={"image_size": image_size, "max_per_class": max_per_class,
                     "test_max_per_class": test_max_per_class, **extra_meta},
-        val_per_class=val_per_class, val_split=val_split, stream=stream)
+        val_per_class=val_per_class, val_split=val_split, stream=stream, strong=strong)
 
 
 @DATASETS.register("txt_list")
@@ -146,7 +148,10 @@ def txt_list(root: str | None = None, train_list: str | None = None,
              hflip: bool = True, cache_dir: str | None = None, max_per_class: int | None = None,
              test_max_per_class: int | None = None,
              val_per_class: int | None = None, path: str = "auto", color_jitter: float = 0.0,
-             eval_resize: int | None = None, decoder: str = "pil") -> DataBundle:
+             eval_resize: int | None = None, decoder: str = "pil",
+             autoaugment: str | None = None, randaugment: int = 0,
+             randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
+             cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
     """A long-tailed data set from ``<relative/path> <label>`` lists (ImageNet-LT, Places-LT).
 
     Labels are the integers of the lists; the classes are ``0 .. C-1`` with ``C`` = ``num_classes``
@@ -187,6 +192,17 @@ def txt_list(root: str | None = None, train_list: str | None = None,
         eval_resize: Streaming path: shorter side before the evaluation centre crop (default
             ``image_size * 256 / 224``).
         decoder: Streaming path: ``pil`` (default) or ``torchvision``.
+        autoaugment: AutoAugment policy of the training transform, after the crop and flip:
+            ``cifar10`` | ``imagenet`` | ``svhn`` (``null``: none); see
+            :mod:`~lttoolbox.data.strong_aug`.
+        randaugment: RandAugment's operations per training image (0: none).
+        randaugment_magnitude: RandAugment's magnitude bin, 0..30 (torchvision's default 9).
+        cutout: Side of the Cutout squares in pixels (0: none).
+        cutout_holes: Cutout squares per image.
+        cutout_fill: ``black`` (0 before normalising, as ResCom's and MARC's CIFAR code) or
+            ``mean`` (0 after it, as DeVries & Taylor's ``cutout.py``).
+        augment_fill: Pixel value (0..255, one or one per channel) where a geometric
+            AutoAugment/RandAugment operation uncovers the image (torchvision's ``fill``).
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -203,6 +219,8 @@ def txt_list(root: str | None = None, train_list: str | None = None,
         raise ConfigError("give val_list (a validation list) or val_per_class (drawn from the "
                           "unused training images), not both")
     check_path_options(path, color_jitter, eval_resize, image_size, decoder)
+    strong = strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
+                            cutout_holes, cutout_fill, augment_fill)
     root = _root(root)
     train = read_txt_list(train_list, root, num_classes)
     classes_count = num_classes or max(e.label for e in train) + 1
@@ -218,7 +236,7 @@ def txt_list(root: str | None = None, train_list: str | None = None,
         selection=selection, selection_seed=selection_seed, crop_padding=crop_padding,
         hflip=hflip, cache_dir=cache_dir, max_per_class=max_per_class,
         test_max_per_class=test_max_per_class, val_per_class=val_per_class, path=path,
-        color_jitter=color_jitter, eval_resize=eval_resize, decoder=decoder,
+        color_jitter=color_jitter, eval_resize=eval_resize, decoder=decoder, strong=strong,
         extra_meta={"train_list": train[0].source, "test_list": test[0].source,
                     "val_list": val[0].source if val else None, "num_classes": classes_count})
 
@@ -234,7 +252,9 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
                 test_max_per_class: int | None = None,
                 val_per_class: int | None = None, path: str = "auto",
                 color_jitter: float = 0.0, eval_resize: int | None = None,
-                 decoder: str = "pil") -> DataBundle:
+                decoder: str = "pil", autoaugment: str | None = None, randaugment: int = 0,
+                randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
+                cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
     """A long-tailed data set from iNaturalist's COCO-style JSON (``train2018.json``,
     ``val2018.json``).
 
@@ -264,6 +284,8 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
         val_per_class: A balanced validation split drawn from the unused training images.
         path: ``memory`` | ``stream`` | ``auto``, and ``color_jitter``, ``eval_resize``,
             ``decoder`` for the streaming path: as for :func:`txt_list`.
+        autoaugment: And ``randaugment``, ``randaugment_magnitude``, ``cutout``,
+            ``cutout_holes``, ``cutout_fill``, ``augment_fill``: as for :func:`txt_list`.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.
@@ -276,6 +298,8 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
     _check_recipe(image_size, num_classes, max_per_class, test_max_per_class, mean, std,
                   val_per_class, {"train_json": train_json, "val_json": val_json})
     check_path_options(path, color_jitter, eval_resize, image_size, decoder)
+    strong = strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
+                            cutout_holes, cutout_fill, augment_fill)
     root = _root(root)
     train = read_inaturalist_json(train_json, root)
     if num_classes is not None and len(train.category_ids) != num_classes:
@@ -293,6 +317,6 @@ def inaturalist(root: str | None = None, train_json: str | None = None,
         crop_padding=crop_padding, hflip=hflip, cache_dir=cache_dir,
         max_per_class=max_per_class, test_max_per_class=test_max_per_class,
         val_per_class=val_per_class, path=path, color_jitter=color_jitter,
-        eval_resize=eval_resize, decoder=decoder,
+        eval_resize=eval_resize, decoder=decoder, strong=strong,
         extra_meta={"train_json": train.entries[0].source, "val_json": test.entries[0].source,
                     "category_ids": train.category_ids})

@@ -37,6 +37,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .images import UnreadableImage, image_error, load_image, to_8bit_tensor
+from .strong_aug import ImageStrong, StrongSpec
 
 # RandomResizedCrop's defaults (torchvision.transforms.RandomResizedCrop).
 CROP_SCALE = (0.08, 1.0)
@@ -175,6 +176,8 @@ class StreamTransform:
         color_jitter: Brightness, contrast and saturation jitter strength (0 = none), applied in
             a random order per image as ``torchvision.transforms.ColorJitter`` does.
         resize: Shorter side before the evaluation centre crop (default ``size * 256 / 224``).
+        strong: AutoAugment or RandAugment and Cutout after the jitter (training only; see
+            :class:`~lttoolbox.data.strong_aug.ImageStrong`).
 
     Example:
         >>> t = StreamTransform(4, train=True, color_jitter=0.4)
@@ -183,7 +186,7 @@ class StreamTransform:
     """
 
     def __init__(self, size: int, train: bool, hflip: bool = True, color_jitter: float = 0.0,
-                 resize: int | None = None):
+                 resize: int | None = None, strong: StrongSpec | None = None):
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ConfigError(f"image_size must be a positive integer, got {size!r}")
         if isinstance(color_jitter, bool) or not isinstance(color_jitter, numbers.Real) \
@@ -198,6 +201,8 @@ class StreamTransform:
         self.hflip = bool(hflip)
         self.color_jitter = float(color_jitter)
         self.resize = int(resize) if resize is not None else int(round(size * 256 / 224))
+        self.strong = strong if self.train and strong is not None and strong.active else None
+        self._strong = ImageStrong(strong) if self.strong is not None else None
 
     @property
     def random(self) -> bool:
@@ -221,13 +226,16 @@ class StreamTransform:
             adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
             for which in torch.randperm(3, generator=generator).tolist():
                 image = adjust[which](image, factors[which])
+        if self._strong is not None:
+            image = self._strong(image, generator)
         return image.contiguous()
 
     def __repr__(self) -> str:
         if not self.train:
             return f"StreamTransform(eval: resize {self.resize}, centre crop {self.size})"
+        strong = f", strong={self.strong}" if self.strong is not None else ""
         return (f"StreamTransform(train: random resized crop {self.size}, hflip={self.hflip}, "
-                f"color_jitter={self.color_jitter})")
+                f"color_jitter={self.color_jitter}{strong})")
 
 
 def draw_seeds(seed: int, epoch_key: Sequence[int], positions: np.ndarray) -> np.ndarray:

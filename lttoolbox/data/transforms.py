@@ -1,4 +1,5 @@
-"""Batched on-device image transforms: random crop with zero padding, flip, normalise.
+"""Batched on-device image transforms: random crop with zero padding, flip, normalise (and the
+strong augmentations of :mod:`lttoolbox.data.strong_aug`: AutoAugment or RandAugment, Cutout).
 
 The CIFAR protocol of He et al. ("Deep Residual Learning for Image Recognition", CVPR 2016,
 Sec. 4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly sampled from the padded
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .strong_aug import BatchStrong, StrongSpec
 
 
 def pad_crop(x: torch.Tensor, padding: int, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
@@ -64,6 +66,9 @@ class BatchTransform:
         hflip: Mirror each sample left-right with probability 1/2.
         generator: A ``torch.Generator`` on the batch's device; ``None`` uses torch's global RNG of
             that device, which the trainer seeds, so runs are repeatable.
+        strong: AutoAugment or RandAugment and Cutout (:func:`~lttoolbox.data.strong_aug.
+            strong_augment`), after the crop and the flip, on the uint8 images; Cutout's squares
+            are set to 0 before normalising (``cutout_fill: black``) or after it (``mean``).
 
     Example:
         >>> t = BatchTransform((0.5,), (0.25,), crop_padding=2, hflip=True)
@@ -73,7 +78,8 @@ class BatchTransform:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0,
-                 hflip: bool = False, generator: torch.Generator | None = None):
+                 hflip: bool = False, generator: torch.Generator | None = None,
+                 strong: StrongSpec | None = None):
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         if len(self.mean) != len(self.std) or not self.mean:
@@ -89,12 +95,14 @@ class BatchTransform:
         self.crop_padding = int(crop_padding)
         self.hflip = hflip
         self.generator = generator
+        self.strong = strong if strong is not None and strong.active else None
+        self._strong = BatchStrong(self.strong) if self.strong is not None else None
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def random(self) -> bool:
-        """Whether the transform draws random numbers (crop or flip)."""
-        return self.crop_padding > 0 or self.hflip
+        """Whether the transform draws random numbers (crop, flip or strong augmentations)."""
+        return self.crop_padding > 0 or self.hflip or self.strong is not None
 
     def _scale_shift(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # (x / 255 - mean) / std == x * scale + shift; kept per device so a training step does no
@@ -122,11 +130,19 @@ class BatchTransform:
         if self.hflip:
             flip = torch.rand(b, device=x.device, generator=self.generator) < 0.5
             x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
+        holes = None
+        if self._strong is not None:
+            x, holes = self._strong(x, self.generator)
+            if holes is not None and self.strong.cutout_fill == "black":
+                x, holes = x.masked_fill(holes, 0), None
         scale, shift = self._scale_shift(x.device)
         x = x.contiguous(memory_format=torch.channels_last)  # 1-byte copy; the float ops keep it
         out = torch.addcmul(shift, x.to(torch.float32), scale)
+        if holes is not None:  # cutout_fill: mean, 0 in normalised space
+            out = out.masked_fill(holes, 0.0)
         return out.contiguous(memory_format=torch.channels_last)
 
     def __repr__(self) -> str:
+        strong = f", strong={self.strong}" if self.strong is not None else ""
         return (f"BatchTransform(mean={self.mean}, std={self.std}, "
-                f"crop_padding={self.crop_padding}, hflip={self.hflip})")
+                f"crop_padding={self.crop_padding}, hflip={self.hflip}{strong})")
