@@ -158,6 +158,11 @@ AUGMENTS_TIMED = {  # each at p = 1: the cost of a mixed batch (the recipes mix 
     # guiding adversarial examples at their defaults (8 attack steps, the rarest half of the
     # classes): the attack in before_step and the adversarial term, every step
     "gae": {"name": "gae"},
+    # ResCom with the CIFAR-10 recipe's values: the second view (fetched and transformed), a
+    # forward and backward of 2B images, the projection, the queue's mining and the enqueue; and
+    # with the momentum key encoder, which adds a forward of the first view through the copy
+    "rescom": {"name": "rescom", "select_num_neg": 90},
+    "rescom_momentum": {"name": "rescom", "select_num_neg": 90, "key_encoder": "momentum"},
 }
 
 
@@ -231,7 +236,9 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
                 sync(device)
                 start = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
-            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx]),
+            # the index: a component may fetch another view of the same images (rescom)
+            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx],
+                                                       index=idx),
                                      model=model, optimizer=opt, epoch=int(i >= warmup), step=i,
                                      steps=steps + warmup, lr=0.01)
             if part is not None:

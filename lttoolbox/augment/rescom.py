@@ -12,8 +12,9 @@ are those of cc9b810, "update rescom"; file:line below are at 01bbecf).
 Per step, on a batch of B images with labels ``y`` (``main_rescom.py:363-387``,
 ``rescom/builder.py:65-105``, ``losses.py:42-62``):
 
-* a second view of every image, drawn by the training transform independently of the first,
-  and the two views through one forward as one batch of 2B (the first view's rows first);
+* a second view of every image, drawn by the training transform independently of the first
+  (fetched before the step, :meth:`ResCom.before_step`), and the two views through one forward
+  as one batch of 2B (the first view's rows first);
 * ``z = normalize(g(f(x)))`` for the 2B rows, ``g`` the projection head
   ``Linear(d, d) - BatchNorm1d - ReLU - Linear(d, dim)`` on the pooled features ``f(x)``
   (``builder.py:19, 70-71``);
@@ -243,12 +244,17 @@ class ResCom(ModuleComponent):
     class-balanced supervised contrastive term. The classification term on both views is the
     recipe's loss (``balanced_softmax`` in the recipes).
 
+    Before each step of its window (:meth:`before_step`) it appends the second view to the step's
+    batch (2B rows, the first view first, the labels and indices twice); at ``features`` it
+    projects the 2B rows and computes its term; after the step it enqueues the first view's keys.
+
     Args:
         dim: Width of the projection (the code's ``dim_con``, 32 in its CIFAR config).
         queue_size_per_cls: Keys per class in the queue, ``Q`` (10).
         select_num_pos: Hard positives kept per anchor, ``1 <= k <= Q`` (1).
-        select_num_neg: Hard negatives kept per anchor, ``1 <= k <= Q (C - 1)`` (400, the code's
-            CIFAR-100 value; CIFAR-10 with ``Q = 10`` has only 90 negative keys).
+        select_num_neg: Hard negatives kept per anchor, ``1 <= k <= Q (C - 1)``; ``None``: all
+            ``Q (C - 1)`` other-class keys (no negative mining). The code's CIFAR-100 config keeps
+            400; with ``Q = 10`` CIFAR-10 has only 90.
         temperature: ``tau > 0`` of the contrastive logits (0.2).
         con_weight: Weight of the contrastive term, ``>= 0`` (0.5).
         effective_num_beta: ``0 <= beta < 1`` of the per-anchor class weights (0.999999).
@@ -267,35 +273,35 @@ class ResCom(ModuleComponent):
 
     Example:
         >>> import torch
+        >>> from types import SimpleNamespace
         >>> from lttoolbox.api import Context
         >>> from lttoolbox.batch import Batch
         >>> _ = torch.manual_seed(0)
         >>> images, labels = torch.randn(6, 8), torch.tensor([0, 1, 2, 0, 0, 0])
         >>> fetch = lambda i: (images[i] + 0.1 * torch.randn(len(i), 8), labels[i])
-        >>> part = ResCom(dim=4, queue_size_per_cls=3, select_num_neg=6,
+        >>> part = ResCom(dim=4, queue_size_per_cls=3,
         ...               context=Context.from_counts([4, 1, 1], feature_dim=8, fetch=fetch))
-        >>> batch = Batch.plain(images[:4], labels[:4], index=torch.arange(4))
-        >>> h, two = part.hook("input")(batch.x, batch)          # the second view joins the batch
-        >>> tuple(h.shape), two.y_a.tolist()
+        >>> step = SimpleNamespace(batch=Batch.plain(images[:4], labels[:4], index=torch.arange(4)))
+        >>> part.before_step(step)                      # the second view joins the batch
+        >>> tuple(step.batch.x.shape), step.batch.y_a.tolist()
         ((8, 8), [0, 1, 2, 0, 0, 1, 2, 0])
-        >>> h, two = part.hook("features")(h, two)               # features of the 2B rows
+        >>> h, _ = part.hook("features")(step.batch.x, step.batch)  # here the 2B "features"
         >>> bool(part.auxiliary_loss() > 0), part.queue_ptr.tolist()  # nothing enqueued yet
         (True, [0, 0, 0])
-        >>> part.after_step(None); part.queue_ptr.tolist()       # the first view's 4 keys
+        >>> part.after_step(step); part.queue_ptr.tolist()  # the first view's 4 keys
         [2, 1, 1]
     """
 
     adds_loss = True  # the contrastive term
-    # It adds rows at ``input`` (the second view) and needs each sample's single class up to
+    # It adds the second view's rows to the batch and needs each sample's single class up to
     # ``features``: mixing at or before ``features`` in its epochs is refused before training.
-    # ``features`` is listed first: it is the point up to which the class must stay single.
     generates = True
 
     def __init__(self, dim: int = 32, queue_size_per_cls: int = 10, select_num_pos: int = 1,
-                 select_num_neg: int = 400, temperature: float = 0.2, con_weight: float = 0.5,
-                 effective_num_beta: float = 0.999999, key_encoder: str = "online",
-                 momentum: float = 0.999, start_epoch: int = 0, end_epoch: int | None = None, *,
-                 context: Context | None = None):
+                 select_num_neg: int | None = None, temperature: float = 0.2,
+                 con_weight: float = 0.5, effective_num_beta: float = 0.999999,
+                 key_encoder: str = "online", momentum: float = 0.999, start_epoch: int = 0,
+                 end_epoch: int | None = None, *, context: Context | None = None):
         nn.Module.__init__(self)
         Component.__init__(self, start_epoch, end_epoch, context=context)
         self.dim = check_int("dim", dim, 1)
@@ -304,7 +310,7 @@ class ResCom(ModuleComponent):
         if self.select_num_pos > self.per_class:
             raise ConfigError(f"select_num_pos must be at most queue_size_per_cls "
                               f"({self.per_class}), got {select_num_pos!r}")
-        self.select_num_neg = check_int("select_num_neg", select_num_neg, 1)
+        check_int("select_num_neg", select_num_neg, 1, optional=True)
         self.temperature = check_number("temperature", temperature, 0.0, low_open=True)
         self.con_weight = check_number("con_weight", con_weight, 0.0)
         self.beta = check_number("effective_num_beta", effective_num_beta, 0.0, 1.0,
@@ -324,10 +330,11 @@ class ResCom(ModuleComponent):
             raise ConfigError(f"rescom needs at least one training image of every class (the "
                               f"effective number of class {empty[0]} is 0)")
         num_classes = len(counts)
-        if self.select_num_neg > self.per_class * (num_classes - 1):
+        negatives = self.per_class * (num_classes - 1)
+        if select_num_neg is not None and select_num_neg > negatives:
             raise ConfigError(f"select_num_neg must be at most queue_size_per_cls x (classes - 1)"
-                              f" = {self.per_class * (num_classes - 1)} negative keys, got "
-                              f"{select_num_neg!r}")
+                              f" = {negatives} negative keys, got {select_num_neg!r}")
+        self.select_num_neg = negatives if select_num_neg is None else int(select_num_neg)
         self.fetch = self.context.fetch
         self.projection = projection_head(int(feature_dim), self.dim)
         init = torch.randn(num_classes * self.per_class, self.dim,
@@ -340,43 +347,42 @@ class ResCom(ModuleComponent):
         self.key_backbone: nn.Module | None = None
         self.key_projection = (copy.deepcopy(self.projection).requires_grad_(False)
                                if self.key_mode == "momentum" else None)
-        self._rows: int | None = None        # B of the current forward (the first view)
+        self._first: torch.Tensor | None = None  # the step's first view (B rows)
         self._term: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # keys to enqueue
 
-    # ---------------------------------------------------------------------------- the model
+    # ------------------------------------------------------------------------ the two views
     def points(self) -> tuple[str, ...]:
-        return ("features", "input")
+        return ("features",)
 
     def hook(self, point: str):
-        return self.add_view if point == "input" else self.contrast
+        return self.contrast
 
-    def add_view(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
-        """At ``input``: the batch's second view (the training transform drawn afresh through
-        the context's ``fetch``) after the first, one batch of 2B with the labels twice."""
+    def two_views(self, batch: Batch) -> Batch:
+        """The batch followed by its second view (the training transform drawn afresh through
+        the context's ``fetch``): 2B rows, the labels and the indices twice."""
         if batch.index is None or self.fetch is None:
             raise ConfigError("rescom draws the second view of each image through the trainer's "
                               "fetch and the batch's index; use it in a recipe")
+        if batch.mixed:
+            raise ConfigError("rescom needs each sample's single class; a component before it "
+                              "mixed the batch")
         second, _ = self.fetch(batch.index)
-        b = h.shape[0]
-        self._rows = b
-        if self.key_backbone is not None:  # the momentum copy embeds the first view's keys
-            self.key_backbone.train()
-            self.key_projection.train()
-            with torch.no_grad():
-                keys = F.normalize(self.key_projection(self.key_backbone(h)).float(), dim=1)
-            self._pending = (keys, batch.y_a)
-        x = torch.cat([h, second.to(device=h.device, dtype=h.dtype)])
-        y = torch.cat([batch.y_a, batch.y_a])
-        return x, Batch.plain(x, y, index=batch.index)
+        x = torch.cat([batch.x, second.to(device=batch.x.device, dtype=batch.x.dtype)])
+        index = torch.cat([batch.index, batch.index])
+        return Batch.plain(x, torch.cat([batch.y_a, batch.y_a]), index=index)
 
     def contrast(self, h: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, Batch]:
-        """At ``features``: the projection of the 2B rows, the contrastive term (kept for
-        :meth:`auxiliary_loss`) and, with the online key encoder, the first view's keys."""
-        b = self._rows
-        if b is None or h.shape[0] != 2 * b:
+        """At ``features``: the projection of the rows (the two views), the contrastive term
+        (kept for :meth:`auxiliary_loss`) and the keys the step enqueues: the first view's
+        embeddings (online), or the momentum copy's embeddings of the first view. Called
+        without :meth:`before_step` (a caller's own loop), it contrasts the rows as given and
+        their embeddings are the keys."""
+        first = self._first
+        rows = h.shape[0] if first is None else first.shape[0]
+        if h.shape[0] != (rows if first is None else 2 * rows):
             raise ConfigError(f"rescom: the features hold {h.shape[0]} rows, not the two views "
-                              f"of {b} images it made; another component adds samples in its "
+                              f"of {rows} images it made; another component adds samples in its "
                               f"epochs (a generator): give them disjoint epoch windows")
         z = F.normalize(self.projection(h).float(), dim=1)
         labels = batch.y_a
@@ -388,7 +394,13 @@ class ResCom(ModuleComponent):
                                                             self.class_weight[labels],
                                                             self.temperature)
         if self.key_backbone is None:
-            self._pending = (z[:b].detach(), labels[:b])
+            self._pending = (z[:rows].detach(), labels[:rows])
+        elif first is not None:  # MoCo's keys: the copy's embedding of the first view
+            self.key_backbone.train()
+            self.key_projection.train()
+            with torch.no_grad():
+                keys = self.key_projection(self.key_backbone(first))
+                self._pending = (F.normalize(keys.float(), dim=1), labels[:rows])
         return h, batch
 
     def auxiliary_loss(self) -> torch.Tensor | None:
@@ -406,15 +418,19 @@ class ResCom(ModuleComponent):
             self.key_projection.load_state_dict(self.projection.state_dict())
 
     def before_step(self, step) -> None:
-        self._term, self._pending, self._rows = None, None, None
-        if self.key_backbone is not None and self.active:
+        self._term, self._pending, self._first = None, None, None
+        if not self.active:
+            return
+        if self.key_backbone is not None:  # MoCo's order: the copy moves, then embeds
             self._momentum_update(step.model)
+        self._first = step.batch.x
+        step.batch = self.two_views(step.batch)
 
     def after_step(self, step) -> None:
         if self._pending is not None:
             keys, labels = gather_keys(*self._pending)
             enqueue(self.queue, self.queue_ptr, keys, labels, self.per_class)
-        self._term, self._pending = None, None
+        self._term, self._pending, self._first = None, None, None
 
     @torch.no_grad()
     def _momentum_update(self, model: nn.Module) -> None:
