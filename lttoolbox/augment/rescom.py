@@ -44,10 +44,10 @@ Evaluation and export: the model (encoder and classifier) with raw logits
 (``builder.py:107-110``); the projection head, the queue and the momentum copy belong to this
 component, which the checkpoint keeps and the exported weights do not.
 
-Key encoder. The issue this entry answers asks for a momentum encoder; the official code has none:
-its keys are the online network's embeddings of the first view (the only "momentum" in the code
-is SGD's, ``logger.py:36``). ``key_encoder: online`` (the default) does what the code does, since
-the README's numbers come from it. ``key_encoder: momentum`` adds a MoCo-style key encoder: a copy
+Key encoder. The official code has no momentum encoder: its keys are the online network's
+embeddings of the first view (the only "momentum" in the code is SGD's, ``logger.py:36``).
+``key_encoder: online`` (the default) does what the code does, the code its README publishes
+numbers with. ``key_encoder: momentum`` adds a MoCo-style key encoder: a copy
 of the backbone and the projection head, taken at the phase's start and moved before every step
 by ``xi <- m xi + (1 - m) theta`` (MoCo's order: the copy moves, then embeds the step's keys),
 whose embeddings of the first view enter the queue. Its batch normalisation uses the batch's
@@ -66,6 +66,9 @@ Deliberate differences from the official code:
   ``logger.py:54``) is not offered: its branch (``losses.py:50-51``) adds a vector of
   ``2B + Q C`` priors to rows of ``2B - 1 + select_num_pos + select_num_neg`` similarities, which
   does not run with the shipped values;
+* the similarities and the contrastive loss are computed in float32, outside the phase's
+  autocast (at ``tau = 0.2``, bfloat16's rounding of a cosine, up to 2^-9, would move a logit
+  by up to 0.01);
 * ``1e-9`` is not added to the positive count (which is at least ``select_num_pos >= 1``) nor to
   the prior inside the Balanced Softmax logarithm (every class count is at least 1 here).
 
@@ -87,6 +90,7 @@ Example:
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import torch
 import torch.distributed as dist
