@@ -205,6 +205,39 @@ def test_the_second_view_is_fetched_for_the_batch_s_images_and_the_first_view_is
     torch.testing.assert_close(part.queue[[2, 0, 3]], z[:3])
 
 
+def test_the_step_s_loss_is_balanced_softmax_on_both_views_plus_the_term():
+    """The trainer's step on the batch ResCom made: the recipe's Balanced Softmax over the 2B
+    rows (numpy: CE(z + log n, y) averaged over both views) plus con_weight x L_con."""
+    from lttoolbox.api import Component
+    from lttoolbox.engine.phases import Phase
+    from lttoolbox.engine.step import TrainStep
+    from lttoolbox.models import DigitsCNN
+
+    torch.manual_seed(0)
+    counts = [30, 10, 3]
+    model = DigitsCNN(num_classes=3).train()
+    images = torch.randn(8, 1, 8, 8)
+    part = rescom(counts, feature_dim=model.feature_dim, queue_size_per_cls=2,
+                  fetch=lambda i: (images[i].flip(-1), None))
+    criterion = LOSSES.build({"name": "balanced_softmax"}, class_counts=counts, num_classes=3)
+    phase = Phase("main", {"loss": {"name": "balanced_softmax"}, "augment": [{"name": "rescom"}],
+                           "generator": None}, Component(), criterion, [part], None)
+    step = TrainStep(model, phase)
+    step.hooks = {"features": part.hook("features")}
+    events = SimpleNamespace(batch=Batch.plain(images[:4], torch.tensor([0, 1, 2, 0]),
+                                               index=torch.arange(4)), model=model)
+    part.before_step(events)
+    total, cls, term = step(events.batch).detach()
+    with torch.no_grad():
+        logits = model(events.batch.x).double().numpy()  # batch statistics of the same 2B rows
+    y = events.batch.y_a.numpy()
+    z = logits + np.log(counts)
+    ce = -(z[np.arange(8), y] - np.log(np.exp(z).sum(axis=1)))
+    assert float(cls) == pytest.approx(ce.mean(), rel=1e-5)
+    assert float(term) == pytest.approx(float(part.auxiliary_loss().detach()), rel=1e-6)
+    assert float(total) == pytest.approx(float(cls) + float(term), rel=1e-6)
+
+
 def test_outside_its_window_the_batch_and_the_queue_are_left_alone():
     part = rescom([6, 3, 1], fetch=lambda i: 1 / 0, select_num_neg=4, start_epoch=2)
     batch = Batch.plain(torch.randn(3, 6), torch.tensor([1, 0, 1]), index=torch.arange(3))
