@@ -320,6 +320,13 @@ def test_a_class_without_images_is_refused():
         rescom([6, 3, 0], select_num_neg=4)
 
 
+def test_a_bad_recipe_stops_before_anything_is_written(tmp_path):
+    recipe = digits(augment=[{"name": "rescom", "select_num_neg": 91}])  # 10 classes: 90 keys
+    with pytest.raises(ConfigError, match=r"augment\[0\]\.select_num_neg") as err:
+        train(resolve(recipe), tmp_path / "run", quiet=True)
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
 def test_a_mixing_augmentation_before_the_features_is_refused_before_anything_is_written(
         tmp_path):
     recipe = digits(loss={"name": "balanced_softmax"},
