@@ -175,6 +175,11 @@ AUGMENTS_TIMED = {  # each at p = 1: the cost of a mixed batch (the recipes mix 
     # the two-branch counterpart of the recipe's model (TWO_BRANCH), so the figure is the cost
     # of the method, model included, against the plain step on the recipe's model
     "bbn": {"name": "bbn"}, "dbn_mix": {"name": "dbn_mix"},
+    # ResCom with the CIFAR-10 recipe's values: the second view (fetched and transformed), a
+    # forward and backward of 2B images, the projection, the queue's mining and the enqueue; and
+    # with the momentum key encoder, which adds a forward of the first view through the copy
+    "rescom": {"name": "rescom", "select_num_neg": 90},
+    "rescom_momentum": {"name": "rescom", "select_num_neg": 90, "key_encoder": "momentum"},
 }
 #: The two-branch counterpart of a model, and its layout for a component that needs one (a
 #: component whose ``check_model`` refuses the recipe's model).
@@ -265,7 +270,9 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
                 sync(device)
                 start = time.perf_counter()
             idx = order[i * batch:(i + 1) * batch]
-            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx]),
+            # the index: a component may fetch another view of the same images (rescom)
+            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx],
+                                                       index=idx),
                                      model=model, optimizer=opt, epoch=int(i >= warmup), step=i,
                                      steps=steps + warmup, lr=0.01)
             if part is not None:

@@ -43,7 +43,8 @@ def fetch(indices: torch.Tensor):
 CONTEXT = {"class_counts": COUNTS, "num_classes": 4, "labels": LABELS, "seed": 0,
            "total_epochs": 10, "fetch": fetch, "rank": 0, "world_size": 1,
            "point_names": ("input", "stem", "layer1", "features"), "image_shape": (3, 8, 8),
-           "train_transform": lambda x: x.float()}
+           "train_transform": lambda x: x.float(),
+           "feature_dim": 8}  # an entry with a head of its own on the features (rescom)
 
 
 def build(name: str, **params):
