@@ -185,6 +185,8 @@ def test_the_new_keys_at_their_defaults_keep_the_recipe_hash():
      "train.accumulate"),
     ({"train": {"accumulate": 2}, "augment": [{"name": "bbn"}],
       "model": {"name": "two_branch_digits_cnn"}}, "train.accumulate"),
+    ({"train": {"accumulate": 2}, "augment": [{"name": "rescom", "select_num_neg": 9}]},
+     "train.accumulate"),
     ({"train": {"accumulate": 2}, "generator": {"name": "rsg", "point": "layer1"}},
      "train.accumulate"),
     ({"train": {"clip_grad_norm": 0}}, "train.clip_grad_norm"),
@@ -194,8 +196,8 @@ def test_the_new_keys_at_their_defaults_keep_the_recipe_hash():
     ({"train": {"ema": {"every": 0}}}, "train.ema.every"),
     ({"train": {"ema": "yes"}}, "train.ema"),
 ], ids=["zero-parts", "more-parts-than-images", "two-pass-optimizer", "batch-weighted-loss",
-        "weights-with-mixing", "rows-added", "two-streams", "generator", "clip-zero",
-        "clip-text", "decay-1", "unknown-key", "every-0", "not-a-mapping"])
+        "weights-with-mixing", "rows-added", "two-streams", "two-views", "generator",
+        "clip-zero", "clip-text", "decay-1", "unknown-key", "every-0", "not-a-mapping"])
 def test_bad_options_are_refused_naming_the_key(tmp_path, sections, key):
     with pytest.raises(ConfigError) as err:
         Trainer(digits(**sections), tmp_path / "run")

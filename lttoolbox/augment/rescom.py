@@ -297,6 +297,7 @@ class ResCom(ModuleComponent):
     """
 
     adds_loss = True  # the contrastive term
+    regroups_rows = True  # the batch's rows are two views of its images, paired by position
     # It adds the second view's rows to the batch and needs each sample's single class up to
     # ``features``: mixing at or before ``features`` in its epochs is refused before training.
     generates = True
