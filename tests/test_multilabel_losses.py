@@ -8,6 +8,7 @@ class_aware_sample_generator, sampler.py:228-291) written out again here.
 """
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
@@ -18,6 +19,7 @@ from lttoolbox.batch import Batch
 from lttoolbox.errors import ConfigError, DataError
 from lttoolbox.losses.multilabel import (CB_MODES, DistributionBalancedLoss, MultiLabelBCELoss,
                                          MultiLabelClassBalancedLoss, MultiLabelFocalLoss)
+from lttoolbox.samplers.class_aware_ml import ClassAwareMLSampler
 
 # ------------------------------------------------------------------------------ worked example
 # 3 classes, N = 10, n = [8, 3, 1]; two images (fact sheet of the DB loss, section 7).
@@ -200,6 +202,15 @@ def test_rebalance_weights_from_sampling_frequencies():
     assert db.counts.tolist() == n.tolist() and db.num_train == 6
     np.testing.assert_allclose(db.weights(torch.tensor(LABELS, dtype=torch.float64)).numpy(),
                                expected, rtol=1e-12)
+    sampler = ClassAwareMLSampler(LABELS, samples_per_class=1, seed=0)
+    np.testing.assert_allclose(sampler.image_probabilities(), p_instance, rtol=1e-12)
+    np.testing.assert_allclose(sampler.class_level_frequencies(), p_class, rtol=1e-12)
+    # and the stream draws the images at those rates: over 300 passes of the classes each class
+    # has exactly 300 turns and its images share them within 1 (cycles, not i.i.d. draws)
+    sampler = ClassAwareMLSampler(LABELS, samples_per_class=1, reduce=5 * 3 / 900, seed=0)
+    assert len(sampler) == 900
+    drawn = np.bincount(sampler.indices().numpy(), minlength=6)
+    assert np.abs(drawn - 900 * p_instance).max() <= 2
     # under instance sampling both frequencies are 1/N: r = 1, one weight everywhere
     flat = DistributionBalancedLoss(labels=LABELS, sampler="instance", alpha=alpha, beta=beta,
                                     mu=mu)
@@ -297,3 +308,152 @@ def test_shape_errors():
         loss(torch.zeros(2, C + 1), torch.zeros(2, C + 1))
     with pytest.raises(DataError, match="0 and 1"):
         DistributionBalancedLoss(labels=[[1, 0.5]])
+
+
+# ------------------------------------------------------------------------------ the sampler
+def official_streams(labels, k, reduce, epochs, seed):
+    """sampler.py:228-291 (RandomCycleIter, class_aware_sample_generator, ClassAwareSampler)
+    with ``random.Random(seed)`` for the global ``random`` the code re-seeds to 0."""
+    rnd = random.Random(seed)
+
+    class RandomCycleIter:
+        def __init__(self, data_list):
+            self.data_list, self.i = list(data_list), len(data_list) - 1
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            self.i += 1
+            if self.i == len(self.data_list):
+                self.i = 0
+                rnd.shuffle(self.data_list)
+            return self.data_list[self.i]
+
+    def generator(cls_iter, data_iter_list, n, num_samples_cls):
+        i = j = 0
+        while i < n:
+            if j >= num_samples_cls:
+                j = 0
+            if j == 0:
+                temp_tuple = next(zip(*[data_iter_list[next(cls_iter)]] * num_samples_cls))
+            yield temp_tuple[j]
+            i += 1
+            j += 1
+
+    cls_data_list = [[i for i in range(len(labels)) if labels[i][c] == 1]
+                     for c in range(len(labels[0]))]
+    class_iter = RandomCycleIter(range(len(cls_data_list)))
+    data_iter_list = [RandomCycleIter(x) for x in cls_data_list]
+    num_samples = int(max(len(x) for x in cls_data_list) * len(cls_data_list) / reduce)
+    return [list(generator(class_iter, data_iter_list, num_samples, k)) for _ in range(epochs)]
+
+
+def ml_labels(n=60, c=7, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, c)) < np.geomspace(0.6, 0.03, c)).astype(np.int64)
+    labels[labels.sum(1) == 0, 0] = 1
+    labels[np.arange(c), np.arange(c)] = 1  # every class has an image
+    return labels
+
+
+@pytest.mark.parametrize("k,reduce,seed", [(3, 4, 0), (1, 1, 5), (2, 3, 1), (4, 2.5, 9)])
+def test_sampler_is_the_official_stream(k, reduce, seed):
+    labels = ml_labels(seed=seed)
+    expected = official_streams(labels, k, reduce, 4, seed)
+    sampler = ClassAwareMLSampler(labels, samples_per_class=k, reduce=reduce, seed=seed)
+    assert len(sampler) == len(expected[0]) == int(labels.sum(0).max() * 7 / reduce)
+    for epoch, stream in enumerate(expected):
+        sampler.set_epoch(epoch)
+        assert sampler.indices().tolist() == stream
+
+
+def test_sampler_epoch_length_of_the_official_sets():
+    # VOC-MLT: the largest class has 775 images, 20 classes, reduce 4 -> 3875 draws per epoch
+    labels = np.zeros((1142, 20), dtype=np.int64)
+    labels[:775, 14] = 1
+    labels[np.arange(1142), np.arange(1142) % 14] = 1
+    labels[np.arange(1142), 15 + np.arange(1142) % 5] = 1
+    assert len(ClassAwareMLSampler(labels)) == 3875
+
+
+def test_sampler_class_turns_and_coverage():
+    labels = ml_labels()
+    k, C_ = 3, labels.shape[1]
+    sampler = ClassAwareMLSampler(labels, samples_per_class=k, reduce=1)
+    stream = sampler.indices().numpy()
+    turns = len(stream) // k
+    counts = labels.sum(0)
+    owners = []
+    for t in range(turns):  # each turn's k images share a class
+        group = stream[t * k:(t + 1) * k]
+        common = np.flatnonzero(labels[group].all(axis=0))
+        assert common.size >= 1
+        owners.append(common)
+    # every pass of C turns visits every class once: check with the class each turn must be
+    for p in range(turns // C_):
+        covered = set()
+        for t in range(p * C_, (p + 1) * C_):
+            covered.update(owners[t].tolist())
+        assert covered == set(range(C_))
+    # every image of the rarest class is drawn
+    rare = int(np.argmin(counts))
+    rare_images = np.flatnonzero(labels[:, rare])
+    assert set(stream.tolist()) >= set(rare_images.tolist())
+
+
+def test_sampler_deterministic_resume_and_state():
+    labels = ml_labels()
+    a = ClassAwareMLSampler(labels, seed=3)
+    streams = []
+    for epoch in range(4):
+        a.set_epoch(epoch)
+        streams.append(a.indices().tolist())
+    assert streams[0] != streams[1]  # the cycles go on across epochs
+    jumped = ClassAwareMLSampler(labels, seed=3)
+    jumped.set_epoch(3)  # replays epochs 0-2
+    assert jumped.indices().tolist() == streams[3]
+    jumped.set_epoch(1)  # back in time: replays from the start
+    assert jumped.indices().tolist() == streams[1]
+    a.set_epoch(2)
+    saved = a.state_dict()
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)  # as a checkpoint holds it
+    buffer.seek(0)
+    restored = ClassAwareMLSampler(labels, seed=3)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.indices().tolist() == streams[2]
+    restored.set_epoch(3)
+    assert restored.indices().tolist() == streams[3]
+    other = ClassAwareMLSampler(labels, seed=4)
+    assert other.indices().tolist() != streams[0]
+    state_before = random.getstate()
+    ClassAwareMLSampler(labels, seed=3).indices()
+    assert random.getstate() == state_before  # the global RNG is not touched
+    with pytest.raises(DataError, match="other training labels"):
+        ClassAwareMLSampler(ml_labels(seed=1), seed=3).load_state_dict(saved)
+
+
+def test_sampler_distributed_slices():
+    labels = ml_labels()
+    full = ClassAwareMLSampler(labels, reduce=3, seed=2).indices().numpy()
+    parts = [ClassAwareMLSampler(labels, reduce=3, seed=2, rank=r, world_size=4).indices()
+             for r in range(4)]
+    assert len({len(p) for p in parts}) == 1
+    padded = np.resize(full, len(parts[0]) * 4)
+    assert torch.equal(torch.stack(parts, 1).reshape(-1), torch.from_numpy(padded))
+
+
+@pytest.mark.parametrize("labels,kwargs,error,message", [
+    (np.array([[1, 0], [1, 0]]), {}, DataError, "class 1"),
+    (np.array([[1, 2]]), {}, DataError, "0 and 1"),
+    (np.array([1, 0, 1]), {}, DataError, "matrix"),
+    (np.eye(3), {"samples_per_class": 0}, ConfigError, "samples_per_class"),
+    (np.eye(3), {"reduce": 0}, ConfigError, "reduce"),
+    (np.eye(3), {"reduce": 10}, ConfigError, "reduce"),
+    (np.eye(3), {"seed": -1}, ConfigError, "seed"),
+])
+def test_sampler_errors(labels, kwargs, error, message):
+    with pytest.raises(error) as err:
+        ClassAwareMLSampler(labels, **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
