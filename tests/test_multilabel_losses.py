@@ -368,13 +368,15 @@ def test_sampler_is_the_official_stream(k, reduce, seed):
         assert sampler.indices().tolist() == stream
 
 
-def test_sampler_epoch_length_of_the_official_sets():
-    # VOC-MLT: the largest class has 775 images, 20 classes, reduce 4 -> 3875 draws per epoch
-    labels = np.zeros((1142, 20), dtype=np.int64)
-    labels[:775, 14] = 1
-    labels[np.arange(1142), np.arange(1142) % 14] = 1
-    labels[np.arange(1142), 15 + np.arange(1142) % 5] = 1
-    assert len(ClassAwareMLSampler(labels)) == 3875
+@pytest.mark.parametrize("images,classes,largest,length", [
+    (1142, 20, 775, 3875),     # VOC-MLT: person has 775 images; 775 * 20 / 4
+    (1909, 80, 1128, 22560),   # COCO-MLT: person has 1128 images; 1128 * 80 / 4
+])
+def test_sampler_epoch_length_of_the_official_sets(images, classes, largest, length):
+    labels = np.zeros((images, classes), dtype=np.int64)
+    labels[:largest, 0] = 1
+    labels[np.arange(images), 1 + np.arange(images) % (classes - 1)] = 1  # all far below
+    assert len(ClassAwareMLSampler(labels)) == length
 
 
 def test_sampler_class_turns_and_coverage():

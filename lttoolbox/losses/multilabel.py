@@ -433,8 +433,9 @@ class DistributionBalancedLoss(MultiLabelLoss):
     Deviations from the code, each deliberate:
 
     * The bias: the code computes ``nu_i = kappa * b_i / lambda`` (resample_loss.py:90-91); the
-      maintainer confirmed in the repository's issue 8 (2021-01-26) that the ``/ neg_scale`` "is
-      indeed not supposed to be here", making kappa effectively lambda times smaller. Here
+      maintainer confirmed on 2021-01-26
+      (https://github.com/wutong16/DistributionBalancedLoss/issues/8) that the ``/ neg_scale``
+      "is indeed not supposed to be here", making kappa effectively lambda times smaller. Here
       ``nu_i = kappa * b_i``; ``reproduce_bias_bug=True`` restores the code's division (the
       released checkpoints were trained with it; with ``kappa = 0.05`` its effective value is
       0.01 on VOC-MLT and 0.025 on COCO-MLT).
