@@ -436,6 +436,10 @@ def test_sampler_deterministic_resume_and_state():
     assert random.getstate() == state_before  # the global RNG is not touched
     with pytest.raises(DataError, match="other training labels"):
         ClassAwareMLSampler(ml_labels(seed=1), seed=3).load_state_dict(saved)
+    with pytest.raises(ConfigError, match="^seed is 4 but"):
+        other.load_state_dict(saved)
+    with pytest.raises(ConfigError, match="^samples_per_class is 2 but"):
+        ClassAwareMLSampler(labels, seed=3, samples_per_class=2).load_state_dict(saved)
 
 
 def test_sampler_distributed_slices():

@@ -224,12 +224,24 @@ class ClassAwareMLSampler(Component, Sampler):
         class order and every class's image order with their positions)."""
         self.full_stream()
         at, state = self._start
-        return {"epoch": at, "state": state}
+        return {"epoch": at, "seed": self.seed, "samples_per_class": self.samples_per_class,
+                "reduce": self.reduce, "state": state}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`'s output (the next stream drawn continues from it)."""
-        if set(state) != {"epoch", "state"}:
+        """Restore :meth:`state_dict`'s output (the next stream drawn continues from it).
+
+        Raises:
+            ConfigError: the state was drawn with another ``seed``, ``samples_per_class`` or
+                ``reduce`` (its continuation would not be this sampler's stream).
+            DataError: it was drawn from other training labels.
+        """
+        keys = {"epoch", "seed", "samples_per_class", "reduce", "state"}
+        if set(state) != keys:
             raise ValueError(f"not a ClassAwareMLSampler state: keys {sorted(state)}")
+        for name in ("seed", "samples_per_class", "reduce"):
+            if state[name] != getattr(self, name):
+                raise ConfigError(f"{name} is {getattr(self, name)!r} but the saved sampler "
+                                  f"state was drawn with {state[name]!r}")
         inner = state["state"]
         images = inner["images"]
         if (len(images) != self.num_classes
