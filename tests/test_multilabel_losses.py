@@ -93,8 +93,8 @@ def np_elements(z, y, w=1.0, gamma=0.0, scale=1.0, lam=1.0):
 
 
 def np_db(z, y, n, big_n, alpha, beta, mu, lam, kappa, gamma, bal, reweight=True,
-          logit_reg=True, focal=True, bug=False, sampler="class_aware"):
-    if sampler == "class_aware":
+          logit_reg=True, focal=True, bug=False, sampler="class_aware_ml"):
+    if sampler == "class_aware_ml":
         r = (1 / n)[None] / (y / n).sum(1, keepdims=True)
     else:
         r = np.ones_like(y)

@@ -55,8 +55,10 @@ __all__ = ["MultiLabelLoss", "MultiLabelBCELoss", "MultiLabelFocalLoss",
 
 #: The class-balanced weightings of ``ResampleLoss.CB_weight`` (resample_loss.py:170-191).
 CB_MODES = ("by_class", "average_n", "average_w", "min_n")
-#: The samplers whose sampling frequencies the re-balanced weighting knows.
-DB_SAMPLERS = ("class_aware", "instance")
+#: The samplers whose sampling frequencies the re-balanced weighting knows, by the names they
+#: are to be registered under (:class:`~lttoolbox.samplers.class_aware_ml.ClassAwareMLSampler`
+#: and plain shuffling).
+DB_SAMPLERS = ("class_aware_ml", "instance")
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -461,7 +463,8 @@ class DistributionBalancedLoss(MultiLabelLoss):
         gamma: Focal focusing parameter in ``[0, 20]``.
         balance_param: Focal constant factor ``> 0`` (the code's default 2.0 doubles the loss).
         sampler: The training sampler whose frequencies the re-balancing uses, one of
-            :data:`DB_SAMPLERS` (the paper pairs the loss with ``class_aware``).
+            :data:`DB_SAMPLERS` (the code pairs the loss with class-aware sampling,
+            ``class_aware_ml``: configs/voc/LT_resnet50_pfc_DB.py:53).
         **base: See :class:`MultiLabelLoss`; ``class_counts`` is required, and ``num_train``
             when the bias is used (``logit_reg`` with ``init_bias != 0``).
 
@@ -483,7 +486,7 @@ class DistributionBalancedLoss(MultiLabelLoss):
                  alpha: float = 0.1, beta: float = 10.0, mu: float = 0.3,
                  neg_scale: float = 5.0, init_bias: float = 0.05,
                  reproduce_bias_bug: bool = False, gamma: float = 2.0,
-                 balance_param: float = 2.0, sampler: str = "class_aware", **base: Any):
+                 balance_param: float = 2.0, sampler: str = "class_aware_ml", **base: Any):
         self.reweight = check_bool("reweight", reweight)
         self.logit_reg = check_bool("logit_reg", logit_reg)
         self.focal = check_bool("focal", focal)
@@ -515,7 +518,7 @@ class DistributionBalancedLoss(MultiLabelLoss):
 
     def ratio(self, target: torch.Tensor) -> torch.Tensor:
         """``r_ki`` for the configured sampler, ``(B, C)``."""
-        if self.sampler == "instance":
+        if self.sampler == "instance":  # both frequencies are 1 / N
             return torch.ones_like(target)
         return rebalance_ratio(target, 1 / self.class_counts.to(target))
 
