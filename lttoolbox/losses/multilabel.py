@@ -412,7 +412,9 @@ class DistributionBalancedLoss(MultiLabelLoss):
     * **re-balanced weighting** (``reweight``; ``rebalance_weight``, resample_loss.py:163-168):
       ``r_ki = P^C_i / P^I(x_k)`` from the sampler's class- and instance-level sampling
       frequencies (:func:`rebalance_ratio`: ``(1/n_i) / sum_j y_kj/n_j`` under class-aware
-      sampling, ``1`` under instance sampling, where both frequencies are ``1/N``), smoothed to
+      sampling; ``1`` under instance sampling, derived here and not from the code, which pairs
+      the loss with class-aware sampling only: every image is then drawn with ``1/N`` whatever
+      class it is counted under), smoothed to
       ``w_ki = alpha + sigmoid(beta (r_ki - mu))``, for absent labels too (:166);
     * **negative-tolerant regularisation** (``logit_reg``; ``logit_reg_functions``, :153-161):
       a class bias ``nu_i = kappa * b_i`` with ``b_i = -log(N / n_i - 1)`` added to the logits
