@@ -465,3 +465,18 @@ def test_sampler_errors(labels, kwargs, error, message):
     with pytest.raises(error) as err:
         ClassAwareMLSampler(labels, **kwargs)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_built_from_a_context():
+    """The trainer passes a Context; a multi-hot ``labels`` field is what both read."""
+    from lttoolbox.api import Context
+    ctx = Context(labels=LABELS, num_classes=3, seed=7)
+    db = DistributionBalancedLoss(context=ctx)
+    assert db.counts.tolist() == [5, 2, 2] and db.num_train == 6
+    y = torch.tensor(LABELS, dtype=torch.float32)
+    assert torch.equal(db(y, y, reduction="none"),
+                       DistributionBalancedLoss(labels=LABELS)(y, y, reduction="none"))
+    assert torch.equal(ClassAwareMLSampler(context=ctx).indices(),
+                       ClassAwareMLSampler(LABELS, seed=7).indices())
+    with pytest.raises(ConfigError, match="class_counts has 3 entries but num_classes is 4"):
+        DistributionBalancedLoss(context=Context(labels=LABELS, num_classes=4))
