@@ -349,7 +349,9 @@ def read_class_split(path: str | Path, num_classes: int) -> dict[str, np.ndarray
         for item in value:
             if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)) \
                     or not 0 <= int(item) < num_classes:
-                raise DataError(f"{path}: '{key}' holds {item!r}, not a class index in "
+                shown = repr(item) if isinstance(item, (bool, np.bool_)) \
+                    or not isinstance(item, (int, np.integer)) else int(item)
+                raise DataError(f"{path}: '{key}' holds {shown}, not a class index in "
                                 f"0..{num_classes - 1}")
             if int(item) in owner:
                 raise DataError(f"{path}: class {int(item)} is in both '{owner[int(item)]}' and "
