@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from lttoolbox.data import mlt
-from lttoolbox.errors import DataError
+from lttoolbox.errors import ConfigError, DataError
 
 # The 80 COCO category ids (1..90 with the ten unused ones left out), as instances_val2017.json.
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -370,3 +370,19 @@ def test_every_fixture_file_is_read(voc, coco):
 def test_missing_root(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         mlt.read_coco_mlt(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="root is required"):
+        mlt.read_voc_mlt(None)
+
+
+def test_pickles_written_by_numpy_1_load(voc):
+    """The official pickles were written under numpy 1, whose arrays and scalars name
+    ``numpy.core.multiarray`` (numpy 2 writes ``numpy._core``): both are read."""
+    split = voc / VOC_SPLIT
+    for name in ("class_freq.pkl", "class_split.pkl"):
+        data = (split / name).read_bytes()
+        assert b"numpy._core.multiarray\n" in data
+        (split / name).write_bytes(data.replace(b"numpy._core.multiarray\n",
+                                                b"numpy.core.multiarray\n"))
+    data = mlt.read_voc_mlt(voc)
+    np.testing.assert_array_equal(data.train.labels, VOC_ROWS)
+    assert data.groups["head"].tolist() == VOC_HEAD

@@ -80,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .folder_io import SplitListing, file_paths, load_split
 from .path_choice import choose_path
 from .split_files import _stat, _text_lines
@@ -395,7 +395,7 @@ def _appendix(root: Path, appendix) -> Path:
 
 def _data_root(root) -> Path:
     if root is None or isinstance(root, bool) or str(root) == "":
-        raise DataError("root is required: the folder holding appendix/ and the images")
+        raise ConfigError("root is required: the folder holding appendix/ and the images")
     root = Path(str(root)).expanduser().absolute()
     if not root.is_dir():
         raise DataError(f"data root {root} does not exist")
