@@ -134,6 +134,19 @@ class LTModel(nn.Module):
         """
         if not hooks:  # the common path costs exactly one forward
             return self.forward(batch.x), batch
+        h, batch = self._enter_hooked(batch, hooks)
+        if batch.streams != 1:  # only a model with branches (lttoolbox.api.Branched) routes them
+            raise ConfigError(f"{type(self).__name__} has no branches to route a batch of "
+                              f"{batch.streams} streams through; use a two-branch model")
+        for name in self._body:
+            h = getattr(self, name)(h)
+            if name in hooks:
+                h, batch = self._call_hook(hooks, name, h, batch)
+        return self.head(h), batch
+
+    def _enter_hooked(self, batch: Batch, hooks: dict[str, Hook]) -> tuple[torch.Tensor, Batch]:
+        """The start of :meth:`forward_hooked`, shared by the models that override it: refuse
+        an unknown point, check the input, run the ``input`` hook; returns ``(h, batch)``."""
         unknown = [name for name in hooks if name not in self.point_names]
         if unknown:
             raise ConfigError(f"{type(self).__name__} has no point "
@@ -143,14 +156,7 @@ class LTModel(nn.Module):
         self._check_input(h)
         if "input" in hooks:
             h, batch = self._call_hook(hooks, "input", h, batch)
-        if batch.streams != 1:  # only a model with branches (lttoolbox.api.Branched) routes them
-            raise ConfigError(f"{type(self).__name__} has no branches to route a batch of "
-                              f"{batch.streams} streams through; use a two-branch model")
-        for name in self._body:
-            h = getattr(self, name)(h)
-            if name in hooks:
-                h, batch = self._call_hook(hooks, name, h, batch)
-        return self.head(h), batch
+        return h, batch
 
     @torch.no_grad()
     def point_shapes(self, x: torch.Tensor) -> dict[str, tuple[int, ...]]:

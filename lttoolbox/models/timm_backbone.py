@@ -195,15 +195,7 @@ class TimmModel(LTModel):
         stage's output inside timm's own forward."""
         if not hooks:
             return self.forward(batch.x), batch
-        unknown = [name for name in hooks if name not in self.point_names]
-        if unknown:
-            raise ConfigError(f"{type(self).__name__} has no point "
-                              f"{', '.join(map(repr, unknown))}; "
-                              f"points: {', '.join(self.point_names)}")
-        h = batch.x
-        self._check_input(h)
-        if "input" in hooks:
-            h, batch = self._call_hook(hooks, "input", h, batch)
+        h, batch = self._enter_hooked(batch, hooks)
         current = {"batch": batch}
 
         def at(point):

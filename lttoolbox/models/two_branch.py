@@ -140,15 +140,7 @@ class TwoBranchModel(LTModel, Branched):
         :class:`~lttoolbox.api.Branched`."""
         if not hooks and batch.streams == 1:
             return self.forward(batch.x), batch
-        unknown = [name for name in hooks if name not in self.point_names]
-        if unknown:
-            raise ConfigError(f"{type(self).__name__} has no point "
-                              f"{', '.join(map(repr, unknown))}; "
-                              f"points: {', '.join(self.point_names)}")
-        h = batch.x
-        self._check_input(h)
-        if "input" in hooks:
-            h, batch = self._call_hook(hooks, "input", h, batch)
+        h, batch = self._enter_hooked(batch, hooks)
         if batch.streams == 1:
             for name in self._body:
                 h = getattr(self, name)(h)
