@@ -49,6 +49,12 @@ from .state import CHECKPOINT, RECIPE, RESULTS, RunState
 from .step import TrainStep, loss_term_names
 
 
+#: The metrics an evaluation during training (``eval.every``) logs: the single-label ones, and
+#: a multi-label run's mAP.
+EPOCH_EVAL_KEYS = ("top1", "mean_class_acc", "many", "medium", "few", "mAP", "head_mAP",
+                   "medium_mAP", "tail_mAP")
+
+
 class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
     """Builds a run from a recipe and trains it; see :func:`train`."""
 
@@ -249,7 +255,7 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                 every = phase.recipe["eval"]["every"]
                 if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
                     row["eval"] = {k: v for k, v in self.evaluate(phase, autocast).items()
-                                   if k in ("top1", "mean_class_acc", "many", "medium", "few")}
+                                   if k in EPOCH_EVAL_KEYS}
                 attempt_epochs += 1
                 left = epochs - epoch - 1 + sum(s.recipe["train"]["epochs"]
                                                 for s in self.phases[index + 1:])
