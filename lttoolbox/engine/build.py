@@ -89,7 +89,7 @@ class PhaseBuilder:
                               key=f"{where}model.{sorted(changed)[0]}")
         self._check_head(recipe, index, where)
         per_rank_batch(recipe["train"]["batch_size"], self.world, where + "train.batch_size")
-        if self.data.multilabel:
+        if self.data.multilabel:  # before building: an entry may index by class id as it builds
             check_multilabel(recipe, where)
         ctx = self._context(recipe)
         sampler = SAMPLERS.build(recipe["sampler"], key=where + "sampler", **ctx)
@@ -102,6 +102,11 @@ class PhaseBuilder:
         keys = [where + "sampler", where + "loss",
                 *(f"{where}augment[{i}]" for i in range(len(augments))), where + "generator"]
         for part, key in zip(phase.components, keys):
+            if not self.data.multilabel and not part.single_label:
+                raise ConfigError(f"{part.registry_name or type(part).__name__} takes multi-hot "
+                                  f"targets, and the data set is single-label (one class per "
+                                  f"image); use it with a multi-label data set such as "
+                                  f"digits_mlt", key=key)
             if not isinstance(part, Component):  # the trainer calls the declared methods
                 raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
                                   f"derive it from Component (docs/extending.md)", key=key)
@@ -179,8 +184,10 @@ class PhaseBuilder:
 
 def check_multilabel(recipe: dict, where: str) -> None:
     """A multi-label data set (multi-hot targets): refuse, before anything is built or written,
-    every sampler, loss and augmentation that does not declare ``multilabel`` (it would index by
-    a class id the targets do not have), and generators (they make images of one class)."""
+    every sampler, loss, augmentation and generator that does not declare ``multilabel`` (it
+    would index by a class id the targets do not have; a generator makes images of one class).
+    The other direction, an entry for multi-hot targets only (``single_label = False``) on a
+    single-label set, is refused once the phase's parts are built (their parameters checked)."""
     named = [(SAMPLERS, recipe["sampler"], where + "sampler"),
              (LOSSES, recipe["loss"], where + "loss"),
              *((AUGMENTS, cfg, f"{where}augment[{i}]") for i, cfg in enumerate(recipe["augment"]))]
@@ -188,10 +195,9 @@ def check_multilabel(recipe: dict, where: str) -> None:
         named.append((GENERATORS, recipe["generator"], where + "generator"))
     for registry, cfg, key in named:
         name = cfg if isinstance(cfg, str) else cfg.get("name") if isinstance(cfg, dict) else None
-        if name is None:
-            continue  # the registry's build names the malformed entry
-        entry = registry.get(name, key=key)
-        if not getattr(entry, "multilabel", False):
+        if not isinstance(name, str) or name not in registry.names():
+            continue  # the registry's build names the unknown or malformed entry
+        if not getattr(registry.get(name), "multilabel", False):
             accepted = [n for n in registry.names()
                         if getattr(registry.get(n), "multilabel", False)]
             raise ConfigError(f"{registry.kind} '{name}' takes single-label targets, and the data "

@@ -33,6 +33,7 @@ class MultiLabelLoss(LTLoss):
     """
 
     multilabel = True
+    single_label = False
     batch_normalized = True
 
     def __init__(self, weights: Any = None, **base: Any):
