@@ -11,7 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score
 
-from conftest import resumed_run
+from conftest import PerEntry, resumed_run
 from lttoolbox.batch import Batch
 from lttoolbox.engine import Trainer, train
 from lttoolbox.engine.build import check_multilabel
@@ -100,6 +100,37 @@ def test_bad_parameters_are_refused_naming_the_key(param, value):
         DATASETS.build({**SMALL, param: value}, key="data")
 
 
+#: name -> recipe of every multi-label data set (declared ``multilabel`` on its entry), small.
+ML_CASES = PerEntry(DATASETS, {"digits_mlt": SMALL}, where="ML_CASES in tests/test_multilabel.py",
+                    select=lambda entry: getattr(entry, "multilabel", False))
+
+
+def test_every_multilabel_dataset_has_a_contract_case():
+    ML_CASES.check()
+    assert ML_CASES.names  # digits_mlt at least
+
+
+@pytest.mark.parametrize("name", ML_CASES.names)
+def test_multilabel_dataset_contract(name):
+    cfg = ML_CASES[name]
+    built = DATASETS.build(cfg)
+    assert built.multilabel and built.meta["dataset"] == name
+    for ds in (built.train, built.test):
+        assert ds.images.dtype == torch.uint8 and ds.images.dim() == 4
+        assert ds.labels.dtype == torch.float32 and ds.labels.shape == (len(ds), ds.num_classes)
+        assert set(ds.labels.unique().tolist()) <= {0.0, 1.0}
+        assert ds.class_counts == ds.labels.sum(0).long().tolist() and min(ds.class_counts) > 0
+    assert built.meta["train_class_counts"] == built.train.class_counts
+    x = built.train.images[:4]
+    for transform in (built.train_transform, built.eval_transform):
+        assert transform(x).dtype == torch.float32 and transform(x).shape == x.shape
+    again = DATASETS.build(cfg)
+    assert torch.equal(again.train.images, built.train.images)
+    assert torch.equal(again.train.labels, built.train.labels) and again.meta == built.meta
+    with pytest.raises(ConfigError, match="bogus"):
+        DATASETS.build({**cfg, "bogus": 1}, key="data")
+
+
 # ------------------------------------------------------------------------------------- losses
 def test_bce_is_the_element_mean_per_sample():
     rng = np.random.default_rng(0)
@@ -119,6 +150,27 @@ def test_bce_is_the_element_mean_per_sample():
     assert np.isclose(float(mixed), np.mean(lam.numpy() * by_hand + (1 - lam.numpy()) * other))
 
 
+MULTILABEL_LOSSES = [n for n in LOSSES.names() if getattr(LOSSES.get(n), "multilabel", False)]
+
+
+@pytest.mark.parametrize("name", MULTILABEL_LOSSES)
+def test_multilabel_loss_gradients_and_extremes(name):
+    counts = [40, 20, 8, 3]
+    loss = LOSSES.build({"name": name}, class_counts=counts, num_classes=4, total_epochs=4,
+                        labels=np.eye(4)[[0, 0, 1, 2, 3, 0, 1, 0]])
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(5, 4, generator=g) < 0.4).double()
+    z = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: loss(v, y), (z,))
+    big = torch.tensor([[80.0, -80.0, 0.0, 40.0]] * 2, requires_grad=True)
+    value = loss(big, torch.tensor([[0.0, 1.0, 1.0, 0.0]] * 2))
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(big.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = loss(z.detach().to(torch.bfloat16), y.float())
+    assert half.dtype == torch.float32
+
+
 def test_bce_refuses_class_ids_and_weights():
     loss = LOSSES.build({"name": "bce"}, class_counts=[2, 2], num_classes=2)
     with pytest.raises(ValueError, match="multi-hot"):
@@ -128,13 +180,22 @@ def test_bce_refuses_class_ids_and_weights():
 
 
 # ------------------------------------------------------------------------------------- samplers
+MATRIX = np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=np.float32)
+
+
 def test_instance_sampler_draws_every_image_of_a_label_matrix():
-    matrix = np.array([[1, 0], [1, 1], [0, 1], [1, 0]], dtype=np.float32)
-    sampler = SAMPLERS.build({"name": "instance"}, labels=matrix, num_classes=2, seed=0)
+    sampler = SAMPLERS.build({"name": "instance"}, labels=MATRIX, num_classes=2, seed=0)
     assert sorted(sampler.indices().tolist()) == [0, 1, 2, 3]
     assert sampler.class_counts.tolist() == [3, 2]
+    with pytest.raises(DataError, match="only 0 and 1"):
+        SAMPLERS.get("instance")(labels=MATRIX * 2, num_classes=2)
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLERS.names()
+                                  if not getattr(SAMPLERS.get(n), "multilabel", False)])
+def test_class_id_samplers_refuse_a_label_matrix(name):
     with pytest.raises(DataError, match="single-label"):
-        SAMPLERS.build({"name": "class_balanced"}, labels=matrix, num_classes=2, seed=0)
+        SAMPLERS.get(name)(labels=MATRIX, num_classes=2, seed=0, total_epochs=4)
 
 
 # ------------------------------------------------------------------------------------- refusals
@@ -161,9 +222,13 @@ def test_single_label_augmentations_are_refused_and_mixing_ones_accepted():
     check_multilabel(ml_recipe() | {"augment": [{"name": "mixup"}]}, "")
 
 
-def test_trainer_refuses_before_anything_is_written(tmp_path):
-    with pytest.raises(ConfigError, match="takes single-label targets") as err:
-        Trainer(ml_recipe("loss.name=ce"), tmp_path / "run")
+@pytest.mark.parametrize("data, loss, says", [(SMALL, "ce", "takes single-label targets"),
+                                               ({"name": "digits_lt"}, "bce",
+                                                "takes multi-hot targets")])
+def test_trainer_refuses_before_anything_is_written(tmp_path, data, loss, says):
+    recipe = ml_recipe(f"loss.name={loss}") | {"data": data}
+    with pytest.raises(ConfigError, match=says) as err:
+        Trainer(recipe, tmp_path / "run")
     assert err.value.key == "loss"
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 

@@ -203,3 +203,8 @@ def digits_mlt(num_train: int = 2000, num_test: int = 1000, imbalance_ratio: flo
             "crop_padding": crop_padding, "hflip": False, "path": "memory"}
     return DataBundle(train, test, BatchTransform(mean, std, crop_padding=crop_padding),
                       BatchTransform(mean, std), meta)
+
+
+#: A data-set entry declares the kind of its bundles: a multi-label one (its test contract and
+#: the trainer's evaluation differ from the single-label sets').
+digits_mlt.multilabel = True
