@@ -39,7 +39,7 @@ def bundle():
 @pytest.fixture(scope="module")
 def ml_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ml") / "run"
-    results = train(ml_recipe(), out, quiet=True)
+    results = train(ml_recipe("eval.every=1"), out, quiet=True)
     return out, results
 
 
@@ -284,6 +284,13 @@ def test_multilabel_run_reports_sklearn_map(ml_run):
     expected = 100 * average_precision_score(test.labels.numpy(), logits, average=None).mean()
     assert np.isclose(saved["mAP"], expected, atol=1e-9)
     assert json.loads((out / "data.json").read_text())["multilabel"] is True
+    # the evaluation during training (eval.every) logs the mAP too
+    assert set(saved["history"][0]["eval"]) == {"mAP", "head_mAP", "medium_mAP", "tail_mAP"}
+    from lttoolbox.engine.plots import plots_available
+    if plots_available():  # per-class AP and the curves; no confusion matrix
+        assert (out / "per_class_accuracy.png").is_file()
+        assert (out / "training_curves.png").is_file()
+        assert not (out / "confusion_matrix.png").exists()
 
 
 def test_lteval_reproduces_the_run(ml_run, capsys):
