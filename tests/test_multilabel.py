@@ -284,6 +284,10 @@ def test_multilabel_run_reports_sklearn_map(ml_run):
     expected = 100 * average_precision_score(test.labels.numpy(), logits, average=None).mean()
     assert np.isclose(saved["mAP"], expected, atol=1e-9)
     assert json.loads((out / "data.json").read_text())["multilabel"] is True
+    from lttoolbox.engine.logged_run import final_scalars
+    assert final_scalars(saved) == {f"final/{k}": saved[k] for k in
+                                    ("mAP", "head_mAP", "medium_mAP", "tail_mAP")
+                                    if saved[k] is not None}
     # the evaluation during training (eval.every) logs the mAP too
     assert set(saved["history"][0]["eval"]) == {"mAP", "head_mAP", "medium_mAP", "tail_mAP"}
     from lttoolbox.engine.plots import plots_available
