@@ -131,8 +131,11 @@ class LTSampler(Component, Sampler):
         labels: Shorthand for ``context.labels`` (standalone use).
         context: What the data and the run tell the sampler (the trainer passes it). It reads
             ``labels`` (the training label of every image, 1-D integers, numpy array or
-            tensor), ``num_classes`` (C; ``None`` infers ``max(labels) + 1``), ``seed`` (the
-            stream depends only on ``(seed, epoch)``), ``rank`` and ``world_size`` (``None``:
+            tensor; for a sampler that declares ``multilabel``, a multi-hot matrix ``(N, C)``
+            is accepted too: it is kept as ``label_matrix``, ``class_counts`` are the images per
+            label, and the class-block machinery is not built), ``num_classes`` (C; ``None``
+            infers ``max(labels) + 1``), ``seed`` (the stream depends only on
+            ``(seed, epoch)``), ``rank`` and ``world_size`` (``None``:
             from ``torch.distributed`` if it is initialised, else 0 and 1) and
             ``total_epochs`` (progressive sampling needs it).
         num_classes, seed, rank, world_size, total_epochs: Shorthands for these fields of the
