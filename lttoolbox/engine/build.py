@@ -102,14 +102,14 @@ class PhaseBuilder:
         keys = [where + "sampler", where + "loss",
                 *(f"{where}augment[{i}]" for i in range(len(augments))), where + "generator"]
         for part, key in zip(phase.components, keys):
+            if not isinstance(part, Component):  # the trainer calls the declared methods
+                raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
+                                  f"derive it from Component (docs/extending.md)", key=key)
             if not self.data.multilabel and not part.single_label:
                 raise ConfigError(f"{part.registry_name or type(part).__name__} takes multi-hot "
                                   f"targets, and the data set is single-label (one class per "
                                   f"image); use it with a multi-label data set such as "
                                   f"digits_mlt", key=key)
-            if not isinstance(part, Component):  # the trainer calls the declared methods
-                raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
-                                  f"derive it from Component (docs/extending.md)", key=key)
             try:  # a component that needs a kind of model says why this one is not
                 part.check_model(self.model)
             except ConfigError as err:
