@@ -288,8 +288,12 @@ def test_multilabel_run_reports_sklearn_map(ml_run):
     assert final_scalars(saved) == {f"final/{k}": saved[k] for k in
                                     ("mAP", "head_mAP", "medium_mAP", "tail_mAP")
                                     if saved[k] is not None}
-    # the evaluation during training (eval.every) logs the mAP too
+    # the evaluation during training (eval.every) logs the mAP too, in metrics.csv as well
     assert set(saved["history"][0]["eval"]) == {"mAP", "head_mAP", "medium_mAP", "tail_mAP"}
+    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
+    logged = [float(r["eval_mAP"]) if r["eval_mAP"] else None for r in rows]
+    assert logged == [h.get("eval", {}).get("mAP") for h in saved["history"]]
+    assert logged[0] is not None  # the last epoch's evaluation is the final one, in results
     from lttoolbox.engine.plots import plots_available
     if plots_available():  # per-class AP and the curves; no confusion matrix
         assert (out / "per_class_accuracy.png").is_file()
