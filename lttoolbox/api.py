@@ -197,6 +197,13 @@ class Component:
     needs_validation: bool = False
     adds_rows: bool = False
     regroups_rows: bool = False
+    #: Whether it accepts multi-hot targets (rows of ``(B, C)``, a multi-label data set): the
+    #: trainer refuses, before anything is written, every sampler, loss and augmentation of a
+    #: multi-label run that does not declare it.
+    multilabel: bool = False
+    #: Whether it accepts class-id targets ``(B,)`` (a single-label data set); ``False`` for an
+    #: entry made for multi-hot targets only, which the trainer refuses on single-label data.
+    single_label: bool = True
     start_epoch: int = 0
     end_epoch: int | None = None
     epoch: int = 0

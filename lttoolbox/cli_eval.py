@@ -11,9 +11,10 @@ It prints the same results table as training and writes ``RUN_DIR/eval-<name>.js
 same metrics as ``results.json`` (top-1, mean per class, many / medium / few, per class, the
 confusion matrix, ECE), through the trainer's own evaluation. The model is evaluated as it was
 trained (normalisation, memory format, autocast), so ``lteval RUN_DIR`` reproduces
-``results.json``. Many / medium / few use the run's training counts. Only ``data.*`` and
-``eval.*`` may be overridden. An image folder is read as test images only (no ``train/`` folder,
-no long-tail profile), labelled by the run's class names.
+``results.json``. Many / medium / few use the run's training counts. A multi-label run is
+evaluated with mAP, its head / medium / tail groups and the per-class AP, as in training.
+Only ``data.*`` and ``eval.*`` may be overridden. An image folder is read as test images only
+(no ``train/`` folder, no long-tail profile), labelled by the run's class names.
 
 Evaluation only reads the run directory (it takes no lock): a run archived on a read-only file
 system is evaluated and printed (``--out FILE`` saves the evaluation elsewhere), and a run that
@@ -59,7 +60,8 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
     is training (it holds ``RUN_DIR/.lock``) is refused, naming that process.
     """
     from .data.datapath import build_data_path
-    from .engine.evaluate import metrics_from_predictions, predict_batches, ranks_for
+    from .engine.evaluate import (metrics_from_predictions, multilabel_metrics,
+                                  predict_batches, ranks_for, score_batches)
     from .engine.provenance import git_commit, machine_info
     from .recipe import apply_overrides, recipe_hash, resolve
     from .registry import DATASETS
@@ -102,11 +104,23 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] = (), weights: str | 
     # in memory or streamed from the files, as the data set says
     path = build_data_path(data, run.device, workers=recipe["train"]["workers"],
                            stats=(run.info["mean"], run.info["std"]))
-    pred, conf = predict_batches(run.model, path.eval_batches("test", ev["batch_size"]),
-                                 run.autocast, k=ranks_for(len(classes)))
-    metrics = metrics_from_predictions(pred, path.eval_labels("test"), conf, len(classes),
-                                       run.info["train_class_counts"], ev["many_threshold"],
-                                       ev["few_threshold"], ev["ece_bins"])
+    if data.multilabel != bool(run.info.get("multilabel", False)):
+        kinds = {True: "multi-label", False: "single-label"}
+        raise RunError(f"the data is {kinds[data.multilabel]}, the model of {run.dir} was "
+                       f"trained on {kinds[bool(run.info.get('multilabel', False))]} data")
+    if data.multilabel:  # mAP of the logits, as the trainer's evaluation
+        scores = score_batches(run.model, path.eval_batches("test", ev["batch_size"]),
+                               run.autocast).reshape(-1, len(classes))
+        metrics = multilabel_metrics(scores, path.eval_labels("test"),
+                                     run.info["train_class_counts"], ev["many_threshold"],
+                                     ev["few_threshold"])
+    else:
+        pred, conf = predict_batches(run.model, path.eval_batches("test", ev["batch_size"]),
+                                     run.autocast, k=ranks_for(len(classes)))
+        metrics = metrics_from_predictions(pred, path.eval_labels("test"), conf, len(classes),
+                                           run.info["train_class_counts"],
+                                           ev["many_threshold"], ev["few_threshold"],
+                                           ev["ece_bins"])
     doc = {**metrics, "class_names": classes, "weights": run.weights.name,
            "phase": phase_name, "overrides": overrides, "data": data.meta,
            "recipe_hash": recipe_hash(run.recipe), "commit": git_commit(),

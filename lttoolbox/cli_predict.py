@@ -14,6 +14,12 @@ run's training class frequencies: the post-hoc logit adjustment of Menon et al. 
 learning via logit adjustment", ICLR 2021, Eq. 9), which raises rare classes for a balanced test
 distribution; tau = 1 is the Bayes-optimal correction for the balanced error.
 
+A multi-label run (its data set is multi-label) writes instead, per image, its path, the labels
+whose sigmoid probability is at least ``--threshold`` (default 0.5; ``;``-separated), then every
+label's probability::
+
+    ltpredict RUN_DIR mosaics/ --threshold 0.5
+
 A file that cannot be decoded is named and skipped; the others are still predicted, the skipped
 ones are listed at the end and the exit code is 1.
 """
@@ -51,28 +57,11 @@ def image_files(arguments: list[str]) -> list[Path]:
     return files
 
 
-def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: float = 0.0,
-                  weights: str | None = None, device: str | None = None, batch_size: int = 256
-                  ) -> tuple[list[list], list[tuple[Path, str]]]:
-    """Predict image files with a run's model.
-
-    Returns:
-        ``(rows, skipped)``: CSV rows ``[path, class_1, prob_1, ...]`` and ``(path, reason)`` of
-        every file that could not be decoded.
-    """
-    import numpy as np
-    import torch
-
+def decode_files(info: dict, files: list[Path]) -> tuple[list, list[Path], list[tuple[Path, str]]]:
+    """The files decoded as the run's data was (``info``: its ``data.json``): the uint8 images,
+    the files they came from, and ``(path, reason)`` of every file that could not be decoded."""
     from .data.folder_io import decode_image
-    from .engine.evaluate import predict_topk
-    from .runs import open_run
 
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
-        raise ConfigError(f"must be a positive integer, got {topk!r}", key="--topk")
-    if not math.isfinite(tau):
-        raise ConfigError(f"must be a finite number, got {tau!r}", key="--tau")
-    run = open_run(run_dir, weights, device)
-    info = run.info
     if info.get("path") == "stream":  # as the run evaluated: resize, then centre crop
         from .data.stream import StreamTransform, read_image
         crop = StreamTransform(info["image_size"], train=False, resize=info["eval_resize"])
@@ -89,6 +78,31 @@ def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: fl
             kept.append(path)
         except DataError as err:
             skipped.append((path, str(err).split(": ", 2)[-1]))
+    return images, kept, skipped
+
+
+def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: float = 0.0,
+                  weights: str | None = None, device: str | None = None, batch_size: int = 256
+                  ) -> tuple[list[list], list[tuple[Path, str]]]:
+    """Predict image files with a run's model.
+
+    Returns:
+        ``(rows, skipped)``: CSV rows ``[path, class_1, prob_1, ...]`` and ``(path, reason)`` of
+        every file that could not be decoded.
+    """
+    import numpy as np
+    import torch
+
+    from .engine.evaluate import predict_topk
+    from .runs import open_run
+
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"must be a positive integer, got {topk!r}", key="--topk")
+    if not math.isfinite(tau):
+        raise ConfigError(f"must be a finite number, got {tau!r}", key="--tau")
+    run = open_run(run_dir, weights, device)
+    info = run.info
+    images, kept, skipped = decode_files(info, files)
     rows: list[list] = []
     if kept:
         offset = None
@@ -105,6 +119,54 @@ def predict_files(run_dir: str | Path, files: list[Path], topk: int = 5, tau: fl
                 row += [names[int(c)], f"{float(p):.6f}"]
             rows.append(row)
     return rows, skipped
+
+
+def predict_labels(run_dir: str | Path, files: list[Path], threshold: float = 0.5,
+                   weights: str | None = None, device: str | None = None,
+                   batch_size: int = 256) -> tuple[list[str], list[list], list[tuple[Path, str]]]:
+    """Per-label scores of image files under a multi-label run's model.
+
+    Returns:
+        ``(header, rows, skipped)``: the CSV header ``path, labels, prob_<class>...``, one row
+        per image (its path, the labels with ``sigmoid(logit) >= threshold`` joined by ``;``,
+        every label's probability) and ``(path, reason)`` of every file that could not be
+        decoded.
+    """
+    import numpy as np
+    import torch
+
+    from .engine.evaluate import batched_logits
+    from .runs import open_run
+
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+            or not 0 <= threshold <= 1:
+        raise ConfigError(f"must be a probability in [0, 1], got {threshold!r}",
+                          key="--threshold")
+    run = open_run(run_dir, weights, device)
+    info = run.info
+    images, kept, skipped = decode_files(info, files)
+    names = info["classes"]
+    header = ["path", "labels", *(f"prob_{name}" for name in names)]
+    rows: list[list] = []
+    if kept:
+        batch = torch.from_numpy(np.stack(images)).to(run.device)
+        probs = torch.cat([torch.sigmoid(z) for z in batched_logits(
+            run.model, batch, run.eval_transform, batch_size, run.autocast)]).cpu().numpy()
+        for path, p in zip(kept, probs):
+            chosen = ";".join(names[c] for c in np.flatnonzero(p >= threshold))
+            rows.append([str(path), chosen, *(f"{float(v):.6f}" for v in p)])
+    return header, rows, skipped
+
+
+def run_is_multilabel(run_dir: str | Path) -> bool:
+    """Whether a run's data set was multi-label (its ``data.json`` says so)."""
+    import json
+
+    from .rundir import RunDir
+    try:
+        return bool(json.loads(Path(RunDir(run_dir).data).read_text()).get("multilabel"))
+    except (OSError, ValueError):
+        return False  # open_run names what is missing
 
 
 def check_out_file(out: str | Path) -> None:
@@ -138,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topk", type=int, default=5, help="classes per image (default 5)")
     parser.add_argument("--tau", type=float, default=0.0,
                         help="post-hoc logit adjustment strength (Menon et al. 2021); 0 = none")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="multi-label runs: a label is predicted when its sigmoid "
+                             "probability is at least this (default 0.5)")
     parser.add_argument("--out", help="CSV file to write (default: standard output)")
     parser.add_argument("--weights", help="weights file (default: the last phase's)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the run's train.device)")
@@ -147,13 +212,27 @@ def main(argv: list[str] | None = None) -> int:
     def body(console) -> int:
         if args.out:
             check_out_file(args.out)
-        rows, skipped = predict_files(args.run, image_files(args.images), args.topk, args.tau,
-                                      args.weights, args.device, args.batch_size)
-        width = max((len(r) - 1) // 2 for r in rows) if rows else 0
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path"] + [f"{kind}_{i}" for i in range(1, width + 1)
-                                    for kind in ("class", "prob")])
+        if run_is_multilabel(args.run):
+            if args.tau:
+                raise ConfigError("is a softmax prior correction of single-label runs; a "
+                                  "multi-label run thresholds each label (--threshold)",
+                                  key="--tau")
+            header, rows, skipped = predict_labels(
+                args.run, image_files(args.images),
+                0.5 if args.threshold is None else args.threshold, args.weights, args.device,
+                args.batch_size)
+            writer.writerow(header)
+        else:
+            if args.threshold is not None:
+                raise ConfigError("applies to multi-label runs; this run predicts one class "
+                                  "per image (--topk)", key="--threshold")
+            rows, skipped = predict_files(args.run, image_files(args.images), args.topk,
+                                          args.tau, args.weights, args.device, args.batch_size)
+            width = max((len(r) - 1) // 2 for r in rows) if rows else 0
+            writer.writerow(["path"] + [f"{kind}_{i}" for i in range(1, width + 1)
+                                        for kind in ("class", "prob")])
         writer.writerows(rows)
         if args.out:
             atomic_write_text(args.out, buffer.getvalue())

@@ -532,38 +532,43 @@ def remove_temp_files(out: Path) -> list[Path]:
 # ------------------------------------------------------------------ log.jsonl and metrics.csv
 CSV_FIELDS = ("phase", "epoch", "loss", "lr", "seconds", "images_per_second")
 EVAL_FIELDS = ("top1", "mean_class_acc", "many", "medium", "few")
+#: A multi-label run's evaluation columns.
+MULTILABEL_EVAL_FIELDS = ("mAP", "head_mAP", "medium_mAP", "tail_mAP")
 
 
-def csv_line(row: dict, terms: tuple = ()) -> str:
+def csv_line(row: dict, terms: tuple = (), fields: tuple = EVAL_FIELDS) -> str:
     """One ``metrics.csv`` line: the epoch's fields, its loss terms (empty in a phase without
-    them), then its evaluation (empty without one)."""
+    them), then its evaluation's ``fields`` (empty without one)."""
     evaluation = row.get("eval") or {}
     parts = row.get("loss_terms") or {}
     values = ([row[f] for f in CSV_FIELDS] + [parts.get(t) for t in terms]
-              + [evaluation.get(f) for f in EVAL_FIELDS])
+              + [evaluation.get(f) for f in fields])
     return ",".join("" if v is None else str(v) for v in values) + "\n"
 
 
-def csv_header(terms: tuple = ()) -> str:
-    """``metrics.csv``'s header: a ``loss_<name>`` column per loss term any phase logs."""
+def csv_header(terms: tuple = (), fields: tuple = EVAL_FIELDS) -> str:
+    """``metrics.csv``'s header: a ``loss_<name>`` column per loss term any phase logs, then an
+    ``eval_<metric>`` column per evaluation field (:data:`MULTILABEL_EVAL_FIELDS` for a
+    multi-label run)."""
     return ",".join(CSV_FIELDS + tuple(f"loss_{t}" for t in terms)
-                    + tuple(f"eval_{f}" for f in EVAL_FIELDS)) + "\n"
+                    + tuple(f"eval_{f}" for f in fields)) + "\n"
 
 
-def write_log(out: Path, history: list[dict], terms: tuple = ()) -> None:
+def write_log(out: Path, history: list[dict], terms: tuple = (),
+              fields: tuple = EVAL_FIELDS) -> None:
     """``log.jsonl`` (one JSON line per trained epoch) and ``metrics.csv`` (the same, one row per
     epoch, with a column per name in ``terms``), both rewritten atomically from ``history``."""
     run = RunDir(out)
     atomic_write_text(run.log, "".join(json.dumps(row) + "\n" for row in history))
-    atomic_write_text(run.metrics, csv_header(terms) + "".join(csv_line(row, terms)
-                                                            for row in history))
+    atomic_write_text(run.metrics, csv_header(terms, fields)
+                      + "".join(csv_line(row, terms, fields) for row in history))
 
 
-def append_log(out: Path, row: dict, terms: tuple = ()) -> None:
+def append_log(out: Path, row: dict, terms: tuple = (), fields: tuple = EVAL_FIELDS) -> None:
     """Add one epoch to ``log.jsonl`` and ``metrics.csv`` (the checkpointed history stays the
     reference they are rewritten from; ``terms`` as given to :func:`write_log`)."""
     run = RunDir(out)
     with open(run.log, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
     with open(run.metrics, "a", encoding="utf-8") as handle:
-        handle.write(csv_line(row, terms))
+        handle.write(csv_line(row, terms, fields))

@@ -45,7 +45,7 @@ MODEL_FOR = {"bbn": {"name": "two_branch_digits_cnn", "layout": "bbn"},
              "dbn_mix": {"name": "two_branch_digits_cnn", "layout": "dbn_mix"}}
 FAMILIES = {"sampler": SAMPLERS, "loss": LOSSES, "augment": AUGMENTS, "generator": GENERATORS}
 FLAGS = ("mixes", "generates", "adds_loss", "adds_images", "reads_trained_model", "learned",
-         "adds_rows", "regroups_rows")
+         "adds_rows", "regroups_rows", "multilabel", "single_label")
 
 
 def shipped(registry) -> list[str]:
@@ -127,8 +127,10 @@ def test_the_component_contract(family, name):
         assert extra is None or (extra.dim() == 0 and torch.isfinite(extra))
     else:
         assert extra is None
-    if family == "loss":
-        value = part(logits.detach(), batch.y_a)
+    if family == "loss":  # a loss on multi-hot targets only scores the one-hot rows
+        target = (batch.y_a if part.single_label
+                  else torch.nn.functional.one_hot(batch.y_a, len(COUNTS)).float())
+        value = part(logits.detach(), target)
         assert value.dim() == 0 and torch.isfinite(value)
     if family == "sampler":
         idx = part.indices()

@@ -156,7 +156,9 @@ CASES = PerEntry(DATASETS, {
                                      "val_json": str(fx["lists"]["test_json"]),
                                      "imbalance_type": "exp", "imbalance_ratio": 2,
                                      "image_size": 8, "cache_dir": str(tmp)}, 6, 3, 2),
-}, where="CASES in tests/test_data.py")
+}, where="CASES in tests/test_data.py",
+    # multi-label sets (multi-hot labels, no single-label profile): tests/test_multilabel.py
+    select=lambda entry: not getattr(entry, "multilabel", False))
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def test_a_window_that_never_opens_warns(name):
     (np.array([0, 1, 3, 1]), 3, "label 3 at position 2 is outside"),
     (np.array([0, -1, 1]), 2, "label -1"),
     (np.array([0, 0, 2, 2]), 3, r"class 1\)"),
-    (np.array([[0, 1], [1, 0]]), 2, "1-D"),
+    (np.zeros((2, 2, 1), dtype=np.int64), 2, "1-D"),  # 2-D: a multi-label matrix
     (np.array([0.0, 1.0]), 2, "integers"),
 ])
 def test_bad_labels_raise_data_errors(name, labels, num_classes, match):

@@ -98,6 +98,8 @@ class CutMix(MixingAugment):
         [0.0, 1.25, 1.75]
     """
 
+    multilabel = True  # mixes the targets through lam only: multi-hot rows mix alike
+
     def __init__(self, alpha: float = 1.0, p: float = 0.5, start_epoch: int = 0,
                  end_epoch: int | None = None, *, context: Context | None = None):
         super().__init__(p, start_epoch, end_epoch, "input", context=context)

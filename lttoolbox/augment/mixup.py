@@ -72,6 +72,8 @@ class Mixup(MixingAugment):
         [0.1362, 0.8638, 2.1362, 2.8638]
     """
 
+    multilabel = True  # mixes the targets through lam only: multi-hot rows mix alike
+
     def __init__(self, alpha: float = 1.0, p: float = 1.0, start_epoch: int = 0,
                  end_epoch: int | None = None, point: str = "input", *,
                  context: Context | None = None):
@@ -122,6 +124,8 @@ class ManifoldMixup(MixingAugment):
         >>> [round(v, 4) for v in h.flatten().tolist()]  # 0.4886 * 0 + 0.5114 * 1, 0.4886 * 1 + 0
         [0.5114, 0.4886]
     """
+
+    multilabel = True  # mixes the targets through lam only: multi-hot rows mix alike
 
     def __init__(self, alpha: float = 2.0, point: str | Sequence[str] = "features",
                  p: float = 1.0, start_epoch: int = 0, end_epoch: int | None = None, *,

@@ -35,7 +35,8 @@ from .transforms import BatchTransform
 
 
 class LTDataset(Dataset):
-    """A labelled image set held in memory as uint8 tensors.
+    """A labelled image set held in memory as uint8 tensors (one class per image; a multi-label
+    set is :class:`~lttoolbox.data.multilabel.MultiLabelDataset`).
 
     Args:
         images: uint8 ``(N, C, H, W)`` on the CPU (numpy array or tensor).
@@ -49,6 +50,9 @@ class LTDataset(Dataset):
         >>> len(ds), ds.num_classes, ds.class_counts
         (3, 2, [1, 2])
     """
+
+    #: Whether the targets are multi-hot rows ``(N, C)`` rather than class ids ``(N,)``.
+    multilabel = False
 
     def __init__(self, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray,
                  classes: Sequence[str], mean: Sequence[float], std: Sequence[float]):
@@ -133,6 +137,12 @@ class DataBundle:
     def num_classes(self) -> int:
         """Number of classes."""
         return self.train.num_classes
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the targets are multi-hot rows (a multi-label task: ``task: multilabel`` is
+        implied by the data set)."""
+        return bool(getattr(self.train, "multilabel", False))
 
     @property
     def in_channels(self) -> int:
@@ -483,6 +493,8 @@ def data_info(bundle) -> dict:
             "train_class_counts": [int(c) for c in bundle.train.class_counts],
             "mean": list(bundle.train.mean), "std": list(bundle.train.std),
             "in_channels": int(bundle.in_channels), "image_size": int(bundle.image_size)}
+    if bundle.multilabel:  # read back by lteval and ltpredict
+        info["multilabel"] = True
     if bundle.path == "stream":  # a new image is resized and centre-cropped as in evaluation
         info.update(path="stream", eval_resize=int(bundle.eval_transform.resize))
     return info

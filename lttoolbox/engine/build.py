@@ -33,7 +33,9 @@ class PhaseBuilder:
         """What the phase's entries are offered: the :class:`~lttoolbox.api.Context` and its
         fields by name."""
         labels = self.data_path.train_labels()  # grown by a phase that adds images
-        counts = np.bincount(labels, minlength=self.num_classes).tolist()
+        # a multi-label set's labels are its multi-hot matrix (N, C): images per label
+        counts = (labels.sum(0).astype(np.int64).tolist() if labels.ndim == 2
+                  else np.bincount(labels, minlength=self.num_classes).tolist())
         return Context(
             class_counts=counts, num_classes=self.num_classes,
             # a 0-epoch phase (only a model change) still builds its components
@@ -87,6 +89,8 @@ class PhaseBuilder:
                               key=f"{where}model.{sorted(changed)[0]}")
         self._check_head(recipe, index, where)
         per_rank_batch(recipe["train"]["batch_size"], self.world, where + "train.batch_size")
+        if self.data.multilabel:  # before building: an entry may index by class id as it builds
+            check_multilabel(recipe, where)
         ctx = self._context(recipe)
         sampler = SAMPLERS.build(recipe["sampler"], key=where + "sampler", **ctx)
         loss = LOSSES.build(recipe["loss"], key=where + "loss", **ctx).to(self.device)
@@ -101,6 +105,11 @@ class PhaseBuilder:
             if not isinstance(part, Component):  # the trainer calls the declared methods
                 raise ConfigError(f"{type(part).__name__} is not an lttoolbox.api.Component; "
                                   f"derive it from Component (docs/extending.md)", key=key)
+            if not self.data.multilabel and not part.single_label:
+                raise ConfigError(f"{part.registry_name or type(part).__name__} takes multi-hot "
+                                  f"targets, and the data set is single-label (one class per "
+                                  f"image); use it with a multi-label data set such as "
+                                  f"digits_mlt", key=key)
             try:  # a component that needs a kind of model says why this one is not
                 part.check_model(self.model)
             except ConfigError as err:
@@ -171,6 +180,29 @@ class PhaseBuilder:
         """Components with trainable parameters of their own, named for ``optim.no_decay``."""
         return [(f"{type(part).__name__}{i}", part) for i, part in enumerate(phase.components)
                 if part.learned]
+
+
+def check_multilabel(recipe: dict, where: str) -> None:
+    """A multi-label data set (multi-hot targets): refuse, before anything is built or written,
+    every sampler, loss, augmentation and generator that does not declare ``multilabel`` (it
+    would index by a class id the targets do not have; a generator makes images of one class).
+    The other direction, an entry for multi-hot targets only (``single_label = False``) on a
+    single-label set, is refused once the phase's parts are built (their parameters checked)."""
+    named = [(SAMPLERS, recipe["sampler"], where + "sampler"),
+             (LOSSES, recipe["loss"], where + "loss"),
+             *((AUGMENTS, cfg, f"{where}augment[{i}]") for i, cfg in enumerate(recipe["augment"]))]
+    if recipe["generator"]:
+        named.append((GENERATORS, recipe["generator"], where + "generator"))
+    for registry, cfg, key in named:
+        name = cfg if isinstance(cfg, str) else cfg.get("name") if isinstance(cfg, dict) else None
+        if not isinstance(name, str) or name not in registry.names():
+            continue  # the registry's build names the unknown or malformed entry
+        if not getattr(registry.get(name), "multilabel", False):
+            accepted = [n for n in registry.names()
+                        if getattr(registry.get(n), "multilabel", False)]
+            raise ConfigError(f"{registry.kind} '{name}' takes single-label targets, and the data "
+                              f"set is multi-label (multi-hot targets); use one of "
+                              f"{', '.join(accepted) or '(none)'}", key=key)
 
 
 def check_accumulation(train: dict, loss, named: list, world, where: str) -> None:

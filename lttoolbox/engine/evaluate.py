@@ -206,3 +206,101 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                  autocast, k=ranks_for(len(train_counts)))
     return metrics_from_predictions(pred, labels.cpu().numpy(), conf, len(train_counts),
                                     train_counts, many_threshold, few_threshold, ece_bins)
+
+
+# --------------------------------------------------------------------------- multi-label metrics
+#: The class groups of the multi-label benchmarks by training images per label: head n >= 100,
+#: medium 20 <= n < 100, tail n < 20 (the official split files of VOC-MLT and COCO-MLT,
+#: wutong16/DistributionBalancedLoss@14460d0, ``appendix/.../class_split.pkl``, built by
+#: ``create_longtail_dataset.py:172-174``; a class with exactly 100 images is head there).
+HEAD_THRESHOLD = 100
+TAIL_THRESHOLD = 20
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> list[float | None]:
+    """Non-interpolated average precision of every class (column): the area under the
+    step-wise precision-recall curve, ``sum_k (R_k - R_{k-1}) P_k`` over the distinct score
+    thresholds in decreasing order (tied scores form one threshold), which is
+    ``sklearn.metrics.average_precision_score`` per column, the official evaluation's
+    (DistributionBalancedLoss@14460d0, ``mllt/core/evaluation/mean_ap.py:32``).
+
+    A class with no positive in ``targets`` has no AP: ``None`` (scikit-learn returns 0 there
+    with a warning, and the official code averages that 0 in; here it is left out of every mean,
+    so a subset without some class does not lower the mAP by a made-up 0).
+
+    Args:
+        scores: ``(N, C)`` scores; any increasing map of them (logits or sigmoid probabilities)
+            gives the same AP, up to ties the map creates (a float32 sigmoid saturates at 1,
+            so the evaluation ranks the logits).
+        targets: ``(N, C)`` multi-hot, 0/1.
+
+    Example:
+        >>> average_precision(np.array([[0.9], [0.8], [0.1]]), np.array([[1], [0], [1]]))
+        [0.8333333333333333]
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets) > 0.5
+    out: list[float | None] = []
+    for c in range(scores.shape[1]):
+        positives = int(targets[:, c].sum())
+        if positives == 0:
+            out.append(None)
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        s, y = scores[order, c], targets[order, c]
+        tp = np.cumsum(y)
+        # the last position of each group of tied scores: one threshold per distinct score
+        ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+        precision = tp[ends] / (ends + 1)
+        recall = tp[ends] / positives
+        out.append(float(np.sum(np.diff(np.r_[0.0, recall]) * precision)))
+    return out
+
+
+def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, train_counts: Sequence[int],
+                       head_threshold: int = HEAD_THRESHOLD,
+                       tail_threshold: int = TAIL_THRESHOLD) -> dict:
+    """The reported metrics of a multi-label evaluation, as percentages.
+
+    ``mAP`` is the mean of :func:`average_precision` over the classes with a positive test
+    image; ``head_mAP`` / ``medium_mAP`` / ``tail_mAP`` the same over the classes with
+    ``n >= head_threshold``, ``tail_threshold <= n < head_threshold`` and ``n < tail_threshold``
+    training images (``None`` for a group without such a class). ``mAP`` is over all classes,
+    not the mean of the three groups' (as the official ``tools/test.py:276``).
+
+    Example:
+        >>> m = multilabel_metrics(np.array([[2., 0.], [1., 3.], [0., 1.]]),
+        ...                        np.array([[1, 0], [0, 1], [1, 0]]), [150, 10])
+        >>> round(m["mAP"], 2), round(m["head_mAP"], 2), m["medium_mAP"], m["tail_mAP"]
+        (91.67, 83.33, None, 100.0)
+    """
+    targets = np.asarray(targets)
+    counts = np.asarray(train_counts)
+    ap = average_precision(scores, targets)
+    values = np.array([np.nan if a is None else 100.0 * a for a in ap])
+
+    def mean_over(mask: np.ndarray) -> float | None:
+        chosen = values[mask & ~np.isnan(values)]
+        return float(chosen.mean()) if chosen.size else None
+
+    return {
+        "mAP": mean_over(np.ones(len(values), dtype=bool)),
+        "head_mAP": mean_over(counts >= head_threshold),
+        "medium_mAP": mean_over((counts >= tail_threshold) & (counts < head_threshold)),
+        "tail_mAP": mean_over(counts < tail_threshold),
+        "per_class_ap": [None if np.isnan(v) else round(float(v), 4) for v in values],
+        "train_class_counts": [int(c) for c in counts],
+        "test_class_counts": [int(c) for c in np.rint(targets.sum(0)).astype(np.int64)],
+        "head_threshold": int(head_threshold),
+        "tail_threshold": int(tail_threshold),
+    }
+
+
+def score_batches(model: torch.nn.Module, batches: Iterable[torch.Tensor],
+                  autocast: Callable | None = None) -> np.ndarray:
+    """The logits ``(N, C)`` of transformed batches, gathered on the device and copied to the
+    host once (a multi-label evaluation ranks them per class)."""
+    out = [logits for logits in logits_of(model, batches, autocast)]
+    if not out:  # an empty shard
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).cpu().numpy()

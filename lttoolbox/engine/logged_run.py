@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Callable
 
 # The final evaluation's scalars every logger records.
-FINAL_KEYS = ("top1", "top5", "mean_class_acc", "many", "medium", "few", "ece")
+#: The final evaluation's scalars a logger receives (those a run's results hold: a multi-label
+#: run's are its mAP and groups).
+FINAL_KEYS = ("top1", "top5", "mean_class_acc", "many", "medium", "few", "ece", "mAP", "head_mAP",
+              "medium_mAP", "tail_mAP")
 
 
 @dataclass

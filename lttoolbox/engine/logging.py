@@ -64,8 +64,12 @@ class RunLogger:
         self.info(summary)
 
     def results_table(self, results: dict, title: str = "Results") -> None:
-        """Overall and per-split accuracies, then per-class accuracy with training counts."""
+        """Overall and per-split accuracies, then per-class accuracy with training counts (for a
+        multi-label run: mAP, its head/medium/tail groups and the per-class AP)."""
         if self.silent:
+            return
+        if "mAP" in results:
+            self._multilabel_table(results, title)
             return
         if self.quiet:
             top5 = results.get("top5")
@@ -98,6 +102,35 @@ class RunLogger:
         names = results.get("class_names") or [str(i) for i in range(len(results["per_class_acc"]))]
         for name, count, acc in zip(names, results["train_class_counts"], results["per_class_acc"]):
             per_class.add_row(name, str(count), fmt(acc))
+        self.console.print(per_class)
+
+
+    def _multilabel_table(self, results: dict, title: str) -> None:
+        if self.quiet:
+            self.console.print(f"mAP {fmt(results['mAP'])}  head {fmt(results['head_mAP'])}  "
+                               f"medium {fmt(results['medium_mAP'])}  "
+                               f"tail {fmt(results['tail_mAP'])}")
+            return
+        table = Table(title=title)
+        trained = "epochs" in results
+        for column in ("mAP", "head mAP", "medium mAP", "tail mAP",
+                       *(("epochs", "img/s") if trained else ())):
+            table.add_column(column, justify="right")
+        table.add_row(fmt(results["mAP"]), fmt(results["head_mAP"]), fmt(results["medium_mAP"]),
+                      fmt(results["tail_mAP"]),
+                      *((str(results["epochs"]), f"{results['images_per_second']:.0f}")
+                        if trained else ()))
+        self.console.print(table)
+        if results.get("ema"):
+            self.console.print(f"moving average of the weights (train.ema): mAP "
+                               f"{fmt(results['ema']['mAP'])}")
+        per_class = Table(title="Per-class average precision (%)")
+        per_class.add_column("class")
+        per_class.add_column("train images", justify="right")
+        per_class.add_column("AP", justify="right")
+        names = results.get("class_names") or [str(i) for i in range(len(results["per_class_ap"]))]
+        for name, count, ap in zip(names, results["train_class_counts"], results["per_class_ap"]):
+            per_class.add_row(name, str(count), fmt(ap))
         self.console.print(per_class)
 
 

@@ -17,7 +17,8 @@ from ..epochs import UnreachableEpochWarning
 from ..recipe import phase_recipes
 from .device import phase_seed
 from .distributed import gather_predictions, mean_over_ranks, per_rank_batch, sync_buffers
-from .evaluate import metrics_from_predictions, predict_batches, ranks_for
+from .evaluate import (metrics_from_predictions, multilabel_metrics, predict_batches, ranks_for,
+                       score_batches)
 from .events import RunPhaseEvents, RunStepEvents
 from .monitor import check_divergence
 from .optim import lr_at, set_lr, warms_up_per_step
@@ -203,6 +204,16 @@ class EpochLoop:
         sync_buffers(model, self.world)  # rank 0's batch-norm statistics, as checkpointed
         total = self.data_path.eval_size(split)
         positions = shard(total, self.world.rank, self.world.size)
+        if self.data.multilabel:  # multi-hot targets: average precision of the logits' ranks
+            scores = score_batches(model, self.data_path.eval_batches(
+                split, ev["batch_size"], positions), autocast).reshape(-1, self.num_classes)
+            scores, _ = gather_predictions(positions, scores, np.zeros(len(positions)), total,
+                                           self.world)
+            # eval.many_threshold / few_threshold cut the groups as the multi-label
+            # benchmarks do: head n >= many_threshold, tail n < few_threshold
+            return multilabel_metrics(scores, self.data_path.eval_labels(split),
+                                      self.class_counts, ev["many_threshold"],
+                                      ev["few_threshold"])
         pred, conf = predict_batches(
             model, self.data_path.eval_batches(split, ev["batch_size"], positions), autocast,
             k=ranks_for(self.num_classes))

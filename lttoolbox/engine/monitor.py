@@ -38,7 +38,11 @@ def epoch_line(row: dict, label: str, epochs: int, eta_seconds: float) -> str:
             + (f" ({terms})" if terms else "")
             + f"  lr {row['lr']:.2e}  {row['images_per_second']:,.0f} img/s")
     evaluation = row.get("eval")
-    if evaluation:
+    if evaluation and "mAP" in evaluation:  # a multi-label run
+        split = "/".join("-" if evaluation.get(k) is None else f"{evaluation[k]:.1f}"
+                         for k in ("head_mAP", "medium_mAP", "tail_mAP"))
+        line += f"  mAP {evaluation['mAP']:.2f} (head/med/tail {split})"
+    elif evaluation:
         split = "/".join("-" if evaluation.get(k) is None else f"{evaluation[k]:.1f}"
                          for k in ("many", "medium", "few"))
         line += f"  top-1 {evaluation['top1']:.2f} (many/med/few {split})"

@@ -7,6 +7,9 @@
 * ``training_curves.png``: the training loss of every epoch and the test top-1 of every
   evaluation (``eval.every``, and the final one), phases marked.
 
+A multi-label run (its results hold ``mAP``) shows each class's average precision and the test mAP
+in the same files, and has no confusion matrix.
+
 Each figure is built by its own function (``*_figure``), which returns the matplotlib figure, so
 what it shows can be checked without reading pixels.
 
@@ -44,22 +47,33 @@ def _pyplot():
     return plt
 
 
+def _headline(results: dict) -> tuple[str, str, str]:
+    """The key of the run's headline metric, its per-class key and its name: top-1 and
+    accuracy, or (a multi-label run) mAP and average precision."""
+    if "mAP" in results:
+        return "mAP", "per_class_ap", "AP"
+    return "top1", "per_class_acc", "accuracy"
+
+
 def per_class_figure(results: dict):
-    """Each class's test accuracy against its training count (log x)."""
+    """Each class's test accuracy (multi-label: average precision) against its training count
+    (log x)."""
     import numpy as np
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+    key, per_class, what = _headline(results)
     counts = np.asarray(results["train_class_counts"], dtype=float)
-    acc = np.asarray([np.nan if a is None else a for a in results["per_class_acc"]])
+    acc = np.asarray([np.nan if a is None else a for a in results[per_class]])
     fig, ax = _pyplot().subplots(figsize=(6, 4))
     ax.scatter(np.maximum(counts, 1), acc, s=14)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training images of the class (log scale)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(f"test {what} (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"Per-class accuracy (top-1 {results['top1']:.2f} %)")
+    ax.set_title(f"Per-class {what} ({'top-1' if key == 'top1' else key} "
+                 f"{results[key]:.2f} %)")
     ax.grid(alpha=0.3)
     return fig
 
@@ -105,20 +119,22 @@ def curves_figure(results: dict):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training loss", color="tab:blue")
     ax.grid(alpha=0.3)
+    key = _headline(results)[0]
+    name = "top-1" if key == "top1" else key
     at = [x for x, row in zip(epochs, history) if row.get("eval")]
-    top1 = [row["eval"]["top1"] for row in history if row.get("eval")]
+    top1 = [row["eval"][key] for row in history if row.get("eval")]
     at.append(len(history))  # the final evaluation, after the last epoch
-    top1.append(results["top1"])
+    top1.append(results[key])
     acc = ax.twinx()
-    acc.plot(at, top1, color="tab:orange", marker="o", label="test top-1")
-    acc.set_ylabel("test top-1 (%)", color="tab:orange")
+    acc.plot(at, top1, color="tab:orange", marker="o", label=f"test {name}")
+    acc.set_ylabel(f"test {name} (%)", color="tab:orange")
     acc.set_ylim(-2, 102)
     for x, (previous, row) in enumerate(zip(history, history[1:]), start=1):
         if row["phase"] != previous["phase"]:
             ax.axvline(x + 0.5, color="grey", linestyle="--", linewidth=1)
             ax.annotate(row["phase"], (x + 0.5, 1), xycoords=("data", "axes fraction"),
                         xytext=(3, -12), textcoords="offset points", color="grey")
-    ax.set_title(f"Training loss and test top-1 (final {results['top1']:.2f} %)")
+    ax.set_title(f"Training loss and test {name} (final {results[key]:.2f} %)")
     return fig
 
 
@@ -128,6 +144,8 @@ def write_run_plots(results: dict, run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     written = []
     for name, build in zip(PLOTS, (per_class_figure, confusion_figure, curves_figure)):
+        if build is confusion_figure and "confusion_matrix" not in results:
+            continue  # a multi-label run has none
         fig = build(results)
         try:
             written.append(_save(fig, run_dir / name))

@@ -43,10 +43,16 @@ from .phases import Phase, describe_generators
 from .plots import PLOT_HINT, plots_available, write_run_plots
 from .provenance import git_commit, machine_info
 from .results import RunResults
-from ..rundir import (RunDir, RunLock, append_log, atomic_write_json, check_out_dir,
-                      remove_temp_files, write_log)
+from ..rundir import (EVAL_FIELDS, MULTILABEL_EVAL_FIELDS, RunDir, RunLock, append_log,
+                      atomic_write_json, check_out_dir, remove_temp_files, write_log)
 from .state import CHECKPOINT, RECIPE, RESULTS, RunState
 from .step import TrainStep, loss_term_names
+
+
+#: The metrics an evaluation during training (``eval.every``) logs: the single-label ones, and
+#: a multi-label run's mAP.
+EPOCH_EVAL_KEYS = ("top1", "mean_class_acc", "many", "medium", "few", "mAP", "head_mAP",
+                   "medium_mAP", "tail_mAP")
 
 
 class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
@@ -104,6 +110,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
         # metrics.csv's loss-term columns: every name any phase logs, in order of appearance
         self._loss_terms = tuple(dict.fromkeys(n for st in self.phases
                                                for n in loss_term_names(st)))
+        # metrics.csv's evaluation columns: the metrics of the run's kind
+        self._eval_fields = MULTILABEL_EVAL_FIELDS if self.data.multilabel else EVAL_FIELDS
         # After every check passed: a refused recipe leaves the process as it found it.
         use_threads(first["train"]["threads"])
         # After every check passed, so a refused recipe prints its one error line only.
@@ -181,7 +189,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
         # The log is the checkpointed history, exactly: an epoch logged after the checkpoint
         # and then interrupted is trained and logged again, never twice.
         if main:
-            write_log(self.out, state["history"] if state else [], self._loss_terms)
+            write_log(self.out, state["history"] if state else [], self._loss_terms,
+                      self._eval_fields)
         # The code that trains is the code of each attempt, not of whoever writes results.json:
         # record the commit when an attempt starts, every distinct one across resumes.
         self._commits = list(state.get("commits", [])) if state else []
@@ -249,7 +258,7 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                 every = phase.recipe["eval"]["every"]
                 if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
                     row["eval"] = {k: v for k, v in self.evaluate(phase, autocast).items()
-                                   if k in ("top1", "mean_class_acc", "many", "medium", "few")}
+                                   if k in EPOCH_EVAL_KEYS}
                 attempt_epochs += 1
                 left = epochs - epoch - 1 + sum(s.recipe["train"]["epochs"]
                                                 for s in self.phases[index + 1:])
@@ -264,7 +273,8 @@ class Trainer(RunState, PhaseBuilder, EpochLoop, RunResults):
                     self._save_state(index, epoch, last, optimizer, scaler, phase, history,
                                      seconds, images_seen)
                 if main:
-                    append_log(self.out, row, self._loss_terms)  # after the checkpoint (above)
+                    # after the checkpoint (above)
+                    append_log(self.out, row, self._loss_terms, self._eval_fields)
                 for logger in self._loggers:
                     logger.epoch(row)
             if epochs == 0:  # a phase that only changes the model (a head that takes over)

@@ -84,6 +84,31 @@ def check_labels(labels, num_classes: int | None) -> tuple[np.ndarray, int, np.n
     return arr, num_classes, counts
 
 
+def check_label_matrix(labels, num_classes: int | None) -> tuple[np.ndarray, int, np.ndarray]:
+    """Validate a multi-hot label matrix ``(N, C)``; return ``(matrix as float32, C, images per
+    label)``.
+
+    Raises:
+        DataError: an empty set, values other than 0 and 1, a width other than ``num_classes``,
+            or a label no image has.
+    """
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    arr = np.asarray(labels, dtype=np.float32)
+    if arr.shape[0] == 0:
+        raise DataError("the training set is empty: a sampler needs at least one labelled image")
+    if not np.isin(arr, (0.0, 1.0)).all():
+        raise DataError("a multi-hot label matrix holds only 0 and 1")
+    if num_classes is not None and arr.shape[1] != num_classes:
+        raise DataError(f"the label matrix has {arr.shape[1]} columns for {num_classes} classes")
+    counts = arr.sum(0).astype(np.int64)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise DataError(f"{empty.size} of {arr.shape[1]} labels have no training image (label "
+                        f"{int(empty[0])}); every label needs at least one image")
+    return arr, int(arr.shape[1]), counts
+
+
 def _distributed_default() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -106,8 +131,11 @@ class LTSampler(Component, Sampler):
         labels: Shorthand for ``context.labels`` (standalone use).
         context: What the data and the run tell the sampler (the trainer passes it). It reads
             ``labels`` (the training label of every image, 1-D integers, numpy array or
-            tensor), ``num_classes`` (C; ``None`` infers ``max(labels) + 1``), ``seed`` (the
-            stream depends only on ``(seed, epoch)``), ``rank`` and ``world_size`` (``None``:
+            tensor; for a sampler that declares ``multilabel``, a multi-hot matrix ``(N, C)``
+            is accepted too: it is kept as ``label_matrix``, ``class_counts`` are the images per
+            label, and the class-block machinery is not built), ``num_classes`` (C; ``None``
+            infers ``max(labels) + 1``), ``seed`` (the stream depends only on
+            ``(seed, epoch)``), ``rank`` and ``world_size`` (``None``:
             from ``torch.distributed`` if it is initialised, else 0 and 1) and
             ``total_epochs`` (progressive sampling needs it).
         num_classes, seed, rank, world_size, total_epochs: Shorthands for these fields of the
@@ -131,8 +159,22 @@ class LTSampler(Component, Sampler):
                                 rank=rank, world_size=world_size, total_epochs=total_epochs)
         Component.__init__(self, start_epoch, end_epoch, context=context)
         rank, world_size, total_epochs = context.rank, context.world_size, context.total_epochs
-        self.labels, self.num_classes, self.class_counts = check_labels(context.labels,
-                                                                        context.num_classes)
+        labels = context.labels
+        if labels is not None and np.ndim(labels) == 2:
+            # A multi-label set: only a sampler that declares ``multilabel`` reads the matrix.
+            name = self.registry_name or type(self).__name__
+            if not self.multilabel:
+                raise DataError(f"sampler '{name}' draws by class id and takes single-label "
+                                f"targets; the training labels are multi-hot rows")
+            matrix, self.num_classes, self.class_counts = check_label_matrix(
+                labels, context.num_classes)
+            self.label_matrix = matrix
+            # what the shared machinery reads: each image's index (no class blocks)
+            self.labels = np.arange(len(matrix), dtype=np.int64)
+        else:
+            self.label_matrix = None
+            self.labels, self.num_classes, self.class_counts = check_labels(labels,
+                                                                            context.num_classes)
         self.seed = check_int("seed", context.seed, minimum=0)
         self._rank = None if rank is None else check_int("rank", rank, minimum=0)
         self._world_size = (None if world_size is None
@@ -149,9 +191,10 @@ class LTSampler(Component, Sampler):
         self.num_samples = (len(self.labels) if num_samples is None
                             else check_int("num_samples", num_samples, minimum=1))
         # Stable sort keeps each class's images in data-set order, so the class blocks (and thus
-        # the streams) do not depend on the sorting algorithm.
-        self._by_class = np.argsort(self.labels, kind="stable")
-        self._class_start = np.concatenate(([0], np.cumsum(self.class_counts)[:-1]))
+        # the streams) do not depend on the sorting algorithm. A multi-label set has none.
+        if self.label_matrix is None:
+            self._by_class = np.argsort(self.labels, kind="stable")
+            self._class_start = np.concatenate(([0], np.cumsum(self.class_counts)[:-1]))
         self._cache: tuple[int, np.ndarray] | None = None
 
     # ----------------------------------------------------------------- what subclasses change

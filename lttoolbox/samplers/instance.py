@@ -31,6 +31,8 @@ class InstanceSampler(LTSampler):
         [0, 1, 2, 3]
     """
 
+    multilabel = True  # it reads only the number of images
+
     def _active_probabilities(self) -> np.ndarray:
         return self.instance_probabilities
 
