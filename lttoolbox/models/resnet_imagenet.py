@@ -214,20 +214,7 @@ def load_torchvision_weights(model: ImageNetResNet, path: str | os.PathLike) -> 
             mapped[name], source[name] = tensor, key
     missing = [_tv_name(k) for k in ours
                if k not in mapped and not k.endswith("num_batches_tracked")]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), first {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]}")
-    if problems:
-        raise ConfigError(f"weights file {file} does not fit {arch}: {'; '.join(problems)}",
-                          key=WEIGHTS_KEY)
-    for name, tensor in mapped.items():
-        if tensor.shape != ours[name].shape:
-            raise ConfigError(
-                f"weights file {file} does not fit {arch} (in_channels={model.in_channels}): "
-                f"{source[name]} has shape {tuple(tensor.shape)} in the file, "
-                f"{tuple(ours[name].shape)} in the model", key=WEIGHTS_KEY)
+    check_weights_fit(file, arch, model.in_channels, mapped, ours, missing, unexpected, source)
     # strict=False only because the head (and perhaps num_batches_tracked) is not in ``mapped``;
     # every backbone key was checked above.
     model.load_state_dict(mapped, strict=False)
@@ -354,3 +341,24 @@ class ResNeXt50_32x4d(ImageNetResNet):
         super().__init__("resnext50_32x4d", num_classes, in_channels, image_size, head, weights,
                          zero_init_residual)
 
+
+
+def check_weights_fit(file, what: str, in_channels: int, state: dict, ours: dict,
+                      missing: list, unexpected: list, source: dict | None = None) -> None:
+    """Refuse a weights file that does not fit the model, in one line naming ``model.weights``
+    and the file: its missing and unexpected keys, then the first tensor of another shape
+    (``source`` maps a model key to the file's key where they are named differently)."""
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), first {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]}")
+    if problems:
+        raise ConfigError(f"weights file {file} does not fit {what}: {'; '.join(problems)}",
+                          key=WEIGHTS_KEY)
+    for name, tensor in state.items():
+        if tensor.shape != ours[name].shape:
+            raise ConfigError(
+                f"weights file {file} does not fit {what} (in_channels={in_channels}): "
+                f"{(source or {}).get(name, name)} has shape {tuple(tensor.shape)} in the file, "
+                f"{tuple(ours[name].shape)} in the model", key=WEIGHTS_KEY)

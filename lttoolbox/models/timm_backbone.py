@@ -60,10 +60,10 @@ from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Hook, LTModel, check_image_size
 from .heads import build_head
+from .resnet_imagenet import WEIGHTS_KEY, check_weights_fit
 
 EXTRA = 'pip install -e ".[timm]"'
 DOCTEST_REQUIRES = ("timm",)  # the examples below build timm networks
-WEIGHTS_KEY = "model.weights"
 # timm.create_model's arguments that the toolbox sets itself, and where each comes from.
 _SET_BY_TOOLBOX = {
     "pretrained": "nothing is downloaded: give a local file as model.weights",
@@ -466,20 +466,7 @@ def load_timm_weights(model: TimmModel, path: str | os.PathLike) -> list[str]:
     _adapt_first_conv(net, state, ours, model.in_channels)
     missing = [k for k in ours if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in ours]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s), first {missing[0]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]}")
-    if problems:
-        raise ConfigError(f"weights file {file} does not fit timm {arch}: {'; '.join(problems)}",
-                          key=WEIGHTS_KEY)
-    for name, tensor in state.items():
-        if tensor.shape != ours[name].shape:
-            raise ConfigError(
-                f"weights file {file} does not fit timm {arch} (in_channels="
-                f"{model.in_channels}): {name} has shape {tuple(tensor.shape)} in the file, "
-                f"{tuple(ours[name].shape)} in the model", key=WEIGHTS_KEY)
+    check_weights_fit(file, f"timm {arch}", model.in_channels, state, ours, missing, unexpected)
     # strict=False only for num_batches_tracked (absent from old files); all else was checked.
     net.load_state_dict(state, strict=False)
     return skipped
