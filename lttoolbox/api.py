@@ -115,6 +115,11 @@ class Context:
         train_transform: The training transform of a uint8 image batch on the training device
             (crop, flip, normalisation, as the batches get), for images from outside the
             training set; ``None`` on the streaming data path, whose transform acts per file.
+        sampler: The phase's sampler (the trainer builds it first, so the loss, augmentations
+            and generator are offered it; ``None`` for the sampler itself and outside the
+            trainer). A component whose terms depend on how the stream is drawn reads the
+            sampler's declared frequencies
+            (:meth:`~lttoolbox.samplers.base.LTSampler.class_level_frequencies`), never its name.
 
     Example:
         >>> from lttoolbox.registry import LOSSES
@@ -141,6 +146,7 @@ class Context:
     has_validation: bool = False
     image_shape: tuple[int, int, int] | None = None
     train_transform: Callable | None = None
+    sampler: Any = None
 
     @classmethod
     def from_counts(cls, counts: Sequence[int], **more: Any) -> "Context":

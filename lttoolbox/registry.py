@@ -378,7 +378,7 @@ def given_by_builder(registry: "Registry") -> list[str]:
 PHASE_CONTEXT = ("class_counts", "num_classes", "labels", "total_epochs", "seed", "rank",
                  "world_size", "feature_dim", "point_names", "point_shapes", "feature_maps",
                  "imbalance_type", "fetch", "has_validation", "image_shape", "train_transform",
-                 "context")
+                 "sampler", "context")
 MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
 
 # One registry per family; the kind doubles as the recipe section the entries come from.

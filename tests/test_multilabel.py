@@ -4,6 +4,7 @@ and an exact resume."""
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from lttoolbox.engine.build import check_multilabel
 from lttoolbox.engine.evaluate import average_precision, multilabel_metrics
 from lttoolbox.errors import ConfigError, DataError
 from lttoolbox.losses import mixed_loss
-from lttoolbox.recipe import apply_overrides, resolve
+from lttoolbox.recipe import apply_overrides, load_recipe, read_recipe, resolve
 from lttoolbox.registry import AUGMENTS, DATASETS, LOSSES, SAMPLERS
 
 SMALL = {"name": "digits_mlt", "num_train": 300, "num_test": 150}
@@ -157,7 +158,7 @@ MULTILABEL_LOSSES = [n for n in LOSSES.names() if getattr(LOSSES.get(n), "multil
 def test_multilabel_loss_gradients_and_extremes(name):
     counts = [40, 20, 8, 3]
     loss = LOSSES.build({"name": name}, class_counts=counts, num_classes=4, total_epochs=4,
-                        labels=np.eye(4)[[0, 0, 1, 2, 3, 0, 1, 0]])
+                        labels=np.eye(4)[np.repeat(np.arange(4), counts)])
     g = torch.Generator().manual_seed(0)
     y = (torch.rand(5, 4, generator=g) < 0.4).double()
     z = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
@@ -333,9 +334,38 @@ def test_ltpredict_writes_per_label_scores_and_a_threshold(ml_run, tmp_path, cap
     assert "--tau" in printed.out + printed.err and "prob_0" not in printed.out
 
 
+ML_SAMPLERS = [n for n in SAMPLERS.names() if getattr(SAMPLERS.get(n), "multilabel", False)]
+ML_PAIRS = ([(name, "bce") for name in ML_SAMPLERS]
+            + [("class_aware_ml", name) for name in MULTILABEL_LOSSES if name != "bce"])
+
+
+@pytest.mark.parametrize("sampler, loss", ML_PAIRS)
+def test_every_multilabel_sampler_and_loss_trains(tmp_path, sampler, loss):
+    results = train(ml_recipe(f"sampler.name={sampler}", f"loss.name={loss}", "train.epochs=1"),
+                    tmp_path / "run", quiet=True)
+    assert np.isfinite(results["history"][-1]["loss"]) and 0 <= results["mAP"] <= 100
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ML_RECIPES = sorted((ROOT / "configs" / "multilabel").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in ML_RECIPES
+                                  if read_recipe(p)["data"]["name"] == "digits_mlt"],
+                         ids=lambda p: p.stem)
+def test_every_embedded_multilabel_recipe_trains(path, tmp_path):
+    recipe = load_recipe(path, ["train.epochs=1", "data.num_train=300", "data.num_test=150",
+                                "schedule.warmup_epochs=0"])
+    results = train(recipe, tmp_path / "run", quiet=True)
+    assert np.isfinite(results["history"][-1]["loss"]) and 0 <= results["mAP"] <= 100
+
+
 @pytest.mark.long
-def test_multilabel_resume_is_exact(tmp_path):
-    recipe = ml_recipe("train.epochs=2", "augment=[{name: mixup, alpha: 1.0}]")
+@pytest.mark.parametrize("parts", [("augment=[{name: mixup, alpha: 1.0}]",),
+                                   ("sampler.name=class_aware_ml", "loss.name=db",
+                                    "sampler.start_epoch=1")])
+def test_multilabel_resume_is_exact(tmp_path, parts):
+    recipe = ml_recipe("train.epochs=2", *parts)
     full = train(recipe, tmp_path / "full", quiet=True)
     resumed = resumed_run(recipe, tmp_path / "cut", 0)
     assert resumed["per_class_ap"] == full["per_class_ap"] and resumed["mAP"] == full["mAP"]

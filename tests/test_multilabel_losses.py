@@ -17,7 +17,8 @@ import torch
 
 from lttoolbox.batch import Batch
 from lttoolbox.errors import ConfigError, DataError
-from lttoolbox.losses.multilabel import (CB_MODES, DistributionBalancedLoss, MultiLabelBCELoss,
+from lttoolbox.losses.bce import BCELoss
+from lttoolbox.losses.multilabel import (CB_MODES, DistributionBalancedLoss,
                                          MultiLabelClassBalancedLoss, MultiLabelFocalLoss)
 from lttoolbox.samplers.class_aware_ml import ClassAwareMLSampler
 
@@ -49,12 +50,12 @@ def test_worked_example_bias_and_elements():
     np.testing.assert_allclose(bugged.bias.numpy(), [0.013863, -0.008473, -0.021972], atol=1e-6)
     fixed = DistributionBalancedLoss(**TOY)
     np.testing.assert_allclose(fixed.bias.numpy(), [0.069315, -0.042365, -0.109861], atol=1e-6)
-    focal = bugged.elementwise(Z_TOY, Y_TOY)
+    focal = bugged.elements(Z_TOY, Y_TOY)
     np.testing.assert_allclose(focal.numpy(), [[0.02335424, 0.8296488, 2.96e-14],
                                                [0.06436578, 0.09745127, 1.565689]],
                                rtol=1e-5, atol=1e-12)
     plain = DistributionBalancedLoss(reproduce_bias_bug=True, focal=False, **TOY)
-    np.testing.assert_allclose(plain.elementwise(Z_TOY, Y_TOY).numpy(),
+    np.testing.assert_allclose(plain.elements(Z_TOY, Y_TOY).numpy(),
                                [[0.1647554, 1.063827, 8.948637e-06],
                                 [0.0580677, 0.2664533, 1.447703]], rtol=1e-5, atol=1e-10)
 
@@ -140,10 +141,10 @@ def check_against(loss, expected_elements):
 
 def test_bce_against_numpy():
     p = sigmoid(Z)
-    check_against(MultiLabelBCELoss(), -(Y * np.log(p) + (1 - Y) * np.log(1 - p)))
+    check_against(BCELoss(), -(Y * np.log(p) + (1 - Y) * np.log(1 - p)))
     torch_bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor(Z),
                                                                      torch.tensor(Y))
-    assert float(MultiLabelBCELoss()(torch.tensor(Z), torch.tensor(Y))) == pytest.approx(
+    assert float(BCELoss()(torch.tensor(Z), torch.tensor(Y))) == pytest.approx(
         float(torch_bce), rel=1e-12)
 
 
@@ -180,7 +181,7 @@ def test_db_parts_against_numpy(reweight, logit_reg, focal, bug):
 
 
 def test_db_instance_sampler_against_numpy():
-    loss = DistributionBalancedLoss(sampler="instance", class_counts=COUNTS, num_train=NUM_TRAIN)
+    loss = DistributionBalancedLoss(sampling="instance", class_counts=COUNTS, num_train=NUM_TRAIN)
     check_against(loss, np_db(Z, Y, COUNTS, NUM_TRAIN, 0.1, 10.0, 0.3, 5.0, 0.05, 2.0, 2.0,
                               sampler="instance"))
 
@@ -212,7 +213,7 @@ def test_rebalance_weights_from_sampling_frequencies():
     drawn = np.bincount(sampler.indices().numpy(), minlength=6)
     assert np.abs(drawn - 900 * p_instance).max() <= 2
     # under instance sampling both frequencies are 1/N: r = 1, one weight everywhere
-    flat = DistributionBalancedLoss(labels=LABELS, sampler="instance", alpha=alpha, beta=beta,
+    flat = DistributionBalancedLoss(labels=LABELS, sampling="instance", alpha=alpha, beta=beta,
                                     mu=mu)
     np.testing.assert_allclose(flat.weights(torch.tensor(LABELS, dtype=torch.float64)).numpy(),
                                np.full((6, 3), alpha + sigmoid(beta * (1 - mu))), rtol=1e-12)
@@ -220,7 +221,7 @@ def test_rebalance_weights_from_sampling_frequencies():
 
 # ------------------------------------------------------------------------------ the contract
 ALL_LOSSES = [
-    lambda: MultiLabelBCELoss(),
+    lambda: BCELoss(),
     lambda: MultiLabelFocalLoss(),
     lambda: MultiLabelClassBalancedLoss(class_counts=COUNTS),
     lambda: DistributionBalancedLoss(class_counts=COUNTS, num_train=NUM_TRAIN),
@@ -276,7 +277,7 @@ def test_db_gradient():
     (lambda: DistributionBalancedLoss(class_counts=COUNTS, num_train=NUM_TRAIN, focal="yes"),
      "focal"),
     (lambda: DistributionBalancedLoss(class_counts=COUNTS, num_train=NUM_TRAIN,
-                                      sampler="random"), "sampler"),
+                                      sampling="random"), "sampling"),
     (lambda: DistributionBalancedLoss(class_counts=COUNTS), "num_train"),
     (lambda: DistributionBalancedLoss(num_train=10), "class_counts"),
     (lambda: DistributionBalancedLoss(class_counts=[10, 3], num_train=10), "class 0"),
@@ -453,9 +454,9 @@ def test_sampler_distributed_slices():
 
 
 @pytest.mark.parametrize("labels,kwargs,error,message", [
-    (np.array([[1, 0], [1, 0]]), {}, DataError, "class 1"),
+    (np.array([[1, 0], [1, 0]]), {}, DataError, "label 1"),
     (np.array([[1, 2]]), {}, DataError, "0 and 1"),
-    (np.array([1, 0, 1]), {}, DataError, "matrix"),
+    (np.array([1, 0, 1]), {}, ConfigError, "class ids"),
     (np.eye(3), {"samples_per_class": 0}, ConfigError, "samples_per_class"),
     (np.eye(3), {"reduce": 0}, ConfigError, "reduce"),
     (np.eye(3), {"reduce": 10}, ConfigError, "reduce"),
@@ -478,5 +479,55 @@ def test_built_from_a_context():
                        DistributionBalancedLoss(labels=LABELS)(y, y, reduction="none"))
     assert torch.equal(ClassAwareMLSampler(context=ctx).indices(),
                        ClassAwareMLSampler(LABELS, seed=7).indices())
-    with pytest.raises(ConfigError, match="class_counts has 3 entries but num_classes is 4"):
+    with pytest.raises(DataError, match="3 columns for 4 classes"):
         DistributionBalancedLoss(context=Context(labels=LABELS, num_classes=4))
+
+
+# ------------------------------------------------------------ the run's sampler sets the weights
+def np_weights(y, ratio, alpha=0.1, beta=10.0, mu=0.3):
+    return alpha + 1 / (1 + np.exp(-beta * (ratio - mu)))
+
+
+def test_db_reads_the_frequencies_of_the_run_sampler():
+    """In a run the re-balancing follows the sampler the recipe names: class-aware sampling gives
+    r = (1/n_i) / sum_j y_j/n_j, shuffling r = 1 (numpy by hand below)."""
+    from lttoolbox.api import Context
+    from lttoolbox.samplers import InstanceSampler
+    labels = ml_labels()
+    n = labels.sum(0)
+    y = torch.tensor(labels[:7])
+    aware = DistributionBalancedLoss(context=Context(
+        labels=labels, sampler=ClassAwareMLSampler(labels, seed=0)))
+    ratio = (1 / n)[None] / (labels[:7] / n).sum(1, keepdims=True)
+    np.testing.assert_allclose(aware.weights(y).numpy(), np_weights(labels[:7], ratio),
+                               rtol=1e-12)
+    shuffled = DistributionBalancedLoss(context=Context(
+        labels=labels, sampler=InstanceSampler(labels, seed=0)))
+    np.testing.assert_allclose(shuffled.weights(y).numpy(),
+                               np_weights(labels[:7], np.ones_like(ratio)), rtol=1e-12)
+    assert "the run's sampler" in repr(aware)
+
+
+def test_db_follows_a_deferred_sampler_epoch_by_epoch():
+    from lttoolbox.api import Context
+    labels = ml_labels()
+    n = labels.sum(0)
+    y = torch.tensor(labels[:5])
+    sampler = ClassAwareMLSampler(labels, seed=0, start_epoch=2)
+    loss = DistributionBalancedLoss(context=Context(labels=labels, sampler=sampler))
+    aware = np_weights(labels[:5], (1 / n)[None] / (labels[:5] / n).sum(1, keepdims=True))
+    for epoch, expected in ((0, np_weights(labels[:5], np.ones((5, n.size)))), (1, None),
+                            (2, aware), (3, aware)):
+        for part in (sampler, loss):  # the trainer's order: the sampler first
+            part.before_epoch(epoch)
+        if expected is not None:
+            np.testing.assert_allclose(loss.weights(y).numpy(), expected, rtol=1e-12)
+
+
+def test_db_refuses_sampling_in_a_run():
+    from lttoolbox.api import Context
+    labels = ml_labels()
+    with pytest.raises(ConfigError) as err:
+        DistributionBalancedLoss(sampling="instance", context=Context(
+            labels=labels, sampler=ClassAwareMLSampler(labels)))
+    assert err.value.key == "sampling" and "run's sampler" in str(err.value)

@@ -22,7 +22,9 @@ from lttoolbox.samplers import (ClassBalancedSampler, CMOWeightedSampler, Instan
                                 RandomUnderSampler, SquareRootSampler)
 
 ALL = sorted(SAMPLERS.names())
-FIXED_LENGTH = {"random_oversample", "random_undersample"}  # epoch length set by definition
+#: Samplers whose epoch length is set by their definition (no ``num_samples``).
+FIXED_LENGTH = {n for n in ALL
+                if "num_samples" in getattr(SAMPLERS.get(n), "fixed_parameters", ())}
 COUNTS = np.array([400, 150, 60, 20, 5])
 C, N = len(COUNTS), int(COUNTS.sum())
 SIGMAS = 5.0
@@ -46,7 +48,11 @@ def context(labels=LABELS, **overrides):
 
 
 def build(name, labels=LABELS, ctx=None, **params):
-    return SAMPLERS.build({"name": name, **params}, **(ctx or context(labels)))
+    ctx = dict(ctx or context(labels))
+    if not SAMPLERS.get(name).single_label and np.ndim(ctx["labels"]) == 1:
+        # a sampler for multi-hot rows only: the same images, one label each, as one-hot rows
+        ctx["labels"] = np.eye(ctx["num_classes"])[ctx["labels"]]
+    return SAMPLERS.build({"name": name, **params}, **ctx)
 
 
 def assert_frequencies(observed_counts, p, draws, sigmas=SIGMAS):
@@ -118,7 +124,8 @@ def test_global_random_states_are_untouched(name):
 @pytest.mark.parametrize("name", ALL)
 def test_tensor_labels_and_inferred_num_classes_give_the_same_stream(name):
     reference = build(name)
-    from_tensor = SAMPLERS.build({"name": name}, labels=torch.from_numpy(LABELS), seed=3,
+    labels = build(name).context.labels  # one-hot rows for a sampler of multi-hot rows only
+    from_tensor = SAMPLERS.build({"name": name}, labels=torch.as_tensor(labels), seed=3,
                                  total_epochs=10)
     assert from_tensor.num_classes == C
     for s in (reference, from_tensor):

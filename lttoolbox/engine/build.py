@@ -2,6 +2,8 @@
 refuses an impossible recipe before the first step."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -93,6 +95,8 @@ class PhaseBuilder:
             check_multilabel(recipe, where)
         ctx = self._context(recipe)
         sampler = SAMPLERS.build(recipe["sampler"], key=where + "sampler", **ctx)
+        # the parts built after it may depend on how it draws (its declared frequencies)
+        ctx = replace(ctx["context"], sampler=sampler).as_kwargs()
         loss = LOSSES.build(recipe["loss"], key=where + "loss", **ctx).to(self.device)
         augments = [AUGMENTS.build(cfg, key=f"{where}augment[{i}]", **ctx)
                     for i, cfg in enumerate(recipe["augment"])]

@@ -10,14 +10,19 @@ sample, as for every loss (:func:`~lttoolbox.losses.base.mixed_loss`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..api import Context
+from ..checks import check_int
 from ..errors import ConfigError
 from ..registry import LOSSES
-from .base import LTLoss
+from ..samplers.base import check_label_matrix
+from .base import LTLoss, check_counts
 
 
 class MultiLabelLoss(LTLoss):
@@ -27,20 +32,62 @@ class MultiLabelLoss(LTLoss):
     multi-label loss are its own (the single-label ``weights`` schemes weigh a sample by its one
     class, which a multi-hot row does not have), so this base refuses ``weights``.
 
+    What depends on the training set comes from the context: ``class_counts`` (``n_i``, the
+    images carrying label ``i``) and the multi-hot training labels ``(N, C)`` (``labels``), whose
+    rows give ``num_train`` (``N``). Standalone, ``labels=`` or ``class_counts=`` with
+    ``num_train=`` give them.
+
     Args:
+        num_train: ``N``, the number of training images (default: the rows of the labels).
+        labels: Shorthand for ``context.labels``, the multi-hot training labels ``(N, C)``; the
+            class counts then follow from them (and must agree where also given).
         **base: The context (or its shorthands ``class_counts``, ``num_classes``): see
             :class:`~lttoolbox.losses.base.LTLoss`.
+
+    Raises:
+        ConfigError: ``weights`` given; counts, ``num_train`` and labels that disagree; a loss
+            that needs ``N`` (``requires_num_train``) built without it.
+        DataError: labels that are not a 0/1 matrix, or a label no image carries.
     """
 
     multilabel = True
     single_label = False
     batch_normalized = True
+    #: Whether the training-set size ``N`` is needed.
+    requires_num_train = False
 
-    def __init__(self, weights: Any = None, **base: Any):
+    def __init__(self, weights: Any = None, *, num_train: int | None = None, **base: Any):
         if weights is not None:
             raise ConfigError("a multi-label loss weighs its classes itself; it takes no "
                               "weights", key="weights")
-        super().__init__(**base)
+        # The training labels' shorthand joins the base's (class_counts, num_classes) here: the
+        # counts follow from a multi-hot matrix.
+        context = Context.given(base.pop("context", None), labels=base.pop("labels", None),
+                                class_counts=base.pop("class_counts", None),
+                                num_classes=base.pop("num_classes", None))
+        if num_train is not None:
+            num_train = check_int("num_train", num_train, minimum=1)
+        if context.labels is not None and np.ndim(context.labels) == 2:
+            _, _, from_labels = check_label_matrix(context.labels, context.num_classes)
+            if context.class_counts is None:
+                context = replace(context, class_counts=from_labels.tolist())
+            elif not np.array_equal(check_counts(context.class_counts), from_labels):
+                raise ConfigError("class_counts disagrees with the column sums of labels; give "
+                                  "one of them")
+            rows = int(np.shape(context.labels)[0])
+            if num_train is not None and num_train != rows:
+                raise ConfigError(f"num_train is {num_train} but labels has {rows} rows")
+            num_train = rows
+        super().__init__(context=context, **base)
+        name = self.registry_name or type(self).__name__
+        if num_train is None and self.requires_num_train:
+            raise ConfigError(f"num_train (the number of training images) is required by "
+                              f"{name}; give num_train=N or labels=(N, C)")
+        if self.counts is not None and num_train is not None and self.counts.max() > num_train:
+            c = int(np.argmax(self.counts))
+            raise ConfigError(f"class_counts: class {c} has {self.counts[c]:g} images but "
+                              f"num_train is {num_train}")
+        self.num_train = num_train
 
     def elements(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss of every element, ``(B, C)``; ``target`` is float multi-hot."""

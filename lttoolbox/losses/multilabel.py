@@ -1,4 +1,5 @@
-"""Multi-label losses: binary cross-entropy, focal, class-balanced and distribution-balanced.
+"""Multi-label losses: focal (``ml_focal``), class-balanced (``ml_cb``) and distribution-balanced
+(``db``); binary cross-entropy (``bce``) and the base they share are in :mod:`.bce`.
 
 A multi-label target is a float multi-hot tensor ``(B, C)`` (1.0: the label is present) and the
 scores are logits ``(B, C)`` read through ``sigmoid``. Every loss here computes an element loss
@@ -10,7 +11,7 @@ distribution-balanced loss does: its trainer takes the mean over all ``B * C`` e
 * ``loss(logits, target)``: the mean over all ``B * C`` elements;
 * ``loss(logits, target, reduction="none")``: ``(1 / C) sum_i l_ki`` per image, shape ``(B,)``,
   whose batch mean is the value above;
-* :meth:`MultiLabelLoss.batch_loss`: a mixed pair of multi-hot targets,
+* ``loss.batch_loss(logits, batch)``: a mixed pair of multi-hot targets,
   ``mean_k [lam_k L_k(y_a) + (1 - lam_k) L_k(y_b)]``.
 
 Every element loss is one form, written once (:func:`element_loss`): with ``t`` the log-odds of
@@ -36,29 +37,26 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..api import Component, Context, ModuleComponent
-from ..checks import check_int, check_number
-from ..errors import ConfigError, DataError
-from .base import REDUCTIONS, check_counts
+from ..checks import check_number
+from ..errors import ConfigError
+from ..registry import LOSSES
+from .bce import MultiLabelLoss
 from .focal import check_gamma
 
-__all__ = ["MultiLabelLoss", "MultiLabelBCELoss", "MultiLabelFocalLoss",
-           "MultiLabelClassBalancedLoss", "DistributionBalancedLoss", "element_loss",
-           "check_multilabel_labels", "rebalance_ratio", "CB_MODES", "DB_SAMPLERS"]
+__all__ = ["MultiLabelFocalLoss", "MultiLabelClassBalancedLoss", "DistributionBalancedLoss",
+           "element_loss", "rebalance_ratio", "CB_MODES", "SAMPLINGS"]
 
 #: The class-balanced weightings of ``ResampleLoss.CB_weight`` (resample_loss.py:170-191).
 CB_MODES = ("by_class", "average_n", "average_w", "min_n")
-#: The samplers whose sampling frequencies the re-balanced weighting knows, by the names they
-#: are to be registered under (:class:`~lttoolbox.samplers.class_aware_ml.ClassAwareMLSampler`
-#: and plain shuffling).
-DB_SAMPLERS = ("class_aware_ml", "instance")
+#: The sampling frequencies the re-balanced weighting knows, for standalone use (in a run they
+#: come from the run's sampler): class-aware sampling (the official pairing) and shuffling.
+SAMPLINGS = ("class_aware", "instance")
 
 
 def check_bool(name: str, value: Any) -> bool:
@@ -66,29 +64,6 @@ def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     return value
-
-
-def check_multilabel_labels(labels: Any) -> np.ndarray:
-    """A training label matrix ``(N, C)`` of 0/1 values as float64.
-
-    Raises:
-        DataError: not two-dimensional, empty, or a value other than 0 and 1.
-    """
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    try:
-        arr = np.asarray(labels, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError("labels must be a multi-hot matrix (images, classes) of 0/1") from None
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise DataError(f"labels must be a non-empty multi-hot matrix (images, classes), got "
-                        f"shape {arr.shape}")
-    bad = ~((arr == 0) | (arr == 1))
-    if bad.any():
-        k, i = (int(v) for v in np.argwhere(bad)[0])
-        raise DataError(f"labels must hold only 0 and 1, got {arr[k, i]!r} at image {k}, "
-                        f"class {i}")
-    return arr
 
 
 def element_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -129,157 +104,23 @@ def element_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     return loss * scale if scale != 1.0 else loss
 
 
-def rebalance_ratio(target: torch.Tensor, inv_counts: torch.Tensor) -> torch.Tensor:
-    """``r_ki = P^C_i / P^I(x_k)`` under class-aware sampling, shape ``(B, C)``.
+def rebalance_ratio(target: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """``r_ki = P^C_i / P^I(x_k)``, shape ``(B, C)``, from the class-level sampling frequencies.
 
-    Class-aware sampling picks a class uniformly (``1 / C``), then one of its ``n_i`` images, so
-    an image of class ``i`` is drawn at the class level with ``P^C_i = 1 / (C n_i)`` and, since
-    it is drawn through each of its labels, with ``P^I(x_k) = sum_j y_kj / (C n_j)``. The ``1/C``
-    cancels: ``r_ki = (1 / n_i) / sum_j y_kj / n_j`` (``rebalance_weight``,
-    resample_loss.py:164-165), for every column, absent labels included (the code's comment at
-    :166, "pos and neg are equally treated"). An image without labels is never drawn by that
-    sampler; its ratio is ``inf`` (no NaN), which the smoothing maps to ``alpha + 1``.
+    ``frequencies`` is ``P^C_i``, the chance per draw of one given image through class ``i``'s
+    draw (:meth:`~lttoolbox.samplers.base.LTSampler.class_level_frequencies`). A class-aware
+    draw reaches an image through each of its labels, so ``P^I(x_k) = sum_j y_kj P^C_j``. Under
+    class-aware sampling ``P^C_i = 1 / (C n_i)`` and the ``1/C`` cancels:
+    ``r_ki = (1 / n_i) / sum_j y_kj / n_j`` (``rebalance_weight``, resample_loss.py:164-165),
+    for every column, absent labels included (the code's comment at :166, "pos and neg are
+    equally treated"). An image without labels is never drawn by such a sampler; its ratio is
+    ``inf`` (no NaN), which the smoothing maps to ``alpha + 1``.
     """
-    repeat_rate = (target * inv_counts).sum(dim=1, keepdim=True)
-    return inv_counts / repeat_rate
+    repeat_rate = (target * frequencies).sum(dim=1, keepdim=True)
+    return frequencies / repeat_rate
 
 
-class MultiLabelLoss(ModuleComponent):
-    """Base of the multi-label losses: shape checks, dtype handling and the reductions.
-
-    A subclass implements :meth:`elementwise` (the ``(B, C)`` element losses). The loss is
-    computed in float32 (float64 inputs stay float64) with autocast switched off.
-
-    Args:
-        context: What the data tell the loss; it reads ``class_counts``, ``num_classes`` and a
-            two-dimensional ``labels`` (the multi-hot training labels).
-        class_counts: ``n_i``, the number of training images with label ``i`` (shorthand for
-            the context's field).
-        num_train: ``N``, the number of training images (default: the rows of ``labels``).
-        labels: The training label matrix ``(N, C)``; when given, ``class_counts`` and
-            ``num_train`` follow from it (and must agree with them where also given).
-        num_classes: C, checked against the counts and the logits.
-
-    Raises:
-        ConfigError: counts that are not positive, disagreeing sizes, or a loss that needs the
-            counts (``requires_counts``) built without them.
-    """
-
-    requires_counts = False
-    #: Whether the training-set size ``N`` is needed (the DB bias).
-    requires_num_train = False
-
-    def __init__(self, *, context: Context | None = None,
-                 class_counts: Sequence[float] | None = None, num_train: int | None = None,
-                 labels: Any = None, num_classes: int | None = None):
-        nn.Module.__init__(self)
-        context = Context.given(context, class_counts=class_counts, num_classes=num_classes)
-        Component.__init__(self, context=context)
-        name = type(self).__name__
-        counts = context.class_counts
-        if labels is None and context.labels is not None and np.ndim(context.labels) == 2:
-            labels = context.labels
-        if num_train is not None:
-            num_train = check_int("num_train", num_train, minimum=1)
-        if labels is not None:
-            matrix = check_multilabel_labels(labels)
-            from_labels = matrix.sum(axis=0)
-            if counts is not None and not np.array_equal(
-                    check_counts(counts), from_labels):
-                raise ConfigError("class_counts disagrees with the column sums of labels; give "
-                                  "one of them")
-            if num_train is not None and num_train != matrix.shape[0]:
-                raise ConfigError(f"num_train is {num_train} but labels has "
-                                  f"{matrix.shape[0]} rows")
-            counts, num_train = from_labels, matrix.shape[0]
-        counts = check_counts(counts, context.num_classes)
-        if counts is None and self.requires_counts:
-            raise ConfigError(f"class_counts is required by {name}; give class_counts=[...] "
-                              f"or labels=(N, C)")
-        if num_train is None and self.requires_num_train:
-            raise ConfigError(f"num_train (the number of training images) is required by "
-                              f"{name}; give num_train=N or labels=(N, C)")
-        if counts is not None and num_train is not None and counts.max() > num_train:
-            c = int(np.argmax(counts))
-            raise ConfigError(f"class_counts: class {c} has {counts[c]:g} images but num_train "
-                              f"is {num_train}")
-        self.counts = counts
-        self.num_train = num_train
-        self.num_classes = int(counts.size) if counts is not None else context.num_classes
-        # Per-class buffers are float64 and cast to the logits' dtype in the forward, so that a
-        # float64 check sees no float32 rounding of them.
-        self.register_buffer("class_counts", None if counts is None else torch.as_tensor(
-            counts, dtype=torch.float64), persistent=False)
-
-    def elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The ``(B, C)`` element losses of float32/float64 logits."""
-        raise NotImplementedError
-
-    def _check(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        if logits.dim() != 2:
-            raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
-        if target.shape != logits.shape:
-            raise ValueError(f"a multi-label target must have the logits' shape "
-                             f"{tuple(logits.shape)}, got {tuple(target.shape)}")
-        if self.num_classes is not None and logits.shape[1] != self.num_classes:
-            raise ConfigError(f"the logits have {logits.shape[1]} classes but the loss was "
-                              f"built for {self.num_classes}; the model head and the loss "
-                              f"disagree")
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                reduction: str = "mean") -> torch.Tensor:
-        """The loss.
-
-        Args:
-            logits: ``(B, C)`` scores, any floating dtype.
-            target: ``(B, C)`` multi-hot target.
-            reduction: ``"mean"`` (over all ``B * C`` elements), ``"sum"`` (of the per-image
-                values) or ``"none"`` (``(B,)``: each image's mean over its ``C`` elements).
-        """
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        self._check(logits, target)
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-            per_image = self.elementwise(z, target.to(z.dtype)).mean(dim=1)
-            if reduction == "none":
-                return per_image
-            return per_image.sum() if reduction == "sum" else per_image.mean()
-
-    def batch_loss(self, logits: torch.Tensor, batch: Any) -> torch.Tensor:
-        """The loss of a possibly mixed batch (``batch.y_a``, ``batch.y_b``: ``(B, C)``
-        targets, ``batch.lam``: ``(B,)``): ``mean_k [lam_k L_k(y_a) + (1 - lam_k) L_k(y_b)]``,
-        just ``loss(logits, y_a)`` for an unmixed batch."""
-        if not batch.mixed:
-            return self(logits, batch.y_a)
-        lam = batch.lam.float()
-        return (lam * self(logits, batch.y_a, reduction="none")
-                + (1 - lam) * self(logits, batch.y_b, reduction="none")).mean()
-
-
-
-class MultiLabelBCELoss(MultiLabelLoss):
-    """Binary cross-entropy on each label, the mean over all ``B * C`` elements.
-
-    ``l_ki = -y log sigmoid(z) - (1 - y) log(1 - sigmoid(z))``: the official
-    ``CrossEntropyLoss(use_sigmoid=True)`` (cross_entropy_loss.py:47-63, ``reduction='mean'``),
-    i.e. ``F.binary_cross_entropy_with_logits`` averaged over the elements. Its optional
-    ``thrds`` and ``partial`` variants (:66-88, :149-155) are not reproduced.
-
-    Args:
-        **base: See :class:`MultiLabelLoss` (no counts needed).
-
-    Example:
-        >>> import torch
-        >>> bce = MultiLabelBCELoss()
-        >>> round(float(bce(torch.zeros(2, 3), torch.ones(2, 3))), 4)  # log 2
-        0.6931
-    """
-
-    def elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return element_loss(logits, target)
-
-
+@LOSSES.register("ml_focal")
 class MultiLabelFocalLoss(MultiLabelLoss):
     """Sigmoid focal loss in the official code's form (``FocalLoss(use_sigmoid=True)``).
 
@@ -290,6 +131,10 @@ class MultiLabelFocalLoss(MultiLabelLoss):
     ``1 - alpha`` for negatives), ``balance_param`` multiplies every element alike, as the code
     does. The code puts an optional caller weight inside ``p_t`` (:51-52); this loss takes no
     weight, so that does not arise.
+
+    Recipe::
+
+        loss: {name: ml_focal, gamma: 2.0, balance_param: 0.25}
 
     Args:
         gamma: Focusing parameter in ``[0, 20]``.
@@ -308,13 +153,14 @@ class MultiLabelFocalLoss(MultiLabelLoss):
         self.gamma = check_gamma(gamma)
         self.balance_param = check_number("balance_param", balance_param, 0.0, low_open=True)
 
-    def elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def elements(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return element_loss(logits, target, gamma=self.gamma, scale=self.balance_param)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, balance_param={self.balance_param:g}"
 
 
+@LOSSES.register("ml_cb")
 class MultiLabelClassBalancedLoss(MultiLabelLoss):
     """Class-balanced binary cross-entropy (effective number of samples), the code's CB modes.
 
@@ -339,6 +185,10 @@ class MultiLabelClassBalancedLoss(MultiLabelLoss):
     ``average_n``/``average_w`` give 0/0 = NaN); here it gets ``1 - beta``, the weight of a class
     with infinitely many images (the limit the code's ``min_n`` sentinel of 100000 reaches).
 
+    Recipe::
+
+        loss: {name: ml_cb, beta: 0.9, mode: average_w}
+
     Args:
         beta: ``CB_beta`` in ``[0, 1)``; default 0.9 (resample_loss.py:29).
         mode: One of :data:`CB_MODES`; default ``average_w`` (resample_loss.py:30).
@@ -349,7 +199,7 @@ class MultiLabelClassBalancedLoss(MultiLabelLoss):
     Example:
         >>> import torch
         >>> cb = MultiLabelClassBalancedLoss(class_counts=[8, 3, 1], mode="by_class")
-        >>> [round(float(v), 4) for v in cb.class_weights]
+        >>> [round(float(v), 4) for v in cb.cb_weights]
         [0.1756, 0.369, 1.0]
     """
 
@@ -365,8 +215,10 @@ class MultiLabelClassBalancedLoss(MultiLabelLoss):
         self.focal = check_bool("focal", focal)
         self.gamma = check_gamma(gamma)
         self.balance_param = check_number("balance_param", balance_param, 0.0, low_open=True)
-        self.register_buffer("class_weights", torch.as_tensor(
+        self.register_buffer("cb_weights", torch.as_tensor(
             self.effective_weight(self.counts), dtype=torch.float64), persistent=False)
+        self.register_buffer("label_counts", torch.as_tensor(self.counts, dtype=torch.float64),
+                             persistent=False)
 
     def effective_weight(self, n: Any) -> Any:
         """``(1 - beta) / (1 - beta^n)`` (numpy or torch); ``beta = 0`` gives 1."""
@@ -374,10 +226,10 @@ class MultiLabelClassBalancedLoss(MultiLabelLoss):
 
     def weights(self, target: torch.Tensor) -> torch.Tensor:
         """The element weights, ``(C,)`` for ``by_class`` or ``(B, 1)`` for the per-image modes."""
-        cb = self.class_weights.to(target)
+        cb = self.cb_weights.to(target)
         if self.mode == "by_class":
             return cb
-        n = self.class_counts.to(target)
+        n = self.label_counts.to(target)
         present = target.sum(dim=1, keepdim=True)
         empty = present == 0
         if self.mode == "average_w":
@@ -391,7 +243,7 @@ class MultiLabelClassBalancedLoss(MultiLabelLoss):
             w = self.effective_weight(smallest.clamp_max(torch.finfo(target.dtype).max))
         return torch.where(empty, torch.full_like(w, 1 - self.beta), w)
 
-    def elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def elements(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.focal:
             return element_loss(logits, target, self.weights(target), gamma=self.gamma,
                                 scale=self.balance_param)
@@ -402,6 +254,7 @@ class MultiLabelClassBalancedLoss(MultiLabelLoss):
                 f"focal={self.focal}")
 
 
+@LOSSES.register("db")
 class DistributionBalancedLoss(MultiLabelLoss):
     """Distribution-balanced loss (Wu et al., ECCV 2020): re-balanced weighting, negative-tolerant
     regularisation and focal, each switchable (official ``ResampleLoss``, resample_loss.py).
@@ -412,10 +265,14 @@ class DistributionBalancedLoss(MultiLabelLoss):
     * **re-balanced weighting** (``reweight``; ``rebalance_weight``, resample_loss.py:163-168):
       ``r_ki = P^C_i / P^I(x_k)`` from the sampler's class- and instance-level sampling
       frequencies (:func:`rebalance_ratio`: ``(1/n_i) / sum_j y_kj/n_j`` under class-aware
-      sampling; ``1`` under instance sampling, derived here and not from the code, which pairs
+      sampling; ``1`` under plain shuffling, derived here and not from the code, which pairs
       the loss with class-aware sampling only: every image is then drawn with ``1/N`` whatever
       class it is counted under), smoothed to
-      ``w_ki = alpha + sigmoid(beta (r_ki - mu))``, for absent labels too (:166);
+      ``w_ki = alpha + sigmoid(beta (r_ki - mu))``, for absent labels too (:166). In a run the
+      frequencies are the run's sampler's
+      (:meth:`~lttoolbox.samplers.base.LTSampler.class_level_frequencies`, read at every epoch's
+      start, so a deferred sampler's switch is followed), as the paper ties the weighting to
+      the sampler;
     * **negative-tolerant regularisation** (``logit_reg``; ``logit_reg_functions``, :153-161):
       a class bias ``nu_i = kappa * b_i`` with ``b_i = -log(N / n_i - 1)`` added to the logits
       (:157), then the absent labels' logits scaled by ``lambda`` and their weight divided by it
@@ -464,15 +321,22 @@ class DistributionBalancedLoss(MultiLabelLoss):
         reproduce_bias_bug: Divide the bias by ``neg_scale``, as the official code does.
         gamma: Focal focusing parameter in ``[0, 20]``.
         balance_param: Focal constant factor ``> 0`` (the code's default 2.0 doubles the loss).
-        sampler: The training sampler whose frequencies the re-balancing uses, one of
-            :data:`DB_SAMPLERS` (the code pairs the loss with class-aware sampling,
-            ``class_aware_ml``: configs/voc/LT_resnet50_pfc_DB.py:53).
+        sampling: Standalone only: the sampling whose frequencies the re-balancing assumes,
+            one of :data:`SAMPLINGS` (default ``class_aware``, the code's pairing:
+            configs/voc/LT_resnet50_pfc_DB.py:53). In a run they come from the run's sampler,
+            and giving ``sampling`` too is refused.
         **base: See :class:`MultiLabelLoss`; ``class_counts`` is required, and ``num_train``
             when the bias is used (``logit_reg`` with ``init_bias != 0``).
 
+    Recipe::
+
+        sampler: {name: class_aware_ml}
+        loss: {name: db, mu: 0.3, neg_scale: 5.0, init_bias: 0.05}
+
     Raises:
-        ConfigError: a parameter out of range, or a class present in no image or in every image
-            while the bias ``-log(N / n_i - 1)`` is used (it would be infinite).
+        ConfigError: a parameter out of range, ``sampling`` given in a run, or a class present in
+            no image or in every image while the bias ``-log(N / n_i - 1)`` is used (it would be
+            infinite).
 
     Example:
         >>> import torch
@@ -488,7 +352,7 @@ class DistributionBalancedLoss(MultiLabelLoss):
                  alpha: float = 0.1, beta: float = 10.0, mu: float = 0.3,
                  neg_scale: float = 5.0, init_bias: float = 0.05,
                  reproduce_bias_bug: bool = False, gamma: float = 2.0,
-                 balance_param: float = 2.0, sampler: str = "class_aware_ml", **base: Any):
+                 balance_param: float = 2.0, sampling: str | None = None, **base: Any):
         self.reweight = check_bool("reweight", reweight)
         self.logit_reg = check_bool("logit_reg", logit_reg)
         self.focal = check_bool("focal", focal)
@@ -500,11 +364,20 @@ class DistributionBalancedLoss(MultiLabelLoss):
         self.reproduce_bias_bug = check_bool("reproduce_bias_bug", reproduce_bias_bug)
         self.gamma = check_gamma(gamma)
         self.balance_param = check_number("balance_param", balance_param, 0.0, low_open=True)
-        if sampler not in DB_SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(DB_SAMPLERS)}, got {sampler!r}")
-        self.sampler = sampler
+        if sampling is not None and sampling not in SAMPLINGS:
+            raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}, got "
+                              f"{sampling!r}")
         self.requires_num_train = self.logit_reg and self.init_bias != 0
         super().__init__(**base)
+        self.run_sampler = self.context.sampler
+        if self.run_sampler is not None and sampling is not None:
+            raise ConfigError("sampling is read from the run's sampler; drop it (or change the "
+                              "sampler)", key="sampling")
+        self.sampling = sampling or "class_aware"
+        self.register_buffer("label_counts", torch.as_tensor(self.counts, dtype=torch.float64),
+                             persistent=False)
+        self.register_buffer("frequencies", None, persistent=False)
+        self._read_frequencies()
         bias = np.zeros(self.counts.size)
         if self.requires_num_train:
             full = np.flatnonzero(self.counts >= self.num_train)
@@ -518,17 +391,36 @@ class DistributionBalancedLoss(MultiLabelLoss):
         self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float64),
                              persistent=False)
 
+    def _read_frequencies(self) -> None:
+        """``P^C_i`` of this epoch's stream into the ``frequencies`` buffer (``None``: plain
+        shuffling, every ratio 1)."""
+        if self.run_sampler is None:
+            freq = None if self.sampling == "instance" else 1.0 / self.counts
+        else:
+            freq = self.run_sampler.class_level_frequencies()
+        device = self.label_counts.device
+        self.frequencies = (None if freq is None else
+                            torch.as_tensor(np.asarray(freq, dtype=np.float64), device=device))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Remember the epoch and read the run's sampler's frequencies of it (the trainer sends
+        the sampler the epoch first)."""
+        super().set_epoch(epoch)
+        self._read_frequencies()
+
     def ratio(self, target: torch.Tensor) -> torch.Tensor:
-        """``r_ki`` for the configured sampler, ``(B, C)``."""
-        if self.sampler == "instance":  # both frequencies are 1 / N
+        """``r_ki = P^C_i / P^I(x_k)`` of this epoch's sampling, ``(B, C)``."""
+        if not target.is_floating_point():
+            target = target.double()
+        if self.frequencies is None:  # shuffling: both frequencies are 1 / N
             return torch.ones_like(target)
-        return rebalance_ratio(target, 1 / self.class_counts.to(target))
+        return rebalance_ratio(target, self.frequencies.to(target))
 
     def weights(self, target: torch.Tensor) -> torch.Tensor:
         """The smoothed re-balanced weights ``alpha + sigmoid(beta (r - mu))``, ``(B, C)``."""
         return self.alpha + torch.sigmoid(self.beta * (self.ratio(target) - self.mu))
 
-    def elementwise(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def elements(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         weight = self.weights(target) if self.reweight else None
         neg_scale = 1.0
         if self.logit_reg:
@@ -540,7 +432,8 @@ class DistributionBalancedLoss(MultiLabelLoss):
         return element_loss(logits, target, weight, neg_scale=neg_scale)
 
     def extra_repr(self) -> str:
-        parts = [f"num_classes={self.num_classes}", f"sampler={self.sampler}"]
+        sampling = ("the run's sampler" if self.run_sampler is not None else self.sampling)
+        parts = [f"num_classes={self.num_classes}", f"sampling={sampling}"]
         if self.reweight:
             parts.append(f"reweight(alpha={self.alpha:g}, beta={self.beta:g}, mu={self.mu:g})")
         if self.logit_reg:

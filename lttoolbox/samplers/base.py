@@ -96,7 +96,7 @@ def check_label_matrix(labels, num_classes: int | None) -> tuple[np.ndarray, int
         labels = labels.detach().cpu().numpy()
     arr = np.asarray(labels, dtype=np.float32)
     if arr.shape[0] == 0:
-        raise DataError("the training set is empty: a sampler needs at least one labelled image")
+        raise DataError("the training set is empty: it needs at least one labelled image")
     if not np.isin(arr, (0.0, 1.0)).all():
         raise DataError("a multi-hot label matrix holds only 0 and 1")
     if num_classes is not None and arr.shape[1] != num_classes:
@@ -231,6 +231,26 @@ class LTSampler(Component, Sampler):
         if not self.active:
             return self.instance_probabilities
         return self._active_probabilities()
+
+    def class_level_frequencies(self) -> np.ndarray | None:
+        """``P^C_i``: per draw, the chance of one given image of class ``i`` drawn through a
+        class-conditional draw of class ``i`` this epoch, ``p_i / n_i``, shape ``(C,)``; ``None``
+        when the stream is plain shuffling (every image ``1 / N`` whatever its classes).
+
+        Under a class-conditional draw an image with several labels is reached through each of
+        them, so its chance per draw is ``P^I(x) = sum_i y_i P^C_i``; the re-balanced weighting of
+        the distribution-balanced loss is ``P^C_i / P^I(x)`` (Wu et al., ECCV 2020; see
+        :class:`~lttoolbox.losses.multilabel.DistributionBalancedLoss`), which reads this.
+
+        Example:
+            >>> from lttoolbox.samplers import ClassBalancedSampler
+            >>> s = ClassBalancedSampler(np.array([0, 0, 0, 1]), seed=0)
+            >>> s.class_level_frequencies().tolist()
+            [0.16666666666666666, 0.5]
+        """
+        if not self.active:
+            return None
+        return self._active_probabilities() / self.class_counts
 
     @property
     def epoch_length(self) -> int:

@@ -7,17 +7,14 @@ Every ``file:line`` is in wutong16/DistributionBalancedLoss at commit
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Sampler
 
-from ..api import Component, Context
 from ..checks import check_int, check_number
 from ..errors import ConfigError, DataError
-from ..losses.multilabel import check_multilabel_labels
-from .base import _distributed_default
+from ..registry import SAMPLERS
+from .base import LTSampler
 
 __all__ = ["ClassAwareMLSampler"]
 
@@ -40,7 +37,8 @@ class _Cycle:
         return self.items[self.i]
 
 
-class ClassAwareMLSampler(Component, Sampler):
+@SAMPLERS.register("class_aware_ml")
+class ClassAwareMLSampler(LTSampler):
     """Class-aware sampling for multi-label data: a class in shuffled turn, then ``k`` of its
     images.
 
@@ -60,24 +58,31 @@ class ClassAwareMLSampler(Component, Sampler):
     Python's global ``random`` to 0 when the loader is built, :273-274, so its stream ignores the
     run's seed; here it follows it). The global RNGs are not touched.
 
-    The stream of epoch ``e`` depends only on ``(seed, e)``: a sampler asked for epoch ``e``
+    The stream of epoch ``e`` depends only on ``(seed, e)``: a sampler asked for an epoch
     without having drawn the earlier ones replays them (cheap: no images are read), and
     :meth:`state_dict` holds the cycles' state at the start of the current epoch, so a resumed
-    run continues without replaying. Distributed runs slice the stream as
-    :class:`~lttoolbox.samplers.base.LTSampler` does (padded by wrapping, every
-    ``world_size``-th position).
+    run continues without replaying. Before ``start_epoch`` (deferred re-sampling) the stream is
+    plain shuffling of the ``N`` images, as for every sampler; the cycles run from epoch 0
+    regardless, so a deferred sampler's epoch ``e`` is the undeferred one's. Distributed runs
+    slice the stream as every sampler does.
+
+    Recipe::
+
+        sampler: {name: class_aware_ml, samples_per_class: 3, reduce: 4}
 
     Args:
         labels: The multi-hot training labels ``(N, C)`` (shorthand for ``context.labels``).
         samples_per_class: ``k``, images taken per class turn (the code's ``num_samples_cls``).
         reduce: The epoch has ``int(max_i n_i * C / reduce)`` draws.
-        context: It reads ``labels`` (two-dimensional), ``seed``, ``rank`` and ``world_size``.
-        seed, rank, world_size: Shorthands for those fields.
+        **base: See :class:`~lttoolbox.samplers.base.LTSampler` (no ``num_samples``: the
+            length is the formula above; the shuffled epochs before ``start_epoch`` have ``N``
+            draws).
 
     Raises:
         DataError: labels that are not a 0/1 matrix, or a class that no image carries (the
             code fails on it with an ``IndexError``).
-        ConfigError: a parameter of the wrong type or range, or an empty epoch.
+        ConfigError: class-id labels (single-label data: use ``class_balanced``), a parameter of
+            the wrong type or range, or an empty epoch.
 
     Example:
         >>> import numpy as np
@@ -89,69 +94,41 @@ class ClassAwareMLSampler(Component, Sampler):
         [0.125, 0.125, 0.375, 0.125, 0.25]
     """
 
-    def __init__(self, labels: Any = None, *, samples_per_class: int = 3, reduce: float = 4,
-                 context: Context | None = None, seed: int | None = None,
-                 rank: int | None = None, world_size: int | None = None):
-        context = Context.given(context, labels=labels, seed=seed, rank=rank,
-                                world_size=world_size)
-        Component.__init__(self, context=context)
-        if context.labels is None:
-            raise ConfigError("labels is required: the multi-hot training labels (N, C)")
-        matrix = check_multilabel_labels(context.labels)
-        self.labels = matrix.astype(np.uint8)
-        self.class_counts = matrix.sum(axis=0).astype(np.int64)
-        empty = np.flatnonzero(self.class_counts == 0)
-        if empty.size:
-            raise DataError(f"{empty.size} of {matrix.shape[1]} classes have no training image "
-                            f"(class {int(empty[0])}); class-aware sampling draws from every "
-                            f"class")
+    multilabel = True
+    single_label = False
+    fixed_parameters = ("num_samples",)  # the epoch length is the official formula's
+
+    def __init__(self, *args: Any, samples_per_class: int = 3, reduce: float = 4, **base: Any):
+        super().__init__(*args, num_samples=None, **base)
+        if self.label_matrix is None:
+            raise ConfigError("class_aware_ml draws through the labels of multi-hot rows (N, C); "
+                              "these labels are class ids: use class_balanced")
         self.samples_per_class = check_int("samples_per_class", samples_per_class, minimum=1)
         self.reduce = check_number("reduce", reduce, 0.0, low_open=True)
-        self.seed = check_int("seed", context.seed, minimum=0)
-        self._rank = None if context.rank is None else check_int("rank", context.rank, minimum=0)
-        self._world_size = (None if context.world_size is None
-                            else check_int("world_size", context.world_size, minimum=1))
         # The official formula, in floating point as the code computes it (sampler.py:289).
-        self.num_samples = int(int(self.class_counts.max()) * self.num_classes / self.reduce)
-        if self.num_samples < 1:
+        self.class_aware_length = int(int(self.class_counts.max()) * self.num_classes
+                                      / self.reduce)
+        if self.class_aware_length < 1:
             raise ConfigError(f"reduce={self.reduce:g} leaves an empty epoch "
                               f"(max count {int(self.class_counts.max())} x {self.num_classes} "
                               f"classes / reduce < 1)")
         # Each class's images in data-set order, as the code's index lists (custom.py:145-153).
-        self._class_lists = [np.flatnonzero(matrix[:, c]).tolist()
+        self._class_lists = [np.flatnonzero(self.label_matrix[:, c]).tolist()
                              for c in range(self.num_classes)]
         self._start: tuple[int, dict] = (0, self._initial_state())
-        self._cache: tuple[int, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ what it draws
-    @property
-    def num_classes(self) -> int:
-        """C."""
-        return int(self.labels.shape[1])
+    def _active_length(self) -> int:
+        return self.class_aware_length
 
-    @property
-    def num_images(self) -> int:
-        """N."""
-        return int(self.labels.shape[0])
-
-    @property
-    def epoch_length(self) -> int:
-        """Draws per epoch over all ranks, ``int(max_i n_i * C / reduce)``."""
-        return self.num_samples
-
-    def class_probabilities(self) -> np.ndarray:
-        """The chance of each class's turn, ``1 / C`` each, shape ``(C,)``."""
+    def _active_probabilities(self) -> np.ndarray:
+        """Each class's turn comes once per pass over the classes: ``1 / C`` each."""
         return np.full(self.num_classes, 1.0 / self.num_classes)
-
-    def class_level_frequencies(self) -> np.ndarray:
-        """``P^C_i = 1 / (C n_i)``: the chance, per draw, of one given image drawn through class
-        ``i``'s turn, shape ``(C,)`` (the re-balanced weighting's class-level frequency)."""
-        return 1.0 / (self.num_classes * self.class_counts)
 
     def image_probabilities(self) -> np.ndarray:
         """``P^I(x_k) = sum_i y_ki / (C n_i)``: each image's chance per draw in the long run,
         shape ``(N,)`` (an image without labels is never drawn)."""
-        return self.labels @ self.class_level_frequencies()
+        return self.label_matrix @ (1.0 / (self.num_classes * self.class_counts))
 
     # ------------------------------------------------------------------ the stream
     def _initial_state(self) -> dict:
@@ -165,7 +142,7 @@ class ClassAwareMLSampler(Component, Sampler):
         rng.setstate(state["rng"])
         classes = _Cycle(*state["classes"])
         images = [_Cycle(items, i) for items, i in state["images"]]
-        k, length = self.samples_per_class, self.num_samples
+        k, length = self.samples_per_class, self.class_aware_length
         out: list[int] = []
         while len(out) < length:
             cycle = images[classes.next(rng)]
@@ -174,55 +151,27 @@ class ClassAwareMLSampler(Component, Sampler):
                  "images": [(c.items, c.i) for c in images]}
         return np.asarray(out[:length], dtype=np.int64), after
 
-    def full_stream(self) -> np.ndarray:
-        """The current epoch's whole index stream over all ranks (numpy int64, unpadded)."""
-        if self._cache is not None and self._cache[0] == self.epoch:
-            return self._cache[1]
+    def _active_stream(self, rng: np.random.Generator) -> np.ndarray:
+        """The cycles' stream of the current active epoch; ``rng`` is not used (the official
+        order of ``random`` calls is kept instead)."""
+        turn = self.epoch
         at, state = self._start
-        if at > self.epoch:  # an earlier epoch asked for: replay from the beginning
+        if at > turn:  # an earlier epoch asked for: replay from the beginning
             at, state = 0, self._initial_state()
         while True:
             stream, after = self._draw(state)
-            if at == self.epoch:
+            if at == turn:
                 break
             at, state = at + 1, after
         self._start = (at, state)
-        self._cache = (at, stream)
         return stream
-
-    @property
-    def rank(self) -> int:
-        """This process's rank (from ``torch.distributed`` when not given)."""
-        return self._rank if self._rank is not None else _distributed_default()[0]
-
-    @property
-    def world_size(self) -> int:
-        """The number of processes (from ``torch.distributed`` when not given)."""
-        return self._world_size if self._world_size is not None else _distributed_default()[1]
-
-    def indices(self) -> torch.LongTensor:
-        """This rank's indices of the current epoch: the stream padded by wrapping to a multiple
-        of ``world_size``, positions ``rank, rank + world_size, ...``."""
-        rank, world = self.rank, self.world_size
-        if not 0 <= rank < world:
-            raise ConfigError(f"rank must lie in [0, world_size={world}), got {rank}")
-        stream = self.full_stream()
-        per_rank = -(-len(stream) // world)
-        if per_rank * world != len(stream):
-            stream = np.resize(stream, per_rank * world)
-        return torch.from_numpy(stream[rank::world].copy())
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices().tolist())
-
-    def __len__(self) -> int:
-        return -(-self.epoch_length // self.world_size)
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict:
-        """The epoch and the cycles' state at its start (the random generator's state, the
-        class order and every class's image order with their positions)."""
-        self.full_stream()
+        """The epoch and the cycles' state at its start (the random generator's state, the class
+        order and every class's image order with their positions)."""
+        if self.active:  # the current epoch's start, which a resumed run continues from
+            self.full_stream()
         at, state = self._start
         return {"epoch": at, "seed": self.seed, "samples_per_class": self.samples_per_class,
                 "reduce": self.reduce, "state": state}
@@ -257,4 +206,4 @@ class ClassAwareMLSampler(Component, Sampler):
     def __repr__(self) -> str:
         return (f"ClassAwareMLSampler(N={self.num_images}, C={self.num_classes}, "
                 f"samples_per_class={self.samples_per_class}, reduce={self.reduce:g}, "
-                f"epoch={self.epoch})")
+                f"epoch={self.epoch}, start_epoch={self.start_epoch})")

@@ -38,3 +38,7 @@ class InstanceSampler(LTSampler):
 
     def _active_stream(self, rng: np.random.Generator) -> np.ndarray:
         return self._instance_stream(rng, self.num_samples)
+
+    def class_level_frequencies(self) -> None:
+        """``None``: shuffling draws every image with ``1 / N``, whatever its classes."""
+        return None
