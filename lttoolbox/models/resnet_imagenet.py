@@ -85,18 +85,27 @@ class ImageNetResNet(LTModel):
         head: Head config, ``"linear"`` (default) or ``"cosine"`` or a dict.
         weights: Path of a local torchvision-format state dict for the backbone, or ``None``
             (random init, torchvision's). See :func:`load_torchvision_weights`.
+        norm_eval: Keep every BatchNorm of the backbone (``stem``, ``layer1``-``layer4``) in
+            eval mode while the model trains: running statistics fixed at the loaded weights,
+            affine parameters still learning. This is mmcv's ``ResNet(norm_eval=True)``, the
+            backbone of the distribution-balanced loss's VOC-MLT and COCO-MLT models
+            (wutong16/DistributionBalancedLoss@14460d0, ``mllt/models/backbones/resnet.py:310,
+            432-439``); a head's own BatchNorm (``pfc``) still trains.
         zero_init_residual: torchvision's option: the last BN of every block starts at
             ``gamma = 0`` (Goyal et al. 2017), so each block starts as the identity.
     """
 
     def __init__(self, arch: str, num_classes: int = 1000,
                  in_channels: int = 3, image_size: int = 224, head: str | dict = "linear",
-                 weights: str | os.PathLike | None = None, zero_init_residual: bool = False):
+                 weights: str | os.PathLike | None = None, zero_init_residual: bool = False,
+                 norm_eval: bool = False):
         super().__init__(num_classes, in_channels, head)
         check_image_size(image_size, 32)
-        if not isinstance(zero_init_residual, bool):
-            raise ConfigError(f"must be true or false, got {zero_init_residual!r}",
-                              key="model.zero_init_residual")
+        for key, value in (("zero_init_residual", zero_init_residual),
+                           ("norm_eval", norm_eval)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"must be true or false, got {value!r}", key=f"model.{key}")
+        self.norm_eval = norm_eval
         # num_classes=1: torchvision's fc is thrown away, no point allocating 1000 x 2048.
         net = torchvision_resnet(arch, num_classes=1, zero_init_residual=zero_init_residual)
         conv1 = net.conv1
@@ -116,6 +125,15 @@ class ImageNetResNet(LTModel):
         if weights is not None:
             load_torchvision_weights(self, weights)
             self.weights_path = os.fspath(weights)
+
+    def train(self, mode: bool = True) -> "ImageNetResNet":
+        super().train(mode)
+        if mode and self.norm_eval:
+            for name in ("stem", *_LAYERS):
+                for module in self._block(name).modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
 
 
 def _read_state_dict(path: Any) -> dict[str, torch.Tensor]:
@@ -237,7 +255,7 @@ class ResNet10(ImageNetResNet):
           head: linear
 
     Args:
-        num_classes, in_channels, image_size, head, weights, zero_init_residual: as for
+        num_classes, in_channels, image_size, head, weights, zero_init_residual, norm_eval: as for
             :class:`ImageNetResNet` (``num_classes`` defaults to 1000, ``image_size`` to 224).
 
     Example:
@@ -247,9 +265,9 @@ class ResNet10(ImageNetResNet):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
                  head: str | dict = "linear", weights: str | os.PathLike | None = None,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, norm_eval: bool = False):
         super().__init__("resnet10", num_classes, in_channels, image_size, head, weights,
-                         zero_init_residual)
+                         zero_init_residual, norm_eval)
 
 
 @MODELS.register("resnet50")
@@ -266,7 +284,7 @@ class ResNet50(ImageNetResNet):
           weights: /data/weights/resnet50_imagenet1k_v1.pth   # optional, local file
 
     Args:
-        num_classes, in_channels, image_size, head, weights, zero_init_residual: as for
+        num_classes, in_channels, image_size, head, weights, zero_init_residual, norm_eval: as for
             :class:`ImageNetResNet` (``num_classes`` defaults to 1000, ``image_size`` to 224).
 
     Example:
@@ -276,9 +294,9 @@ class ResNet50(ImageNetResNet):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
                  head: str | dict = "linear", weights: str | os.PathLike | None = None,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, norm_eval: bool = False):
         super().__init__("resnet50", num_classes, in_channels, image_size, head, weights,
-                         zero_init_residual)
+                         zero_init_residual, norm_eval)
 
 
 @MODELS.register("resnet152")
@@ -296,7 +314,7 @@ class ResNet152(ImageNetResNet):
           head: linear
 
     Args:
-        num_classes, in_channels, image_size, head, weights, zero_init_residual: as for
+        num_classes, in_channels, image_size, head, weights, zero_init_residual, norm_eval: as for
             :class:`ImageNetResNet` (``num_classes`` defaults to 1000, ``image_size`` to 224).
 
     Example:
@@ -307,9 +325,9 @@ class ResNet152(ImageNetResNet):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
                  head: str | dict = "linear", weights: str | os.PathLike | None = None,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, norm_eval: bool = False):
         super().__init__("resnet152", num_classes, in_channels, image_size, head, weights,
-                         zero_init_residual)
+                         zero_init_residual, norm_eval)
 
 
 @MODELS.register("resnext50_32x4d")
@@ -327,7 +345,7 @@ class ResNeXt50_32x4d(ImageNetResNet):
           head: {name: cosine}
 
     Args:
-        num_classes, in_channels, image_size, head, weights, zero_init_residual: as for
+        num_classes, in_channels, image_size, head, weights, zero_init_residual, norm_eval: as for
             :class:`ImageNetResNet` (``num_classes`` defaults to 1000, ``image_size`` to 224).
 
     Example:
@@ -337,9 +355,9 @@ class ResNeXt50_32x4d(ImageNetResNet):
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, image_size: int = 224,
                  head: str | dict = "linear", weights: str | os.PathLike | None = None,
-                 zero_init_residual: bool = False):
+                 zero_init_residual: bool = False, norm_eval: bool = False):
         super().__init__("resnext50_32x4d", num_classes, in_channels, image_size, head, weights,
-                         zero_init_residual)
+                         zero_init_residual, norm_eval)
 
 
 
