@@ -29,6 +29,7 @@ PARAMS = PerEntry(SAMPLERS, {
     "cmo_weighted": {"weighting": "class", "num_samples": DRAWS},
     "random_oversample": {},
     "random_undersample": {},
+    "class_aware_ml": {"reduce": 0.1},  # 12,000 draws of one-hot rows (multi-hot only)
 }, where="PARAMS in tests/test_samplers_ddp.py")
 CONFIGS = {**{name: {"name": name, **PARAMS[name]} for name in PARAMS.names},
            "drs_class_balanced": {"name": "class_balanced", "start_epoch": 2, "num_samples": DRAWS}}
@@ -41,7 +42,10 @@ def labels() -> np.ndarray:
 
 
 def build(cfg, **ranks):
-    return SAMPLERS.build(cfg, labels=labels(), num_classes=len(COUNTS), seed=11,
+    given = labels()
+    if not SAMPLERS.get(cfg["name"]).single_label:  # multi-hot rows: the labels one-hot
+        given = np.eye(len(COUNTS))[given]
+    return SAMPLERS.build(cfg, labels=given, num_classes=len(COUNTS), seed=11,
                           total_epochs=6, **ranks)
 
 

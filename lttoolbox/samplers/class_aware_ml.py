@@ -99,12 +99,12 @@ class ClassAwareMLSampler(LTSampler):
     fixed_parameters = ("num_samples",)  # the epoch length is the official formula's
 
     def __init__(self, *args: Any, samples_per_class: int = 3, reduce: float = 4, **base: Any):
+        self.samples_per_class = check_int("samples_per_class", samples_per_class, minimum=1)
+        self.reduce = check_number("reduce", reduce, 0.0, low_open=True)
         super().__init__(*args, num_samples=None, **base)
         if self.label_matrix is None:
             raise ConfigError("class_aware_ml draws through the labels of multi-hot rows (N, C); "
                               "these labels are class ids: use class_balanced")
-        self.samples_per_class = check_int("samples_per_class", samples_per_class, minimum=1)
-        self.reduce = check_number("reduce", reduce, 0.0, low_open=True)
         # The official formula, in floating point as the code computes it (sampler.py:289).
         self.class_aware_length = int(int(self.class_counts.max()) * self.num_classes
                                       / self.reduce)
