@@ -54,7 +54,7 @@ class FileSplit:
 
     Args:
         paths: Absolute path of each image.
-        labels: Class ids ``(N,)``.
+        labels: Class ids ``(N,)`` (a multi-label split: :class:`MultiLabelFileSplit`).
         classes: Class names; index = class id.
         mean: Per-channel mean on the 0..1 scale (for the on-device normalisation).
         std: Per-channel standard deviation on the 0..1 scale.
@@ -68,25 +68,34 @@ class FileSplit:
     """
 
     in_channels = 3
+    multilabel = False
 
     def __init__(self, paths: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray,
                  classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
                  image_size: int, decoder: str = "pil"):
         self.paths = np.asarray([str(p) for p in paths], dtype=object)
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.classes = [str(c) for c in classes]
+        self.labels = self._checked_labels(labels)
         if len(self.paths) != len(self.labels):
             raise DataError(f"{len(self.paths)} image paths but {len(self.labels)} labels")
-        self.classes = [str(c) for c in classes]
-        if len(self.labels) and (int(self.labels.min()) < 0
-                                 or int(self.labels.max()) >= len(self.classes)):
-            raise DataError(f"labels must lie in [0, {len(self.classes)})")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.image_size = int(image_size)
         if decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         self.decoder = decoder
-        self.class_counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        self.class_counts = self._counts()
+
+    def _checked_labels(self, labels) -> torch.Tensor:
+        """Class ids ``(N,)`` as int64, each in ``[0, C)``."""
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(self.classes)):
+            raise DataError(f"labels must lie in [0, {len(self.classes)})")
+        return labels
+
+    def _counts(self) -> list[int]:
+        """Images per class."""
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +107,47 @@ class FileSplit:
 
     def __repr__(self) -> str:
         return (f"FileSplit({len(self)} image files at {self.image_size} px, "
+                f"{self.num_classes} classes)")
+
+
+class MultiLabelFileSplit(FileSplit):
+    """A multi-label split held as image file paths: the streaming counterpart of
+    :class:`~lttoolbox.data.multilabel.MultiLabelDataset`.
+
+    Its ``labels`` are a float32 multi-hot matrix ``(N, C)`` (1.0: the label is present), so an
+    item of :class:`ImageFiles` is ``(image, row)`` and a collated batch's targets are ``(B, C)``;
+    ``class_counts[c]`` is the number of images with label ``c`` (the column sums).
+
+    Args:
+        labels: Multi-hot ``(N, len(classes))``, 0/1 values.
+        paths, classes, mean, std, image_size, decoder: As :class:`FileSplit`.
+
+    Example:
+        >>> s = MultiLabelFileSplit(["/a.jpg", "/b.jpg"], [[1, 1], [0, 1]], ["x", "y"],
+        ...                         (0.5,) * 3, (0.2,) * 3, 224)
+        >>> s.class_counts, s.multilabel, tuple(s.labels.shape), s.labels.dtype
+        ([1, 2], True, (2, 2), torch.float32)
+    """
+
+    multilabel = True
+
+    def _checked_labels(self, labels) -> torch.Tensor:
+        """The multi-hot matrix as float32 ``(N, C)``, holding only 0 and 1."""
+        matrix = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+        if matrix.dim() != 2 or matrix.shape[1] != len(self.classes):
+            raise DataError(f"{len(self.paths)} images of {len(self.classes)} classes need a "
+                            f"multi-hot label matrix of shape ({len(self.paths)}, "
+                            f"{len(self.classes)}), got {tuple(matrix.shape)}")
+        if not bool(((matrix == 0) | (matrix == 1)).all()):
+            raise DataError("a multi-hot label matrix holds only 0 and 1")
+        return matrix.contiguous()
+
+    def _counts(self) -> list[int]:
+        """Images per label: the column sums."""
+        return [int(v) for v in self.labels.sum(0).round().to(torch.int64).tolist()]
+
+    def __repr__(self) -> str:
+        return (f"MultiLabelFileSplit({len(self)} image files at {self.image_size} px, "
                 f"{self.num_classes} classes)")
 
 
@@ -249,7 +299,8 @@ def draw_seeds(seed: int, epoch_key: Sequence[int], positions: np.ndarray) -> np
 class ImageFiles(torch.utils.data.Dataset):
     """A map-style data set over ``(file index, seed)`` items: decodes the file and applies the
     transform with a generator seeded by the item's seed (no seed: the unseeded evaluation
-    transform). Returns ``(uint8 image, label)``."""
+    transform). Returns ``(uint8 image, label)``: a class id, or a multi-hot row of a
+    :class:`MultiLabelFileSplit` (collated into ``(B, C)`` targets)."""
 
     def __init__(self, split: FileSplit, transform: StreamTransform):
         self.paths = split.paths
