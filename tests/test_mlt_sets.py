@@ -252,6 +252,19 @@ def test_one_epoch_trains_and_lteval_reads_the_run(path, sets, cache, tmp_path):
     assert [float(v) for v in rows[0][2:]] == pytest.approx(probs.tolist(), abs=1e-5)
 
 
+def test_a_streamed_multilabel_run_resumes_exactly(sets, cache, tmp_path):
+    from conftest import resumed_run
+
+    from lttoolbox.engine import train
+
+    recipe = resolve({**run_recipe(sets["voc_mlt"], cache, "stream"),
+                      "train": {"epochs": 2, "batch_size": 32, "seed": 0, "workers": 0}})
+    whole = train(recipe, tmp_path / "whole", quiet=True)
+    resumed = resumed_run(recipe, tmp_path / "cut", stop_after=0)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in whole["history"]]
+    assert resumed["per_class_ap"] == whole["per_class_ap"] and resumed["mAP"] == whole["mAP"]
+
+
 # ------------------------------------------------------------------------------ groups
 def test_class_split_groups_are_the_trainer_groups(sets, cache):
     """The mAP groups the trainer cuts by training count (eval.many_threshold 100,
