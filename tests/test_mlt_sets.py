@@ -198,6 +198,28 @@ def test_memory_and_stream_give_the_same_labels_and_counts(sets, cache):
     x, rows = path.eval_fetch("test", np.array([2, 9]))
     assert torch.equal(rows, torch.from_numpy(fixture["test"][[2, 9]]))
     assert path.eval_labels("test").shape == (10, 20)
+    # evaluation sees the whole image resized to a square, as the in-memory path does
+    assert stream.eval_transform.resize is None and stream.meta["eval_crop"] is False
+    assert stream.meta["eval_resize"] is None
+    cropped = DATASETS.build(cfg("voc_mlt", fixture, cache, path="stream", eval_crop=True,
+                                 eval_resize=10))
+    assert cropped.eval_transform.resize == 10 and cropped.meta["eval_resize"] == 10
+
+
+def test_stream_evaluation_keeps_the_whole_image_unless_asked_to_crop():
+    """A bright band at the left edge of a wide image: the whole-image resize keeps it in the
+    first output column; the centre crop of the single-label sets cuts it out."""
+    from lttoolbox.data.stream import StreamTransform
+
+    image = torch.zeros(3, 8, 32, dtype=torch.uint8)
+    image[:, :, :4] = 255  # columns 0-3 of 32: output column 0 of 8 when squeezed 4:1
+    whole = StreamTransform(8, train=False, centre_crop=False)(image, None)
+    crop = StreamTransform(8, train=False, resize=8)(image, None)  # columns 12-19 kept
+    assert whole.shape == crop.shape == (3, 8, 8)
+    # (the antialiasing filter spreads the band a little into column 1)
+    assert (whole[:, :, 0] > 200).all() and (whole[:, :, 3:] == 0).all()
+    assert (crop == 0).all()
+    assert "resize to 8 x 8" in repr(StreamTransform(8, train=False, centre_crop=False))
 
 
 def test_multilabel_file_split_checks_its_matrix():
@@ -233,6 +255,8 @@ def test_one_epoch_trains_and_lteval_reads_the_run(path, sets, cache, tmp_path):
     assert 0 <= results["mAP"] <= 100 and len(results["per_class_ap"]) == 20
     info = json.loads((tmp_path / "run" / "data.json").read_text())
     assert info["multilabel"] is True and (info.get("path") == "stream") == (path == "stream")
+    if path == "stream":  # a new image is read as the run evaluated: whole, resized
+        assert info["eval_crop"] is False and "eval_resize" not in info
     doc, written = evaluate_run(tmp_path / "run")
     assert written is not None and written.is_file()
     assert doc["mAP"] == results["mAP"] and doc["per_class_ap"] == results["per_class_ap"]
@@ -340,6 +364,12 @@ ERRORS = {
     "mean alone": ({"std": None}, None, ConfigError, "data"),
     "jitter in memory": ({"path": "memory", "color_jitter": 0.4}, None, ConfigError,
                          "color_jitter"),
+    "eval_crop in memory": ({"path": "memory", "eval_crop": True}, None, ConfigError,
+                            "data.eval_crop"),
+    "eval_crop not a bool": ({"path": "stream", "eval_crop": "yes"}, None, ConfigError,
+                             "data.eval_crop"),
+    "eval_resize without the crop": ({"path": "stream", "eval_resize": 10}, None, ConfigError,
+                                     "data.eval_resize"),
     "unknown key": ({"train_list": "x.txt"}, None, ConfigError, "data.train_list"),
     "root missing": ({"root": "/nonexistent/mlt"}, None, DataError, "/nonexistent/mlt"),
     "no class_freq": ({}, lambda r: (r / "appendix/VOCdevkit/longtail2012/class_freq.pkl").unlink(),

@@ -19,18 +19,19 @@ files (``path: auto | memory | stream``, :mod:`lttoolbox.data.path_choice`):
   given, pads and crops.
 * ``stream``: the splits are :class:`~lttoolbox.data.stream.MultiLabelFileSplit` (file paths and
   the multi-hot matrix) and every image is decoded when a batch needs it, with the streaming
-  path's transforms (:mod:`lttoolbox.data.stream`: random resized crop, flip, ``color_jitter``;
-  evaluation resizes the shorter side to ``eval_resize`` and takes the centre crop).
+  path's training transform (:mod:`lttoolbox.data.stream`: random resized crop, flip,
+  ``color_jitter``); evaluation resizes the whole image to ``image_size`` square, as the
+  in-memory path and the official test pipeline (``eval_crop: true``: the centre crop of the
+  single-label large sets instead).
 
 Where this differs from the official training pipeline (``configs/voc/LT_resnet50_pfc_DB.py:39-63``,
 ``mllt/datasets/extra_aug.py``): the official training images go through a photometric
 distortion (brightness, contrast, saturation, hue) and a random crop of 0.8-1.0 of each side
 before the resize; neither is reproduced here (the in-memory path flips and pad-crops, the
-streaming path uses the ImageNet-style random resized crop). The streaming evaluation crops the
-centre; the official one (and the in-memory path) resizes the whole image. Normalisation uses the
+streaming path uses the ImageNet-style random resized crop). Normalisation uses the
 ImageNet statistics, the official configs' ``img_norm_cfg`` (mean ``[123.675, 116.28, 103.53]``,
 std ``[58.395, 57.12, 57.375]`` on 0..255, ``configs/voc/LT_resnet50_pfc_DB.py:37-38``,
-``configs/coco/LT_resnet50_pfc_DB.py:37-38``; fact sheet section 5).
+``configs/coco/LT_resnet50_pfc_DB.py:37-38``).
 
 There is no validation split: the official protocol trains on the long-tailed list and reports
 the test set (VOC2007 test, COCO val2017) at the last epoch; nothing is held out here either, so
@@ -82,7 +83,7 @@ def count_groups(counts: Sequence[int], head: int = HEAD_AT_LEAST,
 
 
 def _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter, eval_resize,
-                  decoder, imbalance_type, name: str) -> None:
+                  eval_crop, decoder, imbalance_type, name: str) -> None:
     """ConfigError for bad recipe values, before any file is read."""
     if imbalance_type is not None:
         raise ConfigError(f"{name} is long-tailed already (the official split files choose its "
@@ -94,11 +95,15 @@ def _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter
         raise ConfigError(f"hflip must be true or false, got {hflip!r}", key="hflip")
     check_stats(mean, std)
     check_path_options(path, color_jitter, eval_resize, image_size, decoder)
+    StreamTransform(image_size, False, resize=eval_resize, centre_crop=eval_crop)
+    if path == "memory" and eval_crop:
+        raise ConfigError("eval_crop acts on the streaming path only (path: stream); the "
+                          "in-memory path evaluates the whole resized image", key="eval_crop")
 
 
 def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean, std,
             path: str, cache_dir, crop_padding: int, hflip: bool, color_jitter: float,
-            eval_resize, decoder: str) -> DataBundle:
+            eval_resize, eval_crop: bool, decoder: str) -> DataBundle:
     """Decode (or list) both splits and assemble the multi-label bundle."""
     class_split = data.files["class_split"]
     empty = np.flatnonzero(data.class_freq == 0).tolist()
@@ -107,6 +112,10 @@ def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean,
                         f"{', '.join(data.classes[c] for c in empty[:10])}; every class of "
                         f"{data.name} needs one")
     path = choose_path(path, len(data.train.files), image_size)
+    if path != "stream" and eval_crop:
+        raise ConfigError("eval_crop acts on the streaming path only, and path: auto chose "
+                          "memory for this set (its decoded images fit in 4 GiB); set path: "
+                          "stream", key="eval_crop")
     train_x, _ = load_images(data.train, image_size, cache_dir, path)
     test_x, _ = load_images(data.test, image_size, cache_dir, path)
     if mean is not None:
@@ -124,7 +133,8 @@ def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean,
         test = MultiLabelFileSplit(test_x, data.test.labels, data.classes, mean, std,
                                    image_size, decoder)
         train_transform = StreamTransform(image_size, True, hflip, color_jitter)
-        eval_transform = StreamTransform(image_size, False, resize=eval_resize)
+        eval_transform = StreamTransform(image_size, False, resize=eval_resize,
+                                         centre_crop=eval_crop)
     groups = {k: v.tolist() for k, v in data.groups.items()}
     warnings = []
     by_count = count_groups(train.class_counts)
@@ -151,20 +161,20 @@ def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean,
             "crop_padding": crop_padding, "hflip": hflip, "path": path}
     if stream is not None:
         meta.update(crop_padding=None, color_jitter=color_jitter, decoder=decoder,
-                    eval_resize=eval_transform.resize)
+                    eval_crop=eval_crop, eval_resize=eval_transform.resize)
     return DataBundle(train, test, train_transform, eval_transform, meta, None, warnings)
 
 
 def _build(name: str, reader: Callable[..., MultiLabelData], root, appendix, image_size, mean,
-           std, path, cache_dir, crop_padding, hflip, color_jitter, eval_resize, decoder,
-           imbalance_type) -> DataBundle:
+           std, path, cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
+           decoder, imbalance_type) -> DataBundle:
     _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter, eval_resize,
-                  decoder, imbalance_type, name)
+                  eval_crop, decoder, imbalance_type, name)
     data = reader(root, appendix)
     return _bundle(data, str(Path(str(root)).expanduser().absolute()), appendix,
                    image_size=image_size, mean=mean, std=std, path=path, cache_dir=cache_dir,
                    crop_padding=crop_padding, hflip=hflip, color_jitter=color_jitter,
-                   eval_resize=eval_resize, decoder=decoder)
+                   eval_resize=eval_resize, eval_crop=eval_crop, decoder=decoder)
 
 
 @DATASETS.register("voc_mlt")
@@ -172,8 +182,8 @@ def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: in
             mean: Sequence[float] | None = IMAGENET_MEAN,
             std: Sequence[float] | None = IMAGENET_STD, path: str = "auto",
             cache_dir: str | None = None, crop_padding: int = 0, hflip: bool = True,
-            color_jitter: float = 0.0, eval_resize: int | None = None, decoder: str = "pil",
-            imbalance_type: str | None = None) -> DataBundle:
+            color_jitter: float = 0.0, eval_resize: int | None = None, eval_crop: bool = False,
+            decoder: str = "pil", imbalance_type: str | None = None) -> DataBundle:
     """VOC-MLT: the 1,142-image long-tailed subset of VOC2012 trainval (20 classes) and VOC2007
     test, from the split files of the DB-loss repository.
 
@@ -198,8 +208,12 @@ def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: in
         crop_padding: In-memory path: zero padding of the training random crop (0: none).
         hflip: Random horizontal flip during training (the official ``flip_ratio=0.5``).
         color_jitter: Streaming path: brightness/contrast/saturation jitter strength.
-        eval_resize: Streaming path: shorter side before the evaluation centre crop (default
-            ``image_size * 256 / 224``).
+        eval_crop: Streaming path: evaluate the centre crop of the image resized to
+            ``eval_resize`` (as the large single-label sets), instead of the whole image
+            resized to ``image_size`` square (default, as the official evaluation and the
+            in-memory path: a crop can cut out a labelled object).
+        eval_resize: Streaming path with ``eval_crop``: shorter side before the centre crop
+            (default ``image_size * 256 / 224``).
         decoder: Streaming path: ``pil`` or ``torchvision``.
         imbalance_type: Must be ``null``: the set is long-tailed already.
 
@@ -221,8 +235,8 @@ def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: in
         (torch.Size([1142, 20]), [4, 6, 8, 10, 14, 15])
     """
     return _build("voc_mlt", read_voc_mlt, root, appendix, image_size, mean, std, path,
-                  cache_dir, crop_padding, hflip, color_jitter, eval_resize, decoder,
-                  imbalance_type)
+                  cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
+                  decoder, imbalance_type)
 
 
 @DATASETS.register("coco_mlt")
@@ -230,8 +244,8 @@ def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: i
              mean: Sequence[float] | None = IMAGENET_MEAN,
              std: Sequence[float] | None = IMAGENET_STD, path: str = "auto",
              cache_dir: str | None = None, crop_padding: int = 0, hflip: bool = True,
-             color_jitter: float = 0.0, eval_resize: int | None = None, decoder: str = "pil",
-             imbalance_type: str | None = None) -> DataBundle:
+             color_jitter: float = 0.0, eval_resize: int | None = None, eval_crop: bool = False,
+             decoder: str = "pil", imbalance_type: str | None = None) -> DataBundle:
     """COCO-MLT: the 1,909-image long-tailed subset of COCO train2017 (80 classes), and all of
     val2017 as the test set, from the split files of the DB-loss repository.
 
@@ -244,7 +258,7 @@ def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: i
         root: The folder holding ``appendix/`` and ``coco/`` (layout:
             :mod:`lttoolbox.data.mlt`). Required.
         appendix, image_size, mean, std, path, cache_dir, crop_padding, hflip, color_jitter,
-            eval_resize, decoder, imbalance_type: As :func:`voc_mlt`.
+            eval_crop, eval_resize, decoder, imbalance_type: As :func:`voc_mlt`.
 
     Returns:
         A multi-label :class:`~lttoolbox.data.DataBundle`, as :func:`voc_mlt`.
@@ -260,8 +274,8 @@ def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: i
         (80, 5000)
     """
     return _build("coco_mlt", read_coco_mlt, root, appendix, image_size, mean, std, path,
-                  cache_dir, crop_padding, hflip, color_jitter, eval_resize, decoder,
-                  imbalance_type)
+                  cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
+                  decoder, imbalance_type)
 
 
 #: Both entries build multi-label bundles (their test contract and the evaluation differ).

@@ -221,13 +221,17 @@ class StreamTransform:
     Args:
         size: Output side (224 for the large benchmarks).
         train: Training transform (random resized crop, flip, jitter) or evaluation transform
-            (resize, centre crop).
+            (resize, centre crop; or the whole image resized, see ``centre_crop``).
         hflip: Mirror with probability 1/2 during training.
         color_jitter: Brightness, contrast and saturation jitter strength (0 = none), applied in
             a random order per image as ``torchvision.transforms.ColorJitter`` does.
         resize: Shorter side before the evaluation centre crop (default ``size * 256 / 224``).
         strong: AutoAugment or RandAugment and Cutout after the jitter (training only; see
             :class:`~lttoolbox.data.strong_aug.ImageStrong`).
+        centre_crop: Evaluation: resize the shorter side to ``resize`` and take the centre
+            crop (default), or, when false, resize the whole image to ``size`` x ``size``
+            without keeping its aspect ratio (what the in-memory path does, and what the
+            multi-label benchmarks evaluate: a crop can cut a labelled object out).
 
     Example:
         >>> t = StreamTransform(4, train=True, color_jitter=0.4)
@@ -236,7 +240,8 @@ class StreamTransform:
     """
 
     def __init__(self, size: int, train: bool, hflip: bool = True, color_jitter: float = 0.0,
-                 resize: int | None = None, strong: StrongSpec | None = None):
+                 resize: int | None = None, strong: StrongSpec | None = None,
+                 centre_crop: bool = True):
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ConfigError(f"image_size must be a positive integer, got {size!r}")
         if isinstance(color_jitter, bool) or not isinstance(color_jitter, numbers.Real) \
@@ -250,7 +255,15 @@ class StreamTransform:
         self.train = bool(train)
         self.hflip = bool(hflip)
         self.color_jitter = float(color_jitter)
-        self.resize = int(resize) if resize is not None else int(round(size * 256 / 224))
+        if not isinstance(centre_crop, bool):
+            raise ConfigError(f"eval_crop must be true or false, got {centre_crop!r}")
+        if not centre_crop and resize is not None:
+            raise ConfigError("eval_resize is the shorter side before the evaluation centre "
+                              "crop; without the crop the whole image is resized to image_size")
+        self.centre_crop = centre_crop
+        # None: the evaluation resizes the whole image to size x size
+        self.resize = (None if not centre_crop else int(resize) if resize is not None
+                       else int(round(size * 256 / 224)))
         self.strong = strong if self.train and strong is not None and strong.active else None
         self._strong = ImageStrong(strong) if self.strong is not None else None
 
@@ -264,6 +277,8 @@ class StreamTransform:
 
         size = [self.size, self.size]
         if not self.train:
+            if self.resize is None:
+                return F.resize(image, size, antialias=True).contiguous()
             image = F.resize(image, [self.resize], antialias=True)
             return F.center_crop(image, size)
         top, left, h, w = crop_box(image.shape[-2], image.shape[-1], generator)
@@ -281,6 +296,8 @@ class StreamTransform:
         return image.contiguous()
 
     def __repr__(self) -> str:
+        if not self.train and self.resize is None:
+            return f"StreamTransform(eval: resize to {self.size} x {self.size})"
         if not self.train:
             return f"StreamTransform(eval: resize {self.resize}, centre crop {self.size})"
         strong = f", strong={self.strong}" if self.strong is not None else ""
