@@ -21,6 +21,7 @@ from test_mlt_data import COCO_IDS, freq_pickle, id_file, jpeg, split_pickle, vo
 
 from lttoolbox.data.datapath import StreamPath, build_data_path
 from lttoolbox.data.mlt import COCO_CLASSES, VOC_CLASSES
+from lttoolbox.data.mlt_sets import HEAD_AT_LEAST, TAIL_BELOW, count_groups
 from lttoolbox.data.multilabel import MultiLabelDataset
 from lttoolbox.data.stream import IMAGENET_MEAN, IMAGENET_STD, FileSplit, MultiLabelFileSplit
 from lttoolbox.engine.evaluate import multilabel_metrics
@@ -195,6 +196,8 @@ def test_memory_and_stream_give_the_same_labels_and_counts(sets, cache):
     y = torch.cat([b[1] for b in batches])
     assert y.dtype == torch.float32 and torch.equal(y, torch.from_numpy(fixture["train"][order]))
     assert batches[0][0].shape == (3, 3, 8, 8)
+    _, rows = path.fetch(torch.tensor([3, 108]))  # extra training images (CMO's way)
+    assert torch.equal(rows, torch.from_numpy(fixture["train"][[3, 108]]))
     x, rows = path.eval_fetch("test", np.array([2, 9]))
     assert torch.equal(rows, torch.from_numpy(fixture["test"][[2, 9]]))
     assert path.eval_labels("test").shape == (10, 20)
@@ -300,6 +303,9 @@ def test_class_split_groups_are_the_trainer_groups(sets, cache):
     split = bundle.meta["class_split"]
     counts = bundle.train.class_counts
     assert counts[14] == 100 and counts[8] == 99 and counts[1] == 20 and counts[0] == 19
+    # the rule the data set checks the file against (its warning) is the evaluation's default
+    assert (HEAD_AT_LEAST, TAIL_BELOW) == (ev["many_threshold"], ev["few_threshold"])
+    assert count_groups(counts) == split and not bundle.warnings
     # per-class APs that tell the classes apart: class c ranks its positive (test image c // 2)
     # at place r_c = 1 + c % 4 among 10 images, so its AP is 1 / r_c
     targets = bundle.test.labels.numpy()
