@@ -22,10 +22,10 @@ The exported input (``--input``):
   (in the metadata).
 
 ``B`` is free (a dynamic axis), ``C``, ``H``, ``W`` are the run's (``in_channels``,
-``image_size``; an image is resized to that square as ``ltpredict`` does, or, for streamed data,
-resized to ``eval_resize`` and centre-cropped). The output is the ``(B, num_classes)`` float32
-logits; the softmax and any post-hoc logit adjustment (``ltpredict --tau``) are left to the user,
-who finds the training class counts in the metadata.
+``image_size``; an image is resized to that square as ``ltpredict`` does, or, for streamed data
+evaluated on a centre crop, resized to ``eval_resize`` and centre-cropped). The output is the
+``(B, num_classes)`` float32 logits; the softmax and any post-hoc logit adjustment
+(``ltpredict --tau``) are left to the user, who finds the training class counts in the metadata.
 
 The metadata (:func:`export_metadata`: class names, mean, std, channels, image size, the input
 kind, the phase, the model config...) is stored as the TorchScript file's extra file
@@ -155,8 +155,8 @@ def export_metadata(run, input: str) -> dict:
         "run": str(run.dir),
         "lttoolbox": lttoolbox.__version__,
     }
-    if info.get("path") == "stream":  # a new image is resized, then centre-cropped
-        meta["eval_resize"] = int(info["eval_resize"])
+    if info.get("path") == "stream" and info.get("eval_crop", True):
+        meta["eval_resize"] = int(info["eval_resize"])  # a new image: resized, centre-cropped
     return meta
 
 

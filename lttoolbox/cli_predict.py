@@ -64,7 +64,9 @@ def decode_files(info: dict, files: list[Path]) -> tuple[list, list[Path], list[
 
     if info.get("path") == "stream":  # as the run evaluated: resize, then centre crop
         from .data.stream import StreamTransform, read_image
-        crop = StreamTransform(info["image_size"], train=False, resize=info["eval_resize"])
+        crop = (StreamTransform(info["image_size"], train=False, resize=info["eval_resize"])
+                if info.get("eval_crop", True) else  # or the whole image resized
+                StreamTransform(info["image_size"], train=False, centre_crop=False))
 
         def decode(name: str):
             return crop(read_image(name), None).numpy()

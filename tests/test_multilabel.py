@@ -101,8 +101,19 @@ def test_bad_parameters_are_refused_naming_the_key(param, value):
         DATASETS.build({**SMALL, param: value}, key="data")
 
 
-#: name -> recipe of every multi-label data set (declared ``multilabel`` on its entry), small.
-ML_CASES = PerEntry(DATASETS, {"digits_mlt": SMALL}, where="ML_CASES in tests/test_multilabel.py",
+def _split_file_set(name):
+    """A recipe of ``name`` on its fixture in the official formats, written to ``folder``."""
+    def make(folder):
+        from test_mlt_sets import MAKE, cfg
+        return cfg(name, MAKE[name](folder / "data"), folder / "cache")
+    return make
+
+
+#: name -> recipe (or a function of a fresh folder returning one, for a set read from files) of
+#: every multi-label data set (declared ``multilabel`` on its entry), small.
+ML_CASES = PerEntry(DATASETS, {"digits_mlt": SMALL, "voc_mlt": _split_file_set("voc_mlt"),
+                               "coco_mlt": _split_file_set("coco_mlt")},
+                    where="ML_CASES in tests/test_multilabel.py",
                     select=lambda entry: getattr(entry, "multilabel", False))
 
 
@@ -112,8 +123,9 @@ def test_every_multilabel_dataset_has_a_contract_case():
 
 
 @pytest.mark.parametrize("name", ML_CASES.names)
-def test_multilabel_dataset_contract(name):
+def test_multilabel_dataset_contract(name, tmp_path):
     cfg = ML_CASES[name]
+    cfg = cfg(tmp_path) if callable(cfg) else cfg
     built = DATASETS.build(cfg)
     assert built.multilabel and built.meta["dataset"] == name
     for ds in (built.train, built.test):

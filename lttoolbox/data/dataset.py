@@ -496,5 +496,7 @@ def data_info(bundle) -> dict:
     if bundle.multilabel:  # read back by lteval and ltpredict
         info["multilabel"] = True
     if bundle.path == "stream":  # a new image is resized and centre-cropped as in evaluation
-        info.update(path="stream", eval_resize=int(bundle.eval_transform.resize))
+        resize = bundle.eval_transform.resize
+        info.update(path="stream", **({"eval_resize": int(resize)} if resize is not None
+                                      else {"eval_crop": False}))  # or resized whole
     return info

@@ -54,7 +54,7 @@ class FileSplit:
 
     Args:
         paths: Absolute path of each image.
-        labels: Class ids ``(N,)``.
+        labels: Class ids ``(N,)`` (a multi-label split: :class:`MultiLabelFileSplit`).
         classes: Class names; index = class id.
         mean: Per-channel mean on the 0..1 scale (for the on-device normalisation).
         std: Per-channel standard deviation on the 0..1 scale.
@@ -68,25 +68,34 @@ class FileSplit:
     """
 
     in_channels = 3
+    multilabel = False
 
     def __init__(self, paths: Sequence[str] | np.ndarray, labels: Sequence[int] | np.ndarray,
                  classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
                  image_size: int, decoder: str = "pil"):
         self.paths = np.asarray([str(p) for p in paths], dtype=object)
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.classes = [str(c) for c in classes]
+        self.labels = self._checked_labels(labels)
         if len(self.paths) != len(self.labels):
             raise DataError(f"{len(self.paths)} image paths but {len(self.labels)} labels")
-        self.classes = [str(c) for c in classes]
-        if len(self.labels) and (int(self.labels.min()) < 0
-                                 or int(self.labels.max()) >= len(self.classes)):
-            raise DataError(f"labels must lie in [0, {len(self.classes)})")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.image_size = int(image_size)
         if decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         self.decoder = decoder
-        self.class_counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        self.class_counts = self._counts()
+
+    def _checked_labels(self, labels) -> torch.Tensor:
+        """Class ids ``(N,)`` as int64, each in ``[0, C)``."""
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(self.classes)):
+            raise DataError(f"labels must lie in [0, {len(self.classes)})")
+        return labels
+
+    def _counts(self) -> list[int]:
+        """Images per class."""
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
     @property
     def num_classes(self) -> int:
@@ -98,6 +107,47 @@ class FileSplit:
 
     def __repr__(self) -> str:
         return (f"FileSplit({len(self)} image files at {self.image_size} px, "
+                f"{self.num_classes} classes)")
+
+
+class MultiLabelFileSplit(FileSplit):
+    """A multi-label split held as image file paths: the streaming counterpart of
+    :class:`~lttoolbox.data.multilabel.MultiLabelDataset`.
+
+    Its ``labels`` are a float32 multi-hot matrix ``(N, C)`` (1.0: the label is present), so an
+    item of :class:`ImageFiles` is ``(image, row)`` and a collated batch's targets are ``(B, C)``;
+    ``class_counts[c]`` is the number of images with label ``c`` (the column sums).
+
+    Args:
+        labels: Multi-hot ``(N, len(classes))``, 0/1 values.
+        paths, classes, mean, std, image_size, decoder: As :class:`FileSplit`.
+
+    Example:
+        >>> s = MultiLabelFileSplit(["/a.jpg", "/b.jpg"], [[1, 1], [0, 1]], ["x", "y"],
+        ...                         (0.5,) * 3, (0.2,) * 3, 224)
+        >>> s.class_counts, s.multilabel, tuple(s.labels.shape), s.labels.dtype
+        ([1, 2], True, (2, 2), torch.float32)
+    """
+
+    multilabel = True
+
+    def _checked_labels(self, labels) -> torch.Tensor:
+        """The multi-hot matrix as float32 ``(N, C)``, holding only 0 and 1."""
+        matrix = torch.as_tensor(np.asarray(labels, dtype=np.float32))
+        if matrix.dim() != 2 or matrix.shape[1] != len(self.classes):
+            raise DataError(f"{len(self.paths)} images of {len(self.classes)} classes need a "
+                            f"multi-hot label matrix of shape ({len(self.paths)}, "
+                            f"{len(self.classes)}), got {tuple(matrix.shape)}")
+        if not bool(((matrix == 0) | (matrix == 1)).all()):
+            raise DataError("a multi-hot label matrix holds only 0 and 1")
+        return matrix.contiguous()
+
+    def _counts(self) -> list[int]:
+        """Images per label: the column sums."""
+        return [int(v) for v in self.labels.sum(0).round().to(torch.int64).tolist()]
+
+    def __repr__(self) -> str:
+        return (f"MultiLabelFileSplit({len(self)} image files at {self.image_size} px, "
                 f"{self.num_classes} classes)")
 
 
@@ -171,13 +221,17 @@ class StreamTransform:
     Args:
         size: Output side (224 for the large benchmarks).
         train: Training transform (random resized crop, flip, jitter) or evaluation transform
-            (resize, centre crop).
+            (resize, centre crop; or the whole image resized, see ``centre_crop``).
         hflip: Mirror with probability 1/2 during training.
         color_jitter: Brightness, contrast and saturation jitter strength (0 = none), applied in
             a random order per image as ``torchvision.transforms.ColorJitter`` does.
         resize: Shorter side before the evaluation centre crop (default ``size * 256 / 224``).
         strong: AutoAugment or RandAugment and Cutout after the jitter (training only; see
             :class:`~lttoolbox.data.strong_aug.ImageStrong`).
+        centre_crop: Evaluation: resize the shorter side to ``resize`` and take the centre
+            crop (default), or, when false, resize the whole image to ``size`` x ``size``
+            without keeping its aspect ratio (what the in-memory path does, and what the
+            multi-label benchmarks evaluate: a crop can cut a labelled object out).
 
     Example:
         >>> t = StreamTransform(4, train=True, color_jitter=0.4)
@@ -186,7 +240,8 @@ class StreamTransform:
     """
 
     def __init__(self, size: int, train: bool, hflip: bool = True, color_jitter: float = 0.0,
-                 resize: int | None = None, strong: StrongSpec | None = None):
+                 resize: int | None = None, strong: StrongSpec | None = None,
+                 centre_crop: bool = True):
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ConfigError(f"image_size must be a positive integer, got {size!r}")
         if isinstance(color_jitter, bool) or not isinstance(color_jitter, numbers.Real) \
@@ -200,7 +255,15 @@ class StreamTransform:
         self.train = bool(train)
         self.hflip = bool(hflip)
         self.color_jitter = float(color_jitter)
-        self.resize = int(resize) if resize is not None else int(round(size * 256 / 224))
+        if not isinstance(centre_crop, bool):
+            raise ConfigError(f"eval_crop must be true or false, got {centre_crop!r}")
+        if not centre_crop and resize is not None:
+            raise ConfigError("eval_resize is the shorter side before the evaluation centre "
+                              "crop; without the crop the whole image is resized to image_size")
+        self.centre_crop = centre_crop
+        # None: the evaluation resizes the whole image to size x size
+        self.resize = (None if not centre_crop else int(resize) if resize is not None
+                       else int(round(size * 256 / 224)))
         self.strong = strong if self.train and strong is not None and strong.active else None
         self._strong = ImageStrong(strong) if self.strong is not None else None
 
@@ -214,6 +277,8 @@ class StreamTransform:
 
         size = [self.size, self.size]
         if not self.train:
+            if self.resize is None:
+                return F.resize(image, size, antialias=True).contiguous()
             image = F.resize(image, [self.resize], antialias=True)
             return F.center_crop(image, size)
         top, left, h, w = crop_box(image.shape[-2], image.shape[-1], generator)
@@ -231,6 +296,8 @@ class StreamTransform:
         return image.contiguous()
 
     def __repr__(self) -> str:
+        if not self.train and self.resize is None:
+            return f"StreamTransform(eval: resize to {self.size} x {self.size})"
         if not self.train:
             return f"StreamTransform(eval: resize {self.resize}, centre crop {self.size})"
         strong = f", strong={self.strong}" if self.strong is not None else ""
@@ -249,7 +316,8 @@ def draw_seeds(seed: int, epoch_key: Sequence[int], positions: np.ndarray) -> np
 class ImageFiles(torch.utils.data.Dataset):
     """A map-style data set over ``(file index, seed)`` items: decodes the file and applies the
     transform with a generator seeded by the item's seed (no seed: the unseeded evaluation
-    transform). Returns ``(uint8 image, label)``."""
+    transform). Returns ``(uint8 image, label)``: a class id, or a multi-hot row of a
+    :class:`MultiLabelFileSplit` (collated into ``(B, C)`` targets)."""
 
     def __init__(self, split: FileSplit, transform: StreamTransform):
         self.paths = split.paths
