@@ -410,3 +410,33 @@ def test_a_broken_image_stops_the_stream_build_naming_the_file(tmp_path):
         with pytest.raises(DataError, match=f"cannot read image {broken}") as caught:
             DATASETS.build(cfg("voc_mlt", fixture, tmp_path / "cache", path=path))
         assert "\n" not in str(caught.value)
+
+
+# ------------------------------------------------------------------------------ the protocols
+PROTOCOLS = sorted((Path(__file__).resolve().parents[1] / "configs" / "multilabel").glob(
+    "*_mlt_*.yaml"))
+
+
+@pytest.mark.long  # a ResNet-50 epoch each, 10 to 80 s on two cores
+@pytest.mark.parametrize("path", PROTOCOLS, ids=lambda p: p.stem)
+def test_the_voc_and_coco_protocols_train_as_written_on_a_fixture(path, sets, cache, tmp_path):
+    """The recipe as written (ResNet-50, pfc head, norm_eval, frozen stem and layer1, its
+    sampler and loss, clipping, per-step warm-up), on the fixture: only the data root, a small
+    image size, the weights (none here) and the budget change."""
+    from lttoolbox.engine import train
+    from lttoolbox.recipe import load_recipe, read_recipe
+
+    name = read_recipe(path)["data"]["name"]
+    overrides = [f"data.root={sets[name]['root']}", "data.image_size=32",
+                 f"data.cache_dir={cache}", "model.weights=null", "train.epochs=1",
+                 "train.batch_size=16"]
+    if name == "coco_mlt" and read_recipe(path)["loss"]["name"] == "db":
+        # the fixture's class 0 is in every image, where the class bias -log(N/n - 1) is infinite
+        overrides.append("loss.init_bias=0.0")
+    recipe = load_recipe(path, overrides)
+    as_written = read_recipe(path)
+    assert recipe["model"]["name"] == "resnet50" and recipe["model"]["norm_eval"] is True
+    assert recipe["loss"]["name"] == as_written["loss"]["name"]
+    results = train(recipe, tmp_path / "run", quiet=True)
+    assert np.isfinite(results["history"][-1]["loss"]) and 0 <= results["mAP"] <= 100
+    assert results["data"]["dataset"] == name
