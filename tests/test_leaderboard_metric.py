@@ -274,6 +274,21 @@ def test_an_entry_states_its_imbalance_even_when_null(tmp_path, missing):
         References.load(path)
 
 
+def test_shipped_distribution_balanced_numbers():
+    """The DB loss's released numbers: README.md lines 52 (COCO-MLT) and 58 (VOC-MLT) of
+    wutong16/DistributionBalancedLoss at 14460d0, Total / Head / Medium / Tail."""
+    refs = References.load(ROOT / "benchmarks" / "reference_numbers.yaml")
+    readme = {"coco_mlt": (53.55, 51.13, 57.05, 51.06), "voc_mlt": (78.94, 73.22, 84.18, 79.30)}
+    for dataset, (total, head, medium, tail) in readme.items():
+        ref = refs.lookup("db", dataset, None, None, metric="mAP")
+        assert (ref.value, dict(ref.groups)) == (
+            total, {"head_mAP": head, "medium_mAP": medium, "tail_mAP": tail})
+        assert ref.printed == f"{total:g} % mAP" and ref.final_epoch
+        assert "14460d0acda6a3e77a8a6a5999b9746243cb1535/README.md" in ref.url
+        assert "epoch_8" in ref.selection
+        assert refs.lookup("db", dataset, None, None) is None  # no top-1 number
+
+
 # ------------------------------------------------------------------------------ archives
 def ml_results(**extra) -> bytes:
     return json.dumps({"recipe_hash": "abc", "protocol": "smoke", "mAP": 30.0,
