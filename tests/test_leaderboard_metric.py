@@ -31,6 +31,7 @@ from lttoolbox.leaderboard.suite import Planner, load_suite
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 ML_RECIPE = ROOT / "configs" / "multilabel" / "digits_bce.yaml"
+SHIPPED = ROOT / "benchmarks" / "suites" / "digits_mlt_core.yaml"
 
 
 def write_yaml(path: Path, data) -> Path:
@@ -331,6 +332,34 @@ def test_the_cli_merges_a_map_archive_into_a_map_suite(tmp_path, capsys):
                  "--no-plots", "--rows", "bce", "db", "--out", str(tmp_path / "lb")])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "lb" / "runs" / "asis" / "bce" / "seed0" / "results.json").is_file()
+
+
+# ------------------------------------------------------------------------------ shipped suite
+def test_shipped_multilabel_suite(tmp_path):
+    """digits_mlt_core: mAP, the four losses' recipes, BCE as baseline, the recipes as written
+    under paper and quick, a smoke protocol digits_mlt accepts; no paper number."""
+    suite = load_suite(SHIPPED)
+    assert suite.metric.key == "mAP" and suite.baseline == "bce" and suite.references is None
+    assert [(r.id, r.recipe.name) for r in suite.rows] == [
+        (name, f"digits_{name}.yaml") for name in ("bce", "focal", "cb", "db")]
+    assert all(r.recipe.parent.resolve() == ML_RECIPE.parent for r in suite.rows)
+    assert [s.id for s in suite.settings] == ["ratio20"]
+    written = yaml.safe_load(ML_RECIPE.read_text())
+    for protocol in ("paper", "quick"):
+        run = Planner(suite, protocol, tmp_path / protocol).plan("bce", "ratio20", 0)
+        assert run.epochs == [written["train"]["epochs"]], protocol
+        assert run.recipe["schedule"]["warmup_epochs"] == written["schedule"]["warmup_epochs"]
+        assert run.recipe["data"]["imbalance_ratio"] == written["data"]["imbalance_ratio"]
+    smoke = Planner(suite, "smoke", tmp_path / "smoke").plan("bce", "ratio20", 0)
+    assert smoke.epochs == [1] and smoke.recipe["data"]["num_train"] == 300
+    from lttoolbox.registry import DATASETS
+
+    DATASETS.build({k: v for k, v in smoke.recipe["data"].items()})  # no unknown key
+    doc = collect(suite, Planner(suite, "paper", tmp_path / "paper"), References.empty(), [0],
+                  {"bce"}, {"ratio20"})
+    md = markdown(doc)
+    assert "digits_mlt is synthetic" in md and "no paper reports a number" in md
+    assert "| mAP | Head mAP | Medium mAP | Tail mAP | Δ mAP vs BCE |" in md
 
 
 # ------------------------------------------------------------------------------ end to end
