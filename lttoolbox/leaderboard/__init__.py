@@ -5,6 +5,8 @@ modules are small on purpose:
 
 * :mod:`~lttoolbox.leaderboard.suite`: read a suite file, apply a protocol, plan one resolved
   recipe per run,
+* :mod:`~lttoolbox.leaderboard.metrics`: the suite's primary metric (top-1 or mAP) and the columns
+  every table reads for it,
 * :mod:`~lttoolbox.leaderboard.references`: the papers' numbers
   (``benchmarks/reference_numbers.yaml``),
 * :mod:`~lttoolbox.leaderboard.runner`: decide per run whether to skip, resume or start it, and

@@ -8,7 +8,8 @@ they had run there: the report matches each ``results.json`` to its planned reci
 
 A merge trusts nothing in the archive. The whole archive is read and checked before anything is
 written: every member's path, type and size, every file's content (``results.json`` with a
-numeric top-1, ``log.jsonl`` one JSON object per line, ``recipe.yaml`` a mapping), and every run
+numeric top-1, or the suite's metric: ``mAP`` for a multi-label suite; ``log.jsonl`` one JSON
+object per line, ``recipe.yaml`` a mapping), and every run
 against the local one it would land on. A local run is never replaced unless asked
 (``overwrite``), and then it is moved aside, not deleted. Any problem is one :class:`ArchiveError`
 line naming the archive and the member.
@@ -33,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from ..rundir import RunDir, atomic_write
 from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
+from .metrics import metric_spec
 
 KEPT = (RunDir.RESULTS, RunDir.LOG, RunDir.RECIPE)
 LIMIT = 16 * 2 ** 20  # what one file brought back from a GPU window may weigh
@@ -42,7 +44,7 @@ WRITE_ORDER = (RunDir.RECIPE, RunDir.LOG, RunDir.RESULTS)
 MEMBER = re.compile(r"runs/([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9][A-Za-z0-9_.-]*)/"
                     r"(seed\d+)/(" + "|".join(map(re.escape, KEPT)) + ")")
 EXPECTED = f"runs/<setting>/<row>/seed<k>/{{{','.join(KEPT)}}}"
-METRICS = ("mean_class_acc", "many", "medium", "few", "ece")  # besides top1: number or null
+METRICS = metric_spec("top1").numbers[1:]  # besides top1: number or null (see _check_results)
 COSTS = ("seconds", "images_per_second", "compile_seconds")
 
 
@@ -62,26 +64,28 @@ def _number(value, lo: float | None = None, hi: float | None = None) -> bool:
             and (hi is None or value <= hi))
 
 
-def _check_results(data: dict) -> str | None:
-    """What is wrong with a ``results.json`` the report would read, or None."""
+def _check_results(data: dict, metric: str = "top1") -> str | None:
+    """What is wrong with a ``results.json`` the report of a ``metric`` suite would read, or
+    None."""
+    spec = metric_spec(metric)
     if not isinstance(data, dict):
         return f"results.json must hold a JSON object, not {type(data).__name__}"
     if not isinstance(data.get("recipe_hash"), str) or not data["recipe_hash"]:
         return "'recipe_hash' must be a non-empty string"
     if data.get("protocol") is not None and not isinstance(data["protocol"], str):
         return f"'protocol' must be a string, got {data['protocol']!r}"
-    if not _number(data.get("top1"), 0, 100):
-        return f"'top1' must be a number from 0 to 100, got {data.get('top1')!r}"
-    for key in METRICS:
+    if not _number(data.get(spec.key), 0, 100):
+        return f"'{spec.key}' must be a number from 0 to 100, got {data.get(spec.key)!r}"
+    for key in spec.numbers[1:]:
         if data.get(key) is not None and not _number(data[key]):
             return f"'{key}' must be a number or null, got {data[key]!r}"
     for key in COSTS:
         if data.get(key) is not None and not _number(data[key], 0):
             return f"'{key}' must be a number >= 0 or null, got {data[key]!r}"
-    if data.get("per_class_acc") is not None and not (
-            isinstance(data["per_class_acc"], list)
-            and all(a is None or _number(a) for a in data["per_class_acc"])):
-        return "'per_class_acc' must be a list of numbers or nulls"
+    if data.get(spec.per_class) is not None and not (
+            isinstance(data[spec.per_class], list)
+            and all(a is None or _number(a) for a in data[spec.per_class])):
+        return f"'{spec.per_class}' must be a list of numbers or nulls"
     for key in ("train_class_counts", "test_class_counts"):
         if data.get(key) is not None and not (
                 isinstance(data[key], list) and all(_number(c, 0) for c in data[key])):
@@ -98,18 +102,19 @@ def _check_results(data: dict) -> str | None:
     return None
 
 
-def _check_log_row(row) -> str | None:
+def _check_log_row(row, metric: str = "top1") -> str | None:
     if not isinstance(row, dict):
         return f"a JSON object per line, not {type(row).__name__}"
     evaluation = row.get("eval")
     if evaluation is not None and not (isinstance(evaluation, dict)
-                                       and _number(evaluation.get("top1"), 0, 100)):
-        return "'eval' must be an object with a numeric 'top1'"
+                                       and _number(evaluation.get(metric), 0, 100)):
+        return f"'eval' must be an object with a numeric '{metric}'"
     return None
 
 
-def check_file(name: str, data: bytes) -> str | None:
-    """What is wrong with one run file's content (``name`` one of :data:`KEPT`), or None."""
+def check_file(name: str, data: bytes, metric: str = "top1") -> str | None:
+    """What is wrong with one run file's content (``name`` one of :data:`KEPT`) for the report
+    of a ``metric`` suite, or None."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -119,13 +124,14 @@ def check_file(name: str, data: bytes) -> str | None:
             parsed = json.loads(text)
         except ValueError as err:
             return f"not valid JSON ({err})"
-        return _check_results(upgrade_record(parsed))  # a pack from before phases were so named
+        # upgrade: a pack from before phases were so named
+        return _check_results(upgrade_record(parsed), metric)
     if name == RunDir.LOG:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                problem = _check_log_row(json.loads(line))
+                problem = _check_log_row(json.loads(line), metric)
             except ValueError as err:
                 problem = f"not valid JSON ({err})"
             if problem:
@@ -140,12 +146,12 @@ def check_file(name: str, data: bytes) -> str | None:
 
 # ------------------------------------------------------------------------------------- pack
 def pack(out: Path, archive: Path, limit: int = LIMIT,
-         skipped: list[tuple[Path, str]] | None = None) -> int:
+         skipped: list[tuple[Path, str]] | None = None, metric: str = "top1") -> int:
     """Write the finished runs of ``out`` into ``archive``; returns how many.
 
-    A run whose files :func:`merge` would refuse (``results.json`` without a numeric top-1, a
-    file over ``limit``, ...) is left out and appended to ``skipped`` as ``(folder, why)``, so
-    every archive written here merges.
+    A run whose files :func:`merge` would refuse (``results.json`` without a numeric top-1, or
+    ``metric``, a file over ``limit``, ...) is left out and appended to ``skipped`` as
+    ``(folder, why)``, so every archive written here merges into a suite of that metric.
 
     Raises:
         ArchiveError: the archive, or its content unpacked, would exceed its limit (``limit``
@@ -163,7 +169,7 @@ def pack(out: Path, archive: Path, limit: int = LIMIT,
             problem = None
             for name, data in files.items():
                 why = (f"{len(data):,} bytes, over the {limit:,}-byte limit"
-                       if len(data) > limit else check_file(name, data))
+                       if len(data) > limit else check_file(name, data, metric))
                 if why:
                     problem = f"{name}: {why}"
                     break
@@ -202,8 +208,9 @@ class MergePlan:
     unchanged: set[str] = field(default_factory=set)  # runs already there, byte for byte
 
 
-def read_archive(archive: Path, limit: int = LIMIT) -> dict[str, dict[str, bytes]]:
-    """Read and check a whole :func:`pack` archive; nothing is written.
+def read_archive(archive: Path, limit: int = LIMIT,
+                 metric: str = "top1") -> dict[str, dict[str, bytes]]:
+    """Read and check a whole :func:`pack` archive for a suite of ``metric``; nothing is written.
 
     Returns:
         The runs it holds: ``"runs/<setting>/<row>/seed<k>"`` -> {file name: bytes}.
@@ -254,7 +261,7 @@ def read_archive(archive: Path, limit: int = LIMIT) -> dict[str, dict[str, bytes
                 if len(data) != member.size:
                     raise EOFError(f"member {name!r} ends after {len(data):,} of "
                                    f"{member.size:,} bytes")
-                problem = check_file(file, data)
+                problem = check_file(file, data, metric)
                 if problem:
                     raise ArchiveError(f"{archive}: member {name!r}: {problem}")
                 runs.setdefault(run, {})[file] = data
@@ -314,8 +321,9 @@ def _local_difference(run_dir: Path, files: dict[str, bytes]) -> str | None:
 
 
 def plan_merge(archives: list[Path], out: Path, overwrite: bool = False,
-               limit: int = LIMIT) -> list[MergePlan]:
-    """Read and check every archive, and decide what merging them into ``out`` does.
+               limit: int = LIMIT, metric: str = "top1") -> list[MergePlan]:
+    """Read and check every archive (for a suite of ``metric``), and decide what merging them
+    into ``out`` does.
 
     Raises:
         ArchiveError: an archive is bad (see :func:`read_archive`), two archives hold different
@@ -324,7 +332,7 @@ def plan_merge(archives: list[Path], out: Path, overwrite: bool = False,
     """
     plans, seen = [], {}
     for archive in archives:
-        runs = read_archive(Path(archive), limit)
+        runs = read_archive(Path(archive), limit, metric)
         plan = MergePlan(Path(archive), runs)
         for run, files in sorted(runs.items()):
             if run in seen and seen[run][1] != files:
@@ -368,13 +376,13 @@ def apply_merge(plan: MergePlan, out: Path) -> list[tuple[Path, Path]]:
     return moved
 
 
-def merge(archive: Path, out: Path, overwrite: bool = False) -> int:
+def merge(archive: Path, out: Path, overwrite: bool = False, metric: str = "top1") -> int:
     """Check an archive written by :func:`pack` whole, then extract it into ``out``; returns
     the runs it held.
 
     Raises:
         ArchiveError: see :func:`plan_merge`; nothing is written then.
     """
-    plan = plan_merge([archive], out, overwrite)[0]
+    plan = plan_merge([archive], out, overwrite, metric=metric)[0]
     apply_merge(plan, out)
     return len(plan.runs)

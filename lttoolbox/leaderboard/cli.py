@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.merge:
         try:  # every archive is read and checked before any is written
-            plans = plan_merge([Path(a) for a in args.merge], out, args.merge_overwrite)
+            plans = plan_merge([Path(a) for a in args.merge], out, args.merge_overwrite,
+                               metric=suite.metric.key)
         except ArchiveError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         if threads is None and args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
             threads = max(1, (os.cpu_count() or 1) // args.jobs)
         deadline = (time.monotonic() + 60 * args.budget) if args.budget else None
-        runner = Runner(args.protocol, args.jobs, threads, say, deadline=deadline)
+        runner = Runner(args.protocol, args.jobs, threads, say, deadline=deadline,
+                        metric=suite.metric)
         runner.donors = donors
         with stop_signals_interrupt():  # SIGTERM or a lost SIGINT stops the runs resumably
             outcomes, interrupted = runner.run_all(queue)
@@ -241,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pack:
         try:
             skipped: list = []
-            say(f"packed {pack(out, Path(args.pack), skipped=skipped)} finished runs into "
-                f"{args.pack}")
+            packed = pack(out, Path(args.pack), skipped=skipped, metric=suite.metric.key)
+            say(f"packed {packed} finished runs into {args.pack}")
             for run, why in skipped:
                 say(f"warning: {run} left out of the pack: {why}")
         except ArchiveError as err:

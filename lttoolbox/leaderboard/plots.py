@@ -2,11 +2,15 @@
 
 Per setting: per-class accuracy against the class's training count for every finished row, and a
 bar chart of the rows' top-1 (mean ± standard deviation over seeds, the baseline as a line, and the
-paper's top-1 as a marker under the ``paper`` protocol only, where values are comparable).
+paper's top-1 as a marker under the ``paper`` protocol only, where values are comparable). A
+suite of another metric draws that metric instead (``mAP``: per-class average precision, and the
+bars in ``<setting>_mAP.png``).
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+from .metrics import metric_spec
 
 
 def available() -> bool:
@@ -28,6 +32,8 @@ def write_plots(doc: dict, out: Path) -> dict[str, list[str]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    spec = metric_spec(doc.get("metric", "top1"))
+    key = spec.key
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[str]] = {}
@@ -41,7 +47,7 @@ def write_plots(doc: dict, out: Path) -> dict[str, list[str]]:
 
         fig, ax = plt.subplots(figsize=(9, 5.5))
         for i, row in enumerate(rows):
-            counts, accs = row.get("train_class_counts") or [], row.get("per_class_acc") or []
+            counts, accs = row.get("train_class_counts") or [], row.get(spec.per_class) or []
             pairs = sorted((n, a) for n, a in zip(counts, accs) if a is not None and n)
             if not pairs:
                 continue
@@ -50,7 +56,7 @@ def write_plots(doc: dict, out: Path) -> dict[str, list[str]]:
                     label=row["label"])
         ax.set_xscale("log")
         ax.set_xlabel("training images of the class (log scale)")
-        ax.set_ylabel("per-class test accuracy (%), mean over seeds")
+        ax.set_ylabel(spec.per_class_axis)
         ax.set_title(f"{doc['title']} — {setting['label']} ({doc['protocol']['name']})")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -61,27 +67,31 @@ def write_plots(doc: dict, out: Path) -> dict[str, list[str]]:
         names.append(name)
 
         fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 5))
-        means = [r["metrics"]["top1"]["mean"] for r in rows]
-        errs = [r["metrics"]["top1"]["std"] or 0.0 for r in rows]
+        rows = [r for r in rows if (r.get("metrics") or {}).get(key)]
+        if not rows:
+            written[setting["id"]] = names
+            continue
+        means = [r["metrics"][key]["mean"] for r in rows]
+        errs = [r["metrics"][key]["std"] or 0.0 for r in rows]
         xs = range(len(rows))
         ax.bar(xs, means, yerr=errs, capsize=3, color=[colours(i % 20) for i in xs])
         base = next((r for r in rows if r["id"] == doc.get("baseline")), None)
         if base is not None:
-            ax.axhline(base["metrics"]["top1"]["mean"], color="black", linewidth=0.8,
+            ax.axhline(base["metrics"][key]["mean"], color="black", linewidth=0.8,
                        linestyle="--", label=f"{base['label']} (baseline)")
         if doc["protocol"]["name"] == "paper":
             px = [i for i, r in enumerate(rows) if r.get("paper")]
-            ax.scatter(px, [rows[i]["paper"]["top1"] for i in px], marker="x", color="black",
+            ax.scatter(px, [rows[i]["paper"][key] for i in px], marker="x", color="black",
                        zorder=3, label="paper")
         ax.set_xticks(list(xs))
         ax.set_xticklabels([r["label"] for r in rows], rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("top-1 accuracy (%), final epoch")
+        ax.set_ylabel(spec.axis)
         ax.set_ylim(0.0, min(100.0, max(m + e for m, e in zip(means, errs)) + 5.0))
         ax.set_title(f"{doc['title']} — {setting['label']} ({doc['protocol']['name']})")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         fig.tight_layout()
-        name = f"plots/{setting['id']}_top1.png"
+        name = f"plots/{setting['id']}_{key}.png"
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
         names.append(name)

@@ -1,10 +1,12 @@
 """Aggregate the runs' ``results.json`` into the leaderboard: ``leaderboard.{json,csv,md}``.
 
 Per row and column: mean and sample standard deviation (``ddof=1``; none for a single seed) over
-the seeds that finished with exactly the planned recipe, of top-1, mean per-class accuracy and the
-many/medium/few-shot accuracies; the difference of mean top-1 to the suite's baseline row; the
-paper's number with its source; training time, wall time and images/s. Every number is the final
-epoch's: ``lttrain`` never selects an epoch on the test set, and neither does this.
+the seeds that finished with exactly the planned recipe, of the suite's metric and its group
+columns (``top1``: top-1, mean per-class accuracy and the many/medium/few-shot accuracies;
+``mAP``: mAP and the head/medium/tail mAP; :mod:`lttoolbox.leaderboard.metrics`); the difference
+of the metric's mean to the suite's baseline row; the paper's number with its source; training
+time, wall time and images/s. Every number is the final epoch's: ``lttrain`` never selects an
+epoch on the test set, and neither does this. The examples below speak of top-1.
 
 One column is the exception, and says so: for runs trained with ``eval.every``, whose
 ``log.jsonl`` holds test metrics of earlier epochs, the *best test epoch* column shows the highest
@@ -33,22 +35,33 @@ from ..errors import ConfigError
 from ..rundir import RunDir, atomic_write_text
 from ..upgrade import upgrade_record
 
+from .metrics import MetricSpec, metric_spec
 from .references import Reference, References
 from .runner import matching_results, read_attempts, started_attempts
 from .suite import Planner, Suite
 
-METRICS = ("top1", "mean_class_acc", "many", "medium", "few", "ece")
+METRICS = metric_spec("top1").numbers  # a top-1 suite's numbers (see csv_columns)
 COSTS = ("train_seconds", "wall_seconds", "images_per_second")
-CSV_COLUMNS = [
-    "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds", "epochs",
-    "epochs_as_written", *[f"{m}_{s}" for m in METRICS for s in ("mean", "std")],
-    "delta_top1_vs_baseline", "best_test_top1_mean", "best_test_top1_std",
-    "best_test_evaluated_epochs", "best_test_n_seeds", "paper_top1", "paper_printed",
-    "paper_approximate", "paper_source", "paper_table", "paper_delta_vs_baseline",
-    "paper_delta_epochs", "direction_vs_paper", "difference_vs_paper",
-    "train_seconds_mean", "wall_seconds_mean", "wall_seconds_lower_bound",
-    "images_per_second_mean", "reason",
-]
+
+
+def csv_columns(spec: MetricSpec) -> list[str]:
+    """The CSV header of a suite of this metric (``paper_head_mAP``, ... for the reference
+    groups a metric has)."""
+    m = spec.key
+    return [
+        "suite", "protocol", "setting", "row", "label", "status", "n_seeds", "seeds", "epochs",
+        "epochs_as_written", *[f"{n}_{s}" for n in spec.numbers for s in ("mean", "std")],
+        f"delta_{m}_vs_baseline", f"best_test_{m}_mean", f"best_test_{m}_std",
+        "best_test_evaluated_epochs", "best_test_n_seeds", f"paper_{m}",
+        *[f"paper_{key}" for key, _ in spec.reference_groups], "paper_printed",
+        "paper_approximate", "paper_source", "paper_table", "paper_delta_vs_baseline",
+        "paper_delta_epochs", "direction_vs_paper", "difference_vs_paper",
+        "train_seconds_mean", "wall_seconds_mean", "wall_seconds_lower_bound",
+        "images_per_second_mean", "reason",
+    ]
+
+
+CSV_COLUMNS = csv_columns(metric_spec("top1"))
 
 
 def stats(values: Iterable[float | None]) -> dict | None:
@@ -93,8 +106,9 @@ def _log_rows(run_dir: Path, results: dict) -> list[dict]:
     return rows
 
 
-def best_test_epoch(run_dir: Path, results: dict) -> dict | None:
-    """The papers' practice: the best test top-1 over the evaluated epochs of the last phase.
+def best_test_epoch(run_dir: Path, results: dict, metric: str = "top1") -> dict | None:
+    """The papers' practice: the best test top-1 (or the suite's ``metric``) over the evaluated
+    epochs of the last phase.
 
     ``eval.every`` logs test metrics under ``eval`` in the epoch rows of ``log.jsonl``; the last
     epoch is not among them (its evaluation is ``results.json`` itself), so the final result is
@@ -102,9 +116,9 @@ def best_test_epoch(run_dir: Path, results: dict) -> dict | None:
     cRT run's joint phase is not a cRT model). A selection on the test set: never a result.
 
     Returns:
-        None when the last phase has no evaluated epoch in the log, else ``top1``, ``epoch``
-        (0-based, in the phase), ``evaluated`` (epochs compared, the final one included) and
-        ``phase``.
+        None when the last phase has no evaluated epoch in the log, else ``top1`` (the
+        ``metric``'s name), ``epoch`` (0-based, in the phase), ``evaluated`` (epochs compared,
+        the final one included) and ``phase``.
 
     Example:
         >>> import tempfile
@@ -122,47 +136,56 @@ def best_test_epoch(run_dir: Path, results: dict) -> dict | None:
         ev = row.get("eval")
         if (phase is not None and row.get("phase") != phase) or not isinstance(ev, dict):
             continue
-        top1 = ev.get("top1")
-        if isinstance(top1, (int, float)) and not isinstance(top1, bool) and math.isfinite(top1):
-            evaluated.append((float(top1), row.get("epoch")))
+        value = ev.get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value):
+            evaluated.append((float(value), row.get("epoch")))
     if not evaluated:
         return None
     last = phases[-1].get("epochs") if phases else None
-    final = (float(results["top1"]), last - 1 if isinstance(last, int) and last > 0 else None)
-    top1, epoch = max(evaluated + [final], key=lambda c: c[0])  # the first best on a tie
-    return {"top1": top1, "epoch": epoch, "evaluated": len(evaluated) + 1, "phase": phase}
+    final = (float(results[metric]), last - 1 if isinstance(last, int) and last > 0 else None)
+    value, epoch = max(evaluated + [final], key=lambda c: c[0])  # the first best on a tie
+    return {metric: value, "epoch": epoch, "evaluated": len(evaluated) + 1, "phase": phase}
 
 
-def _best_test_doc(runs: list[dict]) -> dict | None:
+def _best_test_doc(runs: list[dict], metric: str) -> dict | None:
     best = [r for r in runs if r.get("best_test")]
     if not best:
         return None
-    return {"top1": stats(r["best_test"]["top1"] for r in best),
+    return {metric: stats(r["best_test"][metric] for r in best),
             "evaluated_epochs": sorted({r["best_test"]["evaluated"] for r in best}),
             "n": len(best),
             "seeds": [{"seed": r["seed"], **r["best_test"]} for r in best]}
 
 
-def _mean_per_class(results: list[dict]) -> list[float | None]:
+def _mean_per_class(results: list[dict], key: str = "per_class_acc") -> list[float | None]:
     if not results:
         return []
-    width = max(len(r.get("per_class_acc") or []) for r in results)
+    width = max(len(r.get(key) or []) for r in results)
     out = []
     for c in range(width):
-        s = stats((r.get("per_class_acc") or [None] * width)[c] for r in results)
+        s = stats((r.get(key) or [None] * width)[c] for r in results)
         out.append(s["mean"] if s else None)
     return out
 
 
-def _reference_dict(ref: Reference | None, base: Reference | None) -> dict | None:
+def _reference_dict(ref: Reference | None, base: Reference | None,
+                    spec: MetricSpec) -> dict | None:
+    """The paper's number under the metric's name (``top1``, ``delta_top1``, ...), with the
+    groups the metric has (``head_mAP``, ...; None where the source gives none)."""
     if ref is None:
         return None
-    return {"top1": ref.top1, "printed": ref.printed, "approximate": ref.approximate,
-            "source": ref.source, "paper": ref.paper, "table": ref.table, "url": ref.url,
-            "note": ref.note, "selection": ref.selection,
-            "baseline_table": base.table if base else None,
-            "baseline_top1": base.top1 if base else None,
-            "delta_top1": ref.top1 - base.top1 if base else None}
+    m, groups = spec.key, dict(ref.groups)
+    doc = {m: ref.value, **{key: groups.get(key) for key, _ in spec.reference_groups},
+           "printed": ref.printed, "approximate": ref.approximate,
+           "source": ref.source, "paper": ref.paper, "table": ref.table, "url": ref.url,
+           "note": ref.note, "selection": ref.selection,
+           "baseline_table": base.table if base else None,
+           f"baseline_{m}": base.value if base else None,
+           f"delta_{m}": ref.value - base.value if base else None}
+    if ref.final_epoch:  # only where it is so: a top-1 table's record stays as it was
+        doc["final_epoch"] = True
+    return doc
 
 
 def phase_costs(results: list[dict]) -> list[dict]:
@@ -235,6 +258,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
     """
     protocol = planner.protocol
     proto = suite.protocol(protocol)
+    spec = suite.metric
     machines: dict[str, dict] = {}
     precision: dict[str, set] = {}
     commits, finished, warnings = set(), [], []
@@ -259,11 +283,12 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
             ref = base_ref = None
             if data_key:
                 ref = refs.lookup(method, data_key["dataset"], data_key["imbalance_type"],
-                                  data_key["imbalance_ratio"], suite.reference_priority)
+                                  data_key["imbalance_ratio"], suite.reference_priority,
+                                  spec.key)
                 if ref is not None and suite.baseline:
                     base_method = suite.row(suite.baseline).reference or suite.baseline
                     base_ref = refs.baseline_for(ref, base_method)
-            doc["paper"] = _reference_dict(ref, base_ref)
+            doc["paper"] = _reference_dict(ref, base_ref, spec)
             doc["epochs"] = _epochs_doc(planner.plan(row.id, setting.id, seeds_requested[0])
                                         if row.available else None)
             reason = row.unavailable_reason
@@ -297,7 +322,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                                  "finished": results.get("finished"),
                                  "commit": results.get("commit"), "wall_seconds": wall,
                                  "wall_complete": wall_complete,
-                                 "best_test": best_test_epoch(plan.dir, results)})
+                                 "best_test": best_test_epoch(plan.dir, results, spec.key)})
                     machine = dict(results.get("machine") or {})
                     # Threads differ with --jobs; the machine does not.
                     threads = machine.pop("torch_threads", None)
@@ -318,8 +343,8 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                     pending.append(seed)
             doc["seeds"] = [r["seed"] for r in runs]
             doc["n"] = len(done)
-            doc["metrics"] = {m: stats(r.get(m) for r in done) for m in METRICS}
-            doc["best_test"] = _best_test_doc(runs)
+            doc["metrics"] = {m: stats(r.get(m) for r in done) for m in spec.numbers}
+            doc["best_test"] = _best_test_doc(runs, spec.key)
             doc["costs"] = {
                 "train_seconds": stats(r.get("seconds") for r in done),
                 "wall_seconds": stats(r["wall_seconds"] for r in runs),
@@ -327,7 +352,7 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
                 "images_per_second": stats(r.get("images_per_second") for r in done)}
             doc["phases"] = phase_costs(done)
             doc["choices"] = choices(runs, done)
-            doc["per_class_acc"] = _mean_per_class(done)
+            doc[spec.per_class] = _mean_per_class(done, spec.per_class)
             doc["train_class_counts"] = (done[0].get("train_class_counts") if done else None)
             doc["class_names"] = (done[0].get("class_names") if done else None)
             doc["runs"], doc["failures"], doc["pending_seeds"] = runs, failures, pending
@@ -342,11 +367,12 @@ def collect(suite: Suite, planner: Planner, refs: References, seeds_requested: l
             else:
                 doc["status"] = "pending"
             rows_doc.append(doc)
-        _add_comparisons(rows_doc, suite.baseline, protocol)
+        _add_comparisons(rows_doc, suite.baseline, protocol, spec.key)
         settings_doc.append({"id": setting.id, "label": setting.label, "data": data_key,
                              "test_split": _test_split(test_counts), "rows": rows_doc})
     return {
         "suite": suite.name, "title": suite.title, "suite_file": str(suite.path),
+        "metric": spec.key,
         "protocol": {"name": protocol, **{k: v for k, v in proto.items() if k != "overlay"},
                      "overlay": proto["overlay"]},
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -407,21 +433,23 @@ def _precision(recipe: dict, device: str) -> str:
     return " + ".join(sorted(names))
 
 
-def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str) -> None:
-    """Δ to the baseline and the verdict against the paper, per row.
+def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str,
+                     metric: str = "top1") -> None:
+    """Δ of ``metric`` to the baseline and the verdict against the paper, per row.
 
     A direction is flagged ``unequal_budgets`` when the paper's Δ compares recipes of different
     lengths (their epochs summed over phases, as the recipes write them: input mixup's 400 with
     CE's 200): part of that Δ is the longer training, so agreeing or not with it says little
     about the trick alone. ``budgets`` keeps both pairs, the paper's and this run's.
     """
+    delta = f"delta_{metric}"
     base = next((r for r in rows if r["id"] == baseline), None)
-    base_top1 = ((base or {}).get("metrics") or {}).get("top1")
+    base_value = ((base or {}).get("metrics") or {}).get(metric)
     base_epochs = (base or {}).get("epochs")
     for row in rows:
-        top1 = (row.get("metrics") or {}).get("top1")
-        row["delta_top1"] = (top1["mean"] - base_top1["mean"]
-                             if top1 and base_top1 and row is not base else None)
+        value = (row.get("metrics") or {}).get(metric)
+        row[delta] = (value["mean"] - base_value["mean"]
+                      if value and base_value and row is not base else None)
         paper = row.get("paper")
         cmp: dict[str, Any] = {"difference": None, "direction": None, "unequal_budgets": False,
                                "budgets": None}
@@ -429,15 +457,14 @@ def _add_comparisons(rows: list[dict], baseline: str | None, protocol: str) -> N
         if epochs and base_epochs and row is not base:
             cmp["budgets"] = {"paper": [epochs["written_total"], base_epochs["written_total"]],
                               "here": [epochs["total"], base_epochs["total"]]}
-        if paper and top1:
+        if paper and value:
             if protocol == "paper":
-                cmp["difference"] = top1["mean"] - paper["top1"]
-            if row["delta_top1"] is not None and paper.get("delta_top1") is not None \
-                    and row is not base:
-                if row["delta_top1"] == 0.0 or paper["delta_top1"] == 0.0:
+                cmp["difference"] = value["mean"] - paper[metric]
+            if row[delta] is not None and paper.get(delta) is not None and row is not base:
+                if row[delta] == 0.0 or paper[delta] == 0.0:
                     cmp["direction"] = "no change"
                 else:
-                    same = (row["delta_top1"] > 0) == (paper["delta_top1"] > 0)
+                    same = (row[delta] > 0) == (paper[delta] > 0)
                     cmp["direction"] = "same" if same else "opposite"
                 budgets = cmp["budgets"]
                 cmp["unequal_budgets"] = bool(budgets and budgets["paper"][0]
@@ -473,16 +500,16 @@ def _minutes(s: dict | None) -> str:
     return f"{s['mean'] / 60:.1f}" if s else ""
 
 
-def _best_cell(row: dict) -> str:
-    """``74.10 ± 0.31 (of 200)``: the best test epoch's top-1 and how many epochs it is the best
-    of; the seeds it covers when fewer than the row's."""
+def _best_cell(row: dict, metric: str = "top1") -> str:
+    """``74.10 ± 0.31 (of 200)``: the best test epoch's top-1 (``metric``) and how many epochs
+    it is the best of; the seeds it covers when fewer than the row's."""
     best = row.get("best_test")
     if not best:
         return ""
     counts = best["evaluated_epochs"]
     of = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     seeds = f"; {best['n']} of {row['n']} seeds" if best["n"] != row.get("n") else ""
-    return f"{_fmt_stat(best['top1'])} (of {of}{seeds})"
+    return f"{_fmt_stat(best[metric])} (of {of}{seeds})"
 
 
 def _fmt_stat(s: dict | None) -> str:
@@ -491,12 +518,19 @@ def _fmt_stat(s: dict | None) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}" if s.get("std") is not None else f"{s['mean']:.2f}"
 
 
+def _spec(doc: dict) -> MetricSpec:
+    """The metric of a leaderboard document (one written before suites declared theirs: top1)."""
+    return metric_spec(doc.get("metric", "top1"))
+
+
 def csv_rows(doc: dict) -> list[dict]:
     """One flat record per (setting, row)."""
+    spec = _spec(doc)
+    m = spec.key
     out = []
     for setting in doc["settings"]:
         for row in setting["rows"]:
-            rec = {c: "" for c in CSV_COLUMNS}
+            rec = {c: "" for c in csv_columns(spec)}
             metrics = row.get("metrics") or {}
             costs = row.get("costs") or {}
             paper = row.get("paper") or {}
@@ -507,23 +541,26 @@ def csv_rows(doc: dict) -> list[dict]:
                        epochs=_phases((row.get("epochs") or {}).get("phases")),
                        epochs_as_written=_phases((row.get("epochs") or {}).get("written_phases")),
                        reason=row.get("reason") or "")
-            for m in METRICS:
-                s = metrics.get(m)
-                rec[f"{m}_mean"] = _num(s["mean"]) if s else ""
-                rec[f"{m}_std"] = _num(s["std"]) if s and s["std"] is not None else ""
-            rec["delta_top1_vs_baseline"] = _num(row.get("delta_top1"))
+            for n in spec.numbers:
+                s = metrics.get(n)
+                rec[f"{n}_mean"] = _num(s["mean"]) if s else ""
+                rec[f"{n}_std"] = _num(s["std"]) if s and s["std"] is not None else ""
+            rec[f"delta_{m}_vs_baseline"] = _num(row.get(f"delta_{m}"))
             best = row.get("best_test")
             if best:
-                rec.update(best_test_top1_mean=_num(best["top1"]["mean"]),
-                           best_test_top1_std=_num(best["top1"]["std"]),
-                           best_test_evaluated_epochs=" ".join(
-                               str(n) for n in best["evaluated_epochs"]),
-                           best_test_n_seeds=best["n"])
+                rec.update({f"best_test_{m}_mean": _num(best[m]["mean"]),
+                            f"best_test_{m}_std": _num(best[m]["std"]),
+                            "best_test_evaluated_epochs": " ".join(
+                                str(n) for n in best["evaluated_epochs"]),
+                            "best_test_n_seeds": best["n"]})
             if paper:
-                rec.update(paper_top1=_num(paper["top1"]), paper_printed=paper["printed"],
+                rec.update({f"paper_{m}": _num(paper[m]),
+                            **{f"paper_{k}": _num(paper.get(k)) for k, _ in
+                               spec.reference_groups}})
+                rec.update(paper_printed=paper["printed"],
                            paper_approximate=str(paper["approximate"]).lower(),
                            paper_source=paper["paper"], paper_table=paper["table"],
-                           paper_delta_vs_baseline=_num(paper.get("delta_top1")))
+                           paper_delta_vs_baseline=_num(paper.get(f"delta_{m}")))
             if cmp.get("direction") and cmp.get("budgets"):
                 rec["paper_delta_epochs"] = "{} vs {}".format(*cmp["budgets"]["paper"])
             rec["direction_vs_paper"] = _verdict(cmp)
@@ -544,7 +581,7 @@ def _num(value: float | None) -> str:
 
 def write_csv(doc: dict, path: Path) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(_spec(doc)), lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(doc))
     atomic_write_text(path, buf.getvalue())
@@ -573,19 +610,21 @@ def _machine_name(m: dict) -> str:
     return f"{cpu} ({m.get('cpu_count', '?')} cores)"
 
 
-def _split_line(split: dict | None) -> str | None:
+def _split_line(split: dict | None, spec: MetricSpec | None = None) -> str | None:
     """The column's test split as measured: ``Test split of the 3 finished runs: 1,000 images per
-    class, 10 classes (10,000 images).``"""
+    class, 10 classes (10,000 images).`` A multi-label split counts the positive images of each
+    class, which do not sum to the number of images."""
     if not split:
         return None
+    spec = spec or metric_spec("top1")
     lo, hi = split["per_class"]
-    per = f"{lo:,} images per class" if lo == hi else f"{lo:,} to {hi:,} images per class"
+    per = f"{lo:,} {spec.split_unit}" if lo == hi else f"{lo:,} to {hi:,} {spec.split_unit}"
     classes = "/".join(str(c) for c in split["classes"])
     images = "/".join(f"{n:,}" for n in sorted(set(split["images"])))
     runs = split["runs"]
     return (f"Test split of the {runs} finished run{'s' if runs != 1 else ''} "
-            f"(`results.json`'s `test_class_counts`): {per}, {classes} classes ({images} "
-            f"images).")
+            f"(`results.json`'s `test_class_counts`): {per}, {classes} classes"
+            + (f" ({images} images)." if spec.split_total else "."))
 
 
 def _phase_table(rows: list[dict]) -> list[str]:
@@ -608,19 +647,25 @@ def _phase_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _selections(how: dict[str, set[int]]) -> str:
+    """``[1], [3]: best test-set epoch ...; [2]: ...``: each source's selection, by footnote."""
+    return "; ".join(f"{', '.join(f'[{m}]' for m in sorted(marks))}: {text.rstrip('.')}"
+                     for text, marks in sorted(how.items(), key=lambda kv: min(kv[1])))
+
+
 def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
     """The leaderboard as Markdown: provenance, caveats, one table per setting, sources."""
     proto = doc["protocol"]
+    spec = _spec(doc)
+    m_key = spec.key
     lines = [f"# Leaderboard: {doc['title']}", "",
              f"- **Protocol: `{proto['name']}`** — {proto.get('description', '')}."]
     if proto.get("caveat"):
         lines.append(f"- **{proto['caveat']}**")
     any_best = any(r.get("best_test") for s in doc["settings"] for r in s["rows"])
     lines.append("- Final-epoch numbers only: no epoch or checkpoint is ever selected on the test "
-                 "set" + (" (the *Best test epoch* column is the papers' practice, shown beside "
-                          "their numbers and labelled as such under its table)" if any_best
-                          else "") + ". Accuracies in %, mean ± sample standard deviation over "
-                 "seeds (no ± with one seed).")
+                 "set" + (spec.best_test_header if any_best else "") + f". {spec.unit}, "
+                 "mean ± sample standard deviation over seeds (no ± with one seed).")
     for note in doc.get("notes") or []:
         lines.append(f"- {note}")
     if doc.get("overrides"):
@@ -662,18 +707,19 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
         data = setting.get("data") or {}
         what = ", ".join(f"{k} {v}" for k, v in data.items() if v is not None)
         lines += ["", f"## {setting['label']}" + (f" ({what})" if what else ""), ""]
-        split = _split_line(setting.get("test_split"))
+        split = _split_line(setting.get("test_split"), spec)
         if split:
             lines += [split, ""]
         vs_head = ("vs paper (ours − paper)" if proto["name"] == "paper"
                    else "vs paper (direction)")
         with_best = any(r.get("best_test") for r in setting["rows"])
         best_head = "Best test epoch § | " if with_best else ""
-        lines.append(f"| Method | Seeds | Epochs | Top-1 | Mean/class | Many | Medium | Few | "
-                     f"Δ top-1 vs {base_label} | {best_head}Paper top-1 | Paper Δ | {vs_head} | "
-                     f"Train min | Wall min | img/s |")
-        lines.append("|" + "---|" * (16 if with_best else 15))
-        problems, wall_bounds, shown, unequal = [], False, {}, []
+        groups = "".join(f"{c.label} | " for c in spec.columns)
+        lines.append(f"| Method | Seeds | Epochs | {spec.label} | {groups}"
+                     f"Δ {spec.name} vs {base_label} | {best_head}{spec.paper_label} | Paper Δ | "
+                     f"{vs_head} | Train min | Wall min | img/s |")
+        lines.append("|" + "---|" * (11 + len(spec.columns) + with_best))
+        problems, wall_bounds, shown, unequal, final = [], False, {}, [], {}
         for row in setting["rows"]:
             epochs = _phases((row.get("epochs") or {}).get("phases"))
             paper = row.get("paper")
@@ -682,11 +728,12 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                 key = (paper["paper"], paper["table"])
                 mark = footnotes.setdefault(key, len(footnotes) + 1)
                 sources[key] = paper
-                shown.setdefault(paper.get("selection") or "not stated by the source",
-                                 set()).add(mark)
-                paper_cell = f"{'≈' if paper['approximate'] else ''}{paper['top1']:.2f} [{mark}]"
+                # a source that reports its final epoch is listed apart from the best-epoch ones
+                (final if paper.get("final_epoch") else shown).setdefault(
+                    paper.get("selection") or "not stated by the source", set()).add(mark)
+                paper_cell = f"{'≈' if paper['approximate'] else ''}{paper[m_key]:.2f} [{mark}]"
                 if row["id"] != doc.get("baseline"):
-                    paper_delta = _fmt(paper.get("delta_top1"), signed=True)
+                    paper_delta = _fmt(paper.get(f"delta_{m_key}"), signed=True)
             status = row["status"]
             if status in ("not available", "invalid recipe", "failed", "pending"):
                 text = {"not available": f"*{row.get('reason')}*",
@@ -694,7 +741,8 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                         "failed": "*failed* (see below)", "pending": "*pending*"}[status]
                 if status in ("invalid recipe", "failed"):
                     problems.append(f"- {row['label']}: {row.get('reason')}")
-                lines.append(f"| {row['label']} | 0 | {epochs} | {text} |  |  |  |  |  | "
+                lines.append(f"| {row['label']} | 0 | {epochs} | {text} |"
+                             + "  |" * (len(spec.columns) + 1) + " "
                              + ("| " if with_best else "")
                              + f"{paper_cell} | {paper_delta} |  |  |  |  |")
                 continue
@@ -726,24 +774,17 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                     problems.append(f"- {row['label']}: seeds "
                                     f"{' '.join(map(str, row['pending_seeds']))} still pending")
             lines.append(
-                f"| {row['label']} | {seeds} | {epochs} | {_fmt_stat(m.get('top1'))} | "
-                f"{_fmt_stat(m.get('mean_class_acc'))} | {_fmt_stat(m.get('many'))} | "
-                f"{_fmt_stat(m.get('medium'))} | {_fmt_stat(m.get('few'))} | "
-                f"{_fmt(row.get('delta_top1'), signed=True)} | "
-                + (f"{_best_cell(row)} | " if with_best else "")
+                f"| {row['label']} | {seeds} | {epochs} | {_fmt_stat(m.get(m_key))} | "
+                + "".join(f"{_fmt_stat(m.get(c.key))} | " for c in spec.columns)
+                + f"{_fmt(row.get(f'delta_{m_key}'), signed=True)} | "
+                + (f"{_best_cell(row, m_key)} | " if with_best else "")
                 + f"{paper_cell} | {paper_delta} | "
                 f"{vs} | {_minutes(c.get('train_seconds'))} | {wall} | "
                 f"{_fmt((c.get('images_per_second') or {}).get('mean'), 0)} |")
         if problems:
             lines += ["", "Failures and gaps (* in *Seeds*):", ""] + problems
         if with_best:
-            lines += ["", "§ *Best test epoch*: the highest test top-1 over the evaluated epochs "
-                      "of the last phase (`eval.every`, read from `log.jsonl`) and the final "
-                      "one; *of N*: the number of epochs compared. This is the papers' practice "
-                      "(the codes of LDAM-DRW and Bag of Tricks keep their best test-set epoch), "
-                      "shown only to be read beside *Paper top-1*: it selects on the test set, "
-                      "so it is not a valid model selection and not this table's result, which "
-                      "is *Top-1* (the final epoch). Empty for runs without evaluated epochs."]
+            lines += ["", spec.best_test_note]
         if unequal:
             lines += ["", f"‡ Unequal budgets: the paper's Δ compares recipes of different "
                       f"lengths (epochs summed over phases, row vs {base_label}: "
@@ -755,12 +796,11 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                       "time is a lower bound; *Train min* sums the time of every checkpointed "
                       "epoch."]
         if shown:
-            lines += ["", "*Paper top-1* is not a final-epoch number: "
-                      + "; ".join(f"{', '.join(f'[{m}]' for m in sorted(marks))}: "
-                                  f"{how.rstrip('.')}"
-                                  for how, marks in sorted(shown.items(),
-                                                           key=lambda kv: min(kv[1])))
-                      + ". This table's own numbers are final-epoch."]
+            lines += ["", f"*{spec.paper_label}* is not a final-epoch number: "
+                      + _selections(shown) + ". This table's own numbers are final-epoch."]
+        if final:
+            lines += ["", f"*{spec.paper_label}* is a final-epoch number, as this table's own: "
+                      + _selections(final) + "."]
         lines += _phase_table(setting["rows"])
         picked = [f"- {r['label']}: {c}" for r in setting["rows"] for c in r.get("choices") or []]
         if picked:
@@ -776,9 +816,7 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
         for (paper, table), mark in sorted(footnotes.items(), key=lambda kv: kv[1]):
             url = sources[(paper, table)].get("url")
             lines.append(f"{mark}. {paper} — {table}." + (f" <{url}>" if url else ""))
-        lines += ["", "*Paper top-1* is 100 − the published top-1 error where the source prints "
-                  "an error; *Paper Δ* is that number minus the baseline's number from the same "
-                  "source and table."]
+        lines += ["", spec.paper_note]
     if doc.get("plots_note"):
         lines += ["", doc["plots_note"]]
     return "\n".join(lines) + "\n"

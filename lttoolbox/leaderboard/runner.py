@@ -53,6 +53,7 @@ from ..rundir import RunDir, atomic_write_text, lock_holder
 from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 
+from .metrics import MetricSpec, metric_spec
 from .suite import Run
 
 RESULTS = RunDir.RESULTS
@@ -266,11 +267,14 @@ class Runner:
         jobs: Runs at once.
         threads_per_job: ``OMP_NUM_THREADS`` for each run (None: leave the environment alone).
         report: Called with a one-line message per event.
+        metric: The suite's metric (:mod:`lttoolbox.leaderboard.metrics`), shown per finished run.
     """
 
     def __init__(self, protocol: str, jobs: int = 1, threads_per_job: int | None = None,
-                 report: Callable[[str], None] = print, deadline: float | None = None):
+                 report: Callable[[str], None] = print, deadline: float | None = None,
+                 metric: MetricSpec | None = None):
         self.protocol = protocol
+        self.metric = metric or metric_spec("top1")
         self.jobs = max(1, int(jobs))
         self.threads_per_job = threads_per_job
         self.report = report
@@ -411,8 +415,8 @@ class Runner:
             if out.ok:
                 r = out.results
                 self.report(f"[{index}/{total}] {run.key}: done in "
-                            f"{out.wall_seconds / 60:.1f} min, top-1 "
-                            f"{r.get('top1', float('nan')):.2f}")
+                            f"{out.wall_seconds / 60:.1f} min, {self.metric.name} "
+                            f"{r.get(self.metric.key, float('nan')):.2f}")
             elif not self.stop.is_set():
                 self.report(f"[{index}/{total}] {run.key}: FAILED ({out.error})")
             else:

@@ -5,6 +5,7 @@ A suite file lists recipes as rows and long-tail settings as columns::
     name: cifar10_lt_core
     title: "CIFAR-10-LT: core rebalancing tricks"
     baseline: ce                       # row the differences are taken against
+    metric: top1                       # the primary metric (default top1; mAP: multi-label)
     references: ../reference_numbers.yaml
     reference_priority: [bot, cb, ldam, bot_repo]
     notes: ["shown under the table"]
@@ -20,6 +21,10 @@ A suite file lists recipes as rows and long-tail settings as columns::
 Paths are relative to the suite file. A row may also carry ``overlay`` (a recipe overlay),
 ``overrides`` (``key=value`` strings), ``settings`` (the ids of the columns it runs in; all by
 default) and ``reference`` (the method name in the reference file; its id by default).
+
+``metric`` names the suite's primary metric (:mod:`lttoolbox.leaderboard.metrics`): ``top1``
+(the default) or ``mAP`` for a suite of multi-label runs. A run whose data set is of the other
+kind (a single-label set in a ``mAP`` suite) is refused as an invalid recipe before it runs.
 
 The recipe of one run is composed in this order, all before the recipe is resolved so that the
 phases of a multi-phase recipe inherit every change: the recipe file, the suite's overlay, the
@@ -46,6 +51,7 @@ import yaml
 from ..errors import ConfigError
 from ..recipe import load_recipe, phase_recipes, recipe_hash, resolve, scale_epochs
 from ..yamlio import load_yaml
+from .metrics import METRICS, MetricSpec, metric_spec
 
 # Built-in protocols; a suite may replace one by name under ``protocols:``.
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -91,7 +97,7 @@ ROW_KEYS = {"id", "label", "recipe", "status", "overlay", "overrides", "settings
 SETTING_KEYS = {"id", "label", "overlay", "rows"}
 PROTOCOL_KEYS = {"epochs", "per", "overlay", "description", "caveat"}
 SUITE_KEYS = {"name", "title", "baseline", "references", "reference_priority", "notes", "overlay",
-              "settings", "rows", "protocols", "description"}
+              "settings", "rows", "protocols", "description", "metric"}
 
 
 @dataclass
@@ -150,6 +156,7 @@ class Suite:
     settings: list[Setting]
     rows: list[Row]
     protocols: dict[str, dict]
+    metric: MetricSpec = field(default_factory=metric_spec)
 
     def row(self, row_id: str) -> Row:
         return next(r for r in self.rows if r.id == row_id)
@@ -278,6 +285,7 @@ def load_suite(path: str | Path) -> Suite:
                                                      f"protocols.{name}.overlay"),
                            "description": proto.get("description", f"suite protocol '{name}'"),
                            **({"caveat": proto["caveat"]} if proto.get("caveat") else {})}
+    metric = metric_spec(data.get("metric", "top1"))
     references = data.get("references")  # none named: no paper numbers, no file to look for
     notes = data.get("notes") or []
     if not isinstance(notes, list):
@@ -288,7 +296,7 @@ def load_suite(path: str | Path) -> Suite:
                  reference_priority=list(data.get("reference_priority") or []),
                  notes=[str(n).strip() for n in notes],
                  overlay=_check_mapping(data.get("overlay"), "overlay"), settings=settings,
-                 rows=rows, protocols=protocols)
+                 rows=rows, protocols=protocols, metric=metric)
 
 
 def flatten_overlay(overlay: dict, prefix: str = "") -> list[str]:
@@ -429,6 +437,7 @@ def plan_run(suite: Suite, row: Row, setting: Setting, protocol: str, seed: int,
     proto = suite.protocol(protocol)
     written = written_recipe(suite, row, setting, protocol, seed, extra_overrides)
     recipe = apply_protocol(proto, written)
+    check_data_kind(suite.metric, recipe)
     warnings = [f"{key} looks epoch-valued but is not rescaled by the protocol (name it *_epoch "
                 f"or *_epochs)" for key in unscaled_epoch_keys(recipe)]
     if proto["epochs"] is not None and proto.get("per") is not None:
@@ -439,6 +448,26 @@ def plan_run(suite: Suite, row: Row, setting: Setting, protocol: str, seed: int,
                             f"by {length}/{own} instead of {proto['epochs']}/{proto['per']}")
     return Run(row.id, setting.id, int(seed), recipe, recipe_hash(recipe),
                run_dir(out, setting.id, row.id, seed), warnings, phase_epochs(written))
+
+
+def check_data_kind(spec: MetricSpec, recipe: dict) -> None:
+    """Refuse a run whose data set does not report the suite's metric (a single-label set
+    reports no mAP, a multi-label one no top-1), before it runs: its row would stay empty.
+
+    Raises:
+        ConfigError: naming the suite's ``metric``.
+    """
+    from ..registry import DATASETS
+
+    name = (recipe.get("data") or {}).get("name")
+    if not isinstance(name, str) or name not in DATASETS:
+        return  # building the data set names an unknown one
+    multilabel = bool(getattr(DATASETS.get(name), "multilabel", False))
+    if multilabel != spec.multilabel:
+        kind = "multi-label" if multilabel else "single-label"
+        fits = sorted(k for k, s in METRICS.items() if s.multilabel == multilabel)
+        raise ConfigError(f"data set '{name}' is {kind} and reports no {spec.key}; a suite of "
+                          f"{kind} runs declares metric: {' or '.join(fits)}", key="metric")
 
 
 class Planner:
