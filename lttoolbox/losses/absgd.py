@@ -156,6 +156,10 @@ class ABSGDLoss(LTLoss):
         if getattr(factory, "batch_weighted", False):
             raise ConfigError(f"absgd wraps a per-sample loss; '{cfg['name']}' weighs its "
                               f"samples by the batch itself", key="loss.name")
+        if not getattr(factory, "single_label", True):
+            # its attention weights are per image of one class; caught here, before training
+            raise ConfigError(f"absgd wraps a loss on class-id targets; '{cfg['name']}' takes "
+                              f"multi-hot targets only", key="loss.name")
         return LOSSES.build(cfg, key="loss", context=context)
 
     # ------------------------------------------------------------------ the moving average
