@@ -394,3 +394,14 @@ def test_a_multilabel_suite_end_to_end(tmp_path):
     table = [ln for ln in md.splitlines() if ln.startswith("| BCE") or ln.startswith("| DB")]
     for line in table:  # the same numbers; the wall time is not packed
         assert line.rsplit("|", 4)[0] in merged
+
+
+def test_every_reference_source_is_described_in_the_guide():
+    """docs/leaderboard_guide.md's sources table has a row for every source of the reference
+    file (a number shown in a table must say where it comes from)."""
+    import yaml
+
+    sources = yaml.safe_load((ROOT / "benchmarks" / "reference_numbers.yaml").read_text())
+    sources = sources["sources"]
+    guide = (ROOT / "docs" / "leaderboard_guide.md").read_text()
+    assert sources and [k for k in sources if f"| `{k}` |" not in guide] == []
