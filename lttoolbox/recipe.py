@@ -38,7 +38,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "sampler": {"name": "instance"},
     "loss": {"name": "ce"},
     "schedule": {"name": "multistep", "warmup_epochs": 0, "warmup_unit": "epoch", "milestones": [],
-                 "gamma": 0.1, "min_lr": 0.0},
+                 "gamma": 0.1, "min_lr": 0.0, "warmup_start": 0.0},
     "train": {"epochs": 200, "batch_size": 128, "seed": 0, "device": "auto", "amp": "auto",
               "channels_last": True, "checkpoint_every": 1, "freeze": [], "freeze_bn_stats": False,
               "reset_head": False,
@@ -652,6 +652,8 @@ WAYS_OF_RUNNING = ("loggers", "mlflow", "wandb", "workers", "sync_bn", "compile"
 # train keys added after runs were written: hashed only where set to something other than their
 # default, so a recipe that leaves them alone keeps the hash it had before they existed
 LATER_TRAIN_KEYS = {"ema": None, "clip_grad_norm": None, "accumulate": 1}
+#: The same for ``schedule``.
+LATER_SCHEDULE_KEYS = {"warmup_start": 0.0}
 
 
 def recipe_hash(recipe: dict) -> str:
@@ -671,7 +673,7 @@ def recipe_hash(recipe: dict) -> str:
     freezes trains differently since then (the frozen blocks' BatchNorm statistics are
     re-estimated by default) and gets a new one. Likewise ``train.ema``, ``train.clip_grad_norm``
     and ``train.accumulate`` count only where they are set to something other than their default
-    (:data:`LATER_TRAIN_KEYS`).
+    (:data:`LATER_TRAIN_KEYS`, :data:`LATER_SCHEDULE_KEYS`).
 
     The recipe is hashed in its canonical spelling, the one recipes had before training phases
     were called ``phases`` and a component's model point ``point`` (both were ``stage(s)``;
@@ -689,6 +691,9 @@ def recipe_hash(recipe: dict) -> str:
             ignored += [k for k, default in LATER_TRAIN_KEYS.items()
                         if out["train"].get(k, default) == default]
             out["train"] = {k: v for k, v in out["train"].items() if k not in ignored}
+        if isinstance(out.get("schedule"), dict):
+            out["schedule"] = {k: v for k, v in out["schedule"].items()
+                               if LATER_SCHEDULE_KEYS.get(k, object()) != v}
         if isinstance(out.get("stages"), list):  # the phases, canonically spelled
             out["stages"] = [trained(s) if isinstance(s, dict) else s for s in out["stages"]]
         return out

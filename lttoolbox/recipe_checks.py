@@ -247,6 +247,8 @@ def check_trainer_values(recipe: dict, prefix: str, min_epochs: int = 1) -> None
     except ConfigError as err:
         raise ConfigError(f"{err.detail} (a fraction of an epoch needs warmup_unit: step)"
                           if not per_step else err.detail, key=err.key) from None
+    schedule["warmup_start"] = number(schedule["warmup_start"], f"{p}schedule.warmup_start",
+                                      minimum=0, below=1)
     schedule["gamma"] = number(schedule["gamma"], f"{p}schedule.gamma", positive=True)
     if schedule["gamma"] > 1:
         raise ConfigError(f"is the factor the rate is multiplied by at each milestone, a decay in "

@@ -291,3 +291,34 @@ def test_a_cosine_phase_squeezed_to_one_epoch_is_named():
         "--epochs 9 squeezes phase 'crt' from 10 epochs to 1, fewer than its schedule needs: "
         "its cosine decay runs in 1 epoch, at or near its final rate (schedule.min_lr=0.0)"]
     assert squeezed_phases(crt, 30) == []   # 90 -> 30 and 10 -> 3
+
+
+def test_a_warm_up_from_a_fraction_of_the_rate():
+    """mmcv's linear warm-up with warmup_ratio 1/3 (the distribution-balanced loss's configs):
+    the rate ramps from a third of its value; by hand: s + (1 - s) * (i + 1) / W times the rate
+    at warm-up step i of W, then the plain rate."""
+    from lttoolbox.engine.optim import lr_at
+
+    s, base, steps = 1 / 3, 0.02, 10
+    warm = 2.5  # epochs of 10 steps: 25 steps
+    for epoch, step in [(0, 0), (0, 9), (1, 4), (2, 4), (2, 5), (3, 0)]:
+        i = epoch * steps + step
+        expected = base * (s + (1 - s) * min(1.0, (i + 1) / 25)) if epoch < warm else base
+        got = lr_at(epoch, base, warmup_epochs=warm, warmup_unit="step", step=step,
+                    steps=steps, warmup_start=s, milestones=[5, 7])
+        assert got == pytest.approx(expected, rel=1e-12)
+    # per epoch, and a milestone inside the warm-up decays the ramp's target too
+    assert lr_at(0, 0.1, warmup_epochs=4, warmup_start=0.5) == pytest.approx(0.1 * (0.5 + 0.125))
+    assert lr_at(1, 0.1, warmup_epochs=4, warmup_start=0.5, milestones=[1]) == pytest.approx(
+        0.01 * (0.5 + 0.5 * 0.5))
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "third", True])
+def test_warmup_start_must_be_a_fraction_below_one(value):
+    from lttoolbox.errors import ConfigError
+    from lttoolbox.recipe import apply_overrides, resolve
+
+    with pytest.raises(ConfigError) as err:
+        resolve(apply_overrides({"data": {"name": "digits_lt"}, "model": {"name": "digits_cnn"}},
+                                [f"schedule.warmup_start={value}"]))
+    assert err.value.key == "schedule.warmup_start"

@@ -218,7 +218,7 @@ def constant(epoch: int, base_lr: float, total_epochs: int, warmup_epochs: float
 def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: float = 0,
           milestones: Iterable[int] = (), gamma: float = 0.1, total_epochs: int = 1,
           min_lr: float = 0.0, warmup_unit: str = "epoch", step: int = 0,
-          steps: int = 1, **params) -> float:
+          steps: int = 1, warmup_start: float = 0.0, **params) -> float:
     """Learning rate for a 0-based ``epoch`` (and, when warming up per step, its ``step``).
 
     The rate is the decayed rate times the warm-up factor::
@@ -231,7 +231,10 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
     decoupling code's schedule, see the module docstring), and ``base_lr`` for ``constant``.
     ``warm`` is 1
     from epoch ``warmup_epochs`` on; before it, ``(epoch + 1) / warmup_epochs`` per epoch, or
-    ``min(1, (epoch + (step + 1) / steps) / warmup_epochs)`` per step. The two overlap only in a
+    ``min(1, (epoch + (step + 1) / steps) / warmup_epochs)`` per step; with ``warmup_start`` ``s``
+    the factor is ``s + (1 - s) * that`` (a warm-up from ``s`` times the rate, as mmcv's linear
+    warm-up with ``warmup_ratio = s``, which counts from 0: its first step is at ``s``, here a
+    step later in the ramp). The two overlap only in a
     shortened schedule (the LDAM-DRW script's warm-up ends long before its first milestone): a
     later phase squeezed by ``--epochs`` to milestones ``[0, 0]`` then warms up to its decayed
     rate, ``base_lr * gamma ** 2``, instead of to ``base_lr`` as the script's ``if``/``elif``
@@ -246,6 +249,7 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
         gamma: Multi-step decay factor.
         total_epochs: Length of the run (for the cosine decay).
         min_lr: The cosine decay's final rate.
+        warmup_start: The warm-up's starting fraction of the rate, in ``[0, 1)``.
         warmup_unit: ``epoch`` (one rate per epoch, as the LDAM-DRW script) or ``step``.
         step: The 0-based step within the epoch (``warmup_unit: step`` only).
         steps: Steps in this epoch (``warmup_unit: step`` only).
@@ -271,8 +275,12 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
     if warmup_unit == "step":
         # Counted at the end of the step, as the per-epoch rule counts at the end of the
         # epoch: the last warm-up step reaches the (decayed) rate.
-        return decayed * min(1.0, (epoch + (step + 1) / max(1, steps)) / warmup_epochs)
-    return decayed * (epoch + 1) / warmup_epochs
+        ramp = min(1.0, (epoch + (step + 1) / max(1, steps)) / warmup_epochs)
+    else:
+        ramp = (epoch + 1) / warmup_epochs
+    if warmup_start:
+        ramp = warmup_start + (1.0 - warmup_start) * ramp
+    return decayed * ramp
 
 
 def warms_up_per_step(schedule: dict, epoch: int) -> bool:
