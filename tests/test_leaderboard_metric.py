@@ -336,12 +336,13 @@ def test_the_cli_merges_a_map_archive_into_a_map_suite(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ shipped suite
 def test_shipped_multilabel_suite(tmp_path):
-    """digits_mlt_core: mAP, the four losses' recipes, BCE as baseline, the recipes as written
-    under paper and quick, a smoke protocol digits_mlt accepts; no paper number."""
+    """digits_mlt_core: mAP, the four losses' recipes and BCE with DB's sampler, BCE as the
+    baseline, the recipes as written under paper and quick, a smoke protocol digits_mlt accepts;
+    no paper number."""
     suite = load_suite(SHIPPED)
     assert suite.metric.key == "mAP" and suite.baseline == "bce" and suite.references is None
     assert [(r.id, r.recipe.name) for r in suite.rows] == [
-        (name, f"digits_{name}.yaml") for name in ("bce", "focal", "cb", "db")]
+        (name, f"digits_{name}.yaml") for name in ("bce", "bce_cas", "focal", "cb", "db")]
     assert all(r.recipe.parent.resolve() == ML_RECIPE.parent for r in suite.rows)
     assert [s.id for s in suite.settings] == ["ratio20"]
     written = yaml.safe_load(ML_RECIPE.read_text())
