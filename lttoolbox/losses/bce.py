@@ -53,6 +53,8 @@ class MultiLabelLoss(LTLoss):
     multilabel = True
     single_label = False
     batch_normalized = True
+    # class weights are each loss's own; a recipe cannot give them (or their deferral)
+    fixed_parameters = ("weights", "weights_start_epoch")
     #: Whether the training-set size ``N`` is needed.
     requires_num_train = False
 
