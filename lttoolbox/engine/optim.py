@@ -276,6 +276,8 @@ def lr_at(epoch: int, base_lr: float, name: str = "multistep", warmup_epochs: fl
         # Counted at the end of the step, as the per-epoch rule counts at the end of the
         # epoch: the last warm-up step reaches the (decayed) rate.
         ramp = min(1.0, (epoch + (step + 1) / max(1, steps)) / warmup_epochs)
+    elif not warmup_start:
+        return decayed * (epoch + 1) / warmup_epochs  # this order of operations: the goldens'
     else:
         ramp = (epoch + 1) / warmup_epochs
     if warmup_start:
