@@ -452,9 +452,17 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
 HOLDER = """
 import multiprocessing, sys, time
 from lttoolbox.rundir import RunLock
+
+def work(started):
+    started.set()  # the fork hooks, which run before the target, are done
+    time.sleep(60)
+
 with RunLock(sys.argv[1]):
-    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    child = context.Process(target=work, args=(started,))
     child.start()  # as a DataLoader worker is started
+    started.wait(30)  # a loaded machine may not have run the child yet
     print(child.pid, flush=True)
     time.sleep(60)
 """
