@@ -57,16 +57,10 @@ class LTDataset(Dataset):
     def __init__(self, images: np.ndarray | torch.Tensor, labels: Sequence[int] | np.ndarray,
                  classes: Sequence[str], mean: Sequence[float], std: Sequence[float]):
         images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
-        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64) if not torch.is_tensor(labels)
-                                 else labels).to(torch.int64)
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(f"images must be a uint8 (N, C, H, W) array, "
                             f"got {images.dtype} of shape {tuple(images.shape)}")
-        if labels.dim() != 1 or len(labels) != len(images):
-            raise DataError(f"{len(images)} images but labels of shape {tuple(labels.shape)}")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
-            raise DataError(f"labels must lie in [0, {len(classes)}), "
-                            f"got {int(labels.min())}..{int(labels.max())}")
+        labels = self._checked_labels(labels, len(images), classes)
         if len(mean) != images.shape[1] or len(std) != images.shape[1]:
             raise DataError(f"mean/std need {images.shape[1]} values, got {mean!r} / {std!r}")
         self.images = images.contiguous()
@@ -74,7 +68,23 @@ class LTDataset(Dataset):
         self.classes = [str(c) for c in classes]
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.class_counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        self.class_counts = self._counts()
+
+    @staticmethod
+    def _checked_labels(labels: Any, num_images: int, classes: Sequence[str]) -> torch.Tensor:
+        """The targets as a tensor (class ids, int64), checked against the images and classes."""
+        labels = torch.as_tensor(np.asarray(labels, dtype=np.int64) if not torch.is_tensor(labels)
+                                 else labels).to(torch.int64)
+        if labels.dim() != 1 or len(labels) != num_images:
+            raise DataError(f"{num_images} images but labels of shape {tuple(labels.shape)}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
+            raise DataError(f"labels must lie in [0, {len(classes)}), "
+                            f"got {int(labels.min())}..{int(labels.max())}")
+        return labels
+
+    def _counts(self) -> list[int]:
+        """Training images per class."""
+        return torch.bincount(self.labels, minlength=len(self.classes)).tolist()
 
     @property
     def num_classes(self) -> int:

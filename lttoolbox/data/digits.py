@@ -32,6 +32,16 @@ from .dataset import DataBundle, assemble, check_common, check_int, pixel_mean_s
 from .strong_aug import strong_augment
 
 
+def digit_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's bundled 8x8 digits as uint8 ``(N, 1, 8, 8)`` images (its 0..16 grey levels
+    scaled to 0..255), their labels (int64) and the class names ``"0"`` .. ``"9"``."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    return images, digits.target.astype(np.int64), [str(n) for n in digits.target_names]
+
+
 @DATASETS.register("digits_lt")
 def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
               imbalance_ratio: float = 10, selection: str = "protocol", selection_seed: int = 0,
@@ -76,12 +86,7 @@ def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
     strong = strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
                             cutout_holes, cutout_fill, augment_fill)
     check_int("test_per_class", test_per_class, 1)
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    labels = digits.target.astype(np.int64)
-    classes = [str(name) for name in digits.target_names]
+    images, labels, classes = digit_images()
     smallest = int(np.bincount(labels).min())
     if test_per_class >= smallest:
         raise ConfigError(f"test_per_class must leave training images: the smallest class has "

@@ -15,7 +15,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from ..checks import check_int
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 from .dataset import DataBundle, LTDataset, pixel_mean_std
+from .digits import digit_images
 from .profiles import index_hash
 from .transforms import BatchTransform
 
@@ -39,28 +40,23 @@ class MultiLabelDataset(LTDataset):
 
     multilabel = True
 
-    def __init__(self, images, labels, classes: Sequence[str], mean: Sequence[float],
-                 std: Sequence[float]):
-        images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+    @staticmethod
+    def _checked_labels(labels: Any, num_images: int, classes: Sequence[str]) -> torch.Tensor:
+        """The multi-hot matrix as float32, checked: one row per image, one column per class,
+        values 0 and 1."""
         labels = torch.as_tensor(np.asarray(labels, dtype=np.float32) if not torch.is_tensor(labels)
                                  else labels).to(torch.float32)
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise DataError(f"images must be a uint8 (N, C, H, W) array, "
-                            f"got {images.dtype} of shape {tuple(images.shape)}")
-        if labels.dim() != 2 or labels.shape != (len(images), len(classes)):
-            raise DataError(f"{len(images)} images of {len(classes)} classes need a multi-hot "
-                            f"label matrix of shape ({len(images)}, {len(classes)}), got "
+        if labels.dim() != 2 or labels.shape != (num_images, len(classes)):
+            raise DataError(f"{num_images} images of {len(classes)} classes need a multi-hot "
+                            f"label matrix of shape ({num_images}, {len(classes)}), got "
                             f"{tuple(labels.shape)}")
         if not bool(((labels == 0) | (labels == 1)).all()):
             raise DataError("a multi-hot label matrix holds only 0 and 1")
-        if len(mean) != images.shape[1] or len(std) != images.shape[1]:
-            raise DataError(f"mean/std need {images.shape[1]} values, got {mean!r} / {std!r}")
-        self.images = images.contiguous()
-        self.labels = labels.contiguous()
-        self.classes = [str(c) for c in classes]
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.class_counts = [int(v) for v in self.labels.sum(0).round().to(torch.int64).tolist()]
+        return labels
+
+    def _counts(self) -> list[int]:
+        """Training images per label (the column sums)."""
+        return [int(v) for v in self.labels.sum(0).round().to(torch.int64).tolist()]
 
     def __repr__(self) -> str:
         return (f"MultiLabelDataset({len(self)} images {tuple(self.images.shape[1:])}, "
@@ -165,12 +161,7 @@ def digits_mlt(num_train: int = 2000, num_test: int = 1000, imbalance_ratio: flo
     for name, value in (("head_rate", head_rate), ("test_rate", test_rate)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise ConfigError(f"{name} must be a number in (0, 1), got {value!r}", key=name)
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    tiles = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
-    source = digits.target.astype(np.int64)
-    classes = [str(name) for name in digits.target_names]
+    tiles, source, classes = digit_images()
     smallest = int(np.bincount(source).min())
     if test_per_class >= smallest:
         raise ConfigError(f"test_per_class must leave training digits: the smallest class has "

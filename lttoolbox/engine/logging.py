@@ -95,14 +95,7 @@ class RunLogger:
             self.console.print(f"moving average of the weights (train.ema): top-1 "
                                f"{fmt(results['ema']['top1'])}, mean class "
                                f"{fmt(results['ema']['mean_class_acc'])}")
-        per_class = Table(title="Per-class accuracy (%)")
-        per_class.add_column("class")
-        per_class.add_column("train images", justify="right")
-        per_class.add_column("accuracy", justify="right")
-        names = results.get("class_names") or [str(i) for i in range(len(results["per_class_acc"]))]
-        for name, count, acc in zip(names, results["train_class_counts"], results["per_class_acc"]):
-            per_class.add_row(name, str(count), fmt(acc))
-        self.console.print(per_class)
+        self._per_class_table(results, "Per-class accuracy (%)", "accuracy", "per_class_acc")
 
 
     def _multilabel_table(self, results: dict, title: str) -> None:
@@ -124,13 +117,17 @@ class RunLogger:
         if results.get("ema"):
             self.console.print(f"moving average of the weights (train.ema): mAP "
                                f"{fmt(results['ema']['mAP'])}")
-        per_class = Table(title="Per-class average precision (%)")
+        self._per_class_table(results, "Per-class average precision (%)", "AP", "per_class_ap")
+
+    def _per_class_table(self, results: dict, title: str, column: str, key: str) -> None:
+        """One row per class: its name, training images and ``results[key]``."""
+        per_class = Table(title=title)
         per_class.add_column("class")
         per_class.add_column("train images", justify="right")
-        per_class.add_column("AP", justify="right")
-        names = results.get("class_names") or [str(i) for i in range(len(results["per_class_ap"]))]
-        for name, count, ap in zip(names, results["train_class_counts"], results["per_class_ap"]):
-            per_class.add_row(name, str(count), fmt(ap))
+        per_class.add_column(column, justify="right")
+        names = results.get("class_names") or [str(i) for i in range(len(results[key]))]
+        for name, count, value in zip(names, results["train_class_counts"], results[key]):
+            per_class.add_row(name, str(count), fmt(value))
         self.console.print(per_class)
 
 
