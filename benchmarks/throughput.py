@@ -20,6 +20,7 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
     # bbn and dbn_mix are timed on the two-branch counterpart of the recipe's model:
     python benchmarks/throughput.py --recipes configs/cifar10_lt/ce.yaml --augment
     python benchmarks/throughput.py --cam                    # CAM re-sampling vs one epoch
+    python benchmarks/throughput.py --recipes configs/cifar10_lt/ot_reweight.yaml --phases
     python benchmarks/throughput.py --pure-noise             # open_noise + dar_bn vs plain
     python benchmarks/throughput.py --strong                 # AutoAugment/RandAugment/Cutout
     python benchmarks/throughput.py --recipes configs/cifar10_lt/ldam_drw_sam.yaml --optim-cost
@@ -30,6 +31,13 @@ than 1.2x the machine is too noisy for one ratio to mean much, and the script sa
 its rate, momentum and weight decay, and prints the recipe's step cost as a multiple of that
 plain step (SGD img/s over the recipe's img/s; sharpness-aware minimisation, ``optim: {name:
 sam}``, takes two forward and backward passes per step).
+
+``--phases`` times every phase of a multi-phase recipe in one trainer run (each phase two epochs
+of ``--steps`` steps, its second timed) and prints each as a ratio against the bare loop with
+that phase's batch size on the first phase's model: the main figure above times the recipe's
+first phase only, so a method that lives in a later phase (cRT, LWS, MARC, OT re-weighting, GAE's
+fine-tuning) shows its cost here. A phase that freezes the backbone may be cheaper than the bare
+step (ratio above 1).
 
 ``--strong`` times the bare loop (above) with the recipe's crop/flip/normalise plus each strong
 augmentation of :data:`STRONG_TIMED` (AutoAugment's CIFAR-10 policy, RandAugment N=2 M=9,
@@ -88,6 +96,27 @@ def time_trainer(recipe: dict, steps: int) -> tuple[float, Trainer]:
         trainer = Trainer(recipe, out, quiet=True)
         history, _, _ = trainer.fit()
     return history[-1]["images_per_second"], trainer
+
+
+def time_phases(recipe: dict, steps: int) -> list[tuple[str, int, float]]:
+    """``(name, batch size, img/s)`` of every phase of a multi-phase recipe, from one trainer run
+    in which each phase trains two epochs of ``steps`` steps (its second epoch is timed)."""
+    recipe = resolve(apply_overrides(recipe, ["eval.every=0", "train.checkpoint_every=1000"]))
+    for phase in recipe["phases"]:
+        batch = phase["train"]["batch_size"]
+        phase["train"].update(epochs=2, checkpoint_every=1000)
+        phase["schedule"]["warmup_epochs"] = 0
+        phase["eval"]["every"] = 0
+        # the rate does not change a step's cost; a small one keeps a run of a few steps with no
+        # warm-up from diverging (the trainer would stop it)
+        phase["optim"]["lr"] = 1e-4
+        if phase.get("sampler"):
+            phase["sampler"]["num_samples"] = steps * batch
+    with tempfile.TemporaryDirectory() as out:
+        history, _, _ = Trainer(recipe, out, quiet=True).fit()
+    last = {entry["phase"]: entry["images_per_second"] for entry in history}
+    return [(p["meta"]["phase"], p["train"]["batch_size"], last[p["meta"]["phase"]])
+            for p in recipe["phases"]]
 
 
 def plain_sgd(recipe: dict) -> dict:
@@ -524,6 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strong", action="store_true",
                         help="also time each strong augmentation (AutoAugment, RandAugment, "
                              "Cutout) in the bare loop, as a multiple of its plain step")
+    parser.add_argument("--phases", action="store_true",
+                        help="also time every phase of a multi-phase recipe (after CE: cRT, "
+                             "MARC, OT re-weighting, GAE's fine-tuning) against a bare step of "
+                             "the phase's batch size")
     parser.add_argument("--cam", action="store_true",
                         help="also time CAM-based re-sampling's generation against one epoch")
     parser.add_argument("--stream", action="store_true",
@@ -616,6 +649,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"of {args.repeats}): plain transform {fmt_spread(alone['plain'], 3)} ms; "
                   + "; ".join(f"{name} {fmt_spread(v, 3)} ({fmt_spread(alone[name], 3)} ms)"
                               for name, v in costs.items()), flush=True)
+        if args.phases and recipe.get("phases"):
+            timed: dict[tuple[str, int], list[float]] = {}
+            for _ in range(args.repeats):
+                for name, batch, ips in time_phases(recipe, args.steps):
+                    first = recipe["phases"][0]
+                    bare = time_bare(trainer, {**first, "train": {**first["train"],
+                                                                  "batch_size": batch}},
+                                     args.steps, args.warmup)[0]
+                    timed.setdefault((name, batch), []).append(ips / bare)
+            print(f"{path}: each phase's step against the bare step of its batch size on the "
+                  f"first phase's model (ratio, min / median / max of {args.repeats}): "
+                  + "; ".join(f"{name} (batch {batch}) {fmt_spread(v, 3)}"
+                              for (name, batch), v in timed.items()), flush=True)
         if args.cam:
             seconds, made = time_cam(trainer, recipe)
             epoch = trainer.data_path.labels.numel() / statistics.median(trainer_ips)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -596,6 +597,24 @@ def test_throughput_repeats_and_flags_a_noisy_machine():
     assert "0.500 / 0.537 / 0.714" in done.stdout
     assert "the trainer's img/s varied 1.50x" in done.stderr
     assert "bare loop's img/s varied" not in done.stderr
+
+
+def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path):
+    """--phases times a later phase (here a cRT-like re-training at batch 16) from one real run,
+    against a bare step of that batch size: the main figure alone sees only the first phase."""
+    recipe = tmp_path / "two_phases.yaml"
+    recipe.write_text(f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
+                      "phases:\n  - name: joint\n  - name: retrain\n"
+                      "    sampler: {name: class_balanced}\n"
+                      "    train: {epochs: 3, batch_size: 16, freeze: [backbone]}\n")
+    done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--recipes", str(recipe),
+                           "--steps", "3", "--warmup", "1", "--repeats", "1", "--phases"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "each phase's step" in x)
+    figures = dict(re.findall(r"(\w+ \(batch \d+\)) ([\d.]+) / ", line))
+    assert set(figures) == {"joint (batch 64)", "retrain (batch 16)"}, line
+    assert all(float(v) > 0 for v in figures.values())
 
 
 # ------------------------------------------------------------------------------------ CPU threads
