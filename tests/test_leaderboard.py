@@ -1186,3 +1186,32 @@ def test_runs_written_before_the_rename_are_decided_reported_and_merged(tmp_path
     assert row_of(tmp_path / "home") == {**row, "runs": [
         {**r, "dir": str(tmp_path / "home" / Path(r["dir"]).relative_to(tmp_path / "lb"))}
         for r in row["runs"]]}
+
+
+def test_appendix_is_published_under_the_tables_and_a_bad_one_stops_before_writing(
+        tmp_path, capsys):
+    """--appendix keeps a section the runs on disk cannot give (earlier runs whose directories
+    are gone) in every republished table; an unreadable or empty file is one line, nothing
+    written."""
+    suite, home = digits_suite(tmp_path), tmp_path / "home"
+    appendix = tmp_path / "earlier.md"
+    appendix.write_text("## Earlier runs\n\n| Method | Top-1 |\n|---|---|\n| X | 12.34 |\n")
+    target = tmp_path / "docs" / "lb.md"
+    common = [str(suite), "--protocol", "smoke", "--out", str(home), "--report-only",
+              "--no-plots", "--publish", str(target)]
+    done = leaderboard_here(capsys, *common, "--appendix", str(appendix))
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = target.read_text()
+    assert "## Earlier runs\n\n| Method | Top-1 |\n|---|---|\n| X | 12.34 |" in text
+    assert text.index("## Earlier runs") > text.index("| Method | Seeds |")
+    assert "--appendix" in text  # the recorded command republishes it
+    assert (home / "leaderboard.md").read_text() == text
+    for bad, why in ((tmp_path / "missing.md", "cannot read"), (tmp_path / "empty.md", "empty")):
+        if why == "empty":
+            bad.write_text("  \n")
+        target.unlink(missing_ok=True)
+        refused = leaderboard_here(capsys, *common, "--appendix", str(bad))
+        assert refused.returncode == 2
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --appendix: ") and why in lines[0]
+        assert str(bad) in lines[0] and not target.exists()

@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--publish", metavar="MD",
                         help="also write the Markdown table to this file (e.g. "
                              "docs/leaderboard.md), its plots beside it in <name>_plots/")
+    parser.add_argument("--appendix", metavar="MD", action="append", default=[],
+                        help="a Markdown file appended as it is under the tables (e.g. earlier "
+                             "runs whose run directories are gone, stated as such); repeatable")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
@@ -105,6 +108,18 @@ EXIT_BUDGET = 3  # --budget ran out with asked-for runs unfinished
 
 def say(message: str) -> None:
     print(message, flush=True)
+
+
+def read_appendix(path: Path) -> str:
+    """The text of an ``--appendix`` file, read before anything runs or is written."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}",
+                          key="--appendix") from None
+    if not text:
+        raise ConfigError(f"{path} is empty", key="--appendix")
+    return text
 
 
 def publish(doc: dict, out: Path, plots: dict[str, list[str]], target: Path) -> Path:
@@ -136,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise ConfigError(f"unknown id '{unknown[0]}'; the suite has {', '.join(known)}",
                                   key=what)
+        appendix = [read_appendix(Path(a)) for a in args.appendix]
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -229,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"to continue")
 
     doc = collect(suite, planner, refs, seeds, {r.id for r in rows}, {s.id for s in settings})
+    if appendix:
+        doc["appendix"] = appendix
     doc["command"] = " ".join(shlex.quote(a) for a in ["python", "benchmarks/leaderboard.py",
                                                         *(sys.argv[1:] if argv is None else argv)])
     plots = {}

@@ -811,6 +811,8 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
             lines += ["", "Notes:", ""] + notes
         for name in (plots or {}).get(setting["id"], []):
             lines += ["", f"![{setting['label']}: {Path(name).stem}]({name})"]
+    for text in doc.get("appendix") or []:  # --appendix: as given, before the sources
+        lines += ["", text]
     if footnotes:
         lines += ["", "## Sources of the paper numbers", ""]
         for (paper, table), mark in sorted(footnotes.items(), key=lambda kv: kv[1]):
