@@ -577,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every recipe")
     args = parser.parse_args(argv)
+    # ``--recipes`` takes every word after it, so ``--recipes a.yaml key=value`` would read the
+    # override as a recipe path: a word with '=' that names no file is an override
+    overrides = [w for w in args.recipes if "=" in w and not Path(w).exists()]
+    args.recipes = [w for w in args.recipes if w not in overrides]
+    args.overrides = [*args.overrides, *overrides]
     if args.worker:  # one process of --concurrent: the trainer's img/s as one JSON line
         ips, _ = time_trainer(load_recipe(args.recipes[0], args.overrides), args.steps)
         print(json.dumps({"images_per_second": ips}), flush=True)

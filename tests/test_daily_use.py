@@ -599,6 +599,35 @@ def test_throughput_repeats_and_flags_a_noisy_machine():
     assert "bare loop's img/s varied" not in done.stderr
 
 
+FAKE_THROUGHPUT_OVERRIDES = """
+import json, runpy, sys
+import torch
+script = runpy.run_path("benchmarks/throughput.py")
+seen = []
+
+def fake_trainer(recipe, steps):
+    seen.append(recipe["train"]["epochs"])
+    return 100.0, type("T", (), {"device": torch.device("cpu")})()
+
+main = script["main"]
+main.__globals__["time_trainer"] = fake_trainer
+main.__globals__["time_bare"] = lambda trainer, recipe, steps, warmup: (100.0, 100.0)
+code = main(["--repeats", "1", "--recipes", "configs/quickstart.yaml", "train.epochs=7"])
+print(json.dumps(seen))
+sys.exit(code)
+"""
+
+
+def test_throughput_reads_an_override_after_recipes_as_an_override():
+    """``--recipes`` takes every word after it; ``key=value`` there is an override, not a recipe
+    path that is then skipped as not found (the ABSGD window override was lost that way)."""
+    done = subprocess.run([sys.executable, "-c", FAKE_THROUGHPUT_OVERRIDES], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "not found" not in done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [7]
+
+
 def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path):
     """--phases times a later phase (here a cRT-like re-training at batch 16) from one real run,
     against a bare step of that batch size: the main figure alone sees only the first phase."""
