@@ -628,6 +628,37 @@ def test_throughput_reads_an_override_after_recipes_as_an_override():
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [7]
 
 
+FAKE_THROUGHPUT_PHASES = """
+import runpy, sys
+import torch
+script = runpy.run_path("benchmarks/throughput.py")
+main = script["main"]
+trainer = type("T", (), {"device": torch.device("cpu")})()
+main.__globals__["time_trainer"] = lambda recipe, steps: (100.0, trainer)
+# the bare loop's img/s depends on the batch it is given: 10 per image of the batch
+main.__globals__["time_bare"] = lambda t, recipe, steps, warmup: (
+    10.0 * recipe["train"]["batch_size"], 1.0)
+main.__globals__["time_phases"] = lambda recipe, steps: [("joint", 64, 320.0),
+                                                         ("retrain", 16, 40.0)]
+sys.exit(main(["--repeats", "2", "--phases", "--recipes", sys.argv[1]]))
+"""
+
+
+def test_throughput_phase_ratio_is_against_the_bare_step_of_that_phase_batch(tmp_path):
+    """Each phase's img/s is divided by the bare loop timed at that phase's batch size:
+    320 / (10 x 64) = 0.5 and 40 / (10 x 16) = 0.25 (a bare loop at the first phase's batch
+    would give 40 / 640 = 0.0625)."""
+    recipe = tmp_path / "two_phases.yaml"
+    recipe.write_text(f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
+                      "phases:\n  - name: joint\n  - name: retrain\n"
+                      "    train: {epochs: 3, batch_size: 16}\n")
+    done = subprocess.run([sys.executable, "-c", FAKE_THROUGHPUT_PHASES, str(recipe)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "joint (batch 64) 0.500 / 0.500 / 0.500" in done.stdout, done.stdout
+    assert "retrain (batch 16) 0.250 / 0.250 / 0.250" in done.stdout, done.stdout
+
+
 def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path):
     """--phases times a later phase (here a cRT-like re-training at batch 16) from one real run,
     against a bare step of that batch size: the main figure alone sees only the first phase."""
