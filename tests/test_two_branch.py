@@ -308,16 +308,18 @@ def test_a_model_without_the_branches_is_refused_before_training(tmp_path, model
     assert "\n" not in message and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("choice, key", [({"name": "dbn_mix"}, "augment[0].choices[1].p"),
-                                         ({"name": "bbn"}, "augment[0].choices[1].p")])
+@pytest.mark.parametrize("choice, key", [({"name": "dbn_mix"}, "augment[0].choices[1].name"),
+                                         ({"name": "bbn"}, "augment[0].choices[1].name")])
 def test_neither_can_be_a_choice_of_one_of(tmp_path, choice, key):
     """one_of mixes a batch with one choice at a time, at one point with a probability each;
-    the two streams are the whole method, on every batch of the window."""
+    the two streams are the whole method, on every batch of the window. The refusal names the
+    choice and says why (not a 'p' the recipe never wrote)."""
     recipe = resolve(digits(model=BBN_MODEL if choice["name"] == "bbn" else DBN_MODEL,
                             augment=[{"name": "one_of", "p": [0.5, 0.5],
                                       "choices": [{"name": "mixup"}, choice]}]))
-    with pytest.raises(ConfigError, match="^" + key.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match="^" + key.replace("[", r"\[").replace("]", r"\]")) as err:
         train(recipe, tmp_path / "run", quiet=True)
+    assert "second stream" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()
 
 

@@ -92,6 +92,12 @@ class OneOf(Component):
             raise ConfigError(f"{name} is not a mixing augmentation; one_of chooses per batch "
                               f"between mixing augmentations ({', '.join(mixing)})",
                               key=f"{key}.name")
+        if name in AUGMENTS and AUGMENTS.get(name).regroups_rows:
+            # bbn, dbn_mix: the second stream is the whole method, on every batch of its
+            # window; a per-batch choice would hand the model one stream on some batches
+            raise ConfigError(f"{name} regroups every batch of its window into its own rows "
+                              f"(a second stream), so one_of cannot choose it per batch; give "
+                              f"it its own augment entry", key=f"{key}.name")
         if "p" in cfg:
             raise ConfigError("is given by one_of's own p, one probability per choice; remove "
                               "it here", key=f"{key}.p")
