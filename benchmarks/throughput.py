@@ -78,6 +78,7 @@ from lttoolbox.engine.provenance import git_commit, machine_info
 from lttoolbox.engine.trainer import Trainer, autocast_factory
 from lttoolbox.errors import LTError
 from lttoolbox.recipe import apply_overrides, load_recipe, resolve
+from lttoolbox.registry import SAMPLERS, accepted_parameters
 
 
 def sync(device: torch.device) -> None:
@@ -85,12 +86,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def shorten_epoch(sampler: dict | None, images: int) -> None:
+    """Give ``sampler`` (a resolved recipe's entry) an epoch of ``images`` draws, where it takes
+    ``num_samples``; one whose epoch length is its definition's (``fixed_parameters``:
+    ``class_aware_ml``, the random resamplers) keeps it, and its timed epoch is that long."""
+    if sampler and "num_samples" in accepted_parameters(SAMPLERS.get(sampler["name"]))[0]:
+        sampler["num_samples"] = images
+
+
 def time_trainer(recipe: dict, steps: int) -> tuple[float, Trainer]:
-    """Images/s of the trainer's second epoch of ``steps`` steps."""
+    """Images/s of the trainer's second epoch of ``steps`` steps (or of the sampler's own
+    epoch, see :func:`shorten_epoch`)."""
     batch = recipe["train"]["batch_size"]
     recipe = resolve(apply_overrides(recipe, [
         "train.epochs=2", "schedule.warmup_epochs=0", "eval.every=0",
-        f"sampler.num_samples={steps * batch}", "train.checkpoint_every=1000"]))
+        "train.checkpoint_every=1000"]))
+    shorten_epoch(recipe.get("sampler"), steps * batch)
     recipe.pop("phases", None)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(recipe, out, quiet=True)
@@ -110,8 +121,7 @@ def time_phases(recipe: dict, steps: int) -> list[tuple[str, int, float]]:
         # the rate does not change a step's cost; a small one keeps a run of a few steps with no
         # warm-up from diverging (the trainer would stop it)
         phase["optim"]["lr"] = 1e-4
-        if phase.get("sampler"):
-            phase["sampler"]["num_samples"] = steps * batch
+        shorten_epoch(phase.get("sampler"), steps * batch)
     with tempfile.TemporaryDirectory() as out:
         history, _, _ = Trainer(recipe, out, quiet=True).fit()
     last = {entry["phase"]: entry["images_per_second"] for entry in history}

@@ -677,6 +677,25 @@ def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path):
     assert all(float(v) > 0 for v in figures.values())
 
 
+def test_throughput_keeps_the_epoch_of_a_sampler_that_fixes_its_length(tmp_path):
+    """The random resamplers' epoch is their definition's (no ``num_samples``): the benchmark
+    times their own epoch instead of setting one the registry refuses, in the main figure (the
+    recipe's sampler) and in --phases (a phase's)."""
+    recipe = tmp_path / "resampled.yaml"
+    recipe.write_text(f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
+                      "sampler: {name: random_undersample}\n"
+                      "phases:\n  - name: joint\n  - name: retrain\n"
+                      "    sampler: {name: random_oversample}\n"
+                      "    train: {epochs: 3, batch_size: 64, freeze: [backbone]}\n")
+    done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--recipes", str(recipe),
+                           "--steps", "3", "--warmup", "1", "--repeats", "1", "--phases"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "num_samples" not in done.stderr
+    line = next(x for x in done.stdout.splitlines() if "each phase's step" in x)
+    assert set(re.findall(r"(\w+) \(batch \d+\) [\d.]+ / ", line)) == {"joint", "retrain"}, line
+
+
 # ------------------------------------------------------------------------------------ CPU threads
 def test_train_threads_sets_torch_threads_and_auto_leaves_them(tmp_path):
     from lttoolbox.engine import Trainer
