@@ -454,6 +454,28 @@ def test_epochs_are_shown_and_unequal_paper_budgets_are_flagged(tmp_path):
     assert "**opposite direction**" in markdown(doc) and "‡" not in markdown(doc)
 
 
+def test_a_setting_no_source_reports_has_no_paper_columns(tmp_path):
+    """Without a reference number for any row, the table has no Paper / Paper Δ / vs paper
+    columns (they would be empty on every line); a finished, a failed and a not-available row
+    all keep one cell per header."""
+    suite = load_suite(digits_suite(tmp_path, references=None))
+    planner = Planner(suite, "quick", tmp_path / "out")
+    run = planner.plan("ce", "exp10", 0)
+    run.dir.mkdir(parents=True)
+    (run.dir / "results.json").write_text(json.dumps(
+        {"recipe_hash": run.hash, "protocol": "quick", "top1": 60.0, "seconds": 1.0}))
+    doc = collect(suite, planner, References.empty(), [0], {r.id for r in suite.rows},
+                  {"exp10"})
+    md = markdown(doc)
+    table = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert table[0] == ("| Method | Seeds | Epochs | Top-1 | Mean/class | Many | Medium | Few | "
+                        "Δ top-1 vs CE | Train min | Wall min | img/s |"), table[0]
+    assert "Paper" not in md and "vs paper" not in md
+    assert len({ln.count("|") for ln in table}) == 1, table
+    assert any(ln.startswith("| CE | 1 | 4 | 60.00 |") for ln in table), table
+    assert any(ln.startswith("| Mixup | 0 |") for ln in table), table
+
+
 def test_unscaled_epoch_keys_are_warned_about(tmp_path):
     suite = load_suite(write_yaml(tmp_path / "suite.yaml", {
         "name": "s", "references": None, "settings": [{"id": "a", "overlay": {}}],

@@ -653,6 +653,12 @@ def _selections(how: dict[str, set[int]]) -> str:
                      for text, marks in sorted(how.items(), key=lambda kv: min(kv[1])))
 
 
+def _table_line(with_paper: bool, cells: list[str], paper: list[str]) -> str:
+    """One line of a setting's table: ``paper`` (the three paper cells) goes in before the last
+    three cells (the costs) when the setting shows paper columns."""
+    return "| " + " | ".join(cells[:-3] + paper * with_paper + cells[-3:]) + " |"
+
+
 def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
     """The leaderboard as Markdown: provenance, caveats, one table per setting, sources."""
     proto = doc["protocol"]
@@ -713,12 +719,15 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
         vs_head = ("vs paper (ours − paper)" if proto["name"] == "paper"
                    else "vs paper (direction)")
         with_best = any(r.get("best_test") for r in setting["rows"])
-        best_head = "Best test epoch § | " if with_best else ""
-        groups = "".join(f"{c.label} | " for c in spec.columns)
-        lines.append(f"| Method | Seeds | Epochs | {spec.label} | {groups}"
-                     f"Δ {spec.name} vs {base_label} | {best_head}{spec.paper_label} | Paper Δ | "
-                     f"{vs_head} | Train min | Wall min | img/s |")
-        lines.append("|" + "---|" * (11 + len(spec.columns) + with_best))
+        # a setting no source reports (no reference numbers for any row) gets no paper columns
+        with_paper = any(r.get("paper") for r in setting["rows"])
+        head = ["Method", "Seeds", "Epochs", spec.label, *(c.label for c in spec.columns),
+                f"Δ {spec.name} vs {base_label}", *(["Best test epoch §"] * with_best),
+                *([spec.paper_label, "Paper Δ", vs_head] * with_paper),
+                "Train min", "Wall min", "img/s"]
+
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
         problems, wall_bounds, shown, unequal, final = [], False, {}, [], {}
         for row in setting["rows"]:
             epochs = _phases((row.get("epochs") or {}).get("phases"))
@@ -741,10 +750,10 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                         "failed": "*failed* (see below)", "pending": "*pending*"}[status]
                 if status in ("invalid recipe", "failed"):
                     problems.append(f"- {row['label']}: {row.get('reason')}")
-                lines.append(f"| {row['label']} | 0 | {epochs} | {text} |"
-                             + "  |" * (len(spec.columns) + 1) + " "
-                             + ("| " if with_best else "")
-                             + f"{paper_cell} | {paper_delta} |  |  |  |  |")
+                lines.append(_table_line(
+                    with_paper, [row["label"], "0", epochs, text,
+                                 *[""] * (len(spec.columns) + 1 + with_best), "", "", ""],
+                    [paper_cell, paper_delta, ""]))
                 continue
             m, c, cmp = row["metrics"], row["costs"], row.get("vs_paper") or {}
             if proto["name"] == "paper" and cmp.get("difference") is not None:
@@ -773,14 +782,14 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                 if row.get("pending_seeds"):
                     problems.append(f"- {row['label']}: seeds "
                                     f"{' '.join(map(str, row['pending_seeds']))} still pending")
-            lines.append(
-                f"| {row['label']} | {seeds} | {epochs} | {_fmt_stat(m.get(m_key))} | "
-                + "".join(f"{_fmt_stat(m.get(c.key))} | " for c in spec.columns)
-                + f"{_fmt(row.get(f'delta_{m_key}'), signed=True)} | "
-                + (f"{_best_cell(row, m_key)} | " if with_best else "")
-                + f"{paper_cell} | {paper_delta} | "
-                f"{vs} | {_minutes(c.get('train_seconds'))} | {wall} | "
-                f"{_fmt((c.get('images_per_second') or {}).get('mean'), 0)} |")
+            lines.append(_table_line(
+                with_paper,
+                [row["label"], seeds, str(epochs), _fmt_stat(m.get(m_key)),
+                 *(_fmt_stat(m.get(col.key)) for col in spec.columns),
+                 _fmt(row.get(f"delta_{m_key}"), signed=True),
+                 *([_best_cell(row, m_key)] * with_best), _minutes(c.get("train_seconds")),
+                 wall, _fmt((c.get("images_per_second") or {}).get("mean"), 0)],
+                [paper_cell, paper_delta, vs]))
         if problems:
             lines += ["", "Failures and gaps (* in *Seeds*):", ""] + problems
         if with_best:
