@@ -659,13 +659,22 @@ def test_throughput_phase_ratio_is_against_the_bare_step_of_that_phase_batch(tmp
     assert "retrain (batch 16) 0.250 / 0.250 / 0.250" in done.stdout, done.stdout
 
 
-def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path):
-    """--phases times a later phase (here a cRT-like re-training at batch 16) from one real run,
-    against a bare step of that batch size: the main figure alone sees only the first phase."""
+@pytest.mark.parametrize("sampler, retrain", [
+    # a cRT-like re-training at batch 16: the main figure alone sees only the first phase
+    ("instance", "{name: class_balanced}"),
+    # the random resamplers' epoch is their definition's (no num_samples): the benchmark times
+    # their own epoch instead of setting one the registry refuses, in the main figure (the
+    # recipe's sampler) and in --phases (a phase's)
+    ("random_undersample", "{name: random_oversample}"),
+])
+def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path, sampler, retrain):
+    """--phases times every phase from one real run, each against a bare step of its own batch
+    size."""
     recipe = tmp_path / "two_phases.yaml"
     recipe.write_text(f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
+                      f"sampler: {{name: {sampler}}}\n"
                       "phases:\n  - name: joint\n  - name: retrain\n"
-                      "    sampler: {name: class_balanced}\n"
+                      f"    sampler: {retrain}\n"
                       "    train: {epochs: 3, batch_size: 16, freeze: [backbone]}\n")
     done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--recipes", str(recipe),
                            "--steps", "3", "--warmup", "1", "--repeats", "1", "--phases"],
@@ -675,25 +684,6 @@ def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path):
     figures = dict(re.findall(r"(\w+ \(batch \d+\)) ([\d.]+) / ", line))
     assert set(figures) == {"joint (batch 64)", "retrain (batch 16)"}, line
     assert all(float(v) > 0 for v in figures.values())
-
-
-def test_throughput_keeps_the_epoch_of_a_sampler_that_fixes_its_length(tmp_path):
-    """The random resamplers' epoch is their definition's (no ``num_samples``): the benchmark
-    times their own epoch instead of setting one the registry refuses, in the main figure (the
-    recipe's sampler) and in --phases (a phase's)."""
-    recipe = tmp_path / "resampled.yaml"
-    recipe.write_text(f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
-                      "sampler: {name: random_undersample}\n"
-                      "phases:\n  - name: joint\n  - name: retrain\n"
-                      "    sampler: {name: random_oversample}\n"
-                      "    train: {epochs: 3, batch_size: 64, freeze: [backbone]}\n")
-    done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--recipes", str(recipe),
-                           "--steps", "3", "--warmup", "1", "--repeats", "1", "--phases"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "num_samples" not in done.stderr
-    line = next(x for x in done.stdout.splitlines() if "each phase's step" in x)
-    assert set(re.findall(r"(\w+) \(batch \d+\) [\d.]+ / ", line)) == {"joint", "retrain"}, line
 
 
 # ------------------------------------------------------------------------------------ CPU threads
