@@ -63,17 +63,10 @@ def digits_lt(test_per_class: int = 50, imbalance_type: str | None = "exp",
         hflip: Random horizontal flip during training (off: a mirrored 2 is no 2).
         val_per_class: Images per class of a balanced validation split taken from the training
             pool (see :func:`~lttoolbox.data.dataset.validation_split`); ``None``: none.
-        autoaugment: AutoAugment policy of the training transform, after the crop and flip:
-            ``cifar10`` | ``imagenet`` | ``svhn`` (``null``: none); see
-            :mod:`~lttoolbox.data.strong_aug`.
-        randaugment: RandAugment's operations per training image (0: none).
-        randaugment_magnitude: RandAugment's magnitude bin, 0..30 (torchvision's default 9).
-        cutout: Side of the Cutout squares in pixels (0: none).
-        cutout_holes: Cutout squares per image.
-        cutout_fill: ``black`` (0 before normalising, as ResCom's and MARC's CIFAR code) or
-            ``mean`` (0 after it, as DeVries & Taylor's ``cutout.py``).
-        augment_fill: Pixel value (0..255, one or one per channel) where a geometric
-            AutoAugment/RandAugment operation uncovers the image (torchvision's ``fill``).
+        autoaugment, randaugment, randaugment_magnitude, cutout, cutout_holes, cutout_fill,
+            augment_fill: The strong augmentations of the training transform, after the
+            crop and flip (all off by default); see
+            :func:`~lttoolbox.data.strong_aug.strong_augment`.
 
     Returns:
         A :class:`~lttoolbox.data.DataBundle`.

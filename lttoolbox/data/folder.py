@@ -95,17 +95,10 @@ def image_folder(root: str | None = None, train_dir: str = "train", test_dir: st
         eval_resize: Streaming path only: shorter side before the evaluation centre crop
             (default ``image_size * 256 / 224``).
         decoder: Streaming path only: ``pil`` or ``torchvision``.
-        autoaugment: AutoAugment policy of the training transform, after the crop and flip:
-            ``cifar10`` | ``imagenet`` | ``svhn`` (``null``: none); see
-            :mod:`~lttoolbox.data.strong_aug`.
-        randaugment: RandAugment's operations per training image (0: none).
-        randaugment_magnitude: RandAugment's magnitude bin, 0..30 (torchvision's default 9).
-        cutout: Side of the Cutout squares in pixels (0: none).
-        cutout_holes: Cutout squares per image.
-        cutout_fill: ``black`` (0 before normalising, as ResCom's and MARC's CIFAR code) or
-            ``mean`` (0 after it, as DeVries & Taylor's ``cutout.py``).
-        augment_fill: Pixel value (0..255, one or one per channel) where a geometric
-            AutoAugment/RandAugment operation uncovers the image (torchvision's ``fill``).
+        autoaugment, randaugment, randaugment_magnitude, cutout, cutout_holes, cutout_fill,
+            augment_fill: The strong augmentations of the training transform, after the
+            crop and flip (all off by default); see
+            :func:`~lttoolbox.data.strong_aug.strong_augment`.
 
         run_data: Context, given by ``lteval``: the data facts of a trained model (its
             ``data.json``). Only the test images are then read, labelled by the model's class

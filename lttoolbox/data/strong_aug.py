@@ -128,14 +128,17 @@ def strong_augment(autoaugment: str | None = None, randaugment: int = 0,
     """Check the data keys of the strong augmentations (``.active``: whether any is on).
 
     Args:
-        autoaugment: ``null`` or a policy: ``cifar10`` | ``imagenet`` | ``svhn``.
+        autoaugment: AutoAugment policy of the training transform, after the crop and flip:
+            ``null`` (off) or ``cifar10`` | ``imagenet`` | ``svhn``.
         randaugment: RandAugment's number of operations per image ``N`` (0: off).
-        randaugment_magnitude: RandAugment's magnitude bin ``M`` in ``[0, 30]``.
+        randaugment_magnitude: RandAugment's magnitude bin ``M`` in ``[0, 30]`` (torchvision's
+            default 9).
         cutout: Side ``L`` of each Cutout square in pixels (0: off).
         cutout_holes: Squares per image.
-        cutout_fill: ``black`` (0 before normalisation) or ``mean`` (0 after it).
-        augment_fill: Fill of the pixels a geometric operation uncovers: one value in 0..255 or
-            one per channel.
+        cutout_fill: ``black`` (0 before normalising, as ResCom's and MARC's CIFAR code) or
+            ``mean`` (0 after it, as DeVries & Taylor's ``cutout.py``).
+        augment_fill: Pixel value where a geometric AutoAugment/RandAugment operation uncovers
+            the image (torchvision's ``fill``): one value in 0..255 or one per channel.
 
     Raises:
         ConfigError: one line naming the key.
