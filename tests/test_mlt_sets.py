@@ -151,6 +151,10 @@ def test_built_through_the_registry_and_a_recipe(name, sets, cache):
     assert meta["test_class_counts"] == fixture["test"].sum(0).astype(int).tolist()
     assert meta["path"] == "memory" and meta["imbalance_type"] is None
     assert meta["image_size"] == 8
+    # the official extra_aug on by default: the distortion and the crop of >= 0.8 of each side
+    assert (meta["min_crop_size"], meta["photometric"]) == (0.8, True)
+    assert bundle.train_transform.min_crop_size == 0.8 and bundle.train_transform.photometric
+    assert not bundle.eval_transform.random
     split = fixture["root"] / "appendix" / {"voc_mlt": "VOCdevkit/longtail2012",
                                             "coco_mlt": "coco/longtail2017"}[name]
     assert meta["split_files"]["class_freq"] == str(split / "class_freq.pkl")
@@ -376,6 +380,9 @@ ERRORS = {
                              "data.eval_crop"),
     "eval_resize without the crop": ({"path": "stream", "eval_resize": 10}, None, ConfigError,
                                      "data.eval_resize"),
+    "min_crop_size 0": ({"min_crop_size": 0}, None, ConfigError, "data.min_crop_size"),
+    "min_crop_size above 1": ({"min_crop_size": 1.2}, None, ConfigError, "data.min_crop_size"),
+    "photometric not a bool": ({"photometric": "on"}, None, ConfigError, "data.photometric"),
     "unknown key": ({"train_list": "x.txt"}, None, ConfigError, "data.train_list"),
     "root missing": ({"root": "/nonexistent/mlt"}, None, DataError, "/nonexistent/mlt"),
     "no class_freq": ({}, lambda r: (r / "appendix/VOCdevkit/longtail2012/class_freq.pkl").unlink(),

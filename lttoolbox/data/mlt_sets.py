@@ -24,11 +24,14 @@ files (``path: auto | memory | stream``, :mod:`lttoolbox.data.path_choice`):
   in-memory path and the official test pipeline (``eval_crop: true``: the centre crop of the
   single-label large sets instead).
 
-Where this differs from the official training pipeline (``configs/voc/LT_resnet50_pfc_DB.py:39-63``,
-``mllt/datasets/extra_aug.py``): the official training images go through a photometric
-distortion (brightness, contrast, saturation, hue) and a random crop of 0.8-1.0 of each side
-before the resize; neither is reproduced here (the in-memory path flips and pad-crops, the
-streaming path uses the ImageNet-style random resized crop). Normalisation uses the
+Training augmentation: the official pipeline's (``configs/voc/LT_resnet50_pfc_DB.py:39-63``,
+``mllt/datasets/extra_aug.py``), on both paths by default: the photometric distortion
+(brightness, contrast, saturation, hue, channel order) and the random crop of 0.8-1.0 of each
+side (``photometric``, ``min_crop_size``), then the flip and the resize; how each path does it
+and where it differs from the code (the crop corner's range, the in-memory path's second
+resampling, the streaming path's clipping) is in :mod:`lttoolbox.data.photometric`.
+``min_crop_size: 1`` and ``photometric: false`` turn them off (the streaming path then takes
+the ImageNet-style random resized crop, ``color_jitter`` its jitter). Normalisation uses the
 ImageNet statistics, the official configs' ``img_norm_cfg`` (mean ``[123.675, 116.28, 103.53]``,
 std ``[58.395, 57.12, 57.375]`` on 0..255, ``configs/voc/LT_resnet50_pfc_DB.py:37-38``,
 ``configs/coco/LT_resnet50_pfc_DB.py:37-38``).
@@ -58,6 +61,7 @@ from .folder import _check_stats as check_stats
 from .mlt import MultiLabelData, load_images, read_coco_mlt, read_voc_mlt
 from .multilabel import MultiLabelDataset
 from .path_choice import choose_path
+from .photometric import check_min_crop_size
 from .stream import IMAGENET_MEAN, IMAGENET_STD, MultiLabelFileSplit, StreamTransform
 from .transforms import BatchTransform
 
@@ -103,7 +107,8 @@ def _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter
 
 def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean, std,
             path: str, cache_dir, crop_padding: int, hflip: bool, color_jitter: float,
-            eval_resize, eval_crop: bool, decoder: str) -> DataBundle:
+            eval_resize, eval_crop: bool, decoder: str, min_crop_size: float,
+            photometric: bool) -> DataBundle:
     """Decode (or list) both splits and assemble the multi-label bundle."""
     class_split = data.files["class_split"]
     empty = np.flatnonzero(data.class_freq == 0).tolist()
@@ -125,14 +130,17 @@ def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean,
     if stream is None:
         train = MultiLabelDataset(train_x, data.train.labels, data.classes, mean, std)
         test = MultiLabelDataset(test_x, data.test.labels, data.classes, mean, std)
-        train_transform = BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip)
+        train_transform = BatchTransform(mean, std, crop_padding=crop_padding, hflip=hflip,
+                                         min_crop_size=min_crop_size, photometric=photometric)
         eval_transform = BatchTransform(mean, std)
     else:
         train = MultiLabelFileSplit(train_x, data.train.labels, data.classes, mean, std,
                                     image_size, decoder)
         test = MultiLabelFileSplit(test_x, data.test.labels, data.classes, mean, std,
                                    image_size, decoder)
-        train_transform = StreamTransform(image_size, True, hflip, color_jitter)
+        train_transform = StreamTransform(
+            image_size, True, hflip, color_jitter,
+            min_crop_size=None if min_crop_size >= 1 else min_crop_size, photometric=photometric)
         eval_transform = StreamTransform(image_size, False, resize=eval_resize,
                                          centre_crop=eval_crop)
     groups = {k: v.tolist() for k, v in data.groups.items()}
@@ -158,7 +166,8 @@ def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean,
             "train_class_counts": train.class_counts, "test_class_counts": test.class_counts,
             "num_train": len(train), "num_test": len(test), "class_split": groups,
             "image_size": image_size, "mean": train.mean, "std": train.std,
-            "crop_padding": crop_padding, "hflip": hflip, "path": path}
+            "crop_padding": crop_padding, "hflip": hflip, "path": path,
+            "min_crop_size": min_crop_size, "photometric": photometric}
     if stream is not None:
         meta.update(crop_padding=None, color_jitter=color_jitter, decoder=decoder,
                     eval_crop=eval_crop, eval_resize=eval_transform.resize)
@@ -167,14 +176,19 @@ def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean,
 
 def _build(name: str, reader: Callable[..., MultiLabelData], root, appendix, image_size, mean,
            std, path, cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
-           decoder, imbalance_type) -> DataBundle:
+           decoder, imbalance_type, min_crop_size, photometric) -> DataBundle:
     _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter, eval_resize,
                   eval_crop, decoder, imbalance_type, name)
+    min_crop_size = check_min_crop_size(min_crop_size)
+    if not isinstance(photometric, bool):
+        raise ConfigError(f"photometric must be true or false, got {photometric!r}",
+                          key="photometric")
     data = reader(root, appendix)
     return _bundle(data, str(Path(str(root)).expanduser().absolute()), appendix,
                    image_size=image_size, mean=mean, std=std, path=path, cache_dir=cache_dir,
                    crop_padding=crop_padding, hflip=hflip, color_jitter=color_jitter,
-                   eval_resize=eval_resize, eval_crop=eval_crop, decoder=decoder)
+                   eval_resize=eval_resize, eval_crop=eval_crop, decoder=decoder,
+                   min_crop_size=min_crop_size, photometric=photometric)
 
 
 @DATASETS.register("voc_mlt")
@@ -183,7 +197,8 @@ def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: in
             std: Sequence[float] | None = IMAGENET_STD, path: str = "auto",
             cache_dir: str | None = None, crop_padding: int = 0, hflip: bool = True,
             color_jitter: float = 0.0, eval_resize: int | None = None, eval_crop: bool = False,
-            decoder: str = "pil", imbalance_type: str | None = None) -> DataBundle:
+            decoder: str = "pil", imbalance_type: str | None = None,
+            min_crop_size: float = 0.8, photometric: bool = True) -> DataBundle:
     """VOC-MLT: the 1,142-image long-tailed subset of VOC2012 trainval (20 classes) and VOC2007
     test, from the split files of the DB-loss repository.
 
@@ -216,6 +231,11 @@ def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: in
             (default ``image_size * 256 / 224``).
         decoder: Streaming path: ``pil`` or ``torchvision``.
         imbalance_type: Must be ``null``: the set is long-tailed already.
+        min_crop_size: The official training crop (``extra_aug.random_crop``, 0.8): a box of at
+            least this fraction of each side, resized to ``image_size`` square; 1: none (the
+            streaming path then takes its random resized crop).
+        photometric: The official photometric distortion (``extra_aug.photo_metric_distortion``;
+            :mod:`lttoolbox.data.photometric`), on by default as in both official configs.
 
     Returns:
         A multi-label :class:`~lttoolbox.data.DataBundle` without validation split; its
@@ -236,7 +256,7 @@ def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: in
     """
     return _build("voc_mlt", read_voc_mlt, root, appendix, image_size, mean, std, path,
                   cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
-                  decoder, imbalance_type)
+                  decoder, imbalance_type, min_crop_size, photometric)
 
 
 @DATASETS.register("coco_mlt")
@@ -245,7 +265,8 @@ def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: i
              std: Sequence[float] | None = IMAGENET_STD, path: str = "auto",
              cache_dir: str | None = None, crop_padding: int = 0, hflip: bool = True,
              color_jitter: float = 0.0, eval_resize: int | None = None, eval_crop: bool = False,
-             decoder: str = "pil", imbalance_type: str | None = None) -> DataBundle:
+             decoder: str = "pil", imbalance_type: str | None = None,
+             min_crop_size: float = 0.8, photometric: bool = True) -> DataBundle:
     """COCO-MLT: the 1,909-image long-tailed subset of COCO train2017 (80 classes), and all of
     val2017 as the test set, from the split files of the DB-loss repository.
 
@@ -258,7 +279,8 @@ def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: i
         root: The folder holding ``appendix/`` and ``coco/`` (layout:
             :mod:`lttoolbox.data.mlt`). Required.
         appendix, image_size, mean, std, path, cache_dir, crop_padding, hflip, color_jitter,
-            eval_crop, eval_resize, decoder, imbalance_type: As :func:`voc_mlt`.
+            eval_crop, eval_resize, decoder, imbalance_type, min_crop_size, photometric: As
+            :func:`voc_mlt`.
 
     Returns:
         A multi-label :class:`~lttoolbox.data.DataBundle`, as :func:`voc_mlt`.
@@ -275,7 +297,7 @@ def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: i
     """
     return _build("coco_mlt", read_coco_mlt, root, appendix, image_size, mean, std, path,
                   cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
-                  decoder, imbalance_type)
+                  decoder, imbalance_type, min_crop_size, photometric)
 
 
 #: Both entries build multi-label bundles (their test contract and the evaluation differ).

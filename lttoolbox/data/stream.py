@@ -37,6 +37,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from .images import UnreadableImage, image_error, load_image, to_8bit_tensor
+from .photometric import check_min_crop_size, crop_boxes, distort, draw_distortion
 from .strong_aug import ImageStrong, StrongSpec
 
 # RandomResizedCrop's defaults (torchvision.transforms.RandomResizedCrop).
@@ -232,6 +233,13 @@ class StreamTransform:
             crop (default), or, when false, resize the whole image to ``size`` x ``size``
             without keeping its aspect ratio (what the in-memory path does, and what the
             multi-label benchmarks evaluate: a crop can cut a labelled object out).
+        min_crop_size: Training: instead of the random resized crop, the multi-label
+            benchmarks' crop (:func:`~lttoolbox.data.photometric.crop_boxes`: at least this
+            fraction of each side, ``h / w`` in ``[0.5, 2]``), resized to ``size`` x ``size``
+            without keeping the aspect ratio (``None``: the random resized crop).
+        photometric: Training: their photometric distortion
+            (:func:`~lttoolbox.data.photometric.distort`) after the flip, clipped to 0..255
+            (the streaming path yields uint8 images).
 
     Example:
         >>> t = StreamTransform(4, train=True, color_jitter=0.4)
@@ -241,7 +249,8 @@ class StreamTransform:
 
     def __init__(self, size: int, train: bool, hflip: bool = True, color_jitter: float = 0.0,
                  resize: int | None = None, strong: StrongSpec | None = None,
-                 centre_crop: bool = True):
+                 centre_crop: bool = True, min_crop_size: float | None = None,
+                 photometric: bool = False):
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ConfigError(f"image_size must be a positive integer, got {size!r}")
         if isinstance(color_jitter, bool) or not isinstance(color_jitter, numbers.Real) \
@@ -264,6 +273,11 @@ class StreamTransform:
         # None: the evaluation resizes the whole image to size x size
         self.resize = (None if not centre_crop else int(resize) if resize is not None
                        else int(round(size * 256 / 224)))
+        self.min_crop_size = (None if min_crop_size is None
+                              else check_min_crop_size(min_crop_size))
+        if not isinstance(photometric, bool):
+            raise ConfigError(f"photometric must be true or false, got {photometric!r}")
+        self.photometric = photometric
         self.strong = strong if self.train and strong is not None and strong.active else None
         self._strong = ImageStrong(strong) if self.strong is not None else None
 
@@ -281,10 +295,18 @@ class StreamTransform:
                 return F.resize(image, size, antialias=True).contiguous()
             image = F.resize(image, [self.resize], antialias=True)
             return F.center_crop(image, size)
-        top, left, h, w = crop_box(image.shape[-2], image.shape[-1], generator)
+        if self.min_crop_size is None:
+            top, left, h, w = crop_box(image.shape[-2], image.shape[-1], generator)
+        else:
+            top, left, h, w = crop_boxes(1, image.shape[-2], image.shape[-1],
+                                         self.min_crop_size, generator=generator)[0].tolist()
         image = F.resized_crop(image, top, left, h, w, size, antialias=True)
         if self.hflip and float(torch.rand(1, generator=generator)) < 0.5:
             image = F.horizontal_flip(image)
+        if self.photometric:
+            pixels = distort(image.unsqueeze(0).to(torch.float32),
+                             draw_distortion(1, generator=generator))
+            image = pixels.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
         if self.color_jitter > 0:
             low, high = 1.0 - self.color_jitter, 1.0 + self.color_jitter
             factors = (low + (high - low) * torch.rand(3, generator=generator)).tolist()
@@ -301,8 +323,11 @@ class StreamTransform:
         if not self.train:
             return f"StreamTransform(eval: resize {self.resize}, centre crop {self.size})"
         strong = f", strong={self.strong}" if self.strong is not None else ""
-        return (f"StreamTransform(train: random resized crop {self.size}, hflip={self.hflip}, "
-                f"color_jitter={self.color_jitter}{strong})")
+        crop = ("random resized crop" if self.min_crop_size is None
+                else f"random crop (min side {self.min_crop_size}) resized to")
+        return (f"StreamTransform(train: {crop} {self.size}, hflip={self.hflip}, "
+                f"color_jitter={self.color_jitter}{strong}"
+                f"{', photometric=True' if self.photometric else ''})")
 
 
 def draw_seeds(seed: int, epoch_key: Sequence[int], positions: np.ndarray) -> np.ndarray:

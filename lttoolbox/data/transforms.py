@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .photometric import check_min_crop_size, crop_boxes, crop_resize, distort, draw_distortion
 from .strong_aug import BatchStrong, StrongSpec
 
 
@@ -69,6 +70,11 @@ class BatchTransform:
         strong: AutoAugment or RandAugment and Cutout (:func:`~lttoolbox.data.strong_aug.
             strong_augment`), after the crop and the flip, on the uint8 images; Cutout's squares
             are set to 0 before normalising (``cutout_fill: black``) or after it (``mean``).
+        min_crop_size: The multi-label benchmarks' random crop (:mod:`~lttoolbox.data.
+            photometric`): a box of at least this fraction of each side, resized back to the
+            image size and rounded to uint8, before the flip (1: none).
+        photometric: Their photometric distortion, on the float pixels (0..255 scale, not
+            clipped) after every other step and before normalising.
 
     Example:
         >>> t = BatchTransform((0.5,), (0.25,), crop_padding=2, hflip=True)
@@ -79,7 +85,8 @@ class BatchTransform:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0,
                  hflip: bool = False, generator: torch.Generator | None = None,
-                 strong: StrongSpec | None = None):
+                 strong: StrongSpec | None = None, min_crop_size: float = 1.0,
+                 photometric: bool = False):
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         if len(self.mean) != len(self.std) or not self.mean:
@@ -92,8 +99,15 @@ class BatchTransform:
             raise ConfigError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
         if not isinstance(hflip, bool):
             raise ConfigError(f"hflip must be true or false, got {hflip!r}")
+        if not isinstance(photometric, bool):
+            raise ConfigError(f"photometric must be true or false, got {photometric!r}")
+        if photometric and len(self.mean) != 3:
+            raise ConfigError(f"photometric distorts RGB images (hue, saturation), these have "
+                              f"{len(self.mean)} channel(s)")
         self.crop_padding = int(crop_padding)
         self.hflip = hflip
+        self.min_crop_size = check_min_crop_size(min_crop_size)
+        self.photometric = photometric
         self.generator = generator
         self.strong = strong if strong is not None and strong.active else None
         self._strong = BatchStrong(self.strong) if self.strong is not None else None
@@ -101,8 +115,10 @@ class BatchTransform:
 
     @property
     def random(self) -> bool:
-        """Whether the transform draws random numbers (crop, flip or strong augmentations)."""
-        return self.crop_padding > 0 or self.hflip or self.strong is not None
+        """Whether the transform draws random numbers (crops, flip, distortion or strong
+        augmentations)."""
+        return (self.crop_padding > 0 or self.hflip or self.strong is not None
+                or self.min_crop_size < 1 or self.photometric)
 
     def _scale_shift(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # (x / 255 - mean) / std == x * scale + shift; kept per device so a training step does no
@@ -127,6 +143,10 @@ class BatchTransform:
             p = self.crop_padding
             offsets = torch.randint(0, 2 * p + 1, (2, b), device=x.device, generator=self.generator)
             x = pad_crop(x, p, offsets[0], offsets[1])
+        if self.min_crop_size < 1:
+            boxes = crop_boxes(b, x.shape[2], x.shape[3], self.min_crop_size, x.device,
+                               self.generator)
+            x = crop_resize(x.to(torch.float32), boxes).round_().clamp_(0, 255).to(torch.uint8)
         if self.hflip:
             flip = torch.rand(b, device=x.device, generator=self.generator) < 0.5
             x = torch.where(flip.view(b, 1, 1, 1), x.flip(3), x)
@@ -137,12 +157,17 @@ class BatchTransform:
                 x, holes = x.masked_fill(holes, 0), None
         scale, shift = self._scale_shift(x.device)
         x = x.contiguous(memory_format=torch.channels_last)  # 1-byte copy; the float ops keep it
-        out = torch.addcmul(shift, x.to(torch.float32), scale)
+        pixels = x.to(torch.float32)
+        if self.photometric:
+            pixels = distort(pixels, draw_distortion(b, x.device, self.generator))
+        out = torch.addcmul(shift, pixels, scale)
         if holes is not None:  # cutout_fill: mean, 0 in normalised space
             out = out.masked_fill(holes, 0.0)
         return out.contiguous(memory_format=torch.channels_last)
 
     def __repr__(self) -> str:
         strong = f", strong={self.strong}" if self.strong is not None else ""
+        official = ((f", min_crop_size={self.min_crop_size}" if self.min_crop_size < 1 else "")
+                    + (", photometric=True" if self.photometric else ""))
         return (f"BatchTransform(mean={self.mean}, std={self.std}, "
-                f"crop_padding={self.crop_padding}, hflip={self.hflip}{strong})")
+                f"crop_padding={self.crop_padding}, hflip={self.hflip}{strong}{official})")
