@@ -365,6 +365,42 @@ def test_a_run_with_the_momentum_copy_resumes_exactly(tmp_path):
     assert_same_training(resumed_run(recipe, tmp_path / "cut", stop_after=1), full)
 
 
+@pytest.mark.long
+def test_the_two_view_step_is_compiled_and_trains_as_the_eager_one(tmp_path, monkeypatch):
+    """ResCom makes 2B rows of a full batch of B drawn images before the step: the compiled
+    step takes it (a full batch is counted in drawn images, not rows) and trains as the eager
+    one; the last, partial batch runs eagerly."""
+    import lttoolbox.engine.compile as compile_module
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+    rows: list[int] = []
+    original = compile_module.CompiledStep.takes
+
+    def takes(self, n):
+        rows.append(n)
+        return original(self, n)
+
+    monkeypatch.setattr(compile_module.CompiledStep, "takes", takes)
+
+    def run(mode):
+        recipe = resolve(digits(train={"epochs": 1, "compile": mode},
+                                loss={"name": "balanced_softmax"},
+                                augment=[{"name": "rescom", "select_num_neg": 20}]))
+        return train(recipe, tmp_path / mode, quiet=True)["history"][0]
+
+    try:
+        eager, compiled = run("off"), run("on")
+    finally:
+        torch._dynamo.reset()
+    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
+    batch = resolve(digits())["train"]["batch_size"]
+    assert rows and set(rows) == {2 * batch}, rows  # every full batch: two views of B images
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    assert compiled["loss_terms"]["rescom"] == pytest.approx(eager["loss_terms"]["rescom"],
+                                                             rel=1e-5)
+
+
 # ------------------------------------------------------------------------------- two processes
 def _gather_worker(rank, init_file, out):
     import torch.distributed as dist

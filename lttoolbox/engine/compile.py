@@ -49,6 +49,16 @@ class CompiledStep:
         self.ready = False
         self.seconds = 0.0
         self.failed: str | None = None
+        self.rows: int | None = None  # the rows of the batches it compiled for
+
+    def takes(self, rows: int) -> bool:
+        """Whether a full batch of ``rows`` rows (as the components left it: ResCom's two
+        views, open-sampling's open images) runs compiled: the first one fixes the rows, and a
+        full batch of other rows (a component whose added rows vary) runs eagerly rather than
+        compiling one graph per shape."""
+        if self.rows is None:
+            self.rows = rows
+        return rows == self.rows
 
     def __call__(self, *args, **kwargs):
         if self.ready or self.failed:

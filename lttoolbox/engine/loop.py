@@ -81,8 +81,10 @@ class EpochLoop:
                 part.before_step(events)
             batch = events.batch
             # The compiled step takes full batches only: the last, partial one runs eagerly
-            # rather than compiling a second graph (nothing dropped, nothing padded).
-            fast = compiled is not None and batch.x.shape[0] == batch_size
+            # rather than compiling a second graph (nothing dropped, nothing padded). A full
+            # batch is one of batch_size drawn images, whatever rows the components made of it.
+            fast = (compiled is not None and drawn.numel() == batch_size
+                    and compiled.takes(batch.x.shape[0]))
 
             if parts == 1:
                 def closure(batch=batch, fast=fast):
