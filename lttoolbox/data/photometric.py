@@ -91,16 +91,13 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     """
     h, s, v = x.unbind(1)
     h6 = torch.remainder(h, 360.0) / 60.0
-    sector = h6.floor().clamp(0, 5)
-    f = h6 - sector
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    # (r, g, b) per sector, OpenCV's table: 0 (v, t, p), 1 (q, v, p), 2 (p, v, t), 3 (p, q, v),
-    # 4 (t, p, v), 5 (v, p, q)
-    choices = torch.stack((torch.stack((v, t, p), 1), torch.stack((q, v, p), 1),
-                           torch.stack((p, v, t), 1), torch.stack((p, q, v), 1),
-                           torch.stack((t, p, v), 1), torch.stack((v, p, q), 1)), 0)
-    index = sector.long().unsqueeze(1).expand_as(x).unsqueeze(0)
-    return choices.gather(0, index).squeeze(0)
+    # OpenCV's six sectors in closed form: channel n (5: R, 3: G, 1: B) is
+    # v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + h6) mod 6, the same piecewise-linear
+    # function of the hue as the sector table (0 (v, t, p), 1 (q, v, p), ... 5 (v, p, q))
+    k = torch.remainder(torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device)
+                        .view(1, 3, 1, 1) + h6.unsqueeze(1), 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return v.unsqueeze(1) - (v * s).unsqueeze(1) * ramp
 
 
 def draw_distortion(b: int, device: torch.device | str = "cpu",
@@ -168,7 +165,7 @@ def crop_boxes(b: int, height: int, width: int, min_crop_size: float,
     new_h = height * (min_crop_size + (1 - min_crop_size) * u[..., 1])
     aspect = new_h / new_w
     ok = (aspect >= CROP_ASPECT[0]) & (aspect <= CROP_ASPECT[1])
-    first = ok.to(torch.int8).argmax(1)  # the first valid try (0 when none is: masked below)
+    first = ok.to(torch.float32).argmax(1)  # the first valid try (0 when none is: masked below)
     pick = lambda t: t.gather(1, first.view(b, 1)).squeeze(1)  # noqa: E731
     new_w, new_h = pick(new_w), pick(new_h)
     left = pick(u[..., 2]) * (width - new_w)
