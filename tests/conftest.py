@@ -243,6 +243,35 @@ def assert_same_training(resumed: dict, full: dict) -> None:
     assert resumed["per_class_acc"] == full["per_class_acc"]
 
 
+def eager_and_compiled(monkeypatch, out: Path, recipe: dict,
+                       terms: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """The first epoch's log rows of ``recipe`` (unresolved) trained eagerly and through
+    ``torch.compile``, after checking that the compiled run compiled (no fallback) and trains as
+    the eager one: the same loss, and the same loss term of each of ``terms``, to 1e-5. The
+    compiler runs AOTAutograd's eager backend: inductor's C++ code generation takes minutes on
+    this CPU (tests/test_compile.py)."""
+    import torch
+
+    import lttoolbox.engine.compile as compile_module
+    from lttoolbox.engine import train
+    from lttoolbox.recipe import deep_merge, resolve
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
+    try:
+        eager, compiled = (
+            train(resolve(deep_merge(copy.deepcopy(recipe), {"train": {"compile": mode}})),
+                  out / mode, quiet=True)["history"][0] for mode in ("off", "on"))
+    finally:
+        torch._dynamo.reset()
+    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
+    for term in terms:
+        assert compiled["loss_terms"][term] == pytest.approx(eager["loss_terms"][term],
+                                                             rel=1e-5), term
+    return eager, compiled
+
+
 def recipes_that_set(section: str, datasets=("cifar10_lt", "cifar100_lt")) -> list[str]:
     """The file names of the CIFAR-LT recipes whose own file sets ``section`` (``loss``,
     ``sampler``), not those that add an augmentation, a generator or phases on top of one."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, StopAfter, digits, on_digits
+from conftest import ROOT, StopAfter, digits, eager_and_compiled, on_digits
 from lttoolbox.api import Context
 from lttoolbox.augment.gae import GuidingAdversarialExamples, tail_mask
 from lttoolbox.batch import Batch
@@ -300,21 +300,7 @@ def test_two_processes_match_one(tmp_path):
 def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
     """The term reads the examples crafted outside the compiled step, with the model switched
     to evaluation mode inside it: the step still compiles (no fallback) and trains the same."""
-    import lttoolbox.engine.compile as compile_module
+    eager_and_compiled(monkeypatch, tmp_path, digits(
+        train={"epochs": 1}, augment=[{"name": "gae", "num_steps": 2, "random_start": False}]),
+        terms=("gae",))
 
-    torch._dynamo.reset()
-    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
-
-    def run(mode, name):
-        recipe = resolve(digits(train={"epochs": 1, "compile": mode},
-                                augment=[{"name": "gae", "num_steps": 2,
-                                          "random_start": False}]))
-        return train(recipe, tmp_path / name, quiet=True)["history"][0]
-
-    try:
-        eager, compiled = run("off", "eager"), run("on", "compiled")
-    finally:
-        torch._dynamo.reset()
-    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
-    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
-    assert compiled["loss_terms"]["gae"] == pytest.approx(eager["loss_terms"]["gae"], rel=1e-5)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, digits, on_digits, resumed_run, assert_same_training
+from conftest import ROOT, digits, eager_and_compiled, on_digits, resumed_run, assert_same_training
 from lttoolbox.api import Component, Context
 from lttoolbox.augment.open_sampling import (OpenSampling, complementary_distribution,
                                              open_loss, open_weights)
@@ -466,22 +466,8 @@ def test_the_step_cost_benchmark_times_it(tmp_path):
 def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
     """The open images are drawn and transformed outside the compiled step and concatenated
     inside it: the step compiles (no fallback) and trains as the eager one."""
-    import lttoolbox.engine.compile as compile_module
+    eager_and_compiled(monkeypatch, tmp_path, digits(
+        train={"epochs": 1, "drop_last": True},
+        augment=[{"name": "open_sampling", "open": NOISE, "batch_size": 32}]),
+        terms=("open_sampling",))
 
-    torch._dynamo.reset()
-    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
-
-    def run(mode):
-        recipe = resolve(digits(train={"epochs": 1, "compile": mode, "drop_last": True},
-                                augment=[{"name": "open_sampling", "open": NOISE,
-                                          "batch_size": 32}]))
-        return train(recipe, tmp_path / mode, quiet=True)["history"][0]
-
-    try:
-        eager, compiled = run("off"), run("on")
-    finally:
-        torch._dynamo.reset()
-    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
-    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
-    assert compiled["loss_terms"]["open_sampling"] == pytest.approx(
-        eager["loss_terms"]["open_sampling"], rel=1e-5)

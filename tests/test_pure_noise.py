@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, StopAfter, digits, on_digits
+from conftest import ROOT, StopAfter, digits, eager_and_compiled, on_digits
 from lttoolbox.api import Context
 from lttoolbox.augment.dar_bn import DARBN, DARBatchNorm, dar_batch_norm
 from lttoolbox.augment.pure_noise import OPeN
@@ -455,19 +455,6 @@ def test_two_processes_train_with_per_process_statistics(tmp_path):
 def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
     """The noise is drawn outside the compiled step and DAR-BN's masked statistics have fixed
     shapes: the step compiles (no fallback) and trains as the eager one."""
-    import lttoolbox.engine.compile as compile_module
+    eager_and_compiled(monkeypatch, tmp_path, digits(
+        train={"epochs": 1}, augment=[{"name": "open_noise"}, {"name": "dar_bn"}]))
 
-    torch._dynamo.reset()
-    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
-
-    def run(mode, name):
-        recipe = resolve(digits(train={"epochs": 1, "compile": mode},
-                                augment=[{"name": "open_noise"}, {"name": "dar_bn"}]))
-        return train(recipe, tmp_path / name, quiet=True)["history"][0]
-
-    try:
-        eager, compiled = run("off", "eager"), run("on", "compiled")
-    finally:
-        torch._dynamo.reset()
-    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
-    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)

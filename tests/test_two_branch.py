@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, assert_same_training, digits, on_digits, resumed_run
+from conftest import ROOT, assert_same_training, digits, eager_and_compiled, on_digits, resumed_run
 from lttoolbox.api import Context
 from lttoolbox.augment.two_branch import BBN, DBNMix
 from lttoolbox.batch import Batch
@@ -442,20 +442,7 @@ def test_two_processes_train(tmp_path, name):
 def test_the_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch, name):
     """The second stream is drawn and fetched inside the compiled step (graph breaks at the CPU
     draws): it still compiles (no fallback) and trains the same."""
-    import lttoolbox.engine.compile as compile_module
+    eager_and_compiled(monkeypatch, tmp_path, digits(
+        model=BBN_MODEL if name == "bbn" else DBN_MODEL, augment=[{"name": name}],
+        train={"epochs": 1}))
 
-    torch._dynamo.reset()
-    monkeypatch.setattr(compile_module, "BACKEND", "aot_eager")
-
-    def run(mode):
-        recipe = resolve(digits(model=BBN_MODEL if name == "bbn" else DBN_MODEL,
-                                augment=[{"name": name}],
-                                train={"epochs": 1, "compile": mode}))
-        return train(recipe, tmp_path / mode, quiet=True)["history"][0]
-
-    try:
-        eager, compiled = run("off"), run("on")
-    finally:
-        torch._dynamo.reset()
-    assert compiled["compile_seconds"] > 0 and "compile_failed" not in compiled
-    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-5)
