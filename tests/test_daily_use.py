@@ -665,7 +665,7 @@ def test_throughput_phase_ratio_is_against_the_bare_step_of_that_phase_batch(tmp
     # the random resamplers' epoch is their definition's (no num_samples): the benchmark times
     # their own epoch instead of setting one the registry refuses, in the main figure (the
     # recipe's sampler) and in --phases (a phase's)
-    ("random_undersample", "{name: random_oversample}"),
+    pytest.param("random_undersample", "{name: random_oversample}", marks=pytest.mark.long),
 ])
 def test_throughput_times_each_phase_at_its_own_batch_size(tmp_path, sampler, retrain):
     """--phases times every phase from one real run, each against a bare step of its own batch

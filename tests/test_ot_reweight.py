@@ -307,6 +307,7 @@ def test_the_cifar10_recipe_runs_its_two_phases_on_digits(tmp_path):
     assert [r["phase"] for r in results["history"]] == ["joint", "ot"]
 
 
+@pytest.mark.long
 def test_a_compiled_step_trains_as_the_eager_one(tmp_path, monkeypatch):
     """The meta term's graph is built before the step and back-propagated through the compiled
     step's output: the compiled forward, which updates the BatchNorm buffers in place, must not
