@@ -78,6 +78,13 @@ def check_real(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is ``true`` or ``false`` (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_epoch(name: str, value: Any) -> int:
     """A non-negative integer epoch (an integral float such as a scaled ``160.0`` is accepted)."""
     if isinstance(value, float) and value.is_integer():

@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..checks import check_int
+from ..checks import check_bool, check_int
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 from .dataset import DataBundle, check_path_options, stream_options
@@ -180,9 +180,7 @@ def _build(name: str, reader: Callable[..., MultiLabelData], root, appendix, ima
     _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter, eval_resize,
                   eval_crop, decoder, imbalance_type, name)
     min_crop_size = check_min_crop_size(min_crop_size)
-    if not isinstance(photometric, bool):
-        raise ConfigError(f"photometric must be true or false, got {photometric!r}",
-                          key="photometric")
+    check_bool("photometric", photometric)
     data = reader(root, appendix)
     return _bundle(data, str(Path(str(root)).expanduser().absolute()), appendix,
                    image_size=image_size, mean=mean, std=std, path=path, cache_dir=cache_dir,

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..checks import check_bool
 from ..errors import ConfigError, DataError
 from .images import UnreadableImage, image_error, load_image, to_8bit_tensor
 from .photometric import check_min_crop_size, crop_boxes, distort, draw_distortion
@@ -275,9 +276,7 @@ class StreamTransform:
                        else int(round(size * 256 / 224)))
         self.min_crop_size = (None if min_crop_size is None
                               else check_min_crop_size(min_crop_size))
-        if not isinstance(photometric, bool):
-            raise ConfigError(f"photometric must be true or false, got {photometric!r}")
-        self.photometric = photometric
+        self.photometric = check_bool("photometric", photometric)
         self.strong = strong if self.train and strong is not None and strong.active else None
         self._strong = ImageStrong(strong) if self.strong is not None else None
 

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_bool
 from ..errors import ConfigError
 from .photometric import check_min_crop_size, crop_boxes, crop_resize, distort, draw_distortion
 from .strong_aug import BatchStrong, StrongSpec
@@ -99,9 +100,7 @@ class BatchTransform:
             raise ConfigError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
         if not isinstance(hflip, bool):
             raise ConfigError(f"hflip must be true or false, got {hflip!r}")
-        if not isinstance(photometric, bool):
-            raise ConfigError(f"photometric must be true or false, got {photometric!r}")
-        if photometric and len(self.mean) != 3:
+        if check_bool("photometric", photometric) and len(self.mean) != 3:
             raise ConfigError(f"photometric distorts RGB images (hue, saturation), these have "
                               f"{len(self.mean)} channel(s)")
         self.crop_padding = int(crop_padding)

@@ -52,8 +52,8 @@ class CompiledStep:
         self.rows: int | None = None  # the rows of the batches it compiled for
 
     def takes(self, rows: int) -> bool:
-        """Whether a full batch of ``rows`` rows (as the components left it: ResCom's two
-        views, open-sampling's open images) runs compiled: the first one fixes the rows, and a
+        """Whether a full batch of ``rows`` rows (as the components left it: two views of
+        each drawn image, say) runs compiled: the first one fixes the rows, and a
         full batch of other rows (a component whose added rows vary) runs eagerly rather than
         compiling one graph per shape."""
         if self.rows is None:
