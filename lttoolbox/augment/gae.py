@@ -87,6 +87,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..api import Component, Context
+from ..checks import check_bool
 from ..errors import ConfigError
 from ..losses.weights import check_number
 from ..registry import AUGMENTS
@@ -182,8 +183,7 @@ class GuidingAdversarialExamples(Component):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ConfigError(f"num_steps must be a positive integer, got {num_steps!r}")
         self.num_steps = num_steps
-        if not isinstance(random_start, bool):
-            raise ConfigError(f"random_start must be true or false, got {random_start!r}")
+        check_bool("random_start", random_start)
         self.random_start = random_start
         self.weight = check_number("weight", weight, 0.0)
         self.tail = self._tail(tail_fraction, tail_classes)

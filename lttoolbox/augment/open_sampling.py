@@ -78,7 +78,7 @@ import torch.nn.functional as F
 
 from ..api import Component, Context
 from ..batch import Batch
-from ..checks import check_int, check_number
+from ..checks import check_bool, check_int, check_number
 from ..data.open_set import load_open_set, open_set_config
 from ..errors import ConfigError
 from ..registry import AUGMENTS
@@ -204,8 +204,7 @@ class OpenSampling(Component):
         open_set_config(open)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.lambda_o = check_number("lambda_o", lambda_o, 0.0)
-        if not isinstance(reweight, bool):
-            raise ConfigError(f"reweight must be true or false, got {reweight!r}")
+        check_bool("reweight", reweight)
         self.reweight = reweight
         if ctx.class_counts is None:
             raise ConfigError("open-sampling needs the class counts; use it in a recipe, or pass "

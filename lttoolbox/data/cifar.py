@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_bool
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
 from .dataset import DataBundle, assemble, cap_per_class, check_common, check_int
@@ -160,8 +161,7 @@ def load_cifar(num_classes: int, root, imbalance_type, imbalance_ratio, selectio
     std = _check_channels("std", std, _SPECS[num_classes]["std"], positive=True)
     check_int("max_per_class", max_per_class, 1, optional=True)
     check_int("test_max_per_class", test_max_per_class, 1, optional=True)
-    if not isinstance(download, bool):
-        raise ConfigError(f"download must be true or false, got {download!r}")
+    check_bool("download", download)
     if root is None or str(root) == "":
         raise ConfigError("root is required: the folder holding the CIFAR data "
                           f"({_SPECS[num_classes]['folder']}/ or train/ and test/ image folders)")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..checks import check_int
+from ..checks import check_bool, check_int
 from ..errors import ConfigError, DataError
 from .path_choice import PATHS
 from .profiles import check_imbalance, check_selection, index_hash, long_tail_counts, \
@@ -171,8 +171,7 @@ def check_common(imbalance_type: str | None, imbalance_ratio: float, selection: 
     check_imbalance(imbalance_type, imbalance_ratio)
     check_selection(selection, selection_seed)
     check_int("crop_padding", crop_padding, 0)
-    if not isinstance(hflip, bool):
-        raise ConfigError(f"hflip must be true or false, got {hflip!r}")
+    check_bool("hflip", hflip)
 
 
 def check_path_options(path: Any, color_jitter: Any, eval_resize: Any, image_size: int,

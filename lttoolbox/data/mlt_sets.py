@@ -95,8 +95,7 @@ def _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter
                           f"null, got {imbalance_type!r}", key="imbalance_type")
     check_int("image_size", image_size, 1)
     check_int("crop_padding", crop_padding, 0)
-    if not isinstance(hflip, bool):
-        raise ConfigError(f"hflip must be true or false, got {hflip!r}", key="hflip")
+    check_bool("hflip", hflip)
     check_stats(mean, std)
     check_path_options(path, color_jitter, eval_resize, image_size, decoder)
     StreamTransform(image_size, False, resize=eval_resize, centre_crop=eval_crop)

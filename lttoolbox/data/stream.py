@@ -265,8 +265,7 @@ class StreamTransform:
         self.train = bool(train)
         self.hflip = bool(hflip)
         self.color_jitter = float(color_jitter)
-        if not isinstance(centre_crop, bool):
-            raise ConfigError(f"eval_crop must be true or false, got {centre_crop!r}")
+        check_bool("eval_crop", centre_crop)
         if not centre_crop and resize is not None:
             raise ConfigError("eval_resize is the shorter side before the evaluation centre "
                               "crop; without the crop the whole image is resized to image_size")

@@ -98,8 +98,7 @@ class BatchTransform:
         if isinstance(crop_padding, bool) or not isinstance(crop_padding, numbers.Integral) \
                 or crop_padding < 0:
             raise ConfigError(f"crop_padding must be a non-negative integer, got {crop_padding!r}")
-        if not isinstance(hflip, bool):
-            raise ConfigError(f"hflip must be true or false, got {hflip!r}")
+        check_bool("hflip", hflip)
         if check_bool("photometric", photometric) and len(self.mean) != 3:
             raise ConfigError(f"photometric distorts RGB images (hue, saturation), these have "
                               f"{len(self.mean)} channel(s)")

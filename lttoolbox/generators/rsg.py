@@ -66,10 +66,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_bool, check_epoch, check_int
 from ..errors import ConfigError
-from ..checks import check_epoch
 from ..losses.weights import check_number
-from ..checks import check_int
 from ..registry import GENERATORS
 from .base import FeatureGenerator
 
@@ -214,8 +213,7 @@ class RSG(FeatureGenerator):
             raise ConfigError(f"must be one of {', '.join(DISPLACE)}, got {displace!r}",
                               key="displace")
         self.displace = displace
-        if not isinstance(transform, bool):
-            raise ConfigError(f"must be true or false, got {transform!r}", key="transform")
+        check_bool("transform", transform)
 
         classes, k = self.num_classes, self.num_centers
         # Initialised as the official code: A ~ N(0, 1), b = 1, centers 0.

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_int
 from ..batch import Batch
+from ..checks import check_bool, check_int
 from ..errors import ConfigError
 from ..registry import LOSSES
 from .base import LTLoss
@@ -127,7 +127,7 @@ class AutoBalanceLoss(LTLoss):
         >>> loss = AutoBalanceLoss(num_classes=3, dy_init=[1.0, 0.0, -1.0],
         ...                        ly_init=[0.5, 0.0, -0.5], search=False)
         >>> z = torch.tensor([[2.0, 1.0, 0.0]])
-        >>> round(float(loss(z, torch.tensor([2]))), 4)  # CE of (1.9621, 0.5, -0.5)
+        >>> round(loss(z, torch.tensor([2])).item(), 4)  # CE of (1.9621, 0.5, -0.5)
         2.7375
     """
 
@@ -158,8 +158,7 @@ class AutoBalanceLoss(LTLoss):
         if not isinstance(milestones, (list, tuple)):
             raise ConfigError(f"milestones must be a list of epochs, got {milestones!r}")
         self.milestones = [check_int("milestones", m, 0, whole_floats=True) for m in milestones]
-        if not isinstance(search, bool):
-            raise ConfigError(f"search must be true or false, got {search!r}")
+        check_bool("search", search)
         self.search = search
         start_epoch = check_int("start_epoch", start_epoch, 0, whole_floats=True)
         super().__init__(**base)

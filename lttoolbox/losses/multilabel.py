@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_number
+from ..checks import check_bool, check_number
 from ..errors import ConfigError
 from ..registry import LOSSES
 from .bce import MultiLabelLoss
@@ -57,13 +57,6 @@ CB_MODES = ("by_class", "average_n", "average_w", "min_n")
 #: The sampling frequencies the re-balanced weighting knows, for standalone use (in a run they
 #: come from the run's sampler): class-aware sampling (the official pairing) and shuffling.
 SAMPLINGS = ("class_aware", "instance")
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """``value`` as a bool; anything else (``1``, ``"yes"``) is refused."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    return value
 
 
 def element_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..api import Head
+from ..checks import check_bool
 from ..errors import ConfigError
 from ..losses.weights import check_number
 from .heads import HEADS
@@ -113,8 +114,7 @@ class TauNormHead(nn.Module, Head):
                               f"each), got {grid!r}", key="grid")
         self.grid = tuple(float(check_number("grid", g, 0.0))
                           for g in (TAU_GRID if grid is None else grid))
-        if not isinstance(keep_bias, bool):
-            raise ConfigError(f"keep_bias must be true or false, got {keep_bias!r}")
+        check_bool("keep_bias", keep_bias)
         self.keep_bias = keep_bias
         self.register_buffer("weight", torch.zeros(num_classes, in_features))
         self.register_buffer("bias", torch.zeros(num_classes))

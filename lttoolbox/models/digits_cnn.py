@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..checks import check_bool
 from ..registry import MODELS
 from .base import GlobalAvgPool, LTModel, check_image_size
 from .resnet_cifar import init_weights
@@ -62,8 +62,7 @@ class DigitsCNN(LTModel):
                  head: str | dict = "linear", batch_norm: bool = True):
         super().__init__(num_classes, in_channels, head)
         check_image_size(image_size, 2)
-        if not isinstance(batch_norm, bool):
-            raise ConfigError(f"batch_norm must be true or false, got {batch_norm!r}")
+        check_bool("batch_norm", batch_norm)
         self._set_blocks([
             ("stem", nn.Sequential(*conv_bn_relu(in_channels, 32, batch_norm))),
             ("layer1", nn.Sequential(*conv_bn_relu(32, 64, batch_norm))),

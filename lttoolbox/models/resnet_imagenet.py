@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_bool
 from ..errors import ConfigError
 from ..registry import MODELS
 from .base import GlobalAvgPool, LTModel, check_image_size
@@ -101,11 +102,8 @@ class ImageNetResNet(LTModel):
                  norm_eval: bool = False):
         super().__init__(num_classes, in_channels, head)
         check_image_size(image_size, 32)
-        for key, value in (("zero_init_residual", zero_init_residual),
-                           ("norm_eval", norm_eval)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"must be true or false, got {value!r}", key=f"model.{key}")
-        self.norm_eval = norm_eval
+        check_bool("zero_init_residual", zero_init_residual)
+        self.norm_eval = check_bool("norm_eval", norm_eval)
         # num_classes=1: torchvision's fc is thrown away, no point allocating 1000 x 2048.
         net = torchvision_resnet(arch, num_classes=1, zero_init_residual=zero_init_residual)
         conv1 = net.conv1

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..api import Branched, Head
 from ..batch import Batch
+from ..checks import check_bool
 from ..errors import ConfigError
 from ..registry import MODELS
 from .base import GlobalAvgPool, LTModel, check_image_size
@@ -292,8 +293,7 @@ class TwoBranchDigitsCNN(TwoBranchModel):
         super().__init__(num_classes, in_channels, head)
         self.layout = check_layout(layout)
         check_image_size(image_size, 2)
-        if not isinstance(batch_norm, bool):
-            raise ConfigError(f"batch_norm must be true or false, got {batch_norm!r}")
+        check_bool("batch_norm", batch_norm)
         trunk = [("stem", nn.Sequential(*conv_bn_relu(in_channels, 32, batch_norm))),
                  ("layer1", nn.Sequential(*conv_bn_relu(32, 64, batch_norm)))]
         self._set_branches(trunk, lambda: nn.Sequential(nn.MaxPool2d(2),

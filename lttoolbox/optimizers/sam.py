@@ -80,6 +80,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..checks import check_bool
 from ..errors import ConfigError
 from ..registry import OPTIMIZERS, suggest
 
@@ -244,8 +245,7 @@ def sam(params, model: nn.Module | None = None, fused: bool | None = None, rho: 
             or rho <= 0:
         raise ConfigError(f"must be a positive number, got {rho!r} (rho 0 is the base optimizer "
                           f"at twice the cost: name it instead)", key="rho")
-    if not isinstance(adaptive, bool):
-        raise ConfigError(f"must be true or false, got {adaptive!r}", key="adaptive")
+    check_bool("adaptive", adaptive)
     if second_pass_bn not in SECOND_PASS_BN:
         raise ConfigError(f"must be one of {', '.join(SECOND_PASS_BN)}, got {second_pass_bn!r}",
                           key="second_pass_bn")
