@@ -173,31 +173,38 @@ def _bundle(data: MultiLabelData, root: str, appendix, *, image_size: int, mean,
     return DataBundle(train, test, train_transform, eval_transform, meta, None, warnings)
 
 
-def _build(name: str, reader: Callable[..., MultiLabelData], root, appendix, image_size, mean,
-           std, path, cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
-           decoder, imbalance_type, min_crop_size, photometric) -> DataBundle:
-    _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter, eval_resize,
-                  eval_crop, decoder, imbalance_type, name)
-    min_crop_size = check_min_crop_size(min_crop_size)
-    check_bool("photometric", photometric)
-    data = reader(root, appendix)
-    return _bundle(data, str(Path(str(root)).expanduser().absolute()), appendix,
-                   image_size=image_size, mean=mean, std=std, path=path, cache_dir=cache_dir,
-                   crop_padding=crop_padding, hflip=hflip, color_jitter=color_jitter,
-                   eval_resize=eval_resize, eval_crop=eval_crop, decoder=decoder,
-                   min_crop_size=min_crop_size, photometric=photometric)
+def _entry(name: str, reader: Callable[..., MultiLabelData], doc: str):
+    """Register the data set ``name``, read by ``reader``: both sets take the same recipe."""
+
+    def entry(root: str | None = None, appendix: str | None = None, image_size: int = 224,
+              mean: Sequence[float] | None = IMAGENET_MEAN,
+              std: Sequence[float] | None = IMAGENET_STD, path: str = "auto",
+              cache_dir: str | None = None, crop_padding: int = 0, hflip: bool = True,
+              color_jitter: float = 0.0, eval_resize: int | None = None,
+              eval_crop: bool = False, decoder: str = "pil",
+              imbalance_type: str | None = None, min_crop_size: float = 0.8,
+              photometric: bool = True) -> DataBundle:
+        _check_recipe(image_size, mean, std, path, crop_padding, hflip, color_jitter,
+                      eval_resize, eval_crop, decoder, imbalance_type, name)
+        min_crop_size = check_min_crop_size(min_crop_size)
+        check_bool("photometric", photometric)
+        data = reader(root, appendix)
+        return _bundle(data, str(Path(str(root)).expanduser().absolute()), appendix,
+                       image_size=image_size, mean=mean, std=std, path=path,
+                       cache_dir=cache_dir, crop_padding=crop_padding, hflip=hflip,
+                       color_jitter=color_jitter, eval_resize=eval_resize,
+                       eval_crop=eval_crop, decoder=decoder, min_crop_size=min_crop_size,
+                       photometric=photometric)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = doc
+    # Both build multi-label bundles (their test contract and the evaluation differ).
+    entry.multilabel = True
+    return DATASETS.register(name)(entry)
 
 
-@DATASETS.register("voc_mlt")
-def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: int = 224,
-            mean: Sequence[float] | None = IMAGENET_MEAN,
-            std: Sequence[float] | None = IMAGENET_STD, path: str = "auto",
-            cache_dir: str | None = None, crop_padding: int = 0, hflip: bool = True,
-            color_jitter: float = 0.0, eval_resize: int | None = None, eval_crop: bool = False,
-            decoder: str = "pil", imbalance_type: str | None = None,
-            min_crop_size: float = 0.8, photometric: bool = True) -> DataBundle:
-    """VOC-MLT: the 1,142-image long-tailed subset of VOC2012 trainval (20 classes) and VOC2007
-    test, from the split files of the DB-loss repository.
+VOC_MLT_DOC = """VOC-MLT: the 1,142-image long-tailed subset of VOC2012 trainval (20 classes)
+    and VOC2007 test, from the split files of the DB-loss repository.
 
     Recipe:
         data:
@@ -251,21 +258,9 @@ def voc_mlt(root: str | None = None, appendix: str | None = None, image_size: in
         >>> bundle.train.labels.shape, bundle.meta["class_split"]["head"]  # doctest: +SKIP
         (torch.Size([1142, 20]), [4, 6, 8, 10, 14, 15])
     """
-    return _build("voc_mlt", read_voc_mlt, root, appendix, image_size, mean, std, path,
-                  cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
-                  decoder, imbalance_type, min_crop_size, photometric)
 
-
-@DATASETS.register("coco_mlt")
-def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: int = 224,
-             mean: Sequence[float] | None = IMAGENET_MEAN,
-             std: Sequence[float] | None = IMAGENET_STD, path: str = "auto",
-             cache_dir: str | None = None, crop_padding: int = 0, hflip: bool = True,
-             color_jitter: float = 0.0, eval_resize: int | None = None, eval_crop: bool = False,
-             decoder: str = "pil", imbalance_type: str | None = None,
-             min_crop_size: float = 0.8, photometric: bool = True) -> DataBundle:
-    """COCO-MLT: the 1,909-image long-tailed subset of COCO train2017 (80 classes), and all of
-    val2017 as the test set, from the split files of the DB-loss repository.
+COCO_MLT_DOC = """COCO-MLT: the 1,909-image long-tailed subset of COCO train2017 (80 classes),
+    and all of val2017 as the test set, from the split files of the DB-loss repository.
 
     Recipe:
         data:
@@ -292,10 +287,6 @@ def coco_mlt(root: str | None = None, appendix: str | None = None, image_size: i
         >>> bundle.num_classes, len(bundle.test)            # doctest: +SKIP
         (80, 5000)
     """
-    return _build("coco_mlt", read_coco_mlt, root, appendix, image_size, mean, std, path,
-                  cache_dir, crop_padding, hflip, color_jitter, eval_resize, eval_crop,
-                  decoder, imbalance_type, min_crop_size, photometric)
 
-
-#: Both entries build multi-label bundles (their test contract and the evaluation differ).
-voc_mlt.multilabel = coco_mlt.multilabel = True
+voc_mlt = _entry("voc_mlt", read_voc_mlt, VOC_MLT_DOC)
+coco_mlt = _entry("coco_mlt", read_coco_mlt, COCO_MLT_DOC)
