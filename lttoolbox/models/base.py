@@ -314,7 +314,7 @@ class LTModel(nn.Module):
             The new head, on the old head's device and dtype; it stays frozen if the head was.
         """
         cfg = head_config(self.head_cfg if cfg is None else cfg, key)
-        new = build_head(cfg, self.feature_dim, self.num_classes, key=key)
+        new = self._new_head(cfg, key)
         old = next(iter([*self.head.parameters(), *self.head.buffers()]), None)
         if old is not None:
             new = new.to(device=old.device, dtype=old.dtype)
@@ -326,3 +326,8 @@ class LTModel(nn.Module):
         else:
             new.train(self.training)
         return new
+
+    def _new_head(self, cfg: dict, key: str) -> nn.Module:
+        """A freshly built head of config ``cfg`` for :meth:`reset_head` (a model whose head is
+        not one module on ``feature_dim`` features builds its own)."""
+        return build_head(cfg, self.feature_dim, self.num_classes, key=key)

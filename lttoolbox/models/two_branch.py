@@ -47,7 +47,7 @@ from ..errors import ConfigError
 from ..registry import MODELS
 from .base import GlobalAvgPool, LTModel, check_image_size
 from .digits_cnn import conv_bn_relu
-from .heads import build_head, head_config
+from .heads import build_head
 from .resnet_cifar import BasicBlock, init_weights
 
 LAYOUTS = ("bbn", "dbn_mix")
@@ -183,24 +183,12 @@ class TwoBranchModel(LTModel, Branched):
         return self.head(h), batch
 
     # ------------------------------------------------------------------------------- head
-    def reset_head(self, cfg: str | dict | None = None, key: str = "model.head") -> nn.Module:
-        """As :meth:`LTModel.reset_head`; with ``joins: logits`` each branch gets a new head of
-        the kind ``cfg`` names (one that takes over takes over its own branch's)."""
+    def _new_head(self, cfg: dict, key: str) -> nn.Module:
+        """The head :meth:`LTModel.reset_head` puts in: with ``joins: logits`` each branch gets a
+        new head of the kind ``cfg`` names (one that takes over takes over its own branch's)."""
         if self.joins == "features":
-            return super().reset_head(cfg, key)
-        cfg = head_config(self.head_cfg if cfg is None else cfg, key)
-        new = BranchHeads(cfg, self.branch_dim, self.num_classes, key)
-        old = next(iter([*self.head.parameters(), *self.head.buffers()]), None)
-        if old is not None:
-            new = new.to(device=old.device, dtype=old.dtype)
-        if new.follows:
-            new.adopt(self.head)
-        self.head, self.head_cfg = new, cfg
-        if "head" in self._frozen:
-            self.freeze("head", freeze_bn_stats="head" in self._fixed_stats)
-        else:
-            new.train(self.training)
-        return new
+            return super()._new_head(cfg, key)
+        return BranchHeads(cfg, self.branch_dim, self.num_classes, key)
 
 
 @MODELS.register("two_branch_resnet32")
