@@ -134,22 +134,38 @@ class ImageNetResNet(LTModel):
         return self
 
 
-def _read_state_dict(path: Any) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file, unwrapped from a checkpoint dict if need be."""
+def first_line(err: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def weights_file(path: Any, library: str) -> Path:
+    """``model.weights`` as an existing local file (nothing is downloaded).
+
+    Args:
+        path: The recipe value.
+        library: Whose state dict belongs there (``torchvision``, ``timm``), for the message.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(f"must be a path to a local weights file, got {path!r}", key=WEIGHTS_KEY)
     file = Path(path).expanduser()
     if not file.exists():
         raise ConfigError(f"weights file {file} does not exist (nothing is downloaded; save a "
-                          f"torchvision state dict there, see docs/models.md)", key=WEIGHTS_KEY)
+                          f"{library} state dict there, see docs/models.md)", key=WEIGHTS_KEY)
     if not file.is_file():
         raise ConfigError(f"weights file {file} is not a file", key=WEIGHTS_KEY)
+    return file
+
+
+def _read_state_dict(path: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, unwrapped from a checkpoint dict if need be."""
+    file = weights_file(path, "torchvision")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here is a bad file, not a toolbox bug
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ConfigError(f"cannot read weights file {file} ({type(err).__name__}"
-                          f"{': ' + first if first else ''})", key=WEIGHTS_KEY) from None
+        raise ConfigError(f"cannot read weights file {file} ({first_line(err)})",
+                          key=WEIGHTS_KEY) from None
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):  # a training checkpoint around the state dict
             if isinstance(obj.get(wrapper), dict):

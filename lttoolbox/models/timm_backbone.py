@@ -49,7 +49,6 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,7 +59,7 @@ from ..errors import ConfigError
 from ..registry import MODELS
 from .base import Hook, LTModel, check_image_size
 from .heads import build_head
-from .resnet_imagenet import WEIGHTS_KEY, check_weights_fit
+from .resnet_imagenet import WEIGHTS_KEY, check_weights_fit, first_line, weights_file
 
 EXTRA = 'pip install -e ".[timm]"'
 DOCTEST_REQUIRES = ("timm",)  # the examples below build timm networks
@@ -85,11 +84,6 @@ def import_timm():
         raise ConfigError(f"the timm backbone needs the [timm] extra: {EXTRA}",
                           key="model.name") from None
     return timm
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 class _Block(nn.Module):
@@ -269,7 +263,7 @@ def _create(timm, arch: str, in_channels: int, size: tuple[int, int],
     except Exception as err:  # noqa: BLE001 - timm's errors have many types; all are the recipe's
         more = f" and kwargs {kwargs}" if kwargs else ""
         raise ConfigError(f"timm cannot build {arch} for {in_channels}-channel "
-                          f"{size[0]}x{size[1]} images{more} ({_first_line(err)})",
+                          f"{size[0]}x{size[1]} images{more} ({first_line(err)})",
                           key="model.arch") from None
 
 
@@ -300,7 +294,7 @@ def _measure(net: nn.Module, arch: str, in_channels: int,
         pooled = net.forward_head(net.forward_features(x), pre_logits=True)
     except Exception as err:  # noqa: BLE001 - as in _create: the recipe's, said in one line
         raise ConfigError(f"timm's {arch} cannot run on {in_channels}-channel "
-                          f"{size[0]}x{size[1]} images ({_first_line(err)})",
+                          f"{size[0]}x{size[1]} images ({first_line(err)})",
                           key="model.arch") from None
     finally:
         net.train(training)
@@ -424,18 +418,11 @@ def load_timm_weights(model: TimmModel, path: str | os.PathLike) -> list[str]:
         True
     """
     timm = import_timm()
-    if not isinstance(path, (str, os.PathLike)):
-        raise ConfigError(f"must be a path to a local weights file, got {path!r}", key=WEIGHTS_KEY)
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise ConfigError(f"weights file {file} does not exist (nothing is downloaded; save a "
-                          f"timm state dict there, see docs/models.md)", key=WEIGHTS_KEY)
-    if not file.is_file():
-        raise ConfigError(f"weights file {file} is not a file", key=WEIGHTS_KEY)
+    file = weights_file(path, "timm")
     try:
         state = timm.models.load_state_dict(str(file), use_ema=True, device="cpu")
     except Exception as err:  # noqa: BLE001 - any failure here is a bad file, not a toolbox bug
-        raise ConfigError(f"cannot read weights file {file} ({_first_line(err)})",
+        raise ConfigError(f"cannot read weights file {file} ({first_line(err)})",
                           key=WEIGHTS_KEY) from None
     if not isinstance(state, dict) or not state:
         kind = "an empty dict" if isinstance(state, dict) else f"a {type(state).__name__}"
@@ -460,7 +447,7 @@ def load_timm_weights(model: TimmModel, path: str | os.PathLike) -> list[str]:
             state = family_filter(state, net)
         except Exception as err:  # noqa: BLE001
             raise ConfigError(f"weights file {file} does not fit {arch}: timm's "
-                              f"checkpoint_filter_fn failed ({_first_line(err)})",
+                              f"checkpoint_filter_fn failed ({first_line(err)})",
                               key=WEIGHTS_KEY) from None
     ours = net.state_dict()
     _adapt_first_conv(net, state, ours, model.in_channels)
