@@ -233,6 +233,37 @@ GENERATORS_TIMED = {  # generating from the first timed step, at the recipes' at
 }
 
 
+def timed_steps(model, step, opt, parts: list, draw, images: int, batch: int, steps: int,
+                warmup: int, autocast, device: torch.device, timed_epoch: int = 0) -> float:
+    """Images/s of ``steps`` training steps after ``warmup`` untimed ones, as the trainer takes
+    them: the components' ``before_step`` and ``after_step`` around the step, the batch from
+    ``draw(indices)`` of uniformly drawn images. The warm-up steps run in epoch 0, the timed
+    ones in ``timed_epoch`` (a component whose work starts after epoch 0 is timed working)."""
+    order = torch.randint(0, images, ((steps + warmup) * batch,), device=device)
+    for i in range(steps + warmup):
+        if i == warmup:
+            if timed_epoch:
+                for part in parts:
+                    part.set_epoch(timed_epoch)
+            sync(device)
+            start = time.perf_counter()
+        idx = order[i * batch:(i + 1) * batch]
+        events = SimpleNamespace(batch=draw(idx), model=model, optimizer=opt,
+                                 epoch=timed_epoch if i >= warmup else 0, step=i,
+                                 steps=steps + warmup, lr=0.01)
+        for part in parts:
+            part.before_step(events)
+        with autocast() if autocast else contextlib.nullcontext():
+            loss = step(events.batch)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for part in parts:
+            part.after_step(events)
+    sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
 def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, family: str
                     ) -> dict[str, float]:
     """Images/s of the trainer's training step (model hooks, mixed loss, auxiliary losses)
@@ -301,30 +332,12 @@ def time_components(trainer: Trainer, recipe: dict, steps: int, warmup: int, fam
         step = TrainStep(model, phase)
         step.hooks = hooks
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-        order = torch.randint(0, images.shape[0], ((steps + warmup) * batch,), device=device)
-        for i in range(steps + warmup):
-            if i == warmup:
-                if part is not None:
-                    part.set_epoch(1)
-                sync(device)
-                start = time.perf_counter()
-            idx = order[i * batch:(i + 1) * batch]
-            # the index: a component may fetch another view of the same images (rescom)
-            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx],
-                                                       index=idx),
-                                     model=model, optimizer=opt, epoch=int(i >= warmup), step=i,
-                                     steps=steps + warmup, lr=0.01)
-            if part is not None:
-                part.before_step(events)
-            with autocast() if autocast else contextlib.nullcontext():
-                loss = step(events.batch)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if part is not None:
-                part.after_step(events)
-        sync(device)
-        return steps * batch / (time.perf_counter() - start)
+        # the index: a component may fetch another view of the same images (rescom)
+        return timed_steps(model, step, opt, [part] if part is not None else [],
+                           lambda idx: Batch.plain(transform(images[idx]), labels[idx],
+                                                   index=idx),
+                           images.shape[0], batch, steps, warmup, autocast, device,
+                           timed_epoch=1)
 
     figures = {"plain": loop(None)}
     for name, cfg in timed.items():
@@ -370,29 +383,12 @@ def time_pure_noise(trainer: Trainer, recipe: dict, steps: int, warmup: int
         step = TrainStep(model, phase)
         step.hooks = hooks
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        order = torch.randint(0, images.shape[0], ((steps + warmup) * batch,), device=device)
-        for i in range(steps + warmup):
-            if i == warmup:
-                sync(device)
-                start = time.perf_counter()
-            idx = order[i * batch:(i + 1) * batch]
-            events = SimpleNamespace(batch=Batch.plain(transform(images[idx]), labels[idx]),
-                                     model=model, optimizer=opt, epoch=0, step=i,
-                                     steps=steps + warmup, lr=0.01)
-            for part in parts:
-                part.before_step(events)
-            with autocast() if autocast else contextlib.nullcontext():
-                loss = step(events.batch)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for part in parts:
-                part.after_step(events)
-        sync(device)
-        seconds = time.perf_counter() - start
+        speed = timed_steps(model, step, opt, parts,
+                            lambda idx: Batch.plain(transform(images[idx]), labels[idx]),
+                            images.shape[0], batch, steps, warmup, autocast, device)
         for part in parts:
             part.after_run(run)
-        return steps * batch / seconds
+        return speed
 
     return {"plain": loop([]),
             "open_noise+dar_bn": loop([{"name": "open_noise"}, {"name": "dar_bn"}])}
