@@ -40,7 +40,7 @@ from . import plots as lb_plots
 from .archive import ArchiveError, apply_merge, pack, plan_merge
 from .references import References
 from .report import collect, markdown, write_all
-from .runner import SKIP, Runner, decide, donor_map
+from .runner import SKIP, Runner, decide, donor_map, first_phase_ended
 from .suite import Planner, load_suite
 
 
@@ -209,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         f"finished, {len(queue)} to run; {len(unavailable)} rows not available; output {out}")
     if args.dry_run:
         runner = Runner(args.protocol)
+        queued = {run.key for run in queue}
         for run in queue:
             action = decide(run, args.protocol)[0]
-            shared = (f" (first phase from {' or '.join(d.key for d in donors[run.key])} once "
-                      f"it has ended)" if run.key in donors and action != "resume" else "")
+            # the donors the runner can wait for: queued here, or past their first phase on disk
+            usable = [d.key for d in donors.get(run.key, ())
+                      if d.key in queued or first_phase_ended(d, args.protocol)]
+            shared = (f" (first phase from {' or '.join(usable)} once it has ended)"
+                      if usable and action != "resume" else "")
             say(f"  {run.key} [{action}]: {' '.join(runner.command(run, action == 'resume'))}"
                 f"{shared}")
         return 0
