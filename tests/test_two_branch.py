@@ -181,6 +181,35 @@ def test_evaluation_is_the_papers_combination(layout):
         torch.testing.assert_close(logits, expected)
 
 
+@pytest.mark.parametrize("layout", ["bbn", "dbn_mix"])
+def test_a_reset_head_is_fresh_per_branch_and_a_following_head_takes_its_own_branch(layout):
+    """cRT after a two-branch model: bbn gets one new classifier on [f_c; f_r], dbn_mix one per
+    branch; a tau-norm head takes over each branch's weights (w / ||w||^tau, bias dropped)."""
+    torch.manual_seed(0)
+    model = MODELS.build({"name": "two_branch_resnet32", "layout": layout}, num_classes=5)
+    old = copy.deepcopy(model.head)
+    model.freeze("head")
+    new = model.reset_head("linear")
+    assert model.head is new and all(not p.requires_grad for p in new.parameters())
+    pairs = [(new, old)] if layout == "bbn" else list(zip(new.heads, old.heads))
+    assert len(pairs) == (1 if layout == "bbn" else 2)
+    for fresh, before in pairs:
+        assert fresh.weight.shape == before.weight.shape
+        assert not torch.equal(fresh.weight, before.weight)
+    trained = copy.deepcopy(model.head)
+    model.reset_head({"name": "tau_norm", "tau": 1.0})
+    x = torch.randn(2, 2 * model.branch_dim if layout == "dbn_mix" else model.feature_dim)
+    with torch.no_grad():
+        if layout == "bbn":
+            w = trained.weight / trained.weight.norm(dim=1, keepdim=True)
+            expected = x @ w.T
+        else:
+            d = model.branch_dim
+            w0, w1 = (h.weight / h.weight.norm(dim=1, keepdim=True) for h in trained.heads)
+            expected = (x[:, :d] @ w0.T + x[:, d:] @ w1.T) / 2
+        torch.testing.assert_close(model.head(x), expected)
+
+
 # ------------------------------------------------------------------------------- DBN-Mix
 def test_temperatures_are_the_worked_example():
     """n = [100, 10, 1], epsilon 0.6, eta 3: phi = [2.2, 0.58, 0.418], T = (2.2 / phi)^(1/3)
