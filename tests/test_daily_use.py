@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -569,82 +570,65 @@ def test_the_first_decode_is_announced(capsys):
 
 
 # ---------------------------------------------------------------------------------- benchmarks
-# The benchmark script with its two timers replaced by made-up figures, run as a script would be
-# (the tests import nothing of benchmarks/).
-FAKE_THROUGHPUT = """
-import runpy, sys
-import torch
-script = runpy.run_path("benchmarks/throughput.py")
-figures = iter([(100.0, 200.0), (150.0, 210.0), (110.0, 205.0)])
-current = []
-
-def fake_trainer(recipe, steps):
-    current[:] = next(figures)
-    return current[0], type("T", (), {"device": torch.device("cpu")})()
-
-main = script["main"]
-main.__globals__["time_trainer"] = fake_trainer
-main.__globals__["time_bare"] = lambda trainer, recipe, steps, warmup: (current[1], 300.0)
-sys.exit(main(["--recipes", "configs/quickstart.yaml", "--repeats", "3"]))
-"""
+# The benchmark script with its timers replaced by made-up figures, run in this process as a
+# script (runpy: the tests import nothing of benchmarks/, and a Python with torch per test costs
+# seconds on a busy machine).
+def throughput_here(monkeypatch, capsys, fakes: dict, argv: list[str]) -> tuple[int, str, str]:
+    """``benchmarks/throughput.py``'s ``main(argv)`` from the repository root with ``fakes``
+    in place of its timers: exit code, stdout, stderr."""
+    monkeypatch.chdir(REPO)
+    main = runpy.run_path("benchmarks/throughput.py")["main"]
+    main.__globals__.update(fakes)
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_throughput_repeats_and_flags_a_noisy_machine():
-    done = subprocess.run([sys.executable, "-c", FAKE_THROUGHPUT], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "| configs/quickstart.yaml | 100 / 110 / 150 | 200 / 205 / 210 | " in done.stdout
-    assert "0.500 / 0.537 / 0.714" in done.stdout
-    assert "the trainer's img/s varied 1.50x" in done.stderr
-    assert "bare loop's img/s varied" not in done.stderr
+def fake_trainer_on_cpu():
+    return type("T", (), {"device": torch.device("cpu")})()
 
 
-FAKE_THROUGHPUT_OVERRIDES = """
-import json, runpy, sys
-import torch
-script = runpy.run_path("benchmarks/throughput.py")
-seen = []
+def test_throughput_repeats_and_flags_a_noisy_machine(monkeypatch, capsys):
+    figures = iter([(100.0, 200.0), (150.0, 210.0), (110.0, 205.0)])
+    current = []
 
-def fake_trainer(recipe, steps):
-    seen.append(recipe["train"]["epochs"])
-    return 100.0, type("T", (), {"device": torch.device("cpu")})()
+    def fake_trainer(recipe, steps):
+        current[:] = next(figures)
+        return current[0], fake_trainer_on_cpu()
 
-main = script["main"]
-main.__globals__["time_trainer"] = fake_trainer
-main.__globals__["time_bare"] = lambda trainer, recipe, steps, warmup: (100.0, 100.0)
-code = main(["--repeats", "1", "--recipes", "configs/quickstart.yaml", "train.epochs=7"])
-print(json.dumps(seen))
-sys.exit(code)
-"""
+    code, out, err = throughput_here(monkeypatch, capsys, {
+        "time_trainer": fake_trainer,
+        "time_bare": lambda trainer, recipe, steps, warmup: (current[1], 300.0)},
+        ["--recipes", "configs/quickstart.yaml", "--repeats", "3"])
+    assert code == 0, err
+    assert "| configs/quickstart.yaml | 100 / 110 / 150 | 200 / 205 / 210 | " in out
+    assert "0.500 / 0.537 / 0.714" in out
+    assert "the trainer's img/s varied 1.50x" in err
+    assert "bare loop's img/s varied" not in err
 
 
-def test_throughput_reads_an_override_after_recipes_as_an_override():
+def test_throughput_reads_an_override_after_recipes_as_an_override(monkeypatch, capsys):
     """``--recipes`` takes every word after it; ``key=value`` there is an override, not a recipe
     path that is then skipped as not found (the ABSGD window override was lost that way)."""
-    done = subprocess.run([sys.executable, "-c", FAKE_THROUGHPUT_OVERRIDES], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "not found" not in done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [7]
+    seen = []
+
+    def fake_trainer(recipe, steps):
+        seen.append(recipe["train"]["epochs"])
+        return 100.0, fake_trainer_on_cpu()
+
+    code, out, err = throughput_here(monkeypatch, capsys, {
+        "time_trainer": fake_trainer,
+        "time_bare": lambda trainer, recipe, steps, warmup: (100.0, 100.0)},
+        ["--repeats", "1", "--recipes", "configs/quickstart.yaml", "train.epochs=7"])
+    assert code == 0, err
+    assert "not found" not in err
+    assert seen == [7]
 
 
-FAKE_THROUGHPUT_PHASES = """
-import runpy, sys
-import torch
-script = runpy.run_path("benchmarks/throughput.py")
-main = script["main"]
-trainer = type("T", (), {"device": torch.device("cpu")})()
-main.__globals__["time_trainer"] = lambda recipe, steps: (100.0, trainer)
-# the bare loop's img/s depends on the batch it is given: 10 per image of the batch
-main.__globals__["time_bare"] = lambda t, recipe, steps, warmup: (
-    10.0 * recipe["train"]["batch_size"], 1.0)
-main.__globals__["time_phases"] = lambda recipe, steps: [("joint", 64, 320.0),
-                                                         ("retrain", 16, 40.0)]
-sys.exit(main(["--repeats", "2", "--phases", "--recipes", sys.argv[1]]))
-"""
-
-
-def test_throughput_phase_ratio_is_against_the_bare_step_of_that_phase_batch(tmp_path):
+def test_throughput_phase_ratio_is_against_the_bare_step_of_that_phase_batch(tmp_path,
+                                                                              monkeypatch,
+                                                                              capsys):
     """Each phase's img/s is divided by the bare loop timed at that phase's batch size:
     320 / (10 x 64) = 0.5 and 40 / (10 x 16) = 0.25 (a bare loop at the first phase's batch
     would give 40 / 640 = 0.0625)."""
@@ -652,11 +636,17 @@ def test_throughput_phase_ratio_is_against_the_bare_step_of_that_phase_batch(tmp
     recipe.write_text(f"_base_: {REPO / 'configs/quickstart.yaml'}\n"
                       "phases:\n  - name: joint\n  - name: retrain\n"
                       "    train: {epochs: 3, batch_size: 16}\n")
-    done = subprocess.run([sys.executable, "-c", FAKE_THROUGHPUT_PHASES, str(recipe)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "joint (batch 64) 0.500 / 0.500 / 0.500" in done.stdout, done.stdout
-    assert "retrain (batch 16) 0.250 / 0.250 / 0.250" in done.stdout, done.stdout
+    trainer = fake_trainer_on_cpu()
+    code, out, err = throughput_here(monkeypatch, capsys, {
+        "time_trainer": lambda recipe, steps: (100.0, trainer),
+        # the bare loop's img/s depends on the batch it is given: 10 per image of the batch
+        "time_bare": lambda t, recipe, steps, warmup: (10.0 * recipe["train"]["batch_size"],
+                                                        1.0),
+        "time_phases": lambda recipe, steps: [("joint", 64, 320.0), ("retrain", 16, 40.0)]},
+        ["--repeats", "2", "--phases", "--recipes", str(recipe)])
+    assert code == 0, err
+    assert "joint (batch 64) 0.500 / 0.500 / 0.500" in out, out
+    assert "retrain (batch 16) 0.250 / 0.250 / 0.250" in out, out
 
 
 @pytest.mark.parametrize("sampler, retrain", [

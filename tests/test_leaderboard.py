@@ -162,7 +162,8 @@ def test_rows_sharing_a_first_phase_train_it_once_with_the_result_of_a_run_from_
             == [(r["phase"], r["loss"]) for r in fresh["history"]])
 
 
-def test_dry_run_names_a_shared_first_phase_only_where_the_runner_can_take_it(tmp_path):
+def test_dry_run_names_a_shared_first_phase_only_where_the_runner_can_take_it(tmp_path,
+                                                                               capsys):
     """A donor neither queued nor past its first phase on disk is not waited for (the run
     trains that phase itself), so the dry run does not promise it."""
     crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
@@ -173,10 +174,10 @@ def test_dry_run_names_a_shared_first_phase_only_where_the_runner_can_take_it(tm
                                          crt])
     common = [str(suite), "--protocol", "smoke", "--no-plots", "--out", str(tmp_path / "lb"),
               "--dry-run"]
-    alone = leaderboard(*common, "--rows", "crt")
+    alone = leaderboard_here(capsys, *common, "--rows", "crt")
     assert alone.returncode == 0, alone.stdout + alone.stderr
     assert "exp10/crt/seed0 [fresh]" in alone.stdout and "first phase from" not in alone.stdout
-    both = leaderboard(*common, "--rows", "crt", "ce")
+    both = leaderboard_here(capsys, *common, "--rows", "crt", "ce")
     assert "(first phase from exp10/ce/seed0 once it has ended)" in both.stdout, both.stdout
 
 
