@@ -34,12 +34,12 @@ def test_the_parametric_loss_by_hand():
     # d = (1, 0, -1), l = (0.5, 0, -0.5): x = (1.962117, 0.5, -0.5), 2.737473 and 0.275356.
     z = torch.tensor([[2.0, 1.0, 0.0]])
     init = LOSSES.build({"name": "autobalance"}, num_classes=3)
-    assert float(init(z, torch.tensor([2]))) == pytest.approx(2.000448, abs=1e-6)
-    assert float(init(z, torch.tensor([0]))) == pytest.approx(0.538330, abs=1e-6)
+    assert init(z, torch.tensor([2])).item() == pytest.approx(2.000448, abs=1e-6)
+    assert init(z, torch.tensor([0])).item() == pytest.approx(0.538330, abs=1e-6)
     set_ = LOSSES.build({"name": "autobalance", "dy_init": [1, 0, -1],
                          "ly_init": [0.5, 0, -0.5]}, num_classes=3)
-    assert float(set_(z, torch.tensor([2]))) == pytest.approx(2.737473, abs=1e-6)
-    assert float(set_(z, torch.tensor([0]))) == pytest.approx(0.275356, abs=1e-6)
+    assert set_(z, torch.tensor([2])).item() == pytest.approx(2.737473, abs=1e-6)
+    assert set_(z, torch.tensor([0])).item() == pytest.approx(0.275356, abs=1e-6)
 
 
 @pytest.mark.parametrize("group", [1, 2])
