@@ -181,6 +181,37 @@ def test_dry_run_names_a_shared_first_phase_only_where_the_runner_can_take_it(tm
     assert "(first phase from exp10/ce/seed0 once it has ended)" in both.stdout, both.stdout
 
 
+def test_a_finished_run_without_weights_gives_no_first_phase(tmp_path, capsys):
+    """A run merged from a --pack archive holds results.json but no checkpoint: the rows that
+    share its first phase must train it themselves instead of failing in lttrain --from-run."""
+    from lttoolbox.leaderboard.runner import first_phase_ended
+    crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
+           "overlay": {"phases": [{"name": "joint"},
+                                  {"name": "crt", "train": {"epochs": 30,
+                                                            "freeze": ["backbone"]}}]}}
+    path = digits_suite(tmp_path, rows=[{"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
+                                        crt])
+    planner = Planner(load_suite(path), "smoke", tmp_path / "lb")
+    ce, two = planner.plan("ce", "exp10", 0), planner.plan("crt", "exp10", 0)
+    for run in (ce, two):  # finished, as a merge leaves them
+        run.dir.mkdir(parents=True)
+        (run.dir / "results.json").write_text(json.dumps({"recipe_hash": run.hash,
+                                                          "protocol": "smoke"}))
+    assert not first_phase_ended(ce, "smoke") and not first_phase_ended(two, "smoke")
+    (two.dir / "results.json").unlink()  # crt is to run; CE is finished without weights
+    dry = leaderboard_here(capsys, str(path), "--protocol", "smoke", "--no-plots", "--out",
+                           str(tmp_path / "lb"), "--dry-run")
+    assert "exp10/crt/seed0 [fresh]" in dry.stdout and "first phase from" not in dry.stdout
+
+    (ce.dir / "checkpoint.pt").write_bytes(b"x")  # a single-phase run: its checkpoint is all
+    assert first_phase_ended(ce, "smoke")
+    (two.dir / "checkpoint.pt").write_bytes(b"x")
+    dump_recipe(two.recipe, two.dir / "recipe.yaml")
+    assert not first_phase_ended(two, "smoke")  # a multi-phase run needs model-joint.pt too
+    (two.dir / "model-joint.pt").write_bytes(b"x")
+    assert first_phase_ended(two, "smoke")
+
+
 def test_two_multi_phase_rows_sharing_a_first_phase_are_ordered_without_waiting_in_a_circle(
         tmp_path):
     from lttoolbox.leaderboard.runner import Runner, donor_map

@@ -216,12 +216,20 @@ def die_with_runner() -> Callable[[], None]:
 
 
 def first_phase_ended(run: Run, protocol: str) -> bool:
-    """Whether ``run``'s first phase has ended on disk, for this very plan: finished, or past
-    its first phase with that phase's weights written (``model-<phase>.pt``)."""
+    """Whether ``run``'s first phase has ended on disk, for this very plan, with what
+    ``lttrain --from-run`` reads: its ``checkpoint.pt`` and, for a multi-phase run, the first
+    phase's ``model-<phase>.pt``; the run is finished, or past that phase.
+
+    A finished run merged from a ``--pack`` archive holds its results but no weights, so it
+    gives no first phase: the runs that would share it train that phase themselves.
+    """
+    if not (run.dir / CHECKPOINT).is_file():
+        return False
+    phases = phase_recipes(run.recipe)
+    has_weights = RunDir(run.dir).weights(phases[0]["meta"]["phase"]).is_file()
     if matching_results(run, protocol) is not None:
-        return True
-    first = phase_recipes(run.recipe)[0]["meta"]["phase"]
-    return RunDir(run.dir).weights(first).is_file() and saved_recipe_hash(run.dir) == run.hash
+        return len(phases) == 1 or has_weights
+    return has_weights and saved_recipe_hash(run.dir) == run.hash
 
 
 def donor_map(runs: list[Run], candidates: list[Run]) -> dict[str, list[Run]]:
