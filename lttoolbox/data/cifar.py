@@ -215,17 +215,31 @@ def _check_channels(name: str, value, default: tuple, positive: bool) -> tuple:
     return tuple(float(v) for v in value)
 
 
-@DATASETS.register("cifar10_lt")
-def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
-               imbalance_ratio: float = 100, selection: str = "protocol", selection_seed: int = 0,
-               crop_padding: int = 4, hflip: bool = True, download: bool = False,
-               cache_dir: str | None = None, max_per_class: int | None = None,
-               test_max_per_class: int | None = None, mean: list | None = None,
-               std: list | None = None, val_per_class: int | None = None,
-               autoaugment: str | None = None, randaugment: int = 0,
-               randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
-               cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
-    """CIFAR-10-LT: CIFAR-10 with a long-tailed training split.
+def _entry(name: str, num_classes: int, doc: str):
+    """Register the data set ``name``, CIFAR with ``num_classes`` classes: both take the same
+    recipe."""
+
+    def entry(root: str | None = None, imbalance_type: str | None = "exp",
+              imbalance_ratio: float = 100, selection: str = "protocol", selection_seed: int = 0,
+              crop_padding: int = 4, hflip: bool = True, download: bool = False,
+              cache_dir: str | None = None, max_per_class: int | None = None,
+              test_max_per_class: int | None = None, mean: list | None = None,
+              std: list | None = None, val_per_class: int | None = None,
+              autoaugment: str | None = None, randaugment: int = 0,
+              randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
+              cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
+        return load_cifar(num_classes, root, imbalance_type, imbalance_ratio, selection,
+                          selection_seed, crop_padding, hflip, download, cache_dir,
+                          max_per_class, test_max_per_class, mean, std, val_per_class,
+                          strong_augment(autoaugment, randaugment, randaugment_magnitude,
+                                         cutout, cutout_holes, cutout_fill, augment_fill))
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = doc
+    return DATASETS.register(name)(entry)
+
+
+CIFAR10_LT_DOC = """CIFAR-10-LT: CIFAR-10 with a long-tailed training split.
 
     Args:
         root: Folder with ``cifar-10-batches-py`` (or that folder itself) or ``train/`` + ``test/``
@@ -265,24 +279,8 @@ def cifar10_lt(root: str | None = None, imbalance_type: str | None = "exp",
         >>> bundle.train.class_counts[-1]                          # doctest: +SKIP
         500
     """
-    return load_cifar(10, root, imbalance_type, imbalance_ratio, selection, selection_seed,
-                      crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
-                      mean, std, val_per_class,
-                      strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
-                                     cutout_holes, cutout_fill, augment_fill))
 
-
-@DATASETS.register("cifar100_lt")
-def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
-                imbalance_ratio: float = 100, selection: str = "protocol", selection_seed: int = 0,
-                crop_padding: int = 4, hflip: bool = True, download: bool = False,
-                cache_dir: str | None = None, max_per_class: int | None = None,
-                test_max_per_class: int | None = None, mean: list | None = None,
-                std: list | None = None, val_per_class: int | None = None,
-                autoaugment: str | None = None, randaugment: int = 0,
-                randaugment_magnitude: int = 9, cutout: int = 0, cutout_holes: int = 1,
-                cutout_fill: str = "black", augment_fill: int | list = 0) -> DataBundle:
-    """CIFAR-100-LT: CIFAR-100 (fine labels) with a long-tailed training split.
+CIFAR100_LT_DOC = """CIFAR-100-LT: CIFAR-100 (fine labels) with a long-tailed training split.
 
     Same parameters as :func:`cifar10_lt`, with ``cifar-100-python`` as the pickle folder; ratio
     100 gives 500 ... 5 images per class (10,847 in all).
@@ -292,8 +290,6 @@ def cifar100_lt(root: str | None = None, imbalance_type: str | None = "exp",
         >>> bundle.train.class_counts[0], bundle.train.class_counts[-1]  # doctest: +SKIP
         (500, 5)
     """
-    return load_cifar(100, root, imbalance_type, imbalance_ratio, selection, selection_seed,
-                      crop_padding, hflip, download, cache_dir, max_per_class, test_max_per_class,
-                      mean, std, val_per_class,
-                      strong_augment(autoaugment, randaugment, randaugment_magnitude, cutout,
-                                     cutout_holes, cutout_fill, augment_fill))
+
+cifar10_lt = _entry("cifar10_lt", 10, CIFAR10_LT_DOC)
+cifar100_lt = _entry("cifar100_lt", 100, CIFAR100_LT_DOC)
