@@ -162,16 +162,21 @@ def test_rows_sharing_a_first_phase_train_it_once_with_the_result_of_a_run_from_
             == [(r["phase"], r["loss"]) for r in fresh["history"]])
 
 
-def test_dry_run_names_a_shared_first_phase_only_where_the_runner_can_take_it(tmp_path,
-                                                                               capsys):
-    """A donor neither queued nor past its first phase on disk is not waited for (the run
-    trains that phase itself), so the dry run does not promise it."""
+def ce_and_crt_suite(tmp_path: Path) -> Path:
+    """A CE row and a cRT row whose first phase is the CE row's recipe."""
     crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
            "overlay": {"phases": [{"name": "joint"},
                                   {"name": "crt", "train": {"epochs": 30,
                                                             "freeze": ["backbone"]}}]}}
-    suite = digits_suite(tmp_path, rows=[{"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
-                                         crt])
+    return digits_suite(tmp_path, rows=[{"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
+                                        crt])
+
+
+def test_dry_run_names_a_shared_first_phase_only_where_the_runner_can_take_it(tmp_path,
+                                                                               capsys):
+    """A donor neither queued nor past its first phase on disk is not waited for (the run
+    trains that phase itself), so the dry run does not promise it."""
+    suite = ce_and_crt_suite(tmp_path)
     common = [str(suite), "--protocol", "smoke", "--no-plots", "--out", str(tmp_path / "lb"),
               "--dry-run"]
     alone = leaderboard_here(capsys, *common, "--rows", "crt")
@@ -185,12 +190,7 @@ def test_a_finished_run_without_weights_gives_no_first_phase(tmp_path, capsys):
     """A run merged from a --pack archive holds results.json but no checkpoint: the rows that
     share its first phase must train it themselves instead of failing in lttrain --from-run."""
     from lttoolbox.leaderboard.runner import first_phase_ended
-    crt = {"id": "crt", "label": "cRT", "recipe": str(QUICKSTART),
-           "overlay": {"phases": [{"name": "joint"},
-                                  {"name": "crt", "train": {"epochs": 30,
-                                                            "freeze": ["backbone"]}}]}}
-    path = digits_suite(tmp_path, rows=[{"id": "ce", "label": "CE", "recipe": str(QUICKSTART)},
-                                        crt])
+    path = ce_and_crt_suite(tmp_path)
     planner = Planner(load_suite(path), "smoke", tmp_path / "lb")
     ce, two = planner.plan("ce", "exp10", 0), planner.plan("crt", "exp10", 0)
     for run in (ce, two):  # finished, as a merge leaves them
