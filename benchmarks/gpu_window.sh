@@ -20,7 +20,7 @@
 #   5. the leaderboard in priority order (CE, LDAM-DRW, balanced softmax, CS-CE-DRW, DRS
 #      class-balanced, then the rest; every row's seed 0 before any seed 1), stopped --margin
 #      seconds before the budget ends (running runs checkpoint; they are not reported);
-#   6. results.tar.gz (every finished run's results.json, log.jsonl, recipe.yaml),
+#   6. results.tar.gz (every finished run's results.json, log.jsonl, recipe.yaml and runner records),
 #      leaderboard.md, window.log.
 # Merge the archive at home with benchmarks/leaderboard.py --merge (docs/performance.md).
 #

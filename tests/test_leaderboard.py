@@ -610,6 +610,16 @@ def test_wall_time_of_an_unrecorded_attempt_is_flagged_as_a_lower_bound(tmp_path
     assert row["costs"]["wall_seconds_lower_bound"] is True
     assert "| 5.0 | ≥2.0 |" in md and "lower bound" in md
 
+    # carried by --pack and --merge: the merged run gives the same wall time and bound
+    archive = tmp_path / "runs.tar.gz"
+    assert pack(tmp_path / "out", archive) == 1
+    assert merge(archive, tmp_path / "merged") == 1
+    run.dir.rename(tmp_path / "gone")  # the table reads the merged copy only
+    planner = Planner(suite, "smoke", tmp_path / "merged")
+    row, md = table()
+    assert row["costs"]["wall_seconds"]["mean"] == 120.0
+    assert "| 5.0 | ≥2.0 |" in md and "lower bound" in md
+
 
 def test_phase_timings_and_post_hoc_choices_are_reported(tmp_path):
     """A multi-phase row gets one timing line per phase (its epochs' seconds summed, generation
@@ -925,6 +935,11 @@ def _folder(name: str) -> tarfile.TarInfo:
      "'eval'"),
     ([(f"{RUN}/recipe.yaml", b"a: [1\n"), valid_run()[2]], "recipe.yaml", "not valid YAML"),
     ([(f"{RUN}/recipe.yaml", b"- 1\n"), valid_run()[2]], "recipe.yaml", "a mapping"),
+    ([(f"{RUN}/leaderboard_run.json", b"[]"), valid_run()[2]], "leaderboard_run.json",
+     "an 'attempts' list"),
+    ([(f"{RUN}/leaderboard_run.json", b'{"attempts": [{"wall_seconds": "long"}]}'),
+      valid_run()[2]], "leaderboard_run.json", "attempt 1: 'wall_seconds' must be a number"),
+    ([(f"{RUN}/lttrain.log", b"\xff"), valid_run()[2]], "lttrain.log", "not UTF-8"),
     # shapes
     ([(f"{RUN}/log.jsonl", b"")], "results.json", "is missing"),
     ([*valid_run(), (f"{RUN}/results.json", good_results())], "results.json", "comes twice"),

@@ -1,15 +1,19 @@
 """Finished runs as one archive, to carry results off a machine and merge them into a report.
 
 A GPU window returns a few files only, so every finished run's ``results.json``, ``log.jsonl``
-and ``recipe.yaml`` (not its checkpoints or weights) go into one ``.tar.gz``, with paths relative
-to the leaderboard's output folder (``runs/<setting>/<row>/seed<k>/...``). Merging extracts such
-an archive into another output folder, where ``--report-only`` then finds the runs exactly as if
-they had run there: the report matches each ``results.json`` to its planned recipe by hash.
+and ``recipe.yaml``, with the runner's record of its attempts (``leaderboard_run.json``) and
+``lttrain.log`` where the leaderboard ran it (not its checkpoints or weights), go into one
+``.tar.gz``, with paths relative to the leaderboard's output folder
+(``runs/<setting>/<row>/seed<k>/...``). Merging extracts such an archive into another output
+folder, where ``--report-only`` then finds the runs exactly as if they had run there: the report
+matches each ``results.json`` to its planned recipe by hash, and reads the wall time (and whether
+it is a lower bound) from the two runner files.
 
 A merge trusts nothing in the archive. The whole archive is read and checked before anything is
 written: every member's path, type and size, every file's content (``results.json`` with a
 numeric top-1, or the suite's metric: ``mAP`` for a multi-label suite; ``log.jsonl`` one JSON
-object per line, ``recipe.yaml`` a mapping), and every run
+object per line, ``recipe.yaml`` a mapping, ``leaderboard_run.json`` a list of attempts whose
+wall times are numbers, ``lttrain.log`` text), and every run
 against the local one it would land on. A local run is never replaced unless asked
 (``overwrite``), and then it is moved aside, not deleted. Any problem is one :class:`ArchiveError`
 line naming the archive and the member.
@@ -36,11 +40,11 @@ from ..upgrade import upgrade_record
 from ..yamlio import load_yaml
 from .metrics import metric_spec
 
-KEPT = (RunDir.RESULTS, RunDir.LOG, RunDir.RECIPE)
+KEPT = (RunDir.RESULTS, RunDir.LOG, RunDir.RECIPE, RunDir.LEADERBOARD, RunDir.RUNNER_LOG)
 LIMIT = 16 * 2 ** 20  # what one file brought back from a GPU window may weigh
 UNPACKED_LIMIT = 4 * LIMIT  # all members of one archive together, uncompressed
 # The order a run's files are written in: results.json, which marks a run finished, last.
-WRITE_ORDER = (RunDir.RECIPE, RunDir.LOG, RunDir.RESULTS)
+WRITE_ORDER = (RunDir.RECIPE, RunDir.LOG, RunDir.LEADERBOARD, RunDir.RUNNER_LOG, RunDir.RESULTS)
 MEMBER = re.compile(r"runs/([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9][A-Za-z0-9_.-]*)/"
                     r"(seed\d+)/(" + "|".join(map(re.escape, KEPT)) + ")")
 EXPECTED = f"runs/<setting>/<row>/seed<k>/{{{','.join(KEPT)}}}"
@@ -112,6 +116,20 @@ def _check_log_row(row, metric: str = "top1") -> str | None:
     return None
 
 
+def _check_attempts(data) -> str | None:
+    """What is wrong with a ``leaderboard_run.json`` the report reads wall times from, or
+    None."""
+    if not isinstance(data, dict) or not isinstance(data.get("attempts"), list):
+        return "leaderboard_run.json must hold a JSON object with an 'attempts' list"
+    for number, attempt in enumerate(data["attempts"], start=1):
+        if not isinstance(attempt, dict):
+            return f"attempt {number} must be a JSON object"
+        wall = attempt.get("wall_seconds")
+        if wall is not None and not _number(wall, 0):
+            return f"attempt {number}: 'wall_seconds' must be a number >= 0 or null, got {wall!r}"
+    return None
+
+
 def check_file(name: str, data: bytes, metric: str = "top1") -> str | None:
     """What is wrong with one run file's content (``name`` one of :data:`KEPT`) for the report
     of a ``metric`` suite, or None."""
@@ -119,13 +137,17 @@ def check_file(name: str, data: bytes, metric: str = "top1") -> str | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         return f"not UTF-8 text ({err.reason} at byte {err.start})"
-    if name == RunDir.RESULTS:
+    if name in (RunDir.RESULTS, RunDir.LEADERBOARD):
         try:
             parsed = json.loads(text)
         except ValueError as err:
             return f"not valid JSON ({err})"
+        if name == RunDir.LEADERBOARD:
+            return _check_attempts(parsed)
         # upgrade: a pack from before phases were so named
         return _check_results(upgrade_record(parsed), metric)
+    if name == RunDir.RUNNER_LOG:
+        return None  # text the report only counts attempt lines in
     if name == RunDir.LOG:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -218,8 +240,8 @@ def read_archive(archive: Path, limit: int = LIMIT,
     Raises:
         ArchiveError: one line naming the archive and the first member at fault: the archive
             is not a complete ``.tar.gz`` or weighs more than ``limit``; a member is not a
-            regular file at ``runs/<setting>/<row>/seed<k>/{results.json,log.jsonl,
-            recipe.yaml}``, comes twice, weighs more than ``limit`` (or all together more than
+            regular file at ``runs/<setting>/<row>/seed<k>/NAME`` with NAME one of
+            :data:`KEPT`, comes twice, weighs more than ``limit`` (or all together more than
             :data:`UNPACKED_LIMIT`), or its content is not what the report reads; a run has no
             ``results.json``.
     """

@@ -63,8 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "interrupt the running ones (they keep their checkpoints); exit "
                              "status 3 when runs are left")
     parser.add_argument("--pack", metavar="TGZ",
-                        help="write every finished run's results.json, log.jsonl and "
-                             "recipe.yaml into this .tar.gz (at most 16 MiB)")
+                        help="write every finished run's results.json, log.jsonl, "
+                             "recipe.yaml, leaderboard_run.json and lttrain.log into this "
+                             ".tar.gz (at most 16 MiB)")
     parser.add_argument("--merge", nargs="+", default=[], metavar="TGZ",
                         help="first extract these --pack archives into --out, each checked "
                              "whole before anything is written")
