@@ -603,7 +603,7 @@ def test_wall_time_of_an_unrecorded_attempt_is_flagged_as_a_lower_bound(tmp_path
     row, md = table()
     assert row["costs"]["wall_seconds"]["mean"] == 120.0
     assert row["costs"]["wall_seconds_lower_bound"] is False
-    assert "| 5.0 | 2.0 |" in md and "lower bound" not in md
+    assert "| 5.0 | 2.0 |" in md and "lower bound" not in md and "blank *Wall min*" not in md
 
     (run.dir / "lttrain.log").write_text(start + "epoch 1\n" + start + "epoch 2\n")
     row, md = table()
@@ -619,6 +619,12 @@ def test_wall_time_of_an_unrecorded_attempt_is_flagged_as_a_lower_bound(tmp_path
     row, md = table()
     assert row["costs"]["wall_seconds"]["mean"] == 120.0
     assert "| 5.0 | ≥2.0 |" in md and "lower bound" in md
+
+    # a run with no record of its attempts: the blank is explained, not left to be guessed
+    (tmp_path / "merged" / "runs" / "exp10" / "ce" / "seed0" / "leaderboard_run.json").unlink()
+    row, md = table()
+    assert row["costs"]["wall_seconds"] is None
+    assert "| 5.0 |  |" in md and "A blank *Wall min* beside a finished row" in md
 
 
 def test_phase_timings_and_post_hoc_choices_are_reported(tmp_path):

@@ -728,7 +728,7 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
 
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
-        problems, wall_bounds, shown, unequal, final = [], False, {}, [], {}
+        problems, wall_bounds, wall_missing, shown, unequal, final = [], False, False, {}, [], {}
         for row in setting["rows"]:
             epochs = _phases((row.get("epochs") or {}).get("phases"))
             paper = row.get("paper")
@@ -774,6 +774,7 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
             wall = _minutes(c.get("wall_seconds"))
             if wall and c.get("wall_seconds_lower_bound"):
                 wall, wall_bounds = f"≥{wall}", True
+            wall_missing = wall_missing or not wall
             seeds = str(row["n"])
             if status == "partial":
                 seeds += "*"
@@ -804,6 +805,11 @@ def markdown(doc: dict, plots: dict[str, list[str]] | None = None) -> str:
                       "being recorded (the leaderboard process itself was killed), so the wall "
                       "time is a lower bound; *Train min* sums the time of every checkpointed "
                       "epoch."]
+        if wall_missing:
+            lines += ["", "A blank *Wall min* beside a finished row: no runner record of its "
+                      "attempts exists (it was trained outside the leaderboard, or merged from "
+                      "an archive written before archives carried that record); *Train min* "
+                      "comes from the run's own results.json."]
         if shown:
             lines += ["", f"*{spec.paper_label}* is not a final-epoch number: "
                       + _selections(shown) + ". This table's own numbers are final-epoch."]
