@@ -1175,6 +1175,23 @@ def test_best_test_epoch_is_read_from_the_eval_logs(tmp_path):
     assert "Best test epoch" not in markdown(doc)
 
 
+def test_a_post_hoc_last_phase_is_its_own_best_test_epoch(tmp_path):
+    """tau-norm's last phase has no epochs: one model, evaluated once. In a run that evaluated
+    its epochs its best test epoch is the final result, of 1 (the joint phase's better epochs
+    are another model's); in a run that evaluated none, there is none."""
+    from lttoolbox.leaderboard.report import best_test_epoch
+    planner = Planner(load_suite(digits_suite(tmp_path)), "smoke", tmp_path / "lb")
+    run = planner.plan("ce", "exp10", 0)
+    write_run(run, 73.0, [("joint", 3), ("tau_norm", 0)], {("joint", 0): 50.0,
+                                                            ("joint", 1): 80.0})
+    results = json.loads((run.dir / "results.json").read_text())
+    assert best_test_epoch(run.dir, results) == {"top1": 73.0, "epoch": None, "evaluated": 1,
+                                                 "phase": "tau_norm"}
+    write_run(run, 73.0, [("joint", 3), ("tau_norm", 0)], {})
+    results = json.loads((run.dir / "results.json").read_text())
+    assert best_test_epoch(run.dir, results) is None
+
+
 def test_fault_sweep_merge_cases_give_one_clear_line_each(tmp_path):
     """benchmarks/fault_sweep.py's leaderboard merge cases: every bad archive is one clear error
     line naming it (and its member), no traceback, nothing written; valid ones are accepted."""

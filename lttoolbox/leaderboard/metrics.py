@@ -101,7 +101,8 @@ METRICS: dict[str, MetricSpec] = {spec.key: spec for spec in (
                          "their numbers and labelled as such under its table)",
         best_test_note="§ *Best test epoch*: the highest test top-1 over the evaluated epochs "
                        "of the last phase (`eval.every`, read from `log.jsonl`) and the final "
-                       "one; *of N*: the number of epochs compared. This is the papers' practice "
+                       "one; *of N*: the number of epochs compared (*of 1*: a last phase of no "
+                       "epochs, such as tau-norm, is one model). This is the papers' practice "
                        "(the codes of LDAM-DRW and Bag of Tricks keep their best test-set epoch), "
                        "shown only to be read beside *Paper top-1*: it selects on the test set, "
                        "so it is not a valid model selection and not this table's result, which "
@@ -125,7 +126,8 @@ METRICS: dict[str, MetricSpec] = {spec.key: spec for spec in (
                          "labelled as such under its table)",
         best_test_note="§ *Best test epoch*: the highest test mAP over the evaluated epochs of "
                        "the last phase (`eval.every`, read from `log.jsonl`) and the final one; "
-                       "*of N*: the number of epochs compared. It selects on the test set, so it "
+                       "*of N*: the number of epochs compared (*of 1*: a last phase of no "
+                       "epochs is one model). It selects on the test set, so it "
                        "is not a valid model selection and not this table's result, which is "
                        "*mAP* (the final epoch). Empty for runs without evaluated epochs.",
         paper_note="*Paper mAP* is the published mean average precision; *Paper Δ* is that "

@@ -115,10 +115,15 @@ def best_test_epoch(run_dir: Path, results: dict, metric: str = "top1") -> dict 
     one of the candidates. Only the last phase counts: an earlier phase trained another model (a
     cRT run's joint phase is not a cRT model). A selection on the test set: never a result.
 
+    A last phase of no epochs (tau-norm: a post-hoc change of the classifier) has one model,
+    evaluated once: its best test epoch is the final result, *of 1*, when the run evaluated its
+    epochs at all (``eval.every``), so that the column is not left empty for it alone.
+
     Returns:
-        None when the last phase has no evaluated epoch in the log, else ``top1`` (the
-        ``metric``'s name), ``epoch`` (0-based, in the phase), ``evaluated`` (epochs compared,
-        the final one included) and ``phase``.
+        None when the last phase has no evaluated epoch in the log (and is not such a post-hoc
+        phase of an evaluated run), else ``top1`` (the ``metric``'s name), ``epoch`` (0-based,
+        in the phase; None for a post-hoc phase), ``evaluated`` (epochs compared, the final one
+        included) and ``phase``.
 
     Example:
         >>> import tempfile
@@ -131,18 +136,22 @@ def best_test_epoch(run_dir: Path, results: dict, metric: str = "top1") -> dict 
     """
     phases = [s for s in results.get("phases") or [] if isinstance(s, dict)]
     phase = phases[-1].get("name") if phases else None
-    evaluated = []
+    last = phases[-1].get("epochs") if phases else None
+    evaluated, any_phase = [], False
     for row in _log_rows(run_dir, results):
         ev = row.get("eval")
-        if (phase is not None and row.get("phase") != phase) or not isinstance(ev, dict):
+        value = ev.get(metric) if isinstance(ev, dict) else None
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value)):
             continue
-        value = ev.get(metric)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value):
+        any_phase = True
+        if phase is None or row.get("phase") == phase:
             evaluated.append((float(value), row.get("epoch")))
     if not evaluated:
+        if last == 0 and any_phase:
+            return {metric: float(results[metric]), "epoch": None, "evaluated": 1,
+                    "phase": phase}
         return None
-    last = phases[-1].get("epochs") if phases else None
     final = (float(results[metric]), last - 1 if isinstance(last, int) and last > 0 else None)
     value, epoch = max(evaluated + [final], key=lambda c: c[0])  # the first best on a tie
     return {metric: value, "epoch": epoch, "evaluated": len(evaluated) + 1, "phase": phase}
