@@ -1013,6 +1013,28 @@ def test_what_pack_writes_merge_accepts(tmp_path):
     assert merge(archive, tmp_path / "home") == 1
 
 
+
+def test_the_same_runs_pack_to_the_same_bytes(tmp_path):
+    """Republishing unchanged results must not commit a new binary: a pack of the runs a merge
+    wrote (new file times, a later clock) equals the pack they came from, byte for byte."""
+    import os
+    import time
+
+    out = tmp_path / "lb"
+    run = out / "runs" / "exp10" / "ce" / "seed0"
+    run.mkdir(parents=True)
+    (run / "results.json").write_bytes(good_results())
+    (run / "log.jsonl").write_bytes(b'{"epoch": 0}\n')
+    os.utime(run / "results.json", (1_000_000_000, 1_000_000_000))
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    assert pack(out, first) == 1
+    assert merge(first, tmp_path / "home") == 1
+    copied = tmp_path / "home" / "runs" / "exp10" / "ce" / "seed0" / "results.json"
+    assert copied.stat().st_mtime != 1_000_000_000  # the merge wrote it anew
+    time.sleep(1.1)  # the gzip header would record a later second
+    assert pack(tmp_path / "home", second) == 1
+    assert second.read_bytes() == first.read_bytes()
+
 # ----------------------------------------------------------------------- owning the children
 def _ended(pid: int) -> bool:
     """The process is gone, or a zombie nobody reaped (it holds no lock and runs nothing)."""

@@ -26,6 +26,7 @@ Example:
 """
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import math
@@ -181,7 +182,11 @@ def pack(out: Path, archive: Path, limit: int = LIMIT,
     """
     buffer = io.BytesIO()
     runs, unpacked = [], 0
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    # Same runs, same bytes: the gzip header and every member carry time 0, not the time of
+    # packing or of the file (a merge rewrites files), so republishing unchanged results
+    # leaves the committed archive unchanged instead of adding a new binary to the history.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for run in finished_runs(out):
             files = {}
             for name in KEPT:
@@ -201,8 +206,7 @@ def pack(out: Path, archive: Path, limit: int = LIMIT,
                 continue
             for name, data in files.items():
                 info = tarfile.TarInfo((run / name).relative_to(out).as_posix())
-                info.size, info.mode = len(data), 0o644
-                info.mtime = int((run / name).stat().st_mtime)
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
                 unpacked += len(data)
             runs.append(run)
