@@ -173,6 +173,40 @@ def test_outside_the_window_nothing_is_crafted_and_batch_norm_statistics_stay():
     assert model.training and torch.equal(model[1].running_mean, running)
 
 
+@pytest.mark.parametrize("norm_stats", ["fixed", "batch"])
+def test_in_the_window_the_clean_batch_uses_the_running_statistics_unless_batch(norm_stats):
+    """``fixed`` (the official code's model, left in evaluation mode by its attack): after the
+    step's attack the clean forward of the training model normalises with the running statistics
+    and leaves them as they were, as a copy of the model in evaluation mode computes; ``batch``:
+    the clean forward normalises with the batch's statistics and updates the running ones."""
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    with torch.no_grad():  # running statistics far from any batch's
+        model[1].running_mean.fill_(0.7)
+        model[1].running_var.fill_(3.0)
+    x, y = torch.rand(8, 3, 6, 6), torch.tensor([0, 1, 2, 3] * 2)
+    evaluated = copy.deepcopy(model).eval()(x)
+    batch_normalised = copy.deepcopy(model).train()(x)
+    part = gae([40, 30, 10, 5], mean=(0.4,) * 3, std=(0.2,) * 3, norm_stats=norm_stats)
+    model.train()
+    part.before_step(step_events(model, x, y))
+    clean = model(x)  # the trainer's clean forward follows the attack
+    part.auxiliary_loss()
+    assert model.training  # the trainer's mode, whatever the layers' statistics
+    if norm_stats == "fixed":
+        assert torch.allclose(clean, evaluated, atol=1e-6)
+        assert float(model[1].running_mean[0]) == pytest.approx(0.7)
+        assert not model[1].training
+    else:
+        assert torch.allclose(clean, batch_normalised, atol=1e-6)
+        assert float(model[1].running_mean[0]) != pytest.approx(0.7)
+        assert model[1].training
+    assert not torch.allclose(evaluated, batch_normalised, atol=1e-3)  # the check can fail
+
+
 def test_tail_classes_without_class_counts_standalone():
     part = GuidingAdversarialExamples(tail_classes=[2], random_start=False)
     part.set_normalisation((0.0,), (1.0,))
@@ -197,7 +231,7 @@ def test_tail_mask_takes_the_rarest_share_with_ties_to_the_higher_index():
     ({"tail_fraction": 0}, "tail_fraction"), ({"tail_fraction": 0.05}, "tail_fraction"),
     ({"tail_classes": [4]}, "tail_classes"), ({"tail_classes": []}, "tail_classes"),
     ({"tail_classes": [1], "tail_fraction": 0.5}, "tail_classes"),
-    ({"start_epoch": -1}, "start_epoch"),
+    ({"start_epoch": -1}, "start_epoch"), ({"norm_stats": "frozen"}, "norm_stats"),
 ])
 def test_bad_parameters_are_one_line_naming_the_key(params, key):
     with pytest.raises(ConfigError, match=key) as err:

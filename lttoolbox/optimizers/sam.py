@@ -82,6 +82,7 @@ from torch import nn
 
 from ..checks import check_bool
 from ..errors import ConfigError
+from ..models.base import norm_layers
 from ..registry import OPTIMIZERS, suggest
 
 SECOND_PASS_BN = ("hold", "update")
@@ -198,15 +199,6 @@ def _set_rng_state(state: tuple) -> None:
     torch.set_rng_state(cpu)
     for device, s in cuda:
         torch.cuda.set_rng_state(s, device)
-
-
-def norm_layers(model: nn.Module | None) -> list[nn.Module]:
-    """The layers of ``model`` that keep running statistics (BatchNorm, SyncBatchNorm,
-    InstanceNorm with ``track_running_stats``)."""
-    if model is None:
-        return []
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
 
 
 @OPTIMIZERS.register("sam")
