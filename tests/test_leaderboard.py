@@ -1013,6 +1013,23 @@ def test_what_pack_writes_merge_accepts(tmp_path):
     assert merge(archive, tmp_path / "home") == 1
 
 
+def test_a_run_moved_aside_is_not_packed_and_the_pack_merges(tmp_path):
+    """The runner renames a stale run to ``seed<k>.stale-<time>``; it is no run of the table,
+    and a merge refuses any member path but ``seed<k>``, so a pack that took it would be
+    refused whole."""
+    out = tmp_path / "lb"
+    for folder in ("seed0", "seed0.stale-20261207-221500", "seed1.superseded-by-hand"):
+        run = out / "runs" / "exp10" / "ce" / folder
+        run.mkdir(parents=True)
+        (run / "results.json").write_bytes(good_results())
+        (run / "log.jsonl").write_bytes(b'{"epoch": 0}\n')
+    archive = tmp_path / "r.tar.gz"
+    assert pack(out, archive) == 1
+    with tarfile.open(archive) as tar:
+        assert {name.split("/")[3] for name in tar.getnames()} == {"seed0"}
+    assert merge(archive, tmp_path / "home") == 1
+
+
 def test_the_same_runs_pack_to_the_same_bytes(tmp_path, monkeypatch):
     """Republishing unchanged results must not commit a new binary: a pack of the runs a merge
     wrote (new file times, a later clock) equals the pack they came from, byte for byte."""

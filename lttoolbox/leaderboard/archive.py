@@ -58,8 +58,11 @@ class ArchiveError(ValueError):
 
 
 def finished_runs(out: Path) -> list[Path]:
-    """Run folders under ``out/runs`` that hold a ``results.json``."""
-    return sorted(p.parent for p in (out / "runs").glob(f"*/*/seed*/{RunDir.RESULTS}"))
+    """Run folders ``out/runs/<setting>/<row>/seed<k>`` that hold a ``results.json``; a run
+    moved aside (``seed<k>.stale-<time>``, ``.replaced-<time>``, or renamed by hand) is not one
+    of the table's, and a merge would refuse its path."""
+    return sorted(p.parent for p in (out / "runs").glob(f"*/*/seed*/{RunDir.RESULTS}")
+                  if re.fullmatch(r"seed\d+", p.parent.name))
 
 
 # ------------------------------------------------------------------------------ content checks
