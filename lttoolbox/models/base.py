@@ -48,7 +48,6 @@ def check_image_size(value: Any, minimum: int) -> tuple[int, int]:
     return pair
 
 
-
 def norm_layers(model: nn.Module | None) -> list[nn.Module]:
     """The layers of ``model`` that keep running statistics (BatchNorm, SyncBatchNorm,
     InstanceNorm with ``track_running_stats``).
@@ -61,6 +60,7 @@ def norm_layers(model: nn.Module | None) -> list[nn.Module]:
         return []
     return [m for m in model.modules()
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+
 
 class GlobalAvgPool(nn.Module):
     """The ``features`` block: global average pooling to a ``(B, C)`` vector."""
