@@ -45,8 +45,9 @@ Deliberate differences from the official code:
   evaluation mode. Measured on the quick CIFAR-10-LT row (seed 0, one fine-tuning epoch at lr
   0.001 from the same CE phase): ``batch`` fell to 44.62 % top-1 and ``fixed`` kept 57.70 %;
   after the 9 epochs ``fixed`` stood at 61.42 % (CE: 58.66) and ``batch`` at 37.43 %, its clean
-  cross-entropy rising from 0.41 to 1.52 while the rate fell to 1e-5 (a reading, not measured: the term moves the weights
-  through fixed statistics that the clean batch's own normalisation then undoes);
+  cross-entropy rising from 0.41 to 1.52 while the rate fell to 1e-5 (a reading, not measured:
+  the term moves the weights through fixed statistics that the clean batch's own normalisation
+  then undoes);
 * which classes are the tail is a parameter (``tail_fraction``, the rarest share of the classes
   by training count, or ``tail_classes``); the code hard-codes class index ``>= 5``
   (line 230), the 5 rarest classes of CIFAR-10-LT, which the default (the rarest half)
