@@ -48,7 +48,7 @@ def test_start_pins_a_worktree_runs_niced_refuses_twice_and_stops_resumably(clon
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({
         "name": "bg", "references": None,
-        "protocols": {"long": {"epochs": 400, "overlay": {}}},
+        "protocols": {"long": {"epochs": 100_000, "overlay": {}}},  # never done before the stop
         "settings": [{"id": "s", "overlay": {}}],
         "rows": [{"id": "ce", "recipe": str(clone / "configs" / "quickstart.yaml")}]}))
     out = tmp_path / "runs"

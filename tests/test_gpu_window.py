@@ -81,10 +81,11 @@ def test_concurrent_runs_match_runs_alone(tmp_path):
 
 @pytest.mark.long
 def test_budget_stops_runs_resumably_and_is_not_a_failure(tmp_path):
-    suite = digits_suite(tmp_path)
-    # the paper protocol: the quickstart's 30 epochs, far more than a 3-second budget; runs
-    # left unfinished by the budget: exit 3, neither 0 (all finished) nor 1 (a failure)
-    proc = leaderboard(str(suite), "--protocol", "paper", "--seeds", "0", "--rows", "ce",
+    # so many epochs that no machine finishes them in a 3-second budget (the quickstart's 30
+    # could, on a fast one); runs left unfinished by the budget: exit 3, neither 0 (all
+    # finished) nor 1 (a failure)
+    suite = digits_suite(tmp_path, protocols={"long": {"epochs": 100_000, "overlay": {}}})
+    proc = leaderboard(str(suite), "--protocol", "long", "--seeds", "0", "--rows", "ce",
                        "--budget", "0.05", "--no-plots", "--out", str(tmp_path / "lb"))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "budget spent" in proc.stdout and "1 runs left" in proc.stdout
