@@ -290,11 +290,15 @@ def test_a_run_resumes_exactly(tmp_path):
     assert resumed["selection"] == full["selection"]
 
 
-def test_the_cifar10_recipe_runs_its_two_phases_on_digits(tmp_path):
-    """configs/cifar10_lt/ot_reweight.yaml, data and model swapped for digits, one epoch a phase:
+@pytest.mark.parametrize("folder", ["cifar10_lt", "cifar100_lt"])
+def test_the_cifar_recipes_run_their_two_phases_on_digits(tmp_path, folder):
+    """configs/<folder>/ot_reweight.yaml, data and model swapped for digits, one epoch a phase:
     CE, then the classifier re-trained under ot_reweight with the backbone frozen."""
-    recipe = read_recipe(ROOT / "configs" / "cifar10_lt" / "ot_reweight.yaml")
+    recipe = read_recipe(ROOT / "configs" / folder / "ot_reweight.yaml")
     assert recipe["data"]["val_per_class"] == 10
+    assert recipe["data"]["name"] == folder and recipe["train"]["epochs"] == 200
+    assert recipe["phases"][1]["train"]["epochs"] == 90
+    assert recipe["phases"][1]["train"]["batch_size"] == 16
     assert recipe["phases"][1]["train"]["freeze"] == ["backbone"]
     recipe["data"] = {"name": "digits_lt", "imbalance_ratio": 10, "val_per_class": 6}
     recipe["model"]["name"] = "digits_cnn"

@@ -114,8 +114,9 @@ class OTReweightLoss(LTLoss):
     The main optimizer never moves the weights (a buffer, outside every optimizer).
 
     The code trains only the classifier in this stage on a pre-trained backbone (lr 2e-5, batch
-    16, 90 epochs): the recipe ``configs/cifar10_lt/ot_reweight.yaml`` is a CE phase followed by
-    such a phase with ``train.freeze: [backbone]``.
+    16, 90 epochs): the recipes ``configs/cifar10_lt/ot_reweight.yaml`` and
+    ``configs/cifar100_lt/ot_reweight.yaml`` are a CE phase followed by such a phase with
+    ``train.freeze: [backbone]``.
 
     Deliberate deviations from the code:
 
