@@ -62,6 +62,11 @@ def np_weight_step(raw, cost, lr, wd, eps=0.1, h=1e-6):
     return raw - lr * (grad + wd * raw)
 
 
+def np_ce(z, y):
+    z = z - z.max(1, keepdims=True)
+    return np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
+
+
 def t64(x):
     return torch.tensor(x, dtype=torch.float64)
 
@@ -208,15 +213,34 @@ def test_the_step_s_loss_is_the_weighted_sum_plus_ten_times_the_meta_mean():
     with torch.no_grad():
         z, zv = model(x).double().numpy(), model(xv).double().numpy()
 
-    def ce(z, y):
-        z = z - z.max(1, keepdims=True)
-        return np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]
-
     got = float(loss.batch_loss(model(x), Batch.plain(x, y, index)).detach())
-    assert got == pytest.approx((w * ce(z, LABELS)).sum(), rel=1e-5)
+    assert got == pytest.approx((w * np_ce(z, LABELS)).sum(), rel=1e-5)
     meta = loss.auxiliary_loss()
-    assert float(meta.detach()) == pytest.approx(10 * ce(zv, yv.numpy()).mean(), rel=1e-5)
+    assert float(meta.detach()) == pytest.approx(10 * np_ce(zv, yv.numpy()).mean(), rel=1e-5)
     assert meta.requires_grad and loss.auxiliary_loss() is None  # one term per step
+
+
+def test_a_mixed_batch_weighs_both_targets_and_its_ot_step_reads_the_first():
+    """With a mixing augmentation: each image's loss is ``lam CE(y_a) + (1 - lam) CE(y_b)``
+    under its own weight, and the OT step's label cost uses ``y_a`` (the label of the image that
+    was drawn at that row), its features those of the mixed input."""
+    loss, model, xv, yv = toy((5, 3), weight_lr=1.0, weight_decay=0.01, meta_weight=0.0)
+    index = torch.tensor([1, 4, 6])
+    loss.raw_weights[index] = torch.tensor(RAW, dtype=torch.float32)
+    x = torch.tensor(FEATS, dtype=torch.float32)
+    y_b = np.array([1, 1, 0])
+    lam = np.array([0.7, 0.25, 1.0])
+    batch = Batch(x, torch.tensor(LABELS), torch.tensor(y_b), torch.tensor(lam).float(), index)
+    loss.before_step(ToyStep(batch, model, xv, yv))
+    want = np_weight_step(RAW, np_cost(PROTOS, FEATS, LABELS, 2), lr=1.0, wd=0.01)
+    np.testing.assert_allclose(loss.raw_weights[index].numpy(), want, atol=2e-6)
+    with torch.no_grad():
+        z = model(x).double().numpy()
+    got = float(loss.batch_loss(model(x), batch).detach())
+    mixed = lam * np_ce(z, LABELS) + (1 - lam) * np_ce(z, y_b)
+    w = loss.raw_weights[index].double().numpy()
+    assert got == pytest.approx((w * mixed).sum(), rel=1e-5)
+    assert got != pytest.approx((w * np_ce(z, LABELS)).sum(), rel=1e-3)  # y_b counts
 
 
 def test_the_weights_are_a_checkpointed_buffer_that_no_optimizer_moves():
@@ -280,6 +304,14 @@ def test_a_digits_run_learns_per_example_weights(tmp_path):
     np.testing.assert_allclose(learned, initial, rtol=1e-3)  # by the code's small steps
     assert all(set(r["loss_terms"]) == {"ot_reweight", "ot_reweight_aux"}
                for r in results["history"])
+
+
+def test_a_digits_run_trains_with_a_mixing_augmentation(tmp_path):
+    recipe = resolve(digits(train={"epochs": 1}, augment=[{"name": "mixup", "alpha": 1.0}],
+                            **RUN))
+    results = train(recipe, tmp_path / "run", quiet=True)
+    assert np.isfinite(results["top1"]) and results["top1"] > 10.0
+    assert np.isfinite(results["history"][-1]["loss"])
 
 
 def test_a_run_resumes_exactly(tmp_path):

@@ -110,7 +110,8 @@ class OTReweightLoss(LTLoss):
     The step's loss (lines 234-239) is ``sum_i w_i CE_i + meta_weight * mean_val CE`` with the
     *updated raw* weights (not the softmax) and a sum over the batch, plus ``meta_weight``
     (the code's 10) times the mean cross-entropy of the model on the whole validation split
-    (the meta images are trained on). A mixed batch weighs ``lam CE(y_a) + (1 - lam) CE(y_b)``.
+    (the meta images are trained on). A mixed batch weighs ``lam CE(y_a) + (1 - lam) CE(y_b)``;
+    its OT step's label cost reads ``y_a`` (the code has no mixing).
     The main optimizer never moves the weights (a buffer, outside every optimizer).
 
     The code trains only the classifier in this stage on a pre-trained backbone (lr 2e-5, batch
