@@ -252,7 +252,10 @@ def test_two_row_smoke_suite_end_to_end_with_interrupt_and_resume(tmp_path):
     assert second.returncode == 1, second.stdout + second.stderr
     assert "exp10/ce/seed0: starting" not in second.stdout
     assert (ce0 / "results.json").stat().st_mtime_ns == mtime
-    assert len(json.loads((ce0 / "leaderboard_run.json").read_text())["attempts"]) == 1
+    (attempt,) = json.loads((ce0 / "leaderboard_run.json").read_text())["attempts"]
+    # each attempt names its machine: a run carried between machines has several
+    import platform
+    assert attempt["host"] == platform.node() and attempt["cpu"]
     assert (out / "runs" / "exp10" / "focal" / "seed0" / "results.json").is_file()
 
     # 3) A second seed for the baseline only; the table keeps every matching run on disk.
@@ -909,6 +912,26 @@ def test_merge_cli_refuses_an_overwrite_in_one_line(tmp_path, capsys):
     assert json.loads((local / "results.json").read_text())["top1"] == 99.99
 
 
+def _torch_bytes(obj) -> bytes:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class _Crafted:
+    """Unpickling it would call print: what a file crafted to run code holds (a GLOBAL)."""
+
+    def __reduce__(self):
+        return print, ("ran",)
+
+
+# the keys of a run's state (lttoolbox.engine.state.CHECKPOINT_KEYS, spelled out here)
+_STATE = dict.fromkeys(("phase", "epoch", "phase_done", "model", "optimizer", "scaler",
+                        "components", "history", "rng", "seconds", "images", "recipe_hash"), 0)
+
+
 def _symlink(name: str, target: str = "/etc/passwd") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.linkname = tarfile.SYMTYPE, target
@@ -951,7 +974,21 @@ def _folder(name: str) -> tarfile.TarInfo:
     ([*valid_run(), (f"{RUN}/results.json", good_results())], "results.json", "comes twice"),
     ([_symlink(f"{RUN}/results.json")], "results.json", "not a regular file"),
     ([_folder(RUN + "/results.json")], "results.json", "not a regular file"),
-    ([(f"{RUN}/checkpoint.pt", b"x")], "checkpoint.pt", "unexpected member"),
+    ([(f"{RUN}/model-main.pt", b"x")], "model-main.pt", "unexpected member"),
+    # an unfinished run: a checkpoint lttrain --resume could load, with its recipe
+    ([(f"{RUN}/recipe.yaml", b"train: {epochs: 1}\n"), (f"{RUN}/checkpoint.pt", b"x")],
+     "checkpoint.pt", "not a checkpoint"),
+    ([(f"{RUN}/recipe.yaml", b"train: {epochs: 1}\n"),
+      (f"{RUN}/checkpoint.pt", _torch_bytes({"model": {}}))], "checkpoint.pt",
+     "not an lttoolbox checkpoint"),
+    ([(f"{RUN}/recipe.yaml", b"train: {epochs: 1}\n"),
+      (f"{RUN}/checkpoint.pt", _torch_bytes(_Crafted()))], "checkpoint.pt",
+     "objects other than tensors and plain values"),
+    ([(f"{RUN}/checkpoint.pt", _torch_bytes(_STATE))], "recipe.yaml", "is missing"),
+    ([*valid_run(), (f"{RUN}/checkpoint.pt", _torch_bytes(_STATE))], "checkpoint.pt",
+     "comes with results.json"),
+    ([(f"{RUN}/recipe.yaml", b"train: {epochs: 1}\n"), (f"{RUN}/data.json", b"[1]"),
+      (f"{RUN}/checkpoint.pt", _torch_bytes(_STATE))], "data.json", "a JSON object"),
     ([("runs/exp10/../../escape/seed0/results.json", good_results())], "escape",
      "unexpected member"),
     ([("/etc/results.json", good_results())], "/etc/results.json", "unexpected member"),
@@ -1028,6 +1065,47 @@ def test_a_run_moved_aside_is_not_packed_and_the_pack_merges(tmp_path):
     with tarfile.open(archive) as tar:
         assert {name.split("/")[3] for name in tar.getnames()} == {"seed0"}
     assert merge(archive, tmp_path / "home") == 1
+
+
+def test_an_unfinished_run_is_carried_to_another_machine_and_resumes_there_exactly(
+        tmp_path, capsys):
+    """--pack-unfinished writes a stopped run's checkpoint and the files a resume reads; merged
+    into an empty folder, the runner resumes it there, and the resumed run trains exactly as one
+    that never stopped. The finished run is not in that archive, and a second merge over the
+    run, once it has moved on, is refused."""
+    from conftest import StopAfter, assert_same_training
+
+    from lttoolbox.engine import train
+
+    suite_path = digits_suite(tmp_path, protocols={"three": {"epochs": 3, "overlay": {}}})
+    suite, lb, home = load_suite(suite_path), tmp_path / "lb", tmp_path / "home"
+    cut, done = (Planner(suite, "three", lb).plan(row, "exp10", 0) for row in ("ce", "focal"))
+    full = train(cut.recipe, tmp_path / "full", quiet=True)
+    train(done.recipe, done.dir, quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut.recipe, cut.dir, logger=StopAfter(1))  # the checkpoint of epoch 0
+    (cut.dir / "lttrain.log").write_text("# the runner's output\n")
+
+    carry = tmp_path / "carry.tar.gz"
+    packed = leaderboard_here(capsys, str(suite_path), "--protocol", "three", "--out", str(lb),
+                              "--report-only", "--no-plots", "--pack-unfinished", str(carry))
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    assert f"packed 1 unfinished runs into {carry}" in packed.stdout
+    with tarfile.open(carry) as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(f"runs/exp10/ce/seed0/{n}" for n in (
+        "checkpoint.pt", "recipe.yaml", "data.json", "log.jsonl", "lttrain.log"))
+
+    assert merge(carry, home) == 1
+    moved = Planner(suite, "three", home).plan("ce", "exp10", 0)
+    assert decide(moved, "three") == (RESUME, "unfinished")
+    assert (moved.dir / "checkpoint.pt").read_bytes() == (cut.dir / "checkpoint.pt").read_bytes()
+    resumed = train(moved.recipe, moved.dir, resume=True, quiet=True)
+    assert_same_training(resumed, full)
+    assert len(resumed["history"]) == 3
+    # the archive's run has moved on here: merging it again would set it back
+    with pytest.raises(ArchiveError, match="would replace the local run .*(differs|finished)"):
+        merge(carry, home)
 
 
 def test_the_same_runs_pack_to_the_same_bytes(tmp_path, monkeypatch):

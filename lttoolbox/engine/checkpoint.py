@@ -7,6 +7,7 @@ key array as a tensor).
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -54,13 +55,15 @@ def set_rng_state(state: dict) -> None:
 RESUME_REMEDY = "remove it to start the run afresh, or restore it"
 
 
-def load_checkpoint(path: str | os.PathLike, remedy: str = RESUME_REMEDY) -> Any:
+def load_checkpoint(path: str | os.PathLike, remedy: str = RESUME_REMEDY,
+                    data: bytes | None = None) -> Any:
     """Load a checkpoint or weights file onto the CPU, as plain data only.
 
     Args:
-        path: The file.
+        path: The file (with ``data``: only what the messages call it).
         remedy: What the user can do about a file that cannot be read, ended the message with
             (a run's checkpoint: start afresh or restore it; a weights file: choose another).
+        data: The file's bytes, read from elsewhere (an archive member), checked the same way.
 
     Raises:
         CheckpointError: the file is empty, truncated, not a PyTorch file, or holds anything other
@@ -68,9 +71,10 @@ def load_checkpoint(path: str | os.PathLike, remedy: str = RESUME_REMEDY) -> Any
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise CheckpointError(f"{path} is empty (an interrupted copy?); {remedy}")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data) if data is not None else path, map_location="cpu",
+                          weights_only=True)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as err:

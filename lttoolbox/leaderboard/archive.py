@@ -18,11 +18,22 @@ against the local one it would land on. A local run is never replaced unless ask
 (``overwrite``), and then it is moved aside, not deleted. Any problem is one :class:`ArchiveError`
 line naming the archive and the member.
 
+An *unfinished* run travels too, to be continued on another machine (a GPU window that ended
+mid-run, a machine that is given back between sittings): ``pack(..., unfinished=True)`` writes the
+runs that hold a ``checkpoint.pt`` and no ``results.json``, each as its checkpoint with the files
+a resume reads or keeps (:data:`CARRIED`). A merge checks such a checkpoint as ``lttrain
+--resume`` would load it (``torch.load(weights_only=True)``: tensors and plain values only, with
+an lttoolbox checkpoint's keys); the runner then resumes the run from it (its saved recipe must
+hash as the planned one). The resumed run's ``leaderboard_run.json`` keeps the attempts of both
+machines, so its wall time is their sum.
+
 Example:
     >>> pack(Path("runs/lb/gpu"), Path("out/results.tar.gz"))  # doctest: +SKIP
     12
     >>> merge(Path("out/results.tar.gz"), Path("runs/lb/c10-paper"))  # doctest: +SKIP
     12
+    >>> pack(Path("runs/lb/c10-paper"), Path("carry.tar.gz"), unfinished=True)  # doctest: +SKIP
+    2
 """
 from __future__ import annotations
 
@@ -42,13 +53,20 @@ from ..yamlio import load_yaml
 from .metrics import metric_spec
 
 KEPT = (RunDir.RESULTS, RunDir.LOG, RunDir.RECIPE, RunDir.LEADERBOARD, RunDir.RUNNER_LOG)
+# An unfinished run: its checkpoint, the recipe a resume checks it against, and the files the run
+# keeps (its data facts, its history as a log, the runner's attempts and output).
+CARRIED = (RunDir.CHECKPOINT, RunDir.RECIPE, RunDir.DATA, RunDir.LOG, RunDir.LEADERBOARD,
+           RunDir.RUNNER_LOG)
 LIMIT = 16 * 2 ** 20  # what one file brought back from a GPU window may weigh
 UNPACKED_LIMIT = 4 * LIMIT  # all members of one archive together, uncompressed
-# The order a run's files are written in: results.json, which marks a run finished, last.
-WRITE_ORDER = (RunDir.RECIPE, RunDir.LOG, RunDir.LEADERBOARD, RunDir.RUNNER_LOG, RunDir.RESULTS)
+# The order a run's files are written in: what marks a run, its checkpoint (resumable, once its
+# recipe is there) or results.json (finished), last.
+WRITE_ORDER = (RunDir.RECIPE, RunDir.DATA, RunDir.LOG, RunDir.LEADERBOARD, RunDir.RUNNER_LOG,
+               RunDir.CHECKPOINT, RunDir.RESULTS)
+NAMES = tuple(dict.fromkeys(KEPT + CARRIED))
 MEMBER = re.compile(r"runs/([A-Za-z0-9][A-Za-z0-9_.-]*)/([A-Za-z0-9][A-Za-z0-9_.-]*)/"
-                    r"(seed\d+)/(" + "|".join(map(re.escape, KEPT)) + ")")
-EXPECTED = f"runs/<setting>/<row>/seed<k>/{{{','.join(KEPT)}}}"
+                    r"(seed\d+)/(" + "|".join(map(re.escape, NAMES)) + ")")
+EXPECTED = f"runs/<setting>/<row>/seed<k>/{{{','.join(NAMES)}}}"
 METRICS = metric_spec("top1").numbers[1:]  # besides top1: number or null (see _check_results)
 COSTS = ("seconds", "images_per_second", "compile_seconds")
 
@@ -63,6 +81,14 @@ def finished_runs(out: Path) -> list[Path]:
     of the table's, and a merge would refuse its path."""
     return sorted(p.parent for p in (out / "runs").glob(f"*/*/seed*/{RunDir.RESULTS}")
                   if re.fullmatch(r"seed\d+", p.parent.name))
+
+
+def unfinished_runs(out: Path) -> list[Path]:
+    """Run folders ``out/runs/<setting>/<row>/seed<k>`` that hold a ``checkpoint.pt`` and no
+    ``results.json`` (as :func:`finished_runs`, a run moved aside is none of them)."""
+    return sorted(p.parent for p in (out / "runs").glob(f"*/*/seed*/{RunDir.CHECKPOINT}")
+                  if re.fullmatch(r"seed\d+", p.parent.name)
+                  and not (p.parent / RunDir.RESULTS).exists())
 
 
 # ------------------------------------------------------------------------------ content checks
@@ -134,9 +160,27 @@ def _check_attempts(data) -> str | None:
     return None
 
 
+def _check_checkpoint(data: bytes) -> str | None:
+    """What keeps ``lttrain --resume`` from loading these bytes as a checkpoint, or None: they
+    are read as it reads them (plain data only, so a crafted file runs no code here either)."""
+    from ..engine.checkpoint import CheckpointError, load_checkpoint
+    from ..engine.state import CHECKPOINT_KEYS
+
+    try:
+        state = upgrade_record(load_checkpoint("the checkpoint", "pack it again from its run",
+                                               data=data))
+    except CheckpointError as err:
+        return str(err)
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        return "not an lttoolbox checkpoint (its keys are not a run's state)"
+    return None
+
+
 def check_file(name: str, data: bytes, metric: str = "top1") -> str | None:
-    """What is wrong with one run file's content (``name`` one of :data:`KEPT`) for the report
-    of a ``metric`` suite, or None."""
+    """What is wrong with one run file's content (``name`` one of :data:`KEPT` or
+    :data:`CARRIED`) for the report of a ``metric`` suite, or a resume, or None."""
+    if name == RunDir.CHECKPOINT:
+        return _check_checkpoint(data)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -152,6 +196,12 @@ def check_file(name: str, data: bytes, metric: str = "top1") -> str | None:
         return _check_results(upgrade_record(parsed), metric)
     if name == RunDir.RUNNER_LOG:
         return None  # text the report only counts attempt lines in
+    if name == RunDir.DATA:
+        try:
+            parsed = json.loads(text)
+        except ValueError as err:
+            return f"not valid JSON ({err})"
+        return None if isinstance(parsed, dict) else "data.json must hold a JSON object"
     if name == RunDir.LOG:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -172,12 +222,18 @@ def check_file(name: str, data: bytes, metric: str = "top1") -> str | None:
 
 # ------------------------------------------------------------------------------------- pack
 def pack(out: Path, archive: Path, limit: int = LIMIT,
-         skipped: list[tuple[Path, str]] | None = None, metric: str = "top1") -> int:
+         skipped: list[tuple[Path, str]] | None = None, metric: str = "top1",
+         unfinished: bool = False) -> int:
     """Write the finished runs of ``out`` into ``archive``; returns how many.
 
     A run whose files :func:`merge` would refuse (``results.json`` without a numeric top-1, or
     ``metric``, a file over ``limit``, ...) is left out and appended to ``skipped`` as
     ``(folder, why)``, so every archive written here merges into a suite of that metric.
+
+    With ``unfinished``, the unfinished runs instead (:func:`unfinished_runs`), each as the
+    files of :data:`CARRIED`. A run still training is packed as its last checkpoint (written
+    atomically, so whole); stop it first (SIGTERM: it checkpoints at its next step and records
+    its attempt) to carry all of its progress and its wall time.
 
     Raises:
         ArchiveError: the archive, or its content unpacked, would exceed its limit (``limit``
@@ -190,9 +246,9 @@ def pack(out: Path, archive: Path, limit: int = LIMIT,
     # leaves the committed archive unchanged instead of adding a new binary to the history.
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, \
             tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for run in finished_runs(out):
+        for run in (unfinished_runs if unfinished else finished_runs)(out):
             files = {}
-            for name in KEPT:
+            for name in CARRIED if unfinished else KEPT:
                 path = run / name
                 if path.is_file() and not path.is_symlink():
                     files[name] = path.read_bytes()
@@ -303,9 +359,20 @@ def read_archive(archive: Path, limit: int = LIMIT,
     if not runs:
         raise ArchiveError(f"{archive}: holds no run; expected {EXPECTED}")
     for run, files in sorted(runs.items()):
-        if RunDir.RESULTS not in files:
+        # a run is finished (its results) or unfinished (a checkpoint and its recipe), not both
+        if RunDir.RESULTS in files:
+            extra = sorted(set(files) - set(KEPT))
+            if extra:
+                raise ArchiveError(f"{archive}: member {run + '/' + extra[0]!r} comes with "
+                                   f"{RunDir.RESULTS}: a finished run carries {', '.join(KEPT)}")
+        elif RunDir.CHECKPOINT in files:
+            if RunDir.RECIPE not in files:
+                raise ArchiveError(f"{archive}: member {run + '/' + RunDir.RECIPE!r} is missing: "
+                                   f"an unfinished run resumes only against its saved recipe")
+        else:
             raise ArchiveError(f"{archive}: member {run + '/' + RunDir.RESULTS!r} is missing: "
-                               f"{run} holds {', '.join(sorted(files))} only")
+                               f"{run} holds {', '.join(sorted(files))} only (a run needs its "
+                               f"{RunDir.RESULTS}, or a {RunDir.CHECKPOINT} to resume from)")
     return runs
 
 
@@ -344,7 +411,10 @@ def _local_difference(run_dir: Path, files: dict[str, bytes]) -> str | None:
         if name in files and (target.exists() or target.is_symlink()):
             if not target.is_file() or target.is_symlink() or target.read_bytes() != files[name]:
                 return f"its local {name} differs"
-    if (run_dir / RunDir.CHECKPOINT).exists() and not (run_dir / RunDir.RESULTS).exists():
+    if RunDir.RESULTS not in files and (run_dir / RunDir.RESULTS).exists():
+        return "it is finished here"
+    if (RunDir.CHECKPOINT not in files and (run_dir / RunDir.CHECKPOINT).exists()
+            and not (run_dir / RunDir.RESULTS).exists()):
         return "it holds a local checkpoint (an unfinished run)"
     return None
 

@@ -7,7 +7,8 @@ Usage (from the repository root, where the recipes' data roots are relative to):
     python benchmarks/leaderboard.py SUITE --seeds 0 1 2 --rows ce ldam_drw --out runs/lb
     python benchmarks/leaderboard.py SUITE --out runs/lb --report-only
     python benchmarks/leaderboard.py SUITE --protocol paper --priority ce ldam_drw --jobs 4 \
-        --budget 8 --pack $OUT/results.tar.gz --out runs/lb/gpu        # a GPU window
+        --budget 8 --pack $OUT/results.tar.gz --pack-unfinished $OUT/carry.tar.gz \
+        --out runs/lb/gpu                                              # a GPU window
     python benchmarks/leaderboard.py SUITE --protocol paper --merge results.tar.gz \
         --report-only --out runs/lb/paper --publish docs/leaderboard-paper.md
 
@@ -66,9 +67,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="write every finished run's results.json, log.jsonl, "
                              "recipe.yaml, leaderboard_run.json and lttrain.log into this "
                              ".tar.gz (at most 16 MiB)")
+    parser.add_argument("--pack-unfinished", metavar="TGZ",
+                        help="write every unfinished run's checkpoint.pt, recipe.yaml, "
+                             "data.json, log.jsonl, leaderboard_run.json and lttrain.log into "
+                             "this .tar.gz (at most 16 MiB), to --merge and resume them on "
+                             "another machine")
     parser.add_argument("--merge", nargs="+", default=[], metavar="TGZ",
-                        help="first extract these --pack archives into --out, each checked "
-                             "whole before anything is written")
+                        help="first extract these --pack (or --pack-unfinished) archives into "
+                             "--out, each checked whole before anything is written")
     parser.add_argument("--merge-overwrite", action="store_true",
                         help="with --merge: a local run that an archive's run would replace is "
                              "moved aside to seed<k>.replaced-<time> (never deleted); without "
@@ -263,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
                                  "(`pip install -e .[plot]`).")
     for path in write_all(doc, out, plots):
         say(f"wrote {path}")
-    if args.pack:
+    for target, unfinished in ((args.pack, False), (args.pack_unfinished, True)):
+        if not target:
+            continue
         try:
             skipped: list = []
-            packed = pack(out, Path(args.pack), skipped=skipped, metric=suite.metric.key)
-            say(f"packed {packed} finished runs into {args.pack}")
+            packed = pack(out, Path(target), skipped=skipped, metric=suite.metric.key,
+                          unfinished=unfinished)
+            say(f"packed {packed} {'unfinished' if unfinished else 'finished'} runs into "
+                f"{target}")
             for run, why in skipped:
                 say(f"warning: {run} left out of the pack: {why}")
         except ArchiveError as err:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..engine.provenance import cpu_name
 from ..engine.reuse import first_phase_hash
 from ..recipe import dump_recipe, phase_recipes, recipe_hash, resolve_saved
 from ..rundir import RunDir, atomic_write_text, lock_holder
@@ -368,7 +370,10 @@ class Runner:
         attempts = read_attempts(run.dir) + [{
             "started": started, "action": action, "wall_seconds": round(wall, 2),
             "returncode": returncode, "recipe_hash": run.hash, "error": error,
-            "interrupted": interrupted, "command": cmd}]
+            "interrupted": interrupted, "command": cmd,
+            # which machine: a run carried between machines (--pack-unfinished) names only the
+            # last one in its results.json
+            "host": platform.node(), "cpu": cpu_name()}]
         atomic_write_text(run.dir / SIDECAR, json.dumps({"attempts": attempts}, indent=2) + "\n")
         return Outcome(run, action, returncode, wall, error, results)
 
