@@ -646,17 +646,13 @@ def test_kill_9_of_a_streamed_run_with_workers_then_an_immediate_resume(tmp_path
         "augment": [{"name": "mixup"}],
         "train": {"epochs": 3, "batch_size": 2, "workers": 1}})
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "lttoolbox.cli", str(recipe), "--out",
-                             str(out), "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoint.pt").exists():  # epoch 0 done: the workers run
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    # killed where epoch 1's checkpoint is on disk and its persistent workers run: at a point of
+    # the run, not of the clock (a fast machine could finish all 3 epochs between two polls)
+    killed = run_killer(tmp_path, "after_checkpoint", 2, recipe, "--out", out, "--quiet")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "results.json").exists()
     before = comparable(log_rows(out))
+    assert len(before) == 1  # epoch 0's line; epoch 1's is written after its checkpoint
     code, lines = lttrain_inproc(capsys, recipe, "--out", out, "--resume", "--quiet")
     assert code == 0, lines
     after = comparable(log_rows(out))
