@@ -1096,6 +1096,10 @@ def test_an_unfinished_run_is_carried_to_another_machine_and_resumes_there_exact
     assert names == sorted(f"runs/exp10/ce/seed0/{n}" for n in (
         "checkpoint.pt", "recipe.yaml", "data.json", "log.jsonl", "lttrain.log"))
 
+    dry = leaderboard_here(capsys, str(suite_path), "--protocol", "three", "--out", str(home),
+                           "--no-plots", "--dry-run", "--merge", str(carry))
+    assert dry.returncode == 0 and f"would merge 1 runs from {carry}" in dry.stdout, dry.stdout
+    assert not home.exists()  # a dry run writes nothing, a merge included
     assert merge(carry, home) == 1
     moved = Planner(suite, "three", home).plan("ce", "exp10", 0)
     assert decide(moved, "three") == (RESUME, "unfinished")

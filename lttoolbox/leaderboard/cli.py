@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing; rewrite the tables from the runs on disk")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print what would run, run nothing, write nothing")
+                        help="print what would run, run nothing, write nothing (--merge "
+                             "archives are checked, not written)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--publish", metavar="MD",
                         help="also write the Markdown table to this file (e.g. "
@@ -170,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for plan in plans:
+            if args.dry_run:  # checked whole, as a merge would be; nothing written
+                say(f"would merge {len(plan.runs)} runs from {plan.archive} into {out} (dry "
+                    f"run: the plan below is of the runs on disk without them)")
+                continue
             try:
                 moved = apply_merge(plan, out)
             except OSError as err:
