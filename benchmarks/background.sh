@@ -4,7 +4,7 @@
 #
 #   benchmarks/background.sh start  [--commit REV] [--name NAME] -- LEADERBOARD ARGS...
 #   benchmarks/background.sh status [--name NAME]
-#   benchmarks/background.sh stop   [--name NAME]
+#   benchmarks/background.sh stop   [--name NAME] [--wait]
 #
 # start   creates (or reuses) the worktree ../lttoolbox-bg-NAME detached at REV (default HEAD),
 #         and starts `nice -n 19 python benchmarks/leaderboard.py ARGS` there with nohup,
@@ -14,6 +14,9 @@
 # status  says whether it runs, its pin, and the runner's last lines.
 # stop    sends SIGTERM: the running runs checkpoint at their next step and stop; the same
 #         start command continues them (the leaderboard skips finished runs and resumes the rest).
+#         With --wait it returns once the runner has exited (at most 10 minutes), so that what
+#         follows (leaderboard.py --report-only --pack-unfinished, a new start) sees the runs
+#         as they stopped.
 #
 # The log is ../lttoolbox-bg-NAME.log, the pid ../lttoolbox-bg-NAME.pid (beside the worktree).
 # See docs/leaderboard_guide.md, "A long table in the background".
@@ -22,12 +25,14 @@ set -euo pipefail
 cmd=${1:-}; shift || true
 commit=HEAD
 name=paper
+wait_exit=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --commit) commit=$2; shift 2 ;;
     --name) name=$2; shift 2 ;;
+    --wait) wait_exit=1; shift ;;
     --) shift; break ;;
-    *) echo "background.sh: unknown option '$1' (options before --: --commit REV, --name NAME)" >&2; exit 2 ;;
+    *) echo "background.sh: unknown option '$1' (options before --: --commit REV, --name NAME, --wait)" >&2; exit 2 ;;
   esac
 done
 case "$name" in *[!A-Za-z0-9_.-]*|"") echo "background.sh: --name must be letters, digits, '_', '-' or '.'" >&2; exit 2 ;; esac
@@ -86,12 +91,19 @@ case "$cmd" in
     if running; then
       kill -TERM "$(cat "$pidfile")"
       echo "asked '$name' (pid $(cat "$pidfile")) to stop; its runs keep their checkpoints"
+      if [ "$wait_exit" = 1 ]; then
+        for _ in $(seq 1200); do running || break; sleep 0.5; done
+        if running; then
+          echo "background.sh: '$name' (pid $(cat "$pidfile")) still runs after 10 minutes" >&2; exit 1
+        fi
+        echo "'$name' has stopped"
+      fi
     else
       echo "'$name' is not running"
     fi
     ;;
   *)
-    echo "usage: benchmarks/background.sh start|status|stop [--commit REV] [--name NAME] [-- LEADERBOARD ARGS]" >&2
+    echo "usage: benchmarks/background.sh start|status|stop [--commit REV] [--name NAME] [--wait] [-- LEADERBOARD ARGS]" >&2
     exit 2
     ;;
 esac

@@ -72,11 +72,9 @@ def test_start_pins_a_worktree_runs_niced_refuses_twice_and_stops_resumably(clon
         while not (log.is_file() and log.read_text()):
             assert alive(pid) and time.monotonic() < deadline, "no epoch within 150 s"
             time.sleep(0.3)
-        sh(script, "stop", "--name", "t", cwd=tmp_path)
-        deadline = time.monotonic() + 90
-        while alive(pid):
-            assert time.monotonic() < deadline, "the runner did not stop within 90 s"
-            time.sleep(0.3)
+        stopped = sh(script, "stop", "--name", "t", "--wait", cwd=tmp_path)
+        assert "'t' has stopped" in stopped.stdout
+        assert not alive(pid)  # --wait returned after the runner's exit, not before
     finally:
         if alive(pid):
             os.kill(pid, 9)
