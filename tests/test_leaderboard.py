@@ -1110,6 +1110,9 @@ def test_an_unfinished_run_is_carried_to_another_machine_and_resumes_there_exact
     # the archive's run has moved on here: merging it again would set it back
     with pytest.raises(ArchiveError, match="would replace the local run .*(differs|finished)"):
         merge(carry, home)
+    # packed again with nothing unfinished, the stale archive goes (the next merge would stop)
+    assert carry.is_file() and pack(home, carry, unfinished=True) == 0
+    assert not carry.exists()
 
 
 def test_the_same_runs_pack_to_the_same_bytes(tmp_path, monkeypatch):

@@ -233,12 +233,17 @@ def pack(out: Path, archive: Path, limit: int = LIMIT,
     With ``unfinished``, the unfinished runs instead (:func:`unfinished_runs`), each as the
     files of :data:`CARRIED`. A run still training is packed as its last checkpoint (written
     atomically, so whole); stop it first (SIGTERM: it checkpoints at its next step and records
-    its attempt) to carry all of its progress and its wall time.
+    its attempt) to carry all of its progress and its wall time. With no unfinished run there
+    is nothing to carry: no archive is written, and an earlier one at ``archive`` is removed
+    (its runs have finished since, and merged beside their results it would be refused).
 
     Raises:
         ArchiveError: the archive, or its content unpacked, would exceed its limit (``limit``
             packed, :data:`UNPACKED_LIMIT` unpacked); no archive is left behind.
     """
+    if unfinished and not unfinished_runs(out):
+        archive.unlink(missing_ok=True)
+        return 0
     buffer = io.BytesIO()
     runs, unpacked = [], 0
     # Same runs, same bytes: the gzip header and every member carry time 0, not the time of

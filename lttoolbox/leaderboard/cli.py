@@ -281,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             skipped: list = []
             packed = pack(out, Path(target), skipped=skipped, metric=suite.metric.key,
                           unfinished=unfinished)
-            say(f"packed {packed} {'unfinished' if unfinished else 'finished'} runs into "
-                f"{target}")
+            if unfinished and not packed:
+                say(f"no unfinished runs: {target} not written (nor kept, if it was there)")
+            else:
+                say(f"packed {packed} {'unfinished' if unfinished else 'finished'} runs into "
+                    f"{target}")
             for run, why in skipped:
                 say(f"warning: {run} left out of the pack: {why}")
         except ArchiveError as err:
